@@ -1,0 +1,73 @@
+//! The messages Raft servers exchange (the seed's RequestVote and AppendEntries RPCs).
+
+use crate::types::{LogEntry, LogIndex, NodeId, Term};
+
+/// A message with its sender and recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub msg: Message,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    RequestVote(RequestVote),
+    RequestVoteResponse(RequestVoteResponse),
+    AppendEntries(AppendEntries),
+    AppendEntriesResponse(AppendEntriesResponse),
+}
+
+impl Message {
+    /// The term the sender was in (for a pre-vote request: the term it would campaign in).
+    pub fn term(&self) -> Term {
+        match self {
+            Message::RequestVote(m) => m.term,
+            Message::RequestVoteResponse(m) => m.term,
+            Message::AppendEntries(m) => m.term,
+            Message::AppendEntriesResponse(m) => m.term,
+        }
+    }
+}
+
+/// Raft §5.2 RequestVote, with the pre-vote flag of thesis §9.6.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVote {
+    pub term: Term,
+    pub candidate_id: NodeId,
+    pub last_log_index: LogIndex,
+    pub last_log_term: Term,
+    pub pre_vote: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestVoteResponse {
+    pub term: Term,
+    pub vote_granted: bool,
+    pub pre_vote: bool,
+}
+
+/// Raft §5.3 AppendEntries (a heartbeat when `entries` is empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendEntries {
+    pub term: Term,
+    pub leader_id: NodeId,
+    pub prev_log_index: LogIndex,
+    pub prev_log_term: Term,
+    pub entries: Vec<LogEntry>,
+    pub leader_commit: LogIndex,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendEntriesResponse {
+    pub term: Term,
+    pub success: bool,
+    /// On success: the index of the last entry this request made durable and matching.
+    /// On rejection: the follower's last log index (a hint when its log is too short).
+    pub last_log_index: LogIndex,
+    /// On rejection because terms disagree at `prev_log_index`: the follower's term there and the
+    /// first index it holds with that term, so the leader can skip the whole term (§5.3, "fast
+    /// backtracking").
+    pub conflict_term: Option<Term>,
+    pub conflict_index: Option<LogIndex>,
+}

@@ -1,0 +1,30 @@
+//! The pure Raft consensus core.
+//!
+//! This module owns the Raft protocol state machine: roles, terms, votes, the leader's view of each
+//! follower's progress, commit and apply. It performs no I/O, reads no clock and uses no global
+//! randomness: time enters as [`RaftNode::tick`], network input as [`RaftNode::step`], client input
+//! as [`RaftNode::propose`], and randomness comes from the seed in [`Config::rng_seed`].
+//!
+//! # The driver loop
+//! 1. Feed inputs: `tick()` every tick, `step(msg)` for every inbound message, `propose(data)`.
+//! 2. When `has_ready()`, take `ready()`. Send `ready.messages` now (the leader's AppendEntries go
+//!    out in parallel with its own write, thesis §10.2.1).
+//! 3. Persist in this order: truncate the log from `ready.truncate_from`, append `ready.entries`,
+//!    write `ready.hard_state`; fdatasync if `ready.must_sync`.
+//! 4. Only then send `ready.persisted_messages` (votes and append acknowledgements) and call
+//!    `on_persisted(ready.persist_token())` so the core may count its own log toward commit.
+//! 5. Apply `ready.committed_entries` to the state machine, in order.
+//!
+//! Several `Ready`s may be in flight at once as long as the driver persists them in the order it
+//! took them. After a crash, everything not durable is lost; the driver rebuilds the core with
+//! [`RaftNode::new`] from the durable `HardState` and log.
+
+pub mod core;
+pub mod message;
+pub mod storage;
+
+pub use self::core::{Config, ConfigError, ProposeError, RaftNode, Ready, Role};
+pub use self::message::{
+    AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
+};
+pub use self::storage::{HardState, MemStorage, Storage};

@@ -1,0 +1,1 @@
+//! The storage engine. See docs/FORMAT.md.

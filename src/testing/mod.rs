@@ -1,0 +1,1 @@
+//! Deterministic simulation of a Raft cluster and its safety checkers.
