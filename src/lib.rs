@@ -1,12 +1,14 @@
 //! rust-raft-log: a Raft consensus node for Linux built on a segmented io_uring + mmap log.
 //!
 //! # Module map
+//! - [`config`]: the seed's YAML cluster config, its defaults and validation.
 //! - [`types`]: `NodeId`, `Term`, `LogIndex`, `LogEntry`, shared by every layer.
 //! - [`storage`]: the on-disk segmented log (`RaftLog`), the persistent Raft state (`RaftState`),
 //!   the file seam below them (io_uring in production, a simulated disk in tests).
 //! - [`raft`]: the pure consensus core (`RaftNode`): no I/O, clocks or global randomness.
 //! - [`testing`]: the deterministic cluster simulator and safety checkers (tests and benches only).
 
+pub mod config;
 pub mod raft;
 pub mod storage;
 pub mod testing;

@@ -1,0 +1,403 @@
+//! The cluster configuration: the seed's YAML format, its defaults, and validation.
+//!
+//! This module owns the translation from `cluster_config.yaml` to a [`ClusterConfig`] that the rest
+//! of the program may trust. Invariants of a config returned by [`ClusterConfig::load`] or
+//! [`ClusterConfig::from_yaml`]:
+//! - node ids are unique and addresses (`ip_address:port`) are unique, ports are not 0;
+//! - `0 < heartbeat_interval < election_timeout_range.min <= election_timeout_range.max`;
+//! - `log_segment_size` lies in `[LOG_SEGMENT_SIZE_MIN, LOG_SEGMENT_SIZE_MAX]`;
+//! - every field name was known: a typo is an error, never a silent fall-back to a default.
+//!
+//! ```yaml
+//! nodes:
+//!   - node_id: 1
+//!     ip_address: "127.0.0.1"
+//!     port: 18001
+//! cluster_settings:              # optional, every field optional
+//!   log_directory: "./raft_logs"
+//!   log_segment_size: 67108864   # bytes
+//!   max_entries_per_query: 1000
+//!   election_timeout_range: { min: 150, max: 500 }  # milliseconds
+//!   heartbeat_interval: 50       # milliseconds
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::types::NodeId;
+
+/// The smallest segment the log accepts: room for the header and a useful number of entries.
+pub const LOG_SEGMENT_SIZE_MIN: u64 = 64 * 1024;
+/// The largest segment: a segment is mapped whole, and 4 GiB keeps offsets comfortably small.
+pub const LOG_SEGMENT_SIZE_MAX: u64 = 4 * 1024 * 1024 * 1024;
+/// Election timeouts above a minute are almost certainly a unit mistake (seconds vs milliseconds).
+pub const ELECTION_TIMEOUT_MS_MAX: u64 = 60_000;
+/// An upper bound on one replication message's entry count.
+pub const MAX_ENTRIES_PER_QUERY_MAX: u64 = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The seed's message, verbatim: `Configuration file not found: missing_config.yaml`.
+    #[error("Configuration file not found: {}", .0.display())]
+    NotFound(PathBuf),
+    #[error("Failed to read configuration file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Invalid configuration file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("Invalid configuration: {0}")]
+    Invalid(String),
+    /// The seed's message, verbatim: `Node ID 99 not found in configuration file`.
+    #[error("Node ID {0} not found in configuration file")]
+    NodeNotFound(u32),
+}
+
+/// One member of the cluster, as written in `nodes:`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: u32,
+    pub ip_address: String,
+    pub port: u16,
+}
+
+impl NodeConfig {
+    pub fn id(&self) -> NodeId {
+        NodeId(self.node_id)
+    }
+
+    /// The node's gRPC address. Valid after validation (the IP was parsed then).
+    pub fn address(&self) -> SocketAddr {
+        let ip: IpAddr = self
+            .ip_address
+            .parse()
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        SocketAddr::new(ip, self.port)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ElectionTimeoutRange {
+    /// Milliseconds.
+    pub min: u64,
+    /// Milliseconds.
+    pub max: u64,
+}
+
+/// `cluster_settings:` with the seed's defaults.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    pub log_directory: PathBuf,
+    /// Bytes per segment file.
+    pub log_segment_size: u64,
+    pub max_entries_per_query: u64,
+    pub election_timeout_range: ElectionTimeoutRange,
+    /// Milliseconds.
+    pub heartbeat_interval: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            log_directory: PathBuf::from("./raft_logs"),
+            log_segment_size: 64 * 1024 * 1024,
+            max_entries_per_query: 1000,
+            election_timeout_range: ElectionTimeoutRange { min: 150, max: 500 },
+            heartbeat_interval: 50,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub cluster_settings: ClusterSettings,
+}
+
+impl ClusterConfig {
+    /// Reads, parses and validates the file at `path`.
+    ///
+    /// # Errors
+    /// `NotFound` if the file does not exist, `Read` for other I/O errors, `Parse` for YAML that
+    /// does not match the format (unknown fields included), `Invalid` for values that break the
+    /// module's invariants.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::NotFound(path.to_path_buf()))
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        Self::from_yaml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates YAML text (errors name the path as `<input>`).
+    pub fn from_yaml(text: &str) -> Result<ClusterConfig, ConfigError> {
+        let config: ClusterConfig = serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<input>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every invariant listed in the module docs; the message names the offending field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.nodes.is_empty() {
+            return invalid("nodes: at least one node is required".into());
+        }
+        let mut ids = HashSet::new();
+        let mut addresses: HashMap<SocketAddr, u32> = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !ids.insert(node.node_id) {
+                return invalid(format!(
+                    "nodes[{i}].node_id: duplicate node id {}",
+                    node.node_id
+                ));
+            }
+            let ip: IpAddr = match node.ip_address.parse() {
+                Ok(ip) => ip,
+                Err(_) => {
+                    return invalid(format!(
+                        "nodes[{i}].ip_address: {:?} is not an IPv4 or IPv6 address",
+                        node.ip_address
+                    ))
+                }
+            };
+            if node.port == 0 {
+                return invalid(format!(
+                    "nodes[{i}].port: port 0 is not allowed (node {})",
+                    node.node_id
+                ));
+            }
+            let address = SocketAddr::new(ip, node.port);
+            if let Some(other) = addresses.insert(address, node.node_id) {
+                return invalid(format!(
+                    "nodes[{i}]: address {address} of node {} is already used by node {other}",
+                    node.node_id
+                ));
+            }
+        }
+
+        let s = &self.cluster_settings;
+        if s.log_directory.as_os_str().is_empty() {
+            return invalid("cluster_settings.log_directory: must not be empty".into());
+        }
+        if !(LOG_SEGMENT_SIZE_MIN..=LOG_SEGMENT_SIZE_MAX).contains(&s.log_segment_size) {
+            return invalid(format!(
+                "cluster_settings.log_segment_size: {} bytes is outside [{LOG_SEGMENT_SIZE_MIN}, {LOG_SEGMENT_SIZE_MAX}]",
+                s.log_segment_size
+            ));
+        }
+        if !(1..=MAX_ENTRIES_PER_QUERY_MAX).contains(&s.max_entries_per_query) {
+            return invalid(format!(
+                "cluster_settings.max_entries_per_query: {} is outside [1, {MAX_ENTRIES_PER_QUERY_MAX}]",
+                s.max_entries_per_query
+            ));
+        }
+        let range = s.election_timeout_range;
+        if range.min == 0 {
+            return invalid(
+                "cluster_settings.election_timeout_range.min: must be at least 1 ms".into(),
+            );
+        }
+        if range.min > range.max {
+            return invalid(format!(
+                "cluster_settings.election_timeout_range: min ({} ms) must not exceed max ({} ms)",
+                range.min, range.max
+            ));
+        }
+        if range.max > ELECTION_TIMEOUT_MS_MAX {
+            return invalid(format!(
+                "cluster_settings.election_timeout_range.max: {} ms is above {ELECTION_TIMEOUT_MS_MAX} ms (milliseconds, not seconds?)",
+                range.max
+            ));
+        }
+        if s.heartbeat_interval == 0 {
+            return invalid("cluster_settings.heartbeat_interval: must be at least 1 ms".into());
+        }
+        if s.heartbeat_interval >= range.min {
+            return invalid(format!(
+                "cluster_settings.heartbeat_interval: {} ms must be below election_timeout_range.min ({} ms)",
+                s.heartbeat_interval, range.min
+            ));
+        }
+        Ok(())
+    }
+
+    /// The entry for `id`.
+    ///
+    /// # Errors
+    /// `NodeNotFound` (the seed's message) if no node has that id.
+    pub fn node(&self, id: u32) -> Result<&NodeConfig, ConfigError> {
+        self.nodes
+            .iter()
+            .find(|n| n.node_id == id)
+            .ok_or(ConfigError::NodeNotFound(id))
+    }
+
+    /// `<log_directory>/node_<id>`: where one node keeps its state file and segments.
+    pub fn node_directory(&self, id: u32) -> PathBuf {
+        self.cluster_settings
+            .log_directory
+            .join(format!("node_{id}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const THREE_NODES: &str = "nodes:
+  - node_id: 1
+    ip_address: \"127.0.0.1\"
+    port: 18001
+  - node_id: 2
+    ip_address: \"127.0.0.1\"
+    port: 18002
+  - node_id: 3
+    ip_address: \"127.0.0.1\"
+    port: 18003
+";
+
+    fn with_settings(settings: &str) -> String {
+        format!("{THREE_NODES}cluster_settings:\n{settings}")
+    }
+
+    fn invalid_message(text: &str) -> String {
+        match ClusterConfig::from_yaml(text) {
+            Err(ConfigError::Invalid(m)) => m,
+            other => panic!("expected an Invalid error for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let config = ClusterConfig::from_yaml(THREE_NODES).expect("valid config");
+        let s = &config.cluster_settings;
+        assert_eq!(s.log_directory, PathBuf::from("./raft_logs"));
+        assert_eq!(s.log_segment_size, 67_108_864);
+        assert_eq!(s.max_entries_per_query, 1000);
+        assert_eq!(
+            s.election_timeout_range,
+            ElectionTimeoutRange { min: 150, max: 500 }
+        );
+        assert_eq!(s.heartbeat_interval, 50);
+        assert_eq!(
+            config.node(2).expect("node 2").address().to_string(),
+            "127.0.0.1:18002"
+        );
+        assert_eq!(
+            config.node_directory(3),
+            PathBuf::from("./raft_logs/node_3")
+        );
+    }
+
+    #[test]
+    fn partial_settings_keep_the_other_defaults() {
+        let config =
+            ClusterConfig::from_yaml(&with_settings("  heartbeat_interval: 75\n")).expect("valid");
+        assert_eq!(config.cluster_settings.heartbeat_interval, 75);
+        assert_eq!(config.cluster_settings.max_entries_per_query, 1000);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_not_defaulted() {
+        let text = with_settings("  heartbeat_intervall: 75\n");
+        match ClusterConfig::from_yaml(&text) {
+            Err(ConfigError::Parse { message, .. }) => {
+                assert!(message.contains("heartbeat_intervall"), "{message}")
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+        let text = THREE_NODES.replace("port: 18003", "port: 18003\n    portt: 1");
+        assert!(matches!(
+            ClusterConfig::from_yaml(&text),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn duplicate_ids_and_addresses_are_rejected() {
+        let m = invalid_message(&THREE_NODES.replace("node_id: 3", "node_id: 2"));
+        assert!(
+            m.contains("nodes[2].node_id") && m.contains("duplicate"),
+            "{m}"
+        );
+        let m = invalid_message(&THREE_NODES.replace("port: 18003", "port: 18002"));
+        assert!(m.contains("127.0.0.1:18002") && m.contains("node 2"), "{m}");
+    }
+
+    #[test]
+    fn port_zero_and_bad_ip_are_rejected() {
+        let m = invalid_message(&THREE_NODES.replace("port: 18001", "port: 0"));
+        assert!(m.contains("nodes[0].port"), "{m}");
+        let m = invalid_message(&THREE_NODES.replace(
+            "\"127.0.0.1\"\n    port: 18002",
+            "\"localhostt\"\n    port: 18002",
+        ));
+        assert!(m.contains("nodes[1].ip_address"), "{m}");
+    }
+
+    #[test]
+    fn timing_relations_are_checked() {
+        let m = invalid_message(&with_settings(
+            "  election_timeout_range:\n    min: 600\n    max: 500\n",
+        ));
+        assert!(
+            m.contains("election_timeout_range") && m.contains("600"),
+            "{m}"
+        );
+        let m = invalid_message(&with_settings("  heartbeat_interval: 150\n"));
+        assert!(m.contains("heartbeat_interval") && m.contains("150"), "{m}");
+        let m = invalid_message(&with_settings("  heartbeat_interval: 0\n"));
+        assert!(m.contains("heartbeat_interval"), "{m}");
+    }
+
+    #[test]
+    fn segment_size_and_batch_limits_are_checked() {
+        let m = invalid_message(&with_settings("  log_segment_size: 4096\n"));
+        assert!(m.contains("log_segment_size"), "{m}");
+        let m = invalid_message(&with_settings("  max_entries_per_query: 0\n"));
+        assert!(m.contains("max_entries_per_query"), "{m}");
+    }
+
+    #[test]
+    fn missing_node_uses_the_seed_message() {
+        let config = ClusterConfig::from_yaml(THREE_NODES).expect("valid");
+        let err = config.node(99).expect_err("node 99 is absent");
+        assert_eq!(
+            err.to_string(),
+            "Node ID 99 not found in configuration file"
+        );
+    }
+
+    #[test]
+    fn empty_node_list_is_rejected() {
+        let m = invalid_message("nodes: []\n");
+        assert!(m.contains("nodes"), "{m}");
+    }
+}
