@@ -172,6 +172,10 @@ impl ClusterConfig {
         let mut ids = HashSet::new();
         let mut addresses: HashMap<SocketAddr, u32> = HashMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
+            // 0 is reserved: the state file stores "voted for nobody" as 0 (docs/FORMAT.md).
+            if node.node_id == 0 {
+                return invalid(format!("nodes[{i}].node_id: 0 is reserved; ids start at 1"));
+            }
             if !ids.insert(node.node_id) {
                 return invalid(format!(
                     "nodes[{i}].node_id: duplicate node id {}",
@@ -392,6 +396,15 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "Node ID 99 not found in configuration file"
+        );
+    }
+
+    #[test]
+    fn node_id_zero_is_rejected() {
+        let m = invalid_message(&THREE_NODES.replace("node_id: 2", "node_id: 0"));
+        assert!(
+            m.contains("nodes[1].node_id") && m.contains("reserved"),
+            "{m}"
         );
     }
 
