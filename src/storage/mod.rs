@@ -1,1 +1,2 @@
 //! The storage engine. See docs/FORMAT.md.
+pub mod format;
