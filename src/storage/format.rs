@@ -10,13 +10,17 @@
 //! # Segment header (64 bytes, at offset 0 of every segment file)
 //!
 //! ```text
-//!  0      4        8            16            24                 32       40            60     64
-//!  +------+--------+------------+-------------+------------------+--------+-------------+------+
-//!  |magic |version | base_index | entry_count | append_position  | salt   | reserved 0  | crc  |
-//!  | u32  | u32    | u64        | u64         | u64              | u64    | 20 bytes    | u32  |
-//!  +------+--------+------------+-------------+------------------+--------+-------------+------+
+//!  0      4        8            16            24                32     40          48          56         60    64
+//!  +------+--------+------------+-------------+-----------------+------+-----------+-----------+----------+-----+
+//!  |magic |version | base_index | entry_count | append_position | salt | prev_term | dirty_end | reserved | crc |
+//!  | u32  | u32    | u64        | u64         | u64             | u64  | u64       | u64       | 4 zero   | u32 |
+//!  +------+--------+------------+-------------+-----------------+------+-----------+-----------+----------+-----+
 //! ```
 //! The seed's fields come first, in the seed's order. `crc` is CRC32C over bytes `[0, 60)`.
+//! `prev_term` is the term of entry `base_index - 1` (0 for base 1), so the term of the last
+//! compacted entry survives deleting whole segments. `dirty_end` is 0 (clean) or an offset
+//! `>= append_position`: bytes in `[append_position, dirty_end)` may still hold frames cut by a
+//! truncation and must be zeroed (durably) before the segment is scanned.
 //! The header is a *hint* that never claims more than is durable (see FORMAT.md, "Operations").
 //!
 //! # Record frame (8-byte aligned, starts at `append_position` of the previous frame)
@@ -66,7 +70,9 @@ pub const HEADER_BASE_INDEX_OFFSET: usize = 8;
 pub const HEADER_ENTRY_COUNT_OFFSET: usize = 16;
 pub const HEADER_APPEND_POSITION_OFFSET: usize = 24;
 pub const HEADER_SALT_OFFSET: usize = 32;
-pub const HEADER_RESERVED_OFFSET: usize = 40;
+pub const HEADER_PREV_TERM_OFFSET: usize = 40;
+pub const HEADER_DIRTY_END_OFFSET: usize = 48;
+pub const HEADER_RESERVED_OFFSET: usize = 56;
 pub const HEADER_CRC_OFFSET: usize = 60;
 
 /// Every frame starts at a multiple of this, so a forward search for a valid frame can step by
@@ -109,7 +115,9 @@ const _: () = {
     assert!(HEADER_ENTRY_COUNT_OFFSET == HEADER_BASE_INDEX_OFFSET + 8);
     assert!(HEADER_APPEND_POSITION_OFFSET == HEADER_ENTRY_COUNT_OFFSET + 8);
     assert!(HEADER_SALT_OFFSET == HEADER_APPEND_POSITION_OFFSET + 8);
-    assert!(HEADER_RESERVED_OFFSET == HEADER_SALT_OFFSET + 8);
+    assert!(HEADER_PREV_TERM_OFFSET == HEADER_SALT_OFFSET + 8);
+    assert!(HEADER_DIRTY_END_OFFSET == HEADER_PREV_TERM_OFFSET + 8);
+    assert!(HEADER_RESERVED_OFFSET == HEADER_DIRTY_END_OFFSET + 8);
     assert!(HEADER_CRC_OFFSET == SEGMENT_HEADER_SIZE - 4);
     assert!(SEGMENT_HEADER_SIZE == 64);
     // Frames start 8-aligned right after the header.
@@ -182,10 +190,11 @@ pub enum HeaderError {
     #[error("segment header base index is 0 (the first log index is 1)")]
     ZeroBaseIndex,
     #[error(
-        "segment header append position {append_position} is implausible for {entry_count} entries"
+        "segment header append position {append_position} (dirty end {dirty_end}) is implausible for {entry_count} entries"
     )]
     BadAppendPosition {
         append_position: u64,
+        dirty_end: u64,
         entry_count: u64,
     },
     #[error(
@@ -206,11 +215,16 @@ pub struct SegmentHeader {
     pub append_position: u64,
     /// A value unique to this life of the file, mixed into every frame's CRC.
     pub salt: u64,
+    /// The term of entry `base_index - 1` (0 when `base_index` is 1).
+    pub prev_term: Term,
+    /// 0 when clean; otherwise `[append_position, dirty_end)` may hold stale frames left by a
+    /// truncation that must be zeroed before the segment is scanned or appended to.
+    pub dirty_end: u64,
 }
 
 impl SegmentHeader {
     /// The header of a freshly created (or recycled) segment: no entries yet.
-    pub fn new_empty(base_index: LogIndex, salt: u64) -> SegmentHeader {
+    pub fn new_empty(base_index: LogIndex, prev_term: Term, salt: u64) -> SegmentHeader {
         assert!(
             base_index.0 >= 1,
             "segment base index must be >= 1, got {base_index}"
@@ -220,7 +234,14 @@ impl SegmentHeader {
             entry_count: 0,
             append_position: SEGMENT_HEADER_SIZE as u64,
             salt,
+            prev_term,
+            dirty_end: 0,
         }
+    }
+
+    /// The byte range a truncation left to be zeroed, if any.
+    pub fn dirty_range(&self) -> Option<std::ops::Range<u64>> {
+        (self.dirty_end > self.append_position).then_some(self.append_position..self.dirty_end)
     }
 
     /// The last index the header vouches for, `base_index - 1` if it counts no entry (the seed's
@@ -247,6 +268,8 @@ impl SegmentHeader {
             self.append_position,
         );
         put_u64(&mut bytes, HEADER_SALT_OFFSET, self.salt);
+        put_u64(&mut bytes, HEADER_PREV_TERM_OFFSET, self.prev_term.0);
+        put_u64(&mut bytes, HEADER_DIRTY_END_OFFSET, self.dirty_end);
         let crc = crc32c::crc32c(&bytes[..HEADER_CRC_OFFSET]);
         put_u32(&mut bytes, HEADER_CRC_OFFSET, crc);
         bytes
@@ -289,6 +312,8 @@ impl SegmentHeader {
             entry_count: get_u64(bytes, HEADER_ENTRY_COUNT_OFFSET),
             append_position: get_u64(bytes, HEADER_APPEND_POSITION_OFFSET),
             salt: get_u64(bytes, HEADER_SALT_OFFSET),
+            prev_term: Term(get_u64(bytes, HEADER_PREV_TERM_OFFSET)),
+            dirty_end: get_u64(bytes, HEADER_DIRTY_END_OFFSET),
         };
         if header.base_index.0 == 0 {
             return Err(HeaderError::ZeroBaseIndex);
@@ -305,10 +330,14 @@ impl SegmentHeader {
                 .base_index
                 .0
                 .checked_add(header.entry_count)
-                .is_some();
+                .is_some()
+            && (header.dirty_end == 0
+                || (header.dirty_end >= header.append_position
+                    && header.dirty_end % FRAME_ALIGN as u64 == 0));
         if !plausible {
             return Err(HeaderError::BadAppendPosition {
                 append_position: header.append_position,
+                dirty_end: header.dirty_end,
                 entry_count: header.entry_count,
             });
         }
@@ -578,6 +607,8 @@ mod tests {
             entry_count: 2,
             append_position: 64 + 48 + 48,
             salt: 0xdead_beef_0123_4567,
+            prev_term: Term(6),
+            dirty_end: 256,
         };
         let bytes = header.encode();
         assert_eq!(
@@ -590,18 +621,21 @@ mod tests {
         assert_eq!(&bytes[16..24], &2u64.to_le_bytes());
         assert_eq!(&bytes[24..32], &160u64.to_le_bytes());
         assert_eq!(&bytes[32..40], &0xdead_beef_0123_4567u64.to_le_bytes());
-        assert!(bytes[40..60].iter().all(|&b| b == 0));
+        assert_eq!(&bytes[40..48], &6u64.to_le_bytes());
+        assert_eq!(&bytes[48..56], &256u64.to_le_bytes());
+        assert!(bytes[56..60].iter().all(|&b| b == 0));
+        assert_eq!(&bytes[60..64], &crc32c::crc32c(&bytes[..60]).to_le_bytes());
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         assert_eq!(header.last_index(), LogIndex(1001));
         assert_eq!(
-            SegmentHeader::new_empty(LogIndex(7), 1).last_index(),
+            SegmentHeader::new_empty(LogIndex(7), Term(2), 1).last_index(),
             LogIndex(6)
         );
     }
 
     #[test]
     fn header_rejects_each_kind_of_damage() {
-        let good = SegmentHeader::new_empty(LogIndex(1), 42).encode();
+        let good = SegmentHeader::new_empty(LogIndex(1), Term(0), 42).encode();
         let mut bad = good;
         bad[0] ^= 1;
         assert!(matches!(
@@ -635,6 +669,8 @@ mod tests {
             entry_count: 3,
             append_position: 64,
             salt: 0,
+            prev_term: Term(0),
+            dirty_end: 0,
         };
         assert!(matches!(
             SegmentHeader::decode(&odd.encode()),
@@ -642,13 +678,23 @@ mod tests {
         ));
         let zero_base = SegmentHeader {
             base_index: LogIndex(0),
-            ..SegmentHeader::new_empty(LogIndex(1), 0)
+            ..SegmentHeader::new_empty(LogIndex(1), Term(0), 0)
         };
         assert_eq!(
             SegmentHeader::decode(&zero_base.encode()),
             Err(HeaderError::ZeroBaseIndex)
         );
-        let header = SegmentHeader::new_empty(LogIndex(1), 0);
+        // A dirty end before the append position makes no sense.
+        let dirty = SegmentHeader {
+            dirty_end: 8,
+            ..SegmentHeader::new_empty(LogIndex(1), Term(0), 0)
+        };
+        assert!(matches!(
+            SegmentHeader::decode(&dirty.encode()),
+            Err(HeaderError::BadAppendPosition { .. })
+        ));
+        let header = SegmentHeader::new_empty(LogIndex(1), Term(0), 0);
+        assert_eq!(header.dirty_range(), None);
         assert!(header.check_file_len(64).is_ok());
         assert!(header.check_file_len(63).is_err());
     }
