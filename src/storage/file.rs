@@ -1,0 +1,376 @@
+//! The file seam below the segmented log (STYLE §4).
+//!
+//! The segment code never touches `std::fs` or io_uring directly: it talks to a [`Vfs`] (directory
+//! operations) and to [`LogFile`]s (one per segment file). Production uses
+//! [`crate::storage::uring::UringVfs`] (durable batches through io_uring, reads through mmap);
+//! tests use [`SimFs`], an in-memory disk that models what survives a power loss.
+//!
+//! # Contract every implementation keeps
+//! - A file's length never changes through a [`LogFile`]: segment files are created at their full
+//!   size by [`Vfs::create_zeroed`] and only overwritten afterwards. This keeps the production mmap
+//!   valid (a page wholly beyond EOF raises SIGBUS) and keeps appends on already-written blocks.
+//! - [`LogFile::write_durable`] returns `Ok` only after the data of every write in the batch is
+//!   durable (an fdatasync covering them completed). Any error leaves the durable state unknown:
+//!   the caller must stop writing (fsyncgate), it must not retry.
+//! - Directory operations ([`Vfs::create_zeroed`], [`Vfs::rename`], [`Vfs::remove`]) are durable
+//!   when they return (the production code fsyncs the directory).
+//! - [`LogFile::bytes`] shows every completed write immediately (a MAP_SHARED mapping does).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One write of a durable batch: `bytes` go to `offset` in the file.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteAt<'a> {
+    pub offset: u64,
+    pub bytes: &'a [u8],
+}
+
+/// One open segment file.
+pub trait LogFile: Send + Sync {
+    /// Where the file lives (for error messages).
+    fn path(&self) -> &Path;
+
+    /// The file's length in bytes; constant for the life of the handle.
+    fn len_bytes(&self) -> u64;
+
+    /// The whole file's current contents (production: a read-only shared mmap of exactly the
+    /// file's length). Completed writes are visible at once.
+    fn bytes(&self) -> &[u8];
+
+    /// Writes every `WriteAt` (in order) and then makes them durable with one fdatasync.
+    ///
+    /// # Errors
+    /// Any failed, short or cancelled write, or a failed sync. After an error the durable state of
+    /// the written range is unknown; callers poison themselves instead of retrying.
+    ///
+    /// # Panics
+    /// If a write reaches past [`LogFile::len_bytes`] (a programmer error: files never grow here).
+    fn write_durable(&mut self, writes: &[WriteAt<'_>]) -> io::Result<()>;
+}
+
+/// The directory operations the log needs.
+pub trait Vfs: Send + Sync {
+    /// Creates `dir` and its parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// The names (not paths) of the regular files in `dir`.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Opens an existing file for reading and writing.
+    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>>;
+    /// Creates (or replaces) `path` with `len_bytes` zero bytes, all written and durable, and the
+    /// directory entry durable: appends into it later overwrite already-written blocks.
+    fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<()>;
+    /// Renames `from` to `to` (replacing `to`), durably.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Removes `path`, durably.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+}
+
+fn check_write_bounds(path: &Path, len: u64, writes: &[WriteAt<'_>]) {
+    for w in writes {
+        let end = w.offset + w.bytes.len() as u64;
+        assert!(
+            end <= len,
+            "write [{}, {end}) past the end ({len}) of {}: segment files never grow",
+            w.offset,
+            path.display()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulated disk.
+// ---------------------------------------------------------------------------------------------
+
+/// A write that no completed fdatasync covers yet.
+#[derive(Clone, Debug)]
+struct PendingWrite {
+    path: PathBuf,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct SimFileState {
+    /// What a completed fdatasync covered: survives a power loss.
+    durable: Vec<u8>,
+    /// What the page cache shows: `durable` plus every pending write.
+    current: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    dirs: BTreeSet<PathBuf>,
+    files: BTreeMap<PathBuf, SimFileState>,
+    /// Every unsynced write of every file, in the order it was issued.
+    pending: Vec<PendingWrite>,
+    /// The next `fail_syncs` syncs fail with EIO.
+    fail_syncs: u32,
+    syncs_total: u64,
+}
+
+/// What [`SimFs::power_loss`] kept of the unsynced writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PowerLossReport {
+    pub pending_writes: usize,
+    pub kept_writes: usize,
+    /// Bytes kept of the first lost write (a torn write), if any.
+    pub torn_write_bytes_kept: Option<usize>,
+}
+
+/// An in-memory disk for tests: keeps "durable" bytes (what a completed fdatasync covered) apart
+/// from "volatile" writes, and on a simulated power loss keeps the durable state plus a prefix of
+/// the unsynced writes in issue order, possibly tearing the next one at any byte. It can flip bits
+/// and make syncs fail. Cloning gives another handle to the same disk.
+///
+/// Directory operations are durable at once (production fsyncs the directory after each).
+#[derive(Clone, Debug, Default)]
+pub struct SimFs {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl SimFs {
+    pub fn new() -> SimFs {
+        SimFs::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        // A panic while holding the lock is a test failure already; keep the state usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the next `count` syncs fail with EIO (their writes stay volatile).
+    pub fn fail_next_syncs(&self, count: u32) {
+        self.lock().fail_syncs = count;
+    }
+
+    /// How many syncs completed successfully so far.
+    pub fn syncs_total(&self) -> u64 {
+        self.lock().syncs_total
+    }
+
+    /// How many writes no sync covers yet.
+    pub fn pending_writes(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Simulates a power loss. Every open [`LogFile`] of this disk must have been dropped (the
+    /// "machine" is gone). Keeps the durable bytes, then applies the first `keep` unsynced writes
+    /// in issue order, then at most `torn_bytes` bytes of the next one; everything later is lost.
+    pub fn power_loss(&self, keep: usize, torn_bytes: Option<usize>) -> PowerLossReport {
+        let mut st = self.lock();
+        let pending = std::mem::take(&mut st.pending);
+        let keep = keep.min(pending.len());
+        let mut torn_kept = None;
+        for (i, w) in pending.iter().enumerate() {
+            let n = if i < keep {
+                w.bytes.len()
+            } else if i == keep {
+                match torn_bytes {
+                    Some(t) => {
+                        let t = t.min(w.bytes.len());
+                        torn_kept = Some(t);
+                        t
+                    }
+                    None => break,
+                }
+            } else {
+                break;
+            };
+            if let Some(f) = st.files.get_mut(&w.path) {
+                let at = w.offset as usize;
+                f.durable[at..at + n].copy_from_slice(&w.bytes[..n]);
+            }
+        }
+        for f in st.files.values_mut() {
+            f.current.clone_from(&f.durable);
+        }
+        PowerLossReport {
+            pending_writes: pending.len(),
+            kept_writes: keep,
+            torn_write_bytes_kept: torn_kept,
+        }
+    }
+
+    /// Edits a file's bytes (durable and current alike) while nothing has it open: flips, cuts.
+    ///
+    /// # Panics
+    /// If the file does not exist.
+    pub fn edit_file(&self, path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+        let mut st = self.lock();
+        let f = st
+            .files
+            .get_mut(path)
+            .unwrap_or_else(|| panic!("SimFs::edit_file: no file {}", path.display()));
+        edit(&mut f.durable);
+        f.current.clone_from(&f.durable);
+    }
+
+    /// Flips one bit of a file at rest.
+    pub fn flip_bit(&self, path: &Path, offset: u64, bit: u8) {
+        self.edit_file(path, |b| b[offset as usize] ^= 1 << (bit % 8));
+    }
+
+    /// A copy of a file's current bytes.
+    pub fn read_file(&self, path: &Path) -> Option<Vec<u8>> {
+        self.lock().files.get(path).map(|f| f.current.clone())
+    }
+
+    /// Every file path on the disk.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.lock().files.keys().cloned().collect()
+    }
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
+}
+
+impl Vfs for SimFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        for a in dir.ancestors() {
+            st.dirs.insert(a.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let st = self.lock();
+        if !st.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(st
+            .files
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+            .collect())
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        let st = self.lock();
+        let f = st.files.get(path).ok_or_else(|| not_found(path))?;
+        Ok(Box::new(SimFile {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            data: f.current.clone(),
+        }))
+    }
+
+    fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<()> {
+        let mut st = self.lock();
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if !st.dirs.contains(parent) {
+            return Err(not_found(parent));
+        }
+        // Unsynced writes to a file being replaced die with it.
+        st.pending.retain(|w| w.path != path);
+        let zeros = vec![0u8; len_bytes as usize];
+        st.files.insert(
+            path.to_path_buf(),
+            SimFileState {
+                durable: zeros.clone(),
+                current: zeros,
+            },
+        );
+        Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        let f = st.files.remove(from).ok_or_else(|| not_found(from))?;
+        st.pending.retain(|w| w.path != to);
+        for w in st.pending.iter_mut().filter(|w| w.path == from) {
+            w.path = to.to_path_buf();
+        }
+        st.files.insert(to.to_path_buf(), f);
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.lock();
+        st.files.remove(path).ok_or_else(|| not_found(path))?;
+        st.pending.retain(|w| w.path != path);
+        Ok(())
+    }
+}
+
+/// A handle to one file of a [`SimFs`]. It keeps its own copy of the current bytes so that
+/// [`LogFile::bytes`] can lend them out; it is the file's only writer.
+struct SimFile {
+    fs: SimFs,
+    path: PathBuf,
+    data: Vec<u8>,
+}
+
+impl LogFile for SimFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn len_bytes(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
+    fn write_durable(&mut self, writes: &[WriteAt<'_>]) -> io::Result<()> {
+        check_write_bounds(&self.path, self.data.len() as u64, writes);
+        let mut st = self.fs.lock();
+        let st = &mut *st;
+        let file = st.files.get_mut(&self.path).ok_or_else(|| not_found(&self.path))?;
+        for w in writes {
+            let at = w.offset as usize;
+            self.data[at..at + w.bytes.len()].copy_from_slice(w.bytes);
+            file.current[at..at + w.bytes.len()].copy_from_slice(w.bytes);
+            st.pending.push(PendingWrite {
+                path: self.path.clone(),
+                offset: w.offset,
+                bytes: w.bytes.to_vec(),
+            });
+        }
+        if st.fail_syncs > 0 {
+            st.fail_syncs -= 1;
+            return Err(io::Error::new(
+                io::ErrorKind::Other,
+                format!("simulated fdatasync failure (EIO) on {}", self.path.display()),
+            ));
+        }
+        // fdatasync covers every earlier write of this file, not only this batch's.
+        let path = &self.path;
+        file.durable.clone_from(&file.current);
+        st.pending.retain(|w| &w.path != path);
+        st.syncs_total += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn power_loss_keeps_synced_bytes_and_a_prefix_of_unsynced_writes() {
+        let fs = SimFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let p = dir.join("f");
+        fs.create_zeroed(&p, 16).unwrap();
+        let mut f = fs.open(&p).unwrap();
+        f.write_durable(&[WriteAt { offset: 0, bytes: &[1, 1] }]).unwrap();
+        fs.fail_next_syncs(2);
+        assert!(f.write_durable(&[WriteAt { offset: 4, bytes: &[2, 2] }]).is_err());
+        assert!(f.write_durable(&[WriteAt { offset: 8, bytes: &[3, 3, 3] }]).is_err());
+        assert_eq!(&f.bytes()[..10], &[1, 1, 0, 0, 2, 2, 0, 0, 3, 3]);
+        drop(f);
+        let r = fs.power_loss(1, Some(1));
+        assert_eq!(r.pending_writes, 2);
+        let b = fs.read_file(&p).unwrap();
+        assert_eq!(&b[..11], &[1, 1, 0, 0, 2, 2, 0, 0, 3, 0, 0]);
+    }
+}
