@@ -434,6 +434,8 @@ pub enum FrameError {
     BadType { value: u8 },
     #[error("frame reserved bytes are not zero")]
     NonZeroReserved,
+    #[error("frame padding bytes are not zero")]
+    NonZeroPadding,
 }
 
 /// Bytes a frame with a `payload_len`-byte payload occupies, padding included.
@@ -500,7 +502,7 @@ pub fn encode_frame(
 ///
 /// # Errors
 /// The first problem found, checked in the order: length bounds, room in the segment, CRC,
-/// type, reserved bytes. Nothing is allocated, whatever the length word says.
+/// type, reserved bytes, padding bytes. Nothing is allocated, whatever the length word says.
 pub fn decode_frame(bytes: &[u8], seed: FrameSeed) -> Result<Option<FrameView<'_>>, FrameError> {
     if bytes.len() < FRAME_CRC_OFFSET {
         return Ok(None);
@@ -535,6 +537,11 @@ pub fn decode_frame(bytes: &[u8], seed: FrameSeed) -> Result<Option<FrameView<'_
         .any(|&b| b != 0)
     {
         return Err(FrameError::NonZeroReserved);
+    }
+    // The padding is not covered by the CRC (it is never read), but it is always written as
+    // zero: a non-zero padding byte means the bytes were damaged, so say so.
+    if bytes[length..padded_len].iter().any(|&b| b != 0) {
+        return Err(FrameError::NonZeroPadding);
     }
     Ok(Some(FrameView {
         term: Term(get_u64(bytes, FRAME_TERM_OFFSET)),
@@ -733,8 +740,8 @@ mod tests {
         let seed = FrameSeed::new(77, LogIndex(10));
         let mut frame = Vec::new();
         encode_frame(&mut frame, seed, fields(12), b"hello, raft");
-        let length = FRAME_HEADER_SIZE + 11;
-        for byte in 0..length {
+        // Every byte of the padded frame, padding included.
+        for byte in 0..frame.len() {
             let mut bad = frame.clone();
             bad[byte] ^= 0x01;
             let got = decode_frame(&bad, seed);
