@@ -225,7 +225,10 @@ impl SimFs {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file", path.display()),
+    )
 }
 
 impl Vfs for SimFs {
@@ -323,7 +326,10 @@ impl LogFile for SimFile {
         check_write_bounds(&self.path, self.data.len() as u64, writes);
         let mut st = self.fs.lock();
         let st = &mut *st;
-        let file = st.files.get_mut(&self.path).ok_or_else(|| not_found(&self.path))?;
+        let file = st
+            .files
+            .get_mut(&self.path)
+            .ok_or_else(|| not_found(&self.path))?;
         for w in writes {
             let at = w.offset as usize;
             self.data[at..at + w.bytes.len()].copy_from_slice(w.bytes);
@@ -336,10 +342,8 @@ impl LogFile for SimFile {
         }
         if st.fail_syncs > 0 {
             st.fail_syncs -= 1;
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                format!("simulated fdatasync failure (EIO) on {}", self.path.display()),
-            ));
+            // Like the kernel: EIO, and the writes stay volatile (they may or may not survive).
+            return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         // fdatasync covers every earlier write of this file, not only this batch's.
         let path = &self.path;
@@ -362,10 +366,24 @@ mod tests {
         let p = dir.join("f");
         fs.create_zeroed(&p, 16).unwrap();
         let mut f = fs.open(&p).unwrap();
-        f.write_durable(&[WriteAt { offset: 0, bytes: &[1, 1] }]).unwrap();
+        f.write_durable(&[WriteAt {
+            offset: 0,
+            bytes: &[1, 1],
+        }])
+        .unwrap();
         fs.fail_next_syncs(2);
-        assert!(f.write_durable(&[WriteAt { offset: 4, bytes: &[2, 2] }]).is_err());
-        assert!(f.write_durable(&[WriteAt { offset: 8, bytes: &[3, 3, 3] }]).is_err());
+        assert!(f
+            .write_durable(&[WriteAt {
+                offset: 4,
+                bytes: &[2, 2]
+            }])
+            .is_err());
+        assert!(f
+            .write_durable(&[WriteAt {
+                offset: 8,
+                bytes: &[3, 3, 3]
+            }])
+            .is_err());
         assert_eq!(&f.bytes()[..10], &[1, 1, 0, 0, 2, 2, 0, 0, 3, 3]);
         drop(f);
         let r = fs.power_loss(1, Some(1));

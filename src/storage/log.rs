@@ -1,0 +1,898 @@
+//! The segmented Raft log (`RaftLog`): open and recovery, durable appends, mmap reads, suffix
+//! truncation, prefix compaction and segment rotation. docs/FORMAT.md ("Operations", "Recovery")
+//! describes what each operation does for crash safety; this module implements that text.
+//!
+//! # What it owns
+//! The node directory's segment files (`segment_<base>.log`) and the one prepared, zero-filled
+//! file that becomes the next segment (`next_segment.prep`). Segments are kept in a `BTreeMap`
+//! keyed by base index.
+//!
+//! # Invariants
+//! - Segments are contiguous: each base index is the previous segment's last index + 1; only the
+//!   last segment is open for appends, every earlier one is sealed (its header counts its entries).
+//! - `first_index <= last_index + 1`; `last_term` is the term of `last_index` (or of the last
+//!   compacted entry when the log is empty).
+//! - An entry is visible to readers only after the fdatasync that covered it completed.
+//! - After any write or sync failure the log is poisoned: every later mutation returns
+//!   [`LogError::Poisoned`] (no retry, fsyncgate). Reads keep working on what is mapped.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::storage::file::{Vfs, WriteAt};
+use crate::storage::format::{
+    frame_padded_len, parse_segment_file_name, segment_file_name, FrameFields, SegmentHeader,
+    ENTRY_PAYLOAD_MAX, SEGMENT_HEADER_SIZE, SEGMENT_SIZE_DEFAULT_BYTES, SEGMENT_SIZE_MIN_BYTES,
+};
+use crate::storage::segment::{scan_segment, LogFileSegment, ProblemKind, SegmentError};
+use crate::storage::uring::UringVfs;
+use crate::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
+
+/// The file that is zero-filled off the append path and becomes the next segment at rotation.
+pub const PREPARED_SEGMENT_NAME: &str = "next_segment.prep";
+
+/// Errors of the storage layer: what went wrong and where.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogError {
+    #[error("I/O error during {op} on {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    #[error(
+        "corrupt log: {} at offset {offset} (index {index}): {reason}; inspect it with `segdump verify {}`",
+        file.display(),
+        file.parent().map(|p| p.display().to_string()).unwrap_or_default()
+    )]
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        index: LogIndex,
+        reason: String,
+    },
+    #[error("the log is poisoned by an earlier write or sync failure ({reason}); it accepts no more writes")]
+    Poisoned { reason: String },
+    #[error("entry {index} has a {payload_bytes}-byte payload; at most {max_bytes} bytes fit")]
+    EntryTooLarge {
+        index: LogIndex,
+        payload_bytes: usize,
+        max_bytes: usize,
+    },
+    #[error("entry {got} does not continue the log (next index is {expected})")]
+    NotContiguous { expected: LogIndex, got: LogIndex },
+    #[error("entry {index} has term {term}, below the log's last term {last_term}")]
+    TermRegression {
+        index: LogIndex,
+        term: Term,
+        last_term: Term,
+    },
+    #[error("index {index} is outside the log ({first}..={last})")]
+    OutOfRange {
+        index: LogIndex,
+        first: LogIndex,
+        last: LogIndex,
+    },
+    #[error("invalid log config: {0}")]
+    Config(String),
+    #[error("the log writer thread has stopped")]
+    WriterStopped,
+}
+
+fn io_err(op: &'static str, path: &Path, e: io::Error) -> LogError {
+    LogError::Io {
+        op,
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    }
+}
+
+fn seg_err(op: &'static str, path: &Path, e: SegmentError) -> LogError {
+    match e {
+        SegmentError::Io(e) => io_err(op, path, e),
+        SegmentError::Corrupt {
+            offset,
+            index,
+            reason,
+        } => LogError::Corrupt {
+            file: path.to_path_buf(),
+            offset,
+            index,
+            reason,
+        },
+    }
+}
+
+/// The log's configuration; [`LogConfig::validate`] checks the limits and their relations.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// The node directory holding the segments (`<log_directory>/node_<id>`).
+    pub dir: PathBuf,
+    /// Size of every segment file (default 64 MiB), a multiple of 8, at most 4 GiB.
+    pub segment_size_bytes: u64,
+    /// Group commit: most payload bytes one batch (one fdatasync) carries.
+    pub batch_bytes_max: u64,
+    /// Group commit: most entries one batch carries.
+    pub batch_entries_max: usize,
+    /// Group commit: most requests waiting in the writer's queue (senders block beyond it).
+    pub queue_requests_max: usize,
+}
+
+impl LogConfig {
+    /// Defaults for a log in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> LogConfig {
+        LogConfig {
+            dir: dir.into(),
+            segment_size_bytes: SEGMENT_SIZE_DEFAULT_BYTES,
+            batch_bytes_max: 8 << 20,
+            batch_entries_max: 4096,
+            queue_requests_max: 4096,
+        }
+    }
+
+    /// Defaults for node `id` under `log_directory` (the seed's `<log_directory>/node_<id>`).
+    pub fn for_node(log_directory: impl AsRef<Path>, id: NodeId) -> LogConfig {
+        LogConfig::new(log_directory.as_ref().join(format!("node_{id}")))
+    }
+
+    /// # Errors
+    /// [`LogError::Config`] naming the first limit that is out of range.
+    pub fn validate(&self) -> Result<(), LogError> {
+        let s = self.segment_size_bytes;
+        if s < SEGMENT_SIZE_MIN_BYTES || s > u32::MAX as u64 || s % 8 != 0 {
+            return Err(LogError::Config(format!(
+                "segment_size_bytes {s} must be a multiple of 8 in [{SEGMENT_SIZE_MIN_BYTES}, {}]",
+                u32::MAX
+            )));
+        }
+        if self.batch_bytes_max == 0 || self.batch_entries_max == 0 || self.queue_requests_max == 0
+        {
+            return Err(LogError::Config(
+                "batch_bytes_max, batch_entries_max and queue_requests_max must be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest payload one entry may carry in a log with this config.
+    pub fn entry_payload_max_bytes(&self) -> usize {
+        let room = self.segment_size_bytes as usize - SEGMENT_HEADER_SIZE;
+        // frame_padded_len(p) <= room  <=>  40 + p rounded up to 8 <= room.
+        let by_segment = (room & !7) - crate::storage::format::FRAME_HEADER_SIZE;
+        by_segment.min(ENTRY_PAYLOAD_MAX)
+    }
+}
+
+/// One entry read from the log, borrowing its payload from the segment's mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub term: Term,
+    pub index: LogIndex,
+    pub entry_type: EntryType,
+    pub payload: &'a [u8],
+}
+
+impl EntryRef<'_> {
+    pub fn to_owned_entry(&self) -> LogEntry {
+        LogEntry {
+            term: self.term,
+            index: self.index,
+            entry_type: self.entry_type,
+            payload: self.payload.to_vec(),
+        }
+    }
+}
+
+/// What recovery did on open (also logged through `tracing`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// A torn tail that was cut: file, offset of the cut, bytes zeroed, frames dropped.
+    pub torn_tail: Option<(PathBuf, u64, u64, u64)>,
+    /// An interrupted truncation that was completed: the file and the range zeroed.
+    pub finished_truncation: Option<(PathBuf, Range<u64>)>,
+}
+
+/// The segmented log. See the module docs.
+pub struct RaftLog {
+    config: LogConfig,
+    vfs: Arc<dyn Vfs>,
+    segments: BTreeMap<LogIndex, LogFileSegment>,
+    first_index: LogIndex,
+    /// The term of `first_index - 1`.
+    compacted_term: Term,
+    last_index: LogIndex,
+    last_term: Term,
+    poisoned: Option<String>,
+    /// Reused frame buffer and per-frame offsets of the batch being written.
+    frames: Vec<u8>,
+    frame_offsets: Vec<u32>,
+    /// Zero-fills [`PREPARED_SEGMENT_NAME`] off the append path.
+    preparing: Option<JoinHandle<io::Result<()>>>,
+    recovery: RecoveryReport,
+}
+
+fn fresh_salt(base: LogIndex) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per process and per instance; mixing in the clock, pid
+    // and base index makes a salt unique to this life of the file in practice.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.write_u64(base.0);
+    h.finish()
+}
+
+impl RaftLog {
+    /// Opens (or creates) the log in `config.dir` on the real disk (io_uring + mmap).
+    ///
+    /// # Errors
+    /// Config, I/O, or [`LogError::Corrupt`] when recovery finds damaged durable data.
+    pub fn open(config: LogConfig) -> Result<RaftLog, LogError> {
+        RaftLog::open_with(config, Arc::new(UringVfs))
+    }
+
+    /// Opens (or creates) the log through any [`Vfs`] (tests pass a simulated disk).
+    ///
+    /// Recovery: every sealed segment's header is validated (magic, version, checksum, base
+    /// index = file name = previous segment's last index + 1) but its frames are not read; the
+    /// last segment is scanned ([`scan_segment`]): a torn tail is cut and zeroed durably, damaged
+    /// acknowledged data is refused with [`LogError::Corrupt`].
+    pub fn open_with(config: LogConfig, vfs: Arc<dyn Vfs>) -> Result<RaftLog, LogError> {
+        config.validate()?;
+        let dir = config.dir.clone();
+        vfs.create_dir_all(&dir)
+            .map_err(|e| io_err("create directory", &dir, e))?;
+        let names = vfs
+            .list_dir(&dir)
+            .map_err(|e| io_err("list directory", &dir, e))?;
+        let mut bases: Vec<(LogIndex, String)> = Vec::new();
+        for name in names {
+            if let Some(base) = parse_segment_file_name(&name) {
+                bases.push((base, name));
+            } else if name == PREPARED_SEGMENT_NAME || name.ends_with(".zeroing") {
+                // A leftover from a rotation or preparation that a crash interrupted: it never
+                // held acknowledged data (a segment is renamed into place before its first append).
+                let p = dir.join(&name);
+                vfs.remove(&p)
+                    .map_err(|e| io_err("remove leftover", &p, e))?;
+            }
+        }
+        bases.sort();
+
+        let mut log = RaftLog {
+            config,
+            vfs,
+            segments: BTreeMap::new(),
+            first_index: LogIndex(1),
+            compacted_term: Term::ZERO,
+            last_index: LogIndex::ZERO,
+            last_term: Term::ZERO,
+            poisoned: None,
+            frames: Vec::new(),
+            frame_offsets: Vec::new(),
+            preparing: None,
+            recovery: RecoveryReport::default(),
+        };
+
+        if bases.is_empty() {
+            log.create_segment(LogIndex(1), Term::ZERO)?;
+        } else {
+            let n = bases.len();
+            for (i, (base, name)) in bases.into_iter().enumerate() {
+                log.open_segment(base, &name, i + 1 == n)?;
+            }
+        }
+        let (first_base, first) = log
+            .segments
+            .first_key_value()
+            .expect("the log has at least one segment");
+        log.first_index = *first_base;
+        log.compacted_term = first.header().prev_term;
+        log.recovery.segments = log.segments.len();
+        log.start_preparing();
+        Ok(log)
+    }
+
+    fn open_segment(&mut self, base: LogIndex, name: &str, is_last: bool) -> Result<(), LogError> {
+        let path = self.config.dir.join(name);
+        let corrupt = |offset: u64, index: LogIndex, reason: String| LogError::Corrupt {
+            file: path.clone(),
+            offset,
+            index,
+            reason,
+        };
+        let mut file = self
+            .vfs
+            .open(&path)
+            .map_err(|e| io_err("open segment", &path, e))?;
+        let header = SegmentHeader::decode(file.bytes())
+            .map_err(|e| corrupt(0, base, format!("bad segment header: {e}")))?;
+        header
+            .check_file_len(file.len_bytes())
+            .map_err(|e| corrupt(0, base, format!("bad segment header: {e}")))?;
+        if header.base_index != base {
+            return Err(corrupt(
+                0,
+                base,
+                format!(
+                    "header base index {} differs from the file name",
+                    header.base_index
+                ),
+            ));
+        }
+        if let Some(prev) = self.segments.values().next_back() {
+            if base != prev.last_index().next() {
+                return Err(corrupt(
+                    0,
+                    base,
+                    format!(
+                        "base index {base} does not follow the previous segment's last index {}",
+                        prev.last_index()
+                    ),
+                ));
+            }
+        }
+        let segment = if !is_last {
+            if header.dirty_range().is_some() {
+                return Err(corrupt(
+                    0,
+                    base,
+                    "a sealed segment has an unfinished truncation".into(),
+                ));
+            }
+            LogFileSegment::from_trusted_header(file, header)
+        } else {
+            let scan = scan_segment(file.bytes(), &header);
+            if let Some(p) = &scan.problem {
+                if p.kind == ProblemKind::Corrupt {
+                    return Err(corrupt(p.offset, p.index, p.reason.clone()));
+                }
+            }
+            let zero = scan.valid_end..scan.zero_end;
+            if !zero.is_empty() {
+                // Cut the torn tail (or the rest of an interrupted truncation) durably, so that no
+                // stale frame can sit behind the next append.
+                let zeros = vec![0u8; (zero.end - zero.start) as usize];
+                file.write_durable(&[WriteAt {
+                    offset: zero.start,
+                    bytes: &zeros,
+                }])
+                .map_err(|e| io_err("zero torn tail", &path, e))?;
+                if let Some(p) = &scan.problem {
+                    tracing::warn!(
+                        file = %path.display(),
+                        offset = zero.start,
+                        bytes = zero.end - zero.start,
+                        entries = scan.dropped_entries,
+                        first_dropped_index = %p.index,
+                        reason = %p.reason,
+                        "cut a torn tail: dropped {} bytes and {} entries from index {}",
+                        zero.end - zero.start,
+                        scan.dropped_entries,
+                        p.index
+                    );
+                    self.recovery.torn_tail = Some((
+                        path.clone(),
+                        zero.start,
+                        zero.end - zero.start,
+                        scan.dropped_entries,
+                    ));
+                }
+            }
+            let header = if let Some(r) = header.dirty_range() {
+                tracing::warn!(file = %path.display(), "finished an interrupted truncation: zeroed [{}, {})", r.start, r.end);
+                self.recovery.finished_truncation = Some((path.clone(), r.clone()));
+                let clean = SegmentHeader {
+                    dirty_end: 0,
+                    ..header
+                };
+                file.write_durable(&[WriteAt {
+                    offset: 0,
+                    bytes: &clean.encode(),
+                }])
+                .map_err(|e| io_err("write segment header", &path, e))?;
+                clean
+            } else {
+                header
+            };
+            self.last_index = scan.last_index;
+            self.last_term = scan.last_term;
+            LogFileSegment::from_scan(file, header, scan)
+        };
+        if !is_last {
+            self.last_index = segment.last_index();
+        }
+        self.segments.insert(base, segment);
+        Ok(())
+    }
+
+    fn prepared_path(&self) -> PathBuf {
+        self.config.dir.join(PREPARED_SEGMENT_NAME)
+    }
+
+    /// Starts zero-filling the next segment on a background thread, so rotation finds it ready
+    /// and appends overwrite already-written blocks.
+    fn start_preparing(&mut self) {
+        if self.preparing.is_some() {
+            return;
+        }
+        let vfs = Arc::clone(&self.vfs);
+        let path = self.prepared_path();
+        let len = self.config.segment_size_bytes;
+        self.preparing = std::thread::Builder::new()
+            .name("segment-prepare".into())
+            .spawn(move || vfs.create_zeroed(&path, len))
+            .ok();
+    }
+
+    /// Takes the prepared file (waiting for its preparation if needed, or preparing it now).
+    fn take_prepared(&mut self) -> Result<PathBuf, LogError> {
+        let path = self.prepared_path();
+        let ready = match self.preparing.take() {
+            Some(h) => matches!(h.join(), Ok(Ok(()))),
+            None => false,
+        };
+        if !ready {
+            self.vfs
+                .create_zeroed(&path, self.config.segment_size_bytes)
+                .map_err(|e| io_err("prepare segment", &path, e))?;
+        }
+        Ok(path)
+    }
+
+    /// Creates the segment starting at `base`: the prepared file gets its header (synced) and
+    /// is renamed into place (directory synced). Until the rename it is not part of the log.
+    fn create_segment(&mut self, base: LogIndex, prev_term: Term) -> Result<(), LogError> {
+        let prep = self.take_prepared()?;
+        let header = SegmentHeader::new_empty(base, prev_term, fresh_salt(base));
+        {
+            let mut f = self
+                .vfs
+                .open(&prep)
+                .map_err(|e| io_err("open prepared segment", &prep, e))?;
+            f.write_durable(&[WriteAt {
+                offset: 0,
+                bytes: &header.encode(),
+            }])
+            .map_err(|e| io_err("write segment header", &prep, e))?;
+        }
+        let path = self.config.dir.join(segment_file_name(base));
+        self.vfs
+            .rename(&prep, &path)
+            .map_err(|e| io_err("rename prepared segment", &path, e))?;
+        let file = self
+            .vfs
+            .open(&path)
+            .map_err(|e| io_err("open segment", &path, e))?;
+        self.segments
+            .insert(base, LogFileSegment::from_trusted_header(file, header));
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<(), LogError> {
+        match &self.poisoned {
+            Some(reason) => Err(LogError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failed mutation: the log accepts no more writes (no retry, fsyncgate).
+    fn poison<T>(&mut self, r: Result<T, LogError>) -> Result<T, LogError> {
+        if let Err(e) = &r {
+            if self.poisoned.is_none() {
+                tracing::error!(error = %e, "storage write failed: the log is poisoned");
+                self.poisoned = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    fn last_segment_mut(&mut self) -> &mut LogFileSegment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("the log has at least one segment")
+    }
+
+    /// Appends `entries` durably: returns only after the fdatasync covering them completed.
+    /// Entries must continue the log (`entries[0].index == last_index + 1`, consecutive) with
+    /// terms that never decrease. A batch that does not fit the open segment fills it, the
+    /// segment is sealed, and the rest goes to the next one (one durable write per segment).
+    ///
+    /// # Errors
+    /// [`LogError::NotContiguous`], [`LogError::TermRegression`], [`LogError::EntryTooLarge`]
+    /// (the log is unchanged); [`LogError::Poisoned`]; an I/O error, which poisons the log.
+    pub fn append(&mut self, entries: &[LogEntry]) -> Result<(), LogError> {
+        self.check_writable()?;
+        let payload_max = self.config.entry_payload_max_bytes();
+        let mut expected = self.last_index.next();
+        let mut term = self.last_term;
+        for e in entries {
+            if e.index != expected {
+                return Err(LogError::NotContiguous {
+                    expected,
+                    got: e.index,
+                });
+            }
+            if e.term < term {
+                return Err(LogError::TermRegression {
+                    index: e.index,
+                    term: e.term,
+                    last_term: term,
+                });
+            }
+            if e.payload.len() > payload_max {
+                return Err(LogError::EntryTooLarge {
+                    index: e.index,
+                    payload_bytes: e.payload.len(),
+                    max_bytes: payload_max,
+                });
+            }
+            expected = expected.next();
+            term = e.term;
+        }
+        let r = self.append_checked(entries);
+        self.poison(r)
+    }
+
+    fn append_checked(&mut self, mut entries: &[LogEntry]) -> Result<(), LogError> {
+        let mut frames = std::mem::take(&mut self.frames);
+        let mut offsets = std::mem::take(&mut self.frame_offsets);
+        let result = (|| {
+            while !entries.is_empty() {
+                frames.clear();
+                offsets.clear();
+                let seg = self.last_segment_mut();
+                let free = seg.free_bytes() as usize;
+                let seed = seg.seed();
+                let batch_start = entries[0].index;
+                let mut n = 0;
+                for e in entries {
+                    if frames.len() + frame_padded_len(e.payload.len()) > free {
+                        break;
+                    }
+                    offsets.push(frames.len() as u32);
+                    crate::storage::format::encode_frame(
+                        &mut frames,
+                        seed,
+                        FrameFields {
+                            term: e.term,
+                            index: e.index,
+                            batch_start_index: batch_start,
+                            entry_type: e.entry_type,
+                        },
+                        &e.payload,
+                    );
+                    n += 1;
+                }
+                if n == 0 {
+                    assert!(
+                        !seg.is_empty(),
+                        "entry {} does not fit an empty segment although its size was checked",
+                        entries[0].index
+                    );
+                    self.rotate()?;
+                    continue;
+                }
+                let last_term = entries[n - 1].term;
+                let path = seg.path().to_path_buf();
+                seg.append_frames(&frames, &offsets, batch_start, last_term)
+                    .map_err(|e| seg_err("append", &path, e))?;
+                self.last_index = entries[n - 1].index;
+                self.last_term = last_term;
+                entries = &entries[n..];
+            }
+            Ok(())
+        })();
+        self.frames = frames;
+        self.frame_offsets = offsets;
+        result
+    }
+
+    /// Seals the open segment and opens the next (prepared) one.
+    fn rotate(&mut self) -> Result<(), LogError> {
+        let seg = self.last_segment_mut();
+        let path = seg.path().to_path_buf();
+        seg.seal().map_err(|e| seg_err("seal segment", &path, e))?;
+        self.create_segment(self.last_index.next(), self.last_term)?;
+        self.start_preparing();
+        Ok(())
+    }
+
+    /// Removes every entry with index >= `from`, durably before it returns (Raft §5.3: a
+    /// follower deletes a conflicting entry and all that follow it). Whole segments after `from`
+    /// are deleted (newest first, so a crash leaves a prefix of the old log); inside the segment
+    /// holding `from` the cut is made by [`LogFileSegment::truncate_from`].
+    ///
+    /// # Errors
+    /// [`LogError::OutOfRange`] if `from` is below the first index (compacted entries are
+    /// committed and never truncated); [`LogError::Poisoned`]; I/O errors poison the log.
+    pub fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), LogError> {
+        self.check_writable()?;
+        if from > self.last_index {
+            return Ok(());
+        }
+        if from < self.first_index {
+            return Err(LogError::OutOfRange {
+                index: from,
+                first: self.first_index,
+                last: self.last_index,
+            });
+        }
+        let prev_term = self.term(from.prev())?;
+        let r = self.truncate_checked(from, prev_term);
+        self.poison(r)
+    }
+
+    fn truncate_checked(&mut self, from: LogIndex, prev_term: Term) -> Result<(), LogError> {
+        let first_base = *self
+            .segments
+            .first_key_value()
+            .expect("the log has at least one segment")
+            .0;
+        while let Some((&base, _)) = self.segments.last_key_value() {
+            if base < from || base == first_base {
+                break;
+            }
+            let seg = self.segments.remove(&base).expect("key just seen");
+            let path = seg.path().to_path_buf();
+            drop(seg);
+            self.vfs
+                .remove(&path)
+                .map_err(|e| io_err("remove segment", &path, e))?;
+            // The segment before is now the open one; its remaining space is zero (it was
+            // sealed right after its last append).
+            self.last_index = base.prev();
+        }
+        let seg = self.last_segment_mut();
+        let path = seg.path().to_path_buf();
+        seg.truncate_from(from, prev_term)
+            .map_err(|e| seg_err("truncate", &path, e))?;
+        self.last_index = from.prev();
+        self.last_term = prev_term;
+        Ok(())
+    }
+
+    /// Compacts the log up to and including `upto` (entries covered by a snapshot): deletes every
+    /// segment whose entries all lie at or below `upto` (oldest first), except the open one, and
+    /// remembers the term of `upto` as the term of `first_index() - 1`.
+    ///
+    /// After a reopen `first_index()` is the base of the first remaining segment, which may be
+    /// below `upto + 1` (entries of a partly compacted segment are still there and still
+    /// correct); `term(first_index() - 1)` is answered from that segment's header.
+    ///
+    /// # Errors
+    /// [`LogError::OutOfRange`] if `upto > last_index()`; I/O errors poison the log.
+    pub fn compact_prefix(&mut self, upto: LogIndex) -> Result<(), LogError> {
+        self.check_writable()?;
+        if upto > self.last_index {
+            return Err(LogError::OutOfRange {
+                index: upto,
+                first: self.first_index,
+                last: self.last_index,
+            });
+        }
+        if upto < self.first_index {
+            return Ok(());
+        }
+        let term = self.term(upto)?;
+        let r = (|| {
+            while self.segments.len() > 1 {
+                let (&base, seg) = self.segments.first_key_value().expect("len > 1");
+                if seg.last_index() > upto {
+                    break;
+                }
+                let seg = self.segments.remove(&base).expect("key just seen");
+                let path = seg.path().to_path_buf();
+                drop(seg);
+                self.vfs
+                    .remove(&path)
+                    .map_err(|e| io_err("remove compacted segment", &path, e))?;
+            }
+            Ok(())
+        })();
+        self.first_index = upto.next();
+        self.compacted_term = term;
+        self.poison(r)
+    }
+
+    /// The first index present (1 for a log that was never compacted).
+    pub fn first_index(&self) -> LogIndex {
+        self.first_index
+    }
+
+    /// The last index present; `first_index() - 1` when the log is empty.
+    pub fn last_index(&self) -> LogIndex {
+        self.last_index
+    }
+
+    /// The term of `last_index()` (of the last compacted entry if the log is empty).
+    pub fn last_term(&self) -> Term {
+        self.last_term
+    }
+
+    /// Whether an earlier failure poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// What recovery did when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Paths of the segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments
+            .values()
+            .map(|s| s.path().to_path_buf())
+            .collect()
+    }
+
+    fn out_of_range(&self, index: LogIndex) -> LogError {
+        LogError::OutOfRange {
+            index,
+            first: self.first_index,
+            last: self.last_index,
+        }
+    }
+
+    /// Reads entry `index` through the mapping, verifying its CRC; the payload is borrowed.
+    ///
+    /// # Errors
+    /// [`LogError::OutOfRange`], or [`LogError::Corrupt`] if the frame does not verify.
+    pub fn entry(&self, index: LogIndex) -> Result<EntryRef<'_>, LogError> {
+        if index < self.first_index || index > self.last_index {
+            return Err(self.out_of_range(index));
+        }
+        let (_, seg) = self
+            .segments
+            .range(..=index)
+            .next_back()
+            .ok_or_else(|| self.out_of_range(index))?;
+        let f = seg
+            .entry(index)
+            .map_err(|e| seg_err("read", seg.path(), e))?;
+        Ok(EntryRef {
+            term: f.term,
+            index: f.index,
+            entry_type: f.entry_type,
+            payload: f.payload,
+        })
+    }
+
+    /// Entries in `range`, stopping once `max_bytes` of payload were collected (at least one
+    /// entry is returned if the range is not empty).
+    ///
+    /// # Errors
+    /// As [`RaftLog::entry`]; the whole range must lie in `first_index()..=last_index()`.
+    pub fn entries(
+        &self,
+        range: Range<LogIndex>,
+        max_bytes: u64,
+    ) -> Result<Vec<EntryRef<'_>>, LogError> {
+        if range.start >= range.end {
+            return Ok(Vec::new());
+        }
+        if range.start < self.first_index {
+            return Err(self.out_of_range(range.start));
+        }
+        if range.end.prev() > self.last_index {
+            return Err(self.out_of_range(range.end.prev()));
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        let mut i = range.start;
+        while i < range.end {
+            let e = self.entry(i)?;
+            if !out.is_empty() && bytes + e.payload.len() as u64 > max_bytes {
+                break;
+            }
+            bytes += e.payload.len() as u64;
+            out.push(e);
+            i = i.next();
+        }
+        Ok(out)
+    }
+
+    /// The term of entry `index`; for `first_index() - 1` the term of the last compacted entry.
+    ///
+    /// # Errors
+    /// [`LogError::OutOfRange`] outside `first_index() - 1 ..= last_index()`, or corruption.
+    pub fn term(&self, index: LogIndex) -> Result<Term, LogError> {
+        if index == self.last_index {
+            return Ok(self.last_term);
+        }
+        if index == self.first_index.prev() {
+            return Ok(self.compacted_term);
+        }
+        Ok(self.entry(index)?.term)
+    }
+
+    /// Checks the in-memory invariants (tests call it after every step).
+    ///
+    /// # Panics
+    /// If one is broken, naming the values.
+    pub fn check_invariants(&self) {
+        assert!(
+            self.first_index.0 <= self.last_index.0 + 1,
+            "first {} > last {} + 1",
+            self.first_index,
+            self.last_index
+        );
+        let mut next: Option<LogIndex> = None;
+        for (base, seg) in &self.segments {
+            assert_eq!(*base, seg.base_index());
+            if let Some(n) = next {
+                assert_eq!(
+                    *base,
+                    n,
+                    "segments are not contiguous at {}",
+                    seg.path().display()
+                );
+            }
+            next = Some(seg.last_index().next());
+        }
+        assert_eq!(next, Some(self.last_index.next()), "last index mismatch");
+    }
+}
+
+impl Drop for RaftLog {
+    fn drop(&mut self) {
+        // Let the preparation finish, so a prepared file is complete or absent, never half
+        // written by a thread that outlives its log.
+        if let Some(h) = self.preparing.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl crate::raft::Storage for RaftLog {
+    fn first_index(&self) -> LogIndex {
+        self.first_index
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.last_index
+    }
+
+    fn term(&self, index: LogIndex) -> Option<Term> {
+        if index < self.first_index.prev() || index > self.last_index {
+            return None;
+        }
+        match RaftLog::term(self, index) {
+            Ok(t) => Some(t),
+            // The core cannot make progress without its log (src/raft/storage.rs): stop.
+            Err(e) => panic!("storage read of term({index}) failed: {e}"),
+        }
+    }
+
+    fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: u64) -> Vec<LogEntry> {
+        assert!(
+            lo >= self.first_index && hi <= self.last_index.next() && lo <= hi,
+            "RaftLog::entries({lo}..{hi}) outside {}..={}",
+            self.first_index,
+            self.last_index
+        );
+        match RaftLog::entries(self, lo..hi, max_bytes) {
+            Ok(v) => v.iter().map(EntryRef::to_owned_entry).collect(),
+            Err(e) => panic!("storage read of entries({lo}..{hi}) failed: {e}"),
+        }
+    }
+}
