@@ -116,7 +116,8 @@ fn submit_linked(
             }
             // SAFETY: the buffer stays borrowed until this function returns, and it returns only
             // after the completion of every SQE pushed here (see the wait loop below).
-            unsafe { sq.push(&sqe) }.map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            unsafe { sq.push(&sqe) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
             expects.push(Expect {
                 write_len: Some(w.bytes.len()),
                 offset: w.offset,
@@ -128,7 +129,8 @@ fn submit_linked(
                 .build()
                 .user_data(expects.len() as u64);
             // SAFETY: fsync references no user memory.
-            unsafe { sq.push(&sqe) }.map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            unsafe { sq.push(&sqe) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
             expects.push(Expect {
                 write_len: None,
                 offset: 0,
@@ -172,7 +174,12 @@ fn submit_linked(
         match e.write_len {
             Some(len) => {
                 if r < 0 {
-                    return Err(error_at(path, "write", e.offset, io::Error::from_raw_os_error(-r)));
+                    return Err(error_at(
+                        path,
+                        "write",
+                        e.offset,
+                        io::Error::from_raw_os_error(-r),
+                    ));
                 }
                 if r as usize != len {
                     return Err(error_at(
@@ -188,7 +195,12 @@ fn submit_linked(
             }
             None => {
                 if r < 0 {
-                    return Err(error_at(path, "fdatasync", 0, io::Error::from_raw_os_error(-r)));
+                    return Err(error_at(
+                        path,
+                        "fdatasync",
+                        0,
+                        io::Error::from_raw_os_error(-r),
+                    ));
                 }
             }
         }
