@@ -106,9 +106,17 @@ struct SimState {
     files: BTreeMap<PathBuf, SimFileState>,
     /// Every unsynced write of every file, in the order it was issued.
     pending: Vec<PendingWrite>,
-    /// The next `fail_syncs` syncs fail with EIO.
+    /// After `syncs_before_failure` more successful syncs, the next `fail_syncs` syncs fail.
+    syncs_before_failure: u32,
     fail_syncs: u32,
     syncs_total: u64,
+}
+
+/// The sector size whose writes the disk performs atomically (docs/FORMAT.md, "Assumptions").
+pub const ATOMIC_SECTOR_BYTES: u64 = 512;
+
+fn within_one_sector(offset: u64, len: usize) -> bool {
+    len > 0 && offset / ATOMIC_SECTOR_BYTES == (offset + len as u64 - 1) / ATOMIC_SECTOR_BYTES
 }
 
 /// What [`SimFs::power_loss`] kept of the unsynced writes.
@@ -141,9 +149,16 @@ impl SimFs {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes the next `count` syncs fail with EIO (their writes stay volatile).
+    /// Makes the next `count` syncs fail with EIO (their writes stay volatile); 0 disarms.
     pub fn fail_next_syncs(&self, count: u32) {
-        self.lock().fail_syncs = count;
+        self.fail_sync_after(0, count);
+    }
+
+    /// Lets `ok_syncs` more syncs succeed, then makes `count` syncs fail with EIO.
+    pub fn fail_sync_after(&self, ok_syncs: u32, count: u32) {
+        let mut st = self.lock();
+        st.syncs_before_failure = ok_syncs;
+        st.fail_syncs = count;
     }
 
     /// How many syncs completed successfully so far.
@@ -158,7 +173,8 @@ impl SimFs {
 
     /// Simulates a power loss. Every open [`LogFile`] of this disk must have been dropped (the
     /// "machine" is gone). Keeps the durable bytes, then applies the first `keep` unsynced writes
-    /// in issue order, then at most `torn_bytes` bytes of the next one; everything later is lost.
+    /// in issue order, then at most `torn_bytes` bytes of the next one (unless that write lies
+    /// inside one 512-byte sector: such writes are atomic); everything later is lost.
     pub fn power_loss(&self, keep: usize, torn_bytes: Option<usize>) -> PowerLossReport {
         let mut st = self.lock();
         let pending = std::mem::take(&mut st.pending);
@@ -170,7 +186,12 @@ impl SimFs {
             } else if i == keep {
                 match torn_bytes {
                     Some(t) => {
-                        let t = t.min(w.bytes.len());
+                        let mut t = t.min(w.bytes.len());
+                        if within_one_sector(w.offset, w.bytes.len()) && t < w.bytes.len() {
+                            // The disk assumption (docs/FORMAT.md): a write inside one aligned
+                            // 512-byte sector lands whole or not at all. Segment headers rely on it.
+                            t = 0;
+                        }
                         torn_kept = Some(t);
                         t
                     }
@@ -340,7 +361,9 @@ impl LogFile for SimFile {
                 bytes: w.bytes.to_vec(),
             });
         }
-        if st.fail_syncs > 0 {
+        if st.fail_syncs > 0 && st.syncs_before_failure > 0 {
+            st.syncs_before_failure -= 1;
+        } else if st.fail_syncs > 0 {
             st.fail_syncs -= 1;
             // Like the kernel: EIO, and the writes stay volatile (they may or may not survive).
             return Err(io::Error::from_raw_os_error(libc::EIO));
@@ -364,31 +387,46 @@ mod tests {
         let dir = Path::new("/d");
         fs.create_dir_all(dir).unwrap();
         let p = dir.join("f");
-        fs.create_zeroed(&p, 16).unwrap();
+        fs.create_zeroed(&p, 1024).unwrap();
         let mut f = fs.open(&p).unwrap();
         f.write_durable(&[WriteAt {
             offset: 0,
             bytes: &[1, 1],
         }])
         .unwrap();
-        fs.fail_next_syncs(2);
-        assert!(f
-            .write_durable(&[WriteAt {
-                offset: 4,
-                bytes: &[2, 2]
-            }])
-            .is_err());
-        assert!(f
-            .write_durable(&[WriteAt {
-                offset: 8,
-                bytes: &[3, 3, 3]
-            }])
-            .is_err());
-        assert_eq!(&f.bytes()[..10], &[1, 1, 0, 0, 2, 2, 0, 0, 3, 3]);
+        fs.fail_next_syncs(3);
+        let w = |f: &mut Box<dyn LogFile>, offset, bytes: &[u8]| {
+            assert!(f.write_durable(&[WriteAt { offset, bytes }]).is_err());
+        };
+        w(&mut f, 4, &[2, 2]);
+        w(&mut f, 510, &[3, 3, 3]); // crosses a sector boundary: may tear
+        w(&mut f, 8, &[4, 4]);
+        assert_eq!(&f.bytes()[..10], &[1, 1, 0, 0, 2, 2, 0, 0, 4, 4]);
         drop(f);
         let r = fs.power_loss(1, Some(1));
-        assert_eq!(r.pending_writes, 2);
+        assert_eq!(r.pending_writes, 3);
+        assert_eq!(r.torn_write_bytes_kept, Some(1));
         let b = fs.read_file(&p).unwrap();
-        assert_eq!(&b[..11], &[1, 1, 0, 0, 2, 2, 0, 0, 3, 0, 0]);
+        assert_eq!(&b[..10], &[1, 1, 0, 0, 2, 2, 0, 0, 0, 0]);
+        assert_eq!(&b[509..514], &[0, 3, 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_write_inside_one_sector_never_tears() {
+        let fs = SimFs::new();
+        fs.create_dir_all(Path::new("/d")).unwrap();
+        let p = Path::new("/d/f");
+        fs.create_zeroed(p, 1024).unwrap();
+        let mut f = fs.open(p).unwrap();
+        fs.fail_next_syncs(1);
+        assert!(f
+            .write_durable(&[WriteAt {
+                offset: 0,
+                bytes: &[7; 64]
+            }])
+            .is_err());
+        drop(f);
+        fs.power_loss(0, Some(10));
+        assert_eq!(&fs.read_file(p).unwrap()[..64], &[0; 64]);
     }
 }

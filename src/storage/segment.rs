@@ -187,7 +187,11 @@ pub fn scan_segment(bytes: &[u8], header: &SegmentHeader) -> ScanOutcome {
     };
     let mut p = search_from;
     if bad_reason.is_some() {
+        // The bad frame's first word is not zero (or it would have been a clean end).
         outcome.dropped_entries = 1;
+        outcome.zero_end = outcome
+            .zero_end
+            .max(((p + FRAME_ALIGN).min(bytes.len())) as u64);
         p += FRAME_ALIGN;
     }
     let mut corrupt: Option<String> = None;
