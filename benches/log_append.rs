@@ -1,1 +1,803 @@
-fn main() {}
+//! `cargo bench --bench log_append`: durable appends, the write+fdatasync baseline from the same
+//! run, preallocation (zero-filled vs merely fallocated), random reads over a >= 1 GiB log, and
+//! open (recovery) time. Prints a table and writes it to `BENCHMARKS.md` (quick mode:
+//! `target/BENCHMARKS-quick.md`) with the machine and the command.
+//!
+//! Environment:
+//! - `BENCH_QUICK=1`: shorter runs and a 256 MiB read/open log (for development; not the figures).
+//! - `BENCH_DIR=<dir>`: where the logs are written (default: the system temp dir). It must be on
+//!   the disk under test; tmpfs would measure nothing.
+//! - `BENCH_SECS=<f64>`: seconds per append measurement (default 2, quick 0.5).
+//!
+//! Method (STYLE §15): every figure is a distribution from HdrHistogram (nanosecond resolution,
+//! 3 significant digits) and sits beside a baseline measured in the same run on the same disk:
+//! a plain `pwrite` + `fdatasync` loop over a file that was zero-filled and synced beforehand (so
+//! it overwrites already-written blocks, the best case the engine's preallocation aims for), with
+//! the batch size the group commit would ideally form (`appenders × entry size`). Appends are
+//! closed-loop: each appender waits for its append to be durable before issuing the next.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rust_raft_log::storage::file::{LogFile, Vfs};
+use rust_raft_log::storage::format::{decode_frame, SegmentHeader, SEGMENT_HEADER_SIZE};
+use rust_raft_log::storage::uring::UringVfs;
+use rust_raft_log::storage::{LogConfig, LogWriter, RaftLog};
+use rust_raft_log::types::{EntryType, LogEntry, LogIndex, Term};
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------------------------
+
+struct Settings {
+    quick: bool,
+    dir: PathBuf,
+    append_secs: f64,
+    /// Payload bytes of the read/open log.
+    big_log_bytes: u64,
+    reads: u64,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
+        let dir = std::env::var_os("BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let append_secs = std::env::var("BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(if quick { 0.5 } else { 2.0 });
+        Settings {
+            quick,
+            dir,
+            append_secs,
+            big_log_bytes: if quick {
+                256 << 20
+            } else {
+                (1 << 30) + (64 << 20)
+            },
+            reads: if quick { 200_000 } else { 1_000_000 },
+        }
+    }
+}
+
+const SIZES: [usize; 4] = [64, 256, 4096, 64 << 10];
+const APPENDERS: [usize; 3] = [1, 8, 64];
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+fn hist() -> Histogram<u64> {
+    // 1 ns .. 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("histogram bounds are valid")
+}
+
+/// What one measurement produced.
+struct Stats {
+    /// Entries made durable.
+    entries: u64,
+    /// Payload bytes made durable.
+    bytes: u64,
+    secs: f64,
+    /// Latency of one append (ours) or one write+fdatasync (baseline), in ns.
+    latency_ns: Histogram<u64>,
+}
+
+impl Stats {
+    fn entries_per_sec(&self) -> f64 {
+        self.entries as f64 / self.secs
+    }
+    fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / self.secs / 1e6
+    }
+    fn us(&self, q: f64) -> f64 {
+        self.latency_ns.value_at_quantile(q) as f64 / 1e3
+    }
+    fn max_us(&self) -> f64 {
+        self.latency_ns.max() as f64 / 1e3
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A Vfs whose new segments are only fallocated (the "preallocation that does not pay" case)
+// ---------------------------------------------------------------------------------------------
+
+/// Delegates everything to [`UringVfs`] except [`Vfs::create_zeroed`], which reserves the blocks
+/// with `fallocate` and writes nothing: the blocks stay unwritten extents, so every append's
+/// fdatasync must also commit the extent conversion (FACTS.md: ~1.7x slower).
+struct FallocVfs;
+
+impl Vfs for FallocVfs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        UringVfs.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        UringVfs.list_dir(dir)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        UringVfs.open(path)
+    }
+    fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<()> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        fallocate(&f, len_bytes)?;
+        f.sync_all()?;
+        if let Some(parent) = path.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        UringVfs.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        UringVfs.remove(path)
+    }
+}
+
+fn fallocate(f: &File, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid, open file descriptor.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baseline: pwrite + fdatasync over a preallocated file
+// ---------------------------------------------------------------------------------------------
+
+const BASELINE_FILE_BYTES: u64 = 256 << 20;
+
+/// A file of `BASELINE_FILE_BYTES`, either zero-filled and synced (`written`) or only fallocated.
+fn baseline_file(dir: &Path, written: bool) -> io::Result<(File, PathBuf)> {
+    let path = dir.join(if written {
+        "baseline.written"
+    } else {
+        "baseline.fallocated"
+    });
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    if written {
+        let zeros = vec![0u8; 8 << 20];
+        let mut off = 0;
+        while off < BASELINE_FILE_BYTES {
+            f.write_all_at(&zeros, off)?;
+            off += zeros.len() as u64;
+        }
+    } else {
+        fallocate(&f, BASELINE_FILE_BYTES)?;
+    }
+    f.sync_all()?;
+    Ok((f, path))
+}
+
+/// Sequential `pwrite(batch_bytes)` + `fdatasync` for `secs`. A batch counts as
+/// `entries_per_batch` entries. Wraps around at the end of the file (overwriting again).
+fn run_baseline(
+    f: &File,
+    batch_bytes: usize,
+    entries_per_batch: usize,
+    secs: f64,
+) -> io::Result<Stats> {
+    let buf: Vec<u8> = (0..batch_bytes).map(|i| (i * 31 + 7) as u8).collect();
+    let mut latency_ns = hist();
+    let mut off = 0u64;
+    let mut batches = 0u64;
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    while Instant::now() < deadline {
+        if off + batch_bytes as u64 > BASELINE_FILE_BYTES {
+            off = 0;
+        }
+        let t = Instant::now();
+        f.write_all_at(&buf, off)?;
+        f.sync_data()?;
+        latency_ns.saturating_record(t.elapsed().as_nanos() as u64);
+        off += batch_bytes as u64;
+        batches += 1;
+    }
+    Ok(Stats {
+        entries: batches * entries_per_batch as u64,
+        bytes: batches * batch_bytes as u64,
+        secs: start.elapsed().as_secs_f64(),
+        latency_ns,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ours: RaftLog behind a LogWriter, N closed-loop appenders
+// ---------------------------------------------------------------------------------------------
+
+/// Waits until the log's background preparation of the next segment finished, so it does not
+/// compete with the measurement (it competes in production only once per segment).
+fn wait_for_preparation(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prepared = names.iter().any(|n| n == "next_segment.prep");
+        let busy = names.iter().any(|n| n.ends_with(".zeroing"));
+        if prepared && !busy {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run_ours(
+    root: &Path,
+    vfs: Arc<dyn Vfs>,
+    entry_bytes: usize,
+    appenders: usize,
+    secs: f64,
+) -> Result<Stats, String> {
+    let dir = root.join(format!("ours-{entry_bytes}-{appenders}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(&dir)
+    };
+    let log = RaftLog::open_with(config, vfs).map_err(|e| format!("open: {e}"))?;
+    wait_for_preparation(&dir);
+    let writer = LogWriter::spawn(log).map_err(|e| format!("spawn writer: {e}"))?;
+    let barrier = Arc::new(Barrier::new(appenders + 1));
+    let mut threads = Vec::new();
+    for t in 0..appenders {
+        let w = writer.clone();
+        let barrier = Arc::clone(&barrier);
+        let payload: Vec<u8> = (0..entry_bytes).map(|i| (i + t) as u8).collect();
+        threads.push(std::thread::spawn(
+            move || -> Result<(u64, Histogram<u64>), String> {
+                let mut h = hist();
+                let mut n = 0u64;
+                barrier.wait();
+                let deadline = Instant::now() + Duration::from_secs_f64(secs);
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    w.append_new(Term(1), vec![(EntryType::Normal, payload.clone())])
+                        .wait()
+                        .map_err(|e| format!("append: {e}"))?;
+                    h.saturating_record(t0.elapsed().as_nanos() as u64);
+                    n += 1;
+                }
+                Ok((n, h))
+            },
+        ));
+    }
+    barrier.wait();
+    let start = Instant::now();
+    let mut latency_ns = hist();
+    let mut entries = 0;
+    for t in threads {
+        let (n, h) = t
+            .join()
+            .map_err(|_| "appender thread panicked".to_string())??;
+        entries += n;
+        latency_ns
+            .add(&h)
+            .map_err(|e| format!("histogram merge: {e:?}"))?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(writer);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Stats {
+        entries,
+        bytes: entries * entry_bytes as u64,
+        secs,
+        latency_ns,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads and open time over a big log
+// ---------------------------------------------------------------------------------------------
+
+const READ_ENTRY_BYTES: usize = 4096;
+
+fn build_big_log(dir: &Path, payload_bytes: u64) -> Result<(u64, f64), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    let config = LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(dir)
+    };
+    let mut log = RaftLog::open(config).map_err(|e| format!("open: {e}"))?;
+    let total = payload_bytes / READ_ENTRY_BYTES as u64;
+    let batch = 1024u64;
+    let start = Instant::now();
+    let mut next = 1u64;
+    while next <= total {
+        let end = (next + batch).min(total + 1);
+        let entries: Vec<LogEntry> = (next..end)
+            .map(|i| LogEntry {
+                term: Term(1),
+                index: LogIndex(i),
+                entry_type: EntryType::Normal,
+                payload: payload_for(i),
+            })
+            .collect();
+        log.append(&entries).map_err(|e| format!("append: {e}"))?;
+        next = end;
+    }
+    Ok((total, start.elapsed().as_secs_f64()))
+}
+
+fn payload_for(i: u64) -> Vec<u8> {
+    let mut p = vec![0u8; READ_ENTRY_BYTES];
+    for (k, chunk) in p.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&(i ^ k as u64).to_le_bytes());
+    }
+    p
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("segment_"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+struct ReadStats {
+    ops_per_sec: f64,
+    latency_ns: Histogram<u64>,
+}
+
+fn run_reads(dir: &Path, total: u64, reads: u64) -> Result<ReadStats, String> {
+    let log = RaftLog::open(LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(dir)
+    })
+    .map_err(|e| format!("open: {e}"))?;
+    // xorshift64*: deterministic, seed printed in the report.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    // Touch every entry once so the figure is the warm-cache read path, not page faults.
+    let mut sink = 0u64;
+    for i in 1..=total {
+        let e = log
+            .entry(LogIndex(i))
+            .map_err(|e| format!("entry {i}: {e}"))?;
+        sink = sink.wrapping_add(e.payload[0] as u64);
+    }
+    let mut latency_ns = hist();
+    let start = Instant::now();
+    for _ in 0..reads {
+        let i = 1 + next() % total;
+        let t = Instant::now();
+        let e = log
+            .entry(LogIndex(i))
+            .map_err(|e| format!("entry {i}: {e}"))?;
+        sink = sink.wrapping_add(e.payload[e.payload.len() - 1] as u64);
+        latency_ns.saturating_record(t.elapsed().as_nanos() as u64);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    Ok(ReadStats {
+        ops_per_sec: reads as f64 / secs,
+        latency_ns,
+    })
+}
+
+/// Opens the log `runs` times; returns each open's wall time in ms.
+fn time_opens(dir: &Path, runs: usize) -> Result<Vec<f64>, String> {
+    let mut ms = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let log = RaftLog::open(LogConfig {
+            segment_size_bytes: SEGMENT_BYTES,
+            ..LogConfig::new(dir)
+        })
+        .map_err(|e| format!("open: {e}"))?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(log);
+        // Dropping the log may leave its background preparation running: let it finish so
+        // the next open measures recovery alone.
+        wait_for_preparation(dir);
+    }
+    Ok(ms)
+}
+
+/// Tears the last frame of the last segment (zeroes its second half, as a write cut short by a
+/// crash would leave it). Returns the segment path and the frame's offset.
+fn tear_last_frame(dir: &Path) -> Result<(PathBuf, usize), String> {
+    let mut segs: Vec<(LogIndex, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            rust_raft_log::storage::format::parse_segment_file_name(&name).map(|b| (b, e.path()))
+        })
+        .collect();
+    segs.sort();
+    let (_, path) = segs.last().ok_or("no segment")?.clone();
+    let mut bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+    let header = SegmentHeader::decode(&bytes).map_err(|e| e.to_string())?;
+    let seed = header.frame_seed();
+    let mut pos = SEGMENT_HEADER_SIZE;
+    let mut last = None;
+    while let Ok(Some(f)) = decode_frame(&bytes[pos..], seed) {
+        last = Some((pos, f.padded_len));
+        pos += f.padded_len;
+    }
+    let (off, len) = last.ok_or("last segment holds no frame")?;
+    bytes[off + len / 2..off + len].fill(0);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| e.to_string())?;
+    f.write_all_at(&bytes[off..off + len], off as u64)
+        .map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    Ok((path, off))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------------
+
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn line(&mut self, s: impl AsRef<str>) {
+        println!("{}", s.as_ref());
+        self.text.push_str(s.as_ref());
+        self.text.push('\n');
+    }
+}
+
+fn stats_cells(s: &Stats) -> String {
+    format!(
+        "{:>10.0} | {:>8.2} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8.1} | {:>9.1}",
+        s.entries_per_sec(),
+        s.mb_per_sec(),
+        s.us(0.50),
+        s.us(0.90),
+        s.us(0.99),
+        s.us(0.999),
+        s.max_us()
+    )
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / (1 << 20) as f64);
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}")
+}
+
+fn filesystem_of(path: &Path) -> String {
+    // The mount whose mount point is the longest prefix of `path`.
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return "unknown".into();
+    };
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mut best: Option<(usize, String)> = None;
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 3 {
+            continue;
+        }
+        if path.starts_with(f[1]) && best.as_ref().is_none_or(|(n, _)| f[1].len() > *n) {
+            best = Some((f[1].len(), format!("{} on {} ({})", f[0], f[1], f[2])));
+        }
+    }
+    best.map_or_else(|| "unknown".into(), |(_, s)| s)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("log_append bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let s = Settings::from_env();
+    let root = tempfile::Builder::new()
+        .prefix("raft-log-bench-")
+        .tempdir_in(&s.dir)
+        .map_err(|e| format!("temp dir in {}: {e}", s.dir.display()))?;
+    let root_path = root.path().to_path_buf();
+    let mut r = Report {
+        text: String::new(),
+    };
+    let command = if s.quick {
+        "BENCH_QUICK=1 cargo bench --bench log_append"
+    } else {
+        "cargo bench --bench log_append"
+    };
+    r.line("# Benchmarks: `log_append`");
+    r.line("");
+    r.line(format!("- command: `{command}`"));
+    r.line(format!("- machine: {}", machine()));
+    r.line(format!("- disk: {}", filesystem_of(&root_path)));
+    r.line(format!(
+        "- mode: {}; {} s per append measurement; closed-loop appenders; latency from HdrHistogram",
+        if s.quick {
+            "QUICK (development only)"
+        } else {
+            "full"
+        },
+        s.append_secs
+    ));
+    r.line(format!(
+        "- date: {} (unix time)",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    ));
+    r.line("");
+
+    // ---- baseline and ours, every size × appenders ----
+    let (base_file, base_path) =
+        baseline_file(&root_path, true).map_err(|e| format!("baseline file: {e}"))?;
+    r.line("## Durable appends (`LogWriter::append_new(..).wait()` per entry) vs the baseline");
+    r.line("");
+    r.line("Baseline: `pwrite(appenders × entry bytes)` + `fdatasync` in a loop over a 256 MiB file that was");
+    r.line("zero-filled and synced first (overwrites already-written blocks): the batch an ideal group commit forms.");
+    r.line("Latencies in µs; a baseline row's latency is one write+fdatasync.");
+    r.line("");
+    r.line("| run | entry B | appenders | entries/s | MB/s | p50 | p90 | p99 | p99.9 | max | entries/s ours÷base | p99 ours÷base |");
+    r.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut results: Vec<(usize, usize, Stats, Stats)> = Vec::new();
+    for &size in &SIZES {
+        for &n in &APPENDERS {
+            let base = run_baseline(&base_file, size * n, n, s.append_secs * 0.75)
+                .map_err(|e| format!("baseline: {e}"))?;
+            let ours = run_ours(&root_path, Arc::new(UringVfs), size, n, s.append_secs)?;
+            r.line(format!(
+                "| ours | {size} | {n} | {} | {:.2} | {:.2} |",
+                stats_cells(&ours),
+                ours.entries_per_sec() / base.entries_per_sec(),
+                ours.us(0.99) / base.us(0.99)
+            ));
+            r.line(format!(
+                "| baseline | {size} | {n} | {} | | |",
+                stats_cells(&base)
+            ));
+            results.push((size, n, ours, base));
+        }
+    }
+    drop(base_file);
+    let _ = std::fs::remove_file(&base_path);
+    r.line("");
+
+    // ---- preallocation ----
+    r.line("## Preallocation: zero-filled (already written) vs merely fallocated blocks");
+    r.line("");
+    r.line("| run | entry B | appenders | entries/s | MB/s | p50 | p90 | p99 | p99.9 | max |");
+    r.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let (written, wpath) =
+        baseline_file(&root_path, true).map_err(|e| format!("baseline file: {e}"))?;
+    let w4k = run_baseline(&written, 4096, 1, s.append_secs).map_err(|e| e.to_string())?;
+    drop(written);
+    let _ = std::fs::remove_file(&wpath);
+    let (falloc, fpath) =
+        baseline_file(&root_path, false).map_err(|e| format!("fallocated file: {e}"))?;
+    let f4k = run_baseline(&falloc, 4096, 1, s.append_secs).map_err(|e| e.to_string())?;
+    drop(falloc);
+    let _ = std::fs::remove_file(&fpath);
+    r.line(format!(
+        "| baseline loop, written file | 4096 | 1 | {} |",
+        stats_cells(&w4k)
+    ));
+    r.line(format!(
+        "| baseline loop, fallocated file | 4096 | 1 | {} |",
+        stats_cells(&f4k)
+    ));
+    let ours_zero = run_ours(&root_path, Arc::new(UringVfs), 256, 1, s.append_secs)?;
+    let ours_falloc = run_ours(&root_path, Arc::new(FallocVfs), 256, 1, s.append_secs)?;
+    r.line(format!(
+        "| ours, zero-filled segments (production) | 256 | 1 | {} |",
+        stats_cells(&ours_zero)
+    ));
+    r.line(format!(
+        "| ours, fallocated-only segments | 256 | 1 | {} |",
+        stats_cells(&ours_falloc)
+    ));
+    r.line("");
+    r.line(format!(
+        "Zero-filled ÷ fallocated: baseline loop {:.2}x entries/s, ours {:.2}x entries/s (p99 {:.0} vs {:.0} µs).",
+        w4k.entries_per_sec() / f4k.entries_per_sec(),
+        ours_zero.entries_per_sec() / ours_falloc.entries_per_sec(),
+        ours_zero.us(0.99),
+        ours_falloc.us(0.99)
+    ));
+    r.line("");
+
+    // ---- big log: reads and open ----
+    let big = root_path.join("big");
+    let (total, build_secs) = build_big_log(&big, s.big_log_bytes)?;
+    let on_disk = dir_bytes(&big);
+    let segments = std::fs::read_dir(&big)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("segment_"))
+                .count()
+        })
+        .unwrap_or(0);
+    r.line(format!(
+        "## Reads and open over a {:.2} GiB log ({total} entries of {READ_ENTRY_BYTES} B, {segments} segments of 64 MiB; built in {build_secs:.1} s)",
+        on_disk as f64 / (1u64 << 30) as f64
+    ));
+    r.line("");
+    let reads = run_reads(&big, total, s.reads)?;
+    r.line(format!(
+        "Random `entry(i)` (CRC verified, payload borrowed from the mmap), one thread, {} reads, warm page cache, xorshift seed 0x9e3779b97f4a7c15:",
+        s.reads
+    ));
+    r.line("");
+    r.line("| ops/s | p50 ns | p90 ns | p99 ns | p99.9 ns | max ns |");
+    r.line("|---:|---:|---:|---:|---:|---:|");
+    let h = &reads.latency_ns;
+    r.line(format!(
+        "| {:.0} | {} | {} | {} | {} | {} |",
+        reads.ops_per_sec,
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    ));
+    r.line("");
+    let opens = time_opens(&big, 5)?;
+    let mut sorted = opens.clone();
+    sorted.sort_by(f64::total_cmp);
+    r.line("Open (recovery) time, warm page cache:");
+    r.line("");
+    r.line("| log | runs | min ms | median ms | max ms |");
+    r.line("|---|---:|---:|---:|---:|");
+    r.line(format!(
+        "| clean, {:.2} GiB | {} | {:.2} | {:.2} | {:.2} |",
+        on_disk as f64 / (1u64 << 30) as f64,
+        sorted.len(),
+        sorted[0],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    ));
+    let mut torn_ms = Vec::new();
+    let mut torn_notes = Vec::new();
+    for _ in 0..3 {
+        let (path, off) = tear_last_frame(&big)?;
+        let t = Instant::now();
+        let log = RaftLog::open(LogConfig {
+            segment_size_bytes: SEGMENT_BYTES,
+            ..LogConfig::new(&big)
+        })
+        .map_err(|e| format!("open torn log: {e}"))?;
+        torn_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let rep = log.recovery_report().clone();
+        match rep.torn_tail {
+            Some((_, cut, bytes, frames)) => {
+                torn_notes.push(format!("cut at {cut} ({bytes} bytes, {frames} frame(s))"))
+            }
+            None => torn_notes.push(format!(
+                "NO torn tail reported for {} offset {off}",
+                path.display()
+            )),
+        }
+        drop(log);
+        wait_for_preparation(&big);
+    }
+    let mut ts = torn_ms.clone();
+    ts.sort_by(f64::total_cmp);
+    r.line(format!(
+        "| torn tail (last frame half-zeroed) | {} | {:.2} | {:.2} | {:.2} |",
+        ts.len(),
+        ts[0],
+        ts[ts.len() / 2],
+        ts[ts.len() - 1]
+    ));
+    r.line("");
+    r.line(format!("Torn-tail recoveries: {}.", torn_notes.join("; ")));
+    r.line("");
+
+    // ---- targets ----
+    r.line("## Targets (issue 2)");
+    r.line("");
+    let find = |size: usize, n: usize| {
+        results
+            .iter()
+            .find(|(s2, n2, _, _)| *s2 == size && *n2 == n)
+            .map(|(_, _, o, b)| (o, b))
+    };
+    if let (Some((o1, b1)), Some((o64, _))) = (find(256, 1), find(256, 64)) {
+        let rate = o1.entries_per_sec() / b1.entries_per_sec();
+        let p99 = o1.us(0.99) / b1.us(0.99);
+        r.line(format!(
+            "- single appender, 256 B: rate {rate:.2}x baseline (target >= 0.9): {}; p99 {p99:.2}x baseline p99 (target <= 1.3): {}",
+            verdict(rate >= 0.9),
+            verdict(p99 <= 1.3)
+        ));
+        let scale = o64.entries_per_sec() / o1.entries_per_sec();
+        r.line(format!(
+            "- 64 appenders, 256 B: {scale:.1}x the single-appender rate (target >= 40): {}",
+            verdict(scale >= 40.0)
+        ));
+    }
+    if let Some((o, b)) = find(64 << 10, 8) {
+        let bw = o.mb_per_sec() / b.mb_per_sec();
+        r.line(format!(
+            "- 64 KiB, 8 appenders: {bw:.2}x the baseline's bandwidth with the same batch bytes (target >= 0.8): {}",
+            verdict(bw >= 0.8)
+        ));
+    }
+    let clean_median = sorted[sorted.len() / 2];
+    r.line(format!(
+        "- open of a {:.2} GiB clean log: median {clean_median:.2} ms (target <= 100 ms, warm cache): {}",
+        on_disk as f64 / (1u64 << 30) as f64,
+        verdict(clean_median <= 100.0 && on_disk >= 1 << 30)
+    ));
+    if on_disk < 1 << 30 {
+        r.line("  (quick mode: the log is smaller than 1 GiB, so this is not the target's figure)");
+    }
+
+    let out = if s.quick {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/BENCHMARKS-quick.md")
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md")
+    };
+    let mut f = File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    f.write_all(r.text.as_bytes())
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("\nwritten to {}", out.display());
+    drop(root);
+    Ok(())
+}
