@@ -194,6 +194,7 @@ fn run_baseline(
     secs: f64,
 ) -> io::Result<Stats> {
     let buf: Vec<u8> = (0..batch_bytes).map(|i| (i * 31 + 7) as u8).collect();
+    settle();
     let mut latency_ns = hist();
     let mut off = 0u64;
     let mut batches = 0u64;
@@ -221,6 +222,14 @@ fn run_baseline(
 // ---------------------------------------------------------------------------------------------
 // Ours: RaftLog behind a LogWriter, N closed-loop appenders
 // ---------------------------------------------------------------------------------------------
+
+/// Lets the disk settle before a measurement: flushes what earlier steps left dirty (deleted
+/// logs, the big files written to set up a baseline) so it is not charged to the next run.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_millis(100));
+}
 
 /// Waits until the log's background preparation of the next segment finished, so it does not
 /// compete with the measurement (it competes in production only once per segment).
@@ -258,6 +267,7 @@ fn run_ours(
     };
     let log = RaftLog::open_with(config, vfs).map_err(|e| format!("open: {e}"))?;
     wait_for_preparation(&dir);
+    settle();
     let writer = LogWriter::spawn(log).map_err(|e| format!("spawn writer: {e}"))?;
     let barrier = Arc::new(Barrier::new(appenders + 1));
     let mut threads = Vec::new();
@@ -296,6 +306,67 @@ fn run_ours(
             .add(&h)
             .map_err(|e| format!("histogram merge: {e:?}"))?;
     }
+    let secs = start.elapsed().as_secs_f64();
+    drop(writer);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Stats {
+        entries,
+        bytes: entries * entry_bytes as u64,
+        secs,
+        latency_ns,
+    })
+}
+
+/// Open loop: one thread offers `rate_per_sec` appends of `entry_bytes` at fixed intended times
+/// (not waiting for them), another waits for each in order. Latency is measured from the
+/// *intended* issue time, so a stall that delays issuing is charged to the entries it delayed
+/// (no coordinated omission).
+fn run_offered_rate(
+    root: &Path,
+    entry_bytes: usize,
+    rate_per_sec: f64,
+    secs: f64,
+) -> Result<Stats, String> {
+    let dir = root.join(format!("rate-{entry_bytes}-{rate_per_sec}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(&dir)
+    };
+    let log = RaftLog::open(config).map_err(|e| format!("open: {e}"))?;
+    wait_for_preparation(&dir);
+    settle();
+    let writer = LogWriter::spawn(log).map_err(|e| format!("spawn writer: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, rust_raft_log::storage::Pending)>();
+    let collector = std::thread::spawn(move || -> Result<(u64, Histogram<u64>), String> {
+        let mut h = hist();
+        let mut n = 0u64;
+        for (intended, pending) in rx {
+            pending.wait().map_err(|e| format!("append: {e}"))?;
+            h.saturating_record(intended.elapsed().as_nanos() as u64);
+            n += 1;
+        }
+        Ok((n, h))
+    });
+    let payload: Vec<u8> = (0..entry_bytes).map(|i| i as u8).collect();
+    let interval = Duration::from_secs_f64(1.0 / rate_per_sec);
+    let start = Instant::now();
+    let total = (secs * rate_per_sec) as u32;
+    for k in 0..total {
+        let intended = start + interval * k;
+        let now = Instant::now();
+        if intended > now {
+            std::thread::sleep(intended - now);
+        }
+        let p = writer.append_new(Term(1), vec![(EntryType::Normal, payload.clone())]);
+        if tx.send((intended, p)).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let (entries, latency_ns) = collector
+        .join()
+        .map_err(|_| "collector thread panicked".to_string())??;
     let secs = start.elapsed().as_secs_f64();
     drop(writer);
     let _ = std::fs::remove_dir_all(&dir);
@@ -533,6 +604,14 @@ fn filesystem_of(path: &Path) -> String {
     best.map_or_else(|| "unknown".into(), |(_, s)| s)
 }
 
+/// The 1/5/15-minute load averages: on a shared 2-core machine other processes compete for the
+/// CPU, and a thread waiting for a core shows up as milliseconds of latency.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok {
         "PASS"
@@ -583,6 +662,7 @@ fn run() -> Result<(), String> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     ));
+    r.line(format!("- load average at start: {}", loadavg()));
     r.line("");
 
     // ---- baseline and ours, every size × appenders ----
@@ -660,6 +740,17 @@ fn run() -> Result<(), String> {
         ours_zero.us(0.99),
         ours_falloc.us(0.99)
     ));
+    r.line("");
+
+    // ---- fixed offered rate ----
+    r.line("## Latency at a fixed offered rate (open loop, measured from the intended issue time)");
+    r.line("");
+    r.line("| entry B | offered/s | achieved entries/s | MB/s | p50 | p90 | p99 | p99.9 | max |");
+    r.line("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for rate in [1_000.0, 20_000.0] {
+        let st = run_offered_rate(&root_path, 256, rate, s.append_secs)?;
+        r.line(format!("| 256 | {rate:.0} | {} |", stats_cells(&st)));
+    }
     r.line("");
 
     // ---- big log: reads and open ----
@@ -788,6 +879,9 @@ fn run() -> Result<(), String> {
     if on_disk < 1 << 30 {
         r.line("  (quick mode: the log is smaller than 1 GiB, so this is not the target's figure)");
     }
+
+    r.line("");
+    r.line(format!("Load average at the end: {}.", loadavg()));
 
     let out = if s.quick {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/BENCHMARKS-quick.md")
