@@ -79,6 +79,9 @@ pub enum ProblemClass {
     Discontinuity,
     /// A header's `prev_term` disagrees with the previous segment's last term (a header fix).
     PrevTerm,
+    /// The last segment's header records a truncation whose cut range was not zeroed yet
+    /// (`dirty_end`); `RaftLog::open` finishes it.
+    UnfinishedTruncation,
 }
 
 impl fmt::Display for ProblemClass {
@@ -89,6 +92,7 @@ impl fmt::Display for ProblemClass {
             ProblemClass::BadHeader => "bad header",
             ProblemClass::Discontinuity => "discontinuity",
             ProblemClass::PrevTerm => "wrong prev_term",
+            ProblemClass::UnfinishedTruncation => "unfinished truncation",
         })
     }
 }
@@ -284,12 +288,22 @@ impl DirCheck {
             };
             if let Some(p) = &scan.problem {
                 let class = match (p.kind, is_last) {
+                    (ProblemKind::TornTail, true) if header.dirty_range().is_some() => {
+                        ProblemClass::UnfinishedTruncation
+                    }
                     (ProblemKind::TornTail, true) => ProblemClass::TornTail,
                     // A sealed segment was fully synced before a later one was created: any
                     // damage in it is damage to acknowledged data.
                     _ => ProblemClass::Corrupt,
                 };
                 let mut msg = p.reason.clone();
+                if let (Some(r), ProblemClass::UnfinishedTruncation) = (header.dirty_range(), class)
+                {
+                    msg = format!(
+                        "bytes [{}, {}) cut by a truncation are not zeroed yet ({msg})",
+                        r.start, r.end
+                    );
+                }
                 if !is_last {
                     msg.push_str(" (in a sealed segment)");
                 }

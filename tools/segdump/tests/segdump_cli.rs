@@ -410,3 +410,40 @@ fn state_file_is_decoded() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not a raft_state.meta file"), "{out}");
 }
+
+#[test]
+fn unfinished_truncation_is_named_and_finished_by_repair() {
+    let (_tmp, dir) = fixture();
+    let d = dir.to_str().unwrap();
+    let last_seg = segments(&dir).last().unwrap().clone();
+    let f = frames(&last_seg);
+    // A truncate_suffix(995) that crashed after its header write, before zeroing [cut, old end).
+    let (cut, _) = f[&995];
+    let (last_off, last_len) = f[&ENTRIES];
+    edit(&last_seg, |b| {
+        let h = SegmentHeader::decode(b).unwrap();
+        let dirty = SegmentHeader {
+            entry_count: 995 - h.base_index.0,
+            append_position: cut as u64,
+            dirty_end: (last_off + last_len) as u64,
+            ..h
+        };
+        b[..SEGMENT_HEADER_SIZE].copy_from_slice(&dirty.encode());
+    });
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "PROBLEM {} offset {cut} index 995: unfinished truncation: bytes [{cut}, {})",
+            last_seg.display(),
+            last_off + last_len
+        )),
+        "{out}"
+    );
+    let (code, out) = run(&["repair", "--no-backup", d]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dirty_end"), "{out}");
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 0, "{out}");
+    assert_log_is_prefix(&dir, 994);
+}
