@@ -214,6 +214,8 @@ pub struct RaftLog {
     frame_offsets: Vec<u32>,
     /// Zero-fills [`PREPARED_SEGMENT_NAME`] off the append path.
     preparing: Option<JoinHandle<io::Result<()>>>,
+    /// [`PREPARED_SEGMENT_NAME`] exists, complete, with no preparation running.
+    prepared_ready: bool,
     recovery: RecoveryReport,
 }
 
@@ -256,12 +258,28 @@ impl RaftLog {
             .list_dir(&dir)
             .map_err(|e| io_err("list directory", &dir, e))?;
         let mut bases: Vec<(LogIndex, String)> = Vec::new();
+        let mut prepared_ready = false;
         for name in names {
             if let Some(base) = parse_segment_file_name(&name) {
                 bases.push((base, name));
-            } else if name == PREPARED_SEGMENT_NAME || name.ends_with(".zeroing") {
-                // A leftover from a rotation or preparation that a crash interrupted: it never
-                // held acknowledged data (a segment is renamed into place before its first append).
+            } else if name == PREPARED_SEGMENT_NAME {
+                // A prepared file is complete (it is renamed to this name only after its zeros
+                // were synced) and never held acknowledged data (a segment is renamed into place
+                // before its first append; at most a header was written): reuse it if it has the
+                // configured size.
+                let p = dir.join(&name);
+                let len = vfs
+                    .open(&p)
+                    .map(|f| f.len_bytes())
+                    .map_err(|e| io_err("open prepared segment", &p, e))?;
+                if len == config.segment_size_bytes {
+                    prepared_ready = true;
+                } else {
+                    vfs.remove(&p)
+                        .map_err(|e| io_err("remove leftover", &p, e))?;
+                }
+            } else if name.ends_with(".zeroing") {
+                // A preparation that a crash interrupted.
                 let p = dir.join(&name);
                 vfs.remove(&p)
                     .map_err(|e| io_err("remove leftover", &p, e))?;
@@ -281,6 +299,7 @@ impl RaftLog {
             frames: Vec::new(),
             frame_offsets: Vec::new(),
             preparing: None,
+            prepared_ready,
             recovery: RecoveryReport::default(),
         };
 
@@ -423,7 +442,7 @@ impl RaftLog {
     /// Starts zero-filling the next segment on a background thread, so rotation finds it ready
     /// and appends overwrite already-written blocks.
     fn start_preparing(&mut self) {
-        if self.preparing.is_some() {
+        if self.preparing.is_some() || self.prepared_ready {
             return;
         }
         let vfs = Arc::clone(&self.vfs);
@@ -440,7 +459,7 @@ impl RaftLog {
         let path = self.prepared_path();
         let ready = match self.preparing.take() {
             Some(h) => matches!(h.join(), Ok(Ok(()))),
-            None => false,
+            None => std::mem::take(&mut self.prepared_ready),
         };
         if !ready {
             self.vfs

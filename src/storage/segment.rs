@@ -77,6 +77,21 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
+/// The block size the zero search skips at once (a page).
+const ZERO_BLOCK: usize = 4096;
+
+/// Whether `bytes` are all zero; written as an OR-fold so it vectorizes.
+fn is_zero(bytes: &[u8]) -> bool {
+    let words = bytes.chunks_exact(8);
+    let tail_zero = words.remainder().iter().all(|&b| b == 0);
+    let acc = words.fold(0u64, |acc, w| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        acc | u64::from_ne_bytes(a)
+    });
+    acc == 0 && tail_zero
+}
+
 /// A cheap filter before a CRC: could a frame at `bytes[0..]` be a frame with an index greater
 /// than `expected`? Keeps the forward search linear over garbage.
 fn could_be_later_frame(bytes: &[u8], expected: LogIndex) -> bool {
@@ -196,6 +211,14 @@ pub fn scan_segment(bytes: &[u8], header: &SegmentHeader) -> ScanOutcome {
     }
     let mut corrupt: Option<String> = None;
     while p + FRAME_ALIGN <= bytes.len() {
+        // Preallocated space is mostly zeros: skip whole zero blocks quickly.
+        if p % ZERO_BLOCK == 0
+            && p + ZERO_BLOCK <= bytes.len()
+            && is_zero(&bytes[p..p + ZERO_BLOCK])
+        {
+            p += ZERO_BLOCK;
+            continue;
+        }
         let word = &bytes[p..p + FRAME_ALIGN];
         if word.iter().all(|&b| b == 0) {
             p += FRAME_ALIGN;
