@@ -8,6 +8,8 @@
 //! - `BENCH_DIR=<dir>`: where the logs are written (default: the system temp dir). It must be on
 //!   the disk under test; tmpfs would measure nothing.
 //! - `BENCH_SECS=<f64>`: seconds per append measurement (default 2, quick 0.5).
+//! - `BENCH_KEEP=1`: keep the big read/open log in `target/bench-log/` (e.g. for
+//!   `segdump verify target/bench-log`) instead of deleting it.
 //!
 //! Method (STYLE §15): every figure is a distribution from HdrHistogram (nanosecond resolution,
 //! 3 significant digits) and sits beside a baseline measured in the same run on the same disk:
@@ -42,6 +44,7 @@ struct Settings {
     /// Payload bytes of the read/open log.
     big_log_bytes: u64,
     reads: u64,
+    keep_big_log: bool,
 }
 
 impl Settings {
@@ -64,6 +67,7 @@ impl Settings {
                 (1 << 30) + (64 << 20)
             },
             reads: if quick { 200_000 } else { 1_000_000 },
+            keep_big_log: std::env::var("BENCH_KEEP").is_ok_and(|v| v != "0" && !v.is_empty()),
         }
     }
 }
@@ -754,7 +758,11 @@ fn run() -> Result<(), String> {
     r.line("");
 
     // ---- big log: reads and open ----
-    let big = root_path.join("big");
+    let big = if s.keep_big_log {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-log")
+    } else {
+        root_path.join("big")
+    };
     let (total, build_secs) = build_big_log(&big, s.big_log_bytes)?;
     let on_disk = dir_bytes(&big);
     let segments = std::fs::read_dir(&big)
@@ -892,6 +900,9 @@ fn run() -> Result<(), String> {
     f.write_all(r.text.as_bytes())
         .map_err(|e| format!("{}: {e}", out.display()))?;
     println!("\nwritten to {}", out.display());
+    if s.keep_big_log {
+        println!("kept the read/open log in {}", big.display());
+    }
     drop(root);
     Ok(())
 }
