@@ -23,7 +23,7 @@
 //! truncation and must be zeroed (durably) before the segment is scanned.
 //! The header is a *hint* that never claims more than is durable (see FORMAT.md, "Operations").
 //!
-//! # Record frame (8-byte aligned, starts at `append_position` of the previous frame)
+//! # Record frame (8-byte aligned; the first starts at offset 64, each next one where the last ends)
 //!
 //! ```text
 //!  0        4       8       16      24                  32    33         40         40+n   pad
@@ -801,6 +801,49 @@ mod tests {
             Err(FrameError::BadType { value: 9 })
         );
         assert_eq!(peek_frame_length(&frame), 41);
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, decoding neither panics nor reads outside them, and a frame that
+        /// validates re-encodes to exactly the bytes it was decoded from.
+        #[test]
+        fn decode_is_total_on_arbitrary_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            salt in proptest::prelude::any::<u64>(),
+        ) {
+            let seed = FrameSeed::new(salt, LogIndex(1));
+            let _ = SegmentHeader::decode(&bytes);
+            if let Ok(Some(f)) = decode_frame(&bytes, seed) {
+                let mut again = Vec::new();
+                encode_frame(&mut again, seed, f.fields(), f.payload);
+                proptest::prop_assert_eq!(&again[..], &bytes[..f.padded_len]);
+            }
+        }
+
+        #[test]
+        fn random_frames_round_trip(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            term in proptest::prelude::any::<u64>(),
+            index in 1u64..u64::MAX,
+            noop in proptest::prelude::any::<bool>(),
+            salt in proptest::prelude::any::<u64>(),
+        ) {
+            let seed = FrameSeed::new(salt, LogIndex(index));
+            let fields = FrameFields {
+                term: Term(term),
+                index: LogIndex(index),
+                batch_start_index: LogIndex(index),
+                entry_type: if noop { EntryType::NoOp } else { EntryType::Normal },
+            };
+            let mut out = Vec::new();
+            encode_frame(&mut out, seed, fields, &payload);
+            // Trailing zeros (preallocated space) after the frame do not change the result.
+            out.extend_from_slice(&[0u8; 16]);
+            let view = decode_frame(&out, seed).unwrap().unwrap();
+            proptest::prop_assert_eq!(view.fields(), fields);
+            proptest::prop_assert_eq!(view.payload, &payload[..]);
+            proptest::prop_assert_eq!(decode_frame(&out[view.padded_len..], seed), Ok(None));
+        }
     }
 
     #[test]
