@@ -247,3 +247,40 @@ fn log_writer_group_commits_concurrent_appenders() {
     );
     assert_eq!(w.read().first_index(), LogIndex(101));
 }
+
+#[test]
+fn readers_read_published_entries_while_the_writer_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RaftLog::open(real_config(dir.path())).unwrap();
+    let w = LogWriter::spawn(log).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (w, stop) = (w.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let log = w.read();
+                let last = log.last_index().0;
+                for i in (1..=last).rev().take(20) {
+                    let e = log.entry(LogIndex(i)).unwrap();
+                    assert_eq!(
+                        e.payload,
+                        &payload_for(i, 1, (i % 300) as usize)[..],
+                        "entry {i}"
+                    );
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    for i in 1..=1500u64 {
+        w.append(vec![entry(i, 1, (i % 300) as usize)])
+            .wait()
+            .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().unwrap();
+    assert!(reads > 0);
+    assert_eq!(w.read().last_index(), LogIndex(1500));
+}

@@ -37,8 +37,18 @@ pub trait LogFile: Send + Sync {
     fn len_bytes(&self) -> u64;
 
     /// The whole file's current contents (production: a read-only shared mmap of exactly the
-    /// file's length). Completed writes are visible at once.
+    /// file's length). Completed writes are visible at once. Call it only while no write is in
+    /// flight (recovery, tools); concurrent readers use [`LogFile::read`].
     fn bytes(&self) -> &[u8];
+
+    /// The bytes of `range`, which must not overlap a write in flight (the log reads only below
+    /// the append position it has published, and writes only at or above it).
+    ///
+    /// # Panics
+    /// If `range` reaches past [`LogFile::len_bytes`].
+    fn read(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.bytes()[range]
+    }
 
     /// Writes every `WriteAt` (in order) and then makes them durable with one fdatasync.
     ///
@@ -48,7 +58,10 @@ pub trait LogFile: Send + Sync {
     ///
     /// # Panics
     /// If a write reaches past [`LogFile::len_bytes`] (a programmer error: files never grow here).
-    fn write_durable(&mut self, writes: &[WriteAt<'_>]) -> io::Result<()>;
+    ///
+    /// Takes `&self` so the log can write beyond its append position while readers read below
+    /// it; writes to one file must not run concurrently (the log has one writer).
+    fn write_durable(&self, writes: &[WriteAt<'_>]) -> io::Result<()>;
 }
 
 /// The directory operations the log needs.
@@ -277,11 +290,11 @@ impl Vfs for SimFs {
     fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
         let st = self.lock();
         let f = st.files.get(path).ok_or_else(|| not_found(path))?;
-        Ok(Box::new(SimFile {
-            fs: self.clone(),
-            path: path.to_path_buf(),
-            data: f.current.clone(),
-        }))
+        Ok(Box::new(SimFile::new(
+            self.clone(),
+            path.to_path_buf(),
+            &f.current,
+        )))
     }
 
     fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<()> {
@@ -322,12 +335,50 @@ impl Vfs for SimFs {
     }
 }
 
-/// A handle to one file of a [`SimFs`]. It keeps its own copy of the current bytes so that
-/// [`LogFile::bytes`] can lend them out; it is the file's only writer.
+/// A handle to one file of a [`SimFs`]. It keeps its own copy of the current bytes (what a
+/// mapping would show) so that [`LogFile::read`] can lend them out; it is the file's only writer.
+///
+/// The copy lives in a fixed heap buffer written through a raw pointer, like the kernel writing
+/// into a shared mapping: a write touches only its own range, and readers borrow only ranges no
+/// write in flight touches (the contract of [`LogFile::read`]).
 struct SimFile {
     fs: SimFs,
     path: PathBuf,
-    data: Vec<u8>,
+    data: *mut u8,
+    len: usize,
+    /// Serialises writers (the contract allows one at a time; this makes misuse harmless).
+    writing: Mutex<()>,
+}
+
+// SAFETY: the buffer is owned by the handle and freed in Drop; concurrent access follows the
+// LogFile contract (disjoint ranges for readers and the single writer, ordered by the log's
+// publication of its append position through a lock).
+unsafe impl Send for SimFile {}
+unsafe impl Sync for SimFile {}
+
+impl SimFile {
+    fn new(fs: SimFs, path: PathBuf, contents: &[u8]) -> SimFile {
+        let boxed: Box<[u8]> = contents.to_vec().into_boxed_slice();
+        let len = boxed.len();
+        SimFile {
+            fs,
+            path,
+            data: Box::into_raw(boxed) as *mut u8,
+            len,
+            writing: Mutex::new(()),
+        }
+    }
+}
+
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        // SAFETY: `data`/`len` came from `Box::into_raw` of a boxed slice of this length.
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.data, self.len,
+            )))
+        }
+    }
 }
 
 impl LogFile for SimFile {
@@ -336,15 +387,27 @@ impl LogFile for SimFile {
     }
 
     fn len_bytes(&self) -> u64 {
-        self.data.len() as u64
+        self.len as u64
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.data
+        self.read(0..self.len)
     }
 
-    fn write_durable(&mut self, writes: &[WriteAt<'_>]) -> io::Result<()> {
-        check_write_bounds(&self.path, self.data.len() as u64, writes);
+    fn read(&self, range: std::ops::Range<usize>) -> &[u8] {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "read {range:?} past the end ({}) of {}",
+            self.len,
+            self.path.display()
+        );
+        // SAFETY: in bounds (checked above); no write in flight touches `range` (contract).
+        unsafe { std::slice::from_raw_parts(self.data.add(range.start), range.end - range.start) }
+    }
+
+    fn write_durable(&self, writes: &[WriteAt<'_>]) -> io::Result<()> {
+        check_write_bounds(&self.path, self.len as u64, writes);
+        let _one_writer = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let mut st = self.fs.lock();
         let st = &mut *st;
         let file = st
@@ -353,7 +416,10 @@ impl LogFile for SimFile {
             .ok_or_else(|| not_found(&self.path))?;
         for w in writes {
             let at = w.offset as usize;
-            self.data[at..at + w.bytes.len()].copy_from_slice(w.bytes);
+            // SAFETY: in bounds (check_write_bounds); no reader borrows this range (contract).
+            unsafe {
+                std::ptr::copy_nonoverlapping(w.bytes.as_ptr(), self.data.add(at), w.bytes.len())
+            };
             file.current[at..at + w.bytes.len()].copy_from_slice(w.bytes);
             st.pending.push(PendingWrite {
                 path: self.path.clone(),
@@ -388,19 +454,19 @@ mod tests {
         fs.create_dir_all(dir).unwrap();
         let p = dir.join("f");
         fs.create_zeroed(&p, 1024).unwrap();
-        let mut f = fs.open(&p).unwrap();
+        let f = fs.open(&p).unwrap();
         f.write_durable(&[WriteAt {
             offset: 0,
             bytes: &[1, 1],
         }])
         .unwrap();
         fs.fail_next_syncs(3);
-        let w = |f: &mut Box<dyn LogFile>, offset, bytes: &[u8]| {
+        let w = |f: &dyn LogFile, offset, bytes: &[u8]| {
             assert!(f.write_durable(&[WriteAt { offset, bytes }]).is_err());
         };
-        w(&mut f, 4, &[2, 2]);
-        w(&mut f, 510, &[3, 3, 3]); // crosses a sector boundary: may tear
-        w(&mut f, 8, &[4, 4]);
+        w(&*f, 4, &[2, 2]);
+        w(&*f, 510, &[3, 3, 3]); // crosses a sector boundary: may tear
+        w(&*f, 8, &[4, 4]);
         assert_eq!(&f.bytes()[..10], &[1, 1, 0, 0, 2, 2, 0, 0, 4, 4]);
         drop(f);
         let r = fs.power_loss(1, Some(1));
@@ -417,7 +483,7 @@ mod tests {
         fs.create_dir_all(Path::new("/d")).unwrap();
         let p = Path::new("/d/f");
         fs.create_zeroed(p, 1024).unwrap();
-        let mut f = fs.open(p).unwrap();
+        let f = fs.open(p).unwrap();
         fs.fail_next_syncs(1);
         assert!(f
             .write_durable(&[WriteAt {

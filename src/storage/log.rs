@@ -198,6 +198,17 @@ pub struct RecoveryReport {
     pub finished_truncation: Option<(PathBuf, Range<u64>)>,
 }
 
+/// An append between [`RaftLog::stage_append`] and [`RaftLog::publish_staged`]: the encoded
+/// frames of a prefix of the entries that fits the open segment.
+pub struct StagedAppend {
+    frames: Vec<u8>,
+    offsets: Vec<u32>,
+    first: LogIndex,
+    last_term: Term,
+    /// How many of the entries passed to `stage_append` this covers.
+    pub entries: usize,
+}
+
 /// The segmented log. See the module docs.
 pub struct RaftLog {
     config: LogConfig,
@@ -330,7 +341,7 @@ impl RaftLog {
             index,
             reason,
         };
-        let mut file = self
+        let file = self
             .vfs
             .open(&path)
             .map_err(|e| io_err("open segment", &path, e))?;
@@ -475,7 +486,7 @@ impl RaftLog {
         let prep = self.take_prepared()?;
         let header = SegmentHeader::new_empty(base, prev_term, fresh_salt(base));
         {
-            let mut f = self
+            let f = self
                 .vfs
                 .open(&prep)
                 .map_err(|e| io_err("open prepared segment", &prep, e))?;
@@ -533,7 +544,22 @@ impl RaftLog {
     /// # Errors
     /// [`LogError::NotContiguous`], [`LogError::TermRegression`], [`LogError::EntryTooLarge`]
     /// (the log is unchanged); [`LogError::Poisoned`]; an I/O error, which poisons the log.
-    pub fn append(&mut self, entries: &[LogEntry]) -> Result<(), LogError> {
+    pub fn append(&mut self, mut entries: &[LogEntry]) -> Result<(), LogError> {
+        self.check_append(entries)?;
+        while !entries.is_empty() {
+            let staged = self.stage_append(entries)?;
+            let written = self.write_staged(&staged);
+            entries = &entries[staged.entries..];
+            self.publish_staged(staged, written)?;
+        }
+        Ok(())
+    }
+
+    /// The checks of [`RaftLog::append`] that leave the log unchanged.
+    ///
+    /// # Errors
+    /// As [`RaftLog::append`], except I/O.
+    pub fn check_append(&self, entries: &[LogEntry]) -> Result<(), LogError> {
         self.check_writable()?;
         let payload_max = self.config.entry_payload_max_bytes();
         let mut expected = self.last_index.next();
@@ -562,62 +588,114 @@ impl RaftLog {
             expected = expected.next();
             term = e.term;
         }
-        let r = self.append_checked(entries);
-        self.poison(r)
+        Ok(())
     }
 
-    fn append_checked(&mut self, mut entries: &[LogEntry]) -> Result<(), LogError> {
+    /// Step 1 of an append (needs `&mut`, short): rotates the open segment if not even the first
+    /// entry fits, and encodes the longest prefix of `entries` that fits into one write. The
+    /// entries must have passed [`RaftLog::check_append`]; `entries` must not be empty.
+    ///
+    /// # Errors
+    /// [`LogError::Poisoned`]; I/O errors of a rotation, which poison the log.
+    pub fn stage_append(&mut self, entries: &[LogEntry]) -> Result<StagedAppend, LogError> {
+        self.check_writable()?;
+        assert!(!entries.is_empty(), "stage_append of no entries");
+        assert_eq!(
+            entries[0].index,
+            self.last_index.next(),
+            "stage_append would leave a hole"
+        );
+        let first_len = frame_padded_len(entries[0].payload.len()) as u64;
+        if self.last_segment_mut().free_bytes() < first_len {
+            let r = self.rotate();
+            self.poison(r)?;
+        }
         let mut frames = std::mem::take(&mut self.frames);
         let mut offsets = std::mem::take(&mut self.frame_offsets);
-        let result = (|| {
-            while !entries.is_empty() {
-                frames.clear();
-                offsets.clear();
-                let seg = self.last_segment_mut();
-                let free = seg.free_bytes() as usize;
-                let seed = seg.seed();
-                let batch_start = entries[0].index;
-                let mut n = 0;
-                for e in entries {
-                    if frames.len() + frame_padded_len(e.payload.len()) > free {
-                        break;
-                    }
-                    offsets.push(frames.len() as u32);
-                    crate::storage::format::encode_frame(
-                        &mut frames,
-                        seed,
-                        FrameFields {
-                            term: e.term,
-                            index: e.index,
-                            batch_start_index: batch_start,
-                            entry_type: e.entry_type,
-                        },
-                        &e.payload,
-                    );
-                    n += 1;
-                }
-                if n == 0 {
-                    assert!(
-                        !seg.is_empty(),
-                        "entry {} does not fit an empty segment although its size was checked",
-                        entries[0].index
-                    );
-                    self.rotate()?;
-                    continue;
-                }
-                let last_term = entries[n - 1].term;
-                let path = seg.path().to_path_buf();
-                seg.append_frames(&frames, &offsets, batch_start, last_term)
-                    .map_err(|e| seg_err("append", &path, e))?;
-                self.last_index = entries[n - 1].index;
-                self.last_term = last_term;
-                entries = &entries[n..];
+        frames.clear();
+        offsets.clear();
+        let seg = self.last_segment_mut();
+        let free = seg.free_bytes() as usize;
+        let seed = seg.seed();
+        let batch_start = entries[0].index;
+        let mut n = 0;
+        for e in entries {
+            if frames.len() + frame_padded_len(e.payload.len()) > free {
+                break;
             }
-            Ok(())
-        })();
-        self.frames = frames;
-        self.frame_offsets = offsets;
-        result
+            offsets.push(frames.len() as u32);
+            crate::storage::format::encode_frame(
+                &mut frames,
+                seed,
+                FrameFields {
+                    term: e.term,
+                    index: e.index,
+                    batch_start_index: batch_start,
+                    entry_type: e.entry_type,
+                },
+                &e.payload,
+            );
+            n += 1;
+        }
+        assert!(
+            n > 0,
+            "entry {} does not fit an empty segment although its size was checked",
+            batch_start
+        );
+        Ok(StagedAppend {
+            frames,
+            offsets,
+            first: batch_start,
+            last_term: entries[n - 1].term,
+            entries: n,
+        })
+    }
+
+    /// Step 2 of an append (`&self`: readers may run meanwhile): the durable write of the staged
+    /// frames, one io_uring submission linked to its fdatasync.
+    ///
+    /// # Errors
+    /// Any I/O error; pass the result to [`RaftLog::publish_staged`], which poisons the log.
+    pub fn write_staged(&self, staged: &StagedAppend) -> Result<(), LogError> {
+        self.check_writable()?;
+        let seg = self
+            .segments
+            .values()
+            .next_back()
+            .expect("the log has at least one segment");
+        seg.write_frames(&staged.frames)
+            .map_err(|e| seg_err("append", seg.path(), e))
+    }
+
+    /// Step 3 of an append (needs `&mut`, short): makes the entries visible if the write
+    /// succeeded, poisons the log if it did not.
+    ///
+    /// # Errors
+    /// The write's error.
+    pub fn publish_staged(
+        &mut self,
+        staged: StagedAppend,
+        written: Result<(), LogError>,
+    ) -> Result<(), LogError> {
+        let r = written.and_then(|()| {
+            let seg = self.last_segment_mut();
+            let path = seg.path().to_path_buf();
+            seg.publish_frames(
+                staged.frames.len(),
+                &staged.offsets,
+                staged.first,
+                staged.last_term,
+            )
+            .map_err(|e| seg_err("append", &path, e))
+        });
+        if r.is_ok() {
+            self.last_index = LogIndex(staged.first.0 + staged.entries as u64 - 1);
+            self.last_term = staged.last_term;
+        }
+        // Keep the buffers for the next batch.
+        self.frames = staged.frames;
+        self.frame_offsets = staged.offsets;
+        self.poison(r)
     }
 
     /// Seals the open segment and opens the next (prepared) one.

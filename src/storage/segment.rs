@@ -384,8 +384,8 @@ impl LogFileSegment {
     /// Walks the frames of a trusted segment by their length words (no CRC: reads check it),
     /// checking index continuity and that they end exactly at the header's position.
     fn walk_offsets(&self) -> Result<Vec<u32>, (u64, LogIndex, String)> {
-        let bytes = self.file.bytes();
         let end = self.append_position as usize;
+        let bytes = self.file.read(0..end);
         let count = self.entry_count() as usize;
         let mut offsets = Vec::with_capacity(count);
         let mut pos = SEGMENT_HEADER_SIZE;
@@ -449,7 +449,7 @@ impl LogFileSegment {
         );
         let offsets = self.offsets()?;
         let at = offsets[(index.0 - self.header.base_index.0) as usize] as usize;
-        let bytes = &self.file.bytes()[at..self.append_position as usize];
+        let bytes = self.file.read(at..self.append_position as usize);
         let corrupt = |reason: String| SegmentError::Corrupt {
             offset: at as u64,
             index,
@@ -486,14 +486,36 @@ impl LogFileSegment {
         Ok(())
     }
 
-    /// Appends `frames` (already encoded with [`Self::seed`], entries `first ..= last`, whose
-    /// last term is `last_term`) with one durable write. Returns after the fdatasync completed.
+    /// Writes `frames` (already encoded with [`Self::seed`], continuing the segment) at the
+    /// append position with one durable write; returns after the fdatasync completed. Takes
+    /// `&self`: readers may read the published entries meanwhile, and nothing becomes visible
+    /// until [`Self::publish_frames`].
     ///
     /// # Panics
-    /// If the frames do not fit or do not continue the segment (programmer errors).
-    pub fn append_frames(
+    /// If the frames do not fit (a programmer error).
+    pub fn write_frames(&self, frames: &[u8]) -> Result<(), SegmentError> {
+        assert!(
+            frames.len() as u64 <= self.free_bytes(),
+            "{} bytes do not fit the {} free bytes of {}",
+            frames.len(),
+            self.free_bytes(),
+            self.path().display()
+        );
+        self.file.write_durable(&[WriteAt {
+            offset: self.append_position,
+            bytes: frames,
+        }])?;
+        Ok(())
+    }
+
+    /// Makes frames written by [`Self::write_frames`] visible: entries `first ..`, one per
+    /// offset in `frame_offsets` (relative to the written buffer), `frames_len` bytes in all.
+    ///
+    /// # Panics
+    /// If they do not continue the segment (a programmer error).
+    pub fn publish_frames(
         &mut self,
-        frames: &[u8],
+        frames_len: usize,
         frame_offsets: &[u32],
         first: LogIndex,
         last_term: Term,
@@ -504,24 +526,12 @@ impl LogFileSegment {
             "append to {} would leave a hole",
             self.path().display()
         );
-        assert!(
-            frames.len() as u64 <= self.free_bytes(),
-            "{} bytes do not fit the {} free bytes of {}",
-            frames.len(),
-            self.free_bytes(),
-            self.path().display()
-        );
         let at = self.append_position;
-        self.offsets()?;
-        self.file.write_durable(&[WriteAt {
-            offset: at,
-            bytes: frames,
-        }])?;
         let offsets = self.offsets_mut()?;
         offsets.extend(frame_offsets.iter().map(|o| o + at as u32));
         self.last_index = LogIndex(first.0 + frame_offsets.len() as u64 - 1);
         self.last_term = last_term;
-        self.append_position += frames.len() as u64;
+        self.append_position += frames_len as u64;
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use io_uring::{opcode, squeue, types, IoUring};
 use memmap2::{Mmap, MmapOptions};
@@ -37,7 +38,8 @@ pub struct UringFile {
     file: File,
     len_bytes: u64,
     map: Option<Mmap>,
-    ring: Option<IoUring>,
+    /// Created on the first write; the mutex also serialises writers.
+    ring: Mutex<Option<IoUring>>,
 }
 
 impl UringFile {
@@ -59,15 +61,8 @@ impl UringFile {
             file,
             len_bytes,
             map,
-            ring: None,
+            ring: Mutex::new(None),
         })
-    }
-
-    fn ring(&mut self) -> io::Result<&mut IoUring> {
-        if self.ring.is_none() {
-            self.ring = Some(IoUring::new(RING_ENTRIES)?);
-        }
-        Ok(self.ring.as_mut().expect("ring was just created"))
     }
 }
 
@@ -224,37 +219,41 @@ impl LogFile for UringFile {
         }
     }
 
-    fn write_durable(&mut self, writes: &[WriteAt<'_>]) -> io::Result<()> {
+    fn write_durable(&self, writes: &[WriteAt<'_>]) -> io::Result<()> {
         for w in writes {
             let end = w.offset + w.bytes.len() as u64;
             assert!(
                 end <= self.len_bytes,
-                "write [{}, {end}) past the end ({}) of {}: segment files never grow",
+                "write [{}, {end}) past the end ({}) of {}",
                 w.offset,
                 self.len_bytes,
                 self.path.display()
             );
         }
         let fd = self.file.as_raw_fd();
-        let path = self.path.clone();
-        let ring = self.ring()?;
-        let per_submission = (RING_ENTRIES - 1) as usize;
-        if writes.is_empty() {
-            return submit_linked(ring, &path, fd, &[], true);
+        let mut guard = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(IoUring::new(RING_ENTRIES)?);
         }
-        let chunks: Vec<&[WriteAt<'_>]> = writes.chunks(per_submission).collect();
-        let result = (|| {
-            for (i, chunk) in chunks.iter().enumerate() {
-                // Earlier chunks complete before the last one (with the fsync) is submitted, so the
-                // fsync still follows every write.
-                submit_linked(ring, &path, fd, chunk, i + 1 == chunks.len())?;
-            }
-            Ok(())
-        })();
+        let ring = guard.as_mut().expect("ring was just created");
+        let per_submission = (RING_ENTRIES - 1) as usize;
+        let result = if writes.is_empty() {
+            submit_linked(ring, &self.path, fd, &[], true)
+        } else {
+            let chunks: Vec<&[WriteAt<'_>]> = writes.chunks(per_submission).collect();
+            (|| {
+                for (i, chunk) in chunks.iter().enumerate() {
+                    // Earlier chunks complete before the last one (with the fsync) is submitted,
+                    // so the fsync still follows every write.
+                    submit_linked(ring, &self.path, fd, chunk, i + 1 == chunks.len())?;
+                }
+                Ok(())
+            })()
+        };
         if result.is_err() {
             // A ring that saw an error may hold unsubmitted SQEs: start afresh next time (the log
             // is poisoned anyway, this only keeps the handle sane).
-            self.ring = None;
+            *guard = None;
         }
         result
     }
@@ -349,7 +348,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         UringVfs.create_zeroed(&p, 8192).unwrap();
-        let mut f = UringVfs.open(&p).unwrap();
+        let f = UringVfs.open(&p).unwrap();
         assert_eq!(f.len_bytes(), 8192);
         let writes: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i + 1; 7]).collect();
         let batch: Vec<WriteAt<'_>> = writes

@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 
@@ -230,28 +230,54 @@ fn run(log: &RwLock<RaftLog>, rx: &Receiver<Request>, entries_max: usize, bytes_
                 Err(_) => break,
             }
         }
-        let mut guard = log.write().unwrap_or_else(|e| e.into_inner());
-        execute(&mut guard, queue);
+        execute(log, queue);
     }
 }
 
+fn write_lock(log: &RwLock<RaftLog>) -> RwLockWriteGuard<'_, RaftLog> {
+    log.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One durable append of `batch` (already checked), holding the write lock only to stage and to
+/// publish: during the write and its fdatasync readers keep reading (the leader reads older
+/// entries for its followers while its own write is in flight, Raft thesis §10.2.1).
+fn append_batch(log: &RwLock<RaftLog>, mut batch: &[LogEntry]) -> Result<(), LogError> {
+    while !batch.is_empty() {
+        let staged = write_lock(log).stage_append(batch)?;
+        let written = log
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_staged(&staged);
+        batch = &batch[staged.entries..];
+        write_lock(log).publish_staged(staged, written)?;
+    }
+    Ok(())
+}
+
 /// Runs one drained queue: consecutive appends become one durable batch.
-fn execute(log: &mut RaftLog, queue: Vec<Request>) {
-    let payload_max = log.config().entry_payload_max_bytes();
+fn execute(log: &RwLock<RaftLog>, queue: Vec<Request>) {
+    let (payload_max, mut next, mut term) = {
+        let l = write_lock(log);
+        (
+            l.config().entry_payload_max_bytes(),
+            l.last_index().next(),
+            l.last_term(),
+        )
+    };
     let mut batch: Vec<LogEntry> = Vec::new();
     let mut waiters: Vec<(Arc<Completion>, LogIndex)> = Vec::new();
-    let mut next = log.last_index().next();
-    let mut term = log.last_term();
 
     fn flush(
-        log: &mut RaftLog,
+        log: &RwLock<RaftLog>,
         batch: &mut Vec<LogEntry>,
         waiters: &mut Vec<(Arc<Completion>, LogIndex)>,
     ) {
         let r = if batch.is_empty() {
             Ok(())
         } else {
-            log.append(batch)
+            // The guard must be gone before append_batch takes the lock again.
+            let checked = write_lock(log).check_append(batch);
+            checked.and_then(|()| append_batch(log, batch))
         };
         for (done, last) in waiters.drain(..) {
             done.complete(r.clone().map(|()| last));
@@ -304,17 +330,19 @@ fn execute(log: &mut RaftLog, queue: Vec<Request>) {
             }
             Op::TruncateSuffix(from) => {
                 flush(log, &mut batch, &mut waiters);
-                let r = log.truncate_suffix(from).map(|()| log.last_index());
+                let mut l = write_lock(log);
+                let r = l.truncate_suffix(from).map(|()| l.last_index());
                 req.done.complete(r);
-                next = log.last_index().next();
-                term = log.last_term();
+                next = l.last_index().next();
+                term = l.last_term();
             }
             Op::CompactPrefix(upto) => {
                 flush(log, &mut batch, &mut waiters);
-                let r = log.compact_prefix(upto).map(|()| log.last_index());
+                let mut l = write_lock(log);
+                let r = l.compact_prefix(upto).map(|()| l.last_index());
                 req.done.complete(r);
-                next = log.last_index().next();
-                term = log.last_term();
+                next = l.last_index().next();
+                term = l.last_term();
             }
         }
     }
