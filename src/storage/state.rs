@@ -450,7 +450,7 @@ impl RaftState {
         let mut slot = vec![0u8; STATE_SLOT_SIZE];
         encode_slot(&initial, &mut slot);
         {
-            let mut file = vfs.open(&tmp).map_err(io_err(&tmp, "open"))?;
+            let file = vfs.open(&tmp).map_err(io_err(&tmp, "open"))?;
             file.write_durable(&[WriteAt {
                 offset: Self::slot_offset(initial.sequence),
                 bytes: &slot,
