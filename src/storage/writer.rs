@@ -1,24 +1,34 @@
-//! Group commit: `LogWriter`, a cloneable handle to a thread that owns the [`RaftLog`].
+//! Group commit: `LogWriter`, a cloneable handle that owns the [`RaftLog`].
 //!
-//! Appenders send requests over a bounded std channel and wait on a completion (blocking, or as a
-//! `Future` that needs no particular runtime). The writer thread takes every request already
-//! queued (up to `batch_entries_max` entries and `batch_bytes_max` payload bytes), writes them as
-//! ONE durable append (one io_uring submission: the writes linked to one fdatasync), and then
-//! completes every waiter of the batch. Appends that arrive while a sync is in flight queue up
-//! and join the next batch, so under load one fdatasync serves many appenders.
+//! Appenders put requests into one bounded queue and wait on a completion (blocking, or as a
+//! `Future` that needs no particular runtime). At most one thread at a time *leads*: it takes
+//! every request already queued (up to `batch_entries_max` entries and `batch_bytes_max` payload
+//! bytes), writes them as ONE durable append (one io_uring submission: the write linked to one
+//! fdatasync), and completes every waiter of the batch. Requests that arrive while a write is in
+//! flight queue up and form the next batch, so under load one fdatasync serves many appenders.
+//!
+//! Who leads: a blocking caller ([`LogWriter::append`], [`LogWriter::append_new`], truncate,
+//! compact) that finds no write in flight leads itself, so a lone appender pays no thread
+//! hand-off (its latency is its write and fdatasync); once its own request is done it hands any
+//! remaining queue to the background thread ("log-writer"), which also leads for the `*_async`
+//! submitters that must never block on I/O (async tasks). raft-engine's write barrier works the
+//! same way (the first writer of a group writes for the group).
+//!
+//! The write lock on the log is held only to stage a batch (encode, rotate) and to publish it;
+//! during the write and its fdatasync readers ([`LogWriter::read`]) proceed.
 //!
 //! # Invariants
 //! - Requests are executed in queue order; a truncation or compaction first flushes the appends
-//!   queued before it.
+//!   queued before it. At most one leader at a time (`leader_active`).
 //! - A waiter is completed with `Ok` only after the fdatasync covering its entries completed.
 //! - A request that is invalid on its own (not contiguous, term regression, entry too large) fails
 //!   alone; a write or sync failure fails the whole batch and poisons the log, so every later
 //!   request fails with [`LogError::Poisoned`].
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 
@@ -73,6 +83,14 @@ impl Completion {
         self.ready.notify_all();
     }
 
+    fn is_complete(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .result
+            .is_some()
+    }
+
     fn wait(&self) -> Result<LogIndex, LogError> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -118,119 +136,198 @@ impl Future for Pending {
     }
 }
 
+/// What appenders and the background leader share.
+struct Shared {
+    queue: Mutex<QueueState>,
+    /// Wakes the background leader: requests are queued and no leader is active, or shutdown.
+    work: Condvar,
+    /// Wakes submitters waiting for room in the queue.
+    room: Condvar,
+    log: RwLock<RaftLog>,
+    entries_max: usize,
+    bytes_max: u64,
+    queue_max: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    requests: VecDeque<Request>,
+    /// A thread is draining the queue and writing (at most one: the log has one writer).
+    leader_active: bool,
+    shutdown: bool,
+}
+
+fn lock_queue(shared: &Shared) -> MutexGuard<'_, QueueState> {
+    shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Leads: drains the queue into batches and executes them until the queue is empty, or (for a
+/// caller-led round, `until` set) until the caller's own request completed, then hands the rest
+/// to the background leader. The guard's `leader_active` must have been set by the caller.
+fn lead<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>, until: Option<&Completion>) {
+    loop {
+        let done_own = until.is_some_and(Completion::is_complete);
+        if q.requests.is_empty() || done_own {
+            q.leader_active = false;
+            if !q.requests.is_empty() {
+                // Do not keep a caller hostage to other appenders' batches.
+                shared.work.notify_one();
+            }
+            return;
+        }
+        let (mut n, mut b) = (0usize, 0u64);
+        let mut batch = Vec::new();
+        while let Some(r) = q.requests.front() {
+            let (rn, rb) = r.op.cost();
+            if !batch.is_empty() && (n + rn > shared.entries_max || b + rb > shared.bytes_max) {
+                break;
+            }
+            n += rn;
+            b += rb;
+            batch.extend(q.requests.pop_front());
+        }
+        shared.room.notify_all();
+        drop(q);
+        execute(&shared.log, batch);
+        q = lock_queue(shared);
+    }
+}
+
+/// The background leader: leads whenever requests wait and no caller leads.
+fn background(shared: &Shared) {
+    let mut q = lock_queue(shared);
+    loop {
+        if !q.requests.is_empty() && !q.leader_active {
+            q.leader_active = true;
+            lead(shared, q, None);
+            q = lock_queue(shared);
+            continue;
+        }
+        if q.shutdown && q.requests.is_empty() {
+            return;
+        }
+        q = shared.work.wait(q).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
 struct Inner {
-    tx: Option<SyncSender<Request>>,
-    log: Arc<RwLock<RaftLog>>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the channel ends the thread after it finished what is queued.
-        self.tx.take();
+        // The background leader finishes what is queued, then stops.
+        lock_queue(&self.shared).shutdown = true;
+        self.shared.work.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-/// The group-commit handle (Clone + Send + Sync). The thread stops when the last handle drops.
+/// The group-commit handle (Clone + Send + Sync). Stops when the last handle drops.
+///
+/// Two ways in: [`LogWriter::append`] and friends let the calling thread lead a batch when no
+/// write is in flight (a lone appender pays no thread hand-off: its latency is the write and
+/// fdatasync), and otherwise queue behind the write in flight; the `*_async` variants never do
+/// I/O on the caller's thread (for async tasks) and leave the batch to a background thread.
 #[derive(Clone)]
 pub struct LogWriter {
     inner: Arc<Inner>,
 }
 
 impl LogWriter {
-    /// Starts the writer thread, which takes ownership of `log`.
+    /// Takes ownership of `log` and starts the background leader thread.
     ///
     /// # Errors
     /// If the thread cannot be spawned.
     pub fn spawn(log: RaftLog) -> std::io::Result<LogWriter> {
         let config = log.config().clone();
-        let (tx, rx) = sync_channel(config.queue_requests_max);
-        let log = Arc::new(RwLock::new(log));
-        let thread_log = Arc::clone(&log);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(QueueState::default()),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            log: RwLock::new(log),
+            entries_max: config.batch_entries_max,
+            bytes_max: config.batch_bytes_max,
+            queue_max: config.queue_requests_max,
+        });
+        let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || {
-                run(
-                    &thread_log,
-                    &rx,
-                    config.batch_entries_max,
-                    config.batch_bytes_max,
-                )
-            })?;
+            .spawn(move || background(&thread_shared))?;
         Ok(LogWriter {
             inner: Arc::new(Inner {
-                tx: Some(tx),
-                log,
+                shared,
                 thread: Some(thread),
             }),
         })
     }
 
-    fn submit(&self, op: Op) -> Pending {
+    fn submit(&self, op: Op, caller_leads: bool) -> Pending {
+        let shared = &self.inner.shared;
         let done = Arc::new(Completion::default());
-        let sent = match &self.inner.tx {
-            Some(tx) => tx
-                .send(Request {
-                    op,
-                    done: Arc::clone(&done),
-                })
-                .is_ok(),
-            None => false,
-        };
-        if !sent {
-            done.complete(Err(LogError::WriterStopped));
+        let mut q = lock_queue(shared);
+        while q.requests.len() >= shared.queue_max {
+            q = shared.room.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        q.requests.push_back(Request {
+            op,
+            done: Arc::clone(&done),
+        });
+        if !q.leader_active {
+            if caller_leads {
+                q.leader_active = true;
+                lead(shared, q, Some(&done));
+            } else {
+                shared.work.notify_one();
+            }
         }
         Pending { done }
     }
 
-    /// Queues entries whose indexes are assigned (they must continue the log in queue order).
-    /// The returned [`Pending`] resolves to the last index once they are durable.
+    /// Appends entries whose indexes are assigned (they must continue the log in queue order).
+    /// The returned [`Pending`] resolves to the last index once they are durable. The calling
+    /// thread may write the batch itself (see the type's docs).
     pub fn append(&self, entries: Vec<LogEntry>) -> Pending {
-        self.submit(Op::Append(entries))
+        self.submit(Op::Append(entries), true)
     }
 
-    /// Queues payloads; the writer assigns them the next indexes. Resolves to the last assigned
+    /// As [`LogWriter::append`], never doing I/O on the caller's thread.
+    pub fn append_async(&self, entries: Vec<LogEntry>) -> Pending {
+        self.submit(Op::Append(entries), false)
+    }
+
+    /// Appends payloads; the writer assigns them the next indexes. Resolves to the last assigned
     /// index once they are durable (the first is `last - entries.len() + 1`).
     pub fn append_new(&self, term: Term, entries: Vec<(EntryType, Vec<u8>)>) -> Pending {
-        self.submit(Op::AppendNew { term, entries })
+        self.submit(Op::AppendNew { term, entries }, true)
     }
 
-    /// Queues a [`RaftLog::truncate_suffix`] after everything queued before it.
+    /// As [`LogWriter::append_new`], never doing I/O on the caller's thread.
+    pub fn append_new_async(&self, term: Term, entries: Vec<(EntryType, Vec<u8>)>) -> Pending {
+        self.submit(Op::AppendNew { term, entries }, false)
+    }
+
+    /// A [`RaftLog::truncate_suffix`] after everything queued before it.
     pub fn truncate_suffix(&self, from: LogIndex) -> Pending {
-        self.submit(Op::TruncateSuffix(from))
+        self.submit(Op::TruncateSuffix(from), true)
     }
 
-    /// Queues a [`RaftLog::compact_prefix`] after everything queued before it.
+    /// A [`RaftLog::compact_prefix`] after everything queued before it.
     pub fn compact_prefix(&self, upto: LogIndex) -> Pending {
-        self.submit(Op::CompactPrefix(upto))
+        self.submit(Op::CompactPrefix(upto), true)
     }
 
-    /// Read access to the log (waits while a batch is being written).
+    /// Read access to the log. Waits only while a batch is staged or published, not during its
+    /// write and fdatasync.
     pub fn read(&self) -> RwLockReadGuard<'_, RaftLog> {
-        self.inner.log.read().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The writer thread's loop.
-fn run(log: &RwLock<RaftLog>, rx: &Receiver<Request>, entries_max: usize, bytes_max: u64) {
-    while let Ok(first) = rx.recv() {
-        let (mut n, mut b) = first.op.cost();
-        let mut queue = vec![first];
-        while n < entries_max && b < bytes_max {
-            match rx.try_recv() {
-                Ok(r) => {
-                    let (rn, rb) = r.op.cost();
-                    n += rn;
-                    b += rb;
-                    queue.push(r);
-                }
-                Err(_) => break,
-            }
-        }
-        execute(log, queue);
+        self.inner
+            .shared
+            .log
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 
