@@ -7,7 +7,9 @@
 //! - `BENCH_QUICK=1`: shorter runs and a 256 MiB read/open log (for development; not the figures).
 //! - `BENCH_DIR=<dir>`: where the logs are written (default: the system temp dir). It must be on
 //!   the disk under test; tmpfs would measure nothing.
-//! - `BENCH_SECS=<f64>`: seconds per append measurement (default 2, quick 0.5).
+//! - `BENCH_SECS=<f64>`: seconds per append measurement (default 1, quick 0.5).
+//! - `BENCH_ROUNDS=<n>`: interleaved repetitions of every append measurement (default 3, quick 1),
+//!   merged into one distribution (figures are totals over all rounds).
 //! - `BENCH_KEEP=1`: keep the big read/open log in `target/bench-log/` (e.g. for
 //!   `segdump verify target/bench-log`) instead of deleting it.
 //!
@@ -41,6 +43,9 @@ struct Settings {
     quick: bool,
     dir: PathBuf,
     append_secs: f64,
+    /// Every append measurement is repeated this many times, interleaved with the others (so a
+    /// burst of load from other processes hits all of them alike); the rounds are merged.
+    rounds: usize,
     /// Payload bytes of the read/open log.
     big_log_bytes: u64,
     reads: u64,
@@ -56,11 +61,15 @@ impl Settings {
         let append_secs = std::env::var("BENCH_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(if quick { 0.5 } else { 2.0 });
+            .unwrap_or(if quick { 0.5 } else { 1.0 });
         Settings {
             quick,
             dir,
             append_secs,
+            rounds: std::env::var("BENCH_ROUNDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(if quick { 1 } else { 3 }),
             big_log_bytes: if quick {
                 256 << 20
             } else {
@@ -93,6 +102,16 @@ struct Stats {
 }
 
 impl Stats {
+    /// Adds another round of the same measurement.
+    fn merge(&mut self, other: Stats) -> Result<(), String> {
+        self.entries += other.entries;
+        self.bytes += other.bytes;
+        self.secs += other.secs;
+        self.latency_ns
+            .add(&other.latency_ns)
+            .map_err(|e| format!("histogram merge: {e:?}"))
+    }
+
     fn entries_per_sec(&self) -> f64 {
         self.entries as f64 / self.secs
     }
@@ -641,24 +660,23 @@ fn run() -> Result<(), String> {
     let mut r = Report {
         text: String::new(),
     };
-    let command = if s.quick {
-        "BENCH_QUICK=1 cargo bench --bench log_append"
-    } else {
-        "cargo bench --bench log_append"
-    };
+    // The exact command, with every BENCH_* setting that was in effect.
+    let mut env: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("BENCH_"))
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    env.sort();
+    let command = format!("{}cargo bench --bench log_append", env.concat());
     r.line("# Benchmarks: `log_append`");
     r.line("");
     r.line(format!("- command: `{command}`"));
     r.line(format!("- machine: {}", machine()));
     r.line(format!("- disk: {}", filesystem_of(&root_path)));
     r.line(format!(
-        "- mode: {}; {} s per append measurement; closed-loop appenders; latency from HdrHistogram",
-        if s.quick {
-            "QUICK (development only)"
-        } else {
-            "full"
-        },
-        s.append_secs
+        "- mode: {}; {} s per append measurement x {} interleaved rounds (merged); closed-loop appenders; latency from HdrHistogram",
+        if s.quick { "QUICK (development only)" } else { "full" },
+        s.append_secs,
+        s.rounds
     ));
     r.line(format!(
         "- date: {} (unix time)",
@@ -681,23 +699,35 @@ fn run() -> Result<(), String> {
     r.line("| run | entry B | appenders | entries/s | MB/s | p50 | p90 | p99 | p99.9 | max | entries/s ours÷base | p99 ours÷base |");
     r.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut results: Vec<(usize, usize, Stats, Stats)> = Vec::new();
-    for &size in &SIZES {
-        for &n in &APPENDERS {
-            let base = run_baseline(&base_file, size * n, n, s.append_secs * 0.75)
-                .map_err(|e| format!("baseline: {e}"))?;
-            let ours = run_ours(&root_path, Arc::new(UringVfs), size, n, s.append_secs)?;
-            r.line(format!(
-                "| ours | {size} | {n} | {} | {:.2} | {:.2} |",
-                stats_cells(&ours),
-                ours.entries_per_sec() / base.entries_per_sec(),
-                ours.us(0.99) / base.us(0.99)
-            ));
-            r.line(format!(
-                "| baseline | {size} | {n} | {} | | |",
-                stats_cells(&base)
-            ));
-            results.push((size, n, ours, base));
+    for round in 0..s.rounds {
+        let mut k = 0;
+        for &size in &SIZES {
+            for &n in &APPENDERS {
+                eprintln!("round {}/{}: {size} B x {n}", round + 1, s.rounds);
+                let base = run_baseline(&base_file, size * n, n, s.append_secs * 0.75)
+                    .map_err(|e| format!("baseline: {e}"))?;
+                let ours = run_ours(&root_path, Arc::new(UringVfs), size, n, s.append_secs)?;
+                if round == 0 {
+                    results.push((size, n, ours, base));
+                } else {
+                    results[k].2.merge(ours)?;
+                    results[k].3.merge(base)?;
+                }
+                k += 1;
+            }
         }
+    }
+    for (size, n, ours, base) in &results {
+        r.line(format!(
+            "| ours | {size} | {n} | {} | {:.2} | {:.2} |",
+            stats_cells(ours),
+            ours.entries_per_sec() / base.entries_per_sec(),
+            ours.us(0.99) / base.us(0.99)
+        ));
+        r.line(format!(
+            "| baseline | {size} | {n} | {} | | |",
+            stats_cells(base)
+        ));
     }
     drop(base_file);
     let _ = std::fs::remove_file(&base_path);
@@ -708,16 +738,34 @@ fn run() -> Result<(), String> {
     r.line("");
     r.line("| run | entry B | appenders | entries/s | MB/s | p50 | p90 | p99 | p99.9 | max |");
     r.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let (written, wpath) =
-        baseline_file(&root_path, true).map_err(|e| format!("baseline file: {e}"))?;
-    let w4k = run_baseline(&written, 4096, 1, s.append_secs).map_err(|e| e.to_string())?;
-    drop(written);
-    let _ = std::fs::remove_file(&wpath);
-    let (falloc, fpath) =
-        baseline_file(&root_path, false).map_err(|e| format!("fallocated file: {e}"))?;
-    let f4k = run_baseline(&falloc, 4096, 1, s.append_secs).map_err(|e| e.to_string())?;
-    drop(falloc);
-    let _ = std::fs::remove_file(&fpath);
+    let mut pre: Option<[Stats; 4]> = None;
+    for round in 0..s.rounds {
+        eprintln!("round {}/{}: preallocation", round + 1, s.rounds);
+        let (written, wpath) =
+            baseline_file(&root_path, true).map_err(|e| format!("baseline file: {e}"))?;
+        let w = run_baseline(&written, 4096, 1, s.append_secs).map_err(|e| e.to_string())?;
+        drop(written);
+        let _ = std::fs::remove_file(&wpath);
+        let (falloc, fpath) =
+            baseline_file(&root_path, false).map_err(|e| format!("fallocated file: {e}"))?;
+        let f = run_baseline(&falloc, 4096, 1, s.append_secs).map_err(|e| e.to_string())?;
+        drop(falloc);
+        let _ = std::fs::remove_file(&fpath);
+        let oz = run_ours(&root_path, Arc::new(UringVfs), 256, 1, s.append_secs)?;
+        let of = run_ours(&root_path, Arc::new(FallocVfs), 256, 1, s.append_secs)?;
+        match &mut pre {
+            None => pre = Some([w, f, oz, of]),
+            Some([a, b, c, d]) => {
+                a.merge(w)?;
+                b.merge(f)?;
+                c.merge(oz)?;
+                d.merge(of)?;
+            }
+        }
+    }
+    let Some([w4k, f4k, ours_zero, ours_falloc]) = pre else {
+        return Err("BENCH_ROUNDS must be at least 1".into());
+    };
     r.line(format!(
         "| baseline loop, written file | 4096 | 1 | {} |",
         stats_cells(&w4k)
@@ -726,8 +774,6 @@ fn run() -> Result<(), String> {
         "| baseline loop, fallocated file | 4096 | 1 | {} |",
         stats_cells(&f4k)
     ));
-    let ours_zero = run_ours(&root_path, Arc::new(UringVfs), 256, 1, s.append_secs)?;
-    let ours_falloc = run_ours(&root_path, Arc::new(FallocVfs), 256, 1, s.append_secs)?;
     r.line(format!(
         "| ours, zero-filled segments (production) | 256 | 1 | {} |",
         stats_cells(&ours_zero)
