@@ -142,9 +142,8 @@ fn submit_linked(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 if !ring.submission().is_empty() {
-                    // The kernel took nothing: no buffer is referenced, the error can be returned.
-                    ring.submission().sync();
-                    // Drop the unsubmitted SQEs by recreating the ring lazily next time.
+                    // The kernel took nothing: no buffer is referenced, so the error can be
+                    // returned. The caller drops this ring, and with it the unsubmitted SQEs.
                     return Err(error_at(path, "io_uring_enter", 0, e));
                 }
                 // The SQEs are in the kernel's hands and reference our buffers: we must see their
