@@ -5,6 +5,7 @@
 //! A reopen may lower `first_index` (compaction deletes whole segments only; the entries of a
 //! partly compacted segment come back and are still correct), so the comparison covers the
 //! model's range and checks the log's `first_index` never exceeds the model's.
+//! proptest prints the minimal failing operation sequence; `MODEL_CASES=<n>` runs more cases.
 
 mod storage_common;
 
@@ -122,8 +123,16 @@ fn run(ops: Vec<Op>, open: &dyn Fn() -> RaftLog) {
     let _ = Term::ZERO;
 }
 
+/// `MODEL_CASES` overrides the number of cases (a longer run than CI's).
+fn cases(default: u32) -> u32 {
+    std::env::var("MODEL_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(200), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn log_equals_model_on_the_simulated_disk(ops in proptest::collection::vec(op(), 1..60)) {
@@ -133,7 +142,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn log_equals_model_on_the_real_disk(ops in proptest::collection::vec(op(), 1..40)) {
