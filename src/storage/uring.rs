@@ -162,7 +162,13 @@ fn submit_linked(
     }
 
     // Report the first failure in submission order: a failed write is the cause, the fsync's
-    // -ECANCELED after it is only the consequence of the link.
+    // -ECANCELED after it is only the consequence of the link (said in the message).
+    let sync_cancelled = with_sync && results.last() == Some(&Some(-libc::ECANCELED));
+    let what = if sync_cancelled {
+        "write (the linked fdatasync was cancelled)"
+    } else {
+        "write"
+    };
     for (e, r) in expects.iter().zip(&results) {
         let r = r.expect("every completion was collected");
         match e.write_len {
@@ -170,7 +176,7 @@ fn submit_linked(
                 if r < 0 {
                     return Err(error_at(
                         path,
-                        "write",
+                        what,
                         e.offset,
                         io::Error::from_raw_os_error(-r),
                     ));
@@ -380,6 +386,10 @@ mod tests {
                 bytes: b"x",
             }])
             .unwrap_err();
-        assert!(err.to_string().contains("write at offset 0"), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("write (the linked fdatasync was cancelled) at offset 0"),
+            "{msg}"
+        );
     }
 }
