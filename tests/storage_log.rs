@@ -323,3 +323,15 @@ fn async_appends_complete_through_the_background_leader() {
         &41u64.to_le_bytes()
     );
 }
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RaftLog::open(real_config(dir.path())).unwrap();
+    assert!(matches!(
+        RaftLog::open(real_config(dir.path())),
+        Err(LogError::Locked { .. })
+    ));
+    drop(log);
+    RaftLog::open(real_config(dir.path())).unwrap();
+}

@@ -32,6 +32,34 @@ use crate::storage::segment::{scan_segment, LogFileSegment, ProblemKind, Segment
 use crate::storage::uring::UringVfs;
 use crate::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 
+/// Held with `flock(LOCK_EX)` while a log is open, so two processes never write one log.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// Takes the directory's lock; released when the returned file is closed (or the process dies).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, LogError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE_NAME);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err("open lock file", &path, e))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(LogError::Locked {
+                dir: dir.to_path_buf(),
+            });
+        }
+        return Err(io_err("flock", &path, e));
+    }
+    Ok(f)
+}
+
 /// The file that is zero-filled off the append path and becomes the next segment at rotation.
 pub const PREPARED_SEGMENT_NAME: &str = "next_segment.prep";
 
@@ -82,6 +110,8 @@ pub enum LogError {
     Config(String),
     #[error("the log writer thread has stopped")]
     WriterStopped,
+    #[error("{} is locked by another process (or another RaftLog in this one)", dir.display())]
+    Locked { dir: PathBuf },
 }
 
 fn io_err(op: &'static str, path: &Path, e: io::Error) -> LogError {
@@ -228,6 +258,8 @@ pub struct RaftLog {
     /// [`PREPARED_SEGMENT_NAME`] exists, complete, with no preparation running.
     prepared_ready: bool,
     recovery: RecoveryReport,
+    /// The open, `flock`ed [`LOCK_FILE_NAME`] (production only): one process per log.
+    dir_lock: Option<std::fs::File>,
 }
 
 fn fresh_salt(base: LogIndex) -> u64 {
@@ -251,7 +283,13 @@ impl RaftLog {
     /// # Errors
     /// Config, I/O, or [`LogError::Corrupt`] when recovery finds damaged durable data.
     pub fn open(config: LogConfig) -> Result<RaftLog, LogError> {
-        RaftLog::open_with(config, Arc::new(UringVfs))
+        let vfs = UringVfs;
+        vfs.create_dir_all(&config.dir)
+            .map_err(|e| io_err("create directory", &config.dir, e))?;
+        let lock = lock_dir(&config.dir)?;
+        let mut log = RaftLog::open_with(config, Arc::new(vfs))?;
+        log.dir_lock = Some(lock);
+        Ok(log)
     }
 
     /// Opens (or creates) the log through any [`Vfs`] (tests pass a simulated disk).
@@ -312,6 +350,7 @@ impl RaftLog {
             preparing: None,
             prepared_ready,
             recovery: RecoveryReport::default(),
+            dir_lock: None,
         };
 
         if bases.is_empty() {
