@@ -20,10 +20,12 @@ use std::collections::BTreeMap;
 use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crate::storage::file::{Vfs, WriteAt};
+use crate::storage::file::{Prepare, Vfs, WriteAt};
 use crate::storage::format::{
     frame_padded_len, parse_segment_file_name, segment_file_name, FrameFields, SegmentHeader,
     ENTRY_PAYLOAD_MAX, SEGMENT_HEADER_SIZE, SEGMENT_SIZE_DEFAULT_BYTES, SEGMENT_SIZE_MIN_BYTES,
@@ -228,6 +230,14 @@ pub struct RecoveryReport {
     pub finished_truncation: Option<(PathBuf, Range<u64>)>,
 }
 
+/// A segment file being prepared on a background thread.
+struct Preparation {
+    handle: JoinHandle<io::Result<bool>>,
+    cancel: Arc<AtomicBool>,
+    how: Prepare,
+    started: Instant,
+}
+
 /// An append between [`RaftLog::stage_append`] and [`RaftLog::publish_staged`]: the encoded
 /// frames of a prefix of the entries that fits the open segment.
 pub struct StagedAppend {
@@ -254,7 +264,12 @@ pub struct RaftLog {
     frames: Vec<u8>,
     frame_offsets: Vec<u32>,
     /// Zero-fills [`PREPARED_SEGMENT_NAME`] off the append path.
-    preparing: Option<JoinHandle<io::Result<()>>>,
+    preparing: Option<Preparation>,
+    /// When the last rotation happened, how long the segment before it lasted, and how long a
+    /// zero-fill of a segment takes: they choose between zero-filling and fallocating.
+    last_rotation: Option<Instant>,
+    last_segment_secs: Option<f64>,
+    zero_fill_secs: Option<f64>,
     /// [`PREPARED_SEGMENT_NAME`] exists, complete, with no preparation running.
     prepared_ready: bool,
     recovery: RecoveryReport,
@@ -348,6 +363,9 @@ impl RaftLog {
             frames: Vec::new(),
             frame_offsets: Vec::new(),
             preparing: None,
+            last_rotation: None,
+            last_segment_secs: None,
+            zero_fill_secs: None,
             prepared_ready,
             recovery: RecoveryReport::default(),
             dir_lock: None,
@@ -489,31 +507,68 @@ impl RaftLog {
         self.config.dir.join(PREPARED_SEGMENT_NAME)
     }
 
-    /// Starts zero-filling the next segment on a background thread, so rotation finds it ready
-    /// and appends overwrite already-written blocks.
+    /// Starts preparing the next segment file on a background thread, so rotation finds it
+    /// ready. Zero-filled (appends then overwrite written blocks) unless the last segment filled
+    /// up in less than three zero-fills' time: then zero-filling cannot keep up and would double
+    /// the disk writes, so the file is only fallocated.
     fn start_preparing(&mut self) {
         if self.preparing.is_some() || self.prepared_ready {
             return;
         }
+        let how = match (self.last_segment_secs, self.zero_fill_secs) {
+            (Some(lifetime), Some(fill)) if lifetime < 3.0 * fill => Prepare::Allocated,
+            _ => Prepare::Zeroed,
+        };
         let vfs = Arc::clone(&self.vfs);
         let path = self.prepared_path();
         let len = self.config.segment_size_bytes;
-        self.preparing = std::thread::Builder::new()
+        let cancel = Arc::new(AtomicBool::new(false));
+        let thread_cancel = Arc::clone(&cancel);
+        let spawned = std::thread::Builder::new()
             .name("segment-prepare".into())
-            .spawn(move || vfs.create_zeroed(&path, len))
-            .ok();
+            .spawn(move || vfs.prepare_file(&path, len, how, &thread_cancel));
+        if let Ok(handle) = spawned {
+            self.preparing = Some(Preparation {
+                handle,
+                cancel,
+                how,
+                started: Instant::now(),
+            });
+        }
     }
 
-    /// Takes the prepared file (waiting for its preparation if needed, or preparing it now).
+    /// Takes the prepared file. Never waits for a zero-fill in progress (that would stall the
+    /// appends behind the rotation): it is cancelled and the file is fallocated instead.
     fn take_prepared(&mut self) -> Result<PathBuf, LogError> {
         let path = self.prepared_path();
-        let ready = match self.preparing.take() {
-            Some(h) => matches!(h.join(), Ok(Ok(()))),
-            None => std::mem::take(&mut self.prepared_ready),
-        };
+        let mut ready = std::mem::take(&mut self.prepared_ready);
+        if let Some(p) = self.preparing.take() {
+            let finished = p.handle.is_finished();
+            if !finished {
+                p.cancel.store(true, Ordering::Relaxed);
+            }
+            let elapsed = p.started.elapsed().as_secs_f64();
+            ready = matches!(p.handle.join(), Ok(Ok(true)));
+            if p.how == Prepare::Zeroed {
+                // A finished fill measures the fill; a cancelled one says it takes longer.
+                let known = self.zero_fill_secs.unwrap_or(0.0);
+                self.zero_fill_secs = Some(if finished {
+                    elapsed
+                } else {
+                    known.max(elapsed)
+                });
+            }
+        }
         if !ready {
+            // The first segment of a new log is zero-filled (once); later ones must not stall.
+            let how = if self.segments.is_empty() {
+                Prepare::Zeroed
+            } else {
+                Prepare::Allocated
+            };
+            let never = AtomicBool::new(false);
             self.vfs
-                .create_zeroed(&path, self.config.segment_size_bytes)
+                .prepare_file(&path, self.config.segment_size_bytes, how, &never)
                 .map_err(|e| io_err("prepare segment", &path, e))?;
         }
         Ok(path)
@@ -739,6 +794,10 @@ impl RaftLog {
 
     /// Seals the open segment and opens the next (prepared) one.
     fn rotate(&mut self) -> Result<(), LogError> {
+        let now = Instant::now();
+        if let Some(t) = self.last_rotation.replace(now) {
+            self.last_segment_secs = Some(now.duration_since(t).as_secs_f64());
+        }
         let seg = self.last_segment_mut();
         let path = seg.path().to_path_buf();
         seg.seal().map_err(|e| seg_err("seal segment", &path, e))?;
@@ -991,10 +1050,11 @@ impl RaftLog {
 
 impl Drop for RaftLog {
     fn drop(&mut self) {
-        // Let the preparation finish, so a prepared file is complete or absent, never half
-        // written by a thread that outlives its log.
-        if let Some(h) = self.preparing.take() {
-            let _ = h.join();
+        // Stop the preparation, so a prepared file is complete or absent, never half written by
+        // a thread that outlives its log.
+        if let Some(p) = self.preparing.take() {
+            p.cancel.store(true, Ordering::Relaxed);
+            let _ = p.handle.join();
         }
     }
 }
