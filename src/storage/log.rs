@@ -774,13 +774,8 @@ impl RaftLog {
         let r = written.and_then(|()| {
             let seg = self.last_segment_mut();
             let path = seg.path().to_path_buf();
-            seg.publish_frames(
-                staged.frames.len(),
-                &staged.offsets,
-                staged.first,
-                staged.last_term,
-            )
-            .map_err(|e| seg_err("append", &path, e))
+            seg.publish_frames(staged.frames.len(), &staged.offsets, staged.first)
+                .map_err(|e| seg_err("append", &path, e))
         });
         if r.is_ok() {
             self.last_index = LogIndex(staged.first.0 + staged.entries as u64 - 1);
@@ -853,7 +848,7 @@ impl RaftLog {
         }
         let seg = self.last_segment_mut();
         let path = seg.path().to_path_buf();
-        seg.truncate_from(from, prev_term)
+        seg.truncate_from(from)
             .map_err(|e| seg_err("truncate", &path, e))?;
         self.last_index = from.prev();
         self.last_term = prev_term;

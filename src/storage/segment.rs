@@ -296,7 +296,6 @@ pub struct LogFileSegment {
     seed: FrameSeed,
     /// The last entry present (base - 1 if none).
     last_index: LogIndex,
-    last_term: Term,
     /// Where the next frame goes; every byte from here to the file's end is zero.
     append_position: u64,
     /// Offsets of the entries; built lazily for sealed segments.
@@ -310,9 +309,6 @@ impl LogFileSegment {
         LogFileSegment {
             seed: header.frame_seed(),
             last_index: header.last_index(),
-            // Filled in by `last_term()` lazily is not possible without a read; sealed segments
-            // are asked for it only through `term()`, which reads the frame.
-            last_term: header.prev_term,
             append_position: header.append_position,
             offsets: OnceLock::new(),
             file,
@@ -332,7 +328,6 @@ impl LogFileSegment {
         LogFileSegment {
             seed: header.frame_seed(),
             last_index: scan.last_index,
-            last_term: scan.last_term,
             append_position: scan.valid_end,
             offsets,
             file,
@@ -518,7 +513,6 @@ impl LogFileSegment {
         frames_len: usize,
         frame_offsets: &[u32],
         first: LogIndex,
-        last_term: Term,
     ) -> Result<(), SegmentError> {
         assert_eq!(
             first,
@@ -530,7 +524,6 @@ impl LogFileSegment {
         let offsets = self.offsets_mut()?;
         offsets.extend(frame_offsets.iter().map(|o| o + at as u32));
         self.last_index = LogIndex(first.0 + frame_offsets.len() as u64 - 1);
-        self.last_term = last_term;
         self.append_position += frames_len as u64;
         Ok(())
     }
@@ -568,7 +561,7 @@ impl LogFileSegment {
     /// A crash after 1 leaves a dirty header and recovery finishes step 2; a crash before 1
     /// leaves the old segment. Never a mix where a zeroed frame sits before a stale valid one
     /// that recovery would take for damaged acknowledged data.
-    pub fn truncate_from(&mut self, from: LogIndex, prev_term: Term) -> Result<(), SegmentError> {
+    pub fn truncate_from(&mut self, from: LogIndex) -> Result<(), SegmentError> {
         assert!(
             from >= self.header.base_index && from <= self.last_index.next(),
             "truncate_from({from}) outside segment {}..={}",
@@ -589,7 +582,6 @@ impl LogFileSegment {
         };
         self.write_header(dirty)?;
         self.last_index = from.prev();
-        self.last_term = prev_term;
         self.append_position = cut;
         self.offsets_mut()?.truncate(count as usize);
         self.zero_range(cut..old_end)?;
