@@ -64,6 +64,8 @@ impl Op {
 struct CompletionState {
     result: Option<Result<LogIndex, LogError>>,
     waker: Option<Waker>,
+    /// Set by the first `complete`; later ones are ignored.
+    completed: bool,
 }
 
 /// A oneshot: the writer thread fills it once, the requester waits (blocking or async).
@@ -76,6 +78,10 @@ struct Completion {
 impl Completion {
     fn complete(&self, r: Result<LogIndex, LogError>) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.completed {
+            return;
+        }
+        st.completed = true;
         st.result = Some(r);
         if let Some(w) = st.waker.take() {
             w.wake();
@@ -87,8 +93,7 @@ impl Completion {
         self.state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .result
-            .is_some()
+            .completed
     }
 
     fn wait(&self) -> Result<LogIndex, LogError> {
@@ -104,7 +109,23 @@ impl Completion {
 
 struct Request {
     op: Op,
-    done: Arc<Completion>,
+    done: Waiter,
+}
+
+/// The writer's side of a completion. Dropping it uncompleted (a leader that panicked mid-batch)
+/// fails the waiter instead of leaving it blocked forever.
+struct Waiter(Arc<Completion>);
+
+impl Waiter {
+    fn complete(&self, r: Result<LogIndex, LogError>) {
+        self.0.complete(r);
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.0.complete(Err(LogError::WriterStopped));
+    }
 }
 
 /// Completes when the request's durable write (or truncation, compaction) is done.
@@ -188,8 +209,27 @@ fn lead<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>, until: Option
         }
         shared.room.notify_all();
         drop(q);
+        let unwinding = PanicGuard(shared);
         execute(&shared.log, batch);
+        std::mem::forget(unwinding);
         q = lock_queue(shared);
+    }
+}
+
+/// Armed while a leader executes a batch: if that panics (a broken invariant), the waiters must
+/// not hang forever behind a leader that is gone. Everything queued fails with
+/// [`LogError::WriterStopped`] and no one leads again.
+struct PanicGuard<'a>(&'a Shared);
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        let mut q = lock_queue(self.0);
+        q.shutdown = true;
+        for r in q.requests.drain(..) {
+            r.done.complete(Err(LogError::WriterStopped));
+        }
+        self.0.room.notify_all();
+        self.0.work.notify_all();
     }
 }
 
@@ -269,12 +309,16 @@ impl LogWriter {
         let shared = &self.inner.shared;
         let done = Arc::new(Completion::default());
         let mut q = lock_queue(shared);
-        while q.requests.len() >= shared.queue_max {
+        while q.requests.len() >= shared.queue_max && !q.shutdown {
             q = shared.room.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+        if q.shutdown {
+            done.complete(Err(LogError::WriterStopped));
+            return Pending { done };
         }
         q.requests.push_back(Request {
             op,
-            done: Arc::clone(&done),
+            done: Waiter(Arc::clone(&done)),
         });
         if !q.leader_active {
             if caller_leads {
@@ -362,12 +406,12 @@ fn execute(log: &RwLock<RaftLog>, queue: Vec<Request>) {
         )
     };
     let mut batch: Vec<LogEntry> = Vec::new();
-    let mut waiters: Vec<(Arc<Completion>, LogIndex)> = Vec::new();
+    let mut waiters: Vec<(Waiter, LogIndex)> = Vec::new();
 
     fn flush(
         log: &RwLock<RaftLog>,
         batch: &mut Vec<LogEntry>,
-        waiters: &mut Vec<(Arc<Completion>, LogIndex)>,
+        waiters: &mut Vec<(Waiter, LogIndex)>,
     ) {
         let r = if batch.is_empty() {
             Ok(())
