@@ -7,8 +7,8 @@
 //! - `BENCH_QUICK=1`: shorter runs and a 256 MiB read/open log (for development; not the figures).
 //! - `BENCH_DIR=<dir>`: where the logs are written (default: the system temp dir). It must be on
 //!   the disk under test; tmpfs would measure nothing.
-//! - `BENCH_SECS=<f64>`: seconds per append measurement (default 1, quick 0.5).
-//! - `BENCH_ROUNDS=<n>`: interleaved repetitions of every append measurement (default 3, quick 1),
+//! - `BENCH_SECS=<f64>`: seconds per append measurement (default 0.6, quick 0.5).
+//! - `BENCH_ROUNDS=<n>`: interleaved repetitions of every append measurement (default 5, quick 1),
 //!   merged into one distribution (figures are totals over all rounds).
 //! - `BENCH_KEEP=1`: keep the big read/open log in `target/bench-log/` (e.g. for
 //!   `segdump verify target/bench-log`) instead of deleting it.
@@ -61,7 +61,7 @@ impl Settings {
         let append_secs = std::env::var("BENCH_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(if quick { 0.5 } else { 1.0 });
+            .unwrap_or(if quick { 0.5 } else { 0.6 });
         Settings {
             quick,
             dir,
@@ -69,7 +69,7 @@ impl Settings {
             rounds: std::env::var("BENCH_ROUNDS")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or(if quick { 1 } else { 3 }),
+                .unwrap_or(if quick { 1 } else { 5 }),
             big_log_bytes: if quick {
                 256 << 20
             } else {
@@ -277,13 +277,14 @@ fn wait_for_preparation(dir: &Path) {
 
 fn run_ours(
     root: &Path,
+    label: &str,
     vfs: Arc<dyn Vfs>,
     entry_bytes: usize,
     appenders: usize,
     secs: f64,
 ) -> Result<Stats, String> {
-    let dir = root.join(format!("ours-{entry_bytes}-{appenders}"));
-    let _ = std::fs::remove_dir_all(&dir);
+    // The same directory across rounds: the log is reopened and grows, as in production.
+    let dir = root.join(label);
     let config = LogConfig {
         segment_size_bytes: SEGMENT_BYTES,
         ..LogConfig::new(&dir)
@@ -331,7 +332,6 @@ fn run_ours(
     }
     let secs = start.elapsed().as_secs_f64();
     drop(writer);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(Stats {
         entries,
         bytes: entries * entry_bytes as u64,
@@ -706,7 +706,14 @@ fn run() -> Result<(), String> {
                 eprintln!("round {}/{}: {size} B x {n}", round + 1, s.rounds);
                 let base = run_baseline(&base_file, size * n, n, s.append_secs * 0.75)
                     .map_err(|e| format!("baseline: {e}"))?;
-                let ours = run_ours(&root_path, Arc::new(UringVfs), size, n, s.append_secs)?;
+                let ours = run_ours(
+                    &root_path,
+                    &format!("ours-{size}-{n}"),
+                    Arc::new(UringVfs),
+                    size,
+                    n,
+                    s.append_secs,
+                )?;
                 if round == 0 {
                     results.push((size, n, ours, base));
                 } else {
@@ -731,6 +738,11 @@ fn run() -> Result<(), String> {
     }
     drop(base_file);
     let _ = std::fs::remove_file(&base_path);
+    for &size in &SIZES {
+        for &n in &APPENDERS {
+            let _ = std::fs::remove_dir_all(root_path.join(format!("ours-{size}-{n}")));
+        }
+    }
     r.line("");
 
     // ---- preallocation ----
@@ -751,8 +763,22 @@ fn run() -> Result<(), String> {
         let f = run_baseline(&falloc, 4096, 1, s.append_secs).map_err(|e| e.to_string())?;
         drop(falloc);
         let _ = std::fs::remove_file(&fpath);
-        let oz = run_ours(&root_path, Arc::new(UringVfs), 256, 1, s.append_secs)?;
-        let of = run_ours(&root_path, Arc::new(FallocVfs), 256, 1, s.append_secs)?;
+        let oz = run_ours(
+            &root_path,
+            "zero-filled",
+            Arc::new(UringVfs),
+            256,
+            1,
+            s.append_secs,
+        )?;
+        let of = run_ours(
+            &root_path,
+            "fallocated",
+            Arc::new(FallocVfs),
+            256,
+            1,
+            s.append_secs,
+        )?;
         match &mut pre {
             None => pre = Some([w, f, oz, of]),
             Some([a, b, c, d]) => {
@@ -763,6 +789,8 @@ fn run() -> Result<(), String> {
             }
         }
     }
+    let _ = std::fs::remove_dir_all(root_path.join("zero-filled"));
+    let _ = std::fs::remove_dir_all(root_path.join("fallocated"));
     let Some([w4k, f4k, ours_zero, ours_falloc]) = pre else {
         return Err("BENCH_ROUNDS must be at least 1".into());
     };
