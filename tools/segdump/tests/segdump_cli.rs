@@ -273,6 +273,31 @@ fn corruption_in_an_earlier_batch_of_the_last_segment() {
         )),
         "{out}"
     );
+    // show decodes past the damage: the bad frame is marked BAD at its offset, and the next
+    // entry still prints as ok.
+    let (code, out) = run(&[
+        "show",
+        last_seg.to_str().unwrap(),
+        "--from",
+        &victim.to_string(),
+        "--to",
+        &(victim + 1).to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let bad = out
+        .lines()
+        .find(|l| l.contains("BAD"))
+        .unwrap_or_else(|| panic!("no BAD line: {out}"));
+    assert!(
+        bad.contains(&off.to_string()) && bad.contains("checksum mismatch"),
+        "{bad}"
+    );
+    let next = format!("{:>12} ", victim + 1);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&next) && l.contains(" ok ")),
+        "{out}"
+    );
     // The engine agrees: it refuses to open and names the same place.
     match RaftLog::open(config(&dir)) {
         Err(LogError::Corrupt { offset, index, .. }) => {
