@@ -7,8 +7,8 @@
 //! - `BENCH_QUICK=1`: shorter runs and a 256 MiB read/open log (for development; not the figures).
 //! - `BENCH_DIR=<dir>`: where the logs are written (default: the system temp dir). It must be on
 //!   the disk under test; tmpfs would measure nothing.
-//! - `BENCH_SECS=<f64>`: seconds per append measurement (default 0.6, quick 0.5).
-//! - `BENCH_ROUNDS=<n>`: interleaved repetitions of every append measurement (default 5, quick 1),
+//! - `BENCH_SECS=<f64>`: seconds per append measurement (default 0.3, quick 0.5).
+//! - `BENCH_ROUNDS=<n>`: interleaved repetitions of every append measurement (default 10, quick 1),
 //!   merged into one distribution (figures are totals over all rounds).
 //! - `BENCH_KEEP=1`: keep the big read/open log in `target/bench-log/` (e.g. for
 //!   `segdump verify target/bench-log`) instead of deleting it.
@@ -61,7 +61,7 @@ impl Settings {
         let append_secs = std::env::var("BENCH_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(if quick { 0.5 } else { 0.6 });
+            .unwrap_or(if quick { 0.5 } else { 0.3 });
         Settings {
             quick,
             dir,
@@ -69,7 +69,7 @@ impl Settings {
             rounds: std::env::var("BENCH_ROUNDS")
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .unwrap_or(if quick { 1 } else { 5 }),
+                .unwrap_or(if quick { 1 } else { 10 }),
             big_log_bytes: if quick {
                 256 << 20
             } else {
@@ -180,9 +180,11 @@ fn fallocate(f: &File, len: u64) -> io::Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 const BASELINE_FILE_BYTES: u64 = 256 << 20;
+/// The files of the preallocation comparison: enough for one round of 4 KiB writes.
+const PREALLOC_FILE_BYTES: u64 = 64 << 20;
 
-/// A file of `BASELINE_FILE_BYTES`, either zero-filled and synced (`written`) or only fallocated.
-fn baseline_file(dir: &Path, written: bool) -> io::Result<(File, PathBuf)> {
+/// A file of `len` bytes, either zero-filled and synced (`written`) or only fallocated.
+fn baseline_file(dir: &Path, written: bool, len: u64) -> io::Result<(File, PathBuf)> {
     let path = dir.join(if written {
         "baseline.written"
     } else {
@@ -197,12 +199,12 @@ fn baseline_file(dir: &Path, written: bool) -> io::Result<(File, PathBuf)> {
     if written {
         let zeros = vec![0u8; 8 << 20];
         let mut off = 0;
-        while off < BASELINE_FILE_BYTES {
+        while off < len {
             f.write_all_at(&zeros, off)?;
             off += zeros.len() as u64;
         }
     } else {
-        fallocate(&f, BASELINE_FILE_BYTES)?;
+        fallocate(&f, len)?;
     }
     f.sync_all()?;
     Ok((f, path))
@@ -212,6 +214,7 @@ fn baseline_file(dir: &Path, written: bool) -> io::Result<(File, PathBuf)> {
 /// `entries_per_batch` entries. Wraps around at the end of the file (overwriting again).
 fn run_baseline(
     f: &File,
+    file_len: u64,
     batch_bytes: usize,
     entries_per_batch: usize,
     secs: f64,
@@ -224,7 +227,7 @@ fn run_baseline(
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     while Instant::now() < deadline {
-        if off + batch_bytes as u64 > BASELINE_FILE_BYTES {
+        if off + batch_bytes as u64 > file_len {
             off = 0;
         }
         let t = Instant::now();
@@ -251,7 +254,7 @@ fn run_baseline(
 fn settle() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(30));
 }
 
 /// Waits until the log's background preparation of the next segment finished, so it does not
@@ -381,7 +384,9 @@ fn run_offered_rate(
         if intended > now {
             std::thread::sleep(intended - now);
         }
-        let p = writer.append_new(Term(1), vec![(EntryType::Normal, payload.clone())]);
+        // The `_async` variant: the issuing thread must never block on a write (the blocking
+        // variant lets the caller lead the batch itself, which would pace the offered load).
+        let p = writer.append_new_async(Term(1), vec![(EntryType::Normal, payload.clone())]);
         if tx.send((intended, p)).is_err() {
             break;
         }
@@ -688,8 +693,8 @@ fn run() -> Result<(), String> {
     r.line("");
 
     // ---- baseline and ours, every size × appenders ----
-    let (base_file, base_path) =
-        baseline_file(&root_path, true).map_err(|e| format!("baseline file: {e}"))?;
+    let (base_file, base_path) = baseline_file(&root_path, true, BASELINE_FILE_BYTES)
+        .map_err(|e| format!("baseline file: {e}"))?;
     r.line("## Durable appends (`LogWriter::append_new(..).wait()` per entry) vs the baseline");
     r.line("");
     r.line("Baseline: `pwrite(appenders × entry bytes)` + `fdatasync` in a loop over a 256 MiB file that was");
@@ -704,8 +709,14 @@ fn run() -> Result<(), String> {
         for &size in &SIZES {
             for &n in &APPENDERS {
                 eprintln!("round {}/{}: {size} B x {n}", round + 1, s.rounds);
-                let base = run_baseline(&base_file, size * n, n, s.append_secs * 0.75)
-                    .map_err(|e| format!("baseline: {e}"))?;
+                let base = run_baseline(
+                    &base_file,
+                    BASELINE_FILE_BYTES,
+                    size * n,
+                    n,
+                    s.append_secs * 0.75,
+                )
+                .map_err(|e| format!("baseline: {e}"))?;
                 let ours = run_ours(
                     &root_path,
                     &format!("ours-{size}-{n}"),
@@ -748,19 +759,28 @@ fn run() -> Result<(), String> {
     // ---- preallocation ----
     r.line("## Preallocation: zero-filled (already written) vs merely fallocated blocks");
     r.line("");
+    r.line("Baseline loop: 4 KiB `pwrite` + `fdatasync` over a fresh 64 MiB file, zero-filled and synced, or only");
+    r.line("`fallocate`d. Ours: the same engine with segments prepared by zero-filling (production) or by a Vfs");
+    r.line(
+        "whose `create_zeroed` only `fallocate`s (unwritten extents). Baseline files are fresh each round;",
+    );
+    r.line("our logs are reopened each round and grow into their prepared space.");
+    r.line("");
     r.line("| run | entry B | appenders | entries/s | MB/s | p50 | p90 | p99 | p99.9 | max |");
     r.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut pre: Option<[Stats; 4]> = None;
     for round in 0..s.rounds {
         eprintln!("round {}/{}: preallocation", round + 1, s.rounds);
-        let (written, wpath) =
-            baseline_file(&root_path, true).map_err(|e| format!("baseline file: {e}"))?;
-        let w = run_baseline(&written, 4096, 1, s.append_secs).map_err(|e| e.to_string())?;
+        let (written, wpath) = baseline_file(&root_path, true, PREALLOC_FILE_BYTES)
+            .map_err(|e| format!("baseline file: {e}"))?;
+        let w = run_baseline(&written, PREALLOC_FILE_BYTES, 4096, 1, s.append_secs)
+            .map_err(|e| e.to_string())?;
         drop(written);
         let _ = std::fs::remove_file(&wpath);
-        let (falloc, fpath) =
-            baseline_file(&root_path, false).map_err(|e| format!("fallocated file: {e}"))?;
-        let f = run_baseline(&falloc, 4096, 1, s.append_secs).map_err(|e| e.to_string())?;
+        let (falloc, fpath) = baseline_file(&root_path, false, PREALLOC_FILE_BYTES)
+            .map_err(|e| format!("fallocated file: {e}"))?;
+        let f = run_baseline(&falloc, PREALLOC_FILE_BYTES, 4096, 1, s.append_secs)
+            .map_err(|e| e.to_string())?;
         drop(falloc);
         let _ = std::fs::remove_file(&fpath);
         let oz = run_ours(
