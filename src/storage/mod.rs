@@ -8,8 +8,8 @@
 //! - [`segment`]: `LogFileSegment` (one file) and `scan_segment`, the pure torn-vs-corrupt scan
 //!   that recovery and `segdump` share.
 //! - [`state`]: `RaftState` in `raft_state.meta`.
-//! - [`format`]: the byte layouts (header, frame, naming), no I/O.
-//! - [`file`]: the seam below all of it (`Vfs`, `LogFile`) and `SimFs`, the simulated disk for
+//! - [`format`](mod@format): the byte layouts (header, frame, naming), no I/O.
+//! - [`file`](mod@file): the seam below all of it (`Vfs`, `LogFile`) and `SimFs`, the simulated disk for
 //!   power-loss tests; [`uring`]: the production implementation (io_uring writes linked to
 //!   fdatasync, mmap reads).
 pub mod file;
