@@ -4,7 +4,9 @@
 //!   parent (this test)                          child (this binary again, CRASH_CHILD_DIR set)
 //!   ------------------                          ------------------------------------------------
 //!   spawn child ------------------------------> open the log (recovery), 4 threads append through
-//!                                               the LogWriter; after each durable ack prints
+//!                                               the LogWriter (one sometimes truncates a suffix,
+//!                                               printing "trunc <from> <new term>" first); after
+//!                                               each durable ack prints
 //!   read "ack <index> <term> <crc> <len>" <---- "ack ..." (a line = a promise: it is on disk)
 //!   after a random delay: SIGKILL ------------> (dies anywhere: mid-write, mid-sync, mid-rotation)
 //!   reopen the log, check every acked entry
@@ -19,9 +21,11 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rust_raft_log::storage::{LogConfig, LogWriter, RaftLog};
+use rust_raft_log::storage::{LogConfig, LogError, LogWriter, RaftLog};
 use rust_raft_log::types::{EntryType, LogIndex, Term};
 use storage_common::*;
 
@@ -40,24 +44,44 @@ fn crash_child_process() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let term: u64 = std::env::var("CRASH_CHILD_TERM").unwrap().parse().unwrap();
+    let base_term: u64 = std::env::var("CRASH_CHILD_TERM").unwrap().parse().unwrap();
     let seed: u64 = std::env::var("CRASH_CHILD_SEED").unwrap().parse().unwrap();
     let log = RaftLog::open(config(Path::new(&dir))).unwrap();
     let w = LogWriter::spawn(log).unwrap();
+    let term = Arc::new(AtomicU64::new(base_term));
     let threads: Vec<_> = (0..4u64)
         .map(|t| {
-            let w = w.clone();
+            let (w, term) = (w.clone(), Arc::clone(&term));
             std::thread::spawn(move || {
                 let mut rng = Rng(seed ^ (t + 1).wrapping_mul(0x9E37_79B9));
                 loop {
+                    if t == 0 && rng.chance(40) {
+                        // A conflicting suffix is cut (Raft §5.3); later entries get a new term.
+                        let last = w.read().last_index().0;
+                        if last >= 2 {
+                            let from = last - rng.below(20.min(last - 1));
+                            let new_term = term.load(Ordering::SeqCst) + 1;
+                            // Printed before the truncation starts: if the kill lands inside it,
+                            // the parent knows entries >= from may be gone.
+                            println!("trunc {from} {new_term}");
+                            w.truncate_suffix(LogIndex(from)).wait().unwrap();
+                            term.store(new_term, Ordering::SeqCst);
+                        }
+                        continue;
+                    }
                     let len = rng.below(3000) as usize;
                     let payload: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
                     let crc = crc32c::crc32c(&payload);
-                    let index = w
-                        .append_new(Term(term), vec![(EntryType::Normal, payload)])
+                    let t_now = term.load(Ordering::SeqCst);
+                    match w
+                        .append_new(Term(t_now), vec![(EntryType::Normal, payload)])
                         .wait()
-                        .unwrap();
-                    println!("ack {} {term} {crc} {len}", index.0);
+                    {
+                        Ok(index) => println!("ack {} {t_now} {crc} {len}", index.0),
+                        // Raced with a truncation that raised the term: not acknowledged.
+                        Err(LogError::TermRegression { .. }) => {}
+                        Err(e) => panic!("child append: {e}"),
+                    }
                 }
             })
         })
@@ -65,6 +89,12 @@ fn crash_child_process() {
     for t in threads {
         let _ = t.join();
     }
+}
+
+/// One line of the child's output.
+enum Line {
+    Ack(u64, u64, u32, usize),
+    Trunc(u64, u64),
 }
 
 #[test]
@@ -83,10 +113,14 @@ fn crash_sigkill_keeps_every_acknowledged_entry() {
     let exe = std::env::current_exe().unwrap();
     // index -> (term, crc, len) of every acknowledged entry.
     let mut acked: BTreeMap<u64, (u64, u32, usize)> = BTreeMap::new();
+    // (from, new term) of every truncation the children started.
+    let mut truncations: Vec<(u64, u64)> = Vec::new();
     let started = Instant::now();
     for round in 0..rounds {
         let ctx = format!("round {round} (reproduce with CRASH_SEED={seed})");
-        let term = round + 1;
+        // Each round's terms are above every earlier round's (a child raises its term by one
+        // per truncation, far fewer than 1,000 times).
+        let term = (round + 1) * 1000;
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -103,20 +137,20 @@ fn crash_sigkill_keeps_every_acknowledged_entry() {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            let mut acks = Vec::new();
+            let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let f: Vec<&str> = line.split_whitespace().collect();
-                if f.len() == 5 && f[0] == "ack" {
-                    acks.push((
-                        f[1].parse::<u64>().unwrap(),
-                        f[2].parse::<u64>().unwrap(),
-                        f[3].parse::<u32>().unwrap(),
-                        f[4].parse::<usize>().unwrap(),
-                    ));
+                let num = |i: usize| f[i].parse::<u64>().unwrap();
+                match f.first() {
+                    Some(&"ack") if f.len() == 5 => {
+                        lines.push(Line::Ack(num(1), num(2), num(3) as u32, num(4) as usize))
+                    }
+                    Some(&"trunc") if f.len() == 3 => lines.push(Line::Trunc(num(1), num(2))),
+                    _ => {}
                 }
             }
-            acks
+            lines
         });
         // Kill at a random moment: sometimes during start-up and recovery, mostly mid-append.
         let delay = Duration::from_millis(if rng.chance(8) {
@@ -134,8 +168,20 @@ fn crash_sigkill_keeps_every_acknowledged_entry() {
             !status.success(),
             "{ctx}: the child exited on its own: {status}"
         );
-        for (index, t, crc, len) in reader.join().unwrap() {
-            acked.insert(index, (t, crc, len));
+        for line in reader.join().unwrap() {
+            match line {
+                Line::Trunc(from, new_term) => {
+                    // Entries >= from are no longer promised (the truncation may have happened
+                    // or not); acks of older terms at >= from that print later are not either.
+                    acked.retain(|&i, _| i < from);
+                    truncations.push((from, new_term));
+                }
+                Line::Ack(index, t, crc, len) => {
+                    if !truncations.iter().any(|&(f, nt)| index >= f && t < nt) {
+                        acked.insert(index, (t, crc, len));
+                    }
+                }
+            }
         }
 
         let log = RaftLog::open(config(&dir)).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
@@ -160,8 +206,9 @@ fn crash_sigkill_keeps_every_acknowledged_entry() {
         }
     }
     eprintln!(
-        "{rounds} SIGKILL rounds, {} acknowledged entries checked, {:.1} s",
+        "{rounds} SIGKILL rounds, {} acknowledged entries checked, {} truncations, {:.1} s",
         acked.len(),
+        truncations.len(),
         started.elapsed().as_secs_f64()
     );
     assert!(
