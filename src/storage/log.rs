@@ -3,9 +3,9 @@
 //! describes what each operation does for crash safety; this module implements that text.
 //!
 //! # What it owns
-//! The node directory's segment files (`segment_<base>.log`) and the one prepared, zero-filled
-//! file that becomes the next segment (`next_segment.prep`). Segments are kept in a `BTreeMap`
-//! keyed by base index.
+//! The node directory's segment files (`segment_<base>.log`), the one prepared file that becomes
+//! the next segment (`next_segment.prep`, zero-filled or fallocated off the append path) and the
+//! `LOCK` file. Segments are kept in a `BTreeMap` keyed by base index.
 //!
 //! # Invariants
 //! - Segments are contiguous: each base index is the previous segment's last index + 1; only the
@@ -62,7 +62,8 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, LogError> {
     Ok(f)
 }
 
-/// The file that is zero-filled off the append path and becomes the next segment at rotation.
+/// The file prepared off the append path (zero-filled or fallocated: it reads as zero) that
+/// becomes the next segment at rotation.
 pub const PREPARED_SEGMENT_NAME: &str = "next_segment.prep";
 
 /// Errors of the storage layer: what went wrong and where.

@@ -7,9 +7,9 @@
 //! # Invariants
 //! - Entries `base_index ..= last_index` sit back to back from offset [`SEGMENT_HEADER_SIZE`] to
 //!   `append_position`, indexes consecutive, every frame valid under this segment's [`FrameSeed`].
-//! - Every byte in `[append_position, file end)` is zero (recovery and truncation zero what they
-//!   cut, durably, and new segments are zero-filled), so the next append never sits in front of a
-//!   stale frame that would validate and continue the index sequence.
+//! - Between writes, every byte in `[append_position, file end)` is zero (recovery and truncation
+//!   zero what they cut, durably, and new segments read as zero), so the next append never sits
+//!   in front of a stale frame that would validate and continue the index sequence.
 //! - The durable header never counts an entry that is not durable: it is written when the segment
 //!   is created (count 0), sealed, or truncated, and each time after the frames it counts were
 //!   synced.
