@@ -397,7 +397,8 @@ impl LogWriter {
     }
 
     /// Read access to the log. Waits only while a batch is staged or published, not during its
-    /// write and fdatasync.
+    /// write and fdatasync. Do not hold the guard across a call that writes (`append`,
+    /// `truncate_suffix`, ... or waiting on a `Pending`): the writer needs the lock to publish.
     pub fn read(&self) -> RwLockReadGuard<'_, RaftLog> {
         self.inner
             .shared
