@@ -1,4 +1,5 @@
-//! Torn tails versus corruption, byte by byte (docs/FORMAT.md, "Recovery").
+//! Torn tails versus corruption, byte by byte (docs/FORMAT.md, "Recovery"), plus the table rows
+//! for damaged sealed headers, base-index gaps and reads of damaged sealed frames.
 //!
 //! ```text
 //!   segment_000001.log
@@ -158,5 +159,57 @@ fn damaged_sealed_segment_header_is_corruption() {
         }
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("opened a log with a damaged sealed header"),
+    }
+}
+
+#[test]
+fn reads_verify_the_crc_of_sealed_segments_which_open_does_not_scan() {
+    let fs = SimFs::new();
+    let mut log = open_sim(&fs, SEGMENT_BYTES);
+    let all: Vec<LogEntry> = (1..=300).map(|i| entry(i, 1, 400)).collect();
+    log.append(&all).unwrap();
+    let first = log.segment_paths()[0].clone();
+    assert!(log.segment_paths().len() > 1);
+    drop(log);
+    // Entry 3 is the third frame of the first (sealed) segment: damage its payload at rest.
+    let frame_bytes = 440; // 40 + 400, already a multiple of 8
+    let at = (SEGMENT_HEADER_SIZE + 2 * frame_bytes + 100) as u64;
+    fs.flip_bit(&first, at, 0);
+    let log = RaftLog::open_with(small_config(sim_dir()), std::sync::Arc::new(fs.clone()))
+        .expect("open trusts sealed segments by their header");
+    match log.entry(LogIndex(3)) {
+        Err(LogError::Corrupt {
+            file,
+            offset,
+            index,
+            ..
+        }) => {
+            assert_eq!(file, first);
+            assert_eq!(offset, (SEGMENT_HEADER_SIZE + 2 * frame_bytes) as u64);
+            assert_eq!(index, LogIndex(3));
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(log.entry(LogIndex(4)).unwrap().to_owned_entry(), all[3]);
+}
+
+#[test]
+fn a_missing_middle_segment_is_a_base_index_gap() {
+    let fs = SimFs::new();
+    let mut log = open_sim(&fs, SEGMENT_BYTES);
+    let all: Vec<LogEntry> = (1..=500).map(|i| entry(i, 1, 400)).collect();
+    log.append(&all).unwrap();
+    let paths = log.segment_paths();
+    assert!(paths.len() > 2);
+    drop(log);
+    use rust_raft_log::storage::file::Vfs;
+    fs.remove(&paths[1]).unwrap();
+    match RaftLog::open_with(small_config(sim_dir()), std::sync::Arc::new(fs.clone())) {
+        Err(LogError::Corrupt { file, reason, .. }) => {
+            assert_eq!(file, paths[2], "{reason}");
+            assert!(reason.contains("does not follow"), "{reason}");
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("opened a log with a gap"),
     }
 }
