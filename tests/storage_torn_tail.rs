@@ -213,3 +213,28 @@ fn a_missing_middle_segment_is_a_base_index_gap() {
         Ok(_) => panic!("opened a log with a gap"),
     }
 }
+
+#[test]
+fn an_interrupted_truncation_is_finished_by_recovery() {
+    let fs = SimFs::new();
+    let mut log = open_sim(&fs, SEGMENT_BYTES);
+    let all: Vec<LogEntry> = (1..=60).map(|i| entry(i, 1, 100)).collect();
+    log.append(&all).unwrap();
+    // The dirty header lands (sync 1 succeeds); zeroing the cut range fails, then the power goes
+    // and only part of the zeros survive.
+    fs.fail_sync_after(1, 1);
+    assert!(log.truncate_suffix(LogIndex(30)).is_err());
+    drop(log);
+    fs.power_loss(0, Some(1000));
+    let log = RaftLog::open_with(small_config(sim_dir()), std::sync::Arc::new(fs.clone())).unwrap();
+    assert!(log.recovery_report().finished_truncation.is_some());
+    assert_eq!(log.last_index(), LogIndex(29));
+    assert_log_holds(&log, &all[..29]);
+    drop(log);
+    let log = RaftLog::open_with(small_config(sim_dir()), std::sync::Arc::new(fs.clone())).unwrap();
+    assert!(
+        log.recovery_report().finished_truncation.is_none(),
+        "the header was cleaned"
+    );
+    assert_eq!(log.last_index(), LogIndex(29));
+}
