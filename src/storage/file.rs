@@ -63,6 +63,10 @@ pub trait LogFile: Send + Sync {
     /// Takes `&self` so the log can write beyond its append position while readers read below
     /// it; writes to one file must not run concurrently (the log has one writer).
     fn write_durable(&self, writes: &[WriteAt<'_>]) -> io::Result<()>;
+
+    /// Drops what only writes need (production: the descriptor and the io_uring); the next write
+    /// reopens it. Reads are unaffected.
+    fn release_io(&self) {}
 }
 
 /// How [`Vfs::prepare_file`] makes a segment file's bytes read as zero.

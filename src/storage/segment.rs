@@ -528,7 +528,8 @@ impl LogFileSegment {
         Ok(())
     }
 
-    /// Makes the header vouch for every entry present (before a later segment is created).
+    /// Makes the header vouch for every entry present (before a later segment is created), then
+    /// releases the file's write side: a sealed segment is only read from now on.
     pub fn seal(&mut self) -> Result<(), SegmentError> {
         let header = SegmentHeader {
             entry_count: self.entry_count(),
@@ -536,7 +537,9 @@ impl LogFileSegment {
             dirty_end: 0,
             ..self.header
         };
-        self.write_header(header)
+        self.write_header(header)?;
+        self.file.release_io();
+        Ok(())
     }
 
     /// Zeroes `range` durably.

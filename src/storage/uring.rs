@@ -34,17 +34,34 @@ const RING_ENTRIES: u32 = 16;
 const WRITE_BYTES_MAX: usize = 1 << 30;
 
 /// A segment file opened for io_uring writes and mmap reads.
+///
+/// Only the mapping is kept for reading; the descriptor and the ring that writes need are opened
+/// on the first write and dropped by [`LogFile::release_io`] (the log calls it when it seals a
+/// segment), so a log of many sealed segments holds no descriptor per segment.
 pub struct UringFile {
     path: PathBuf,
-    file: File,
     len_bytes: u64,
     map: Option<Mmap>,
-    /// Created on the first write; the mutex also serialises writers.
-    ring: Mutex<Option<IoUring>>,
+    /// The write side, created on the first write; the mutex also serialises writers.
+    io: Mutex<Option<WriteSide>>,
+}
+
+struct WriteSide {
+    file: File,
+    ring: IoUring,
+}
+
+impl WriteSide {
+    fn open(path: &Path) -> io::Result<WriteSide> {
+        Ok(WriteSide {
+            file: OpenOptions::new().read(true).write(true).open(path)?,
+            ring: IoUring::new(RING_ENTRIES)?,
+        })
+    }
 }
 
 impl UringFile {
-    /// Opens an existing file read-write and maps all of it.
+    /// Opens an existing file and maps all of it (checking it can be opened for writing).
     pub fn open(path: &Path) -> io::Result<UringFile> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let len_bytes = file.metadata()?.len();
@@ -59,10 +76,9 @@ impl UringFile {
         };
         Ok(UringFile {
             path: path.to_path_buf(),
-            file,
             len_bytes,
             map,
-            ring: Mutex::new(None),
+            io: Mutex::new(None),
         })
     }
 }
@@ -225,6 +241,10 @@ impl LogFile for UringFile {
         }
     }
 
+    fn release_io(&self) {
+        self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
     fn write_durable(&self, writes: &[WriteAt<'_>]) -> io::Result<()> {
         for w in writes {
             let end = w.offset + w.bytes.len() as u64;
@@ -236,12 +256,13 @@ impl LogFile for UringFile {
                 self.path.display()
             );
         }
-        let fd = self.file.as_raw_fd();
-        let mut guard = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.io.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
-            *guard = Some(IoUring::new(RING_ENTRIES)?);
+            *guard = Some(WriteSide::open(&self.path)?);
         }
-        let ring = guard.as_mut().expect("ring was just created");
+        let side = guard.as_mut().expect("write side was just opened");
+        let fd = side.file.as_raw_fd();
+        let ring = &mut side.ring;
         let per_submission = (RING_ENTRIES - 1) as usize;
         let result = if writes.is_empty() {
             submit_linked(ring, &self.path, fd, &[], true)
@@ -412,9 +433,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         UringVfs.create_zeroed(&p, 4096).unwrap();
-        let mut f = UringFile::open(&p).unwrap();
+        let f = UringFile::open(&p).unwrap();
         // A read-only descriptor makes the write fail with EBADF inside the chain.
-        f.file = File::open(&p).unwrap();
+        *f.io.lock().unwrap() = Some(WriteSide {
+            file: File::open(&p).unwrap(),
+            ring: IoUring::new(RING_ENTRIES).unwrap(),
+        });
         let err = f
             .write_durable(&[WriteAt {
                 offset: 0,
