@@ -31,6 +31,9 @@ use storage_common::*;
 
 const CHILD_ENV: &str = "CRASH_CHILD_DIR";
 
+/// Starts every record the child prints.
+const MARK: &str = "@crash@ ";
+
 fn config(dir: &Path) -> LogConfig {
     let mut c = LogConfig::new(dir);
     // Small segments: the child rotates often, so kills land in rotations too.
@@ -63,7 +66,7 @@ fn crash_child_process() {
                             let new_term = term.load(Ordering::SeqCst) + 1;
                             // Printed before the truncation starts: if the kill lands inside it,
                             // the parent knows entries >= from may be gone.
-                            println!("trunc {from} {new_term}");
+                            println!("{MARK}trunc {from} {new_term}");
                             w.truncate_suffix(LogIndex(from)).wait().unwrap();
                             term.store(new_term, Ordering::SeqCst);
                         }
@@ -77,7 +80,7 @@ fn crash_child_process() {
                         .append_new(Term(t_now), vec![(EntryType::Normal, payload)])
                         .wait()
                     {
-                        Ok(index) => println!("ack {} {t_now} {crc} {len}", index.0),
+                        Ok(index) => println!("{MARK}ack {} {t_now} {crc} {len}", index.0),
                         // Raced with a truncation that raised the term: not acknowledged.
                         Err(LogError::TermRegression { .. }) => {}
                         Err(e) => panic!("child append: {e}"),
@@ -140,7 +143,10 @@ fn crash_sigkill_keeps_every_acknowledged_entry() {
             let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let f: Vec<&str> = line.split_whitespace().collect();
+                // The test harness prints "test crash_child_process ... " without a newline
+                // before the child's first line: find the record by its mark.
+                let Some(at) = line.find(MARK) else { continue };
+                let f: Vec<&str> = line[at + MARK.len()..].split_whitespace().collect();
                 let num = |i: usize| f[i].parse::<u64>().unwrap();
                 match f.first() {
                     Some(&"ack") if f.len() == 5 => {
@@ -189,8 +195,18 @@ fn crash_sigkill_keeps_every_acknowledged_entry() {
         let last_acked = acked.keys().next_back().copied().unwrap_or(0);
         assert!(
             log.last_index().0 >= last_acked,
-            "{ctx}: last index {} < last acknowledged {last_acked}",
-            log.last_index()
+            "{ctx}: last index {} (term {}) < last acknowledged {last_acked}; acked tail {:?}; \
+             truncations {:?}; recovery {:?}",
+            log.last_index(),
+            log.last_term(),
+            acked
+                .iter()
+                .rev()
+                .take(12)
+                .map(|(i, v)| (*i, v.0))
+                .collect::<Vec<_>>(),
+            &truncations[truncations.len().saturating_sub(4)..],
+            log.recovery_report()
         );
         for (&index, &(t, crc, len)) in &acked {
             let e = log
