@@ -786,6 +786,12 @@ fn run() -> Result<(), String> {
     ));
     r.line(format!("- load average at start: {}", loadavg()));
     r.line("");
+    r.line("How to read this: the machine is shared. When other processes load the CPU or the disk, write+fdatasync");
+    r.line("latencies jump from ~100 µs to multiples of ~4 ms for ours and the baseline alike; rates then swing by 10x");
+    r.line("between runs. Every comparison is therefore made against a baseline measured in the same run, interleaved");
+    r.line("in short rounds (and, for the single appender, in alternating blocks on one thread); the load average");
+    r.line("above and at the end says how disturbed the run was. Compare ratios, not absolute rates, across runs.");
+    r.line("");
 
     // ---- baseline and ours, every size × appenders ----
     let (base_file, base_path) = baseline_file(&root_path, true, BASELINE_FILE_BYTES)
