@@ -335,3 +335,29 @@ fn a_second_open_of_the_same_directory_is_refused() {
     drop(log);
     RaftLog::open(real_config(dir.path())).unwrap();
 }
+
+#[test]
+fn reset_installs_a_snapshot_point_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = RaftLog::open(real_config(dir.path())).unwrap();
+    let old: Vec<_> = (1..=300).map(|j| entry(j, 1, 300)).collect();
+    log.append(&old).unwrap();
+    // A snapshot beyond the log (and contradicting it) replaces it.
+    log.reset(LogIndex(1000), Term(5)).unwrap();
+    assert_eq!(log.first_index(), LogIndex(1001));
+    assert_eq!(log.last_index(), LogIndex(1000));
+    assert_eq!(log.term(LogIndex(1000)).unwrap(), Term(5));
+    assert_eq!(log.segment_paths().len(), 1);
+    let new: Vec<_> = (1001..=1010).map(|j| entry(j, 5, 100)).collect();
+    log.append(&new).unwrap();
+    drop(log);
+    let log = RaftLog::open(real_config(dir.path())).unwrap();
+    assert_eq!(log.first_index(), LogIndex(1001));
+    assert_eq!(Storage::term(&log, LogIndex(1000)), Some(Term(5)));
+    assert_log_holds(&log, &new);
+    drop(log);
+    // Through the writer, ordered with appends.
+    let w = LogWriter::spawn(RaftLog::open(real_config(dir.path())).unwrap()).unwrap();
+    assert_eq!(w.reset(LogIndex(5), Term(6)).wait().unwrap(), LogIndex(5));
+    assert_eq!(w.append(vec![entry(6, 6, 10)]).wait().unwrap(), LogIndex(6));
+}

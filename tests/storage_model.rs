@@ -1,5 +1,6 @@
 //! Property test: `RaftLog` against an in-memory model (`MemStorage`, the core's reference
-//! storage) under random appends, truncations, compactions and reopens. After every step the
+//! storage) under random appends, truncations, compactions, resets (snapshot installs) and
+//! reopens. After every step the
 //! log's view through the `Storage` trait equals the model's.
 //!
 //! A reopen may lower `first_index` (compaction deletes whole segments only; the entries of a
@@ -24,6 +25,7 @@ enum Op {
     Truncate { back: u64 },
     Compact { fwd: u64 },
     Reopen,
+    Reset { gap: u64 },
     Read { lo: u64, len: u64, max_bytes: u64 },
 }
 
@@ -34,6 +36,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u64..60).prop_map(|back| Op::Truncate { back }),
         1 => (0u64..120).prop_map(|fwd| Op::Compact { fwd }),
         1 => Just(Op::Reopen),
+        1 => (0u64..30).prop_map(|gap| Op::Reset { gap }),
         2 => (0u64..200, 0u64..30, 0u64..20_000)
             .prop_map(|(lo, len, max_bytes)| Op::Read { lo, len, max_bytes }),
     ]
@@ -100,6 +103,15 @@ fn run(ops: Vec<Op>, open: &dyn Fn() -> RaftLog) {
                     model.snapshot_term = t;
                 }
             }
+            Op::Reset { gap } => {
+                // A snapshot at `index` replaces the log (Raft §7).
+                term += 1;
+                let index = LogIndex(model.last_index().0.saturating_sub(10) + gap);
+                log.reset(index, Term(term)).unwrap();
+                model.entries.clear();
+                model.snapshot_index = index;
+                model.snapshot_term = Term(term);
+            }
             Op::Reopen => {
                 drop(log);
                 log = open();
@@ -120,7 +132,6 @@ fn run(ops: Vec<Op>, open: &dyn Fn() -> RaftLog) {
         }
         compare(&log, &model);
     }
-    let _ = Term::ZERO;
 }
 
 /// `MODEL_CASES` overrides the number of cases (a longer run than CI's).

@@ -1,7 +1,8 @@
 //! Simulated power loss (SIGKILL keeps the page cache, so it cannot test this).
 //!
 //! ```text
-//!   round:  reopen (recovery) -> check -> a few acknowledged ops (append / truncate / compact)
+//!   round:  reopen (recovery) -> check -> a few acknowledged ops (append / truncate / compact /
+//!           reset)
 //!           -> one op whose k-th fdatasync fails (EIO; the log poisons itself) -> drop the log
 //!           -> power loss: keep the synced bytes + a random prefix of the unsynced writes,
 //!              tearing the next write at a random byte
@@ -152,6 +153,15 @@ fn power_loss_keeps_every_acknowledged_entry_and_nothing_torn() {
                     model.first = upto + 1;
                     model.acked.retain(|&i, _| i > upto);
                 }
+                2 if rng.chance(8) => {
+                    // A snapshot is installed: the log restarts after `index`.
+                    let index = last + rng.below(5);
+                    model.term += 1;
+                    log.reset(LogIndex(index), rust_raft_log::types::Term(model.term))
+                        .unwrap_or_else(|e| panic!("{ctx}: reset: {e}"));
+                    model.acked.clear();
+                    model.first = index + 1;
+                }
                 _ => {
                     let n = 1 + rng.below(12);
                     let batch: Vec<LogEntry> = (last + 1..=last + n)
@@ -170,7 +180,19 @@ fn power_loss_keeps_every_acknowledged_entry_and_nothing_torn() {
         let ok_syncs = rng.below(3) as u32;
         fs.fail_sync_after(ok_syncs, 1);
         let last = log.last_index().0;
-        in_flight = if rng.chance(6) && last >= model.first + 2 {
+        in_flight = if rng.chance(30) {
+            // An interrupted reset leaves the old log (its one sync is the new header's).
+            let index = last + 1 + rng.below(5);
+            if log
+                .reset(LogIndex(index), rust_raft_log::types::Term(model.term + 1))
+                .is_ok()
+            {
+                model.acked.clear();
+                model.first = index + 1;
+            }
+            model.term += 1;
+            InFlight::None
+        } else if rng.chance(6) && last >= model.first + 2 {
             let from = model.first + 1 + rng.below(last - model.first);
             match log.truncate_suffix(LogIndex(from)) {
                 Ok(()) => {

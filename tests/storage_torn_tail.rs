@@ -238,3 +238,37 @@ fn an_interrupted_truncation_is_finished_by_recovery() {
     );
     assert_eq!(log.last_index(), LogIndex(29));
 }
+
+#[test]
+fn a_reset_interrupted_before_its_rename_is_finished_by_recovery() {
+    use rust_raft_log::storage::file::Vfs;
+    use rust_raft_log::storage::format::SegmentHeader;
+    use rust_raft_log::storage::log::PREPARED_SEGMENT_NAME;
+    let fs = SimFs::new();
+    let mut log = open_sim(&fs, SEGMENT_BYTES);
+    let all: Vec<LogEntry> = (1..=300).map(|i| entry(i, 1, 400)).collect();
+    log.append(&all).unwrap();
+    let paths = log.segment_paths();
+    drop(log);
+    // What reset(1000, term 7) leaves after step 2: the prepared file has the new header, every
+    // old segment is gone, the rename has not happened.
+    let prep = sim_dir().join(PREPARED_SEGMENT_NAME);
+    fs.create_zeroed(&prep, SEGMENT_BYTES).unwrap();
+    let header = SegmentHeader::new_empty(LogIndex(1001), rust_raft_log::types::Term(7), 99);
+    fs.edit_file(&prep, |b| b[..64].copy_from_slice(&header.encode()));
+    for p in &paths {
+        fs.remove(p).unwrap();
+    }
+    let mut log = open_sim(&fs, SEGMENT_BYTES);
+    assert_eq!(log.first_index(), LogIndex(1001));
+    assert_eq!(log.last_index(), LogIndex(1000));
+    assert_eq!(
+        log.term(LogIndex(1000)).unwrap(),
+        rust_raft_log::types::Term(7)
+    );
+    log.append(&[entry(1001, 7, 10)]).unwrap();
+    assert_eq!(
+        log.segment_paths(),
+        vec![sim_dir().join("segment_001001.log")]
+    );
+}

@@ -373,7 +373,30 @@ impl RaftLog {
         };
 
         if bases.is_empty() {
-            log.create_segment(LogIndex(1), Term::ZERO)?;
+            // No segment: a new log, or a `reset` that a crash interrupted after it had deleted
+            // the old segments but before its new segment was renamed into place. Only a reset
+            // (or the first segment's creation) leaves a prepared file with a valid header and no
+            // segment, so finishing what the header says is right in both cases.
+            let prep = log.prepared_path();
+            let pending = if log.prepared_ready {
+                let f = log
+                    .vfs
+                    .open(&prep)
+                    .map_err(|e| io_err("open prepared segment", &prep, e))?;
+                SegmentHeader::decode(f.bytes()).ok()
+            } else {
+                None
+            };
+            match pending {
+                Some(h) if h.entry_count == 0 => {
+                    tracing::warn!(base = %h.base_index, "finishing an interrupted log reset");
+                    log.prepared_ready = false;
+                    log.install_prepared(&prep, h)?;
+                    log.last_index = h.base_index.prev();
+                    log.last_term = h.prev_term;
+                }
+                _ => log.create_segment(LogIndex(1), Term::ZERO)?,
+            }
         } else {
             let n = bases.len();
             for (i, (base, name)) in bases.into_iter().enumerate() {
@@ -578,22 +601,36 @@ impl RaftLog {
     /// Creates the segment starting at `base`: the prepared file gets its header (synced) and
     /// is renamed into place (directory synced). Until the rename it is not part of the log.
     fn create_segment(&mut self, base: LogIndex, prev_term: Term) -> Result<(), LogError> {
+        let (prep, header) = self.prepare_header(base, prev_term)?;
+        self.install_prepared(&prep, header)
+    }
+
+    /// Takes the prepared file and writes (and syncs) the header of a segment starting at `base`.
+    fn prepare_header(
+        &mut self,
+        base: LogIndex,
+        prev_term: Term,
+    ) -> Result<(PathBuf, SegmentHeader), LogError> {
         let prep = self.take_prepared()?;
         let header = SegmentHeader::new_empty(base, prev_term, fresh_salt(base));
-        {
-            let f = self
-                .vfs
-                .open(&prep)
-                .map_err(|e| io_err("open prepared segment", &prep, e))?;
-            f.write_durable(&[WriteAt {
-                offset: 0,
-                bytes: &header.encode(),
-            }])
-            .map_err(|e| io_err("write segment header", &prep, e))?;
-        }
+        let f = self
+            .vfs
+            .open(&prep)
+            .map_err(|e| io_err("open prepared segment", &prep, e))?;
+        f.write_durable(&[WriteAt {
+            offset: 0,
+            bytes: &header.encode(),
+        }])
+        .map_err(|e| io_err("write segment header", &prep, e))?;
+        Ok((prep, header))
+    }
+
+    /// Renames the prepared file (whose durable header is `header`) into place as the last segment.
+    fn install_prepared(&mut self, prep: &Path, header: SegmentHeader) -> Result<(), LogError> {
+        let base = header.base_index;
         let path = self.config.dir.join(segment_file_name(base));
         self.vfs
-            .rename(&prep, &path)
+            .rename(prep, &path)
             .map_err(|e| io_err("rename prepared segment", &path, e))?;
         let file = self
             .vfs
@@ -896,6 +933,41 @@ impl RaftLog {
         })();
         self.first_index = upto.next();
         self.compacted_term = term;
+        self.poison(r)
+    }
+
+    /// Discards the whole log and makes it continue after `index`, whose term is `term`: what a
+    /// follower does when it installs a snapshot that its log does not reach or contradicts
+    /// (Raft §7). Afterwards `first_index() == index + 1`, `last_index() == index` and
+    /// `term(index) == term`. Durable when it returns:
+    /// 1. the prepared file gets the new segment's header (`base_index = index + 1`,
+    ///    `prev_term = term`), synced;
+    /// 2. every old segment is deleted, oldest first (a crash leaves a suffix of the old log);
+    /// 3. the prepared file is renamed into place. A crash between 2 and 3 leaves no segment and
+    ///    a prepared file with a valid header: open finishes the reset.
+    ///
+    /// # Errors
+    /// [`LogError::Poisoned`]; I/O errors poison the log.
+    pub fn reset(&mut self, index: LogIndex, term: Term) -> Result<(), LogError> {
+        self.check_writable()?;
+        let r = (|| {
+            let (prep, header) = self.prepare_header(index.next(), term)?;
+            while let Some((_, seg)) = self.segments.pop_first() {
+                let path = seg.path().to_path_buf();
+                drop(seg);
+                self.vfs
+                    .remove(&path)
+                    .map_err(|e| io_err("remove segment", &path, e))?;
+            }
+            self.install_prepared(&prep, header)
+        })();
+        if r.is_ok() {
+            self.first_index = index.next();
+            self.compacted_term = term;
+            self.last_index = index;
+            self.last_term = term;
+            self.start_preparing();
+        }
         self.poison(r)
     }
 

@@ -46,6 +46,7 @@ enum Op {
     },
     TruncateSuffix(LogIndex),
     CompactPrefix(LogIndex),
+    Reset(LogIndex, Term),
 }
 
 impl Op {
@@ -396,6 +397,11 @@ impl LogWriter {
         self.submit(Op::CompactPrefix(upto), true)
     }
 
+    /// A [`RaftLog::reset`] (snapshot installation) after everything queued before it.
+    pub fn reset(&self, index: LogIndex, term: Term) -> Pending {
+        self.submit(Op::Reset(index, term), true)
+    }
+
     /// Read access to the log. Waits only while a batch is staged or published, not during its
     /// write and fdatasync. Do not hold the guard across a call that writes (`append`,
     /// `truncate_suffix`, ... or waiting on a `Pending`): the writer needs the lock to publish.
@@ -529,6 +535,14 @@ fn execute(shared: &Shared, queue: Vec<Request>) {
                 flush(shared, &mut batch, &mut waiters);
                 let mut l = write_lock(log);
                 let r = l.compact_prefix(upto).map(|()| l.last_index());
+                req.done.complete(r);
+                next = l.last_index().next();
+                term = l.last_term();
+            }
+            Op::Reset(index, t) => {
+                flush(shared, &mut batch, &mut waiters);
+                let mut l = write_lock(log);
+                let r = l.reset(index, t).map(|()| l.last_index());
                 req.done.complete(r);
                 next = l.last_index().next();
                 term = l.last_term();
