@@ -10,6 +10,8 @@
 //! - `BENCH_SECS=<f64>`: seconds per append measurement (default 0.3, quick 0.5).
 //! - `BENCH_ROUNDS=<n>`: interleaved repetitions of every append measurement (default 10, quick 1),
 //!   merged into one distribution (figures are totals over all rounds).
+//! - `BENCH_ONLY=<entry bytes>x<appenders>` (e.g. `256x64`): run only that append measurement of
+//!   the engine, for `BENCH_SECS` seconds, print it and exit (for profiling; writes no report).
 //! - `BENCH_KEEP=1`: keep the big read/open log in `target/bench-log/` (e.g. for
 //!   `segdump verify target/bench-log`) instead of deleting it.
 //!
@@ -757,6 +759,30 @@ fn run() -> Result<(), String> {
         .tempdir_in(&s.dir)
         .map_err(|e| format!("temp dir in {}: {e}", s.dir.display()))?;
     let root_path = root.path().to_path_buf();
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let parsed = only
+            .split_once('x')
+            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+        let Some((size, n)) = parsed else {
+            return Err(format!(
+                "BENCH_ONLY={only}: expected <entry bytes>x<appenders>"
+            ));
+        };
+        let st = run_ours(
+            &root_path,
+            "only",
+            Arc::new(UringVfs),
+            size,
+            n,
+            s.append_secs,
+        )?;
+        println!(
+            "{size} B x {n}: entries/s | MB/s | p50 | p90 | p99 | p99.9 | max (µs): {} | CPU µs/entry {:.1}",
+            stats_cells(&st),
+            st.cpu_us_per_entry()
+        );
+        return Ok(());
+    }
     let mut r = Report {
         text: String::new(),
     };
