@@ -1,1 +1,1310 @@
-fn main() {}
+//! `cargo bench --bench log_append`: durable appends, the write+fdatasync baseline from the same
+//! run, preallocation (zero-filled vs merely fallocated), random reads over a >= 1 GiB log, and
+//! open (recovery) time. Prints a table and writes it to `BENCHMARKS.md` (quick mode:
+//! `target/BENCHMARKS-quick.md`) with the machine and the command.
+//!
+//! Environment:
+//! - `BENCH_QUICK=1`: shorter runs and a 256 MiB read/open log (for development; not the figures).
+//! - `BENCH_DIR=<dir>`: where the logs are written (default: the system temp dir). It must be on
+//!   the disk under test; tmpfs would measure nothing.
+//! - `BENCH_SECS=<f64>`: seconds per append measurement (default 0.3, quick 0.5).
+//! - `BENCH_ROUNDS=<n>`: interleaved repetitions of every append measurement (default 10, quick 1),
+//!   merged into one distribution (figures are totals over all rounds).
+//! - `BENCH_ONLY=<entry bytes>x<appenders>` (e.g. `256x64`): run only that append measurement of
+//!   the engine, for `BENCH_SECS` seconds, print it and exit (for profiling; writes no report);
+//!   with `BENCH_ASYNC=1` the appenders are async tasks on one thread instead of OS threads.
+//! - `BENCH_KEEP=1`: keep the big read/open log in `target/bench-log/` (e.g. for
+//!   `segdump verify target/bench-log`) instead of deleting it.
+//!
+//! Method (STYLE §15): every figure is a distribution from HdrHistogram (nanosecond resolution,
+//! 3 significant digits) and sits beside a baseline measured in the same run on the same disk:
+//! a plain `pwrite` + `fdatasync` loop over a file that was zero-filled and synced beforehand (so
+//! it overwrites already-written blocks, the best case the engine's preallocation aims for), with
+//! the batch size the group commit would ideally form (`appenders × entry size`). Appends are
+//! closed-loop: each appender waits for its append to be durable before issuing the next.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rust_raft_log::storage::file::{LogFile, Vfs};
+use rust_raft_log::storage::format::{decode_frame, SegmentHeader, SEGMENT_HEADER_SIZE};
+use rust_raft_log::storage::uring::UringVfs;
+use rust_raft_log::storage::{LogConfig, LogWriter, RaftLog};
+use rust_raft_log::types::{EntryType, LogEntry, LogIndex, Term};
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------------------------
+
+struct Settings {
+    quick: bool,
+    dir: PathBuf,
+    append_secs: f64,
+    /// Every append measurement is repeated this many times, interleaved with the others (so a
+    /// burst of load from other processes hits all of them alike); the rounds are merged.
+    rounds: usize,
+    /// Payload bytes of the read/open log.
+    big_log_bytes: u64,
+    reads: u64,
+    keep_big_log: bool,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v != "0" && !v.is_empty());
+        let dir = std::env::var_os("BENCH_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let append_secs = std::env::var("BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(if quick { 0.5 } else { 0.3 });
+        Settings {
+            quick,
+            dir,
+            append_secs,
+            rounds: std::env::var("BENCH_ROUNDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(if quick { 1 } else { 10 }),
+            big_log_bytes: if quick {
+                256 << 20
+            } else {
+                (1 << 30) + (64 << 20)
+            },
+            reads: if quick { 200_000 } else { 1_000_000 },
+            keep_big_log: std::env::var("BENCH_KEEP").is_ok_and(|v| v != "0" && !v.is_empty()),
+        }
+    }
+}
+
+const SIZES: [usize; 4] = [64, 256, 4096, 64 << 10];
+const APPENDERS: [usize; 3] = [1, 8, 64];
+const SEGMENT_BYTES: u64 = 64 << 20;
+
+fn hist() -> Histogram<u64> {
+    // 1 ns .. 100 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("histogram bounds are valid")
+}
+
+/// What one measurement produced.
+struct Stats {
+    /// Entries made durable.
+    entries: u64,
+    /// Payload bytes made durable.
+    bytes: u64,
+    secs: f64,
+    /// Latency of one append (ours) or one write+fdatasync (baseline), in ns.
+    latency_ns: Histogram<u64>,
+    /// CPU time (user + system, every thread of the process) the measurement used.
+    cpu_secs: f64,
+}
+
+/// CPU time (user + system) this process used so far, in seconds.
+fn cpu_time() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass; a zeroed rusage is a valid value.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage; RUSAGE_SELF is a valid `who`.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+impl Stats {
+    /// Adds another round of the same measurement.
+    fn merge(&mut self, other: Stats) -> Result<(), String> {
+        self.entries += other.entries;
+        self.bytes += other.bytes;
+        self.secs += other.secs;
+        self.cpu_secs += other.cpu_secs;
+        self.latency_ns
+            .add(&other.latency_ns)
+            .map_err(|e| format!("histogram merge: {e:?}"))
+    }
+
+    fn entries_per_sec(&self) -> f64 {
+        self.entries as f64 / self.secs
+    }
+    fn mb_per_sec(&self) -> f64 {
+        self.bytes as f64 / self.secs / 1e6
+    }
+    fn us(&self, q: f64) -> f64 {
+        self.latency_ns.value_at_quantile(q) as f64 / 1e3
+    }
+    fn cpu_us_per_entry(&self) -> f64 {
+        self.cpu_secs * 1e6 / self.entries.max(1) as f64
+    }
+    fn max_us(&self) -> f64 {
+        self.latency_ns.max() as f64 / 1e3
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A Vfs whose new segments are only fallocated (the "preallocation that does not pay" case)
+// ---------------------------------------------------------------------------------------------
+
+/// Delegates everything to [`UringVfs`] except [`Vfs::create_zeroed`], which reserves the blocks
+/// with `fallocate` and writes nothing: the blocks stay unwritten extents, so every append's
+/// fdatasync must also commit the extent conversion (FACTS.md: ~1.7x slower).
+struct FallocVfs;
+
+impl Vfs for FallocVfs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        UringVfs.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        UringVfs.list_dir(dir)
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        UringVfs.open(path)
+    }
+    fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<()> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        fallocate(&f, len_bytes)?;
+        f.sync_all()?;
+        if let Some(parent) = path.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        UringVfs.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        UringVfs.remove(path)
+    }
+}
+
+fn fallocate(f: &File, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid, open file descriptor.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baseline: pwrite + fdatasync over a preallocated file
+// ---------------------------------------------------------------------------------------------
+
+const BASELINE_FILE_BYTES: u64 = 256 << 20;
+/// The files of the preallocation comparison: enough for one round of 4 KiB writes.
+const PREALLOC_FILE_BYTES: u64 = 64 << 20;
+
+/// A file of `len` bytes, either zero-filled and synced (`written`) or only fallocated.
+fn baseline_file(dir: &Path, written: bool, len: u64) -> io::Result<(File, PathBuf)> {
+    let path = dir.join(if written {
+        "baseline.written"
+    } else {
+        "baseline.fallocated"
+    });
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
+    if written {
+        let zeros = vec![0u8; 8 << 20];
+        let mut off = 0;
+        while off < len {
+            f.write_all_at(&zeros, off)?;
+            off += zeros.len() as u64;
+        }
+    } else {
+        fallocate(&f, len)?;
+    }
+    f.sync_all()?;
+    Ok((f, path))
+}
+
+/// Sequential `pwrite(batch_bytes)` + `fdatasync` for `secs`. A batch counts as
+/// `entries_per_batch` entries. Wraps around at the end of the file (overwriting again).
+fn run_baseline(
+    f: &File,
+    file_len: u64,
+    batch_bytes: usize,
+    entries_per_batch: usize,
+    secs: f64,
+) -> io::Result<Stats> {
+    let buf: Vec<u8> = (0..batch_bytes).map(|i| (i * 31 + 7) as u8).collect();
+    settle();
+    let mut latency_ns = hist();
+    let mut off = 0u64;
+    let mut batches = 0u64;
+    let start = Instant::now();
+    let cpu0 = cpu_time();
+    let deadline = start + Duration::from_secs_f64(secs);
+    while Instant::now() < deadline {
+        if off + batch_bytes as u64 > file_len {
+            off = 0;
+        }
+        let t = Instant::now();
+        f.write_all_at(&buf, off)?;
+        f.sync_data()?;
+        latency_ns.saturating_record(t.elapsed().as_nanos() as u64);
+        off += batch_bytes as u64;
+        batches += 1;
+    }
+    Ok(Stats {
+        entries: batches * entries_per_batch as u64,
+        bytes: batches * batch_bytes as u64,
+        secs: start.elapsed().as_secs_f64(),
+        latency_ns,
+        cpu_secs: cpu_time() - cpu0,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ours: RaftLog behind a LogWriter, N closed-loop appenders
+// ---------------------------------------------------------------------------------------------
+
+/// Lets the disk settle before a measurement: flushes what earlier steps left dirty (deleted
+/// logs, the big files written to set up a baseline) so it is not charged to the next run.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::thread::sleep(Duration::from_millis(30));
+}
+
+/// Waits until the log's background preparation of the next segment finished, so it does not
+/// compete with the measurement (it competes in production only once per segment).
+fn wait_for_preparation(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prepared = names.iter().any(|n| n == "next_segment.prep");
+        let busy = names.iter().any(|n| n.ends_with(".zeroing"));
+        if prepared && !busy {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run_ours(
+    root: &Path,
+    label: &str,
+    vfs: Arc<dyn Vfs>,
+    entry_bytes: usize,
+    appenders: usize,
+    secs: f64,
+) -> Result<Stats, String> {
+    // The same directory across rounds: the log is reopened and grows, as in production.
+    let dir = root.join(label);
+    let config = LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(&dir)
+    };
+    let log = RaftLog::open_with(config, vfs).map_err(|e| format!("open: {e}"))?;
+    wait_for_preparation(&dir);
+    settle();
+    let writer = LogWriter::spawn(log).map_err(|e| format!("spawn writer: {e}"))?;
+    let barrier = Arc::new(Barrier::new(appenders + 1));
+    let mut threads = Vec::new();
+    for t in 0..appenders {
+        let w = writer.clone();
+        let barrier = Arc::clone(&barrier);
+        let payload: Vec<u8> = (0..entry_bytes).map(|i| (i + t) as u8).collect();
+        threads.push(std::thread::spawn(
+            move || -> Result<(u64, Histogram<u64>), String> {
+                let mut h = hist();
+                let mut n = 0u64;
+                barrier.wait();
+                let deadline = Instant::now() + Duration::from_secs_f64(secs);
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    w.append_new(Term(1), vec![(EntryType::Normal, payload.clone())])
+                        .wait()
+                        .map_err(|e| format!("append: {e}"))?;
+                    h.saturating_record(t0.elapsed().as_nanos() as u64);
+                    n += 1;
+                }
+                Ok((n, h))
+            },
+        ));
+    }
+    barrier.wait();
+    let start = Instant::now();
+    let cpu0 = cpu_time();
+    let mut latency_ns = hist();
+    let mut entries = 0;
+    for t in threads {
+        let (n, h) = t
+            .join()
+            .map_err(|_| "appender thread panicked".to_string())??;
+        entries += n;
+        latency_ns
+            .add(&h)
+            .map_err(|e| format!("histogram merge: {e:?}"))?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu_secs = cpu_time() - cpu0;
+    drop(writer);
+    Ok(Stats {
+        entries,
+        bytes: entries * entry_bytes as u64,
+        secs,
+        latency_ns,
+        cpu_secs,
+    })
+}
+
+/// Wakes the bench thread that polls the async appenders.
+struct ThreadWaker(std::thread::Thread);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// `tasks` concurrent appenders as futures polled by ONE thread (the way an async node would
+/// drive them: `append_new_async(..).await`), each issuing its next append as soon as the
+/// previous one is durable. Unlike OS-thread appenders, a completed batch costs one wake-up of
+/// this thread, not one context switch per appender.
+fn run_ours_async(
+    root: &Path,
+    label: &str,
+    entry_bytes: usize,
+    tasks: usize,
+    secs: f64,
+) -> Result<Stats, String> {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    let dir = root.join(label);
+    let config = LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(&dir)
+    };
+    let log = RaftLog::open(config).map_err(|e| format!("open: {e}"))?;
+    wait_for_preparation(&dir);
+    settle();
+    let writer = LogWriter::spawn(log).map_err(|e| format!("spawn writer: {e}"))?;
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let payload: Vec<u8> = (0..entry_bytes).map(|i| (i * 7) as u8).collect();
+    let issue = || writer.append_new_async(Term(1), vec![(EntryType::Normal, payload.clone())]);
+    let start = Instant::now();
+    let cpu0 = cpu_time();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut slots: Vec<Option<(Instant, rust_raft_log::storage::Pending)>> = (0..tasks)
+        .map(|_| Some((Instant::now(), issue())))
+        .collect();
+    let mut active = tasks;
+    let mut latency_ns = hist();
+    let mut entries = 0u64;
+    while active > 0 {
+        let mut progressed = false;
+        for slot in slots.iter_mut() {
+            let Some((t0, pending)) = slot else { continue };
+            if let Poll::Ready(r) = Pin::new(pending).poll(&mut cx) {
+                r.map_err(|e| format!("append: {e}"))?;
+                latency_ns.saturating_record(t0.elapsed().as_nanos() as u64);
+                entries += 1;
+                progressed = true;
+                *slot = if Instant::now() < deadline {
+                    Some((Instant::now(), issue()))
+                } else {
+                    active -= 1;
+                    None
+                };
+            }
+        }
+        if !progressed {
+            std::thread::park_timeout(Duration::from_millis(5));
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu_secs = cpu_time() - cpu0;
+    drop(writer);
+    Ok(Stats {
+        entries,
+        bytes: entries * entry_bytes as u64,
+        secs,
+        latency_ns,
+        cpu_secs,
+    })
+}
+
+/// Paired single-appender comparison, robust to a noisy shared disk: ONE thread alternates
+/// blocks of `BLOCK` baseline write+fdatasync cycles with blocks of `BLOCK` durable appends
+/// through the engine (`append_new(..).wait()`, which the calling thread leads itself), so both
+/// see the same bursts of outside load within tens of milliseconds.
+fn run_paired_single(
+    root: &Path,
+    base_file: &File,
+    entry_bytes: usize,
+    secs: f64,
+) -> Result<(Stats, Stats), String> {
+    const BLOCK: usize = 50;
+    let dir = root.join(format!("paired-{entry_bytes}"));
+    let config = LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(&dir)
+    };
+    let log = RaftLog::open(config).map_err(|e| format!("open: {e}"))?;
+    wait_for_preparation(&dir);
+    let writer = LogWriter::spawn(log).map_err(|e| format!("spawn writer: {e}"))?;
+    let payload: Vec<u8> = (0..entry_bytes).map(|i| (i * 13) as u8).collect();
+    let (mut ours, mut base) = (hist(), hist());
+    let (mut ours_secs, mut base_secs) = (0.0, 0.0);
+    let (mut ours_n, mut base_n) = (0u64, 0u64);
+    let mut off = 0u64;
+    settle();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    while Instant::now() < deadline {
+        let t_block = Instant::now();
+        for _ in 0..BLOCK {
+            if off + entry_bytes as u64 > BASELINE_FILE_BYTES {
+                off = 0;
+            }
+            let t = Instant::now();
+            base_file
+                .write_all_at(&payload, off)
+                .and_then(|()| base_file.sync_data())
+                .map_err(|e| format!("baseline: {e}"))?;
+            base.saturating_record(t.elapsed().as_nanos() as u64);
+            off += entry_bytes as u64;
+        }
+        base_secs += t_block.elapsed().as_secs_f64();
+        base_n += BLOCK as u64;
+        let t_block = Instant::now();
+        for _ in 0..BLOCK {
+            let t = Instant::now();
+            writer
+                .append_new(Term(1), vec![(EntryType::Normal, payload.clone())])
+                .wait()
+                .map_err(|e| format!("append: {e}"))?;
+            ours.saturating_record(t.elapsed().as_nanos() as u64);
+        }
+        ours_secs += t_block.elapsed().as_secs_f64();
+        ours_n += BLOCK as u64;
+    }
+    drop(writer);
+    let _ = std::fs::remove_dir_all(&dir);
+    let stats = |entries: u64, secs: f64, latency_ns: Histogram<u64>| Stats {
+        entries,
+        bytes: entries * entry_bytes as u64,
+        secs,
+        latency_ns,
+        // Not separable: both halves run on the same thread, interleaved.
+        cpu_secs: 0.0,
+    };
+    Ok((
+        stats(ours_n, ours_secs, ours),
+        stats(base_n, base_secs, base),
+    ))
+}
+
+/// Open loop: one thread offers `rate_per_sec` appends of `entry_bytes` at fixed intended times
+/// (not waiting for them), another waits for each in order. Latency is measured from the
+/// *intended* issue time, so a stall that delays issuing is charged to the entries it delayed
+/// (no coordinated omission).
+fn run_offered_rate(
+    root: &Path,
+    entry_bytes: usize,
+    rate_per_sec: f64,
+    secs: f64,
+) -> Result<Stats, String> {
+    let dir = root.join(format!("rate-{entry_bytes}-{rate_per_sec}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(&dir)
+    };
+    let log = RaftLog::open(config).map_err(|e| format!("open: {e}"))?;
+    wait_for_preparation(&dir);
+    settle();
+    let writer = LogWriter::spawn(log).map_err(|e| format!("spawn writer: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, rust_raft_log::storage::Pending)>();
+    let collector = std::thread::spawn(move || -> Result<(u64, Histogram<u64>), String> {
+        let mut h = hist();
+        let mut n = 0u64;
+        for (intended, pending) in rx {
+            pending.wait().map_err(|e| format!("append: {e}"))?;
+            h.saturating_record(intended.elapsed().as_nanos() as u64);
+            n += 1;
+        }
+        Ok((n, h))
+    });
+    let payload: Vec<u8> = (0..entry_bytes).map(|i| i as u8).collect();
+    let interval = Duration::from_secs_f64(1.0 / rate_per_sec);
+    let start = Instant::now();
+    let cpu0 = cpu_time();
+    let total = (secs * rate_per_sec) as u32;
+    for k in 0..total {
+        let intended = start + interval * k;
+        let now = Instant::now();
+        if intended > now {
+            std::thread::sleep(intended - now);
+        }
+        // The `_async` variant: the issuing thread must never block on a write (the blocking
+        // variant lets the caller lead the batch itself, which would pace the offered load).
+        let p = writer.append_new_async(Term(1), vec![(EntryType::Normal, payload.clone())]);
+        if tx.send((intended, p)).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let (entries, latency_ns) = collector
+        .join()
+        .map_err(|_| "collector thread panicked".to_string())??;
+    let secs = start.elapsed().as_secs_f64();
+    drop(writer);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Stats {
+        entries,
+        bytes: entries * entry_bytes as u64,
+        secs,
+        latency_ns,
+        cpu_secs: cpu_time() - cpu0,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads and open time over a big log
+// ---------------------------------------------------------------------------------------------
+
+const READ_ENTRY_BYTES: usize = 4096;
+
+fn build_big_log(dir: &Path, payload_bytes: u64) -> Result<(u64, f64), String> {
+    let _ = std::fs::remove_dir_all(dir);
+    let config = LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(dir)
+    };
+    let mut log = RaftLog::open(config).map_err(|e| format!("open: {e}"))?;
+    let total = payload_bytes / READ_ENTRY_BYTES as u64;
+    let batch = 1024u64;
+    let start = Instant::now();
+    let mut next = 1u64;
+    while next <= total {
+        let end = (next + batch).min(total + 1);
+        let entries: Vec<LogEntry> = (next..end)
+            .map(|i| LogEntry {
+                term: Term(1),
+                index: LogIndex(i),
+                entry_type: EntryType::Normal,
+                payload: payload_for(i),
+            })
+            .collect();
+        log.append(&entries).map_err(|e| format!("append: {e}"))?;
+        next = end;
+    }
+    Ok((total, start.elapsed().as_secs_f64()))
+}
+
+fn payload_for(i: u64) -> Vec<u8> {
+    let mut p = vec![0u8; READ_ENTRY_BYTES];
+    for (k, chunk) in p.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&(i ^ k as u64).to_le_bytes());
+    }
+    p
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("segment_"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+struct ReadStats {
+    ops_per_sec: f64,
+    latency_ns: Histogram<u64>,
+}
+
+fn run_reads(dir: &Path, total: u64, reads: u64) -> Result<ReadStats, String> {
+    let log = RaftLog::open(LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(dir)
+    })
+    .map_err(|e| format!("open: {e}"))?;
+    // xorshift64*: deterministic, seed printed in the report.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    // Touch every entry once so the figure is the warm-cache read path, not page faults.
+    let mut sink = 0u64;
+    for i in 1..=total {
+        let e = log
+            .entry(LogIndex(i))
+            .map_err(|e| format!("entry {i}: {e}"))?;
+        sink = sink.wrapping_add(e.payload[0] as u64);
+    }
+    let mut latency_ns = hist();
+    let start = Instant::now();
+    for _ in 0..reads {
+        let i = 1 + next() % total;
+        let t = Instant::now();
+        let e = log
+            .entry(LogIndex(i))
+            .map_err(|e| format!("entry {i}: {e}"))?;
+        sink = sink.wrapping_add(e.payload[e.payload.len() - 1] as u64);
+        latency_ns.saturating_record(t.elapsed().as_nanos() as u64);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    Ok(ReadStats {
+        ops_per_sec: reads as f64 / secs,
+        latency_ns,
+    })
+}
+
+/// Opens the log `runs` times; returns each open's wall time in ms.
+fn time_opens(dir: &Path, runs: usize) -> Result<Vec<f64>, String> {
+    let mut ms = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let log = RaftLog::open(LogConfig {
+            segment_size_bytes: SEGMENT_BYTES,
+            ..LogConfig::new(dir)
+        })
+        .map_err(|e| format!("open: {e}"))?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(log);
+        // Dropping the log may leave its background preparation running: let it finish so
+        // the next open measures recovery alone.
+        wait_for_preparation(dir);
+    }
+    Ok(ms)
+}
+
+/// Tears the last frame of the last segment (zeroes its second half, as a write cut short by a
+/// crash would leave it). Returns the segment path and the frame's offset.
+fn tear_last_frame(dir: &Path) -> Result<(PathBuf, usize), String> {
+    let mut segs: Vec<(LogIndex, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            rust_raft_log::storage::format::parse_segment_file_name(&name).map(|b| (b, e.path()))
+        })
+        .collect();
+    segs.sort();
+    let (_, path) = segs.last().ok_or("no segment")?.clone();
+    let mut bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+    let header = SegmentHeader::decode(&bytes).map_err(|e| e.to_string())?;
+    let seed = header.frame_seed();
+    let mut pos = SEGMENT_HEADER_SIZE;
+    let mut last = None;
+    while let Ok(Some(f)) = decode_frame(&bytes[pos..], seed) {
+        last = Some((pos, f.padded_len));
+        pos += f.padded_len;
+    }
+    let (off, len) = last.ok_or("last segment holds no frame")?;
+    bytes[off + len / 2..off + len].fill(0);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| e.to_string())?;
+    f.write_all_at(&bytes[off..off + len], off as u64)
+        .map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    Ok((path, off))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------------
+
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn line(&mut self, s: impl AsRef<str>) {
+        println!("{}", s.as_ref());
+        self.text.push_str(s.as_ref());
+        self.text.push('\n');
+    }
+}
+
+fn stats_cells(s: &Stats) -> String {
+    format!(
+        "{:>10.0} | {:>8.2} | {:>8.1} | {:>8.1} | {:>8.1} | {:>8.1} | {:>9.1}",
+        s.entries_per_sec(),
+        s.mb_per_sec(),
+        s.us(0.50),
+        s.us(0.90),
+        s.us(0.99),
+        s.us(0.999),
+        s.max_us()
+    )
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / (1 << 20) as f64);
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}")
+}
+
+fn filesystem_of(path: &Path) -> String {
+    // The mount whose mount point is the longest prefix of `path`.
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else {
+        return "unknown".into();
+    };
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mut best: Option<(usize, String)> = None;
+    for l in mounts.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 3 {
+            continue;
+        }
+        if path.starts_with(f[1]) && best.as_ref().is_none_or(|(n, _)| f[1].len() > *n) {
+            best = Some((f[1].len(), format!("{} on {} ({})", f[0], f[1], f[2])));
+        }
+    }
+    best.map_or_else(|| "unknown".into(), |(_, s)| s)
+}
+
+/// The 1/5/15-minute load averages: on a shared 2-core machine other processes compete for the
+/// CPU, and a thread waiting for a core shows up as milliseconds of latency.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("log_append bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let s = Settings::from_env();
+    let root = tempfile::Builder::new()
+        .prefix("raft-log-bench-")
+        .tempdir_in(&s.dir)
+        .map_err(|e| format!("temp dir in {}: {e}", s.dir.display()))?;
+    let root_path = root.path().to_path_buf();
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let parsed = only
+            .split_once('x')
+            .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)));
+        let Some((size, n)) = parsed else {
+            return Err(format!(
+                "BENCH_ONLY={only}: expected <entry bytes>x<appenders>"
+            ));
+        };
+        let st = if std::env::var("BENCH_ASYNC").is_ok() {
+            run_ours_async(&root_path, "only", size, n, s.append_secs)?
+        } else {
+            run_ours(
+                &root_path,
+                "only",
+                Arc::new(UringVfs),
+                size,
+                n,
+                s.append_secs,
+            )?
+        };
+        println!(
+            "{size} B x {n}: entries/s | MB/s | p50 | p90 | p99 | p99.9 | max (µs): {} | CPU µs/entry {:.1}",
+            stats_cells(&st),
+            st.cpu_us_per_entry()
+        );
+        return Ok(());
+    }
+    let mut r = Report {
+        text: String::new(),
+    };
+    // The exact command, with every BENCH_* setting that was in effect.
+    let mut env: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("BENCH_"))
+        .map(|(k, v)| format!("{k}={v} "))
+        .collect();
+    env.sort();
+    let command = format!("{}cargo bench --bench log_append", env.concat());
+    r.line("# Benchmarks: `log_append`");
+    r.line("");
+    r.line(format!("- command: `{command}`"));
+    r.line(format!("- machine: {}", machine()));
+    r.line(format!("- disk: {}", filesystem_of(&root_path)));
+    r.line(format!(
+        "- mode: {}; {} s per append measurement x {} interleaved rounds (merged); closed-loop appenders; latency from HdrHistogram",
+        if s.quick { "QUICK (development only)" } else { "full" },
+        s.append_secs,
+        s.rounds
+    ));
+    r.line(format!(
+        "- date: {} (unix time)",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    ));
+    r.line(format!("- load average at start: {}", loadavg()));
+    r.line("");
+    r.line("How to read this: the machine is shared. When other processes load the CPU or the disk, write+fdatasync");
+    r.line("latencies jump from ~100 µs to multiples of ~4 ms for ours and the baseline alike; rates then swing by 10x");
+    r.line("between runs. Every comparison is therefore made against a baseline measured in the same run, interleaved");
+    r.line("in short rounds (and, for the single appender, in alternating blocks on one thread); the load average");
+    r.line("above and at the end says how disturbed the run was. Compare ratios, not absolute rates, across runs.");
+    r.line("");
+
+    // ---- baseline and ours, every size × appenders ----
+    let (base_file, base_path) = baseline_file(&root_path, true, BASELINE_FILE_BYTES)
+        .map_err(|e| format!("baseline file: {e}"))?;
+    r.line("## Durable appends (`LogWriter::append_new(..).wait()` per entry) vs the baseline");
+    r.line("");
+    r.line("Baseline: `pwrite(appenders × entry bytes)` + `fdatasync` in a loop over a 256 MiB file that was");
+    r.line("zero-filled and synced first (overwrites already-written blocks): the batch an ideal group commit forms.");
+    r.line("Latencies in µs; a baseline row's latency is one write+fdatasync. CPU µs/entry: user+system time of the");
+    r.line("whole bench process during the measurement (every thread) per entry: on 2 cores, ~2,000,000 ÷ this");
+    r.line("is the rate at which the CPU alone becomes the limit.");
+    r.line("");
+    r.line("| run | entry B | appenders | entries/s | MB/s | p50 | p90 | p99 | p99.9 | max | entries/s ours÷base | p99 ours÷base | CPU µs/entry |");
+    r.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut results: Vec<(usize, usize, Stats, Stats)> = Vec::new();
+    // (size, tasks) -> async-appender stats, measured in the same rounds.
+    let mut async_results: Vec<(usize, usize, Stats)> = Vec::new();
+    for round in 0..s.rounds {
+        let mut k = 0;
+        for &size in &SIZES {
+            for &n in &APPENDERS {
+                eprintln!("round {}/{}: {size} B x {n}", round + 1, s.rounds);
+                let base = run_baseline(
+                    &base_file,
+                    BASELINE_FILE_BYTES,
+                    size * n,
+                    n,
+                    s.append_secs * 0.75,
+                )
+                .map_err(|e| format!("baseline: {e}"))?;
+                let ours = run_ours(
+                    &root_path,
+                    &format!("ours-{size}-{n}"),
+                    Arc::new(UringVfs),
+                    size,
+                    n,
+                    s.append_secs,
+                )?;
+                if round == 0 {
+                    results.push((size, n, ours, base));
+                } else {
+                    results[k].2.merge(ours)?;
+                    results[k].3.merge(base)?;
+                }
+                k += 1;
+                if n > 1 {
+                    let a = run_ours_async(
+                        &root_path,
+                        &format!("async-{size}-{n}"),
+                        size,
+                        n,
+                        s.append_secs,
+                    )?;
+                    match async_results
+                        .iter_mut()
+                        .find(|(s2, n2, _)| *s2 == size && *n2 == n)
+                    {
+                        Some((_, _, acc)) => acc.merge(a)?,
+                        None => async_results.push((size, n, a)),
+                    }
+                }
+            }
+        }
+    }
+    for (size, n, ours, base) in &results {
+        if let Some((_, _, a)) = async_results
+            .iter()
+            .find(|(s2, n2, _)| s2 == size && n2 == n)
+        {
+            r.line(format!(
+                "| ours, async tasks on 1 thread | {size} | {n} | {} | {:.2} | {:.2} | {:.1} |",
+                stats_cells(a),
+                a.entries_per_sec() / base.entries_per_sec(),
+                a.us(0.99) / base.us(0.99),
+                a.cpu_us_per_entry()
+            ));
+        }
+        r.line(format!(
+            "| ours | {size} | {n} | {} | {:.2} | {:.2} | {:.1} |",
+            stats_cells(ours),
+            ours.entries_per_sec() / base.entries_per_sec(),
+            ours.us(0.99) / base.us(0.99),
+            ours.cpu_us_per_entry()
+        ));
+        r.line(format!(
+            "| baseline | {size} | {n} | {} | | | {:.1} |",
+            stats_cells(base),
+            base.cpu_us_per_entry()
+        ));
+    }
+    r.line("");
+    r.line("### Single appender, paired: one thread alternating blocks of 50 baseline cycles and 50 appends");
+    r.line("");
+    r.line("| run | entry B | appenders | entries/s | MB/s | p50 | p90 | p99 | p99.9 | max | entries/s ours÷base | p99 ours÷base |");
+    r.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut paired = Vec::new();
+    for &size in &[256usize, 4096] {
+        eprintln!("paired single appender: {size} B");
+        let (ours, base) = run_paired_single(
+            &root_path,
+            &base_file,
+            size,
+            s.append_secs * s.rounds as f64,
+        )?;
+        r.line(format!(
+            "| ours (paired) | {size} | 1 | {} | {:.2} | {:.2} |",
+            stats_cells(&ours),
+            ours.entries_per_sec() / base.entries_per_sec(),
+            ours.us(0.99) / base.us(0.99)
+        ));
+        r.line(format!(
+            "| baseline (paired) | {size} | 1 | {} | | |",
+            stats_cells(&base)
+        ));
+        paired.push((size, ours, base));
+    }
+    drop(base_file);
+    let _ = std::fs::remove_file(&base_path);
+    for &size in &SIZES {
+        for &n in &APPENDERS {
+            let _ = std::fs::remove_dir_all(root_path.join(format!("ours-{size}-{n}")));
+            let _ = std::fs::remove_dir_all(root_path.join(format!("async-{size}-{n}")));
+        }
+    }
+    r.line("");
+
+    // ---- preallocation ----
+    r.line("## Preallocation: zero-filled (already written) vs merely fallocated blocks");
+    r.line("");
+    r.line("Baseline loop: 4 KiB `pwrite` + `fdatasync` over a fresh 64 MiB file, zero-filled and synced, or only");
+    r.line("`fallocate`d. Ours: the same engine with segments prepared by zero-filling (production) or by a Vfs");
+    r.line(
+        "whose `create_zeroed` only `fallocate`s (unwritten extents). Baseline files are fresh each round;",
+    );
+    r.line("our logs are reopened each round and grow into their prepared space. 4 KiB entries, so that every");
+    r.line("append writes a block no earlier append touched (with small entries most appends rewrite the block");
+    r.line(
+        "the previous append already converted from unwritten to written, hiding the difference).",
+    );
+    r.line("");
+    r.line("| run | entry B | appenders | entries/s | MB/s | p50 | p90 | p99 | p99.9 | max |");
+    r.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut pre: Option<[Stats; 4]> = None;
+    for round in 0..s.rounds {
+        eprintln!("round {}/{}: preallocation", round + 1, s.rounds);
+        let (written, wpath) = baseline_file(&root_path, true, PREALLOC_FILE_BYTES)
+            .map_err(|e| format!("baseline file: {e}"))?;
+        let w = run_baseline(&written, PREALLOC_FILE_BYTES, 4096, 1, s.append_secs)
+            .map_err(|e| e.to_string())?;
+        drop(written);
+        let _ = std::fs::remove_file(&wpath);
+        let (falloc, fpath) = baseline_file(&root_path, false, PREALLOC_FILE_BYTES)
+            .map_err(|e| format!("fallocated file: {e}"))?;
+        let f = run_baseline(&falloc, PREALLOC_FILE_BYTES, 4096, 1, s.append_secs)
+            .map_err(|e| e.to_string())?;
+        drop(falloc);
+        let _ = std::fs::remove_file(&fpath);
+        let oz = run_ours(
+            &root_path,
+            "zero-filled",
+            Arc::new(UringVfs),
+            4096,
+            1,
+            s.append_secs,
+        )?;
+        let of = run_ours(
+            &root_path,
+            "fallocated",
+            Arc::new(FallocVfs),
+            4096,
+            1,
+            s.append_secs,
+        )?;
+        match &mut pre {
+            None => pre = Some([w, f, oz, of]),
+            Some([a, b, c, d]) => {
+                a.merge(w)?;
+                b.merge(f)?;
+                c.merge(oz)?;
+                d.merge(of)?;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(root_path.join("zero-filled"));
+    let _ = std::fs::remove_dir_all(root_path.join("fallocated"));
+    let Some([w4k, f4k, ours_zero, ours_falloc]) = pre else {
+        return Err("BENCH_ROUNDS must be at least 1".into());
+    };
+    r.line(format!(
+        "| baseline loop, written file | 4096 | 1 | {} |",
+        stats_cells(&w4k)
+    ));
+    r.line(format!(
+        "| baseline loop, fallocated file | 4096 | 1 | {} |",
+        stats_cells(&f4k)
+    ));
+    r.line(format!(
+        "| ours, zero-filled segments (production) | 4096 | 1 | {} |",
+        stats_cells(&ours_zero)
+    ));
+    r.line(format!(
+        "| ours, fallocated-only segments | 4096 | 1 | {} |",
+        stats_cells(&ours_falloc)
+    ));
+    r.line("");
+    r.line(format!(
+        "Zero-filled ÷ fallocated: baseline loop {:.2}x entries/s, ours {:.2}x entries/s (p99 {:.0} vs {:.0} µs).",
+        w4k.entries_per_sec() / f4k.entries_per_sec(),
+        ours_zero.entries_per_sec() / ours_falloc.entries_per_sec(),
+        ours_zero.us(0.99),
+        ours_falloc.us(0.99)
+    ));
+    r.line("");
+
+    // ---- fixed offered rate ----
+    r.line("## Latency at a fixed offered rate (open loop, measured from the intended issue time)");
+    r.line("");
+    r.line("| entry B | offered/s | achieved entries/s | MB/s | p50 | p90 | p99 | p99.9 | max |");
+    r.line("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for rate in [1_000.0, 20_000.0] {
+        let st = run_offered_rate(&root_path, 256, rate, s.append_secs)?;
+        r.line(format!("| 256 | {rate:.0} | {} |", stats_cells(&st)));
+    }
+    r.line("");
+
+    // ---- big log: reads and open ----
+    let big = if s.keep_big_log {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-log")
+    } else {
+        root_path.join("big")
+    };
+    let (total, build_secs) = build_big_log(&big, s.big_log_bytes)?;
+    let on_disk = dir_bytes(&big);
+    let segments = std::fs::read_dir(&big)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("segment_"))
+                .count()
+        })
+        .unwrap_or(0);
+    r.line(format!(
+        "## Reads and open over a {:.2} GiB log ({total} entries of {READ_ENTRY_BYTES} B, {segments} segments of 64 MiB; built in {build_secs:.1} s)",
+        on_disk as f64 / (1u64 << 30) as f64
+    ));
+    r.line("");
+    let reads = run_reads(&big, total, s.reads)?;
+    r.line(format!(
+        "Random `entry(i)` (CRC verified, payload borrowed from the mmap), one thread, {} reads, warm page cache, xorshift seed 0x9e3779b97f4a7c15:",
+        s.reads
+    ));
+    r.line("");
+    r.line("| ops/s | p50 ns | p90 ns | p99 ns | p99.9 ns | max ns |");
+    r.line("|---:|---:|---:|---:|---:|---:|");
+    let h = &reads.latency_ns;
+    r.line(format!(
+        "| {:.0} | {} | {} | {} | {} | {} |",
+        reads.ops_per_sec,
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    ));
+    r.line("");
+    let opens = time_opens(&big, 5)?;
+    let mut sorted = opens.clone();
+    sorted.sort_by(f64::total_cmp);
+    r.line("Open (recovery) time, warm page cache:");
+    r.line("");
+    r.line("| log | runs | min ms | median ms | max ms |");
+    r.line("|---|---:|---:|---:|---:|");
+    r.line(format!(
+        "| clean, {:.2} GiB | {} | {:.2} | {:.2} | {:.2} |",
+        on_disk as f64 / (1u64 << 30) as f64,
+        sorted.len(),
+        sorted[0],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    ));
+    let mut torn_ms = Vec::new();
+    let mut torn_notes = Vec::new();
+    for _ in 0..3 {
+        let (path, off) = tear_last_frame(&big)?;
+        let t = Instant::now();
+        let log = RaftLog::open(LogConfig {
+            segment_size_bytes: SEGMENT_BYTES,
+            ..LogConfig::new(&big)
+        })
+        .map_err(|e| format!("open torn log: {e}"))?;
+        torn_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let rep = log.recovery_report().clone();
+        match rep.torn_tail {
+            Some((_, cut, bytes, frames)) => {
+                torn_notes.push(format!("cut at {cut} ({bytes} bytes, {frames} frame(s))"))
+            }
+            None => torn_notes.push(format!(
+                "NO torn tail reported for {} offset {off}",
+                path.display()
+            )),
+        }
+        drop(log);
+        wait_for_preparation(&big);
+    }
+    let mut ts = torn_ms.clone();
+    ts.sort_by(f64::total_cmp);
+    r.line(format!(
+        "| torn tail (last frame half-zeroed) | {} | {:.2} | {:.2} | {:.2} |",
+        ts.len(),
+        ts[0],
+        ts[ts.len() / 2],
+        ts[ts.len() - 1]
+    ));
+    r.line("");
+    r.line(format!("Torn-tail recoveries: {}.", torn_notes.join("; ")));
+    r.line("");
+
+    // ---- targets ----
+    r.line("## Targets (issue 2)");
+    r.line("");
+    let find = |size: usize, n: usize| {
+        results
+            .iter()
+            .find(|(s2, n2, _, _)| *s2 == size && *n2 == n)
+            .map(|(_, _, o, b)| (o, b))
+    };
+    if let (Some((o1, b1)), Some((o64, _))) = (find(256, 1), find(256, 64)) {
+        let rate = o1.entries_per_sec() / b1.entries_per_sec();
+        let p99 = o1.us(0.99) / b1.us(0.99);
+        r.line(format!(
+            "- single appender, 256 B: rate {rate:.2}x baseline (target >= 0.9): {}; p99 {p99:.2}x baseline p99 (target <= 1.3): {}",
+            verdict(rate >= 0.9),
+            verdict(p99 <= 1.3)
+        ));
+        if let Some((_, po, pb)) = paired.iter().find(|(size, _, _)| *size == 256) {
+            let rate = po.entries_per_sec() / pb.entries_per_sec();
+            let p99 = po.us(0.99) / pb.us(0.99);
+            r.line(format!(
+                "- single appender, 256 B, paired run: rate {rate:.2}x baseline (target >= 0.9): {}; p99 {p99:.2}x baseline p99 (target <= 1.3): {}",
+                verdict(rate >= 0.9),
+                verdict(p99 <= 1.3)
+            ));
+        }
+        let scale = o64.entries_per_sec() / o1.entries_per_sec();
+        r.line(format!(
+            "- 64 appenders (OS threads), 256 B: {scale:.1}x the single-appender rate (target >= 40): {}",
+            verdict(scale >= 40.0)
+        ));
+        if let Some((_, _, a)) = async_results
+            .iter()
+            .find(|(s2, n2, _)| *s2 == 256 && *n2 == 64)
+        {
+            let scale = a.entries_per_sec() / o1.entries_per_sec();
+            r.line(format!(
+                "- 64 appenders (async tasks on one thread), 256 B: {scale:.1}x the single-appender rate (target >= 40): {}",
+                verdict(scale >= 40.0)
+            ));
+        }
+    }
+    if let Some((o, b)) = find(64 << 10, 8) {
+        let bw = o.mb_per_sec() / b.mb_per_sec();
+        r.line(format!(
+            "- 64 KiB, 8 appenders (OS threads): {bw:.2}x the baseline's bandwidth with the same batch bytes (target >= 0.8): {}",
+            verdict(bw >= 0.8)
+        ));
+        if let Some((_, _, a)) = async_results
+            .iter()
+            .find(|(s2, n2, _)| *s2 == 64 << 10 && *n2 == 8)
+        {
+            let bw = a.mb_per_sec() / b.mb_per_sec();
+            r.line(format!(
+                "- 64 KiB, 8 appenders (async tasks on one thread): {bw:.2}x the baseline's bandwidth (target >= 0.8): {}",
+                verdict(bw >= 0.8)
+            ));
+        }
+    }
+    let clean_median = sorted[sorted.len() / 2];
+    r.line(format!(
+        "- open of a {:.2} GiB clean log: median {clean_median:.2} ms (target <= 100 ms, warm cache): {}",
+        on_disk as f64 / (1u64 << 30) as f64,
+        verdict(clean_median <= 100.0 && on_disk >= 1 << 30)
+    ));
+    if on_disk < 1 << 30 {
+        r.line("  (quick mode: the log is smaller than 1 GiB, so this is not the target's figure)");
+    }
+
+    r.line("");
+    r.line(format!("Load average at the end: {}.", loadavg()));
+
+    let out = if s.quick {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/BENCHMARKS-quick.md")
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md")
+    };
+    let mut f = File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    f.write_all(r.text.as_bytes())
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    println!("\nwritten to {}", out.display());
+    if s.keep_big_log {
+        println!("kept the read/open log in {}", big.display());
+    }
+    drop(root);
+    Ok(())
+}

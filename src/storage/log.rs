@@ -1,0 +1,1162 @@
+//! The segmented Raft log (`RaftLog`): open and recovery, durable appends, mmap reads, suffix
+//! truncation, prefix compaction and segment rotation. docs/FORMAT.md ("Operations", "Recovery")
+//! describes what each operation does for crash safety; this module implements that text.
+//!
+//! # What it owns
+//! The node directory's segment files (`segment_<base>.log`), the one prepared file that becomes
+//! the next segment (`next_segment.prep`, zero-filled or fallocated off the append path) and the
+//! `LOCK` file. Segments are kept in a `BTreeMap` keyed by base index.
+//!
+//! # Invariants
+//! - Segments are contiguous: each base index is the previous segment's last index + 1; only the
+//!   last segment is open for appends, every earlier one is sealed (its header counts its entries).
+//! - `first_index <= last_index + 1`; `last_term` is the term of `last_index` (or of the last
+//!   compacted entry when the log is empty).
+//! - An entry is visible to readers only after the fdatasync that covered it completed.
+//! - After any write or sync failure the log is poisoned: every later mutation returns
+//!   [`LogError::Poisoned`] (no retry, fsyncgate). Reads keep working on what is mapped.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::storage::file::{Prepare, Vfs, WriteAt};
+use crate::storage::format::{
+    frame_padded_len, parse_segment_file_name, segment_file_name, FrameFields, SegmentHeader,
+    ENTRY_PAYLOAD_MAX, SEGMENT_HEADER_SIZE, SEGMENT_SIZE_DEFAULT_BYTES, SEGMENT_SIZE_MIN_BYTES,
+};
+use crate::storage::segment::{scan_segment, LogFileSegment, ProblemKind, SegmentError};
+use crate::storage::uring::UringVfs;
+use crate::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
+
+/// Held with `flock(LOCK_EX)` while a log is open, so two processes never write one log.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// Takes the directory's lock; released when the returned file is closed (or the process dies).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, LogError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE_NAME);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err("open lock file", &path, e))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(LogError::Locked {
+                dir: dir.to_path_buf(),
+            });
+        }
+        return Err(io_err("flock", &path, e));
+    }
+    Ok(f)
+}
+
+/// The file prepared off the append path (zero-filled or fallocated: it reads as zero) that
+/// becomes the next segment at rotation.
+pub const PREPARED_SEGMENT_NAME: &str = "next_segment.prep";
+
+/// Errors of the storage layer: what went wrong and where.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LogError {
+    #[error("I/O error during {op} on {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    #[error(
+        "corrupt log: {} at offset {offset} (index {index}): {reason}; inspect it with `segdump verify {}`",
+        file.display(),
+        file.parent().map(|p| p.display().to_string()).unwrap_or_default()
+    )]
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        index: LogIndex,
+        reason: String,
+    },
+    #[error("the log is poisoned by an earlier write or sync failure ({reason}); it accepts no more writes")]
+    Poisoned { reason: String },
+    #[error("entry {index} has a {payload_bytes}-byte payload; at most {max_bytes} bytes fit")]
+    EntryTooLarge {
+        index: LogIndex,
+        payload_bytes: usize,
+        max_bytes: usize,
+    },
+    #[error("entry {got} does not continue the log (next index is {expected})")]
+    NotContiguous { expected: LogIndex, got: LogIndex },
+    #[error("entry {index} has term {term}, below the log's last term {last_term}")]
+    TermRegression {
+        index: LogIndex,
+        term: Term,
+        last_term: Term,
+    },
+    #[error("index {index} is outside the log ({first}..={last})")]
+    OutOfRange {
+        index: LogIndex,
+        first: LogIndex,
+        last: LogIndex,
+    },
+    #[error("invalid log config: {0}")]
+    Config(String),
+    #[error("the log writer thread has stopped")]
+    WriterStopped,
+    #[error("{} is locked by another process (or another RaftLog in this one)", dir.display())]
+    Locked { dir: PathBuf },
+}
+
+fn io_err(op: &'static str, path: &Path, e: io::Error) -> LogError {
+    LogError::Io {
+        op,
+        path: path.to_path_buf(),
+        source: Arc::new(e),
+    }
+}
+
+fn seg_err(op: &'static str, path: &Path, e: SegmentError) -> LogError {
+    match e {
+        SegmentError::Io(e) => io_err(op, path, e),
+        SegmentError::Corrupt {
+            offset,
+            index,
+            reason,
+        } => LogError::Corrupt {
+            file: path.to_path_buf(),
+            offset,
+            index,
+            reason,
+        },
+    }
+}
+
+/// The log's configuration; [`LogConfig::validate`] checks the limits and their relations.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// The node directory holding the segments (`<log_directory>/node_<id>`).
+    pub dir: PathBuf,
+    /// Size of every segment file (default 64 MiB), a multiple of 8, at most 4 GiB.
+    pub segment_size_bytes: u64,
+    /// Group commit: most payload bytes one batch (one fdatasync) carries.
+    pub batch_bytes_max: u64,
+    /// Group commit: most entries one batch carries.
+    pub batch_entries_max: usize,
+    /// Group commit: most requests waiting in the writer's queue (senders block beyond it).
+    pub queue_requests_max: usize,
+}
+
+impl LogConfig {
+    /// Defaults for a log in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> LogConfig {
+        LogConfig {
+            dir: dir.into(),
+            segment_size_bytes: SEGMENT_SIZE_DEFAULT_BYTES,
+            batch_bytes_max: 8 << 20,
+            batch_entries_max: 4096,
+            queue_requests_max: 4096,
+        }
+    }
+
+    /// Defaults for node `id` under `log_directory` (the seed's `<log_directory>/node_<id>`).
+    pub fn for_node(log_directory: impl AsRef<Path>, id: NodeId) -> LogConfig {
+        LogConfig::new(log_directory.as_ref().join(format!("node_{id}")))
+    }
+
+    /// # Errors
+    /// [`LogError::Config`] naming the first limit that is out of range.
+    pub fn validate(&self) -> Result<(), LogError> {
+        let s = self.segment_size_bytes;
+        if s < SEGMENT_SIZE_MIN_BYTES || s > u32::MAX as u64 || s % 8 != 0 {
+            return Err(LogError::Config(format!(
+                "segment_size_bytes {s} must be a multiple of 8 in [{SEGMENT_SIZE_MIN_BYTES}, {}]",
+                u32::MAX
+            )));
+        }
+        if self.batch_bytes_max == 0 || self.batch_entries_max == 0 || self.queue_requests_max == 0
+        {
+            return Err(LogError::Config(
+                "batch_bytes_max, batch_entries_max and queue_requests_max must be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The largest payload one entry may carry in a log with this config.
+    pub fn entry_payload_max_bytes(&self) -> usize {
+        let room = self.segment_size_bytes as usize - SEGMENT_HEADER_SIZE;
+        // frame_padded_len(p) <= room  <=>  40 + p rounded up to 8 <= room.
+        let by_segment = (room & !7) - crate::storage::format::FRAME_HEADER_SIZE;
+        by_segment.min(ENTRY_PAYLOAD_MAX)
+    }
+}
+
+/// One entry read from the log, borrowing its payload from the segment's mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    pub term: Term,
+    pub index: LogIndex,
+    pub entry_type: EntryType,
+    pub payload: &'a [u8],
+}
+
+impl EntryRef<'_> {
+    pub fn to_owned_entry(&self) -> LogEntry {
+        LogEntry {
+            term: self.term,
+            index: self.index,
+            entry_type: self.entry_type,
+            payload: self.payload.to_vec(),
+        }
+    }
+}
+
+/// What recovery did on open (also logged through `tracing`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// A torn tail that was cut: file, offset of the cut, bytes zeroed, frames dropped.
+    pub torn_tail: Option<(PathBuf, u64, u64, u64)>,
+    /// An interrupted truncation that was completed: the file and the range zeroed.
+    pub finished_truncation: Option<(PathBuf, Range<u64>)>,
+}
+
+/// A segment file being prepared on a background thread.
+struct Preparation {
+    handle: JoinHandle<io::Result<bool>>,
+    cancel: Arc<AtomicBool>,
+    how: Prepare,
+    started: Instant,
+}
+
+/// An append between [`RaftLog::stage_append`] and [`RaftLog::publish_staged`]: the encoded
+/// frames of a prefix of the entries that fits the open segment.
+pub struct StagedAppend {
+    frames: Vec<u8>,
+    offsets: Vec<u32>,
+    first: LogIndex,
+    last_term: Term,
+    /// How many of the entries passed to `stage_append` this covers.
+    pub entries: usize,
+}
+
+/// The segmented log. See the module docs.
+pub struct RaftLog {
+    config: LogConfig,
+    vfs: Arc<dyn Vfs>,
+    segments: BTreeMap<LogIndex, LogFileSegment>,
+    first_index: LogIndex,
+    /// The term of `first_index - 1`.
+    compacted_term: Term,
+    last_index: LogIndex,
+    last_term: Term,
+    poisoned: Option<String>,
+    /// Reused frame buffer and per-frame offsets of the batch being written.
+    frames: Vec<u8>,
+    frame_offsets: Vec<u32>,
+    /// Zero-fills [`PREPARED_SEGMENT_NAME`] off the append path.
+    preparing: Option<Preparation>,
+    /// When the last rotation happened, how long the segment before it lasted, and how long a
+    /// zero-fill of a segment takes: they choose between zero-filling and fallocating.
+    last_rotation: Option<Instant>,
+    last_segment_secs: Option<f64>,
+    zero_fill_secs: Option<f64>,
+    /// [`PREPARED_SEGMENT_NAME`] exists, complete, with no preparation running.
+    prepared_ready: bool,
+    recovery: RecoveryReport,
+    /// The open, `flock`ed [`LOCK_FILE_NAME`] (production only): one process per log.
+    dir_lock: Option<std::fs::File>,
+}
+
+fn fresh_salt(base: LogIndex) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per process and per instance; mixing in the clock, pid
+    // and base index makes a salt unique to this life of the file in practice.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.write_u64(base.0);
+    h.finish()
+}
+
+impl RaftLog {
+    /// Opens (or creates) the log in `config.dir` on the real disk (io_uring + mmap).
+    ///
+    /// # Errors
+    /// Config, I/O, or [`LogError::Corrupt`] when recovery finds damaged durable data.
+    pub fn open(config: LogConfig) -> Result<RaftLog, LogError> {
+        let vfs = UringVfs;
+        vfs.create_dir_all(&config.dir)
+            .map_err(|e| io_err("create directory", &config.dir, e))?;
+        let lock = lock_dir(&config.dir)?;
+        let mut log = RaftLog::open_with(config, Arc::new(vfs))?;
+        log.dir_lock = Some(lock);
+        Ok(log)
+    }
+
+    /// Opens (or creates) the log through any [`Vfs`] (tests pass a simulated disk).
+    ///
+    /// Recovery: every sealed segment's header is validated (magic, version, checksum, base
+    /// index = file name = previous segment's last index + 1) but its frames are not read; the
+    /// last segment is scanned ([`scan_segment`]): a torn tail is cut and zeroed durably, damaged
+    /// acknowledged data is refused with [`LogError::Corrupt`].
+    pub fn open_with(config: LogConfig, vfs: Arc<dyn Vfs>) -> Result<RaftLog, LogError> {
+        config.validate()?;
+        let dir = config.dir.clone();
+        vfs.create_dir_all(&dir)
+            .map_err(|e| io_err("create directory", &dir, e))?;
+        let names = vfs
+            .list_dir(&dir)
+            .map_err(|e| io_err("list directory", &dir, e))?;
+        let mut bases: Vec<(LogIndex, String)> = Vec::new();
+        let mut prepared_ready = false;
+        for name in names {
+            if let Some(base) = parse_segment_file_name(&name) {
+                bases.push((base, name));
+            } else if name == PREPARED_SEGMENT_NAME {
+                // A prepared file is complete (it is renamed to this name only after its zeros
+                // were synced) and never held acknowledged data (a segment is renamed into place
+                // before its first append; at most a header was written): reuse it if it has the
+                // configured size.
+                let p = dir.join(&name);
+                let len = vfs
+                    .open(&p)
+                    .map(|f| f.len_bytes())
+                    .map_err(|e| io_err("open prepared segment", &p, e))?;
+                if len == config.segment_size_bytes {
+                    prepared_ready = true;
+                } else {
+                    vfs.remove(&p)
+                        .map_err(|e| io_err("remove leftover", &p, e))?;
+                }
+            } else if name.ends_with(".zeroing") {
+                // A preparation that a crash interrupted.
+                let p = dir.join(&name);
+                vfs.remove(&p)
+                    .map_err(|e| io_err("remove leftover", &p, e))?;
+            }
+        }
+        bases.sort();
+
+        let mut log = RaftLog {
+            config,
+            vfs,
+            segments: BTreeMap::new(),
+            first_index: LogIndex(1),
+            compacted_term: Term::ZERO,
+            last_index: LogIndex::ZERO,
+            last_term: Term::ZERO,
+            poisoned: None,
+            frames: Vec::new(),
+            frame_offsets: Vec::new(),
+            preparing: None,
+            last_rotation: None,
+            last_segment_secs: None,
+            zero_fill_secs: None,
+            prepared_ready,
+            recovery: RecoveryReport::default(),
+            dir_lock: None,
+        };
+
+        if bases.is_empty() {
+            // No segment: a new log, or a `reset` that a crash interrupted after it had deleted
+            // the old segments but before its new segment was renamed into place. Only a reset
+            // (or the first segment's creation) leaves a prepared file with a valid header and no
+            // segment, so finishing what the header says is right in both cases.
+            let prep = log.prepared_path();
+            let pending = if log.prepared_ready {
+                let f = log
+                    .vfs
+                    .open(&prep)
+                    .map_err(|e| io_err("open prepared segment", &prep, e))?;
+                SegmentHeader::decode(f.bytes()).ok()
+            } else {
+                None
+            };
+            match pending {
+                Some(h) if h.entry_count == 0 => {
+                    tracing::warn!(base = %h.base_index, "finishing an interrupted log reset");
+                    log.prepared_ready = false;
+                    log.install_prepared(&prep, h)?;
+                    log.last_index = h.base_index.prev();
+                    log.last_term = h.prev_term;
+                }
+                _ => log.create_segment(LogIndex(1), Term::ZERO)?,
+            }
+        } else {
+            let n = bases.len();
+            for (i, (base, name)) in bases.into_iter().enumerate() {
+                log.open_segment(base, &name, i + 1 == n)?;
+            }
+        }
+        let (first_base, first) = log
+            .segments
+            .first_key_value()
+            .expect("the log has at least one segment");
+        log.first_index = *first_base;
+        log.compacted_term = first.header().prev_term;
+        log.recovery.segments = log.segments.len();
+        log.start_preparing();
+        Ok(log)
+    }
+
+    fn open_segment(&mut self, base: LogIndex, name: &str, is_last: bool) -> Result<(), LogError> {
+        let path = self.config.dir.join(name);
+        let corrupt = |offset: u64, index: LogIndex, reason: String| LogError::Corrupt {
+            file: path.clone(),
+            offset,
+            index,
+            reason,
+        };
+        let file = self
+            .vfs
+            .open(&path)
+            .map_err(|e| io_err("open segment", &path, e))?;
+        let header = SegmentHeader::decode(file.bytes())
+            .map_err(|e| corrupt(0, base, format!("bad segment header: {e}")))?;
+        header
+            .check_file_len(file.len_bytes())
+            .map_err(|e| corrupt(0, base, format!("bad segment header: {e}")))?;
+        if header.base_index != base {
+            return Err(corrupt(
+                0,
+                base,
+                format!(
+                    "header base index {} differs from the file name",
+                    header.base_index
+                ),
+            ));
+        }
+        if let Some(prev) = self.segments.values().next_back() {
+            if base != prev.last_index().next() {
+                return Err(corrupt(
+                    0,
+                    base,
+                    format!(
+                        "base index {base} does not follow the previous segment's last index {}",
+                        prev.last_index()
+                    ),
+                ));
+            }
+        }
+        let segment = if !is_last {
+            if header.dirty_range().is_some() {
+                return Err(corrupt(
+                    0,
+                    base,
+                    "a sealed segment has an unfinished truncation".into(),
+                ));
+            }
+            LogFileSegment::from_trusted_header(file, header)
+        } else {
+            let scan = scan_segment(file.bytes(), &header);
+            if let Some(p) = &scan.problem {
+                if p.kind == ProblemKind::Corrupt {
+                    return Err(corrupt(p.offset, p.index, p.reason.clone()));
+                }
+            }
+            let zero = scan.valid_end..scan.zero_end;
+            if !zero.is_empty() {
+                // Cut the torn tail (or the rest of an interrupted truncation) durably, so that no
+                // stale frame can sit behind the next append.
+                let zeros = vec![0u8; (zero.end - zero.start) as usize];
+                file.write_durable(&[WriteAt {
+                    offset: zero.start,
+                    bytes: &zeros,
+                }])
+                .map_err(|e| io_err("zero torn tail", &path, e))?;
+                if let Some(p) = &scan.problem {
+                    tracing::warn!(
+                        file = %path.display(),
+                        offset = zero.start,
+                        bytes = zero.end - zero.start,
+                        entries = scan.dropped_entries,
+                        first_dropped_index = %p.index,
+                        reason = %p.reason,
+                        "cut a torn tail: dropped {} bytes and {} entries from index {}",
+                        zero.end - zero.start,
+                        scan.dropped_entries,
+                        p.index
+                    );
+                    self.recovery.torn_tail = Some((
+                        path.clone(),
+                        zero.start,
+                        zero.end - zero.start,
+                        scan.dropped_entries,
+                    ));
+                }
+            }
+            let header = if let Some(r) = header.dirty_range() {
+                tracing::warn!(file = %path.display(), "finished an interrupted truncation: zeroed [{}, {})", r.start, r.end);
+                self.recovery.finished_truncation = Some((path.clone(), r.clone()));
+                let clean = SegmentHeader {
+                    dirty_end: 0,
+                    ..header
+                };
+                file.write_durable(&[WriteAt {
+                    offset: 0,
+                    bytes: &clean.encode(),
+                }])
+                .map_err(|e| io_err("write segment header", &path, e))?;
+                clean
+            } else {
+                header
+            };
+            self.last_index = scan.last_index;
+            self.last_term = scan.last_term;
+            LogFileSegment::from_scan(file, header, scan)
+        };
+        if !is_last {
+            self.last_index = segment.last_index();
+        }
+        self.segments.insert(base, segment);
+        Ok(())
+    }
+
+    fn prepared_path(&self) -> PathBuf {
+        self.config.dir.join(PREPARED_SEGMENT_NAME)
+    }
+
+    /// Starts preparing the next segment file on a background thread, so rotation finds it
+    /// ready. Zero-filled (appends then overwrite written blocks) unless the last segment filled
+    /// up in less than three zero-fills' time: then zero-filling cannot keep up and would double
+    /// the disk writes, so the file is only fallocated.
+    fn start_preparing(&mut self) {
+        if self.preparing.is_some() || self.prepared_ready {
+            return;
+        }
+        let how = match (self.last_segment_secs, self.zero_fill_secs) {
+            (Some(lifetime), Some(fill)) if lifetime < 3.0 * fill => Prepare::Allocated,
+            _ => Prepare::Zeroed,
+        };
+        let vfs = Arc::clone(&self.vfs);
+        let path = self.prepared_path();
+        let len = self.config.segment_size_bytes;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let thread_cancel = Arc::clone(&cancel);
+        let spawned = std::thread::Builder::new()
+            .name("segment-prepare".into())
+            .spawn(move || vfs.prepare_file(&path, len, how, &thread_cancel));
+        if let Ok(handle) = spawned {
+            self.preparing = Some(Preparation {
+                handle,
+                cancel,
+                how,
+                started: Instant::now(),
+            });
+        }
+    }
+
+    /// Takes the prepared file. Never waits for a zero-fill in progress (that would stall the
+    /// appends behind the rotation): it is cancelled and the file is fallocated instead.
+    fn take_prepared(&mut self) -> Result<PathBuf, LogError> {
+        let path = self.prepared_path();
+        let mut ready = std::mem::take(&mut self.prepared_ready);
+        if let Some(p) = self.preparing.take() {
+            let finished = p.handle.is_finished();
+            if !finished {
+                p.cancel.store(true, Ordering::Relaxed);
+            }
+            let elapsed = p.started.elapsed().as_secs_f64();
+            ready = matches!(p.handle.join(), Ok(Ok(true)));
+            if p.how == Prepare::Zeroed {
+                // A finished fill measures the fill; a cancelled one says it takes longer.
+                let known = self.zero_fill_secs.unwrap_or(0.0);
+                self.zero_fill_secs = Some(if finished {
+                    elapsed
+                } else {
+                    known.max(elapsed)
+                });
+            }
+        }
+        if !ready {
+            // The first segment of a new log is zero-filled (once); later ones must not stall.
+            let how = if self.segments.is_empty() {
+                Prepare::Zeroed
+            } else {
+                Prepare::Allocated
+            };
+            let never = AtomicBool::new(false);
+            self.vfs
+                .prepare_file(&path, self.config.segment_size_bytes, how, &never)
+                .map_err(|e| io_err("prepare segment", &path, e))?;
+        }
+        Ok(path)
+    }
+
+    /// Creates the segment starting at `base`: the prepared file gets its header (synced) and
+    /// is renamed into place (directory synced). Until the rename it is not part of the log.
+    fn create_segment(&mut self, base: LogIndex, prev_term: Term) -> Result<(), LogError> {
+        let (prep, header) = self.prepare_header(base, prev_term)?;
+        self.install_prepared(&prep, header)
+    }
+
+    /// Takes the prepared file and writes (and syncs) the header of a segment starting at `base`.
+    fn prepare_header(
+        &mut self,
+        base: LogIndex,
+        prev_term: Term,
+    ) -> Result<(PathBuf, SegmentHeader), LogError> {
+        let prep = self.take_prepared()?;
+        let header = SegmentHeader::new_empty(base, prev_term, fresh_salt(base));
+        let f = self
+            .vfs
+            .open(&prep)
+            .map_err(|e| io_err("open prepared segment", &prep, e))?;
+        f.write_durable(&[WriteAt {
+            offset: 0,
+            bytes: &header.encode(),
+        }])
+        .map_err(|e| io_err("write segment header", &prep, e))?;
+        Ok((prep, header))
+    }
+
+    /// Renames the prepared file (whose durable header is `header`) into place as the last segment.
+    fn install_prepared(&mut self, prep: &Path, header: SegmentHeader) -> Result<(), LogError> {
+        let base = header.base_index;
+        let path = self.config.dir.join(segment_file_name(base));
+        self.vfs
+            .rename(prep, &path)
+            .map_err(|e| io_err("rename prepared segment", &path, e))?;
+        let file = self
+            .vfs
+            .open(&path)
+            .map_err(|e| io_err("open segment", &path, e))?;
+        self.segments
+            .insert(base, LogFileSegment::from_trusted_header(file, header));
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<(), LogError> {
+        match &self.poisoned {
+            Some(reason) => Err(LogError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failed mutation: the log accepts no more writes (no retry, fsyncgate).
+    fn poison<T>(&mut self, r: Result<T, LogError>) -> Result<T, LogError> {
+        if let Err(e) = &r {
+            if self.poisoned.is_none() {
+                tracing::error!(error = %e, "storage write failed: the log is poisoned");
+                self.poisoned = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    fn last_segment_mut(&mut self) -> &mut LogFileSegment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("the log has at least one segment")
+    }
+
+    /// Appends `entries` durably: returns only after the fdatasync covering them completed.
+    /// Entries must continue the log (`entries[0].index == last_index + 1`, consecutive) with
+    /// terms that never decrease. A batch that does not fit the open segment fills it, the
+    /// segment is sealed, and the rest goes to the next one (one durable write per segment).
+    ///
+    /// # Errors
+    /// [`LogError::NotContiguous`], [`LogError::TermRegression`], [`LogError::EntryTooLarge`]
+    /// (the log is unchanged); [`LogError::Poisoned`]; an I/O error, which poisons the log.
+    pub fn append(&mut self, mut entries: &[LogEntry]) -> Result<(), LogError> {
+        self.check_append(entries)?;
+        while !entries.is_empty() {
+            let staged = self.stage_append(entries)?;
+            let written = self.write_staged(&staged);
+            entries = &entries[staged.entries..];
+            self.publish_staged(staged, written)?;
+        }
+        Ok(())
+    }
+
+    /// The checks of [`RaftLog::append`] that leave the log unchanged.
+    ///
+    /// # Errors
+    /// As [`RaftLog::append`], except I/O.
+    pub fn check_append(&self, entries: &[LogEntry]) -> Result<(), LogError> {
+        self.check_writable()?;
+        let payload_max = self.config.entry_payload_max_bytes();
+        let mut expected = self.last_index.next();
+        let mut term = self.last_term;
+        for e in entries {
+            if e.index != expected {
+                return Err(LogError::NotContiguous {
+                    expected,
+                    got: e.index,
+                });
+            }
+            if e.term < term {
+                return Err(LogError::TermRegression {
+                    index: e.index,
+                    term: e.term,
+                    last_term: term,
+                });
+            }
+            if e.payload.len() > payload_max {
+                return Err(LogError::EntryTooLarge {
+                    index: e.index,
+                    payload_bytes: e.payload.len(),
+                    max_bytes: payload_max,
+                });
+            }
+            expected = expected.next();
+            term = e.term;
+        }
+        Ok(())
+    }
+
+    /// Step 1 of an append (needs `&mut`, short): rotates the open segment if not even the first
+    /// entry fits, and encodes the longest prefix of `entries` that fits into one write. The
+    /// entries must have passed [`RaftLog::check_append`]; `entries` must not be empty.
+    ///
+    /// # Errors
+    /// [`LogError::Poisoned`]; I/O errors of a rotation, which poison the log.
+    pub fn stage_append(&mut self, entries: &[LogEntry]) -> Result<StagedAppend, LogError> {
+        self.check_writable()?;
+        assert!(!entries.is_empty(), "stage_append of no entries");
+        assert_eq!(
+            entries[0].index,
+            self.last_index.next(),
+            "stage_append would leave a hole"
+        );
+        let first_len = frame_padded_len(entries[0].payload.len()) as u64;
+        if self.last_segment_mut().free_bytes() < first_len {
+            let r = self.rotate();
+            self.poison(r)?;
+        }
+        let mut frames = std::mem::take(&mut self.frames);
+        let mut offsets = std::mem::take(&mut self.frame_offsets);
+        frames.clear();
+        offsets.clear();
+        let seg = self.last_segment_mut();
+        let free = seg.free_bytes() as usize;
+        let seed = seg.seed();
+        let batch_start = entries[0].index;
+        let mut n = 0;
+        for e in entries {
+            if frames.len() + frame_padded_len(e.payload.len()) > free {
+                break;
+            }
+            offsets.push(frames.len() as u32);
+            crate::storage::format::encode_frame(
+                &mut frames,
+                seed,
+                FrameFields {
+                    term: e.term,
+                    index: e.index,
+                    batch_start_index: batch_start,
+                    entry_type: e.entry_type,
+                },
+                &e.payload,
+            );
+            n += 1;
+        }
+        assert!(
+            n > 0,
+            "entry {} does not fit an empty segment although its size was checked",
+            batch_start
+        );
+        Ok(StagedAppend {
+            frames,
+            offsets,
+            first: batch_start,
+            last_term: entries[n - 1].term,
+            entries: n,
+        })
+    }
+
+    /// Step 2 of an append (`&self`: readers may run meanwhile): the durable write of the staged
+    /// frames, one io_uring submission linked to its fdatasync.
+    ///
+    /// # Errors
+    /// Any I/O error; pass the result to [`RaftLog::publish_staged`], which poisons the log.
+    pub fn write_staged(&self, staged: &StagedAppend) -> Result<(), LogError> {
+        self.check_writable()?;
+        let seg = self
+            .segments
+            .values()
+            .next_back()
+            .expect("the log has at least one segment");
+        seg.write_frames(&staged.frames)
+            .map_err(|e| seg_err("append", seg.path(), e))
+    }
+
+    /// Step 3 of an append (needs `&mut`, short): makes the entries visible if the write
+    /// succeeded, poisons the log if it did not.
+    ///
+    /// # Errors
+    /// The write's error.
+    pub fn publish_staged(
+        &mut self,
+        staged: StagedAppend,
+        written: Result<(), LogError>,
+    ) -> Result<(), LogError> {
+        let r = written.and_then(|()| {
+            let seg = self.last_segment_mut();
+            let path = seg.path().to_path_buf();
+            seg.publish_frames(staged.frames.len(), &staged.offsets, staged.first)
+                .map_err(|e| seg_err("append", &path, e))
+        });
+        if r.is_ok() {
+            self.last_index = LogIndex(staged.first.0 + staged.entries as u64 - 1);
+            self.last_term = staged.last_term;
+        }
+        // Keep the buffers for the next batch.
+        self.frames = staged.frames;
+        self.frame_offsets = staged.offsets;
+        self.poison(r)
+    }
+
+    /// Seals the open segment and opens the next (prepared) one.
+    fn rotate(&mut self) -> Result<(), LogError> {
+        let now = Instant::now();
+        if let Some(t) = self.last_rotation.replace(now) {
+            self.last_segment_secs = Some(now.duration_since(t).as_secs_f64());
+        }
+        let seg = self.last_segment_mut();
+        let path = seg.path().to_path_buf();
+        seg.seal().map_err(|e| seg_err("seal segment", &path, e))?;
+        self.create_segment(self.last_index.next(), self.last_term)?;
+        self.start_preparing();
+        Ok(())
+    }
+
+    /// Removes every entry with index >= `from`, durably before it returns (Raft §5.3: a
+    /// follower deletes a conflicting entry and all that follow it). Whole segments after `from`
+    /// are deleted (newest first, so a crash leaves a prefix of the old log); inside the segment
+    /// holding `from` the cut is made by [`LogFileSegment::truncate_from`].
+    ///
+    /// # Errors
+    /// [`LogError::OutOfRange`] if `from` is below the first index (compacted entries are
+    /// committed and never truncated); [`LogError::Poisoned`]; I/O errors poison the log.
+    pub fn truncate_suffix(&mut self, from: LogIndex) -> Result<(), LogError> {
+        self.check_writable()?;
+        if from > self.last_index {
+            return Ok(());
+        }
+        if from < self.first_index {
+            return Err(LogError::OutOfRange {
+                index: from,
+                first: self.first_index,
+                last: self.last_index,
+            });
+        }
+        let prev_term = self.term(from.prev())?;
+        let r = self.truncate_checked(from, prev_term);
+        self.poison(r)
+    }
+
+    fn truncate_checked(&mut self, from: LogIndex, prev_term: Term) -> Result<(), LogError> {
+        let first_base = *self
+            .segments
+            .first_key_value()
+            .expect("the log has at least one segment")
+            .0;
+        while let Some((&base, _)) = self.segments.last_key_value() {
+            if base < from || base == first_base {
+                break;
+            }
+            let seg = self.segments.remove(&base).expect("key just seen");
+            let path = seg.path().to_path_buf();
+            drop(seg);
+            self.vfs
+                .remove(&path)
+                .map_err(|e| io_err("remove segment", &path, e))?;
+            // The segment before is now the open one; its remaining space is zero (it was
+            // sealed right after its last append).
+            self.last_index = base.prev();
+        }
+        let seg = self.last_segment_mut();
+        let path = seg.path().to_path_buf();
+        seg.truncate_from(from)
+            .map_err(|e| seg_err("truncate", &path, e))?;
+        self.last_index = from.prev();
+        self.last_term = prev_term;
+        Ok(())
+    }
+
+    /// Compacts the log up to and including `upto` (entries covered by a snapshot): deletes every
+    /// segment whose entries all lie at or below `upto` (oldest first), except the open one, and
+    /// remembers the term of `upto` as the term of `first_index() - 1`.
+    ///
+    /// After a reopen `first_index()` is the base of the first remaining segment, which may be
+    /// below `upto + 1` (entries of a partly compacted segment are still there and still
+    /// correct); `term(first_index() - 1)` is answered from that segment's header.
+    ///
+    /// # Errors
+    /// [`LogError::OutOfRange`] if `upto > last_index()`; I/O errors poison the log.
+    pub fn compact_prefix(&mut self, upto: LogIndex) -> Result<(), LogError> {
+        self.check_writable()?;
+        if upto > self.last_index {
+            return Err(LogError::OutOfRange {
+                index: upto,
+                first: self.first_index,
+                last: self.last_index,
+            });
+        }
+        if upto < self.first_index {
+            return Ok(());
+        }
+        let term = self.term(upto)?;
+        let r = (|| {
+            while self.segments.len() > 1 {
+                let (&base, seg) = self.segments.first_key_value().expect("len > 1");
+                if seg.last_index() > upto {
+                    break;
+                }
+                let seg = self.segments.remove(&base).expect("key just seen");
+                let path = seg.path().to_path_buf();
+                drop(seg);
+                self.vfs
+                    .remove(&path)
+                    .map_err(|e| io_err("remove compacted segment", &path, e))?;
+            }
+            Ok(())
+        })();
+        self.first_index = upto.next();
+        self.compacted_term = term;
+        self.poison(r)
+    }
+
+    /// Discards the whole log and makes it continue after `index`, whose term is `term`: what a
+    /// follower does when it installs a snapshot that its log does not reach or contradicts
+    /// (Raft §7). Afterwards `first_index() == index + 1`, `last_index() == index` and
+    /// `term(index) == term`. Durable when it returns:
+    /// 1. the prepared file gets the new segment's header (`base_index = index + 1`,
+    ///    `prev_term = term`), synced;
+    /// 2. every old segment is deleted, oldest first (a crash leaves a suffix of the old log);
+    /// 3. the prepared file is renamed into place. A crash between 2 and 3 leaves no segment and
+    ///    a prepared file with a valid header: open finishes the reset.
+    ///
+    /// # Errors
+    /// [`LogError::Poisoned`]; I/O errors poison the log.
+    pub fn reset(&mut self, index: LogIndex, term: Term) -> Result<(), LogError> {
+        self.check_writable()?;
+        let r = (|| {
+            let (prep, header) = self.prepare_header(index.next(), term)?;
+            while let Some((_, seg)) = self.segments.pop_first() {
+                let path = seg.path().to_path_buf();
+                drop(seg);
+                self.vfs
+                    .remove(&path)
+                    .map_err(|e| io_err("remove segment", &path, e))?;
+            }
+            self.install_prepared(&prep, header)
+        })();
+        if r.is_ok() {
+            self.first_index = index.next();
+            self.compacted_term = term;
+            self.last_index = index;
+            self.last_term = term;
+            self.start_preparing();
+        }
+        self.poison(r)
+    }
+
+    /// The first index present (1 for a log that was never compacted).
+    pub fn first_index(&self) -> LogIndex {
+        self.first_index
+    }
+
+    /// The last index present; `first_index() - 1` when the log is empty.
+    pub fn last_index(&self) -> LogIndex {
+        self.last_index
+    }
+
+    /// The term of `last_index()` (of the last compacted entry if the log is empty).
+    pub fn last_term(&self) -> Term {
+        self.last_term
+    }
+
+    /// Whether an earlier failure poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// What recovery did when this log was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Paths of the segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments
+            .values()
+            .map(|s| s.path().to_path_buf())
+            .collect()
+    }
+
+    fn out_of_range(&self, index: LogIndex) -> LogError {
+        LogError::OutOfRange {
+            index,
+            first: self.first_index,
+            last: self.last_index,
+        }
+    }
+
+    /// Reads entry `index` through the mapping, verifying its CRC; the payload is borrowed.
+    ///
+    /// # Errors
+    /// [`LogError::OutOfRange`], or [`LogError::Corrupt`] if the frame does not verify.
+    pub fn entry(&self, index: LogIndex) -> Result<EntryRef<'_>, LogError> {
+        if index < self.first_index || index > self.last_index {
+            return Err(self.out_of_range(index));
+        }
+        let (_, seg) = self
+            .segments
+            .range(..=index)
+            .next_back()
+            .ok_or_else(|| self.out_of_range(index))?;
+        let f = seg
+            .entry(index)
+            .map_err(|e| seg_err("read", seg.path(), e))?;
+        Ok(EntryRef {
+            term: f.term,
+            index: f.index,
+            entry_type: f.entry_type,
+            payload: f.payload,
+        })
+    }
+
+    /// Entries in `range`, stopping once `max_bytes` of payload were collected (at least one
+    /// entry is returned if the range is not empty).
+    ///
+    /// # Errors
+    /// As [`RaftLog::entry`]; the whole range must lie in `first_index()..=last_index()`.
+    pub fn entries(
+        &self,
+        range: Range<LogIndex>,
+        max_bytes: u64,
+    ) -> Result<Vec<EntryRef<'_>>, LogError> {
+        if range.start >= range.end {
+            return Ok(Vec::new());
+        }
+        if range.start < self.first_index {
+            return Err(self.out_of_range(range.start));
+        }
+        if range.end.prev() > self.last_index {
+            return Err(self.out_of_range(range.end.prev()));
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        let mut i = range.start;
+        while i < range.end {
+            let e = self.entry(i)?;
+            if !out.is_empty() && bytes + e.payload.len() as u64 > max_bytes {
+                break;
+            }
+            bytes += e.payload.len() as u64;
+            out.push(e);
+            i = i.next();
+        }
+        Ok(out)
+    }
+
+    /// The term of entry `index`; for `first_index() - 1` the term of the last compacted entry.
+    ///
+    /// # Errors
+    /// [`LogError::OutOfRange`] outside `first_index() - 1 ..= last_index()`, or corruption.
+    pub fn term(&self, index: LogIndex) -> Result<Term, LogError> {
+        if index == self.last_index {
+            return Ok(self.last_term);
+        }
+        if index == self.first_index.prev() {
+            return Ok(self.compacted_term);
+        }
+        Ok(self.entry(index)?.term)
+    }
+
+    /// Checks the in-memory invariants (tests call it after every step).
+    ///
+    /// # Panics
+    /// If one is broken, naming the values.
+    pub fn check_invariants(&self) {
+        assert!(
+            self.first_index.0 <= self.last_index.0 + 1,
+            "first {} > last {} + 1",
+            self.first_index,
+            self.last_index
+        );
+        let mut next: Option<LogIndex> = None;
+        for (base, seg) in &self.segments {
+            assert_eq!(*base, seg.base_index());
+            if let Some(n) = next {
+                assert_eq!(
+                    *base,
+                    n,
+                    "segments are not contiguous at {}",
+                    seg.path().display()
+                );
+            }
+            next = Some(seg.last_index().next());
+        }
+        assert_eq!(next, Some(self.last_index.next()), "last index mismatch");
+    }
+}
+
+impl Drop for RaftLog {
+    fn drop(&mut self) {
+        // Stop the preparation, so a prepared file is complete or absent, never half written by
+        // a thread that outlives its log.
+        if let Some(p) = self.preparing.take() {
+            p.cancel.store(true, Ordering::Relaxed);
+            let _ = p.handle.join();
+        }
+    }
+}
+
+impl crate::raft::Storage for RaftLog {
+    fn first_index(&self) -> LogIndex {
+        self.first_index
+    }
+
+    fn last_index(&self) -> LogIndex {
+        self.last_index
+    }
+
+    fn term(&self, index: LogIndex) -> Option<Term> {
+        if index < self.first_index.prev() || index > self.last_index {
+            return None;
+        }
+        match RaftLog::term(self, index) {
+            Ok(t) => Some(t),
+            // The core cannot make progress without its log (src/raft/storage.rs): stop.
+            Err(e) => panic!("storage read of term({index}) failed: {e}"),
+        }
+    }
+
+    fn entries(&self, lo: LogIndex, hi: LogIndex, max_bytes: u64) -> Vec<LogEntry> {
+        assert!(
+            lo >= self.first_index && hi <= self.last_index.next() && lo <= hi,
+            "RaftLog::entries({lo}..{hi}) outside {}..={}",
+            self.first_index,
+            self.last_index
+        );
+        match RaftLog::entries(self, lo..hi, max_bytes) {
+            Ok(v) => v.iter().map(EntryRef::to_owned_entry).collect(),
+            Err(e) => panic!("storage read of entries({lo}..{hi}) failed: {e}"),
+        }
+    }
+}

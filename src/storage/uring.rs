@@ -1,0 +1,548 @@
+//! The production file: durable write batches through io_uring, reads through a shared mmap.
+//!
+//! [`UringFile::write_durable`] puts a batch's writes and one `IORING_OP_FSYNC` with
+//! `IORING_FSYNC_DATASYNC` into ONE submission, each write carrying `IOSQE_IO_LINK`, and returns
+//! after every completion arrived. The link is what orders them: without it the kernel may start the
+//! fdatasync before the writes completed, and the sync would not cover them. With it, a failed or
+//! short write breaks the chain and the kernel completes the linked fsync with `-ECANCELED` instead
+//! of running it, so a batch is never reported durable when one of its writes did not happen.
+//!
+//! Any failure is returned to the caller, who must treat it as fatal (no retry: after a failed
+//! fdatasync the kernel may already have dropped the dirty pages — the 2018 "fsyncgate").
+//!
+//! Invariants: the mapping covers exactly the file's length, which never changes through this handle
+//! (touching a page wholly past EOF raises SIGBUS); the ring is created lazily, so sealed segments
+//! that are only read cost no ring.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use io_uring::{opcode, squeue, types, IoUring};
+use memmap2::{Mmap, MmapOptions};
+
+use crate::storage::file::{LogFile, Prepare, Vfs, WriteAt};
+
+/// Submission queue size of a file's ring; a batch with more writes is split into several linked
+/// submissions, only the last of which carries the fdatasync.
+const RING_ENTRIES: u32 = 16;
+
+/// Largest single write submitted (an SQE's length is a u32).
+const WRITE_BYTES_MAX: usize = 1 << 30;
+
+/// A segment file opened for io_uring writes and mmap reads.
+///
+/// Only the mapping is kept for reading; the descriptor and the ring that writes need are opened
+/// on the first write and dropped by [`LogFile::release_io`] (the log calls it when it seals a
+/// segment), so a log of many sealed segments holds no descriptor per segment.
+pub struct UringFile {
+    path: PathBuf,
+    len_bytes: u64,
+    map: Option<Mmap>,
+    /// The write side, created on the first write; the mutex also serialises writers.
+    io: Mutex<Option<WriteSide>>,
+}
+
+struct WriteSide {
+    file: File,
+    ring: IoUring,
+}
+
+impl WriteSide {
+    fn open(path: &Path) -> io::Result<WriteSide> {
+        Ok(WriteSide {
+            file: OpenOptions::new().read(true).write(true).open(path)?,
+            ring: IoUring::new(RING_ENTRIES)?,
+        })
+    }
+}
+
+impl UringFile {
+    /// Opens an existing file and maps all of it (checking it can be opened for writing).
+    pub fn open(path: &Path) -> io::Result<UringFile> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len_bytes = file.metadata()?.len();
+        let map = if len_bytes == 0 {
+            None
+        } else {
+            // SAFETY: the mapping is read-only and covers exactly the file's current length. The
+            // log directory belongs to this process (docs/FORMAT.md, "Assumptions"): nobody else
+            // truncates or rewrites a segment while it is open, and this handle never changes the
+            // file's length, so the mapped pages stay backed by the file.
+            Some(unsafe { MmapOptions::new().len(len_bytes as usize).map(&file)? })
+        };
+        Ok(UringFile {
+            path: path.to_path_buf(),
+            len_bytes,
+            map,
+            io: Mutex::new(None),
+        })
+    }
+}
+
+/// One SQE of a submission and what its completion must say.
+#[derive(Clone, Copy)]
+struct Expect {
+    /// Bytes the write must report; `None` for the fsync.
+    write_len: Option<usize>,
+    offset: u64,
+}
+
+fn error_at(path: &Path, what: &str, offset: u64, err: io::Error) -> io::Error {
+    io::Error::new(
+        err.kind(),
+        format!("{what} at offset {offset} of {}: {err}", path.display()),
+    )
+}
+
+/// Pushes `chunk` (and the fsync if `with_sync`) as one linked submission, waits for every
+/// completion and checks them. On return no SQE of this submission is still in flight, so the
+/// borrowed buffers may be released.
+fn submit_linked(
+    ring: &mut IoUring,
+    path: &Path,
+    fd: i32,
+    chunk: &[WriteAt<'_>],
+    with_sync: bool,
+) -> io::Result<()> {
+    let mut expects = Vec::with_capacity(chunk.len() + 1);
+    {
+        let mut sq = ring.submission();
+        for (i, w) in chunk.iter().enumerate() {
+            assert!(
+                w.bytes.len() <= WRITE_BYTES_MAX,
+                "write of {} bytes exceeds WRITE_BYTES_MAX {WRITE_BYTES_MAX}",
+                w.bytes.len()
+            );
+            let last = i + 1 == chunk.len();
+            let mut sqe = opcode::Write::new(types::Fd(fd), w.bytes.as_ptr(), w.bytes.len() as u32)
+                .offset(w.offset)
+                .build()
+                .user_data(expects.len() as u64);
+            // Every write links to the next SQE; the last one links to the fsync (if any).
+            if !last || with_sync {
+                sqe = sqe.flags(squeue::Flags::IO_LINK);
+            }
+            // SAFETY: the buffer stays borrowed until this function returns, and it returns only
+            // after the completion of every SQE pushed here (see the wait loop below).
+            unsafe { sq.push(&sqe) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            expects.push(Expect {
+                write_len: Some(w.bytes.len()),
+                offset: w.offset,
+            });
+        }
+        if with_sync {
+            let sqe = opcode::Fsync::new(types::Fd(fd))
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(expects.len() as u64);
+            // SAFETY: fsync references no user memory.
+            unsafe { sq.push(&sqe) }
+                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            expects.push(Expect {
+                write_len: None,
+                offset: 0,
+            });
+        }
+    }
+
+    let want = expects.len();
+    let mut results: Vec<Option<i32>> = vec![None; want];
+    let mut done = 0;
+    while done < want {
+        match ring.submit_and_wait(want - done) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if !ring.submission().is_empty() {
+                    // The kernel took nothing: no buffer is referenced, so the error can be
+                    // returned. The caller drops this ring, and with it the unsubmitted SQEs.
+                    return Err(error_at(path, "io_uring_enter", 0, e));
+                }
+                // The SQEs are in the kernel's hands and reference our buffers: we must see their
+                // completions before returning, whatever the wait says.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        for cqe in ring.completion() {
+            let i = cqe.user_data() as usize;
+            assert!(i < want, "unexpected io_uring completion {i} (want {want})");
+            if results[i].is_none() {
+                done += 1;
+            }
+            results[i] = Some(cqe.result());
+        }
+    }
+
+    // Report the first failure in submission order: a failed write is the cause, the fsync's
+    // -ECANCELED after it is only the consequence of the link (said in the message).
+    let sync_cancelled = with_sync && results.last() == Some(&Some(-libc::ECANCELED));
+    let what = if sync_cancelled {
+        "write (the linked fdatasync was cancelled)"
+    } else {
+        "write"
+    };
+    for (e, r) in expects.iter().zip(&results) {
+        let r = r.expect("every completion was collected");
+        match e.write_len {
+            Some(len) => {
+                if r < 0 {
+                    return Err(error_at(
+                        path,
+                        what,
+                        e.offset,
+                        io::Error::from_raw_os_error(-r),
+                    ));
+                }
+                if r as usize != len {
+                    return Err(error_at(
+                        path,
+                        "short write",
+                        e.offset,
+                        io::Error::new(
+                            io::ErrorKind::WriteZero,
+                            format!("wrote {r} of {len} bytes"),
+                        ),
+                    ));
+                }
+            }
+            None => {
+                if r < 0 {
+                    return Err(error_at(
+                        path,
+                        "fdatasync",
+                        0,
+                        io::Error::from_raw_os_error(-r),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl LogFile for UringFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.map {
+            Some(m) => m,
+            None => &[],
+        }
+    }
+
+    fn release_io(&self) {
+        self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn write_durable(&self, writes: &[WriteAt<'_>]) -> io::Result<()> {
+        for w in writes {
+            let end = w.offset + w.bytes.len() as u64;
+            assert!(
+                end <= self.len_bytes,
+                "write [{}, {end}) past the end ({}) of {}",
+                w.offset,
+                self.len_bytes,
+                self.path.display()
+            );
+        }
+        let mut guard = self.io.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(WriteSide::open(&self.path)?);
+        }
+        let side = guard.as_mut().expect("write side was just opened");
+        let fd = side.file.as_raw_fd();
+        let ring = &mut side.ring;
+        let per_submission = (RING_ENTRIES - 1) as usize;
+        let result = if writes.is_empty() {
+            submit_linked(ring, &self.path, fd, &[], true)
+        } else {
+            let chunks: Vec<&[WriteAt<'_>]> = writes.chunks(per_submission).collect();
+            (|| {
+                for (i, chunk) in chunks.iter().enumerate() {
+                    // Earlier chunks complete before the last one (with the fsync) is submitted,
+                    // so the fsync still follows every write.
+                    submit_linked(ring, &self.path, fd, chunk, i + 1 == chunks.len())?;
+                }
+                Ok(())
+            })()
+        };
+        if result.is_err() {
+            // A ring that saw an error may hold unsubmitted SQEs: start afresh next time (the log
+            // is poisoned anyway, this only keeps the handle sane).
+            *guard = None;
+        }
+        result
+    }
+}
+
+/// The production [`Vfs`]: std for directory operations (each followed by a directory fsync),
+/// [`UringFile`] for segment files.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UringVfs;
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Chunk of the background zero-fill.
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+/// A zeroed buffer aligned for O_DIRECT.
+struct AlignedZeros {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedZeros {
+    fn new(len: usize) -> Option<AlignedZeros> {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).ok()?;
+        // SAFETY: the layout has a non-zero size (callers pass ZERO_CHUNK_BYTES).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        (!ptr.is_null()).then_some(AlignedZeros { ptr, layout })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `layout.size()` zeroed bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedZeros {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// Writes `len_bytes` zeros into the new, empty file `f`; `Ok(false)` if cancelled.
+///
+/// Why O_DIRECT: buffered zeros would sit in the page cache as tens of MiB of dirty data of
+/// newly allocated blocks, and on ext4 (data=ordered) every journal commit, including the ones
+/// the log's own appends and rotations trigger, must first write such data out: appends would
+/// stall for hundreds of ms behind the preparation. Written directly there is no dirty data;
+/// the pages are then read back into the page cache (WILLNEED), clean, so appends into them do
+/// not have to read them from disk first. Where O_DIRECT is refused (tmpfs) the zeros are
+/// written buffered and flushed every chunk instead.
+fn zero_fill(tmp: &Path, f: &mut File, len_bytes: u64, cancel: &AtomicBool) -> io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let direct = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(tmp)
+        .ok();
+    let zeros = AlignedZeros::new(ZERO_CHUNK_BYTES)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "zero buffer"))?;
+    let aligned_len = len_bytes & !4095;
+    let mut at = 0u64;
+    while at < len_bytes {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let n = (len_bytes - at).min(ZERO_CHUNK_BYTES as u64);
+        let chunk = &zeros.bytes()[..n as usize];
+        match &direct {
+            Some(d) if at + n <= aligned_len => d.write_all_at(chunk, at)?,
+            _ => {
+                f.write_all_at(chunk, at)?;
+                if direct.is_none() {
+                    f.sync_data()?;
+                }
+            }
+        }
+        at += n;
+    }
+    if direct.is_some() {
+        // SAFETY: fadvise on a descriptor we own; no memory is involved.
+        unsafe {
+            libc::posix_fadvise(
+                f.as_raw_fd(),
+                0,
+                len_bytes as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
+    }
+    Ok(true)
+}
+
+impl Vfs for UringVfs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        sync_dir(parent_of(dir))
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                if let Some(n) = e.file_name().to_str() {
+                    names.push(n.to_owned());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
+        Ok(Box::new(UringFile::open(path)?))
+    }
+
+    fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<()> {
+        let never = AtomicBool::new(false);
+        self.prepare_file(path, len_bytes, Prepare::Zeroed, &never)
+            .map(|_| ())
+    }
+
+    fn prepare_file(
+        &self,
+        path: &Path,
+        len_bytes: u64,
+        how: Prepare,
+        cancel: &AtomicBool,
+    ) -> io::Result<bool> {
+        // Written under a temporary name and renamed, so a crash never leaves a half-prepared
+        // file under the final name.
+        let mut tmp_name = path.as_os_str().to_owned();
+        tmp_name.push(".zeroing");
+        let tmp = PathBuf::from(tmp_name);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        match how {
+            Prepare::Zeroed => {
+                // Really write the zeros (not fallocate, not set_len): appends then overwrite
+                // blocks that are allocated and written, whose fdatasync is ~1.7x cheaper.
+                if !zero_fill(&tmp, &mut f, len_bytes, cancel)? {
+                    drop(f);
+                    std::fs::remove_file(&tmp)?;
+                    return Ok(false);
+                }
+            }
+            Prepare::Allocated => {
+                // SAFETY: fallocate on a descriptor we own; no memory is involved.
+                let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len_bytes as libc::off_t) };
+                if r != 0 {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                        return Err(e);
+                    }
+                    // No fallocate here: a sparse file reads as zero just the same.
+                    f.set_len(len_bytes)?;
+                }
+            }
+        }
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        sync_dir(parent_of(path))?;
+        Ok(true)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)?;
+        sync_dir(parent_of(to))?;
+        if parent_of(from) != parent_of(to) {
+            sync_dir(parent_of(from))?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)?;
+        sync_dir(parent_of(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linked_writes_and_datasync_land_and_are_visible_through_the_map() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        UringVfs.create_zeroed(&p, 8192).unwrap();
+        let f = UringVfs.open(&p).unwrap();
+        assert_eq!(f.len_bytes(), 8192);
+        let writes: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i + 1; 7]).collect();
+        let batch: Vec<WriteAt<'_>> = writes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| WriteAt {
+                offset: i as u64 * 100,
+                bytes: b,
+            })
+            .collect();
+        f.write_durable(&batch).unwrap();
+        for (i, b) in writes.iter().enumerate() {
+            assert_eq!(&f.bytes()[i * 100..i * 100 + 7], &b[..]);
+        }
+        let on_disk = std::fs::read(&p).unwrap();
+        assert_eq!(&on_disk[3900..3907], &[40u8; 7]);
+    }
+
+    #[test]
+    fn a_failed_write_cancels_the_linked_fsync_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        UringVfs.create_zeroed(&p, 4096).unwrap();
+        let f = UringFile::open(&p).unwrap();
+        // A read-only descriptor makes the write fail with EBADF inside the chain.
+        *f.io.lock().unwrap() = Some(WriteSide {
+            file: File::open(&p).unwrap(),
+            ring: IoUring::new(RING_ENTRIES).unwrap(),
+        });
+        let err = f
+            .write_durable(&[WriteAt {
+                offset: 0,
+                bytes: b"x",
+            }])
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("write (the linked fdatasync was cancelled) at offset 0"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn prepared_files_read_as_zero_and_a_cancelled_fill_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let never = AtomicBool::new(false);
+        for how in [Prepare::Zeroed, Prepare::Allocated] {
+            let p = dir.path().join(format!("{how:?}"));
+            assert!(UringVfs.prepare_file(&p, 3 << 20, how, &never).unwrap());
+            let bytes = std::fs::read(&p).unwrap();
+            assert_eq!(bytes.len(), 3 << 20);
+            assert!(bytes.iter().all(|&b| b == 0), "{how:?}");
+        }
+        let p = dir.path().join("cancelled");
+        let cancel = AtomicBool::new(true);
+        assert!(!UringVfs
+            .prepare_file(&p, 3 << 20, Prepare::Zeroed, &cancel)
+            .unwrap());
+        assert_eq!(UringVfs.list_dir(dir.path()).unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,363 @@
+//! Behaviour of `RaftLog` and `LogWriter` on the real disk (io_uring + mmap) and on the simulated
+//! disk: appends and reads across rotations and reopens, truncation, compaction, limits, and the
+//! poisoning that follows a failed sync.
+
+mod storage_common;
+
+use std::sync::Arc;
+
+use rust_raft_log::raft::Storage;
+use rust_raft_log::storage::file::SimFs;
+use rust_raft_log::storage::{LogConfig, LogError, LogWriter, RaftLog};
+use rust_raft_log::types::{EntryType, LogIndex, NodeId, Term};
+use storage_common::*;
+
+fn real_config(dir: &std::path::Path) -> LogConfig {
+    let mut c = LogConfig::for_node(dir, NodeId(1));
+    c.segment_size_bytes = 64 << 10;
+    c
+}
+
+#[test]
+fn appends_survive_reopen_across_segment_rotations_on_the_real_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    {
+        let mut log = RaftLog::open(real_config(dir.path())).unwrap();
+        assert_eq!(log.first_index(), LogIndex(1));
+        assert_eq!(log.last_index(), LogIndex(0));
+        let mut i = 1;
+        while i <= 600 {
+            let batch: Vec<_> = (i..i + 7)
+                .map(|j| entry(j, 1 + j / 100, (j * 13 % 500) as usize))
+                .collect();
+            log.append(&batch).unwrap();
+            expected.extend(batch);
+            i += 7;
+        }
+        log.check_invariants();
+        assert!(
+            log.segment_paths().len() > 2,
+            "rotation happened: {:?}",
+            log.segment_paths()
+        );
+        assert_log_holds(&log, &expected);
+    }
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("node_1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.contains(&"segment_000001.log".to_string()),
+        "{names:?}"
+    );
+    let log = RaftLog::open(real_config(dir.path())).unwrap();
+    log.check_invariants();
+    assert_eq!(log.last_index(), LogIndex(expected.len() as u64));
+    assert_eq!(log.last_term(), expected.last().unwrap().term);
+    assert_log_holds(&log, &expected);
+    let some = log.entries(LogIndex(10)..LogIndex(400), 2000).unwrap();
+    assert!(!some.is_empty() && some.len() < 390);
+    assert_eq!(some[0].index, LogIndex(10));
+    // The Storage trait view.
+    assert_eq!(Storage::term(&log, LogIndex(0)), Some(Term(0)));
+    assert_eq!(
+        Storage::entries(&log, LogIndex(5), LogIndex(8), u64::MAX).len(),
+        3
+    );
+}
+
+#[test]
+fn truncate_suffix_is_durable_and_crosses_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = RaftLog::open(real_config(dir.path())).unwrap();
+    let batch: Vec<_> = (1..=400).map(|j| entry(j, 1, 300)).collect();
+    log.append(&batch).unwrap();
+    let segments_before = log.segment_paths().len();
+    log.truncate_suffix(LogIndex(50)).unwrap();
+    assert_eq!(log.last_index(), LogIndex(49));
+    assert!(log.segment_paths().len() < segments_before);
+    log.check_invariants();
+    // Append a different history (a new leader's term) over the cut.
+    let new: Vec<_> = (50..=80).map(|j| entry(j, 2, 100)).collect();
+    log.append(&new).unwrap();
+    drop(log);
+    let log = RaftLog::open(real_config(dir.path())).unwrap();
+    assert_eq!(log.last_index(), LogIndex(80));
+    assert_log_holds(&log, &batch[..49]);
+    assert_log_holds(&log, &new);
+    assert!(matches!(
+        log.entry(LogIndex(81)),
+        Err(LogError::OutOfRange { .. })
+    ));
+}
+
+#[test]
+fn compact_prefix_deletes_whole_segments_and_remembers_the_compacted_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = RaftLog::open(real_config(dir.path())).unwrap();
+    let batch: Vec<_> = (1..=600).map(|j| entry(j, j / 10, 300)).collect();
+    log.append(&batch).unwrap();
+    let n = log.segment_paths().len();
+    log.compact_prefix(LogIndex(450)).unwrap();
+    assert_eq!(log.first_index(), LogIndex(451));
+    assert_eq!(log.term(LogIndex(450)).unwrap(), Term(45));
+    assert_eq!(Storage::term(&log, LogIndex(450)), Some(Term(45)));
+    assert_eq!(Storage::term(&log, LogIndex(449)), None);
+    assert!(log.segment_paths().len() < n);
+    assert!(matches!(
+        log.entry(LogIndex(450)),
+        Err(LogError::OutOfRange { .. })
+    ));
+    drop(log);
+    let log = RaftLog::open(real_config(dir.path())).unwrap();
+    let first = log.first_index();
+    assert!(
+        first > LogIndex(1) && first <= LogIndex(451),
+        "first {first}"
+    );
+    assert_eq!(
+        log.term(first.prev()).unwrap(),
+        Term(first.prev().0 / 10),
+        "the first segment's header remembers the term before it"
+    );
+    assert_log_holds(&log, &batch[first.0 as usize - 1..]);
+}
+
+#[test]
+fn limits_and_misuse_are_errors_that_leave_the_log_unchanged() {
+    let fs = SimFs::new();
+    let mut log = open_sim(&fs, 64 << 10);
+    let max = log.config().entry_payload_max_bytes();
+    assert!(matches!(
+        log.append(&[entry(1, 1, max + 1)]),
+        Err(LogError::EntryTooLarge { .. })
+    ));
+    // The largest entry fits an empty segment.
+    log.append(&[entry(1, 1, max)]).unwrap();
+    assert!(matches!(
+        log.append(&[entry(3, 1, 1)]),
+        Err(LogError::NotContiguous { .. })
+    ));
+    assert!(matches!(
+        log.append(&[entry(2, 0, 1)]),
+        Err(LogError::TermRegression { .. })
+    ));
+    assert!(!log.is_poisoned());
+    log.append(&[entry(2, 1, 10)]).unwrap();
+    assert_eq!(log.last_index(), LogIndex(2));
+    let mut bad = small_config(sim_dir());
+    bad.segment_size_bytes = 1000;
+    assert!(matches!(
+        RaftLog::open_with(bad, Arc::new(fs.clone())),
+        Err(LogError::Config(_))
+    ));
+}
+
+#[test]
+fn an_injected_sync_failure_poisons_the_log() {
+    let fs = SimFs::new();
+    let mut log = open_sim(&fs, 64 << 10);
+    log.append(&[entry(1, 1, 10)]).unwrap();
+    fs.fail_next_syncs(1);
+    let err = log.append(&[entry(2, 1, 10)]).unwrap_err();
+    assert!(matches!(err, LogError::Io { .. }), "{err}");
+    assert!(log.is_poisoned());
+    // The failed entry is not visible, and nothing more is accepted, even though the next sync
+    // would succeed: no retry after a failed fdatasync.
+    assert_eq!(log.last_index(), LogIndex(1));
+    assert!(matches!(
+        log.append(&[entry(2, 1, 10)]),
+        Err(LogError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        log.truncate_suffix(LogIndex(1)),
+        Err(LogError::Poisoned { .. })
+    ));
+    assert!(matches!(
+        log.compact_prefix(LogIndex(1)),
+        Err(LogError::Poisoned { .. })
+    ));
+    // Reads of durable entries keep working.
+    assert_eq!(
+        log.entry(LogIndex(1)).unwrap().to_owned_entry(),
+        entry(1, 1, 10)
+    );
+
+    // Through the writer: every waiter of the failed batch and every later one gets the error.
+    // After a power loss the unsynced entry is gone (without one it may or may not be there:
+    // it was never acknowledged, either is allowed).
+    drop(log);
+    fs.power_loss(0, None);
+    let log = open_sim(&fs, 64 << 10);
+    assert_eq!(log.last_index(), LogIndex(1));
+    let w = LogWriter::spawn(log).unwrap();
+    w.append(vec![entry(2, 1, 5)]).wait().unwrap();
+    fs.fail_next_syncs(1);
+    assert!(matches!(
+        w.append(vec![entry(3, 1, 5)]).wait(),
+        Err(LogError::Io { .. })
+    ));
+    assert!(matches!(
+        w.append(vec![entry(3, 1, 5)]).wait(),
+        Err(LogError::Poisoned { .. })
+    ));
+}
+
+#[test]
+fn log_writer_group_commits_concurrent_appenders() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RaftLog::open(real_config(dir.path())).unwrap();
+    let w = LogWriter::spawn(log).unwrap();
+    let threads: Vec<_> = (0..16u64)
+        .map(|t| {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for k in 0..50u64 {
+                    let payload = format!("appender {t} entry {k}").into_bytes();
+                    let last = w
+                        .append_new(Term(1), vec![(EntryType::Normal, payload.clone())])
+                        .wait()
+                        .unwrap();
+                    mine.push((last, payload));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().unwrap());
+    }
+    let log = w.read();
+    assert_eq!(log.last_index(), LogIndex(800));
+    for (index, payload) in &all {
+        assert_eq!(log.entry(*index).unwrap().payload, &payload[..]);
+    }
+    drop(log);
+    // Truncation and compaction go through the same queue, in order.
+    assert_eq!(
+        w.truncate_suffix(LogIndex(701)).wait().unwrap(),
+        LogIndex(700)
+    );
+    assert_eq!(
+        w.compact_prefix(LogIndex(100)).wait().unwrap(),
+        LogIndex(700)
+    );
+    assert_eq!(w.read().first_index(), LogIndex(101));
+}
+
+#[test]
+fn readers_read_published_entries_while_the_writer_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RaftLog::open(real_config(dir.path())).unwrap();
+    let w = LogWriter::spawn(log).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (w, stop) = (w.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let log = w.read();
+                let last = log.last_index().0;
+                for i in (1..=last).rev().take(20) {
+                    let e = log.entry(LogIndex(i)).unwrap();
+                    assert_eq!(
+                        e.payload,
+                        &payload_for(i, 1, (i % 300) as usize)[..],
+                        "entry {i}"
+                    );
+                    reads += 1;
+                }
+            }
+            reads
+        })
+    };
+    for i in 1..=400u64 {
+        w.append(vec![entry(i, 1, (i % 300) as usize)])
+            .wait()
+            .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().unwrap();
+    assert!(reads > 0);
+    assert_eq!(w.read().last_index(), LogIndex(400));
+}
+
+/// A minimal executor: the awaitable API must work without any runtime.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn async_appends_complete_through_the_background_leader() {
+    let fs = SimFs::new();
+    let w = LogWriter::spawn(open_sim(&fs, 64 << 10)).unwrap();
+    let pending: Vec<_> = (0..100u64)
+        .map(|k| w.append_new_async(Term(1), vec![(EntryType::Normal, k.to_le_bytes().to_vec())]))
+        .collect();
+    let mut lasts = Vec::new();
+    for p in pending {
+        lasts.push(block_on(p).unwrap());
+    }
+    // Queue order is index order.
+    assert_eq!(lasts, (1..=100).map(LogIndex).collect::<Vec<_>>());
+    let log = w.read();
+    assert_eq!(
+        log.entry(LogIndex(42)).unwrap().payload,
+        &41u64.to_le_bytes()
+    );
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RaftLog::open(real_config(dir.path())).unwrap();
+    assert!(matches!(
+        RaftLog::open(real_config(dir.path())),
+        Err(LogError::Locked { .. })
+    ));
+    drop(log);
+    RaftLog::open(real_config(dir.path())).unwrap();
+}
+
+#[test]
+fn reset_installs_a_snapshot_point_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = RaftLog::open(real_config(dir.path())).unwrap();
+    let old: Vec<_> = (1..=300).map(|j| entry(j, 1, 300)).collect();
+    log.append(&old).unwrap();
+    // A snapshot beyond the log (and contradicting it) replaces it.
+    log.reset(LogIndex(1000), Term(5)).unwrap();
+    assert_eq!(log.first_index(), LogIndex(1001));
+    assert_eq!(log.last_index(), LogIndex(1000));
+    assert_eq!(log.term(LogIndex(1000)).unwrap(), Term(5));
+    assert_eq!(log.segment_paths().len(), 1);
+    let new: Vec<_> = (1001..=1010).map(|j| entry(j, 5, 100)).collect();
+    log.append(&new).unwrap();
+    drop(log);
+    let log = RaftLog::open(real_config(dir.path())).unwrap();
+    assert_eq!(log.first_index(), LogIndex(1001));
+    assert_eq!(Storage::term(&log, LogIndex(1000)), Some(Term(5)));
+    assert_log_holds(&log, &new);
+    drop(log);
+    // Through the writer, ordered with appends.
+    let w = LogWriter::spawn(RaftLog::open(real_config(dir.path())).unwrap()).unwrap();
+    assert_eq!(w.reset(LogIndex(5), Term(6)).wait().unwrap(), LogIndex(5));
+    assert_eq!(w.append(vec![entry(6, 6, 10)]).wait().unwrap(), LogIndex(6));
+}

@@ -1,0 +1,474 @@
+//! segdump against logs written by the real engine (`RaftLog`, io_uring) and then damaged.
+//!
+//! Fixture: a log of 64 KiB segments holding entries 1..=N, appended in batches of 10, so it
+//! spans several segments (all sealed but the last). The tests then damage it the way the
+//! issue lists and run the `segdump` binary:
+//!
+//! ```text
+//!   clean          verify → exit 0 "verify: clean"
+//!   torn tail      zero the second half of a frame inside the LAST batch
+//!                  verify → exit 1 "torn tail"; repair --dry-run changes no byte;
+//!                  repair → cut printed; verify → 0; RaftLog::open keeps every earlier entry
+//!   corrupt middle flip a payload byte of an earlier batch in the last segment, or of an
+//!                  entry in a sealed segment: verify → exit 1 "corrupt" with file and offset;
+//!                  repair → later segments removed (backed up), verify → 0, prefix intact
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rust_raft_log::storage::format::{decode_frame, SegmentHeader, SEGMENT_HEADER_SIZE};
+use rust_raft_log::storage::state::{PersistentState, RaftState, ServerState};
+use rust_raft_log::storage::{LogConfig, LogError, RaftLog};
+use rust_raft_log::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
+
+const ENTRIES: u64 = 1000;
+const BATCH: u64 = 10;
+
+fn payload(index: u64) -> Vec<u8> {
+    format!("entry-{index:06}-")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(100 + (index as usize * 7) % 150)
+        .collect()
+}
+
+fn config(dir: &Path) -> LogConfig {
+    LogConfig {
+        segment_size_bytes: 64 << 10,
+        ..LogConfig::new(dir)
+    }
+}
+
+/// Writes the fixture log and returns its directory.
+fn fixture() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("node_1");
+    let mut log = RaftLog::open(config(&dir)).expect("open fresh log");
+    let mut next = 1;
+    while next <= ENTRIES {
+        let batch: Vec<LogEntry> = (next..(next + BATCH).min(ENTRIES + 1))
+            .map(|i| LogEntry {
+                term: Term(1 + i / 100),
+                index: LogIndex(i),
+                entry_type: if i % 50 == 0 {
+                    EntryType::NoOp
+                } else {
+                    EntryType::Normal
+                },
+                payload: payload(i),
+            })
+            .collect();
+        next += batch.len() as u64;
+        log.append(&batch).expect("append");
+    }
+    drop(log);
+    (tmp, dir)
+}
+
+fn segdump(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_segdump"))
+        .args(args)
+        .output()
+        .expect("run segdump")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn run(args: &[&str]) -> (i32, String) {
+    let o = segdump(args);
+    let code = o.status.code().expect("segdump exited by signal");
+    let mut text = stdout(&o);
+    text.push_str(&String::from_utf8_lossy(&o.stderr));
+    (code, text)
+}
+
+/// Segment files in base-index order.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(rust_raft_log::storage::format::parse_segment_file_name)
+                .is_some()
+        })
+        .collect();
+    v.sort_by_key(|p| {
+        rust_raft_log::storage::format::parse_segment_file_name(
+            p.file_name().unwrap().to_str().unwrap(),
+        )
+    });
+    v
+}
+
+/// (index → (offset, padded length)) of every valid frame of a segment, decoded with the
+/// library's format code.
+fn frames(path: &Path) -> BTreeMap<u64, (usize, usize)> {
+    let bytes = std::fs::read(path).unwrap();
+    let header = SegmentHeader::decode(&bytes).unwrap();
+    let seed = header.frame_seed();
+    let mut pos = SEGMENT_HEADER_SIZE;
+    let mut out = BTreeMap::new();
+    while let Ok(Some(f)) = decode_frame(&bytes[pos..], seed) {
+        out.insert(f.index.0, (pos, f.padded_len));
+        pos += f.padded_len;
+    }
+    out
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            m.insert(p.clone(), std::fs::read(&p).unwrap());
+        }
+    }
+    m
+}
+
+fn edit(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
+    let mut b = std::fs::read(path).unwrap();
+    f(&mut b);
+    std::fs::write(path, b).unwrap();
+}
+
+/// Every entry up to `last` is present with its original payload, and nothing after it.
+fn assert_log_is_prefix(dir: &Path, last: u64) {
+    let log = RaftLog::open(config(dir)).expect("reopen after repair");
+    assert_eq!(log.last_index(), LogIndex(last));
+    for i in 1..=last {
+        let e = log.entry(LogIndex(i)).expect("entry present");
+        assert_eq!(e.payload, &payload(i)[..], "payload of entry {i}");
+        assert_eq!(e.term, Term(1 + i / 100));
+    }
+}
+
+#[test]
+fn clean_log_verifies_and_shows() {
+    let (_tmp, dir) = fixture();
+    let d = dir.to_str().unwrap();
+    assert!(
+        segments(&dir).len() >= 3,
+        "the fixture spans several segments"
+    );
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "verify: clean: {} segment(s), entries 1..={ENTRIES}",
+            segments(&dir).len()
+        )),
+        "{out}"
+    );
+
+    let (code, out) = run(&["show", d, "--from", "49", "--to", "51"]);
+    assert_eq!(code, 0, "{out}");
+    let entry_lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(entry_lines.len(), 3, "{out}");
+    assert!(
+        entry_lines[1].contains("NoOp") && entry_lines[1].contains("\"entry-000050-"),
+        "{out}"
+    );
+
+    let (code, out) = run(&["show", "--json", d]);
+    assert_eq!(code, 0);
+    let entries = out
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"entry\""))
+        .count();
+    assert_eq!(entries as u64, ENTRIES);
+    assert!(
+        out.lines().all(|l| l.starts_with('{') && l.ends_with('}')),
+        "one object per line"
+    );
+    assert!(out.contains("\"index\":1000,"), "{out}");
+
+    // A single segment file works too.
+    let first = segments(&dir)[0].clone();
+    let (code, out) = run(&["show", first.to_str().unwrap(), "--to", "2"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("base_index 1 "), "{out}");
+
+    // Read-only: nothing changed.
+    let before = snapshot(&dir);
+    run(&["verify", d]);
+    run(&["show", d]);
+    assert_eq!(before, snapshot(&dir));
+}
+
+#[test]
+fn torn_tail_is_reported_and_repaired() {
+    let (_tmp, dir) = fixture();
+    let d = dir.to_str().unwrap();
+    let segs = segments(&dir);
+    let last_seg = segs.last().unwrap().clone();
+    let f = frames(&last_seg);
+    // The last batch is 991..=1000; tear entry 997: its second half never reached the disk.
+    let (off, len) = f[&997];
+    edit(&last_seg, |b| b[off + len / 2..off + len].fill(0));
+
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 1, "{out}");
+    let name = last_seg.display().to_string();
+    assert!(
+        out.contains(&format!("PROBLEM {name} offset {off} index 997: torn tail")),
+        "{out}"
+    );
+
+    let before = snapshot(&dir);
+    let (code, out) = run(&["repair", "--dry-run", d]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("would cut"), "{out}");
+    assert!(out.contains("would keep entries 1..=996"), "{out}");
+    assert_eq!(before, snapshot(&dir), "--dry-run must not change a byte");
+
+    let (code, out) = run(&["repair", d]);
+    assert_eq!(code, 0, "{out}");
+    // It says what it cut: the offset, and the frames of the torn batch that still validated.
+    assert!(
+        out.contains(&format!("cut {name} at offset {off}")),
+        "{out}"
+    );
+    assert!(out.contains("indexes 998..=1000"), "{out}");
+    assert!(out.contains("keep entries 1..=996"), "{out}");
+    assert!(out.contains("backup: "), "{out}");
+
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 0, "{out}");
+    assert_log_is_prefix(&dir, 996);
+}
+
+#[test]
+fn corruption_in_an_earlier_batch_of_the_last_segment() {
+    let (_tmp, dir) = fixture();
+    let d = dir.to_str().unwrap();
+    let last_seg = segments(&dir).last().unwrap().clone();
+    let f = frames(&last_seg);
+    let first_in_last = *f.keys().next().unwrap();
+    // An entry of a batch followed by later, acknowledged batches.
+    let victim = first_in_last + 3;
+    assert!(
+        victim < ENTRIES - BATCH + 1,
+        "victim {victim} must precede the last batch"
+    );
+    let (off, _) = f[&victim];
+    edit(&last_seg, |b| b[off + 45] ^= 0x20);
+
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 1, "{out}");
+    let name = last_seg.display().to_string();
+    assert!(
+        out.contains(&format!(
+            "PROBLEM {name} offset {off} index {victim}: corrupt:"
+        )),
+        "{out}"
+    );
+    // show decodes past the damage: the bad frame is marked BAD at its offset, and the next
+    // entry still prints as ok.
+    let (code, out) = run(&[
+        "show",
+        last_seg.to_str().unwrap(),
+        "--from",
+        &victim.to_string(),
+        "--to",
+        &(victim + 1).to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let bad = out
+        .lines()
+        .find(|l| l.contains("BAD"))
+        .unwrap_or_else(|| panic!("no BAD line: {out}"));
+    assert!(
+        bad.contains(&off.to_string()) && bad.contains("checksum mismatch"),
+        "{bad}"
+    );
+    let next = format!("{:>12} ", victim + 1);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&next) && l.contains(" ok ")),
+        "{out}"
+    );
+    // The engine agrees: it refuses to open and names the same place.
+    match RaftLog::open(config(&dir)) {
+        Err(LogError::Corrupt { offset, index, .. }) => {
+            assert_eq!((offset, index), (off as u64, LogIndex(victim)));
+        }
+        other => panic!(
+            "open must refuse a corrupt log, got {:?}",
+            other.map(|l| l.last_index())
+        ),
+    }
+
+    let (code, out) = run(&["repair", "--no-backup", d]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("backup: "), "{out}");
+    assert!(
+        std::fs::read_dir(&dir).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("segdump-backup")),
+        "--no-backup leaves no backup"
+    );
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 0, "{out}");
+    assert_log_is_prefix(&dir, victim - 1);
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_cuts_there_and_backs_up_what_it_removes() {
+    let (_tmp, dir) = fixture();
+    let d = dir.to_str().unwrap();
+    let segs = segments(&dir);
+    let sealed = segs[1].clone();
+    let f = frames(&sealed);
+    let victim = *f.keys().nth(5).unwrap();
+    let (off, _) = f[&victim];
+    edit(&sealed, |b| b[off + 20] ^= 0x01); // the index field
+
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 1, "{out}");
+    let name = sealed.display().to_string();
+    assert!(
+        out.contains(&format!(
+            "PROBLEM {name} offset {off} index {victim}: corrupt:"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("(in a sealed segment)"), "{out}");
+
+    let (code, out) = run(&["repair", d]);
+    assert_eq!(code, 0, "{out}");
+    for removed in &segs[2..] {
+        assert!(
+            out.contains(&format!("remove {}", removed.display())),
+            "{out}"
+        );
+        assert!(!removed.exists());
+    }
+    // Every changed or removed file has a copy in the backup directory.
+    let backup = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("segdump-backup")
+        })
+        .expect("a backup directory");
+    for s in &segs[1..] {
+        assert!(backup.join(s.file_name().unwrap()).exists(), "{out}");
+    }
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 0, "{out}");
+    assert_log_is_prefix(&dir, victim - 1);
+}
+
+#[test]
+fn bad_header_and_usage_errors() {
+    let (_tmp, dir) = fixture();
+    let d = dir.to_str().unwrap();
+    let segs = segments(&dir);
+    edit(&segs[2], |b| b[0] = b'X');
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("PROBLEM {} offset 0", segs[2].display()))
+            && out.contains("bad segment magic"),
+        "{out}"
+    );
+
+    let (code, out) = run(&["verify", "/nonexistent/segdump-test"]);
+    assert_eq!(code, 2, "{out}");
+    let (code, _) = run(&["verify"]);
+    assert_eq!(code, 2, "missing argument is a usage error");
+    let (code, _) = run(&["frobnicate"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn state_file_is_decoded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = tmp.path().join("node_2");
+    let mut st = RaftState::open(&node).unwrap();
+    st.save(PersistentState {
+        current_term: Term(8),
+        voted_for: Some(NodeId(3)),
+        commit_index: LogIndex(77),
+        last_applied: LogIndex(70),
+        server_state: ServerState::Leader,
+    })
+    .unwrap();
+    drop(st);
+    let file = node.join("raft_state.meta");
+    let f = file.to_str().unwrap();
+    let (code, out) = run(&["state", f]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("slot 0: valid (current): sequence 2 current_term 8 voted_for 3 commit_index 77 last_applied 70 server_state Leader"),
+        "{out}"
+    );
+    assert!(
+        out.contains("slot 1: valid: sequence 1 current_term 0 voted_for none"),
+        "{out}"
+    );
+    let (code, out) = run(&["state", "--json", f]);
+    assert_eq!(code, 0);
+    assert!(out.contains("\"current_term\":8"), "{out}");
+
+    edit(&file, |b| {
+        b[0] = 0;
+        b[4096] = 0;
+    });
+    let (code, out) = run(&["state", f]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not a raft_state.meta file"), "{out}");
+}
+
+#[test]
+fn unfinished_truncation_is_named_and_finished_by_repair() {
+    let (_tmp, dir) = fixture();
+    let d = dir.to_str().unwrap();
+    let last_seg = segments(&dir).last().unwrap().clone();
+    let f = frames(&last_seg);
+    // A truncate_suffix(995) that crashed after its header write, before zeroing [cut, old end).
+    let (cut, _) = f[&995];
+    let (last_off, last_len) = f[&ENTRIES];
+    edit(&last_seg, |b| {
+        let h = SegmentHeader::decode(b).unwrap();
+        let dirty = SegmentHeader {
+            entry_count: 995 - h.base_index.0,
+            append_position: cut as u64,
+            dirty_end: (last_off + last_len) as u64,
+            ..h
+        };
+        b[..SEGMENT_HEADER_SIZE].copy_from_slice(&dirty.encode());
+    });
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "PROBLEM {} offset {cut} index 995: unfinished truncation: bytes [{cut}, {})",
+            last_seg.display(),
+            last_off + last_len
+        )),
+        "{out}"
+    );
+    let (code, out) = run(&["repair", "--no-backup", d]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dirty_end"), "{out}");
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 0, "{out}");
+    assert_log_is_prefix(&dir, 994);
+}
