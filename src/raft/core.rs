@@ -1,5 +1,6 @@
 //! `RaftNode`: the Raft state machine. (API skeleton: bodies are filled in by the core's author.)
 
+use crate::raft::log::RaftLog;
 use crate::raft::message::Envelope;
 use crate::raft::storage::{HardState, Storage};
 use crate::types::{LogEntry, LogIndex, NodeId, Term};
@@ -77,20 +78,54 @@ impl Ready {
     }
 }
 
+impl Config {
+    /// The defaults the seed's YAML implies (one tick = 1 ms): election timeout 150–500 ticks,
+    /// heartbeat every 50 ticks, 1000 entries or 1 MiB per AppendEntries, 8 in flight per
+    /// follower, PreVote and CheckQuorum on. Build variants with struct update syntax
+    /// (`Config { pre_vote: false, ..Config::new(id, voters, seed) }`) so new fields do not break
+    /// callers.
+    pub fn new(id: NodeId, voters: Vec<NodeId>, rng_seed: u64) -> Config {
+        Config {
+            id,
+            voters,
+            election_ticks_min: 150,
+            election_ticks_max: 500,
+            heartbeat_ticks: 50,
+            max_entries_per_msg: 1000,
+            max_bytes_per_msg: 1 << 20,
+            max_inflight_msgs: 8,
+            pre_vote: true,
+            check_quorum: true,
+            rng_seed,
+        }
+    }
+}
+
 /// One Raft server's protocol state over a durable log `S`.
 pub struct RaftNode<S: Storage> {
-    storage: S,
+    log: RaftLog<S>,
     _config: Config,
+    term: Term,
+    vote: Option<NodeId>,
+    commit: LogIndex,
+    applied: LogIndex,
+    role: Role,
+    leader: Option<NodeId>,
 }
 
 impl<S: Storage> RaftNode<S> {
     /// Builds a node from durable state (after a restart, `hard_state` and `storage` are what the
     /// disk kept). Starts as a follower.
     pub fn new(config: Config, hard_state: HardState, storage: S) -> Result<Self, ConfigError> {
-        let _ = hard_state;
         Ok(RaftNode {
-            storage,
+            log: RaftLog::new(storage),
             _config: config,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            commit: hard_state.commit,
+            applied: LogIndex::ZERO,
+            role: Role::Follower,
+            leader: None,
         })
     }
 
@@ -130,31 +165,61 @@ impl<S: Storage> RaftNode<S> {
     }
 
     pub fn role(&self) -> Role {
-        todo!()
+        self.role
     }
 
     pub fn term(&self) -> Term {
-        todo!()
+        self.term
     }
 
     pub fn leader(&self) -> Option<NodeId> {
-        todo!()
+        self.leader
     }
 
     pub fn commit_index(&self) -> LogIndex {
-        todo!()
+        self.commit
     }
 
     pub fn hard_state(&self) -> HardState {
-        todo!()
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+        }
+    }
+
+    /// The last index of the node's whole log (durable entries and those not yet persisted).
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+
+    /// The term at `index` in the whole log; `Some(Term(0))` for index 0, `None` past the end.
+    pub fn log_term(&self, index: LogIndex) -> Option<Term> {
+        self.log.term(index)
+    }
+
+    /// The entry at `index` in the whole log, `None` outside it.
+    pub fn log_entry(&self, index: LogIndex) -> Option<LogEntry> {
+        self.log.entry(index)
+    }
+
+    /// The last index known durable locally (confirmed by `on_persisted`) and still part of the
+    /// log; it moves down when a follower truncates a conflicting durable suffix.
+    pub fn persisted_index(&self) -> LogIndex {
+        self.log.persisted_index()
+    }
+
+    /// The last index handed out in `Ready::committed_entries`.
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied
     }
 
     pub fn storage(&self) -> &S {
-        &self.storage
+        self.log.storage()
     }
 
     pub fn storage_mut(&mut self) -> &mut S {
-        &mut self.storage
+        self.log.storage_mut()
     }
 
     /// Panics, naming the values, if an invariant of this node's own state is broken.

@@ -20,10 +20,13 @@
 //! [`RaftNode::new`] from the durable `HardState` and log.
 
 pub mod core;
+mod log;
 pub mod message;
+pub mod rng;
 pub mod storage;
 
 pub use self::core::{Config, ConfigError, ProposeError, RaftNode, Ready, Role};
+pub use self::rng::Rng;
 pub use self::message::{
     AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
 };
