@@ -254,7 +254,7 @@ struct Slot {
     tick_us: u64,
     next_tick_us: u64,
     ticks_paused: bool,
-    /// The next index this incarnation must apply (`None` right after a (re)start: any).
+    /// The next index this incarnation must apply.
     next_apply: Option<u64>,
     last_role: Option<(Role, Term)>,
     /// When this node last sent AppendEntries to every peer in one Ready (a heartbeat round).
@@ -278,6 +278,10 @@ pub struct Cluster {
     trace: VecDeque<(u64, u64, TraceRec)>,
     /// Record a trace (costs a little; on by default, off for the Figure 16 experiment).
     pub tracing: bool,
+    /// `entries_blocked[to]`: AppendEntries carrying entries to `to` are lost (heartbeats pass).
+    /// Lets an experiment give followers logs of different lengths while they still hear from
+    /// the leader.
+    entries_blocked: Vec<bool>,
 }
 
 impl Cluster {
@@ -325,6 +329,7 @@ impl Cluster {
             stats: ClusterStats::default(),
             trace: VecDeque::with_capacity(TRACE_LEN),
             tracing: true,
+            entries_blocked: vec![false; n],
         };
         for i in 0..n {
             c.restart(i);
@@ -377,6 +382,12 @@ impl Cluster {
             s.next_tick_us = self.now_us + s.tick_us;
         }
         s.ticks_paused = paused;
+    }
+
+    /// Loses (or stops losing) every AppendEntries with entries sent to node `to`; heartbeats
+    /// still arrive.
+    pub fn set_entries_blocked(&mut self, to: usize, blocked: bool) {
+        self.entries_blocked[to] = blocked;
     }
 
     /// Schedules a scenario timer; [`Cluster::step`] returns `Stepped::Timer(tag)` when it fires.
@@ -719,6 +730,13 @@ impl Cluster {
             "node {i} sent to unknown node {}",
             env.to
         );
+        if self.entries_blocked[to] {
+            if let Message::AppendEntries(a) = &env.msg {
+                if !a.entries.is_empty() {
+                    return;
+                }
+            }
+        }
         for at in self.net.send(self.now_us, &mut self.rng) {
             self.push(
                 at,
@@ -843,6 +861,72 @@ impl Cluster {
             .checker
             .check_node(i, role == Role::Leader, term, commit, &s.mirror);
         self.check(r);
+        let r = self.check_views(i);
+        self.check(r);
+    }
+
+    /// The node's own view of its log, durability and application must match what the driver
+    /// saw (cheap: last entry only).
+    fn check_views(&self, i: usize) -> Result<(), Violation> {
+        let s = &self.slots[i];
+        let Some(core) = s.core.as_ref() else {
+            return Ok(());
+        };
+        let last = core.last_index().0;
+        if last != s.mirror.last_index() || core.log_term(LogIndex(last)) != s.mirror.term_at(last)
+        {
+            return Err(Violation::new(
+                Property::MirrorFidelity,
+                format!(
+                    "node {i} reports last index {last} term {:?}; its Readys describe last index \
+                     {} term {:?}",
+                    core.log_term(LogIndex(last)),
+                    s.mirror.last_index(),
+                    s.mirror.term_at(s.mirror.last_index())
+                ),
+            ));
+        }
+        let p = core.persisted_index().0;
+        if p > s.durable.last_index() || s.durable.term_at(p) != s.mirror.term_at(p) {
+            return Err(Violation::new(
+                Property::ReadyContract,
+                format!(
+                    "node {i} believes its log is durable up to {p}, but the durable log ends at \
+                     {} (term there {:?} vs log term {:?})",
+                    s.durable.last_index(),
+                    s.durable.term_at(p),
+                    s.mirror.term_at(p)
+                ),
+            ));
+        }
+        let applied = core.applied_index().0;
+        let expected = s.next_apply.map_or(0, |n| n - 1);
+        if applied != expected {
+            return Err(Violation::new(
+                Property::ReadyContract,
+                format!("node {i} reports applied index {applied}, but handed out entries up to {expected}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Compares every entry of every running node's log with the driver's mirror (O(log size);
+    /// run once at the end of a scenario).
+    pub fn check_full_fidelity(&self) {
+        for (i, s) in self.slots.iter().enumerate() {
+            let Some(core) = s.core.as_ref() else {
+                continue;
+            };
+            for idx in 1..=s.mirror.last_index() {
+                let got = core.log_entry(LogIndex(idx)).map(|e| entry_hash(&e));
+                if got != s.mirror.entry_hash_at(idx) {
+                    self.fail(Violation::new(
+                        Property::MirrorFidelity,
+                        format!("node {i}: entry {idx} differs from the one its Readys described"),
+                    ));
+                }
+            }
+        }
     }
 
     /// A client sends a proposal carrying `extra` bytes to node `i`. Returns the proposal's id.
@@ -954,7 +1038,9 @@ impl Cluster {
         };
         let s = &mut self.slots[i];
         s.core = Some(core);
-        s.next_apply = None;
+        // After a restart the core re-delivers the committed prefix from index 1 (the state
+        // machine is rebuilt from scratch).
+        s.next_apply = Some(1);
         let offset = self.rng.range(0, s.tick_us - 1);
         s.next_tick_us = self.now_us + offset + 1;
         s.last_broadcast_us = None;

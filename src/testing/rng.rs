@@ -5,39 +5,36 @@
 //! order, so the same seed replays the same run bit for bit. Nothing here may consult the clock,
 //! the OS or a `HashMap`'s random state.
 
-/// A SplitMix64 stream with the helpers the simulator needs.
-///
-/// SplitMix64 is tiny, fast, passes BigCrush and is trivially reproducible across platforms, which
-/// is all a simulator needs; it is not a cryptographic generator.
+use crate::raft::Rng;
+
+/// The core's own generator ([`crate::raft::Rng`], xoshiro256**) with the helpers the simulator
+/// needs, so the simulator and the cores it seeds share one reproducible algorithm.
 #[derive(Clone, Debug)]
 pub struct SimRng {
-    state: u64,
+    inner: Rng,
 }
 
 impl SimRng {
     pub fn new(seed: u64) -> SimRng {
-        SimRng { state: seed }
+        SimRng {
+            inner: Rng::new(seed),
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.state)
+        self.inner.next_u64()
     }
 
     /// A value uniform in `[0, n)`. Panics if `n == 0` (a programmer error).
     pub fn below(&mut self, n: u64) -> u64 {
         assert!(n > 0, "SimRng::below(0)");
-        // Lemire's multiply-shift: unbiased enough for a simulator (bias < 2^-64 * n).
-        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+        self.inner.gen_range(0..=n - 1)
     }
 
     /// A value uniform in `[lo, hi]` (inclusive). Panics if `lo > hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
         assert!(lo <= hi, "SimRng::range({lo}, {hi})");
-        if hi - lo == u64::MAX {
-            return self.next_u64();
-        }
-        lo + self.below(hi - lo + 1)
+        self.inner.gen_range(lo..=hi)
     }
 
     /// A float uniform in `[0, 1)`.

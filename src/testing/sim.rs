@@ -60,8 +60,6 @@ impl SimPlan {
         let election_ticks_max = election_ticks_min + rng.range(1, 15);
         let heartbeat_ticks = rng.range(1, (election_ticks_min / 3).max(1));
         let core = Config {
-            id: NodeId(0),
-            voters: Vec::new(),
             election_ticks_min,
             election_ticks_max,
             heartbeat_ticks,
@@ -70,7 +68,7 @@ impl SimPlan {
             max_inflight_msgs: rng.range(1, 8) as usize,
             pre_vote: rng.chance(0.5),
             check_quorum: rng.chance(0.7),
-            rng_seed: 0,
+            ..Config::new(NodeId(1), Vec::new(), 0)
         };
         let latency_us_min = rng.range(100, 3_000);
         let latency_us_max = latency_us_min + rng.range(0, 15_000);
@@ -108,7 +106,7 @@ impl SimPlan {
                 replay: replay_command(seed),
             },
             events,
-            fault_gap_us_max: rng.range(50_000, 1_500_000),
+            fault_gap_us_max: rng.range(30_000, 600_000),
             propose_gap_us_max: rng.range(1_000, 40_000),
             election_timeout_us_max: election_ticks_max * slowest,
         }
@@ -337,6 +335,7 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
         }
     };
 
+    c.check_full_fidelity();
     SimSummary {
         seed: plan.cluster.seed,
         nodes: n,
