@@ -21,6 +21,7 @@
 
 pub mod core;
 mod log;
+mod progress;
 pub mod message;
 pub mod rng;
 pub mod storage;
