@@ -737,9 +737,7 @@ impl<S: Storage> RaftNode<S> {
         let relevant = match self.role {
             // A grant carries our term + 1; a rejection carries the voter's term, not above ours
             // (a higher one has already made us a follower).
-            Role::PreCandidate => {
-                r.pre_vote && (!r.vote_granted || r.term == next_term(self.term))
-            }
+            Role::PreCandidate => r.pre_vote && (!r.vote_granted || r.term == next_term(self.term)),
             Role::Candidate => !r.pre_vote && r.term == self.term,
             Role::Follower | Role::Leader => false,
         };
@@ -895,6 +893,7 @@ impl<S: Storage> RaftNode<S> {
                 self.broadcast_commit();
             }
             self.send_appends(from);
+            self.maybe_send_commit(from);
             return;
         }
         // A rejection. Move next_index back by a whole term at a time (§5.3, fast backtracking):
@@ -903,12 +902,10 @@ impl<S: Storage> RaftNode<S> {
         // right after its end.
         let old_next = pr.next_index;
         let hint = match (r.conflict_term, r.conflict_index) {
-            (Some(t), Some(first)) => {
-                match self.last_index_of_term(t, old_next.prev().min(last)) {
-                    Some(j) => j.next(),
-                    None => first,
-                }
-            }
+            (Some(t), Some(first)) => match self.last_index_of_term(t, old_next.prev().min(last)) {
+                Some(j) => j.next(),
+                None => first,
+            },
             _ => r.last_log_index.next(),
         };
         if let Some(pr) = self.progress.get_mut(&from) {
@@ -997,6 +994,10 @@ impl<S: Storage> RaftNode<S> {
                 self.log.last_index()
             )
         });
+        let covered = LogIndex(prev.0 + entries.len() as u64);
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.commit_sent = pr.commit_sent.max(self.commit.min(covered));
+        }
         self.send_now(
             to,
             Message::AppendEntries(AppendEntries {
@@ -1046,16 +1047,23 @@ impl<S: Storage> RaftNode<S> {
     }
 
     /// After the commit index moved, tell followers at once rather than at the next heartbeat, so
-    /// they can apply without waiting (anchored at their match index, like a heartbeat).
+    /// they can apply without waiting.
     fn broadcast_commit(&mut self) {
         for to in self.peers() {
-            let Some(pr) = self.progress.get(&to) else {
-                continue;
-            };
-            if pr.state == ProgressState::Replicate {
-                let anchor = pr.match_index;
-                self.send_append(to, anchor, Vec::new());
-            }
+            self.maybe_send_commit(to);
+        }
+    }
+
+    /// Sends `to` an empty append anchored at its match index (which it is known to hold) if it
+    /// could learn a higher commit index than any append sent to it so far could teach it.
+    fn maybe_send_commit(&mut self, to: NodeId) {
+        let Some(pr) = self.progress.get(&to) else {
+            return;
+        };
+        if pr.state == ProgressState::Replicate && self.commit.min(pr.match_index) > pr.commit_sent
+        {
+            let anchor = pr.match_index;
+            self.send_append(to, anchor, Vec::new());
         }
     }
 

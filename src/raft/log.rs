@@ -92,7 +92,10 @@ impl<S: Storage> RaftLog<S> {
     pub(crate) fn last_term(&self) -> Term {
         let last = self.last_index();
         self.term(last).unwrap_or_else(|| {
-            panic!("RaftLog: no term for last index {last} (offset {})", self.offset)
+            panic!(
+                "RaftLog: no term for last index {last} (offset {})",
+                self.offset
+            )
         })
     }
 
@@ -329,7 +332,10 @@ mod tests {
         let mut log = RaftLog::new(s);
         log.append(&[e(4, 2), e(5, 2)]);
         let all = log.entries(LogIndex(1), LogIndex(6), 100, u64::MAX);
-        assert_eq!(all.iter().map(|e| e.index.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(
+            all.iter().map(|e| e.index.0).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
         assert_eq!(log.entries(LogIndex(2), LogIndex(6), 2, u64::MAX).len(), 2);
         // 10 bytes each: a 25-byte budget holds two entries, crossing the storage boundary.
         let two = log.entries(LogIndex(3), LogIndex(6), 100, 25);
@@ -397,8 +403,17 @@ mod tests {
     fn first_index_of_term_scans_back_to_the_run_start() {
         let mut log = RaftLog::new(MemStorage::default());
         log.append(&[e(1, 1), e(2, 2), e(3, 2), e(4, 2), e(5, 3)]);
-        assert_eq!(log.first_index_of_term_at(LogIndex(4), LogIndex(0)), LogIndex(2));
-        assert_eq!(log.first_index_of_term_at(LogIndex(4), LogIndex(3)), LogIndex(3));
-        assert_eq!(log.first_index_of_term_at(LogIndex(1), LogIndex(0)), LogIndex(1));
+        assert_eq!(
+            log.first_index_of_term_at(LogIndex(4), LogIndex(0)),
+            LogIndex(2)
+        );
+        assert_eq!(
+            log.first_index_of_term_at(LogIndex(4), LogIndex(3)),
+            LogIndex(3)
+        );
+        assert_eq!(
+            log.first_index_of_term_at(LogIndex(1), LogIndex(0)),
+            LogIndex(1)
+        );
     }
 }

@@ -21,14 +21,14 @@
 
 pub mod core;
 mod log;
-mod progress;
 pub mod message;
+mod progress;
 pub mod rng;
 pub mod storage;
 
 pub use self::core::{Config, ConfigError, ProposeError, RaftNode, Ready, Role};
-pub use self::rng::Rng;
 pub use self::message::{
     AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
 };
+pub use self::rng::Rng;
 pub use self::storage::{HardState, MemStorage, Storage};

@@ -43,6 +43,9 @@ pub(crate) struct Progress {
     pub(crate) inflight: VecDeque<Inflight>,
     /// The follower answered an AppendEntries since the last CheckQuorum round.
     pub(crate) recent_active: bool,
+    /// The highest commit index an append sent to this follower could have taught it
+    /// (`min(leader_commit, last index the append covered)`, Figure 2 step 5).
+    pub(crate) commit_sent: LogIndex,
 }
 
 impl Progress {
@@ -55,6 +58,7 @@ impl Progress {
             probe_sent: false,
             inflight: VecDeque::new(),
             recent_active: false,
+            commit_sent: LogIndex::ZERO,
         }
     }
 

@@ -118,10 +118,16 @@ mod tests {
         let mut seen = [false; 6];
         for _ in 0..10_000 {
             let v = rng.gen_range(150..=155);
-            assert!((150..=155).contains(&v), "gen_range(150..=155) returned {v}");
+            assert!(
+                (150..=155).contains(&v),
+                "gen_range(150..=155) returned {v}"
+            );
             seen[(v - 150) as usize] = true;
         }
-        assert!(seen.iter().all(|&s| s), "some value of 150..=155 never drawn: {seen:?}");
+        assert!(
+            seen.iter().all(|&s| s),
+            "some value of 150..=155 never drawn: {seen:?}"
+        );
         assert_eq!(rng.gen_range(9..=9), 9);
         let _ = rng.gen_range(0..=u64::MAX);
     }
@@ -135,7 +141,10 @@ mod tests {
             buckets[rng.gen_range(0..=9) as usize] += 1;
         }
         for (i, &n) in buckets.iter().enumerate() {
-            assert!((9_000..=11_000).contains(&n), "bucket {i} has {n} of 100000 draws");
+            assert!(
+                (9_000..=11_000).contains(&n),
+                "bucket {i} has {n} of 100000 draws"
+            );
         }
     }
 
