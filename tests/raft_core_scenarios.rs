@@ -802,3 +802,47 @@ fn restart_keeps_term_vote_and_the_durable_log() {
     assert_eq!(restarted.persisted_index(), LogIndex(6));
     assert_eq!(restarted.role(), Role::Follower);
 }
+
+#[test]
+fn a_rejected_higher_term_vote_request_does_not_restart_the_election_timer() {
+    // Figure 2 / §5.2 (simulator finding F1): learning a higher term from a candidate we refuse
+    // (its log is stale) must not delay our own candidacy, or a stale node with a fast clock
+    // keeps every server that could win from ever timing out first.
+    let fixed = |id| Config {
+        election_ticks_min: 20,
+        election_ticks_max: 20,
+        pre_vote: false,
+        ..config(id, 3)
+    };
+    let mut node = RaftNode::new(fixed(2), hs(1), storage(&[1, 1])).expect("config");
+    for _ in 0..15 {
+        node.tick();
+    }
+    node.step(Envelope {
+        from: NodeId(3),
+        to: NodeId(2),
+        msg: Message::RequestVote(RequestVote {
+            term: Term(5),
+            candidate_id: NodeId(3),
+            last_log_index: LogIndex(1),
+            last_log_term: Term(1),
+            pre_vote: false,
+        }),
+    });
+    assert_eq!(node.term(), Term(5));
+    assert_eq!(
+        node.hard_state().vote,
+        None,
+        "stale candidate must not get the vote"
+    );
+    for _ in 0..5 {
+        node.tick();
+    }
+    assert_eq!(
+        node.role(),
+        Role::Candidate,
+        "the timer must fire 20 ticks after the last leader contact, not 20 after the refusal"
+    );
+    assert_eq!(node.term(), Term(6));
+    node.check_invariants();
+}

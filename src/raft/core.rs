@@ -557,14 +557,23 @@ impl<S: Storage> RaftNode<S> {
             self.term = term;
             self.vote = None;
         }
-        if self.role == Role::Leader {
+        let was_leader = self.role == Role::Leader;
+        if was_leader {
             tracing::debug!(id = %self.config.id, term = %self.term, "leader steps down");
         }
         self.role = Role::Follower;
         self.leader = leader;
         self.votes.clear();
         self.progress.clear();
-        self.reset_election_timer();
+        // Figure 2 / §5.2: the timer restarts on hearing from the current leader (and on granting
+        // a vote, see handle_request_vote), not on merely learning a higher term: a node with a
+        // stale log and a fast clock would otherwise restart everyone's timer with each of its
+        // hopeless candidacies, and the servers that could win would never time out first
+        // (simulator finding F1). A deposed leader's `election_elapsed` counted CheckQuorum
+        // rounds, so it starts a fresh timer.
+        if leader.is_some() || was_leader {
+            self.reset_election_timer();
+        }
     }
 
     /// The election timer fired: start a pre-vote round (thesis §9.6) or a real election.
