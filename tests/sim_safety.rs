@@ -2,9 +2,10 @@
 //! disk, clock and crash faults with client load, with the Raft safety properties checked after
 //! every event, then a liveness phase (leader and a fresh commit after the faults stop).
 //!
-//! - default: seeds 0..1000 (N = 3, 5, 7 by seed % 3), 5,000 chaos events each, on all cores;
+//! - default: seeds 0..1000 (N = 3, 5, 7 by seed % 3), 20,000 chaos events each, on all cores;
 //! - `SIM_SEEDS=<n>`: run n seeds; `SIM_FIRST_SEED=<s>`: start at s; `SIM_EVENTS=<e>`: events per
-//!   seed; `SIM_THREADS=<t>`: worker threads;
+//!   seed; `SIM_THREADS=<t>`: worker threads; `SIM_KEEP_GOING=1`: run every seed and list all
+//!   failures instead of stopping at the first;
 //! - `SIM_SEED=<seed>`: replay exactly one seed and print its summary (a failure prints the
 //!   property, the last events and this command).
 //!
@@ -12,7 +13,7 @@
 
 use std::time::Instant;
 
-use rust_raft_log::testing::sim::{replay_command, run_seed, sweep};
+use rust_raft_log::testing::sim::{replay_command, run_seed, sweep, DEFAULT_EVENTS};
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
@@ -23,7 +24,6 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 const DEFAULT_SEEDS: u64 = 1_000;
-const DEFAULT_EVENTS: u64 = 5_000;
 
 #[test]
 fn sim_safety_sweep() {
@@ -43,7 +43,8 @@ fn sim_safety_sweep() {
                 .unwrap_or(1)
         });
     let started = Instant::now();
-    let r = sweep(first, count, events, threads);
+    let keep_going = std::env::var("SIM_KEEP_GOING").is_ok_and(|v| v == "1");
+    let r = sweep(first, count, events, threads, keep_going);
     let secs = started.elapsed().as_secs_f64();
     println!(
         "sim sweep: {} seeds ({} x N=3, {} x N=5, {} x N=7), {} events ({:.0} events/s on {threads} \
@@ -65,10 +66,18 @@ fn sim_safety_sweep() {
         r.liveness_leader_us_max as f64 / 1000.0,
         r.liveness_commit_us_max as f64 / 1000.0,
     );
+    let mut failures = r.failures.clone();
+    failures.sort();
+    for (seed, headline) in failures.iter().take(50) {
+        println!("FAILED seed {seed}: {headline}");
+    }
+    if !failures.is_empty() {
+        println!("{} of {} seeds failed", failures.len(), r.seeds_run);
+    }
     if let Some((seed, text)) = r.first_failure {
         panic!(
             "first failing seed {seed} (seeds {first}..{seed} passed)\n{text}\nreplay: {}",
-            replay_command(seed)
+            replay_command(seed, events)
         );
     }
     assert_eq!(r.seeds_run, count, "every seed ran");

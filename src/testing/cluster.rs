@@ -379,7 +379,8 @@ impl Cluster {
     pub fn set_ticks_paused(&mut self, i: usize, paused: bool) {
         let s = &mut self.slots[i];
         if s.ticks_paused && !paused {
-            s.next_tick_us = self.now_us + s.tick_us;
+            // A random phase: real clocks are not aligned to each other's ticks.
+            s.next_tick_us = self.now_us + 1 + self.rng.range(0, s.tick_us - 1);
         }
         s.ticks_paused = paused;
     }

@@ -14,15 +14,16 @@
 //! # Liveness
 //! When the event budget is spent the faults stop: every link heals, loss/duplication/extra
 //! reordering stop, every crashed node restarts. Within 10 maximum election timeouts (measured on
-//! the slowest clock) a leader must be known to a majority, and within 10 more a fresh proposal
-//! must commit on it (re-sent to the new leader if leadership moves).
+//! the slowest clock) a leader must be known to a majority, and within 20 more a fresh proposal
+//! must commit on it (re-sent to the new leader if leadership moves; the extra room lets the leader
+//! bring restarted followers up to date first, one small message at a time in some seeds).
 //!
 //! Every choice derives from the seed; [`replay_command`] prints how to rerun one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::raft::Config;
+use crate::raft::{Config, Role};
 use crate::testing::checker::{Property, Violation};
 use crate::testing::cluster::{Cluster, ClusterConfig, Outcome, Stepped};
 use crate::testing::disk::DiskConfig;
@@ -30,9 +31,17 @@ use crate::testing::network::NetConfig;
 use crate::testing::rng::SimRng;
 use crate::types::NodeId;
 
-/// The command that replays one seed.
-pub fn replay_command(seed: u64) -> String {
-    format!("SIM_SEED={seed} cargo test --release --test sim_safety -- --nocapture")
+/// Chaos-phase events per seed in the default sweep.
+pub const DEFAULT_EVENTS: u64 = 20_000;
+
+/// The command that replays one seed run with `events` chaos events.
+pub fn replay_command(seed: u64, events: u64) -> String {
+    let events_var = if events == DEFAULT_EVENTS {
+        String::new()
+    } else {
+        format!("SIM_EVENTS={events} ")
+    };
+    format!("{events_var}SIM_SEED={seed} cargo test --release --test sim_safety -- --nocapture")
 }
 
 /// Everything a seed decides before the run starts.
@@ -103,7 +112,7 @@ impl SimPlan {
                 net,
                 disk,
                 tick_us,
-                replay: replay_command(seed),
+                replay: replay_command(seed, events),
             },
             events,
             fault_gap_us_max: rng.range(30_000, 600_000),
@@ -135,6 +144,9 @@ pub struct SimSummary {
     pub liveness_leader_us: u64,
     pub liveness_commit_us: u64,
 }
+
+/// A client stops proposing to a leader whose uncommitted tail is this long.
+const CLIENT_BACKLOG_MAX: u64 = 48;
 
 const T_PROPOSE: u64 = 1;
 const T_FAULT: u64 = 2;
@@ -176,7 +188,14 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
                 let extra: Vec<u8> = (0..rng.range(0, 40))
                     .map(|_| rng.next_u64() as u8)
                     .collect();
-                c.propose(target, &extra);
+                // Client backpressure: no new proposal while the target holds a long uncommitted
+                // tail, so the offered load cannot outrun a slow configuration forever.
+                let backlog = c
+                    .core(target)
+                    .map_or(0, |n| n.last_index().0.saturating_sub(n.commit_index().0));
+                if backlog < CLIENT_BACKLOG_MAX {
+                    c.propose(target, &extra);
+                }
                 let at = c.now_us() + rng.range(1, plan.propose_gap_us_max);
                 c.schedule_timer(at, T_PROPOSE);
             }
@@ -298,12 +317,20 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
             ));
         }
     };
-    let commit_deadline = leader_at + 10 * et;
+    let commit_deadline = leader_at + 20 * et;
     let mut id = None;
     let committed_at = loop {
         let need_new = match id {
             None => true,
-            Some(p) => !matches!(c.outcome(p), Outcome::Pending { .. } | Outcome::Committed),
+            // A proposal whose leader was deposed may never be answered (its entry may be
+            // overwritten only once later entries commit): the client retries elsewhere.
+            Some(p) => match c.outcome(p) {
+                Outcome::Committed => false,
+                Outcome::Pending { node, term, .. } => c
+                    .core(node)
+                    .is_none_or(|n| n.role() != Role::Leader || n.term() != term),
+                _ => true,
+            },
         };
         if let Some(p) = id {
             if c.outcome(p) == Outcome::Committed {
@@ -320,7 +347,7 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
             c.fail(Violation::new(
                 Property::Liveness,
                 format!(
-                    "a fresh proposal did not commit within {:.1} ms (10 maximum election \
+                    "a fresh proposal did not commit within {:.1} ms (20 maximum election \
                      timeouts) of a leader emerging; last proposal {:?}",
                     (c.now_us() - leader_at) as f64 / 1000.0,
                     id.map(|p| c.outcome(p))
@@ -375,11 +402,13 @@ pub struct SweepReport {
     pub by_nodes: [u64; 8],
     /// The lowest failing seed and its panic message (seeds below it all passed).
     pub first_failure: Option<(u64, String)>,
+    /// Every failing seed with the failure's first line (when run with `keep_going`).
+    pub failures: Vec<(u64, String)>,
 }
 
-/// Runs seeds `first..first + count` on `threads` threads. Stops handing out seeds above the
-/// lowest failure, so the reported failure is the first failing seed in order.
-pub fn sweep(first: u64, count: u64, events: u64, threads: usize) -> SweepReport {
+/// Runs seeds `first..first + count` on `threads` threads. Unless `keep_going`, stops handing out
+/// seeds above the lowest failure, so the reported failure is the first failing seed in order.
+pub fn sweep(first: u64, count: u64, events: u64, threads: usize, keep_going: bool) -> SweepReport {
     let next = AtomicU64::new(first);
     let fail_at = AtomicU64::new(u64::MAX);
     let report = Mutex::new(SweepReport::default());
@@ -387,7 +416,7 @@ pub fn sweep(first: u64, count: u64, events: u64, threads: usize) -> SweepReport
         for _ in 0..threads.max(1) {
             scope.spawn(|| loop {
                 let seed = next.fetch_add(1, Ordering::SeqCst);
-                if seed >= first + count || seed > fail_at.load(Ordering::SeqCst) {
+                if seed >= first + count || (!keep_going && seed > fail_at.load(Ordering::SeqCst)) {
                     return;
                 }
                 let result = std::panic::catch_unwind(|| run_seed(seed, events));
@@ -416,6 +445,13 @@ pub fn sweep(first: u64, count: u64, events: u64, threads: usize) -> SweepReport
                             .unwrap_or_else(|| "non-string panic".to_string());
                         fail_at.fetch_min(seed, Ordering::SeqCst);
                         r.seeds_run += 1;
+                        let headline = text
+                            .lines()
+                            .take(2)
+                            .map(str::trim)
+                            .collect::<Vec<_>>()
+                            .join(" | ");
+                        r.failures.push((seed, headline));
                         if r.first_failure.as_ref().is_none_or(|(s, _)| seed < *s) {
                             r.first_failure = Some((seed, text));
                         }
