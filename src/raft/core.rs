@@ -1238,3 +1238,190 @@ impl<S: Storage> RaftNode<S> {
         self.memo.set(memo);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::storage::MemStorage;
+
+    fn cfg() -> Config {
+        Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)], 1)
+    }
+
+    #[test]
+    fn validate_names_each_bad_field() {
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    id: NodeId(9),
+                    ..cfg()
+                },
+                "not in voters",
+            ),
+            (
+                Config {
+                    voters: vec![NodeId(1), NodeId(2), NodeId(2)],
+                    ..cfg()
+                },
+                "duplicate",
+            ),
+            (
+                Config {
+                    election_ticks_min: 0,
+                    ..cfg()
+                },
+                "election_ticks_min",
+            ),
+            (
+                Config {
+                    election_ticks_min: 600,
+                    ..cfg()
+                },
+                "election_ticks_max 500",
+            ),
+            (
+                Config {
+                    heartbeat_ticks: 150,
+                    ..cfg()
+                },
+                "heartbeat_ticks 150",
+            ),
+            (
+                Config {
+                    max_entries_per_msg: 0,
+                    ..cfg()
+                },
+                "max_entries_per_msg",
+            ),
+            (
+                Config {
+                    max_bytes_per_msg: 0,
+                    ..cfg()
+                },
+                "max_bytes_per_msg",
+            ),
+            (
+                Config {
+                    max_inflight_msgs: 0,
+                    ..cfg()
+                },
+                "max_inflight_msgs",
+            ),
+        ];
+        for (c, needle) in cases {
+            match c.validate() {
+                Err(ConfigError::Invalid(msg)) => {
+                    assert!(msg.contains(needle), "{msg:?} should mention {needle:?}")
+                }
+                other => panic!("expected an error mentioning {needle:?}, got {other:?}"),
+            }
+        }
+        assert_eq!(cfg().validate(), Ok(()));
+    }
+
+    fn log_of(terms: &[u64]) -> MemStorage {
+        let mut s = MemStorage::default();
+        for (i, &t) in terms.iter().enumerate() {
+            s.append(&[LogEntry {
+                term: Term(t),
+                index: LogIndex(i as u64 + 1),
+                entry_type: EntryType::Normal,
+                payload: Vec::new(),
+            }]);
+        }
+        s
+    }
+
+    #[test]
+    fn restart_rejects_a_commit_index_beyond_the_log() {
+        let hs = HardState {
+            term: Term(2),
+            vote: None,
+            commit: LogIndex(3),
+        };
+        match RaftNode::new(cfg(), hs, log_of(&[1, 2])) {
+            Err(ConfigError::InconsistentState(msg)) => {
+                assert!(
+                    msg.contains("commit 3") && msg.contains("last index 2"),
+                    "{msg}"
+                )
+            }
+            Ok(_) => panic!("accepted commit 3 over a 2-entry log"),
+            Err(e) => panic!("wrong error {e}"),
+        }
+    }
+
+    #[test]
+    fn restart_adopts_a_durable_entrys_higher_term_without_a_vote() {
+        let hs = HardState {
+            term: Term(2),
+            vote: Some(NodeId(2)),
+            commit: LogIndex(1),
+        };
+        let mut node = RaftNode::new(cfg(), hs, log_of(&[1, 2, 4])).expect("valid");
+        node.check_invariants();
+        assert_eq!((node.term(), node.hard_state().vote), (Term(4), None));
+        assert!(node.has_ready(), "the adopted term must be persisted");
+        let r = node.ready();
+        assert_eq!(r.hard_state.map(|h| h.term), Some(Term(4)));
+        assert!(r.must_sync);
+        // The committed prefix is re-delivered from index 1 (applied starts at 0).
+        assert_eq!(r.committed_entries.len(), 1);
+    }
+
+    #[test]
+    fn a_single_node_cluster_elects_itself_and_commits_after_its_own_write() {
+        let c = Config {
+            voters: vec![NodeId(1)],
+            ..cfg()
+        };
+        let mut node = RaftNode::new(c, HardState::default(), MemStorage::default()).unwrap();
+        for _ in 0..=500 {
+            node.tick();
+        }
+        assert_eq!(node.role(), Role::Leader);
+        let (idx, _) = node.propose(b"a".to_vec()).expect("leader");
+        let r = node.ready();
+        assert_eq!(node.commit_index(), LogIndex(0), "nothing is durable yet");
+        node.storage_mut().append(&r.entries);
+        node.on_persisted(r.persist_token());
+        assert_eq!(node.commit_index(), idx);
+        let r = node.ready();
+        assert_eq!(r.committed_entries.len(), 2, "NoOp and the proposal");
+        node.check_invariants();
+    }
+
+    #[test]
+    fn the_election_timeout_is_drawn_from_the_configured_range() {
+        let c = Config {
+            election_ticks_min: 150,
+            election_ticks_max: 155,
+            ..cfg()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let mut node = RaftNode::new(
+                Config {
+                    rng_seed: seed,
+                    ..c.clone()
+                },
+                HardState::default(),
+                MemStorage::default(),
+            )
+            .unwrap();
+            let mut ticks = 0;
+            while node.role() == Role::Follower {
+                node.tick();
+                ticks += 1;
+                assert!(ticks <= 155, "seed {seed}: no campaign after {ticks} ticks");
+            }
+            assert!(ticks >= 150, "seed {seed}: campaigned after {ticks} ticks");
+            seen.insert(ticks);
+        }
+        assert_eq!(
+            seen.len(),
+            6,
+            "every timeout in 150..=155 should occur: {seen:?}"
+        );
+    }
+}
