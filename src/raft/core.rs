@@ -2,8 +2,9 @@
 //!
 //! This module owns the roles (Follower, PreCandidate, Candidate, Leader), the term and vote, the
 //! commit and apply indexes, the election and heartbeat timers, the votes of a campaign and (on the
-//! leader) every follower's replication progress. It reads and extends the log only through
-//! the log view (`RaftLog`, in `log.rs`) and reports what must be persisted, sent and applied in [`Ready`].
+//! leader) every follower's replication progress. It reads and extends the log only through the
+//! log view (`RaftLog`, in `log.rs`) and reports what must be persisted, sent and applied in
+//! [`Ready`].
 //!
 //! Invariants (always-on asserts where cheap, all of them in [`RaftNode::check_invariants`]):
 //! - `applied <= commit <= last_index`, `applied <= persisted_index <= last_index`;
