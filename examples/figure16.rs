@@ -3,8 +3,9 @@
 //! ranges, with PreVote on and off.
 //!
 //! Each trial, in the deterministic simulator with a 100 µs tick (so 150–151 ms is a real range):
-//! 1. five servers, one-way latency uniform in 7–8 ms (a ~15 ms broadcast round trip), disk
-//!    writes 0.1–0.5 ms; node 0 is made leader by letting only its clock run until it wins;
+//! 1. five servers; by default one-way latency uniform in 7–8 ms (a ~15 ms broadcast round trip)
+//!    and disk writes of 0.1–0.5 ms (`--model disk` instead spends the 15 ms in the disk); node 0
+//!    is made leader by letting only its clock run until it wins;
 //! 2. the followers are given logs of different lengths (three stages of entries, later stages
 //!    withheld from some followers), so some of them cannot win the next election;
 //! 3. right after a heartbeat broadcast (which resets every follower's timer at about the same
@@ -13,7 +14,7 @@
 //! 4. the time from the crash until a new leader is known to a majority (3 of 5) is recorded.
 //!    A trial is capped at `--cap-s` simulated seconds (default 30).
 //!
-//! `cargo run --release --example figure16 [-- --trials 1000 --cap-s 30 --threads 2]`
+//! `cargo run --release --example figure16 [-- --trials 1000 --cap-s 30 --threads 2 --model net]`
 //! prints one table row per (range, PreVote) line: p50, p90, p99 and max, and how many trials
 //! exceeded 10 s, beside the paper's figures.
 
@@ -29,11 +30,34 @@ use rust_raft_log::types::NodeId;
 
 const TICK_US: u64 = 100;
 const NODES: usize = 5;
-/// One-way latency: 7-8 ms, so a request-response round (the paper's "broadcast time") takes
-/// ~15 ms with little jitter, as on the paper's LAN; jitter is a source of randomness of its own,
-/// so a wide latency spread would blur the 150-150 ms line.
-const LATENCY_US_MIN: u64 = 7_000;
-const LATENCY_US_MAX: u64 = 8_000;
+/// Where the ~15 ms "broadcast time" (Raft §5.6: send RPCs in parallel, the recipients persist,
+/// receive the responses) is spent. Both keep the jitter small: jitter is randomness of its own and
+/// would blur the 150-150 ms line.
+#[derive(Clone, Copy, Debug)]
+struct Model {
+    name: &'static str,
+    net_us: (u64, u64),
+    write_us: (u64, u64),
+    sync_us: (u64, u64),
+}
+
+/// `--model disk`: a LAN (0.5-1 ms one way) and a disk whose write + fdatasync takes 11-14 ms, as
+/// the paper's §5.6 describes broadcast time ("RPCs require the recipient to persist information
+/// to stable storage").
+const MODEL_DISK: Model = Model {
+    name: "disk",
+    net_us: (500, 1_000),
+    write_us: (1_000, 2_000),
+    sync_us: (10_000, 12_000),
+};
+
+/// The default (`--model net`): the network is slow (7-8 ms one way), the disk fast (0.1-0.5 ms).
+const MODEL_NET: Model = Model {
+    name: "net",
+    net_us: (7_000, 8_000),
+    write_us: (50, 200),
+    sync_us: (50, 300),
+};
 
 #[derive(Clone, Copy)]
 struct Line {
@@ -87,7 +111,7 @@ enum TrialOutcome {
     Unsettled,
 }
 
-fn trial(line: Line, pre_vote: bool, seed: u64, cap_us: u64) -> TrialOutcome {
+fn trial(model: Model, line: Line, pre_vote: bool, seed: u64, cap_us: u64) -> TrialOutcome {
     let core = Config {
         election_ticks_min: line.min_ms * 1000 / TICK_US,
         election_ticks_max: line.max_ms * 1000 / TICK_US,
@@ -100,12 +124,12 @@ fn trial(line: Line, pre_vote: bool, seed: u64, cap_us: u64) -> TrialOutcome {
         seed,
         nodes: NODES,
         core,
-        net: NetConfig::reliable(LATENCY_US_MIN, LATENCY_US_MAX),
+        net: NetConfig::reliable(model.net_us.0, model.net_us.1),
         disk: DiskConfig {
-            write_us_min: 50,
-            write_us_max: 200,
-            sync_us_min: 50,
-            sync_us_max: 300,
+            write_us_min: model.write_us.0,
+            write_us_max: model.write_us.1,
+            sync_us_min: model.sync_us.0,
+            sync_us_max: model.sync_us.1,
         },
         tick_us: vec![TICK_US; NODES],
         replay: format!(
@@ -287,6 +311,7 @@ fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
     let mut only_line: Option<usize> = None;
+    let mut model = MODEL_NET;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> u64 {
@@ -301,18 +326,30 @@ fn main() {
             "--cap-s" => cap_s = value("--cap-s"),
             "--threads" => threads = value("--threads") as usize,
             "--line" => only_line = Some(value("--line") as usize),
+            "--model" => {
+                model = match args.next().as_deref() {
+                    Some("disk") => MODEL_DISK,
+                    Some("net") => MODEL_NET,
+                    other => panic!("--model takes disk or net, not {other:?}"),
+                }
+            }
             other => {
-                panic!("unknown argument {other:?} (use --trials N --cap-s S --threads T --line I)")
+                panic!("unknown argument {other:?} (use --trials N --cap-s S --threads T --line I --model disk|net)")
             }
         }
     }
     let cap_us = cap_s * 1_000_000;
     println!(
-        "Figure 16 (Raft paper §9.3): 5 servers, one-way latency {}-{} ms, tick {TICK_US} us, \
-         {trials} trials per line, cap {cap_s} s simulated; time from leader crash to a new leader \
-         known to a majority.",
-        LATENCY_US_MIN as f64 / 1000.0,
-        LATENCY_US_MAX as f64 / 1000.0
+        "Figure 16 (Raft paper §9.3): 5 servers, model {:?}: one-way latency {}-{} us, disk write \
+         {}-{} us + fdatasync {}-{} us; tick {TICK_US} us; {trials} trials per line, cap {cap_s} s \
+         simulated; time from the leader's crash to a new leader known to a majority.",
+        model.name,
+        model.net_us.0,
+        model.net_us.1,
+        model.write_us.0,
+        model.write_us.1,
+        model.sync_us.0,
+        model.sync_us.1
     );
     println!();
     println!(
@@ -335,7 +372,7 @@ fn main() {
                             // Trial t of a line has the same seed whatever the thread count.
                             let t = (ci * per + k) as u64;
                             let seed = (li as u64) << 40 | u64::from(pre_vote) << 32 | t;
-                            *slot = trial(line, pre_vote, seed, cap_us);
+                            *slot = trial(model, line, pre_vote, seed, cap_us);
                         }
                     });
                 }
