@@ -846,3 +846,24 @@ fn a_rejected_higher_term_vote_request_does_not_restart_the_election_timer() {
     assert_eq!(node.term(), Term(6));
     node.check_invariants();
 }
+
+#[test]
+fn proposals_between_two_readys_travel_as_one_append_per_follower() {
+    let mut net = Net::new(3);
+    net.campaign(1);
+    let before = net.sent.len();
+    for i in 0..10 {
+        net.node_mut(1).propose(vec![i]).expect("leader");
+    }
+    net.process(1);
+    for to in [2, 3] {
+        let batches: Vec<usize> = net.sent[before..]
+            .iter()
+            .filter(|e| e.to == NodeId(to))
+            .filter_map(|e| append_entries(e).map(|ae| ae.entries.len()))
+            .collect();
+        assert_eq!(batches, vec![10], "appends to node {to}");
+    }
+    net.deliver_all();
+    assert_eq!(net.node(3).commit_index(), LogIndex(11));
+}

@@ -365,7 +365,8 @@ impl<S: Storage> RaftNode<S> {
             entry_type: EntryType::Normal,
             payload,
         }]);
-        self.send_appends_to_all();
+        // The appends go out when the driver next takes a Ready, so every proposal made since the
+        // last Ready travels in one batch per follower (and one write locally).
         Ok((index, self.term))
     }
 
@@ -383,6 +384,9 @@ impl<S: Storage> RaftNode<S> {
 
     /// Takes everything the driver must do now (see [`crate::raft`] for the order).
     pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader && self.log.has_unsent() {
+            self.send_appends_to_all();
+        }
         let (truncate_from, entries) = self.log.take_unsent();
         let hs = self.hard_state();
         let prev = self.last_ready_hard_state;
