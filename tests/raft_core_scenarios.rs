@@ -867,3 +867,22 @@ fn proposals_between_two_readys_travel_as_one_append_per_follower() {
     net.deliver_all();
     assert_eq!(net.node(3).commit_index(), LogIndex(11));
 }
+
+#[test]
+fn a_pipeline_whose_appends_were_all_lost_restarts_from_the_match_index() {
+    let mut net = Net::new(3);
+    net.campaign(1);
+    net.run(HEARTBEAT); // node 2 is in Replicate
+    net.cut.insert((1, 2));
+    let (index, _) = net.node_mut(1).propose(b"lost".to_vec()).expect("leader");
+    net.process(1);
+    net.deliver_all(); // the append to node 2 is dropped; node 3 acknowledges
+    assert_eq!(net.node(1).commit_index(), index);
+    assert!(net.node(2).last_index() < index);
+    net.heal();
+    // No new proposal: heartbeats anchored at node 2's match index succeed, so only noticing
+    // that the in-flight append went unanswered for too long gets the entry re-sent.
+    net.run(4 * HEARTBEAT);
+    assert_eq!(net.node(2).last_index(), index);
+    assert_eq!(net.node(2).commit_index(), index);
+}
