@@ -138,6 +138,8 @@ fn trial(model: Model, line: Line, pre_vote: bool, seed: u64, cap_us: u64) -> Tr
         ),
     });
     c.tracing = std::env::var("FIG16_TRACE").is_ok();
+    c.trace_ticks = false;
+    c.trace_len = 400;
     let mut rng = SimRng::new(seed ^ 0xF16);
 
     // 1. Node 0 becomes leader: only its clock runs until a majority knows it.
@@ -205,6 +207,13 @@ fn trial(model: Model, line: Line, pre_vote: bool, seed: u64, cap_us: u64) -> Tr
 
     // 4. Until a new leader is known to a majority.
     match run_until(&mut c, cap_us, |c| c.leader_known_to_majority().is_some()) {
+        Some(()) if std::env::var("FIG16_FAIL_AT_END").is_ok() => c.fail(Violation::new(
+            Property::Liveness,
+            format!(
+                "(trace requested) leader known after {:.1} ms",
+                (c.now_us() - crashed_at) as f64 / 1000.0
+            ),
+        )),
         Some(()) => TrialOutcome::Elected((c.now_us() - crashed_at) as f64 / 1000.0),
         None => {
             if c.tracing {
@@ -312,6 +321,7 @@ fn main() {
         .unwrap_or(1);
     let mut only_line: Option<usize> = None;
     let mut model = MODEL_NET;
+    let mut trace_trial: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> u64 {
@@ -326,6 +336,7 @@ fn main() {
             "--cap-s" => cap_s = value("--cap-s"),
             "--threads" => threads = value("--threads") as usize,
             "--line" => only_line = Some(value("--line") as usize),
+            "--trace-trial" => trace_trial = Some(value("--trace-trial")),
             "--model" => {
                 model = match args.next().as_deref() {
                     Some("disk") => MODEL_DISK,
@@ -339,6 +350,16 @@ fn main() {
         }
     }
     let cap_us = cap_s * 1_000_000;
+    if let Some(t) = trace_trial {
+        // Diagnosis: rerun one trial of `--line` (PreVote on) and print its last events at the
+        // moment a leader is known to a majority.
+        let li = only_line.unwrap_or(4);
+        let seed = (li as u64) << 40 | 1u64 << 32 | t;
+        std::env::set_var("FIG16_TRACE", "1");
+        std::env::set_var("FIG16_FAIL_AT_END", "1");
+        println!("{:?}", trial(model, LINES[li], true, seed, cap_us));
+        return;
+    }
     println!(
         "Figure 16 (Raft paper §9.3): 5 servers, model {:?}: one-way latency {}-{} us, disk write \
          {}-{} us + fdatasync {}-{} us; tick {TICK_US} us; {trials} trials per line, cap {cap_s} s \
@@ -378,6 +399,17 @@ fn main() {
                 }
             });
             print_row(line, pre_vote, &results, cap_us);
+            if let Some((worst, _)) = results
+                .iter()
+                .enumerate()
+                .filter_map(|(t, r)| match r {
+                    TrialOutcome::Elected(ms) => Some((t, *ms)),
+                    _ => None,
+                })
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+            {
+                eprintln!("line {li} pre_vote {pre_vote}: slowest elected trial {worst}");
+            }
         }
     }
     println!();

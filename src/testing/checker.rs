@@ -15,6 +15,7 @@
 //! | State Machine Safety | §5.4.3, Fig. 3 | every applied index is compared with the first entry applied there; commit indexes must agree on the committed prefix |
 //! | Committed proposals survive | §8 (clients) | every proposal a client was told committed is in the log of every leader of a later term |
 //! | Durable before acknowledged | Fig. 2, thesis §10.2.1 | an append acknowledgement or a vote leaving a node must be covered by that node's durable log / hard state |
+//! | Term adoption | §5.1, Fig. 2 | after handling an AppendEntries, an append response or a vote response (except a granted pre-vote) of a higher term, a node is in at least that term |
 //!
 //! "Committed by term t" is recorded with the term of the node that first reported the commit,
 //! which is at least the term the entry was really committed in, so the Leader Completeness check
@@ -37,6 +38,8 @@ pub enum Property {
     CommittedProposalsSurvive,
     DurableBeforeAck,
     DurableBeforeVote,
+    /// A node handled a message carrying a higher term and did not adopt it.
+    TermAdoption,
     /// The core broke the driver contract (non-contiguous `Ready` entries, applying a non-durable
     /// or uncommitted entry, applying out of order).
     ReadyContract,
@@ -58,6 +61,7 @@ impl Property {
             Property::CommittedProposalsSurvive => "Committed proposals survive in later leaders",
             Property::DurableBeforeAck => "Append acknowledged only once durable",
             Property::DurableBeforeVote => "Vote granted only once term and vote are durable",
+            Property::TermAdoption => "A higher term in a message is adopted",
             Property::ReadyContract => "Ready contract",
             Property::NodeInvariants => "Node invariants (check_invariants / core assertion)",
             Property::MirrorFidelity => "Simulator mirror matches the node's log",
@@ -75,6 +79,7 @@ impl Property {
             Property::CommittedProposalsSurvive => "Raft §8 / §5.4",
             Property::DurableBeforeAck => "Raft Figure 2 (persistent state), thesis §10.2.1",
             Property::DurableBeforeVote => "Raft Figure 2 (persistent state), §5.2",
+            Property::TermAdoption => "Raft §5.1, Figure 2 (Rules for Servers)",
             Property::ReadyContract => "driver contract, src/raft/mod.rs",
             Property::NodeInvariants => "core invariants, STYLE practice 7",
             Property::MirrorFidelity => "simulator self-check",

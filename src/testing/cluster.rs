@@ -278,6 +278,10 @@ pub struct Cluster {
     trace: VecDeque<(u64, u64, TraceRec)>,
     /// Record a trace (costs a little; on by default, off for the Figure 16 experiment).
     pub tracing: bool,
+    /// How many events the failure report shows.
+    pub trace_len: usize,
+    /// Whether ticks go into the trace (they drown everything else at fine tick periods).
+    pub trace_ticks: bool,
     /// `entries_blocked[to]`: AppendEntries carrying entries to `to` are lost (heartbeats pass).
     /// Lets an experiment give followers logs of different lengths while they still hear from
     /// the leader.
@@ -329,6 +333,8 @@ impl Cluster {
             stats: ClusterStats::default(),
             trace: VecDeque::with_capacity(TRACE_LEN),
             tracing: true,
+            trace_ticks: true,
+            trace_len: TRACE_LEN,
             entries_blocked: vec![false; n],
         };
         for i in 0..n {
@@ -409,7 +415,7 @@ impl Cluster {
         if !self.tracing {
             return;
         }
-        if self.trace.len() == TRACE_LEN {
+        if self.trace.len() >= self.trace_len {
             self.trace.pop_front();
         }
         self.trace.push_back((self.stats.events, self.now_us, rec));
@@ -554,7 +560,9 @@ impl Cluster {
             self.now_us = t;
             self.slots[i].next_tick_us = t + self.slots[i].tick_us;
             self.stats.ticks += 1;
-            self.note(TraceRec::Tick(i));
+            if self.trace_ticks {
+                self.note(TraceRec::Tick(i));
+            }
             self.with_core(i, "tick", |c| c.tick());
             self.after_input(i);
             return Stepped::Tick(i);
@@ -574,8 +582,21 @@ impl Cluster {
                         msg: brief(&env.msg),
                     });
                 }
+                let must_adopt = must_adopt_term(&env.msg);
                 self.with_core(to, "step", |c| c.step(env));
                 self.after_input(to);
+                if let Some(t) = must_adopt {
+                    let term = self.slots[to].core.as_ref().map_or(t, |c| c.term());
+                    if term < t {
+                        self.fail(Violation::new(
+                            Property::TermAdoption,
+                            format!(
+                                "node {to} handled a message of term {t} from node {from} and \
+                                 stayed in term {term}"
+                            ),
+                        ));
+                    }
+                }
                 Stepped::Delivered { from, to }
             }
             EventKind::DiskDone {
@@ -1059,6 +1080,19 @@ impl Cluster {
         if self.tracing {
             self.note(TraceRec::Note(text.into()));
         }
+    }
+}
+
+/// The term a node must have adopted after handling `m` (Raft §5.1: a higher term in any request
+/// or response makes a server update its term and become follower). `None` for the messages a
+/// core may legitimately leave its term alone for: RequestVote (a server in a leader lease ignores
+/// it, thesis §4.2.3; a pre-vote changes no state, §9.6) and granted pre-vote responses (they carry
+/// the proposed term).
+fn must_adopt_term(m: &Message) -> Option<Term> {
+    match m {
+        Message::RequestVote(_) => None,
+        Message::RequestVoteResponse(r) if r.pre_vote && r.vote_granted => None,
+        other => Some(other.term()),
     }
 }
 
