@@ -716,20 +716,20 @@ impl Cluster {
             env.from
         );
         match &env.msg {
-            Message::AppendEntriesResponse(r) if r.success => {
-                if r.last_log_index.0 > s.durable.last_index() {
-                    self.fail(Violation::new(
-                        Property::DurableBeforeAck,
-                        format!(
-                            "node {i} acknowledges entries up to {} in term {} to {} while only \
-                             {} entries are durable",
-                            r.last_log_index,
-                            r.term,
-                            env.to,
-                            s.durable.last_index()
-                        ),
-                    ));
-                }
+            Message::AppendEntriesResponse(r)
+                if r.success && r.last_log_index.0 > s.durable.last_index() =>
+            {
+                self.fail(Violation::new(
+                    Property::DurableBeforeAck,
+                    format!(
+                        "node {i} acknowledges entries up to {} in term {} to {} while only {} \
+                         entries are durable",
+                        r.last_log_index,
+                        r.term,
+                        env.to,
+                        s.durable.last_index()
+                    ),
+                ));
             }
             Message::RequestVoteResponse(r) if r.vote_granted && !r.pre_vote => {
                 let hs = s.durable_hs;

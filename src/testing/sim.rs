@@ -29,7 +29,7 @@ use crate::testing::cluster::{Cluster, ClusterConfig, Outcome, Stepped};
 use crate::testing::disk::DiskConfig;
 use crate::testing::network::NetConfig;
 use crate::testing::rng::SimRng;
-use crate::types::NodeId;
+use crate::types::{NodeId, Term};
 
 /// Chaos-phase events per seed in the default sweep.
 pub const DEFAULT_EVENTS: u64 = 20_000;
@@ -61,7 +61,7 @@ impl SimPlan {
     /// Derives the plan from the seed: N = 3, 5 or 7 by `seed % 3`, the rest drawn from the seed.
     pub fn from_seed(seed: u64, events: u64) -> SimPlan {
         let nodes = [3, 5, 7][(seed % 3) as usize];
-        let mut rng = SimRng::new(seed ^ 0x5EED_0F_5EED);
+        let mut rng = SimRng::new(seed ^ 0x5E_ED0F_5EED);
         // One tick is 10 ms of simulated time here, so that a few thousand events span many
         // election timeouts; the core only counts ticks.
         let base_tick_us = 10_000;
@@ -153,6 +153,7 @@ const T_FAULT: u64 = 2;
 const T_HEAL: u64 = 3;
 const T_RESTART: u64 = 4 << 32;
 const T_FLAP: u64 = 5 << 32;
+const T_CRASH: u64 = 6 << 32;
 
 /// Runs one seed: chaos, then liveness. Panics (with the replay command) on any violation.
 pub fn run_seed(seed: u64, events: u64) -> SimSummary {
@@ -173,8 +174,26 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
     let et = plan.election_timeout_us_max;
 
     // Chaos phase.
+    // The leader trap: when armed with the highest term that had a leader, the next leader of a
+    // later term is crashed a moment after its election (while it replicates its predecessors'
+    // entries and its NoOp: the Figure 8 window).
+    let mut leader_trap: Option<Term> = None;
+    let trap_delay_us_max = 3 * plan.cluster.net.latency_us_max + plan.cluster.disk.sync_us_max;
     while c.stats.events < plan.events {
-        let Stepped::Timer(tag) = c.step() else {
+        let stepped = c.step();
+        if let Some(armed) = leader_trap {
+            if c.checker.max_term_with_leader() > armed {
+                if let Some(&(i, term)) = c.leaders().iter().max_by_key(|(_, t)| *t) {
+                    leader_trap = None;
+                    let at = c.now_us() + rng.range(0, trap_delay_us_max);
+                    c.trace_note(format!(
+                        "leader trap: n{i} of term {term} crashes at {at}us"
+                    ));
+                    c.schedule_timer(at, T_CRASH | i as u64);
+                }
+            }
+        }
+        let Stepped::Timer(tag) = stepped else {
             continue;
         };
         match tag {
@@ -254,6 +273,10 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
                         c.trace_note(format!("fault: flapping link n{a}<->n{b} every {period}us"));
                         c.schedule_timer(now + period, T_FLAP | flap_gen);
                     }
+                    75..=86 => {
+                        leader_trap = Some(c.checker.max_term_with_leader());
+                        c.trace_note("fault: leader trap armed");
+                    }
                     _ => {
                         c.trace_note("fault: heal all");
                         c.net.heal();
@@ -264,6 +287,16 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
             }
             T_HEAL => c.net.heal(),
             t if t & !0xFFFF_FFFF == T_RESTART => c.restart((t & 0xFFFF_FFFF) as usize),
+            t if t & !0xFFFF_FFFF == T_CRASH => {
+                let i = (t & 0xFFFF_FFFF) as usize;
+                c.crash(i);
+                let back = if rng.chance(0.5) {
+                    rng.range(0, 5_000)
+                } else {
+                    rng.range(0, 2 * et)
+                };
+                c.schedule_timer(c.now_us() + back, T_RESTART | i as u64);
+            }
             t if t & !0xFFFF_FFFF == T_FLAP => {
                 if let Some((a, b, until, period)) = flap {
                     if t & 0xFFFF_FFFF == flap_gen & 0xFFFF_FFFF {
