@@ -886,3 +886,31 @@ fn a_pipeline_whose_appends_were_all_lost_restarts_from_the_match_index() {
     assert_eq!(net.node(2).last_index(), index);
     assert_eq!(net.node(2).commit_index(), index);
 }
+
+#[test]
+fn a_dead_follower_costs_only_empty_probes() {
+    let mut net = Net::new(3);
+    net.campaign(1);
+    net.isolate(3);
+    for i in 0..20 {
+        net.node_mut(1).propose(vec![i; 100]).expect("leader");
+        net.run(HEARTBEAT);
+    }
+    let with_entries: Vec<usize> = net
+        .sent
+        .iter()
+        .filter(|e| e.to == NodeId(3))
+        .filter_map(|e| append_entries(e).map(|ae| ae.entries.len()))
+        .collect();
+    // The appends sent before the first unanswered round, then only empty probes and heartbeats.
+    let max_inflight = net.node(1).config().max_inflight_msgs;
+    assert!(
+        with_entries.len() <= max_inflight + 1,
+        "{} appends with entries to a dead follower: {with_entries:?}",
+        with_entries.len()
+    );
+    // Once it is back, it catches up.
+    net.heal();
+    net.run(4 * HEARTBEAT);
+    assert_eq!(net.log_of(3), net.log_of(1));
+}

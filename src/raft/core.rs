@@ -1026,9 +1026,10 @@ impl<S: Storage> RaftNode<S> {
     }
 
     /// Every heartbeat interval: an empty append to each follower in Replicate (anchored at its
-    /// match index, which it is known to hold, so it can never be rejected for a gap), a retry of
-    /// the probe to each follower in Probe, and a restart of any pipeline that has been silent for
-    /// two heartbeat intervals (all its appends or their answers were lost).
+    /// match index, which it is known to hold, so it can never be rejected for a gap), an empty
+    /// re-probe to each follower in Probe whose probe went unanswered, and a restart of any
+    /// pipeline that has been silent for two heartbeat intervals (all its appends or their
+    /// answers were lost).
     fn broadcast_heartbeat(&mut self) {
         let now = self.now_tick;
         let stall_ticks = 2 * self.config.heartbeat_ticks;
@@ -1038,8 +1039,15 @@ impl<S: Storage> RaftNode<S> {
             };
             match pr.state {
                 ProgressState::Probe => {
-                    pr.probe_sent = false;
-                    self.send_appends(to);
+                    if pr.probe_sent {
+                        // The last probe went unanswered: the follower may be down. Re-probe
+                        // without entries, so a dead follower costs a few bytes per heartbeat
+                        // rather than a full batch; entries follow its first answer.
+                        let prev = pr.next_index.prev();
+                        self.send_append(to, prev, Vec::new());
+                    } else {
+                        self.send_appends(to);
+                    }
                 }
                 ProgressState::Replicate => {
                     let stalled = pr
