@@ -2,7 +2,7 @@
 //! disk, clock and crash faults with client load, with the Raft safety properties checked after
 //! every event, then a liveness phase (leader and a fresh commit after the faults stop).
 //!
-//! - default: seeds 0..1000 (N = 3, 5, 7 by seed % 3), 20,000 chaos events each, on all cores;
+//! - default: seeds 0..2000 (N = 3, 5, 7 by seed % 3), 20,000 chaos events each, on all cores;
 //! - `SIM_SEEDS=<n>`: run n seeds; `SIM_FIRST_SEED=<s>`: start at s; `SIM_EVENTS=<e>`: events per
 //!   seed; `SIM_THREADS=<t>`: worker threads; `SIM_KEEP_GOING=1`: run every seed and list all
 //!   failures instead of stopping at the first;
@@ -23,7 +23,7 @@ fn env_u64(name: &str) -> Option<u64> {
     }
 }
 
-const DEFAULT_SEEDS: u64 = 1_000;
+const DEFAULT_SEEDS: u64 = 2_000;
 
 #[test]
 fn sim_safety_sweep() {
