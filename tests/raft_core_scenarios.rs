@@ -914,3 +914,21 @@ fn a_dead_follower_costs_only_empty_probes() {
     net.run(4 * HEARTBEAT);
     assert_eq!(net.log_of(3), net.log_of(1));
 }
+
+#[test]
+fn a_new_leader_counts_its_voters_as_active_for_the_first_check_quorum_round() {
+    // Simulator finding F2: when a round trip is about as long as the minimum election timeout,
+    // the first CheckQuorum round can end before any append is answered. The voters answered
+    // moments ago, so the new leader must not step down.
+    let mut net = Net::new(3);
+    net.tick(1, ELECTION_MAX + 1);
+    while net.node(1).role() != Role::Leader {
+        assert!(net.deliver_one().is_some(), "node 1 was not elected");
+    }
+    // A whole CheckQuorum round passes before any append answer arrives.
+    net.tick(1, ELECTION_MIN);
+    assert_eq!(net.node(1).role(), Role::Leader);
+    net.deliver_all();
+    net.run(3 * ELECTION_MIN);
+    assert_eq!(net.node(1).role(), Role::Leader);
+}

@@ -655,14 +655,22 @@ impl<S: Storage> RaftNode<S> {
         tracing::debug!(id = %self.config.id, term = %self.term, "becomes leader");
         self.role = Role::Leader;
         self.leader = Some(self.config.id);
-        self.votes.clear();
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         let next = self.log.last_index().next();
+        // The servers that just answered our vote request (a majority at least) were heard from
+        // within this election timeout: they count as active for the first CheckQuorum round.
+        // Otherwise, when a round trip is close to the minimum election timeout, that round could
+        // end before any append is answered and depose every new leader (simulator finding F2).
+        let votes = std::mem::take(&mut self.votes);
         self.progress = self
             .peers()
             .into_iter()
-            .map(|p| (p, Progress::new(next)))
+            .map(|p| {
+                let mut pr = Progress::new(next);
+                pr.recent_active = votes.contains_key(&p);
+                (p, pr)
+            })
             .collect();
         // Raft §5.4.2 / §8: a leader can commit entries of earlier terms only by committing an
         // entry of its own term, so it appends an empty one right away.
