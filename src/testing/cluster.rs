@@ -1056,7 +1056,12 @@ impl Cluster {
         let last = log.entries.len() as u64 + log.snapshot_index.0;
         let core = match RaftNode::new(config, hs, log) {
             Ok(c) => c,
-            Err(e) => panic!("node {i}: the simulator built an invalid core config: {e}"),
+            // Either the plan built a bad config (a simulator bug) or the core refused the state
+            // the simulated disk kept (a core or driver bug); both stop the run with the seed.
+            Err(e) => self.fail(Violation::new(
+                Property::NodeInvariants,
+                format!("node {i} cannot restart from {hs:?} and a log of {last} entries: {e}"),
+            )),
         };
         let s = &mut self.slots[i];
         s.core = Some(core);
