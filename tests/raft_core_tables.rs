@@ -346,7 +346,7 @@ fn append_decisions() {
             name: "hint: the term's run is scanned back only to just above the commit index",
             follower_log: &[1, 1, 2, 2, 2],
             follower_commit: 2,
-            ae: (5, 3, 6, &[], 0),
+            ae: (5, 1, 6, &[], 0),
             reply: (false, 5, Some(2), Some(3)),
             log_after: &[1, 1, 2, 2, 2],
             commit_after: 2,
@@ -569,5 +569,44 @@ fn leader_resumes_after_a_rejection_using_the_hint() {
             _ => None,
         });
         assert_eq!(prev, Some(row.next_prev), "row {:?}", row.name);
+    }
+}
+
+#[test]
+fn malformed_appends_are_dropped_without_a_reply_or_a_panic() {
+    // (name, prev index, prev term, first entry index, entry terms, leader id)
+    let rows: [(&str, u64, u64, u64, &[u64], u32); 5] = [
+        ("gap after prev", 1, 1, 3, &[2], 1),
+        ("entry term above the message term", 1, 1, 2, &[3], 1),
+        ("entry terms decrease", 1, 1, 2, &[2, 1], 1),
+        ("entry term below prev term", 1, 2, 2, &[1], 1),
+        ("leader id is not the sender", 1, 1, 2, &[2], 3),
+    ];
+    for (name, prev, prev_term, first, terms, leader) in rows {
+        let hs = HardState {
+            term: Term(2),
+            vote: None,
+            commit: LogIndex(0),
+        };
+        let mut node = RaftNode::new(config(2), hs, storage(&[1, 1])).expect("config");
+        node.step(env(
+            1,
+            2,
+            Message::AppendEntries(AppendEntries {
+                term: Term(2),
+                leader_id: NodeId(leader),
+                prev_log_index: LogIndex(prev),
+                prev_log_term: Term(prev_term),
+                entries: entries_from(first, terms),
+                leader_commit: LogIndex(0),
+            }),
+        ));
+        node.check_invariants();
+        assert!(
+            !node.has_ready(),
+            "row {name:?}: a malformed append changed something"
+        );
+        assert_eq!(terms_of(&node), vec![1, 1], "row {name:?}");
+        assert_eq!(node.leader(), None, "row {name:?}");
     }
 }

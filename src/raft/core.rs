@@ -176,6 +176,32 @@ impl Ready {
     }
 }
 
+/// Checks what the receiver of an AppendEntries relies on: the leader is the sender, the entries
+/// continue `prev_log_index` without a gap, and their terms never decrease, never precede
+/// `prev_log_term` and never exceed the message's term.
+fn check_append_shape(from: NodeId, ae: &AppendEntries) -> Result<(), String> {
+    if ae.leader_id != from {
+        return Err(format!("leader_id {} but sent by {from}", ae.leader_id));
+    }
+    if ae.prev_log_term > ae.term {
+        return Err(format!(
+            "prev_log_term {} above the message term {}",
+            ae.prev_log_term, ae.term
+        ));
+    }
+    let mut prev = (ae.prev_log_index, ae.prev_log_term);
+    for e in &ae.entries {
+        if e.index != prev.0.next() || e.term < prev.1 || e.term > ae.term {
+            return Err(format!(
+                "entry {} (term {}) after {} (term {}) in a term-{} append",
+                e.index, e.term, prev.0, prev.1, ae.term
+            ));
+        }
+        prev = (e.index, e.term);
+    }
+    Ok(())
+}
+
 /// The term after `t`.
 fn next_term(t: Term) -> Term {
     Term(t.0.checked_add(1).expect("term overflowed u64"))
@@ -297,6 +323,14 @@ impl<S: Storage> RaftNode<S> {
         let Envelope { from, to, msg } = envelope;
         if to != self.config.id || from == self.config.id || !self.config.voters.contains(&from) {
             return;
+        }
+        if let Message::AppendEntries(ae) = &msg {
+            if let Err(why) = check_append_shape(from, ae) {
+                // Input from the network is not trusted to be well-formed: a malformed append
+                // must not trip the log's assertions.
+                tracing::warn!(from = %from, "dropping a malformed AppendEntries: {why}");
+                return;
+            }
         }
         let msg_term = msg.term();
         if msg_term > self.term {
