@@ -574,8 +574,9 @@ fn leader_resumes_after_a_rejection_using_the_hint() {
 
 #[test]
 fn malformed_appends_are_dropped_without_a_reply_or_a_panic() {
-    // (name, prev index, prev term, first entry index, entry terms, leader id)
-    let rows: [(&str, u64, u64, u64, &[u64], u32); 5] = [
+    /// (name, prev index, prev term, first entry index, entry terms, leader id)
+    type Row = (&'static str, u64, u64, u64, &'static [u64], u32);
+    let rows: [Row; 5] = [
         ("gap after prev", 1, 1, 3, &[2], 1),
         ("entry term above the message term", 1, 1, 2, &[3], 1),
         ("entry terms decrease", 1, 1, 2, &[2, 1], 1),
