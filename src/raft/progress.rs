@@ -2,8 +2,9 @@
 //!
 //! A follower is in one of two states, as in etcd's `tracker/progress.go`:
 //! - **Probe**: the leader does not know where the follower's log matches its own. It sends one
-//!   AppendEntries at `next_index` and waits for the answer (or the next heartbeat) before sending
-//!   another, moving `next_index` back on each rejection using the conflict hint (§5.3).
+//!   AppendEntries at `next_index` and waits for the answer before sending another, moving
+//!   `next_index` back on each rejection using the conflict hint (§5.3). An unanswered probe is
+//!   repeated at each heartbeat without entries, so a follower that is down costs little.
 //! - **Replicate**: the follower accepted an append, so the leader streams entries optimistically,
 //!   advancing `next_index` as soon as it sends, with at most `max_inflight_msgs` appends
 //!   unacknowledged.
