@@ -2,7 +2,7 @@
 //! checkers as the seed sweep (after every event), plus the determinism the sweep relies on.
 
 use rust_raft_log::raft::{Config, Role};
-use rust_raft_log::testing::cluster::{Cluster, ClusterConfig, Outcome};
+use rust_raft_log::testing::cluster::{Cluster, ClusterConfig, Outcome, Stepped};
 use rust_raft_log::testing::disk::DiskConfig;
 use rust_raft_log::testing::network::NetConfig;
 use rust_raft_log::testing::sim::run_seed;
@@ -45,14 +45,21 @@ fn run_until(c: &mut Cluster, budget_us: u64, what: &str, mut done: impl FnMut(&
             "timed out after {} ms waiting for: {what}",
             budget_us / 1000
         );
-        c.step();
+        assert!(
+            c.step() != Stepped::Idle,
+            "nothing left to simulate while waiting for: {what}"
+        );
     }
 }
 
+/// Runs for `us` of simulated time, or until nothing is left to simulate (every clock paused or
+/// down and no message in flight).
 fn run_for(c: &mut Cluster, us: u64) {
     let end = c.now_us() + us;
     while c.now_us() < end {
-        c.step();
+        if c.step() == Stepped::Idle {
+            return;
+        }
     }
 }
 
@@ -182,4 +189,108 @@ fn a_seed_replays_identically() {
         let b = format!("{:?}", run_seed(seed, 3_000));
         assert_eq!(a, b, "seed {seed} did not replay identically");
     }
+}
+
+/// Raft Figure 8, scripted. S1..S5 are nodes 0..4; one entry per message and one message in
+/// flight, so a leader's old-term entry and its own NoOp travel separately.
+///
+/// ```text
+/// (a) S1 leads, replicates X (its term) to S2 only          S1 [1 X]  S2 [1 X]  S3 [1]  S4 [1]  S5 [1]
+/// (b) S1 crashes; S5 wins with S3, S4, appends Y, is cut off S5 [1 Y]
+/// (c) S1 restarts and wins a later term; it sends X to S3    S1 [1 X N] S2 [1 X N] S3 [1 X]
+///     A correct core does not count X (an older term) as committed; it waits for its NoOp N.
+///     The moment S1's commit index covers X, S1 crashes (losing what it had just sent).
+/// (d) S5 returns and campaigns alone. If X was committed without N on a majority, S5 wins
+///     with S3 and S4 and overwrites X: the checkers report Leader Completeness.
+/// ```
+/// With a correct core, X's commit implies N on a majority, so S5 cannot win.
+#[test]
+fn figure_8_previous_term_entry_is_not_committed_by_counting() {
+    const N: usize = 5;
+    let core = Config {
+        election_ticks_min: 150,
+        election_ticks_max: 300,
+        heartbeat_ticks: 50,
+        max_entries_per_msg: 1,
+        max_inflight_msgs: 1,
+        pre_vote: false,
+        check_quorum: false,
+        ..Config::new(NodeId(1), Vec::new(), 0)
+    };
+    let mut c = Cluster::new(ClusterConfig {
+        seed: 8,
+        nodes: N,
+        core,
+        net: NetConfig::reliable(1_000, 1_000),
+        disk: DiskConfig {
+            write_us_min: 100,
+            write_us_max: 100,
+            sync_us_min: 100,
+            sync_us_max: 100,
+        },
+        tick_us: vec![TICK_US; N],
+        replay: "cargo test --release --test sim_scenarios figure_8".to_string(),
+    });
+    let only_clock = |c: &mut Cluster, runner: usize| {
+        for i in 0..N {
+            c.set_ticks_paused(i, i != runner);
+        }
+    };
+    // S1 becomes leader and everyone holds its NoOp.
+    only_clock(&mut c, 0);
+    run_until(&mut c, 20 * ET_MAX_US, "S1 leads", |c| {
+        c.leader_known_to_majority() == Some(0) && (0..N).all(|i| c.mirror(i).last_index() == 1)
+    });
+    // (a) X reaches S2 only.
+    for to in 2..N {
+        c.net.set_link(0, to, false);
+    }
+    c.propose(0, b"X");
+    run_until(&mut c, 5 * ET_MAX_US, "X reaches S2", |c| {
+        c.mirror(1).last_index() == 2
+    });
+    // (b) S1 crashes; S5 wins with S3 and S4 and appends Y, then is cut off. Messages already on
+    //     the wire still arrive, so S1's retries of X must land on the cut links before healing.
+    c.crash(0);
+    run_for(&mut c, 10 * 1_000);
+    c.net.heal();
+    only_clock(&mut c, 4);
+    run_until(&mut c, 20 * ET_MAX_US, "S5 leads", |c| {
+        c.leaders().iter().any(|&(l, _)| l == 4)
+    });
+    c.net.isolate(4);
+    c.propose(4, b"Y");
+    run_until(
+        &mut c,
+        5 * ET_MAX_US,
+        "S5 holds its NoOp and Y durably",
+        |c| c.core(4).is_some_and(|n| n.persisted_index().0 >= 3),
+    );
+    c.crash(4);
+    // (c) S1 returns and wins a later term with S2, S3 (S4 too).
+    c.restart(0);
+    only_clock(&mut c, 0);
+    run_until(&mut c, 20 * ET_MAX_US, "S1 leads again", |c| {
+        c.leaders().iter().any(|&(l, _)| l == 0)
+    });
+    run_until(&mut c, 20 * ET_MAX_US, "S1 commits X", |c| {
+        c.core(0).is_some_and(|n| n.commit_index().0 >= 2)
+    });
+    // S1's crash also loses what it just sent (its NoOp on its way to S3).
+    c.net.isolate(0);
+    c.crash(0);
+    // (d) S5 returns and campaigns alone among S2..S5.
+    run_for(&mut c, 10 * 1_000);
+    c.restart(4);
+    for a in 1..N {
+        for b in 1..N {
+            c.net.set_link(a, b, true);
+        }
+    }
+    only_clock(&mut c, 4);
+    run_for(&mut c, 10 * ET_MAX_US);
+    assert!(
+        !c.leaders().iter().any(|&(l, _)| l == 4),
+        "S5 became leader without the committed entry X (the checkers should have said so first)"
+    );
 }
