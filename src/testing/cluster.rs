@@ -258,7 +258,7 @@ struct Slot {
     next_apply: Option<u64>,
     last_role: Option<(Role, Term)>,
     /// When this node last sent AppendEntries to every peer in one Ready (a heartbeat round).
-    pub last_broadcast_us: Option<u64>,
+    last_broadcast_us: Option<u64>,
 }
 
 /// The simulated cluster. See the module docs.
@@ -296,7 +296,7 @@ impl Cluster {
             n >= 1 && config.tick_us.len() == n,
             "{n} nodes need {n} tick periods"
         );
-        let mut rng = SimRng::new(config.seed);
+        let rng = SimRng::new(config.seed);
         let mut slots = Vec::with_capacity(n);
         for i in 0..n {
             let tick_us = config.tick_us[i];
@@ -318,7 +318,6 @@ impl Cluster {
             });
         }
         let net = SimNetwork::new(n, config.net.clone());
-        let _ = &mut rng;
         let mut c = Cluster {
             config,
             now_us: 0,
