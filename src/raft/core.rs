@@ -1,8 +1,37 @@
-//! `RaftNode`: the Raft state machine. (API skeleton: bodies are filled in by the core's author.)
+//! `RaftNode`: the Raft protocol state machine of one server.
+//!
+//! This module owns the roles (Follower, PreCandidate, Candidate, Leader), the term and vote, the
+//! commit and apply indexes, the election and heartbeat timers, the votes of a campaign and (on the
+//! leader) every follower's replication progress. It reads and extends the log only through the
+//! log view (`RaftLog`, in `log.rs`) and reports what must be persisted, sent and applied in
+//! [`Ready`].
+//!
+//! Invariants (always-on asserts where cheap, all of them in [`RaftNode::check_invariants`]):
+//! - `applied <= commit <= last_index`, `applied <= persisted_index <= last_index`;
+//! - the term never decreases, and no entry in the log has a term above the current term;
+//! - the commit index never decreases and never moves past an entry this node could lose;
+//! - a leader never truncates its own log (Leader Append-Only, Raft §5.3);
+//! - role-consistent state: a leader has `leader == vote == self` and a progress for every peer,
+//!   a candidate voted for itself, a follower or pre-candidate tracks no progress.
+//!
+//! Durability (Raft Figure 2 "Persistent state", thesis §10.2.1): every message whose truth
+//! depends on this node's durable state — a granted vote, a candidate's vote request (it implies
+//! its own vote), any AppendEntries answer — goes to `Ready::persisted_messages`, which the driver
+//! sends only after that `Ready` (and every earlier one) is durable. The leader's AppendEntries go
+//! to `Ready::messages` at once, in parallel with its own write, and its own log counts toward
+//! commit only up to what `on_persisted` confirmed.
 
-use crate::raft::message::Envelope;
+use std::cell::Cell;
+use std::collections::BTreeMap;
+
+use crate::raft::log::RaftLog;
+use crate::raft::message::{
+    AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
+};
+use crate::raft::progress::{Progress, ProgressState};
+use crate::raft::rng::Rng;
 use crate::raft::storage::{HardState, Storage};
-use crate::types::{LogEntry, LogIndex, NodeId, Term};
+use crate::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 
 /// The core's configuration. Times are in ticks; the node converts the YAML config's milliseconds
 /// (one tick = one millisecond in the node and the simulator unless stated otherwise).
@@ -16,23 +45,91 @@ pub struct Config {
     pub election_ticks_min: u64,
     pub election_ticks_max: u64,
     pub heartbeat_ticks: u64,
-    /// The most entries, and payload bytes, one AppendEntries carries.
+    /// The most entries, and payload bytes, one AppendEntries carries (also the most entries and
+    /// bytes one `Ready::committed_entries` hands out).
     pub max_entries_per_msg: u64,
     pub max_bytes_per_msg: u64,
     /// The most AppendEntries with entries outstanding to one follower (pipelining bound).
     pub max_inflight_msgs: usize,
     /// Thesis §9.6.
     pub pre_vote: bool,
-    /// A leader that has not heard from a majority within an election timeout steps down.
+    /// A leader that has not heard from a majority within an election timeout steps down, and a
+    /// server that heard from a leader within the minimum election timeout ignores vote requests
+    /// (thesis §6.2 and §4.2.3).
     pub check_quorum: bool,
     /// Seeds the core's own RNG (election jitter). Give every node a different seed.
     pub rng_seed: u64,
+}
+
+impl Config {
+    /// The defaults the seed's YAML implies (one tick = 1 ms): election timeout 150–500 ticks,
+    /// heartbeat every 50 ticks, 1000 entries or 1 MiB per AppendEntries, 8 in flight per
+    /// follower, PreVote and CheckQuorum on. Build variants with struct update syntax
+    /// (`Config { pre_vote: false, ..Config::new(id, voters, seed) }`) so new fields do not break
+    /// callers.
+    pub fn new(id: NodeId, voters: Vec<NodeId>, rng_seed: u64) -> Config {
+        Config {
+            id,
+            voters,
+            election_ticks_min: 150,
+            election_ticks_max: 500,
+            heartbeat_ticks: 50,
+            max_entries_per_msg: 1000,
+            max_bytes_per_msg: 1 << 20,
+            max_inflight_msgs: 8,
+            pre_vote: true,
+            check_quorum: true,
+            rng_seed,
+        }
+    }
+
+    /// Checks every field and the relations between them.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the field and its value.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
+        if !self.voters.contains(&self.id) {
+            return bad(format!("id {} is not in voters {:?}", self.id, self.voters));
+        }
+        let mut sorted = self.voters.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.voters.len() {
+            return bad(format!("voters {:?} contain a duplicate", self.voters));
+        }
+        if self.election_ticks_min == 0 || self.election_ticks_min > self.election_ticks_max {
+            return bad(format!(
+                "election_ticks_min {} must be >= 1 and <= election_ticks_max {}",
+                self.election_ticks_min, self.election_ticks_max
+            ));
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_ticks_min {
+            return bad(format!(
+                "heartbeat_ticks {} must be >= 1 and below election_ticks_min {}",
+                self.heartbeat_ticks, self.election_ticks_min
+            ));
+        }
+        if self.max_entries_per_msg == 0 {
+            return bad("max_entries_per_msg must be >= 1".to_string());
+        }
+        if self.max_bytes_per_msg == 0 {
+            return bad("max_bytes_per_msg must be >= 1".to_string());
+        }
+        if self.max_inflight_msgs == 0 {
+            return bad("max_inflight_msgs must be >= 1".to_string());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("invalid core config: {0}")]
     Invalid(String),
+    /// The durable hard state and log handed to [`RaftNode::new`] contradict each other.
+    #[error("inconsistent durable state: {0}")]
+    InconsistentState(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,12 +153,14 @@ pub struct Ready {
     /// Send these now.
     pub messages: Vec<Envelope>,
     /// Before appending `entries`, remove every entry with index >= this (conflict resolution).
+    /// When set it equals the index of the first of `entries`, which is then never empty.
     pub truncate_from: Option<LogIndex>,
     /// Append these, contiguous and after `truncate_from` if set.
     pub entries: Vec<LogEntry>,
     /// Persist this if set (term/vote/commit changed).
     pub hard_state: Option<HardState>,
-    /// Whether an fdatasync is needed before `persisted_messages` may go out.
+    /// Whether an fdatasync is needed before `persisted_messages` may go out (entries, a
+    /// truncation, or a new term or vote; a commit index alone needs none).
     pub must_sync: bool,
     /// Send these only after this Ready's writes are durable (votes, append acknowledgements).
     pub persisted_messages: Vec<Envelope>,
@@ -77,88 +176,1307 @@ impl Ready {
     }
 }
 
+/// Checks what the receiver of an AppendEntries relies on: the leader is the sender, the entries
+/// continue `prev_log_index` without a gap, and their terms never decrease, never precede
+/// `prev_log_term` and never exceed the message's term.
+fn check_append_shape(from: NodeId, ae: &AppendEntries) -> Result<(), String> {
+    if ae.leader_id != from {
+        return Err(format!("leader_id {} but sent by {from}", ae.leader_id));
+    }
+    if ae.prev_log_term > ae.term {
+        return Err(format!(
+            "prev_log_term {} above the message term {}",
+            ae.prev_log_term, ae.term
+        ));
+    }
+    let mut prev = (ae.prev_log_index, ae.prev_log_term);
+    for e in &ae.entries {
+        if e.index != prev.0.next() || e.term < prev.1 || e.term > ae.term {
+            return Err(format!(
+                "entry {} (term {}) after {} (term {}) in a term-{} append",
+                e.index, e.term, prev.0, prev.1, ae.term
+            ));
+        }
+        prev = (e.index, e.term);
+    }
+    Ok(())
+}
+
+/// The term after `t`.
+fn next_term(t: Term) -> Term {
+    Term(t.0.checked_add(1).expect("term overflowed u64"))
+}
+
+/// What `check_invariants` remembers between calls to check monotonic properties.
+#[derive(Clone, Copy, Debug, Default)]
+struct InvariantMemo {
+    term: Term,
+    commit: LogIndex,
+    /// `(term, last index, its term)` the last time this node was seen leading.
+    leader_log: Option<(Term, LogIndex, Term)>,
+}
+
 /// One Raft server's protocol state over a durable log `S`.
 pub struct RaftNode<S: Storage> {
-    storage: S,
-    _config: Config,
+    config: Config,
+    rng: Rng,
+    log: RaftLog<S>,
+    term: Term,
+    vote: Option<NodeId>,
+    commit: LogIndex,
+    applied: LogIndex,
+    role: Role,
+    leader: Option<NodeId>,
+    /// Ticks since the election timer was reset (follower and candidates) or since the last
+    /// CheckQuorum round (leader).
+    election_elapsed: u64,
+    randomized_election_ticks: u64,
+    heartbeat_elapsed: u64,
+    /// Ticks since construction, to date in-flight appends.
+    now_tick: u64,
+    /// Votes received in the current (pre-)campaign: granted or rejected.
+    votes: BTreeMap<NodeId, bool>,
+    /// The leader's view of every other voter.
+    progress: BTreeMap<NodeId, Progress>,
+    msgs: Vec<Envelope>,
+    persisted_msgs: Vec<Envelope>,
+    /// The hard state the last `Ready` (or the constructor) handed to the driver.
+    last_ready_hard_state: HardState,
+    memo: Cell<InvariantMemo>,
 }
 
 impl<S: Storage> RaftNode<S> {
     /// Builds a node from durable state (after a restart, `hard_state` and `storage` are what the
-    /// disk kept). Starts as a follower.
+    /// disk kept). Starts as a follower that knows no leader.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for a bad config; [`ConfigError::InconsistentState`] if the hard
+    /// state's commit index lies beyond the log.
     pub fn new(config: Config, hard_state: HardState, storage: S) -> Result<Self, ConfigError> {
-        let _ = hard_state;
-        Ok(RaftNode {
-            storage,
-            _config: config,
-        })
+        config.validate()?;
+        let log = RaftLog::new(storage);
+        if hard_state.commit > log.last_index() {
+            return Err(ConfigError::InconsistentState(format!(
+                "hard state commit {} beyond the log's last index {}",
+                hard_state.commit,
+                log.last_index()
+            )));
+        }
+        let mut term = hard_state.term;
+        let mut vote = hard_state.vote;
+        let last_term = log.last_term();
+        if last_term > term {
+            // A crash persisted a prefix of a batch's entries but not the hard state written
+            // after them. The node never voted in `last_term` (a vote's hard state is durable
+            // before anything it enables), so adopting that term without a vote is safe and
+            // restores "no entry above the current term".
+            term = last_term;
+            vote = None;
+        }
+        let applied = log.first_index().prev();
+        let mut node = RaftNode {
+            rng: Rng::new(config.rng_seed),
+            config,
+            log,
+            term,
+            vote,
+            commit: hard_state.commit,
+            applied,
+            role: Role::Follower,
+            leader: None,
+            election_elapsed: 0,
+            randomized_election_ticks: 0,
+            heartbeat_elapsed: 0,
+            now_tick: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            msgs: Vec::new(),
+            persisted_msgs: Vec::new(),
+            last_ready_hard_state: hard_state,
+            memo: Cell::new(InvariantMemo::default()),
+        };
+        node.reset_election_timer();
+        Ok(node)
     }
+
+    // ---------------------------------------------------------------------------------------
+    // Inputs
+    // ---------------------------------------------------------------------------------------
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
-        todo!()
+        self.now_tick += 1;
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
+                self.election_elapsed += 1;
+                if self.election_elapsed >= self.randomized_election_ticks {
+                    self.campaign();
+                }
+            }
+        }
     }
 
-    /// Handles one inbound message.
+    /// Handles one inbound message. Messages from unknown servers or addressed to another server
+    /// are ignored.
     pub fn step(&mut self, envelope: Envelope) {
-        let _ = envelope;
-        todo!()
+        let Envelope { from, to, msg } = envelope;
+        if to != self.config.id || from == self.config.id || !self.config.voters.contains(&from) {
+            return;
+        }
+        if let Message::AppendEntries(ae) = &msg {
+            if let Err(why) = check_append_shape(from, ae) {
+                // Input from the network is not trusted to be well-formed: a malformed append
+                // must not trip the log's assertions.
+                tracing::warn!(from = %from, "dropping a malformed AppendEntries: {why}");
+                return;
+            }
+        }
+        let msg_term = msg.term();
+        if msg_term > self.term {
+            match &msg {
+                Message::RequestVote(_) if self.in_lease() => {
+                    // Thesis §4.2.3: a server that heard from a current leader within the minimum
+                    // election timeout neither updates its term nor grants its vote, so a server
+                    // that was partitioned away cannot depose a healthy leader.
+                    return;
+                }
+                // Thesis §9.6: a pre-vote changes no state, neither the voter's term nor (when
+                // granted, it carries the proposed term) the pre-candidate's.
+                Message::RequestVote(rv) if rv.pre_vote => {}
+                Message::RequestVoteResponse(r) if r.pre_vote && r.vote_granted => {}
+                Message::AppendEntries(_) => self.become_follower(msg_term, Some(from)),
+                // Raft §5.1: any higher term, in a request or a response, makes us a follower.
+                _ => self.become_follower(msg_term, None),
+            }
+        } else if msg_term < self.term {
+            match &msg {
+                Message::AppendEntries(_) => {
+                    // A deposed leader learns our term from the answer and steps down; without
+                    // it, a leader cut off by a partition that healed would never learn that a
+                    // node moved on (PreVote and CheckQuorum keep that node from campaigning).
+                    let last = self.log.last_index();
+                    self.reply_append(from, false, last, None, None);
+                }
+                Message::RequestVote(rv) if rv.pre_vote => {
+                    self.send_now(
+                        from,
+                        Message::RequestVoteResponse(RequestVoteResponse {
+                            term: self.term,
+                            vote_granted: false,
+                            pre_vote: true,
+                        }),
+                    );
+                }
+                // Stale: a vote request or response of an older term decides nothing now.
+                _ => {}
+            }
+            return;
+        }
+        match msg {
+            Message::RequestVote(rv) => self.handle_request_vote(from, rv),
+            Message::RequestVoteResponse(r) => self.handle_vote_response(from, r),
+            Message::AppendEntries(ae) => self.handle_append_entries(from, ae),
+            Message::AppendEntriesResponse(r) => self.handle_append_response(from, r),
+        }
     }
 
-    /// Appends a `Normal` entry if this node is the leader; returns its index and term.
+    /// Appends a `Normal` entry if this node is the leader; returns its index and term. The entry
+    /// is committed once a majority (this node counted only after `on_persisted`) holds it.
+    ///
+    /// # Errors
+    /// [`ProposeError::NotLeader`] with the leader this node last heard from, if any.
     pub fn propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError> {
-        let _ = payload;
-        todo!()
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader_hint: self.leader,
+            });
+        }
+        let index = self.log.last_index().next();
+        self.log.append(&[LogEntry {
+            term: self.term,
+            index,
+            entry_type: EntryType::Normal,
+            payload,
+        }]);
+        // The appends go out when the driver next takes a Ready, so every proposal made since the
+        // last Ready travels in one batch per follower (and one write locally).
+        Ok((index, self.term))
     }
+
+    // ---------------------------------------------------------------------------------------
+    // Output
+    // ---------------------------------------------------------------------------------------
 
     pub fn has_ready(&self) -> bool {
-        todo!()
+        !self.msgs.is_empty()
+            || !self.persisted_msgs.is_empty()
+            || self.log.has_unsent()
+            || self.hard_state() != self.last_ready_hard_state
+            || self.applied < self.apply_limit()
     }
 
+    /// Takes everything the driver must do now (see [`crate::raft`] for the order).
     pub fn ready(&mut self) -> Ready {
-        todo!()
+        if self.role == Role::Leader && self.log.has_unsent() {
+            self.send_appends_to_all();
+        }
+        let (truncate_from, entries) = self.log.take_unsent();
+        let hs = self.hard_state();
+        let prev = self.last_ready_hard_state;
+        let hard_state = (hs != prev).then_some(hs);
+        let must_sync = !entries.is_empty()
+            || truncate_from.is_some()
+            || hs.term != prev.term
+            || hs.vote != prev.vote;
+        self.last_ready_hard_state = hs;
+
+        // Raft §5.3 with asynchronous writes: apply only what is committed and durable here, so a
+        // crash can never un-apply an entry.
+        let limit = self.apply_limit();
+        let committed_entries = if limit > self.applied {
+            let es = self.log.entries(
+                self.applied.next(),
+                limit.next(),
+                self.config.max_entries_per_msg,
+                self.config.max_bytes_per_msg,
+            );
+            if let Some(last) = es.last() {
+                self.applied = last.index;
+            }
+            es
+        } else {
+            Vec::new()
+        };
+
+        Ready {
+            messages: std::mem::take(&mut self.msgs),
+            truncate_from,
+            entries,
+            hard_state,
+            must_sync,
+            persisted_messages: std::mem::take(&mut self.persisted_msgs),
+            committed_entries,
+        }
     }
 
-    /// The entries of a `Ready` up to `(index, term)` are durable.
+    /// The entries of a `Ready` up to `(index, term)` are durable. `None` (a `Ready` without
+    /// entries) is ignored.
+    ///
+    /// # Panics
+    /// If `token` is not the oldest in-flight `Ready`'s token: Readys must be persisted in the
+    /// order they were taken.
     pub fn on_persisted(&mut self, token: Option<(LogIndex, Term)>) {
-        let _ = token;
-        todo!()
+        let Some(token) = token else { return };
+        self.log.on_persisted(token);
+        if self.role == Role::Leader && self.maybe_commit() {
+            self.broadcast_commit();
+        }
     }
+
+    // ---------------------------------------------------------------------------------------
+    // Read accessors
+    // ---------------------------------------------------------------------------------------
 
     pub fn id(&self) -> NodeId {
-        self._config.id
+        self.config.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     pub fn role(&self) -> Role {
-        todo!()
+        self.role
     }
 
     pub fn term(&self) -> Term {
-        todo!()
+        self.term
     }
 
     pub fn leader(&self) -> Option<NodeId> {
-        todo!()
+        self.leader
     }
 
     pub fn commit_index(&self) -> LogIndex {
-        todo!()
+        self.commit
     }
 
     pub fn hard_state(&self) -> HardState {
-        todo!()
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.commit,
+        }
+    }
+
+    /// The last index of the node's whole log (durable entries and those not yet persisted).
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+
+    /// The term at `index` in the whole log; `Some(Term(0))` for index 0, `None` past the end.
+    pub fn log_term(&self, index: LogIndex) -> Option<Term> {
+        self.log.term(index)
+    }
+
+    /// The entry at `index` in the whole log, `None` outside it.
+    pub fn log_entry(&self, index: LogIndex) -> Option<LogEntry> {
+        self.log.entry(index)
+    }
+
+    /// The last index known durable locally (confirmed by `on_persisted`) and still part of the
+    /// log; it moves down when a follower truncates a conflicting durable suffix.
+    pub fn persisted_index(&self) -> LogIndex {
+        self.log.persisted_index()
+    }
+
+    /// The last index handed out in `Ready::committed_entries`.
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied
+    }
+
+    /// On a leader, every other voter's match index (for a Status RPC); empty otherwise.
+    pub fn peer_match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
+        self.progress
+            .iter()
+            .map(|(&id, p)| (id, p.match_index))
+            .collect()
     }
 
     pub fn storage(&self) -> &S {
-        &self.storage
+        self.log.storage()
     }
 
     pub fn storage_mut(&mut self) -> &mut S {
-        &mut self.storage
+        self.log.storage_mut()
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Roles and timers
+    // ---------------------------------------------------------------------------------------
+
+    fn quorum(&self) -> usize {
+        self.config.voters.len() / 2 + 1
+    }
+
+    fn peers(&self) -> Vec<NodeId> {
+        self.config
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != self.config.id)
+            .collect()
+    }
+
+    /// Raft §5.2: a fresh timeout, drawn uniformly at random, at every reset.
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.randomized_election_ticks = self
+            .rng
+            .gen_range(self.config.election_ticks_min..=self.config.election_ticks_max);
+    }
+
+    /// Whether this node heard from a live leader (or, as leader, started its current CheckQuorum
+    /// round) within the minimum election timeout.
+    fn in_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.config.election_ticks_min
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(
+            term >= self.term,
+            "node {}: term would decrease from {} to {term}",
+            self.config.id,
+            self.term
+        );
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        let was_leader = self.role == Role::Leader;
+        if was_leader {
+            tracing::debug!(id = %self.config.id, term = %self.term, "leader steps down");
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.votes.clear();
+        self.progress.clear();
+        // Figure 2 / §5.2: the timer restarts on hearing from the current leader (and on granting
+        // a vote, see handle_request_vote), not on merely learning a higher term: a node with a
+        // stale log and a fast clock would otherwise restart everyone's timer with each of its
+        // hopeless candidacies, and the servers that could win would never time out first
+        // (simulator finding F1). A deposed leader's `election_elapsed` counted CheckQuorum
+        // rounds, so it starts a fresh timer.
+        if leader.is_some() || was_leader {
+            self.reset_election_timer();
+        }
+    }
+
+    /// The election timer fired: start a pre-vote round (thesis §9.6) or a real election.
+    fn campaign(&mut self) {
+        if self.config.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate();
+        }
+    }
+
+    /// Thesis §9.6: ask whether we could win before disturbing anyone with a new term. Neither
+    /// the term nor the vote changes, so nothing needs persisting and the requests leave at once.
+    fn become_pre_candidate(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        self.progress.clear();
+        self.votes.clear();
+        self.votes.insert(self.config.id, true);
+        self.reset_election_timer();
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        for to in self.peers() {
+            self.send_now(
+                to,
+                Message::RequestVote(RequestVote {
+                    term: next_term(self.term),
+                    candidate_id: self.config.id,
+                    last_log_index,
+                    last_log_term,
+                    pre_vote: true,
+                }),
+            );
+        }
+        self.tally_votes();
+    }
+
+    /// Raft §5.2: a new term, a vote for ourselves, and RequestVote to every peer. The requests
+    /// wait for the new term and self-vote to be durable: if we crashed and forgot that vote we
+    /// could vote again in this term and two leaders could be elected.
+    fn become_candidate(&mut self) {
+        self.term = next_term(self.term);
+        self.vote = Some(self.config.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        self.progress.clear();
+        self.votes.clear();
+        self.votes.insert(self.config.id, true);
+        self.reset_election_timer();
+        let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
+        for to in self.peers() {
+            self.send_after_persist(
+                to,
+                Message::RequestVote(RequestVote {
+                    term: self.term,
+                    candidate_id: self.config.id,
+                    last_log_index,
+                    last_log_term,
+                    pre_vote: false,
+                }),
+            );
+        }
+        self.tally_votes();
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(
+            self.role,
+            Role::Candidate,
+            "node {} becomes leader of term {} from {:?}",
+            self.config.id,
+            self.term,
+            self.role
+        );
+        tracing::debug!(id = %self.config.id, term = %self.term, "becomes leader");
+        self.role = Role::Leader;
+        self.leader = Some(self.config.id);
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        let next = self.log.last_index().next();
+        // The servers that just answered our vote request (a majority at least) were heard from
+        // within this election timeout: they count as active for the first CheckQuorum round.
+        // Otherwise, when a round trip is close to the minimum election timeout, that round could
+        // end before any append is answered and depose every new leader (simulator finding F2).
+        let votes = std::mem::take(&mut self.votes);
+        self.progress = self
+            .peers()
+            .into_iter()
+            .map(|p| {
+                let mut pr = Progress::new(next);
+                pr.recent_active = votes.contains_key(&p);
+                (p, pr)
+            })
+            .collect();
+        // Raft §5.4.2 / §8: a leader can commit entries of earlier terms only by committing an
+        // entry of its own term, so it appends an empty one right away.
+        self.log.append(&[LogEntry {
+            term: self.term,
+            index: next,
+            entry_type: EntryType::NoOp,
+            payload: Vec::new(),
+        }]);
+        self.send_appends_to_all();
+    }
+
+    fn tick_leader(&mut self) {
+        self.election_elapsed += 1;
+        self.heartbeat_elapsed += 1;
+        if self.election_elapsed >= self.config.election_ticks_min {
+            self.election_elapsed = 0;
+            // Thesis §6.2 (CheckQuorum): a leader that did not hear from a majority within an
+            // election timeout may be partitioned away; stepping down lets its clients find the
+            // real leader and stops it from holding a lease it may no longer have.
+            let active = 1 + self.progress.values().filter(|p| p.recent_active).count();
+            if self.config.check_quorum && active < self.quorum() {
+                tracing::debug!(
+                    id = %self.config.id, term = %self.term, active,
+                    "CheckQuorum: leader steps down"
+                );
+                let term = self.term;
+                self.become_follower(term, None);
+                return;
+            }
+            for p in self.progress.values_mut() {
+                p.recent_active = false;
+            }
+        }
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Elections
+    // ---------------------------------------------------------------------------------------
+
+    fn handle_request_vote(&mut self, from: NodeId, rv: RequestVote) {
+        // Raft §5.2: one vote per term (repeating it is fine); while a leader is known for this
+        // term we vote for no one else. A pre-vote for a later term is granted on the log alone.
+        let can_vote = self.vote == Some(from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (rv.pre_vote && rv.term > self.term);
+        // Raft §5.4.1: only a candidate whose log is at least as up-to-date as ours (later last
+        // term, or same last term and at least as long) may get our vote.
+        let up_to_date =
+            (rv.last_log_term, rv.last_log_index) >= (self.log.last_term(), self.log.last_index());
+        let granted = can_vote && up_to_date;
+        if rv.pre_vote {
+            // A granted pre-vote carries the term it was asked for, so the pre-candidate can tell
+            // it from a rejection by a server of a higher term.
+            let term = if granted { rv.term } else { self.term };
+            self.send_now(
+                from,
+                Message::RequestVoteResponse(RequestVoteResponse {
+                    term,
+                    vote_granted: granted,
+                    pre_vote: true,
+                }),
+            );
+            return;
+        }
+        if granted {
+            self.vote = Some(from);
+            // Figure 2: granting a vote resets the election timer.
+            self.reset_election_timer();
+        }
+        self.send_after_persist(
+            from,
+            Message::RequestVoteResponse(RequestVoteResponse {
+                term: self.term,
+                vote_granted: granted,
+                pre_vote: false,
+            }),
+        );
+    }
+
+    fn handle_vote_response(&mut self, from: NodeId, r: RequestVoteResponse) {
+        let relevant = match self.role {
+            // A grant carries our term + 1; a rejection carries the voter's term, not above ours
+            // (a higher one has already made us a follower).
+            Role::PreCandidate => r.pre_vote && (!r.vote_granted || r.term == next_term(self.term)),
+            Role::Candidate => !r.pre_vote && r.term == self.term,
+            Role::Follower | Role::Leader => false,
+        };
+        if relevant {
+            self.votes.insert(from, r.vote_granted);
+            self.tally_votes();
+        }
+    }
+
+    fn tally_votes(&mut self) {
+        let granted = self.votes.values().filter(|&&g| g).count();
+        let rejected = self.votes.len() - granted;
+        if granted >= self.quorum() {
+            match self.role {
+                Role::PreCandidate => self.become_candidate(),
+                Role::Candidate => self.become_leader(),
+                Role::Follower | Role::Leader => {}
+            }
+        } else if rejected >= self.quorum() {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Replication: follower side
+    // ---------------------------------------------------------------------------------------
+
+    fn handle_append_entries(&mut self, from: NodeId, ae: AppendEntries) {
+        match self.role {
+            Role::Leader => panic!(
+                "Election Safety broken: node {} leads term {} and received AppendEntries of the \
+                 same term from {from}",
+                self.config.id, self.term
+            ),
+            Role::PreCandidate | Role::Candidate => {
+                // Raft §5.2: a candidate that hears from a leader of its term returns to follower.
+                let term = self.term;
+                self.become_follower(term, Some(from));
+            }
+            Role::Follower => {
+                self.leader = Some(from);
+                self.reset_election_timer();
+            }
+        }
+
+        let prev = ae.prev_log_index;
+        let last = self.log.last_index();
+        if prev > last {
+            // Our log is too short: tell the leader where it ends.
+            self.reply_append(from, false, last, None, None);
+            return;
+        }
+        // Entries up to our commit index are identical on every server (Leader Completeness,
+        // §5.4), so an append at or below it needs no check there.
+        if prev > self.commit && self.log.term(prev) != Some(ae.prev_log_term) {
+            // §5.3 with the fast backtracking the paper sketches: report the conflicting term and
+            // the first index we hold of it, so the leader skips the whole term in one round trip.
+            let conflict_term = self.log.term(prev);
+            let conflict_index = self.log.first_index_of_term_at(prev, self.commit.next());
+            self.reply_append(from, false, last, conflict_term, Some(conflict_index));
+            return;
+        }
+        let last_new = LogIndex(prev.0 + ae.entries.len() as u64);
+        for (i, e) in ae.entries.iter().enumerate() {
+            if e.index <= self.commit {
+                continue;
+            }
+            match self.log.term(e.index) {
+                Some(t) if t == e.term => continue,
+                Some(t) => {
+                    // Figure 2, AppendEntries step 3: a conflicting entry and all that follow
+                    // it go; they were never committed.
+                    assert!(
+                        e.index > self.commit,
+                        "node {}: conflict at committed index {} (commit {}, our term {t}, \
+                         leader's {})",
+                        self.config.id,
+                        e.index,
+                        self.commit,
+                        e.term
+                    );
+                    assert_ne!(
+                        self.role,
+                        Role::Leader,
+                        "a leader never truncates its own log"
+                    );
+                    self.log.truncate_from(e.index);
+                    self.log.append(&ae.entries[i..]);
+                }
+                None => self.log.append(&ae.entries[i..]),
+            }
+            break;
+        }
+        // Figure 2, step 5: commit up to the leader's commit, but never past what this message
+        // showed to match the leader's log.
+        let new_commit = ae.leader_commit.min(last_new);
+        if new_commit > self.commit {
+            self.commit = new_commit;
+        }
+        self.reply_append(from, true, last_new, None, None);
+    }
+
+    /// Every append answer waits for this node's durable state: an acknowledgement claims the
+    /// entries are on disk, and a rejection carries a term that may be new.
+    fn reply_append(
+        &mut self,
+        to: NodeId,
+        success: bool,
+        last_log_index: LogIndex,
+        conflict_term: Option<Term>,
+        conflict_index: Option<LogIndex>,
+    ) {
+        self.send_after_persist(
+            to,
+            Message::AppendEntriesResponse(AppendEntriesResponse {
+                term: self.term,
+                success,
+                last_log_index,
+                conflict_term,
+                conflict_index,
+            }),
+        );
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Replication: leader side
+    // ---------------------------------------------------------------------------------------
+
+    fn handle_append_response(&mut self, from: NodeId, r: AppendEntriesResponse) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.recent_active = true;
+        if r.success {
+            if r.last_log_index > last {
+                tracing::warn!(
+                    from = %from, index = %r.last_log_index, last = %last,
+                    "ignoring an acknowledgement beyond the leader's log"
+                );
+                return;
+            }
+            let grew = pr.maybe_update(r.last_log_index);
+            match pr.state {
+                ProgressState::Probe => pr.become_replicate(),
+                ProgressState::Replicate => {}
+            }
+            if grew && self.maybe_commit() {
+                self.broadcast_commit();
+            }
+            self.send_appends(from);
+            self.maybe_send_commit(from);
+            return;
+        }
+        // A rejection. Move next_index back by a whole term at a time (§5.3, fast backtracking):
+        // if we hold the follower's conflicting term, resume after our last entry of it; if not,
+        // at the first index the follower holds of it; if the follower's log was too short,
+        // right after its end.
+        let old_next = pr.next_index;
+        let hint = match (r.conflict_term, r.conflict_index) {
+            (Some(t), Some(first)) => match self.last_index_of_term(t, old_next.prev().min(last)) {
+                Some(j) => j.next(),
+                None => first,
+            },
+            _ => r.last_log_index.next(),
+        };
+        if let Some(pr) = self.progress.get_mut(&from) {
+            pr.become_probe(hint.min(old_next));
+        }
+        self.send_appends(from);
+    }
+
+    /// The last index at or below `upto` whose entry has term `t`, if any.
+    fn last_index_of_term(&self, t: Term, upto: LogIndex) -> Option<LogIndex> {
+        let mut i = upto;
+        loop {
+            match self.log.term(i) {
+                Some(ti) if ti > t && i > LogIndex::ZERO => i = i.prev(),
+                Some(ti) if ti == t => return Some(i),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Raft §5.3 and §5.4.2: the commit index moves to the highest index a majority holds, but
+    /// only if that entry is of the current term (Figure 8: an older term's entry can be
+    /// overwritten even when a majority holds it). The leader's own log counts only up to what
+    /// is durable locally.
+    fn maybe_commit(&mut self) -> bool {
+        let mut matches: Vec<LogIndex> = self.progress.values().map(|p| p.match_index).collect();
+        matches.push(self.log.persisted_index());
+        matches.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_index = matches[self.quorum() - 1];
+        if quorum_index > self.commit && self.log.term(quorum_index) == Some(self.term) {
+            self.commit = quorum_index;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn send_appends_to_all(&mut self) {
+        for to in self.peers() {
+            self.send_appends(to);
+        }
+    }
+
+    /// Sends `to` as many appends as its state allows: one probe, or a pipeline of batches up to
+    /// `max_inflight_msgs`, each of at most `max_entries_per_msg` entries and
+    /// `max_bytes_per_msg` bytes.
+    fn send_appends(&mut self, to: NodeId) {
+        loop {
+            let last = self.log.last_index();
+            let Some(pr) = self.progress.get(&to) else {
+                return;
+            };
+            if !pr.can_send(self.config.max_inflight_msgs) {
+                return;
+            }
+            let next = pr.next_index;
+            if pr.state == ProgressState::Replicate && next > last {
+                return;
+            }
+            let entries = if next <= last {
+                self.log.entries(
+                    next,
+                    last.next(),
+                    self.config.max_entries_per_msg,
+                    self.config.max_bytes_per_msg,
+                )
+            } else {
+                Vec::new()
+            };
+            let sent_last = entries.last().map(|e| e.index);
+            self.send_append(to, next.prev(), entries);
+            let now = self.now_tick;
+            if let Some(pr) = self.progress.get_mut(&to) {
+                pr.sent(sent_last, now);
+            }
+        }
+    }
+
+    fn send_append(&mut self, to: NodeId, prev: LogIndex, entries: Vec<LogEntry>) {
+        let prev_log_term = self.log.term(prev).unwrap_or_else(|| {
+            panic!(
+                "leader {}: no term for prev index {prev} (log {}..={}); snapshots are not \
+                 supported",
+                self.config.id,
+                self.log.first_index(),
+                self.log.last_index()
+            )
+        });
+        let covered = LogIndex(prev.0 + entries.len() as u64);
+        if let Some(pr) = self.progress.get_mut(&to) {
+            pr.commit_sent = pr.commit_sent.max(self.commit.min(covered));
+        }
+        self.send_now(
+            to,
+            Message::AppendEntries(AppendEntries {
+                term: self.term,
+                leader_id: self.config.id,
+                prev_log_index: prev,
+                prev_log_term,
+                entries,
+                leader_commit: self.commit,
+            }),
+        );
+    }
+
+    /// Every heartbeat interval: an empty append to each follower in Replicate (anchored at its
+    /// match index, which it is known to hold, so it can never be rejected for a gap), an empty
+    /// re-probe to each follower in Probe whose probe went unanswered, and a restart of any
+    /// pipeline that has been silent for two heartbeat intervals (all its appends or their
+    /// answers were lost).
+    fn broadcast_heartbeat(&mut self) {
+        let now = self.now_tick;
+        let stall_ticks = 2 * self.config.heartbeat_ticks;
+        for to in self.peers() {
+            let Some(pr) = self.progress.get_mut(&to) else {
+                continue;
+            };
+            match pr.state {
+                ProgressState::Probe => {
+                    if pr.probe_sent {
+                        // The last probe went unanswered: the follower may be down. Re-probe
+                        // without entries, so a dead follower costs a few bytes per heartbeat
+                        // rather than a full batch; entries follow its first answer.
+                        let prev = pr.next_index.prev();
+                        self.send_append(to, prev, Vec::new());
+                    } else {
+                        self.send_appends(to);
+                    }
+                }
+                ProgressState::Replicate => {
+                    let stalled = pr
+                        .inflight
+                        .front()
+                        .is_some_and(|f| now.saturating_sub(f.sent_at_tick) >= stall_ticks);
+                    if stalled {
+                        let next = pr.match_index.next();
+                        pr.become_probe(next);
+                        self.send_appends(to);
+                    } else {
+                        let anchor = pr.match_index;
+                        self.send_append(to, anchor, Vec::new());
+                        self.send_appends(to);
+                    }
+                }
+            }
+        }
+    }
+
+    /// After the commit index moved, tell followers at once rather than at the next heartbeat, so
+    /// they can apply without waiting.
+    fn broadcast_commit(&mut self) {
+        for to in self.peers() {
+            self.maybe_send_commit(to);
+        }
+    }
+
+    /// Sends `to` an empty append anchored at its match index (which it is known to hold) if it
+    /// could learn a higher commit index than any append sent to it so far could teach it.
+    fn maybe_send_commit(&mut self, to: NodeId) {
+        let Some(pr) = self.progress.get(&to) else {
+            return;
+        };
+        if pr.state == ProgressState::Replicate && self.commit.min(pr.match_index) > pr.commit_sent
+        {
+            let anchor = pr.match_index;
+            self.send_append(to, anchor, Vec::new());
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Plumbing
+    // ---------------------------------------------------------------------------------------
+
+    fn send_now(&mut self, to: NodeId, msg: Message) {
+        self.msgs.push(Envelope {
+            from: self.config.id,
+            to,
+            msg,
+        });
+    }
+
+    fn send_after_persist(&mut self, to: NodeId, msg: Message) {
+        self.persisted_msgs.push(Envelope {
+            from: self.config.id,
+            to,
+            msg,
+        });
+    }
+
+    /// Committed entries may be applied once durable locally.
+    fn apply_limit(&self) -> LogIndex {
+        self.commit.min(self.log.persisted_index())
     }
 
     /// Panics, naming the values, if an invariant of this node's own state is broken.
     pub fn check_invariants(&self) {
-        todo!()
+        let id = self.config.id;
+        self.log.check_invariants();
+        let last = self.log.last_index();
+        let persisted = self.log.persisted_index();
+        assert!(
+            self.commit <= last,
+            "node {id}: commit {} > last index {last}",
+            self.commit
+        );
+        assert!(
+            self.applied <= self.commit,
+            "node {id}: applied {} > commit {}",
+            self.applied,
+            self.commit
+        );
+        assert!(
+            self.applied <= persisted,
+            "node {id}: applied {} > persisted index {persisted}",
+            self.applied
+        );
+        assert!(
+            persisted <= last,
+            "node {id}: persisted index {persisted} > last index {last}"
+        );
+        let last_term = self.log.last_term();
+        assert!(
+            last_term <= self.term,
+            "node {id}: last log term {last_term} above current term {}",
+            self.term
+        );
+
+        let mut memo = self.memo.get();
+        assert!(
+            self.term >= memo.term,
+            "node {id}: term decreased from {} to {}",
+            memo.term,
+            self.term
+        );
+        assert!(
+            self.commit >= memo.commit,
+            "node {id}: commit decreased from {} to {}",
+            memo.commit,
+            self.commit
+        );
+        if let Some((t, idx, idx_term)) = memo.leader_log {
+            if self.role == Role::Leader && t == self.term {
+                assert!(
+                    last >= idx && self.log.term(idx) == Some(idx_term),
+                    "node {id}: leader of term {t} lost entry {idx} (term {idx_term}): now last \
+                     index {last}, term there {:?}",
+                    self.log.term(idx)
+                );
+            }
+        }
+
+        match self.role {
+            Role::Leader => {
+                assert!(
+                    self.leader == Some(id) && self.vote == Some(id),
+                    "node {id}: leader of term {} with leader {:?} vote {:?}",
+                    self.term,
+                    self.leader,
+                    self.vote
+                );
+                assert_eq!(
+                    self.progress.len(),
+                    self.config.voters.len() - 1,
+                    "node {id}: leader tracks {} followers of {} voters",
+                    self.progress.len(),
+                    self.config.voters.len()
+                );
+                for (peer, p) in &self.progress {
+                    assert!(
+                        p.match_index < p.next_index && p.next_index <= last.next(),
+                        "node {id}: follower {peer} has match {} next {} (last {last})",
+                        p.match_index,
+                        p.next_index
+                    );
+                    assert!(
+                        p.inflight.len() <= self.config.max_inflight_msgs,
+                        "node {id}: {} appends in flight to {peer}, max {}",
+                        p.inflight.len(),
+                        self.config.max_inflight_msgs
+                    );
+                    if p.state == ProgressState::Probe {
+                        assert!(
+                            p.inflight.is_empty(),
+                            "node {id}: follower {peer} in Probe with {} in flight",
+                            p.inflight.len()
+                        );
+                    }
+                    let mut prev = p.match_index;
+                    for f in &p.inflight {
+                        assert!(
+                            f.last_index > prev && f.last_index < p.next_index,
+                            "node {id}: in-flight append to {peer} ends at {} (match {}, \
+                             previous {prev}, next {})",
+                            f.last_index,
+                            p.match_index,
+                            p.next_index
+                        );
+                        prev = f.last_index;
+                    }
+                }
+                memo.leader_log = Some((self.term, last, last_term));
+            }
+            Role::Candidate => {
+                assert!(
+                    self.vote == Some(id) && self.leader.is_none() && self.progress.is_empty(),
+                    "node {id}: candidate of term {} with vote {:?} leader {:?}",
+                    self.term,
+                    self.vote,
+                    self.leader
+                );
+            }
+            Role::PreCandidate | Role::Follower => {
+                assert!(
+                    self.progress.is_empty(),
+                    "node {id}: {:?} tracks follower progress",
+                    self.role
+                );
+                if self.role == Role::PreCandidate {
+                    assert!(
+                        self.leader.is_none(),
+                        "node {id}: pre-candidate with leader {:?}",
+                        self.leader
+                    );
+                }
+            }
+        }
+        memo.term = self.term;
+        memo.commit = self.commit;
+        self.memo.set(memo);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::storage::MemStorage;
+
+    fn cfg() -> Config {
+        Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)], 1)
+    }
+
+    #[test]
+    fn validate_names_each_bad_field() {
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    id: NodeId(9),
+                    ..cfg()
+                },
+                "not in voters",
+            ),
+            (
+                Config {
+                    voters: vec![NodeId(1), NodeId(2), NodeId(2)],
+                    ..cfg()
+                },
+                "duplicate",
+            ),
+            (
+                Config {
+                    election_ticks_min: 0,
+                    ..cfg()
+                },
+                "election_ticks_min",
+            ),
+            (
+                Config {
+                    election_ticks_min: 600,
+                    ..cfg()
+                },
+                "election_ticks_max 500",
+            ),
+            (
+                Config {
+                    heartbeat_ticks: 150,
+                    ..cfg()
+                },
+                "heartbeat_ticks 150",
+            ),
+            (
+                Config {
+                    max_entries_per_msg: 0,
+                    ..cfg()
+                },
+                "max_entries_per_msg",
+            ),
+            (
+                Config {
+                    max_bytes_per_msg: 0,
+                    ..cfg()
+                },
+                "max_bytes_per_msg",
+            ),
+            (
+                Config {
+                    max_inflight_msgs: 0,
+                    ..cfg()
+                },
+                "max_inflight_msgs",
+            ),
+        ];
+        for (c, needle) in cases {
+            match c.validate() {
+                Err(ConfigError::Invalid(msg)) => {
+                    assert!(msg.contains(needle), "{msg:?} should mention {needle:?}")
+                }
+                other => panic!("expected an error mentioning {needle:?}, got {other:?}"),
+            }
+        }
+        assert_eq!(cfg().validate(), Ok(()));
+    }
+
+    fn log_of(terms: &[u64]) -> MemStorage {
+        let mut s = MemStorage::default();
+        for (i, &t) in terms.iter().enumerate() {
+            s.append(&[LogEntry {
+                term: Term(t),
+                index: LogIndex(i as u64 + 1),
+                entry_type: EntryType::Normal,
+                payload: Vec::new(),
+            }]);
+        }
+        s
+    }
+
+    #[test]
+    fn restart_rejects_a_commit_index_beyond_the_log() {
+        let hs = HardState {
+            term: Term(2),
+            vote: None,
+            commit: LogIndex(3),
+        };
+        match RaftNode::new(cfg(), hs, log_of(&[1, 2])) {
+            Err(ConfigError::InconsistentState(msg)) => {
+                assert!(
+                    msg.contains("commit 3") && msg.contains("last index 2"),
+                    "{msg}"
+                )
+            }
+            Ok(_) => panic!("accepted commit 3 over a 2-entry log"),
+            Err(e) => panic!("wrong error {e}"),
+        }
+    }
+
+    #[test]
+    fn restart_adopts_a_durable_entrys_higher_term_without_a_vote() {
+        let hs = HardState {
+            term: Term(2),
+            vote: Some(NodeId(2)),
+            commit: LogIndex(1),
+        };
+        let mut node = RaftNode::new(cfg(), hs, log_of(&[1, 2, 4])).expect("valid");
+        node.check_invariants();
+        assert_eq!((node.term(), node.hard_state().vote), (Term(4), None));
+        assert!(node.has_ready(), "the adopted term must be persisted");
+        let r = node.ready();
+        assert_eq!(r.hard_state.map(|h| h.term), Some(Term(4)));
+        assert!(r.must_sync);
+        // The committed prefix is re-delivered from index 1 (applied starts at 0).
+        assert_eq!(r.committed_entries.len(), 1);
+    }
+
+    #[test]
+    fn a_single_node_cluster_elects_itself_and_commits_after_its_own_write() {
+        let c = Config {
+            voters: vec![NodeId(1)],
+            ..cfg()
+        };
+        let mut node = RaftNode::new(c, HardState::default(), MemStorage::default()).unwrap();
+        for _ in 0..=500 {
+            node.tick();
+        }
+        assert_eq!(node.role(), Role::Leader);
+        let (idx, _) = node.propose(b"a".to_vec()).expect("leader");
+        let r = node.ready();
+        assert_eq!(node.commit_index(), LogIndex(0), "nothing is durable yet");
+        node.storage_mut().append(&r.entries);
+        node.on_persisted(r.persist_token());
+        assert_eq!(node.commit_index(), idx);
+        let r = node.ready();
+        assert_eq!(r.committed_entries.len(), 2, "NoOp and the proposal");
+        node.check_invariants();
+    }
+
+    #[test]
+    fn the_election_timeout_is_drawn_from_the_configured_range() {
+        let c = Config {
+            election_ticks_min: 150,
+            election_ticks_max: 155,
+            ..cfg()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let mut node = RaftNode::new(
+                Config {
+                    rng_seed: seed,
+                    ..c.clone()
+                },
+                HardState::default(),
+                MemStorage::default(),
+            )
+            .unwrap();
+            let mut ticks = 0;
+            while node.role() == Role::Follower {
+                node.tick();
+                ticks += 1;
+                assert!(ticks <= 155, "seed {seed}: no campaign after {ticks} ticks");
+            }
+            assert!(ticks >= 150, "seed {seed}: campaigned after {ticks} ticks");
+            seen.insert(ticks);
+        }
+        assert_eq!(
+            seen.len(),
+            6,
+            "every timeout in 150..=155 should occur: {seen:?}"
+        );
     }
 }

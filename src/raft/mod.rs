@@ -18,13 +18,35 @@
 //! Several `Ready`s may be in flight at once as long as the driver persists them in the order it
 //! took them. After a crash, everything not durable is lost; the driver rebuilds the core with
 //! [`RaftNode::new`] from the durable `HardState` and log.
+//!
+//! Details of the contract the driver relies on:
+//! - `truncate_from`, when set, equals the index of the Ready's first entry; the entries continue
+//!   the storage exactly once the truncation is done.
+//! - A Ready with an empty write still completes after the earlier in-flight ones: its
+//!   `persisted_messages` (an acknowledgement of entries an earlier Ready carries) may only leave
+//!   then. `on_persisted(None)` is a no-op, so it may be called for every Ready or only for those
+//!   with entries.
+//! - `committed_entries` are committed and durable locally; each is handed out once. After a
+//!   restart the applied index starts at 0, so the committed prefix is handed out again from
+//!   index 1 (a state machine rebuilt from the log wants exactly that).
+//!
+//! # Modules
+//! - `core`: [`RaftNode`], roles, elections (PreVote, CheckQuorum), replication, commit, apply.
+//! - `log`: the view over durable storage plus the entries not yet known durable.
+//! - `progress`: the leader's per-follower state (probe / pipelined replicate, in-flight bound).
+//! - [`message`]: the RPCs; [`storage`]: the `Storage` trait, `HardState`, `MemStorage`;
+//!   [`rng`]: the deterministic PRNG the core and the simulator share.
 
 pub mod core;
+mod log;
 pub mod message;
+mod progress;
+pub mod rng;
 pub mod storage;
 
 pub use self::core::{Config, ConfigError, ProposeError, RaftNode, Ready, Role};
 pub use self::message::{
     AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
 };
+pub use self::rng::Rng;
 pub use self::storage::{HardState, MemStorage, Storage};

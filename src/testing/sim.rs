@@ -1,0 +1,496 @@
+//! The randomized scenario: a seed picks the cluster size, the network's and disk's behaviour, the
+//! clock speeds and the core's tunables; a chaos phase injects faults and client load for a number
+//! of events; then the faults stop and the liveness phase demands a leader and a commit.
+//!
+//! # The fault model (chaos phase)
+//! At random intervals one fault is injected, drawn from: crash a random node (restart after a
+//! random delay, sometimes at once), crash the leader, a symmetric partition into two random
+//! groups, an asymmetric partition (random directed links cut), the leader isolated, a flapping
+//! link (a pair of nodes whose link goes down and up every few milliseconds), and heal-all. Throughout,
+//! messages are lost, duplicated and reordered at the seed's rates, disk writes take time, and each
+//! node's clock runs at its own speed. Crashes land at arbitrary instants, including between a
+//! write's submission and its completion (the torn-prefix model of [`crate::testing::disk`]).
+//!
+//! # Liveness
+//! When the event budget is spent the faults stop: every link heals, loss/duplication/extra
+//! reordering stop, every crashed node restarts. Within 10 maximum election timeouts (measured on
+//! the slowest clock) a leader must be known to a majority, and within 20 more a fresh proposal
+//! must commit on it (re-sent to the new leader if leadership moves; the extra room lets the leader
+//! bring restarted followers up to date first, one small message at a time in some seeds).
+//!
+//! Every choice derives from the seed; [`replay_command`] prints how to rerun one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::raft::{Config, Role};
+use crate::testing::checker::{Property, Violation};
+use crate::testing::cluster::{Cluster, ClusterConfig, Outcome, Stepped};
+use crate::testing::disk::DiskConfig;
+use crate::testing::network::NetConfig;
+use crate::testing::rng::SimRng;
+use crate::types::{NodeId, Term};
+
+/// Chaos-phase events per seed in the default sweep.
+pub const DEFAULT_EVENTS: u64 = 20_000;
+
+/// The command that replays one seed run with `events` chaos events.
+pub fn replay_command(seed: u64, events: u64) -> String {
+    let events_var = if events == DEFAULT_EVENTS {
+        String::new()
+    } else {
+        format!("SIM_EVENTS={events} ")
+    };
+    format!("{events_var}SIM_SEED={seed} cargo test --release --test sim_safety -- --nocapture")
+}
+
+/// Everything a seed decides before the run starts.
+#[derive(Clone, Debug)]
+pub struct SimPlan {
+    pub cluster: ClusterConfig,
+    /// Events in the chaos phase.
+    pub events: u64,
+    /// Mean gap between faults and between proposals, simulated µs.
+    pub fault_gap_us_max: u64,
+    pub propose_gap_us_max: u64,
+    /// One maximum election timeout on the slowest clock, µs.
+    pub election_timeout_us_max: u64,
+}
+
+impl SimPlan {
+    /// Derives the plan from the seed: N = 3, 5 or 7 by `seed % 3`, the rest drawn from the seed.
+    pub fn from_seed(seed: u64, events: u64) -> SimPlan {
+        let nodes = [3, 5, 7][(seed % 3) as usize];
+        let mut rng = SimRng::new(seed ^ 0x5E_ED0F_5EED);
+        // One tick is 10 ms of simulated time here, so that a few thousand events span many
+        // election timeouts; the core only counts ticks.
+        let base_tick_us = 10_000;
+        let election_ticks_min = rng.range(8, 15);
+        let election_ticks_max = election_ticks_min + rng.range(1, 15);
+        let heartbeat_ticks = rng.range(1, (election_ticks_min / 3).max(1));
+        let core = Config {
+            election_ticks_min,
+            election_ticks_max,
+            heartbeat_ticks,
+            max_entries_per_msg: [1, 4, 64][rng.index(3)],
+            max_bytes_per_msg: [64, 1024, 1 << 20][rng.index(3)],
+            max_inflight_msgs: rng.range(1, 8) as usize,
+            pre_vote: rng.chance(0.5),
+            check_quorum: rng.chance(0.7),
+            ..Config::new(NodeId(1), Vec::new(), 0)
+        };
+        let latency_us_min = rng.range(100, 3_000);
+        let latency_us_max = latency_us_min + rng.range(0, 15_000);
+        let net = NetConfig {
+            latency_us_min,
+            latency_us_max,
+            drop_prob: [0.0, 0.01, 0.05, 0.15][rng.index(4)],
+            dup_prob: [0.0, 0.02, 0.1][rng.index(3)],
+            reorder_prob: [0.0, 0.05, 0.2][rng.index(3)],
+            reorder_delay_us_max: rng.range(0, 100_000),
+            max_in_flight: 20_000,
+        };
+        let write_us_min = rng.range(10, 2_000);
+        let sync_us_min = rng.range(50, 3_000);
+        let disk = DiskConfig {
+            write_us_min,
+            write_us_max: write_us_min + rng.range(0, 5_000),
+            sync_us_min,
+            sync_us_max: sync_us_min + rng.range(0, 20_000),
+        };
+        // Clock speeds: most seeds have every clock within ±5 %, some have outliers up to ±40 %.
+        let spread = if rng.chance(0.3) { 0.4 } else { 0.05 };
+        let tick_us: Vec<u64> = (0..nodes)
+            .map(|_| (base_tick_us as f64 * (1.0 + spread * (2.0 * rng.unit() - 1.0))) as u64)
+            .collect();
+        let slowest = *tick_us.iter().max().expect("nodes > 0");
+        SimPlan {
+            cluster: ClusterConfig {
+                seed,
+                nodes,
+                core,
+                net,
+                disk,
+                tick_us,
+                replay: replay_command(seed, events),
+            },
+            events,
+            fault_gap_us_max: rng.range(30_000, 600_000),
+            propose_gap_us_max: rng.range(1_000, 40_000),
+            election_timeout_us_max: election_ticks_max * slowest,
+        }
+    }
+}
+
+/// What one seed's run did.
+#[derive(Clone, Debug, Default)]
+pub struct SimSummary {
+    pub seed: u64,
+    pub nodes: usize,
+    pub events: u64,
+    pub sim_time_us: u64,
+    pub faults: u64,
+    pub crashes: u64,
+    pub torn_writes: u64,
+    pub leaders: u64,
+    pub proposals: u64,
+    pub committed: u64,
+    pub lost: u64,
+    pub rejected: u64,
+    pub unknown: u64,
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+    /// Time from the faults stopping to a leader known to a majority, and to the fresh commit.
+    pub liveness_leader_us: u64,
+    pub liveness_commit_us: u64,
+}
+
+/// A client stops proposing to a leader whose uncommitted tail is this long.
+const CLIENT_BACKLOG_MAX: u64 = 48;
+
+const T_PROPOSE: u64 = 1;
+const T_FAULT: u64 = 2;
+const T_HEAL: u64 = 3;
+const T_RESTART: u64 = 4 << 32;
+const T_FLAP: u64 = 5 << 32;
+const T_CRASH: u64 = 6 << 32;
+
+/// Runs one seed: chaos, then liveness. Panics (with the replay command) on any violation.
+pub fn run_seed(seed: u64, events: u64) -> SimSummary {
+    run_plan(SimPlan::from_seed(seed, events))
+}
+
+/// Runs a prepared plan (tests may tweak a plan before running it).
+pub fn run_plan(plan: SimPlan) -> SimSummary {
+    let n = plan.cluster.nodes;
+    let mut rng = SimRng::new(plan.cluster.seed ^ 0xFA_17);
+    let mut c = Cluster::new(plan.cluster.clone());
+    let mut faults = 0u64;
+    // The flapping link, if any: (a, b, until_us, period_us, generation).
+    let mut flap: Option<(usize, usize, u64, u64)> = None;
+    let mut flap_gen = 0u64;
+    c.schedule_timer(rng.range(0, plan.propose_gap_us_max), T_PROPOSE);
+    c.schedule_timer(rng.range(0, plan.fault_gap_us_max), T_FAULT);
+    let et = plan.election_timeout_us_max;
+
+    // Chaos phase.
+    // The leader trap: when armed with the highest term that had a leader, the next leader of a
+    // later term is crashed a moment after its election (while it replicates its predecessors'
+    // entries and its NoOp: the Figure 8 window).
+    let mut leader_trap: Option<Term> = None;
+    let trap_delay_us_max = 3 * plan.cluster.net.latency_us_max + plan.cluster.disk.sync_us_max;
+    while c.stats.events < plan.events {
+        let stepped = c.step();
+        if let Some(armed) = leader_trap {
+            if c.checker.max_term_with_leader() > armed {
+                if let Some(&(i, term)) = c.leaders().iter().max_by_key(|(_, t)| *t) {
+                    leader_trap = None;
+                    let at = c.now_us() + rng.range(0, trap_delay_us_max);
+                    c.trace_note(format!(
+                        "leader trap: n{i} of term {term} crashes at {at}us"
+                    ));
+                    c.schedule_timer(at, T_CRASH | i as u64);
+                }
+            }
+        }
+        let Stepped::Timer(tag) = stepped else {
+            continue;
+        };
+        match tag {
+            T_PROPOSE => {
+                let leaders = c.leaders();
+                let target = if !leaders.is_empty() && rng.chance(0.85) {
+                    leaders[rng.index(leaders.len())].0
+                } else {
+                    rng.index(n)
+                };
+                let extra: Vec<u8> = (0..rng.range(0, 40))
+                    .map(|_| rng.next_u64() as u8)
+                    .collect();
+                // Client backpressure: no new proposal while the target holds a long uncommitted
+                // tail, so the offered load cannot outrun a slow configuration forever.
+                let backlog = c
+                    .core(target)
+                    .map_or(0, |n| n.last_index().0.saturating_sub(n.commit_index().0));
+                if backlog < CLIENT_BACKLOG_MAX {
+                    c.propose(target, &extra);
+                }
+                let at = c.now_us() + rng.range(1, plan.propose_gap_us_max);
+                c.schedule_timer(at, T_PROPOSE);
+            }
+            T_FAULT => {
+                faults += 1;
+                let now = c.now_us();
+                match rng.below(100) {
+                    0..=19 => {
+                        let i = rng.index(n);
+                        c.trace_note(format!("fault: crash n{i}"));
+                        c.crash(i);
+                        let back = if rng.chance(0.3) {
+                            rng.range(0, 5_000)
+                        } else {
+                            rng.range(0, 3 * et)
+                        };
+                        c.schedule_timer(now + back, T_RESTART | i as u64);
+                    }
+                    20..=29 => {
+                        if let Some(&(i, _)) = c.leaders().first() {
+                            c.trace_note(format!("fault: crash leader n{i}"));
+                            c.crash(i);
+                            c.schedule_timer(now + rng.range(0, 3 * et), T_RESTART | i as u64);
+                        }
+                    }
+                    30..=44 => {
+                        let groups: Vec<usize> = (0..n).map(|_| rng.index(2)).collect();
+                        c.trace_note(format!("fault: partition {groups:?}"));
+                        c.net.partition(&groups);
+                        c.schedule_timer(now + rng.range(et / 2, 6 * et), T_HEAL);
+                    }
+                    45..=54 => {
+                        let cuts = rng.range(1, n as u64);
+                        let mut cut = Vec::new();
+                        for _ in 0..cuts {
+                            let (a, b) = (rng.index(n), rng.index(n));
+                            c.net.set_link(a, b, false);
+                            cut.push((a, b));
+                        }
+                        c.trace_note(format!("fault: asymmetric cuts {cut:?}"));
+                        c.schedule_timer(now + rng.range(et / 2, 6 * et), T_HEAL);
+                    }
+                    55..=64 => {
+                        if let Some(&(i, _)) = c.leaders().first() {
+                            c.trace_note(format!("fault: isolate leader n{i}"));
+                            c.net.isolate(i);
+                            c.schedule_timer(now + rng.range(et / 2, 6 * et), T_HEAL);
+                        }
+                    }
+                    65..=74 => {
+                        let a = rng.index(n);
+                        let b = (a + 1 + rng.index(n - 1)) % n;
+                        let period = rng.range(2_000, 100_000);
+                        flap_gen += 1;
+                        flap = Some((a, b, now + rng.range(et, 10 * et), period));
+                        c.trace_note(format!("fault: flapping link n{a}<->n{b} every {period}us"));
+                        c.schedule_timer(now + period, T_FLAP | flap_gen);
+                    }
+                    75..=86 => {
+                        leader_trap = Some(c.checker.max_term_with_leader());
+                        c.trace_note("fault: leader trap armed");
+                    }
+                    _ => {
+                        c.trace_note("fault: heal all");
+                        c.net.heal();
+                    }
+                }
+                let at = c.now_us() + rng.range(1, plan.fault_gap_us_max);
+                c.schedule_timer(at, T_FAULT);
+            }
+            T_HEAL => c.net.heal(),
+            t if t & !0xFFFF_FFFF == T_RESTART => c.restart((t & 0xFFFF_FFFF) as usize),
+            t if t & !0xFFFF_FFFF == T_CRASH => {
+                let i = (t & 0xFFFF_FFFF) as usize;
+                c.crash(i);
+                let back = if rng.chance(0.5) {
+                    rng.range(0, 5_000)
+                } else {
+                    rng.range(0, 2 * et)
+                };
+                c.schedule_timer(c.now_us() + back, T_RESTART | i as u64);
+            }
+            t if t & !0xFFFF_FFFF == T_FLAP => {
+                if let Some((a, b, until, period)) = flap {
+                    if t & 0xFFFF_FFFF == flap_gen & 0xFFFF_FFFF {
+                        if c.now_us() >= until {
+                            c.net.set_pair(a, b, true);
+                            flap = None;
+                        } else {
+                            let up = !c.net.link_up(a, b);
+                            c.net.set_pair(a, b, up);
+                            c.schedule_timer(c.now_us() + period, t);
+                        }
+                    }
+                }
+            }
+            other => panic!("unknown timer tag {other:#x}"),
+        }
+    }
+
+    // The faults stop. Scenario timers still queued (flaps, restarts, proposals, traps) fire
+    // during the liveness phase but are ignored there.
+    c.net.heal();
+    c.net.config.drop_prob = 0.0;
+    c.net.config.dup_prob = 0.0;
+    c.net.config.reorder_prob = 0.0;
+    for i in 0..n {
+        c.restart(i);
+    }
+    c.trace_note("faults stop: healed, restarted, no loss; liveness phase");
+    let t0 = c.now_us();
+    let leader_deadline = t0 + 10 * et;
+    let leader_at = loop {
+        if c.leader_known_to_majority().is_some() {
+            break c.now_us();
+        }
+        if c.now_us() > leader_deadline {
+            c.fail(Violation::new(
+                Property::Liveness,
+                format!(
+                    "no leader known to a majority {:.1} ms (10 maximum election timeouts of \
+                     {:.1} ms) after the faults stopped",
+                    (c.now_us() - t0) as f64 / 1000.0,
+                    et as f64 / 1000.0
+                ),
+            ));
+        }
+        if c.step() == Stepped::Idle {
+            c.fail(Violation::new(
+                Property::Liveness,
+                "nothing left to simulate",
+            ));
+        }
+    };
+    let commit_deadline = leader_at + 20 * et;
+    let mut id = None;
+    let committed_at = loop {
+        let need_new = match id {
+            None => true,
+            // A proposal whose leader was deposed may never be answered (its entry may be
+            // overwritten only once later entries commit): the client retries elsewhere.
+            Some(p) => match c.outcome(p) {
+                Outcome::Committed => false,
+                Outcome::Pending { node, term, .. } => c
+                    .core(node)
+                    .is_none_or(|n| n.role() != Role::Leader || n.term() != term),
+                _ => true,
+            },
+        };
+        if let Some(p) = id {
+            if c.outcome(p) == Outcome::Committed {
+                break c.now_us();
+            }
+        }
+        if need_new {
+            if let Some(l) = c.leader_known_to_majority() {
+                id = Some(c.propose(l, b"liveness"));
+                continue;
+            }
+        }
+        if c.now_us() > commit_deadline {
+            c.fail(Violation::new(
+                Property::Liveness,
+                format!(
+                    "a fresh proposal did not commit within {:.1} ms (20 maximum election \
+                     timeouts) of a leader emerging; last proposal {:?}",
+                    (c.now_us() - leader_at) as f64 / 1000.0,
+                    id.map(|p| c.outcome(p))
+                ),
+            ));
+        }
+        if c.step() == Stepped::Idle {
+            c.fail(Violation::new(
+                Property::Liveness,
+                "nothing left to simulate",
+            ));
+        }
+    };
+
+    c.check_full_fidelity();
+    SimSummary {
+        seed: plan.cluster.seed,
+        nodes: n,
+        events: c.stats.events,
+        sim_time_us: c.now_us(),
+        faults,
+        crashes: c.stats.crashes,
+        torn_writes: c.stats.torn_writes,
+        leaders: c.checker.leaders_seen,
+        proposals: c.stats.proposals,
+        committed: c.stats.committed,
+        lost: c.stats.lost,
+        rejected: c.stats.rejected,
+        unknown: c.stats.unknown,
+        messages_sent: c.net.stats.sent,
+        messages_dropped: c.net.stats.dropped_random
+            + c.net.stats.dropped_partition
+            + c.net.stats.dropped_overflow,
+        liveness_leader_us: leader_at - t0,
+        liveness_commit_us: committed_at - t0,
+    }
+}
+
+/// The result of a sweep over seeds.
+#[derive(Clone, Debug, Default)]
+pub struct SweepReport {
+    pub seeds_run: u64,
+    pub events: u64,
+    pub sim_time_us: u64,
+    pub crashes: u64,
+    pub torn_writes: u64,
+    pub leaders: u64,
+    pub committed: u64,
+    pub lost: u64,
+    pub liveness_leader_us_max: u64,
+    pub liveness_commit_us_max: u64,
+    pub by_nodes: [u64; 8],
+    /// The lowest failing seed and its panic message (seeds below it all passed).
+    pub first_failure: Option<(u64, String)>,
+    /// Every failing seed with the failure's first line (when run with `keep_going`).
+    pub failures: Vec<(u64, String)>,
+}
+
+/// Runs seeds `first..first + count` on `threads` threads. Unless `keep_going`, stops handing out
+/// seeds above the lowest failure, so the reported failure is the first failing seed in order.
+pub fn sweep(first: u64, count: u64, events: u64, threads: usize, keep_going: bool) -> SweepReport {
+    let next = AtomicU64::new(first);
+    let fail_at = AtomicU64::new(u64::MAX);
+    let report = Mutex::new(SweepReport::default());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= first + count || (!keep_going && seed > fail_at.load(Ordering::SeqCst)) {
+                    return;
+                }
+                let result = std::panic::catch_unwind(|| run_seed(seed, events));
+                let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+                match result {
+                    Ok(s) => {
+                        r.seeds_run += 1;
+                        r.events += s.events;
+                        r.sim_time_us += s.sim_time_us;
+                        r.crashes += s.crashes;
+                        r.torn_writes += s.torn_writes;
+                        r.leaders += s.leaders;
+                        r.committed += s.committed;
+                        r.lost += s.lost;
+                        r.liveness_leader_us_max =
+                            r.liveness_leader_us_max.max(s.liveness_leader_us);
+                        r.liveness_commit_us_max =
+                            r.liveness_commit_us_max.max(s.liveness_commit_us);
+                        r.by_nodes[s.nodes] += 1;
+                    }
+                    Err(payload) => {
+                        let text = payload
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "non-string panic".to_string());
+                        fail_at.fetch_min(seed, Ordering::SeqCst);
+                        r.seeds_run += 1;
+                        let headline = text
+                            .lines()
+                            .take(2)
+                            .map(str::trim)
+                            .collect::<Vec<_>>()
+                            .join(" | ");
+                        r.failures.push((seed, headline));
+                        if r.first_failure.as_ref().is_none_or(|(s, _)| seed < *s) {
+                            r.first_failure = Some((seed, text));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    report.into_inner().unwrap_or_else(|e| e.into_inner())
+}
