@@ -9,6 +9,7 @@
 //! - [`testing`]: the deterministic cluster simulator and safety checkers (tests and benches only).
 
 pub mod config;
+pub mod grpc;
 pub mod raft;
 pub mod storage;
 pub mod testing;

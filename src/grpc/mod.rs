@@ -1,0 +1,7 @@
+//! The gRPC transport (placeholder while the module is built up).
+
+/// The code generated from `proto/raft.proto` (package `raftlog.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("raftlog.v1");
+}
