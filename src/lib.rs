@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod node;
 pub mod raft;
 pub mod storage;
 pub mod testing;

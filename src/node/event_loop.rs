@@ -1,0 +1,638 @@
+//! The event loop: the one task that owns the consensus core, drives it, and drains its output.
+//!
+//! Inputs, in one `select!`: the tick timer (one tick = 1 ms, the core's unit), [`Inbound`]
+//! items from the gRPC server and the peer clients (requests, responses, proposals, status
+//! queries), completions of durable writes, and shutdown. After every input the loop drains every
+//! `Ready` the core has, following the contract in [`crate::raft`]:
+//!
+//! 1. `messages` go out at once: requests to [`Peers`], responses to the RPC they answer. The
+//!    leader's AppendEntries therefore leave before its own write starts (thesis §10.2.1).
+//! 2. `truncate_from` / `entries` / `hard_state` become one [`WriteBatch`], submitted to the
+//!    [`Durable`] store (one fdatasync per batch when `must_sync`). Batches complete in submission
+//!    order; several may be in flight.
+//! 3. When a batch is durable: the core's log view is updated ([`Durable::publish`]), the
+//!    `persisted_messages` (votes, acknowledgements) go out, and `on_persisted` tells the core.
+//!    A Ready with nothing to write still waits for the batches before it, so acknowledgements
+//!    never overtake an earlier write.
+//! 4. `committed_entries` are applied in order; a proposal is answered once its entry is applied,
+//!    if the applied entry at its index has the term it was proposed in (otherwise another leader
+//!    overwrote it and the client hears "outcome unknown").
+//!
+//! Responses ride on the reply of the request's RPC. A request's reply handle waits in
+//! [`ReplySlots`] keyed by (peer, kind); the core answers synchronously within `step`, so the
+//! Readys drained right after a batch of requests contain every answer the core will give. A
+//! response claims the oldest handle of its (peer, kind); handles left over are dropped, which the
+//! requester sees as "declined" (the core ignored a stale request).
+//!
+//! A failed write is fatal (fsyncgate: never retry a failed fdatasync): the loop returns the error
+//! and the node stops.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::grpc::{Inbound, NodeStatus, Peers, ProposeOutcome};
+use crate::raft::message::{Envelope, Message};
+use crate::raft::{HardState, ProposeError, RaftNode, Ready, Role, Storage};
+use crate::types::{LogEntry, LogIndex, NodeId, Term};
+
+/// One Ready's writes.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// Remove every entry with index >= this before appending.
+    pub truncate_from: Option<LogIndex>,
+    pub entries: Vec<LogEntry>,
+    pub hard_state: Option<HardState>,
+    /// Whether the batch must be fdatasync'ed before it counts as durable.
+    pub must_sync: bool,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        self.truncate_from.is_none() && self.entries.is_empty() && self.hard_state.is_none()
+    }
+}
+
+/// A durable write in progress.
+pub type PersistFuture<E> = Pin<Box<dyn Future<Output = Result<(), E>>>>;
+
+/// The node's durable log and state, as the event loop drives them. The storage engine's
+/// `RaftLog` (segments) and `RaftState` (`raft_state.meta`) sit behind an implementation of this
+/// trait; the core reads the log through `Self::Log`.
+pub trait Durable {
+    /// The core's read view of the log.
+    type Log: Storage;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Starts writing `batch`: truncate, append, save the hard state, then one fdatasync covering
+    /// all of it if `batch.must_sync`. The future resolves once the batch is durable.
+    ///
+    /// Contract: batches become durable in the order they were submitted, and the future must
+    /// not block the thread (the runtime is single-threaded: a blocking fdatasync would hold back
+    /// the messages that should travel in parallel with it). An error is fatal for the node.
+    fn persist(&mut self, batch: Rc<WriteBatch>) -> PersistFuture<Self::Error>;
+
+    /// Makes a durable batch visible in the core's log view (`RaftNode::storage_mut`).
+    fn publish(&mut self, log: &mut Self::Log, batch: &WriteBatch);
+}
+
+/// Applies committed entries. The key-value store of the next issue implements it; for now the
+/// node's state machine is the identity (entries are only counted as applied).
+pub trait StateMachine {
+    fn apply(&mut self, entry: &LogEntry);
+}
+
+impl StateMachine for () {
+    fn apply(&mut self, _entry: &LogEntry) {}
+}
+
+/// The kind of request a reply handle answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Vote,
+    Append,
+}
+
+impl RequestKind {
+    /// The kind of a request message, `None` for responses.
+    pub fn of_request(msg: &Message) -> Option<RequestKind> {
+        match msg {
+            Message::RequestVote(_) => Some(RequestKind::Vote),
+            Message::AppendEntries(_) => Some(RequestKind::Append),
+            Message::RequestVoteResponse(_) | Message::AppendEntriesResponse(_) => None,
+        }
+    }
+
+    /// The kind of request a response message answers, `None` for requests.
+    pub fn answered_by(msg: &Message) -> Option<RequestKind> {
+        match msg {
+            Message::RequestVoteResponse(_) => Some(RequestKind::Vote),
+            Message::AppendEntriesResponse(_) => Some(RequestKind::Append),
+            Message::RequestVote(_) | Message::AppendEntries(_) => None,
+        }
+    }
+}
+
+/// Reply handles of inbound requests, waiting for the core's responses.
+#[derive(Debug, Default)]
+pub struct ReplySlots {
+    pending: HashMap<(NodeId, RequestKind), VecDeque<oneshot::Sender<Envelope>>>,
+}
+
+impl ReplySlots {
+    pub fn register(&mut self, from: NodeId, kind: RequestKind, reply: oneshot::Sender<Envelope>) {
+        self.pending
+            .entry((from, kind))
+            .or_default()
+            .push_back(reply);
+    }
+
+    /// The oldest handle waiting for `response` (matched by recipient and kind).
+    pub fn claim(&mut self, response: &Envelope) -> Option<oneshot::Sender<Envelope>> {
+        let kind = RequestKind::answered_by(&response.msg)?;
+        self.pending.get_mut(&(response.to, kind))?.pop_front()
+    }
+
+    /// Drops every waiting handle (their requesters see "declined"); returns how many.
+    pub fn decline_all(&mut self) -> usize {
+        let n = self.pending.values().map(VecDeque::len).sum();
+        self.pending.clear();
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.values().map(VecDeque::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A Ready whose writes are in flight, with what must wait for them.
+struct InFlight<E> {
+    batch: Rc<WriteBatch>,
+    /// `None` for a Ready with nothing to write (it only waits for the batches before it).
+    write: Option<PersistFuture<E>>,
+    /// Responses bound to their reply handles at Ready time, sent once durable.
+    persisted: Vec<(Envelope, Option<oneshot::Sender<Envelope>>)>,
+    /// Requests that must wait for durability too (rare: a vote request after a term change).
+    persisted_requests: Vec<Envelope>,
+    token: Option<(LogIndex, Term)>,
+}
+
+/// Static facts the loop needs.
+#[derive(Clone, Debug)]
+pub struct LoopConfig {
+    pub tick: Duration,
+    /// Addresses of every member, for NotLeader answers.
+    pub addresses: HashMap<NodeId, SocketAddr>,
+    /// The most inbound items handled before the loop drains the core's output (batching).
+    pub inbound_batch_max: usize,
+}
+
+/// Why the loop stopped other than by a clean shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// A durable write failed; the node must stop (its disk state is unknown).
+    #[error("durable write failed, stopping the node: {0}")]
+    Durable(Box<dyn std::error::Error + Send + Sync>),
+    /// Every sender of the inbound channel is gone (the server stopped unexpectedly).
+    #[error("the inbound channel closed while the node was running")]
+    InboundClosed,
+}
+
+/// Counters the loop keeps (logged at shutdown, useful in tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoopStats {
+    pub ticks: u64,
+    pub readies: u64,
+    pub batches_written: u64,
+    pub requests_declined: u64,
+    pub responses_without_request: u64,
+    pub send_refused: u64,
+}
+
+/// The loop's state besides the core.
+pub struct EventLoop<D: Durable, M: StateMachine> {
+    core: RaftNode<D::Log>,
+    durable: D,
+    state_machine: M,
+    peers: Peers,
+    config: LoopConfig,
+    slots: ReplySlots,
+    in_flight: VecDeque<InFlight<D::Error>>,
+    /// index -> (term proposed in, reply).
+    proposals: BTreeMap<LogIndex, (Term, oneshot::Sender<ProposeOutcome>)>,
+    applied_index: LogIndex,
+    last_role: Role,
+    stats: LoopStats,
+}
+
+impl<D: Durable, M: StateMachine> EventLoop<D, M> {
+    /// `applied_index` is what the state machine already reflects (0 for the identity machine).
+    pub fn new(
+        core: RaftNode<D::Log>,
+        durable: D,
+        state_machine: M,
+        peers: Peers,
+        config: LoopConfig,
+        applied_index: LogIndex,
+    ) -> Self {
+        EventLoop {
+            core,
+            durable,
+            state_machine,
+            peers,
+            config,
+            slots: ReplySlots::default(),
+            in_flight: VecDeque::new(),
+            proposals: BTreeMap::new(),
+            applied_index,
+            last_role: Role::Follower,
+            stats: LoopStats::default(),
+        }
+    }
+
+    /// Runs until `shutdown` completes (then finishes the in-flight writes) or a fatal error.
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<LoopStats, LoopError> {
+        let mut ticker = tokio::time::interval(self.config.tick);
+        // A stalled loop catches up on the ticks it missed: logical time must track real time,
+        // or election timeouts would silently stretch under load.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                result = next_durable(&mut self.in_flight) => {
+                    result.map_err(|e| LoopError::Durable(Box::new(e)))?;
+                    self.complete_durable_prefix();
+                }
+                _ = ticker.tick() => {
+                    self.stats.ticks += 1;
+                    self.core.tick();
+                }
+                item = inbound.recv() => {
+                    let Some(item) = item else { return Err(LoopError::InboundClosed) };
+                    self.handle(item);
+                    // Batch whatever else is already waiting, so one Ready (and one fdatasync)
+                    // covers many requests.
+                    for _ in 1..self.config.inbound_batch_max {
+                        match inbound.try_recv() {
+                            Ok(item) => self.handle(item),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.drain_ready();
+        }
+        // Graceful stop: finish the writes already started so what was acknowledged stays
+        // acknowledged, then let everything else go.
+        while !self.in_flight.is_empty() {
+            next_durable(&mut self.in_flight)
+                .await
+                .map_err(|e| LoopError::Durable(Box::new(e)))?;
+            self.complete_durable_prefix();
+        }
+        self.peers.shutdown();
+        tracing::info!(stats = ?self.stats, "event loop stopped");
+        Ok(self.stats)
+    }
+
+    fn handle(&mut self, item: Inbound) {
+        match item {
+            Inbound::Request { envelope, reply } => {
+                if let Some(kind) = RequestKind::of_request(&envelope.msg) {
+                    self.slots.register(envelope.from, kind, reply);
+                }
+                self.core.step(envelope);
+            }
+            Inbound::Response(envelope) => {
+                if let Message::RequestVoteResponse(m) = &envelope.msg {
+                    tracing::debug!(
+                        "📥 Vote response from node {}: granted={} term={}{}",
+                        envelope.from,
+                        m.vote_granted,
+                        m.term,
+                        if m.pre_vote { " (pre-vote)" } else { "" }
+                    );
+                }
+                self.core.step(envelope);
+            }
+            Inbound::Propose { payload, reply } => match self.core.propose(payload) {
+                Ok((index, term)) => {
+                    self.proposals.insert(index, (term, reply));
+                }
+                Err(ProposeError::NotLeader { leader_hint }) => {
+                    let leader_address = leader_hint
+                        .and_then(|l| self.config.addresses.get(&l))
+                        .map(ToString::to_string);
+                    let _ = reply.send(ProposeOutcome::NotLeader {
+                        leader: leader_hint,
+                        leader_address,
+                    });
+                }
+            },
+            Inbound::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let log = self.core.storage();
+        NodeStatus {
+            node_id: self.core.id(),
+            role: self.core.role(),
+            term: self.core.term(),
+            leader: self.core.leader(),
+            commit_index: self.core.commit_index(),
+            applied_index: self.applied_index,
+            first_log_index: log.first_index(),
+            last_log_index: log.last_index(),
+            // The core's committed contract has no accessor for the leader's progress view yet.
+            peers: Vec::new(),
+        }
+    }
+
+    /// Step 1-4 of the module docs for every Ready the core has.
+    fn drain_ready(&mut self) {
+        while self.core.has_ready() {
+            let ready = self.core.ready();
+            self.stats.readies += 1;
+            self.take_ready(ready);
+        }
+        // Every request handled above has been answered or ignored by now.
+        let declined = self.slots.decline_all();
+        self.stats.requests_declined += declined as u64;
+        self.log_role_change();
+    }
+
+    fn take_ready(&mut self, ready: Ready) {
+        let token = ready.persist_token();
+        let Ready {
+            messages,
+            truncate_from,
+            entries,
+            hard_state,
+            must_sync,
+            persisted_messages,
+            committed_entries,
+        } = ready;
+        self.log_outbound(&messages);
+        for envelope in messages {
+            self.route(envelope, None);
+        }
+        let mut persisted = Vec::new();
+        let mut persisted_requests = Vec::new();
+        for envelope in persisted_messages {
+            if RequestKind::answered_by(&envelope.msg).is_some() {
+                // Bind the answer to its handle now, while the request's slot is still waiting.
+                let slot = self.slots.claim(&envelope);
+                persisted.push((envelope, slot));
+            } else {
+                persisted_requests.push(envelope);
+            }
+        }
+        let batch = Rc::new(WriteBatch {
+            truncate_from,
+            entries,
+            hard_state,
+            must_sync,
+        });
+        let write = if batch.is_empty() {
+            None
+        } else {
+            self.stats.batches_written += 1;
+            Some(self.durable.persist(Rc::clone(&batch)))
+        };
+        self.in_flight.push_back(InFlight {
+            batch,
+            write,
+            persisted,
+            persisted_requests,
+            token,
+        });
+        // Entries handed out as committed are durable locally (core contract), so they can be
+        // applied now, before this Ready's own write completes.
+        for entry in committed_entries {
+            self.apply(entry);
+        }
+        // Readys with nothing to write complete as soon as everything before them has.
+        self.complete_durable_prefix();
+    }
+
+    /// Completes, oldest first, every in-flight Ready whose write is done (or that had none) and
+    /// that has no unfinished write before it.
+    fn complete_durable_prefix(&mut self) {
+        while self.in_flight.front().is_some_and(|f| f.write.is_none()) {
+            if let Some(done) = self.in_flight.pop_front() {
+                self.complete(done);
+            }
+        }
+    }
+
+    /// A Ready is durable: publish it, send what waited for it, tell the core.
+    fn complete(&mut self, done: InFlight<D::Error>) {
+        if !done.batch.is_empty() {
+            self.durable.publish(self.core.storage_mut(), &done.batch);
+        }
+        for (envelope, slot) in done.persisted {
+            self.deliver_response(envelope, slot);
+        }
+        for envelope in done.persisted_requests {
+            self.route(envelope, None);
+        }
+        self.core.on_persisted(done.token);
+    }
+
+    fn route(&mut self, envelope: Envelope, slot: Option<oneshot::Sender<Envelope>>) {
+        if RequestKind::of_request(&envelope.msg).is_some() {
+            if let Err(e) = self.peers.send(envelope) {
+                self.stats.send_refused += 1;
+                tracing::warn!(error = %e, "core produced a message the transport refused");
+            }
+            return;
+        }
+        let slot = slot.or_else(|| self.slots.claim(&envelope));
+        self.deliver_response(envelope, slot);
+    }
+
+    fn deliver_response(&mut self, envelope: Envelope, slot: Option<oneshot::Sender<Envelope>>) {
+        match slot {
+            // The requester may have given up (deadline); nothing to do then.
+            Some(slot) => {
+                let _ = slot.send(envelope);
+            }
+            None => {
+                self.stats.responses_without_request += 1;
+                tracing::debug!(to = %envelope.to, "dropping a response no request is waiting for");
+            }
+        }
+    }
+
+    fn apply(&mut self, entry: LogEntry) {
+        assert_eq!(
+            entry.index,
+            self.applied_index.next(),
+            "committed entries must be applied in order: applied {} got {}",
+            self.applied_index,
+            entry.index
+        );
+        self.state_machine.apply(&entry);
+        self.applied_index = entry.index;
+        // Proposals at or below the applied index are decided now.
+        while let Some(first) = self.proposals.first_entry() {
+            if *first.key() > entry.index {
+                break;
+            }
+            let (index, (term, reply)) = first.remove_entry();
+            if index == entry.index && term == entry.term {
+                let _ = reply.send(ProposeOutcome::Committed { index, term });
+            }
+            // Otherwise another leader's entry took that index: dropping `reply` tells the client
+            // the outcome is unknown (it was not committed under this proposal).
+        }
+    }
+
+    fn log_outbound(&self, messages: &[Envelope]) {
+        let mut heartbeats = 0usize;
+        for envelope in messages {
+            match &envelope.msg {
+                Message::RequestVote(m) => tracing::debug!(
+                    "📤 Requesting {} from node {} for term {}",
+                    if m.pre_vote { "pre-vote" } else { "vote" },
+                    envelope.to,
+                    m.term
+                ),
+                Message::AppendEntries(m) if m.entries.is_empty() => heartbeats += 1,
+                _ => {}
+            }
+        }
+        if heartbeats > 0 {
+            tracing::debug!("💓 Sending heartbeats to {heartbeats} followers...");
+        }
+    }
+
+    fn log_role_change(&mut self) {
+        let role = self.core.role();
+        if role == self.last_role {
+            return;
+        }
+        match role {
+            Role::Leader => tracing::info!(
+                "👑 Won election! Becoming leader for term {}...",
+                self.core.term()
+            ),
+            Role::Candidate => tracing::info!(
+                "🗳️ Election timeout: campaigning for term {}",
+                self.core.term()
+            ),
+            Role::PreCandidate => tracing::debug!("pre-vote campaign started"),
+            Role::Follower => match self.core.leader() {
+                Some(leader) => {
+                    tracing::info!("following leader {leader} in term {}", self.core.term())
+                }
+                None => tracing::info!("follower in term {}", self.core.term()),
+            },
+        }
+        self.last_role = role;
+    }
+}
+
+/// Waits for the oldest in-flight write; pending forever when there is none, so `select!` simply
+/// never picks this branch then.
+async fn next_durable<E>(in_flight: &mut VecDeque<InFlight<E>>) -> Result<(), E> {
+    match in_flight.front_mut().and_then(|f| f.write.as_mut()) {
+        Some(write) => {
+            let result = write.as_mut().await;
+            if let Some(front) = in_flight.front_mut() {
+                // Completed: make sure it is not polled again.
+                front.write = None;
+            }
+            result
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::message::{AppendEntriesResponse, RequestVoteResponse};
+
+    fn vote_response(from: u32, to: u32) -> Envelope {
+        Envelope {
+            from: NodeId(from),
+            to: NodeId(to),
+            msg: Message::RequestVoteResponse(RequestVoteResponse {
+                term: Term(1),
+                vote_granted: true,
+                pre_vote: false,
+            }),
+        }
+    }
+
+    fn append_response(from: u32, to: u32, last: u64) -> Envelope {
+        Envelope {
+            from: NodeId(from),
+            to: NodeId(to),
+            msg: Message::AppendEntriesResponse(AppendEntriesResponse {
+                term: Term(1),
+                success: true,
+                last_log_index: LogIndex(last),
+                conflict_term: None,
+                conflict_index: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn responses_claim_the_oldest_slot_of_their_peer_and_kind() {
+        let mut slots = ReplySlots::default();
+        let (a1, mut r_a1) = oneshot::channel();
+        let (a2, mut r_a2) = oneshot::channel();
+        let (v, mut r_v) = oneshot::channel();
+        let (other, mut r_other) = oneshot::channel();
+        slots.register(NodeId(2), RequestKind::Append, a1);
+        slots.register(NodeId(2), RequestKind::Append, a2);
+        slots.register(NodeId(2), RequestKind::Vote, v);
+        slots.register(NodeId(3), RequestKind::Append, other);
+
+        // Node 1 answering node 2's first AppendEntries: the oldest Append slot of node 2.
+        let first = append_response(1, 2, 5);
+        slots
+            .claim(&first)
+            .expect("a slot waits")
+            .send(first.clone())
+            .expect("receiver alive");
+        assert_eq!(r_a1.try_recv(), Ok(first));
+        assert!(
+            r_a2.try_recv().is_err(),
+            "the second append is still waiting"
+        );
+        let vote = vote_response(1, 2);
+        slots
+            .claim(&vote)
+            .expect("vote slot")
+            .send(vote.clone())
+            .expect("alive");
+        assert_eq!(r_v.try_recv(), Ok(vote));
+
+        // What the core did not answer is declined: its requester sees a closed channel.
+        assert_eq!(slots.decline_all(), 2);
+        assert!(slots.is_empty());
+        assert_eq!(r_a2.try_recv(), Err(oneshot::error::TryRecvError::Closed));
+        assert_eq!(
+            r_other.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        );
+        assert!(slots.claim(&append_response(1, 3, 1)).is_none());
+    }
+
+    #[test]
+    fn an_empty_batch_is_empty_and_sync_alone_does_not_make_it_a_write() {
+        assert!(WriteBatch::default().is_empty());
+        assert!(WriteBatch {
+            must_sync: true,
+            ..WriteBatch::default()
+        }
+        .is_empty());
+        assert!(!WriteBatch {
+            hard_state: Some(HardState::default()),
+            ..WriteBatch::default()
+        }
+        .is_empty());
+    }
+}
