@@ -91,6 +91,68 @@ impl StateMachine for () {
     fn apply(&mut self, _entry: &LogEntry) {}
 }
 
+/// The core as the loop drives it. [`RaftNode`] is the implementation; the trait exists so the
+/// loop's ordering rules can be tested against a scripted core.
+pub trait Consensus {
+    type Log: Storage;
+    fn tick(&mut self);
+    fn step(&mut self, envelope: Envelope);
+    fn propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError>;
+    fn has_ready(&self) -> bool;
+    fn ready(&mut self) -> Ready;
+    fn on_persisted(&mut self, token: Option<(LogIndex, Term)>);
+    fn id(&self) -> NodeId;
+    fn role(&self) -> Role;
+    fn term(&self) -> Term;
+    fn leader(&self) -> Option<NodeId>;
+    fn commit_index(&self) -> LogIndex;
+    fn storage(&self) -> &Self::Log;
+    fn storage_mut(&mut self) -> &mut Self::Log;
+}
+
+impl<S: Storage> Consensus for RaftNode<S> {
+    type Log = S;
+    fn tick(&mut self) {
+        RaftNode::tick(self)
+    }
+    fn step(&mut self, envelope: Envelope) {
+        RaftNode::step(self, envelope)
+    }
+    fn propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError> {
+        RaftNode::propose(self, payload)
+    }
+    fn has_ready(&self) -> bool {
+        RaftNode::has_ready(self)
+    }
+    fn ready(&mut self) -> Ready {
+        RaftNode::ready(self)
+    }
+    fn on_persisted(&mut self, token: Option<(LogIndex, Term)>) {
+        RaftNode::on_persisted(self, token)
+    }
+    fn id(&self) -> NodeId {
+        RaftNode::id(self)
+    }
+    fn role(&self) -> Role {
+        RaftNode::role(self)
+    }
+    fn term(&self) -> Term {
+        RaftNode::term(self)
+    }
+    fn leader(&self) -> Option<NodeId> {
+        RaftNode::leader(self)
+    }
+    fn commit_index(&self) -> LogIndex {
+        RaftNode::commit_index(self)
+    }
+    fn storage(&self) -> &S {
+        RaftNode::storage(self)
+    }
+    fn storage_mut(&mut self) -> &mut S {
+        RaftNode::storage_mut(self)
+    }
+}
+
 /// The kind of request a reply handle answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RequestKind {
@@ -199,8 +261,8 @@ pub struct LoopStats {
 }
 
 /// The loop's state besides the core.
-pub struct EventLoop<D: Durable, M: StateMachine> {
-    core: RaftNode<D::Log>,
+pub struct EventLoop<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
+    core: C,
     durable: D,
     state_machine: M,
     peers: Peers,
@@ -214,10 +276,10 @@ pub struct EventLoop<D: Durable, M: StateMachine> {
     stats: LoopStats,
 }
 
-impl<D: Durable, M: StateMachine> EventLoop<D, M> {
+impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M> {
     /// `applied_index` is what the state machine already reflects (0 for the identity machine).
     pub fn new(
-        core: RaftNode<D::Log>,
+        core: C,
         durable: D,
         state_machine: M,
         peers: Peers,
@@ -634,5 +696,379 @@ mod tests {
             ..WriteBatch::default()
         }
         .is_empty());
+    }
+
+    // ---- The loop against a scripted core and a gated durable store ----------------------------
+
+    use std::cell::RefCell;
+
+    use crate::grpc::{PeerConfig, Peers};
+    use crate::raft::message::AppendEntries;
+    use crate::raft::MemStorage;
+    use crate::types::EntryType;
+
+    /// A core that answers each input with the next scripted Readys and records what the loop
+    /// told it.
+    struct Scripted {
+        script: VecDeque<Vec<Ready>>,
+        pending: VecDeque<Ready>,
+        log: MemStorage,
+        events: Rc<RefCell<Vec<String>>>,
+        next_proposal: VecDeque<(LogIndex, Term)>,
+    }
+
+    impl Scripted {
+        fn input(&mut self, what: String) {
+            self.events.borrow_mut().push(what);
+            if let Some(readies) = self.script.pop_front() {
+                self.pending.extend(readies);
+            }
+        }
+    }
+
+    impl Consensus for Scripted {
+        type Log = MemStorage;
+        fn tick(&mut self) {}
+        fn step(&mut self, envelope: Envelope) {
+            self.input(format!("step from {}", envelope.from));
+        }
+        fn propose(&mut self, _payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError> {
+            self.input("propose".into());
+            self.next_proposal
+                .pop_front()
+                .ok_or(ProposeError::NotLeader {
+                    leader_hint: Some(NodeId(3)),
+                })
+        }
+        fn has_ready(&self) -> bool {
+            !self.pending.is_empty()
+        }
+        fn ready(&mut self) -> Ready {
+            self.pending.pop_front().expect("has_ready was true")
+        }
+        fn on_persisted(&mut self, token: Option<(LogIndex, Term)>) {
+            self.events
+                .borrow_mut()
+                .push(format!("on_persisted {:?}", token.map(|(i, t)| (i.0, t.0))));
+        }
+        fn id(&self) -> NodeId {
+            NodeId(1)
+        }
+        fn role(&self) -> Role {
+            Role::Leader
+        }
+        fn term(&self) -> Term {
+            Term(1)
+        }
+        fn leader(&self) -> Option<NodeId> {
+            Some(NodeId(1))
+        }
+        fn commit_index(&self) -> LogIndex {
+            LogIndex(0)
+        }
+        fn storage(&self) -> &MemStorage {
+            &self.log
+        }
+        fn storage_mut(&mut self) -> &mut MemStorage {
+            &mut self.log
+        }
+    }
+
+    /// Writes complete only when the test opens their gate, in submission order.
+    struct Gated {
+        gates: Rc<RefCell<VecDeque<oneshot::Sender<()>>>>,
+        events: Rc<RefCell<Vec<String>>>,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("gate dropped")]
+    struct GateDropped;
+
+    impl Durable for Gated {
+        type Log = MemStorage;
+        type Error = GateDropped;
+        fn persist(&mut self, batch: Rc<WriteBatch>) -> PersistFuture<GateDropped> {
+            let (open, opened) = oneshot::channel();
+            self.gates.borrow_mut().push_back(open);
+            self.events
+                .borrow_mut()
+                .push(format!("persist {} entries", batch.entries.len()));
+            Box::pin(async move { opened.await.map_err(|_| GateDropped) })
+        }
+        fn publish(&mut self, log: &mut MemStorage, batch: &WriteBatch) {
+            if let Some(from) = batch.truncate_from {
+                log.truncate_suffix(from);
+            }
+            log.append(&batch.entries);
+        }
+    }
+
+    fn entry(index: u64, term: u64) -> LogEntry {
+        LogEntry {
+            term: Term(term),
+            index: LogIndex(index),
+            entry_type: EntryType::Normal,
+            payload: vec![index as u8],
+        }
+    }
+
+    fn heartbeat(to: u32) -> Envelope {
+        Envelope {
+            from: NodeId(1),
+            to: NodeId(to),
+            msg: Message::AppendEntries(AppendEntries {
+                term: Term(1),
+                leader_id: NodeId(1),
+                prev_log_index: LogIndex(0),
+                prev_log_term: Term(0),
+                entries: vec![],
+                leader_commit: LogIndex(0),
+            }),
+        }
+    }
+
+    /// Lets the loop (and the peer workers) run until nothing is runnable.
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[test]
+    fn the_loop_sends_before_persisting_and_acknowledges_only_after_durability() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async {
+            let events = Rc::new(RefCell::new(Vec::new()));
+            let gates = Rc::new(RefCell::new(VecDeque::new()));
+            let script = VecDeque::from(vec![
+                // Input 1 (vote request from 2): an AppendEntries to 3 that may go now, an entry
+                // and hard state to write, and the vote answer that must wait for the write.
+                vec![Ready {
+                    messages: vec![heartbeat(3)],
+                    entries: vec![entry(1, 1)],
+                    hard_state: Some(HardState {
+                        term: Term(1),
+                        vote: Some(NodeId(2)),
+                        commit: LogIndex(0),
+                    }),
+                    must_sync: true,
+                    persisted_messages: vec![vote_response(1, 2)],
+                    ..Ready::default()
+                }],
+                // Input 2 (append request from 2): nothing to write, but its acknowledgement must
+                // still wait for the write of input 1.
+                vec![Ready {
+                    persisted_messages: vec![append_response(1, 2, 1)],
+                    ..Ready::default()
+                }],
+                // Input 3 (append request from 2): the core ignores it.
+                vec![],
+                // Inputs 4 and 5 (proposals at index 2 and 3, term 1) and 6 (a proposal refused
+                // with NotLeader): nothing yet.
+                vec![],
+                vec![],
+                vec![],
+                // Input 7 (step from 3): entries 1..3 committed; index 3 holds another leader's
+                // entry (term 2), so only the proposal at index 2 is answered as committed.
+                vec![Ready {
+                    committed_entries: vec![entry(1, 1), entry(2, 1), entry(3, 2)],
+                    ..Ready::default()
+                }],
+            ]);
+            let core = Scripted {
+                script,
+                pending: VecDeque::new(),
+                log: MemStorage::default(),
+                events: Rc::clone(&events),
+                next_proposal: VecDeque::from(vec![(LogIndex(2), Term(1)), (LogIndex(3), Term(1))]),
+            };
+            let durable = Gated {
+                gates: Rc::clone(&gates),
+                events: Rc::clone(&events),
+            };
+            // Peer 3 is a bare TCP listener: a connection arriving there shows that the
+            // AppendEntries left while the write was still in flight.
+            let peer_3 = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let (inbound_tx, inbound_rx) = mpsc::channel(16);
+            let peers = Peers::start(
+                NodeId(1),
+                &[(NodeId(3), peer_3.local_addr().expect("addr"))],
+                PeerConfig::default(),
+                inbound_tx.clone(),
+            )
+            .expect("peers");
+            let config = LoopConfig {
+                tick: Duration::from_secs(3600),
+                addresses: HashMap::from([(NodeId(3), "127.0.0.1:18003".parse().expect("addr"))]),
+                inbound_batch_max: 1,
+            };
+            let event_loop = EventLoop::new(core, durable, (), peers, config, LogIndex::ZERO);
+            let (stop, stopped) = oneshot::channel::<()>();
+            let handle = tokio::task::spawn_local(event_loop.run(inbound_rx, async move {
+                let _ = stopped.await;
+            }));
+
+            let request = |from: u32, msg: Message| {
+                let (reply, answer) = oneshot::channel();
+                (
+                    Inbound::Request {
+                        envelope: Envelope {
+                            from: NodeId(from),
+                            to: NodeId(1),
+                            msg,
+                        },
+                        reply,
+                    },
+                    answer,
+                )
+            };
+            let vote = crate::raft::message::RequestVote {
+                term: Term(1),
+                candidate_id: NodeId(2),
+                last_log_index: LogIndex(0),
+                last_log_term: Term(0),
+                pre_vote: false,
+            };
+            let append = match heartbeat(1).msg {
+                Message::AppendEntries(m) => m,
+                _ => unreachable!(),
+            };
+
+            let (item, mut vote_answer) = request(2, Message::RequestVote(vote));
+            inbound_tx.send(item).await.expect("loop alive");
+            settle().await;
+            assert_eq!(gates.borrow().len(), 1, "one write in flight");
+            assert_eq!(
+                vote_answer.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty),
+                "the vote must not leave before its write is durable"
+            );
+            let (_conn, _) = tokio::time::timeout(Duration::from_secs(5), peer_3.accept())
+                .await
+                .expect("the AppendEntries to peer 3 leaves before the write completes")
+                .expect("accept");
+            assert_eq!(gates.borrow().len(), 1, "the write is still in flight");
+
+            let (item, mut ack_answer) = request(2, Message::AppendEntries(append.clone()));
+            inbound_tx.send(item).await.expect("loop alive");
+            settle().await;
+            assert_eq!(
+                ack_answer.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty),
+                "an acknowledgement must not overtake an earlier write"
+            );
+
+            let open = gates.borrow_mut().pop_front().expect("gate");
+            open.send(()).expect("write waiting");
+            settle().await;
+            assert_eq!(vote_answer.try_recv(), Ok(vote_response(1, 2)));
+            assert_eq!(ack_answer.try_recv(), Ok(append_response(1, 2, 1)));
+
+            let (item, mut ignored) = request(2, Message::AppendEntries(append));
+            inbound_tx.send(item).await.expect("loop alive");
+            settle().await;
+            assert_eq!(
+                ignored.try_recv(),
+                Err(oneshot::error::TryRecvError::Closed),
+                "a request the core ignores is declined"
+            );
+
+            let mut answers = Vec::new();
+            for _ in 0..2 {
+                let (reply, answer) = oneshot::channel();
+                inbound_tx
+                    .send(Inbound::Propose {
+                        payload: vec![1],
+                        reply,
+                    })
+                    .await
+                    .expect("loop alive");
+                answers.push(answer);
+            }
+            let (reply, mut not_leader) = oneshot::channel();
+            inbound_tx
+                .send(Inbound::Propose {
+                    payload: vec![1],
+                    reply,
+                })
+                .await
+                .expect("loop alive");
+            let (item, _answer) = request(
+                3,
+                Message::AppendEntries(match heartbeat(1).msg {
+                    Message::AppendEntries(m) => m,
+                    _ => unreachable!(),
+                }),
+            );
+            inbound_tx.send(item).await.expect("loop alive");
+            settle().await;
+            assert_eq!(
+                answers[0].try_recv(),
+                Ok(ProposeOutcome::Committed {
+                    index: LogIndex(2),
+                    term: Term(1)
+                })
+            );
+            assert_eq!(
+                answers[1].try_recv(),
+                Err(oneshot::error::TryRecvError::Closed),
+                "index 3 was overwritten by another term: outcome unknown"
+            );
+            assert_eq!(
+                not_leader.try_recv(),
+                Ok(ProposeOutcome::NotLeader {
+                    leader: Some(NodeId(3)),
+                    leader_address: Some("127.0.0.1:18003".into())
+                })
+            );
+
+            let (reply, mut status) = oneshot::channel();
+            inbound_tx
+                .send(Inbound::Status { reply })
+                .await
+                .expect("loop alive");
+            settle().await;
+            let status = status.try_recv().expect("status answered");
+            assert_eq!(status.applied_index, LogIndex(3));
+            assert_eq!(
+                status.last_log_index,
+                LogIndex(1),
+                "entry 1 was published to the log"
+            );
+
+            stop.send(()).expect("loop alive");
+            let stats = handle.await.expect("loop task").expect("clean stop");
+            assert_eq!(stats.batches_written, 1);
+            // The ignored AppendEntries from 2 and the one from 3 that only triggered a commit.
+            assert_eq!(stats.requests_declined, 2);
+
+            let events = events.borrow().clone();
+            // The core heard about durability in Ready order, and the first write started right
+            // after the step that asked for it.
+            let persisted: Vec<&String> = events
+                .iter()
+                .filter(|e| e.starts_with("on_persisted"))
+                .collect();
+            assert_eq!(
+                persisted,
+                [
+                    "on_persisted Some((1, 1))",
+                    "on_persisted None",
+                    "on_persisted None"
+                ],
+                "{events:?}"
+            );
+            let first_persist = events
+                .iter()
+                .position(|e| e.starts_with("persist"))
+                .expect("a write");
+            assert_eq!(events[first_persist - 1], "step from 2", "{events:?}");
+        });
     }
 }

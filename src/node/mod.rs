@@ -30,7 +30,9 @@ use crate::grpc::{self, GrpcError, Limits, PeerConfig, Peers, ServerConfig};
 use crate::raft::{self, HardState, RaftNode};
 use crate::types::{LogIndex, NodeId};
 
-pub use self::event_loop::{Durable, EventLoop, LoopConfig, LoopError, StateMachine, WriteBatch};
+pub use self::event_loop::{
+    Consensus, Durable, EventLoop, LoopConfig, LoopError, StateMachine, WriteBatch,
+};
 pub use self::lock::{DataDirLock, LockError};
 
 /// One tick of the core is one millisecond of wall-clock time in the node.
