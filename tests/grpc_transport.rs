@@ -32,7 +32,11 @@ struct Endpoint {
 
 impl Endpoint {
     fn start(id: u32) -> Endpoint {
-        let listener = grpc::bind("127.0.0.1:0".parse().expect("addr")).expect("bind port 0");
+        Self::start_at(id, "127.0.0.1:0".parse().expect("addr"))
+    }
+
+    fn start_at(id: u32, addr: SocketAddr) -> Endpoint {
+        let listener = grpc::bind(addr).expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (inbound_tx, inbound_rx) = mpsc::channel(64);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -468,4 +472,104 @@ fn a_port_in_use_gives_the_seed_message() {
         err.to_string(),
         format!("Failed to bind to {addr} - address already in use")
     );
+}
+
+/// Sends a vote request every 10 ms until one is answered; returns how long that took.
+async fn until_answered(
+    peers: &Peers,
+    responses: &mut mpsc::UnboundedReceiver<Envelope>,
+    term: &mut u64,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        *term += 1;
+        peers.send(vote(1, 2, *term)).expect("queued");
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(10), responses.recv()).await
+        {
+            assert_eq!(e.from, NodeId(2));
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "peer 2 was not reached again within 10 s: {:?}",
+            peers.stats(NodeId(2))
+        );
+    }
+}
+
+#[test]
+fn a_peer_that_comes_back_is_reached_again_after_backoff() {
+    tokio_uring::start(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let mut one = Endpoint::start(1);
+            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+            // Reserve a port for node 2, which is down at first.
+            let addr_2 = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                l.local_addr().expect("addr")
+            };
+            let peers = Peers::start(
+                NodeId(1),
+                &[(NodeId(2), addr_2)],
+                fast_peers(),
+                one.inbound_tx.clone(),
+            )
+            .expect("peers");
+            let mut term = 0;
+            for _ in 0..5 {
+                term += 1;
+                peers.send(vote(1, 2, term)).expect("queued");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let down = peers.stats(NodeId(2)).expect("2");
+            assert!(down.failed > 0 && down.delivered == 0, "{down:?}");
+
+            // Node 2 starts: the same channel connects after at most one backoff period.
+            let mut two = Endpoint::start_at(2, addr_2);
+            let r2 = responder(
+                2,
+                two.inbound_rx.take().expect("rx"),
+                mpsc::unbounded_channel().0,
+            );
+            let first = until_answered(&peers, &mut resp1, &mut term).await;
+
+            // Node 2 stops (its connection breaks) and comes back on the same address.
+            two.stop().await;
+            r2.abort();
+            for _ in 0..3 {
+                term += 1;
+                peers.send(vote(1, 2, term)).expect("queued");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let failed_before = peers.stats(NodeId(2)).expect("2").failed;
+            assert!(
+                failed_before > down.failed,
+                "sends to the stopped peer must fail"
+            );
+            let mut two = Endpoint::start_at(2, addr_2);
+            let r2 = responder(
+                2,
+                two.inbound_rx.take().expect("rx"),
+                mpsc::unbounded_channel().0,
+            );
+            let second = until_answered(&peers, &mut resp1, &mut term).await;
+            eprintln!(
+                "reached again {first:?} after the first start and {second:?} after the restart; \
+                 {:?}",
+                peers.stats(NodeId(2))
+            );
+            // The backoff is capped at 50 ms here; a second is far beyond any backoff step.
+            assert!(first < Duration::from_secs(1), "{first:?}");
+            assert!(second < Duration::from_secs(1), "{second:?}");
+
+            drop(peers);
+            two.stop().await;
+            one.stop().await;
+            r1.abort();
+            r2.abort();
+        })
+        .await
+        .expect("test finished within its timeout");
+    });
 }

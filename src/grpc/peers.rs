@@ -405,3 +405,31 @@ async fn call(
         other => unreachable!("peer worker got a response message: {other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_initial_delay_and_stops_at_the_cap() {
+        let initial = Duration::from_millis(10);
+        let max = Duration::from_millis(500);
+        let delays: Vec<u64> = (1..=10)
+            .map(|failures| {
+                Backoff {
+                    failures,
+                    retry_at: None,
+                }
+                .delay(initial, max)
+                .as_millis() as u64
+            })
+            .collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 500, 500, 500, 500]);
+        // Huge failure counts neither overflow nor exceed the cap.
+        let b = Backoff {
+            failures: u32::MAX,
+            retry_at: None,
+        };
+        assert_eq!(b.delay(initial, max), max);
+    }
+}

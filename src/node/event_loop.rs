@@ -573,10 +573,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             return;
         }
         match role {
-            Role::Leader => tracing::info!(
-                "👑 Won election! Becoming leader for term {}...",
-                self.core.term()
-            ),
+            Role::Leader => {
+                tracing::info!(term = %self.core.term(), "👑 Won election! Becoming leader...")
+            }
             Role::Candidate => tracing::info!(
                 "🗳️ Election timeout: campaigning for term {}",
                 self.core.term()

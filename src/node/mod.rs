@@ -46,6 +46,8 @@ pub const INBOUND_BATCH_MAX: usize = 256;
 pub const MESSAGE_PAYLOAD_BYTES_MAX: u64 = 1024 * 1024;
 /// AppendEntries with entries in flight per follower (the core's pipelining bound).
 pub const INFLIGHT_APPENDS_MAX: usize = 8;
+/// How long a graceful stop waits for the gRPC server to finish its in-flight RPCs.
+pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -213,10 +215,15 @@ where
         let loop_result = event_loop.run(inbound_rx, shutdown_signal()).await;
         // Stop accepting, let in-flight RPCs finish (their answers may be "declined").
         let _ = stop_server_tx.send(());
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "gRPC server stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "gRPC server task failed"),
+        // In-flight RPCs end quickly now (the loop dropped their answers); do not let a
+        // misbehaving client hold the process open forever.
+        match tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server stopped with an error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task failed"),
+            Err(_) => tracing::warn!(
+                "gRPC server did not stop within {SERVER_STOP_TIMEOUT:?}; exiting anyway"
+            ),
         }
         loop_result?;
         tracing::info!("node {id} stopped");
