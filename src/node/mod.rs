@@ -17,6 +17,7 @@
 pub mod event_loop;
 pub mod lock;
 pub mod logging;
+pub mod mem;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
