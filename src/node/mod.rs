@@ -18,6 +18,10 @@ pub mod event_loop;
 pub mod lock;
 pub mod logging;
 pub mod mem;
+// `disk.rs` (the production `Durable` over `LogWriter` + `RaftState`) needs `crate::storage` from
+// branch `storage`; after the merge, declare it here and call `disk::open_and_serve` from
+// `open_storage_and_serve`. Until then it is not compiled:
+// pub mod disk;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -64,6 +68,9 @@ pub enum NodeError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Loop(#[from] LoopError),
+    /// Opening the durable log or state failed (corruption names the file and offset).
+    #[error("storage: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// This build lacks a layer the node needs (the branch predates its merge).
     #[error("{0}")]
     NotIntegrated(&'static str),
@@ -103,8 +110,9 @@ fn open_storage_and_serve(
     directory: &Path,
 ) -> Result<(), NodeError> {
     // The storage engine (`RaftLog`, `RaftState`) and the core's bodies are built on other branches;
-    // after they merge, this opens them and calls `serve::<TheirDurable>(...)`. Until then the node
-    // stops here, after the checks it can already do, instead of pretending to run.
+    // after they merge, this body becomes `disk::open_and_serve(config, id, listener, directory)`.
+    // Until then the node stops here, after the checks it can already do, instead of pretending
+    // to run.
     let _ = (config, id, listener, directory);
     Err(NodeError::NotIntegrated(
         "the storage engine is not merged into this build yet: the node cannot open its log",
