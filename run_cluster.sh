@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 CONFIG=${1:-cluster_config.yaml}
 LEADER_WAIT_SECONDS=${LEADER_WAIT_SECONDS:-30}
-BIN=./target/release/rust-raft-log
+BIN=${CARGO_TARGET_DIR:-./target}/release/rust-raft-log
 
 if [[ ! -f "$CONFIG" ]]; then
     echo "Error: Configuration file not found: $CONFIG" >&2
