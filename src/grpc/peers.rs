@@ -61,7 +61,9 @@ impl Default for PeerConfig {
             queue_capacity: 256,
             inflight_rpcs_max: 8,
             backoff_initial: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(500),
+            // A restarted follower is found again within this bound; a refused connect costs
+            // microseconds, so a low cap is cheap.
+            backoff_max: Duration::from_millis(200),
             connect_timeout: Duration::from_millis(500),
             rpc_timeout: Duration::from_secs(2),
             limits: Limits::default(),
