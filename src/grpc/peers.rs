@@ -434,4 +434,53 @@ mod tests {
         };
         assert_eq!(b.delay(initial, max), max);
     }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_message_and_counts_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            // Nothing answers on this socket; the queue is all that matters here.
+            let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let (inbound, _rx) = mpsc::channel(1);
+            let peers = Peers::start(
+                NodeId(1),
+                &[(NodeId(2), black_hole.local_addr().expect("addr"))],
+                PeerConfig {
+                    queue_capacity: 4,
+                    inflight_rpcs_max: 1,
+                    ..PeerConfig::default()
+                },
+                inbound,
+            )
+            .expect("peers");
+            let mut outcomes = Vec::new();
+            // No await between the sends: the worker cannot take anything meanwhile.
+            for term in 1..=20u64 {
+                let vote = Envelope {
+                    from: NodeId(1),
+                    to: NodeId(2),
+                    msg: Message::RequestVote(crate::raft::message::RequestVote {
+                        term: crate::types::Term(term),
+                        candidate_id: NodeId(1),
+                        last_log_index: crate::types::LogIndex(0),
+                        last_log_term: crate::types::Term(0),
+                        pre_vote: false,
+                    }),
+                };
+                outcomes.push(peers.send(vote).expect("queued"));
+            }
+            assert!(outcomes[..4].iter().all(|o| *o == Queued::Queued));
+            assert!(outcomes[4..]
+                .iter()
+                .all(|o| *o == Queued::QueuedDroppedOldest));
+            let shared = &peers.peers[&NodeId(2)];
+            let terms: Vec<u64> = lock(&shared.queue).iter().map(|e| e.msg.term().0).collect();
+            assert_eq!(terms, [17, 18, 19, 20], "the newest messages survive");
+            let stats = peers.stats(NodeId(2)).expect("peer 2");
+            assert_eq!((stats.queued, stats.dropped, stats.queue_len), (20, 16, 4));
+        });
+    }
 }
