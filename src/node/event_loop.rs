@@ -108,6 +108,15 @@ pub trait Consensus {
     fn commit_index(&self) -> LogIndex;
     fn storage(&self) -> &Self::Log;
     fn storage_mut(&mut self) -> &mut Self::Log;
+    /// The last index of the whole log (durable or not). Defaults to the durable log's.
+    fn last_index(&self) -> LogIndex {
+        self.storage().last_index()
+    }
+    /// The leader's view of each follower's `match_index`; empty elsewhere. Defaults to empty
+    /// (branch `raft`'s `RaftNode::peer_match_indexes` provides it after the merge).
+    fn peer_match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
+        Vec::new()
+    }
 }
 
 impl<S: Storage> Consensus for RaftNode<S> {
@@ -402,9 +411,8 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             commit_index: self.core.commit_index(),
             applied_index: self.applied_index,
             first_log_index: log.first_index(),
-            last_log_index: log.last_index(),
-            // The core's committed contract has no accessor for the leader's progress view yet.
-            peers: Vec::new(),
+            last_log_index: self.core.last_index(),
+            peers: self.core.peer_match_indexes(),
         }
     }
 
