@@ -70,6 +70,7 @@ fn start_node(config: &ClusterConfig, id: u32, listener: std::net::TcpListener) 
             tick: node::TICK,
             addresses,
             inbound_batch_max: node::INBOUND_BATCH_MAX,
+            proposals_pending_max: node::PROPOSALS_PENDING_MAX,
         },
         LogIndex::ZERO,
     );

@@ -119,9 +119,14 @@ fn responder(
                     let _ = responses.send(e);
                 }
                 Inbound::Propose { payload, reply } => {
-                    let _ = reply.send(grpc::ProposeOutcome::Committed {
-                        index: LogIndex(payload.len() as u64),
-                        term: Term(1),
+                    // A payload of 99 bytes plays an overloaded node.
+                    let _ = reply.send(if payload.len() == 99 {
+                        Err(grpc::ProposeRefused::Overloaded { pending: 7 })
+                    } else {
+                        Ok(grpc::ProposeOutcome::Committed {
+                            index: LogIndex(payload.len() as u64),
+                            term: Term(1),
+                        })
                     });
                 }
                 Inbound::Status { reply } => {
@@ -300,6 +305,14 @@ fn two_endpoints_exchange_votes_and_appends_over_grpc() {
                     term: Term(1)
                 })
             );
+            let err = op
+                .propose(pb::ProposeRequest {
+                    payload: vec![1; 99],
+                })
+                .await
+                .expect_err("an overloaded node refuses");
+            assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+            assert!(err.message().contains("7 proposals"), "{}", err.message());
             let status = op
                 .status(pb::StatusRequest {})
                 .await

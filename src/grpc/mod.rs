@@ -21,7 +21,7 @@ pub mod server;
 
 pub use self::convert::{ConvertError, Limits, NodeStatus, ProposeOutcome};
 pub use self::peers::{PeerConfig, PeerStats, Peers, Queued, SendError};
-pub use self::server::{bind, serve, Inbound, ServerConfig};
+pub use self::server::{bind, serve, Inbound, ProposeRefused, ServerConfig};
 
 /// The code generated from `proto/raft.proto` (package `raftlog.v1`).
 #[allow(clippy::all, missing_docs)]

@@ -36,13 +36,21 @@ pub enum Inbound {
     /// (delivered by [`crate::grpc::peers::Peers`], not by the server).
     Response(Envelope),
     /// An operator's proposal. Answer once the entry is committed and applied, or with
-    /// `NotLeader` at once; dropping `reply` tells the client the outcome is unknown.
+    /// `NotLeader` or a refusal at once; dropping `reply` tells the client the outcome is unknown.
     Propose {
         payload: Vec<u8>,
-        reply: oneshot::Sender<ProposeOutcome>,
+        reply: oneshot::Sender<Result<ProposeOutcome, ProposeRefused>>,
     },
     /// An operator's status query.
     Status { reply: oneshot::Sender<NodeStatus> },
+}
+
+/// Why the node refused a proposal without proposing it (the client may retry: nothing was
+/// appended).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeRefused {
+    #[error("{pending} proposals are waiting to commit (the limit); retry later")]
+    Overloaded { pending: usize },
 }
 
 /// What the services need to know about the node they front.
@@ -214,7 +222,12 @@ impl pb::operator_server::Operator for OperatorService {
                  before it committed)",
             )
         })?;
-        Ok(Response::new(convert::encode_propose_outcome(outcome)))
+        match outcome {
+            Ok(outcome) => Ok(Response::new(convert::encode_propose_outcome(outcome))),
+            Err(refused @ ProposeRefused::Overloaded { .. }) => {
+                Err(Status::resource_exhausted(refused.to_string()))
+            }
+        }
     }
 
     async fn status(

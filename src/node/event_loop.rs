@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::grpc::{Inbound, NodeStatus, Peers, ProposeOutcome};
+use crate::grpc::{Inbound, NodeStatus, Peers, ProposeOutcome, ProposeRefused};
 use crate::raft::message::{Envelope, Message};
 use crate::raft::{HardState, ProposeError, RaftNode, Ready, Role, Storage};
 use crate::types::{LogEntry, LogIndex, NodeId, Term};
@@ -237,6 +237,8 @@ struct InFlight<E> {
     token: Option<(LogIndex, Term)>,
 }
 
+type ProposeReply = oneshot::Sender<Result<ProposeOutcome, ProposeRefused>>;
+
 /// Static facts the loop needs.
 #[derive(Clone, Debug)]
 pub struct LoopConfig {
@@ -245,6 +247,9 @@ pub struct LoopConfig {
     pub addresses: HashMap<NodeId, SocketAddr>,
     /// The most inbound items handled before the loop drains the core's output (batching).
     pub inbound_batch_max: usize,
+    /// The most proposals waiting for their commit; beyond it proposals are refused (not
+    /// appended), so clients that outpace the cluster cannot grow the leader's memory unbounded.
+    pub proposals_pending_max: usize,
 }
 
 /// Why the loop stopped other than by a clean shutdown.
@@ -279,7 +284,7 @@ pub struct EventLoop<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
     slots: ReplySlots,
     in_flight: VecDeque<InFlight<D::Error>>,
     /// index -> (term proposed in, reply).
-    proposals: BTreeMap<LogIndex, (Term, oneshot::Sender<ProposeOutcome>)>,
+    proposals: BTreeMap<LogIndex, (Term, ProposeReply)>,
     applied_index: LogIndex,
     last_role: Role,
     stats: LoopStats,
@@ -381,20 +386,28 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 }
                 self.core.step(envelope);
             }
-            Inbound::Propose { payload, reply } => match self.core.propose(payload) {
-                Ok((index, term)) => {
-                    self.proposals.insert(index, (term, reply));
+            Inbound::Propose { payload, reply } => {
+                if self.proposals.len() >= self.config.proposals_pending_max {
+                    let _ = reply.send(Err(ProposeRefused::Overloaded {
+                        pending: self.proposals.len(),
+                    }));
+                    return;
                 }
-                Err(ProposeError::NotLeader { leader_hint }) => {
-                    let leader_address = leader_hint
-                        .and_then(|l| self.config.addresses.get(&l))
-                        .map(ToString::to_string);
-                    let _ = reply.send(ProposeOutcome::NotLeader {
-                        leader: leader_hint,
-                        leader_address,
-                    });
+                match self.core.propose(payload) {
+                    Ok((index, term)) => {
+                        self.proposals.insert(index, (term, reply));
+                    }
+                    Err(ProposeError::NotLeader { leader_hint }) => {
+                        let leader_address = leader_hint
+                            .and_then(|l| self.config.addresses.get(&l))
+                            .map(ToString::to_string);
+                        let _ = reply.send(Ok(ProposeOutcome::NotLeader {
+                            leader: leader_hint,
+                            leader_address,
+                        }));
+                    }
                 }
-            },
+            }
             Inbound::Status { reply } => {
                 let _ = reply.send(self.status());
             }
@@ -549,7 +562,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             }
             let (index, (term, reply)) = first.remove_entry();
             if index == entry.index && term == entry.term {
-                let _ = reply.send(ProposeOutcome::Committed { index, term });
+                let _ = reply.send(Ok(ProposeOutcome::Committed { index, term }));
             }
             // Otherwise another leader's entry took that index: dropping `reply` tells the client
             // the outcome is unknown (it was not committed under this proposal).
@@ -874,12 +887,11 @@ mod tests {
                 }],
                 // Input 3 (append request from 2): the core ignores it.
                 vec![],
-                // Inputs 4 and 5 (proposals at index 2 and 3, term 1) and 6 (a proposal refused
-                // with NotLeader): nothing yet.
+                // Inputs 4 and 5 (proposals at index 2 and 3, term 1): nothing yet. (A third
+                // proposal is refused by the loop's pending bound and never reaches the core.)
                 vec![],
                 vec![],
-                vec![],
-                // Input 7 (step from 3): entries 1..3 committed; index 3 holds another leader's
+                // Input 6 (step from 3): entries 1..3 committed; index 3 holds another leader's
                 // entry (term 2), so only the proposal at index 2 is answered as committed.
                 vec![Ready {
                     committed_entries: vec![entry(1, 1), entry(2, 1), entry(3, 2)],
@@ -914,6 +926,7 @@ mod tests {
                 tick: Duration::from_secs(3600),
                 addresses: HashMap::from([(NodeId(3), "127.0.0.1:18003".parse().expect("addr"))]),
                 inbound_batch_max: 1,
+                proposals_pending_max: 2,
             };
             let event_loop = EventLoop::new(core, durable, (), peers, config, LogIndex::ZERO);
             let (stop, stopped) = oneshot::channel::<()>();
@@ -998,7 +1011,8 @@ mod tests {
                     .expect("loop alive");
                 answers.push(answer);
             }
-            let (reply, mut not_leader) = oneshot::channel();
+            // The pending bound (2) is reached: refused at once, not appended.
+            let (reply, mut overloaded) = oneshot::channel();
             inbound_tx
                 .send(Inbound::Propose {
                     payload: vec![1],
@@ -1006,6 +1020,11 @@ mod tests {
                 })
                 .await
                 .expect("loop alive");
+            settle().await;
+            assert_eq!(
+                overloaded.try_recv(),
+                Ok(Err(ProposeRefused::Overloaded { pending: 2 }))
+            );
             let (item, _answer) = request(
                 3,
                 Message::AppendEntries(match heartbeat(1).msg {
@@ -1017,22 +1036,32 @@ mod tests {
             settle().await;
             assert_eq!(
                 answers[0].try_recv(),
-                Ok(ProposeOutcome::Committed {
+                Ok(Ok(ProposeOutcome::Committed {
                     index: LogIndex(2),
                     term: Term(1)
-                })
+                }))
             );
             assert_eq!(
                 answers[1].try_recv(),
                 Err(oneshot::error::TryRecvError::Closed),
                 "index 3 was overwritten by another term: outcome unknown"
             );
+            // With the proposals decided, the next one reaches the core, which is no leader.
+            let (reply, mut not_leader) = oneshot::channel();
+            inbound_tx
+                .send(Inbound::Propose {
+                    payload: vec![1],
+                    reply,
+                })
+                .await
+                .expect("loop alive");
+            settle().await;
             assert_eq!(
                 not_leader.try_recv(),
-                Ok(ProposeOutcome::NotLeader {
+                Ok(Ok(ProposeOutcome::NotLeader {
                     leader: Some(NodeId(3)),
                     leader_address: Some("127.0.0.1:18003".into())
-                })
+                }))
             );
 
             let (reply, mut status) = oneshot::channel();

@@ -51,6 +51,8 @@ pub const INBOUND_BATCH_MAX: usize = 256;
 pub const MESSAGE_PAYLOAD_BYTES_MAX: u64 = 1024 * 1024;
 /// AppendEntries with entries in flight per follower (the core's pipelining bound).
 pub const INFLIGHT_APPENDS_MAX: usize = 8;
+/// Proposals waiting for their commit before new ones are refused (RESOURCE_EXHAUSTED).
+pub const PROPOSALS_PENDING_MAX: usize = 65_536;
 /// How long a graceful stop waits for the gRPC server to finish its in-flight RPCs.
 pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -218,6 +220,7 @@ where
                 tick: TICK,
                 addresses,
                 inbound_batch_max: INBOUND_BATCH_MAX,
+                proposals_pending_max: PROPOSALS_PENDING_MAX,
             },
             LogIndex::ZERO,
         );
