@@ -1,5 +1,6 @@
 //! Three nodes in one process, over the real gRPC stack on ephemeral loopback ports, with the real
-//! consensus core and in-memory durable state (`MemDurable`).
+//! consensus core, the binary's own wiring (`node::run_node`) and in-memory durable state
+//! (`MemDurable`).
 //!
 //! ```text
 //!   node 1 ◀──gRPC──▶ node 2 ◀──gRPC──▶ node 3 ◀──gRPC──▶ node 1     (one tokio-uring runtime)
@@ -9,82 +10,52 @@
 //! node's commit index reaches the last one; a follower answers a proposal with `NotLeader` naming
 //! the leader's address.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rust_raft_log::config::ClusterConfig;
-use rust_raft_log::grpc::{self, proto as pb, Limits, PeerConfig, Peers, ProposeOutcome};
-use rust_raft_log::node::{self, mem::MemDurable, EventLoop, LoopConfig};
+use rust_raft_log::grpc::{self, proto as pb, ProposeOutcome};
+use rust_raft_log::node::{self, mem::MemDurable};
 use rust_raft_log::raft::{HardState, MemStorage, RaftNode, Role};
 use rust_raft_log::types::{LogIndex, NodeId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 const PROPOSALS: usize = 200;
 const CONCURRENCY: usize = 16;
 
 struct Running {
     addr: SocketAddr,
-    stop_loop: oneshot::Sender<()>,
-    stop_server: oneshot::Sender<()>,
-    event_loop: tokio::task::JoinHandle<Result<node::event_loop::LoopStats, node::LoopError>>,
-    server: tokio::task::JoinHandle<Result<(), grpc::GrpcError>>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<node::LoopStats, node::NodeError>>,
 }
 
+/// One node through the same wiring the binary uses (`node::run_node`), on `MemDurable`.
 fn start_node(config: &ClusterConfig, id: u32, listener: std::net::TcpListener) -> Running {
     let me = NodeId(id);
     let addr = listener.local_addr().expect("addr");
-    let addresses: HashMap<NodeId, SocketAddr> =
-        config.nodes.iter().map(|n| (n.id(), n.address())).collect();
-    let peer_list: Vec<(NodeId, SocketAddr)> = addresses
-        .iter()
-        .filter(|(p, _)| **p != me)
-        .map(|(p, a)| (*p, *a))
-        .collect();
-    let (inbound_tx, inbound_rx) = mpsc::channel(node::INBOUND_QUEUE_CAPACITY);
-    let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let server = tokio_uring::spawn(grpc::serve(
-        listener,
-        grpc::ServerConfig {
-            local_id: me,
-            limits: Limits::default(),
-        },
-        inbound_tx.clone(),
-        async move {
-            let _ = server_stopped.await;
-        },
-    ));
-    let peers = Peers::start(me, &peer_list, PeerConfig::default(), inbound_tx).expect("peers");
     let core = RaftNode::new(
         node::core_config(config, me, node::election_seed(me)),
         HardState::default(),
         MemStorage::default(),
     )
     .expect("core config");
-    let event_loop = EventLoop::new(
-        core,
-        MemDurable::default(),
-        (),
-        peers,
-        LoopConfig {
-            tick: node::TICK,
-            addresses,
-            inbound_batch_max: node::INBOUND_BATCH_MAX,
-            proposals_pending_max: node::PROPOSALS_PENDING_MAX,
-        },
-        LogIndex::ZERO,
-    );
-    let (stop_loop, loop_stopped) = oneshot::channel::<()>();
-    let event_loop = tokio_uring::spawn(event_loop.run(inbound_rx, async move {
-        let _ = loop_stopped.await;
-    }));
-    Running {
-        addr,
-        stop_loop,
-        stop_server,
-        event_loop,
-        server,
-    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = config.clone();
+    let task = tokio_uring::spawn(async move {
+        node::run_node(
+            &config,
+            me,
+            listener,
+            core,
+            MemDurable::default(),
+            async move {
+                let _ = stopped.await;
+            },
+        )
+        .await
+    });
+    Running { addr, stop, task }
 }
 
 async fn status(addr: SocketAddr) -> Option<grpc::NodeStatus> {
@@ -239,13 +210,11 @@ fn three_in_process_nodes_elect_a_leader_and_commit_proposals() {
 
         drop(client);
         for n in nodes {
-            let _ = n.stop_loop.send(());
-            n.event_loop
+            let _ = n.stop.send(());
+            n.task
                 .await
-                .expect("loop task")
-                .expect("loop stopped cleanly");
-            let _ = n.stop_server.send(());
-            let _ = tokio::time::timeout(Duration::from_secs(5), n.server).await;
+                .expect("node task")
+                .expect("node stopped cleanly");
         }
     });
 }

@@ -136,15 +136,28 @@ impl RaftService {
                 envelope.to, self.config.local_id
             )));
         }
-        let (reply, answer) = oneshot::channel();
-        self.inbound
-            .send(Inbound::Request { envelope, reply })
-            .await
-            .map_err(|_| Status::unavailable("node is shutting down"))?;
-        answer
-            .await
-            .map_err(|_| Status::aborted("the node declined to answer this request"))
+        ask(
+            &self.inbound,
+            |reply| Inbound::Request { envelope, reply },
+            || Status::aborted("the node declined to answer this request"),
+        )
+        .await
     }
+}
+
+/// Hands the item `make` builds around a fresh oneshot to the event loop and waits for the answer.
+/// `dropped` is the status when the loop drops the oneshot instead of answering.
+async fn ask<T>(
+    inbound: &mpsc::Sender<Inbound>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Inbound,
+    dropped: impl FnOnce() -> Status,
+) -> Result<T, Status> {
+    let (reply, answer) = oneshot::channel();
+    inbound
+        .send(make(reply))
+        .await
+        .map_err(|_| Status::unavailable("node is shutting down"))?;
+    answer.await.map_err(|_| dropped())
 }
 
 fn invalid(e: convert::ConvertError) -> Status {
@@ -211,17 +224,17 @@ impl pb::operator_server::Operator for OperatorService {
                 payload.len()
             )));
         }
-        let (reply, answer) = oneshot::channel();
-        self.inbound
-            .send(Inbound::Propose { payload, reply })
-            .await
-            .map_err(|_| Status::unavailable("node is shutting down"))?;
-        let outcome = answer.await.map_err(|_| {
-            Status::aborted(
-                "the proposal's outcome is unknown (leadership changed or the node stopped \
-                 before it committed)",
-            )
-        })?;
+        let outcome = ask(
+            &self.inbound,
+            |reply| Inbound::Propose { payload, reply },
+            || {
+                Status::aborted(
+                    "the proposal's outcome is unknown (leadership changed or the node stopped \
+                     before it committed)",
+                )
+            },
+        )
+        .await?;
         match outcome {
             Ok(outcome) => Ok(Response::new(convert::encode_propose_outcome(outcome))),
             Err(refused @ ProposeRefused::Overloaded { .. }) => {
@@ -234,14 +247,12 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let (reply, answer) = oneshot::channel();
-        self.inbound
-            .send(Inbound::Status { reply })
-            .await
-            .map_err(|_| Status::unavailable("node is shutting down"))?;
-        let status = answer
-            .await
-            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        let status = ask(
+            &self.inbound,
+            |reply| Inbound::Status { reply },
+            || Status::unavailable("node is shutting down"),
+        )
+        .await?;
         Ok(Response::new(convert::encode_status(status)))
     }
 }

@@ -24,6 +24,7 @@ pub mod mem;
 // pub mod disk;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -36,7 +37,7 @@ use crate::raft::{self, HardState, RaftNode};
 use crate::types::{LogIndex, NodeId};
 
 pub use self::event_loop::{
-    Consensus, Durable, EventLoop, LoopConfig, LoopError, StateMachine, WriteBatch,
+    Consensus, Durable, EventLoop, LoopConfig, LoopError, LoopStats, StateMachine, WriteBatch,
 };
 pub use self::lock::{DataDirLock, LockError};
 
@@ -172,6 +173,38 @@ where
 {
     let core = RaftNode::new(core_config(config, id, election_seed(id)), hard_state, log)?;
     tracing::info!("✅ Raft node created successfully");
+    // tokio-uring panics when io_uring cannot be set up (old kernel, seccomp, memlock limits):
+    // probe first so that case is an error naming the cause, not a panic.
+    io_uring::IoUring::new(8).map_err(NodeError::Runtime)?;
+    let mut builder = tokio_uring::builder();
+    builder.entries(256);
+    let config = config.clone();
+    builder.start(async move {
+        run_node(&config, id, listener, core, durable, shutdown_signal()).await?;
+        tracing::info!("node {id} stopped");
+        Ok(())
+    })
+}
+
+/// The node's tasks inside a running (tokio-uring) runtime: the gRPC server on `listener`, the
+/// peer clients, and the event loop driving `core` over `durable`, until `shutdown` completes.
+/// Then the loop finishes its in-flight writes, and the server stops accepting and finishes its
+/// in-flight RPCs (bounded by [`SERVER_STOP_TIMEOUT`]).
+///
+/// # Errors
+/// `Transport` if the listener or a peer address is unusable, `Loop` for a fatal loop error.
+pub async fn run_node<C, D>(
+    config: &ClusterConfig,
+    id: NodeId,
+    listener: std::net::TcpListener,
+    core: C,
+    durable: D,
+    shutdown: impl Future<Output = ()>,
+) -> Result<LoopStats, NodeError>
+where
+    C: Consensus + 'static,
+    D: Durable<Log = C::Log> + 'static,
+{
     let addresses: HashMap<NodeId, SocketAddr> =
         config.nodes.iter().map(|n| (n.id(), n.address())).collect();
     let peer_list: Vec<(NodeId, SocketAddr)> = addresses
@@ -184,63 +217,52 @@ where
         ..Limits::default()
     };
     let local_addr = listener.local_addr().map_err(GrpcError::Serve)?;
-
-    // tokio-uring panics when io_uring cannot be set up (old kernel, seccomp, memlock limits):
-    // probe first so that case is an error naming the cause, not a panic.
-    io_uring::IoUring::new(8).map_err(NodeError::Runtime)?;
-    let mut builder = tokio_uring::builder();
-    builder.entries(256);
-    builder.start(async move {
-        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
-        let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
-        tracing::info!("🌐 Starting gRPC server on {local_addr}");
-        let server = tokio_uring::spawn(grpc::serve(
-            listener,
-            ServerConfig {
-                local_id: id,
-                limits,
-            },
-            inbound_tx.clone(),
-            async move {
-                let _ = stop_server_rx.await;
-            },
-        ));
-        let peer_config = PeerConfig {
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
+    let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
+    tracing::info!("🌐 Starting gRPC server on {local_addr}");
+    let server = tokio::task::spawn_local(grpc::serve(
+        listener,
+        ServerConfig {
+            local_id: id,
             limits,
-            ..PeerConfig::default()
-        };
-        let peers = Peers::start(id, &peer_list, peer_config, inbound_tx)?;
-        tracing::info!("🔄 Starting Raft event loop...");
-        let event_loop = EventLoop::new(
-            core,
-            durable,
-            (),
-            peers,
-            LoopConfig {
-                tick: TICK,
-                addresses,
-                inbound_batch_max: INBOUND_BATCH_MAX,
-                proposals_pending_max: PROPOSALS_PENDING_MAX,
-            },
-            LogIndex::ZERO,
-        );
-        let loop_result = event_loop.run(inbound_rx, shutdown_signal()).await;
-        // Stop accepting, let in-flight RPCs finish (their answers may be "declined").
-        let _ = stop_server_tx.send(());
-        // In-flight RPCs end quickly now (the loop dropped their answers); do not let a
-        // misbehaving client hold the process open forever.
-        match tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server stopped with an error"),
-            Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task failed"),
-            Err(_) => tracing::warn!(
-                "gRPC server did not stop within {SERVER_STOP_TIMEOUT:?}; exiting anyway"
-            ),
-        }
-        loop_result?;
-        tracing::info!("node {id} stopped");
-        Ok::<(), NodeError>(())
-    })
+        },
+        inbound_tx.clone(),
+        async move {
+            let _ = stop_server_rx.await;
+        },
+    ));
+    let peer_config = PeerConfig {
+        limits,
+        ..PeerConfig::default()
+    };
+    let peers = Peers::start(id, &peer_list, peer_config, inbound_tx)?;
+    tracing::info!("🔄 Starting Raft event loop...");
+    let event_loop = EventLoop::new(
+        core,
+        durable,
+        (),
+        peers,
+        LoopConfig {
+            tick: TICK,
+            addresses,
+            inbound_batch_max: INBOUND_BATCH_MAX,
+            proposals_pending_max: PROPOSALS_PENDING_MAX,
+        },
+        LogIndex::ZERO,
+    );
+    let loop_result = event_loop.run(inbound_rx, shutdown).await;
+    // Stop accepting, let in-flight RPCs finish (the loop dropped their answers: they end at once
+    // with an error status); do not let a misbehaving client hold the process open forever.
+    let _ = stop_server_tx.send(());
+    match tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server stopped with an error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task failed"),
+        Err(_) => tracing::warn!(
+            "gRPC server did not stop within {SERVER_STOP_TIMEOUT:?}; exiting anyway"
+        ),
+    }
+    Ok(loop_result?)
 }
 
 /// Completes on SIGINT or SIGTERM.
