@@ -28,27 +28,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let node = match config.node(args.node_id) {
-        Ok(node) => node,
+    rust_raft_log::node::logging::init_tracing();
+    match rust_raft_log::node::run(&config, args.node_id, &args.config) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    println!(
-        "🚀 Starting Raft node {} with config: {}",
-        node.node_id,
-        args.config.display()
-    );
-    println!("📋 Cluster configuration:");
-    println!("   Node ID: {}", node.node_id);
-    println!("   Address: {}", node.address());
-    println!("   Cluster size: {}", config.nodes.len());
-    println!(
-        "   Log directory: {}",
-        config.node_directory(node.node_id).display()
-    );
-    // The transport and event loop (issue 4) are not built yet; say so rather than pretend.
-    eprintln!("Error: the node's transport and event loop are not implemented yet (issue 4)");
-    ExitCode::from(2)
+    }
 }

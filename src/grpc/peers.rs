@@ -1,0 +1,486 @@
+//! Peer clients: one persistent gRPC channel per peer, a bounded queue in front of it, and capped
+//! exponential backoff after failures.
+//!
+//! This module owns outbound delivery of the core's requests (RequestVote, AppendEntries) and the
+//! return path of their responses, which it hands to the event loop as [`Inbound::Response`].
+//!
+//! Invariants, and why they hold:
+//! - [`Peers::send`] never blocks and never awaits: it pushes onto the peer's queue and returns. So
+//!   a down or slow peer cannot stall the event loop or the other peers.
+//! - Each peer's queue holds at most [`PeerConfig::queue_capacity`] messages; when full, the
+//!   *oldest* message is dropped and counted ([`PeerStats::dropped`]). Raft tolerates lost
+//!   messages (the leader retransmits from its progress view on the next heartbeat), and the newest
+//!   message carries the newest term and commit index, so dropping the oldest loses the least.
+//!   With the core's per-message byte bound, a slow follower costs the leader bounded memory.
+//! - At most [`PeerConfig::inflight_rpcs_max`] RPCs are outstanding per peer (pipelining without an
+//!   unbounded number of streams).
+//! - After a failed RPC the peer's worker waits `min(backoff_initial * 2^(failures-1), backoff_max)`
+//!   before the next attempt; a success resets it. Messages queued meanwhile are subject to the
+//!   drop-oldest bound, so a peer that is down costs only its own (rare) retries.
+//!
+//! A response whose route does not say "from that peer, to this node" is dropped and logged: the
+//! address answered with another server's identity (a misconfigured cluster).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::grpc::convert::{self, Limits};
+use crate::grpc::proto as pb;
+use crate::grpc::server::{Inbound, ServerConfig};
+use crate::grpc::GrpcError;
+use crate::raft::message::{Envelope, Message};
+use crate::types::NodeId;
+
+/// Tuning of the peer clients. Every field is a bound (STYLE §11).
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// Messages waiting per peer before the oldest is dropped.
+    pub queue_capacity: usize,
+    /// Concurrent RPCs per peer.
+    pub inflight_rpcs_max: usize,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub connect_timeout: Duration,
+    /// Deadline of one RPC, including the peer's fdatasync before it acknowledges.
+    pub rpc_timeout: Duration,
+    /// Bounds applied to responses and to the encoded size of requests.
+    pub limits: Limits,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            queue_capacity: 256,
+            inflight_rpcs_max: 8,
+            backoff_initial: Duration::from_millis(10),
+            // A restarted follower is found again within this bound; a refused connect costs
+            // microseconds, so a low cap is cheap.
+            backoff_max: Duration::from_millis(200),
+            connect_timeout: Duration::from_millis(500),
+            rpc_timeout: Duration::from_secs(2),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Counters of one peer, for Status, logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Messages accepted by [`Peers::send`].
+    pub queued: u64,
+    /// Messages dropped because the queue was full (the oldest one each time).
+    pub dropped: u64,
+    /// RPCs that returned a response.
+    pub delivered: u64,
+    /// RPCs that failed (connection refused, timeout, peer error).
+    pub failed: u64,
+    /// RPCs the peer answered with "declined" (its core ignored the request).
+    pub declined: u64,
+    /// Messages waiting now.
+    pub queue_len: u64,
+}
+
+/// Why [`Peers::send`] refused a message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    #[error("node {0} is not a peer of this node")]
+    UnknownPeer(NodeId),
+    /// Responses travel on the reply of the request's RPC, never on their own.
+    #[error("a {0} is answered on the request's RPC and cannot be sent on its own")]
+    NotARequest(&'static str),
+}
+
+/// What [`Peers::send`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Queued {
+    Queued,
+    /// Queued, and the oldest waiting message was dropped to make room.
+    QueuedDroppedOldest,
+}
+
+struct PeerShared {
+    id: NodeId,
+    addr: SocketAddr,
+    capacity: usize,
+    queue: Mutex<VecDeque<Envelope>>,
+    wake: Notify,
+    closed: AtomicBool,
+    backoff: Mutex<Backoff>,
+    queued: AtomicU64,
+    dropped: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    declined: AtomicU64,
+}
+
+/// Capped exponential backoff state of one peer.
+#[derive(Debug)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Backoff {
+    fn delay(&self, initial: Duration, max: Duration) -> Duration {
+        let shift = self.failures.saturating_sub(1).min(20);
+        initial.saturating_mul(1u32 << shift).min(max)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The critical sections below cannot panic halfway (push/pop and counters only), so a poisoned
+    // lock still guards consistent data.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The outbound side of the transport: one worker task per peer.
+pub struct Peers {
+    local_id: NodeId,
+    peers: HashMap<NodeId, Arc<PeerShared>>,
+}
+
+impl Peers {
+    /// Creates a lazily connected channel and a worker task per peer. Must be called inside a tokio
+    /// (or tokio-uring) runtime; the workers run until [`Peers::shutdown`] or until `Peers` is
+    /// dropped.
+    ///
+    /// # Errors
+    /// [`GrpcError::PeerAddress`] if a peer's address does not form a valid URI.
+    pub fn start(
+        local_id: NodeId,
+        peers: &[(NodeId, SocketAddr)],
+        config: PeerConfig,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> Result<Peers, GrpcError> {
+        assert!(
+            config.queue_capacity > 0 && config.inflight_rpcs_max > 0,
+            "PeerConfig bounds must be positive: {config:?}"
+        );
+        let mut map = HashMap::new();
+        for &(id, addr) in peers {
+            assert_ne!(id, local_id, "node {local_id} listed as its own peer");
+            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| GrpcError::PeerAddress {
+                    peer: id,
+                    addr,
+                    message: e.to_string(),
+                })?
+                .connect_timeout(config.connect_timeout)
+                .timeout(config.rpc_timeout)
+                .tcp_nodelay(true)
+                // Notice a dead connection (peer host gone, not just the process) without waiting
+                // for the kernel's TCP timeouts.
+                .http2_keep_alive_interval(Duration::from_secs(1))
+                .keep_alive_timeout(Duration::from_secs(2))
+                .keep_alive_while_idle(true);
+            let channel = endpoint.connect_lazy();
+            let shared = Arc::new(PeerShared {
+                id,
+                addr,
+                capacity: config.queue_capacity,
+                queue: Mutex::new(VecDeque::with_capacity(config.queue_capacity)),
+                wake: Notify::new(),
+                closed: AtomicBool::new(false),
+                backoff: Mutex::new(Backoff {
+                    failures: 0,
+                    retry_at: None,
+                }),
+                queued: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                declined: AtomicU64::new(0),
+            });
+            let max_bytes = ServerConfig {
+                local_id,
+                limits: config.limits,
+            }
+            .max_decoding_message_bytes();
+            let client = pb::raft_client::RaftClient::new(channel)
+                .max_decoding_message_size(max_bytes)
+                .max_encoding_message_size(max_bytes);
+            tokio::spawn(worker(
+                local_id,
+                Arc::clone(&shared),
+                client,
+                config.clone(),
+                inbound.clone(),
+            ));
+            map.insert(id, shared);
+        }
+        Ok(Peers {
+            local_id,
+            peers: map,
+        })
+    }
+
+    /// Queues a request for its recipient. Never blocks.
+    ///
+    /// # Errors
+    /// `UnknownPeer` if `envelope.to` is not a peer; `NotARequest` for response messages.
+    pub fn send(&self, envelope: Envelope) -> Result<Queued, SendError> {
+        match envelope.msg {
+            Message::RequestVote(_) | Message::AppendEntries(_) => {}
+            Message::RequestVoteResponse(_) => {
+                return Err(SendError::NotARequest("RequestVoteResponse"))
+            }
+            Message::AppendEntriesResponse(_) => {
+                return Err(SendError::NotARequest("AppendEntriesResponse"))
+            }
+        }
+        debug_assert_eq!(
+            envelope.from, self.local_id,
+            "sending another node's message"
+        );
+        let peer = self
+            .peers
+            .get(&envelope.to)
+            .ok_or(SendError::UnknownPeer(envelope.to))?;
+        let outcome = {
+            let mut queue = lock(&peer.queue);
+            let outcome = if queue.len() >= peer.capacity {
+                queue.pop_front();
+                peer.dropped.fetch_add(1, Ordering::Relaxed);
+                Queued::QueuedDroppedOldest
+            } else {
+                Queued::Queued
+            };
+            queue.push_back(envelope);
+            outcome
+        };
+        peer.queued.fetch_add(1, Ordering::Relaxed);
+        peer.wake.notify_one();
+        Ok(outcome)
+    }
+
+    /// The counters of `peer`, if it is one.
+    pub fn stats(&self, peer: NodeId) -> Option<PeerStats> {
+        self.peers.get(&peer).map(|p| PeerStats {
+            queued: p.queued.load(Ordering::Relaxed),
+            dropped: p.dropped.load(Ordering::Relaxed),
+            delivered: p.delivered.load(Ordering::Relaxed),
+            failed: p.failed.load(Ordering::Relaxed),
+            declined: p.declined.load(Ordering::Relaxed),
+            queue_len: lock(&p.queue).len() as u64,
+        })
+    }
+
+    /// The peers' ids, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// Stops every worker after its current RPCs; queued messages are discarded.
+    pub fn shutdown(&self) {
+        for peer in self.peers.values() {
+            peer.closed.store(true, Ordering::Release);
+            peer.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The per-peer worker: waits for a free RPC slot, honours the backoff, pops the oldest message and
+/// starts its RPC.
+async fn worker(
+    local_id: NodeId,
+    peer: Arc<PeerShared>,
+    client: pb::raft_client::RaftClient<Channel>,
+    config: PeerConfig,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let slots = Arc::new(Semaphore::new(config.inflight_rpcs_max));
+    loop {
+        // Take a slot before a message, so that while every slot is busy messages stay queued
+        // (where the drop-oldest bound applies) instead of piling up inside the channel.
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let retry_at = lock(&peer.backoff).retry_at;
+        if let Some(at) = retry_at {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = wait_closed(&peer) => return,
+            }
+        }
+        let envelope = loop {
+            if peer.closed.load(Ordering::Acquire) {
+                return;
+            }
+            // Register interest before looking, so a send between the check and the wait is
+            // not missed.
+            let notified = peer.wake.notified();
+            if let Some(e) = lock(&peer.queue).pop_front() {
+                break e;
+            }
+            notified.await;
+        };
+        let peer = Arc::clone(&peer);
+        let client = client.clone();
+        let inbound = inbound.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let result = call(client, envelope).await;
+            match result {
+                Ok(response) => {
+                    {
+                        let mut backoff = lock(&peer.backoff);
+                        backoff.failures = 0;
+                        backoff.retry_at = None;
+                    }
+                    peer.delivered.fetch_add(1, Ordering::Relaxed);
+                    if response.from != peer.id || response.to != local_id {
+                        tracing::warn!(
+                            peer = %peer.id, addr = %peer.addr, from = %response.from, to = %response.to,
+                            "dropping a response with a foreign route (misconfigured cluster?)"
+                        );
+                    } else if inbound.send(Inbound::Response(response)).await.is_err() {
+                        // The event loop is gone: the node is stopping.
+                        peer.closed.store(true, Ordering::Release);
+                        peer.wake.notify_one();
+                    }
+                }
+                Err(status) if status.code() == Code::Aborted => {
+                    // The peer is up; its core ignored the request. Not a link failure.
+                    peer.declined.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(status) => {
+                    peer.failed.fetch_add(1, Ordering::Relaxed);
+                    let delay = {
+                        let mut backoff = lock(&peer.backoff);
+                        backoff.failures = backoff.failures.saturating_add(1);
+                        let delay = backoff.delay(config.backoff_initial, config.backoff_max);
+                        backoff.retry_at = Some(Instant::now() + delay);
+                        delay
+                    };
+                    tracing::debug!(
+                        peer = %peer.id, addr = %peer.addr, code = ?status.code(),
+                        message = status.message(), retry_in_ms = delay.as_millis() as u64,
+                        "RPC to peer failed"
+                    );
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn wait_closed(peer: &PeerShared) {
+    loop {
+        let notified = peer.wake.notified();
+        if peer.closed.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Sends one request on its RPC and decodes the response.
+async fn call(
+    mut client: pb::raft_client::RaftClient<Channel>,
+    envelope: Envelope,
+) -> Result<Envelope, tonic::Status> {
+    let invalid = |e: convert::ConvertError| tonic::Status::internal(format!("bad response: {e}"));
+    match convert::encode_envelope(envelope) {
+        convert::WireMessage::RequestVote(m) => {
+            let response = client.request_vote(m).await?.into_inner();
+            convert::decode_request_vote_response(response).map_err(invalid)
+        }
+        convert::WireMessage::AppendEntries(m) => {
+            let response = client.append_entries(m).await?.into_inner();
+            convert::decode_append_entries_response(response).map_err(invalid)
+        }
+        // Peers::send lets only requests through.
+        other => unreachable!("peer worker got a response message: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_initial_delay_and_stops_at_the_cap() {
+        let initial = Duration::from_millis(10);
+        let max = Duration::from_millis(500);
+        let delays: Vec<u64> = (1..=10)
+            .map(|failures| {
+                Backoff {
+                    failures,
+                    retry_at: None,
+                }
+                .delay(initial, max)
+                .as_millis() as u64
+            })
+            .collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 320, 500, 500, 500, 500]);
+        // Huge failure counts neither overflow nor exceed the cap.
+        let b = Backoff {
+            failures: u32::MAX,
+            retry_at: None,
+        };
+        assert_eq!(b.delay(initial, max), max);
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_message_and_counts_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            // Nothing answers on this socket; the queue is all that matters here.
+            let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let (inbound, _rx) = mpsc::channel(1);
+            let peers = Peers::start(
+                NodeId(1),
+                &[(NodeId(2), black_hole.local_addr().expect("addr"))],
+                PeerConfig {
+                    queue_capacity: 4,
+                    inflight_rpcs_max: 1,
+                    ..PeerConfig::default()
+                },
+                inbound,
+            )
+            .expect("peers");
+            let mut outcomes = Vec::new();
+            // No await between the sends: the worker cannot take anything meanwhile.
+            for term in 1..=20u64 {
+                let vote = Envelope {
+                    from: NodeId(1),
+                    to: NodeId(2),
+                    msg: Message::RequestVote(crate::raft::message::RequestVote {
+                        term: crate::types::Term(term),
+                        candidate_id: NodeId(1),
+                        last_log_index: crate::types::LogIndex(0),
+                        last_log_term: crate::types::Term(0),
+                        pre_vote: false,
+                    }),
+                };
+                outcomes.push(peers.send(vote).expect("queued"));
+            }
+            assert!(outcomes[..4].iter().all(|o| *o == Queued::Queued));
+            assert!(outcomes[4..]
+                .iter()
+                .all(|o| *o == Queued::QueuedDroppedOldest));
+            let shared = &peers.peers[&NodeId(2)];
+            let terms: Vec<u64> = lock(&shared.queue).iter().map(|e| e.msg.term().0).collect();
+            assert_eq!(terms, [17, 18, 19, 20], "the newest messages survive");
+            let stats = peers.stats(NodeId(2)).expect("peer 2");
+            assert_eq!((stats.queued, stats.dropped, stats.queue_len), (20, 16, 4));
+        });
+    }
+}

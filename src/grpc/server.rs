@@ -1,0 +1,258 @@
+//! The tonic server: the `Raft` and `Operator` services on one listener.
+//!
+//! Handlers hold no node state. Each RPC is decoded ([`crate::grpc::convert`]), wrapped in an
+//! [`Inbound`] with a oneshot for the answer, and handed over a bounded mpsc channel to the task that
+//! owns the core and the log (tokio-uring futures are not `Send`, so a tonic handler can never touch
+//! them itself). The handler then waits for the answer:
+//! - the node answers through the oneshot: the handler encodes and returns it;
+//! - the node drops the oneshot (a stale request the core ignored, a proposal whose outcome became
+//!   unknown, shutdown): the handler returns an error status, never a made-up answer.
+//!
+//! Sending into the channel awaits when it is full, so an overloaded node pushes back on HTTP/2
+//! flow control instead of growing a queue without bound.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Response, Status};
+
+use crate::grpc::convert::{self, Limits, NodeStatus, ProposeOutcome};
+use crate::grpc::proto as pb;
+use crate::grpc::GrpcError;
+use crate::raft::message::Envelope;
+use crate::types::NodeId;
+
+/// What the server hands to the node's event loop.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A peer's request (RequestVote or AppendEntries). Answer with the core's response envelope
+    /// (addressed back to `envelope.from`) through `reply`, or drop `reply` to decline.
+    Request {
+        envelope: Envelope,
+        reply: oneshot::Sender<Envelope>,
+    },
+    /// A response to one of this node's own requests, as it came back on the RPC's reply
+    /// (delivered by [`crate::grpc::peers::Peers`], not by the server).
+    Response(Envelope),
+    /// An operator's proposal. Answer once the entry is committed and applied, or with
+    /// `NotLeader` or a refusal at once; dropping `reply` tells the client the outcome is unknown.
+    Propose {
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<ProposeOutcome, ProposeRefused>>,
+    },
+    /// An operator's status query.
+    Status { reply: oneshot::Sender<NodeStatus> },
+}
+
+/// Why the node refused a proposal without proposing it (the client may retry: nothing was
+/// appended).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeRefused {
+    #[error("{pending} proposals are waiting to commit (the limit); retry later")]
+    Overloaded { pending: usize },
+}
+
+/// What the services need to know about the node they front.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub local_id: NodeId,
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// The largest gRPC message the server accepts: the payload bound plus the per-entry framing
+    /// (term, index, type, length prefixes: under 32 bytes each) plus slack for the header fields.
+    pub fn max_decoding_message_bytes(&self) -> usize {
+        let framing = self.limits.entries_per_message_max.saturating_mul(32);
+        (self.limits.message_payload_bytes_max as usize)
+            .saturating_add(framing)
+            .saturating_add(4096)
+    }
+}
+
+/// Binds the node's listening socket.
+///
+/// # Errors
+/// [`GrpcError::Bind`], whose message for a port in use is the seed's:
+/// `Failed to bind to 127.0.0.1:18001 - address already in use`.
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, GrpcError> {
+    let listener =
+        std::net::TcpListener::bind(addr).map_err(|source| GrpcError::Bind { addr, source })?;
+    // tokio requires a non-blocking socket.
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| GrpcError::Bind { addr, source })?;
+    Ok(listener)
+}
+
+/// Serves both services on `listener` until `shutdown` completes, then stops accepting and lets
+/// in-flight RPCs finish. Must run inside a tokio (or tokio-uring) runtime.
+///
+/// # Errors
+/// [`GrpcError::Serve`] if the listener cannot be registered or the server fails.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    config: ServerConfig,
+    inbound: mpsc::Sender<Inbound>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GrpcError> {
+    let local_addr = listener.local_addr().map_err(GrpcError::Serve)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(GrpcError::Serve)?;
+    // Raft messages are small and latency-bound: never let Nagle hold a heartbeat back.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let max_bytes = config.max_decoding_message_bytes();
+    let raft = pb::raft_server::RaftServer::new(RaftService {
+        config: config.clone(),
+        inbound: inbound.clone(),
+    })
+    .max_decoding_message_size(max_bytes);
+    let operator = pb::operator_server::OperatorServer::new(OperatorService { config, inbound })
+        .max_decoding_message_size(max_bytes);
+    tracing::debug!(%local_addr, "gRPC server accepting");
+    tonic::transport::Server::builder()
+        .add_service(raft)
+        .add_service(operator)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| GrpcError::Serve(std::io::Error::other(e)))
+}
+
+/// The peer-facing service.
+#[derive(Clone, Debug)]
+pub struct RaftService {
+    config: ServerConfig,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+impl RaftService {
+    /// Hands a decoded request to the node and waits for its response envelope.
+    async fn exchange(&self, envelope: Envelope) -> Result<Envelope, Status> {
+        if envelope.to != self.config.local_id {
+            // A peer with a stale view of who listens here: refuse rather than let the core
+            // process a message meant for another server.
+            return Err(Status::failed_precondition(format!(
+                "message for node {} reached node {}",
+                envelope.to, self.config.local_id
+            )));
+        }
+        ask(
+            &self.inbound,
+            |reply| Inbound::Request { envelope, reply },
+            || Status::aborted("the node declined to answer this request"),
+        )
+        .await
+    }
+}
+
+/// Hands the item `make` builds around a fresh oneshot to the event loop and waits for the answer.
+/// `dropped` is the status when the loop drops the oneshot instead of answering.
+async fn ask<T>(
+    inbound: &mpsc::Sender<Inbound>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Inbound,
+    dropped: impl FnOnce() -> Status,
+) -> Result<T, Status> {
+    let (reply, answer) = oneshot::channel();
+    inbound
+        .send(make(reply))
+        .await
+        .map_err(|_| Status::unavailable("node is shutting down"))?;
+    answer.await.map_err(|_| dropped())
+}
+
+fn invalid(e: convert::ConvertError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn wrong_kind(expected: &str, got: &convert::WireMessage) -> Status {
+    // A bug in the event loop, not in the peer: log it loudly, answer with INTERNAL.
+    tracing::error!(
+        ?got,
+        "event loop answered a {expected} with the wrong message kind"
+    );
+    Status::internal(format!(
+        "event loop answered a {expected} with another kind"
+    ))
+}
+
+#[tonic::async_trait]
+impl pb::raft_server::Raft for RaftService {
+    async fn request_vote(
+        &self,
+        request: Request<pb::RequestVoteRequest>,
+    ) -> Result<Response<pb::RequestVoteResponse>, Status> {
+        let envelope = convert::decode_request_vote(request.into_inner()).map_err(invalid)?;
+        let answer = self.exchange(envelope).await?;
+        match convert::encode_envelope(answer) {
+            convert::WireMessage::RequestVoteResponse(m) => Ok(Response::new(m)),
+            other => Err(wrong_kind("RequestVote", &other)),
+        }
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let envelope = convert::decode_append_entries(request.into_inner(), &self.config.limits)
+            .map_err(invalid)?;
+        let answer = self.exchange(envelope).await?;
+        match convert::encode_envelope(answer) {
+            convert::WireMessage::AppendEntriesResponse(m) => Ok(Response::new(m)),
+            other => Err(wrong_kind("AppendEntries", &other)),
+        }
+    }
+}
+
+/// The operator-facing service.
+#[derive(Clone, Debug)]
+pub struct OperatorService {
+    config: ServerConfig,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+#[tonic::async_trait]
+impl pb::operator_server::Operator for OperatorService {
+    async fn propose(
+        &self,
+        request: Request<pb::ProposeRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let payload = request.into_inner().payload;
+        let max = self.config.limits.entry_payload_bytes_max;
+        if payload.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "payload of {} bytes is above the limit of {max}",
+                payload.len()
+            )));
+        }
+        let outcome = ask(
+            &self.inbound,
+            |reply| Inbound::Propose { payload, reply },
+            || {
+                Status::aborted(
+                    "the proposal's outcome is unknown (leadership changed or the node stopped \
+                     before it committed)",
+                )
+            },
+        )
+        .await?;
+        match outcome {
+            Ok(outcome) => Ok(Response::new(convert::encode_propose_outcome(outcome))),
+            Err(refused @ ProposeRefused::Overloaded { .. }) => {
+                Err(Status::resource_exhausted(refused.to_string()))
+            }
+        }
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let status = ask(
+            &self.inbound,
+            |reply| Inbound::Status { reply },
+            || Status::unavailable("node is shutting down"),
+        )
+        .await?;
+        Ok(Response::new(convert::encode_status(status)))
+    }
+}

@@ -1,0 +1,283 @@
+//! The node: everything one `rust-raft-log` process runs, on one tokio-uring runtime.
+//!
+//! Startup, in this order (each step's failure stops the process with an `Error: ...` line):
+//! 1. 🚀 📋 the seed's startup lines (through `tracing`, see [`logging`]);
+//! 2. bind the gRPC port (before touching the data, so a node started twice reports the seed's
+//!    `Failed to bind to 127.0.0.1:18001 - address already in use`);
+//! 3. take `<log_directory>/node_<id>/LOCK` ([`lock`]): a second process on the same data
+//!    directory fails here, before it can open (let alone write) a segment;
+//! 4. open the durable log and state (the storage engine), build the core → ✅;
+//! 5. inside `tokio_uring::start`: serve gRPC → 🌐, start the peer clients, run the event loop
+//!    ([`event_loop`]) → 🔄, until SIGINT/SIGTERM, then stop accepting, finish the in-flight write
+//!    batch and close the files.
+//!
+//! Invariant: while this process runs, it is the only writer of its data directory (the lock),
+//! and the lock outlives the runtime (it is dropped last).
+
+pub mod event_loop;
+pub mod lock;
+pub mod logging;
+pub mod mem;
+// `disk.rs` (the production `Durable` over `LogWriter` + `RaftState`) needs `crate::storage` from
+// branch `storage`; after the merge, declare it here and call `disk::open_and_serve` from
+// `open_storage_and_serve`. Until then it is not compiled:
+// pub mod disk;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::ClusterConfig;
+use crate::grpc::{self, GrpcError, Limits, PeerConfig, Peers, ServerConfig};
+use crate::raft::{self, HardState, RaftNode};
+use crate::types::{LogIndex, NodeId};
+
+pub use self::event_loop::{
+    Consensus, Durable, EventLoop, LoopConfig, LoopError, LoopStats, StateMachine, WriteBatch,
+};
+pub use self::lock::{DataDirLock, LockError};
+
+/// One tick of the core is one millisecond of wall-clock time in the node.
+pub const TICK: Duration = Duration::from_millis(1);
+/// Inbound items the server may queue for the event loop before handlers wait (back-pressure).
+pub const INBOUND_QUEUE_CAPACITY: usize = 4096;
+/// Inbound items handled per loop iteration before the core's output is drained.
+pub const INBOUND_BATCH_MAX: usize = 256;
+/// The most payload bytes the core puts into one AppendEntries. With the per-peer queue bound
+/// this caps what a slow follower can cost the leader: queue capacity × this.
+pub const MESSAGE_PAYLOAD_BYTES_MAX: u64 = 1024 * 1024;
+/// AppendEntries with entries in flight per follower (the core's pipelining bound).
+pub const INFLIGHT_APPENDS_MAX: usize = 8;
+/// Proposals waiting for their commit before new ones are refused (RESOURCE_EXHAUSTED).
+pub const PROPOSALS_PENDING_MAX: usize = 65_536;
+/// How long a graceful stop waits for the gRPC server to finish its in-flight RPCs.
+pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Transport(#[from] GrpcError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("invalid core configuration: {0}")]
+    Core(#[from] raft::ConfigError),
+    #[error("cannot start the tokio-uring runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Loop(#[from] LoopError),
+    /// Opening the durable log or state failed (corruption names the file and offset).
+    #[error("storage: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// This build lacks a layer the node needs (the branch predates its merge).
+    #[error("{0}")]
+    NotIntegrated(&'static str),
+}
+
+/// Runs node `node_id` of `config` until SIGINT/SIGTERM. `config_path` is only for the log.
+///
+/// # Errors
+/// The first startup step that fails (see the module docs), or a fatal runtime error.
+pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(), NodeError> {
+    let me = config.node(node_id)?;
+    let directory = config.node_directory(node_id);
+    tracing::info!(
+        "🚀 Starting Raft node {} with config: {}",
+        node_id,
+        config_path.display()
+    );
+    tracing::info!("📋 Cluster configuration:");
+    tracing::info!("   Node ID: {}", me.node_id);
+    tracing::info!("   Address: {}", me.address());
+    tracing::info!("   Cluster size: {}", config.nodes.len());
+    tracing::info!("   Log directory: {}", directory.display());
+
+    let listener = grpc::bind(me.address())?;
+    let lock = DataDirLock::acquire(&directory)?;
+    let result = open_storage_and_serve(config, NodeId(node_id), listener, &directory);
+    // Explicit: the lock is released only after the runtime and every file it opened are gone.
+    drop(lock);
+    result
+}
+
+/// Step 4 and 5 of the module docs.
+fn open_storage_and_serve(
+    config: &ClusterConfig,
+    id: NodeId,
+    listener: std::net::TcpListener,
+    directory: &Path,
+) -> Result<(), NodeError> {
+    // The storage engine (`RaftLog`, `RaftState`) and the core's bodies are built on other branches;
+    // after they merge, this body becomes `disk::open_and_serve(config, id, listener, directory)`.
+    // Until then the node stops here, after the checks it can already do, instead of pretending
+    // to run.
+    let _ = (config, id, listener, directory);
+    Err(NodeError::NotIntegrated(
+        "the storage engine is not merged into this build yet: the node cannot open its log",
+    ))
+}
+
+/// The core's configuration derived from the cluster config (times in ticks of [`TICK`]).
+pub fn core_config(config: &ClusterConfig, id: NodeId, rng_seed: u64) -> raft::Config {
+    let s = &config.cluster_settings;
+    let ticks = |ms: u64| ms * 1000 / TICK.as_micros() as u64;
+    raft::Config {
+        id,
+        voters: config.nodes.iter().map(|n| n.id()).collect(),
+        election_ticks_min: ticks(s.election_timeout_range.min),
+        election_ticks_max: ticks(s.election_timeout_range.max),
+        heartbeat_ticks: ticks(s.heartbeat_interval),
+        max_entries_per_msg: s.max_entries_per_query,
+        max_bytes_per_msg: MESSAGE_PAYLOAD_BYTES_MAX,
+        max_inflight_msgs: INFLIGHT_APPENDS_MAX,
+        pre_vote: true,
+        check_quorum: true,
+        rng_seed,
+    }
+}
+
+/// A seed that differs between nodes and between restarts (election jitter must not repeat in
+/// lockstep across the cluster). The simulator, not the node, is where runs must be reproducible.
+pub fn election_seed(id: NodeId) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // SplitMix64 finaliser: spreads nearby inputs over the whole range.
+    let mut z = nanos ^ (u64::from(id.0) << 32) ^ u64::from(std::process::id());
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Step 5 of the module docs, for any durable store: runs the runtime until a shutdown signal.
+///
+/// # Errors
+/// `Runtime` if tokio-uring cannot start, `Transport` if serving fails, `Loop` for a fatal error
+/// of the event loop (a failed durable write).
+pub fn serve<D: Durable + 'static>(
+    config: &ClusterConfig,
+    id: NodeId,
+    listener: std::net::TcpListener,
+    hard_state: HardState,
+    log: D::Log,
+    durable: D,
+) -> Result<(), NodeError>
+where
+    D::Log: 'static,
+{
+    let core = RaftNode::new(core_config(config, id, election_seed(id)), hard_state, log)?;
+    tracing::info!("✅ Raft node created successfully");
+    // tokio-uring panics when io_uring cannot be set up (old kernel, seccomp, memlock limits):
+    // probe first so that case is an error naming the cause, not a panic.
+    io_uring::IoUring::new(8).map_err(NodeError::Runtime)?;
+    let mut builder = tokio_uring::builder();
+    builder.entries(256);
+    let config = config.clone();
+    builder.start(async move {
+        run_node(&config, id, listener, core, durable, shutdown_signal()).await?;
+        tracing::info!("node {id} stopped");
+        Ok(())
+    })
+}
+
+/// The node's tasks inside a running (tokio-uring) runtime: the gRPC server on `listener`, the
+/// peer clients, and the event loop driving `core` over `durable`, until `shutdown` completes.
+/// Then the loop finishes its in-flight writes, and the server stops accepting and finishes its
+/// in-flight RPCs (bounded by [`SERVER_STOP_TIMEOUT`]).
+///
+/// # Errors
+/// `Transport` if the listener or a peer address is unusable, `Loop` for a fatal loop error.
+pub async fn run_node<C, D>(
+    config: &ClusterConfig,
+    id: NodeId,
+    listener: std::net::TcpListener,
+    core: C,
+    durable: D,
+    shutdown: impl Future<Output = ()>,
+) -> Result<LoopStats, NodeError>
+where
+    C: Consensus + 'static,
+    D: Durable<Log = C::Log> + 'static,
+{
+    let addresses: HashMap<NodeId, SocketAddr> =
+        config.nodes.iter().map(|n| (n.id(), n.address())).collect();
+    let peer_list: Vec<(NodeId, SocketAddr)> = addresses
+        .iter()
+        .filter(|(peer, _)| **peer != id)
+        .map(|(peer, addr)| (*peer, *addr))
+        .collect();
+    let limits = Limits {
+        entries_per_message_max: config.cluster_settings.max_entries_per_query as usize,
+        ..Limits::default()
+    };
+    let local_addr = listener.local_addr().map_err(GrpcError::Serve)?;
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
+    let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
+    tracing::info!("🌐 Starting gRPC server on {local_addr}");
+    let server = tokio::task::spawn_local(grpc::serve(
+        listener,
+        ServerConfig {
+            local_id: id,
+            limits,
+        },
+        inbound_tx.clone(),
+        async move {
+            let _ = stop_server_rx.await;
+        },
+    ));
+    let peer_config = PeerConfig {
+        limits,
+        ..PeerConfig::default()
+    };
+    let peers = Peers::start(id, &peer_list, peer_config, inbound_tx)?;
+    tracing::info!("🔄 Starting Raft event loop...");
+    let event_loop = EventLoop::new(
+        core,
+        durable,
+        (),
+        peers,
+        LoopConfig {
+            tick: TICK,
+            addresses,
+            inbound_batch_max: INBOUND_BATCH_MAX,
+            proposals_pending_max: PROPOSALS_PENDING_MAX,
+        },
+        LogIndex::ZERO,
+    );
+    let loop_result = event_loop.run(inbound_rx, shutdown).await;
+    // Stop accepting, let in-flight RPCs finish (the loop dropped their answers: they end at once
+    // with an error status); do not let a misbehaving client hold the process open forever.
+    let _ = stop_server_tx.send(());
+    match tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server stopped with an error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task failed"),
+        Err(_) => tracing::warn!(
+            "gRPC server did not stop within {SERVER_STOP_TIMEOUT:?}; exiting anyway"
+        ),
+    }
+    Ok(loop_result?)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    }
+}

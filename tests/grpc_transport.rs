@@ -1,0 +1,588 @@
+//! The transport through the real gRPC stack, inside `tokio_uring::start` as in the node.
+//!
+//! ```text
+//!   node 1                                   node 2
+//!   Peers ──RequestVote/AppendEntries──▶ server ──Inbound::Request──▶ responder task
+//!     ▲                                                                   │ (plays the core)
+//!     └── Inbound::Response ◀── RPC reply ◀── oneshot answer ◀────────────┘
+//! ```
+//! Each endpoint binds 127.0.0.1:0 (an ephemeral port) and everything started is stopped at the
+//! end of each test.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rust_raft_log::grpc::{self, proto as pb, Inbound, PeerConfig, Peers, ServerConfig};
+use rust_raft_log::raft::message::{
+    AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
+};
+use rust_raft_log::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
+use tokio::sync::{mpsc, oneshot};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running server with its inbound queue and a way to stop it.
+struct Endpoint {
+    addr: SocketAddr,
+    inbound_tx: mpsc::Sender<Inbound>,
+    inbound_rx: Option<mpsc::Receiver<Inbound>>,
+    stop: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<Result<(), grpc::GrpcError>>,
+}
+
+impl Endpoint {
+    fn start(id: u32) -> Endpoint {
+        Self::start_at(id, "127.0.0.1:0".parse().expect("addr"))
+    }
+
+    fn start_at(id: u32, addr: SocketAddr) -> Endpoint {
+        let listener = grpc::bind(addr).expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (inbound_tx, inbound_rx) = mpsc::channel(64);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = ServerConfig {
+            local_id: NodeId(id),
+            limits: grpc::Limits::default(),
+        };
+        let server = tokio_uring::spawn(grpc::serve(
+            listener,
+            config,
+            inbound_tx.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Endpoint {
+            addr,
+            inbound_tx,
+            inbound_rx: Some(inbound_rx),
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = tokio::time::timeout(Duration::from_secs(5), self.server)
+            .await
+            .expect("server stops within 5 s")
+            .expect("server task did not panic");
+        result.expect("server ran without error");
+    }
+}
+
+/// Plays the core of a follower: grants every vote, accepts every append, declines (drops the
+/// reply of) AppendEntries whose term is 0. Forwards responses it receives to `responses`.
+fn responder(
+    id: u32,
+    mut inbound: mpsc::Receiver<Inbound>,
+    responses: mpsc::UnboundedSender<Envelope>,
+) -> tokio::task::JoinHandle<()> {
+    tokio_uring::spawn(async move {
+        while let Some(item) = inbound.recv().await {
+            match item {
+                Inbound::Request { envelope, reply } => {
+                    let msg = match envelope.msg {
+                        Message::RequestVote(m) => {
+                            Message::RequestVoteResponse(RequestVoteResponse {
+                                term: m.term,
+                                vote_granted: true,
+                                pre_vote: m.pre_vote,
+                            })
+                        }
+                        Message::AppendEntries(m) if m.term == Term(0) => {
+                            drop(reply);
+                            continue;
+                        }
+                        Message::AppendEntries(m) => {
+                            Message::AppendEntriesResponse(AppendEntriesResponse {
+                                term: m.term,
+                                success: true,
+                                last_log_index: LogIndex(
+                                    m.prev_log_index.0 + m.entries.len() as u64,
+                                ),
+                                conflict_term: None,
+                                conflict_index: None,
+                            })
+                        }
+                        other => panic!("node {id} got a response as a request: {other:?}"),
+                    };
+                    let _ = reply.send(Envelope {
+                        from: NodeId(id),
+                        to: envelope.from,
+                        msg,
+                    });
+                }
+                Inbound::Response(e) => {
+                    let _ = responses.send(e);
+                }
+                Inbound::Propose { payload, reply } => {
+                    // A payload of 99 bytes plays an overloaded node.
+                    let _ = reply.send(if payload.len() == 99 {
+                        Err(grpc::ProposeRefused::Overloaded { pending: 7 })
+                    } else {
+                        Ok(grpc::ProposeOutcome::Committed {
+                            index: LogIndex(payload.len() as u64),
+                            term: Term(1),
+                        })
+                    });
+                }
+                Inbound::Status { reply } => {
+                    let _ = reply.send(grpc::NodeStatus {
+                        node_id: NodeId(id),
+                        role: rust_raft_log::raft::Role::Follower,
+                        term: Term(1),
+                        leader: None,
+                        commit_index: LogIndex(0),
+                        applied_index: LogIndex(0),
+                        first_log_index: LogIndex(1),
+                        last_log_index: LogIndex(0),
+                        peers: vec![],
+                    });
+                }
+            }
+        }
+    })
+}
+
+fn vote(from: u32, to: u32, term: u64) -> Envelope {
+    Envelope {
+        from: NodeId(from),
+        to: NodeId(to),
+        msg: Message::RequestVote(RequestVote {
+            term: Term(term),
+            candidate_id: NodeId(from),
+            last_log_index: LogIndex(3),
+            last_log_term: Term(1),
+            pre_vote: false,
+        }),
+    }
+}
+
+fn append(from: u32, to: u32, term: u64, prev: u64, n: usize) -> Envelope {
+    Envelope {
+        from: NodeId(from),
+        to: NodeId(to),
+        msg: Message::AppendEntries(AppendEntries {
+            term: Term(term),
+            leader_id: NodeId(from),
+            prev_log_index: LogIndex(prev),
+            prev_log_term: Term(term),
+            entries: (0..n as u64)
+                .map(|i| LogEntry {
+                    term: Term(term),
+                    index: LogIndex(prev + 1 + i),
+                    entry_type: if i == 0 {
+                        EntryType::NoOp
+                    } else {
+                        EntryType::Normal
+                    },
+                    payload: vec![i as u8; 256],
+                })
+                .collect(),
+            leader_commit: LogIndex(prev),
+        }),
+    }
+}
+
+fn fast_peers() -> PeerConfig {
+    PeerConfig {
+        backoff_initial: Duration::from_millis(5),
+        backoff_max: Duration::from_millis(50),
+        connect_timeout: Duration::from_millis(200),
+        rpc_timeout: Duration::from_millis(500),
+        ..PeerConfig::default()
+    }
+}
+
+async fn next_response(rx: &mut mpsc::UnboundedReceiver<Envelope>) -> Envelope {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a response within 5 s")
+        .expect("responder still running")
+}
+
+#[test]
+fn two_endpoints_exchange_votes_and_appends_over_grpc() {
+    tokio_uring::start(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let mut one = Endpoint::start(1);
+            let mut two = Endpoint::start(2);
+            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+            let (resp2_tx, mut resp2) = mpsc::unbounded_channel();
+            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+            let r2 = responder(2, two.inbound_rx.take().expect("rx"), resp2_tx);
+            let peers1 = Peers::start(
+                NodeId(1),
+                &[(NodeId(2), two.addr)],
+                fast_peers(),
+                one.inbound_tx.clone(),
+            )
+            .expect("peers of 1");
+            let peers2 = Peers::start(
+                NodeId(2),
+                &[(NodeId(1), one.addr)],
+                fast_peers(),
+                two.inbound_tx.clone(),
+            )
+            .expect("peers of 2");
+
+            // 1 -> 2 RequestVote; the response comes back to node 1's event loop.
+            peers1.send(vote(1, 2, 5)).expect("queued");
+            let got = next_response(&mut resp1).await;
+            assert_eq!(
+                got,
+                Envelope {
+                    from: NodeId(2),
+                    to: NodeId(1),
+                    msg: Message::RequestVoteResponse(RequestVoteResponse {
+                        term: Term(5),
+                        vote_granted: true,
+                        pre_vote: false,
+                    }),
+                }
+            );
+
+            // 2 -> 1 AppendEntries with entries (NoOp + Normal payloads) and the ack back.
+            peers2.send(append(2, 1, 6, 10, 4)).expect("queued");
+            let got = next_response(&mut resp2).await;
+            assert_eq!(got.from, NodeId(1));
+            assert_eq!(got.to, NodeId(2));
+            match got.msg {
+                Message::AppendEntriesResponse(m) => {
+                    assert!(m.success);
+                    assert_eq!(m.last_log_index, LogIndex(14));
+                    assert_eq!(m.term, Term(6));
+                }
+                other => panic!("expected an AppendEntriesResponse, got {other:?}"),
+            }
+
+            // A request the "core" declines: no response reaches node 1, the peer counts it.
+            peers1.send(append(1, 2, 0, 0, 0)).expect("queued");
+            // Then a normal one, which must still get through on the same connection.
+            peers1.send(vote(1, 2, 7)).expect("queued");
+            let got = next_response(&mut resp1).await;
+            assert_eq!(got.msg.term(), Term(7));
+            let stats = peers1.stats(NodeId(2)).expect("peer 2");
+            assert_eq!(stats.declined, 1, "{stats:?}");
+            assert_eq!(stats.delivered, 2, "{stats:?}");
+            assert_eq!(stats.failed, 0, "{stats:?}");
+
+            // Responses cannot be sent on their own, and unknown peers are refused.
+            let resp = Envelope {
+                from: NodeId(1),
+                to: NodeId(2),
+                msg: Message::RequestVoteResponse(RequestVoteResponse {
+                    term: Term(1),
+                    vote_granted: false,
+                    pre_vote: false,
+                }),
+            };
+            assert!(peers1.send(resp).is_err());
+            assert_eq!(
+                peers1.send(vote(1, 9, 1)),
+                Err(grpc::SendError::UnknownPeer(NodeId(9)))
+            );
+
+            // The operator service, through a plain client.
+            let mut op =
+                pb::operator_client::OperatorClient::connect(format!("http://{}", one.addr))
+                    .await
+                    .expect("operator connects");
+            let answer = op
+                .propose(pb::ProposeRequest {
+                    payload: vec![1; 33],
+                })
+                .await
+                .expect("propose answered")
+                .into_inner();
+            assert_eq!(
+                grpc::convert::decode_propose_outcome(answer),
+                Ok(grpc::ProposeOutcome::Committed {
+                    index: LogIndex(33),
+                    term: Term(1)
+                })
+            );
+            let err = op
+                .propose(pb::ProposeRequest {
+                    payload: vec![1; 99],
+                })
+                .await
+                .expect_err("an overloaded node refuses");
+            assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+            assert!(err.message().contains("7 proposals"), "{}", err.message());
+            let status = op
+                .status(pb::StatusRequest {})
+                .await
+                .expect("status answered")
+                .into_inner();
+            let status = grpc::convert::decode_status(status).expect("valid status");
+            assert_eq!(status.node_id, NodeId(1));
+
+            drop(peers1);
+            drop(peers2);
+            drop(op);
+            one.stop().await;
+            two.stop().await;
+            r1.abort();
+            r2.abort();
+        })
+        .await
+        .expect("test finished within its timeout");
+    });
+}
+
+#[test]
+fn malformed_and_misrouted_requests_are_refused_with_status_codes() {
+    tokio_uring::start(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let mut one = Endpoint::start(1);
+            let (resp_tx, _resp) = mpsc::unbounded_channel();
+            let r = responder(1, one.inbound_rx.take().expect("rx"), resp_tx);
+            let mut client = pb::raft_client::RaftClient::connect(format!("http://{}", one.addr))
+                .await
+                .expect("connects");
+
+            // No route: INVALID_ARGUMENT naming the field.
+            let err = client
+                .request_vote(pb::RequestVoteRequest::default())
+                .await
+                .expect_err("missing route is refused");
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().contains("route"), "{}", err.message());
+
+            // Unknown entry type: INVALID_ARGUMENT.
+            let err = client
+                .append_entries(pb::AppendEntriesRequest {
+                    route: Some(pb::Route { from: 2, to: 1 }),
+                    term: 1,
+                    leader_id: 2,
+                    entries: vec![pb::LogEntry {
+                        term: 1,
+                        index: 1,
+                        entry_type: 42,
+                        payload: vec![],
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .expect_err("unknown entry type is refused");
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().contains("entry_type"), "{}", err.message());
+
+            // Routed to another node id: FAILED_PRECONDITION.
+            let err = client
+                .request_vote(pb::RequestVoteRequest {
+                    route: Some(pb::Route { from: 2, to: 3 }),
+                    ..Default::default()
+                })
+                .await
+                .expect_err("misrouted request is refused");
+            assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+            drop(client);
+            one.stop().await;
+            r.abort();
+        })
+        .await
+        .expect("test finished within its timeout");
+    });
+}
+
+#[test]
+fn a_down_peer_does_not_block_sends_to_the_others() {
+    tokio_uring::start(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let mut one = Endpoint::start(1);
+            let mut two = Endpoint::start(2);
+            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+            let (resp2_tx, _resp2) = mpsc::unbounded_channel();
+            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+            let r2 = responder(2, two.inbound_rx.take().expect("rx"), resp2_tx);
+
+            // Peer 3: nothing listens (connection refused). Peer 4: a socket that completes the
+            // TCP handshake (kernel backlog) but never speaks HTTP/2 (a hung process).
+            let refused = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                l.local_addr().expect("addr")
+            };
+            let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let config = PeerConfig {
+                queue_capacity: 16,
+                inflight_rpcs_max: 4,
+                ..fast_peers()
+            };
+            let peers = Peers::start(
+                NodeId(1),
+                &[
+                    (NodeId(2), two.addr),
+                    (NodeId(3), refused),
+                    (NodeId(4), black_hole.local_addr().expect("addr")),
+                ],
+                config,
+                one.inbound_tx.clone(),
+            )
+            .expect("peers");
+
+            // A leader's rhythm: each round sends to every peer, then waits for the live peer's
+            // answer before the next round. The dead peers must not slow the rounds down.
+            const ROUNDS: u64 = 200;
+            let started = Instant::now();
+            let mut send_time = Duration::ZERO;
+            for round in 0..ROUNDS {
+                let t = Instant::now();
+                for to in [2, 3, 4] {
+                    peers.send(vote(1, to, round + 1)).expect("queued");
+                }
+                send_time += t.elapsed();
+                let e = next_response(&mut resp1).await;
+                assert_eq!(e.from, NodeId(2), "only peer 2 can answer: {e:?}");
+                assert_eq!(e.msg.term(), Term(round + 1), "answers arrive in order");
+            }
+            let elapsed = started.elapsed();
+            let s2 = peers.stats(NodeId(2)).expect("2");
+            let s3 = peers.stats(NodeId(3)).expect("3");
+            let s4 = peers.stats(NodeId(4)).expect("4");
+            eprintln!(
+                "600 sends took {send_time:?} in total; {ROUNDS} rounds with peer 2 took {elapsed:?}; \
+                 peer 2 {s2:?}; peer 3 {s3:?}; peer 4 {s4:?}"
+            );
+            // send() never waits for the network: 600 calls are pure queue pushes.
+            assert!(send_time < Duration::from_millis(200), "sends took {send_time:?}");
+            assert!(elapsed < Duration::from_secs(10), "peer 2 took {elapsed:?}");
+            assert_eq!(s2.dropped, 0, "the live peer lost messages: {s2:?}");
+            // The dead peers' queues stay bounded and drop their oldest messages.
+            for s in [s3, s4] {
+                assert!(s.queue_len <= 16, "{s:?}");
+                assert!(s.dropped > 0, "{s:?}");
+                assert_eq!(s.delivered, 0, "{s:?}");
+            }
+            assert!(s3.failed > 0, "connection refused must count as failures: {s3:?}");
+            // The refused peer backs off: with a 5..50 ms backoff it cannot have tried more than
+            // a few dozen times in this test, far fewer than the 200 messages queued for it.
+            assert!(s3.failed < ROUNDS, "no backoff toward the refused peer: {s3:?}");
+
+            drop(peers);
+            drop(black_hole);
+            one.stop().await;
+            two.stop().await;
+            r1.abort();
+            r2.abort();
+        })
+        .await
+        .expect("test finished within its timeout");
+    });
+}
+
+#[test]
+fn a_port_in_use_gives_the_seed_message() {
+    let first = grpc::bind("127.0.0.1:0".parse().expect("addr")).expect("bind port 0");
+    let addr = first.local_addr().expect("addr");
+    let err = grpc::bind(addr).expect_err("the port is taken");
+    assert_eq!(
+        err.to_string(),
+        format!("Failed to bind to {addr} - address already in use")
+    );
+}
+
+/// Sends a vote request every 10 ms until one is answered; returns how long that took.
+async fn until_answered(
+    peers: &Peers,
+    responses: &mut mpsc::UnboundedReceiver<Envelope>,
+    term: &mut u64,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        *term += 1;
+        peers.send(vote(1, 2, *term)).expect("queued");
+        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(10), responses.recv()).await
+        {
+            assert_eq!(e.from, NodeId(2));
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "peer 2 was not reached again within 10 s: {:?}",
+            peers.stats(NodeId(2))
+        );
+    }
+}
+
+#[test]
+fn a_peer_that_comes_back_is_reached_again_after_backoff() {
+    tokio_uring::start(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let mut one = Endpoint::start(1);
+            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+            // Reserve a port for node 2, which is down at first.
+            let addr_2 = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                l.local_addr().expect("addr")
+            };
+            let peers = Peers::start(
+                NodeId(1),
+                &[(NodeId(2), addr_2)],
+                fast_peers(),
+                one.inbound_tx.clone(),
+            )
+            .expect("peers");
+            let mut term = 0;
+            for _ in 0..5 {
+                term += 1;
+                peers.send(vote(1, 2, term)).expect("queued");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let down = peers.stats(NodeId(2)).expect("2");
+            assert!(down.failed > 0 && down.delivered == 0, "{down:?}");
+
+            // Node 2 starts: the same channel connects after at most one backoff period.
+            let mut two = Endpoint::start_at(2, addr_2);
+            let r2 = responder(
+                2,
+                two.inbound_rx.take().expect("rx"),
+                mpsc::unbounded_channel().0,
+            );
+            let first = until_answered(&peers, &mut resp1, &mut term).await;
+
+            // Node 2 stops (its connection breaks) and comes back on the same address.
+            two.stop().await;
+            r2.abort();
+            for _ in 0..3 {
+                term += 1;
+                peers.send(vote(1, 2, term)).expect("queued");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let failed_before = peers.stats(NodeId(2)).expect("2").failed;
+            assert!(
+                failed_before > down.failed,
+                "sends to the stopped peer must fail"
+            );
+            let mut two = Endpoint::start_at(2, addr_2);
+            let r2 = responder(
+                2,
+                two.inbound_rx.take().expect("rx"),
+                mpsc::unbounded_channel().0,
+            );
+            let second = until_answered(&peers, &mut resp1, &mut term).await;
+            eprintln!(
+                "reached again {first:?} after the first start and {second:?} after the restart; \
+                 {:?}",
+                peers.stats(NodeId(2))
+            );
+            // The backoff is capped at 50 ms here; a second is far beyond any backoff step.
+            assert!(first < Duration::from_secs(1), "{first:?}");
+            assert!(second < Duration::from_secs(1), "{second:?}");
+
+            drop(peers);
+            two.stop().await;
+            one.stop().await;
+            r1.abort();
+            r2.abort();
+        })
+        .await
+        .expect("test finished within its timeout");
+    });
+}
