@@ -121,7 +121,7 @@ const _: () = {
     assert!(HEADER_CRC_OFFSET == SEGMENT_HEADER_SIZE - 4);
     assert!(SEGMENT_HEADER_SIZE == 64);
     // Frames start 8-aligned right after the header.
-    assert!(SEGMENT_HEADER_SIZE % FRAME_ALIGN == 0);
+    assert!(SEGMENT_HEADER_SIZE.is_multiple_of(FRAME_ALIGN));
     assert!(FRAME_ALIGN.is_power_of_two());
     // Frame: length, crc, then the three u64 (naturally aligned), type, reserved, payload.
     assert!(FRAME_LENGTH_OFFSET == 0);
@@ -133,11 +133,11 @@ const _: () = {
     assert!(FRAME_RESERVED_OFFSET == FRAME_TYPE_OFFSET + 1);
     assert!(FRAME_PAYLOAD_OFFSET == FRAME_RESERVED_OFFSET + 7);
     assert!(FRAME_HEADER_SIZE == FRAME_PAYLOAD_OFFSET);
-    assert!(FRAME_HEADER_SIZE % FRAME_ALIGN == 0);
+    assert!(FRAME_HEADER_SIZE.is_multiple_of(FRAME_ALIGN));
     // The length word is a u32 and never 0 for a real frame.
     assert!(FRAME_HEADER_SIZE + ENTRY_PAYLOAD_MAX <= u32::MAX as usize);
     assert!(SEGMENT_SIZE_MIN_BYTES as usize >= SEGMENT_HEADER_SIZE + FRAME_HEADER_SIZE + 4096);
-    assert!(SEGMENT_SIZE_DEFAULT_BYTES % FRAME_ALIGN as u64 == 0);
+    assert!(SEGMENT_SIZE_DEFAULT_BYTES.is_multiple_of(FRAME_ALIGN as u64));
 };
 
 // ----------------------------------------------------------------------------------------------
@@ -319,7 +319,7 @@ impl SegmentHeader {
             return Err(HeaderError::ZeroBaseIndex);
         }
         let first_frame = SEGMENT_HEADER_SIZE as u64;
-        let plausible = header.append_position % FRAME_ALIGN as u64 == 0
+        let plausible = header.append_position.is_multiple_of(FRAME_ALIGN as u64)
             && header
                 .entry_count
                 .checked_mul(FRAME_HEADER_SIZE as u64)
@@ -333,7 +333,7 @@ impl SegmentHeader {
                 .is_some()
             && (header.dirty_end == 0
                 || (header.dirty_end >= header.append_position
-                    && header.dirty_end % FRAME_ALIGN as u64 == 0));
+                    && header.dirty_end.is_multiple_of(FRAME_ALIGN as u64)));
         if !plausible {
             return Err(HeaderError::BadAppendPosition {
                 append_position: header.append_position,

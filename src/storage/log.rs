@@ -177,7 +177,7 @@ impl LogConfig {
     /// [`LogError::Config`] naming the first limit that is out of range.
     pub fn validate(&self) -> Result<(), LogError> {
         let s = self.segment_size_bytes;
-        if s < SEGMENT_SIZE_MIN_BYTES || s > u32::MAX as u64 || s % 8 != 0 {
+        if s < SEGMENT_SIZE_MIN_BYTES || s > u32::MAX as u64 || !s.is_multiple_of(8) {
             return Err(LogError::Config(format!(
                 "segment_size_bytes {s} must be a multiple of 8 in [{SEGMENT_SIZE_MIN_BYTES}, {}]",
                 u32::MAX
