@@ -273,7 +273,7 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
                         c.trace_note(format!("fault: flapping link n{a}<->n{b} every {period}us"));
                         c.schedule_timer(now + period, T_FLAP | flap_gen);
                     }
-                    75..=86 => {
+                    75..=94 => {
                         leader_trap = Some(c.checker.max_term_with_leader());
                         c.trace_note("fault: leader trap armed");
                     }
