@@ -572,6 +572,7 @@ fn votes_and_acknowledgements_wait_for_the_durable_term_and_vote() {
         "the vote's term and vote are persisted by the same Ready"
     );
     assert!(ready.must_sync);
+    node.on_persisted(ready.persist_token());
 
     // An append: the acknowledgement rides with the entries it acknowledges.
     node.step(Envelope {
@@ -612,27 +613,54 @@ fn votes_and_acknowledgements_wait_for_the_durable_term_and_vote() {
 }
 
 #[test]
-fn a_candidates_vote_requests_wait_for_its_own_durable_vote() {
-    let mut node = RaftNode::new(
-        Config {
-            pre_vote: false,
-            ..config(1, 3)
-        },
-        hs(0),
-        MemStorage::default(),
-    )
-    .expect("config");
-    for _ in 0..=ELECTION_MAX {
-        node.tick();
-    }
-    assert_eq!(node.role(), Role::Candidate);
-    let ready = node.ready();
-    assert!(ready.messages.is_empty(), "{:?}", ready.messages);
-    assert_eq!(ready.persisted_messages.len(), 2);
+fn a_candidate_asks_at_once_but_counts_its_own_vote_only_once_durable() {
+    // As etcd does with asynchronous storage writes: RequestVote leaves in parallel with the
+    // write of the new term and self-vote, but the self-vote counts only once that write is
+    // durable. Node 2's grant plus an undurable self-vote would be a majority of three; winning
+    // on it would let a crash erase the self-vote and node 1 vote again in the same term.
+    let mut net = Net::from_parts((1..=3).map(|id| {
+        (
+            Config {
+                pre_vote: false,
+                ..config(id, 3)
+            },
+            hs(0),
+            MemStorage::default(),
+        )
+    }));
+    net.isolate(3);
+    net.hold_writes.insert(1);
+    net.tick(1, ELECTION_MAX + 1);
+    assert_eq!(net.node(1).role(), Role::Candidate);
+    let requests = net
+        .queue
+        .iter()
+        .filter(|e| matches!(&e.msg, Message::RequestVote(rv) if !rv.pre_vote))
+        .count();
     assert_eq!(
-        ready.hard_state.map(|h| (h.term, h.vote)),
-        Some((Term(1), Some(NodeId(1))))
+        requests, 2,
+        "vote requests leave before the self-vote is durable"
     );
+    let held = &net.held[&1];
+    assert_eq!(
+        held.front()
+            .and_then(|r| r.hard_state)
+            .map(|h| (h.term, h.vote)),
+        Some((Term(1), Some(NodeId(1)))),
+        "the first Ready persists the new term and self-vote"
+    );
+    // Node 2 grants; node 1 must not lead yet.
+    net.deliver_all();
+    assert_eq!(net.node(2).hard_state().vote, Some(NodeId(1)));
+    assert_eq!(
+        net.node(1).role(),
+        Role::Candidate,
+        "won on an undurable self-vote"
+    );
+    // Once its own write is durable, the self-vote counts and node 1 leads.
+    net.release_writes(1);
+    assert_eq!(net.node(1).role(), Role::Leader);
+    assert_eq!(net.node(1).term(), Term(1));
 }
 
 #[test]

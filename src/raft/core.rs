@@ -15,14 +15,15 @@
 //!   a candidate voted for itself, a follower or pre-candidate tracks no progress.
 //!
 //! Durability (Raft Figure 2 "Persistent state", thesis §10.2.1): every message whose truth
-//! depends on this node's durable state — a granted vote, a candidate's vote request (it implies
-//! its own vote), any AppendEntries answer — goes to `Ready::persisted_messages`, which the driver
-//! sends only after that `Ready` (and every earlier one) is durable. The leader's AppendEntries go
+//! depends on this node's durable state — a vote (granted or refused), any AppendEntries answer —
+//! goes to `Ready::persisted_messages`, which the driver sends only after that `Ready` (and every
+//! earlier one) is durable. A candidate's vote requests leave at once, but its own vote counts
+//! only once `on_persisted` reports the `Ready` that carries it. The leader's AppendEntries go
 //! to `Ready::messages` at once, in parallel with its own write, and its own log counts toward
 //! commit only up to what `on_persisted` confirmed.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::raft::log::RaftLog;
 use crate::raft::message::{
@@ -242,6 +243,14 @@ pub struct RaftNode<S: Storage> {
     persisted_msgs: Vec<Envelope>,
     /// The hard state the last `Ready` (or the constructor) handed to the driver.
     last_ready_hard_state: HardState,
+    /// Every `Ready` taken and not yet reported durable, oldest first, with its persist token.
+    readys_in_flight: VecDeque<Option<(LogIndex, Term)>>,
+    /// How many `Ready`s were taken / reported durable since construction.
+    readys_taken: u64,
+    readys_persisted: u64,
+    /// As candidate: the term of the campaign and the number of the `Ready` that persists its
+    /// self-vote. The self-vote counts only once that `Ready` is durable.
+    self_vote_ready: Option<(Term, u64)>,
     memo: Cell<InvariantMemo>,
 }
 
@@ -293,6 +302,10 @@ impl<S: Storage> RaftNode<S> {
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
             last_ready_hard_state: hard_state,
+            readys_in_flight: VecDeque::new(),
+            readys_taken: 0,
+            readys_persisted: 0,
+            self_vote_ready: None,
             memo: Cell::new(InvariantMemo::default()),
         };
         node.reset_election_timer();
@@ -449,7 +462,7 @@ impl<S: Storage> RaftNode<S> {
             Vec::new()
         };
 
-        Ready {
+        let ready = Ready {
             messages: std::mem::take(&mut self.msgs),
             truncate_from,
             entries,
@@ -457,20 +470,56 @@ impl<S: Storage> RaftNode<S> {
             must_sync,
             persisted_messages: std::mem::take(&mut self.persisted_msgs),
             committed_entries,
-        }
+        };
+        self.readys_taken += 1;
+        self.readys_in_flight.push_back(ready.persist_token());
+        ready
     }
 
-    /// The entries of a `Ready` up to `(index, term)` are durable. `None` (a `Ready` without
-    /// entries) is ignored.
+    /// The oldest `Ready` not yet reported is durable: its truncation, entries and hard state
+    /// were written (and synced if `must_sync`). Call it once for EVERY `Ready`, in the order they
+    /// were taken, with that Ready's `persist_token()` (`None` for a Ready without entries): a
+    /// candidate learns this way that its self-vote is durable.
     ///
     /// # Panics
-    /// If `token` is not the oldest in-flight `Ready`'s token: Readys must be persisted in the
-    /// order they were taken.
+    /// If no `Ready` is outstanding or `token` is not the oldest outstanding Ready's token: the
+    /// driver broke the ordering contract.
     pub fn on_persisted(&mut self, token: Option<(LogIndex, Term)>) {
-        let Some(token) = token else { return };
-        self.log.on_persisted(token);
-        if self.role == Role::Leader && self.maybe_commit() {
-            self.broadcast_commit();
+        let expected = self.readys_in_flight.pop_front().unwrap_or_else(|| {
+            panic!(
+                "node {}: on_persisted({token:?}) with no Ready outstanding ({} taken, {} \
+                 persisted)",
+                self.config.id, self.readys_taken, self.readys_persisted
+            )
+        });
+        assert_eq!(
+            expected,
+            token,
+            "node {}: on_persisted out of order: the oldest outstanding Ready (#{}) has token \
+             {expected:?}, got {token:?}",
+            self.config.id,
+            self.readys_persisted + 1
+        );
+        self.readys_persisted += 1;
+        if let Some(t) = token {
+            self.log.on_persisted(t);
+        }
+        match self.role {
+            Role::Leader => {
+                if self.maybe_commit() {
+                    self.broadcast_commit();
+                }
+            }
+            Role::Candidate => {
+                if let Some((term, n)) = self.self_vote_ready {
+                    if term == self.term && n <= self.readys_persisted {
+                        self.self_vote_ready = None;
+                        self.votes.insert(self.config.id, true);
+                        self.tally_votes();
+                    }
+                }
+            }
+            Role::Follower | Role::PreCandidate => {}
         }
     }
 
@@ -650,8 +699,11 @@ impl<S: Storage> RaftNode<S> {
     }
 
     /// Raft §5.2: a new term, a vote for ourselves, and RequestVote to every peer. The requests
-    /// wait for the new term and self-vote to be durable: if we crashed and forgot that vote we
-    /// could vote again in this term and two leaders could be elected.
+    /// leave at once, in parallel with persisting the new term and self-vote (as etcd does with
+    /// asynchronous storage writes), but the self-vote counts only once the `Ready` carrying it is
+    /// durable: had we won on a vote we could still forget in a crash, we could vote again in
+    /// this term and a second leader could be elected. The other voters' grants are durable
+    /// before they are sent, so counting them at once is safe.
     fn become_candidate(&mut self) {
         self.term = next_term(self.term);
         self.vote = Some(self.config.id);
@@ -659,11 +711,12 @@ impl<S: Storage> RaftNode<S> {
         self.leader = None;
         self.progress.clear();
         self.votes.clear();
-        self.votes.insert(self.config.id, true);
+        // The next Ready carries the new term and vote (the hard state changed).
+        self.self_vote_ready = Some((self.term, self.readys_taken + 1));
         self.reset_election_timer();
         let (last_log_index, last_log_term) = (self.log.last_index(), self.log.last_term());
         for to in self.peers() {
-            self.send_after_persist(
+            self.send_now(
                 to,
                 Message::RequestVote(RequestVote {
                     term: self.term,
@@ -1434,6 +1487,14 @@ mod tests {
         for _ in 0..=500 {
             node.tick();
         }
+        assert_eq!(
+            node.role(),
+            Role::Candidate,
+            "its self-vote is not durable yet"
+        );
+        let r = node.ready();
+        assert_eq!(r.hard_state.map(|h| h.vote), Some(Some(NodeId(1))));
+        node.on_persisted(r.persist_token());
         assert_eq!(node.role(), Role::Leader);
         let (idx, _) = node.propose(b"a".to_vec()).expect("leader");
         let r = node.ready();

@@ -24,8 +24,9 @@
 //!   the storage exactly once the truncation is done.
 //! - A Ready with an empty write still completes after the earlier in-flight ones: its
 //!   `persisted_messages` (an acknowledgement of entries an earlier Ready carries) may only leave
-//!   then. `on_persisted(None)` is a no-op, so it may be called for every Ready or only for those
-//!   with entries.
+//!   then. `on_persisted(ready.persist_token())` is called once for EVERY Ready, in order (the
+//!   token is `None` for a Ready without entries): a candidate's own vote counts only once the
+//!   Ready carrying it is durable, while its vote requests already left in `messages`.
 //! - `committed_entries` are committed and durable locally; each is handed out once. After a
 //!   restart the applied index starts at 0, so the committed prefix is handed out again from
 //!   index 1 (a state machine rebuilt from the log wants exactly that).

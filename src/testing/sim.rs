@@ -104,6 +104,18 @@ impl SimPlan {
             .map(|_| (base_tick_us as f64 * (1.0 + spread * (2.0 * rng.unit() - 1.0))) as u64)
             .collect();
         let slowest = *tick_us.iter().max().expect("nodes > 0");
+        // Raft's timing requirement, for liveness only: the randomized part of the election
+        // timeout must exceed a worst-case broadcast (request, the voter's sync, response, and the
+        // candidate's own vote sync before its requests leave), or split votes can repeat forever.
+        // The minimum timeout itself may stay below it: safety must hold whatever the timing.
+        let mut core = core;
+        let broadcast_us = 2 * net.latency_us_max + 2 * (disk.write_us_max + disk.sync_us_max);
+        let fastest = *tick_us.iter().min().expect("nodes > 0");
+        let spread_ticks_min = broadcast_us.div_ceil(fastest);
+        if core.election_ticks_max - core.election_ticks_min < spread_ticks_min {
+            core.election_ticks_max = core.election_ticks_min + spread_ticks_min;
+        }
+        let election_ticks_max = core.election_ticks_max;
         SimPlan {
             cluster: ClusterConfig {
                 seed,
@@ -273,7 +285,7 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
                         c.trace_note(format!("fault: flapping link n{a}<->n{b} every {period}us"));
                         c.schedule_timer(now + period, T_FLAP | flap_gen);
                     }
-                    75..=86 => {
+                    75..=94 => {
                         leader_trap = Some(c.checker.max_term_with_leader());
                         c.trace_note("fault: leader trap armed");
                     }
