@@ -1,10 +1,9 @@
 //! The production [`Durable`]: the storage engine's `LogWriter` (group commit over `RaftLog`) and
 //! `RaftState`, driven from the event loop without blocking its thread.
 //!
-//! NOT COMPILED on branch `node`: it needs `crate::storage` (branch `storage`). After the merge,
-//! declare it in src/node/mod.rs (`pub mod disk;`) and make `open_storage_and_serve` call
-//! [`open_and_serve`]. It was built and run in a scratch merge of the three branches (3 real
-//! processes: election, 10,000s of proposals, kill -9 of the leader, restart and catch-up).
+//! Opening order: the log first, because `RaftLog::open` takes the directory's `flock` (the one
+//! lock a node holds); a second process on the same directory therefore fails before it reads or
+//! rewrites `raft_state.meta`.
 //!
 //! One "persist" thread per node executes batches in submission order: truncate and append go to
 //! the `LogWriter` (its group commit makes them durable with one fdatasync), the hard state goes
@@ -40,13 +39,16 @@ pub fn open_and_serve(
     directory: &Path,
 ) -> Result<(), NodeError> {
     let storage = |e: Box<dyn std::error::Error + Send + Sync>| NodeError::Storage(e);
-    let state = RaftState::open(directory).map_err(|e| storage(Box::new(e)))?;
-    let hard_state = state.state().hard_state();
     let log_config = LogConfig {
         segment_size_bytes: config.cluster_settings.log_segment_size,
         ..LogConfig::new(directory)
     };
-    let log = RaftLog::open(log_config).map_err(|e| storage(Box::new(e)))?;
+    let log = RaftLog::open(log_config).map_err(|e| match e {
+        LogError::Locked { dir } => NodeError::DataDirInUse { directory: dir },
+        e => storage(Box::new(e)),
+    })?;
+    let state = RaftState::open(directory).map_err(|e| storage(Box::new(e)))?;
+    let hard_state = state.state().hard_state();
     tracing::info!(
         first = %Storage::first_index(&log),
         last = %Storage::last_index(&log),
