@@ -110,6 +110,9 @@ struct WriteBatchOwned {
 /// Hands batches to the "persist" thread; see the module docs.
 pub struct DiskDurable {
     jobs: std_mpsc::Sender<Job>,
+    /// Term and vote of the last hard state handed to the persist thread: a batch that changes
+    /// neither and carries no log change has nothing to write and completes without the thread.
+    submitted: crate::raft::HardState,
 }
 
 impl DiskDurable {
@@ -119,6 +122,7 @@ impl DiskDurable {
     /// If the thread cannot be spawned.
     pub fn start(writer: LogWriter, mut state: RaftState) -> std::io::Result<DiskDurable> {
         let (jobs, rx) = std_mpsc::channel::<Job>();
+        let submitted = state.state().hard_state();
         std::thread::Builder::new()
             .name("persist".into())
             .spawn(move || {
@@ -129,18 +133,27 @@ impl DiskDurable {
                         if let Some(from) = b.truncate_from {
                             writer.truncate_suffix(from).wait()?;
                         }
-                        let pending =
-                            (!b.entries.is_empty()).then(|| writer.append_async(b.entries));
-                        if let Some(hs) = b.hard_state {
-                            // Term and vote must be durable before the batch completes; the
-                            // commit index alone is re-learned from the leader.
-                            if hs.term != saved.term || hs.vote != saved.vote {
+                        // Term and vote must be durable before the batch completes; the commit
+                        // index alone is re-learned from the leader.
+                        let hard_state = b
+                            .hard_state
+                            .filter(|hs| hs.term != saved.term || hs.vote != saved.vote);
+                        match (b.entries.is_empty(), hard_state) {
+                            (true, None) => {}
+                            // The common case: this thread leads the append itself (write +
+                            // fdatasync here, no hand-off to the writer's thread and back).
+                            (false, None) => {
+                                writer.append(b.entries).wait()?;
+                            }
+                            // Rare (elections): the state file's sync overlaps the log's.
+                            (empty, Some(hs)) => {
+                                let pending = (!empty).then(|| writer.append_async(b.entries));
                                 state.save_hard_state(hs)?;
                                 saved = hs;
+                                if let Some(p) = pending {
+                                    p.wait()?;
+                                }
                             }
-                        }
-                        if let Some(p) = pending {
-                            p.wait()?;
                         }
                         Ok(())
                     })();
@@ -151,7 +164,7 @@ impl DiskDurable {
                     }
                 }
             })?;
-        Ok(DiskDurable { jobs })
+        Ok(DiskDurable { jobs, submitted })
     }
 }
 
@@ -160,6 +173,17 @@ impl Durable for DiskDurable {
     type Error = DiskError;
 
     fn persist(&mut self, batch: Rc<WriteBatch>) -> PersistFuture<DiskError> {
+        let changes_vote = batch
+            .hard_state
+            .is_some_and(|hs| hs.term != self.submitted.term || hs.vote != self.submitted.vote);
+        if batch.truncate_from.is_none() && batch.entries.is_empty() && !changes_vote {
+            // A commit-index-only change (every heartbeat and commit notice): not written (see
+            // the module docs). The event loop still completes it after the earlier batches.
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        if let Some(hs) = batch.hard_state.filter(|_| changes_vote) {
+            self.submitted = hs;
+        }
         let (done, result) = oneshot::channel();
         let job = Job {
             batch: WriteBatchOwned {
