@@ -311,7 +311,7 @@ async fn failover(dir: &Path, plan: &Plan, min_ms: u64, max_ms: u64, out: &mut S
         election_min_ms: min_ms,
         election_max_ms: max_ms,
         segment_bytes: 8 << 20,
-        rust_log: "warn".into(),
+        rust_log: "info".into(),
         ..Settings::default()
     };
     let mut cluster = Cluster::start(dir, 3, settings);
@@ -367,13 +367,15 @@ async fn failover(dir: &Path, plan: &Plan, min_ms: u64, max_ms: u64, out: &mut S
                 .iter()
                 .find(|(p, _)| *p == leader.node_id)
                 .map(|(_, m)| *m);
-            if rejoined >= Some(l.commit_index) {
+            // Leading again counts too: it won an election, so its log is up to date.
+            if l.node_id == leader.node_id || rejoined >= Some(l.commit_index) {
                 break;
             }
             assert!(
                 started.elapsed() < LEADER_WAIT,
-                "node {} did not catch up\n{}",
+                "node {} did not catch up: {l:?} {:?}\n{}",
                 leader.node_id,
+                cluster.status(leader.node_id.0).await,
                 cluster.describe()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
