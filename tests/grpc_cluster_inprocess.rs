@@ -67,7 +67,6 @@ async fn status(addr: SocketAddr) -> Option<grpc::NodeStatus> {
 }
 
 #[test]
-#[ignore = "needs the consensus core's bodies (branch raft); run after the merge"]
 fn three_in_process_nodes_elect_a_leader_and_commit_proposals() {
     tokio_uring::start(async {
         let listeners: Vec<std::net::TcpListener> = (0..3)

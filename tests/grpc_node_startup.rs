@@ -2,20 +2,24 @@
 //!
 //! ```text
 //!   this test ──holds── 127.0.0.1:<ephemeral>      rust-raft-log -n 1 ──bind──▶ refused
-//!   this test ──flock── raft_logs/node_1/LOCK      rust-raft-log -n 1 ──lock──▶ refused
+//!   rust-raft-log -n 1 (running) ──flock── raft_logs/node_1/LOCK
+//!   rust-raft-log -n 1 (other port, same dir) ──lock──▶ refused
 //! ```
 //! Each case checks the exact error line on stderr and a non-zero exit code, in a temp dir, on
 //! ephemeral loopback ports.
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output};
-
-use rust_raft_log::node::DataDirLock;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn run(dir: &Path) -> Output {
+    run_with(dir, "c.yaml")
+}
+
+fn run_with(dir: &Path, config: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rust-raft-log"))
-        .args(["--node-id", "1", "--config", "c.yaml"])
+        .args(["--node-id", "1", "--config", config])
         .current_dir(dir)
         .env("RUST_LOG", "info")
         .output()
@@ -23,6 +27,10 @@ fn run(dir: &Path) -> Output {
 }
 
 fn write_config(dir: &Path, port_1: u16, port_2: u16) {
+    write_config_as(dir, "c.yaml", port_1, port_2);
+}
+
+fn write_config_as(dir: &Path, name: &str, port_1: u16, port_2: u16) {
     let text = format!(
         "nodes:
   - node_id: 1
@@ -33,7 +41,7 @@ fn write_config(dir: &Path, port_1: u16, port_2: u16) {
     port: {port_2}
 "
     );
-    std::fs::write(dir.join("c.yaml"), text).expect("write config");
+    std::fs::write(dir.join(name), text).expect("write config");
 }
 
 /// A port that was free a moment ago (the OS hands out ephemeral ports round-robin, so reuse
@@ -68,21 +76,66 @@ fn a_port_in_use_fails_with_the_seed_message() {
     assert!(!dir.path().join("raft_logs/node_1/LOCK").exists());
 }
 
+/// Kills the child when dropped, so a failed assertion leaves no process behind.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn a_second_process_on_the_same_data_directory_fails_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    write_config(dir.path(), free_port(), free_port());
-    let node_dir = dir.path().join("raft_logs/node_1");
-    // This test process plays the first node: it holds the directory's lock.
-    let held = DataDirLock::acquire(&node_dir).expect("lock");
-    let out = run(dir.path());
-    assert!(!out.status.success(), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let expected = format!(
-        "Error: data directory ./raft_logs/node_1 is in use by another process (pid {}); \
-         lock file ./raft_logs/node_1/LOCK",
-        std::process::id()
+    let (port_1, port_2) = (free_port(), free_port());
+    write_config(dir.path(), port_1, port_2);
+    // The second process gets another port (so the bind check passes) but the same directory.
+    write_config_as(dir.path(), "other_port.yaml", free_port(), port_2);
+    let out = std::fs::File::create(dir.path().join("first.out")).expect("output file");
+    let mut first = Running(
+        Command::new(env!("CARGO_BIN_EXE_rust-raft-log"))
+            .args(["--node-id", "1", "--config", "c.yaml"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the first node"),
     );
-    assert_eq!(stderr.trim_end(), expected);
-    drop(held);
+    // The first node holds the lock once it reports its log open ("✅").
+    let started = Instant::now();
+    let first_output = || std::fs::read_to_string(dir.path().join("first.out")).unwrap_or_default();
+    while !first_output().contains("✅") {
+        assert!(
+            first.0.try_wait().expect("try_wait").is_none(),
+            "the first node exited: {}",
+            first_output()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first node did not open its log: {}",
+            first_output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let second = run_with(dir.path(), "other_port.yaml");
+    assert!(!second.status.success(), "{second:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&second.stderr).trim_end(),
+        "Error: data directory ./raft_logs/node_1 is in use by another process; \
+         lock file ./raft_logs/node_1/LOCK"
+    );
+    // The refused process wrote nothing: the first one still runs on an intact directory.
+    assert!(first.0.try_wait().expect("try_wait").is_none());
+    let segments: Vec<String> = std::fs::read_dir(dir.path().join("raft_logs/node_1"))
+        .expect("node directory")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert!(
+        segments.iter().any(|n| n == "raft_state.meta"),
+        "{segments:?}"
+    );
 }

@@ -113,7 +113,7 @@ pub trait Consensus {
         self.storage().last_index()
     }
     /// The leader's view of each follower's `match_index`; empty elsewhere. Defaults to empty
-    /// (branch `raft`'s `RaftNode::peer_match_indexes` provides it after the merge).
+    /// (for scripted cores).
     fn peer_match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
         Vec::new()
     }
@@ -159,6 +159,12 @@ impl<S: Storage> Consensus for RaftNode<S> {
     }
     fn storage_mut(&mut self) -> &mut S {
         RaftNode::storage_mut(self)
+    }
+    fn last_index(&self) -> LogIndex {
+        RaftNode::last_index(self)
+    }
+    fn peer_match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
+        RaftNode::peer_match_indexes(self)
     }
 }
 

@@ -4,24 +4,22 @@
 //! 1. 🚀 📋 the seed's startup lines (through `tracing`, see [`logging`]);
 //! 2. bind the gRPC port (before touching the data, so a node started twice reports the seed's
 //!    `Failed to bind to 127.0.0.1:18001 - address already in use`);
-//! 3. take `<log_directory>/node_<id>/LOCK` ([`lock`]): a second process on the same data
-//!    directory fails here, before it can open (let alone write) a segment;
-//! 4. open the durable log and state (the storage engine), build the core → ✅;
+//! 3. open the durable log, which takes `<log_directory>/node_<id>/LOCK` (the storage engine's
+//!    `flock`, the only lock on the directory): a second process on the same data directory fails
+//!    here with [`NodeError::DataDirInUse`], before it reads or writes anything else;
+//! 4. open the state file, build the core → ✅ ([`disk`]);
 //! 5. inside `tokio_uring::start`: serve gRPC → 🌐, start the peer clients, run the event loop
 //!    ([`event_loop`]) → 🔄, until SIGINT/SIGTERM, then stop accepting, finish the in-flight write
 //!    batch and close the files.
 //!
-//! Invariant: while this process runs, it is the only writer of its data directory (the lock),
-//! and the lock outlives the runtime (it is dropped last).
+//! Invariant: while this process runs, it is the only writer of its data directory (the log's
+//! lock, held by the `RaftLog` for as long as it is open; the kernel drops it when the process
+//! dies, even by `kill -9`, so there is never a stale lock to clean up).
 
+pub mod disk;
 pub mod event_loop;
-pub mod lock;
 pub mod logging;
 pub mod mem;
-// `disk.rs` (the production `Durable` over `LogWriter` + `RaftState`) needs `crate::storage` from
-// branch `storage`; after the merge, declare it here and call `disk::open_and_serve` from
-// `open_storage_and_serve`. Until then it is not compiled:
-// pub mod disk;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,7 +37,6 @@ use crate::types::{LogIndex, NodeId};
 pub use self::event_loop::{
     Consensus, Durable, EventLoop, LoopConfig, LoopError, LoopStats, StateMachine, WriteBatch,
 };
-pub use self::lock::{DataDirLock, LockError};
 
 /// One tick of the core is one millisecond of wall-clock time in the node.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -54,8 +51,11 @@ pub const MESSAGE_PAYLOAD_BYTES_MAX: u64 = 1024 * 1024;
 pub const INFLIGHT_APPENDS_MAX: usize = 8;
 /// Proposals waiting for their commit before new ones are refused (RESOURCE_EXHAUSTED).
 pub const PROPOSALS_PENDING_MAX: usize = 65_536;
-/// How long a graceful stop waits for the gRPC server to finish its in-flight RPCs.
-pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a graceful stop waits for the gRPC server after the event loop stopped. By then every
+/// in-flight RPC has its answer (or its reply handle was dropped: an error status), so the server
+/// only has to flush them; what can remain are idle client connections, on which hyper's HTTP/2
+/// graceful shutdown may wait indefinitely for the client to hang up (hyperium/hyper#4170).
+pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -63,8 +63,13 @@ pub enum NodeError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Transport(#[from] GrpcError),
-    #[error(transparent)]
-    Lock(#[from] LockError),
+    /// Another process (or another open log in this one) holds the data directory's lock.
+    #[error(
+        "data directory {} is in use by another process; lock file {}",
+        .directory.display(),
+        .directory.join(crate::storage::log::LOCK_FILE_NAME).display()
+    )]
+    DataDirInUse { directory: std::path::PathBuf },
     #[error("invalid core configuration: {0}")]
     Core(#[from] raft::ConfigError),
     #[error("cannot start the tokio-uring runtime: {0}")]
@@ -74,9 +79,6 @@ pub enum NodeError {
     /// Opening the durable log or state failed (corruption names the file and offset).
     #[error("storage: {0}")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// This build lacks a layer the node needs (the branch predates its merge).
-    #[error("{0}")]
-    NotIntegrated(&'static str),
 }
 
 /// Runs node `node_id` of `config` until SIGINT/SIGTERM. `config_path` is only for the log.
@@ -98,37 +100,15 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
     tracing::info!("   Log directory: {}", directory.display());
 
     let listener = grpc::bind(me.address())?;
-    let lock = DataDirLock::acquire(&directory)?;
-    let result = open_storage_and_serve(config, NodeId(node_id), listener, &directory);
-    // Explicit: the lock is released only after the runtime and every file it opened are gone.
-    drop(lock);
-    result
-}
-
-/// Step 4 and 5 of the module docs.
-fn open_storage_and_serve(
-    config: &ClusterConfig,
-    id: NodeId,
-    listener: std::net::TcpListener,
-    directory: &Path,
-) -> Result<(), NodeError> {
-    // The storage engine (`RaftLog`, `RaftState`) and the core's bodies are built on other branches;
-    // after they merge, this body becomes `disk::open_and_serve(config, id, listener, directory)`.
-    // Until then the node stops here, after the checks it can already do, instead of pretending
-    // to run.
-    let _ = (config, id, listener, directory);
-    Err(NodeError::NotIntegrated(
-        "the storage engine is not merged into this build yet: the node cannot open its log",
-    ))
+    disk::open_and_serve(config, NodeId(node_id), listener, &directory)
 }
 
 /// The core's configuration derived from the cluster config (times in ticks of [`TICK`]).
 pub fn core_config(config: &ClusterConfig, id: NodeId, rng_seed: u64) -> raft::Config {
     let s = &config.cluster_settings;
     let ticks = |ms: u64| ms * 1000 / TICK.as_micros() as u64;
+    let voters = config.nodes.iter().map(|n| n.id()).collect();
     raft::Config {
-        id,
-        voters: config.nodes.iter().map(|n| n.id()).collect(),
         election_ticks_min: ticks(s.election_timeout_range.min),
         election_ticks_max: ticks(s.election_timeout_range.max),
         heartbeat_ticks: ticks(s.heartbeat_interval),
@@ -137,7 +117,7 @@ pub fn core_config(config: &ClusterConfig, id: NodeId, rng_seed: u64) -> raft::C
         max_inflight_msgs: INFLIGHT_APPENDS_MAX,
         pre_vote: true,
         check_quorum: true,
-        rng_seed,
+        ..raft::Config::new(id, voters, rng_seed)
     }
 }
 
@@ -258,8 +238,9 @@ where
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server stopped with an error"),
         Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task failed"),
-        Err(_) => tracing::warn!(
-            "gRPC server did not stop within {SERVER_STOP_TIMEOUT:?}; exiting anyway"
+        Err(_) => tracing::info!(
+            "gRPC server still had client connections open after {SERVER_STOP_TIMEOUT:?}; \
+             closing them"
         ),
     }
     Ok(loop_result?)

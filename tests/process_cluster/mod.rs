@@ -1,0 +1,292 @@
+//! A cluster of real `rust-raft-log` processes on loopback, for the real-process tests and the
+//! `propose` bench: ephemeral ports, one temp directory, the Operator service as the only window
+//! into the nodes.
+//!
+//! Every process it starts is killed when the `Cluster` is dropped, even when an assertion
+//! failed; [`Cluster::describe`] prints the ports, the directory and the end of every node's
+//! output for failure messages.
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rust_raft_log::grpc::{convert, proto as pb, NodeStatus, ProposeOutcome};
+use rust_raft_log::raft::Role;
+use rust_raft_log::types::{NodeId, Term};
+use tonic::transport::{Channel, Endpoint};
+
+pub type OperatorClient = pb::operator_client::OperatorClient<Channel>;
+
+/// Extra `cluster_settings` lines; the log directory is always `raft_logs` inside the cluster's
+/// directory.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    pub heartbeat_ms: u64,
+    pub segment_bytes: u64,
+    /// `RUST_LOG` of the nodes.
+    pub rust_log: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            election_min_ms: 150,
+            election_max_ms: 500,
+            heartbeat_ms: 50,
+            segment_bytes: 1 << 20,
+            rust_log: "info".into(),
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub addrs: BTreeMap<u32, SocketAddr>,
+    settings: Settings,
+    children: HashMap<u32, Child>,
+    clients: HashMap<u32, OperatorClient>,
+    /// Every leader seen through Status, by term: two different leaders in one term panic.
+    leaders_by_term: HashMap<Term, NodeId>,
+}
+
+/// A port that was free a moment ago (the kernel hands ephemeral ports out in turn, so reuse
+/// within a test's lifetime is unlikely).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("ephemeral port")
+        .port()
+}
+
+impl Cluster {
+    /// Writes `cluster.yaml` for `size` nodes into `dir` and starts every node.
+    pub fn start(dir: &Path, size: u32, settings: Settings) -> Cluster {
+        let mut addrs = BTreeMap::new();
+        let mut yaml = String::from("nodes:\n");
+        for id in 1..=size {
+            let port = free_port();
+            addrs.insert(id, SocketAddr::from(([127, 0, 0, 1], port)));
+            yaml +=
+                &format!("  - node_id: {id}\n    ip_address: \"127.0.0.1\"\n    port: {port}\n");
+        }
+        yaml += &format!(
+            "cluster_settings:\n  log_directory: \"raft_logs\"\n  log_segment_size: {}\n  \
+             election_timeout_range:\n    min: {}\n    max: {}\n  heartbeat_interval: {}\n",
+            settings.segment_bytes,
+            settings.election_min_ms,
+            settings.election_max_ms,
+            settings.heartbeat_ms
+        );
+        std::fs::write(dir.join("cluster.yaml"), yaml).expect("write config");
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            addrs,
+            settings,
+            children: HashMap::new(),
+            clients: HashMap::new(),
+            leaders_by_term: HashMap::new(),
+        };
+        for id in 1..=size {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    pub fn ids(&self) -> Vec<u32> {
+        self.addrs.keys().copied().collect()
+    }
+
+    pub fn running(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.children.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    pub fn is_running(&self, id: u32) -> bool {
+        self.children.contains_key(&id)
+    }
+
+    /// `<dir>/raft_logs/node_<id>`.
+    pub fn node_dir(&self, id: u32) -> PathBuf {
+        self.dir.join("raft_logs").join(format!("node_{id}"))
+    }
+
+    pub fn spawn(&mut self, id: u32) {
+        assert!(!self.children.contains_key(&id), "node {id} already runs");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node_{id}.out")))
+            .expect("output file");
+        let err = out.try_clone().expect("clone output file");
+        let child = Command::new(env!("CARGO_BIN_EXE_rust-raft-log"))
+            .args(["--node-id", &id.to_string(), "--config", "cluster.yaml"])
+            .current_dir(&self.dir)
+            .env("RUST_LOG", &self.settings.rust_log)
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn rust-raft-log");
+        self.children.insert(id, child);
+    }
+
+    /// SIGKILL: the process gets no chance to clean up (the page cache keeps its writes).
+    pub fn kill(&mut self, id: u32) {
+        if let Some(mut child) = self.children.remove(&id) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `bound` for the exit (SIGKILL after it, and the status says so
+    /// by being `None`).
+    pub fn terminate(&mut self, id: u32, bound: Duration) -> Option<ExitStatus> {
+        let mut child = self.children.remove(&id)?;
+        // SAFETY: kill(2) on the pid of a child this harness spawned and has not reaped yet.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let started = Instant::now();
+        while started.elapsed() < bound {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn output(&self, id: u32) -> String {
+        std::fs::read_to_string(self.dir.join(format!("node_{id}.out"))).unwrap_or_default()
+    }
+
+    /// Ports, directory and the last lines of every node's output.
+    pub fn describe(&self) -> String {
+        let mut text = format!("cluster in {} at {:?}\n", self.dir.display(), self.addrs);
+        for id in self.ids() {
+            let out = self.output(id);
+            let lines: Vec<&str> = out.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(25)..];
+            text += &format!("--- node {id} (last {} lines) ---\n", tail.len());
+            for line in tail {
+                text += line;
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    /// A lazily connected client of node `id` (tonic reconnects under it).
+    pub fn client(&mut self, id: u32) -> OperatorClient {
+        let addr = self.addrs[&id];
+        self.clients
+            .entry(id)
+            .or_insert_with(|| {
+                let channel = Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("endpoint")
+                    .connect_timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                OperatorClient::new(channel)
+            })
+            .clone()
+    }
+
+    pub async fn status(&mut self, id: u32) -> Option<NodeStatus> {
+        let mut client = self.client(id);
+        let ask = async move {
+            let answer = client.status(pb::StatusRequest {}).await.ok()?.into_inner();
+            convert::decode_status(answer).ok()
+        };
+        tokio::time::timeout(Duration::from_millis(500), ask)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Polls the running nodes; records leaders by term and panics on two in one term.
+    pub async fn poll(&mut self) -> Vec<NodeStatus> {
+        let mut seen = Vec::new();
+        for id in self.running() {
+            if let Some(s) = self.status(id).await {
+                if s.role == Role::Leader {
+                    let first = *self.leaders_by_term.entry(s.term).or_insert(s.node_id);
+                    assert_eq!(
+                        first,
+                        s.node_id,
+                        "two leaders in term {}: {first} and {}\n{}",
+                        s.term,
+                        s.node_id,
+                        self.describe()
+                    );
+                }
+                seen.push(s);
+            }
+        }
+        seen
+    }
+
+    /// Waits until exactly one running node is leader and every other running node that answers
+    /// follows it; panics after `bound`.
+    pub async fn wait_for_leader(&mut self, bound: Duration) -> NodeStatus {
+        let started = Instant::now();
+        loop {
+            let seen = self.poll().await;
+            let leaders: Vec<&NodeStatus> =
+                seen.iter().filter(|s| s.role == Role::Leader).collect();
+            if let [leader] = leaders[..] {
+                let agreed = seen.len() == self.children.len()
+                    && seen
+                        .iter()
+                        .all(|s| s.role == Role::Leader || s.leader == Some(leader.node_id));
+                if agreed {
+                    return leader.clone();
+                }
+            }
+            assert!(
+                started.elapsed() < bound,
+                "no single leader within {bound:?}: {seen:?}\n{}",
+                self.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Leaders seen so far, by term.
+    pub fn leaders_by_term(&self) -> &HashMap<Term, NodeId> {
+        &self.leaders_by_term
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Never leave processes behind.
+        for id in self.running() {
+            self.kill(id);
+        }
+    }
+}
+
+/// One Propose RPC with a deadline. `Err` covers transport errors, refusals and "outcome unknown"
+/// (ABORTED) alike: the caller does not know whether the entry was committed.
+pub async fn propose(
+    client: &mut OperatorClient,
+    payload: Vec<u8>,
+    deadline: Duration,
+) -> Result<ProposeOutcome, String> {
+    let call = client.propose(pb::ProposeRequest { payload });
+    match tokio::time::timeout(deadline, call).await {
+        Err(_) => Err(format!("no answer within {deadline:?}")),
+        Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
+        Ok(Ok(answer)) => {
+            convert::decode_propose_outcome(answer.into_inner()).map_err(|e| e.to_string())
+        }
+    }
+}
