@@ -6,7 +6,8 @@
 # Builds in release, starts each node in the background with its output in
 # <log_directory>/node_<id>.out, prints the pids, waits until some node logs "👑" (won an election)
 # and prints which, then keeps running until Ctrl-C, which stops all nodes (SIGTERM, then SIGKILL
-# after 5 s). If a node exits on its own, the script shows the end of its output and stops the rest.
+# after 5 s). If a node exits on its own (say you kill -9 the leader to watch a failover), the script
+# shows the end of its output and the command that restarts it, and keeps the others running.
 set -euo pipefail
 
 cd "$(dirname "$0")"
@@ -98,7 +99,14 @@ while [[ -z "$leader" ]]; do
 done
 echo "👑 node $leader is the leader. Ctrl-C stops the cluster."
 
-while check_alive; do
+# After the first leader: a node that dies is reported (the others keep running, so a failover can
+# be watched in their output); the script ends when Ctrl-C is pressed or no node it started is left.
+while [[ ${#PIDS[@]} -gt 0 ]]; do
+    if ! check_alive; then
+        echo "   restart it with: $BIN --node-id <id> --config $CONFIG >>$LOG_DIR/node_<id>.out 2>&1 &" >&2
+        continue
+    fi
     sleep 1
 done
+echo "❌ every node has exited" >&2
 exit 1
