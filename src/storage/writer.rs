@@ -32,6 +32,7 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::storage::log::{LogError, RaftLog};
 use crate::types::{EntryType, LogEntry, LogIndex, Term};
@@ -188,6 +189,8 @@ struct QueueState {
     /// A thread is draining the queue and writing (at most one: the log has one writer).
     leader_active: bool,
     shutdown: bool,
+    /// Requests in the batch the last leader took: the appenders likely to come back next.
+    last_batch_requests: usize,
 }
 
 fn lock_queue(shared: &Shared) -> MutexGuard<'_, QueueState> {
@@ -208,6 +211,9 @@ fn lead<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>, until: Option
             }
             return;
         }
+        if q.requests.len() < q.last_batch_requests {
+            q = gather(shared, q);
+        }
         let (mut n, mut b) = (0usize, 0u64);
         let mut batch = Vec::new();
         while let Some(r) = q.requests.front() {
@@ -219,6 +225,7 @@ fn lead<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>, until: Option
             b += rb;
             batch.extend(q.requests.pop_front());
         }
+        q.last_batch_requests = batch.len();
         shared.room.notify_all();
         drop(q);
         let unwinding = PanicGuard(shared);
@@ -226,6 +233,43 @@ fn lead<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>, until: Option
         std::mem::forget(unwinding);
         q = lock_queue(shared);
     }
+}
+
+/// Longest a leader waits for the previous batch's appenders to come back ([`gather`]).
+const GATHER_MAX: Duration = Duration::from_micros(60);
+/// A gathering leader stops as soon as the queue did not grow for this long.
+const GATHER_IDLE: Duration = Duration::from_micros(20);
+
+/// Waits (briefly, yielding the CPU) while the queue is shorter than the previous batch and still
+/// growing, then returns so the leader drains it.
+///
+/// Why: closed-loop appenders (each issuing its next append when the previous one is durable)
+/// come back one by one as their completions wake them. A leader that drained the queue as soon
+/// as the first of them arrived would write a batch of a few, while the rest queue behind its
+/// fdatasync: batches alternate small and large and every appender pays about two syncs per
+/// append. Waiting a few tens of µs for the stragglers keeps one fdatasync per round of
+/// appenders. A lone appender (previous batch of one) never waits, and the wait stops at the
+/// first pause in arrivals, so an appender that does not come back costs at most `GATHER_IDLE`.
+fn gather<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>) -> MutexGuard<'a, QueueState> {
+    let start = Instant::now();
+    let mut seen = q.requests.len();
+    let mut grew_at = start;
+    while q.requests.len() < q.last_batch_requests && !q.shutdown {
+        let now = Instant::now();
+        if now.duration_since(start) >= GATHER_MAX || now.duration_since(grew_at) >= GATHER_IDLE {
+            break;
+        }
+        drop(q);
+        // The appenders (or the thread completing their waiters) need this core on a small
+        // machine: give it away rather than spin on the lock.
+        std::thread::yield_now();
+        q = lock_queue(shared);
+        if q.requests.len() > seen {
+            seen = q.requests.len();
+            grew_at = Instant::now();
+        }
+    }
+    q
 }
 
 /// Armed while a leader executes a batch: if that panics (a broken invariant), the waiters must
