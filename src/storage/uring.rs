@@ -339,8 +339,8 @@ impl Drop for AlignedZeros {
 /// newly allocated blocks, and on ext4 (data=ordered) every journal commit, including the ones
 /// the log's own appends and rotations trigger, must first write such data out: appends would
 /// stall for hundreds of ms behind the preparation. Written directly there is no dirty data;
-/// the pages are then read back into the page cache (WILLNEED), clean, so appends into them do
-/// not have to read them from disk first. Where O_DIRECT is refused (tmpfs) the zeros are
+/// the pages are then read back into the page cache (all of them, see below), clean, so appends
+/// into them do not have to read them from disk first. Where O_DIRECT is refused (tmpfs) the zeros are
 /// written buffered and flushed every chunk instead.
 fn zero_fill(tmp: &Path, f: &mut File, len_bytes: u64, cancel: &AtomicBool) -> io::Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -14,6 +14,13 @@
 //! submitters that must never block on I/O (async tasks). raft-engine's write barrier works the
 //! same way (the first writer of a group writes for the group).
 //!
+//! Closed-loop appenders come back one by one as their completions wake them; a leader that
+//! drained the queue at the first arrival would alternate small and large batches (two syncs per
+//! append). So a leader whose queue is shorter than its previous batch waits a few tens of µs
+//! while it still grows ([`gather`]). Waiters that are futures are completed by the leader (one
+//! lock and one wake each); threads asleep in [`Pending::wait`] of a big batch are woken by the
+//! "log-completer" thread so their context switches overlap the next write.
+//!
 //! The write lock on the log is held only to stage a batch (encode, rotate) and to publish it;
 //! during the write and its fdatasync readers ([`LogWriter::read`]) proceed.
 //!
@@ -69,6 +76,8 @@ struct CompletionState {
     waker: Option<Waker>,
     /// Set by the first `complete`; later ones are ignored.
     completed: bool,
+    /// A thread sleeps in `wait` (waking it costs a futex wake and a context switch).
+    blocked: bool,
 }
 
 /// A oneshot: the writer thread fills it once, the requester waits (blocking or async).
@@ -80,16 +89,33 @@ struct Completion {
 
 impl Completion {
     fn complete(&self, r: Result<LogIndex, LogError>) {
+        // Completing never hands back the result.
+        let _ = self.complete_unless_blocked(r, false);
+    }
+
+    /// Completes unless `defer_blocked` and a thread sleeps in `wait`: then the result is
+    /// handed back for the completer thread.
+    fn complete_unless_blocked(
+        &self,
+        r: Result<LogIndex, LogError>,
+        defer_blocked: bool,
+    ) -> Option<Result<LogIndex, LogError>> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.completed {
-            return;
+            return None;
+        }
+        if defer_blocked && st.blocked {
+            return Some(r);
         }
         st.completed = true;
         st.result = Some(r);
         if let Some(w) = st.waker.take() {
             w.wake();
         }
-        self.ready.notify_all();
+        if st.blocked {
+            self.ready.notify_all();
+        }
+        None
     }
 
     fn is_complete(&self) -> bool {
@@ -105,6 +131,7 @@ impl Completion {
             if let Some(r) = st.result.take() {
                 return r;
             }
+            st.blocked = true;
             st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -502,9 +529,17 @@ fn execute(shared: &Shared, queue: Vec<Request>) {
             checked.and_then(|()| append_batch(log, batch))
         };
         batch.clear();
+        // Waiters that are futures (or have not started waiting) are completed here: that is
+        // one lock and at most one wake of the polling task each. Threads asleep in `wait` cost
+        // a futex wake and a context switch each: many of them go to the completer thread.
         let completions: Completions = waiters
             .drain(..)
-            .map(|(done, last)| (done, r.clone().map(|()| last)))
+            .filter_map(|(done, last)| {
+                let back = done
+                    .0
+                    .complete_unless_blocked(r.clone().map(|()| last), true)?;
+                Some((done, back))
+            })
             .collect();
         let completions = if completions.len() > COMPLETE_INLINE_MAX {
             let completer = shared.completer.lock().unwrap_or_else(|e| e.into_inner());
