@@ -35,6 +35,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll, Waker};
@@ -205,6 +206,9 @@ struct Shared {
     log: RwLock<RaftLog>,
     /// Hands big batches' completions to the completer thread (see `flush`).
     completer: Mutex<Option<Sender<Completions>>>,
+    /// `queue.requests.len()` as of the last change (written under the queue lock): lets a
+    /// gathering leader watch arrivals without taking the lock the arrivals need.
+    queued: AtomicUsize,
     entries_max: usize,
     bytes_max: u64,
     queue_max: usize,
@@ -253,6 +257,7 @@ fn lead<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>, until: Option
             batch.extend(q.requests.pop_front());
         }
         q.last_batch_requests = batch.len();
+        shared.queued.store(q.requests.len(), Ordering::Relaxed);
         shared.room.notify_all();
         drop(q);
         let unwinding = PanicGuard(shared);
@@ -277,26 +282,39 @@ const GATHER_IDLE: Duration = Duration::from_micros(20);
 /// append. Waiting a few tens of µs for the stragglers keeps one fdatasync per round of
 /// appenders. A lone appender (previous batch of one) never waits, and the wait stops at the
 /// first pause in arrivals, so an appender that does not come back costs at most `GATHER_IDLE`.
-fn gather<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>) -> MutexGuard<'a, QueueState> {
-    let start = Instant::now();
+fn gather<'a>(shared: &'a Shared, q: MutexGuard<'a, QueueState>) -> MutexGuard<'a, QueueState> {
+    let target = q.last_batch_requests;
     let mut seen = q.requests.len();
+    // Watch the length hint, not the lock: the returning appenders need the lock to queue.
+    drop(q);
+    let start = Instant::now();
     let mut grew_at = start;
-    while q.requests.len() < q.last_batch_requests && !q.shutdown {
+    let mut polls = 0u32;
+    loop {
         let now = Instant::now();
         if now.duration_since(start) >= GATHER_MAX || now.duration_since(grew_at) >= GATHER_IDLE {
             break;
         }
-        drop(q);
-        // The appenders (or the thread completing their waiters) need this core on a small
-        // machine: give it away rather than spin on the lock.
-        std::thread::yield_now();
-        q = lock_queue(shared);
-        if q.requests.len() > seen {
-            seen = q.requests.len();
-            grew_at = Instant::now();
+        let n = shared.queued.load(Ordering::Relaxed);
+        if n >= target {
+            break;
+        }
+        if n > seen {
+            seen = n;
+            grew_at = now;
+        }
+        polls += 1;
+        if polls % 8 == 0 {
+            // The appenders (or the thread completing their waiters) may need this core on a
+            // small machine.
+            std::thread::yield_now();
+        } else {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
         }
     }
-    q
+    lock_queue(shared)
 }
 
 /// Armed while a leader executes a batch: if that panics (a broken invariant), the waiters must
@@ -311,6 +329,7 @@ impl Drop for PanicGuard<'_> {
         for r in q.requests.drain(..) {
             r.done.complete(Err(LogError::WriterStopped));
         }
+        self.0.queued.store(0, Ordering::Relaxed);
         self.0.room.notify_all();
         self.0.work.notify_all();
     }
@@ -392,6 +411,7 @@ impl LogWriter {
             room: Condvar::new(),
             log: RwLock::new(log),
             completer: Mutex::new(Some(completions_tx)),
+            queued: AtomicUsize::new(0),
             entries_max: config.batch_entries_max,
             bytes_max: config.batch_bytes_max,
             queue_max: config.queue_requests_max,
@@ -424,6 +444,7 @@ impl LogWriter {
             op,
             done: Waiter(Arc::clone(&done)),
         });
+        shared.queued.store(q.requests.len(), Ordering::Relaxed);
         if !q.leader_active {
             if caller_leads {
                 q.leader_active = true;
