@@ -304,7 +304,7 @@ fn gather<'a>(shared: &'a Shared, q: MutexGuard<'a, QueueState>) -> MutexGuard<'
             grew_at = now;
         }
         polls += 1;
-        if polls % 8 == 0 {
+        if polls.is_multiple_of(8) {
             // The appenders (or the thread completing their waiters) may need this core on a
             // small machine.
             std::thread::yield_now();
