@@ -78,6 +78,12 @@ pub enum Prepare {
     /// Only reserve the blocks (`fallocate`): fast to create, but every append's fdatasync also
     /// converts unwritten extents. For when zero-filling cannot keep up with the appends.
     Allocated,
+    /// As `Allocated`, then read the whole file once (unwritten extents read as zeros without
+    /// disk I/O), so that its page-cache pages exist before the appends write into them: page
+    /// allocation is then paid by the background preparation, not inside appends (a fresh page
+    /// costs ~2.7 µs in this VM, 128 of them per 512 KiB batch). Only worth it off the append
+    /// path.
+    AllocatedCached,
 }
 
 /// The directory operations the log needs.

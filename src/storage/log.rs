@@ -534,13 +534,15 @@ impl RaftLog {
     /// Starts preparing the next segment file on a background thread, so rotation finds it
     /// ready. Zero-filled (appends then overwrite written blocks) unless the last segment filled
     /// up in less than three zero-fills' time: then zero-filling cannot keep up and would double
-    /// the disk writes, so the file is only fallocated.
+    /// the disk writes, so the file is only fallocated (and read once, which costs no disk I/O
+    /// for unwritten extents, so its page-cache pages are allocated here rather than inside the
+    /// appends).
     fn start_preparing(&mut self) {
         if self.preparing.is_some() || self.prepared_ready {
             return;
         }
         let how = match (self.last_segment_secs, self.zero_fill_secs) {
-            (Some(lifetime), Some(fill)) if lifetime < 3.0 * fill => Prepare::Allocated,
+            (Some(lifetime), Some(fill)) if lifetime < 3.0 * fill => Prepare::AllocatedCached,
             _ => Prepare::Zeroed,
         };
         let vfs = Arc::clone(&self.vfs);

@@ -376,16 +376,23 @@ fn zero_fill(tmp: &Path, f: &mut File, len_bytes: u64, cancel: &AtomicBool) -> i
         // append's latency (~100 µs here), once per page for small entries and at both ends of
         // every batch for big ones. POSIX_FADV_WILLNEED is not enough: the kernel caps it at the
         // readahead window (8 of 64 MiB were cached here), so read explicitly.
-        let mut scratch = vec![0u8; ZERO_CHUNK_BYTES];
-        let mut at = 0u64;
-        while at < len_bytes {
-            if cancel.load(Ordering::Relaxed) {
-                return Ok(false);
-            }
-            let n = (len_bytes - at).min(ZERO_CHUNK_BYTES as u64) as usize;
-            f.read_exact_at(&mut scratch[..n], at)?;
-            at += n as u64;
+        return read_into_cache(f, len_bytes, cancel);
+    }
+    Ok(true)
+}
+
+/// Reads `[0, len_bytes)` of `f` once so every page of it is in the page cache (clean);
+/// `Ok(false)` if cancelled.
+fn read_into_cache(f: &File, len_bytes: u64, cancel: &AtomicBool) -> io::Result<bool> {
+    let mut scratch = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut at = 0u64;
+    while at < len_bytes {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(false);
         }
+        let n = (len_bytes - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+        f.read_exact_at(&mut scratch[..n], at)?;
+        at += n as u64;
     }
     Ok(true)
 }
@@ -447,7 +454,7 @@ impl Vfs for UringVfs {
                     return Ok(false);
                 }
             }
-            Prepare::Allocated => {
+            Prepare::Allocated | Prepare::AllocatedCached => {
                 // SAFETY: fallocate on a descriptor we own; no memory is involved.
                 let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len_bytes as libc::off_t) };
                 if r != 0 {
@@ -457,6 +464,11 @@ impl Vfs for UringVfs {
                     }
                     // No fallocate here: a sparse file reads as zero just the same.
                     f.set_len(len_bytes)?;
+                }
+                if how == Prepare::AllocatedCached && !read_into_cache(&f, len_bytes, cancel)? {
+                    drop(f);
+                    std::fs::remove_file(&tmp)?;
+                    return Ok(false);
                 }
             }
         }
@@ -538,7 +550,11 @@ mod tests {
     fn prepared_files_read_as_zero_and_a_cancelled_fill_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let never = AtomicBool::new(false);
-        for how in [Prepare::Zeroed, Prepare::Allocated] {
+        for how in [
+            Prepare::Zeroed,
+            Prepare::Allocated,
+            Prepare::AllocatedCached,
+        ] {
             let p = dir.path().join(format!("{how:?}"));
             assert!(UringVfs.prepare_file(&p, 3 << 20, how, &never).unwrap());
             let bytes = std::fs::read(&p).unwrap();
@@ -550,6 +566,6 @@ mod tests {
         assert!(!UringVfs
             .prepare_file(&p, 3 << 20, Prepare::Zeroed, &cancel)
             .unwrap());
-        assert_eq!(UringVfs.list_dir(dir.path()).unwrap().len(), 2);
+        assert_eq!(UringVfs.list_dir(dir.path()).unwrap().len(), 3);
     }
 }
