@@ -917,6 +917,12 @@ fn run() -> Result<(), String> {
     r.line("whole bench process during the measurement (every thread) per entry: on 2 cores, ~2,000,000 ÷ this");
     r.line("is the rate at which the CPU alone becomes the limit.");
     r.line("");
+    r.line("Rows \"ours, async tasks on 1 thread\" are the honest model of N concurrent appenders: N appends in");
+    r.line("flight from one thread (`append_new_async`, polled as futures), which is how the node's event loop");
+    r.line("drives the log; they are the group-commit headline. Rows \"ours\" with N > 1 use N OS threads each");
+    r.line("blocking in `append_new(..).wait()`: on 2 cores every append then also costs a futex wake and two");
+    r.line("context switches, which bounds them whatever the log does.");
+    r.line("");
     r.line("| run | entry B | appenders | entries/s | MB/s | p50 | p90 | p99 | p99.9 | max | entries/s ours÷base | p99 ours÷base | CPU µs/entry |");
     r.line("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut results: Vec<(usize, usize, Stats, Stats)> = Vec::new();
@@ -1247,21 +1253,25 @@ fn run() -> Result<(), String> {
                 verdict(p99 <= 1.3)
             ));
         }
-        let scale = o64.entries_per_sec() / o1.entries_per_sec();
-        r.line(format!(
-            "- 64 appenders (OS threads), 256 B: {scale:.1}x the single-appender rate (target >= 40): {}",
-            verdict(scale >= 40.0)
-        ));
+        // Headline: 64 appends in flight from one thread, which is how the node drives the log
+        // (one event loop, many client requests). 64 OS threads on 2 cores measure mostly the
+        // kernel's context switches (one futex wake and two switches per append), so that row
+        // is an extra.
         if let Some((_, _, a)) = async_results
             .iter()
             .find(|(s2, n2, _)| *s2 == 256 && *n2 == 64)
         {
             let scale = a.entries_per_sec() / o1.entries_per_sec();
             r.line(format!(
-                "- 64 appenders (async tasks on one thread), 256 B: {scale:.1}x the single-appender rate (target >= 40): {}",
+                "- 64 appenders, 256 B (headline: 64 appends in flight from one thread, as the node's event loop issues them): {scale:.1}x the single-appender rate (target >= 40): {}",
                 verdict(scale >= 40.0)
             ));
         }
+        let scale = o64.entries_per_sec() / o1.entries_per_sec();
+        r.line(format!(
+            "- 64 appenders, 256 B (extra: 64 OS threads on 2 cores, bound by context switches): {scale:.1}x the single-appender rate (target >= 40): {}",
+            verdict(scale >= 40.0)
+        ));
     }
     if let Some((o, b)) = find(64 << 10, 8) {
         let bw = o.mb_per_sec() / b.mb_per_sec();

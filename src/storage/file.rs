@@ -78,6 +78,12 @@ pub enum Prepare {
     /// Only reserve the blocks (`fallocate`): fast to create, but every append's fdatasync also
     /// converts unwritten extents. For when zero-filling cannot keep up with the appends.
     Allocated,
+    /// As `Allocated`, then read the whole file once (unwritten extents read as zeros without
+    /// disk I/O), so that its page-cache pages exist before the appends write into them: page
+    /// allocation is then paid by the background preparation, not inside appends (a fresh page
+    /// costs ~2.7 µs in this VM, 128 of them per 512 KiB batch). Only worth it off the append
+    /// path.
+    AllocatedCached,
 }
 
 /// The directory operations the log needs.
@@ -153,6 +159,8 @@ struct SimState {
     syncs_before_failure: u32,
     fail_syncs: u32,
     syncs_total: u64,
+    /// How long each durable write takes (a slow disk), spent before it takes effect.
+    sync_delay: std::time::Duration,
 }
 
 /// The sector size whose writes the disk performs atomically (docs/FORMAT.md, "Assumptions").
@@ -190,6 +198,13 @@ impl SimFs {
     fn lock(&self) -> MutexGuard<'_, SimState> {
         // A panic while holding the lock is a test failure already; keep the state usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes every later durable write take `delay` (outside the disk's lock) before it takes
+    /// effect, like a real fdatasync: group-commit tests need appends to arrive while one is in
+    /// flight.
+    pub fn set_sync_delay(&self, delay: std::time::Duration) {
+        self.lock().sync_delay = delay;
     }
 
     /// Makes the next `count` syncs fail with EIO (their writes stay volatile); 0 disarms.
@@ -438,6 +453,10 @@ impl LogFile for SimFile {
     fn write_durable(&self, writes: &[WriteAt<'_>]) -> io::Result<()> {
         check_write_bounds(&self.path, self.len as u64, writes);
         let _one_writer = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let delay = self.fs.lock().sync_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut st = self.fs.lock();
         let st = &mut *st;
         let file = st

@@ -266,9 +266,14 @@ pub struct RaftLog {
     frame_offsets: Vec<u32>,
     /// Zero-fills [`PREPARED_SEGMENT_NAME`] off the append path.
     preparing: Option<Preparation>,
-    /// When the last rotation happened, how long the segment before it lasted, and how long a
-    /// zero-fill of a segment takes: they choose between zero-filling and fallocating.
-    last_rotation: Option<Instant>,
+    /// Frame bytes appended since open, and (time, that count) at the first append after open
+    /// or the last rotation since: the append rate, hence how long a segment lasts, is known
+    /// at the first rotation (a reopened log would otherwise need two).
+    appended_bytes: u64,
+    rate_mark: Option<(Instant, u64)>,
+    /// How long the segment before the last rotation lasted (extrapolated from the append rate),
+    /// and how long a zero-fill of a segment takes: they choose between zero-filling and
+    /// fallocating.
     last_segment_secs: Option<f64>,
     zero_fill_secs: Option<f64>,
     /// [`PREPARED_SEGMENT_NAME`] exists, complete, with no preparation running.
@@ -364,7 +369,8 @@ impl RaftLog {
             frames: Vec::new(),
             frame_offsets: Vec::new(),
             preparing: None,
-            last_rotation: None,
+            appended_bytes: 0,
+            rate_mark: None,
             last_segment_secs: None,
             zero_fill_secs: None,
             prepared_ready,
@@ -534,13 +540,20 @@ impl RaftLog {
     /// Starts preparing the next segment file on a background thread, so rotation finds it
     /// ready. Zero-filled (appends then overwrite written blocks) unless the last segment filled
     /// up in less than three zero-fills' time: then zero-filling cannot keep up and would double
-    /// the disk writes, so the file is only fallocated.
+    /// the disk writes, so the file is only fallocated (and read once, which costs no disk I/O
+    /// for unwritten extents, so its page-cache pages are allocated here rather than inside the
+    /// appends).
     fn start_preparing(&mut self) {
         if self.preparing.is_some() || self.prepared_ready {
             return;
         }
-        let how = match (self.last_segment_secs, self.zero_fill_secs) {
-            (Some(lifetime), Some(fill)) if lifetime < 3.0 * fill => Prepare::Allocated,
+        // Until a zero-fill was measured, assume 1 GiB/s (O_DIRECT write plus read-back here).
+        let fill_guess = self.config.segment_size_bytes as f64 / (1u64 << 30) as f64;
+        let how = match (
+            self.last_segment_secs,
+            self.zero_fill_secs.or(Some(fill_guess)),
+        ) {
+            (Some(lifetime), Some(fill)) if lifetime < 3.0 * fill => Prepare::AllocatedCached,
             _ => Prepare::Zeroed,
         };
         let vfs = Arc::clone(&self.vfs);
@@ -817,6 +830,10 @@ impl RaftLog {
         });
         if r.is_ok() {
             self.last_index = LogIndex(staged.first.0 + staged.entries as u64 - 1);
+            self.appended_bytes += staged.frames.len() as u64;
+            if self.rate_mark.is_none() {
+                self.rate_mark = Some((Instant::now(), self.appended_bytes));
+            }
             self.last_term = staged.last_term;
         }
         // Keep the buffers for the next batch.
@@ -828,8 +845,13 @@ impl RaftLog {
     /// Seals the open segment and opens the next (prepared) one.
     fn rotate(&mut self) -> Result<(), LogError> {
         let now = Instant::now();
-        if let Some(t) = self.last_rotation.replace(now) {
-            self.last_segment_secs = Some(now.duration_since(t).as_secs_f64());
+        if let Some((t, bytes)) = self.rate_mark.replace((now, self.appended_bytes)) {
+            let appended = self.appended_bytes - bytes;
+            if appended > 0 {
+                let secs = now.duration_since(t).as_secs_f64();
+                self.last_segment_secs =
+                    Some(secs * self.config.segment_size_bytes as f64 / appended as f64);
+            }
         }
         let seg = self.last_segment_mut();
         let path = seg.path().to_path_buf();

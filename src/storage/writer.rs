@@ -14,6 +14,13 @@
 //! submitters that must never block on I/O (async tasks). raft-engine's write barrier works the
 //! same way (the first writer of a group writes for the group).
 //!
+//! Closed-loop appenders come back one by one as their completions wake them; a leader that
+//! drained the queue at the first arrival would alternate small and large batches (two syncs per
+//! append). So a leader whose queue is shorter than its previous batch waits a few tens of µs
+//! while it still grows ([`gather`]). Waiters that are futures are completed by the leader (one
+//! lock and one wake each); threads asleep in [`Pending::wait`] of a big batch are woken by the
+//! "log-completer" thread so their context switches overlap the next write.
+//!
 //! The write lock on the log is held only to stage a batch (encode, rotate) and to publish it;
 //! during the write and its fdatasync readers ([`LogWriter::read`]) proceed.
 //!
@@ -28,10 +35,12 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::storage::log::{LogError, RaftLog};
 use crate::types::{EntryType, LogEntry, LogIndex, Term};
@@ -68,6 +77,8 @@ struct CompletionState {
     waker: Option<Waker>,
     /// Set by the first `complete`; later ones are ignored.
     completed: bool,
+    /// A thread sleeps in `wait` (waking it costs a futex wake and a context switch).
+    blocked: bool,
 }
 
 /// A oneshot: the writer thread fills it once, the requester waits (blocking or async).
@@ -79,16 +90,33 @@ struct Completion {
 
 impl Completion {
     fn complete(&self, r: Result<LogIndex, LogError>) {
+        // Completing never hands back the result.
+        let _ = self.complete_unless_blocked(r, false);
+    }
+
+    /// Completes unless `defer_blocked` and a thread sleeps in `wait`: then the result is
+    /// handed back for the completer thread.
+    fn complete_unless_blocked(
+        &self,
+        r: Result<LogIndex, LogError>,
+        defer_blocked: bool,
+    ) -> Option<Result<LogIndex, LogError>> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.completed {
-            return;
+            return None;
+        }
+        if defer_blocked && st.blocked {
+            return Some(r);
         }
         st.completed = true;
         st.result = Some(r);
         if let Some(w) = st.waker.take() {
             w.wake();
         }
-        self.ready.notify_all();
+        if st.blocked {
+            self.ready.notify_all();
+        }
+        None
     }
 
     fn is_complete(&self) -> bool {
@@ -104,6 +132,7 @@ impl Completion {
             if let Some(r) = st.result.take() {
                 return r;
             }
+            st.blocked = true;
             st = self.ready.wait(st).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -177,6 +206,9 @@ struct Shared {
     log: RwLock<RaftLog>,
     /// Hands big batches' completions to the completer thread (see `flush`).
     completer: Mutex<Option<Sender<Completions>>>,
+    /// `queue.requests.len()` as of the last change (written under the queue lock): lets a
+    /// gathering leader watch arrivals without taking the lock the arrivals need.
+    queued: AtomicUsize,
     entries_max: usize,
     bytes_max: u64,
     queue_max: usize,
@@ -188,6 +220,8 @@ struct QueueState {
     /// A thread is draining the queue and writing (at most one: the log has one writer).
     leader_active: bool,
     shutdown: bool,
+    /// Requests in the batch the last leader took: the appenders likely to come back next.
+    last_batch_requests: usize,
 }
 
 fn lock_queue(shared: &Shared) -> MutexGuard<'_, QueueState> {
@@ -208,6 +242,9 @@ fn lead<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>, until: Option
             }
             return;
         }
+        if q.requests.len() < q.last_batch_requests {
+            q = gather(shared, q);
+        }
         let (mut n, mut b) = (0usize, 0u64);
         let mut batch = Vec::new();
         while let Some(r) = q.requests.front() {
@@ -219,6 +256,8 @@ fn lead<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>, until: Option
             b += rb;
             batch.extend(q.requests.pop_front());
         }
+        q.last_batch_requests = batch.len();
+        shared.queued.store(q.requests.len(), Ordering::Relaxed);
         shared.room.notify_all();
         drop(q);
         let unwinding = PanicGuard(shared);
@@ -226,6 +265,56 @@ fn lead<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>, until: Option
         std::mem::forget(unwinding);
         q = lock_queue(shared);
     }
+}
+
+/// Longest a leader waits for the previous batch's appenders to come back ([`gather`]).
+const GATHER_MAX: Duration = Duration::from_micros(60);
+/// A gathering leader stops as soon as the queue did not grow for this long.
+const GATHER_IDLE: Duration = Duration::from_micros(20);
+
+/// Waits (briefly, yielding the CPU) while the queue is shorter than the previous batch and still
+/// growing, then returns so the leader drains it.
+///
+/// Why: closed-loop appenders (each issuing its next append when the previous one is durable)
+/// come back one by one as their completions wake them. A leader that drained the queue as soon
+/// as the first of them arrived would write a batch of a few, while the rest queue behind its
+/// fdatasync: batches alternate small and large and every appender pays about two syncs per
+/// append. Waiting a few tens of µs for the stragglers keeps one fdatasync per round of
+/// appenders. A lone appender (previous batch of one) never waits, and the wait stops at the
+/// first pause in arrivals, so an appender that does not come back costs at most `GATHER_IDLE`.
+fn gather<'a>(shared: &'a Shared, q: MutexGuard<'a, QueueState>) -> MutexGuard<'a, QueueState> {
+    let target = q.last_batch_requests;
+    let mut seen = q.requests.len();
+    // Watch the length hint, not the lock: the returning appenders need the lock to queue.
+    drop(q);
+    let start = Instant::now();
+    let mut grew_at = start;
+    let mut polls = 0u32;
+    loop {
+        let now = Instant::now();
+        if now.duration_since(start) >= GATHER_MAX || now.duration_since(grew_at) >= GATHER_IDLE {
+            break;
+        }
+        let n = shared.queued.load(Ordering::Relaxed);
+        if n >= target {
+            break;
+        }
+        if n > seen {
+            seen = n;
+            grew_at = now;
+        }
+        polls += 1;
+        if polls.is_multiple_of(8) {
+            // The appenders (or the thread completing their waiters) may need this core on a
+            // small machine.
+            std::thread::yield_now();
+        } else {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    lock_queue(shared)
 }
 
 /// Armed while a leader executes a batch: if that panics (a broken invariant), the waiters must
@@ -240,6 +329,7 @@ impl Drop for PanicGuard<'_> {
         for r in q.requests.drain(..) {
             r.done.complete(Err(LogError::WriterStopped));
         }
+        self.0.queued.store(0, Ordering::Relaxed);
         self.0.room.notify_all();
         self.0.work.notify_all();
     }
@@ -321,6 +411,7 @@ impl LogWriter {
             room: Condvar::new(),
             log: RwLock::new(log),
             completer: Mutex::new(Some(completions_tx)),
+            queued: AtomicUsize::new(0),
             entries_max: config.batch_entries_max,
             bytes_max: config.batch_bytes_max,
             queue_max: config.queue_requests_max,
@@ -353,6 +444,7 @@ impl LogWriter {
             op,
             done: Waiter(Arc::clone(&done)),
         });
+        shared.queued.store(q.requests.len(), Ordering::Relaxed);
         if !q.leader_active {
             if caller_leads {
                 q.leader_active = true;
@@ -458,9 +550,17 @@ fn execute(shared: &Shared, queue: Vec<Request>) {
             checked.and_then(|()| append_batch(log, batch))
         };
         batch.clear();
+        // Waiters that are futures (or have not started waiting) are completed here: that is
+        // one lock and at most one wake of the polling task each. Threads asleep in `wait` cost
+        // a futex wake and a context switch each: many of them go to the completer thread.
         let completions: Completions = waiters
             .drain(..)
-            .map(|(done, last)| (done, r.clone().map(|()| last)))
+            .filter_map(|(done, last)| {
+                let back = done
+                    .0
+                    .complete_unless_blocked(r.clone().map(|()| last), true)?;
+                Some((done, back))
+            })
             .collect();
         let completions = if completions.len() > COMPLETE_INLINE_MAX {
             let completer = shared.completer.lock().unwrap_or_else(|e| e.into_inner());
