@@ -828,6 +828,9 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
+/// The line after which BENCHMARKS.md holds the other benches' sections (kept verbatim).
+const OTHER_SECTIONS_MARKER: &str = "<!-- Other benchmarks: everything below this line is kept as it is by `cargo bench --bench log_append`. -->";
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("log_append bench failed: {e}");
@@ -1308,8 +1311,25 @@ fn run() -> Result<(), String> {
     } else {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md")
     };
+    // BENCHMARKS.md also holds the node and election benchmarks below a marker line: this bench
+    // rewrites only its own section above the marker and keeps the rest as it is.
+    let kept = std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|old| {
+            old.find(OTHER_SECTIONS_MARKER)
+                .map(|at| old[at..].to_string())
+        })
+        .unwrap_or_default();
     let mut f = File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     f.write_all(r.text.as_bytes())
+        .and_then(|()| {
+            if kept.is_empty() {
+                Ok(())
+            } else {
+                f.write_all(b"\n")
+                    .and_then(|()| f.write_all(kept.as_bytes()))
+            }
+        })
         .map_err(|e| format!("{}: {e}", out.display()))?;
     println!("\nwritten to {}", out.display());
     if s.keep_big_log {

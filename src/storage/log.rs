@@ -706,34 +706,12 @@ impl RaftLog {
     /// As [`RaftLog::append`], except I/O.
     pub fn check_append(&self, entries: &[LogEntry]) -> Result<(), LogError> {
         self.check_writable()?;
-        let payload_max = self.config.entry_payload_max_bytes();
-        let mut expected = self.last_index.next();
-        let mut term = self.last_term;
-        for e in entries {
-            if e.index != expected {
-                return Err(LogError::NotContiguous {
-                    expected,
-                    got: e.index,
-                });
-            }
-            if e.term < term {
-                return Err(LogError::TermRegression {
-                    index: e.index,
-                    term: e.term,
-                    last_term: term,
-                });
-            }
-            if e.payload.len() > payload_max {
-                return Err(LogError::EntryTooLarge {
-                    index: e.index,
-                    payload_bytes: e.payload.len(),
-                    max_bytes: payload_max,
-                });
-            }
-            expected = expected.next();
-            term = e.term;
-        }
-        Ok(())
+        check_continues(
+            entries,
+            self.last_index.next(),
+            self.last_term,
+            self.config.entry_payload_max_bytes(),
+        )
     }
 
     /// Step 1 of an append (needs `&mut`, short): rotates the open segment if not even the first
@@ -1181,4 +1159,44 @@ impl crate::raft::Storage for RaftLog {
             Err(e) => panic!("storage read of entries({lo}..{hi}) failed: {e}"),
         }
     }
+}
+
+/// Checks that `entries` continue a log whose next index is `next` and whose last term is `term`:
+/// consecutive indexes, terms that never decrease, payloads within `payload_max`. Shared by
+/// [`RaftLog::check_append`] and the group-commit writer, which checks each request on its own so
+/// one bad request does not fail the others batched with it.
+///
+/// # Errors
+/// [`LogError::NotContiguous`], [`LogError::TermRegression`], [`LogError::EntryTooLarge`].
+pub(crate) fn check_continues(
+    entries: &[LogEntry],
+    mut next: LogIndex,
+    mut term: Term,
+    payload_max: usize,
+) -> Result<(), LogError> {
+    for e in entries {
+        if e.index != next {
+            return Err(LogError::NotContiguous {
+                expected: next,
+                got: e.index,
+            });
+        }
+        if e.term < term {
+            return Err(LogError::TermRegression {
+                index: e.index,
+                term: e.term,
+                last_term: term,
+            });
+        }
+        if e.payload.len() > payload_max {
+            return Err(LogError::EntryTooLarge {
+                index: e.index,
+                payload_bytes: e.payload.len(),
+                max_bytes: payload_max,
+            });
+        }
+        next = next.next();
+        term = e.term;
+    }
+    Ok(())
 }

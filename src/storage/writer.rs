@@ -42,7 +42,7 @@ use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::storage::log::{LogError, RaftLog};
+use crate::storage::log::{check_continues, LogError, RaftLog};
 use crate::types::{EntryType, LogEntry, LogIndex, Term};
 
 enum Op {
@@ -583,7 +583,7 @@ fn execute(shared: &Shared, queue: Vec<Request>) {
     for req in queue {
         match req.op {
             Op::Append(entries) => {
-                if let Err(e) = check_request(&entries, next, term, payload_max) {
+                if let Err(e) = check_continues(&entries, next, term, payload_max) {
                     req.done.complete(Err(e));
                     continue;
                 }
@@ -610,7 +610,7 @@ fn execute(shared: &Shared, queue: Vec<Request>) {
                         payload,
                     })
                     .collect();
-                if let Err(e) = check_request(&entries, next, term, payload_max) {
+                if let Err(e) = check_continues(&entries, next, term, payload_max) {
                     req.done.complete(Err(e));
                     continue;
                 }
@@ -650,39 +650,4 @@ fn execute(shared: &Shared, queue: Vec<Request>) {
         }
     }
     flush(shared, &mut batch, &mut waiters);
-}
-
-/// The checks `RaftLog::append` makes, done per request so one bad request does not fail the
-/// requests batched with it.
-fn check_request(
-    entries: &[LogEntry],
-    mut next: LogIndex,
-    mut term: Term,
-    payload_max: usize,
-) -> Result<(), LogError> {
-    for e in entries {
-        if e.index != next {
-            return Err(LogError::NotContiguous {
-                expected: next,
-                got: e.index,
-            });
-        }
-        if e.term < term {
-            return Err(LogError::TermRegression {
-                index: e.index,
-                term: e.term,
-                last_term: term,
-            });
-        }
-        if e.payload.len() > payload_max {
-            return Err(LogError::EntryTooLarge {
-                index: e.index,
-                payload_bytes: e.payload.len(),
-                max_bytes: payload_max,
-            });
-        }
-        next = next.next();
-        term = e.term;
-    }
-    Ok(())
 }
