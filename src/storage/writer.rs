@@ -527,18 +527,46 @@ fn append_batch(log: &RwLock<RaftLog>, mut batch: &[LogEntry]) -> Result<(), Log
 }
 
 /// Runs one drained queue: consecutive appends become one durable batch.
+/// The requests of one `execute` call admitted into the batch so far, and where the log will end
+/// once that batch is written.
+struct Admitted {
+    payload_max: usize,
+    next: LogIndex,
+    term: Term,
+    batch: Vec<LogEntry>,
+    waiters: Vec<(Waiter, LogIndex)>,
+}
+
+/// Admits one request's entries into the batch, or completes it at once: with an error if they do
+/// not continue the log (checked per request, so one bad request does not fail the others), or
+/// with the current last index if it carries no entries.
+fn admit(entries: Vec<LogEntry>, done: Waiter, a: &mut Admitted) {
+    if let Err(e) = check_continues(&entries, a.next, a.term, a.payload_max) {
+        done.complete(Err(e));
+        return;
+    }
+    let Some(last) = entries.last() else {
+        done.complete(Ok(a.next.prev()));
+        return;
+    };
+    a.next = last.index.next();
+    a.term = last.term;
+    a.waiters.push((done, last.index));
+    a.batch.extend(entries);
+}
+
 fn execute(shared: &Shared, queue: Vec<Request>) {
     let log = &shared.log;
-    let (payload_max, mut next, mut term) = {
+    let mut admitted = {
         let l = write_lock(log);
-        (
-            l.config().entry_payload_max_bytes(),
-            l.last_index().next(),
-            l.last_term(),
-        )
+        Admitted {
+            payload_max: l.config().entry_payload_max_bytes(),
+            next: l.last_index().next(),
+            term: l.last_term(),
+            batch: Vec::new(),
+            waiters: Vec::new(),
+        }
     };
-    let mut batch: Vec<LogEntry> = Vec::new();
-    let mut waiters: Vec<(Waiter, LogIndex)> = Vec::new();
 
     fn flush(shared: &Shared, batch: &mut Vec<LogEntry>, waiters: &mut Vec<(Waiter, LogIndex)>) {
         let log = &shared.log;
@@ -582,20 +610,7 @@ fn execute(shared: &Shared, queue: Vec<Request>) {
 
     for req in queue {
         match req.op {
-            Op::Append(entries) => {
-                if let Err(e) = check_continues(&entries, next, term, payload_max) {
-                    req.done.complete(Err(e));
-                    continue;
-                }
-                let Some(last) = entries.last() else {
-                    req.done.complete(Ok(next.prev()));
-                    continue;
-                };
-                next = last.index.next();
-                term = last.term;
-                waiters.push((req.done, last.index));
-                batch.extend(entries);
-            }
+            Op::Append(entries) => admit(entries, req.done, &mut admitted),
             Op::AppendNew {
                 term: t,
                 entries: payloads,
@@ -605,49 +620,38 @@ fn execute(shared: &Shared, queue: Vec<Request>) {
                     .enumerate()
                     .map(|(i, (entry_type, payload))| LogEntry {
                         term: t,
-                        index: LogIndex(next.0 + i as u64),
+                        index: LogIndex(admitted.next.0 + i as u64),
                         entry_type,
                         payload,
                     })
                     .collect();
-                if let Err(e) = check_continues(&entries, next, term, payload_max) {
-                    req.done.complete(Err(e));
-                    continue;
-                }
-                let Some(last) = entries.last() else {
-                    req.done.complete(Ok(next.prev()));
-                    continue;
-                };
-                next = last.index.next();
-                term = last.term;
-                waiters.push((req.done, last.index));
-                batch.extend(entries);
+                admit(entries, req.done, &mut admitted);
             }
             Op::TruncateSuffix(from) => {
-                flush(shared, &mut batch, &mut waiters);
+                flush(shared, &mut admitted.batch, &mut admitted.waiters);
                 let mut l = write_lock(log);
                 let r = l.truncate_suffix(from).map(|()| l.last_index());
                 req.done.complete(r);
-                next = l.last_index().next();
-                term = l.last_term();
+                admitted.next = l.last_index().next();
+                admitted.term = l.last_term();
             }
             Op::CompactPrefix(upto) => {
-                flush(shared, &mut batch, &mut waiters);
+                flush(shared, &mut admitted.batch, &mut admitted.waiters);
                 let mut l = write_lock(log);
                 let r = l.compact_prefix(upto).map(|()| l.last_index());
                 req.done.complete(r);
-                next = l.last_index().next();
-                term = l.last_term();
+                admitted.next = l.last_index().next();
+                admitted.term = l.last_term();
             }
             Op::Reset(index, t) => {
-                flush(shared, &mut batch, &mut waiters);
+                flush(shared, &mut admitted.batch, &mut admitted.waiters);
                 let mut l = write_lock(log);
                 let r = l.reset(index, t).map(|()| l.last_index());
                 req.done.complete(r);
-                next = l.last_index().next();
-                term = l.last_term();
+                admitted.next = l.last_index().next();
+                admitted.term = l.last_term();
             }
         }
     }
-    flush(shared, &mut batch, &mut waiters);
+    flush(shared, &mut admitted.batch, &mut admitted.waiters);
 }
