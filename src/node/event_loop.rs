@@ -458,6 +458,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             must_sync,
             persisted_messages,
             committed_entries,
+            // This loop issues no ReadIndex requests yet (the etcd API will), so there are none.
+            read_states: _,
+            dropped_reads: _,
         } = ready;
         self.log_outbound(&messages);
         for envelope in messages {
@@ -662,6 +665,7 @@ mod tests {
                 last_log_index: LogIndex(last),
                 conflict_term: None,
                 conflict_index: None,
+                read_seq: 0,
             }),
         }
     }
@@ -849,6 +853,7 @@ mod tests {
                 prev_log_term: Term(0),
                 entries: vec![],
                 leader_commit: LogIndex(0),
+                read_seq: 0,
             }),
         }
     }
