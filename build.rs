@@ -1,4 +1,5 @@
-//! Generates the gRPC code for `proto/raft.proto` at build time.
+//! Generates the gRPC code for `proto/raft.proto` (the peer RPCs) and for the etcd v3 subset under
+//! `proto/etcd/` (packages `mvccpb` and `etcdserverpb`, the client API) at build time.
 //!
 //! `protox` parses the .proto files in pure Rust and hands a `FileDescriptorSet` to
 //! `tonic-prost-build`, so building this crate never needs a system `protoc`.
@@ -6,7 +7,11 @@
 use std::error::Error;
 
 const PROTO_DIR: &str = "proto";
-const PROTO_FILES: &[&str] = &["proto/raft.proto"];
+const PROTO_FILES: &[&str] = &[
+    "proto/raft.proto",
+    "proto/etcd/mvccpb/kv.proto",
+    "proto/etcd/etcdserverpb/rpc.proto",
+];
 
 fn main() -> Result<(), Box<dyn Error>> {
     // compile_fds cannot know which files a descriptor set came from, so say it here: rebuild when

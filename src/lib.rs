@@ -7,12 +7,14 @@
 //!   the file seam below them (io_uring in production, a simulated disk in tests).
 //! - [`raft`]: the pure consensus core (`RaftNode`): no I/O, clocks or global randomness.
 //! - [`testing`]: the deterministic cluster simulator and safety checkers (tests and benches only).
+//! - [`etcd`]: the etcd v3 wire types (`proto/etcd/`, packages `mvccpb` and `etcdserverpb`).
 //! - [`grpc`]: the wire protocol (`proto/raft.proto`), core <-> proto conversion, the tonic server
 //!   and the peer clients. No protocol logic.
 //! - [`node`]: one process on the tokio-uring runtime: startup (bind, data directory lock,
 //!   tracing), the event loop that drives the core, persists its output and answers RPCs.
 
 pub mod config;
+pub mod etcd;
 pub mod grpc;
 pub mod node;
 pub mod raft;
