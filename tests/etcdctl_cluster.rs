@@ -62,7 +62,8 @@ fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
     };
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("piped stdin");
-        pipe.write_all(input.as_bytes()).expect("write etcdctl stdin");
+        pipe.write_all(input.as_bytes())
+            .expect("write etcdctl stdin");
     }
     let out = child.wait_with_output().expect("etcdctl output");
     Output {
@@ -84,7 +85,11 @@ fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -152,7 +157,10 @@ fn etcdctl_put_get_del_and_txn_through_leader_and_follower() {
     );
     // -w json: header with the ids, revision 6 after five puts on the store's revision 1, count
     // regardless of the limit, base64 keys and values.
-    let json = ok(&on_follower, &["get", "--prefix", "app/", "--limit=1", "-w", "json"]);
+    let json = ok(
+        &on_follower,
+        &["get", "--prefix", "app/", "--limit=1", "-w", "json"],
+    );
     assert!(json.contains("\"revision\":6"), "{json}");
     assert!(
         json.contains(&format!("\"member_id\":{}", member_id(NodeId(follower)))),
@@ -182,7 +190,10 @@ fn etcdctl_put_get_del_and_txn_through_leader_and_follower() {
     let out = etcdctl(&on_follower, &["txn", "-i"], Some(txn));
     assert!(out.success, "{out:?}");
     // (etcdctl prints its prompts on stdout too.)
-    assert!(out.stdout.contains("SUCCESS\n\nOK\n\nfoo\nbar\n"), "{out:?}");
+    assert!(
+        out.stdout.contains("SUCCESS\n\nOK\n\nfoo\nbar\n"),
+        "{out:?}"
+    );
     let failing = "mod(\"foo\") > \"1000\"\n\nput tx-ok no\n\nput tx-failed yes\n\n";
     let out = etcdctl(&on_leader, &["txn", "-i"], Some(failing));
     assert!(out.success, "{out:?}");
@@ -193,7 +204,10 @@ fn etcdctl_put_get_del_and_txn_through_leader_and_follower() {
     // Validation before proposing, with etcd's text: an empty key is refused and changes nothing.
     let out = etcdctl(&on_leader, &["put", "", "x"], None);
     assert!(!out.success, "{out:?}");
-    assert!(out.stderr.contains("etcdserver: key is not provided"), "{out:?}");
+    assert!(
+        out.stderr.contains("etcdserver: key is not provided"),
+        "{out:?}"
+    );
     drop(cluster);
 }
 
@@ -221,7 +235,10 @@ fn etcdctl_endpoint_status_member_list_and_unimplemented_methods() {
             // raft applied index, errors
             let fields: Vec<&str> = line.split(", ").collect();
             assert_eq!(fields.len(), 10, "{line}");
-            assert!(fields[0].ends_with(&cluster.addrs[id].to_string()), "{line}");
+            assert!(
+                fields[0].ends_with(&cluster.addrs[id].to_string()),
+                "{line}"
+            );
             assert_eq!(fields[1], format!("{:x}", member_id(NodeId(*id))), "{line}");
             assert_eq!(fields[2], "3.4.0", "{line}");
             assert_eq!(fields[4], (*id == leader).to_string(), "{line}");
@@ -232,7 +249,8 @@ fn etcdctl_endpoint_status_member_list_and_unimplemented_methods() {
         let health = etcdctl(&endpoints, &["endpoint", "health"], None);
         assert!(health.success, "{health:?}");
         assert_eq!(
-            health.stderr.matches("is healthy").count() + health.stdout.matches("is healthy").count(),
+            health.stderr.matches("is healthy").count()
+                + health.stdout.matches("is healthy").count(),
             3,
             "{health:?}"
         );
@@ -264,7 +282,8 @@ fn etcdctl_endpoint_status_member_list_and_unimplemented_methods() {
     );
     let defrag = etcdctl(&plain[0], &["defrag"], None);
     assert!(
-        format!("{}{}", defrag.stdout, defrag.stderr).contains("etcdserverpb.Maintenance/Defragment"),
+        format!("{}{}", defrag.stdout, defrag.stderr)
+            .contains("etcdserverpb.Maintenance/Defragment"),
         "{defrag:?}"
     );
 
