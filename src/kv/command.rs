@@ -160,6 +160,19 @@ pub fn decode_response(bytes: &[u8]) -> Result<Applied, KvError> {
     }
 }
 
+/// [`decode_response`] for the result of an op command (put, delete range, txn, range): the
+/// response, or the error the client gets (with [`KvError::to_status`]).
+///
+/// # Errors
+/// As [`decode_response`]; a compaction's result is `BadCommand` here (decode it with
+/// [`decode_response`]).
+pub fn decode_apply_result(bytes: &[u8]) -> Result<ResponseOp, KvError> {
+    match decode_response(bytes)? {
+        Applied::Op(response) => Ok(response),
+        Applied::Compact(_) => Err(bad("a compaction result where an op result was expected")),
+    }
+}
+
 impl KvStore {
     /// Applies a decoded command (see [`KvStore::apply`] and [`KvStore::compact`]).
     pub fn apply_command(&mut self, command: &Command) -> Result<Applied, KvError> {

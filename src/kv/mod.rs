@@ -33,8 +33,8 @@ mod validate;
 mod model_tests;
 
 pub use self::command::{
-    decode_command, decode_response, encode_command, encode_compact, encode_response, Applied,
-    Command,
+    decode_apply_result, decode_command, decode_response, encode_command, encode_compact,
+    encode_response, Applied, Command,
 };
 pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT};
 pub use self::validate::validate;

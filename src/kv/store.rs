@@ -10,7 +10,8 @@
 //! - Every history is non-empty, strictly increasing in `mod_revision`, every `mod_revision <=
 //!   revision`, and does not start with a tombstone at or below `compact_revision`.
 //! - A live version's `create_revision <= mod_revision` and `version >= 1`; consecutive live
-//!   versions of one incarnation count up by one.
+//!   versions of one incarnation share `create_revision` and have increasing versions; a new
+//!   incarnation starts at version 1 with `create_revision == mod_revision`.
 //! - `size_bytes` is the sum of [`version_size_bytes`] over all stored versions.
 //!
 //! Writes run inside a write transaction at revision `revision + 1`: the first time a key is touched
@@ -562,13 +563,18 @@ impl KvStore {
                     pair[0].mod_revision < pair[1].mod_revision,
                     "history of {key:?} not increasing: {history:?}"
                 );
-                if let (Some(a), Some(b)) = (&pair[0].live, &pair[1].live) {
-                    assert_eq!(a.create_revision, b.create_revision, "{key:?}: {history:?}");
-                    assert_eq!(a.version + 1, b.version, "{key:?}: {history:?}");
-                }
-                if let (None, Some(b)) = (&pair[0].live, &pair[1].live) {
-                    assert_eq!(b.version, 1, "{key:?}: {history:?}");
-                    assert_eq!(b.create_revision, pair[1].mod_revision, "{key:?}");
+                match (&pair[0].live, &pair[1].live) {
+                    // The same incarnation: +1 per revision (a key written twice in one txn
+                    // skips a version).
+                    (Some(a), Some(b)) if a.create_revision == b.create_revision => {
+                        assert!(a.version < b.version, "{key:?}: {history:?}");
+                    }
+                    // A new incarnation (after a tombstone, or a delete and a put in one txn).
+                    (_, Some(b)) => {
+                        assert_eq!(b.version, 1, "{key:?}: {history:?}");
+                        assert_eq!(b.create_revision, pair[1].mod_revision, "{key:?}");
+                    }
+                    (_, None) => {}
                 }
             }
             let first = &history[0];
@@ -703,5 +709,699 @@ fn compare_kv(compare: &Compare, kv: &KeyValue) -> bool {
         CompareResult::NotEqual => ordering != Ordering::Equal,
         CompareResult::Greater => ordering == Ordering::Greater,
         CompareResult::Less => ordering == Ordering::Less,
+    }
+}
+
+// The node shares the store with its gRPC handlers across threads.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<KvStore>();
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcd::pb::etcdserverpb::compare::{CompareResult as R, CompareTarget as T};
+
+    fn put_op(key: &str, value: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                ..PutRequest::default()
+            })),
+        }
+    }
+
+    fn delete_op(key: &str, range_end: &str, prev_kv: bool) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                key: key.as_bytes().to_vec(),
+                range_end: range_end.as_bytes().to_vec(),
+                prev_kv,
+            })),
+        }
+    }
+
+    fn range_op(key: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestRange(RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..RangeRequest::default()
+            })),
+        }
+    }
+
+    fn txn_op(
+        compare: Vec<Compare>,
+        success: Vec<RequestOp>,
+        failure: Vec<RequestOp>,
+    ) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestTxn(TxnRequest {
+                compare,
+                success,
+                failure,
+            })),
+        }
+    }
+
+    fn put(store: &mut KvStore, key: &str, value: &str) -> PutResponse {
+        match apply(store, &put_op(key, value)) {
+            Response::ResponsePut(put) => put,
+            other => panic!("put answered {other:?}"),
+        }
+    }
+
+    fn apply(store: &mut KvStore, op: &RequestOp) -> Response {
+        let response = store
+            .apply(op)
+            .unwrap_or_else(|error| panic!("{op:?} failed: {error}"));
+        store.check_invariants();
+        response.response.expect("a response for every op")
+    }
+
+    fn txn(store: &mut KvStore, op: &RequestOp) -> TxnResponse {
+        match apply(store, op) {
+            Response::ResponseTxn(txn) => txn,
+            other => panic!("txn answered {other:?}"),
+        }
+    }
+
+    fn get(store: &KvStore, key: &str) -> Option<KeyValue> {
+        let response = store.range(&request(key, "")).expect("range");
+        assert!(response.kvs.len() <= 1);
+        response.kvs.into_iter().next()
+    }
+
+    fn request(key: &str, range_end: &str) -> RangeRequest {
+        RangeRequest {
+            key: key.as_bytes().to_vec(),
+            range_end: range_end.as_bytes().to_vec(),
+            ..RangeRequest::default()
+        }
+    }
+
+    fn keys(response: &RangeResponse) -> Vec<String> {
+        response
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect()
+    }
+
+    fn revision_of(header: &Option<ResponseHeader>) -> i64 {
+        header.as_ref().map_or(-100, |header| header.revision)
+    }
+
+    /// A store holding a=1 (rev 2), b=2 (rev 3), c=3 (rev 4), b=22 (rev 5), d="" (rev 6).
+    fn abcd() -> KvStore {
+        let mut store = KvStore::new();
+        for (key, value) in [("a", "1"), ("b", "2"), ("c", "3"), ("b", "22"), ("d", "")] {
+            put(&mut store, key, value);
+        }
+        store
+    }
+
+    #[test]
+    fn an_empty_store_is_at_revision_one() {
+        let store = KvStore::new();
+        assert_eq!(store.revision(), 1);
+        let all = store.range(&request("\0", "\0")).expect("range");
+        assert_eq!((all.kvs.len(), all.count, all.more), (0, 0, false));
+        assert_eq!(revision_of(&all.header), 1);
+        assert_eq!(store.size_bytes(), 0);
+    }
+
+    #[test]
+    fn puts_advance_the_revision_and_count_versions() {
+        let mut store = KvStore::new();
+        let first = put(&mut store, "k", "v1");
+        assert_eq!(revision_of(&first.header), 2);
+        put(&mut store, "other", "x");
+        put(&mut store, "k", "v2");
+        let kv = get(&store, "k").expect("k exists");
+        assert_eq!(
+            (
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+                kv.value.as_slice()
+            ),
+            (2, 4, 2, b"v2".as_slice())
+        );
+        assert_eq!(kv.lease, 0);
+        assert_eq!(store.revision(), 4);
+    }
+
+    #[test]
+    fn a_delete_resets_the_key_and_a_recreated_key_starts_at_version_one() {
+        let mut store = KvStore::new();
+        put(&mut store, "k", "v1");
+        put(&mut store, "k", "v2");
+        let Response::ResponseDeleteRange(deleted) = apply(&mut store, &delete_op("k", "", false))
+        else {
+            panic!("not a delete response");
+        };
+        assert_eq!(deleted.deleted, 1);
+        assert_eq!(revision_of(&deleted.header), 4);
+        assert_eq!(get(&store, "k"), None);
+        put(&mut store, "k", "v3");
+        let kv = get(&store, "k").expect("k recreated");
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+    }
+
+    #[test]
+    fn a_delete_that_matches_nothing_changes_no_revision() {
+        let mut store = abcd();
+        let before = store.clone();
+        let Response::ResponseDeleteRange(deleted) = apply(&mut store, &delete_op("x", "z", true))
+        else {
+            panic!("not a delete response");
+        };
+        assert_eq!((deleted.deleted, deleted.prev_kvs.len()), (0, 0));
+        assert_eq!(revision_of(&deleted.header), 6);
+        assert_eq!(store, before);
+    }
+
+    #[test]
+    fn delete_range_removes_every_key_in_range_at_one_revision_with_prev_kvs() {
+        let mut store = abcd();
+        let Response::ResponseDeleteRange(deleted) = apply(&mut store, &delete_op("b", "d", true))
+        else {
+            panic!("not a delete response");
+        };
+        assert_eq!(deleted.deleted, 2);
+        let prev: Vec<_> = deleted
+            .prev_kvs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone(), kv.mod_revision))
+            .collect();
+        assert_eq!(
+            prev,
+            vec![
+                (b"b".to_vec(), b"22".to_vec(), 5),
+                (b"c".to_vec(), b"3".to_vec(), 4)
+            ]
+        );
+        assert_eq!(store.revision(), 7);
+        let all = store.range(&request("\0", "\0")).expect("range");
+        assert_eq!(keys(&all), vec!["a", "d"]);
+        // Without prev_kv only the count comes back.
+        let Response::ResponseDeleteRange(deleted) = apply(&mut store, &delete_op("a", "", false))
+        else {
+            panic!("not a delete response");
+        };
+        assert_eq!((deleted.deleted, deleted.prev_kvs.len()), (1, 0));
+    }
+
+    #[test]
+    fn range_modes_follow_etcds_key_conventions() {
+        let mut store = abcd();
+        put(&mut store, "ab", "x");
+        put(&mut store, "a\u{7f}", "y");
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("b", "", &["b"]),                                    // single key
+            ("zz", "", &[]),                                      // missing single key
+            ("a", "c", &["a", "ab", "a\u{7f}", "b"]),             // [key, range_end)
+            ("a", "b", &["a", "ab", "a\u{7f}"]),                  // prefix "a": range_end = "a" + 1
+            ("b", "\0", &["b", "c", "d"]),                        // from key
+            ("\0", "\0", &["a", "ab", "a\u{7f}", "b", "c", "d"]), // all keys
+            ("c", "b", &[]),                                      // range_end before key
+            ("c", "c", &[]),                                      // empty interval
+        ];
+        for (key, range_end, want) in cases {
+            let response = store.range(&request(key, range_end)).expect("range");
+            assert_eq!(keys(&response), *want, "range {key:?}..{range_end:?}");
+            assert_eq!(
+                response.count,
+                want.len() as i64,
+                "count of {key:?}..{range_end:?}"
+            );
+            assert!(!response.more);
+        }
+    }
+
+    #[test]
+    fn limit_truncates_sets_more_and_leaves_count_whole() {
+        let store = abcd();
+        let mut limited = request("\0", "\0");
+        limited.limit = 2;
+        let response = store.range(&limited).expect("range");
+        assert_eq!(keys(&response), vec!["a", "b"]);
+        assert!(response.more);
+        assert_eq!(response.count, 4);
+        limited.limit = 4;
+        let response = store.range(&limited).expect("range");
+        assert_eq!(
+            (response.kvs.len(), response.more, response.count),
+            (4, false, 4)
+        );
+    }
+
+    #[test]
+    fn count_only_and_keys_only() {
+        let store = abcd();
+        let mut counted = request("a", "c");
+        counted.count_only = true;
+        counted.limit = 1;
+        let response = store.range(&counted).expect("range");
+        assert_eq!(
+            (response.kvs.len(), response.count, response.more),
+            (0, 2, false)
+        );
+        let mut keys_only = request("a", "c");
+        keys_only.keys_only = true;
+        let response = store.range(&keys_only).expect("range");
+        assert_eq!(keys(&response), vec!["a", "b"]);
+        assert!(response.kvs.iter().all(|kv| kv.value.is_empty()));
+        assert_eq!(response.kvs[1].version, 2, "keys_only keeps the metadata");
+    }
+
+    #[test]
+    fn sort_orders_every_target_and_sorts_before_the_limit() {
+        let store = abcd(); // a: v1 c2 m2 "1"; b: v2 c3 m5 "22"; c: v1 c4 m4 "3"; d: v1 c6 m6 ""
+        let sorted = |order: SortOrder, target: SortTarget, limit: i64| {
+            let mut request = request("\0", "\0");
+            request.sort_order = order as i32;
+            request.sort_target = target as i32;
+            request.limit = limit;
+            keys(&store.range(&request).expect("range"))
+        };
+        use SortOrder::{Ascend as Up, Descend as Down, None as Unsorted};
+        assert_eq!(sorted(Down, SortTarget::Key, 0), ["d", "c", "b", "a"]);
+        assert_eq!(sorted(Up, SortTarget::Key, 0), ["a", "b", "c", "d"]);
+        // Ties keep key order (stable sort), whatever the direction.
+        assert_eq!(sorted(Down, SortTarget::Version, 0), ["b", "a", "c", "d"]);
+        assert_eq!(sorted(Up, SortTarget::Create, 0), ["a", "b", "c", "d"]);
+        assert_eq!(sorted(Up, SortTarget::Mod, 0), ["a", "c", "b", "d"]);
+        assert_eq!(sorted(Down, SortTarget::Mod, 0), ["d", "b", "c", "a"]);
+        assert_eq!(sorted(Up, SortTarget::Value, 0), ["d", "a", "b", "c"]);
+        // Sorting happens over the whole range, then the limit cuts: the two newest keys.
+        assert_eq!(sorted(Down, SortTarget::Mod, 2), ["d", "b"]);
+        // A target other than KEY with order NONE sorts ascending, but (etcd's quirk) only over
+        // the limit + 1 keys read in key order: a, b, c by mod revision is a, c, b.
+        assert_eq!(sorted(Unsorted, SortTarget::Mod, 2), ["a", "c"]);
+        assert_eq!(sorted(Unsorted, SortTarget::Mod, 0), ["a", "c", "b", "d"]);
+    }
+
+    #[test]
+    fn revision_filters_drop_keys_but_not_count() {
+        let store = abcd();
+        let mut filtered = request("\0", "\0");
+        filtered.min_mod_revision = 4;
+        filtered.max_mod_revision = 5;
+        let response = store.range(&filtered).expect("range");
+        assert_eq!(keys(&response), vec!["b", "c"]);
+        assert_eq!(response.count, 4);
+        let mut filtered = request("\0", "\0");
+        filtered.min_create_revision = 3;
+        filtered.max_create_revision = 4;
+        filtered.limit = 1;
+        let response = store.range(&filtered).expect("range");
+        assert_eq!(keys(&response), vec!["b"]);
+        assert!(response.more);
+    }
+
+    #[test]
+    fn reads_at_older_revisions_see_the_past() {
+        let mut store = abcd();
+        apply(&mut store, &delete_op("a", "", false)); // rev 7
+        let at = |revision: i64, key: &str| {
+            let mut request = request(key, "");
+            request.revision = revision;
+            store
+                .range(&request)
+                .expect("range")
+                .kvs
+                .first()
+                .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        };
+        assert_eq!(at(1, "a"), None);
+        assert_eq!(at(2, "a").as_deref(), Some("1"));
+        assert_eq!(at(6, "a").as_deref(), Some("1"));
+        assert_eq!(at(7, "a"), None);
+        assert_eq!(at(4, "b").as_deref(), Some("2"));
+        assert_eq!(at(5, "b").as_deref(), Some("22"));
+        assert_eq!(at(0, "b").as_deref(), Some("22"));
+        let mut future = request("a", "");
+        future.revision = 8;
+        assert_eq!(store.range(&future), Err(KvError::FutureRevision));
+    }
+
+    #[test]
+    fn compaction_discards_history_below_its_revision_only() {
+        let mut store = KvStore::with_history_revisions(0);
+        put(&mut store, "a", "1"); // 2
+        put(&mut store, "a", "2"); // 3
+        put(&mut store, "b", "1"); // 4
+        apply(&mut store, &delete_op("b", "", false)); // 5
+        put(&mut store, "a", "3"); // 6
+        let size_before = store.size_bytes();
+        assert_eq!(store.compact(7), Err(KvError::FutureRevision));
+        store.compact(5).expect("compact");
+        store.check_invariants();
+        assert!(store.size_bytes() < size_before, "compaction freed nothing");
+        let read_at = |store: &KvStore, revision: i64| {
+            let mut request = request("\0", "\0");
+            request.revision = revision;
+            store.range(&request).map(|response| keys(&response))
+        };
+        assert_eq!(read_at(&store, 4), Err(KvError::Compacted));
+        assert_eq!(read_at(&store, 5), Ok(vec!["a".to_owned()]));
+        let mut at5 = request("a", "");
+        at5.revision = 5;
+        assert_eq!(store.range(&at5).expect("range").kvs[0].value, b"2");
+        assert_eq!(store.compact(5), Err(KvError::Compacted));
+        assert_eq!(store.compact(3), Err(KvError::Compacted));
+        store.compact(6).expect("compact to current");
+        assert_eq!(get(&store, "a").map(|kv| kv.version), Some(3));
+        store.check_invariants();
+    }
+
+    #[test]
+    fn automatic_compaction_keeps_the_configured_history() {
+        let mut store = KvStore::with_history_revisions(3);
+        for i in 0..10 {
+            put(&mut store, "k", &i.to_string()); // revisions 2..=11
+        }
+        assert_eq!(store.compact_revision(), 8);
+        let mut old = request("k", "");
+        old.revision = 7;
+        assert_eq!(store.range(&old), Err(KvError::Compacted));
+        old.revision = 8;
+        assert_eq!(store.range(&old).expect("range").kvs[0].value, b"6");
+        // Only the versions readable at 8..=11 remain.
+        assert_eq!(store.keys[b"k".as_slice()].len(), 4);
+    }
+
+    #[test]
+    fn put_prev_kv_and_ignore_value() {
+        let mut store = KvStore::new();
+        let first = put(&mut store, "k", "v1");
+        assert_eq!(first.prev_kv, None);
+        let mut with_prev = put_op("k", "v2");
+        if let Some(Request::RequestPut(put)) = &mut with_prev.request {
+            put.prev_kv = true;
+        }
+        let Response::ResponsePut(second) = apply(&mut store, &with_prev) else {
+            panic!("not a put response");
+        };
+        let prev = second.prev_kv.expect("prev_kv asked for");
+        assert_eq!(
+            (prev.value.as_slice(), prev.version, prev.mod_revision),
+            (b"v1".as_slice(), 1, 2)
+        );
+        let keep_value = RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: b"k".to_vec(),
+                ignore_value: true,
+                ..PutRequest::default()
+            })),
+        };
+        apply(&mut store, &keep_value);
+        let kv = get(&store, "k").expect("k");
+        assert_eq!(
+            (kv.value.as_slice(), kv.version, kv.mod_revision),
+            (b"v2".as_slice(), 3, 4)
+        );
+    }
+
+    #[test]
+    fn failing_puts_change_nothing() {
+        let mut store = abcd();
+        let before = store.clone();
+        let missing = RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: b"missing".to_vec(),
+                ignore_value: true,
+                ..PutRequest::default()
+            })),
+        };
+        assert_eq!(store.apply(&missing), Err(KvError::KeyNotFound));
+        let leased = RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: b"a".to_vec(),
+                value: b"v".to_vec(),
+                lease: 42,
+                ..PutRequest::default()
+            })),
+        };
+        assert_eq!(store.apply(&leased), Err(KvError::LeaseNotFound));
+        assert_eq!(store.apply(&put_op("", "v")), Err(KvError::EmptyKey));
+        assert_eq!(
+            store.apply(&RequestOp { request: None }),
+            Err(KvError::KeyNotFound)
+        );
+        assert_eq!(store, before);
+    }
+
+    #[test]
+    fn a_txn_is_one_revision_whatever_its_ops() {
+        let mut store = abcd();
+        let response = txn(
+            &mut store,
+            &txn_op(
+                vec![],
+                vec![
+                    put_op("x", "1"),
+                    put_op("y", "2"),
+                    delete_op("a", "", false),
+                ],
+                vec![],
+            ),
+        );
+        assert!(response.succeeded);
+        assert_eq!(revision_of(&response.header), 7);
+        assert_eq!(store.revision(), 7);
+        for key in ["x", "y"] {
+            let kv = get(&store, key).expect("written");
+            assert_eq!((kv.create_revision, kv.mod_revision), (7, 7));
+        }
+        assert_eq!(get(&store, "a"), None);
+        // A txn that only reads changes nothing.
+        let response = txn(&mut store, &txn_op(vec![], vec![range_op("x")], vec![]));
+        assert_eq!(revision_of(&response.header), 7);
+        assert_eq!(store.revision(), 7);
+    }
+
+    #[test]
+    fn reads_inside_a_txn_see_its_earlier_writes() {
+        let mut store = abcd();
+        let response = txn(
+            &mut store,
+            &txn_op(vec![], vec![put_op("a", "new"), range_op("a")], vec![]),
+        );
+        let Some(Response::ResponseRange(range)) = &response.responses[1].response else {
+            panic!("not a range response: {response:?}");
+        };
+        assert_eq!(range.kvs[0].value, b"new");
+        assert_eq!(range.kvs[0].mod_revision, 7);
+        assert_eq!(revision_of(&range.header), 7);
+    }
+
+    fn compare(key: &str, result: R, target: T, operand: TargetUnion) -> Compare {
+        Compare {
+            result: result as i32,
+            target: target as i32,
+            key: key.as_bytes().to_vec(),
+            target_union: Some(operand),
+            range_end: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn compare_results_for_every_target() {
+        let store = abcd(); // b: version 2, create 3, mod 5, value "22", lease 0
+        let operands = [
+            (
+                T::Value,
+                TargetUnion::Value(b"22".to_vec()),
+                TargetUnion::Value(b"3".to_vec()),
+                TargetUnion::Value(b"1".to_vec()),
+            ),
+            (
+                T::Version,
+                TargetUnion::Version(2),
+                TargetUnion::Version(3),
+                TargetUnion::Version(1),
+            ),
+            (
+                T::Create,
+                TargetUnion::CreateRevision(3),
+                TargetUnion::CreateRevision(4),
+                TargetUnion::CreateRevision(2),
+            ),
+            (
+                T::Mod,
+                TargetUnion::ModRevision(5),
+                TargetUnion::ModRevision(6),
+                TargetUnion::ModRevision(4),
+            ),
+            (
+                T::Lease,
+                TargetUnion::Lease(0),
+                TargetUnion::Lease(1),
+                TargetUnion::Lease(-1),
+            ),
+        ];
+        for (target, equal, above, below) in operands {
+            let cases = [
+                (R::Equal, &equal, true),
+                (R::Equal, &above, false),
+                (R::NotEqual, &equal, false),
+                (R::NotEqual, &below, true),
+                (R::Greater, &below, true),
+                (R::Greater, &equal, false),
+                (R::Less, &above, true),
+                (R::Less, &equal, false),
+            ];
+            for (result, operand, want) in cases {
+                let c = compare("b", result, target, operand.clone());
+                assert_eq!(store.compare(&c), want, "{target:?} {result:?} {operand:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn compares_on_missing_keys_and_ranges() {
+        let store = abcd();
+        // A missing key compares as version/create/mod 0, but a VALUE compare always fails.
+        assert!(store.compare(&compare(
+            "zz",
+            R::Equal,
+            T::Version,
+            TargetUnion::Version(0)
+        )));
+        assert!(store.compare(&compare(
+            "zz",
+            R::Equal,
+            T::Create,
+            TargetUnion::CreateRevision(0)
+        )));
+        assert!(!store.compare(&compare(
+            "zz",
+            R::Equal,
+            T::Value,
+            TargetUnion::Value(Vec::new())
+        )));
+        assert!(!store.compare(&compare(
+            "zz",
+            R::NotEqual,
+            T::Value,
+            TargetUnion::Value(b"x".to_vec())
+        )));
+        // Over a range every key must satisfy the compare: a, b, c have versions 1, 2, 1.
+        let mut over = compare("a", R::Less, T::Version, TargetUnion::Version(3));
+        over.range_end = b"d".to_vec();
+        assert!(store.compare(&over));
+        over.target_union = Some(TargetUnion::Version(2));
+        assert!(!store.compare(&over));
+        // An operand of another kind than the target counts as zero.
+        let mismatched = compare("a", R::Greater, T::Version, TargetUnion::ModRevision(100));
+        assert!(store.compare(&mismatched));
+    }
+
+    #[test]
+    fn txn_runs_the_failure_branch_when_a_compare_fails() {
+        let mut store = abcd();
+        let op = txn_op(
+            vec![
+                compare("a", R::Equal, T::Value, TargetUnion::Value(b"1".to_vec())),
+                compare("b", R::Equal, T::Version, TargetUnion::Version(1)),
+            ],
+            vec![put_op("s", "yes")],
+            vec![put_op("f", "no"), range_op("a")],
+        );
+        let response = txn(&mut store, &op);
+        assert!(!response.succeeded);
+        assert_eq!(response.responses.len(), 2);
+        assert!(get(&store, "s").is_none());
+        assert_eq!(get(&store, "f").map(|kv| kv.value), Some(b"no".to_vec()));
+    }
+
+    #[test]
+    fn nested_txn_compares_see_the_state_before_the_outer_txn() {
+        let mut store = abcd();
+        // The outer success puts a=2 first; the nested compare a == "1" still holds (etcd
+        // evaluates every compare before executing), so the nested success branch runs.
+        let nested = txn_op(
+            vec![compare(
+                "a",
+                R::Equal,
+                T::Value,
+                TargetUnion::Value(b"1".to_vec()),
+            )],
+            vec![put_op("n", "then")],
+            vec![put_op("n", "else")],
+        );
+        let response = txn(
+            &mut store,
+            &txn_op(vec![], vec![put_op("a", "2"), nested], vec![]),
+        );
+        let Some(Response::ResponseTxn(inner)) = &response.responses[1].response else {
+            panic!("not a txn response: {response:?}");
+        };
+        assert!(inner.succeeded);
+        assert_eq!(get(&store, "n").map(|kv| kv.value), Some(b"then".to_vec()));
+        assert_eq!(store.revision(), 7);
+    }
+
+    #[test]
+    fn a_failing_op_rolls_the_whole_txn_back() {
+        let mut store = abcd();
+        let before = store.clone();
+        let leased = RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: b"z".to_vec(),
+                lease: 9,
+                ..PutRequest::default()
+            })),
+        };
+        let op = txn_op(
+            vec![],
+            vec![
+                put_op("a", "changed"),
+                delete_op("b", "", false),
+                put_op("new", "x"),
+                leased,
+            ],
+            vec![],
+        );
+        assert_eq!(store.apply(&op), Err(KvError::LeaseNotFound));
+        assert_eq!(store, before);
+        store.check_invariants();
+        // The store carries on normally afterwards.
+        assert_eq!(revision_of(&put(&mut store, "a", "next").header), 7);
+    }
+
+    #[test]
+    fn a_key_written_twice_in_one_txn_keeps_one_version_per_revision() {
+        let mut store = abcd();
+        txn(
+            &mut store,
+            &txn_op(vec![], vec![put_op("a", "x"), put_op("a", "y")], vec![]),
+        );
+        let kv = get(&store, "a").expect("a");
+        assert_eq!(
+            (kv.value.as_slice(), kv.version, kv.mod_revision),
+            (b"y".as_slice(), 3, 7)
+        );
+        txn(
+            &mut store,
+            &txn_op(
+                vec![],
+                vec![delete_op("a", "", false), put_op("a", "z")],
+                vec![],
+            ),
+        );
+        let kv = get(&store, "a").expect("a");
+        assert_eq!((kv.version, kv.create_revision, kv.mod_revision), (1, 8, 8));
+    }
+
+    #[test]
+    fn range_errors() {
+        let store = abcd();
+        assert_eq!(store.range(&request("", "")), Err(KvError::EmptyKey));
     }
 }

@@ -250,17 +250,21 @@ mod tests {
 
     #[test]
     fn txn_op_count_is_bounded_per_list_and_nested_txns_share_the_budget() {
-        let puts = |n: usize| (0..n).map(|i| put(&format!("k{i}"))).collect::<Vec<_>>();
-        assert_eq!(check(&txn(vec![], puts(128), puts(128))), Ok(()));
+        let puts = |prefix: &str, n: usize| {
+            (0..n)
+                .map(|i| put(&format!("{prefix}{i}")))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(check(&txn(vec![], puts("k", 128), puts("k", 128))), Ok(()));
         assert_eq!(
-            check(&txn(vec![], puts(129), vec![])),
+            check(&txn(vec![], puts("k", 129), vec![])),
             Err(KvError::TooManyOps)
         );
         // The outer txn uses 100 of 128, so a nested txn may have at most 28 ops per list.
-        let mut outer = puts(99);
-        outer.push(txn(vec![], puts(28), vec![]));
+        let mut outer = puts("outer", 99);
+        outer.push(txn(vec![], puts("inner", 28), vec![]));
         assert_eq!(check(&txn(vec![], outer.clone(), vec![])), Ok(()));
-        outer[99] = txn(vec![], puts(29), vec![]);
+        outer[99] = txn(vec![], puts("inner", 29), vec![]);
         assert_eq!(check(&txn(vec![], outer, vec![])), Err(KvError::TooManyOps));
     }
 
