@@ -631,14 +631,14 @@ fn visible(key: &[u8], history: &[Version], at: Option<i64>) -> Option<KeyValue>
     })
 }
 
+/// A key range as `BTreeMap::range` takes it.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// etcd's key-range conventions as map bounds; `None` for a range that holds no key.
 /// - empty `range_end`: the single key `key`;
 /// - `range_end == "\0"`: every key `>= key` (so `key == "\0"` with it means all keys);
 /// - otherwise `[key, range_end)`, empty when `range_end <= key`.
-fn range_bounds<'a>(
-    key: &'a [u8],
-    range_end: &'a [u8],
-) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+fn range_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyBounds<'a>> {
     if range_end.is_empty() {
         Some((Bound::Included(key), Bound::Included(key)))
     } else if range_end == [0] {
