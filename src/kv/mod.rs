@@ -26,6 +26,7 @@
 //!   found", and every key's `lease` is 0.
 
 mod command;
+mod snapshot;
 mod store;
 mod validate;
 

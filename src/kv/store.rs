@@ -13,6 +13,8 @@
 //!   versions of one incarnation share `create_revision` and have increasing versions; a new
 //!   incarnation has `create_revision == mod_revision`.
 //! - `size_bytes` is the sum of [`version_size_bytes`] over all stored versions.
+//! - The change queue holds one `(mod_revision, key)` per stored version above `compact_revision`,
+//!   in non-decreasing revision order.
 //!
 //! Writes run inside a write transaction at revision `revision + 1`: the first time a key is touched
 //! its history length is recorded, so an error anywhere in a Txn rolls every key back exactly
@@ -38,40 +40,41 @@ use crate::etcd::pb::mvccpb::KeyValue;
 /// about 30 MiB.
 pub const HISTORY_REVISIONS_DEFAULT: i64 = 100_000;
 
+/// The revision of an empty store (etcd's).
+pub(super) const REVISION_INITIAL: i64 = 1;
+
 /// Bytes counted per stored version besides its key and value (revisions, version, the vector
 /// slot), so that `size_bytes` grows with history even for empty values.
 const VERSION_OVERHEAD_BYTES: i64 = 32;
 
-/// The store revision of an empty store, as in etcd.
-const REVISION_INITIAL: i64 = 1;
-
 /// One version of one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Version {
-    mod_revision: i64,
+pub(super) struct Version {
+    pub(super) mod_revision: i64,
     /// `None`: the key was deleted at `mod_revision`.
-    live: Option<Live>,
+    pub(super) live: Option<Live>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Live {
-    create_revision: i64,
-    version: i64,
-    value: Vec<u8>,
+pub(super) struct Live {
+    pub(super) create_revision: i64,
+    pub(super) version: i64,
+    pub(super) value: Vec<u8>,
 }
 
 /// The key-value state machine. See the [module docs](super) for the semantics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStore {
-    revision: i64,
+    pub(super) revision: i64,
     /// Reads below this revision answer `Compacted`; -1 before the first compaction (etcd's value).
-    compact_revision: i64,
+    pub(super) compact_revision: i64,
     /// Automatic compaction keeps this many revisions; 0 keeps everything.
-    history_revisions: i64,
-    keys: BTreeMap<Vec<u8>, Vec<Version>>,
-    /// Every write, in order: the keys a compaction up to a revision must visit.
-    changes: VecDeque<(i64, Vec<u8>)>,
-    size_bytes: i64,
+    pub(super) history_revisions: i64,
+    pub(super) keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    /// One entry per stored version above `compact_revision`, in write order: the keys a
+    /// compaction up to a revision must visit.
+    pub(super) changes: VecDeque<(i64, Vec<u8>)>,
+    pub(super) size_bytes: i64,
 }
 
 /// A write transaction in progress at revision `rev`.
@@ -596,6 +599,24 @@ impl KvStore {
             }
         }
         assert_eq!(size, self.size_bytes, "size_bytes out of step");
+        let above_compaction = self
+            .keys
+            .values()
+            .flatten()
+            .filter(|version| version.mod_revision > self.compact_revision)
+            .count();
+        assert_eq!(
+            self.changes.len(),
+            above_compaction,
+            "the change queue must hold one entry per version above the compaction point"
+        );
+        assert!(
+            self.changes
+                .iter()
+                .zip(self.changes.iter().skip(1))
+                .all(|(a, b)| a.0 <= b.0),
+            "the change queue must be in revision order"
+        );
     }
 }
 
@@ -606,7 +627,7 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
-fn version_size_bytes(key: &[u8], version: &Version) -> i64 {
+pub(super) fn version_size_bytes(key: &[u8], version: &Version) -> i64 {
     let value = version.live.as_ref().map_or(0, |live| live.value.len());
     i64::try_from(key.len() + value).unwrap_or(i64::MAX / 4) + VERSION_OVERHEAD_BYTES
 }
