@@ -142,7 +142,7 @@ impl KvStore {
         if request.key.is_empty() {
             return Err(KvError::EmptyKey);
         }
-        let at = self.read_revision(request.revision)?;
+        let at = self.read_revision(request.revision, self.revision)?;
         Ok(self.range_at(request, at, self.revision))
     }
 
@@ -197,12 +197,13 @@ impl KvStore {
         })
     }
 
-    /// Maps a request's `revision` to the revision to read at: `None` for the newest state.
-    fn read_revision(&self, revision: i64) -> Result<Option<i64>, KvError> {
+    /// Maps a request's `revision` to the revision to read at (`None`: the newest state), given
+    /// the `current` revision of the reader (inside a write txn that already wrote, the txn's).
+    fn read_revision(&self, revision: i64, current: i64) -> Result<Option<i64>, KvError> {
         if revision <= 0 {
             return Ok(None);
         }
-        if revision > self.revision {
+        if revision > current {
             return Err(KvError::FutureRevision);
         }
         if revision < self.compact_revision {
@@ -369,9 +370,10 @@ impl KvStore {
                 if range.key.is_empty() {
                     return Err(KvError::EmptyKey);
                 }
-                let at = self.read_revision(range.revision)?;
-                let observed = if txn.changed { txn.rev } else { self.revision };
-                Response::ResponseRange(self.range_at(range, at, observed))
+                // etcd: a write txn that already wrote reads at its own, new revision.
+                let current = if txn.changed { txn.rev } else { self.revision };
+                let at = self.read_revision(range.revision, current)?;
+                Response::ResponseRange(self.range_at(range, at, current))
             }
             Some(Request::RequestPut(put)) => Response::ResponsePut(self.put(txn, put)?),
             Some(Request::RequestDeleteRange(delete)) => {
@@ -1220,6 +1222,31 @@ mod tests {
         assert_eq!(range.kvs[0].value, b"new");
         assert_eq!(range.kvs[0].mod_revision, 7);
         assert_eq!(revision_of(&range.header), 7);
+        // After a write, the txn's own new revision is readable by number, the one before it
+        // shows the old state, and the one after is in the future.
+        let at = |revision: i64| RequestOp {
+            request: Some(Request::RequestRange(RangeRequest {
+                key: b"a".to_vec(),
+                revision,
+                ..RangeRequest::default()
+            })),
+        };
+        let response = txn(
+            &mut store,
+            &txn_op(vec![], vec![put_op("a", "newer"), at(8), at(7)], vec![]),
+        );
+        let values: Vec<_> = response.responses[1..]
+            .iter()
+            .map(|op| match &op.response {
+                Some(Response::ResponseRange(range)) => range.kvs[0].value.clone(),
+                other => panic!("not a range response: {other:?}"),
+            })
+            .collect();
+        assert_eq!(values, [b"newer".to_vec(), b"new".to_vec()]);
+        let before = store.clone();
+        let future = txn_op(vec![], vec![put_op("a", "x"), at(10)], vec![]);
+        assert_eq!(store.apply(&future), Err(KvError::FutureRevision));
+        assert_eq!(store, before);
     }
 
     fn compare(key: &str, result: R, target: T, operand: TargetUnion) -> Compare {
