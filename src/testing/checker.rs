@@ -318,7 +318,8 @@ impl SafetyChecker {
             Some(f) if index < f.index => Err(Violation::new(
                 Property::ReadLinearizability,
                 format!(
-                    "node {node} confirmed read #{read} at read index {index}, below index {} of                      write #{} acknowledged to a client before the read was issued",
+                    "node {node} confirmed read #{read} at read index {index}, below index {} of \
+                     write #{} acknowledged to a client before the read was issued",
                     f.index, f.write_id
                 ),
             )),
@@ -340,7 +341,8 @@ impl SafetyChecker {
             return Err(Violation::new(
                 Property::ReadLinearizability,
                 format!(
-                    "node {node} serves read #{read} (read index {index}) from a state applied                      only up to {applied}"
+                    "node {node} serves read #{read} (read index {index}) from a state applied \
+                     only up to {applied}"
                 ),
             ));
         }

@@ -10,7 +10,8 @@
 //!
 //! # Driving a core (the contract of `src/raft/mod.rs`)
 //! After every input the cluster drains every `Ready`: it sends `messages` at once, queues the
-//! writes on the node's [`SimDisk`], and applies `committed_entries`. When a write completes it is
+//! writes on the node's [`SimDisk`], applies `committed_entries`, then serves each of
+//! `read_states` once the node's state machine reached its index. When a write completes it is
 //! applied to the node's durable `MemStorage` (through `storage_mut`) and durable hard state,
 //! then its `persisted_messages` leave and `on_persisted` is called.
 //!
@@ -24,7 +25,8 @@
 //! After each event, the node it touched is checked: `check_invariants()`, then the
 //! [`SafetyChecker`] properties over the simulator's mirror of its log; every outgoing
 //! acknowledgement and vote is checked against the sender's durable state; every applied entry
-//! against every other node's. Nodes an event did not touch did not change, so checking only the
+//! against every other node's; every confirmed and every served read against the writes
+//! acknowledged before it was issued (Read linearizability, thesis §6.4). Nodes an event did not touch did not change, so checking only the
 //! touched node after each event is the same as checking every node after every event. A panic
 //! inside the core is caught and reported like a violation. Any failure panics with the property,
 //! its paper section, the details, the seed, the last events and the replay command.
