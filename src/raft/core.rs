@@ -965,7 +965,18 @@ impl<S: Storage> RaftNode<S> {
         if granted >= self.quorum() {
             match self.role {
                 Role::PreCandidate => self.become_candidate(),
-                Role::Candidate => self.become_leader(),
+                // Raft Figure 2: the term must be durable before this node acts as its leader,
+                // even when the other voters alone are a majority. A leader whose term a crash
+                // erased restarts in the previous term, can campaign for the same term again,
+                // win it again (voters repeat a vote for the same candidate) and append different
+                // entries under the same (index, term): Log Matching broken. The self-vote is
+                // counted (inserted in `votes`) only once the Ready carrying it is durable.
+                // Simulator finding F4 (seed 2806 of a run with a read-path mutation).
+                Role::Candidate => {
+                    if self.votes.get(&self.config.id) == Some(&true) {
+                        self.become_leader();
+                    }
+                }
                 Role::Follower | Role::Leader => {}
             }
         } else if rejected >= self.quorum() {
