@@ -6,7 +6,7 @@
 //! to visit, so compaction costs what it removes, not the size of the store.
 //!
 //! Invariants (checked by `check_invariants` in tests):
-//! - `revision >= 1`; `compact_revision < revision` or both are the initial values.
+//! - `revision >= 1`; `-1 <= compact_revision <= revision` (-1: never compacted).
 //! - Every history is non-empty, strictly increasing in `mod_revision`, every `mod_revision <=
 //!   revision`, and does not start with a tombstone at or below `compact_revision`.
 //! - A live version's `create_revision <= mod_revision` and `version >= 1`; consecutive live
@@ -37,8 +37,8 @@ use crate::etcd::pb::etcdserverpb::{
 use crate::etcd::pb::mvccpb::KeyValue;
 
 /// How many revisions of history the store keeps by default: reads at `revision - 100_000` or
-/// later are served, older ones answer "compacted". 100,000 revisions of 256-byte values cost
-/// about 30 MiB.
+/// later are served, older ones answer "compacted". 100,000 superseded versions of 8-byte keys
+/// with 256-byte values are about 30 MB of keys and values (`size_bytes`), plus heap overhead.
 pub const HISTORY_REVISIONS_DEFAULT: i64 = 100_000;
 
 /// The revision of an empty store (etcd's).
