@@ -9,117 +9,12 @@
 //! Every test checks etcdctl's output, not only its exit code. The bounds are generous for a
 //! loaded 2-core CI machine; they are not performance claims.
 
+mod etcdctl_common;
 mod process_cluster;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use process_cluster::{Cluster, Settings};
+use etcdctl_common::{base64, cluster, etcdctl, ok, runtime};
 use rust_raft_log::etcd::members::member_id;
 use rust_raft_log::types::NodeId;
-
-const LEADER_WAIT: Duration = Duration::from_secs(20);
-
-struct Output {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Output {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "success={} stdout:\n{}\nstderr:\n{}",
-            self.success, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Runs `etcdctl --endpoints=<endpoints> <args>` (API v3), feeding `stdin` if given.
-fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut command = Command::new("etcdctl");
-    command
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("--dial-timeout=5s")
-        .arg("--command-timeout=15s")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => panic!(
-            "cannot run etcdctl ({e}): install Debian's etcd-client (`apt-get install -y \
-             etcd-client`; .ci/run does it)"
-        ),
-    };
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("piped stdin");
-        pipe.write_all(input.as_bytes())
-            .expect("write etcdctl stdin");
-    }
-    let out = child.wait_with_output().expect("etcdctl output");
-    Output {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// `etcdctl` that must succeed; returns stdout.
-fn ok(endpoints: &str, args: &[&str]) -> String {
-    let out = etcdctl(endpoints, args, None);
-    assert!(out.success, "etcdctl {args:?} against {endpoints}: {out:?}");
-    out.stdout
-}
-
-/// Standard base64 (etcdctl's JSON output encodes keys and values with it).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// Starts three nodes and waits for a leader; returns (cluster, leader id, a follower id).
-fn cluster(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> (Cluster, u32, u32) {
-    let mut cluster = Cluster::start(dir, 3, Settings::default());
-    let leader = rt.block_on(cluster.wait_for_leader(LEADER_WAIT)).node_id.0;
-    let follower = cluster
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
-    (cluster, leader, follower)
-}
 
 #[test]
 fn etcdctl_put_get_del_and_txn_through_leader_and_follower() {
@@ -318,21 +213,4 @@ fn etcdctl_endpoint_status_member_list_and_unimplemented_methods() {
             || out.stderr.contains("etcdserver: request timed out"),
         "a retryable etcd error: {out:?}"
     );
-}
-
-#[test]
-fn etcdctl_check_perf_small_load_passes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime();
-    let (cluster, _leader, _follower) = cluster(dir.path(), &rt);
-    let all: Vec<String> = cluster.addrs.values().map(|a| a.to_string()).collect();
-    // check perf writes for 60 s at the "s" load (50 clients, 150 writes/s), then checks
-    // throughput, the slowest request and the latency stddev.
-    let out = etcdctl(&all.join(","), &["check", "perf", "--load=s"], None);
-    let text = format!("{}{}", out.stdout, out.stderr);
-    assert!(out.success, "{out:?}\n{}", cluster.describe());
-    assert!(text.contains("PASS: Throughput"), "{text}");
-    assert!(text.contains("PASS: Slowest request"), "{text}");
-    assert!(text.contains("PASS: Stddev"), "{text}");
-    assert!(!text.contains("FAIL"), "{text}");
 }
