@@ -26,6 +26,7 @@
 # Environment: ROUNDS (default 3), RUN_SECONDS per measurement (5), WARMUP_SECONDS (1),
 # CLIENT_COUNTS ("1 16 100"), KEY_SPACE (1000; the first put cell must write at least this many
 # keys, or ranges find missing keys, which kvbench reports as `ranges answered with no key`),
+# CONNS (fixed connection count; default one per 10 clients),
 # PORT_BASE (default: the first free block of 10 ports from 31000), KEEP_WORKDIR=1 keeps the data
 # directories and logs.
 set -euo pipefail
@@ -143,14 +144,15 @@ OURS_PIDS=()
 start_etcd() {
     # Default etcd flags: nothing but identity, addresses and cluster membership. Any ETCD_*
     # variable in the environment would change them, so none is passed on.
-    local cluster="" i
+    local cluster="" i v unset_etcd_vars=()
+    for v in $(compgen -e | grep '^ETCD_' || true); do unset_etcd_vars+=(-u "$v"); done
     for i in 1 2 3; do
         cluster+="${cluster:+,}m$i=http://127.0.0.1:$((PORT_BASE + 3 + i))"
     done
     for i in 1 2 3; do
         local client=$((PORT_BASE + i)) peer=$((PORT_BASE + 3 + i))
         mkdir -p "$WORK/etcd"
-        env $(compgen -e | grep '^ETCD_' | sed 's/^/-u /') "$ETCD_BIN" \
+        env "${unset_etcd_vars[@]}" "$ETCD_BIN" \
             --name "m$i" --data-dir "$WORK/etcd/m$i" \
             --listen-client-urls "http://127.0.0.1:$client" \
             --advertise-client-urls "http://127.0.0.1:$client" \
@@ -202,7 +204,14 @@ check_alive() {
 RESULTS=$WORK/results.txt
 : >"$RESULTS"
 
-conns_for() { echo $((($1 + 9) / 10)); }
+# One HTTP/2 connection per 10 clients, as in etcd's published benchmarks (--conns=100
+# --clients=1000); CONNS overrides it. Fewer connections cost both the client and the servers less
+# CPU per request (h2 batches frames of many streams into one write).
+conns_for() {
+    local c=$((($1 + 9) / 10))
+    [[ -n ${CONNS:-} ]] && c=$CONNS
+    echo $((c < $1 ? c : $1))
+}
 
 # measure SYSTEM OP CLIENTS ROUND: one kvbench run; appends one line to $RESULTS.
 measure() {
@@ -310,8 +319,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 TABLE=$WORK/table.md
 CHECKS=$WORK/checks.md
 {
-    echo "| op | clients | system | ok/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | server CPU µs/op | load 1m per round |"
-    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    echo "| op | clients | system | ok/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | server CPU µs/op | client CPU µs/op | load 1m per round |"
+    echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 } >"$TABLE"
 : >"$CHECKS"
 declare -A FIG=()
@@ -328,6 +337,7 @@ for op in put range; do
             max=$(largest 10 "$sys" "$op" "$clients")
             errors=$(total 11 "$sys" "$op" "$clients")
             scpu=$(median 12 "$sys" "$op" "$clients")
+            ccpu=$(median 13 "$sys" "$op" "$clients")
             FIG[$sys.$op.$clients.ops]=$ops
             FIG[$sys.$op.$clients.p50]=$p50
             FIG[$sys.$op.$clients.p90]=$p90
@@ -335,14 +345,14 @@ for op in put range; do
             FIG[$sys.$op.$clients.p999]=$p999
             FIG[$sys.$op.$clients.max]=$max
             FIG[$sys.$op.$clients.scpu]=$scpu
-            printf '| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+            printf '| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
                 "$label" "$clients" "$(name_of "$sys")" "$ops" "$(ms "$p50")" "$(ms "$p90")" \
-                "$(ms "$p99")" "$(ms "$p999")" "$(ms "$max")" "$errors" "$scpu" \
+                "$(ms "$p99")" "$(ms "$p999")" "$(ms "$max")" "$errors" "$scpu" "$ccpu" \
                 "$(loads "$sys" "$op" "$clients")" >>"$TABLE"
         done
         if [[ ${#SYSTEMS[@]} == 2 ]]; then
             r() { ratio "${FIG[ours.$op.$clients.$1]}" "${FIG[etcd.$op.$clients.$1]}"; }
-            printf '| %s | %d | **ours ÷ etcd** | **%s×** | %s× | %s× | %s× | %s× | %s× | | %s× | |\n' \
+            printf '| %s | %d | **ours ÷ etcd** | **%s×** | %s× | %s× | %s× | %s× | %s× | | %s× | | |\n' \
                 "$label" "$clients" "$(r ops)" "$(r p50)" "$(r p90)" "$(r p99)" "$(r p999)" \
                 "$(r max)" "$(r scpu)" >>"$TABLE"
         fi
@@ -372,7 +382,9 @@ if [[ ${#SYSTEMS[@]} == 2 ]]; then
     done
 fi
 
-SETUP="Setup: $(name_of etcd) ($ETCD_VERSION, Debian etcd-server, default flags: heartbeat 100 ms, election 1000 ms, fdatasync on) and rust-raft-log (commit $COMMIT, release build, default cluster_settings), 3 members each, every process on 127.0.0.1 of this machine, data directories side by side under target/tmp. Load: \`kvbench\` (tools/kvbench, tonic, tokio multi-thread runtime) on the same 2 cores, every request to the leader's endpoint (found with Maintenance.Status); closed loop; ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values; puts write keys 0..$KEY_SPACE in sequence, ranges read one random key of those (linearizable, etcd's default); connections = ceil(clients/10); ${WARMUP_SECONDS} s warm-up then ${RUN_SECONDS} s measured per run; $ROUNDS rounds, systems interleaved (order alternating). Each figure is the median over the rounds (max: the largest); server CPU is user+system of the three server processes per successful request."
+CONNS_DESC="ceil(clients/10)"
+[[ -n ${CONNS:-} ]] && CONNS_DESC="min($CONNS, clients)"
+SETUP="Setup: $(name_of etcd) ($ETCD_VERSION, Debian etcd-server, default flags: heartbeat 100 ms, election 1000 ms, fdatasync on) and rust-raft-log (commit $COMMIT, release build, default cluster_settings), 3 members each, every process on 127.0.0.1 of this machine, data directories side by side under target/tmp. Load: \`kvbench\` (tools/kvbench, tonic, tokio multi-thread runtime) on the same 2 cores, every request to the leader's endpoint (found with Maintenance.Status); closed loop; ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values; puts write key numbers 0 to $((KEY_SPACE - 1)) in sequence (and around again), ranges read one random key of those (linearizable, etcd's default); connections = $CONNS_DESC; ${WARMUP_SECONDS} s warm-up then ${RUN_SECONDS} s measured per run; $ROUNDS rounds, systems interleaved (order alternating). Each figure is the median over the rounds (max: the largest); server CPU is user+system of the three server processes per successful request, client CPU that of kvbench (which shares the 2 cores with the servers)."
 
 {
     echo "Command: \`benches/compare_etcd.sh\` ($START_DATE; ROUNDS=$ROUNDS RUN_SECONDS=$RUN_SECONDS WARMUP_SECONDS=$WARMUP_SECONDS)"

@@ -17,6 +17,8 @@ use crate::keys::key_space_max;
 pub const VALUE_BYTES_MAX: usize = 1536 * 1024;
 /// Keys share the request limit with values; etcd has no lower key limit of its own.
 pub const KEY_BYTES_MAX: usize = 64 * 1024;
+/// More worker threads than this only adds context switches for a client of this kind.
+pub const THREADS_MAX: usize = 256;
 /// The run length when neither `--total` nor `--duration` is given.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
 
@@ -87,6 +89,9 @@ pub struct Args {
     /// Seed of the random key choice (printed; default: from the clock).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Worker threads of kvbench's tokio multi-thread runtime (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +158,8 @@ pub struct Plan {
     pub leader_wait: Duration,
     pub timeout: Duration,
     pub seed: u64,
+    /// `None`: tokio's default, one worker per core.
+    pub threads: Option<usize>,
 }
 
 /// A bad argument, with the flag and the value.
@@ -315,6 +322,13 @@ impl Args {
             leader_wait: seconds("leader-wait", self.leader_wait, true)?,
             timeout: seconds("timeout", self.timeout, false)?,
             seed: self.seed.unwrap_or(clock_seed),
+            threads: match self.threads {
+                Some(0) => return Err(invalid("threads", 0, "at least one thread is needed")),
+                Some(n) if n > THREADS_MAX => {
+                    return Err(invalid("threads", n, format!("at most {THREADS_MAX}")))
+                }
+                other => other,
+            },
         })
     }
 }
@@ -384,6 +398,8 @@ mod tests {
             "2",
             "--seed",
             "7",
+            "--threads",
+            "1",
         ])
         .unwrap();
         assert_eq!(
@@ -403,6 +419,7 @@ mod tests {
         assert_eq!(p.leader_wait, Duration::ZERO);
         assert_eq!(p.timeout, Duration::from_secs(2));
         assert_eq!(p.seed, 7);
+        assert_eq!(p.threads, Some(1));
     }
 
     #[test]
@@ -432,6 +449,7 @@ mod tests {
             (&["--rate", "0"], "--rate 0"),
             (&["--rate", "inf"], "--rate inf"),
             (&["--timeout", "0"], "--timeout 0"),
+            (&["--threads", "0"], "--threads 0"),
         ];
         for (argv, expected) in cases {
             let err = plan(argv).unwrap_err().to_string();
