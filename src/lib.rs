@@ -10,14 +10,19 @@
 //! - [`etcd`]: the etcd v3 wire types (`proto/etcd/`, packages `mvccpb` and `etcdserverpb`).
 //! - [`grpc`]: the wire protocol (`proto/raft.proto`), core <-> proto conversion, the tonic server
 //!   and the peer clients. No protocol logic.
+//! - [`state_machine`]: the `StateMachine` trait the node applies committed entries to.
+//! - [`kv`]: the key-value state machine with etcd v3 semantics (`KvStore`), request validation
+//!   with etcd's limits and errors, the command and response bytes in the log.
 //! - [`node`]: one process on the tokio-uring runtime: startup (bind, data directory lock,
 //!   tracing), the event loop that drives the core, persists its output and answers RPCs.
 
 pub mod config;
 pub mod etcd;
 pub mod grpc;
+pub mod kv;
 pub mod node;
 pub mod raft;
+pub mod state_machine;
 pub mod storage;
 pub mod testing;
 pub mod types;

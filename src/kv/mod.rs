@@ -1,0 +1,202 @@
+//! The key-value state machine: etcd v3 semantics over the replicated log.
+//!
+//! This module owns the store ([`KvStore`]), the checks a request passes before it is proposed
+//! ([`validate`]), the bytes a write takes in a log entry ([`encode_command`]) and the bytes of
+//! its result handed back to the proposer ([`decode_response`]), and the error type of the layer
+//! ([`KvError`], with etcd's gRPC codes and texts).
+//!
+//! Everything here is pure and deterministic: no I/O, no clock, no randomness, no hash-map
+//! iteration order. Every replica that applies the same committed commands in the same order ends
+//! in the same state and produces the same response bytes, including for commands that do not
+//! decode (they give an error response, never a panic).
+//!
+//! # Semantics (as etcd's clients see them)
+//! - One cluster-wide `revision`, 1 for the empty store. Each command that changes something
+//!   advances it by exactly one, whatever the number of keys it touches (a Txn is one revision); a
+//!   command that changes nothing (a read, a delete that matches nothing) leaves it alone.
+//! - Per key: `create_revision` (revision of the put that created it after it was absent),
+//!   `mod_revision` (revision of its last put), `version` (1 at creation, +1 per put; a delete
+//!   removes the key, and a later put starts again at 1).
+//! - History (MVCC): reads may name an older `revision`. Revisions below the compaction point answer
+//!   etcd's "required revision has been compacted"; above the current one "is a future revision".
+//!   The store compacts on an explicit Compact and, to bound memory, automatically keeps only the
+//!   last [`HISTORY_REVISIONS_DEFAULT`] revisions (like etcd's revision-mode auto-compaction).
+//!   The retention is part of the replicated semantics: every replica must use the same one.
+//! - Leases are not supported: a put naming a nonzero lease fails with etcd's "requested lease not
+//!   found", and every key's `lease` is 0.
+
+mod command;
+mod store;
+mod validate;
+
+#[cfg(test)]
+mod model_tests;
+
+pub use self::command::{
+    decode_apply_result, decode_command, decode_response, encode_command, encode_compact,
+    encode_response, Applied, Command,
+};
+pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT};
+pub use self::validate::validate;
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const REQUEST_BYTES_MAX_DEFAULT: usize = 3 * 1024 * 1024 / 2;
+
+/// etcd's default `--max-txn-ops`.
+pub const TXN_OPS_MAX_DEFAULT: usize = 128;
+
+/// The limits checked before a request is proposed. Both are etcd's flags of the same meaning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLimits {
+    /// Largest encoded request accepted for proposal (etcd: `--max-request-bytes`). Keys and values
+    /// are bounded by it: they travel inside the request.
+    pub request_bytes_max: usize,
+    /// Most compares, success ops or failure ops in one Txn (etcd: `--max-txn-ops`). Checked on
+    /// each of the three lists, as etcd does, and nested Txns share the budget left by their
+    /// parent.
+    pub txn_ops_max: usize,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        KvLimits {
+            request_bytes_max: REQUEST_BYTES_MAX_DEFAULT,
+            txn_ops_max: TXN_OPS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Errors of the key-value layer. The messages are etcd's exact texts (clients match on them), and
+/// [`KvError::to_status`] gives etcd's gRPC code for each.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// A range, put, delete or compare with an empty key.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// A put with `ignore_value`/`ignore_lease` on a key that does not exist, or an empty op in a
+    /// Txn (etcd answers both with this text).
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// `ignore_value` together with a non-empty value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// `ignore_lease` together with a nonzero lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// A Txn with more compares, success ops or failure ops than `txn_ops_max`.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// A Txn that writes one key twice (two puts, or a put inside a range the Txn deletes).
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// An encoded request larger than `request_bytes_max`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// A read or compaction at a revision below the compaction point.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// A read or compaction at a revision above the current one.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// A put with a nonzero lease (this store has no leases).
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// A log entry payload that is not a command of this store (corrupt, or written by another
+    /// state machine). Every replica answers it the same way and changes nothing.
+    #[error("rust-raft-log: log entry is not a key-value command: {reason}")]
+    BadCommand { reason: String },
+}
+
+impl KvError {
+    /// etcd's gRPC status for this error: the same code and message etcd's server sends, so that
+    /// etcd's client libraries recognise it (they map on the message text).
+    pub fn to_status(&self) -> tonic::Status {
+        use tonic::Code;
+        let code = match self {
+            KvError::EmptyKey
+            | KvError::KeyNotFound
+            | KvError::ValueProvided
+            | KvError::LeaseProvided
+            | KvError::TooManyOps
+            | KvError::DuplicateKey
+            | KvError::RequestTooLarge => Code::InvalidArgument,
+            KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
+            KvError::LeaseNotFound => Code::NotFound,
+            KvError::BadCommand { .. } => Code::Internal,
+        };
+        tonic::Status::new(code, self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_etcds_codes_and_texts() {
+        let cases = [
+            (
+                KvError::EmptyKey,
+                tonic::Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                KvError::KeyNotFound,
+                tonic::Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                KvError::ValueProvided,
+                tonic::Code::InvalidArgument,
+                "etcdserver: value is provided",
+            ),
+            (
+                KvError::LeaseProvided,
+                tonic::Code::InvalidArgument,
+                "etcdserver: lease is provided",
+            ),
+            (
+                KvError::TooManyOps,
+                tonic::Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                KvError::DuplicateKey,
+                tonic::Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                KvError::RequestTooLarge,
+                tonic::Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                KvError::Compacted,
+                tonic::Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                KvError::FutureRevision,
+                tonic::Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                KvError::LeaseNotFound,
+                tonic::Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+        ];
+        for (error, code, message) in cases {
+            let status = error.to_status();
+            assert_eq!(status.code(), code, "{error:?}");
+            assert_eq!(status.message(), message, "{error:?}");
+        }
+    }
+
+    #[test]
+    fn default_limits_are_etcds() {
+        let limits = KvLimits::default();
+        assert_eq!(limits.request_bytes_max, 1_572_864);
+        assert_eq!(limits.txn_ops_max, 128);
+    }
+}

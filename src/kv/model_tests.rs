@@ -1,0 +1,1 @@
+//! Randomized comparison of `KvStore` against a simple model (filled in below).
