@@ -105,6 +105,7 @@ fn responder(
                                 ),
                                 conflict_term: None,
                                 conflict_index: None,
+                                read_seq: 0,
                             })
                         }
                         other => panic!("node {id} got a response as a request: {other:?}"),
@@ -183,6 +184,7 @@ fn append(from: u32, to: u32, term: u64, prev: u64, n: usize) -> Envelope {
                 })
                 .collect(),
             leader_commit: LogIndex(prev),
+            read_seq: 0,
         }),
     }
 }

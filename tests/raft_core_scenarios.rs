@@ -585,6 +585,7 @@ fn votes_and_acknowledgements_wait_for_the_durable_term_and_vote() {
             prev_log_term: Term(0),
             entries: vec![entry(1, 1), entry(2, 1)],
             leader_commit: LogIndex(2),
+            read_seq: 0,
         }),
     });
     let ready = node.ready();
@@ -695,6 +696,7 @@ fn a_higher_term_in_a_response_makes_the_leader_step_down() {
             last_log_index: LogIndex(1),
             conflict_term: None,
             conflict_index: None,
+            read_seq: 0,
         }),
     });
     net.node(1).check_invariants();

@@ -255,6 +255,7 @@ fn vote_decisions() {
                     prev_log_term: node.log_term(last).expect("last"),
                     entries: Vec::new(),
                     leader_commit: LogIndex(0),
+                    read_seq: 0,
                 }),
             ));
             let _ = node.ready();
@@ -421,6 +422,7 @@ fn append_decisions() {
                 prev_log_term: Term(prev_term),
                 entries: entries_from(first, terms),
                 leader_commit: LogIndex(leader_commit),
+                read_seq: 0,
             }),
         ));
         node.check_invariants();
@@ -560,6 +562,7 @@ fn leader_resumes_after_a_rejection_using_the_hint() {
                 last_log_index: LogIndex(last),
                 conflict_term: ct.map(Term),
                 conflict_index: ci.map(LogIndex),
+                read_seq: 0,
             }),
         ));
         n1.check_invariants();
@@ -600,6 +603,7 @@ fn malformed_appends_are_dropped_without_a_reply_or_a_panic() {
                 prev_log_term: Term(prev_term),
                 entries: entries_from(first, terms),
                 leader_commit: LogIndex(0),
+                read_seq: 0,
             }),
         ));
         node.check_invariants();

@@ -3,4 +3,7 @@
 //! This module owns the wire contract only. The key-value semantics live in [`crate::kv`]; serving
 //! the services on the node's gRPC server belongs to the node.
 
+pub mod authority;
+pub mod members;
 pub mod pb;
+pub mod server;

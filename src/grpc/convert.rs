@@ -149,6 +149,7 @@ pub fn encode_envelope(envelope: Envelope) -> WireMessage {
             prev_log_term: m.prev_log_term.0,
             entries: m.entries.into_iter().map(encode_entry).collect(),
             leader_commit: m.leader_commit.0,
+            read_seq: m.read_seq,
         }),
         Message::AppendEntriesResponse(m) => {
             WireMessage::AppendEntriesResponse(pb::AppendEntriesResponse {
@@ -158,6 +159,7 @@ pub fn encode_envelope(envelope: Envelope) -> WireMessage {
                 last_log_index: m.last_log_index.0,
                 conflict_term: m.conflict_term.map(|t| t.0),
                 conflict_index: m.conflict_index.map(|i| i.0),
+                read_seq: m.read_seq,
             })
         }
     }
@@ -273,6 +275,7 @@ pub fn decode_append_entries(
             prev_log_term: Term(m.prev_log_term),
             entries,
             leader_commit: LogIndex(m.leader_commit),
+            read_seq: m.read_seq,
         }),
     })
 }
@@ -290,6 +293,7 @@ pub fn decode_append_entries_response(
             last_log_index: LogIndex(m.last_log_index),
             conflict_term: m.conflict_term.map(Term),
             conflict_index: m.conflict_index.map(LogIndex),
+            read_seq: m.read_seq,
         }),
     })
 }
@@ -497,6 +501,7 @@ mod tests {
                 })
                 .collect(),
             leader_commit: prev,
+            read_seq: 0,
         }
     }
 
@@ -621,6 +626,7 @@ mod tests {
                 prev_log_term: Term(6),
                 entries: vec![],
                 leader_commit: LogIndex(99),
+                read_seq: 5,
             }),
         };
         let wire = through_bytes(&encode_envelope(hb.clone()));
@@ -738,8 +744,14 @@ mod tests {
                 pre_vote: pv,
             })
         });
-        let append = (0u64..u64::MAX / 2, 0u64..1000, any::<u32>(), any::<u64>()).prop_flat_map(
-            |(prev, prev_term, leader, commit)| {
+        let append = (
+            0u64..u64::MAX / 2,
+            0u64..1000,
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_flat_map(|(prev, prev_term, leader, commit, read_seq)| {
                 arb_entries(prev, prev_term).prop_map(move |(entries, term)| {
                     Message::AppendEntries(AppendEntries {
                         term: Term(term),
@@ -748,24 +760,26 @@ mod tests {
                         prev_log_term: Term(prev_term),
                         entries,
                         leader_commit: LogIndex(commit),
+                        read_seq,
                     })
                 })
-            },
-        );
+            });
         let append_response = (
             any::<u64>(),
             any::<bool>(),
             any::<u64>(),
             proptest::option::of(any::<u64>()),
             proptest::option::of(any::<u64>()),
+            any::<u64>(),
         )
-            .prop_map(|(t, ok, last, ct, ci)| {
+            .prop_map(|(t, ok, last, ct, ci, read_seq)| {
                 Message::AppendEntriesResponse(AppendEntriesResponse {
                     term: Term(t),
                     success: ok,
                     last_log_index: LogIndex(last),
                     conflict_term: ct.map(Term),
                     conflict_index: ci.map(LogIndex),
+                    read_seq,
                 })
             });
         (

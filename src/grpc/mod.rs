@@ -21,7 +21,10 @@ pub mod server;
 
 pub use self::convert::{ConvertError, Limits, NodeStatus, ProposeOutcome};
 pub use self::peers::{PeerConfig, PeerStats, Peers, Queued, SendError};
-pub use self::server::{bind, serve, Inbound, ProposeRefused, ServerConfig};
+pub use self::server::{
+    bind, serve, serve_with, Applied, CommandRefused, Inbound, ProposeRefused, ReadGrant,
+    ReadRefused, ServerConfig,
+};
 
 /// The code generated from `proto/raft.proto` (package `raftlog.v1`).
 #[allow(clippy::all, missing_docs)]

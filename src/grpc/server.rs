@@ -19,9 +19,10 @@ use tonic::{Request, Response, Status};
 
 use crate::grpc::convert::{self, Limits, NodeStatus, ProposeOutcome};
 use crate::grpc::proto as pb;
+use crate::etcd::authority::AuthorityRepair;
 use crate::grpc::GrpcError;
 use crate::raft::message::Envelope;
-use crate::types::NodeId;
+use crate::types::{LogIndex, NodeId, Term};
 
 /// What the server hands to the node's event loop.
 #[derive(Debug)]
@@ -43,6 +44,68 @@ pub enum Inbound {
     },
     /// An operator's status query.
     Status { reply: oneshot::Sender<NodeStatus> },
+    /// A client API command (an encoded state machine command, e.g. an etcd Put). Answered once
+    /// applied, with the state machine's response bytes, or refused at once; dropping `reply`
+    /// means the outcome is unknown.
+    Command {
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Applied, CommandRefused>>,
+    },
+    /// A client API read. `linearizable`: answered once this node, as leader, confirmed its
+    /// leadership after the read arrived (ReadIndex, thesis §6.4) and applied up to the read
+    /// index; otherwise answered at once (serializable: possibly stale). After the grant the
+    /// caller reads the shared state machine itself.
+    Read {
+        linearizable: bool,
+        reply: oneshot::Sender<Result<ReadGrant, ReadRefused>>,
+    },
+}
+
+/// A command applied by the state machine, as its proposer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub index: LogIndex,
+    /// The term the entry was proposed and committed in.
+    pub term: Term,
+    /// What the state machine answered (`StateMachine::apply`).
+    pub response: Vec<u8>,
+}
+
+/// Why a command was not proposed (nothing was appended: the client may retry or redirect).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandRefused {
+    #[error("not the leader (leader: {leader:?} at {leader_address:?})")]
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_address: Option<SocketAddr>,
+    },
+    #[error("{pending} proposals are waiting to commit (the limit); retry later")]
+    Overloaded { pending: usize },
+}
+
+/// Permission to read the state machine: it has applied at least `applied_index`, and for a
+/// linearizable read that covers every write acknowledged before the read arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadGrant {
+    pub applied_index: LogIndex,
+    /// The node's current term (for response headers).
+    pub term: Term,
+    pub leader: Option<NodeId>,
+}
+
+/// Why a read was not granted (retryable).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadRefused {
+    #[error("not the leader (leader: {leader:?} at {leader_address:?})")]
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_address: Option<SocketAddr>,
+    },
+    /// The leader stepped down before a majority confirmed its leadership for this read.
+    #[error("leadership was lost before the read was confirmed")]
+    LeadershipLost,
+    #[error("{pending} reads are waiting (the limit); retry later")]
+    Overloaded { pending: usize },
 }
 
 /// Why the node refused a proposal without proposing it (the client may retry: nothing was
@@ -97,10 +160,37 @@ pub async fn serve(
     inbound: mpsc::Sender<Inbound>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GrpcError> {
+    serve_with(
+        listener,
+        config,
+        inbound,
+        tonic::service::RoutesBuilder::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] plus the services in `extra` (the etcd API) on the same listener. Every connection
+/// goes through [`AuthorityRepair`] (etcdctl's URL-valued `:authority`), and every path that no
+/// service serves is answered UNIMPLEMENTED with a message naming it.
+///
+/// # Errors
+/// [`GrpcError::Serve`] if the listener cannot be registered or the server fails.
+pub async fn serve_with(
+    listener: std::net::TcpListener,
+    config: ServerConfig,
+    inbound: mpsc::Sender<Inbound>,
+    mut extra: tonic::service::RoutesBuilder,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GrpcError> {
+    use tokio_stream::StreamExt;
+
     let local_addr = listener.local_addr().map_err(GrpcError::Serve)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(GrpcError::Serve)?;
     // Raft messages are small and latency-bound: never let Nagle hold a heartbeat back.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|stream| stream.map(AuthorityRepair::new));
     let max_bytes = config.max_decoding_message_bytes();
     let raft = pb::raft_server::RaftServer::new(RaftService {
         config: config.clone(),
@@ -109,10 +199,16 @@ pub async fn serve(
     .max_decoding_message_size(max_bytes);
     let operator = pb::operator_server::OperatorServer::new(OperatorService { config, inbound })
         .max_decoding_message_size(max_bytes);
+    extra.add_service(raft).add_service(operator);
+    let router = extra
+        .routes()
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(
+            crate::etcd::server::only_served_methods,
+        ));
     tracing::debug!(%local_addr, "gRPC server accepting");
     tonic::transport::Server::builder()
-        .add_service(raft)
-        .add_service(operator)
+        .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| GrpcError::Serve(std::io::Error::other(e)))

@@ -14,9 +14,14 @@
 //!    `persisted_messages` (votes, acknowledgements) go out, and `on_persisted` tells the core.
 //!    A Ready with nothing to write still waits for the batches before it, so acknowledgements
 //!    never overtake an earlier write.
-//! 4. `committed_entries` are applied in order; a proposal is answered once its entry is applied,
-//!    if the applied entry at its index has the term it was proposed in (otherwise another leader
-//!    overwrote it and the client hears "outcome unknown").
+//! 4. `committed_entries` are applied in order to the [`StateMachine`]; a proposal is answered
+//!    once its entry is applied, with the state machine's response bytes, if the applied entry at
+//!    its index has the term it was proposed in (otherwise another leader overwrote it and the
+//!    client hears "outcome unknown").
+//! 5. `read_states` (ReadIndex, thesis §6.4): a confirmed read is answered once the state machine
+//!    has applied up to its read index; `dropped_reads` are answered at once with a retryable
+//!    refusal. The loop only grants the read: the caller then reads the state machine itself
+//!    (shared with it, see [`crate::node`]), at a state at least as new as the read index.
 //!
 //! Responses ride on the reply of the request's RPC. A request's reply handle waits in
 //! [`ReplySlots`] keyed by (peer, kind); the core answers synchronously within `step`, so the
@@ -36,9 +41,13 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::grpc::server::{Applied, CommandRefused, ReadGrant, ReadRefused};
 use crate::grpc::{Inbound, NodeStatus, Peers, ProposeOutcome, ProposeRefused};
 use crate::raft::message::{Envelope, Message};
-use crate::raft::{HardState, ProposeError, RaftNode, Ready, Role, Storage};
+use crate::raft::{
+    HardState, ProposeError, RaftNode, ReadIndexError, ReadState, Ready, Role, Storage,
+};
+pub use crate::state_machine::StateMachine;
 use crate::types::{LogEntry, LogIndex, NodeId, Term};
 
 /// One Ready's writes.
@@ -81,16 +90,6 @@ pub trait Durable {
     fn publish(&mut self, log: &mut Self::Log, batch: &WriteBatch);
 }
 
-/// Applies committed entries. The key-value store of the next issue implements it; for now the
-/// node's state machine is the identity (entries are only counted as applied).
-pub trait StateMachine {
-    fn apply(&mut self, entry: &LogEntry);
-}
-
-impl StateMachine for () {
-    fn apply(&mut self, _entry: &LogEntry) {}
-}
-
 /// The core as the loop drives it. [`RaftNode`] is the implementation; the trait exists so the
 /// loop's ordering rules can be tested against a scripted core.
 pub trait Consensus {
@@ -98,6 +97,9 @@ pub trait Consensus {
     fn tick(&mut self);
     fn step(&mut self, envelope: Envelope);
     fn propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError>;
+    /// Registers a linearizable read `ctx` (ReadIndex); it comes back in `Ready::read_states` or
+    /// `Ready::dropped_reads`.
+    fn read_index(&mut self, ctx: u64) -> Result<(), ReadIndexError>;
     fn has_ready(&self) -> bool;
     fn ready(&mut self) -> Ready;
     fn on_persisted(&mut self, token: Option<(LogIndex, Term)>);
@@ -129,6 +131,9 @@ impl<S: Storage> Consensus for RaftNode<S> {
     }
     fn propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError> {
         RaftNode::propose(self, payload)
+    }
+    fn read_index(&mut self, ctx: u64) -> Result<(), ReadIndexError> {
+        RaftNode::read_index(self, ctx)
     }
     fn has_ready(&self) -> bool {
         RaftNode::has_ready(self)
@@ -244,6 +249,15 @@ struct InFlight<E> {
 }
 
 type ProposeReply = oneshot::Sender<Result<ProposeOutcome, ProposeRefused>>;
+type CommandReply = oneshot::Sender<Result<Applied, CommandRefused>>;
+type ReadReply = oneshot::Sender<Result<ReadGrant, ReadRefused>>;
+
+/// Who waits for a proposal: the Operator service (index and term) or a client API handler
+/// (the state machine's response too).
+enum Proposer {
+    Operator(ProposeReply),
+    Command(CommandReply),
+}
 
 /// Static facts the loop needs.
 #[derive(Clone, Debug)]
@@ -256,6 +270,8 @@ pub struct LoopConfig {
     /// The most proposals waiting for their commit; beyond it proposals are refused (not
     /// appended), so clients that outpace the cluster cannot grow the leader's memory unbounded.
     pub proposals_pending_max: usize,
+    /// The most linearizable reads registered and not yet answered; beyond it reads are refused.
+    pub reads_pending_max: usize,
 }
 
 /// Why the loop stopped other than by a clean shutdown.
@@ -289,8 +305,14 @@ pub struct EventLoop<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
     config: LoopConfig,
     slots: ReplySlots,
     in_flight: VecDeque<InFlight<D::Error>>,
-    /// index -> (term proposed in, reply).
-    proposals: BTreeMap<LogIndex, (Term, ProposeReply)>,
+    /// index -> (term proposed in, who waits).
+    proposals: BTreeMap<LogIndex, (Term, Proposer)>,
+    /// Reads registered with the core (ReadIndex), by ctx, not yet confirmed or dropped.
+    reads_registered: HashMap<u64, ReadReply>,
+    /// Confirmed reads waiting for the state machine to reach their read index.
+    reads_confirmed: BTreeMap<LogIndex, Vec<ReadReply>>,
+    reads_confirmed_len: usize,
+    next_read_ctx: u64,
     applied_index: LogIndex,
     last_role: Role,
     stats: LoopStats,
@@ -315,6 +337,10 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             slots: ReplySlots::default(),
             in_flight: VecDeque::new(),
             proposals: BTreeMap::new(),
+            reads_registered: HashMap::new(),
+            reads_confirmed: BTreeMap::new(),
+            reads_confirmed_len: 0,
+            next_read_ctx: 0,
             applied_index,
             last_role: Role::Follower,
             stats: LoopStats::default(),
@@ -401,7 +427,8 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 }
                 match self.core.propose(payload) {
                     Ok((index, term)) => {
-                        self.proposals.insert(index, (term, reply));
+                        self.proposals
+                            .insert(index, (term, Proposer::Operator(reply)));
                     }
                     Err(ProposeError::NotLeader { leader_hint }) => {
                         let leader_address = leader_hint
@@ -414,8 +441,115 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                     }
                 }
             }
+            Inbound::Command { payload, reply } => {
+                if self.proposals.len() >= self.config.proposals_pending_max {
+                    let _ = reply.send(Err(CommandRefused::Overloaded {
+                        pending: self.proposals.len(),
+                    }));
+                    return;
+                }
+                match self.core.propose(payload) {
+                    Ok((index, term)) => {
+                        self.proposals
+                            .insert(index, (term, Proposer::Command(reply)));
+                    }
+                    Err(ProposeError::NotLeader { leader_hint }) => {
+                        let _ = reply.send(Err(self.not_leader(leader_hint)));
+                    }
+                }
+            }
+            Inbound::Read {
+                linearizable,
+                reply,
+            } => self.register_read(linearizable, reply),
             Inbound::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn not_leader(&self, leader_hint: Option<NodeId>) -> CommandRefused {
+        CommandRefused::NotLeader {
+            leader: leader_hint,
+            leader_address: leader_hint.and_then(|l| self.config.addresses.get(&l).copied()),
+        }
+    }
+
+    /// A serializable read is granted at once at the current applied index; a linearizable one
+    /// is registered with the core (ReadIndex) and granted in [`Self::on_read_state`].
+    fn register_read(&mut self, linearizable: bool, reply: ReadReply) {
+        if !linearizable {
+            let _ = reply.send(Ok(self.read_grant()));
+            return;
+        }
+        let pending = self.reads_registered.len() + self.reads_confirmed_len;
+        if pending >= self.config.reads_pending_max {
+            let _ = reply.send(Err(ReadRefused::Overloaded { pending }));
+            return;
+        }
+        self.next_read_ctx += 1;
+        let ctx = self.next_read_ctx;
+        match self.core.read_index(ctx) {
+            Ok(()) => {
+                self.reads_registered.insert(ctx, reply);
+            }
+            Err(ReadIndexError::NotLeader { leader_hint }) => {
+                let refused = match self.not_leader(leader_hint) {
+                    CommandRefused::NotLeader {
+                        leader,
+                        leader_address,
+                    } => ReadRefused::NotLeader {
+                        leader,
+                        leader_address,
+                    },
+                    CommandRefused::Overloaded { pending } => ReadRefused::Overloaded { pending },
+                };
+                let _ = reply.send(Err(refused));
+            }
+        }
+    }
+
+    fn read_grant(&self) -> ReadGrant {
+        ReadGrant {
+            applied_index: self.applied_index,
+            term: self.core.term(),
+            leader: self.core.leader(),
+        }
+    }
+
+    /// Thesis §6.4 step 4: the read may be served once the state machine has applied up to the
+    /// read index.
+    fn on_read_state(&mut self, read: ReadState) {
+        let Some(reply) = self.reads_registered.remove(&read.ctx) else {
+            // Not ours (cannot happen: every ctx comes from register_read) or answered already.
+            tracing::warn!(ctx = read.ctx, "a confirmed read nobody waits for");
+            return;
+        };
+        if read.index <= self.applied_index {
+            let _ = reply.send(Ok(self.read_grant()));
+        } else {
+            self.reads_confirmed.entry(read.index).or_default().push(reply);
+            self.reads_confirmed_len += 1;
+        }
+    }
+
+    fn on_read_dropped(&mut self, ctx: u64) {
+        if let Some(reply) = self.reads_registered.remove(&ctx) {
+            let _ = reply.send(Err(ReadRefused::LeadershipLost));
+        }
+    }
+
+    /// Grants every confirmed read whose index the state machine has reached.
+    fn grant_applied_reads(&mut self) {
+        while let Some(first) = self.reads_confirmed.first_entry() {
+            if *first.key() > self.applied_index {
+                break;
+            }
+            let replies = first.remove();
+            self.reads_confirmed_len -= replies.len();
+            let grant = self.read_grant();
+            for reply in replies {
+                let _ = reply.send(Ok(grant));
             }
         }
     }
@@ -458,6 +592,8 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             must_sync,
             persisted_messages,
             committed_entries,
+            read_states,
+            dropped_reads,
         } = ready;
         self.log_outbound(&messages);
         for envelope in messages {
@@ -498,6 +634,15 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         for entry in committed_entries {
             self.apply(entry);
         }
+        // After applying: a read confirmed at an index this Ready's entries reached is granted
+        // at once.
+        for read in read_states {
+            self.on_read_state(read);
+        }
+        for ctx in dropped_reads {
+            self.on_read_dropped(ctx);
+        }
+        self.grant_applied_reads();
         // Readys with nothing to write complete as soon as everything before them has.
         self.complete_durable_prefix();
     }
@@ -559,19 +704,31 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             self.applied_index,
             entry.index
         );
-        self.state_machine.apply(&entry);
+        let response = self.state_machine.apply(&entry);
         self.applied_index = entry.index;
         // Proposals at or below the applied index are decided now.
+        let mut response = Some(response);
         while let Some(first) = self.proposals.first_entry() {
             if *first.key() > entry.index {
                 break;
             }
-            let (index, (term, reply)) = first.remove_entry();
+            let (index, (term, proposer)) = first.remove_entry();
             if index == entry.index && term == entry.term {
-                let _ = reply.send(Ok(ProposeOutcome::Committed { index, term }));
+                match proposer {
+                    Proposer::Operator(reply) => {
+                        let _ = reply.send(Ok(ProposeOutcome::Committed { index, term }));
+                    }
+                    Proposer::Command(reply) => {
+                        let _ = reply.send(Ok(Applied {
+                            index,
+                            term,
+                            response: response.take().unwrap_or_default(),
+                        }));
+                    }
+                }
             }
-            // Otherwise another leader's entry took that index: dropping `reply` tells the client
-            // the outcome is unknown (it was not committed under this proposal).
+            // Otherwise another leader's entry took that index: dropping the reply tells the
+            // client the outcome is unknown (it was not committed under this proposal).
         }
     }
 
@@ -662,6 +819,7 @@ mod tests {
                 last_log_index: LogIndex(last),
                 conflict_term: None,
                 conflict_index: None,
+                read_seq: 0,
             }),
         }
     }
@@ -766,6 +924,11 @@ mod tests {
                     leader_hint: Some(NodeId(3)),
                 })
         }
+        fn read_index(&mut self, _ctx: u64) -> Result<(), ReadIndexError> {
+            Err(ReadIndexError::NotLeader {
+                leader_hint: Some(NodeId(3)),
+            })
+        }
         fn has_ready(&self) -> bool {
             !self.pending.is_empty()
         }
@@ -849,6 +1012,7 @@ mod tests {
                 prev_log_term: Term(0),
                 entries: vec![],
                 leader_commit: LogIndex(0),
+                read_seq: 0,
             }),
         }
     }
@@ -933,8 +1097,10 @@ mod tests {
                 addresses: HashMap::from([(NodeId(3), "127.0.0.1:18003".parse().expect("addr"))]),
                 inbound_batch_max: 1,
                 proposals_pending_max: 2,
+                reads_pending_max: 2,
             };
             let event_loop = EventLoop::new(core, durable, (), peers, config, LogIndex::ZERO);
+
             let (stop, stopped) = oneshot::channel::<()>();
             let handle = tokio::task::spawn_local(event_loop.run(inbound_rx, async move {
                 let _ = stopped.await;

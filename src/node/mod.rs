@@ -8,9 +8,16 @@
 //!    `flock`, the only lock on the directory): a second process on the same data directory fails
 //!    here with [`NodeError::DataDirInUse`], before it reads or writes anything else;
 //! 4. open the state file, build the core → ✅ ([`disk`]);
-//! 5. inside `tokio_uring::start`: serve gRPC → 🌐, start the peer clients, run the event loop
+//! 5. inside `tokio_uring::start`: serve gRPC → 🌐 (the Raft and Operator services and the etcd
+//!    v3 API, [`crate::etcd::server`]), start the peer clients, run the event loop
 //!    ([`event_loop`]) → 🔄, until SIGINT/SIGTERM, then stop accepting, finish the in-flight write
 //!    batch and close the files.
+//!
+//! The state machine is the key-value store ([`crate::kv::KvStore`], etcd semantics), rebuilt by
+//! applying the committed log from index 1 at every start (there are no snapshots yet). The event
+//! loop applies to it and the etcd read handlers read it: both hold it as a
+//! [`crate::etcd::server::SharedStore`] on the node's one thread. Embedders with their own
+//! [`StateMachine`] use [`run_node_with`] (no etcd API then).
 //!
 //! Invariant: while this process runs, it is the only writer of its data directory (the log's
 //! lock, held by the `RaftLog` for as long as it is open; the kernel drops it when the process
@@ -25,11 +32,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::config::ClusterConfig;
+use crate::etcd::members::Members;
+use crate::etcd::server::{EtcdApi, SharedStore};
+use crate::kv::{KvLimits, KvStore};
 use crate::grpc::{self, GrpcError, Limits, PeerConfig, Peers, ServerConfig};
 use crate::raft::{self, HardState, RaftNode};
 use crate::types::{LogIndex, NodeId};
@@ -51,6 +62,9 @@ pub const MESSAGE_PAYLOAD_BYTES_MAX: u64 = 1024 * 1024;
 pub const INFLIGHT_APPENDS_MAX: usize = 8;
 /// Proposals waiting for their commit before new ones are refused (RESOURCE_EXHAUSTED).
 pub const PROPOSALS_PENDING_MAX: usize = 65_536;
+/// Linearizable reads waiting for their ReadIndex confirmation or their apply before new ones are
+/// refused (retryable).
+pub const READS_PENDING_MAX: usize = 65_536;
 /// How long a graceful stop waits for the gRPC server after the event loop stopped. By then every
 /// in-flight RPC has its answer (or its reply handle was dropped: an error status), so the server
 /// only has to flush them; what can remain are idle client connections, on which hyper's HTTP/2
@@ -166,10 +180,21 @@ where
     })
 }
 
-/// The node's tasks inside a running (tokio-uring) runtime: the gRPC server on `listener`, the
-/// peer clients, and the event loop driving `core` over `durable`, until `shutdown` completes.
-/// Then the loop finishes its in-flight writes, and the server stops accepting and finishes its
-/// in-flight RPCs (bounded by [`SERVER_STOP_TIMEOUT`]).
+/// A state machine shared between the event loop and request handlers on the same thread.
+impl<M: StateMachine> StateMachine for Arc<Mutex<M>> {
+    fn apply(&mut self, entry: &crate::types::LogEntry) -> Vec<u8> {
+        // Poisoning means a panic inside apply, which already stopped the loop.
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply(entry)
+    }
+}
+
+/// The node's tasks inside a running (tokio-uring) runtime: the gRPC server on `listener` (with
+/// the etcd v3 API over a fresh [`KvStore`]), the peer clients, and the event loop driving `core`
+/// over `durable`, until `shutdown` completes. Then the loop finishes its in-flight writes, and
+/// the server stops accepting and finishes its in-flight RPCs (bounded by
+/// [`SERVER_STOP_TIMEOUT`]).
 ///
 /// # Errors
 /// `Transport` if the listener or a peer address is unusable, `Loop` for a fatal loop error.
@@ -185,6 +210,68 @@ where
     C: Consensus + 'static,
     D: Durable<Log = C::Log> + 'static,
 {
+    let store: SharedStore = Arc::new(Mutex::new(KvStore::new()));
+    run_node_inner(
+        config,
+        id,
+        listener,
+        core,
+        durable,
+        Arc::clone(&store),
+        Some(store),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run_node`] with an embedder's own state machine and without the etcd API (the Raft and
+/// Operator services only; Operator proposals are applied to `state_machine`).
+///
+/// # Errors
+/// As [`run_node`].
+pub async fn run_node_with<C, D, M>(
+    config: &ClusterConfig,
+    id: NodeId,
+    listener: std::net::TcpListener,
+    core: C,
+    durable: D,
+    state_machine: M,
+    shutdown: impl Future<Output = ()>,
+) -> Result<LoopStats, NodeError>
+where
+    C: Consensus + 'static,
+    D: Durable<Log = C::Log> + 'static,
+    M: StateMachine + 'static,
+{
+    run_node_inner(
+        config,
+        id,
+        listener,
+        core,
+        durable,
+        state_machine,
+        None,
+        shutdown,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_node_inner<C, D, M>(
+    config: &ClusterConfig,
+    id: NodeId,
+    listener: std::net::TcpListener,
+    core: C,
+    durable: D,
+    state_machine: M,
+    etcd_store: Option<SharedStore>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<LoopStats, NodeError>
+where
+    C: Consensus + 'static,
+    D: Durable<Log = C::Log> + 'static,
+    M: StateMachine + 'static,
+{
     let addresses: HashMap<NodeId, SocketAddr> =
         config.nodes.iter().map(|n| (n.id(), n.address())).collect();
     let peer_list: Vec<(NodeId, SocketAddr)> = addresses
@@ -199,14 +286,30 @@ where
     let local_addr = listener.local_addr().map_err(GrpcError::Serve)?;
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
     let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut extra = tonic::service::RoutesBuilder::default();
+    if let Some(store) = etcd_store {
+        let api = EtcdApi::new(
+            id,
+            Members::from_config(config),
+            inbound_tx.clone(),
+            store,
+            KvLimits::default(),
+        );
+        let (kv, maintenance, cluster) = api.services();
+        extra
+            .add_service(kv)
+            .add_service(maintenance)
+            .add_service(cluster);
+    }
     tracing::info!("🌐 Starting gRPC server on {local_addr}");
-    let server = tokio::task::spawn_local(grpc::serve(
+    let server = tokio::task::spawn_local(grpc::serve_with(
         listener,
         ServerConfig {
             local_id: id,
             limits,
         },
         inbound_tx.clone(),
+        extra,
         async move {
             let _ = stop_server_rx.await;
         },
@@ -220,13 +323,14 @@ where
     let event_loop = EventLoop::new(
         core,
         durable,
-        (),
+        state_machine,
         peers,
         LoopConfig {
             tick: TICK,
             addresses,
             inbound_batch_max: INBOUND_BATCH_MAX,
             proposals_pending_max: PROPOSALS_PENDING_MAX,
+            reads_pending_max: READS_PENDING_MAX,
         },
         LogIndex::ZERO,
     );

@@ -141,6 +141,24 @@ pub enum Role {
     Leader,
 }
 
+/// A linearizable read confirmed by the leader (thesis §6.4): the driver may serve the read `ctx`
+/// from its state machine once it has applied every entry up to `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// The id the caller gave [`RaftNode::read_index`].
+    pub ctx: u64,
+    /// The leader's commit index when the read was registered (at least its first commit of its
+    /// term): every write acknowledged before the read began lies at or below it.
+    pub index: LogIndex,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReadIndexError {
+    /// Only a leader serves ReadIndex; `leader_hint` is the leader this node last heard from.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProposeError {
     /// This node is not the leader; `leader_hint` is the leader it last heard from, if any.
@@ -167,6 +185,12 @@ pub struct Ready {
     pub persisted_messages: Vec<Envelope>,
     /// Apply these, in order. Only entries that are committed and durable locally.
     pub committed_entries: Vec<LogEntry>,
+    /// Reads whose leadership check passed: serve each once the state machine has applied up to
+    /// its `index` (it may be above what this Ready's `committed_entries` reach).
+    pub read_states: Vec<ReadState>,
+    /// The ctxs of reads that can no longer be confirmed (this node stepped down or its term
+    /// moved on): fail them at once with a retryable error.
+    pub dropped_reads: Vec<u64>,
 }
 
 impl Ready {
@@ -251,6 +275,19 @@ pub struct RaftNode<S: Storage> {
     /// As candidate: the term of the campaign and the number of the `Ready` that persists its
     /// self-vote. The self-vote counts only once that `Ready` is durable.
     self_vote_ready: Option<(Term, u64)>,
+    /// ReadIndex (thesis §6.4), leader only. Reads registered before this term's first commit
+    /// (the NoOp): their index is not known yet.
+    reads_awaiting_commit: Vec<u64>,
+    /// Reads with their index fixed, waiting for the next round to begin.
+    reads_next_round: Vec<ReadState>,
+    /// Rounds begun and not yet confirmed by a majority, oldest first: `(read_seq, reads)`.
+    read_rounds: VecDeque<(u64, Vec<ReadState>)>,
+    /// The latest round this node began; every AppendEntries carries it. Never decreases over the
+    /// node's life, so an answer to an older request can never stand for a newer round.
+    read_seq: u64,
+    /// Confirmed and dropped reads not yet handed out in a `Ready`.
+    read_states: Vec<ReadState>,
+    dropped_reads: Vec<u64>,
     memo: Cell<InvariantMemo>,
 }
 
@@ -306,6 +343,12 @@ impl<S: Storage> RaftNode<S> {
             readys_taken: 0,
             readys_persisted: 0,
             self_vote_ready: None,
+            reads_awaiting_commit: Vec::new(),
+            reads_next_round: Vec::new(),
+            read_rounds: VecDeque::new(),
+            read_seq: 0,
+            read_states: Vec::new(),
+            dropped_reads: Vec::new(),
             memo: Cell::new(InvariantMemo::default()),
         };
         node.reset_election_timer();
@@ -364,12 +407,12 @@ impl<S: Storage> RaftNode<S> {
             }
         } else if msg_term < self.term {
             match &msg {
-                Message::AppendEntries(_) => {
+                Message::AppendEntries(ae) => {
                     // A deposed leader learns our term from the answer and steps down; without
                     // it, a leader cut off by a partition that healed would never learn that a
                     // node moved on (PreVote and CheckQuorum keep that node from campaigning).
                     let last = self.log.last_index();
-                    self.reply_append(from, false, last, None, None);
+                    self.reply_append(from, false, last, None, None, ae.read_seq);
                 }
                 Message::RequestVote(rv) if rv.pre_vote => {
                     self.send_now(
@@ -417,6 +460,38 @@ impl<S: Storage> RaftNode<S> {
         Ok((index, self.term))
     }
 
+    /// Starts a linearizable read (thesis §6.4, etcd's ReadOnlySafe); `ctx` is the caller's id
+    /// for it. No log entry is written. The read is confirmed, and comes back in
+    /// [`Ready::read_states`] with its read index, once a majority (this node included) answered
+    /// an AppendEntries sent after the read was registered, so no newer leader can have committed
+    /// anything this node does not know about. A leader that has not yet committed an entry of its
+    /// own term (its NoOp) does not know the whole committed prefix: the read waits for that commit
+    /// and takes the commit index then. If this node steps down first, `ctx` comes back in
+    /// [`Ready::dropped_reads`].
+    ///
+    /// Reads registered between two `Ready`s share one round of heartbeats; reads registered while
+    /// a round is out join the next one (which begins at the next `ready()` after the current one
+    /// is confirmed, or with the next heartbeat, whichever is first).
+    ///
+    /// # Errors
+    /// [`ReadIndexError::NotLeader`] with the leader this node last heard from, if any.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), ReadIndexError> {
+        if self.role != Role::Leader {
+            return Err(ReadIndexError::NotLeader {
+                leader_hint: self.leader,
+            });
+        }
+        if self.committed_in_term() {
+            self.reads_next_round.push(ReadState {
+                ctx,
+                index: self.commit,
+            });
+        } else {
+            self.reads_awaiting_commit.push(ctx);
+        }
+        Ok(())
+    }
+
     // ---------------------------------------------------------------------------------------
     // Output
     // ---------------------------------------------------------------------------------------
@@ -427,10 +502,20 @@ impl<S: Storage> RaftNode<S> {
             || self.log.has_unsent()
             || self.hard_state() != self.last_ready_hard_state
             || self.applied < self.apply_limit()
+            || !self.read_states.is_empty()
+            || !self.dropped_reads.is_empty()
+            || (!self.reads_next_round.is_empty() && self.read_rounds.is_empty())
     }
 
     /// Takes everything the driver must do now (see [`crate::raft`] for the order).
     pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader
+            && !self.reads_next_round.is_empty()
+            && self.read_rounds.is_empty()
+        {
+            // Every read registered since the last Ready shares this one round.
+            self.begin_read_round(true);
+        }
         if self.role == Role::Leader && self.log.has_unsent() {
             self.send_appends_to_all();
         }
@@ -470,6 +555,8 @@ impl<S: Storage> RaftNode<S> {
             must_sync,
             persisted_messages: std::mem::take(&mut self.persisted_msgs),
             committed_entries,
+            read_states: std::mem::take(&mut self.read_states),
+            dropped_reads: std::mem::take(&mut self.dropped_reads),
         };
         self.readys_taken += 1;
         self.readys_in_flight.push_back(ready.persist_token());
@@ -507,7 +594,7 @@ impl<S: Storage> RaftNode<S> {
         match self.role {
             Role::Leader => {
                 if self.maybe_commit() {
-                    self.broadcast_commit();
+                    self.on_commit_advanced();
                 }
             }
             Role::Candidate => {
@@ -648,6 +735,7 @@ impl<S: Storage> RaftNode<S> {
         let was_leader = self.role == Role::Leader;
         if was_leader {
             tracing::debug!(id = %self.config.id, term = %self.term, "leader steps down");
+            self.drop_pending_reads();
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -794,6 +882,11 @@ impl<S: Storage> RaftNode<S> {
         }
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
+            if !self.reads_next_round.is_empty() {
+                // The heartbeat reaches every follower anyway: let it carry a new round for the
+                // reads waiting (even while an older round is still out, e.g. its answers were lost).
+                self.begin_read_round(false);
+            }
             self.broadcast_heartbeat();
         }
     }
@@ -897,7 +990,7 @@ impl<S: Storage> RaftNode<S> {
         let last = self.log.last_index();
         if prev > last {
             // Our log is too short: tell the leader where it ends.
-            self.reply_append(from, false, last, None, None);
+            self.reply_append(from, false, last, None, None, ae.read_seq);
             return;
         }
         // Entries up to our commit index are identical on every server (Leader Completeness,
@@ -907,7 +1000,14 @@ impl<S: Storage> RaftNode<S> {
             // the first index we hold of it, so the leader skips the whole term in one round trip.
             let conflict_term = self.log.term(prev);
             let conflict_index = self.log.first_index_of_term_at(prev, self.commit.next());
-            self.reply_append(from, false, last, conflict_term, Some(conflict_index));
+            self.reply_append(
+                from,
+                false,
+                last,
+                conflict_term,
+                Some(conflict_index),
+                ae.read_seq,
+            );
             return;
         }
         let last_new = LogIndex(prev.0 + ae.entries.len() as u64);
@@ -947,7 +1047,7 @@ impl<S: Storage> RaftNode<S> {
         if new_commit > self.commit {
             self.commit = new_commit;
         }
-        self.reply_append(from, true, last_new, None, None);
+        self.reply_append(from, true, last_new, None, None, ae.read_seq);
     }
 
     /// Every append answer waits for this node's durable state: an acknowledgement claims the
@@ -959,6 +1059,7 @@ impl<S: Storage> RaftNode<S> {
         last_log_index: LogIndex,
         conflict_term: Option<Term>,
         conflict_index: Option<LogIndex>,
+        read_seq: u64,
     ) {
         self.send_after_persist(
             to,
@@ -968,6 +1069,7 @@ impl<S: Storage> RaftNode<S> {
                 last_log_index,
                 conflict_term,
                 conflict_index,
+                read_seq,
             }),
         );
     }
@@ -985,6 +1087,17 @@ impl<S: Storage> RaftNode<S> {
             return;
         };
         pr.recent_active = true;
+        // Thesis §6.4: any answer in our term (success or rejection) shows the follower had not
+        // moved to a later term when it answered. It counts for the rounds up to the `read_seq`
+        // it echoes; an answer to an older request (lost, duplicated, reordered) echoes an older
+        // round and cannot confirm a newer one. A `read_seq` above any round we began is bogus.
+        if r.read_seq > pr.read_ack && r.read_seq <= self.read_seq {
+            pr.read_ack = r.read_seq;
+            self.maybe_confirm_reads();
+        }
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
         if r.success {
             if r.last_log_index > last {
                 tracing::warn!(
@@ -999,7 +1112,7 @@ impl<S: Storage> RaftNode<S> {
                 ProgressState::Replicate => {}
             }
             if grew && self.maybe_commit() {
-                self.broadcast_commit();
+                self.on_commit_advanced();
             }
             self.send_appends(from);
             self.maybe_send_commit(from);
@@ -1116,6 +1229,7 @@ impl<S: Storage> RaftNode<S> {
                 prev_log_term,
                 entries,
                 leader_commit: self.commit,
+                read_seq: self.read_seq,
             }),
         );
     }
@@ -1163,6 +1277,88 @@ impl<S: Storage> RaftNode<S> {
         }
     }
 
+    /// The leader's commit index moved: tell the followers, and give reads that waited for this
+    /// term's first commit their read index.
+    fn on_commit_advanced(&mut self) {
+        self.broadcast_commit();
+        if !self.reads_awaiting_commit.is_empty() && self.committed_in_term() {
+            let index = self.commit;
+            let ctxs = std::mem::take(&mut self.reads_awaiting_commit);
+            self.reads_next_round
+                .extend(ctxs.into_iter().map(|ctx| ReadState { ctx, index }));
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // ReadIndex (thesis §6.4)
+    // ---------------------------------------------------------------------------------------
+
+    /// Whether this leader has committed an entry of its own term. Until it has, it may not know
+    /// every committed entry (Leader Completeness gives it them, but not which are committed),
+    /// so it cannot name a read index (thesis §6.4 step 1).
+    fn committed_in_term(&self) -> bool {
+        self.log.term(self.commit) == Some(self.term)
+    }
+
+    /// Begins a new round for every read waiting for one. With `send`, an empty AppendEntries goes
+    /// to every follower now (anchored where a heartbeat would be: it carries no entries, so the
+    /// round never sends what replication would not); without it the caller is about to send a
+    /// heartbeat to every follower, which carries the new `read_seq`.
+    fn begin_read_round(&mut self, send: bool) {
+        debug_assert!(!self.reads_next_round.is_empty(), "an empty read round");
+        self.read_seq += 1;
+        let reads = std::mem::take(&mut self.reads_next_round);
+        self.read_rounds.push_back((self.read_seq, reads));
+        if send {
+            for to in self.peers() {
+                let Some(pr) = self.progress.get(&to) else {
+                    continue;
+                };
+                let anchor = match pr.state {
+                    // Known to be held by the follower: the heartbeat is never refused for a gap.
+                    ProgressState::Replicate => pr.match_index,
+                    // An empty probe; its answer, accepted or refused, confirms the round.
+                    ProgressState::Probe => pr.next_index.prev(),
+                };
+                self.send_append(to, anchor, Vec::new());
+            }
+        }
+        // A single voter is its own majority.
+        self.maybe_confirm_reads();
+    }
+
+    /// Confirms every round a majority (this node included) has answered.
+    fn maybe_confirm_reads(&mut self) {
+        if self.read_rounds.is_empty() {
+            return;
+        }
+        let mut acks: Vec<u64> = self.progress.values().map(|p| p.read_ack).collect();
+        acks.push(self.read_seq);
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = acks[self.quorum() - 1];
+        while self
+            .read_rounds
+            .front()
+            .is_some_and(|(seq, _)| *seq <= confirmed)
+        {
+            if let Some((_, reads)) = self.read_rounds.pop_front() {
+                self.read_states.extend(reads);
+            }
+        }
+    }
+
+    /// The leader stepped down: no pending read can be confirmed any more (its leadership of this
+    /// term may already be over). Confirmed reads already in `read_states` stay valid.
+    fn drop_pending_reads(&mut self) {
+        self.dropped_reads
+            .extend(std::mem::take(&mut self.reads_awaiting_commit));
+        self.dropped_reads
+            .extend(self.reads_next_round.drain(..).map(|r| r.ctx));
+        for (_, reads) in std::mem::take(&mut self.read_rounds) {
+            self.dropped_reads.extend(reads.into_iter().map(|r| r.ctx));
+        }
+    }
+
     /// After the commit index moved, tell followers at once rather than at the next heartbeat, so
     /// they can apply without waiting.
     fn broadcast_commit(&mut self) {
@@ -1207,6 +1403,55 @@ impl<S: Storage> RaftNode<S> {
     /// Committed entries may be applied once durable locally.
     fn apply_limit(&self) -> LogIndex {
         self.commit.min(self.log.persisted_index())
+    }
+
+    /// The leader's ReadIndex state: reads wait for this term's first commit only until it
+    /// happens; every pending read's index is an index of this term at or below the commit index;
+    /// rounds are numbered in increasing order, none above `read_seq`, and no follower
+    /// acknowledged a round that was never begun.
+    fn check_read_invariants(&self) {
+        let id = self.config.id;
+        assert!(
+            self.reads_awaiting_commit.is_empty() || !self.committed_in_term(),
+            "node {id}: {} reads wait for a first commit of term {} that happened (commit {})",
+            self.reads_awaiting_commit.len(),
+            self.term,
+            self.commit
+        );
+        let mut prev_seq = 0;
+        for (seq, reads) in &self.read_rounds {
+            assert!(
+                *seq > prev_seq && *seq <= self.read_seq && !reads.is_empty(),
+                "node {id}: read round {seq} (after {prev_seq}, latest {}) with {} reads",
+                self.read_seq,
+                reads.len()
+            );
+            prev_seq = *seq;
+        }
+        let pending = self
+            .read_rounds
+            .iter()
+            .flat_map(|(_, reads)| reads.iter())
+            .chain(self.reads_next_round.iter());
+        for r in pending {
+            assert!(
+                r.index <= self.commit && self.log.term(r.index) == Some(self.term),
+                "node {id}: read {} at index {} (term there {:?}) while commit is {} in term {}",
+                r.ctx,
+                r.index,
+                self.log.term(r.index),
+                self.commit,
+                self.term
+            );
+        }
+        for (peer, p) in &self.progress {
+            assert!(
+                p.read_ack <= self.read_seq,
+                "node {id}: follower {peer} acknowledged read round {} above the latest {}",
+                p.read_ack,
+                self.read_seq
+            );
+        }
     }
 
     /// Panics, naming the values, if an invariant of this node's own state is broken.
@@ -1316,6 +1561,7 @@ impl<S: Storage> RaftNode<S> {
                     }
                 }
                 memo.leader_log = Some((self.term, last, last_term));
+                self.check_read_invariants();
             }
             Role::Candidate => {
                 assert!(
@@ -1327,6 +1573,17 @@ impl<S: Storage> RaftNode<S> {
                 );
             }
             Role::PreCandidate | Role::Follower => {
+                assert!(
+                    self.reads_awaiting_commit.is_empty()
+                        && self.reads_next_round.is_empty()
+                        && self.read_rounds.is_empty(),
+                    "node {id}: {:?} holds pending reads ({} awaiting commit, {} for the next \
+                     round, {} rounds out)",
+                    self.role,
+                    self.reads_awaiting_commit.len(),
+                    self.reads_next_round.len(),
+                    self.read_rounds.len()
+                );
                 assert!(
                     self.progress.is_empty(),
                     "node {id}: {:?} tracks follower progress",

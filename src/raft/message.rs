@@ -56,6 +56,10 @@ pub struct AppendEntries {
     pub prev_log_term: Term,
     pub entries: Vec<LogEntry>,
     pub leader_commit: LogIndex,
+    /// The leader's latest ReadIndex round when it sent this (thesis §6.4): every read registered
+    /// before round `read_seq` began is confirmed once a majority answered messages carrying a
+    /// `read_seq` at least this high. 0 = no round yet (and what a peer without ReadIndex sends).
+    pub read_seq: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,4 +74,7 @@ pub struct AppendEntriesResponse {
     /// backtracking").
     pub conflict_term: Option<Term>,
     pub conflict_index: Option<LogIndex>,
+    /// The `read_seq` of the AppendEntries this answers, echoed unchanged, so an answer can only
+    /// confirm the reads of rounds that began before that request was sent.
+    pub read_seq: u64,
 }

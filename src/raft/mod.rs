@@ -45,7 +45,9 @@ mod progress;
 pub mod rng;
 pub mod storage;
 
-pub use self::core::{Config, ConfigError, ProposeError, RaftNode, Ready, Role};
+pub use self::core::{
+    Config, ConfigError, ProposeError, RaftNode, ReadIndexError, ReadState, Ready, Role,
+};
 pub use self::message::{
     AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
 };

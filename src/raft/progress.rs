@@ -44,6 +44,8 @@ pub(crate) struct Progress {
     pub(crate) inflight: VecDeque<Inflight>,
     /// The follower answered an AppendEntries since the last CheckQuorum round.
     pub(crate) recent_active: bool,
+    /// The highest ReadIndex round (`read_seq`) this follower answered in the leader's term.
+    pub(crate) read_ack: u64,
     /// The highest commit index an append sent to this follower could have taught it
     /// (`min(leader_commit, last index the append covered)`, Figure 2 step 5).
     pub(crate) commit_sent: LogIndex,
@@ -59,6 +61,7 @@ impl Progress {
             probe_sent: false,
             inflight: VecDeque::new(),
             recent_active: false,
+            read_ack: 0,
             commit_sent: LogIndex::ZERO,
         }
     }

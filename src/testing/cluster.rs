@@ -635,6 +635,8 @@ impl Cluster {
             must_sync,
             persisted_messages,
             committed_entries,
+            read_states: _,
+            dropped_reads: _,
         } = rd;
         let token = entries.last().map(|e| (e.index, e.term));
         if let Some(from) = truncate_from {

@@ -1,0 +1,634 @@
+//! The etcd v3 services a node serves: `KV` (Range, Put, DeleteRange, Txn, Compact),
+//! `Maintenance.Status` and `Cluster.MemberList`, on the node's own gRPC server.
+//!
+//! Handlers hold no consensus state; like the Raft and Operator handlers they talk to the event
+//! loop through [`Inbound`] items:
+//! - **Writes** (Put, DeleteRange, Txn, Compact): [`validate`] with etcd's limits and texts (a
+//!   refused request is never proposed), then `Inbound::Command` with the encoded command; the
+//!   answer comes once the entry is applied, carrying the store's response bytes
+//!   ([`decode_response`]). Every Txn goes through the log, read-only ones included.
+//! - **Reads** (Range): `Inbound::Read`. Linearizable by default: the loop grants the read once
+//!   this node, as leader, has confirmed its leadership after the read arrived (ReadIndex, thesis
+//!   §6.4) and applied up to the read index; then the handler reads the shared [`KvStore`].
+//!   `serializable: true` is granted at once on any node (possibly stale, as in etcd).
+//! - **On a follower**, writes and linearizable reads are forwarded to the leader over a cached
+//!   tonic channel, marked with [`FORWARDED_HEADER`]; a forwarded request that reaches a node
+//!   which is not the leader either (leadership moved meanwhile) is not forwarded again but
+//!   answered with a retryable status.
+//!
+//! Errors clients retry on: etcd's clientv3 retries `Unavailable` (immutable requests always,
+//! mutable ones when nothing was sent). So every "try again" answer is `Unavailable` with etcd's
+//! text: "etcdserver: no leader", "etcdserver: leader changed", "etcdserver: request timed out"
+//! (and "..., possibly due to previous leader failure" when the outcome is unknown), and
+//! "etcdserver: too many requests" for an overloaded node (etcd sends that one as
+//! `ResourceExhausted`; see docs/ETCD_COMPAT.md).
+//!
+//! Response headers: `cluster_id` and `member_id` from [`Members`] (this node's id, also on
+//! forwarded answers), `raft_term` the node's current term, `revision` the store's.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::etcd::members::Members;
+use crate::etcd::pb::etcdserverpb::{
+    self as pb, cluster_client::ClusterClient, kv_client::KvClient,
+    maintenance_client::MaintenanceClient, request_op, response_op, RequestOp, ResponseHeader,
+};
+use crate::grpc::server::{Applied, CommandRefused, ReadGrant, ReadRefused};
+use crate::grpc::Inbound;
+use crate::kv::{self, decode_response, encode_command, encode_compact, validate, KvLimits, KvStore};
+use crate::raft::Role;
+use crate::types::{NodeId, Term};
+
+/// Metadata key marking a request a follower forwarded to the leader (never forwarded twice).
+pub const FORWARDED_HEADER: &str = "x-raftlog-forwarded";
+/// How long a request may wait for its commit or read grant before it is answered with etcd's
+/// "request timed out" (etcd: 5 s plus two election timeouts by default).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// The etcd API version this node speaks, reported by `Maintenance.Status`.
+pub const ETCD_VERSION: &str = "3.4.0";
+/// gRPC messages above this are refused by the transport (etcd: max request bytes + 512 KiB).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+const NO_LEADER: &str = "etcdserver: no leader";
+const LEADER_CHANGED: &str = "etcdserver: leader changed";
+const TIMED_OUT: &str = "etcdserver: request timed out";
+const OUTCOME_UNKNOWN: &str = "etcdserver: request timed out, possibly due to previous leader failure";
+const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+
+/// The key-value store shared by the event loop (which applies to it) and the handlers (which
+/// read it after a grant). One thread runs both, so the lock is never contended; it exists
+/// because tonic handlers must be `Send`.
+pub type SharedStore = Arc<Mutex<KvStore>>;
+
+fn lock(store: &SharedStore) -> MutexGuard<'_, KvStore> {
+    // A panic while holding the lock is a bug that already stopped the node's loop; the data is
+    // still the last consistent state (apply is all-or-nothing), so reading it is fine.
+    store.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What every etcd handler shares.
+#[derive(Clone)]
+pub struct EtcdApi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local_id: NodeId,
+    members: Members,
+    inbound: mpsc::Sender<Inbound>,
+    store: SharedStore,
+    limits: KvLimits,
+    /// Channels to leaders, by address (tonic reconnects under a channel).
+    channels: Mutex<HashMap<SocketAddr, Channel>>,
+}
+
+/// Where a request ended up: answered here, or to be forwarded to the leader at an address.
+enum Route<T> {
+    Here(T),
+    Leader(SocketAddr),
+}
+
+impl EtcdApi {
+    pub fn new(
+        local_id: NodeId,
+        members: Members,
+        inbound: mpsc::Sender<Inbound>,
+        store: SharedStore,
+        limits: KvLimits,
+    ) -> EtcdApi {
+        EtcdApi {
+            inner: Arc::new(Inner {
+                local_id,
+                members,
+                inbound,
+                store,
+                limits,
+                channels: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The three tonic services, ready to be added to the node's server.
+    pub fn services(
+        &self,
+    ) -> (
+        pb::kv_server::KvServer<KvService>,
+        pb::maintenance_server::MaintenanceServer<MaintenanceService>,
+        pb::cluster_server::ClusterServer<ClusterService>,
+    ) {
+        let max = self.inner.limits.request_bytes_max + GRPC_OVERHEAD_BYTES;
+        (
+            pb::kv_server::KvServer::new(KvService { api: self.clone() })
+                .max_decoding_message_size(max),
+            pb::maintenance_server::MaintenanceServer::new(MaintenanceService {
+                api: self.clone(),
+            }),
+            pb::cluster_server::ClusterServer::new(ClusterService { api: self.clone() }),
+        )
+    }
+
+    fn header(&self, revision: i64, term: Term) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.inner.members.cluster_id,
+            member_id: self.inner.members.id_of(Some(self.inner.local_id)),
+            revision,
+            raft_term: term.0,
+        }
+    }
+
+    /// Completes a store-filled header (revision) with the node's ids and term.
+    fn fill(&self, header: &mut Option<ResponseHeader>, term: Term) {
+        let revision = header.as_ref().map_or(0, |h| h.revision);
+        *header = Some(self.header(revision, term));
+    }
+
+    /// Sends `make(reply)` to the event loop and waits (bounded by [`REQUEST_TIMEOUT`]).
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Inbound,
+        dropped: &'static str,
+    ) -> Result<T, Status> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .inbound
+            .send(make(reply))
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(Status::unavailable(dropped)),
+            Err(_) => Err(Status::unavailable(TIMED_OUT)),
+        }
+    }
+
+    /// Proposes `payload` (an encoded, validated command) and waits for its application.
+    async fn propose(
+        &self,
+        payload: Vec<u8>,
+        forwarded: bool,
+    ) -> Result<Route<(kv::Applied, Term)>, Status> {
+        let outcome = self
+            .ask(
+                |reply| Inbound::Command { payload, reply },
+                OUTCOME_UNKNOWN,
+            )
+            .await?;
+        match outcome {
+            Ok(Applied { term, response, .. }) => {
+                let applied = decode_response(&response).map_err(|e| e.to_status())?;
+                Ok(Route::Here((applied, term)))
+            }
+            Err(CommandRefused::NotLeader {
+                leader,
+                leader_address,
+            }) => not_leader(leader, leader_address, forwarded),
+            Err(CommandRefused::Overloaded { .. }) => Err(Status::unavailable(TOO_MANY_REQUESTS)),
+        }
+    }
+
+    /// Waits for permission to read (see the module docs).
+    async fn read(&self, linearizable: bool, forwarded: bool) -> Result<Route<ReadGrant>, Status> {
+        let outcome = self
+            .ask(
+                |reply| Inbound::Read {
+                    linearizable,
+                    reply,
+                },
+                LEADER_CHANGED,
+            )
+            .await?;
+        match outcome {
+            Ok(grant) => Ok(Route::Here(grant)),
+            Err(ReadRefused::NotLeader {
+                leader,
+                leader_address,
+            }) => not_leader(leader, leader_address, forwarded),
+            Err(ReadRefused::LeadershipLost) => Err(Status::unavailable(LEADER_CHANGED)),
+            Err(ReadRefused::Overloaded { .. }) => Err(Status::unavailable(TOO_MANY_REQUESTS)),
+        }
+    }
+
+    /// A (cached) channel to the node at `addr`.
+    fn channel(&self, addr: SocketAddr) -> Result<Channel, Status> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(channel) = channels.get(&addr) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("leader address {addr}: {e}")))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(REQUEST_TIMEOUT);
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr, channel.clone());
+        Ok(channel)
+    }
+
+    /// Copies the client's request into a new one marked as forwarded.
+    fn forward_request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        request
+    }
+
+    /// The leader's answer, with this node's member id in the header (the client asked us).
+    fn relay<T>(
+        &self,
+        answer: Result<Response<T>, Status>,
+        header: impl FnOnce(&mut T) -> &mut Option<ResponseHeader>,
+    ) -> Result<Response<T>, Status> {
+        let mut message = answer.map_err(relay_status)?.into_inner();
+        if let Some(h) = header(&mut message).as_mut() {
+            h.member_id = self.inner.members.id_of(Some(self.inner.local_id));
+        }
+        Ok(Response::new(message))
+    }
+
+    fn kv_client(&self, addr: SocketAddr) -> Result<KvClient<Channel>, Status> {
+        let max = self.inner.limits.request_bytes_max + GRPC_OVERHEAD_BYTES;
+        Ok(KvClient::new(self.channel(addr)?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(max))
+    }
+}
+
+/// A refusal because this node is not the leader: forward, unless there is no leader or the
+/// request was already forwarded once.
+fn not_leader<T>(
+    leader: Option<NodeId>,
+    leader_address: Option<SocketAddr>,
+    forwarded: bool,
+) -> Result<Route<T>, Status> {
+    match (leader, leader_address) {
+        (Some(_), Some(addr)) if !forwarded => Ok(Route::Leader(addr)),
+        (Some(_), _) => Err(Status::unavailable(LEADER_CHANGED)),
+        (None, _) => Err(Status::unavailable(NO_LEADER)),
+    }
+}
+
+/// A transport failure towards the leader is the client's "leader changed" (retryable); an
+/// answer from the leader goes back as it is.
+fn relay_status(status: Status) -> Status {
+    // tonic reports a connection failure as UNAVAILABLE with its own text; the leader's own
+    // retryable answers carry etcd's texts.
+    if status.code() != tonic::Code::Unavailable || status.message().starts_with("etcdserver:") {
+        status
+    } else {
+        tracing::debug!(%status, "forwarding to the leader failed");
+        Status::unavailable(LEADER_CHANGED)
+    }
+}
+
+fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().get(FORWARDED_HEADER).is_some()
+}
+
+fn wrong_response(expected: &str) -> Status {
+    // The store answered an op with another kind: a bug, not a client error.
+    tracing::error!("the key-value store answered a {expected} with another response kind");
+    Status::internal(format!("the store answered a {expected} with another response kind"))
+}
+
+/// etcd's `KV` service.
+#[derive(Clone)]
+pub struct KvService {
+    api: EtcdApi,
+}
+
+impl KvService {
+    /// Validates and proposes one op; `Here` holds the op's response and the term.
+    async fn write(
+        &self,
+        op: RequestOp,
+        forwarded: bool,
+    ) -> Result<Route<(response_op::Response, Term)>, Status> {
+        validate(&op, &self.api.inner.limits).map_err(|e| e.to_status())?;
+        match self.api.propose(encode_command(&op), forwarded).await? {
+            Route::Here((kv::Applied::Op(response), term)) => match response.response {
+                Some(r) => Ok(Route::Here((r, term))),
+                None => Err(wrong_response("request")),
+            },
+            Route::Here((kv::Applied::Compact(_), _)) => Err(wrong_response("request")),
+            Route::Leader(addr) => Ok(Route::Leader(addr)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let range = request.into_inner();
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestRange(range)),
+        };
+        validate(&op, &self.api.inner.limits).map_err(|e| e.to_status())?;
+        let Some(request_op::Request::RequestRange(range)) = op.request else {
+            unreachable!("built above as a range");
+        };
+        match self.api.read(!range.serializable, forwarded).await? {
+            Route::Here(grant) => {
+                let mut response = lock(&self.api.inner.store)
+                    .range(&range)
+                    .map_err(|e| e.to_status())?;
+                self.api.fill(&mut response.header, grant.term);
+                Ok(Response::new(response))
+            }
+            Route::Leader(addr) => {
+                let answer = self
+                    .api
+                    .kv_client(addr)?
+                    .range(self.api.forward_request(range))
+                    .await;
+                self.api.relay(answer, |r| &mut r.header)
+            }
+        }
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let put = request.into_inner();
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestPut(put.clone())),
+        };
+        match self.write(op, forwarded).await? {
+            Route::Here((response_op::Response::ResponsePut(mut r), term)) => {
+                self.api.fill(&mut r.header, term);
+                Ok(Response::new(r))
+            }
+            Route::Here(_) => Err(wrong_response("put")),
+            Route::Leader(addr) => {
+                let answer = self
+                    .api
+                    .kv_client(addr)?
+                    .put(self.api.forward_request(put))
+                    .await;
+                self.api.relay(answer, |r| &mut r.header)
+            }
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let delete = request.into_inner();
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(delete.clone())),
+        };
+        match self.write(op, forwarded).await? {
+            Route::Here((response_op::Response::ResponseDeleteRange(mut r), term)) => {
+                self.api.fill(&mut r.header, term);
+                Ok(Response::new(r))
+            }
+            Route::Here(_) => Err(wrong_response("delete range")),
+            Route::Leader(addr) => {
+                let answer = self
+                    .api
+                    .kv_client(addr)?
+                    .delete_range(self.api.forward_request(delete))
+                    .await;
+                self.api.relay(answer, |r| &mut r.header)
+            }
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let txn = request.into_inner();
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestTxn(txn.clone())),
+        };
+        match self.write(op, forwarded).await? {
+            Route::Here((response_op::Response::ResponseTxn(mut r), term)) => {
+                self.api.fill(&mut r.header, term);
+                Ok(Response::new(r))
+            }
+            Route::Here(_) => Err(wrong_response("txn")),
+            Route::Leader(addr) => {
+                let answer = self
+                    .api
+                    .kv_client(addr)?
+                    .txn(self.api.forward_request(txn))
+                    .await;
+                self.api.relay(answer, |r| &mut r.header)
+            }
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let compact = request.into_inner();
+        match self.api.propose(encode_compact(&compact), forwarded).await? {
+            Route::Here((kv::Applied::Compact(mut r), term)) => {
+                self.api.fill(&mut r.header, term);
+                Ok(Response::new(r))
+            }
+            Route::Here(_) => Err(wrong_response("compaction")),
+            Route::Leader(addr) => {
+                let answer = self
+                    .api
+                    .kv_client(addr)?
+                    .compact(self.api.forward_request(compact))
+                    .await;
+                self.api.relay(answer, |r| &mut r.header)
+            }
+        }
+    }
+}
+
+/// etcd's `Maintenance` service: `Status` only.
+#[derive(Clone)]
+pub struct MaintenanceService {
+    api: EtcdApi,
+}
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for MaintenanceService {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let status = self
+            .api
+            .ask(|reply| Inbound::Status { reply }, "etcdserver: server stopped")
+            .await?;
+        let (revision, size) = {
+            let store = lock(&self.api.inner.store);
+            (store.revision(), store.size_bytes())
+        };
+        let members = &self.api.inner.members;
+        // The leader as this node knows it; itself while it leads.
+        let leader = if status.role == Role::Leader {
+            Some(status.node_id)
+        } else {
+            status.leader
+        };
+        let mut errors = Vec::new();
+        if leader.is_none() {
+            errors.push(NO_LEADER.to_string());
+        }
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.api.header(revision, status.term)),
+            version: ETCD_VERSION.to_string(),
+            db_size: size,
+            leader: members.id_of(leader),
+            raft_index: status.commit_index.0,
+            raft_term: status.term.0,
+            raft_applied_index: status.applied_index.0,
+            errors,
+            db_size_in_use: size,
+            is_learner: false,
+            ..pb::StatusResponse::default()
+        }))
+    }
+}
+
+/// etcd's `Cluster` service: `MemberList` only (membership is the static config).
+#[derive(Clone)]
+pub struct ClusterService {
+    api: EtcdApi,
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn member_list(
+        &self,
+        _request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        // The member list is the config, the same on every node, so `linearizable` needs no
+        // leader round trip; the term in the header comes from the loop.
+        let status = self
+            .api
+            .ask(|reply| Inbound::Status { reply }, "etcdserver: server stopped")
+            .await?;
+        let revision = lock(&self.api.inner.store).revision();
+        Ok(Response::new(pb::MemberListResponse {
+            header: Some(self.api.header(revision, status.term)),
+            members: self
+                .api
+                .inner
+                .members
+                .members
+                .iter()
+                .map(|m| m.to_member())
+                .collect(),
+        }))
+    }
+}
+
+/// Clients for every etcd service on one channel (tests and tools).
+pub struct EtcdClients {
+    pub kv: KvClient<Channel>,
+    pub maintenance: MaintenanceClient<Channel>,
+    pub cluster: ClusterClient<Channel>,
+}
+
+impl EtcdClients {
+    pub fn new(channel: Channel) -> EtcdClients {
+        EtcdClients {
+            kv: KvClient::new(channel.clone()),
+            maintenance: MaintenanceClient::new(channel.clone()),
+            cluster: ClusterClient::new(channel),
+        }
+    }
+}
+
+/// The gRPC paths the node serves besides its own `raftlog.v1` services; anything else is
+/// answered UNIMPLEMENTED with a message naming it ([`unimplemented_message`]).
+pub const SERVED_ETCD_METHODS: &[&str] = &[
+    "/etcdserverpb.KV/Range",
+    "/etcdserverpb.KV/Put",
+    "/etcdserverpb.KV/DeleteRange",
+    "/etcdserverpb.KV/Txn",
+    "/etcdserverpb.KV/Compact",
+    "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.Cluster/MemberList",
+];
+
+/// Whether `path` (`/package.Service/Method`) is served.
+pub fn is_served(path: &str) -> bool {
+    path.starts_with("/raftlog.v1.") || SERVED_ETCD_METHODS.contains(&path)
+}
+
+/// The UNIMPLEMENTED message for a path the node does not serve.
+pub fn unimplemented_message(path: &str) -> String {
+    let method = path.trim_start_matches('/');
+    format!(
+        "rust-raft-log does not implement {method} (served: KV Range/Put/DeleteRange/Txn/Compact, \
+         Maintenance.Status, Cluster.MemberList; see docs/ETCD_COMPAT.md)"
+    )
+}
+
+/// Axum middleware for the node's router: passes served paths on, answers the rest with
+/// UNIMPLEMENTED naming the method. (tonic's own answer for an unknown method of a known service,
+/// or an unknown service, carries no message.)
+pub async fn only_served_methods(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path().to_string();
+    if is_served(&path) {
+        return next.run(request).await;
+    }
+    tracing::debug!(%path, "unimplemented gRPC method");
+    Status::unimplemented(unimplemented_message(&path)).into_http::<axum::body::Body>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_served_methods_pass_and_the_rest_are_named() {
+        assert!(is_served("/etcdserverpb.KV/Range"));
+        assert!(is_served("/raftlog.v1.Raft/AppendEntries"));
+        assert!(!is_served("/etcdserverpb.Watch/Watch"));
+        assert!(!is_served("/etcdserverpb.Maintenance/Defragment"));
+        assert!(unimplemented_message("/etcdserverpb.Lease/LeaseGrant")
+            .contains("etcdserverpb.Lease/LeaseGrant"));
+    }
+
+    #[test]
+    fn not_leader_forwards_once_and_otherwise_answers_retryable_statuses() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        assert!(matches!(
+            not_leader::<()>(Some(NodeId(2)), Some(addr), false),
+            Ok(Route::Leader(a)) if a == addr
+        ));
+        let again = not_leader::<()>(Some(NodeId(2)), Some(addr), true)
+            .err()
+            .expect("no second hop");
+        assert_eq!(again.code(), tonic::Code::Unavailable);
+        assert_eq!(again.message(), LEADER_CHANGED);
+        let none = not_leader::<()>(None, None, false).err().expect("no leader");
+        assert_eq!(none.code(), tonic::Code::Unavailable);
+        assert_eq!(none.message(), NO_LEADER);
+    }
+}
