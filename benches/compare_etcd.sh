@@ -215,14 +215,15 @@ conns_for() {
 
 # measure SYSTEM OP CLIENTS ROUND: one kvbench run; appends one line to $RESULTS.
 measure() {
-    local sys=$1 op=$2 clients=$3 round=$4 out before after load
+    local sys=$1 op=$2 clients=$3 round=$4 out load pid
+    local -a pids before after eps
+    read -r -a pids <<<"$(pids_of "$sys")"
     check_alive "$sys"
     local keys=random
     [[ $op == put ]] && keys=seq
     out=$WORK/kvbench-$sys-$op-$clients-$round.out
     load=$(cut -d' ' -f1 /proc/loadavg)
-    # shellcheck disable=SC2046
-    before=$(cpu_ticks $(pids_of "$sys"))
+    for pid in "${pids[@]}"; do before+=("$(cpu_ticks "$pid")"); done
     "$KVBENCH" --endpoints "$(endpoints_of "$sys")" --target leader --leader-wait 30 \
         --op "$op" --consistency l --clients "$clients" --conns "$(conns_for "$clients")" \
         --duration "$RUN_SECONDS" --warmup "$WARMUP_SECONDS" \
@@ -232,8 +233,7 @@ measure() {
         cat "$out" >&2
         exit 1
     }
-    # shellcheck disable=SC2046
-    after=$(cpu_ticks $(pids_of "$sys"))
+    for pid in "${pids[@]}"; do after+=("$(cpu_ticks "$pid")"); done
     local line
     line=$(grep '^kvbench-result ' "$out")
     local ok errors ops p50 p90 p99 p999 max ccpu empty
@@ -241,14 +241,23 @@ measure() {
     ok=$(kv ok) errors=$(kv errors) ops=$(kv ops_per_sec) p50=$(kv p50_us) p90=$(kv p90_us)
     p99=$(kv p99_us) p999=$(kv p999_us) max=$(kv max_us) ccpu=$(kv client_cpu_us_per_op)
     empty=$(kv ranges_empty)
-    local scpu
-    scpu=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$ok" \
-        'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "0" }')
-    echo "$sys $op $clients $round $ops $p50 $p90 $p99 $p999 $max $errors $scpu $ccpu $empty $load" >>"$RESULTS"
-    printf '  %-13s %-5s %3d clients, round %d: %9.1f ok/s, p50 %7.3f ms, p99 %7.3f ms, errors %s, server CPU %s µs/op, load %s\n' \
+    # Server CPU per request: all three processes, and the leader's alone (the endpoint kvbench
+    # named as the leader is the i-th of the system's endpoints, started as its i-th pid).
+    local i ticks=0 leader_ticks=0 leader_port scpu lcpu
+    leader_port=$(sed -n 's/.* to http:\/\/127\.0\.0\.1:\([0-9]*\) (the leader.*/\1/p' "$out")
+    IFS=, read -r -a eps <<<"$(endpoints_of "$sys")"
+    for i in "${!pids[@]}"; do
+        ticks=$((ticks + after[i] - before[i]))
+        [[ ${eps[i]} == "127.0.0.1:$leader_port" ]] && leader_ticks=$((after[i] - before[i]))
+    done
+    per_op() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$ok" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "0" }'; }
+    scpu=$(per_op "$ticks")
+    lcpu=$(per_op "$leader_ticks")
+    echo "$sys $op $clients $round $ops $p50 $p90 $p99 $p999 $max $errors $scpu $ccpu $empty $load $lcpu" >>"$RESULTS"
+    printf '  %-13s %-5s %3d clients, round %d: %9.1f ok/s, p50 %7.3f ms, p99 %7.3f ms, errors %s, server CPU %s µs/op (leader %s), client %s, load %s\n' \
         "$(name_of "$sys")" "$op" "$clients" "$round" "$ops" \
         "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
-        "$errors" "$scpu" "$load"
+        "$errors" "$scpu" "$lcpu" "$ccpu" "$load"
     if [[ $errors != 0 ]]; then
         grep '^errors: ' "$out" | sed 's/^/      /'
     fi
@@ -299,7 +308,7 @@ END_LOAD=$(load_avg)
 
 # ---- the table -----------------------------------------------------------------------------
 # Field numbers in $RESULTS: 1 sys 2 op 3 clients 4 round 5 ops 6 p50 7 p90 8 p99 9 p999 10 max
-# 11 errors 12 server CPU 13 client CPU 14 empty ranges 15 load.
+# 11 errors 12 server CPU 13 client CPU 14 empty ranges 15 load 16 leader CPU.
 median() { # median of column $1 for system $2, op $3, clients $4
     awk -v c="$1" -v s="$2" -v o="$3" -v n="$4" '$1 == s && $2 == o && $3 == n { print $c }' "$RESULTS" |
         sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
@@ -319,7 +328,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 TABLE=$WORK/table.md
 CHECKS=$WORK/checks.md
 {
-    echo "| op | clients | system | ok/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | server CPU µs/op | client CPU µs/op | load 1m per round |"
+    echo "| op | clients | system | ok/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | server CPU µs/op: 3 nodes (leader) | client CPU µs/op | load 1m per round |"
     echo "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 } >"$TABLE"
 : >"$CHECKS"
@@ -338,6 +347,7 @@ for op in put range; do
             errors=$(total 11 "$sys" "$op" "$clients")
             scpu=$(median 12 "$sys" "$op" "$clients")
             ccpu=$(median 13 "$sys" "$op" "$clients")
+            lcpu=$(median 16 "$sys" "$op" "$clients")
             FIG[$sys.$op.$clients.ops]=$ops
             FIG[$sys.$op.$clients.p50]=$p50
             FIG[$sys.$op.$clients.p90]=$p90
@@ -347,7 +357,7 @@ for op in put range; do
             FIG[$sys.$op.$clients.scpu]=$scpu
             printf '| %s | %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
                 "$label" "$clients" "$(name_of "$sys")" "$ops" "$(ms "$p50")" "$(ms "$p90")" \
-                "$(ms "$p99")" "$(ms "$p999")" "$(ms "$max")" "$errors" "$scpu" "$ccpu" \
+                "$(ms "$p99")" "$(ms "$p999")" "$(ms "$max")" "$errors" "$scpu ($lcpu)" "$ccpu" \
                 "$(loads "$sys" "$op" "$clients")" >>"$TABLE"
         done
         if [[ ${#SYSTEMS[@]} == 2 ]]; then
@@ -384,7 +394,7 @@ fi
 
 CONNS_DESC="ceil(clients/10)"
 [[ -n ${CONNS:-} ]] && CONNS_DESC="min($CONNS, clients)"
-SETUP="Setup: $(name_of etcd) ($ETCD_VERSION, Debian etcd-server, default flags: heartbeat 100 ms, election 1000 ms, fdatasync on) and rust-raft-log (commit $COMMIT, release build, default cluster_settings), 3 members each, every process on 127.0.0.1 of this machine, data directories side by side under target/tmp. Load: \`kvbench\` (tools/kvbench, tonic, tokio multi-thread runtime) on the same 2 cores, every request to the leader's endpoint (found with Maintenance.Status); closed loop; ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values; puts write key numbers 0 to $((KEY_SPACE - 1)) in sequence (and around again), ranges read one random key of those (linearizable, etcd's default); connections = $CONNS_DESC; ${WARMUP_SECONDS} s warm-up then ${RUN_SECONDS} s measured per run; $ROUNDS rounds, systems interleaved (order alternating). Each figure is the median over the rounds (max: the largest); server CPU is user+system of the three server processes per successful request, client CPU that of kvbench (which shares the 2 cores with the servers)."
+SETUP="Setup: $(name_of etcd) ($ETCD_VERSION, Debian etcd-server, default flags: heartbeat 100 ms, election 1000 ms, fdatasync on) and rust-raft-log (commit $COMMIT, release build, default cluster_settings), 3 members each, every process on 127.0.0.1 of this machine, data directories side by side under target/tmp. Load: \`kvbench\` (tools/kvbench, tonic, tokio multi-thread runtime) on the same 2 cores, every request to the leader's endpoint (found with Maintenance.Status); closed loop; ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values; puts write key numbers 0 to $((KEY_SPACE - 1)) in sequence (and around again), ranges read one random key of those (linearizable, etcd's default); connections = $CONNS_DESC; ${WARMUP_SECONDS} s warm-up then ${RUN_SECONDS} s measured per run; $ROUNDS rounds, systems interleaved (order alternating). Each figure is the median over the rounds (max: the largest); server CPU is user+system of the three server processes per successful request (in brackets: the leader's alone), client CPU that of kvbench (which shares the 2 cores with the servers)."
 
 {
     echo "Command: \`benches/compare_etcd.sh\` ($START_DATE; ROUNDS=$ROUNDS RUN_SECONDS=$RUN_SECONDS WARMUP_SECONDS=$WARMUP_SECONDS)"

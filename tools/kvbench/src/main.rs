@@ -9,6 +9,12 @@ use clap::Parser;
 use kvbench::args::Args;
 
 fn main() -> ExitCode {
+    // Like any command-line tool, stop quietly when the reader of stdout goes away
+    // (`kvbench ... | head`) instead of panicking on EPIPE. Rust ignores SIGPIPE by default.
+    // SAFETY: restoring a signal's default disposition before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = Args::parse();
     let clock_seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
