@@ -143,6 +143,10 @@ fn responder(
                         peers: vec![],
                     });
                 }
+                // The etcd API's items: this server serves no etcd services.
+                Inbound::Command { .. } | Inbound::Read { .. } => {
+                    panic!("node {id} got an etcd item on a server without the etcd API")
+                }
             }
         }
     })

@@ -160,7 +160,8 @@ impl Transcoder {
         let mut at = 0;
         while self.input.len() - at >= FRAME_HEADER_BYTES {
             let head = &self.input[at..at + FRAME_HEADER_BYTES];
-            let length = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let length =
+                usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
             let frame_type = head[3];
             let flags = head[4];
             let stream_id = [head[5], head[6], head[7], head[8]];
@@ -304,7 +305,10 @@ fn headers_fragment(flags: u8, payload: &[u8]) -> io::Result<HeadersFragment<'_>
 }
 
 fn frame_header(out: &mut Vec<u8>, length: usize, frame_type: u8, flags: u8, stream: [u8; 4]) {
-    debug_assert!(length <= FRAME_PAYLOAD_BYTES_MIN_MAX, "frame of {length} bytes");
+    debug_assert!(
+        length <= FRAME_PAYLOAD_BYTES_MIN_MAX,
+        "frame of {length} bytes"
+    );
     out.extend_from_slice(&[
         (length >> 16) as u8,
         (length >> 8) as u8,
@@ -546,7 +550,7 @@ mod tests {
         let block_2 = client.encode(first.iter().copied());
         let mut input = PREFACE.to_vec();
         input.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-        // The first block split over HEADERS (padded, with priority) + CONTINUATION.
+                                             // The first block split over HEADERS (padded, with priority) + CONTINUATION.
         let split = block_1.len() / 2;
         let mut headers_payload = vec![3u8]; // pad length
         headers_payload.extend_from_slice(&[0, 0, 0, 0, 15]); // priority
@@ -576,7 +580,9 @@ mod tests {
         let mut transcoder = Transcoder::default();
         let mut out = Vec::new();
         for b in &input {
-            transcoder.feed(std::slice::from_ref(b), &mut out).expect("valid input");
+            transcoder
+                .feed(std::slice::from_ref(b), &mut out)
+                .expect("valid input");
         }
         assert_eq!(transcoder.repaired, 2);
         let mut server = loona_hpack::Decoder::new();
@@ -609,7 +615,11 @@ mod tests {
         while !rest.is_empty() {
             let n = rest.len().min(16_000);
             let end = if n == rest.len() { FLAG_END_HEADERS } else { 0 };
-            let t = if first { TYPE_HEADERS } else { TYPE_CONTINUATION };
+            let t = if first {
+                TYPE_HEADERS
+            } else {
+                TYPE_CONTINUATION
+            };
             input.extend(frame(t, end, 1, &rest[..n]));
             rest = &rest[n..];
             first = false;
@@ -632,12 +642,18 @@ mod tests {
 
         let mut t = Transcoder::default();
         let mut input = PREFACE.to_vec();
-        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0xff, 0xff, 0xff]));
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            1,
+            &[0xff, 0xff, 0xff],
+        ));
         assert!(t.feed(&input, &mut Vec::new()).is_err(), "bad HPACK");
 
         let mut t = Transcoder::default();
         let mut out = Vec::new();
-        t.feed(b"PRI * HTTP/1.1\r\n", &mut out).expect("passthrough");
+        t.feed(b"PRI * HTTP/1.1\r\n", &mut out)
+            .expect("passthrough");
         t.feed(b"more", &mut out).expect("passthrough");
         assert_eq!(out, b"PRI * HTTP/1.1\r\nmore");
     }

@@ -42,7 +42,9 @@ use crate::etcd::pb::etcdserverpb::{
 };
 use crate::grpc::server::{Applied, CommandRefused, ReadGrant, ReadRefused};
 use crate::grpc::Inbound;
-use crate::kv::{self, decode_response, encode_command, encode_compact, validate, KvLimits, KvStore};
+use crate::kv::{
+    self, decode_response, encode_command, encode_compact, validate, KvLimits, KvStore,
+};
 use crate::raft::Role;
 use crate::types::{NodeId, Term};
 
@@ -59,7 +61,8 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 const NO_LEADER: &str = "etcdserver: no leader";
 const LEADER_CHANGED: &str = "etcdserver: leader changed";
 const TIMED_OUT: &str = "etcdserver: request timed out";
-const OUTCOME_UNKNOWN: &str = "etcdserver: request timed out, possibly due to previous leader failure";
+const OUTCOME_UNKNOWN: &str =
+    "etcdserver: request timed out, possibly due to previous leader failure";
 const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 
 /// The key-value store shared by the event loop (which applies to it) and the handlers (which
@@ -175,10 +178,7 @@ impl EtcdApi {
         forwarded: bool,
     ) -> Result<Route<(kv::Applied, Term)>, Status> {
         let outcome = self
-            .ask(
-                |reply| Inbound::Command { payload, reply },
-                OUTCOME_UNKNOWN,
-            )
+            .ask(|reply| Inbound::Command { payload, reply }, OUTCOME_UNKNOWN)
             .await?;
         match outcome {
             Ok(Applied { term, response, .. }) => {
@@ -238,9 +238,10 @@ impl EtcdApi {
     /// Copies the client's request into a new one marked as forwarded.
     fn forward_request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
-        request
-            .metadata_mut()
-            .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        request.metadata_mut().insert(
+            FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
         request
     }
 
@@ -299,7 +300,9 @@ fn is_forwarded<T>(request: &Request<T>) -> bool {
 fn wrong_response(expected: &str) -> Status {
     // The store answered an op with another kind: a bug, not a client error.
     tracing::error!("the key-value store answered a {expected} with another response kind");
-    Status::internal(format!("the store answered a {expected} with another response kind"))
+    Status::internal(format!(
+        "the store answered a {expected} with another response kind"
+    ))
 }
 
 /// etcd's `KV` service.
@@ -445,7 +448,11 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let compact = request.into_inner();
-        match self.api.propose(encode_compact(&compact), forwarded).await? {
+        match self
+            .api
+            .propose(encode_compact(&compact), forwarded)
+            .await?
+        {
             Route::Here((kv::Applied::Compact(mut r), term)) => {
                 self.api.fill(&mut r.header, term);
                 Ok(Response::new(r))
@@ -477,7 +484,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let status = self
             .api
-            .ask(|reply| Inbound::Status { reply }, "etcdserver: server stopped")
+            .ask(
+                |reply| Inbound::Status { reply },
+                "etcdserver: server stopped",
+            )
             .await?;
         let (revision, size) = {
             let store = lock(&self.api.inner.store);
@@ -526,7 +536,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         // leader round trip; the term in the header comes from the loop.
         let status = self
             .api
-            .ask(|reply| Inbound::Status { reply }, "etcdserver: server stopped")
+            .ask(
+                |reply| Inbound::Status { reply },
+                "etcdserver: server stopped",
+            )
             .await?;
         let revision = lock(&self.api.inner.store).revision();
         Ok(Response::new(pb::MemberListResponse {
@@ -627,7 +640,9 @@ mod tests {
             .expect("no second hop");
         assert_eq!(again.code(), tonic::Code::Unavailable);
         assert_eq!(again.message(), LEADER_CHANGED);
-        let none = not_leader::<()>(None, None, false).err().expect("no leader");
+        let none = not_leader::<()>(None, None, false)
+            .err()
+            .expect("no leader");
         assert_eq!(none.code(), tonic::Code::Unavailable);
         assert_eq!(none.message(), NO_LEADER);
     }

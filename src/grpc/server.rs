@@ -17,9 +17,9 @@ use std::net::SocketAddr;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
+use crate::etcd::authority::AuthorityRepair;
 use crate::grpc::convert::{self, Limits, NodeStatus, ProposeOutcome};
 use crate::grpc::proto as pb;
-use crate::etcd::authority::AuthorityRepair;
 use crate::grpc::GrpcError;
 use crate::raft::message::Envelope;
 use crate::types::{LogIndex, NodeId, Term};

@@ -528,7 +528,10 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         if read.index <= self.applied_index {
             let _ = reply.send(Ok(self.read_grant()));
         } else {
-            self.reads_confirmed.entry(read.index).or_default().push(reply);
+            self.reads_confirmed
+                .entry(read.index)
+                .or_default()
+                .push(reply);
             self.reads_confirmed_len += 1;
         }
     }
@@ -899,6 +902,8 @@ mod tests {
         log: MemStorage,
         events: Rc<RefCell<Vec<String>>>,
         next_proposal: VecDeque<(LogIndex, Term)>,
+        /// Whether `read_index` accepts reads (as a leader) or refuses them (not the leader).
+        accepts_reads: bool,
     }
 
     impl Scripted {
@@ -924,7 +929,11 @@ mod tests {
                     leader_hint: Some(NodeId(3)),
                 })
         }
-        fn read_index(&mut self, _ctx: u64) -> Result<(), ReadIndexError> {
+        fn read_index(&mut self, ctx: u64) -> Result<(), ReadIndexError> {
+            if self.accepts_reads {
+                self.input(format!("read_index {ctx}"));
+                return Ok(());
+            }
             Err(ReadIndexError::NotLeader {
                 leader_hint: Some(NodeId(3)),
             })
@@ -1074,6 +1083,7 @@ mod tests {
                 log: MemStorage::default(),
                 events: Rc::clone(&events),
                 next_proposal: VecDeque::from(vec![(LogIndex(2), Term(1)), (LogIndex(3), Term(1))]),
+                accepts_reads: false,
             };
             let durable = Gated {
                 gates: Rc::clone(&gates),
@@ -1277,6 +1287,175 @@ mod tests {
                 .position(|e| e.starts_with("persist"))
                 .expect("a write");
             assert_eq!(events[first_persist - 1], "step from 2", "{events:?}");
+        });
+    }
+
+    /// A statemachine that records what it applied and answers with the entry's payload reversed.
+    #[derive(Default)]
+    struct Recorder {
+        applied: Rc<RefCell<Vec<u64>>>,
+    }
+
+    impl StateMachine for Recorder {
+        fn apply(&mut self, entry: &LogEntry) -> Vec<u8> {
+            self.applied.borrow_mut().push(entry.index.0);
+            let mut response = entry.payload.clone();
+            response.reverse();
+            response
+        }
+    }
+
+    #[test]
+    fn reads_are_granted_once_applied_up_to_their_read_index_and_commands_get_apply_responses() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async {
+            let events = Rc::new(RefCell::new(Vec::new()));
+            let script = VecDeque::from(vec![
+                // Input 1 (command at index 1): nothing yet.
+                vec![],
+                // Input 2 (read, ctx 1): confirmed at read index 1, not applied yet.
+                vec![Ready {
+                    read_states: vec![ReadState {
+                        ctx: 1,
+                        index: LogIndex(1),
+                    }],
+                    ..Ready::default()
+                }],
+                // Input 3 (read, ctx 2): the leader stepped down before confirming it.
+                vec![Ready {
+                    dropped_reads: vec![2],
+                    ..Ready::default()
+                }],
+                // Input 4 (a peer's append): index 1 committed and applied.
+                vec![Ready {
+                    committed_entries: vec![LogEntry {
+                        payload: vec![1, 2, 3],
+                        ..entry(1, 1)
+                    }],
+                    ..Ready::default()
+                }],
+            ]);
+            let core = Scripted {
+                script,
+                pending: VecDeque::new(),
+                log: MemStorage::default(),
+                events: Rc::clone(&events),
+                next_proposal: VecDeque::from(vec![(LogIndex(1), Term(1))]),
+                accepts_reads: true,
+            };
+            let durable = Gated {
+                gates: Rc::new(RefCell::new(VecDeque::new())),
+                events: Rc::clone(&events),
+            };
+            let (inbound_tx, inbound_rx) = mpsc::channel(16);
+            let peers = Peers::start(NodeId(1), &[], PeerConfig::default(), inbound_tx.clone())
+                .expect("peers");
+            let config = LoopConfig {
+                tick: Duration::from_secs(3600),
+                addresses: HashMap::new(),
+                inbound_batch_max: 1,
+                proposals_pending_max: 8,
+                reads_pending_max: 8,
+            };
+            let applied = Rc::new(RefCell::new(Vec::new()));
+            let machine = Recorder {
+                applied: Rc::clone(&applied),
+            };
+            let event_loop = EventLoop::new(core, durable, machine, peers, config, LogIndex::ZERO);
+            let (stop, stopped) = oneshot::channel::<()>();
+            let handle = tokio::task::spawn_local(event_loop.run(inbound_rx, async move {
+                let _ = stopped.await;
+            }));
+
+            let (reply, mut command) = oneshot::channel();
+            inbound_tx
+                .send(Inbound::Command {
+                    payload: vec![1, 2, 3],
+                    reply,
+                })
+                .await
+                .expect("loop alive");
+            let (reply, mut confirmed) = oneshot::channel();
+            inbound_tx
+                .send(Inbound::Read {
+                    linearizable: true,
+                    reply,
+                })
+                .await
+                .expect("loop alive");
+            let (reply, mut dropped) = oneshot::channel();
+            inbound_tx
+                .send(Inbound::Read {
+                    linearizable: true,
+                    reply,
+                })
+                .await
+                .expect("loop alive");
+            settle().await;
+            assert_eq!(
+                confirmed.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty),
+                "a confirmed read waits until the state machine reaches its read index"
+            );
+            assert_eq!(dropped.try_recv(), Ok(Err(ReadRefused::LeadershipLost)));
+            // A serializable read is granted at once, at what is applied now (nothing).
+            let (reply, mut local_read) = oneshot::channel();
+            inbound_tx
+                .send(Inbound::Read {
+                    linearizable: false,
+                    reply,
+                })
+                .await
+                .expect("loop alive");
+            settle().await;
+            assert_eq!(
+                local_read.try_recv().map(|r| r.map(|g| g.applied_index)),
+                Ok(Ok(LogIndex(0)))
+            );
+
+            let (item_reply, _answer) = oneshot::channel();
+            inbound_tx
+                .send(Inbound::Request {
+                    envelope: Envelope {
+                        from: NodeId(2),
+                        to: NodeId(1),
+                        msg: heartbeat(1).msg,
+                    },
+                    reply: item_reply,
+                })
+                .await
+                .expect("loop alive");
+            settle().await;
+            assert_eq!(*applied.borrow(), vec![1]);
+            assert_eq!(
+                command.try_recv(),
+                Ok(Ok(Applied {
+                    index: LogIndex(1),
+                    term: Term(1),
+                    response: vec![3, 2, 1],
+                }))
+            );
+            assert_eq!(
+                confirmed.try_recv().map(|r| r.map(|g| g.applied_index)),
+                Ok(Ok(LogIndex(1)))
+            );
+            let reads: Vec<String> = events
+                .borrow()
+                .iter()
+                .filter(|e| e.starts_with("read_index"))
+                .cloned()
+                .collect();
+            assert_eq!(
+                reads,
+                ["read_index 1", "read_index 2"],
+                "serializable reads skip the core"
+            );
+            stop.send(()).expect("loop alive");
+            handle.await.expect("loop task").expect("clean stop");
         });
     }
 }

@@ -40,8 +40,8 @@ use tokio::sync::mpsc;
 use crate::config::ClusterConfig;
 use crate::etcd::members::Members;
 use crate::etcd::server::{EtcdApi, SharedStore};
-use crate::kv::{KvLimits, KvStore};
 use crate::grpc::{self, GrpcError, Limits, PeerConfig, Peers, ServerConfig};
+use crate::kv::{KvLimits, KvStore};
 use crate::raft::{self, HardState, RaftNode};
 use crate::types::{LogIndex, NodeId};
 

@@ -1,0 +1,327 @@
+//! The real etcd client against a 3-node rust-raft-log cluster of real processes on loopback
+//! (ephemeral ports, a temp dir). Debian's `etcdctl` (package `etcd-client`, 3.4.23) must be on
+//! the PATH: `.ci/run` installs it; without it these tests fail and say so.
+//!
+//! ```text
+//!   etcdctl ──gRPC (etcd v3 API)──▶ node L (leader) ◀──Raft──▶ followers F1, F2
+//!           └──────────────────────▶ node F1: writes and linearizable reads forwarded to L
+//! ```
+//! Every test checks etcdctl's output, not only its exit code. The bounds are generous for a
+//! loaded 2-core CI machine; they are not performance claims.
+
+mod process_cluster;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use process_cluster::{Cluster, Settings};
+use rust_raft_log::etcd::members::member_id;
+use rust_raft_log::types::NodeId;
+
+const LEADER_WAIT: Duration = Duration::from_secs(20);
+
+struct Output {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "success={} stdout:\n{}\nstderr:\n{}",
+            self.success, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `etcdctl --endpoints=<endpoints> <args>` (API v3), feeding `stdin` if given.
+fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut command = Command::new("etcdctl");
+    command
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--dial-timeout=5s")
+        .arg("--command-timeout=15s")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => panic!(
+            "cannot run etcdctl ({e}): install Debian's etcd-client (`apt-get install -y \
+             etcd-client`; .ci/run does it)"
+        ),
+    };
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        pipe.write_all(input.as_bytes())
+            .expect("write etcdctl stdin");
+    }
+    let out = child.wait_with_output().expect("etcdctl output");
+    Output {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `etcdctl` that must succeed; returns stdout.
+fn ok(endpoints: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoints, args, None);
+    assert!(out.success, "etcdctl {args:?} against {endpoints}: {out:?}");
+    out.stdout
+}
+
+/// Standard base64 (etcdctl's JSON output encodes keys and values with it).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Starts three nodes and waits for a leader; returns (cluster, leader id, a follower id).
+fn cluster(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> (Cluster, u32, u32) {
+    let mut cluster = Cluster::start(dir, 3, Settings::default());
+    let leader = rt.block_on(cluster.wait_for_leader(LEADER_WAIT)).node_id.0;
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    (cluster, leader, follower)
+}
+
+#[test]
+fn etcdctl_put_get_del_and_txn_through_leader_and_follower() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let (cluster, leader, follower) = cluster(dir.path(), &rt);
+    let all: Vec<String> = cluster.addrs.values().map(|a| a.to_string()).collect();
+    let all = all.join(",");
+    let on_leader = cluster.addrs[&leader].to_string();
+    let on_follower = cluster.addrs[&follower].to_string();
+
+    // put through every kind of endpoint; the follower forwards to the leader.
+    assert_eq!(ok(&all, &["put", "foo", "bar"]).trim(), "OK");
+    assert_eq!(ok(&on_follower, &["put", "app/a", "1"]).trim(), "OK");
+    assert_eq!(ok(&on_leader, &["put", "app/b", "2"]).trim(), "OK");
+    assert_eq!(ok(&on_follower, &["put", "app/c", "3"]).trim(), "OK");
+    assert_eq!(ok(&on_leader, &["put", "zzz", "last"]).trim(), "OK");
+
+    // get, single key, linearizable on a follower (forwarded) and serializable.
+    assert_eq!(ok(&on_follower, &["get", "foo"]), "foo\nbar\n");
+    assert_eq!(
+        ok(&on_leader, &["get", "foo", "--consistency=s"]),
+        "foo\nbar\n"
+    );
+    assert_eq!(ok(&on_leader, &["get", "missing"]), "");
+    // --prefix, in key order.
+    assert_eq!(
+        ok(&on_follower, &["get", "--prefix", "app/"]),
+        "app/a\n1\napp/b\n2\napp/c\n3\n"
+    );
+    // --from-key with --limit: the first two keys >= "app/b".
+    assert_eq!(
+        ok(&on_leader, &["get", "--from-key", "app/b", "--limit=2"]),
+        "app/b\n2\napp/c\n3\n"
+    );
+    // -w json: header with the ids, revision 6 after five puts on the store's revision 1, count
+    // regardless of the limit, base64 keys and values.
+    let json = ok(
+        &on_follower,
+        &["get", "--prefix", "app/", "--limit=1", "-w", "json"],
+    );
+    assert!(json.contains("\"revision\":6"), "{json}");
+    assert!(
+        json.contains(&format!("\"member_id\":{}", member_id(NodeId(follower)))),
+        "the follower answers with its own member id: {json}"
+    );
+    assert!(json.contains("\"count\":3"), "{json}");
+    assert!(json.contains("\"more\":true"), "{json}");
+    assert!(
+        json.contains(&format!(
+            "\"key\":\"{}\",\"create_revision\":3,\"mod_revision\":3,\"version\":1,\"value\":\"{}\"",
+            base64(b"app/a"),
+            base64(b"1")
+        )),
+        "{json}"
+    );
+    assert!(!json.contains(&base64(b"app/b")), "limit 1: {json}");
+
+    // del --prev-kv prints the count and the deleted pairs.
+    assert_eq!(
+        ok(&on_follower, &["del", "--prev-kv", "--prefix", "app/"]),
+        "3\napp/a\n1\napp/b\n2\napp/c\n3\n"
+    );
+    assert_eq!(ok(&on_leader, &["get", "--prefix", "app/"]), "");
+
+    // txn, interactive input from a file: compares, then success, then failure requests.
+    let txn = "value(\"foo\") = \"bar\"\n\nput tx-ok yes\nget foo\n\nput tx-failed yes\n\n";
+    let out = etcdctl(&on_follower, &["txn", "-i"], Some(txn));
+    assert!(out.success, "{out:?}");
+    // (etcdctl prints its prompts on stdout too.)
+    assert!(
+        out.stdout.contains("SUCCESS\n\nOK\n\nfoo\nbar\n"),
+        "{out:?}"
+    );
+    let failing = "mod(\"foo\") > \"1000\"\n\nput tx-ok no\n\nput tx-failed yes\n\n";
+    let out = etcdctl(&on_leader, &["txn", "-i"], Some(failing));
+    assert!(out.success, "{out:?}");
+    assert!(out.stdout.contains("FAILURE\n\nOK"), "{out:?}");
+    assert_eq!(ok(&all, &["get", "tx-ok"]), "tx-ok\nyes\n");
+    assert_eq!(ok(&all, &["get", "tx-failed"]), "tx-failed\nyes\n");
+
+    // Validation before proposing, with etcd's text: an empty key is refused and changes nothing.
+    let out = etcdctl(&on_leader, &["put", "", "x"], None);
+    assert!(!out.success, "{out:?}");
+    assert!(
+        out.stderr.contains("etcdserver: key is not provided"),
+        "{out:?}"
+    );
+    drop(cluster);
+}
+
+#[test]
+fn etcdctl_endpoint_status_member_list_and_unimplemented_methods() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let (mut cluster, leader, follower) = cluster(dir.path(), &rt);
+    let ids = cluster.ids();
+    let plain: Vec<String> = ids.iter().map(|id| cluster.addrs[id].to_string()).collect();
+    // etcdctl sends the whole URL as the HTTP/2 :authority for these: the accept-side repair
+    // must make them work like the scheme-less ones.
+    let urls: Vec<String> = ids
+        .iter()
+        .map(|id| format!("http://{}", cluster.addrs[id]))
+        .collect();
+    assert_eq!(ok(&plain.join(","), &["put", "k", "v"]).trim(), "OK");
+
+    for endpoints in [plain.join(","), urls.join(",")] {
+        let table = ok(&endpoints, &["endpoint", "status"]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        for (line, id) in lines.iter().zip(&ids) {
+            // endpoint, ID, version, db size, is leader, is learner, raft term, raft index,
+            // raft applied index, errors
+            let fields: Vec<&str> = line.split(", ").collect();
+            assert_eq!(fields.len(), 10, "{line}");
+            assert!(
+                fields[0].ends_with(&cluster.addrs[id].to_string()),
+                "{line}"
+            );
+            assert_eq!(fields[1], format!("{:x}", member_id(NodeId(*id))), "{line}");
+            assert_eq!(fields[2], "3.4.0", "{line}");
+            assert_eq!(fields[4], (*id == leader).to_string(), "{line}");
+            assert_eq!(fields[5], "false", "{line}");
+            let index: u64 = fields[7].parse().expect("raft index");
+            assert!(index >= 2, "the leader's NoOp and the put: {line}");
+        }
+        let health = etcdctl(&endpoints, &["endpoint", "health"], None);
+        assert!(health.success, "{health:?}");
+        assert_eq!(
+            health.stderr.matches("is healthy").count()
+                + health.stdout.matches("is healthy").count(),
+            3,
+            "{health:?}"
+        );
+    }
+
+    let members = ok(&urls[0], &["member", "list"]);
+    let mut lines: Vec<&str> = members.lines().collect();
+    lines.sort_unstable();
+    let mut expected: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let url = format!("http://{}", cluster.addrs[id]);
+            format!(
+                "{:x}, started, node{id}, {url}, {url}, false",
+                member_id(NodeId(*id))
+            )
+        })
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(lines, expected);
+
+    // Not served: UNIMPLEMENTED with the method's name.
+    let lease = etcdctl(&plain[0], &["lease", "grant", "10"], None);
+    assert!(!lease.success, "{lease:?}");
+    assert!(
+        lease.stderr.contains("code = Unimplemented")
+            && lease.stderr.contains("etcdserverpb.Lease/LeaseGrant"),
+        "{lease:?}"
+    );
+    let defrag = etcdctl(&plain[0], &["defrag"], None);
+    assert!(
+        format!("{}{}", defrag.stdout, defrag.stderr)
+            .contains("etcdserverpb.Maintenance/Defragment"),
+        "{defrag:?}"
+    );
+
+    // Without a majority: the survivor answers with etcd's retryable status, nothing is written.
+    cluster.kill(leader);
+    let other = ids
+        .iter()
+        .copied()
+        .find(|id| *id != leader && *id != follower)
+        .expect("third node");
+    cluster.kill(other);
+    let out = etcdctl(
+        &plain[ids.iter().position(|id| *id == follower).expect("index")],
+        &["put", "k", "lost", "--command-timeout=3s"],
+        None,
+    );
+    assert!(!out.success, "{out:?}");
+    assert!(
+        out.stderr.contains("etcdserver: no leader")
+            || out.stderr.contains("etcdserver: leader changed")
+            || out.stderr.contains("etcdserver: request timed out"),
+        "a retryable etcd error: {out:?}"
+    );
+}
+
+#[test]
+fn etcdctl_check_perf_small_load_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let (cluster, _leader, _follower) = cluster(dir.path(), &rt);
+    let all: Vec<String> = cluster.addrs.values().map(|a| a.to_string()).collect();
+    // check perf writes for 60 s at the "s" load (50 clients, 150 writes/s), then checks
+    // throughput, the slowest request and the latency stddev.
+    let out = etcdctl(&all.join(","), &["check", "perf", "--load=s"], None);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(out.success, "{out:?}\n{}", cluster.describe());
+    assert!(text.contains("PASS: Throughput"), "{text}");
+    assert!(text.contains("PASS: Slowest request"), "{text}");
+    assert!(text.contains("PASS: Stddev"), "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+}
