@@ -10,7 +10,8 @@
 //! - [`etcd`]: the etcd v3 wire types (`proto/etcd/`, packages `mvccpb` and `etcdserverpb`).
 //! - [`grpc`]: the wire protocol (`proto/raft.proto`), core <-> proto conversion, the tonic server
 //!   and the peer clients. No protocol logic.
-//! - [`state_machine`]: the `StateMachine` trait the node applies committed entries to.
+//! - [`state_machine`]: the `StateMachine` trait the node applies committed entries to, and the
+//!   `Snapshot` trait (whole state as bytes and back).
 //! - [`kv`]: the key-value state machine with etcd v3 semantics (`KvStore`), request validation
 //!   with etcd's limits and errors, the command and response bytes in the log.
 //! - [`node`]: one process on the tokio-uring runtime: startup (bind, data directory lock,

@@ -15,8 +15,10 @@
 //! - The response bytes go to the client whose proposal the entry was, on the node where it was
 //!   proposed; other replicas discard them.
 //!
-//! Snapshots (`snapshot` / `restore`, for log compaction and for catching up a far-behind follower)
-//! are the next step of this interface and are not defined yet.
+//!
+//! [`Snapshot`] is the second half: the whole state as bytes and back, for compacting the log
+//! below an applied index and for catching up a far-behind follower. The node does not use it yet
+//! (there is no InstallSnapshot); the key-value store implements it.
 
 use crate::types::LogEntry;
 
@@ -24,6 +26,30 @@ use crate::types::LogEntry;
 pub trait StateMachine {
     /// Applies one committed entry and returns the response for its proposer.
     fn apply(&mut self, entry: &LogEntry) -> Vec<u8>;
+}
+
+/// Errors of restoring a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The bytes are not a valid snapshot: what is wrong and at which byte offset.
+    #[error("corrupt snapshot at byte {offset}: {what}")]
+    Corrupt { offset: usize, what: String },
+}
+
+/// A state machine whose whole state can be captured and restored.
+///
+/// Contract: `restore(snapshot())` gives a state machine that answers every later `apply` exactly
+/// as the original would; `snapshot` is deterministic (equal states give equal bytes, so replicas
+/// can compare them).
+pub trait Snapshot {
+    /// The whole state as self-checking bytes.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the state with the one `snapshot` captured.
+    ///
+    /// # Errors
+    /// `Corrupt` for bytes that are not a valid snapshot; the state is then left unchanged.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), SnapshotError>;
 }
 
 /// The identity state machine: entries are only counted as applied, responses are empty.

@@ -665,6 +665,49 @@ fn a_candidate_asks_at_once_but_counts_its_own_vote_only_once_durable() {
 }
 
 #[test]
+fn a_candidate_elected_by_the_others_alone_leads_only_once_its_term_is_durable() {
+    // Five voters: the grants of nodes 2, 3 and 4 are a majority without node 1's own vote. Had
+    // node 1 led at once, a crash before its term-1 write landed would restart it in term 0; it
+    // could then win term 1 a second time (voters repeat a vote for the same candidate) and put
+    // a different entry at the index its first leadership already sent out as (index, term 1).
+    let mut net = Net::from_parts((1..=5).map(|id| {
+        (
+            Config {
+                pre_vote: false,
+                ..config(id, 5)
+            },
+            hs(0),
+            MemStorage::default(),
+        )
+    }));
+    net.hold_writes.insert(1);
+    net.tick(1, ELECTION_MAX + 1);
+    assert_eq!(net.node(1).role(), Role::Candidate);
+    net.deliver_all();
+    let grants = (2..=5)
+        .filter(|&id| net.node(id).hard_state().vote == Some(NodeId(1)))
+        .count();
+    assert!(
+        grants >= 3,
+        "the others alone are a majority ({grants} grants)"
+    );
+    assert_eq!(
+        net.node(1).role(),
+        Role::Candidate,
+        "leads a term that is not durable on its own disk"
+    );
+    assert!(
+        !net.queue
+            .iter()
+            .any(|e| matches!(e.msg, Message::AppendEntries(_))),
+        "no AppendEntries of the undurable term leaves"
+    );
+    net.release_writes(1);
+    assert_eq!(net.node(1).role(), Role::Leader);
+    assert_eq!(net.node(1).term(), Term(1));
+}
+
+#[test]
 fn the_leaders_own_entries_count_toward_commit_only_once_durable() {
     let mut net = Net::new(3);
     net.campaign(1);

@@ -49,8 +49,8 @@ fn sim_safety_sweep() {
     println!(
         "sim sweep: {} seeds ({} x N=3, {} x N=5, {} x N=7), {} events ({:.0} events/s on {threads} \
          threads), {:.0} s simulated, {} crashes ({} torn writes), {} leaders, {} proposals \
-         committed, {} lost; liveness worst: leader {:.0} ms, commit {:.0} ms after faults stopped; \
-         wall {secs:.1} s",
+         committed, {} lost; {} reads ({} served, {} dropped); liveness worst: leader {:.0} ms, \
+         commit {:.0} ms, read {:.0} ms after faults stopped; wall {secs:.1} s",
         r.seeds_run,
         r.by_nodes[3],
         r.by_nodes[5],
@@ -63,8 +63,12 @@ fn sim_safety_sweep() {
         r.leaders,
         r.committed,
         r.lost,
+        r.reads,
+        r.reads_served,
+        r.reads_dropped,
         r.liveness_leader_us_max as f64 / 1000.0,
         r.liveness_commit_us_max as f64 / 1000.0,
+        r.liveness_read_us_max as f64 / 1000.0,
     );
     let mut failures = r.failures.clone();
     failures.sort();

@@ -11,13 +11,24 @@
 //! accepts nothing it would not accept from a well-behaved client.
 //!
 //! How: HTTP/2 compresses headers with HPACK, whose dynamic table is shared state between the
-//! client's encoder and the server's decoder, so one header block cannot be edited in place. The
-//! wrapper therefore decodes every header block with a decoder that mirrors the client's table
-//! and re-encodes it with an encoder whose table the server's decoder mirrors (both
-//! `loona-hpack`). Frames are parsed only as far as needed: HEADERS and CONTINUATION are
-//! reassembled and re-emitted (padding dropped, priority kept, split at the protocol's minimum
-//! frame size of 16 KiB); every other frame, DATA included, is copied as is. The server → client
-//! direction is not touched.
+//! client's encoder and the server's decoder, so one header block cannot be edited in place. Per
+//! connection:
+//! 1. Until the first header block, frames are parsed and copied (DATA and every other frame as
+//!    they are). The first block (HEADERS + CONTINUATIONs) is decoded with a decoder that mirrors
+//!    the client's table (`loona-hpack`).
+//! 2. If its `:authority` needs no repair, the block's original frames are forwarded verbatim (so
+//!    the server's table equals the client's) and the connection becomes a plain pass-through for
+//!    the rest of its life: no parsing, no copy beyond the socket read. This is every well-behaved
+//!    client, peers included.
+//! 3. Otherwise the connection is transcoded from then on: every block is decoded, repaired and
+//!    re-encoded with an encoder whose table the server's decoder mirrors, and re-emitted as
+//!    HEADERS + CONTINUATION (padding dropped, priority kept, split at the protocol's minimum frame
+//!    size of 16 KiB).
+//!
+//! The server → client direction is never touched. The decision on the first block relies on a
+//! client sending one `:authority` for all streams of a connection, which gRPC clients do (grpc-go
+//! derives it from the dial target, per connection); a client that switched to a URL authority
+//! later on a connection would see h2's PROTOCOL_ERROR for those streams, as without this layer.
 //!
 //! Invariants and limits: the connection preface must match HTTP/2's, or the bytes pass through
 //! untouched (hyper then refuses them as before); a header block is at most
@@ -75,16 +86,23 @@ fn protocol_error(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// Matching the connection preface; `usize` bytes matched so far.
     Preface(usize),
-    Frames,
-    /// Not HTTP/2 with prior knowledge: copy everything.
+    /// Parsing frames until the first header block decides (module docs, step 1).
+    Inspect,
+    /// Every header block is re-encoded (step 3).
+    Transcode,
+    /// Copy everything: not HTTP/2 with prior knowledge, or the first block needed no repair.
     Passthrough,
 }
 
 /// A header block being reassembled from HEADERS + CONTINUATION frames.
 struct PendingBlock {
+    /// The block's frames as received (forwarded verbatim when nothing is repaired while
+    /// inspecting).
+    raw: Vec<u8>,
     stream_id: [u8; 4],
     end_stream: bool,
     priority: Option<[u8; 5]>,
@@ -137,7 +155,7 @@ impl Transcoder {
                 out.extend_from_slice(&bytes[..take]);
                 bytes = &bytes[take..];
                 self.phase = if matched + take == PREFACE.len() {
-                    Phase::Frames
+                    Phase::Inspect
                 } else {
                     Phase::Preface(matched + take)
                 };
@@ -149,11 +167,16 @@ impl Transcoder {
                 Ok(())
             }
             Phase::Preface(_) => Ok(()),
-            Phase::Frames => {
+            Phase::Inspect | Phase::Transcode => {
                 self.input.extend_from_slice(bytes);
                 self.frames(out)
             }
         }
+    }
+
+    /// Whether every further byte passes through unchanged (the reader may skip the transcoder).
+    pub fn is_passthrough(&self) -> bool {
+        self.phase == Phase::Passthrough
     }
 
     fn frames(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
@@ -186,6 +209,7 @@ impl Transcoder {
                     }
                     let block = headers_fragment(flags, payload)?;
                     let pending = PendingBlock {
+                        raw: self.input[at..end].to_vec(),
                         stream_id,
                         end_stream: flags & FLAG_END_STREAM != 0,
                         priority: block.priority,
@@ -209,6 +233,7 @@ impl Transcoder {
                         )));
                     }
                     pending.block.extend_from_slice(payload);
+                    pending.raw.extend_from_slice(&self.input[at..end]);
                     if flags & FLAG_END_HEADERS != 0 {
                         self.finish_block(out)?;
                     }
@@ -224,6 +249,12 @@ impl Transcoder {
                 }
             }
             at = end;
+            if self.phase == Phase::Passthrough {
+                // The first block needed no repair: the rest goes through as it is.
+                out.extend_from_slice(&self.input[at..]);
+                self.input = Vec::new();
+                return Ok(());
+            }
         }
         self.input.drain(..at);
         Ok(())
@@ -244,9 +275,11 @@ impl Transcoder {
                 "a header list of {list_bytes} bytes is above the limit of {HEADER_LIST_BYTES_MAX}"
             )));
         }
+        let mut repaired_here = false;
         for (name, value) in headers.iter_mut() {
             if name.as_slice() == b":authority" {
                 if let Some(repaired) = repair_authority(value) {
+                    repaired_here = true;
                     tracing::debug!(
                         from = %String::from_utf8_lossy(value),
                         to = %String::from_utf8_lossy(&repaired),
@@ -257,6 +290,12 @@ impl Transcoder {
                 }
             }
         }
+        if self.phase == Phase::Inspect && !repaired_here {
+            out.extend_from_slice(&pending.raw);
+            self.phase = Phase::Passthrough;
+            return Ok(());
+        }
+        self.phase = Phase::Transcode;
         let mut block = Vec::with_capacity(pending.block.len() + 16);
         self.encoder
             .encode_into(
@@ -393,6 +432,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for AuthorityRepair<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
+            if this.ready_at == this.ready.len() && this.transcoder.is_passthrough() {
+                // Nothing held back: read straight into the caller's buffer.
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
             if this.ready_at < this.ready.len() {
                 let n = buf.remaining().min(this.ready.len() - this.ready_at);
                 buf.put_slice(&this.ready[this.ready_at..this.ready_at + n]);
@@ -600,6 +643,45 @@ mod tests {
         assert_eq!(frames[2], (0x0, FLAG_END_STREAM, b"grpc-body".to_vec()));
         assert_eq!(String::from_utf8_lossy(&frames[3].2), expected);
         assert_ne!(frames[3].1 & FLAG_END_STREAM, 0);
+    }
+
+    #[test]
+    fn a_connection_whose_first_block_needs_no_repair_passes_through_byte_for_byte() {
+        let mut client = loona_hpack::Encoder::new();
+        let good: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/etcdserverpb.KV/Put"),
+            (b":authority", b"127.0.0.1:2379"),
+        ];
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(0x4, 0, 0, &[]));
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS,
+            1,
+            &client.encode(good.iter().copied()),
+        ));
+        let head = input.len();
+        input.extend(frame(0x0, FLAG_END_STREAM, 1, b"body"));
+        input.extend(frame(
+            TYPE_HEADERS,
+            FLAG_END_HEADERS | FLAG_END_STREAM,
+            3,
+            &client.encode(good.iter().copied()),
+        ));
+        let mut transcoder = Transcoder::default();
+        let mut out = Vec::new();
+        // The first block arrives in pieces, the rest in one read.
+        for b in &input[..head] {
+            transcoder
+                .feed(std::slice::from_ref(b), &mut out)
+                .expect("valid");
+        }
+        assert!(transcoder.is_passthrough());
+        transcoder.feed(&input[head..], &mut out).expect("valid");
+        assert_eq!(out, input, "verbatim");
+        assert_eq!(transcoder.repaired, 0);
     }
 
     #[test]

@@ -269,6 +269,47 @@ mod tests {
     }
 
     #[test]
+    fn decode_apply_result_gives_the_op_response_or_the_error() {
+        let mut store = KvStore::new();
+        let bytes = StateMachine::apply(
+            &mut store,
+            &entry(EntryType::Normal, encode_command(&put_op(b"k", b"v"))),
+        );
+        let response = decode_apply_result(&bytes).expect("a put response");
+        assert!(matches!(response.response, Some(Response::ResponsePut(_))));
+        let leased = RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: b"k".to_vec(),
+                lease: 3,
+                ..PutRequest::default()
+            })),
+        };
+        let bytes = StateMachine::apply(
+            &mut store,
+            &entry(EntryType::Normal, encode_command(&leased)),
+        );
+        assert_eq!(decode_apply_result(&bytes), Err(KvError::LeaseNotFound));
+        let compact = CompactionRequest {
+            revision: 2,
+            physical: false,
+        };
+        let bytes = StateMachine::apply(
+            &mut store,
+            &entry(EntryType::Normal, encode_compact(&compact)),
+        );
+        assert!(matches!(decode_response(&bytes), Ok(Applied::Compact(_))));
+        assert!(matches!(
+            decode_apply_result(&bytes),
+            Err(KvError::BadCommand { .. })
+        ));
+    }
+
+    #[test]
+    fn the_identity_state_machine_answers_empty() {
+        assert!(StateMachine::apply(&mut (), &entry(EntryType::Normal, vec![1, 2])).is_empty());
+    }
+
+    #[test]
     fn noop_entries_change_nothing_and_answer_empty() {
         let mut store = KvStore::new();
         assert!(StateMachine::apply(&mut store, &entry(EntryType::NoOp, Vec::new())).is_empty());

@@ -2,7 +2,8 @@
 //!
 //! This module owns the store ([`KvStore`]), the checks a request passes before it is proposed
 //! ([`validate`]), the bytes a write takes in a log entry ([`encode_command`]) and the bytes of
-//! its result handed back to the proposer ([`decode_response`]), and the error type of the layer
+//! its result handed back to the proposer ([`decode_response`]), the store's snapshot format
+//! (`snapshot.rs`, via [`crate::state_machine::Snapshot`]), and the error type of the layer
 //! ([`KvError`], with etcd's gRPC codes and texts).
 //!
 //! Everything here is pure and deterministic: no I/O, no clock, no randomness, no hash-map
@@ -26,6 +27,7 @@
 //!   found", and every key's `lease` is 0.
 
 mod command;
+mod snapshot;
 mod store;
 mod validate;
 

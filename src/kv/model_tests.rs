@@ -3,7 +3,8 @@
 //! every revision (for historical reads). Random puts, deletes, ranges, txns and compactions go to
 //! the store, to the model, and (as log entry bytes) to a second store; after every step the
 //! store must match the model at the newest and at a random older revision, its invariants must
-//! hold, and the second store must be equal with identical response bytes (determinism).
+//! hold, the second store must be equal with identical response bytes (determinism), and a store
+//! restored from a snapshot must read the same.
 //!
 //! proptest shrinks a failure to a minimal sequence of operations, prints it, and saves the seed
 //! under `proptest-regressions/` so the failure reproduces on the next run.
@@ -18,7 +19,7 @@ use crate::etcd::pb::etcdserverpb::{
     request_op::Request,
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use crate::state_machine::StateMachine;
+use crate::state_machine::{Snapshot, StateMachine};
 use crate::types::{EntryType, LogEntry, LogIndex, Term};
 
 const HISTORY_REVISIONS: i64 = 6;
@@ -307,6 +308,13 @@ proptest! {
                 Ok(model.history[revision as usize].clone())
             };
             prop_assert_eq!(read(&store, revision), expected, "read at {} after step {}", revision, i);
+            // A store restored from a snapshot is indistinguishable from the original.
+            let snapshot = store.snapshot();
+            let mut restored = KvStore::new();
+            prop_assert!(restored.restore(&snapshot).is_ok(), "restore after step {}", i);
+            restored.check_invariants();
+            prop_assert_eq!(restored.snapshot(), snapshot);
+            prop_assert_eq!(read(&restored, revision), read(&store, revision));
             prop_assert!(
                 store.revision() - store.compact_revision() <= HISTORY_REVISIONS
                     || store.compact_revision() < 0,

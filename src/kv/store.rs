@@ -13,6 +13,8 @@
 //!   versions of one incarnation share `create_revision` and have increasing versions; a new
 //!   incarnation has `create_revision == mod_revision`.
 //! - `size_bytes` is the sum of [`version_size_bytes`] over all stored versions.
+//! - The change queue holds one `(mod_revision, key)` per stored version above `compact_revision`,
+//!   in non-decreasing revision order.
 //!
 //! Writes run inside a write transaction at revision `revision + 1`: the first time a key is touched
 //! its history length is recorded, so an error anywhere in a Txn rolls every key back exactly
@@ -38,40 +40,41 @@ use crate::etcd::pb::mvccpb::KeyValue;
 /// about 30 MiB.
 pub const HISTORY_REVISIONS_DEFAULT: i64 = 100_000;
 
+/// The revision of an empty store (etcd's).
+pub(super) const REVISION_INITIAL: i64 = 1;
+
 /// Bytes counted per stored version besides its key and value (revisions, version, the vector
 /// slot), so that `size_bytes` grows with history even for empty values.
 const VERSION_OVERHEAD_BYTES: i64 = 32;
 
-/// The store revision of an empty store, as in etcd.
-const REVISION_INITIAL: i64 = 1;
-
 /// One version of one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Version {
-    mod_revision: i64,
+pub(super) struct Version {
+    pub(super) mod_revision: i64,
     /// `None`: the key was deleted at `mod_revision`.
-    live: Option<Live>,
+    pub(super) live: Option<Live>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Live {
-    create_revision: i64,
-    version: i64,
-    value: Vec<u8>,
+pub(super) struct Live {
+    pub(super) create_revision: i64,
+    pub(super) version: i64,
+    pub(super) value: Vec<u8>,
 }
 
 /// The key-value state machine. See the [module docs](super) for the semantics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStore {
-    revision: i64,
+    pub(super) revision: i64,
     /// Reads below this revision answer `Compacted`; -1 before the first compaction (etcd's value).
-    compact_revision: i64,
+    pub(super) compact_revision: i64,
     /// Automatic compaction keeps this many revisions; 0 keeps everything.
-    history_revisions: i64,
-    keys: BTreeMap<Vec<u8>, Vec<Version>>,
-    /// Every write, in order: the keys a compaction up to a revision must visit.
-    changes: VecDeque<(i64, Vec<u8>)>,
-    size_bytes: i64,
+    pub(super) history_revisions: i64,
+    pub(super) keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    /// One entry per stored version above `compact_revision`, in write order: the keys a
+    /// compaction up to a revision must visit.
+    pub(super) changes: VecDeque<(i64, Vec<u8>)>,
+    pub(super) size_bytes: i64,
 }
 
 /// A write transaction in progress at revision `rev`.
@@ -139,7 +142,7 @@ impl KvStore {
         if request.key.is_empty() {
             return Err(KvError::EmptyKey);
         }
-        let at = self.read_revision(request.revision)?;
+        let at = self.read_revision(request.revision, self.revision)?;
         Ok(self.range_at(request, at, self.revision))
     }
 
@@ -194,12 +197,13 @@ impl KvStore {
         })
     }
 
-    /// Maps a request's `revision` to the revision to read at: `None` for the newest state.
-    fn read_revision(&self, revision: i64) -> Result<Option<i64>, KvError> {
+    /// Maps a request's `revision` to the revision to read at (`None`: the newest state), given
+    /// the `current` revision of the reader (inside a write txn that already wrote, the txn's).
+    fn read_revision(&self, revision: i64, current: i64) -> Result<Option<i64>, KvError> {
         if revision <= 0 {
             return Ok(None);
         }
-        if revision > self.revision {
+        if revision > current {
             return Err(KvError::FutureRevision);
         }
         if revision < self.compact_revision {
@@ -366,9 +370,10 @@ impl KvStore {
                 if range.key.is_empty() {
                     return Err(KvError::EmptyKey);
                 }
-                let at = self.read_revision(range.revision)?;
-                let observed = if txn.changed { txn.rev } else { self.revision };
-                Response::ResponseRange(self.range_at(range, at, observed))
+                // etcd: a write txn that already wrote reads at its own, new revision.
+                let current = if txn.changed { txn.rev } else { self.revision };
+                let at = self.read_revision(range.revision, current)?;
+                Response::ResponseRange(self.range_at(range, at, current))
             }
             Some(Request::RequestPut(put)) => Response::ResponsePut(self.put(txn, put)?),
             Some(Request::RequestDeleteRange(delete)) => {
@@ -596,6 +601,24 @@ impl KvStore {
             }
         }
         assert_eq!(size, self.size_bytes, "size_bytes out of step");
+        let above_compaction = self
+            .keys
+            .values()
+            .flatten()
+            .filter(|version| version.mod_revision > self.compact_revision)
+            .count();
+        assert_eq!(
+            self.changes.len(),
+            above_compaction,
+            "the change queue must hold one entry per version above the compaction point"
+        );
+        assert!(
+            self.changes
+                .iter()
+                .zip(self.changes.iter().skip(1))
+                .all(|(a, b)| a.0 <= b.0),
+            "the change queue must be in revision order"
+        );
     }
 }
 
@@ -606,7 +629,7 @@ fn header(revision: i64) -> Option<ResponseHeader> {
     })
 }
 
-fn version_size_bytes(key: &[u8], version: &Version) -> i64 {
+pub(super) fn version_size_bytes(key: &[u8], version: &Version) -> i64 {
     let value = version.live.as_ref().map_or(0, |live| live.value.len());
     i64::try_from(key.len() + value).unwrap_or(i64::MAX / 4) + VERSION_OVERHEAD_BYTES
 }
@@ -1199,6 +1222,31 @@ mod tests {
         assert_eq!(range.kvs[0].value, b"new");
         assert_eq!(range.kvs[0].mod_revision, 7);
         assert_eq!(revision_of(&range.header), 7);
+        // After a write, the txn's own new revision is readable by number, the one before it
+        // shows the old state, and the one after is in the future.
+        let at = |revision: i64| RequestOp {
+            request: Some(Request::RequestRange(RangeRequest {
+                key: b"a".to_vec(),
+                revision,
+                ..RangeRequest::default()
+            })),
+        };
+        let response = txn(
+            &mut store,
+            &txn_op(vec![], vec![put_op("a", "newer"), at(8), at(7)], vec![]),
+        );
+        let values: Vec<_> = response.responses[1..]
+            .iter()
+            .map(|op| match &op.response {
+                Some(Response::ResponseRange(range)) => range.kvs[0].value.clone(),
+                other => panic!("not a range response: {other:?}"),
+            })
+            .collect();
+        assert_eq!(values, [b"newer".to_vec(), b"new".to_vec()]);
+        let before = store.clone();
+        let future = txn_op(vec![], vec![put_op("a", "x"), at(10)], vec![]);
+        assert_eq!(store.apply(&future), Err(KvError::FutureRevision));
+        assert_eq!(store, before);
     }
 
     fn compare(key: &str, result: R, target: T, operand: TargetUnion) -> Compare {

@@ -12,7 +12,17 @@
 //! - the commit index never decreases and never moves past an entry this node could lose;
 //! - a leader never truncates its own log (Leader Append-Only, Raft §5.3);
 //! - role-consistent state: a leader has `leader == vote == self` and a progress for every peer,
-//!   a candidate voted for itself, a follower or pre-candidate tracks no progress.
+//!   a candidate voted for itself, a follower or pre-candidate tracks no progress and no pending
+//!   read.
+//!
+//! ReadIndex (thesis §6.4, etcd's ReadOnlySafe): a read registered on the leader gets the commit
+//! index as its read index (waiting first for the leader's first commit of its term) and is
+//! confirmed once a majority, the leader included, answered an AppendEntries sent after it was
+//! registered. Rounds are numbered by `read_seq`, which every AppendEntries carries and every
+//! answer echoes; reads registered between two `Ready`s share one round, and at most one round is
+//! begun per `Ready` or heartbeat. A leader that steps down hands its pending reads back in
+//! `Ready::dropped_reads`. Pending read indexes are always entries of the current term at or
+//! below the commit index.
 //!
 //! Durability (Raft Figure 2 "Persistent state", thesis §10.2.1): every message whose truth
 //! depends on this node's durable state — a vote (granted or refused), any AppendEntries answer —
@@ -955,7 +965,18 @@ impl<S: Storage> RaftNode<S> {
         if granted >= self.quorum() {
             match self.role {
                 Role::PreCandidate => self.become_candidate(),
-                Role::Candidate => self.become_leader(),
+                // Raft Figure 2: the term must be durable before this node acts as its leader,
+                // even when the other voters alone are a majority. A leader whose term a crash
+                // erased restarts in the previous term, can campaign for the same term again,
+                // win it again (voters repeat a vote for the same candidate) and append different
+                // entries under the same (index, term): Log Matching broken. The self-vote is
+                // counted (inserted in `votes`) only once the Ready carrying it is durable.
+                // Simulator finding F4 (seed 2806 of a run with a read-path mutation).
+                Role::Candidate => {
+                    if self.votes.get(&self.config.id) == Some(&true) {
+                        self.become_leader();
+                    }
+                }
                 Role::Follower | Role::Leader => {}
             }
         } else if rejected >= self.quorum() {

@@ -14,6 +14,9 @@
 //! 4. Only then send `ready.persisted_messages` (votes and append acknowledgements) and call
 //!    `on_persisted(ready.persist_token())` so the core may count its own log toward commit.
 //! 5. Apply `ready.committed_entries` to the state machine, in order.
+//! 6. Serve each of `ready.read_states` once the state machine has applied up to its `index`
+//!    (ReadIndex, thesis §6.4; see [`RaftNode::read_index`]); fail each of `ready.dropped_reads`
+//!    at once with a retryable error.
 //!
 //! Several `Ready`s may be in flight at once as long as the driver persists them in the order it
 //! took them. After a crash, everything not durable is lost; the driver rebuilds the core with
@@ -32,7 +35,8 @@
 //!   index 1 (a state machine rebuilt from the log wants exactly that).
 //!
 //! # Modules
-//! - `core`: [`RaftNode`], roles, elections (PreVote, CheckQuorum), replication, commit, apply.
+//! - `core`: [`RaftNode`], roles, elections (PreVote, CheckQuorum), replication, commit, apply,
+//!   linearizable reads (ReadIndex).
 //! - `log`: the view over durable storage plus the entries not yet known durable.
 //! - `progress`: the leader's per-follower state (probe / pipelined replicate, in-flight bound).
 //! - [`message`]: the RPCs; [`storage`]: the `Storage` trait, `HardState`, `MemStorage`;

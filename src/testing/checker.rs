@@ -16,6 +16,7 @@
 //! | Committed proposals survive | §8 (clients) | every proposal a client was told committed is in the log of every leader of a later term |
 //! | Durable before acknowledged | Fig. 2, thesis §10.2.1 | an append acknowledgement or a vote leaving a node must be covered by that node's durable log / hard state |
 //! | Term adoption | §5.1, Fig. 2 | after handling an AppendEntries, an append response or a vote response (except a granted pre-vote) of a higher term, a node is in at least that term |
+//! | Read linearizability | thesis §6.4 | a read's [`ReadFloor`] is the acknowledged write with the highest index when the read was issued; the confirmed read index must be at least its index, and the node must serve the read from an applied prefix that holds it (prefix hash equal to the acknowledging node's) |
 //!
 //! "Committed by term t" is recorded with the term of the node that first reported the commit,
 //! which is at least the term the entry was really committed in, so the Leader Completeness check
@@ -48,6 +49,8 @@ pub enum Property {
     /// The simulator's mirror of a node's log disagrees with the node's own accessors.
     MirrorFidelity,
     Liveness,
+    /// A confirmed read missed a write acknowledged before it was issued.
+    ReadLinearizability,
 }
 
 impl Property {
@@ -66,6 +69,7 @@ impl Property {
             Property::NodeInvariants => "Node invariants (check_invariants / core assertion)",
             Property::MirrorFidelity => "Simulator mirror matches the node's log",
             Property::Liveness => "Liveness after faults stop",
+            Property::ReadLinearizability => "Linearizable reads (ReadIndex)",
         }
     }
 
@@ -84,6 +88,7 @@ impl Property {
             Property::NodeInvariants => "core invariants, STYLE practice 7",
             Property::MirrorFidelity => "simulator self-check",
             Property::Liveness => "Raft §5.2, §9.3 (issue 3 liveness target)",
+            Property::ReadLinearizability => "thesis §6.4 (ReadIndex)",
         }
     }
 }
@@ -196,6 +201,22 @@ pub struct AckedProposal {
     pub entry_hash: u64,
     /// The term of the leader that reported the commit.
     pub ack_term: Term,
+    /// The hash of the acknowledging node's log `1..=index` when it acknowledged.
+    pub prefix: u64,
+}
+
+/// What a read issued now must observe: the acknowledged write with the highest index so far.
+///
+/// Every write acknowledged before the read lies at or below `index`, so a read index at least
+/// `index` covers them all; and a state whose log prefix up to `index` hashes to `prefix` is the
+/// acknowledging node's log at that moment, which (State Machine Safety, checked at every apply)
+/// holds every earlier acknowledged write at its index too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadFloor {
+    pub write_id: u64,
+    pub index: u64,
+    pub entry_hash: u64,
+    pub prefix: u64,
 }
 
 /// "Index i is known committed by term t", kept as a staircase: terms ascending, indexes strictly
@@ -253,6 +274,7 @@ pub struct SafetyChecker {
     applied: Vec<u64>,
     watch: Vec<Option<LeaderWatch>>,
     acked: Vec<AckedProposal>,
+    read_floor: Option<ReadFloor>,
     pub leaders_seen: u64,
 }
 
@@ -278,6 +300,67 @@ impl SafetyChecker {
 
     pub fn acked(&self) -> &[AckedProposal] {
         &self.acked
+    }
+
+    /// What a read issued now must observe (`None` before any write was acknowledged).
+    pub fn read_floor(&self) -> Option<ReadFloor> {
+        self.read_floor
+    }
+
+    /// A node confirmed read `read` (issued when the floor was `floor`) at read index `index`.
+    pub fn check_read_confirmed(
+        node: usize,
+        read: u64,
+        index: u64,
+        floor: Option<ReadFloor>,
+    ) -> Result<(), Violation> {
+        match floor {
+            Some(f) if index < f.index => Err(Violation::new(
+                Property::ReadLinearizability,
+                format!(
+                    "node {node} confirmed read #{read} at read index {index}, below index {} of \
+                     write #{} acknowledged to a client before the read was issued",
+                    f.index, f.write_id
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// A node serves read `read` with its state machine applied up to `applied`; `log` is the
+    /// node's log, whose prefix up to `applied` is what it applied.
+    pub fn check_read_served(
+        node: usize,
+        read: u64,
+        index: u64,
+        applied: u64,
+        log: &LogMirror,
+        floor: Option<ReadFloor>,
+    ) -> Result<(), Violation> {
+        if applied < index {
+            return Err(Violation::new(
+                Property::ReadLinearizability,
+                format!(
+                    "node {node} serves read #{read} (read index {index}) from a state applied \
+                     only up to {applied}"
+                ),
+            ));
+        }
+        let Some(f) = floor else { return Ok(()) };
+        if applied < f.index
+            || log.entry_hash_at(f.index) != Some(f.entry_hash)
+            || log.prefix_at(f.index) != f.prefix
+        {
+            return Err(Violation::new(
+                Property::ReadLinearizability,
+                format!(
+                    "node {node} serves read #{read} from a state (applied up to {applied}) that \
+                     lacks write #{} at index {}, acknowledged before the read was issued",
+                    f.write_id, f.index
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// A node appended `e` at prefix hash `prefix` (Log Matching, §5.3).
@@ -478,6 +561,14 @@ impl SafetyChecker {
                 Self::check_holds(node, term, log, &a)?;
             }
         }
+        if self.read_floor.is_none_or(|f| a.index > f.index) {
+            self.read_floor = Some(ReadFloor {
+                write_id: a.id,
+                index: a.index,
+                entry_hash: a.entry_hash,
+                prefix: a.prefix,
+            });
+        }
         self.acked.push(a);
         Ok(())
     }
@@ -590,6 +681,7 @@ mod tests {
             index: 2,
             entry_hash: with.entry_hash_at(2).unwrap(),
             ack_term: Term(1),
+            prefix: with.prefix_at(2),
         };
         // A leader of a later term already exists when the ack arrives.
         let v = c
@@ -602,6 +694,39 @@ mod tests {
         c.check_node(0, true, Term(1), 0, &without).unwrap();
         let v = c.check_node(1, true, Term(2), 0, &without).unwrap_err();
         assert_eq!(v.property, Property::CommittedProposalsSurvive);
+    }
+
+    #[test]
+    fn a_read_below_or_without_an_earlier_acked_write_breaks_read_linearizability() {
+        let mut c = SafetyChecker::new(3);
+        let log = mirror(&[(1, 1), (1, 2), (1, 3)]);
+        let other = mirror(&[(1, 1), (2, 9), (2, 3)]);
+        assert_eq!(c.read_floor(), None);
+        for (id, index) in [(4, 2), (5, 1)] {
+            let ack = AckedProposal {
+                id,
+                index,
+                entry_hash: log.entry_hash_at(index).unwrap(),
+                ack_term: Term(1),
+                prefix: log.prefix_at(index),
+            };
+            c.on_ack(ack, std::iter::empty()).unwrap();
+        }
+        // The floor is the acknowledged write with the highest index, not the latest one.
+        let floor = c.read_floor();
+        assert_eq!(floor.map(|f| (f.write_id, f.index)), Some((4, 2)));
+        SafetyChecker::check_read_confirmed(0, 1, 2, floor).unwrap();
+        let v = SafetyChecker::check_read_confirmed(0, 1, 1, floor).unwrap_err();
+        assert_eq!(v.property, Property::ReadLinearizability);
+        SafetyChecker::check_read_served(0, 1, 2, 3, &log, floor).unwrap();
+        // Applied less than the read index.
+        let v = SafetyChecker::check_read_served(0, 1, 3, 2, &log, floor).unwrap_err();
+        assert_eq!(v.property, Property::ReadLinearizability);
+        // A state with another entry at the write's index.
+        let v = SafetyChecker::check_read_served(1, 1, 2, 3, &other, floor).unwrap_err();
+        assert_eq!(v.property, Property::ReadLinearizability);
+        // Before any acknowledged write, any read index will do.
+        SafetyChecker::check_read_confirmed(0, 1, 0, None).unwrap();
     }
 
     #[test]

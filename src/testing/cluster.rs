@@ -10,7 +10,8 @@
 //!
 //! # Driving a core (the contract of `src/raft/mod.rs`)
 //! After every input the cluster drains every `Ready`: it sends `messages` at once, queues the
-//! writes on the node's [`SimDisk`], and applies `committed_entries`. When a write completes it is
+//! writes on the node's [`SimDisk`], applies `committed_entries`, then serves each of
+//! `read_states` once the node's state machine reached its index. When a write completes it is
 //! applied to the node's durable `MemStorage` (through `storage_mut`) and durable hard state,
 //! then its `persisted_messages` leave and `on_persisted` is called.
 //!
@@ -24,7 +25,8 @@
 //! After each event, the node it touched is checked: `check_invariants()`, then the
 //! [`SafetyChecker`] properties over the simulator's mirror of its log; every outgoing
 //! acknowledgement and vote is checked against the sender's durable state; every applied entry
-//! against every other node's. Nodes an event did not touch did not change, so checking only the
+//! against every other node's; every confirmed and every served read against the writes
+//! acknowledged before it was issued (Read linearizability, thesis §6.4). Nodes an event did not touch did not change, so checking only the
 //! touched node after each event is the same as checking every node after every event. A panic
 //! inside the core is caught and reported like a violation. Any failure panics with the property,
 //! its paper section, the details, the seed, the last events and the replay command.
@@ -35,10 +37,11 @@ use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::raft::{
-    Config, Envelope, HardState, MemStorage, Message, ProposeError, RaftNode, Ready, Role,
+    Config, Envelope, HardState, MemStorage, Message, ProposeError, RaftNode, ReadIndexError,
+    ReadState, Ready, Role,
 };
 use crate::testing::checker::{
-    entry_hash, AckedProposal, LogMirror, Property, SafetyChecker, Violation,
+    entry_hash, AckedProposal, LogMirror, Property, ReadFloor, SafetyChecker, Violation,
 };
 use crate::testing::disk::{DiskConfig, SimDisk, TornWrite};
 use crate::testing::network::{NetConfig, SimNetwork};
@@ -105,6 +108,31 @@ pub enum Outcome {
     Unknown,
 }
 
+/// A client read's outcome (ReadIndex, thesis §6.4). `floor` is what the read must observe: the
+/// acknowledged write with the highest index when it was issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// Accepted by a leader; neither confirmed nor dropped yet.
+    Pending {
+        node: usize,
+        floor: Option<ReadFloor>,
+    },
+    /// Confirmed at `index`; served once the node has applied up to it.
+    Confirmed {
+        node: usize,
+        index: u64,
+        floor: Option<ReadFloor>,
+    },
+    /// Served (and checked) from the node's state machine.
+    Served { index: u64 },
+    /// The node was not the leader (or was down).
+    Rejected,
+    /// The node stepped down before confirming it (the client would retry).
+    Dropped,
+    /// The node crashed before serving it.
+    Unknown,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterStats {
     pub events: u64,
@@ -118,6 +146,11 @@ pub struct ClusterStats {
     pub lost: u64,
     pub unknown: u64,
     pub applied_entries: u64,
+    pub reads: u64,
+    pub reads_served: u64,
+    pub reads_rejected: u64,
+    pub reads_dropped: u64,
+    pub reads_unknown: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -190,6 +223,10 @@ enum TraceRec {
         node: usize,
         result: String,
     },
+    Read {
+        node: usize,
+        what: String,
+    },
     Role {
         node: usize,
         role: Role,
@@ -231,6 +268,7 @@ impl std::fmt::Display for TraceRec {
                 )
             }
             TraceRec::Propose { node, result } => write!(f, "client -> n{node} propose {result}"),
+            TraceRec::Read { node, what } => write!(f, "n{node} read {what}"),
             TraceRec::Role { node, role, term } => {
                 write!(f, "n{node} is now {role:?} in term {term}")
             }
@@ -259,6 +297,10 @@ struct Slot {
     last_role: Option<(Role, Term)>,
     /// When this node last sent AppendEntries to every peer in one Ready (a heartbeat round).
     last_broadcast_us: Option<u64>,
+    /// Reads this incarnation accepted and has neither confirmed nor dropped.
+    reads_pending: usize,
+    /// Reads confirmed here and waiting for the state machine to reach their index.
+    reads_waiting: Vec<u64>,
 }
 
 /// The simulated cluster. See the module docs.
@@ -274,6 +316,8 @@ pub struct Cluster {
     outcomes: Vec<Outcome>,
     /// (node, index) -> proposal id, for proposals a leader accepted and has not answered.
     pending: BTreeMap<(usize, u64), u64>,
+    /// Every client read, indexed by its id (the `ctx` handed to the core).
+    reads: Vec<ReadOutcome>,
     pub stats: ClusterStats,
     trace: VecDeque<(u64, u64, TraceRec)>,
     /// Record a trace (costs a little; on by default, off for the Figure 16 experiment).
@@ -315,6 +359,8 @@ impl Cluster {
                 next_apply: None,
                 last_role: None,
                 last_broadcast_us: None,
+                reads_pending: 0,
+                reads_waiting: Vec::new(),
             });
         }
         let net = SimNetwork::new(n, config.net.clone());
@@ -329,6 +375,7 @@ impl Cluster {
             checker: SafetyChecker::new(n),
             outcomes: Vec::new(),
             pending: BTreeMap::new(),
+            reads: Vec::new(),
             stats: ClusterStats::default(),
             trace: VecDeque::with_capacity(TRACE_LEN),
             tracing: true,
@@ -373,6 +420,10 @@ impl Cluster {
 
     pub fn outcome(&self, id: u64) -> Outcome {
         self.outcomes[id as usize]
+    }
+
+    pub fn read_outcome(&self, id: u64) -> ReadOutcome {
+        self.reads[id as usize]
     }
 
     pub fn set_tick_period(&mut self, i: usize, tick_us: u64) {
@@ -635,8 +686,8 @@ impl Cluster {
             must_sync,
             persisted_messages,
             committed_entries,
-            read_states: _,
-            dropped_reads: _,
+            read_states,
+            dropped_reads,
         } = rd;
         let token = entries.last().map(|e| (e.index, e.term));
         if let Some(from) = truncate_from {
@@ -704,6 +755,114 @@ impl Cluster {
         for e in committed_entries {
             self.apply(i, e);
         }
+        // After this Ready's entries are applied: a confirmed read may be served at once.
+        for rs in read_states {
+            self.on_read_confirmed(i, rs);
+        }
+        for ctx in dropped_reads {
+            self.on_read_dropped(i, ctx);
+        }
+    }
+
+    /// Node `i` confirmed a read: check its index against the writes acknowledged before it was
+    /// issued, then serve it now or once the state machine reaches the index.
+    fn on_read_confirmed(&mut self, i: usize, rs: ReadState) {
+        let id = rs.ctx;
+        let index = rs.index.0;
+        let floor = match self.reads.get(id as usize) {
+            Some(&ReadOutcome::Pending { node, floor }) if node == i => floor,
+            other => self.fail(Violation::new(
+                Property::ReadyContract,
+                format!("node {i} confirmed read #{id} at index {index}, which is {other:?}"),
+            )),
+        };
+        if self.tracing {
+            self.note(TraceRec::Read {
+                node: i,
+                what: format!("#{id} confirmed at index {index}"),
+            });
+        }
+        self.check(SafetyChecker::check_read_confirmed(i, id, index, floor));
+        self.reads[id as usize] = ReadOutcome::Confirmed {
+            node: i,
+            index,
+            floor,
+        };
+        self.slots[i].reads_pending -= 1;
+        if self.applied_upto(i) >= index {
+            self.serve_read(i, id);
+        } else {
+            self.slots[i].reads_waiting.push(id);
+        }
+    }
+
+    fn on_read_dropped(&mut self, i: usize, id: u64) {
+        match self.reads.get(id as usize) {
+            Some(&ReadOutcome::Pending { node, .. }) if node == i => {}
+            other => self.fail(Violation::new(
+                Property::ReadyContract,
+                format!("node {i} dropped read #{id}, which is {other:?}"),
+            )),
+        }
+        if self.tracing {
+            self.note(TraceRec::Read {
+                node: i,
+                what: format!("#{id} dropped"),
+            });
+        }
+        self.reads[id as usize] = ReadOutcome::Dropped;
+        self.slots[i].reads_pending -= 1;
+        self.stats.reads_dropped += 1;
+    }
+
+    /// The last index node `i`'s state machine applied (this incarnation).
+    fn applied_upto(&self, i: usize) -> u64 {
+        self.slots[i].next_apply.map_or(0, |n| n - 1)
+    }
+
+    /// Serves a confirmed read from node `i`'s state machine, which must have applied up to its
+    /// index and hold the write it must observe.
+    fn serve_read(&mut self, i: usize, id: u64) {
+        let ReadOutcome::Confirmed { index, floor, .. } = self.reads[id as usize] else {
+            unreachable!("only confirmed reads are served");
+        };
+        let applied = self.applied_upto(i);
+        let r =
+            SafetyChecker::check_read_served(i, id, index, applied, &self.slots[i].mirror, floor);
+        self.check(r);
+        self.reads[id as usize] = ReadOutcome::Served { index };
+        self.stats.reads_served += 1;
+    }
+
+    /// A client sends a linearizable read to node `i`. Returns the read's id.
+    pub fn read(&mut self, i: usize) -> u64 {
+        let id = self.reads.len() as u64;
+        self.stats.reads += 1;
+        if self.slots[i].core.is_none() {
+            self.reads.push(ReadOutcome::Rejected);
+            self.stats.reads_rejected += 1;
+            return id;
+        }
+        let floor = self.checker.read_floor();
+        let r = self.with_core(i, "read_index", |c| c.read_index(id));
+        if self.tracing {
+            self.note(TraceRec::Read {
+                node: i,
+                what: format!("#{id} issued: {r:?}"),
+            });
+        }
+        match r {
+            Ok(()) => {
+                self.reads.push(ReadOutcome::Pending { node: i, floor });
+                self.slots[i].reads_pending += 1;
+            }
+            Err(ReadIndexError::NotLeader { .. }) => {
+                self.reads.push(ReadOutcome::Rejected);
+                self.stats.reads_rejected += 1;
+            }
+        }
+        self.after_input(i);
+        id
     }
 
     /// Sends one message from node `i`, checking acknowledgements and votes against what is
@@ -834,6 +993,22 @@ impl Cluster {
         self.stats.applied_entries += 1;
         let r = self.checker.on_apply(i, &e);
         self.check(r);
+        if !self.slots[i].reads_waiting.is_empty() {
+            let ready: Vec<u64> = self.slots[i]
+                .reads_waiting
+                .iter()
+                .copied()
+                .filter(|&id| {
+                    matches!(self.reads[id as usize], ReadOutcome::Confirmed { index, .. } if index <= idx)
+                })
+                .collect();
+            if !ready.is_empty() {
+                self.slots[i].reads_waiting.retain(|id| !ready.contains(id));
+                for id in ready {
+                    self.serve_read(i, id);
+                }
+            }
+        }
         if let Some(id) = self.pending.remove(&(i, idx)) {
             let Outcome::Pending { term, .. } = self.outcomes[id as usize] else {
                 unreachable!("pending map holds only pending proposals");
@@ -851,6 +1026,7 @@ impl Cluster {
                     index: idx,
                     entry_hash: entry_hash(&e),
                     ack_term,
+                    prefix: self.slots[i].mirror.prefix_at(idx),
                 };
                 let slots = &self.slots;
                 let leaders = slots.iter().enumerate().filter_map(|(j, s)| {
@@ -879,6 +1055,16 @@ impl Cluster {
             });
         }
         self.with_core(i, "check_invariants", |c| c.check_invariants());
+        if role != Role::Leader && self.slots[i].reads_pending > 0 {
+            self.fail(Violation::new(
+                Property::ReadyContract,
+                format!(
+                    "node {i} is {role:?} in term {term} with {} reads neither confirmed nor \
+                     dropped",
+                    self.slots[i].reads_pending
+                ),
+            ));
+        }
         let s = &self.slots[i];
         let r = self
             .checker
@@ -1030,6 +1216,21 @@ impl Cluster {
         }
         self.note(TraceRec::Crash { node: i, torn });
         self.checker.on_crash(i);
+        // The client's reads on this node get no answer either.
+        self.slots[i].reads_pending = 0;
+        self.slots[i].reads_waiting.clear();
+        for r in self.reads.iter_mut() {
+            let open_here = match *r {
+                ReadOutcome::Pending { node, .. } | ReadOutcome::Confirmed { node, .. } => {
+                    node == i
+                }
+                _ => false,
+            };
+            if open_here {
+                *r = ReadOutcome::Unknown;
+                self.stats.reads_unknown += 1;
+            }
+        }
         // The client's connection to this node is gone: its pending proposals get no answer.
         let lost: Vec<(usize, u64)> = self
             .pending

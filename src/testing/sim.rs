@@ -16,7 +16,14 @@
 //! reordering stop, every crashed node restarts. Within 10 maximum election timeouts (measured on
 //! the slowest clock) a leader must be known to a majority, and within 20 more a fresh proposal
 //! must commit on it (re-sent to the new leader if leadership moves; the extra room lets the leader
-//! bring restarted followers up to date first, one small message at a time in some seeds).
+//! bring restarted followers up to date first, one small message at a time in some seeds), and
+//! then a linearizable read issued after that commit must be served within 20 more.
+//!
+//! # Reads
+//! With every second proposal (on average) a client also issues one to three linearizable reads
+//! (ReadIndex, thesis §6.4) to a node that believes it leads (85 %) or to a random node; the
+//! cluster checks each confirmed read against the writes acknowledged before it was issued (see
+//! [`crate::testing::checker::ReadFloor`]).
 //!
 //! Every choice derives from the seed; [`replay_command`] prints how to rerun one.
 
@@ -25,7 +32,7 @@ use std::sync::Mutex;
 
 use crate::raft::{Config, Role};
 use crate::testing::checker::{Property, Violation};
-use crate::testing::cluster::{Cluster, ClusterConfig, Outcome, Stepped};
+use crate::testing::cluster::{Cluster, ClusterConfig, Outcome, ReadOutcome, Stepped};
 use crate::testing::disk::DiskConfig;
 use crate::testing::network::NetConfig;
 use crate::testing::rng::SimRng;
@@ -152,9 +159,14 @@ pub struct SimSummary {
     pub unknown: u64,
     pub messages_sent: u64,
     pub messages_dropped: u64,
-    /// Time from the faults stopping to a leader known to a majority, and to the fresh commit.
+    pub reads: u64,
+    pub reads_served: u64,
+    pub reads_dropped: u64,
+    /// Time from the faults stopping to a leader known to a majority, to the fresh commit, and
+    /// to a read issued after it being served.
     pub liveness_leader_us: u64,
     pub liveness_commit_us: u64,
+    pub liveness_read_us: u64,
 }
 
 /// A client stops proposing to a leader whose uncommitted tail is this long.
@@ -226,6 +238,19 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
                     .map_or(0, |n| n.last_index().0.saturating_sub(n.commit_index().0));
                 if backlog < CLIENT_BACKLOG_MAX {
                     c.propose(target, &extra);
+                }
+                if rng.chance(0.5) {
+                    // Reads go to a believed leader (possibly a deposed one that has not noticed:
+                    // exactly the node a broken ReadIndex would answer wrongly) or anywhere.
+                    let leaders = c.leaders();
+                    let target = if !leaders.is_empty() && rng.chance(0.85) {
+                        leaders[rng.index(leaders.len())].0
+                    } else {
+                        rng.index(n)
+                    };
+                    for _ in 0..rng.range(1, 3) {
+                        c.read(target);
+                    }
                 }
                 let at = c.now_us() + rng.range(1, plan.propose_gap_us_max);
                 c.schedule_timer(at, T_PROPOSE);
@@ -406,6 +431,42 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
         }
     };
 
+    // A read issued after the fresh commit was acknowledged must be served and see it (retried
+    // at the current leader if dropped or if its node crashed).
+    let read_deadline = committed_at + 20 * et;
+    let mut read_id: Option<u64> = None;
+    let served_at = loop {
+        let need_new = match read_id.map(|r| c.read_outcome(r)) {
+            None => true,
+            Some(ReadOutcome::Served { .. }) => break c.now_us(),
+            Some(ReadOutcome::Pending { .. } | ReadOutcome::Confirmed { .. }) => false,
+            Some(ReadOutcome::Rejected | ReadOutcome::Dropped | ReadOutcome::Unknown) => true,
+        };
+        if need_new {
+            if let Some(l) = c.leader_known_to_majority() {
+                read_id = Some(c.read(l));
+                continue;
+            }
+        }
+        if c.now_us() > read_deadline {
+            c.fail(Violation::new(
+                Property::Liveness,
+                format!(
+                    "a read was not served within {:.1} ms (20 maximum election timeouts) of the \
+                     fresh commit; last read {:?}",
+                    (c.now_us() - committed_at) as f64 / 1000.0,
+                    read_id.map(|r| c.read_outcome(r))
+                ),
+            ));
+        }
+        if c.step() == Stepped::Idle {
+            c.fail(Violation::new(
+                Property::Liveness,
+                "nothing left to simulate",
+            ));
+        }
+    };
+
     c.check_full_fidelity();
     SimSummary {
         seed: plan.cluster.seed,
@@ -425,8 +486,12 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
         messages_dropped: c.net.stats.dropped_random
             + c.net.stats.dropped_partition
             + c.net.stats.dropped_overflow,
+        reads: c.stats.reads,
+        reads_served: c.stats.reads_served,
+        reads_dropped: c.stats.reads_dropped,
         liveness_leader_us: leader_at - t0,
         liveness_commit_us: committed_at - t0,
+        liveness_read_us: served_at - t0,
     }
 }
 
@@ -441,8 +506,12 @@ pub struct SweepReport {
     pub leaders: u64,
     pub committed: u64,
     pub lost: u64,
+    pub reads: u64,
+    pub reads_served: u64,
+    pub reads_dropped: u64,
     pub liveness_leader_us_max: u64,
     pub liveness_commit_us_max: u64,
+    pub liveness_read_us_max: u64,
     pub by_nodes: [u64; 8],
     /// The lowest failing seed and its panic message (seeds below it all passed).
     pub first_failure: Option<(u64, String)>,
@@ -479,6 +548,10 @@ pub fn sweep(first: u64, count: u64, events: u64, threads: usize, keep_going: bo
                             r.liveness_leader_us_max.max(s.liveness_leader_us);
                         r.liveness_commit_us_max =
                             r.liveness_commit_us_max.max(s.liveness_commit_us);
+                        r.liveness_read_us_max = r.liveness_read_us_max.max(s.liveness_read_us);
+                        r.reads += s.reads;
+                        r.reads_served += s.reads_served;
+                        r.reads_dropped += s.reads_dropped;
                         r.by_nodes[s.nodes] += 1;
                     }
                     Err(payload) => {
