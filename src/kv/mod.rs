@@ -32,6 +32,8 @@ mod store;
 mod validate;
 
 #[cfg(test)]
+mod cost_tests;
+#[cfg(test)]
 mod model_tests;
 
 pub use self::command::{

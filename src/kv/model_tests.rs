@@ -38,6 +38,8 @@ type State = BTreeMap<Vec<u8>, Record>;
 enum Simple {
     Put(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>, Vec<u8>),
+    /// A put naming a lease: fails, and takes its whole txn down with it.
+    LeasedPut(Vec<u8>),
 }
 
 #[derive(Clone, Debug)]
@@ -81,8 +83,9 @@ impl Model {
     }
 
     /// Applies a simple op at revision `at`; returns whether it changed anything.
-    fn simple(&mut self, op: &Simple, at: i64) -> bool {
-        match op {
+    fn simple(&mut self, op: &Simple, at: i64) -> Result<bool, KvError> {
+        Ok(match op {
+            Simple::LeasedPut(_) => return Err(KvError::LeaseNotFound),
             Simple::Put(key, value) => {
                 let record = match self.state.get(key) {
                     Some(old) => Record {
@@ -106,13 +109,15 @@ impl Model {
                 self.state.retain(|key, _| !in_range(key, start, range_end));
                 self.state.len() != before
             }
-        }
+        })
     }
 
-    fn step(&mut self, step: &Step) {
+    /// Applies a step; returns the error the store must answer (compactions are not modelled:
+    /// their outcome is taken from the store).
+    fn step(&mut self, step: &Step) -> Result<(), KvError> {
         let at = self.revision + 1;
         let changed = match step {
-            Step::Simple(op) => self.simple(op, at),
+            Step::Simple(op) => self.simple(op, at)?,
             Step::Txn {
                 key,
                 result,
@@ -128,9 +133,17 @@ impl Model {
                     CompareResult::Less => current < *version,
                 };
                 let ops = if holds { success } else { failure };
+                let before = self.state.clone();
                 let mut changed = false;
                 for op in ops {
-                    changed |= self.simple(op, at);
+                    match self.simple(op, at) {
+                        Ok(op_changed) => changed |= op_changed,
+                        Err(error) => {
+                            // A txn is atomic: nothing of it stays.
+                            self.state = before;
+                            return Err(error);
+                        }
+                    }
                 }
                 changed
             }
@@ -140,6 +153,7 @@ impl Model {
             self.revision = at;
             self.history.push(self.state.clone());
         }
+        Ok(())
     }
 }
 
@@ -154,6 +168,12 @@ fn to_op(op: &Simple) -> RequestOp {
             key: key.clone(),
             range_end: range_end.clone(),
             prev_kv: true,
+        }),
+        Simple::LeasedPut(key) => Request::RequestPut(PutRequest {
+            key: key.clone(),
+            value: b"leased".to_vec(),
+            lease: 1,
+            ..PutRequest::default()
         }),
     };
     RequestOp {
@@ -199,6 +219,7 @@ fn simple() -> impl Strategy<Value = Simple> {
     prop_oneof![
         3 => (key(), prop::collection::vec(any::<u8>(), 0..4)).prop_map(|(k, v)| Simple::Put(k, v)),
         1 => (key(), range_end()).prop_map(|(k, e)| Simple::Delete(k, e)),
+        1 => key().prop_map(Simple::LeasedPut),
     ]
 }
 
@@ -294,8 +315,16 @@ proptest! {
             };
             let replica_bytes = StateMachine::apply(&mut replica, &entry(i as u64 + 1, payload));
             prop_assert_eq!(&replica_bytes, &encode_response(&result), "step {} {:?}", i, step);
-            prop_assert!(result.is_ok() || matches!(step, Step::Compact(_)), "{:?}: {:?}", step, result);
-            model.step(step);
+            let expected = model.step(step);
+            if !matches!(step, Step::Compact(_)) {
+                prop_assert_eq!(
+                    result.as_ref().err(),
+                    expected.as_ref().err(),
+                    "outcome of step {} {:?}",
+                    i,
+                    step
+                );
+            }
             store.check_invariants();
             prop_assert_eq!(&store, &replica, "replicas diverged at step {}", i);
             prop_assert_eq!(store.revision(), model.revision, "revision after step {} {:?}", i, step);

@@ -6,7 +6,7 @@
 //! to visit, so compaction costs what it removes, not the size of the store.
 //!
 //! Invariants (checked by `check_invariants` in tests):
-//! - `revision >= 1`; `compact_revision < revision` or both are the initial values.
+//! - `revision >= 1`; `-1 <= compact_revision <= revision` (-1: never compacted).
 //! - Every history is non-empty, strictly increasing in `mod_revision`, every `mod_revision <=
 //!   revision`, and does not start with a tombstone at or below `compact_revision`.
 //! - A live version's `create_revision <= mod_revision` and `version >= 1`; consecutive live
@@ -16,9 +16,10 @@
 //! - The change queue holds one `(mod_revision, key)` per stored version above `compact_revision`,
 //!   in non-decreasing revision order.
 //!
-//! Writes run inside a write transaction at revision `revision + 1`: the first time a key is touched
-//! its history length is recorded, so an error anywhere in a Txn rolls every key back exactly
-//! (etcd checks a Txn before executing it; rolling back also covers the cases no check foresees).
+//! Writes run inside a write transaction at revision `revision + 1`. Every version a transaction
+//! adds also enters the change queue, so the queue's tail since the transaction began is its undo
+//! log: an error anywhere in a Txn rolls every key back exactly (etcd checks a Txn before executing
+//! it; rolling back also covers the cases no check foresees).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
@@ -36,8 +37,8 @@ use crate::etcd::pb::etcdserverpb::{
 use crate::etcd::pb::mvccpb::KeyValue;
 
 /// How many revisions of history the store keeps by default: reads at `revision - 100_000` or
-/// later are served, older ones answer "compacted". 100,000 revisions of 256-byte values cost
-/// about 30 MiB.
+/// later are served, older ones answer "compacted". 100,000 superseded versions of 8-byte keys
+/// with 256-byte values are about 30 MB of keys and values (`size_bytes`), plus heap overhead.
 pub const HISTORY_REVISIONS_DEFAULT: i64 = 100_000;
 
 /// The revision of an empty store (etcd's).
@@ -81,8 +82,8 @@ pub struct KvStore {
 struct WriteTxn {
     rev: i64,
     changed: bool,
-    /// `(key, history length before this transaction)`, one per key the transaction touched.
-    undo: Vec<(Vec<u8>, usize)>,
+    /// Length of the change queue when the transaction began: the entries after it are the
+    /// versions this transaction added (compaction only runs at commit).
     changes_len: usize,
     size_bytes: i64,
 }
@@ -218,9 +219,22 @@ impl KvStore {
         key: &'a [u8],
         range_end: &'a [u8],
     ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Vec<Version>)> + 'a {
-        range_bounds(key, range_end)
-            .into_iter()
-            .flat_map(move |bounds| self.keys.range::<[u8], _>(bounds))
+        // A single key is one search; `range(key..=key)` would search twice (both bounds).
+        let single = if range_end.is_empty() {
+            self.keys.get_key_value(key)
+        } else {
+            None
+        };
+        let bounds = if range_end.is_empty() {
+            None
+        } else {
+            range_bounds(key, range_end)
+        };
+        single.into_iter().chain(
+            bounds
+                .into_iter()
+                .flat_map(move |bounds| self.keys.range::<[u8], _>(bounds)),
+        )
     }
 
     fn range_at(&self, request: &RangeRequest, at: Option<i64>, observed: i64) -> RangeResponse {
@@ -283,13 +297,6 @@ impl KvStore {
         }
     }
 
-    /// The newest live record of `key`, including writes of the transaction in progress.
-    fn latest(&self, key: &[u8]) -> Option<KeyValue> {
-        self.keys
-            .get_key_value(key)
-            .and_then(|(key, history)| visible(key, history, None))
-    }
-
     fn txn_path(&self, txn: &TxnRequest, path: &mut Vec<bool>) {
         let succeeded = txn.compare.iter().all(|compare| self.compare(compare));
         path.push(succeeded);
@@ -328,7 +335,6 @@ impl KvStore {
         WriteTxn {
             rev: self.revision + 1,
             changed: false,
-            undo: Vec::new(),
             changes_len: self.changes.len(),
             size_bytes: self.size_bytes,
         }
@@ -348,14 +354,26 @@ impl KvStore {
     }
 
     fn rollback(&mut self, txn: WriteTxn) {
-        for (key, len) in txn.undo.into_iter().rev() {
-            if len == 0 {
+        // Each queue entry since `changes_len` is one version this transaction pushed (a second
+        // write of a key in the transaction replaced that version in place), so popping one
+        // version per entry restores every history.
+        while self.changes.len() > txn.changes_len {
+            let Some((revision, key)) = self.changes.pop_back() else {
+                break;
+            };
+            let history = self
+                .keys
+                .get_mut(&key)
+                .unwrap_or_else(|| panic!("rollback: no history for {key:?}"));
+            let popped = history.pop();
+            assert!(
+                popped.as_ref().is_some_and(|v| v.mod_revision == revision),
+                "rollback of revision {revision} popped {popped:?} of {key:?}"
+            );
+            if history.is_empty() {
                 self.keys.remove(&key);
-            } else if let Some(history) = self.keys.get_mut(&key) {
-                history.truncate(len);
             }
         }
-        self.changes.truncate(txn.changes_len);
         self.size_bytes = txn.size_bytes;
     }
 
@@ -397,30 +415,59 @@ impl KvStore {
         if put.lease != 0 {
             return Err(KvError::LeaseNotFound);
         }
-        let prev = self.latest(&put.key);
-        if (put.ignore_value || put.ignore_lease) && prev.is_none() {
-            return Err(KvError::KeyNotFound);
-        }
-        let value = match (&prev, put.ignore_value) {
-            (Some(prev), true) => prev.value.clone(),
-            _ => put.value.clone(),
-        };
-        let live = match &prev {
-            Some(prev) => Live {
-                create_revision: prev.create_revision,
-                version: prev.version + 1,
-                value,
-            },
-            None => Live {
+        // One map search for the whole put: the store is in the path of every write.
+        let KvStore {
+            keys,
+            changes,
+            size_bytes,
+            ..
+        } = self;
+        let history = keys.entry(put.key.clone()).or_default();
+        let prev = history.last().and_then(|version| {
+            version
+                .live
+                .as_ref()
+                .map(|live| (version.mod_revision, live))
+        });
+        let Some((prev_mod_revision, prev_live)) = prev else {
+            if put.ignore_value || put.ignore_lease {
+                if history.is_empty() {
+                    keys.remove(&put.key);
+                }
+                return Err(KvError::KeyNotFound);
+            }
+            let live = Live {
                 create_revision: txn.rev,
                 version: 1,
-                value,
+                value: put.value.clone(),
+            };
+            push_version(history, changes, size_bytes, txn, &put.key, Some(live));
+            return Ok(PutResponse {
+                header: header(txn.rev),
+                prev_kv: None,
+            });
+        };
+        let prev_kv = put.prev_kv.then(|| KeyValue {
+            key: put.key.clone(),
+            create_revision: prev_live.create_revision,
+            mod_revision: prev_mod_revision,
+            version: prev_live.version,
+            value: prev_live.value.clone(),
+            lease: 0,
+        });
+        let live = Live {
+            create_revision: prev_live.create_revision,
+            version: prev_live.version + 1,
+            value: if put.ignore_value {
+                prev_live.value.clone()
+            } else {
+                put.value.clone()
             },
         };
-        self.write(txn, &put.key, Some(live));
+        push_version(history, changes, size_bytes, txn, &put.key, Some(live));
         Ok(PutResponse {
             header: header(txn.rev),
-            prev_kv: if put.prev_kv { prev } else { None },
+            prev_kv,
         })
     }
 
@@ -475,28 +522,17 @@ impl KvStore {
         })
     }
 
-    /// Records a new version of `key` at the transaction's revision. A second write of the same
-    /// key in one transaction replaces the first (one version per key and revision).
+    /// Records a new version of `key` at the transaction's revision (see [`push_version`]).
     fn write(&mut self, txn: &mut WriteTxn, key: &[u8], live: Option<Live>) {
-        let version = Version {
-            mod_revision: txn.rev,
-            live,
-        };
-        let added = version_size_bytes(key, &version);
         let history = self.keys.entry(key.to_vec()).or_default();
-        match history.last_mut() {
-            Some(last) if last.mod_revision == txn.rev => {
-                self.size_bytes -= version_size_bytes(key, last);
-                *last = version;
-            }
-            _ => {
-                txn.undo.push((key.to_vec(), history.len()));
-                history.push(version);
-                self.changes.push_back((txn.rev, key.to_vec()));
-            }
-        }
-        self.size_bytes += added;
-        txn.changed = true;
+        push_version(
+            history,
+            &mut self.changes,
+            &mut self.size_bytes,
+            txn,
+            key,
+            live,
+        );
     }
 
     fn compact_to(&mut self, revision: i64) {
@@ -622,6 +658,36 @@ impl KvStore {
     }
 }
 
+/// Appends a version of `key` at the transaction's revision to its `history`, with its change-queue
+/// entry. A second write of the same key in one transaction replaces the first in place (one
+/// version per key and revision, one queue entry per version).
+fn push_version(
+    history: &mut Vec<Version>,
+    changes: &mut VecDeque<(i64, Vec<u8>)>,
+    size_bytes: &mut i64,
+    txn: &mut WriteTxn,
+    key: &[u8],
+    live: Option<Live>,
+) {
+    let version = Version {
+        mod_revision: txn.rev,
+        live,
+    };
+    let added = version_size_bytes(key, &version);
+    match history.last_mut() {
+        Some(last) if last.mod_revision == txn.rev => {
+            *size_bytes -= version_size_bytes(key, last);
+            *last = version;
+        }
+        _ => {
+            history.push(version);
+            changes.push_back((txn.rev, key.to_vec()));
+        }
+    }
+    *size_bytes += added;
+    txn.changed = true;
+}
+
 fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
         revision,
@@ -658,7 +724,7 @@ fn visible(key: &[u8], history: &[Version], at: Option<i64>) -> Option<KeyValue>
 type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
 /// etcd's key-range conventions as map bounds; `None` for a range that holds no key.
-/// - empty `range_end`: the single key `key`;
+/// - empty `range_end`: the single key `key` ([`KvStore::scan`] looks it up directly);
 /// - `range_end == "\0"`: every key `>= key` (so `key == "\0"` with it means all keys);
 /// - otherwise `[key, range_end)`, empty when `range_end <= key`.
 fn range_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyBounds<'a>> {

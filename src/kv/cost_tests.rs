@@ -1,0 +1,136 @@
+//! What one store operation costs, to compare with the node's per-request budget (the store runs
+//! on the node's single event-loop thread, so its cost adds to every request's latency).
+//!
+//! Ignored by default (timing, not correctness). Run:
+//! `cargo test --release --lib kv::cost_tests -- --ignored --nocapture`
+//! It prints, for each operation, the median and max of 5 rounds of the mean time per operation,
+//! next to a baseline measured in the same run: a plain `BTreeMap<Vec<u8>, Vec<u8>>` doing the
+//! same insert or lookup (what any ordered in-memory map pays). The workload is the side-by-side
+//! benchmark's: 8-byte keys, 256-byte values, 100,000 keys.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{encode_command, KvStore};
+use crate::etcd::pb::etcdserverpb::{request_op::Request, PutRequest, RangeRequest, RequestOp};
+use crate::state_machine::StateMachine;
+use crate::types::{EntryType, LogEntry, LogIndex, Term};
+
+const KEYS: u64 = 100_000;
+const OPS_PER_ROUND: u64 = 200_000;
+const ROUNDS: usize = 5;
+
+fn key(i: u64) -> Vec<u8> {
+    // A multiplicative hash spreads consecutive i over the key space (no sequential-insert luck).
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS)
+        .to_be_bytes()
+        .to_vec()
+}
+
+fn put(i: u64) -> RequestOp {
+    RequestOp {
+        request: Some(Request::RequestPut(PutRequest {
+            key: key(i),
+            value: vec![i as u8; 256],
+            ..PutRequest::default()
+        })),
+    }
+}
+
+/// Prints the median and max of the rounds; returns the median.
+fn report(name: &str, mut per_op_ns: Vec<f64>) -> f64 {
+    per_op_ns.sort_by(f64::total_cmp);
+    let median = per_op_ns[per_op_ns.len() / 2];
+    println!(
+        "{name:<44} median {median:>7.0} ns/op   max {:>7.0} ns/op   ({ROUNDS} rounds of {OPS_PER_ROUND})",
+        per_op_ns[per_op_ns.len() - 1]
+    );
+    median
+}
+
+fn timed(mut op: impl FnMut(u64)) -> f64 {
+    let start = Instant::now();
+    for i in 0..OPS_PER_ROUND {
+        op(i);
+    }
+    start.elapsed().as_nanos() as f64 / OPS_PER_ROUND as f64
+}
+
+#[test]
+#[ignore = "timing; run with --ignored --nocapture"]
+fn cost_of_store_operations() {
+    let mut baseline: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for i in 0..KEYS {
+        baseline.insert(key(i), vec![i as u8; 256]);
+    }
+    let mut rounds = Vec::new();
+    for round in 0..ROUNDS as u64 {
+        rounds.push(timed(|i| {
+            let i = i + round * OPS_PER_ROUND;
+            baseline.insert(key(i), vec![i as u8; 256]);
+        }));
+    }
+    let insert_baseline = report("baseline: BTreeMap insert", rounds);
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        rounds.push(timed(|i| {
+            let value = baseline.get(&key(i)).cloned();
+            assert!(value.is_some());
+        }));
+    }
+    let get_baseline = report("baseline: BTreeMap get + clone value", rounds);
+    drop(baseline);
+
+    let mut store = KvStore::new();
+    for i in 0..KEYS {
+        store.apply(&put(i)).expect("put");
+    }
+    let mut rounds = Vec::new();
+    for round in 0..ROUNDS as u64 {
+        rounds.push(timed(|i| {
+            store.apply(&put(i + round * OPS_PER_ROUND)).expect("put");
+        }));
+    }
+    let put_median = report("KvStore::apply(put), history 100k revisions", rounds);
+    println!(
+        "  = {:.1}x the baseline insert",
+        put_median / insert_baseline
+    );
+
+    let mut rounds = Vec::new();
+    let mut index = 0u64;
+    for round in 0..ROUNDS as u64 {
+        rounds.push(timed(|i| {
+            index += 1;
+            let entry = LogEntry {
+                term: Term(1),
+                index: LogIndex(index),
+                entry_type: EntryType::Normal,
+                payload: encode_command(&put(i + round * OPS_PER_ROUND)),
+            };
+            let response = StateMachine::apply(&mut store, &entry);
+            assert!(!response.is_empty());
+        }));
+    }
+    report("encode + StateMachine::apply(put entry)", rounds);
+
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        rounds.push(timed(|i| {
+            let request = RangeRequest {
+                key: key(i),
+                ..RangeRequest::default()
+            };
+            let response = store.range(&request).expect("range");
+            assert_eq!(response.kvs.len(), 1);
+        }));
+    }
+    let range_median = report("KvStore::range(single key)", rounds);
+    println!("  = {:.1}x the baseline get", range_median / get_baseline);
+    println!(
+        "store: revision {}, {} keys, size_bytes {}",
+        store.revision(),
+        KEYS,
+        store.size_bytes()
+    );
+}
