@@ -8,7 +8,8 @@
 # release build, a config generated in a temporary directory), both on 127.0.0.1 only, with their
 # data directories side by side on the same disk (under target/tmp). Then it runs the same load
 # against each with `kvbench` (tools/kvbench): 8-byte keys, 256-byte values; puts, then
-# linearizable ranges over the keys the puts wrote; 1, 16 and 100 clients (connections: 1, 2, 10).
+# linearizable ranges over the keys the puts wrote; 1, 16 and 100 clients (connections: 1, 2, 10),
+# closed loop; plus one cell of puts at a fixed offered rate (open loop, FIXED_RATE below).
 # Every request goes to the leader's endpoint, for both systems (kvbench finds it with
 # Maintenance.Status), so neither pays a follower's forwarding hop.
 #
@@ -26,7 +27,9 @@
 # Environment: ROUNDS (default 3), RUN_SECONDS per measurement (5), WARMUP_SECONDS (1),
 # CLIENT_COUNTS ("1 16 100"), KEY_SPACE (1000; the first put cell must write at least this many
 # keys, or ranges find missing keys, which kvbench reports as `ranges answered with no key`),
-# CONNS (fixed connection count; default one per 10 clients),
+# FIXED_RATE (3000 requests/s; 0 leaves the cell out) and FIXED_RATE_CLIENTS (100): one more put
+# cell at a fixed offered rate that both systems sustain, latency measured from each request's due
+# time (no coordinated omission), CONNS (fixed connection count; default one per 10 clients),
 # PORT_BASE (default: the first free block of 10 ports from 31000), KEEP_WORKDIR=1 keeps the data
 # directories and logs.
 set -euo pipefail
@@ -58,6 +61,8 @@ RUN_SECONDS=${RUN_SECONDS:-5}
 WARMUP_SECONDS=${WARMUP_SECONDS:-1}
 CLIENT_COUNTS=${CLIENT_COUNTS:-"1 16 100"}
 KEY_SPACE=${KEY_SPACE:-1000}
+FIXED_RATE=${FIXED_RATE:-3000}
+FIXED_RATE_CLIENTS=${FIXED_RATE_CLIENTS:-100}
 KEY_SIZE=8
 VAL_SIZE=256
 ETCD_BIN=${ETCD_BIN:-etcd}
@@ -219,13 +224,19 @@ measure() {
     local -a pids before after eps
     read -r -a pids <<<"$(pids_of "$sys")"
     check_alive "$sys"
-    local keys=random
-    [[ $op == put ]] && keys=seq
+    local keys=random kv_op=$op
+    local -a rate_args=()
+    [[ $op == put || $op == putrate ]] && keys=seq
+    if [[ $op == putrate ]]; then
+        kv_op=put
+        rate_args=(--rate "$FIXED_RATE")
+    fi
     out=$WORK/kvbench-$sys-$op-$clients-$round.out
     load=$(cut -d' ' -f1 /proc/loadavg)
     for pid in "${pids[@]}"; do before+=("$(cpu_ticks "$pid")"); done
     "$KVBENCH" --endpoints "$(endpoints_of "$sys")" --target leader --leader-wait 30 \
-        --op "$op" --consistency l --clients "$clients" --conns "$(conns_for "$clients")" \
+        --op "$kv_op" "${rate_args[@]}" --consistency l --clients "$clients" \
+        --conns "$(conns_for "$clients")" \
         --duration "$RUN_SECONDS" --warmup "$WARMUP_SECONDS" \
         --key-size $KEY_SIZE --val-size $VAL_SIZE --key-space "$KEY_SPACE" --keys $keys \
         --hist-out "$out.hgrm" >"$out" 2>&1 || {
@@ -291,17 +302,25 @@ for sys in "${SYSTEMS[@]}"; do
     echo "$(name_of "$sys"): $(grep -o 'to [^;]*leader[^)]*)' "$WORK/smoke-$sys.out")"
 done
 
+# The cells of a round, in order: closed-loop puts, the fixed-rate puts, then ranges over the keys
+# the puts wrote.
+CELLS=()
+for clients in $CLIENT_COUNTS; do CELLS+=("put:$clients"); done
+[[ $FIXED_RATE != 0 ]] && CELLS+=("putrate:$FIXED_RATE_CLIENTS")
+for clients in $CLIENT_COUNTS; do CELLS+=("range:$clients"); done
+
 cell=0
 for round in $(seq "$ROUNDS"); do
-    for op in put range; do
-        for clients in $CLIENT_COUNTS; do
+    for spec in "${CELLS[@]}"; do
+        op=${spec%%:*} clients=${spec##*:}
+        {
             order=("${SYSTEMS[@]}")
             if [[ ${#SYSTEMS[@]} == 2 && $(((cell + round) % 2)) == 1 ]]; then
                 order=("${SYSTEMS[1]}" "${SYSTEMS[0]}")
             fi
             for sys in "${order[@]}"; do measure "$sys" "$op" "$clients" "$round"; done
             cell=$((cell + 1))
-        done
+        }
     done
 done
 END_LOAD=$(load_avg)
@@ -333,10 +352,12 @@ CHECKS=$WORK/checks.md
 } >"$TABLE"
 : >"$CHECKS"
 declare -A FIG=()
-for op in put range; do
+for spec in "${CELLS[@]}"; do
+    op=${spec%%:*} clients=${spec##*:}
     label=$op
     [[ $op == range ]] && label="range (linearizable)"
-    for clients in $CLIENT_COUNTS; do
+    [[ $op == putrate ]] && label="put at $FIXED_RATE/s offered (open loop)"
+    {
         for sys in "${SYSTEMS[@]}"; do
             ops=$(median 5 "$sys" "$op" "$clients")
             p50=$(median 6 "$sys" "$op" "$clients")
@@ -366,7 +387,7 @@ for op in put range; do
                 "$label" "$clients" "$(r ops)" "$(r p50)" "$(r p90)" "$(r p99)" "$(r p999)" \
                 "$(r max)" "$(r scpu)" >>"$TABLE"
         fi
-    done
+    }
 done
 
 # check DESCRIPTION VALUE OP TARGET: VALUE OP TARGET in awk, e.g. check "..." 4.2 ">=" 4
@@ -395,7 +416,7 @@ fi
 
 CONNS_DESC="ceil(clients/10)"
 [[ -n ${CONNS:-} ]] && CONNS_DESC="min($CONNS, clients)"
-SETUP="Setup: $(name_of etcd) ($ETCD_VERSION, Debian etcd-server, default flags: heartbeat 100 ms, election 1000 ms, fdatasync on) and rust-raft-log (commit $COMMIT, release build, default cluster_settings), 3 members each, every process on 127.0.0.1 of this machine, data directories side by side under target/tmp. Load: \`kvbench\` (tools/kvbench, tonic, tokio multi-thread runtime) on the same 2 cores, every request to the leader's endpoint (found with Maintenance.Status); closed loop; ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values; puts write key numbers 0 to $((KEY_SPACE - 1)) in sequence (and around again), ranges read one random key of those (linearizable, etcd's default); connections = $CONNS_DESC; ${WARMUP_SECONDS} s warm-up then ${RUN_SECONDS} s measured per run; $ROUNDS rounds, systems interleaved (order alternating). Each figure is the median over the rounds (max: the largest); server CPU is user+system of the three server processes per successful request (in brackets: the leader's alone), client CPU that of kvbench (which shares the 2 cores with the servers)."
+SETUP="Setup: $(name_of etcd) ($ETCD_VERSION, Debian etcd-server, default flags: heartbeat 100 ms, election 1000 ms, fdatasync on) and rust-raft-log (commit $COMMIT, release build, default cluster_settings), 3 members each, every process on 127.0.0.1 of this machine, data directories side by side under target/tmp. Load: \`kvbench\` (tools/kvbench, tonic, tokio multi-thread runtime) on the same 2 cores, every request to the leader's endpoint (found with Maintenance.Status); closed loop, except the \"put at N/s offered\" row (open loop: $FIXED_RATE_CLIENTS clients share a fixed schedule of requests, each latency measured from the request's due time, so a stall counts against every request due during it); ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values; puts write key numbers 0 to $((KEY_SPACE - 1)) in sequence (and around again), ranges read one random key of those (linearizable, etcd's default); connections = $CONNS_DESC; ${WARMUP_SECONDS} s warm-up then ${RUN_SECONDS} s measured per run; $ROUNDS rounds, systems interleaved (order alternating). Each figure is the median over the rounds (max: the largest); server CPU is user+system of the three server processes per successful request (in brackets: the leader's alone), client CPU that of kvbench (which shares the 2 cores with the servers)."
 
 {
     echo "Command: \`benches/compare_etcd.sh\` ($START_DATE; ROUNDS=$ROUNDS RUN_SECONDS=$RUN_SECONDS WARMUP_SECONDS=$WARMUP_SECONDS)"
