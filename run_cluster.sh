@@ -98,6 +98,10 @@ while [[ -z "$leader" ]]; do
     [[ -z "$leader" ]] && sleep 0.1
 done
 echo "👑 node $leader is the leader. Ctrl-C stops the cluster."
+# Every node serves the etcd v3 API on its address (README: "etcdctl against the local cluster").
+ENDPOINTS=$(sed -n 's/^[[:space:]-]*ip_address:[[:space:]]*"\{0,1\}\([^"#[:space:]]*\)"\{0,1\}.*/\1/p' "$CONFIG" |
+    paste -d: - <(sed -n 's/^[[:space:]-]*port:[[:space:]]*\([0-9][0-9]*\).*/\1/p' "$CONFIG") | paste -sd, -)
+echo "🔑 etcd API: ETCDCTL_API=3 etcdctl --endpoints=$ENDPOINTS put hello world"
 
 # After the first leader: a node that dies is reported (the others keep running, so a failover can
 # be watched in their output); the script ends when Ctrl-C is pressed or no node it started is left.

@@ -2,7 +2,7 @@
 //! checkers as the seed sweep (after every event), plus the determinism the sweep relies on.
 
 use rust_raft_log::raft::{Config, Role};
-use rust_raft_log::testing::cluster::{Cluster, ClusterConfig, Outcome, Stepped};
+use rust_raft_log::testing::cluster::{Cluster, ClusterConfig, Outcome, ReadOutcome, Stepped};
 use rust_raft_log::testing::disk::DiskConfig;
 use rust_raft_log::testing::network::NetConfig;
 use rust_raft_log::testing::sim::run_seed;
@@ -98,6 +98,61 @@ fn isolated_leader_is_replaced_and_steps_down_under_check_quorum() {
     commit_one(&mut c, "after isolation");
     c.net.heal();
     commit_one(&mut c, "after heal");
+}
+
+#[test]
+fn an_isolated_leader_confirms_no_read_while_a_new_leader_acknowledges_writes() {
+    // Thesis §6.4. Without CheckQuorum the isolated leader keeps believing it leads; reads sent
+    // to it must stay unconfirmed (its commit index misses the write the new leader acknowledges)
+    // and come back dropped when it learns the new term. The cluster checks every read it serves.
+    let mut c = cluster(3, 5, false);
+    let old = stable_leader(&mut c);
+    commit_one(&mut c, "before isolation");
+    let served = c.read(old);
+    run_until(
+        &mut c,
+        20 * ET_MAX_US,
+        "a read on the healthy leader",
+        |c| matches!(c.read_outcome(served), ReadOutcome::Served { .. }),
+    );
+    c.net.isolate(old);
+    let stale_early = c.read(old);
+    run_until(
+        &mut c,
+        20 * ET_MAX_US,
+        "a new leader on the majority side",
+        |c| c.leader_known_to_majority().is_some_and(|l| l != old),
+    );
+    commit_one(&mut c, "acknowledged while the old leader is cut off");
+    let stale_late = c.read(old);
+    let new = stable_leader(&mut c);
+    let fresh = c.read(new);
+    run_for(&mut c, 3 * ET_MAX_US);
+    assert_eq!(
+        c.core(old).map(|n| n.role()),
+        Some(Role::Leader),
+        "still believes it leads"
+    );
+    assert!(matches!(c.read_outcome(fresh), ReadOutcome::Served { .. }));
+    for r in [stale_early, stale_late] {
+        assert!(
+            matches!(c.read_outcome(r), ReadOutcome::Pending { .. }),
+            "read #{r} on the cut-off leader: {:?}",
+            c.read_outcome(r)
+        );
+    }
+    c.net.heal();
+    run_until(
+        &mut c,
+        20 * ET_MAX_US,
+        "the old leader's reads dropped",
+        |c| {
+            [stale_early, stale_late]
+                .iter()
+                .all(|&r| c.read_outcome(r) == ReadOutcome::Dropped)
+        },
+    );
+    assert_ne!(c.core(old).map(|n| n.role()), Some(Role::Leader));
 }
 
 #[test]

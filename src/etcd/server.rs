@@ -159,14 +159,17 @@ impl EtcdApi {
         dropped: &'static str,
     ) -> Result<T, Status> {
         let (reply, answer) = oneshot::channel();
-        self.inner
-            .inbound
-            .send(make(reply))
-            .await
-            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
-        match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(_)) => Err(Status::unavailable(dropped)),
+        let exchange = async {
+            // A full inbound queue makes this wait (back-pressure), inside the same bound.
+            self.inner
+                .inbound
+                .send(make(reply))
+                .await
+                .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+            answer.await.map_err(|_| Status::unavailable(dropped))
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(result) => result,
             Err(_) => Err(Status::unavailable(TIMED_OUT)),
         }
     }
