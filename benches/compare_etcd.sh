@@ -30,8 +30,9 @@
 # FIXED_RATE (3000 requests/s; 0 leaves the cell out) and FIXED_RATE_CLIENTS (100): one more put
 # cell at a fixed offered rate that both systems sustain, latency measured from each request's due
 # time (no coordinated omission), CONNS (fixed connection count; default one per 10 clients),
-# PORT_BASE (default: the first free block of 10 ports from 31000), KEEP_WORKDIR=1 keeps the data
-# directories and logs.
+# OURS_RUST_LOG (the nodes' RUST_LOG, default info), PORT_BASE (default: the first free block of
+# 10 ports from 31000), KEEP_WORKDIR=1 keeps the data directories and logs (logs and kvbench
+# outputs are kept anyway when a request failed).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -85,6 +86,7 @@ cargo build --release --quiet -p kvbench -p rust-raft-log
 mkdir -p "$TARGET_DIR/tmp"
 WORK=$(mktemp -d "$TARGET_DIR/tmp/compare-etcd.XXXXXX")
 declare -A PIDS=()
+HAD_ERRORS=0
 
 stop_all() {
     local pid
@@ -105,6 +107,11 @@ cleanup() {
     stop_all
     if [[ ${KEEP_WORKDIR:-0} == 1 || $rc -ne 0 ]]; then
         echo "work directory (logs, data) kept: $WORK" >&2
+    elif [[ $HAD_ERRORS == 1 ]]; then
+        # Failed requests are in the table; keep what explains them (server logs, kvbench
+        # outputs), not the data directories.
+        rm -rf "$WORK/etcd" "$WORK/raft"
+        echo "some requests failed: server logs and kvbench outputs kept in $WORK" >&2
     else
         rm -rf "$WORK"
     fi
@@ -183,7 +190,8 @@ start_ours() {
         echo "  log_directory: \"$WORK/raft\""
     } >"$config"
     for i in 1 2 3; do
-        RUST_LOG=warn "$NODE_BIN" --node-id "$i" --config "$config" >"$WORK/ours-n$i.log" 2>&1 &
+        # info: startup and elections only (heartbeats and votes are debug), as etcd logs by default.
+        RUST_LOG=${OURS_RUST_LOG:-info} "$NODE_BIN" --node-id "$i" --config "$config" >"$WORK/ours-n$i.log" 2>&1 &
         PIDS[ours$i]=$!
         OURS_PIDS+=($!)
         OURS_ENDPOINTS+="${OURS_ENDPOINTS:+,}127.0.0.1:$((PORT_BASE + 6 + i))"
@@ -270,6 +278,7 @@ measure() {
         "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
         "$errors" "$scpu" "$lcpu" "$ccpu" "$load"
     if [[ $errors != 0 ]]; then
+        HAD_ERRORS=1
         grep '^errors: ' "$out" | sed 's/^/      /'
     fi
     if [[ $op == range && $empty != 0 ]]; then
