@@ -92,6 +92,10 @@ pub struct Args {
     /// Worker threads of kvbench's tokio multi-thread runtime (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also print one line per second of the measured phase (requests by due time: ok, errors,
+    /// mean and max latency), to see when a stall happened.
+    #[arg(long)]
+    pub timeline: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +164,7 @@ pub struct Plan {
     pub seed: u64,
     /// `None`: tokio's default, one worker per core.
     pub threads: Option<usize>,
+    pub timeline: bool,
 }
 
 /// A bad argument, with the flag and the value.
@@ -329,6 +334,7 @@ impl Args {
                 }
                 other => other,
             },
+            timeline: self.timeline,
         })
     }
 }
@@ -357,6 +363,7 @@ mod tests {
         assert_eq!(p.op, Op::Put);
         assert_eq!(p.consistency, Consistency::L);
         assert_eq!(p.seed, 42, "the clock seed is used when --seed is absent");
+        assert!(!p.timeline);
     }
 
     #[test]
@@ -400,6 +407,7 @@ mod tests {
             "7",
             "--threads",
             "1",
+            "--timeline",
         ])
         .unwrap();
         assert_eq!(
@@ -420,6 +428,7 @@ mod tests {
         assert_eq!(p.timeout, Duration::from_secs(2));
         assert_eq!(p.seed, 7);
         assert_eq!(p.threads, Some(1));
+        assert!(p.timeline);
     }
 
     #[test]

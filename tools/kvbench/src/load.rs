@@ -232,9 +232,10 @@ async fn client(id: usize, channel: Channel, phase: Arc<Phase>) -> (Outcome, Ins
         if !phase.record {
             continue;
         }
+        let us = u64::try_from(done.duration_since(due).as_micros()).unwrap_or(u64::MAX);
+        let ok = matches!(answer, Ok(Ok(_)));
         match answer {
             Ok(Ok(empty)) => {
-                let us = u64::try_from(done.duration_since(due).as_micros()).unwrap_or(u64::MAX);
                 outcome.hist.saturating_record(us.max(1));
                 if empty {
                     outcome.ranges_empty += 1;
@@ -242,6 +243,17 @@ async fn client(id: usize, channel: Channel, phase: Arc<Phase>) -> (Outcome, Ins
             }
             Ok(Err(status)) => outcome.add_error(&format!("{:?}", status.code()), status.message()),
             Err(_) => outcome.add_error("timeout", &format!("no answer in {:?}", plan.timeout)),
+        }
+        if plan.timeline {
+            let second = due.duration_since(phase.start).as_secs() as usize;
+            let entry = outcome.second_mut(second);
+            if ok {
+                entry.ok += 1;
+                entry.latency_sum_us += us;
+                entry.latency_max_us = entry.latency_max_us.max(us);
+            } else {
+                entry.errors += 1;
+            }
         }
     }
     (outcome, last_done)

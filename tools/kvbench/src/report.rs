@@ -44,6 +44,26 @@ impl Percentiles {
     }
 }
 
+/// The requests that were due in one second of a phase (`--timeline`): enough to see when a
+/// stall happened, without a histogram per second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Second {
+    pub ok: u64,
+    pub errors: u64,
+    /// Sum and maximum of the successful requests' latencies, µs.
+    pub latency_sum_us: u64,
+    pub latency_max_us: u64,
+}
+
+impl Second {
+    fn add(&mut self, other: &Second) {
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.latency_sum_us += other.latency_sum_us;
+        self.latency_max_us = self.latency_max_us.max(other.latency_max_us);
+    }
+}
+
 /// What one measured phase produced.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -53,6 +73,8 @@ pub struct Outcome {
     pub errors: BTreeMap<String, (u64, String)>,
     /// Ranges that answered without any key-value (a key never written, or a wrong answer).
     pub ranges_empty: u64,
+    /// Per second of the phase, by due time; empty unless `--timeline`.
+    pub timeline: Vec<Second>,
     /// From the phase's start to its last completion.
     pub elapsed: Duration,
     /// User + system CPU time of the whole kvbench process during the phase.
@@ -65,6 +87,7 @@ impl Default for Outcome {
             hist: latency_histogram(),
             errors: BTreeMap::new(),
             ranges_empty: 0,
+            timeline: Vec::new(),
             elapsed: Duration::ZERO,
             cpu: Duration::ZERO,
         }
@@ -123,6 +146,21 @@ impl Outcome {
             entry.0 += n;
         }
         self.ranges_empty += other.ranges_empty;
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline
+                .resize(other.timeline.len(), Second::default());
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(&other.timeline) {
+            mine.add(theirs);
+        }
+    }
+
+    /// The timeline entry of the second `second` (grown as needed).
+    pub fn second_mut(&mut self, second: usize) -> &mut Second {
+        if self.timeline.len() <= second {
+            self.timeline.resize(second + 1, Second::default());
+        }
+        &mut self.timeline[second]
     }
 }
 
@@ -160,6 +198,16 @@ pub fn format_summary(outcome: &Outcome, is_range: bool) -> String {
         s.push_str(&format!(
             "ranges answered with no key: {}\n",
             outcome.ranges_empty
+        ));
+    }
+    for (i, second) in outcome.timeline.iter().enumerate() {
+        let mean_us = second.latency_sum_us.checked_div(second.ok).unwrap_or(0);
+        s.push_str(&format!(
+            "second {i:>3}: {:>7} ok {:>5} errors, latency ms mean {} max {}\n",
+            second.ok,
+            second.errors,
+            ms(mean_us),
+            ms(second.latency_max_us)
         ));
     }
     s
@@ -314,6 +362,51 @@ mod tests {
             "kvbench-result op=range clients=16 conns=2 ok=1000 errors=3 seconds=2.000 \
              ops_per_sec=500.0 p50_us=500 p90_us=900 p99_us=990 p999_us=999 max_us=1000 \
              client_cpu_us_per_op=10.0 ranges_empty=3"
+        );
+    }
+
+    #[test]
+    fn timeline_merges_by_second_and_prints_one_line_per_second() {
+        let mut a = Outcome::default();
+        *a.second_mut(0) = Second {
+            ok: 2,
+            errors: 0,
+            latency_sum_us: 3000,
+            latency_max_us: 2000,
+        };
+        let mut b = Outcome::default();
+        b.second_mut(0).ok = 1;
+        b.second_mut(0).latency_sum_us = 1000;
+        b.second_mut(0).latency_max_us = 1000;
+        b.second_mut(1).errors = 4;
+        a.merge(&b);
+        assert_eq!(
+            a.timeline,
+            vec![
+                Second {
+                    ok: 3,
+                    errors: 0,
+                    latency_sum_us: 4000,
+                    latency_max_us: 2000
+                },
+                Second {
+                    ok: 0,
+                    errors: 4,
+                    latency_sum_us: 0,
+                    latency_max_us: 0
+                }
+            ]
+        );
+        let summary = format_summary(&a, false);
+        assert!(
+            summary
+                .contains("second   0:       3 ok     0 errors, latency ms mean 1.333 max 2.000"),
+            "{summary}"
+        );
+        assert!(
+            summary
+                .contains("second   1:       0 ok     4 errors, latency ms mean 0.000 max 0.000"),
+            "{summary}"
         );
     }
 
