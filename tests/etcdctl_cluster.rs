@@ -208,6 +208,17 @@ fn etcdctl_put_get_del_and_txn_through_leader_and_follower() {
         out.stderr.contains("etcdserver: key is not provided"),
         "{out:?}"
     );
+    // etcd's default request limit (1.5 MiB): refused with etcd's text, nothing written. The value
+    // comes from stdin (an argument that long is above the kernel's per-argument limit).
+    let huge = "x".repeat(1_600_000);
+    let out = etcdctl(&on_follower, &["put", "huge"], Some(&huge));
+    assert!(!out.success, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("etcdserver: request is too large"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(ok(&on_leader, &["get", "huge"]), "");
     drop(cluster);
 }
 

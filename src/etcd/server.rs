@@ -609,12 +609,12 @@ pub async fn only_served_methods(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let path = request.uri().path().to_string();
-    if is_served(&path) {
+    if is_served(request.uri().path()) {
         return next.run(request).await;
     }
+    let path = request.uri().path();
     tracing::debug!(%path, "unimplemented gRPC method");
-    Status::unimplemented(unimplemented_message(&path)).into_http::<axum::body::Body>()
+    Status::unimplemented(unimplemented_message(path)).into_http::<axum::body::Body>()
 }
 
 #[cfg(test)]
