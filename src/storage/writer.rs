@@ -16,8 +16,8 @@
 //!
 //! Closed-loop appenders come back one by one as their completions wake them; a leader that
 //! drained the queue at the first arrival would alternate small and large batches (two syncs per
-//! append). So a leader whose queue is shorter than its previous batch waits a few tens of µs
-//! while it still grows ([`gather`]). Waiters that are futures are completed by the leader (one
+//! append). So a leader whose queue is shorter than its previous batch waits while it still grows,
+//! for at most about one batch write ([`gather`]). Waiters that are futures are completed by the leader (one
 //! lock and one wake each); threads asleep in [`Pending::wait`] of a big batch are woken by the
 //! "log-completer" thread so their context switches overlap the next write.
 //!
