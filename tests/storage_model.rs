@@ -1,6 +1,7 @@
 //! Property test: `RaftLog` against an in-memory model (`MemStorage`, the core's reference
 //! storage) under random appends, truncations, compactions, resets (snapshot installs) and
-//! reopens. After every step the
+//! reopens, with the default pool of recycled segments (compaction renames freed segments into
+//! the pool and rotation reuses them). After every step the
 //! log's view through the `Storage` trait equals the model's.
 //!
 //! A reopen may lower `first_index` (compaction deletes whole segments only; the entries of a

@@ -12,15 +12,17 @@
 //! ```text
 //!  0      4        8            16            24                32     40          48          56         60    64
 //!  +------+--------+------------+-------------+-----------------+------+-----------+-----------+----------+-----+
-//!  |magic |version | base_index | entry_count | append_position | salt | prev_term | dirty_end | reserved | crc |
-//!  | u32  | u32    | u64        | u64         | u64             | u64  | u64       | u64       | 4 zero   | u32 |
+//!  |magic |version | base_index | entry_count | append_position | salt | prev_term | dirty_end | flags    | crc |
+//!  | u32  | u32    | u64        | u64         | u64             | u64  | u64       | u64       | u32      | u32 |
 //!  +------+--------+------------+-------------+-----------------+------+-----------+-----------+----------+-----+
 //! ```
 //! The seed's fields come first, in the seed's order. `crc` is CRC32C over bytes `[0, 60)`.
 //! `prev_term` is the term of entry `base_index - 1` (0 for base 1), so the term of the last
 //! compacted entry survives deleting whole segments. `dirty_end` is 0 (clean) or an offset
 //! `>= append_position`: bytes in `[append_position, dirty_end)` may still hold frames cut by a
-//! truncation and must be zeroed (durably) before the segment is scanned.
+//! truncation and must be zeroed (durably) before the segment is scanned. `flags` bit 0
+//! ([`HEADER_FLAG_RECYCLED`]) says the file is a recycled segment: past the valid frames it holds
+//! stale frames of its previous life (another salt), not zeros; other bits must be zero.
 //! The header is a *hint* that never claims more than is durable (see FORMAT.md, "Operations").
 //!
 //! # Record frame (8-byte aligned; the first starts at offset 64, each next one where the last ends)
@@ -72,7 +74,12 @@ pub const HEADER_APPEND_POSITION_OFFSET: usize = 24;
 pub const HEADER_SALT_OFFSET: usize = 32;
 pub const HEADER_PREV_TERM_OFFSET: usize = 40;
 pub const HEADER_DIRTY_END_OFFSET: usize = 48;
-pub const HEADER_RESERVED_OFFSET: usize = 56;
+pub const HEADER_FLAGS_OFFSET: usize = 56;
+/// Header flag: the file is a recycled segment (its bytes past the valid frames are stale frames
+/// of an earlier life, which never validate under this life's salt, rather than zeros).
+pub const HEADER_FLAG_RECYCLED: u32 = 1;
+/// Every flag this version knows; a header with another bit set is rejected.
+pub const HEADER_FLAGS_KNOWN: u32 = HEADER_FLAG_RECYCLED;
 pub const HEADER_CRC_OFFSET: usize = 60;
 
 /// Every frame starts at a multiple of this, so a forward search for a valid frame can step by
@@ -117,7 +124,7 @@ const _: () = {
     assert!(HEADER_SALT_OFFSET == HEADER_APPEND_POSITION_OFFSET + 8);
     assert!(HEADER_PREV_TERM_OFFSET == HEADER_SALT_OFFSET + 8);
     assert!(HEADER_DIRTY_END_OFFSET == HEADER_PREV_TERM_OFFSET + 8);
-    assert!(HEADER_RESERVED_OFFSET == HEADER_DIRTY_END_OFFSET + 8);
+    assert!(HEADER_FLAGS_OFFSET == HEADER_DIRTY_END_OFFSET + 8);
     assert!(HEADER_CRC_OFFSET == SEGMENT_HEADER_SIZE - 4);
     assert!(SEGMENT_HEADER_SIZE == 64);
     // Frames start 8-aligned right after the header.
@@ -185,8 +192,10 @@ pub enum HeaderError {
     BadVersion { found: u32 },
     #[error("segment header checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadChecksum { stored: u32, computed: u32 },
-    #[error("segment header reserved bytes are not zero")]
-    NonZeroReserved,
+    #[error(
+        "segment header has unknown flags {flags:#x} (this build knows {HEADER_FLAGS_KNOWN:#x})"
+    )]
+    UnknownFlags { flags: u32 },
     #[error("segment header base index is 0 (the first log index is 1)")]
     ZeroBaseIndex,
     #[error(
@@ -220,6 +229,9 @@ pub struct SegmentHeader {
     /// 0 when clean; otherwise `[append_position, dirty_end)` may hold stale frames left by a
     /// truncation that must be zeroed before the segment is scanned or appended to.
     pub dirty_end: u64,
+    /// The file is a recycled segment: past its valid frames lie stale frames of an earlier life
+    /// (never zeros to rely on), which recovery leaves alone (FORMAT.md, "Recycling").
+    pub recycled: bool,
 }
 
 impl SegmentHeader {
@@ -236,6 +248,7 @@ impl SegmentHeader {
             salt,
             prev_term,
             dirty_end: 0,
+            recycled: false,
         }
     }
 
@@ -255,7 +268,7 @@ impl SegmentHeader {
         FrameSeed::new(self.salt, self.base_index)
     }
 
-    /// Encodes the header, reserved bytes zero, checksum last.
+    /// Encodes the header, checksum last.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_SIZE] {
         let mut bytes = [0u8; SEGMENT_HEADER_SIZE];
         put_u32(&mut bytes, HEADER_MAGIC_OFFSET, SEGMENT_MAGIC);
@@ -270,12 +283,18 @@ impl SegmentHeader {
         put_u64(&mut bytes, HEADER_SALT_OFFSET, self.salt);
         put_u64(&mut bytes, HEADER_PREV_TERM_OFFSET, self.prev_term.0);
         put_u64(&mut bytes, HEADER_DIRTY_END_OFFSET, self.dirty_end);
+        let flags = if self.recycled {
+            HEADER_FLAG_RECYCLED
+        } else {
+            0
+        };
+        put_u32(&mut bytes, HEADER_FLAGS_OFFSET, flags);
         let crc = crc32c::crc32c(&bytes[..HEADER_CRC_OFFSET]);
         put_u32(&mut bytes, HEADER_CRC_OFFSET, crc);
         bytes
     }
 
-    /// Decodes and validates a header: magic, version, checksum, reserved bytes, and that the
+    /// Decodes and validates a header: magic, version, checksum, flags, and that the
     /// counts are self-consistent (a count of 0 sits at the header's end; `n` entries need at
     /// least `n` minimal frames). Checking the position against the file's length is
     /// [`SegmentHeader::check_file_len`], since only the caller knows the length.
@@ -301,11 +320,9 @@ impl SegmentHeader {
         if stored != computed {
             return Err(HeaderError::BadChecksum { stored, computed });
         }
-        if bytes[HEADER_RESERVED_OFFSET..HEADER_CRC_OFFSET]
-            .iter()
-            .any(|&b| b != 0)
-        {
-            return Err(HeaderError::NonZeroReserved);
+        let flags = get_u32(bytes, HEADER_FLAGS_OFFSET);
+        if flags & !HEADER_FLAGS_KNOWN != 0 {
+            return Err(HeaderError::UnknownFlags { flags });
         }
         let header = SegmentHeader {
             base_index: LogIndex(get_u64(bytes, HEADER_BASE_INDEX_OFFSET)),
@@ -314,6 +331,7 @@ impl SegmentHeader {
             salt: get_u64(bytes, HEADER_SALT_OFFSET),
             prev_term: Term(get_u64(bytes, HEADER_PREV_TERM_OFFSET)),
             dirty_end: get_u64(bytes, HEADER_DIRTY_END_OFFSET),
+            recycled: flags & HEADER_FLAG_RECYCLED != 0,
         };
         if header.base_index.0 == 0 {
             return Err(HeaderError::ZeroBaseIndex);
@@ -487,10 +505,33 @@ pub fn encode_frame(
     fields: FrameFields,
     payload: &[u8],
 ) -> usize {
+    assert!(
+        payload.len() <= ENTRY_PAYLOAD_MAX,
+        "payload of {} bytes exceeds ENTRY_PAYLOAD_MAX {ENTRY_PAYLOAD_MAX}",
+        payload.len()
+    );
     let start = out.len();
-    let padded = frame_padded_len(payload.len());
-    out.resize(start + padded, 0);
-    encode_frame_into(&mut out[start..], seed, fields, payload);
+    let length = FRAME_HEADER_SIZE + payload.len();
+    let padded = align_up(length);
+    out.reserve(padded);
+    // Built by appending rather than by zero-filling `padded` bytes and overwriting them: for
+    // big payloads the zero-fill was a second pass over the whole frame (a memset per entry).
+    let mut header = [0u8; FRAME_HEADER_SIZE];
+    // `length` fits a u32: ENTRY_PAYLOAD_MAX is checked above and by a const assertion.
+    put_u32(&mut header, FRAME_LENGTH_OFFSET, length as u32);
+    put_u64(&mut header, FRAME_TERM_OFFSET, fields.term.0);
+    put_u64(&mut header, FRAME_INDEX_OFFSET, fields.index.0);
+    put_u64(
+        &mut header,
+        FRAME_BATCH_START_OFFSET,
+        fields.batch_start_index.0,
+    );
+    header[FRAME_TYPE_OFFSET] = fields.entry_type as u8;
+    out.extend_from_slice(&header);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&[0u8; FRAME_ALIGN][..padded - length]);
+    let crc = seed.frame_crc(&out[start..], length);
+    put_u32(&mut out[start..], FRAME_CRC_OFFSET, crc);
     padded
 }
 
@@ -616,6 +657,7 @@ mod tests {
             salt: 0xdead_beef_0123_4567,
             prev_term: Term(6),
             dirty_end: 256,
+            recycled: false,
         };
         let bytes = header.encode();
         assert_eq!(
@@ -631,6 +673,13 @@ mod tests {
         assert_eq!(&bytes[40..48], &6u64.to_le_bytes());
         assert_eq!(&bytes[48..56], &256u64.to_le_bytes());
         assert!(bytes[56..60].iter().all(|&b| b == 0));
+        let recycled = SegmentHeader {
+            recycled: true,
+            ..header
+        };
+        let rbytes = recycled.encode();
+        assert_eq!(&rbytes[56..60], &HEADER_FLAG_RECYCLED.to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&rbytes), Ok(recycled));
         assert_eq!(&bytes[60..64], &crc32c::crc32c(&bytes[..60]).to_le_bytes());
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         assert_eq!(header.last_index(), LogIndex(1001));
@@ -678,6 +727,7 @@ mod tests {
             salt: 0,
             prev_term: Term(0),
             dirty_end: 0,
+            recycled: false,
         };
         assert!(matches!(
             SegmentHeader::decode(&odd.encode()),
@@ -690,6 +740,16 @@ mod tests {
         assert_eq!(
             SegmentHeader::decode(&zero_base.encode()),
             Err(HeaderError::ZeroBaseIndex)
+        );
+        // An unknown flag bit (with a valid checksum) is refused: this build cannot know what
+        // it means.
+        let mut unknown = good;
+        unknown[HEADER_FLAGS_OFFSET] = 2;
+        let crc = crc32c::crc32c(&unknown[..HEADER_CRC_OFFSET]);
+        unknown[HEADER_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode(&unknown),
+            Err(HeaderError::UnknownFlags { flags: 2 })
         );
         // A dirty end before the append position makes no sense.
         let dirty = SegmentHeader {
@@ -720,6 +780,10 @@ mod tests {
                 frame[FRAME_HEADER_SIZE + len..].iter().all(|&b| b == 0),
                 "padding is zero"
             );
+            // The appending encoder and the in-place one produce the same bytes.
+            let mut in_place = vec![0xee; n];
+            encode_frame_into(&mut in_place, seed, fields(5), &payload);
+            assert_eq!(frame, &in_place[..], "payload of {len} bytes");
             let view = decode_frame(frame, seed).unwrap().unwrap();
             assert_eq!(view.payload, &payload[..]);
             assert_eq!(view.fields(), fields(5));

@@ -4,8 +4,16 @@
 //!
 //! # What it owns
 //! The node directory's segment files (`segment_<base>.log`), the one prepared file that becomes
-//! the next segment (`next_segment.prep`, zero-filled or fallocated off the append path) and the
-//! `LOCK` file. Segments are kept in a `BTreeMap` keyed by base index.
+//! the next segment (`next_segment.prep`, zero-filled or fallocated off the append path), the
+//! pool of compacted segment files kept for recycling (`recycle_<n>.pool`, at most
+//! [`LogConfig::recycle_segments_max`]) and the `LOCK` file. Segments are kept in a `BTreeMap`
+//! keyed by base index.
+//!
+//! Rotation takes the next segment's file from the pool first (its blocks are allocated and
+//! written, so appends into it are plain overwrites, with no zero-fill doubling the disk writes),
+//! then from the prepared file. A recycled file gets a fresh salt, its new base index and the
+//! recycled flag in its header before it is renamed into place, so the stale frames of its
+//! previous life never validate (docs/FORMAT.md, "Recycling").
 //!
 //! # Invariants
 //! - Segments are contiguous: each base index is the previous segment's last index + 1; only the
@@ -65,6 +73,25 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, LogError> {
 /// The file prepared off the append path (zero-filled or fallocated: it reads as zero) that
 /// becomes the next segment at rotation.
 pub const PREPARED_SEGMENT_NAME: &str = "next_segment.prep";
+
+const RECYCLE_FILE_PREFIX: &str = "recycle_";
+const RECYCLE_FILE_SUFFIX: &str = ".pool";
+
+/// The name of pool file number `seq` (a compacted segment kept for recycling).
+pub fn recycle_file_name(seq: u64) -> String {
+    format!("{RECYCLE_FILE_PREFIX}{seq:06}{RECYCLE_FILE_SUFFIX}")
+}
+
+/// The number of a pool file name, `None` for any other name.
+pub fn parse_recycle_file_name(name: &str) -> Option<u64> {
+    let digits = name
+        .strip_prefix(RECYCLE_FILE_PREFIX)?
+        .strip_suffix(RECYCLE_FILE_SUFFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
 
 /// Errors of the storage layer: what went wrong and where.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -154,6 +181,10 @@ pub struct LogConfig {
     pub batch_entries_max: usize,
     /// Group commit: most requests waiting in the writer's queue (senders block beyond it).
     pub queue_requests_max: usize,
+    /// Most compacted segment files kept for recycling (0: compaction deletes them). A recycled
+    /// file spares the next rotation a zero-fill (or the extent conversions of a fallocated file)
+    /// at the price of this many segments of disk space.
+    pub recycle_segments_max: usize,
 }
 
 impl LogConfig {
@@ -165,6 +196,7 @@ impl LogConfig {
             batch_bytes_max: 8 << 20,
             batch_entries_max: 4096,
             queue_requests_max: 4096,
+            recycle_segments_max: 2,
         }
     }
 
@@ -278,6 +310,9 @@ pub struct RaftLog {
     zero_fill_secs: Option<f64>,
     /// [`PREPARED_SEGMENT_NAME`] exists, complete, with no preparation running.
     prepared_ready: bool,
+    /// Compacted segment files kept for recycling, oldest first, and the next pool number.
+    pool: std::collections::VecDeque<PathBuf>,
+    pool_seq: u64,
     recovery: RecoveryReport,
     /// The open, `flock`ed [`LOCK_FILE_NAME`] (production only): one process per log.
     dir_lock: Option<std::fs::File>,
@@ -329,9 +364,25 @@ impl RaftLog {
             .map_err(|e| io_err("list directory", &dir, e))?;
         let mut bases: Vec<(LogIndex, String)> = Vec::new();
         let mut prepared_ready = false;
+        let mut pool: Vec<(u64, PathBuf)> = Vec::new();
         for name in names {
             if let Some(base) = parse_segment_file_name(&name) {
                 bases.push((base, name));
+            } else if let Some(seq) = parse_recycle_file_name(&name) {
+                // A compacted segment kept for recycling: whatever its header says (its old one,
+                // or a new one that a crash left before the rename into place), it is not part
+                // of the log. Keep it if it has the configured size and the pool has room.
+                let p = dir.join(&name);
+                let len = vfs
+                    .open(&p)
+                    .map(|f| f.len_bytes())
+                    .map_err(|e| io_err("open pool file", &p, e))?;
+                if len == config.segment_size_bytes {
+                    pool.push((seq, p));
+                } else {
+                    vfs.remove(&p)
+                        .map_err(|e| io_err("remove pool file", &p, e))?;
+                }
             } else if name == PREPARED_SEGMENT_NAME {
                 // A prepared file is complete (it is renamed to this name only after its zeros
                 // were synced) and never held acknowledged data (a segment is renamed into place
@@ -356,6 +407,14 @@ impl RaftLog {
             }
         }
         bases.sort();
+        pool.sort();
+        let pool_seq = pool.last().map_or(0, |(seq, _)| seq + 1);
+        while pool.len() > config.recycle_segments_max {
+            let (_, p) = pool.remove(0);
+            vfs.remove(&p)
+                .map_err(|e| io_err("remove pool file", &p, e))?;
+        }
+        let pool = pool.into_iter().map(|(_, p)| p).collect();
 
         let mut log = RaftLog {
             config,
@@ -374,6 +433,8 @@ impl RaftLog {
             last_segment_secs: None,
             zero_fill_secs: None,
             prepared_ready,
+            pool,
+            pool_seq,
             recovery: RecoveryReport::default(),
             dir_lock: None,
         };
@@ -401,7 +462,7 @@ impl RaftLog {
                     log.last_index = h.base_index.prev();
                     log.last_term = h.prev_term;
                 }
-                _ => log.create_segment(LogIndex(1), Term::ZERO)?,
+                _ => log.create_segment(LogIndex(1), Term::ZERO, false)?,
             }
         } else {
             let n = bases.len();
@@ -544,7 +605,8 @@ impl RaftLog {
     /// for unwritten extents, so its page-cache pages are allocated here rather than inside the
     /// appends).
     fn start_preparing(&mut self) {
-        if self.preparing.is_some() || self.prepared_ready {
+        if self.preparing.is_some() || self.prepared_ready || !self.pool.is_empty() {
+            // The next rotation has its file: the prepared one, or a recycled one.
             return;
         }
         // Until a zero-fill was measured, assume 1 GiB/s (O_DIRECT write plus read-back here).
@@ -611,11 +673,50 @@ impl RaftLog {
         Ok(path)
     }
 
-    /// Creates the segment starting at `base`: the prepared file gets its header (synced) and
-    /// is renamed into place (directory synced). Until the rename it is not part of the log.
-    fn create_segment(&mut self, base: LogIndex, prev_term: Term) -> Result<(), LogError> {
-        let (prep, header) = self.prepare_header(base, prev_term)?;
+    /// Creates the segment starting at `base`: a recycled file from the pool if `recycle` and
+    /// the pool has one, else the prepared file, gets its header (synced) and is renamed into
+    /// place (directory synced). Until the rename it is not part of the log.
+    fn create_segment(
+        &mut self,
+        base: LogIndex,
+        prev_term: Term,
+        recycle: bool,
+    ) -> Result<(), LogError> {
+        let (prep, header) = if recycle && !self.pool.is_empty() {
+            self.recycle_header(base, prev_term)?
+        } else {
+            self.prepare_header(base, prev_term)?
+        };
         self.install_prepared(&prep, header)
+    }
+
+    /// Takes the oldest pool file and writes (and syncs) the header of a recycled segment
+    /// starting at `base`: a fresh salt, so none of the file's stale frames validates, and the
+    /// recycled flag, so recovery takes them for the end of the log rather than for damage.
+    /// A crash after this leaves a pool file with a new header, still not part of the log.
+    fn recycle_header(
+        &mut self,
+        base: LogIndex,
+        prev_term: Term,
+    ) -> Result<(PathBuf, SegmentHeader), LogError> {
+        let path = self
+            .pool
+            .pop_front()
+            .expect("recycle_header is called with a non-empty pool");
+        let header = SegmentHeader {
+            recycled: true,
+            ..SegmentHeader::new_empty(base, prev_term, fresh_salt(base))
+        };
+        let f = self
+            .vfs
+            .open(&path)
+            .map_err(|e| io_err("open pool file", &path, e))?;
+        f.write_durable(&[WriteAt {
+            offset: 0,
+            bytes: &header.encode(),
+        }])
+        .map_err(|e| io_err("write segment header", &path, e))?;
+        Ok((path, header))
     }
 
     /// Takes the prepared file and writes (and syncs) the header of a segment starting at `base`.
@@ -834,7 +935,7 @@ impl RaftLog {
         let seg = self.last_segment_mut();
         let path = seg.path().to_path_buf();
         seg.seal().map_err(|e| seg_err("seal segment", &path, e))?;
-        self.create_segment(self.last_index.next(), self.last_term)?;
+        self.create_segment(self.last_index.next(), self.last_term, true)?;
         self.start_preparing();
         Ok(())
     }
@@ -893,9 +994,11 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Compacts the log up to and including `upto` (entries covered by a snapshot): deletes every
+    /// Compacts the log up to and including `upto` (entries covered by a snapshot): removes every
     /// segment whose entries all lie at or below `upto` (oldest first), except the open one, and
-    /// remembers the term of `upto` as the term of `first_index() - 1`.
+    /// remembers the term of `upto` as the term of `first_index() - 1`. Removed segment files go
+    /// to the recycling pool while it has room ([`LogConfig::recycle_segments_max`]), else they
+    /// are deleted.
     ///
     /// After a reopen `first_index()` is the base of the first remaining segment, which may be
     /// below `upto + 1` (entries of a partly compacted segment are still there and still
@@ -925,9 +1028,20 @@ impl RaftLog {
                 let seg = self.segments.remove(&base).expect("key just seen");
                 let path = seg.path().to_path_buf();
                 drop(seg);
-                self.vfs
-                    .remove(&path)
-                    .map_err(|e| io_err("remove compacted segment", &path, e))?;
+                if self.pool.len() < self.config.recycle_segments_max {
+                    // Renaming it out of the log is as atomic (and as durable, with the
+                    // directory fsync) as deleting it; its frames keep their old salt.
+                    let to = self.config.dir.join(recycle_file_name(self.pool_seq));
+                    self.vfs
+                        .rename(&path, &to)
+                        .map_err(|e| io_err("move compacted segment to the pool", &path, e))?;
+                    self.pool_seq += 1;
+                    self.pool.push_back(to);
+                } else {
+                    self.vfs
+                        .remove(&path)
+                        .map_err(|e| io_err("remove compacted segment", &path, e))?;
+                }
             }
             Ok(())
         })();
@@ -998,6 +1112,11 @@ impl RaftLog {
     /// What recovery did when this log was opened.
     pub fn recovery_report(&self) -> &RecoveryReport {
         &self.recovery
+    }
+
+    /// Paths of the files kept for recycling, the next one to be used first.
+    pub fn pool_paths(&self) -> Vec<PathBuf> {
+        self.pool.iter().cloned().collect()
     }
 
     /// Paths of the segment files, oldest first.

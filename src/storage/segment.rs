@@ -7,9 +7,11 @@
 //! # Invariants
 //! - Entries `base_index ..= last_index` sit back to back from offset [`SEGMENT_HEADER_SIZE`] to
 //!   `append_position`, indexes consecutive, every frame valid under this segment's [`FrameSeed`].
-//! - Between writes, every byte in `[append_position, file end)` is zero (recovery and truncation
-//!   zero what they cut, durably, and new segments read as zero), so the next append never sits
-//!   in front of a stale frame that would validate and continue the index sequence.
+//! - Between writes, every byte in `[append_position, file end)` is zero or, in a recycled
+//!   segment, part of a stale frame of the file's previous life, which never validates under this
+//!   life's salt (recovery and truncation zero what they cut, durably, and new segments read as
+//!   zero), so the next append never sits in front of a stale frame that would validate and
+//!   continue the index sequence.
 //! - The durable header never counts an entry that is not durable: it is written when the segment
 //!   is created (count 0), sealed, or truncated, and each time after the frames it counts were
 //!   synced.
@@ -109,6 +111,23 @@ fn could_be_later_frame(bytes: &[u8], expected: LogIndex) -> bool {
     index > expected.0 && batch_start <= index && bytes[FRAME_TYPE_OFFSET] <= 1
 }
 
+/// Whether the non-zero bytes at the start of `bytes` (where the frame with index `expected`
+/// should be) belong to this life of a recycled segment rather than to its previous one: a frame
+/// that validates under this life's seed, or one whose index and batch start fit this life (a
+/// torn frame of the last batch). A stale frame of the previous life has another salt and an
+/// index below this life's base.
+fn is_this_life(bytes: &[u8], seed: FrameSeed, expected: LogIndex, base: LogIndex) -> bool {
+    if matches!(decode_frame(bytes, seed), Ok(Some(_))) {
+        return true;
+    }
+    if bytes.len() < FRAME_HEADER_SIZE {
+        return false;
+    }
+    let index = read_u64(bytes, FRAME_INDEX_OFFSET);
+    let batch_start = read_u64(bytes, FRAME_BATCH_START_OFFSET);
+    index == expected.0 && (base.0..=index).contains(&batch_start)
+}
+
 /// Scans a segment's frames from its first frame, checking each frame (length, CRC, type,
 /// reserved and padding bytes, index = previous + 1, `batch_start_index` inside the segment and
 /// not after the index), and decides what the first bad frame means. Pure: `segdump` calls it
@@ -124,6 +143,11 @@ fn could_be_later_frame(bytes: &[u8], expected: LogIndex) -> bool {
 ///
 /// A clean end (a zero length word) gets the same search: a durable frame whose length word was
 /// zeroed must not pass for the end of the log.
+///
+/// In a recycled segment (`header.recycled`) the bytes after the valid frames are normally the
+/// stale frames of the file's previous life: they end the log like zeros do. Only bytes of this
+/// life count as a torn tail (a frame that validates under this life's seed, or a bad frame whose
+/// index is the expected one), and only they are to be zeroed.
 pub fn scan_segment(bytes: &[u8], header: &SegmentHeader) -> ScanOutcome {
     let seed = header.frame_seed();
     let base = header.base_index;
@@ -201,12 +225,28 @@ pub fn scan_segment(bytes: &[u8], header: &SegmentHeader) -> ScanOutcome {
         None => pos,
     };
     let mut p = search_from;
+    let recycled = header.recycled;
+    if recycled && bad_reason.is_some() && !is_this_life(&bytes[pos..limit], seed, expected, base) {
+        // A recycled file: past the valid frames lie the stale frames of its previous life
+        // (another salt, indexes below this life's base). They are the normal end of the log,
+        // not damage, and can never validate: leave them.
+        bad_reason = None;
+    }
     if bad_reason.is_some() {
         // The bad frame's first word is not zero (or it would have been a clean end).
         outcome.dropped_entries = 1;
-        outcome.zero_end = outcome
-            .zero_end
-            .max(((p + FRAME_ALIGN).min(bytes.len())) as u64);
+        let end = if recycled {
+            // Only this life's bytes are zeroed in a recycled file: the torn frame's extent.
+            let len = peek_frame_length(&bytes[pos..limit]) as usize;
+            if (FRAME_HEADER_SIZE..=FRAME_HEADER_SIZE + ENTRY_PAYLOAD_MAX).contains(&len) {
+                pos + crate::storage::format::align_up(len)
+            } else {
+                pos + FRAME_ALIGN
+            }
+        } else {
+            p + FRAME_ALIGN
+        };
+        outcome.zero_end = outcome.zero_end.max((end.min(bytes.len())) as u64);
         p += FRAME_ALIGN;
     }
     let mut corrupt: Option<String> = None;
@@ -224,7 +264,10 @@ pub fn scan_segment(bytes: &[u8], header: &SegmentHeader) -> ScanOutcome {
             p += FRAME_ALIGN;
             continue;
         }
-        outcome.zero_end = (p + FRAME_ALIGN) as u64;
+        if !recycled {
+            // Any non-zero byte of a zero-filled segment is this life's: zero it.
+            outcome.zero_end = (p + FRAME_ALIGN) as u64;
+        }
         if could_be_later_frame(&bytes[p..], expected) {
             if let Ok(Some(f)) = decode_frame(&bytes[p..], seed) {
                 outcome.dropped_entries += 1;
@@ -243,7 +286,7 @@ pub fn scan_segment(bytes: &[u8], header: &SegmentHeader) -> ScanOutcome {
         p += FRAME_ALIGN;
     }
     if let Some(tail) = bytes.len().checked_sub(p) {
-        if tail > 0 && bytes[p..].iter().any(|&b| b != 0) {
+        if !recycled && tail > 0 && bytes[p..].iter().any(|&b| b != 0) {
             outcome.zero_end = bytes.len() as u64;
         }
     }
@@ -296,7 +339,7 @@ pub struct LogFileSegment {
     seed: FrameSeed,
     /// The last entry present (base - 1 if none).
     last_index: LogIndex,
-    /// Where the next frame goes; every byte from here to the file's end is zero.
+    /// Where the next frame goes; every byte from here to the file's end is zero (or stale, if recycled).
     append_position: u64,
     /// Offsets of the entries; built lazily for sealed segments.
     offsets: OnceLock<Result<Vec<u32>, (u64, LogIndex, String)>>,

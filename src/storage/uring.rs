@@ -575,3 +575,101 @@ mod tests {
         assert_eq!(UringVfs.list_dir(dir.path()).unwrap().len(), 3);
     }
 }
+
+#[cfg(test)]
+mod extent_tests {
+    use super::*;
+
+    /// `FS_IOC_FIEMAP` = `_IOWR('f', 11, struct fiemap)` (32-byte header).
+    const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+    const FIEMAP_FLAG_SYNC: u32 = 1;
+    const FIEMAP_EXTENT_LAST: u32 = 0x1;
+    const FIEMAP_EXTENT_UNWRITTEN: u32 = 0x800;
+    const EXTENTS_PER_CALL: usize = 64;
+
+    #[repr(C)]
+    struct FiemapExtent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+
+    #[repr(C)]
+    struct Fiemap {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped_extents: u32,
+        extent_count: u32,
+        reserved: u32,
+        extents: [FiemapExtent; EXTENTS_PER_CALL],
+    }
+
+    /// Bytes of `path` in unwritten (allocated but never written) extents and in all extents;
+    /// `None` if the file system has no FIEMAP (tmpfs).
+    fn unwritten_and_mapped_bytes(path: &Path) -> Option<(u64, u64)> {
+        let f = File::open(path).unwrap();
+        let (mut unwritten, mut mapped, mut start) = (0u64, 0u64, 0u64);
+        loop {
+            // SAFETY: a zeroed Fiemap is a valid request header and extent array.
+            let mut m: Box<Fiemap> = Box::new(unsafe { std::mem::zeroed() });
+            m.start = start;
+            m.length = u64::MAX - start;
+            m.flags = FIEMAP_FLAG_SYNC;
+            m.extent_count = EXTENTS_PER_CALL as u32;
+            // SAFETY: FS_IOC_FIEMAP reads the header and writes at most extent_count extents
+            // into the struct we own.
+            let r = unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_FIEMAP, &mut *m as *mut Fiemap) };
+            if r != 0 {
+                return None;
+            }
+            let n = m.mapped_extents as usize;
+            if n == 0 {
+                return Some((unwritten, mapped));
+            }
+            for e in &m.extents[..n] {
+                mapped += e.length;
+                if e.flags & FIEMAP_EXTENT_UNWRITTEN != 0 {
+                    unwritten += e.length;
+                }
+                start = e.logical + e.length;
+                if e.flags & FIEMAP_EXTENT_LAST != 0 {
+                    return Some((unwritten, mapped));
+                }
+            }
+        }
+    }
+
+    /// The claim the zero-fill exists for: a `Zeroed` file has no unwritten extent left when
+    /// `prepare_file` returns (appends into it are plain overwrites, whose fdatasync commits no
+    /// extent conversion), while an `Allocated` one is all unwritten (which this check detects).
+    #[test]
+    fn a_zeroed_file_is_fully_written_and_an_allocated_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let never = AtomicBool::new(false);
+        let zeroed = dir.path().join("zeroed");
+        let allocated = dir.path().join("allocated");
+        let len = 8u64 << 20;
+        assert!(UringVfs
+            .prepare_file(&zeroed, len, Prepare::Zeroed, &never)
+            .unwrap());
+        assert!(UringVfs
+            .prepare_file(&allocated, len, Prepare::Allocated, &never)
+            .unwrap());
+        let Some((z_unwritten, z_mapped)) = unwritten_and_mapped_bytes(&zeroed) else {
+            eprintln!("no FIEMAP on this file system: extent check skipped");
+            return;
+        };
+        assert_eq!(z_mapped, len, "every block of the zeroed file is allocated");
+        assert_eq!(z_unwritten, 0, "the zeroed file has unwritten extents");
+        let (a_unwritten, _) = unwritten_and_mapped_bytes(&allocated).unwrap();
+        if a_unwritten == 0 {
+            eprintln!("fallocate made no unwritten extents here (not ext4/xfs?)");
+        } else {
+            assert_eq!(a_unwritten, len);
+        }
+    }
+}

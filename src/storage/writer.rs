@@ -16,8 +16,8 @@
 //!
 //! Closed-loop appenders come back one by one as their completions wake them; a leader that
 //! drained the queue at the first arrival would alternate small and large batches (two syncs per
-//! append). So a leader whose queue is shorter than its previous batch waits a few tens of µs
-//! while it still grows ([`gather`]). Waiters that are futures are completed by the leader (one
+//! append). So a leader whose queue is shorter than its previous batch waits while it still grows,
+//! for at most about one batch write ([`gather`]). Waiters that are futures are completed by the leader (one
 //! lock and one wake each); threads asleep in [`Pending::wait`] of a big batch are woken by the
 //! "log-completer" thread so their context switches overlap the next write.
 //!
@@ -35,7 +35,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::{Context, Poll, Waker};
@@ -209,6 +209,12 @@ struct Shared {
     /// `queue.requests.len()` as of the last change (written under the queue lock): lets a
     /// gathering leader watch arrivals without taking the lock the arrivals need.
     queued: AtomicUsize,
+    /// Duration of the last durable batch write (write + fdatasync), in ns: bounds how long a
+    /// leader gathers stragglers ([`gather`]).
+    last_write_ns: AtomicU64,
+    /// Durable batch writes and the entries they carried, since spawn ([`LogWriter::batch_stats`]).
+    batches: AtomicU64,
+    batched_entries: AtomicU64,
     entries_max: usize,
     bytes_max: u64,
     queue_max: usize,
@@ -267,10 +273,12 @@ fn lead<'a>(shared: &'a Shared, mut q: MutexGuard<'a, QueueState>, until: Option
     }
 }
 
-/// Longest a leader waits for the previous batch's appenders to come back ([`gather`]).
-const GATHER_MAX: Duration = Duration::from_micros(60);
+/// Shortest and longest bound on how long a leader waits for the previous batch's appenders to
+/// come back ([`gather`]); in between, the bound is the last batch write's duration.
+const GATHER_MAX_FLOOR: Duration = Duration::from_micros(60);
+const GATHER_MAX_CEILING: Duration = Duration::from_micros(500);
 /// A gathering leader stops as soon as the queue did not grow for this long.
-const GATHER_IDLE: Duration = Duration::from_micros(20);
+const GATHER_IDLE: Duration = Duration::from_micros(30);
 
 /// Waits (briefly, yielding the CPU) while the queue is shorter than the previous batch and still
 /// growing, then returns so the leader drains it.
@@ -279,20 +287,28 @@ const GATHER_IDLE: Duration = Duration::from_micros(20);
 /// come back one by one as their completions wake them. A leader that drained the queue as soon
 /// as the first of them arrived would write a batch of a few, while the rest queue behind its
 /// fdatasync: batches alternate small and large and every appender pays about two syncs per
-/// append. Waiting a few tens of µs for the stragglers keeps one fdatasync per round of
-/// appenders. A lone appender (previous batch of one) never waits, and the wait stops at the
-/// first pause in arrivals, so an appender that does not come back costs at most `GATHER_IDLE`.
+/// append. Waiting for the stragglers keeps one fdatasync per round of appenders. A lone
+/// appender (previous batch of one) never waits, and the wait stops at the first pause in
+/// arrivals, so an appender that does not come back costs at most `GATHER_IDLE`.
+///
+/// The wait is bounded by the last batch write's duration (within
+/// [`GATHER_MAX_FLOOR`, `GATHER_MAX_CEILING`]): a straggler left behind waits a whole write
+/// for the next batch, so waiting up to that long for it never costs more than it saves. A
+/// fixed short bound fragmented batches whenever re-submitting a round took longer than it (64
+/// appends re-issued by one task take ~100 µs on this machine, the bound was 60 µs).
 fn gather<'a>(shared: &'a Shared, q: MutexGuard<'a, QueueState>) -> MutexGuard<'a, QueueState> {
     let target = q.last_batch_requests;
     let mut seen = q.requests.len();
     // Watch the length hint, not the lock: the returning appenders need the lock to queue.
     drop(q);
+    let gather_max = Duration::from_nanos(shared.last_write_ns.load(Ordering::Relaxed))
+        .clamp(GATHER_MAX_FLOOR, GATHER_MAX_CEILING);
     let start = Instant::now();
     let mut grew_at = start;
     let mut polls = 0u32;
     loop {
         let now = Instant::now();
-        if now.duration_since(start) >= GATHER_MAX || now.duration_since(grew_at) >= GATHER_IDLE {
+        if now.duration_since(start) >= gather_max || now.duration_since(grew_at) >= GATHER_IDLE {
             break;
         }
         let n = shared.queued.load(Ordering::Relaxed);
@@ -412,6 +428,9 @@ impl LogWriter {
             log: RwLock::new(log),
             completer: Mutex::new(Some(completions_tx)),
             queued: AtomicUsize::new(0),
+            last_write_ns: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batched_entries: AtomicU64::new(0),
             entries_max: config.batch_entries_max,
             bytes_max: config.batch_bytes_max,
             queue_max: config.queue_requests_max,
@@ -492,6 +511,16 @@ impl LogWriter {
     /// A [`RaftLog::reset`] (snapshot installation) after everything queued before it.
     pub fn reset(&self, index: LogIndex, term: Term) -> Pending {
         self.submit(Op::Reset(index, term), true)
+    }
+
+    /// Durable batch writes made since spawn and the entries they carried: their ratio is the
+    /// group commit's average batch (entries per fdatasync).
+    pub fn batch_stats(&self) -> (u64, u64) {
+        let s = &self.inner.shared;
+        (
+            s.batches.load(Ordering::Relaxed),
+            s.batched_entries.load(Ordering::Relaxed),
+        )
     }
 
     /// Read access to the log. Waits only while a batch is staged or published, not during its
@@ -575,7 +604,16 @@ fn execute(shared: &Shared, queue: Vec<Request>) {
         } else {
             // The guard must be gone before append_batch takes the lock again.
             let checked = write_lock(log).check_append(batch);
-            checked.and_then(|()| append_batch(log, batch))
+            let started = Instant::now();
+            let r = checked.and_then(|()| append_batch(log, batch));
+            shared
+                .last_write_ns
+                .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            shared.batches.fetch_add(1, Ordering::Relaxed);
+            shared
+                .batched_entries
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            r
         };
         batch.clear();
         // Waiters that are futures (or have not started waiting) are completed here: that is

@@ -248,6 +248,7 @@ fn header_json(file: &str, h: &SegmentHeader, len: u64) -> String {
         ("salt", J::N(h.salt)),
         ("prev_term", J::N(h.prev_term.0)),
         ("dirty_end", J::N(h.dirty_end)),
+        ("recycled", J::N(u64::from(h.recycled))),
         ("file_len", J::N(len)),
     ])
 }
@@ -287,13 +288,18 @@ fn show_segment(
     } else {
         writeln!(
             out,
-            "== {file}: {len} bytes: base_index {} entry_count {} append_position {} salt {:#018x} prev_term {} dirty_end {}",
+            "== {file}: {len} bytes: base_index {} entry_count {} append_position {} salt {:#018x} prev_term {} dirty_end {}{}",
             header.base_index,
             header.entry_count,
             header.append_position,
             header.salt,
             header.prev_term,
-            header.dirty_end
+            header.dirty_end,
+            if header.recycled {
+                " recycled (stale frames of an earlier life follow the end of log)"
+            } else {
+                ""
+            }
         )?;
         writeln!(
             out,

@@ -308,9 +308,15 @@ impl DirCheck {
                     msg.push_str(" (in a sealed segment)");
                 }
                 self.problem(k, p.offset, Some(p.index), class, msg);
-                let zero_end = nonzero_end(&self.segments[k].bytes, scan.valid_end)
-                    .max(scan.zero_end)
-                    .max(scan.valid_end);
+                // In a recycled segment the stale frames of the earlier life never validate:
+                // only what the scan attributes to this life needs zeroing.
+                let zero_end = if header.recycled {
+                    scan.zero_end
+                } else {
+                    nonzero_end(&self.segments[k].bytes, scan.valid_end)
+                }
+                .max(scan.zero_end)
+                .max(scan.valid_end);
                 self.set_cut(Cut::InSegment {
                     segment: k,
                     valid_end: scan.valid_end,
@@ -333,7 +339,11 @@ impl DirCheck {
                     ProblemClass::Corrupt,
                     msg,
                 );
-                let zero_end = nonzero_end(&self.segments[k].bytes, scan.valid_end);
+                let zero_end = if header.recycled {
+                    scan.zero_end.max(scan.valid_end)
+                } else {
+                    nonzero_end(&self.segments[k].bytes, scan.valid_end)
+                };
                 self.set_cut(Cut::InSegment {
                     segment: k,
                     valid_end: scan.valid_end,

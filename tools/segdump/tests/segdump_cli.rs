@@ -472,3 +472,69 @@ fn unfinished_truncation_is_named_and_finished_by_repair() {
     assert_eq!(code, 0, "{out}");
     assert_log_is_prefix(&dir, 994);
 }
+
+/// A log whose last segment is a recycled file: compaction put segments into the pool and the
+/// next rotation reused one. `verify` is clean (the stale frames of the file's earlier life are
+/// the end of log, not damage); a torn frame of the current life is still found and repaired,
+/// and repair zeroes only that frame, not the stale bytes.
+#[test]
+fn a_recycled_last_segment_verifies_clean_and_its_torn_tail_is_repaired() {
+    let (_tmp, dir) = fixture();
+    let d = dir.to_str().unwrap();
+    let mut log = RaftLog::open(config(&dir)).expect("reopen");
+    let segs = log.segment_paths().len();
+    assert!(segs >= 4, "the fixture has {segs} segments");
+    log.compact_prefix(LogIndex(ENTRIES - 1)).expect("compact");
+    assert!(!log.pool_paths().is_empty(), "compaction filled the pool");
+    let before_rotation = log.segment_paths().len();
+    let mut next = ENTRIES + 1;
+    while log.segment_paths().len() == before_rotation {
+        let batch: Vec<LogEntry> = (next..next + BATCH)
+            .map(|i| LogEntry {
+                term: Term(20),
+                index: LogIndex(i),
+                entry_type: EntryType::Normal,
+                payload: payload(i),
+            })
+            .collect();
+        next += BATCH;
+        log.append(&batch).expect("append");
+    }
+    let last = next - 1;
+    drop(log);
+    let last_seg = segments(&dir).last().unwrap().clone();
+    let header = SegmentHeader::decode(&std::fs::read(&last_seg).unwrap()).unwrap();
+    assert!(header.recycled, "the rotation reused a pool file");
+
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["show", &last_seg.display().to_string()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("recycled"), "{out}");
+
+    // Tear the last entry of the current life: its second half is zeroed.
+    let f = frames(&last_seg);
+    let (off, len) = f[&last];
+    edit(&last_seg, |b| b[off + len / 2..off + len].fill(0));
+    let stale_after = std::fs::read(&last_seg).unwrap()[off + len..].to_vec();
+    assert!(stale_after.iter().any(|&b| b != 0), "stale frames follow");
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("torn tail"), "{out}");
+    let (code, out) = run(&["repair", d]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["verify", d]);
+    assert_eq!(code, 0, "{out}");
+    let after = std::fs::read(&last_seg).unwrap();
+    assert!(
+        after[off..off + len].iter().all(|&b| b == 0),
+        "the torn frame is zeroed"
+    );
+    assert_eq!(
+        &after[off + len..],
+        &stale_after[..],
+        "the stale bytes are left alone"
+    );
+    let log = RaftLog::open(config(&dir)).expect("open after repair");
+    assert_eq!(log.last_index(), LogIndex(last - 1));
+}
