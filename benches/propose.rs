@@ -15,7 +15,10 @@
 //! Targets (issue 4): a single proposer's commit p50 under 3x the baseline's p50 (leader and
 //! followers write in parallel), 128 proposers at least 20x the single proposer's throughput.
 //!
-//! Environment: `BENCH_QUICK=1` (short runs, 5 failovers), `BENCH_ONLY=throughput|failover`.
+//! Environment: `BENCH_QUICK=1` (short runs, 5 failovers), `BENCH_ONLY=throughput|failover`,
+//! `BENCH_PROPOSERS=1,16` (which proposer counts to run), `BENCH_CLUSTER_SIZE=1` (a one-node
+//! cluster: the commit path without replication), `RAFT_TIMELINE=<dir>` (passed to the nodes:
+//! each writes its latency timeline there, see `src/node/timeline.rs` and `tools/timeline.py`).
 //! The proposers run on one thread of this process, on the same 2 cores as the three nodes.
 
 #[path = "../tests/process_cluster/mod.rs"]
@@ -238,7 +241,12 @@ async fn throughput(dir: &Path, plan: &Plan, out: &mut String) -> Option<u64> {
     print!("{header}");
     out.push_str(header);
     let mut single = None;
-    for n in [1usize, 16, 128] {
+    let counts: Vec<usize> = std::env::var("BENCH_PROPOSERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1, 16, 128]);
+    for n in counts {
         let target = Arc::new(AtomicU32::new(leader.node_id.0));
         let load_before = load_average();
         // Warm-up: connections, segment preparation, page cache.

@@ -375,12 +375,20 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
     fn handle(&mut self, item: Inbound) {
         match item {
             Inbound::Request { envelope, reply } => {
+                if let Message::AppendEntries(m) = &envelope.msg {
+                    if let Some(last) = m.entries.last() {
+                        crate::node::timeline::mark("f_step", last.index.0);
+                    }
+                }
                 if let Some(kind) = RequestKind::of_request(&envelope.msg) {
                     self.slots.register(envelope.from, kind, reply);
                 }
                 self.core.step(envelope);
             }
             Inbound::Response(envelope) => {
+                if let Message::AppendEntriesResponse(m) = &envelope.msg {
+                    crate::node::timeline::mark("ack_in", m.last_log_index.0);
+                }
                 if let Message::RequestVoteResponse(m) = &envelope.msg {
                     tracing::debug!(
                         "📥 Vote response from node {}: granted={} term={}{}",
@@ -401,6 +409,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 }
                 match self.core.propose(payload) {
                     Ok((index, term)) => {
+                        crate::node::timeline::mark("propose", index.0);
                         self.proposals.insert(index, (term, reply));
                     }
                     Err(ProposeError::NotLeader { leader_hint }) => {
@@ -542,6 +551,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         match slot {
             // The requester may have given up (deadline); nothing to do then.
             Some(slot) => {
+                if let Message::AppendEntriesResponse(m) = &envelope.msg {
+                    crate::node::timeline::mark("f_ack_out", m.last_log_index.0);
+                }
                 let _ = slot.send(envelope);
             }
             None => {
@@ -568,6 +580,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             }
             let (index, (term, reply)) = first.remove_entry();
             if index == entry.index && term == entry.term {
+                crate::node::timeline::mark("reply", index.0);
                 let _ = reply.send(Ok(ProposeOutcome::Committed { index, term }));
             }
             // Otherwise another leader's entry took that index: dropping `reply` tells the client
