@@ -409,7 +409,6 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 }
                 match self.core.propose(payload) {
                     Ok((index, term)) => {
-                        crate::node::timeline::mark("propose", index.0);
                         self.proposals.insert(index, (term, reply));
                     }
                     Err(ProposeError::NotLeader { leader_hint }) => {
@@ -580,7 +579,6 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             }
             let (index, (term, reply)) = first.remove_entry();
             if index == entry.index && term == entry.term {
-                crate::node::timeline::mark("reply", index.0);
                 let _ = reply.send(Ok(ProposeOutcome::Committed { index, term }));
             }
             // Otherwise another leader's entry took that index: dropping `reply` tells the client
