@@ -135,9 +135,9 @@ fn parallel_baseline(dir: &Path, cycles: usize, writers: usize) -> Histogram<u64
     all
 }
 
-/// Single proposer and raw syncs, paired: alternating blocks of `PAIRED_BLOCK` raw 4 KiB append
-/// + fdatasync cycles (a file of this process, next to the cluster's) and `PAIRED_BLOCK` proposals
-/// to `client`, for `seconds`. Both see the same disturbance from whatever else runs on the
+/// Single proposer and raw syncs, paired: alternating blocks of `PAIRED_BLOCK` raw cycles (4 KiB
+/// appended, then fdatasync; a file of this process, next to the cluster's) and `PAIRED_BLOCK`
+/// proposals to `client`, for `seconds`. Both see the same disturbance from whatever else runs on the
 /// machine, so their ratio holds up where separate measurements a minute apart do not.
 async fn paired(
     dir: &Path,
