@@ -11,7 +11,8 @@
 # Each round runs `cargo bench --bench propose` in quick mode with one proposer against a fresh
 # 3-node cluster of each build (RAFT_NODE_BIN, see tests/process_cluster/mod.rs) and prints one
 # line per build: commit p50 (µs), the same run's raw 4 KiB write + fdatasync p50 (appending, one
-# writer and three at once), the Status round trip p50 and the 1-minute load average. At the end:
+# writer and three at once), the paired measurement (commit p50, raw p50, ratio), the Status round
+# trip p50 and the 1-minute load average. At the end:
 # the median commit p50 of each build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,8 @@ for round in $(seq "$rounds"); do
         base=$(grep -oE 'appending p50 [0-9]+' <<<"$out" | head -1 | awk '{print $3}')
         par=$(grep -oE 'appending p50 [0-9]+' <<<"$out" | tail -1 | awk '{print $3}')
         status=$(grep -oE 'no disk\): p50 [0-9]+' <<<"$out" | awk '{print $4}')
-        echo "round $round $name: commit p50 ${p50:-?} µs; raw fdatasync p50 ${base:-?} µs (3 writers ${par:-?}); Status RTT p50 ${status:-?} µs; load $(cut -d' ' -f1 /proc/loadavg)"
+        paired=$(grep -oE 'commit p50 [0-9]+ µs \(p90 [0-9]+, [0-9]+ proposals\), raw p50 [0-9]+ µs \(p90 [0-9]+\): [0-9.]+x' <<<"$out" | awk '{print "commit " $3 " µs, raw " $11 " µs: " $15}')
+        echo "round $round $name: commit p50 ${p50:-?} µs; raw fdatasync p50 ${base:-?} µs (3 writers ${par:-?}); paired ${paired:-?}; Status RTT p50 ${status:-?} µs; load $(cut -d' ' -f1 /proc/loadavg)"
         results[$name]="${results[$name]:-} ${p50:-}"
     done
 done
