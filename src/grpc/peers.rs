@@ -244,6 +244,10 @@ impl Peers {
             .peers
             .get(&envelope.to)
             .ok_or(SendError::UnknownPeer(envelope.to))?;
+        let last_entry = match &envelope.msg {
+            Message::AppendEntries(m) => m.entries.last().map(|e| e.index.0),
+            _ => None,
+        };
         let outcome = {
             let mut queue = lock(&peer.queue);
             let outcome = if queue.len() >= peer.capacity {
@@ -257,6 +261,9 @@ impl Peers {
             outcome
         };
         peer.queued.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = last_entry {
+            crate::node::timeline::mark("ae_queued", i);
+        }
         peer.wake.notify_one();
         Ok(outcome)
     }
@@ -332,8 +339,18 @@ async fn worker(
         let client = client.clone();
         let inbound = inbound.clone();
         let config = config.clone();
+        let last_entry = match &envelope.msg {
+            Message::AppendEntries(m) => m.entries.last().map(|e| e.index.0),
+            _ => None,
+        };
+        if let Some(i) = last_entry {
+            crate::node::timeline::mark("ae_rpc_start", i);
+        }
         tokio::spawn(async move {
             let result = call(client, envelope).await;
+            if let Some(i) = last_entry {
+                crate::node::timeline::mark("ae_rpc_done", i);
+            }
             match result {
                 Ok(response) => {
                     {

@@ -291,6 +291,11 @@ impl pb::raft_server::Raft for RaftService {
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let envelope = convert::decode_append_entries(request.into_inner(), &self.config.limits)
             .map_err(invalid)?;
+        if let crate::raft::message::Message::AppendEntries(m) = &envelope.msg {
+            if let Some(last) = m.entries.last() {
+                crate::node::timeline::mark("f_rpc_in", last.index.0);
+            }
+        }
         let answer = self.exchange(envelope).await?;
         match convert::encode_envelope(answer) {
             convert::WireMessage::AppendEntriesResponse(m) => Ok(Response::new(m)),
@@ -312,6 +317,7 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
+        crate::node::timeline::mark("propose_rpc_in", 0);
         let payload = request.into_inner().payload;
         let max = self.config.limits.entry_payload_bytes_max;
         if payload.len() > max {
@@ -332,7 +338,12 @@ impl pb::operator_server::Operator for OperatorService {
         )
         .await?;
         match outcome {
-            Ok(outcome) => Ok(Response::new(convert::encode_propose_outcome(outcome))),
+            Ok(outcome) => {
+                if let ProposeOutcome::Committed { index, .. } = &outcome {
+                    crate::node::timeline::mark("propose_rpc_out", index.0);
+                }
+                Ok(Response::new(convert::encode_propose_outcome(outcome)))
+            }
             Err(refused @ ProposeRefused::Overloaded { .. }) => {
                 Err(Status::resource_exhausted(refused.to_string()))
             }

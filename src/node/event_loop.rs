@@ -401,12 +401,20 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
     fn handle(&mut self, item: Inbound) {
         match item {
             Inbound::Request { envelope, reply } => {
+                if let Message::AppendEntries(m) = &envelope.msg {
+                    if let Some(last) = m.entries.last() {
+                        crate::node::timeline::mark("f_step", last.index.0);
+                    }
+                }
                 if let Some(kind) = RequestKind::of_request(&envelope.msg) {
                     self.slots.register(envelope.from, kind, reply);
                 }
                 self.core.step(envelope);
             }
             Inbound::Response(envelope) => {
+                if let Message::AppendEntriesResponse(m) = &envelope.msg {
+                    crate::node::timeline::mark("ack_in", m.last_log_index.0);
+                }
                 if let Message::RequestVoteResponse(m) = &envelope.msg {
                     tracing::debug!(
                         "📥 Vote response from node {}: granted={} term={}{}",
@@ -690,6 +698,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         match slot {
             // The requester may have given up (deadline); nothing to do then.
             Some(slot) => {
+                if let Message::AppendEntriesResponse(m) = &envelope.msg {
+                    crate::node::timeline::mark("f_ack_out", m.last_log_index.0);
+                }
                 let _ = slot.send(envelope);
             }
             None => {

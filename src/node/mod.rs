@@ -27,6 +27,7 @@ pub mod disk;
 pub mod event_loop;
 pub mod logging;
 pub mod mem;
+pub mod timeline;
 
 use std::collections::HashMap;
 use std::future::Future;

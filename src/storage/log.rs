@@ -282,6 +282,14 @@ pub struct StagedAppend {
     pub entries: usize,
 }
 
+impl StagedAppend {
+    /// The encoded frames, for a caller that performs the durable write itself instead of
+    /// [`RaftLog::write_staged`] (see [`RaftLog::staged_write_target`]).
+    pub fn frames(&self) -> &[u8] {
+        &self.frames
+    }
+}
+
 /// The segmented log. See the module docs.
 pub struct RaftLog {
     config: LogConfig,
@@ -889,6 +897,21 @@ impl RaftLog {
             .expect("the log has at least one segment");
         seg.write_frames(&staged.frames)
             .map_err(|e| seg_err("append", seg.path(), e))
+    }
+
+    /// Where [`RaftLog::write_staged`] would write the append staged last: the open segment's
+    /// path and its append position. For a caller that does step 2 itself (the node's event loop
+    /// submits the write and its fdatasync on its own io_uring, without a thread hand-off): it
+    /// must write exactly [`StagedAppend::frames`] at that offset and complete an fdatasync of
+    /// the file after the write, before it passes `Ok(())` to [`RaftLog::publish_staged`]; and
+    /// it must not change the log between staging and publishing.
+    pub fn staged_write_target(&self) -> (&Path, u64) {
+        let seg = self
+            .segments
+            .values()
+            .next_back()
+            .expect("the log has at least one segment");
+        (seg.path(), seg.append_position())
     }
 
     /// Step 3 of an append (needs `&mut`, short): makes the entries visible if the write

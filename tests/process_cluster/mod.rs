@@ -124,7 +124,10 @@ impl Cluster {
             .open(self.dir.join(format!("node_{id}.out")))
             .expect("output file");
         let err = out.try_clone().expect("clone output file");
-        let child = Command::new(env!("CARGO_BIN_EXE_rust-raft-log"))
+        // RAFT_NODE_BIN runs another build of the node (A/B comparisons in the propose bench).
+        let bin = std::env::var_os("RAFT_NODE_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_rust-raft-log").into());
+        let child = Command::new(bin)
             .args(["--node-id", &id.to_string(), "--config", "cluster.yaml"])
             .current_dir(&self.dir)
             .env("RUST_LOG", &self.settings.rust_log)
