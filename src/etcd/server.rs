@@ -318,11 +318,11 @@ impl KvService {
     /// Validates and proposes one op; `Here` holds the op's response and the term.
     async fn write(
         &self,
-        op: RequestOp,
+        op: &RequestOp,
         forwarded: bool,
     ) -> Result<Route<(response_op::Response, Term)>, Status> {
-        validate(&op, &self.api.inner.limits).map_err(|e| e.to_status())?;
-        match self.api.propose(encode_command(&op), forwarded).await? {
+        validate(op, &self.api.inner.limits).map_err(|e| e.to_status())?;
+        match self.api.propose(encode_command(op), forwarded).await? {
             Route::Here((kv::Applied::Op(response), term)) => match response.response {
                 Some(r) => Ok(Route::Here((r, term))),
                 None => Err(wrong_response("request")),
@@ -331,7 +331,113 @@ impl KvService {
             Route::Leader(addr) => Ok(Route::Leader(addr)),
         }
     }
+
+    /// The one path of Put, DeleteRange and Txn: validate, propose and answer once applied here,
+    /// or forward the request unchanged to the leader and relay its answer.
+    async fn write_request<W: WriteRequest>(
+        &self,
+        request: Request<W>,
+    ) -> Result<Response<W::Response>, Status> {
+        let forwarded = is_forwarded(&request);
+        let op = RequestOp {
+            request: Some(request.into_inner().into_op()),
+        };
+        match self.write(&op, forwarded).await? {
+            Route::Here((response, term)) => {
+                let mut r = W::response(response).ok_or_else(|| wrong_response(W::NAME))?;
+                self.api.fill(W::header(&mut r), term);
+                Ok(Response::new(r))
+            }
+            Route::Leader(addr) => {
+                let message = op
+                    .request
+                    .and_then(W::from_op)
+                    .ok_or_else(|| wrong_response(W::NAME))?;
+                let client = self.api.kv_client(addr)?;
+                let answer = W::forward(client, self.api.forward_request(message)).await;
+                self.api.relay(answer, W::header)
+            }
+        }
+    }
 }
+
+/// A future that answers a forwarded request.
+type Forwarded<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<T>, Status>> + Send>>;
+
+/// What [`KvService::write_request`] needs to know about one kind of write request.
+trait WriteRequest: Sized + Send + 'static {
+    type Response: Send + 'static;
+    /// The request's name in error messages.
+    const NAME: &'static str;
+    fn into_op(self) -> request_op::Request;
+    /// Takes the request back out of the op [`WriteRequest::into_op`] made.
+    fn from_op(op: request_op::Request) -> Option<Self>;
+    fn response(response: response_op::Response) -> Option<Self::Response>;
+    fn header(response: &mut Self::Response) -> &mut Option<ResponseHeader>;
+    /// Sends the request to the leader's KV service.
+    fn forward(client: KvClient<Channel>, request: Request<Self>) -> Forwarded<Self::Response>;
+}
+
+/// Implements [`WriteRequest`] for a request type from its `RequestOp`/`ResponseOp` variants
+/// and its `KvClient` method.
+macro_rules! write_request {
+    ($request:ty, $response:ty, $name:literal, $variant:ident, $response_variant:ident, $method:ident) => {
+        impl WriteRequest for $request {
+            type Response = $response;
+            const NAME: &'static str = $name;
+            fn into_op(self) -> request_op::Request {
+                request_op::Request::$variant(self)
+            }
+            fn from_op(op: request_op::Request) -> Option<Self> {
+                match op {
+                    request_op::Request::$variant(r) => Some(r),
+                    _ => None,
+                }
+            }
+            fn response(response: response_op::Response) -> Option<$response> {
+                match response {
+                    response_op::Response::$response_variant(r) => Some(r),
+                    _ => None,
+                }
+            }
+            fn header(response: &mut $response) -> &mut Option<ResponseHeader> {
+                &mut response.header
+            }
+            fn forward(
+                mut client: KvClient<Channel>,
+                request: Request<Self>,
+            ) -> Forwarded<$response> {
+                Box::pin(async move { client.$method(request).await })
+            }
+        }
+    };
+}
+
+write_request!(
+    pb::PutRequest,
+    pb::PutResponse,
+    "put",
+    RequestPut,
+    ResponsePut,
+    put
+);
+write_request!(
+    pb::DeleteRangeRequest,
+    pb::DeleteRangeResponse,
+    "delete range",
+    RequestDeleteRange,
+    ResponseDeleteRange,
+    delete_range
+);
+write_request!(
+    pb::TxnRequest,
+    pb::TxnResponse,
+    "txn",
+    RequestTxn,
+    ResponseTxn,
+    txn
+);
 
 #[tonic::async_trait]
 impl pb::kv_server::Kv for KvService {
@@ -371,78 +477,21 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        let put = request.into_inner();
-        let op = RequestOp {
-            request: Some(request_op::Request::RequestPut(put.clone())),
-        };
-        match self.write(op, forwarded).await? {
-            Route::Here((response_op::Response::ResponsePut(mut r), term)) => {
-                self.api.fill(&mut r.header, term);
-                Ok(Response::new(r))
-            }
-            Route::Here(_) => Err(wrong_response("put")),
-            Route::Leader(addr) => {
-                let answer = self
-                    .api
-                    .kv_client(addr)?
-                    .put(self.api.forward_request(put))
-                    .await;
-                self.api.relay(answer, |r| &mut r.header)
-            }
-        }
+        self.write_request(request).await
     }
 
     async fn delete_range(
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        let delete = request.into_inner();
-        let op = RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(delete.clone())),
-        };
-        match self.write(op, forwarded).await? {
-            Route::Here((response_op::Response::ResponseDeleteRange(mut r), term)) => {
-                self.api.fill(&mut r.header, term);
-                Ok(Response::new(r))
-            }
-            Route::Here(_) => Err(wrong_response("delete range")),
-            Route::Leader(addr) => {
-                let answer = self
-                    .api
-                    .kv_client(addr)?
-                    .delete_range(self.api.forward_request(delete))
-                    .await;
-                self.api.relay(answer, |r| &mut r.header)
-            }
-        }
+        self.write_request(request).await
     }
 
     async fn txn(
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        let txn = request.into_inner();
-        let op = RequestOp {
-            request: Some(request_op::Request::RequestTxn(txn.clone())),
-        };
-        match self.write(op, forwarded).await? {
-            Route::Here((response_op::Response::ResponseTxn(mut r), term)) => {
-                self.api.fill(&mut r.header, term);
-                Ok(Response::new(r))
-            }
-            Route::Here(_) => Err(wrong_response("txn")),
-            Route::Leader(addr) => {
-                let answer = self
-                    .api
-                    .kv_client(addr)?
-                    .txn(self.api.forward_request(txn))
-                    .await;
-                self.api.relay(answer, |r| &mut r.header)
-            }
-        }
+        self.write_request(request).await
     }
 
     async fn compact(
