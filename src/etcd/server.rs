@@ -41,7 +41,7 @@ use crate::etcd::pb::etcdserverpb::{
     maintenance_client::MaintenanceClient, request_op, response_op, RequestOp, ResponseHeader,
 };
 use crate::grpc::server::{Applied, CommandRefused, ReadGrant, ReadRefused};
-use crate::grpc::Inbound;
+use crate::grpc::{Inbound, NodeStatus};
 use crate::kv::{
     self, decode_response, encode_command, encode_compact, validate, KvLimits, KvStore,
 };
@@ -150,6 +150,15 @@ impl EtcdApi {
     fn fill(&self, header: &mut Option<ResponseHeader>, term: Term) {
         let revision = header.as_ref().map_or(0, |h| h.revision);
         *header = Some(self.header(revision, term));
+    }
+
+    /// The event loop's view of this node (role, term, leader, commit and applied index).
+    async fn node_status(&self) -> Result<NodeStatus, Status> {
+        self.ask(
+            |reply| Inbound::Status { reply },
+            "etcdserver: server stopped",
+        )
+        .await
     }
 
     /// Sends `make(reply)` to the event loop and waits (bounded by [`REQUEST_TIMEOUT`]).
@@ -534,13 +543,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let status = self
-            .api
-            .ask(
-                |reply| Inbound::Status { reply },
-                "etcdserver: server stopped",
-            )
-            .await?;
+        let status = self.api.node_status().await?;
         let (revision, size) = {
             let store = lock(&self.api.inner.store);
             (store.revision(), store.size_bytes())
@@ -586,13 +589,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         // The member list is the config, the same on every node, so `linearizable` needs no
         // leader round trip; the term in the header comes from the loop.
-        let status = self
-            .api
-            .ask(
-                |reply| Inbound::Status { reply },
-                "etcdserver: server stopped",
-            )
-            .await?;
+        let status = self.api.node_status().await?;
         let revision = lock(&self.api.inner.store).revision();
         Ok(Response::new(pb::MemberListResponse {
             header: Some(self.api.header(revision, status.term)),

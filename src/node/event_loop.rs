@@ -252,6 +252,12 @@ type ProposeReply = oneshot::Sender<Result<ProposeOutcome, ProposeRefused>>;
 type CommandReply = oneshot::Sender<Result<Applied, CommandRefused>>;
 type ReadReply = oneshot::Sender<Result<ReadGrant, ReadRefused>>;
 
+/// Why [`EventLoop::propose_bounded`] did not propose (each service words it its own way).
+enum Refusal {
+    Overloaded { pending: usize },
+    NotLeader { leader_hint: Option<NodeId> },
+}
+
 /// Who waits for a proposal: the Operator service (index and term) or a client API handler
 /// (the state machine's response too).
 enum Proposer {
@@ -426,46 +432,36 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 }
                 self.core.step(envelope);
             }
-            Inbound::Propose { payload, reply } => {
-                if self.proposals.len() >= self.config.proposals_pending_max {
-                    let _ = reply.send(Err(ProposeRefused::Overloaded {
-                        pending: self.proposals.len(),
+            Inbound::Propose { payload, reply } => match self.propose_bounded(payload) {
+                Ok((index, term)) => {
+                    self.proposals
+                        .insert(index, (term, Proposer::Operator(reply)));
+                }
+                Err(Refusal::Overloaded { pending }) => {
+                    let _ = reply.send(Err(ProposeRefused::Overloaded { pending }));
+                }
+                Err(Refusal::NotLeader { leader_hint }) => {
+                    let leader_address = leader_hint
+                        .and_then(|l| self.config.addresses.get(&l))
+                        .map(ToString::to_string);
+                    let _ = reply.send(Ok(ProposeOutcome::NotLeader {
+                        leader: leader_hint,
+                        leader_address,
                     }));
-                    return;
                 }
-                match self.core.propose(payload) {
-                    Ok((index, term)) => {
-                        self.proposals
-                            .insert(index, (term, Proposer::Operator(reply)));
-                    }
-                    Err(ProposeError::NotLeader { leader_hint }) => {
-                        let leader_address = leader_hint
-                            .and_then(|l| self.config.addresses.get(&l))
-                            .map(ToString::to_string);
-                        let _ = reply.send(Ok(ProposeOutcome::NotLeader {
-                            leader: leader_hint,
-                            leader_address,
-                        }));
-                    }
+            },
+            Inbound::Command { payload, reply } => match self.propose_bounded(payload) {
+                Ok((index, term)) => {
+                    self.proposals
+                        .insert(index, (term, Proposer::Command(reply)));
                 }
-            }
-            Inbound::Command { payload, reply } => {
-                if self.proposals.len() >= self.config.proposals_pending_max {
-                    let _ = reply.send(Err(CommandRefused::Overloaded {
-                        pending: self.proposals.len(),
-                    }));
-                    return;
+                Err(Refusal::Overloaded { pending }) => {
+                    let _ = reply.send(Err(CommandRefused::Overloaded { pending }));
                 }
-                match self.core.propose(payload) {
-                    Ok((index, term)) => {
-                        self.proposals
-                            .insert(index, (term, Proposer::Command(reply)));
-                    }
-                    Err(ProposeError::NotLeader { leader_hint }) => {
-                        let _ = reply.send(Err(self.not_leader(leader_hint)));
-                    }
+                Err(Refusal::NotLeader { leader_hint }) => {
+                    let _ = reply.send(Err(self.not_leader(leader_hint)));
                 }
-            }
+            },
             Inbound::Read {
                 linearizable,
                 reply,
@@ -474,6 +470,18 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 let _ = reply.send(self.status());
             }
         }
+    }
+
+    /// Proposes `payload` unless [`LoopConfig::proposals_pending_max`] proposals already wait
+    /// for their commit or this node does not lead.
+    fn propose_bounded(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), Refusal> {
+        let pending = self.proposals.len();
+        if pending >= self.config.proposals_pending_max {
+            return Err(Refusal::Overloaded { pending });
+        }
+        self.core
+            .propose(payload)
+            .map_err(|ProposeError::NotLeader { leader_hint }| Refusal::NotLeader { leader_hint })
     }
 
     fn not_leader(&self, leader_hint: Option<NodeId>) -> CommandRefused {
