@@ -303,88 +303,100 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
-/// Chunk of the background zero-fill.
+/// Chunk of the background zero-fill: one buffered write of this size creates large page-cache
+/// folios (see [`zero_fill`]).
 const ZERO_CHUNK_BYTES: usize = 1 << 20;
 
-/// A zeroed buffer aligned for O_DIRECT.
-struct AlignedZeros {
-    ptr: *mut u8,
-    layout: std::alloc::Layout,
-}
-
-impl AlignedZeros {
-    fn new(len: usize) -> Option<AlignedZeros> {
-        let layout = std::alloc::Layout::from_size_align(len, 4096).ok()?;
-        // SAFETY: the layout has a non-zero size (callers pass ZERO_CHUNK_BYTES).
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        (!ptr.is_null()).then_some(AlignedZeros { ptr, layout })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` points to `layout.size()` zeroed bytes owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedZeros {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
-    }
-}
+/// The zero-fill waits for its writeback every this many bytes (the most it leaves dirty).
+const ZERO_WINDOW_BYTES: u64 = 8 << 20;
 
 /// Writes `len_bytes` zeros into the new, empty file `f`; `Ok(false)` if cancelled.
 ///
-/// Why O_DIRECT: buffered zeros would sit in the page cache as tens of MiB of dirty data of
-/// newly allocated blocks, and on ext4 (data=ordered) every journal commit, including the ones
-/// the log's own appends and rotations trigger, must first write such data out: appends would
-/// stall for hundreds of ms behind the preparation. Written directly there is no dirty data;
-/// the pages are then read back into the page cache (all of them, see below), clean, so appends
-/// into them do not have to read them from disk first. Where O_DIRECT is refused (tmpfs) the zeros are
-/// written buffered and flushed every chunk instead.
-fn zero_fill(tmp: &Path, f: &mut File, len_bytes: u64, cancel: &AtomicBool) -> io::Result<bool> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let direct = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(tmp)
-        .ok();
-    let zeros = AlignedZeros::new(ZERO_CHUNK_BYTES)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::OutOfMemory, "zero buffer"))?;
-    let aligned_len = len_bytes & !4095;
+/// How: buffered writes of [`ZERO_CHUNK_BYTES`], each sent to the disk at once with
+/// `sync_file_range` (and waited for window by window), so the file ends up fully written on disk and fully
+/// cached in *clean* pages.
+///
+/// - Buffered, in big writes, because the page-cache folios a write creates keep their size while
+///   the pages stay cached, and the appends later go through those folios. Measured here
+///   (`cargo run --release --example prepare_probe`, quoted in `docs/FORMAT.md`,
+///   "Preparation"): 512 KiB write + fdatasync cycles into a file zero-filled with 1 MiB
+///   buffered writes take ~205 µs; into a file filled with 4 KiB writes, or with `O_DIRECT` and
+///   then read back with `readahead(2)`, 400-460 µs.
+/// - Written out chunk by chunk rather than left dirty: tens of MiB of dirty zeros in newly
+///   allocated blocks would have to be written out by every ext4 (data=ordered) journal commit,
+///   including the ones the appends, seals and renames trigger, stalling them for hundreds of
+///   ms. At most [`ZERO_WINDOW_BYTES`] are dirty or under writeback at a time.
+/// - Cached as a whole: an append that writes part of an uncached page makes the kernel read
+///   that block from disk first, inside the append's latency.
+fn zero_fill(f: &File, len_bytes: u64, cancel: &AtomicBool) -> io::Result<bool> {
+    let zeros = vec![0u8; ZERO_CHUNK_BYTES];
     let mut at = 0u64;
+    // Start of the chunks whose writeback was started but not waited for.
+    let mut unsettled = 0u64;
     while at < len_bytes {
         if cancel.load(Ordering::Relaxed) {
             return Ok(false);
         }
         let n = (len_bytes - at).min(ZERO_CHUNK_BYTES as u64);
-        let chunk = &zeros.bytes()[..n as usize];
-        match &direct {
-            Some(d) if at + n <= aligned_len => d.write_all_at(chunk, at)?,
-            _ => {
-                f.write_all_at(chunk, at)?;
-                if direct.is_none() {
-                    f.sync_data()?;
-                }
+        f.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+        // Start writing this chunk out at once; wait for the whole window every
+        // ZERO_WINDOW_BYTES, so at most that much is dirty or under writeback.
+        let settle = at - unsettled >= ZERO_WINDOW_BYTES || at == len_bytes;
+        let (from, len, flags) = if settle {
+            (
+                unsettled,
+                at - unsettled,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )
+        } else {
+            (at - n, n, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        // SAFETY: sync_file_range on a descriptor we own; no user memory is involved.
+        let r = unsafe {
+            libc::sync_file_range(
+                f.as_raw_fd(),
+                from as libc::off64_t,
+                len as libc::off64_t,
+                flags,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            // Where it is not supported the window is flushed with fdatasync instead.
+            if e.raw_os_error() != Some(libc::ENOSYS) && e.raw_os_error() != Some(libc::EINVAL) {
+                return Err(e);
+            }
+            if settle {
+                f.sync_data()?;
             }
         }
-        at += n;
-    }
-    if direct.is_some() {
-        // Read the zeros back into the page cache, all of them: an append that writes part of a
-        // page that is not cached makes the kernel read that block from disk first, inside the
-        // append's latency (~100 µs here), once per page for small entries and at both ends of
-        // every batch for big ones. POSIX_FADV_WILLNEED is not enough: the kernel caps it at the
-        // readahead limit in one call (8 of 64 MiB were cached here), so go window by window.
-        return read_into_cache(f, len_bytes, cancel);
+        if settle {
+            unsettled = at;
+        }
     }
     Ok(true)
 }
 
+/// `madvise(MADV_POPULATE_READ)` (Linux 5.14), spelled out because not every libc release
+/// names it.
+const MADV_POPULATE_READ: libc::c_int = 22;
+
 /// Brings `[0, len_bytes)` of `f` into the page cache (clean pages); `Ok(false)` if cancelled.
-/// Uses `readahead(2)` window by window (no copy to user space; each call is capped at the
-/// device's readahead limit, hence the windows), and reads where it is refused.
+///
+/// Faults the file in through a temporary mapping with `MADV_POPULATE_READ`, chunk by chunk (no
+/// copy to user space), and falls back to `read` where that is refused. Not `readahead(2)`:
+/// it fills the cache with single-page folios, and the appends that later go through them were
+/// measured here at ~2x the cost of appends through the large folios a fault or a `read`
+/// creates (512 KiB write + fdatasync: ~400 vs ~220 µs, `docs/FORMAT.md`, "Preparation").
 fn read_into_cache(f: &File, len_bytes: u64, cancel: &AtomicBool) -> io::Result<bool> {
+    // SAFETY: a read-only mapping of a file this thread created and owns (it is not yet part of
+    // the log, nobody else writes or truncates it); it is dropped before the function returns
+    // and no reference into it escapes.
+    let map = unsafe { MmapOptions::new().len(len_bytes as usize).map(f) };
+    let mut populate = map.is_ok();
     let mut scratch: Vec<u8> = Vec::new();
     let mut at = 0u64;
     while at < len_bytes {
@@ -392,9 +404,18 @@ fn read_into_cache(f: &File, len_bytes: u64, cancel: &AtomicBool) -> io::Result<
             return Ok(false);
         }
         let n = (len_bytes - at).min(ZERO_CHUNK_BYTES as u64) as usize;
-        // SAFETY: readahead on a descriptor we own; no user memory is involved.
-        let r = unsafe { libc::readahead(f.as_raw_fd(), at as libc::off64_t, n) };
-        if r != 0 {
+        if let (true, Ok(m)) = (populate, &map) {
+            // SAFETY: the range lies inside the mapping; populating reads no user memory.
+            let r = unsafe {
+                libc::madvise(
+                    m.as_ptr().add(at as usize) as *mut libc::c_void,
+                    n,
+                    MADV_POPULATE_READ,
+                )
+            };
+            populate = r == 0;
+        }
+        if !populate {
             scratch.resize(ZERO_CHUNK_BYTES, 0);
             f.read_exact_at(&mut scratch[..n], at)?;
         }
@@ -444,7 +465,7 @@ impl Vfs for UringVfs {
         let mut tmp_name = path.as_os_str().to_owned();
         tmp_name.push(".zeroing");
         let tmp = PathBuf::from(tmp_name);
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -454,7 +475,7 @@ impl Vfs for UringVfs {
             Prepare::Zeroed => {
                 // Really write the zeros (not fallocate, not set_len): appends then overwrite
                 // blocks that are allocated and written, whose fdatasync is ~1.7x cheaper.
-                if !zero_fill(&tmp, &mut f, len_bytes, cancel)? {
+                if !zero_fill(&f, len_bytes, cancel)? {
                     drop(f);
                     std::fs::remove_file(&tmp)?;
                     return Ok(false);
