@@ -1503,9 +1503,23 @@ fn run() -> Result<(), String> {
             .find(|(s2, n2, _)| *s2 == 256 && *n2 == 64)
         {
             let scale = a.entries_per_sec() / o1.entries_per_sec();
+            // The single-appender rate of the interleaved rounds swings by ~15% between runs
+            // (it sits in the denominator); the paired run's rate is the steadier one. The
+            // verdict takes the smaller of the two ratios.
+            let paired_scale = paired
+                .iter()
+                .find(|(size, _, _)| *size == 256)
+                .map(|(_, po, _)| a.entries_per_sec() / po.entries_per_sec());
+            let (shown, worst) = match paired_scale {
+                Some(ps) => (
+                    format!("{scale:.1}x the single-appender rate of the rounds, {ps:.1}x that of the paired run"),
+                    scale.min(ps),
+                ),
+                None => (format!("{scale:.1}x the single-appender rate"), scale),
+            };
             r.line(format!(
-                "- 64 appenders, 256 B (headline: 64 appends in flight from one thread, as the node's event loop issues them): {scale:.1}x the single-appender rate (target >= 40): {}",
-                verdict(scale >= 40.0)
+                "- 64 appenders, 256 B (headline: 64 appends in flight from one thread, as the node's event loop issues them): {shown} (target >= 40, the smaller ratio counts): {}",
+                verdict(worst >= 40.0)
             ));
         }
         let scale = o64.entries_per_sec() / o1.entries_per_sec();

@@ -26,6 +26,8 @@ const ROUNDS: usize = 3;
 enum Prep {
     /// Buffered 1 MiB writes of zeros, then fdatasync (what the log does, plus sync_file_range).
     Buffered1MiB,
+    /// Buffered 64 KiB writes of zeros, then fdatasync.
+    Buffered64KiB,
     /// Buffered 4 KiB writes of zeros, then fdatasync.
     Buffered4KiB,
     /// O_DIRECT 1 MiB writes of zeros, then readahead(2) (what the log did before).
@@ -57,11 +59,11 @@ fn prepare(path: &Path, how: Prep) -> io::Result<File> {
         }
     };
     match how {
-        Prep::Buffered1MiB | Prep::Buffered4KiB => {
-            let chunk = if matches!(how, Prep::Buffered1MiB) {
-                CHUNK
-            } else {
-                4096
+        Prep::Buffered1MiB | Prep::Buffered64KiB | Prep::Buffered4KiB => {
+            let chunk = match how {
+                Prep::Buffered1MiB => CHUNK,
+                Prep::Buffered64KiB => 64 << 10,
+                _ => 4096,
             };
             let z = vec![0u8; chunk];
             for at in (0..FILE_BYTES).step_by(chunk) {
@@ -172,6 +174,7 @@ fn main() -> io::Result<()> {
         .unwrap_or_else(std::env::temp_dir);
     let all = [
         Prep::Buffered1MiB,
+        Prep::Buffered64KiB,
         Prep::Buffered4KiB,
         Prep::DirectThenReadahead,
         Prep::FallocateReadahead,
