@@ -91,6 +91,8 @@ pub enum ConvertError {
         term_min: u64,
         term_max: u64,
     },
+    #[error("AppendEntriesResponse is a `declined` marker, not an answer")]
+    DeclinedMarker,
 }
 
 /// One peer message in wire form: the RPC it travels on decides which variant it is.
@@ -160,8 +162,19 @@ pub fn encode_envelope(envelope: Envelope) -> WireMessage {
                 conflict_term: m.conflict_term.map(|t| t.0),
                 conflict_index: m.conflict_index.map(|i| i.0),
                 read_seq: m.read_seq,
+                declined: false,
             })
         }
+    }
+}
+
+/// The stream's stand-in for an answer the follower declined to give (see `declined` in
+/// proto/raft.proto): it keeps one response per request, in order.
+pub fn declined_append_entries_response(from: NodeId, to: NodeId) -> pb::AppendEntriesResponse {
+    pb::AppendEntriesResponse {
+        route: route(from, to),
+        declined: true,
+        ..Default::default()
     }
 }
 
@@ -284,6 +297,9 @@ pub fn decode_append_entries_response(
     m: pb::AppendEntriesResponse,
 ) -> Result<Envelope, ConvertError> {
     let (from, to) = unroute(m.route, "AppendEntriesResponse")?;
+    if m.declined {
+        return Err(ConvertError::DeclinedMarker);
+    }
     Ok(Envelope {
         from,
         to,

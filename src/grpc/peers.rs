@@ -12,8 +12,17 @@
 //!   messages (the leader retransmits from its progress view on the next heartbeat), and the newest
 //!   message carries the newest term and commit index, so dropping the oldest loses the least.
 //!   With the core's per-message byte bound, a slow follower costs the leader bounded memory.
-//! - At most [`PeerConfig::inflight_rpcs_max`] RPCs are outstanding per peer (pipelining without an
-//!   unbounded number of streams).
+//! - At most [`PeerConfig::inflight_rpcs_max`] requests are outstanding per peer (pipelining
+//!   without an unbounded number of streams or buffers): a slot is taken before a message leaves
+//!   the queue and given back when its answer (or its failure) came back.
+//! - AppendEntries travel on one long-lived `AppendEntriesStream` per peer (opened on first use,
+//!   again after it broke, after the backoff), which answers every request exactly once and in
+//!   order, so the oldest unanswered request's slot is the one an answer frees. Per message that
+//!   is one HTTP/2 DATA frame each way instead of a whole RPC (headers, routing, trailers): the
+//!   single-proposer commit p50 went from ~535 to ~400 µs on the 2-core machine
+//!   (`tools/propose_ab.sh`, BENCHMARKS.md). A peer that answers UNIMPLEMENTED (an older
+//!   version) gets unary AppendEntries from then on; RequestVote is always unary. Messages in a
+//!   stream that breaks are lost, as on a failed RPC.
 //! - After a failed RPC the peer's worker waits `min(backoff_initial * 2^(failures-1), backoff_max)`
 //!   before the next attempt; a success resets it. Messages queued meanwhile are subject to the
 //!   drop-oldest bound, so a peer that is down costs only its own (rare) retries.
@@ -27,7 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -53,6 +62,9 @@ pub struct PeerConfig {
     pub rpc_timeout: Duration,
     /// Bounds applied to responses and to the encoded size of requests.
     pub limits: Limits,
+    /// Send AppendEntries on one long-lived `AppendEntriesStream` per peer instead of one unary
+    /// RPC each (a peer that answers UNIMPLEMENTED gets unary RPCs from then on).
+    pub stream_append_entries: bool,
 }
 
 impl Default for PeerConfig {
@@ -67,6 +79,7 @@ impl Default for PeerConfig {
             connect_timeout: Duration::from_millis(500),
             rpc_timeout: Duration::from_secs(2),
             limits: Limits::default(),
+            stream_append_entries: true,
         }
     }
 }
@@ -111,8 +124,15 @@ struct PeerShared {
     addr: SocketAddr,
     capacity: usize,
     queue: Mutex<VecDeque<Envelope>>,
+    /// Wakes the worker: a message was queued (or the peer is closing). Only the worker waits on
+    /// it, so `notify_one` always reaches the worker.
     wake: Notify,
     closed: AtomicBool,
+    /// Wakes every task waiting in [`wait_closed`] (the worker's backoff sleep, the stream
+    /// session) when `closed` is set.
+    closing: Notify,
+    /// The peer answered UNIMPLEMENTED to `AppendEntriesStream`: unary RPCs only.
+    stream_unsupported: AtomicBool,
     backoff: Mutex<Backoff>,
     queued: AtomicU64,
     dropped: AtomicU64,
@@ -132,6 +152,15 @@ impl Backoff {
     fn delay(&self, initial: Duration, max: Duration) -> Duration {
         let shift = self.failures.saturating_sub(1).min(20);
         initial.saturating_mul(1u32 << shift).min(max)
+    }
+}
+
+impl PeerShared {
+    /// Stops the worker and the stream session of this peer.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake.notify_one();
+        self.closing.notify_waiters();
     }
 }
 
@@ -189,6 +218,8 @@ impl Peers {
                 queue: Mutex::new(VecDeque::with_capacity(config.queue_capacity)),
                 wake: Notify::new(),
                 closed: AtomicBool::new(false),
+                closing: Notify::new(),
+                stream_unsupported: AtomicBool::new(false),
                 backoff: Mutex::new(Backoff {
                     failures: 0,
                     retry_at: None,
@@ -288,8 +319,7 @@ impl Peers {
     /// Stops every worker after its current RPCs; queued messages are discarded.
     pub fn shutdown(&self) {
         for peer in self.peers.values() {
-            peer.closed.store(true, Ordering::Release);
-            peer.wake.notify_one();
+            peer.close();
         }
     }
 }
@@ -301,7 +331,8 @@ impl Drop for Peers {
 }
 
 /// The per-peer worker: waits for a free RPC slot, honours the backoff, pops the oldest message and
-/// starts its RPC.
+/// starts its RPC, or sends it on the peer's AppendEntries stream (opened on first use, and again
+/// after it broke).
 async fn worker(
     local_id: NodeId,
     peer: Arc<PeerShared>,
@@ -310,9 +341,11 @@ async fn worker(
     inbound: mpsc::Sender<Inbound>,
 ) {
     let slots = Arc::new(Semaphore::new(config.inflight_rpcs_max));
+    let mut session: Option<mpsc::Sender<StreamRequest>> = None;
     loop {
         // Take a slot before a message, so that while every slot is busy messages stay queued
-        // (where the drop-oldest bound applies) instead of piling up inside the channel.
+        // (where the drop-oldest bound applies) instead of piling up inside the channel. A slot
+        // is held until the request's answer (or its failure) came back, on either path.
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
@@ -335,14 +368,46 @@ async fn worker(
             }
             notified.await;
         };
-        let peer = Arc::clone(&peer);
-        let client = client.clone();
-        let inbound = inbound.clone();
-        let config = config.clone();
         let last_entry = match &envelope.msg {
             Message::AppendEntries(m) => m.entries.last().map(|e| e.index.0),
             _ => None,
         };
+        let streamed = matches!(envelope.msg, Message::AppendEntries(_))
+            && config.stream_append_entries
+            && !peer.stream_unsupported.load(Ordering::Relaxed);
+        if streamed {
+            let convert::WireMessage::AppendEntries(request) = convert::encode_envelope(envelope)
+            else {
+                unreachable!("an AppendEntries envelope encodes as AppendEntries");
+            };
+            if session.as_ref().is_none_or(mpsc::Sender::is_closed) {
+                session = Some(open_session(
+                    local_id,
+                    Arc::clone(&peer),
+                    client.clone(),
+                    config.clone(),
+                    inbound.clone(),
+                ));
+            }
+            let item = StreamRequest {
+                request,
+                slot,
+                last_entry,
+            };
+            if let Some(tx) = &session {
+                // Never waits long: the channel holds as many requests as there are slots.
+                if tx.send(item).await.is_err() {
+                    // The session ended meanwhile: this message is lost (Raft retransmits), the
+                    // next one opens a new stream.
+                    session = None;
+                }
+            }
+            continue;
+        }
+        let peer = Arc::clone(&peer);
+        let client = client.clone();
+        let inbound = inbound.clone();
+        let config = config.clone();
         if let Some(i) = last_entry {
             crate::node::timeline::mark("ae_rpc_start", i);
         }
@@ -352,52 +417,162 @@ async fn worker(
                 crate::node::timeline::mark("ae_rpc_done", i);
             }
             match result {
-                Ok(response) => {
-                    {
-                        let mut backoff = lock(&peer.backoff);
-                        backoff.failures = 0;
-                        backoff.retry_at = None;
-                    }
-                    peer.delivered.fetch_add(1, Ordering::Relaxed);
-                    if response.from != peer.id || response.to != local_id {
-                        tracing::warn!(
-                            peer = %peer.id, addr = %peer.addr, from = %response.from, to = %response.to,
-                            "dropping a response with a foreign route (misconfigured cluster?)"
-                        );
-                    } else if inbound.send(Inbound::Response(response)).await.is_err() {
-                        // The event loop is gone: the node is stopping.
-                        peer.closed.store(true, Ordering::Release);
-                        peer.wake.notify_one();
-                    }
-                }
+                Ok(response) => deliver(local_id, &peer, response, &inbound).await,
                 Err(status) if status.code() == Code::Aborted => {
                     // The peer is up; its core ignored the request. Not a link failure.
                     peer.declined.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(status) => {
-                    peer.failed.fetch_add(1, Ordering::Relaxed);
-                    let delay = {
-                        let mut backoff = lock(&peer.backoff);
-                        backoff.failures = backoff.failures.saturating_add(1);
-                        let delay = backoff.delay(config.backoff_initial, config.backoff_max);
-                        backoff.retry_at = Some(Instant::now() + delay);
-                        delay
-                    };
-                    tracing::debug!(
-                        peer = %peer.id, addr = %peer.addr, code = ?status.code(),
-                        message = status.message(), retry_in_ms = delay.as_millis() as u64,
-                        "RPC to peer failed"
-                    );
-                }
+                Err(status) => record_failure(&peer, &config, &status),
             }
             drop(slot);
         });
     }
 }
 
+/// Hands a peer's response to the event loop (after checking its route) and resets the backoff.
+async fn deliver(
+    local_id: NodeId,
+    peer: &PeerShared,
+    response: Envelope,
+    inbound: &mpsc::Sender<Inbound>,
+) {
+    {
+        let mut backoff = lock(&peer.backoff);
+        backoff.failures = 0;
+        backoff.retry_at = None;
+    }
+    peer.delivered.fetch_add(1, Ordering::Relaxed);
+    if response.from != peer.id || response.to != local_id {
+        tracing::warn!(
+            peer = %peer.id, addr = %peer.addr, from = %response.from, to = %response.to,
+            "dropping a response with a foreign route (misconfigured cluster?)"
+        );
+    } else if inbound.send(Inbound::Response(response)).await.is_err() {
+        // The event loop is gone: the node is stopping.
+        peer.close();
+    }
+}
+
+/// Counts a failed RPC (or a broken stream) and schedules the next attempt after the backoff.
+fn record_failure(peer: &PeerShared, config: &PeerConfig, status: &tonic::Status) {
+    peer.failed.fetch_add(1, Ordering::Relaxed);
+    let delay = {
+        let mut backoff = lock(&peer.backoff);
+        backoff.failures = backoff.failures.saturating_add(1);
+        let delay = backoff.delay(config.backoff_initial, config.backoff_max);
+        backoff.retry_at = Some(Instant::now() + delay);
+        delay
+    };
+    tracing::debug!(
+        peer = %peer.id, addr = %peer.addr, code = ?status.code(),
+        message = status.message(), retry_in_ms = delay.as_millis() as u64,
+        "RPC to peer failed"
+    );
+}
+
+/// One AppendEntries on its way into the peer's stream, with the slot it holds until its answer.
+struct StreamRequest {
+    request: pb::AppendEntriesRequest,
+    slot: OwnedSemaphorePermit,
+    last_entry: Option<u64>,
+}
+
+/// The slots (and timeline marks) of the requests sent on a stream and not answered yet, oldest
+/// first: the stream answers every request exactly once, in order.
+type Unanswered = Arc<Mutex<VecDeque<(OwnedSemaphorePermit, Option<u64>)>>>;
+
+/// Opens an `AppendEntriesStream` to the peer on a task of its own and returns the way in.
+fn open_session(
+    local_id: NodeId,
+    peer: Arc<PeerShared>,
+    client: pb::raft_client::RaftClient<Channel>,
+    config: PeerConfig,
+    inbound: mpsc::Sender<Inbound>,
+) -> mpsc::Sender<StreamRequest> {
+    let (tx, rx) = mpsc::channel(config.inflight_rpcs_max);
+    tokio::spawn(run_session(local_id, peer, client, config, inbound, rx));
+    tx
+}
+
+/// Runs one AppendEntries stream until it breaks or the node stops: feeds it the requests from
+/// `rx` and hands the answers to the event loop. A broken stream counts as a failed RPC (backoff
+/// before the next one); the requests it still held are lost, which Raft tolerates.
+async fn run_session(
+    local_id: NodeId,
+    peer: Arc<PeerShared>,
+    mut client: pb::raft_client::RaftClient<Channel>,
+    config: PeerConfig,
+    inbound: mpsc::Sender<Inbound>,
+    rx: mpsc::Receiver<StreamRequest>,
+) {
+    use tokio_stream::StreamExt;
+
+    let unanswered: Unanswered = Arc::new(Mutex::new(VecDeque::new()));
+    let sent = Arc::clone(&unanswered);
+    let outbound = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+        if let Some(i) = item.last_entry {
+            crate::node::timeline::mark("ae_rpc_start", i);
+        }
+        lock(&sent).push_back((item.slot, item.last_entry));
+        item.request
+    });
+    let mut responses = match client.append_entries_stream(outbound).await {
+        Ok(r) => r.into_inner(),
+        Err(status) if status.code() == Code::Unimplemented => {
+            tracing::info!(
+                peer = %peer.id, addr = %peer.addr,
+                "peer does not serve AppendEntriesStream; using unary AppendEntries"
+            );
+            peer.stream_unsupported.store(true, Ordering::Relaxed);
+            return;
+        }
+        Err(status) => {
+            record_failure(&peer, &config, &status);
+            return;
+        }
+    };
+    loop {
+        if peer.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let message = tokio::select! {
+            m = responses.message() => m,
+            _ = wait_closed(&peer) => return,
+        };
+        match message {
+            Ok(Some(m)) => {
+                // Frees this request's slot.
+                let answered = lock(&unanswered).pop_front();
+                if let Some((_, Some(i))) = &answered {
+                    crate::node::timeline::mark("ae_rpc_done", *i);
+                }
+                drop(answered);
+                if m.declined {
+                    peer.declined.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                match convert::decode_append_entries_response(m) {
+                    Ok(response) => deliver(local_id, &peer, response, &inbound).await,
+                    Err(e) => {
+                        let status = tonic::Status::internal(format!("bad response: {e}"));
+                        record_failure(&peer, &config, &status);
+                        return;
+                    }
+                }
+            }
+            // The peer ended the stream (it is stopping); the next request opens a new one.
+            Ok(None) => return,
+            Err(status) => {
+                record_failure(&peer, &config, &status);
+                return;
+            }
+        }
+    }
+}
+
 async fn wait_closed(peer: &PeerShared) {
     loop {
-        let notified = peer.wake.notified();
+        let notified = peer.closing.notified();
         if peer.closed.load(Ordering::Acquire) {
             return;
         }

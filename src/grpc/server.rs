@@ -10,6 +10,12 @@
 //!
 //! Sending into the channel awaits when it is full, so an overloaded node pushes back on HTTP/2
 //! flow control instead of growing a queue without bound.
+//!
+//! `AppendEntriesStream` does the same per message of a leader's long-lived stream: one task reads
+//! requests and hands them to the loop (at most `STREAM_PENDING_MAX` waiting for answers),
+//! another sends the answers in request order, a `declined` marker where the loop dropped the
+//! oneshot. The streams end when the server begins its graceful shutdown (which would otherwise
+//! wait for them forever).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -192,9 +198,18 @@ pub async fn serve_with(
         .with_nodelay(Some(true))
         .map(|stream| stream.map(AuthorityRepair::new));
     let max_bytes = config.max_decoding_message_bytes();
+    // Graceful shutdown waits for every open stream to finish, and a leader's AppendEntries
+    // stream never finishes by itself: the streams end (cleanly, after the answers already due)
+    // when shutdown begins.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
     let raft = pb::raft_server::RaftServer::new(RaftService {
         config: config.clone(),
         inbound: inbound.clone(),
+        stopping,
     })
     .max_decoding_message_size(max_bytes);
     let operator = pb::operator_server::OperatorServer::new(OperatorService { config, inbound })
@@ -219,6 +234,8 @@ pub async fn serve_with(
 pub struct RaftService {
     config: ServerConfig,
     inbound: mpsc::Sender<Inbound>,
+    /// Becomes `true` when the server begins to shut down: AppendEntries streams end.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RaftService {
@@ -271,8 +288,146 @@ fn wrong_kind(expected: &str, got: &convert::WireMessage) -> Status {
     ))
 }
 
+/// Requests of one AppendEntries stream that may wait for their answers at once; the stream stops
+/// reading (and HTTP/2 flow control holds the leader back) while this many are unanswered.
+const STREAM_PENDING_MAX: usize = 64;
+
+/// One request of an AppendEntries stream on its way to the answer, in request order.
+enum StreamItem {
+    /// Handed to the node: answered through the oneshot, or declined if it is dropped.
+    Asked {
+        from: NodeId,
+        answer: oneshot::Receiver<Envelope>,
+    },
+    /// The stream ends here with this status (after the answers to earlier requests).
+    Fail(Status),
+}
+
+impl RaftService {
+    /// Reads the requests of one AppendEntries stream, hands each to the node, and queues the
+    /// pending answers in order for [`RaftService::stream_answers`].
+    async fn stream_requests(
+        self,
+        mut requests: tonic::Streaming<pb::AppendEntriesRequest>,
+        pending: mpsc::Sender<StreamItem>,
+    ) {
+        let mut stopping = self.stopping.clone();
+        loop {
+            let message = tokio::select! {
+                m = requests.message() => m,
+                // The server is shutting down: end the stream (the answers already due go out
+                // first); the leader opens a new one to wherever this node comes back.
+                _ = stopping.wait_for(|stop| *stop) => return,
+            };
+            let request = match message {
+                Ok(Some(r)) => r,
+                // The leader closed its side: the answers still pending go out, then the end.
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = pending.send(StreamItem::Fail(status)).await;
+                    return;
+                }
+            };
+            let envelope = match convert::decode_append_entries(request, &self.config.limits) {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = pending.send(StreamItem::Fail(invalid(e))).await;
+                    return;
+                }
+            };
+            if envelope.to != self.config.local_id {
+                let status = Status::failed_precondition(format!(
+                    "message for node {} reached node {}",
+                    envelope.to, self.config.local_id
+                ));
+                let _ = pending.send(StreamItem::Fail(status)).await;
+                return;
+            }
+            if let crate::raft::message::Message::AppendEntries(m) = &envelope.msg {
+                if let Some(last) = m.entries.last() {
+                    crate::node::timeline::mark("f_rpc_in", last.index.0);
+                }
+            }
+            let from = envelope.from;
+            let (reply, answer) = oneshot::channel();
+            if self
+                .inbound
+                .send(Inbound::Request { envelope, reply })
+                .await
+                .is_err()
+            {
+                let status = Status::unavailable("node is shutting down");
+                let _ = pending.send(StreamItem::Fail(status)).await;
+                return;
+            }
+            if pending
+                .send(StreamItem::Asked { from, answer })
+                .await
+                .is_err()
+            {
+                // The response side is gone (the leader went away).
+                return;
+            }
+        }
+    }
+
+    /// Sends the answers of one AppendEntries stream in request order.
+    async fn stream_answers(
+        local_id: NodeId,
+        mut pending: mpsc::Receiver<StreamItem>,
+        out: mpsc::Sender<Result<pb::AppendEntriesResponse, Status>>,
+    ) {
+        while let Some(item) = pending.recv().await {
+            let response = match item {
+                StreamItem::Asked { from, answer } => match answer.await {
+                    Ok(envelope) => match convert::encode_envelope(envelope) {
+                        convert::WireMessage::AppendEntriesResponse(m) => Ok(m),
+                        other => Err(wrong_kind("AppendEntries", &other)),
+                    },
+                    Err(_) => Ok(convert::declined_append_entries_response(local_id, from)),
+                },
+                StreamItem::Fail(status) => Err(status),
+            };
+            let last = response.is_err();
+            if out.send(response).await.is_err() || last {
+                return;
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
+    type AppendEntriesStreamStream = std::pin::Pin<
+        Box<
+            dyn tokio_stream::Stream<Item = Result<pb::AppendEntriesResponse, Status>>
+                + Send
+                + 'static,
+        >,
+    >;
+
+    async fn append_entries_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
+        let (pending_tx, pending_rx) = mpsc::channel(STREAM_PENDING_MAX);
+        let (out_tx, out_rx) = mpsc::channel(STREAM_PENDING_MAX);
+        // Two tasks, so that reading the next request never waits for an earlier answer (the
+        // follower's fdatasync): the requests of a pipelined leader reach the core at once.
+        tokio::spawn(
+            self.clone()
+                .stream_requests(request.into_inner(), pending_tx),
+        );
+        tokio::spawn(Self::stream_answers(
+            self.config.local_id,
+            pending_rx,
+            out_tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+        )))
+    }
+
     async fn request_vote(
         &self,
         request: Request<pb::RequestVoteRequest>,
