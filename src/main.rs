@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use rust_raft_log::config::ClusterConfig;
 
+/// mimalloc instead of glibc's malloc: the node allocates per request and per message.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A Raft consensus node built on a segmented io_uring + mmap log.
 #[derive(Parser, Debug)]
 #[command(name = "rust-raft-log", version)]
