@@ -514,21 +514,7 @@ async fn until_answered(
     responses: &mut mpsc::UnboundedReceiver<Envelope>,
     term: &mut u64,
 ) -> Duration {
-    let started = Instant::now();
-    loop {
-        *term += 1;
-        peers.send(vote(1, 2, *term)).expect("queued");
-        if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(10), responses.recv()).await
-        {
-            assert_eq!(e.from, NodeId(2));
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "peer 2 was not reached again within 10 s: {:?}",
-            peers.stats(NodeId(2))
-        );
-    }
+    until_answered_with(peers, responses, term, |t| vote(1, 2, t)).await
 }
 
 #[test]
