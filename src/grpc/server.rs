@@ -223,6 +223,11 @@ pub async fn serve_with(
         ));
     tracing::debug!(%local_addr, "gRPC server accepting");
     tonic::transport::Server::builder()
+        // A leader's AppendEntries stream outlives any single request: if its host goes away
+        // without a FIN (a partition, a power loss), keepalive pings notice within ~3 s and the
+        // stream's tasks end, instead of waiting for TCP's own timeouts (hours).
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
         .add_routes(tonic::service::Routes::from(router))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
