@@ -336,6 +336,44 @@ fn a_second_open_of_the_same_directory_is_refused() {
     RaftLog::open(real_config(dir.path())).unwrap();
 }
 
+/// A process that spawns children while it closes and reopens a log (the node's tests, segdump's
+/// tests, an embedder running hooks): between `fork` and `exec` a child holds a copy of every
+/// descriptor, the lock file's included, and with it the `flock`. A reopen in that window must
+/// wait the window out, not fail with `Locked`.
+#[test]
+fn reopening_while_the_process_spawns_children_is_not_refused() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    drop(RaftLog::open(real_config(dir.path())).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::process::Command::new("true").status();
+                }
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for _ in 0..300 {
+        match RaftLog::open(real_config(dir.path())) {
+            Ok(log) => drop(log),
+            Err(LogError::Locked { .. }) => refused += 1,
+            Err(e) => panic!("reopen failed: {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in spawners {
+        s.join().unwrap();
+    }
+    assert_eq!(
+        refused, 0,
+        "{refused} of 300 reopens were refused as Locked"
+    );
+}
+
 #[test]
 fn reset_installs_a_snapshot_point_durably() {
     let dir = tempfile::tempdir().unwrap();

@@ -56,19 +56,32 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, LogError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| io_err("open lock file", &path, e))?;
-    // SAFETY: flock on a descriptor we own; no memory is involved.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
+    // A lock that is taken may still be on its way out: between `fork` and `exec`, a child of
+    // this process holds a copy of every descriptor, and with it the `flock` of a log this
+    // process has just closed (descriptors are close-on-exec, so the copy goes at `exec`).
+    // Retry for a moment before calling the directory locked.
+    let deadline = std::time::Instant::now() + LOCK_WAIT_MAX;
+    loop {
+        // SAFETY: flock on a descriptor we own; no memory is involved.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(f);
+        }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io_err("flock", &path, e));
+        }
+        if std::time::Instant::now() >= deadline {
             return Err(LogError::Locked {
                 dir: dir.to_path_buf(),
             });
         }
-        return Err(io_err("flock", &path, e));
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    Ok(f)
 }
+
+/// How long [`lock_dir`] retries a taken lock before it reports [`LogError::Locked`].
+const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The file prepared off the append path (zero-filled or fallocated: it reads as zero) that
 /// becomes the next segment at rotation.
