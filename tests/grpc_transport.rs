@@ -864,3 +864,122 @@ fn a_follower_without_the_stream_gets_unary_appends() {
         .expect("test finished within its timeout");
     });
 }
+
+/// A TCP proxy that forwards both ways until `frozen` is set, then swallows everything (a
+/// partition: the sockets stay open, nothing arrives). It never closes the server's side itself;
+/// it reports when the server closed it.
+async fn freezing_proxy(
+    listener: tokio::net::TcpListener,
+    server: SocketAddr,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    server_closed: oneshot::Sender<Instant>,
+) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok((client, _)) = listener.accept().await else {
+        return;
+    };
+    let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
+        return;
+    };
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut server_rx, mut server_tx) = upstream.into_split();
+    let up_frozen = std::sync::Arc::clone(&frozen);
+    // Client -> server. At the client's EOF the server's side stays open: the server must find
+    // out by itself.
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match client_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    std::future::pending::<()>().await;
+                }
+                Ok(n) => {
+                    if !up_frozen.load(Ordering::Relaxed)
+                        && server_tx.write_all(&buf[..n]).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    // Server -> client, until the server closes its side.
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match server_rx.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = server_closed.send(Instant::now());
+                return;
+            }
+            Ok(n) => {
+                if !frozen.load(Ordering::Relaxed) {
+                    let _ = client_tx.write_all(&buf[..n]).await;
+                }
+            }
+        }
+    }
+}
+
+/// A leader's AppendEntries stream outlives every request, so the follower must notice by itself
+/// when the leader's host is cut off without a FIN (a partition, a power loss): its keepalive pings
+/// go unanswered and it closes the connection, ending the stream and its tasks, within seconds.
+#[test]
+fn a_follower_closes_a_silent_leaders_stream_after_its_keepalive_pings_go_unanswered() {
+    tokio_uring::start(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let mut one = Endpoint::start(1);
+            let mut two = Endpoint::start(2);
+            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+            let r2 = responder(
+                2,
+                two.inbound_rx.take().expect("rx"),
+                mpsc::unbounded_channel().0,
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind proxy");
+            let proxy_addr = listener.local_addr().expect("addr");
+            let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (closed_tx, closed_rx) = oneshot::channel();
+            let proxy = tokio_uring::spawn(freezing_proxy(
+                listener,
+                two.addr,
+                std::sync::Arc::clone(&frozen),
+                closed_tx,
+            ));
+            let peers = Peers::start(
+                NodeId(1),
+                &[(NodeId(2), proxy_addr)],
+                fast_peers(),
+                one.inbound_tx.clone(),
+            )
+            .expect("peers");
+            // The stream is up and answers through the proxy.
+            peers.send(append(1, 2, 4, 0, 1)).expect("queued");
+            next_response(&mut resp1).await;
+            let cut = Instant::now();
+            frozen.store(true, std::sync::atomic::Ordering::Relaxed);
+            let closed_at = tokio::time::timeout(Duration::from_secs(10), closed_rx)
+                .await
+                .expect("the follower closed the silent connection within 10 s")
+                .expect("proxy running");
+            let after = closed_at.duration_since(cut);
+            eprintln!("the follower closed the connection {after:?} after the cut");
+            // Pings every 1 s, 2 s to answer: about 3 s; well under the 10 s bound above.
+            assert!(
+                after >= Duration::from_millis(1500),
+                "closed too early: {after:?}"
+            );
+            drop(peers);
+            proxy.abort();
+            one.stop().await;
+            two.stop().await;
+            r1.abort();
+            r2.abort();
+        })
+        .await
+        .expect("test finished within its timeout");
+    });
+}
