@@ -244,16 +244,34 @@ pub struct RaftService {
 }
 
 impl RaftService {
-    /// Hands a decoded request to the node and waits for its response envelope.
-    async fn exchange(&self, envelope: Envelope) -> Result<Envelope, Status> {
-        if envelope.to != self.config.local_id {
-            // A peer with a stale view of who listens here: refuse rather than let the core
-            // process a message meant for another server.
-            return Err(Status::failed_precondition(format!(
-                "message for node {} reached node {}",
-                envelope.to, self.config.local_id
-            )));
+    /// Refuses a message meant for another node: a peer with a stale view of who listens here
+    /// must not have the core process a message meant for another server.
+    fn check_route(&self, envelope: &Envelope) -> Result<(), Status> {
+        if envelope.to == self.config.local_id {
+            return Ok(());
         }
+        Err(Status::failed_precondition(format!(
+            "message for node {} reached node {}",
+            envelope.to, self.config.local_id
+        )))
+    }
+
+    /// Decodes an AppendEntries (unary or streamed) and checks its route.
+    fn decode_append(&self, request: pb::AppendEntriesRequest) -> Result<Envelope, Status> {
+        let envelope =
+            convert::decode_append_entries(request, &self.config.limits).map_err(invalid)?;
+        self.check_route(&envelope)?;
+        if let crate::raft::message::Message::AppendEntries(m) = &envelope.msg {
+            if let Some(last) = m.entries.last() {
+                crate::node::timeline::mark("f_rpc_in", last.index.0);
+            }
+        }
+        Ok(envelope)
+    }
+
+    /// Hands a decoded request to the node and waits for its response envelope.
+    /// The caller has checked its route ([`RaftService::check_route`]).
+    async fn exchange(&self, envelope: Envelope) -> Result<Envelope, Status> {
         ask(
             &self.inbound,
             |reply| Inbound::Request { envelope, reply },
@@ -317,7 +335,8 @@ impl RaftService {
         pending: mpsc::Sender<StreamItem>,
     ) {
         let mut stopping = self.stopping.clone();
-        loop {
+        // The status the stream ends with, after the answers to the requests before it.
+        let failure = loop {
             let message = tokio::select! {
                 m = requests.message() => m,
                 // The server is shutting down: end the stream (the answers already due go out
@@ -328,31 +347,12 @@ impl RaftService {
                 Ok(Some(r)) => r,
                 // The leader closed its side: the answers still pending go out, then the end.
                 Ok(None) => return,
-                Err(status) => {
-                    let _ = pending.send(StreamItem::Fail(status)).await;
-                    return;
-                }
+                Err(status) => break status,
             };
-            let envelope = match convert::decode_append_entries(request, &self.config.limits) {
+            let envelope = match self.decode_append(request) {
                 Ok(e) => e,
-                Err(e) => {
-                    let _ = pending.send(StreamItem::Fail(invalid(e))).await;
-                    return;
-                }
+                Err(status) => break status,
             };
-            if envelope.to != self.config.local_id {
-                let status = Status::failed_precondition(format!(
-                    "message for node {} reached node {}",
-                    envelope.to, self.config.local_id
-                ));
-                let _ = pending.send(StreamItem::Fail(status)).await;
-                return;
-            }
-            if let crate::raft::message::Message::AppendEntries(m) = &envelope.msg {
-                if let Some(last) = m.entries.last() {
-                    crate::node::timeline::mark("f_rpc_in", last.index.0);
-                }
-            }
             let from = envelope.from;
             let (reply, answer) = oneshot::channel();
             if self
@@ -361,9 +361,7 @@ impl RaftService {
                 .await
                 .is_err()
             {
-                let status = Status::unavailable("node is shutting down");
-                let _ = pending.send(StreamItem::Fail(status)).await;
-                return;
+                break Status::unavailable("node is shutting down");
             }
             if pending
                 .send(StreamItem::Asked { from, answer })
@@ -373,7 +371,8 @@ impl RaftService {
                 // The response side is gone (the leader went away).
                 return;
             }
-        }
+        };
+        let _ = pending.send(StreamItem::Fail(failure)).await;
     }
 
     /// Sends the answers of one AppendEntries stream in request order.
@@ -438,6 +437,7 @@ impl pb::raft_server::Raft for RaftService {
         request: Request<pb::RequestVoteRequest>,
     ) -> Result<Response<pb::RequestVoteResponse>, Status> {
         let envelope = convert::decode_request_vote(request.into_inner()).map_err(invalid)?;
+        self.check_route(&envelope)?;
         let answer = self.exchange(envelope).await?;
         match convert::encode_envelope(answer) {
             convert::WireMessage::RequestVoteResponse(m) => Ok(Response::new(m)),
@@ -449,13 +449,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        let envelope = convert::decode_append_entries(request.into_inner(), &self.config.limits)
-            .map_err(invalid)?;
-        if let crate::raft::message::Message::AppendEntries(m) = &envelope.msg {
-            if let Some(last) = m.entries.last() {
-                crate::node::timeline::mark("f_rpc_in", last.index.0);
-            }
-        }
+        let envelope = self.decode_append(request.into_inner())?;
         let answer = self.exchange(envelope).await?;
         match convert::encode_envelope(answer) {
             convert::WireMessage::AppendEntriesResponse(m) => Ok(Response::new(m)),
