@@ -43,6 +43,10 @@ use rust_raft_log::storage::uring::UringVfs;
 use rust_raft_log::storage::{LogConfig, LogWriter, RaftLog};
 use rust_raft_log::types::{EntryType, LogEntry, LogIndex, Term};
 
+/// The node's allocator (src/main.rs), so the engine is measured as the node runs it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // ---------------------------------------------------------------------------------------------
 // Settings
 // ---------------------------------------------------------------------------------------------
