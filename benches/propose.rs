@@ -35,8 +35,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use process_cluster::{propose, Cluster, OperatorClient, Settings};
+use process_cluster::{propose, Cluster, OperatorClient, Settings, StreamProposer};
 use rust_raft_log::grpc::ProposeOutcome;
+
+/// mimalloc, as in the node binary: the proposers run on the same 2 cores as the nodes, so the
+/// harness's own CPU time is taken from the system under test.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const PAYLOAD_BYTES: usize = 256;
 const LEADER_WAIT: Duration = Duration::from_secs(30);
@@ -307,82 +312,165 @@ async fn throughput(dir: &Path, plan: &Plan, out: &mut String) -> Option<u64> {
         }
         Err(e) => eprintln!("paired measurement failed: {e}"),
     }
-    let header = "\n| proposers | committed/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | load avg before |\n\
-                  |---|---|---|---|---|---|---|---|\n";
+    let header = "\n| proposers | client RPC | committed/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | load avg before |\n\
+                  |---|---|---|---|---|---|---|---|---|\n";
     print!("{header}");
     out.push_str(header);
-    let mut single = None;
     let counts: Vec<usize> = std::env::var("BENCH_PROPOSERS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .filter(|v: &Vec<usize>| !v.is_empty())
         .unwrap_or_else(|| vec![1, 16, 128]);
+    let transports: Vec<Transport> = match std::env::var("BENCH_TRANSPORT").as_deref() {
+        Ok("unary") => vec![Transport::Unary],
+        Ok("stream") => vec![Transport::Stream],
+        _ => vec![Transport::Unary, Transport::Stream],
+    };
+    // Per transport: the single proposer's rate and p50.
+    let mut singles: Vec<Option<(f64, u64)>> = vec![None; transports.len()];
+    let mut verdicts = String::new();
     for n in counts {
-        let target = Arc::new(AtomicU32::new(leader.node_id.0));
-        let load_before = load_average();
-        // Warm-up: connections, segment preparation, page cache.
-        let stop = Arc::new(AtomicBool::new(false));
-        let warm: Vec<_> = (0..n)
-            .map(|_| {
-                tokio::spawn(closed_loop(
-                    Arc::clone(&clients),
-                    Arc::clone(&target),
-                    Arc::clone(&stop),
-                    Duration::ZERO,
-                    None,
-                ))
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        stop.store(true, Ordering::Relaxed);
-        for w in warm {
-            w.await.expect("warm-up task");
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..n)
-            .map(|_| {
-                tokio::spawn(closed_loop(
-                    Arc::clone(&clients),
-                    Arc::clone(&target),
-                    Arc::clone(&stop),
-                    Duration::ZERO,
-                    None,
-                ))
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_secs_f64(plan.seconds)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut h = histogram();
-        let mut committed = 0;
-        for t in tasks {
-            let (th, c) = t.await.expect("proposer task");
-            h.add(th).expect("same bounds");
-            committed += c;
-        }
-        let rate = committed as f64 / started.elapsed().as_secs_f64();
-        let line = format!("| {n} | {rate:.0} | {} | {load_before} |\n", row(&h));
-        print!("{line}");
-        let _ = std::io::stdout().flush();
-        out.push_str(&line);
-        match single {
-            None => single = Some((rate, h.value_at_quantile(0.5))),
-            Some((one, _)) if n == 128 => {
-                let ratio = rate / one;
-                let verdict = format!(
-                    "\n128 proposers / 1 proposer throughput: {ratio:.1}x (target >= 20x: {})\n",
-                    if ratio >= 20.0 { "PASS" } else { "MISS" }
-                );
-                print!("{verdict}");
-                out.push_str(&verdict);
+        // The transports alternate within each proposer count, so a burst of outside load
+        // hits both alike.
+        for (ti, &transport) in transports.iter().enumerate() {
+            let load_before = load_average();
+            let (h, rate) =
+                match measure_row(&clients, &mut cluster, leader.node_id.0, n, transport, plan)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("{n} proposers over {}: {e}", transport.name());
+                        continue;
+                    }
+                };
+            let line = format!(
+                "| {n} | {} | {rate:.0} | {} | {load_before} |\n",
+                transport.name(),
+                row(&h)
+            );
+            print!("{line}");
+            let _ = std::io::stdout().flush();
+            out.push_str(&line);
+            match singles[ti] {
+                None if n == 1 => singles[ti] = Some((rate, h.value_at_quantile(0.5))),
+                Some((one, _)) if n == 128 => {
+                    let ratio = rate / one;
+                    verdicts.push_str(&format!(
+                        "128 proposers / 1 proposer throughput, {}: {ratio:.1}x (target >= 20x: {})\n",
+                        transport.name(),
+                        if ratio >= 20.0 { "PASS" } else { "MISS" }
+                    ));
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
+    if !verdicts.is_empty() {
+        let verdicts = format!("\n{verdicts}");
+        print!("{verdicts}");
+        out.push_str(&verdicts);
+    }
+    let single = singles.first().copied().flatten();
     for id in cluster.running() {
         cluster.terminate(id, Duration::from_secs(10));
     }
     single.map(|(_, p50)| p50)
+}
+
+/// How the proposers reach the leader.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    /// One unary `Propose` call per proposal (HTTP/2 streams on one shared connection).
+    Unary,
+    /// Every proposer's proposals multiplexed over one `ProposeStream`.
+    Stream,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Unary => "Propose",
+            Transport::Stream => "ProposeStream",
+        }
+    }
+}
+
+/// `n` closed-loop proposers over `transport` for `plan.seconds` (after a 0.5 s warm-up):
+/// their merged latency histogram and the committed proposals per second.
+async fn measure_row(
+    clients: &Arc<Vec<(u32, OperatorClient)>>,
+    cluster: &mut Cluster,
+    leader: u32,
+    n: usize,
+    transport: Transport,
+    plan: &Plan,
+) -> Result<(Histogram<u64>, f64), String> {
+    let stream = match transport {
+        Transport::Unary => None,
+        Transport::Stream => Some(StreamProposer::open(&mut cluster.client(leader)).await?),
+    };
+    let target = Arc::new(AtomicU32::new(leader));
+    let spawn_all =
+        |stop: &Arc<AtomicBool>| -> Vec<tokio::task::JoinHandle<(Histogram<u64>, u64)>> {
+            (0..n)
+                .map(|_| match &stream {
+                    None => tokio::spawn(closed_loop(
+                        Arc::clone(clients),
+                        Arc::clone(&target),
+                        Arc::clone(stop),
+                        Duration::ZERO,
+                        None,
+                    )),
+                    Some(s) => tokio::spawn(stream_loop(s.clone(), Arc::clone(stop))),
+                })
+                .collect()
+        };
+    // Warm-up: connections, segment preparation, page cache.
+    let stop = Arc::new(AtomicBool::new(false));
+    let warm = spawn_all(&stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in warm {
+        w.await.map_err(|e| format!("warm-up task: {e}"))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks = spawn_all(&stop);
+    tokio::time::sleep(Duration::from_secs_f64(plan.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut h = histogram();
+    let mut committed = 0;
+    for t in tasks {
+        let (th, c) = t.await.map_err(|e| format!("proposer task: {e}"))?;
+        h.add(th).map_err(|e| format!("histogram: {e}"))?;
+        committed += c;
+    }
+    Ok((h, committed as f64 / started.elapsed().as_secs_f64()))
+}
+
+/// One closed-loop proposer sharing a [`StreamProposer`] with the others.
+async fn stream_loop(proposer: StreamProposer, stop: Arc<AtomicBool>) -> (Histogram<u64>, u64) {
+    let mut h = histogram();
+    let mut committed = 0;
+    let payload = vec![0x5au8; PAYLOAD_BYTES];
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        match proposer
+            .propose(payload.clone(), Duration::from_secs(2))
+            .await
+        {
+            Ok(ProposeOutcome::Committed { .. }) => {
+                h.record(started.elapsed().as_micros().max(1) as u64)
+                    .expect("in range");
+                committed += 1;
+            }
+            Ok(ProposeOutcome::NotLeader { .. }) | Err(_) => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    }
+    (h, committed)
 }
 
 async fn failover(dir: &Path, plan: &Plan, min_ms: u64, max_ms: u64, out: &mut String) {

@@ -76,6 +76,10 @@ async fn propose(address: &str, payload: &str) -> Result<ExitCode, String> {
                 eprintln!("{target} is not the leader and knows no leader yet; retry shortly");
                 return Ok(ExitCode::from(1));
             }
+            Some(propose_response::Outcome::Refused(r)) => {
+                // Only ProposeStream answers carry refusals; the unary call fails with a status.
+                return Err(format!("{target} refused the proposal: {}", r.message));
+            }
             None => return Err(format!("{target} sent an empty Propose answer")),
         }
     }

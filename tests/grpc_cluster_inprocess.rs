@@ -207,13 +207,93 @@ fn three_in_process_nodes_elect_a_leader_and_commit_proposals() {
             }
         );
 
+        // ProposeStream on the leader: answers in request order, an oversized proposal is
+        // refused with the unary call's status and the stream goes on.
+        let mut leader_client =
+            pb::operator_client::OperatorClient::connect(format!("http://{}", leader.2))
+                .await
+                .expect("connect to the leader");
+        let (requests, requests_rx) = tokio::sync::mpsc::channel(256);
+        let mut answers = leader_client
+            .propose_stream(tokio_stream::wrappers::ReceiverStream::new(requests_rx))
+            .await
+            .expect("stream opened")
+            .into_inner();
+        const STREAMED: usize = 100;
+        const OVERSIZED_AT: usize = 40;
+        for k in 0..STREAMED {
+            let payload = if k == OVERSIZED_AT {
+                vec![0u8; grpc::convert::ENTRY_PAYLOAD_BYTES_MAX + 1]
+            } else {
+                vec![k as u8; 64]
+            };
+            requests
+                .send(pb::ProposeRequest { payload })
+                .await
+                .expect("stream open");
+        }
+        let mut previous = last;
+        for k in 0..STREAMED {
+            let answer = answers
+                .message()
+                .await
+                .expect("stream alive")
+                .expect("one answer per proposal");
+            match grpc::convert::decode_propose_outcome(answer) {
+                Ok(ProposeOutcome::Committed { index, .. }) => {
+                    assert_ne!(k, OVERSIZED_AT, "the oversized proposal was committed");
+                    assert!(
+                        index > previous,
+                        "streamed proposal {k} answered with index {index} after {previous}: \
+                         answers are not in request order"
+                    );
+                    previous = index;
+                }
+                Err(grpc::ConvertError::Refused { code, message }) => {
+                    assert_eq!(k, OVERSIZED_AT, "proposal {k} refused: {message}");
+                    assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
+                    assert!(message.contains("above the limit"), "{message}");
+                }
+                other => panic!("streamed proposal {k}: {other:?}"),
+            }
+        }
+
+        // ProposeStream on a follower: NotLeader, as the unary call.
+        let mut follower_client =
+            pb::operator_client::OperatorClient::connect(format!("http://{}", follower.addr))
+                .await
+                .expect("connect to a follower");
+        let mut answers_f = follower_client
+            .propose_stream(tokio_stream::iter(vec![pb::ProposeRequest {
+                payload: vec![1],
+            }]))
+            .await
+            .expect("stream opened")
+            .into_inner();
+        let answer = answers_f
+            .message()
+            .await
+            .expect("stream alive")
+            .expect("an answer");
+        assert!(
+            matches!(
+                grpc::convert::decode_propose_outcome(answer),
+                Ok(ProposeOutcome::NotLeader { leader: Some(l), .. }) if l == leader.0
+            ),
+            "a follower must answer a streamed proposal with NotLeader"
+        );
+
+        // Shutdown with the leader's stream still open (its request side never closes): the
+        // stream ends, the nodes stop.
         drop(client);
         for n in nodes {
             let _ = n.stop.send(());
-            n.task
+            tokio::time::timeout(Duration::from_secs(20), n.task)
                 .await
+                .expect("a node did not stop within 20 s")
                 .expect("node task")
                 .expect("node stopped cleanly");
         }
+        drop(requests);
     });
 }

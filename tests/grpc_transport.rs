@@ -983,3 +983,114 @@ fn a_follower_closes_a_silent_leaders_stream_after_its_keepalive_pings_go_unansw
         .expect("test finished within its timeout");
     });
 }
+
+/// `ProposeStream`: every proposal is answered once, in request order, with what the unary
+/// Propose would have answered; refusals (the node's overload bound, an outcome that became
+/// unknown, an oversized payload) are answers and the stream goes on. A server with a client's
+/// stream still open shuts down (the stream ends when shutdown begins).
+#[test]
+fn a_propose_stream_answers_in_order_and_ends_on_shutdown() {
+    use rust_raft_log::grpc::{ProposeOutcome, ProposeRefused};
+    tokio_uring::start(async {
+        tokio::time::timeout(TEST_TIMEOUT, async {
+            let mut one = Endpoint::start(1);
+            let mut inbound = one.inbound_rx.take().expect("rx");
+            // Plays the event loop: proposal k (payload [k, tag]) commits at index 100 + k,
+            // except tag 1 (refused: overloaded) and tag 2 (reply dropped: outcome unknown).
+            // Commits are answered in reverse arrival order of each pair, so that in-order
+            // answers on the stream are the server's doing.
+            let core = tokio_uring::spawn(async move {
+                let mut held: Option<(u64, oneshot::Sender<_>)> = None;
+                while let Some(item) = inbound.recv().await {
+                    let Inbound::Propose { payload, reply } = item else {
+                        panic!("only proposals expected");
+                    };
+                    let k = u64::from(payload[0]);
+                    match payload[1] {
+                        1 => {
+                            let _ = reply.send(Err(ProposeRefused::Overloaded { pending: 7 }));
+                        }
+                        2 => drop(reply),
+                        _ => match held.take() {
+                            None => held = Some((k, reply)),
+                            Some((earlier, earlier_reply)) => {
+                                let commit = |k: u64| {
+                                    Ok(ProposeOutcome::Committed {
+                                        index: LogIndex(100 + k),
+                                        term: Term(3),
+                                    })
+                                };
+                                let _ = reply.send(commit(k));
+                                let _ = earlier_reply.send(commit(earlier));
+                            }
+                        },
+                    }
+                }
+            });
+            let mut client =
+                pb::operator_client::OperatorClient::connect(format!("http://{}", one.addr))
+                    .await
+                    .expect("connect");
+            let (requests, requests_rx) = mpsc::channel(64);
+            let mut answers = client
+                .propose_stream(tokio_stream::wrappers::ReceiverStream::new(requests_rx))
+                .await
+                .expect("stream opened")
+                .into_inner();
+            // Tags: 0 commit, 1 overloaded, 2 unknown, 3 oversized.
+            let tags = [0u8, 0, 1, 0, 2, 3, 0, 0, 0];
+            for (k, tag) in tags.iter().enumerate() {
+                let mut payload = vec![k as u8, *tag];
+                if *tag == 3 {
+                    payload.resize(grpc::convert::ENTRY_PAYLOAD_BYTES_MAX + 1, 0);
+                }
+                requests
+                    .send(pb::ProposeRequest { payload })
+                    .await
+                    .expect("stream open");
+            }
+            for (k, tag) in tags.iter().enumerate() {
+                let answer = answers
+                    .message()
+                    .await
+                    .expect("stream alive")
+                    .expect("one answer per proposal");
+                let got = grpc::convert::decode_propose_outcome(answer);
+                match (tag, got) {
+                    (0, Ok(ProposeOutcome::Committed { index, term })) => {
+                        assert_eq!(
+                            (index, term),
+                            (LogIndex(100 + k as u64), Term(3)),
+                            "proposal {k}: answers out of request order"
+                        );
+                    }
+                    (1, Err(grpc::ConvertError::Refused { code, message })) => {
+                        assert_eq!(code, tonic::Code::ResourceExhausted, "{message}");
+                        assert!(message.contains("7 proposals"), "{message}");
+                    }
+                    (2, Err(grpc::ConvertError::Refused { code, message })) => {
+                        assert_eq!(code, tonic::Code::Aborted, "{message}");
+                        assert!(message.contains("unknown"), "{message}");
+                    }
+                    (3, Err(grpc::ConvertError::Refused { code, message })) => {
+                        assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
+                        assert!(message.contains("above the limit"), "{message}");
+                    }
+                    (tag, got) => panic!("proposal {k} (tag {tag}): {got:?}"),
+                }
+            }
+            // The client keeps its side open; the server must still stop (Endpoint::stop bounds
+            // it at 5 s).
+            one.stop().await;
+            let end = answers.message().await;
+            assert!(
+                !matches!(end, Ok(Some(_))),
+                "no answer after the last one: {end:?}"
+            );
+            drop(requests);
+            core.await.expect("core task");
+        })
+        .await
+        .expect("test finished within its timeout");
+    });
+}

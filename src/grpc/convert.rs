@@ -51,6 +51,8 @@ impl Default for Limits {
 /// Why a wire message was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConvertError {
+    #[error("the proposal was refused ({code:?}): {message}")]
+    Refused { code: tonic::Code, message: String },
     #[error("{message}: required field `{field}` is missing")]
     MissingField {
         message: &'static str,
@@ -379,6 +381,19 @@ pub fn encode_propose_outcome(outcome: ProposeOutcome) -> pb::ProposeResponse {
     }
 }
 
+/// A ProposeStream answer for a proposal refused with `status` (what the unary Propose would have
+/// failed with).
+pub fn encode_propose_refused(status: &tonic::Status) -> pb::ProposeResponse {
+    pb::ProposeResponse {
+        outcome: Some(pb::propose_response::Outcome::Refused(pb::Refused {
+            code: status.code() as u32,
+            message: status.message().to_string(),
+        })),
+    }
+}
+
+/// Decodes a Propose or ProposeStream answer; a ProposeStream refusal is
+/// [`ConvertError::Refused`] with the status code and message the unary call would have failed with.
 pub fn decode_propose_outcome(m: pb::ProposeResponse) -> Result<ProposeOutcome, ConvertError> {
     use pb::propose_response::Outcome;
     match m.outcome {
@@ -389,6 +404,10 @@ pub fn decode_propose_outcome(m: pb::ProposeResponse) -> Result<ProposeOutcome, 
         Some(Outcome::NotLeader(n)) => Ok(ProposeOutcome::NotLeader {
             leader: n.leader_id.map(NodeId),
             leader_address: (!n.leader_address.is_empty()).then_some(n.leader_address),
+        }),
+        Some(Outcome::Refused(r)) => Err(ConvertError::Refused {
+            code: tonic::Code::from(r.code as i32),
+            message: r.message,
         }),
         None => Err(ConvertError::MissingField {
             message: "ProposeResponse",

@@ -16,6 +16,14 @@
 //! another sends the answers in request order, a `declined` marker where the loop dropped the
 //! oneshot. The streams end when the server begins its graceful shutdown (which would otherwise
 //! wait for them forever).
+//!
+//! `ProposeStream` is the Operator's Propose for clients that multiplex many proposals over one
+//! stream: the same two-task shape (at most `PROPOSE_STREAM_PENDING_MAX` unanswered), answers in
+//! request order, and a refusal that the unary call would have returned as a status (oversized
+//! payload, overload, outcome unknown) is an answer of its own, so the stream goes on. Per
+//! proposal this costs one DATA frame each way instead of a whole HTTP/2 request; at 128 closed-loop
+//! proposers the unary calls' HTTP/2 and tower work, not the log, is most of the leader's CPU
+//! (`cargo bench --bench propose`, BENCHMARKS.md).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -209,11 +217,15 @@ pub async fn serve_with(
     let raft = pb::raft_server::RaftServer::new(RaftService {
         config: config.clone(),
         inbound: inbound.clone(),
+        stopping: stopping.clone(),
+    })
+    .max_decoding_message_size(max_bytes);
+    let operator = pb::operator_server::OperatorServer::new(OperatorService {
+        config,
+        inbound,
         stopping,
     })
     .max_decoding_message_size(max_bytes);
-    let operator = pb::operator_server::OperatorServer::new(OperatorService { config, inbound })
-        .max_decoding_message_size(max_bytes);
     extra.add_service(raft).add_service(operator);
     let router = extra
         .routes()
@@ -463,6 +475,120 @@ impl pb::raft_server::Raft for RaftService {
 pub struct OperatorService {
     config: ServerConfig,
     inbound: mpsc::Sender<Inbound>,
+    /// Becomes `true` when the server begins to shut down: ProposeStreams end.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Proposals of one ProposeStream that may wait for their outcome at once; the stream stops
+/// reading (and HTTP/2 flow control holds the client back) while this many are unanswered. The
+/// node's own bound on pending proposals still applies (RESOURCE_EXHAUSTED refusals).
+const PROPOSE_STREAM_PENDING_MAX: usize = 1024;
+
+/// What the event loop answers a proposal with.
+type ProposeAnswer = oneshot::Receiver<Result<ProposeOutcome, ProposeRefused>>;
+
+/// One proposal of a ProposeStream on its way to its answer, in request order.
+enum ProposeItem {
+    /// Handed to the node.
+    Asked(ProposeAnswer),
+    /// Refused before it reached the node (the unary call's error status).
+    Refused(Status),
+    /// The stream ends here with this status (after the answers to earlier proposals).
+    Fail(Status),
+}
+
+impl OperatorService {
+    /// Checks a proposal and hands it to the node; the receiver resolves to its outcome.
+    async fn start_proposal(&self, payload: Vec<u8>) -> Result<ProposeAnswer, Status> {
+        crate::node::timeline::mark("propose_rpc_in", 0);
+        let max = self.config.limits.entry_payload_bytes_max;
+        if payload.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "payload of {} bytes is above the limit of {max}",
+                payload.len()
+            )));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inbound
+            .send(Inbound::Propose { payload, reply })
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        Ok(answer)
+    }
+
+    /// The answer to a proposal, as the unary Propose returns it.
+    async fn finish_proposal(answer: ProposeAnswer) -> Result<pb::ProposeResponse, Status> {
+        let outcome = answer.await.map_err(|_| {
+            Status::aborted(
+                "the proposal's outcome is unknown (leadership changed or the node stopped \
+                 before it committed)",
+            )
+        })?;
+        match outcome {
+            Ok(outcome) => {
+                if let ProposeOutcome::Committed { index, .. } = &outcome {
+                    crate::node::timeline::mark("propose_rpc_out", index.0);
+                }
+                Ok(convert::encode_propose_outcome(outcome))
+            }
+            Err(refused @ ProposeRefused::Overloaded { .. }) => {
+                Err(Status::resource_exhausted(refused.to_string()))
+            }
+        }
+    }
+
+    /// Reads the proposals of one ProposeStream, hands each to the node, and queues the pending
+    /// answers in order for [`OperatorService::stream_outcomes`].
+    async fn stream_proposals(
+        self,
+        mut requests: tonic::Streaming<pb::ProposeRequest>,
+        pending: mpsc::Sender<ProposeItem>,
+    ) {
+        let mut stopping = self.stopping.clone();
+        let failure = loop {
+            let message = tokio::select! {
+                m = requests.message() => m,
+                // Shutdown: the answers already due go out, then the stream ends.
+                _ = stopping.wait_for(|stop| *stop) => return,
+            };
+            let request = match message {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(status) => break status,
+            };
+            let item = match self.start_proposal(request.payload).await {
+                Ok(answer) => ProposeItem::Asked(answer),
+                Err(status) if status.code() == tonic::Code::Unavailable => break status,
+                Err(status) => ProposeItem::Refused(status),
+            };
+            if pending.send(item).await.is_err() {
+                // The response side is gone (the client went away).
+                return;
+            }
+        };
+        let _ = pending.send(ProposeItem::Fail(failure)).await;
+    }
+
+    /// Sends the answers of one ProposeStream in request order.
+    async fn stream_outcomes(
+        mut pending: mpsc::Receiver<ProposeItem>,
+        out: mpsc::Sender<Result<pb::ProposeResponse, Status>>,
+    ) {
+        while let Some(item) = pending.recv().await {
+            let response = match item {
+                ProposeItem::Asked(answer) => match Self::finish_proposal(answer).await {
+                    Ok(m) => Ok(m),
+                    Err(status) => Ok(convert::encode_propose_refused(&status)),
+                },
+                ProposeItem::Refused(status) => Ok(convert::encode_propose_refused(&status)),
+                ProposeItem::Fail(status) => Err(status),
+            };
+            let last = response.is_err();
+            if out.send(response).await.is_err() || last {
+                return;
+            }
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -471,37 +597,29 @@ impl pb::operator_server::Operator for OperatorService {
         &self,
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
-        crate::node::timeline::mark("propose_rpc_in", 0);
-        let payload = request.into_inner().payload;
-        let max = self.config.limits.entry_payload_bytes_max;
-        if payload.len() > max {
-            return Err(Status::invalid_argument(format!(
-                "payload of {} bytes is above the limit of {max}",
-                payload.len()
-            )));
-        }
-        let outcome = ask(
-            &self.inbound,
-            |reply| Inbound::Propose { payload, reply },
-            || {
-                Status::aborted(
-                    "the proposal's outcome is unknown (leadership changed or the node stopped \
-                     before it committed)",
-                )
-            },
-        )
-        .await?;
-        match outcome {
-            Ok(outcome) => {
-                if let ProposeOutcome::Committed { index, .. } = &outcome {
-                    crate::node::timeline::mark("propose_rpc_out", index.0);
-                }
-                Ok(Response::new(convert::encode_propose_outcome(outcome)))
-            }
-            Err(refused @ ProposeRefused::Overloaded { .. }) => {
-                Err(Status::resource_exhausted(refused.to_string()))
-            }
-        }
+        let answer = self.start_proposal(request.into_inner().payload).await?;
+        Self::finish_proposal(answer).await.map(Response::new)
+    }
+
+    type ProposeStreamStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::ProposeResponse, Status>> + Send + 'static>,
+    >;
+
+    async fn propose_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::ProposeRequest>>,
+    ) -> Result<Response<Self::ProposeStreamStream>, Status> {
+        let (pending_tx, pending_rx) = mpsc::channel(PROPOSE_STREAM_PENDING_MAX);
+        let (out_tx, out_rx) = mpsc::channel(PROPOSE_STREAM_PENDING_MAX);
+        // Two tasks, so that reading the next proposal never waits for an earlier one's commit.
+        tokio::spawn(
+            self.clone()
+                .stream_proposals(request.into_inner(), pending_tx),
+        );
+        tokio::spawn(Self::stream_outcomes(pending_rx, out_tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+        )))
     }
 
     async fn status(

@@ -293,3 +293,84 @@ pub async fn propose(
         }
     }
 }
+
+/// What a [`StreamProposer`] caller waits on.
+type StreamReply = tokio::sync::oneshot::Sender<Result<ProposeOutcome, String>>;
+
+/// Proposals of many concurrent callers multiplexed over one `ProposeStream` (the way a client
+/// library would share one stream among its callers). The node answers in request order, so the
+/// callers' replies wait in a FIFO: a caller's reply is queued before its request is sent.
+#[derive(Clone)]
+pub struct StreamProposer {
+    tx: tokio::sync::mpsc::Sender<(Vec<u8>, StreamReply)>,
+}
+
+impl StreamProposer {
+    /// Opens a stream on `client`'s node.
+    pub async fn open(client: &mut OperatorClient) -> Result<StreamProposer, String> {
+        use std::collections::VecDeque;
+        use std::sync::{Arc, Mutex};
+        let (requests_tx, requests_rx) = tokio::sync::mpsc::channel::<pb::ProposeRequest>(1024);
+        let answers = client
+            .propose_stream(tokio_stream::wrappers::ReceiverStream::new(requests_rx))
+            .await
+            .map_err(|s| format!("ProposeStream: {:?}: {}", s.code(), s.message()))?;
+        let mut answers = answers.into_inner();
+        let waiting: Arc<Mutex<VecDeque<StreamReply>>> = Arc::default();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<u8>, StreamReply)>(1024);
+        let pump_waiting = Arc::clone(&waiting);
+        tokio::spawn(async move {
+            while let Some((payload, reply)) = rx.recv().await {
+                pump_waiting
+                    .lock()
+                    .expect("no panics while locked")
+                    .push_back(reply);
+                if requests_tx
+                    .send(pb::ProposeRequest { payload })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let end = loop {
+                match answers.message().await {
+                    Ok(Some(m)) => {
+                        let reply = waiting.lock().expect("no panics while locked").pop_front();
+                        let Some(reply) = reply else {
+                            break "the node answered a proposal that was not asked".to_string();
+                        };
+                        let _ = reply
+                            .send(convert::decode_propose_outcome(m).map_err(|e| e.to_string()));
+                    }
+                    Ok(None) => break "the node ended the stream".to_string(),
+                    Err(s) => break format!("{:?}: {}", s.code(), s.message()),
+                }
+            };
+            for reply in waiting.lock().expect("no panics while locked").drain(..) {
+                let _ = reply.send(Err(end.clone()));
+            }
+        });
+        Ok(StreamProposer { tx })
+    }
+
+    /// Proposes `payload` and waits (at most `deadline`) for its answer.
+    pub async fn propose(
+        &self,
+        payload: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<ProposeOutcome, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((payload, reply))
+            .await
+            .map_err(|_| "the stream is closed".to_string())?;
+        match tokio::time::timeout(deadline, answer).await {
+            Err(_) => Err(format!("no answer within {deadline:?}")),
+            Ok(Err(_)) => Err("the stream is closed".to_string()),
+            Ok(Ok(r)) => r,
+        }
+    }
+}
