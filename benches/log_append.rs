@@ -14,6 +14,9 @@
 //!   the engine for `BENCH_SECS` seconds in `BENCH_ROUNDS` (default 3) rounds alternating with the
 //!   baseline of the same batch bytes, print both and the ratio, and exit (writes no report);
 //!   with `BENCH_ASYNC=1` the appenders are async tasks on one thread instead of OS threads;
+//!   with `BENCH_NODE=1` they are async tasks on one tokio-uring thread writing through the
+//!   node's own write path (`node::disk::DiskDurable`: staged on that thread, the write and its
+//!   fdatasync on its own io_uring, no thread hand-off);
 //!   `BENCH_NO_COMPACT=1` lets the log grow (no compaction behind the appends); `BENCH_BASELINE=0`
 //!   skips the baseline (for profiling).
 //! - `BENCH_KEEP=1`: keep the big read/open log in `target/bench-log/` (e.g. for
@@ -35,10 +38,13 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use rust_raft_log::node::disk::DiskDurable;
+use rust_raft_log::node::{Durable, WriteBatch};
 use rust_raft_log::storage::file::{LogFile, Vfs};
 use rust_raft_log::storage::format::{
     decode_frame, parse_segment_file_name, SegmentHeader, SEGMENT_HEADER_SIZE,
 };
+use rust_raft_log::storage::state::RaftState;
 use rust_raft_log::storage::uring::UringVfs;
 use rust_raft_log::storage::{LogConfig, LogWriter, RaftLog};
 use rust_raft_log::types::{EntryType, LogEntry, LogIndex, Term};
@@ -470,6 +476,130 @@ fn run_ours(
         latency_ns,
         cpu_secs,
         syncs,
+    })
+}
+
+/// `tasks` appenders as the node's event loop drives the log: async tasks on ONE tokio-uring
+/// thread, each handing a one-entry batch to the node's durable store
+/// (`node::disk::DiskDurable`, the event loop's write path) and awaiting it. The store stages
+/// each group on this thread and submits its write and linked fdatasync on its own io_uring,
+/// whose completion wakes this thread through the runtime's reactor: no other thread is
+/// involved (its hard-state thread stays idle: no batch carries a hard state). Compaction, when
+/// `compact`, runs between the appends on the same thread.
+fn run_ours_node(
+    root: &Path,
+    label: &str,
+    entry_bytes: usize,
+    tasks: usize,
+    secs: f64,
+    compact: bool,
+) -> Result<Stats, String> {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    let dir = root.join(label);
+    let config = LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(&dir)
+    };
+    let log = RaftLog::open(config).map_err(|e| format!("open: {e}"))?;
+    wait_for_preparation(&dir);
+    settle();
+    let state = RaftState::open(&dir).map_err(|e| format!("state file: {e}"))?;
+    tokio_uring::start(async move {
+        let next = Rc::new(Cell::new(log.last_index().next().0));
+        let log = Rc::new(RefCell::new(log));
+        let durable = Rc::new(RefCell::new(
+            DiskDurable::start(Rc::clone(&log), state).map_err(|e| format!("store: {e}"))?,
+        ));
+        let payload: Rc<Vec<u8>> = Rc::new((0..entry_bytes).map(|i| (i * 7) as u8).collect());
+        let stop = Rc::new(Cell::new(false));
+        let compactor = compact.then(|| {
+            let (log, stop) = (Rc::clone(&log), Rc::clone(&stop));
+            tokio::task::spawn_local(async move {
+                while !stop.get() {
+                    let upto = {
+                        let log = log.borrow();
+                        let paths = log.segment_paths();
+                        (paths.len() > KEEP_SEGMENTS)
+                            .then(|| {
+                                paths[paths.len() - KEEP_SEGMENTS]
+                                    .file_name()
+                                    .and_then(|n| n.to_str())
+                                    .and_then(parse_segment_file_name)
+                            })
+                            .flatten()
+                    };
+                    if let Some(base) = upto {
+                        log.borrow_mut()
+                            .compact_prefix(base.prev())
+                            .map_err(|e| format!("compact: {e}"))?;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok::<(), String>(())
+            })
+        });
+        let start = Instant::now();
+        let cpu0 = cpu_time();
+        let deadline = start + Duration::from_secs_f64(secs);
+        let appenders: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (next, durable, payload) =
+                    (Rc::clone(&next), Rc::clone(&durable), Rc::clone(&payload));
+                tokio::task::spawn_local(async move {
+                    let mut latency_ns = hist();
+                    let mut entries = 0u64;
+                    while Instant::now() < deadline {
+                        let t0 = Instant::now();
+                        // Index and submission in one step of this thread: batches reach the
+                        // store in index order.
+                        let index = next.get();
+                        next.set(index + 1);
+                        let batch = Rc::new(WriteBatch {
+                            truncate_from: None,
+                            entries: vec![LogEntry {
+                                term: Term(1),
+                                index: LogIndex(index),
+                                entry_type: EntryType::Normal,
+                                payload: payload.as_ref().clone(),
+                            }],
+                            hard_state: None,
+                            must_sync: true,
+                        });
+                        let durable_write = durable.borrow_mut().persist(batch);
+                        durable_write.await.map_err(|e| format!("append: {e}"))?;
+                        latency_ns.saturating_record(t0.elapsed().as_nanos() as u64);
+                        entries += 1;
+                    }
+                    Ok::<_, String>((entries, latency_ns))
+                })
+            })
+            .collect();
+        let mut latency_ns = hist();
+        let mut entries = 0;
+        for a in appenders {
+            let (n, h) = a.await.map_err(|e| format!("appender task: {e}"))??;
+            entries += n;
+            latency_ns
+                .add(&h)
+                .map_err(|e| format!("histogram merge: {e:?}"))?;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let cpu_secs = cpu_time() - cpu0;
+        stop.set(true);
+        if let Some(c) = compactor {
+            c.await.map_err(|e| format!("compactor task: {e}"))??;
+        }
+        let (syncs, _) = durable.borrow().group_stats();
+        Ok(Stats {
+            entries,
+            bytes: entries * entry_bytes as u64,
+            secs,
+            latency_ns,
+            cpu_secs,
+            syncs,
+        })
     })
 }
 
@@ -997,7 +1127,9 @@ fn run() -> Result<(), String> {
                     None => base = Some(b),
                 }
             }
-            let st = if std::env::var("BENCH_ASYNC").is_ok() {
+            let st = if std::env::var("BENCH_NODE").is_ok() {
+                run_ours_node(&root_path, "only", size, n, per_round, compact)?
+            } else if std::env::var("BENCH_ASYNC").is_ok() {
                 run_ours_async(&root_path, "only", size, n, per_round, compact)?
             } else {
                 run_ours(

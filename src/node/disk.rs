@@ -166,6 +166,9 @@ struct Queue {
     failed: Cell<bool>,
     /// Set when the store is dropped: the writer task finishes what is queued and ends.
     closed: Cell<bool>,
+    /// Groups written (one fdatasync each) and the entries they carried.
+    groups: Cell<u64>,
+    grouped_entries: Cell<u64>,
 }
 
 struct StateJob {
@@ -212,6 +215,14 @@ impl DiskDurable {
             writer_started: false,
             submitted,
         })
+    }
+}
+
+impl DiskDurable {
+    /// Groups written since start (one write + fdatasync each) and the entries they carried:
+    /// their ratio is the group commit's average batch.
+    pub fn group_stats(&self) -> (u64, u64) {
+        (self.queue.groups.get(), self.queue.grouped_entries.get())
     }
 }
 
@@ -301,6 +312,11 @@ impl LogWriterTask {
             };
             match result {
                 Ok(()) => {
+                    self.queue.groups.set(self.queue.groups.get() + 1);
+                    let entries: usize = group.iter().map(|j| j.batch.entries.len()).sum();
+                    self.queue
+                        .grouped_entries
+                        .set(self.queue.grouped_entries.get() + entries as u64);
                     for job in group {
                         let _ = job.done.send(Ok(()));
                     }
