@@ -35,6 +35,9 @@ enum How {
     PwriteUringFsync,
     /// The baseline of `cargo bench --bench log_append`.
     PwriteFdatasync,
+    /// As UringLinked, with the ring's io-wq workers kept on the CPU the submitting thread runs
+    /// on (`IORING_REGISTER_IOWQ_AFF`, re-registered when the thread moved).
+    UringLinkedLocalWq,
     /// As UringLinked, but the thread waits in the runtime's reactor (epoll) for the ring's fd to
     /// become readable, as the node's event loop does (tokio-uring runtime, `AsyncFd`).
     UringLinkedReactor,
@@ -90,6 +93,20 @@ fn wait_all(ring: &mut IoUring, want: usize) -> io::Result<()> {
             }
             seen += 1;
         }
+    }
+    Ok(())
+}
+
+/// Keeps `ring`'s io-wq workers on the CPU this thread runs on; `last` is the CPU registered.
+fn follow_cpu(ring: &IoUring, last: &mut i32) -> io::Result<()> {
+    // SAFETY: sched_getcpu takes no arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu >= 0 && cpu != *last {
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+        ring.submitter().register_iowq_aff(&set)?;
+        *last = cpu;
     }
     Ok(())
 }
@@ -156,7 +173,9 @@ fn one(
             f.write_all_at(buf, at)?;
             f.sync_data()
         }
-        How::UringLinkedReactor => unreachable!("driven by one_reactor"),
+        How::UringLinkedReactor | How::UringLinkedLocalWq => {
+            unreachable!("driven by the caller")
+        }
     }
 }
 
@@ -207,7 +226,10 @@ async fn probe() -> io::Result<()> {
         How::PwriteUringFsync,
         How::PwriteFdatasync,
         How::UringLinkedReactor,
+        How::UringLinkedLocalWq,
     ];
+    let mut local = IoUring::new(8)?;
+    let mut local_cpu = -1;
     let mut ring = IoUring::new(8)?;
     let mut coop = IoUring::builder()
         .setup_coop_taskrun()
@@ -266,6 +288,17 @@ async fn probe() -> io::Result<()> {
                 let t = Instant::now();
                 if matches!(how, How::UringLinkedReactor) {
                     one_reactor(&mut reactor, &f, &buf, at).await?;
+                } else if matches!(how, How::UringLinkedLocalWq) {
+                    follow_cpu(&local, &mut local_cpu)?;
+                    one(
+                        How::UringLinked,
+                        &mut local,
+                        &mut coop,
+                        &mut defer,
+                        &f,
+                        &buf,
+                        at,
+                    )?;
                 } else {
                     one(*how, &mut ring, &mut coop, &mut defer, &f, &buf, at)?;
                 }
