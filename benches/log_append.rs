@@ -112,6 +112,32 @@ const SATURATED_BASELINE_PER_SEC: f64 = 4000.0;
 /// Compacts the log behind the appends, like a node that snapshots regularly: whenever the log
 /// has more than [`KEEP_SEGMENTS`] segments, everything before the newest `KEEP_SEGMENTS` is
 /// compacted (through the writer, so it is ordered with the appends). Stops when dropped.
+/// Where to compact `log` so that its newest `KEEP_SEGMENTS` segments remain: the index before
+/// the first kept segment's base, or `None` while there are no more than that.
+fn compaction_target(log: &RaftLog) -> Option<LogIndex> {
+    let paths = log.segment_paths();
+    let keep_from = paths.len().checked_sub(KEEP_SEGMENTS).filter(|&i| i > 0)?;
+    paths[keep_from]
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_segment_file_name)
+        .map(LogIndex::prev)
+}
+
+/// Opens (or reopens) the log of one measurement in `root/label`, once its next segment is
+/// prepared and the disk has settled.
+fn open_bench_log(root: &Path, label: &str) -> Result<(PathBuf, RaftLog), String> {
+    let dir = root.join(label);
+    let config = LogConfig {
+        segment_size_bytes: SEGMENT_BYTES,
+        ..LogConfig::new(&dir)
+    };
+    let log = RaftLog::open(config).map_err(|e| format!("open: {e}"))?;
+    wait_for_preparation(&dir);
+    settle();
+    Ok((dir, log))
+}
+
 struct Compactor {
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<Result<u64, String>>>,
@@ -126,21 +152,9 @@ impl Compactor {
         let thread = std::thread::spawn(move || -> Result<u64, String> {
             let mut compactions = 0;
             while !thread_stop.load(Ordering::Relaxed) {
-                let upto = {
-                    let log = w.read();
-                    let paths = log.segment_paths();
-                    (paths.len() > KEEP_SEGMENTS)
-                        .then(|| {
-                            let keep_from = &paths[paths.len() - KEEP_SEGMENTS];
-                            keep_from
-                                .file_name()
-                                .and_then(|n| n.to_str())
-                                .and_then(parse_segment_file_name)
-                        })
-                        .flatten()
-                };
-                if let Some(base) = upto {
-                    w.compact_prefix(base.prev())
+                let upto = compaction_target(&w.read());
+                if let Some(upto) = upto {
+                    w.compact_prefix(upto)
                         .wait()
                         .map_err(|e| format!("compact: {e}"))?;
                     compactions += 1;
@@ -497,14 +511,7 @@ fn run_ours_node(
     use std::cell::{Cell, RefCell};
     use std::rc::Rc;
 
-    let dir = root.join(label);
-    let config = LogConfig {
-        segment_size_bytes: SEGMENT_BYTES,
-        ..LogConfig::new(&dir)
-    };
-    let log = RaftLog::open(config).map_err(|e| format!("open: {e}"))?;
-    wait_for_preparation(&dir);
-    settle();
+    let (dir, log) = open_bench_log(root, label)?;
     let state = RaftState::open(&dir).map_err(|e| format!("state file: {e}"))?;
     tokio_uring::start(async move {
         let next = Rc::new(Cell::new(log.last_index().next().0));
@@ -518,21 +525,10 @@ fn run_ours_node(
             let (log, stop) = (Rc::clone(&log), Rc::clone(&stop));
             tokio::task::spawn_local(async move {
                 while !stop.get() {
-                    let upto = {
-                        let log = log.borrow();
-                        let paths = log.segment_paths();
-                        (paths.len() > KEEP_SEGMENTS)
-                            .then(|| {
-                                paths[paths.len() - KEEP_SEGMENTS]
-                                    .file_name()
-                                    .and_then(|n| n.to_str())
-                                    .and_then(parse_segment_file_name)
-                            })
-                            .flatten()
-                    };
-                    if let Some(base) = upto {
+                    let upto = compaction_target(&log.borrow());
+                    if let Some(upto) = upto {
                         log.borrow_mut()
-                            .compact_prefix(base.prev())
+                            .compact_prefix(upto)
                             .map_err(|e| format!("compact: {e}"))?;
                     }
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -631,14 +627,7 @@ fn run_ours_async(
     use std::pin::Pin;
     use std::task::{Context, Poll, Waker};
 
-    let dir = root.join(label);
-    let config = LogConfig {
-        segment_size_bytes: SEGMENT_BYTES,
-        ..LogConfig::new(&dir)
-    };
-    let log = RaftLog::open(config).map_err(|e| format!("open: {e}"))?;
-    wait_for_preparation(&dir);
-    settle();
+    let (_, log) = open_bench_log(root, label)?;
     let writer = LogWriter::spawn(log).map_err(|e| format!("spawn writer: {e}"))?;
     let compactor = compact.then(|| Compactor::start(&writer));
     let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));

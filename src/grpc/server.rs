@@ -323,6 +323,36 @@ fn wrong_kind(expected: &str, got: &convert::WireMessage) -> Status {
     ))
 }
 
+/// The next message of a long-lived request stream: `Ok(None)` once the client closed its side or
+/// the server began shutting down (graceful shutdown would otherwise wait for the stream forever).
+async fn next_or_stop<T>(
+    requests: &mut tonic::Streaming<T>,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<T>, Status> {
+    tokio::select! {
+        m = requests.message() => m,
+        _ = stopping.wait_for(|stop| *stop) => Ok(None),
+    }
+}
+
+/// Sends the answer to each pending item of a stream, in order; an `Err` ends the stream after
+/// the answers before it. Stops early when the client is gone.
+async fn answer_in_order<I, M, A>(
+    mut pending: mpsc::Receiver<I>,
+    out: mpsc::Sender<Result<M, Status>>,
+    answer: impl Fn(I) -> A,
+) where
+    A: Future<Output = Result<M, Status>>,
+{
+    while let Some(item) = pending.recv().await {
+        let response = answer(item).await;
+        let last = response.is_err();
+        if out.send(response).await.is_err() || last {
+            return;
+        }
+    }
+}
+
 /// Requests of one AppendEntries stream that may wait for their answers at once; the stream stops
 /// reading (and HTTP/2 flow control holds the leader back) while this many are unanswered.
 const STREAM_PENDING_MAX: usize = 64;
@@ -349,15 +379,11 @@ impl RaftService {
         let mut stopping = self.stopping.clone();
         // The status the stream ends with, after the answers to the requests before it.
         let failure = loop {
-            let message = tokio::select! {
-                m = requests.message() => m,
-                // The server is shutting down: end the stream (the answers already due go out
-                // first); the leader opens a new one to wherever this node comes back.
-                _ = stopping.wait_for(|stop| *stop) => return,
-            };
-            let request = match message {
+            // At the end (the leader closed its side, or this server is shutting down and the
+            // leader will open a new stream to wherever this node comes back), the answers
+            // still pending go out first.
+            let request = match next_or_stop(&mut requests, &mut stopping).await {
                 Ok(Some(r)) => r,
-                // The leader closed its side: the answers still pending go out, then the end.
                 Ok(None) => return,
                 Err(status) => break status,
             };
@@ -390,11 +416,11 @@ impl RaftService {
     /// Sends the answers of one AppendEntries stream in request order.
     async fn stream_answers(
         local_id: NodeId,
-        mut pending: mpsc::Receiver<StreamItem>,
+        pending: mpsc::Receiver<StreamItem>,
         out: mpsc::Sender<Result<pb::AppendEntriesResponse, Status>>,
     ) {
-        while let Some(item) = pending.recv().await {
-            let response = match item {
+        answer_in_order(pending, out, |item| async move {
+            match item {
                 StreamItem::Asked { from, answer } => match answer.await {
                     Ok(envelope) => match convert::encode_envelope(envelope) {
                         convert::WireMessage::AppendEntriesResponse(m) => Ok(m),
@@ -403,12 +429,9 @@ impl RaftService {
                     Err(_) => Ok(convert::declined_append_entries_response(local_id, from)),
                 },
                 StreamItem::Fail(status) => Err(status),
-            };
-            let last = response.is_err();
-            if out.send(response).await.is_err() || last {
-                return;
             }
-        }
+        })
+        .await;
     }
 }
 
@@ -546,12 +569,7 @@ impl OperatorService {
     ) {
         let mut stopping = self.stopping.clone();
         let failure = loop {
-            let message = tokio::select! {
-                m = requests.message() => m,
-                // Shutdown: the answers already due go out, then the stream ends.
-                _ = stopping.wait_for(|stop| *stop) => return,
-            };
-            let request = match message {
+            let request = match next_or_stop(&mut requests, &mut stopping).await {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(status) => break status,
@@ -571,23 +589,20 @@ impl OperatorService {
 
     /// Sends the answers of one ProposeStream in request order.
     async fn stream_outcomes(
-        mut pending: mpsc::Receiver<ProposeItem>,
+        pending: mpsc::Receiver<ProposeItem>,
         out: mpsc::Sender<Result<pb::ProposeResponse, Status>>,
     ) {
-        while let Some(item) = pending.recv().await {
-            let response = match item {
+        answer_in_order(pending, out, |item| async move {
+            match item {
                 ProposeItem::Asked(answer) => match Self::finish_proposal(answer).await {
                     Ok(m) => Ok(m),
                     Err(status) => Ok(convert::encode_propose_refused(&status)),
                 },
                 ProposeItem::Refused(status) => Ok(convert::encode_propose_refused(&status)),
                 ProposeItem::Fail(status) => Err(status),
-            };
-            let last = response.is_err();
-            if out.send(response).await.is_err() || last {
-                return;
             }
-        }
+        })
+        .await;
     }
 }
 
