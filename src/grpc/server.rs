@@ -323,16 +323,40 @@ fn wrong_kind(expected: &str, got: &convert::WireMessage) -> Status {
     ))
 }
 
-/// The next message of a long-lived request stream: `Ok(None)` once the client closed its side or
-/// the server began shutting down (graceful shutdown would otherwise wait for the stream forever).
-async fn next_or_stop<T>(
-    requests: &mut tonic::Streaming<T>,
-    stopping: &mut tokio::sync::watch::Receiver<bool>,
-) -> Result<Option<T>, Status> {
-    tokio::select! {
-        m = requests.message() => m,
-        _ = stopping.wait_for(|stop| *stop) => Ok(None),
-    }
+/// Reads a long-lived request stream and queues, in request order, the item each request's
+/// answer will come from (`take`), for [`answer_in_order`]. `take` failing ends the stream with
+/// its status, after the answers to the requests before it (`fail` makes that item). The reading
+/// stops without an error item when the client closes its side, when the answer side is gone,
+/// or when the server begins to shut down (graceful shutdown would otherwise wait for the stream
+/// forever); the answers already due still go out.
+async fn read_in_order<R, I, T>(
+    mut requests: tonic::Streaming<R>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    pending: mpsc::Sender<I>,
+    fail: fn(Status) -> I,
+    mut take: impl FnMut(R) -> T,
+) where
+    T: Future<Output = Result<I, Status>>,
+{
+    let failure = loop {
+        let message = tokio::select! {
+            m = requests.message() => m,
+            _ = stopping.wait_for(|stop| *stop) => Ok(None),
+        };
+        let request = match message {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(status) => break status,
+        };
+        let item = match take(request).await {
+            Ok(item) => item,
+            Err(status) => break status,
+        };
+        if pending.send(item).await.is_err() {
+            return;
+        }
+    };
+    let _ = pending.send(fail(failure)).await;
 }
 
 /// Sends the answer to each pending item of a stream, in order; an `Err` ends the stream after
@@ -370,47 +394,32 @@ enum StreamItem {
 
 impl RaftService {
     /// Reads the requests of one AppendEntries stream, hands each to the node, and queues the
-    /// pending answers in order for [`RaftService::stream_answers`].
+    /// pending answers in order for [`RaftService::stream_answers`]. When the stream ends (the
+    /// leader closed its side, or this server is shutting down and the leader will open a new
+    /// one to wherever this node comes back), the answers still pending go out first.
     async fn stream_requests(
         self,
-        mut requests: tonic::Streaming<pb::AppendEntriesRequest>,
+        requests: tonic::Streaming<pb::AppendEntriesRequest>,
         pending: mpsc::Sender<StreamItem>,
     ) {
-        let mut stopping = self.stopping.clone();
-        // The status the stream ends with, after the answers to the requests before it.
-        let failure = loop {
-            // At the end (the leader closed its side, or this server is shutting down and the
-            // leader will open a new stream to wherever this node comes back), the answers
-            // still pending go out first.
-            let request = match next_or_stop(&mut requests, &mut stopping).await {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
-                Err(status) => break status,
-            };
-            let envelope = match self.decode_append(request) {
-                Ok(e) => e,
-                Err(status) => break status,
-            };
-            let from = envelope.from;
-            let (reply, answer) = oneshot::channel();
-            if self
-                .inbound
-                .send(Inbound::Request { envelope, reply })
-                .await
-                .is_err()
-            {
-                break Status::unavailable("node is shutting down");
-            }
-            if pending
-                .send(StreamItem::Asked { from, answer })
-                .await
-                .is_err()
-            {
-                // The response side is gone (the leader went away).
-                return;
-            }
-        };
-        let _ = pending.send(StreamItem::Fail(failure)).await;
+        let this = &self;
+        read_in_order(
+            requests,
+            self.stopping.clone(),
+            pending,
+            StreamItem::Fail,
+            |request| async move {
+                let envelope = this.decode_append(request)?;
+                let from = envelope.from;
+                let (reply, answer) = oneshot::channel();
+                this.inbound
+                    .send(Inbound::Request { envelope, reply })
+                    .await
+                    .map_err(|_| Status::unavailable("node is shutting down"))?;
+                Ok(StreamItem::Asked { from, answer })
+            },
+        )
+        .await;
     }
 
     /// Sends the answers of one AppendEntries stream in request order.
@@ -561,30 +570,29 @@ impl OperatorService {
     }
 
     /// Reads the proposals of one ProposeStream, hands each to the node, and queues the pending
-    /// answers in order for [`OperatorService::stream_outcomes`].
+    /// answers in order for [`OperatorService::stream_outcomes`]. A proposal the unary call would
+    /// refuse becomes a refusal answer; only a node that no longer takes proposals ends the
+    /// stream (UNAVAILABLE).
     async fn stream_proposals(
         self,
-        mut requests: tonic::Streaming<pb::ProposeRequest>,
+        requests: tonic::Streaming<pb::ProposeRequest>,
         pending: mpsc::Sender<ProposeItem>,
     ) {
-        let mut stopping = self.stopping.clone();
-        let failure = loop {
-            let request = match next_or_stop(&mut requests, &mut stopping).await {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
-                Err(status) => break status,
-            };
-            let item = match self.start_proposal(request.payload).await {
-                Ok(answer) => ProposeItem::Asked(answer),
-                Err(status) if status.code() == tonic::Code::Unavailable => break status,
-                Err(status) => ProposeItem::Refused(status),
-            };
-            if pending.send(item).await.is_err() {
-                // The response side is gone (the client went away).
-                return;
-            }
-        };
-        let _ = pending.send(ProposeItem::Fail(failure)).await;
+        let this = &self;
+        read_in_order(
+            requests,
+            self.stopping.clone(),
+            pending,
+            ProposeItem::Fail,
+            |request| async move {
+                match this.start_proposal(request.payload).await {
+                    Ok(answer) => Ok(ProposeItem::Asked(answer)),
+                    Err(status) if status.code() == tonic::Code::Unavailable => Err(status),
+                    Err(status) => Ok(ProposeItem::Refused(status)),
+                }
+            },
+        )
+        .await;
     }
 
     /// Sends the answers of one ProposeStream in request order.
