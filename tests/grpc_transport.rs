@@ -21,6 +21,16 @@ use tokio::sync::{mpsc, oneshot};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Runs a test's body inside `tokio_uring::start`, as the node runs, failing it after
+/// `TEST_TIMEOUT` instead of hanging.
+fn within_test_timeout(body: impl std::future::Future<Output = ()>) {
+    tokio_uring::start(async {
+        tokio::time::timeout(TEST_TIMEOUT, body)
+            .await
+            .expect("test finished within its timeout");
+    });
+}
+
 /// A running server with its inbound queue and a way to stop it.
 struct Endpoint {
     addr: SocketAddr,
@@ -227,273 +237,269 @@ fn exchange_votes_and_appends(stream: bool) {
         stream_append_entries: stream,
         ..fast_peers()
     };
-    tokio_uring::start(async {
-        tokio::time::timeout(TEST_TIMEOUT, async {
-            let mut one = Endpoint::start(1);
-            let mut two = Endpoint::start(2);
-            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
-            let (resp2_tx, mut resp2) = mpsc::unbounded_channel();
-            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
-            let r2 = responder(2, two.inbound_rx.take().expect("rx"), resp2_tx);
-            let peers1 = Peers::start(
-                NodeId(1),
-                &[(NodeId(2), two.addr)],
-                peer_config.clone(),
-                one.inbound_tx.clone(),
-            )
-            .expect("peers of 1");
-            let peers2 = Peers::start(
-                NodeId(2),
-                &[(NodeId(1), one.addr)],
-                peer_config.clone(),
-                two.inbound_tx.clone(),
-            )
-            .expect("peers of 2");
+    within_test_timeout(async {
+        let mut one = Endpoint::start(1);
+        let mut two = Endpoint::start(2);
+        let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+        let (resp2_tx, mut resp2) = mpsc::unbounded_channel();
+        let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+        let r2 = responder(2, two.inbound_rx.take().expect("rx"), resp2_tx);
+        let peers1 = Peers::start(
+            NodeId(1),
+            &[(NodeId(2), two.addr)],
+            peer_config.clone(),
+            one.inbound_tx.clone(),
+        )
+        .expect("peers of 1");
+        let peers2 = Peers::start(
+            NodeId(2),
+            &[(NodeId(1), one.addr)],
+            peer_config.clone(),
+            two.inbound_tx.clone(),
+        )
+        .expect("peers of 2");
 
-            // 1 -> 2 RequestVote; the response comes back to node 1's event loop.
-            peers1.send(vote(1, 2, 5)).expect("queued");
-            let got = next_response(&mut resp1).await;
-            assert_eq!(
-                got,
-                Envelope {
-                    from: NodeId(2),
-                    to: NodeId(1),
-                    msg: Message::RequestVoteResponse(RequestVoteResponse {
-                        term: Term(5),
-                        vote_granted: true,
-                        pre_vote: false,
-                    }),
-                }
-            );
-
-            // 2 -> 1 AppendEntries with entries (NoOp + Normal payloads) and the ack back.
-            peers2.send(append(2, 1, 6, 10, 4)).expect("queued");
-            let got = next_response(&mut resp2).await;
-            assert_eq!(got.from, NodeId(1));
-            assert_eq!(got.to, NodeId(2));
-            match got.msg {
-                Message::AppendEntriesResponse(m) => {
-                    assert!(m.success);
-                    assert_eq!(m.last_log_index, LogIndex(14));
-                    assert_eq!(m.term, Term(6));
-                }
-                other => panic!("expected an AppendEntriesResponse, got {other:?}"),
-            }
-
-            // A request the "core" declines: no response reaches node 1, the peer counts it.
-            peers1.send(append(1, 2, 0, 0, 0)).expect("queued");
-            // Then a normal one, which must still get through on the same connection.
-            peers1.send(vote(1, 2, 7)).expect("queued");
-            let got = next_response(&mut resp1).await;
-            assert_eq!(got.msg.term(), Term(7));
-            let stats = peers1.stats(NodeId(2)).expect("peer 2");
-            assert_eq!(stats.declined, 1, "{stats:?}");
-            assert_eq!(stats.delivered, 2, "{stats:?}");
-            assert_eq!(stats.failed, 0, "{stats:?}");
-
-            // Responses cannot be sent on their own, and unknown peers are refused.
-            let resp = Envelope {
-                from: NodeId(1),
-                to: NodeId(2),
+        // 1 -> 2 RequestVote; the response comes back to node 1's event loop.
+        peers1.send(vote(1, 2, 5)).expect("queued");
+        let got = next_response(&mut resp1).await;
+        assert_eq!(
+            got,
+            Envelope {
+                from: NodeId(2),
+                to: NodeId(1),
                 msg: Message::RequestVoteResponse(RequestVoteResponse {
-                    term: Term(1),
-                    vote_granted: false,
+                    term: Term(5),
+                    vote_granted: true,
                     pre_vote: false,
                 }),
-            };
-            assert!(peers1.send(resp).is_err());
-            assert_eq!(
-                peers1.send(vote(1, 9, 1)),
-                Err(grpc::SendError::UnknownPeer(NodeId(9)))
-            );
+            }
+        );
 
-            // The operator service, through a plain client.
-            let mut op =
-                pb::operator_client::OperatorClient::connect(format!("http://{}", one.addr))
-                    .await
-                    .expect("operator connects");
-            let answer = op
-                .propose(pb::ProposeRequest {
-                    payload: vec![1; 33],
-                })
-                .await
-                .expect("propose answered")
-                .into_inner();
-            assert_eq!(
-                grpc::convert::decode_propose_outcome(answer),
-                Ok(grpc::ProposeOutcome::Committed {
-                    index: LogIndex(33),
-                    term: Term(1)
-                })
-            );
-            let err = op
-                .propose(pb::ProposeRequest {
-                    payload: vec![1; 99],
-                })
-                .await
-                .expect_err("an overloaded node refuses");
-            assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-            assert!(err.message().contains("7 proposals"), "{}", err.message());
-            let status = op
-                .status(pb::StatusRequest {})
-                .await
-                .expect("status answered")
-                .into_inner();
-            let status = grpc::convert::decode_status(status).expect("valid status");
-            assert_eq!(status.node_id, NodeId(1));
+        // 2 -> 1 AppendEntries with entries (NoOp + Normal payloads) and the ack back.
+        peers2.send(append(2, 1, 6, 10, 4)).expect("queued");
+        let got = next_response(&mut resp2).await;
+        assert_eq!(got.from, NodeId(1));
+        assert_eq!(got.to, NodeId(2));
+        match got.msg {
+            Message::AppendEntriesResponse(m) => {
+                assert!(m.success);
+                assert_eq!(m.last_log_index, LogIndex(14));
+                assert_eq!(m.term, Term(6));
+            }
+            other => panic!("expected an AppendEntriesResponse, got {other:?}"),
+        }
 
-            drop(peers1);
-            drop(peers2);
-            drop(op);
-            one.stop().await;
-            two.stop().await;
-            r1.abort();
-            r2.abort();
-        })
-        .await
-        .expect("test finished within its timeout");
+        // A request the "core" declines: no response reaches node 1, the peer counts it.
+        peers1.send(append(1, 2, 0, 0, 0)).expect("queued");
+        // Then a normal one, which must still get through on the same connection.
+        peers1.send(vote(1, 2, 7)).expect("queued");
+        let got = next_response(&mut resp1).await;
+        assert_eq!(got.msg.term(), Term(7));
+        let stats = peers1.stats(NodeId(2)).expect("peer 2");
+        assert_eq!(stats.declined, 1, "{stats:?}");
+        assert_eq!(stats.delivered, 2, "{stats:?}");
+        assert_eq!(stats.failed, 0, "{stats:?}");
+
+        // Responses cannot be sent on their own, and unknown peers are refused.
+        let resp = Envelope {
+            from: NodeId(1),
+            to: NodeId(2),
+            msg: Message::RequestVoteResponse(RequestVoteResponse {
+                term: Term(1),
+                vote_granted: false,
+                pre_vote: false,
+            }),
+        };
+        assert!(peers1.send(resp).is_err());
+        assert_eq!(
+            peers1.send(vote(1, 9, 1)),
+            Err(grpc::SendError::UnknownPeer(NodeId(9)))
+        );
+
+        // The operator service, through a plain client.
+        let mut op = pb::operator_client::OperatorClient::connect(format!("http://{}", one.addr))
+            .await
+            .expect("operator connects");
+        let answer = op
+            .propose(pb::ProposeRequest {
+                payload: vec![1; 33],
+            })
+            .await
+            .expect("propose answered")
+            .into_inner();
+        assert_eq!(
+            grpc::convert::decode_propose_outcome(answer),
+            Ok(grpc::ProposeOutcome::Committed {
+                index: LogIndex(33),
+                term: Term(1)
+            })
+        );
+        let err = op
+            .propose(pb::ProposeRequest {
+                payload: vec![1; 99],
+            })
+            .await
+            .expect_err("an overloaded node refuses");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("7 proposals"), "{}", err.message());
+        let status = op
+            .status(pb::StatusRequest {})
+            .await
+            .expect("status answered")
+            .into_inner();
+        let status = grpc::convert::decode_status(status).expect("valid status");
+        assert_eq!(status.node_id, NodeId(1));
+
+        drop(peers1);
+        drop(peers2);
+        drop(op);
+        one.stop().await;
+        two.stop().await;
+        r1.abort();
+        r2.abort();
     });
 }
 
 #[test]
 fn malformed_and_misrouted_requests_are_refused_with_status_codes() {
-    tokio_uring::start(async {
-        tokio::time::timeout(TEST_TIMEOUT, async {
-            let mut one = Endpoint::start(1);
-            let (resp_tx, _resp) = mpsc::unbounded_channel();
-            let r = responder(1, one.inbound_rx.take().expect("rx"), resp_tx);
-            let mut client = pb::raft_client::RaftClient::connect(format!("http://{}", one.addr))
-                .await
-                .expect("connects");
+    within_test_timeout(async {
+        let mut one = Endpoint::start(1);
+        let (resp_tx, _resp) = mpsc::unbounded_channel();
+        let r = responder(1, one.inbound_rx.take().expect("rx"), resp_tx);
+        let mut client = pb::raft_client::RaftClient::connect(format!("http://{}", one.addr))
+            .await
+            .expect("connects");
 
-            // No route: INVALID_ARGUMENT naming the field.
-            let err = client
-                .request_vote(pb::RequestVoteRequest::default())
-                .await
-                .expect_err("missing route is refused");
-            assert_eq!(err.code(), tonic::Code::InvalidArgument);
-            assert!(err.message().contains("route"), "{}", err.message());
+        // No route: INVALID_ARGUMENT naming the field.
+        let err = client
+            .request_vote(pb::RequestVoteRequest::default())
+            .await
+            .expect_err("missing route is refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("route"), "{}", err.message());
 
-            // Unknown entry type: INVALID_ARGUMENT.
-            let err = client
-                .append_entries(pb::AppendEntriesRequest {
-                    route: Some(pb::Route { from: 2, to: 1 }),
+        // Unknown entry type: INVALID_ARGUMENT.
+        let err = client
+            .append_entries(pb::AppendEntriesRequest {
+                route: Some(pb::Route { from: 2, to: 1 }),
+                term: 1,
+                leader_id: 2,
+                entries: vec![pb::LogEntry {
                     term: 1,
-                    leader_id: 2,
-                    entries: vec![pb::LogEntry {
-                        term: 1,
-                        index: 1,
-                        entry_type: 42,
-                        payload: vec![],
-                    }],
-                    ..Default::default()
-                })
-                .await
-                .expect_err("unknown entry type is refused");
-            assert_eq!(err.code(), tonic::Code::InvalidArgument);
-            assert!(err.message().contains("entry_type"), "{}", err.message());
+                    index: 1,
+                    entry_type: 42,
+                    payload: vec![],
+                }],
+                ..Default::default()
+            })
+            .await
+            .expect_err("unknown entry type is refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("entry_type"), "{}", err.message());
 
-            // Routed to another node id: FAILED_PRECONDITION.
-            let err = client
-                .request_vote(pb::RequestVoteRequest {
-                    route: Some(pb::Route { from: 2, to: 3 }),
-                    ..Default::default()
-                })
-                .await
-                .expect_err("misrouted request is refused");
-            assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        // Routed to another node id: FAILED_PRECONDITION.
+        let err = client
+            .request_vote(pb::RequestVoteRequest {
+                route: Some(pb::Route { from: 2, to: 3 }),
+                ..Default::default()
+            })
+            .await
+            .expect_err("misrouted request is refused");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
 
-            drop(client);
-            one.stop().await;
-            r.abort();
-        })
-        .await
-        .expect("test finished within its timeout");
+        drop(client);
+        one.stop().await;
+        r.abort();
     });
 }
 
 #[test]
 fn a_down_peer_does_not_block_sends_to_the_others() {
-    tokio_uring::start(async {
-        tokio::time::timeout(TEST_TIMEOUT, async {
-            let mut one = Endpoint::start(1);
-            let mut two = Endpoint::start(2);
-            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
-            let (resp2_tx, _resp2) = mpsc::unbounded_channel();
-            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
-            let r2 = responder(2, two.inbound_rx.take().expect("rx"), resp2_tx);
+    within_test_timeout(async {
+        let mut one = Endpoint::start(1);
+        let mut two = Endpoint::start(2);
+        let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+        let (resp2_tx, _resp2) = mpsc::unbounded_channel();
+        let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+        let r2 = responder(2, two.inbound_rx.take().expect("rx"), resp2_tx);
 
-            // Peer 3: nothing listens (connection refused). Peer 4: a socket that completes the
-            // TCP handshake (kernel backlog) but never speaks HTTP/2 (a hung process).
-            let refused = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                l.local_addr().expect("addr")
-            };
-            let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let config = PeerConfig {
-                queue_capacity: 16,
-                inflight_rpcs_max: 4,
-                ..fast_peers()
-            };
-            let peers = Peers::start(
-                NodeId(1),
-                &[
-                    (NodeId(2), two.addr),
-                    (NodeId(3), refused),
-                    (NodeId(4), black_hole.local_addr().expect("addr")),
-                ],
-                config,
-                one.inbound_tx.clone(),
-            )
-            .expect("peers");
+        // Peer 3: nothing listens (connection refused). Peer 4: a socket that completes the
+        // TCP handshake (kernel backlog) but never speaks HTTP/2 (a hung process).
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let config = PeerConfig {
+            queue_capacity: 16,
+            inflight_rpcs_max: 4,
+            ..fast_peers()
+        };
+        let peers = Peers::start(
+            NodeId(1),
+            &[
+                (NodeId(2), two.addr),
+                (NodeId(3), refused),
+                (NodeId(4), black_hole.local_addr().expect("addr")),
+            ],
+            config,
+            one.inbound_tx.clone(),
+        )
+        .expect("peers");
 
-            // A leader's rhythm: each round sends to every peer, then waits for the live peer's
-            // answer before the next round. The dead peers must not slow the rounds down.
-            const ROUNDS: u64 = 200;
-            let started = Instant::now();
-            let mut send_time = Duration::ZERO;
-            for round in 0..ROUNDS {
-                let t = Instant::now();
-                for to in [2, 3, 4] {
-                    peers.send(vote(1, to, round + 1)).expect("queued");
-                }
-                send_time += t.elapsed();
-                let e = next_response(&mut resp1).await;
-                assert_eq!(e.from, NodeId(2), "only peer 2 can answer: {e:?}");
-                assert_eq!(e.msg.term(), Term(round + 1), "answers arrive in order");
+        // A leader's rhythm: each round sends to every peer, then waits for the live peer's
+        // answer before the next round. The dead peers must not slow the rounds down.
+        const ROUNDS: u64 = 200;
+        let started = Instant::now();
+        let mut send_time = Duration::ZERO;
+        for round in 0..ROUNDS {
+            let t = Instant::now();
+            for to in [2, 3, 4] {
+                peers.send(vote(1, to, round + 1)).expect("queued");
             }
-            let elapsed = started.elapsed();
-            let s2 = peers.stats(NodeId(2)).expect("2");
-            let s3 = peers.stats(NodeId(3)).expect("3");
-            let s4 = peers.stats(NodeId(4)).expect("4");
-            eprintln!(
-                "600 sends took {send_time:?} in total; {ROUNDS} rounds with peer 2 took {elapsed:?}; \
-                 peer 2 {s2:?}; peer 3 {s3:?}; peer 4 {s4:?}"
-            );
-            // send() never waits for the network: 600 calls are pure queue pushes.
-            assert!(send_time < Duration::from_millis(200), "sends took {send_time:?}");
-            assert!(elapsed < Duration::from_secs(10), "peer 2 took {elapsed:?}");
-            assert_eq!(s2.dropped, 0, "the live peer lost messages: {s2:?}");
-            // The dead peers' queues stay bounded and drop their oldest messages.
-            for s in [s3, s4] {
-                assert!(s.queue_len <= 16, "{s:?}");
-                assert!(s.dropped > 0, "{s:?}");
-                assert_eq!(s.delivered, 0, "{s:?}");
-            }
-            assert!(s3.failed > 0, "connection refused must count as failures: {s3:?}");
-            // The refused peer backs off: with a 5..50 ms backoff it cannot have tried more than
-            // a few dozen times in this test, far fewer than the 200 messages queued for it.
-            assert!(s3.failed < ROUNDS, "no backoff toward the refused peer: {s3:?}");
+            send_time += t.elapsed();
+            let e = next_response(&mut resp1).await;
+            assert_eq!(e.from, NodeId(2), "only peer 2 can answer: {e:?}");
+            assert_eq!(e.msg.term(), Term(round + 1), "answers arrive in order");
+        }
+        let elapsed = started.elapsed();
+        let s2 = peers.stats(NodeId(2)).expect("2");
+        let s3 = peers.stats(NodeId(3)).expect("3");
+        let s4 = peers.stats(NodeId(4)).expect("4");
+        eprintln!(
+            "600 sends took {send_time:?} in total; {ROUNDS} rounds with peer 2 took {elapsed:?}; \
+             peer 2 {s2:?}; peer 3 {s3:?}; peer 4 {s4:?}"
+        );
+        // send() never waits for the network: 600 calls are pure queue pushes.
+        assert!(
+            send_time < Duration::from_millis(200),
+            "sends took {send_time:?}"
+        );
+        assert!(elapsed < Duration::from_secs(10), "peer 2 took {elapsed:?}");
+        assert_eq!(s2.dropped, 0, "the live peer lost messages: {s2:?}");
+        // The dead peers' queues stay bounded and drop their oldest messages.
+        for s in [s3, s4] {
+            assert!(s.queue_len <= 16, "{s:?}");
+            assert!(s.dropped > 0, "{s:?}");
+            assert_eq!(s.delivered, 0, "{s:?}");
+        }
+        assert!(
+            s3.failed > 0,
+            "connection refused must count as failures: {s3:?}"
+        );
+        // The refused peer backs off: with a 5..50 ms backoff it cannot have tried more than
+        // a few dozen times in this test, far fewer than the 200 messages queued for it.
+        assert!(
+            s3.failed < ROUNDS,
+            "no backoff toward the refused peer: {s3:?}"
+        );
 
-            drop(peers);
-            drop(black_hole);
-            one.stop().await;
-            two.stop().await;
-            r1.abort();
-            r2.abort();
-        })
-        .await
-        .expect("test finished within its timeout");
+        drop(peers);
+        drop(black_hole);
+        one.stop().await;
+        two.stop().await;
+        r1.abort();
+        r2.abort();
     });
 }
 
@@ -519,78 +525,74 @@ async fn until_answered(
 
 #[test]
 fn a_peer_that_comes_back_is_reached_again_after_backoff() {
-    tokio_uring::start(async {
-        tokio::time::timeout(TEST_TIMEOUT, async {
-            let mut one = Endpoint::start(1);
-            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
-            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
-            // Reserve a port for node 2, which is down at first.
-            let addr_2 = {
-                let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-                l.local_addr().expect("addr")
-            };
-            let peers = Peers::start(
-                NodeId(1),
-                &[(NodeId(2), addr_2)],
-                fast_peers(),
-                one.inbound_tx.clone(),
-            )
-            .expect("peers");
-            let mut term = 0;
-            for _ in 0..5 {
-                term += 1;
-                peers.send(vote(1, 2, term)).expect("queued");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let down = peers.stats(NodeId(2)).expect("2");
-            assert!(down.failed > 0 && down.delivered == 0, "{down:?}");
+    within_test_timeout(async {
+        let mut one = Endpoint::start(1);
+        let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+        let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+        // Reserve a port for node 2, which is down at first.
+        let addr_2 = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let peers = Peers::start(
+            NodeId(1),
+            &[(NodeId(2), addr_2)],
+            fast_peers(),
+            one.inbound_tx.clone(),
+        )
+        .expect("peers");
+        let mut term = 0;
+        for _ in 0..5 {
+            term += 1;
+            peers.send(vote(1, 2, term)).expect("queued");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let down = peers.stats(NodeId(2)).expect("2");
+        assert!(down.failed > 0 && down.delivered == 0, "{down:?}");
 
-            // Node 2 starts: the same channel connects after at most one backoff period.
-            let mut two = Endpoint::start_at(2, addr_2);
-            let r2 = responder(
-                2,
-                two.inbound_rx.take().expect("rx"),
-                mpsc::unbounded_channel().0,
-            );
-            let first = until_answered(&peers, &mut resp1, &mut term).await;
+        // Node 2 starts: the same channel connects after at most one backoff period.
+        let mut two = Endpoint::start_at(2, addr_2);
+        let r2 = responder(
+            2,
+            two.inbound_rx.take().expect("rx"),
+            mpsc::unbounded_channel().0,
+        );
+        let first = until_answered(&peers, &mut resp1, &mut term).await;
 
-            // Node 2 stops (its connection breaks) and comes back on the same address.
-            two.stop().await;
-            r2.abort();
-            for _ in 0..3 {
-                term += 1;
-                peers.send(vote(1, 2, term)).expect("queued");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let failed_before = peers.stats(NodeId(2)).expect("2").failed;
-            assert!(
-                failed_before > down.failed,
-                "sends to the stopped peer must fail"
-            );
-            let mut two = Endpoint::start_at(2, addr_2);
-            let r2 = responder(
-                2,
-                two.inbound_rx.take().expect("rx"),
-                mpsc::unbounded_channel().0,
-            );
-            let second = until_answered(&peers, &mut resp1, &mut term).await;
-            eprintln!(
-                "reached again {first:?} after the first start and {second:?} after the restart; \
-                 {:?}",
-                peers.stats(NodeId(2))
-            );
-            // The backoff is capped at 50 ms here; a second is far beyond any backoff step.
-            assert!(first < Duration::from_secs(1), "{first:?}");
-            assert!(second < Duration::from_secs(1), "{second:?}");
+        // Node 2 stops (its connection breaks) and comes back on the same address.
+        two.stop().await;
+        r2.abort();
+        for _ in 0..3 {
+            term += 1;
+            peers.send(vote(1, 2, term)).expect("queued");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let failed_before = peers.stats(NodeId(2)).expect("2").failed;
+        assert!(
+            failed_before > down.failed,
+            "sends to the stopped peer must fail"
+        );
+        let mut two = Endpoint::start_at(2, addr_2);
+        let r2 = responder(
+            2,
+            two.inbound_rx.take().expect("rx"),
+            mpsc::unbounded_channel().0,
+        );
+        let second = until_answered(&peers, &mut resp1, &mut term).await;
+        eprintln!(
+            "reached again {first:?} after the first start and {second:?} after the restart; \
+             {:?}",
+            peers.stats(NodeId(2))
+        );
+        // The backoff is capped at 50 ms here; a second is far beyond any backoff step.
+        assert!(first < Duration::from_secs(1), "{first:?}");
+        assert!(second < Duration::from_secs(1), "{second:?}");
 
-            drop(peers);
-            two.stop().await;
-            one.stop().await;
-            r1.abort();
-            r2.abort();
-        })
-        .await
-        .expect("test finished within its timeout");
+        drop(peers);
+        two.stop().await;
+        one.stop().await;
+        r1.abort();
+        r2.abort();
     });
 }
 
@@ -625,76 +627,76 @@ async fn until_answered_with(
 /// in the queue for the next one (a heartbeat, 50 ms later in the node: 48 ms p90 commits).
 #[test]
 fn appends_on_the_stream_are_sent_and_answered_one_after_another() {
-    tokio_uring::start(async {
-        tokio::time::timeout(TEST_TIMEOUT, async {
-            let mut one = Endpoint::start(1);
-            let mut two = Endpoint::start(2);
-            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
-            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
-            let r2 = responder(2, two.inbound_rx.take().expect("rx"), mpsc::unbounded_channel().0);
-            let peers = Peers::start(
-                NodeId(1),
-                &[(NodeId(2), two.addr)],
-                fast_peers(),
-                one.inbound_tx.clone(),
-            )
-            .expect("peers");
-            let mut prev = 0;
-            for round in 0..50u64 {
-                if round == 25 {
-                    // A declined request on the stream: counted, answered by nothing, and the
-                    // stream goes on.
-                    peers.send(append(1, 2, 0, 0, 0)).expect("queued");
-                }
-                peers.send(append(1, 2, 3, prev, 1)).expect("queued");
-                // The second half follows while the first is in flight (a pipelining leader).
-                tokio::task::yield_now().await;
-                peers.send(append(1, 2, 3, prev + 1, 1)).expect("queued");
-                let first = tokio::time::timeout(Duration::from_secs(2), resp1.recv())
-                    .await
-                    .unwrap_or_else(|_| {
-                        panic!(
-                            "append {round}a not answered within 2 s: {:?}",
-                            peers.stats(NodeId(2))
-                        )
-                    })
-                    .expect("responder running");
-                assert!(
-                    matches!(first.msg, Message::AppendEntriesResponse(ref m) if m.last_log_index == LogIndex(prev + 1)),
-                    "{first:?}"
-                );
-                let got = tokio::time::timeout(Duration::from_secs(2), resp1.recv())
-                    .await
-                    .unwrap_or_else(|_| {
-                        panic!(
-                            "append {round} not answered within 2 s: {:?}",
-                            peers.stats(NodeId(2))
-                        )
-                    })
-                    .expect("responder running");
-                match got.msg {
-                    Message::AppendEntriesResponse(m) => {
-                        assert!(m.success);
-                        assert_eq!(m.last_log_index, LogIndex(prev + 2), "answers in order");
-                    }
-                    other => panic!("expected an AppendEntriesResponse, got {other:?}"),
-                }
-                prev += 2;
+    within_test_timeout(async {
+        let mut one = Endpoint::start(1);
+        let mut two = Endpoint::start(2);
+        let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+        let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+        let r2 = responder(
+            2,
+            two.inbound_rx.take().expect("rx"),
+            mpsc::unbounded_channel().0,
+        );
+        let peers = Peers::start(
+            NodeId(1),
+            &[(NodeId(2), two.addr)],
+            fast_peers(),
+            one.inbound_tx.clone(),
+        )
+        .expect("peers");
+        let mut prev = 0;
+        for round in 0..50u64 {
+            if round == 25 {
+                // A declined request on the stream: counted, answered by nothing, and the
+                // stream goes on.
+                peers.send(append(1, 2, 0, 0, 0)).expect("queued");
             }
-            let stats = peers.stats(NodeId(2)).expect("peer 2");
-            assert_eq!(
-                (stats.delivered, stats.declined, stats.failed),
-                (100, 1, 0),
-                "{stats:?}"
+            peers.send(append(1, 2, 3, prev, 1)).expect("queued");
+            // The second half follows while the first is in flight (a pipelining leader).
+            tokio::task::yield_now().await;
+            peers.send(append(1, 2, 3, prev + 1, 1)).expect("queued");
+            let first = tokio::time::timeout(Duration::from_secs(2), resp1.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "append {round}a not answered within 2 s: {:?}",
+                        peers.stats(NodeId(2))
+                    )
+                })
+                .expect("responder running");
+            assert!(
+                matches!(first.msg, Message::AppendEntriesResponse(ref m) if m.last_log_index == LogIndex(prev + 1)),
+                "{first:?}"
             );
-            drop(peers);
-            one.stop().await;
-            two.stop().await;
-            r1.abort();
-            r2.abort();
-        })
-        .await
-        .expect("test finished within its timeout");
+            let got = tokio::time::timeout(Duration::from_secs(2), resp1.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "append {round} not answered within 2 s: {:?}",
+                        peers.stats(NodeId(2))
+                    )
+                })
+                .expect("responder running");
+            match got.msg {
+                Message::AppendEntriesResponse(m) => {
+                    assert!(m.success);
+                    assert_eq!(m.last_log_index, LogIndex(prev + 2), "answers in order");
+                }
+                other => panic!("expected an AppendEntriesResponse, got {other:?}"),
+            }
+            prev += 2;
+        }
+        let stats = peers.stats(NodeId(2)).expect("peer 2");
+        assert_eq!(
+            (stats.delivered, stats.declined, stats.failed),
+            (100, 1, 0),
+            "{stats:?}"
+        );
+        drop(peers);
+        one.stop().await;
+        two.stop().await;
+        r1.abort();
+        r2.abort();
     });
 }
 
@@ -703,56 +705,52 @@ fn appends_on_the_stream_are_sent_and_answered_one_after_another() {
 /// with a leader's stream open still shuts down (the stream ends when shutdown begins).
 #[test]
 fn an_append_stream_broken_by_a_restart_is_opened_again() {
-    tokio_uring::start(async {
-        tokio::time::timeout(TEST_TIMEOUT, async {
-            let mut one = Endpoint::start(1);
-            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
-            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
-            let mut two = Endpoint::start(2);
-            let addr_2 = two.addr;
-            let r2 = responder(
-                2,
-                two.inbound_rx.take().expect("rx"),
-                mpsc::unbounded_channel().0,
-            );
-            let peers = Peers::start(
-                NodeId(1),
-                &[(NodeId(2), addr_2)],
-                fast_peers(),
-                one.inbound_tx.clone(),
-            )
-            .expect("peers");
-            let mut term = 0;
-            let heartbeat = |t| append(1, 2, t, 0, 0);
-            let first = until_answered_with(&peers, &mut resp1, &mut term, heartbeat).await;
-            // The stream is open now; stopping the server must not wait for it.
-            two.stop().await;
-            r2.abort();
-            for _ in 0..3 {
-                term += 1;
-                peers.send(heartbeat(term)).expect("queued");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let failed = peers.stats(NodeId(2)).expect("2").failed;
-            assert!(failed > 0, "appends to the stopped peer must fail");
-            while resp1.try_recv().is_ok() {}
-            let mut two = Endpoint::start_at(2, addr_2);
-            let r2 = responder(
-                2,
-                two.inbound_rx.take().expect("rx"),
-                mpsc::unbounded_channel().0,
-            );
-            let second = until_answered_with(&peers, &mut resp1, &mut term, heartbeat).await;
-            eprintln!("answered {first:?} after start, {second:?} after the restart");
-            assert!(second < Duration::from_secs(1), "{second:?}");
-            drop(peers);
-            two.stop().await;
-            one.stop().await;
-            r1.abort();
-            r2.abort();
-        })
-        .await
-        .expect("test finished within its timeout");
+    within_test_timeout(async {
+        let mut one = Endpoint::start(1);
+        let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+        let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+        let mut two = Endpoint::start(2);
+        let addr_2 = two.addr;
+        let r2 = responder(
+            2,
+            two.inbound_rx.take().expect("rx"),
+            mpsc::unbounded_channel().0,
+        );
+        let peers = Peers::start(
+            NodeId(1),
+            &[(NodeId(2), addr_2)],
+            fast_peers(),
+            one.inbound_tx.clone(),
+        )
+        .expect("peers");
+        let mut term = 0;
+        let heartbeat = |t| append(1, 2, t, 0, 0);
+        let first = until_answered_with(&peers, &mut resp1, &mut term, heartbeat).await;
+        // The stream is open now; stopping the server must not wait for it.
+        two.stop().await;
+        r2.abort();
+        for _ in 0..3 {
+            term += 1;
+            peers.send(heartbeat(term)).expect("queued");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let failed = peers.stats(NodeId(2)).expect("2").failed;
+        assert!(failed > 0, "appends to the stopped peer must fail");
+        while resp1.try_recv().is_ok() {}
+        let mut two = Endpoint::start_at(2, addr_2);
+        let r2 = responder(
+            2,
+            two.inbound_rx.take().expect("rx"),
+            mpsc::unbounded_channel().0,
+        );
+        let second = until_answered_with(&peers, &mut resp1, &mut term, heartbeat).await;
+        eprintln!("answered {first:?} after start, {second:?} after the restart");
+        assert!(second < Duration::from_secs(1), "{second:?}");
+        drop(peers);
+        two.stop().await;
+        one.stop().await;
+        r1.abort();
+        r2.abort();
     });
 }
 
@@ -803,65 +801,61 @@ impl pb::raft_server::Raft for UnaryOnlyFollower {
 
 #[test]
 fn a_follower_without_the_stream_gets_unary_appends() {
-    tokio_uring::start(async {
-        tokio::time::timeout(TEST_TIMEOUT, async {
-            let mut one = Endpoint::start(1);
-            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
-            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let addr_2 = listener.local_addr().expect("addr");
-            let (stop, stopped) = oneshot::channel::<()>();
-            let server = tokio_uring::spawn(
-                tonic::transport::Server::builder()
-                    .add_service(pb::raft_server::RaftServer::new(UnaryOnlyFollower))
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        async move {
-                            let _ = stopped.await;
-                        },
-                    ),
-            );
-            let peers = Peers::start(
-                NodeId(1),
-                &[(NodeId(2), addr_2)],
-                fast_peers(),
-                one.inbound_tx.clone(),
-            )
-            .expect("peers");
-            let mut term = 0;
-            // The first append is lost on the refused stream; a retransmission (as Raft's
-            // heartbeat would send) goes unary and is answered.
-            until_answered_with(&peers, &mut resp1, &mut term, |t| append(1, 2, t, 0, 1)).await;
-            for prev in 1..20u64 {
-                peers.send(append(1, 2, 9, prev, 1)).expect("queued");
-                let got = next_response(&mut resp1).await;
-                assert_eq!(
-                    got.msg,
-                    Message::AppendEntriesResponse(AppendEntriesResponse {
-                        term: Term(9),
-                        success: true,
-                        last_log_index: LogIndex(prev + 1),
-                        conflict_term: None,
-                        conflict_index: None,
-                        read_seq: 0,
-                    })
-                );
-            }
-            let stats = peers.stats(NodeId(2)).expect("peer 2");
+    within_test_timeout(async {
+        let mut one = Endpoint::start(1);
+        let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+        let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr_2 = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio_uring::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_server::RaftServer::new(UnaryOnlyFollower))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stopped.await;
+                    },
+                ),
+        );
+        let peers = Peers::start(
+            NodeId(1),
+            &[(NodeId(2), addr_2)],
+            fast_peers(),
+            one.inbound_tx.clone(),
+        )
+        .expect("peers");
+        let mut term = 0;
+        // The first append is lost on the refused stream; a retransmission (as Raft's
+        // heartbeat would send) goes unary and is answered.
+        until_answered_with(&peers, &mut resp1, &mut term, |t| append(1, 2, t, 0, 1)).await;
+        for prev in 1..20u64 {
+            peers.send(append(1, 2, 9, prev, 1)).expect("queued");
+            let got = next_response(&mut resp1).await;
             assert_eq!(
-                stats.failed, 0,
-                "UNIMPLEMENTED is not a link failure: {stats:?}"
+                got.msg,
+                Message::AppendEntriesResponse(AppendEntriesResponse {
+                    term: Term(9),
+                    success: true,
+                    last_log_index: LogIndex(prev + 1),
+                    conflict_term: None,
+                    conflict_index: None,
+                    read_seq: 0,
+                })
             );
-            drop(peers);
-            let _ = stop.send(());
-            let _ = server.await;
-            one.stop().await;
-            r1.abort();
-        })
-        .await
-        .expect("test finished within its timeout");
+        }
+        let stats = peers.stats(NodeId(2)).expect("peer 2");
+        assert_eq!(
+            stats.failed, 0,
+            "UNIMPLEMENTED is not a link failure: {stats:?}"
+        );
+        drop(peers);
+        let _ = stop.send(());
+        let _ = server.await;
+        one.stop().await;
+        r1.abort();
     });
 }
 
@@ -926,61 +920,57 @@ async fn freezing_proxy(
 /// go unanswered and it closes the connection, ending the stream and its tasks, within seconds.
 #[test]
 fn a_follower_closes_a_silent_leaders_stream_after_its_keepalive_pings_go_unanswered() {
-    tokio_uring::start(async {
-        tokio::time::timeout(TEST_TIMEOUT, async {
-            let mut one = Endpoint::start(1);
-            let mut two = Endpoint::start(2);
-            let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
-            let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
-            let r2 = responder(
-                2,
-                two.inbound_rx.take().expect("rx"),
-                mpsc::unbounded_channel().0,
-            );
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind proxy");
-            let proxy_addr = listener.local_addr().expect("addr");
-            let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let (closed_tx, closed_rx) = oneshot::channel();
-            let proxy = tokio_uring::spawn(freezing_proxy(
-                listener,
-                two.addr,
-                std::sync::Arc::clone(&frozen),
-                closed_tx,
-            ));
-            let peers = Peers::start(
-                NodeId(1),
-                &[(NodeId(2), proxy_addr)],
-                fast_peers(),
-                one.inbound_tx.clone(),
-            )
-            .expect("peers");
-            // The stream is up and answers through the proxy.
-            peers.send(append(1, 2, 4, 0, 1)).expect("queued");
-            next_response(&mut resp1).await;
-            let cut = Instant::now();
-            frozen.store(true, std::sync::atomic::Ordering::Relaxed);
-            let closed_at = tokio::time::timeout(Duration::from_secs(10), closed_rx)
-                .await
-                .expect("the follower closed the silent connection within 10 s")
-                .expect("proxy running");
-            let after = closed_at.duration_since(cut);
-            eprintln!("the follower closed the connection {after:?} after the cut");
-            // Pings every 1 s, 2 s to answer: about 3 s; well under the 10 s bound above.
-            assert!(
-                after >= Duration::from_millis(1500),
-                "closed too early: {after:?}"
-            );
-            drop(peers);
-            proxy.abort();
-            one.stop().await;
-            two.stop().await;
-            r1.abort();
-            r2.abort();
-        })
-        .await
-        .expect("test finished within its timeout");
+    within_test_timeout(async {
+        let mut one = Endpoint::start(1);
+        let mut two = Endpoint::start(2);
+        let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+        let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+        let r2 = responder(
+            2,
+            two.inbound_rx.take().expect("rx"),
+            mpsc::unbounded_channel().0,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let proxy_addr = listener.local_addr().expect("addr");
+        let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (closed_tx, closed_rx) = oneshot::channel();
+        let proxy = tokio_uring::spawn(freezing_proxy(
+            listener,
+            two.addr,
+            std::sync::Arc::clone(&frozen),
+            closed_tx,
+        ));
+        let peers = Peers::start(
+            NodeId(1),
+            &[(NodeId(2), proxy_addr)],
+            fast_peers(),
+            one.inbound_tx.clone(),
+        )
+        .expect("peers");
+        // The stream is up and answers through the proxy.
+        peers.send(append(1, 2, 4, 0, 1)).expect("queued");
+        next_response(&mut resp1).await;
+        let cut = Instant::now();
+        frozen.store(true, std::sync::atomic::Ordering::Relaxed);
+        let closed_at = tokio::time::timeout(Duration::from_secs(10), closed_rx)
+            .await
+            .expect("the follower closed the silent connection within 10 s")
+            .expect("proxy running");
+        let after = closed_at.duration_since(cut);
+        eprintln!("the follower closed the connection {after:?} after the cut");
+        // Pings every 1 s, 2 s to answer: about 3 s; well under the 10 s bound above.
+        assert!(
+            after >= Duration::from_millis(1500),
+            "closed too early: {after:?}"
+        );
+        drop(peers);
+        proxy.abort();
+        one.stop().await;
+        two.stop().await;
+        r1.abort();
+        r2.abort();
     });
 }
 
@@ -991,106 +981,102 @@ fn a_follower_closes_a_silent_leaders_stream_after_its_keepalive_pings_go_unansw
 #[test]
 fn a_propose_stream_answers_in_order_and_ends_on_shutdown() {
     use rust_raft_log::grpc::{ProposeOutcome, ProposeRefused};
-    tokio_uring::start(async {
-        tokio::time::timeout(TEST_TIMEOUT, async {
-            let mut one = Endpoint::start(1);
-            let mut inbound = one.inbound_rx.take().expect("rx");
-            // Plays the event loop: proposal k (payload [k, tag]) commits at index 100 + k,
-            // except tag 1 (refused: overloaded) and tag 2 (reply dropped: outcome unknown).
-            // Commits are answered in reverse arrival order of each pair, so that in-order
-            // answers on the stream are the server's doing.
-            let core = tokio_uring::spawn(async move {
-                let mut held: Option<(u64, oneshot::Sender<_>)> = None;
-                while let Some(item) = inbound.recv().await {
-                    let Inbound::Propose { payload, reply } = item else {
-                        panic!("only proposals expected");
-                    };
-                    let k = u64::from(payload[0]);
-                    match payload[1] {
-                        1 => {
-                            let _ = reply.send(Err(ProposeRefused::Overloaded { pending: 7 }));
+    within_test_timeout(async {
+        let mut one = Endpoint::start(1);
+        let mut inbound = one.inbound_rx.take().expect("rx");
+        // Plays the event loop: proposal k (payload [k, tag]) commits at index 100 + k,
+        // except tag 1 (refused: overloaded) and tag 2 (reply dropped: outcome unknown).
+        // Commits are answered in reverse arrival order of each pair, so that in-order
+        // answers on the stream are the server's doing.
+        let core = tokio_uring::spawn(async move {
+            let mut held: Option<(u64, oneshot::Sender<_>)> = None;
+            while let Some(item) = inbound.recv().await {
+                let Inbound::Propose { payload, reply } = item else {
+                    panic!("only proposals expected");
+                };
+                let k = u64::from(payload[0]);
+                match payload[1] {
+                    1 => {
+                        let _ = reply.send(Err(ProposeRefused::Overloaded { pending: 7 }));
+                    }
+                    2 => drop(reply),
+                    _ => match held.take() {
+                        None => held = Some((k, reply)),
+                        Some((earlier, earlier_reply)) => {
+                            let commit = |k: u64| {
+                                Ok(ProposeOutcome::Committed {
+                                    index: LogIndex(100 + k),
+                                    term: Term(3),
+                                })
+                            };
+                            let _ = reply.send(commit(k));
+                            let _ = earlier_reply.send(commit(earlier));
                         }
-                        2 => drop(reply),
-                        _ => match held.take() {
-                            None => held = Some((k, reply)),
-                            Some((earlier, earlier_reply)) => {
-                                let commit = |k: u64| {
-                                    Ok(ProposeOutcome::Committed {
-                                        index: LogIndex(100 + k),
-                                        term: Term(3),
-                                    })
-                                };
-                                let _ = reply.send(commit(k));
-                                let _ = earlier_reply.send(commit(earlier));
-                            }
-                        },
-                    }
+                    },
                 }
-            });
-            let mut client =
-                pb::operator_client::OperatorClient::connect(format!("http://{}", one.addr))
-                    .await
-                    .expect("connect");
-            let (requests, requests_rx) = mpsc::channel(64);
-            let mut answers = client
-                .propose_stream(tokio_stream::wrappers::ReceiverStream::new(requests_rx))
+            }
+        });
+        let mut client =
+            pb::operator_client::OperatorClient::connect(format!("http://{}", one.addr))
                 .await
-                .expect("stream opened")
-                .into_inner();
-            // Tags: 0 commit, 1 overloaded, 2 unknown, 3 oversized.
-            let tags = [0u8, 0, 1, 0, 2, 3, 0, 0, 0];
-            for (k, tag) in tags.iter().enumerate() {
-                let mut payload = vec![k as u8, *tag];
-                if *tag == 3 {
-                    payload.resize(grpc::convert::ENTRY_PAYLOAD_BYTES_MAX + 1, 0);
-                }
-                requests
-                    .send(pb::ProposeRequest { payload })
-                    .await
-                    .expect("stream open");
+                .expect("connect");
+        let (requests, requests_rx) = mpsc::channel(64);
+        let mut answers = client
+            .propose_stream(tokio_stream::wrappers::ReceiverStream::new(requests_rx))
+            .await
+            .expect("stream opened")
+            .into_inner();
+        // Tags: 0 commit, 1 overloaded, 2 unknown, 3 oversized.
+        let tags = [0u8, 0, 1, 0, 2, 3, 0, 0, 0];
+        for (k, tag) in tags.iter().enumerate() {
+            let mut payload = vec![k as u8, *tag];
+            if *tag == 3 {
+                payload.resize(grpc::convert::ENTRY_PAYLOAD_BYTES_MAX + 1, 0);
             }
-            for (k, tag) in tags.iter().enumerate() {
-                let answer = answers
-                    .message()
-                    .await
-                    .expect("stream alive")
-                    .expect("one answer per proposal");
-                let got = grpc::convert::decode_propose_outcome(answer);
-                match (tag, got) {
-                    (0, Ok(ProposeOutcome::Committed { index, term })) => {
-                        assert_eq!(
-                            (index, term),
-                            (LogIndex(100 + k as u64), Term(3)),
-                            "proposal {k}: answers out of request order"
-                        );
-                    }
-                    (1, Err(grpc::ConvertError::Refused { code, message })) => {
-                        assert_eq!(code, tonic::Code::ResourceExhausted, "{message}");
-                        assert!(message.contains("7 proposals"), "{message}");
-                    }
-                    (2, Err(grpc::ConvertError::Refused { code, message })) => {
-                        assert_eq!(code, tonic::Code::Aborted, "{message}");
-                        assert!(message.contains("unknown"), "{message}");
-                    }
-                    (3, Err(grpc::ConvertError::Refused { code, message })) => {
-                        assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
-                        assert!(message.contains("above the limit"), "{message}");
-                    }
-                    (tag, got) => panic!("proposal {k} (tag {tag}): {got:?}"),
+            requests
+                .send(pb::ProposeRequest { payload })
+                .await
+                .expect("stream open");
+        }
+        for (k, tag) in tags.iter().enumerate() {
+            let answer = answers
+                .message()
+                .await
+                .expect("stream alive")
+                .expect("one answer per proposal");
+            let got = grpc::convert::decode_propose_outcome(answer);
+            match (tag, got) {
+                (0, Ok(ProposeOutcome::Committed { index, term })) => {
+                    assert_eq!(
+                        (index, term),
+                        (LogIndex(100 + k as u64), Term(3)),
+                        "proposal {k}: answers out of request order"
+                    );
                 }
+                (1, Err(grpc::ConvertError::Refused { code, message })) => {
+                    assert_eq!(code, tonic::Code::ResourceExhausted, "{message}");
+                    assert!(message.contains("7 proposals"), "{message}");
+                }
+                (2, Err(grpc::ConvertError::Refused { code, message })) => {
+                    assert_eq!(code, tonic::Code::Aborted, "{message}");
+                    assert!(message.contains("unknown"), "{message}");
+                }
+                (3, Err(grpc::ConvertError::Refused { code, message })) => {
+                    assert_eq!(code, tonic::Code::InvalidArgument, "{message}");
+                    assert!(message.contains("above the limit"), "{message}");
+                }
+                (tag, got) => panic!("proposal {k} (tag {tag}): {got:?}"),
             }
-            // The client keeps its side open; the server must still stop (Endpoint::stop bounds
-            // it at 5 s).
-            one.stop().await;
-            let end = answers.message().await;
-            assert!(
-                !matches!(end, Ok(Some(_))),
-                "no answer after the last one: {end:?}"
-            );
-            drop(requests);
-            core.await.expect("core task");
-        })
-        .await
-        .expect("test finished within its timeout");
+        }
+        // The client keeps its side open; the server must still stop (Endpoint::stop bounds
+        // it at 5 s).
+        one.stop().await;
+        let end = answers.message().await;
+        assert!(
+            !matches!(end, Ok(Some(_))),
+            "no answer after the last one: {end:?}"
+        );
+        drop(requests);
+        core.await.expect("core task");
     });
 }
