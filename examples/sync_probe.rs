@@ -83,6 +83,21 @@ async fn one_reactor(
     Ok(())
 }
 
+/// Submits `sqes` and waits for all their completions.
+///
+/// # Safety
+/// Every buffer an SQE references must stay alive until this returns.
+unsafe fn run_all(ring: &mut IoUring, sqes: &[squeue::Entry]) -> io::Result<()> {
+    {
+        let mut sq = ring.submission();
+        for sqe in sqes {
+            // SAFETY: the caller keeps the buffers alive; we wait for completions below.
+            unsafe { sq.push(sqe) }.map_err(|_| io::Error::other("sq full"))?;
+        }
+    }
+    wait_all(ring, sqes.len())
+}
+
 fn wait_all(ring: &mut IoUring, want: usize) -> io::Result<()> {
     let mut seen = 0;
     while seen < want {
@@ -135,39 +150,24 @@ fn one(
             let s = opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build();
-            // SAFETY: buf outlives the wait below.
-            unsafe {
-                let mut sq = r.submission();
-                sq.push(&w).map_err(|_| io::Error::other("sq full"))?;
-                sq.push(&s).map_err(|_| io::Error::other("sq full"))?;
-            }
-            wait_all(r, 2)
+            // SAFETY: buf outlives the call, which waits for both completions.
+            unsafe { run_all(r, &[w, s]) }
         }
         How::UringDsyncWrite => {
             let w = opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
                 .offset(at)
                 .rw_flags(libc::RWF_DSYNC)
                 .build();
-            // SAFETY: buf outlives the wait below.
-            unsafe {
-                ring.submission()
-                    .push(&w)
-                    .map_err(|_| io::Error::other("sq full"))?
-            };
-            wait_all(ring, 1)
+            // SAFETY: buf outlives the call, which waits for the completion.
+            unsafe { run_all(ring, &[w]) }
         }
         How::PwriteUringFsync => {
             f.write_all_at(buf, at)?;
             let s = opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build();
-            // SAFETY: no user memory.
-            unsafe {
-                ring.submission()
-                    .push(&s)
-                    .map_err(|_| io::Error::other("sq full"))?
-            };
-            wait_all(ring, 1)
+            // SAFETY: fsync references no user memory.
+            unsafe { run_all(ring, &[s]) }
         }
         How::PwriteFdatasync => {
             f.write_all_at(buf, at)?;
