@@ -5,7 +5,8 @@
 //! [`ClusterConfig::from_yaml`]:
 //! - node ids are unique and addresses (`ip_address:port`) are unique, ports are not 0;
 //! - `0 < heartbeat_interval < election_timeout_range.min <= election_timeout_range.max`;
-//! - `log_segment_size` lies in `[LOG_SEGMENT_SIZE_MIN, LOG_SEGMENT_SIZE_MAX]`;
+//! - `log_segment_size` is one the storage engine opens (`storage::format::check_segment_size`:
+//!   a multiple of 8 in [64 KiB, 4 GiB - 8 bytes]), checked by the same function the log uses;
 //! - every field name was known: a typo is an error, never a silent fall-back to a default.
 //!
 //! ```yaml
@@ -27,12 +28,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::storage::format::{check_segment_size, entry_payload_max_bytes};
 use crate::types::NodeId;
 
-/// The smallest segment the log accepts: room for the header and a useful number of entries.
-pub const LOG_SEGMENT_SIZE_MIN: u64 = 64 * 1024;
-/// The largest segment: a segment is mapped whole, and 4 GiB keeps offsets comfortably small.
-pub const LOG_SEGMENT_SIZE_MAX: u64 = 4 * 1024 * 1024 * 1024;
 /// Election timeouts above a minute are almost certainly a unit mistake (seconds vs milliseconds).
 pub const ELECTION_TIMEOUT_MS_MAX: u64 = 60_000;
 /// An upper bound on one replication message's entry count.
@@ -210,11 +208,8 @@ impl ClusterConfig {
         if s.log_directory.as_os_str().is_empty() {
             return invalid("cluster_settings.log_directory: must not be empty".into());
         }
-        if !(LOG_SEGMENT_SIZE_MIN..=LOG_SEGMENT_SIZE_MAX).contains(&s.log_segment_size) {
-            return invalid(format!(
-                "cluster_settings.log_segment_size: {} bytes is outside [{LOG_SEGMENT_SIZE_MIN}, {LOG_SEGMENT_SIZE_MAX}]",
-                s.log_segment_size
-            ));
+        if let Err(e) = check_segment_size(s.log_segment_size) {
+            return invalid(format!("cluster_settings.log_segment_size: {e}"));
         }
         if !(1..=MAX_ENTRIES_PER_QUERY_MAX).contains(&s.max_entries_per_query) {
             return invalid(format!(
@@ -268,6 +263,13 @@ impl ClusterConfig {
         self.cluster_settings
             .log_directory
             .join(format!("node_{id}"))
+    }
+
+    /// The largest payload one log entry may carry with this config's segment size
+    /// (`storage::format::entry_payload_max_bytes`): the node derives every request size limit
+    /// from it, so no client request can reach a durable write that must fail.
+    pub fn entry_payload_max_bytes(&self) -> usize {
+        entry_payload_max_bytes(self.cluster_settings.log_segment_size)
     }
 }
 
@@ -385,6 +387,24 @@ mod tests {
     fn segment_size_and_batch_limits_are_checked() {
         let m = invalid_message(&with_settings("  log_segment_size: 4096\n"));
         assert!(m.contains("log_segment_size"), "{m}");
+        // Sizes the log itself would refuse at open are refused here, by the same check: 4 GiB
+        // (offsets inside a segment are u32) and a size that is not a multiple of 8.
+        let m = invalid_message(&with_settings("  log_segment_size: 4294967296\n"));
+        assert!(
+            m.contains("log_segment_size") && m.contains("4294967296"),
+            "{m}"
+        );
+        let m = invalid_message(&with_settings("  log_segment_size: 1048577\n"));
+        assert!(
+            m.contains("log_segment_size") && m.contains("multiple of 8"),
+            "{m}"
+        );
+        let ok = ClusterConfig::from_yaml(&with_settings("  log_segment_size: 4294967288\n"))
+            .expect("the largest segment size is accepted");
+        assert!(ok.entry_payload_max_bytes() > 0);
+        let small = ClusterConfig::from_yaml(&with_settings("  log_segment_size: 1048576\n"))
+            .expect("1 MiB segments");
+        assert_eq!(small.entry_payload_max_bytes(), 1048576 - 64 - 40);
         let m = invalid_message(&with_settings("  max_entries_per_query: 0\n"));
         assert!(m.contains("max_entries_per_query"), "{m}");
     }

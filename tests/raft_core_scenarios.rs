@@ -835,6 +835,56 @@ fn proposals_off_the_leader_return_not_leader_with_a_hint() {
     assert_eq!((index, term), (LogIndex(2), Term(1)));
 }
 
+/// Issue 11, finding 1: a payload the log cannot store is refused by the core itself (nothing is
+/// appended, no AppendEntries leaves), and an AppendEntries that carries such an entry is dropped
+/// as malformed, so no input reaches a durable write that must fail.
+#[test]
+fn a_payload_above_the_entry_limit_is_refused_and_never_replicated() {
+    let small = |id| Config {
+        max_entry_payload_bytes: 100,
+        ..config(id, 3)
+    };
+    let mut net = Net::from_parts((1..=3).map(|id| (small(id), hs(0), MemStorage::default())));
+    net.campaign(1);
+    let last = net.node(1).last_index();
+    assert_eq!(
+        net.node_mut(1).propose(vec![0; 101]),
+        Err(ProposeError::TooLarge {
+            payload_bytes: 101,
+            max_bytes: 100
+        })
+    );
+    assert_eq!(net.node(1).last_index(), last, "nothing was appended");
+    let (index, _) = net.node_mut(1).propose(vec![0; 100]).expect("fits");
+    net.process(1);
+    net.deliver_all();
+    assert_eq!(net.log_of(2), net.log_of(1));
+    assert_eq!(net.node(2).last_index(), index);
+    // A (forged or misconfigured) leader's entry above the follower's limit is not stored.
+    let forged = Envelope {
+        from: NodeId(1),
+        to: NodeId(2),
+        msg: Message::AppendEntries(AppendEntries {
+            term: net.node(1).term(),
+            leader_id: NodeId(1),
+            prev_log_index: index,
+            prev_log_term: net.node(1).term(),
+            entries: vec![LogEntry {
+                payload: vec![0; 101],
+                ..entry(index.0 + 1, net.node(1).term().0)
+            }],
+            leader_commit: index,
+            read_seq: 0,
+        }),
+    };
+    net.step(forged);
+    assert_eq!(
+        net.node(2).last_index(),
+        index,
+        "the oversized entry was dropped"
+    );
+}
+
 #[test]
 fn a_follower_truncates_a_conflicting_suffix_and_the_driver_is_told() {
     // Node 2 holds an uncommitted term-2 tail at indexes 2..=4; leader 1 of term 3 overwrites it.

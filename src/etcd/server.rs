@@ -55,8 +55,6 @@ pub const FORWARDED_HEADER: &str = "x-raftlog-forwarded";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 /// The etcd API version this node speaks, reported by `Maintenance.Status`.
 pub const ETCD_VERSION: &str = "3.4.0";
-/// gRPC messages above this are refused by the transport (etcd: max request bytes + 512 KiB).
-pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 const NO_LEADER: &str = "etcdserver: no leader";
 const LEADER_CHANGED: &str = "etcdserver: leader changed";
@@ -126,7 +124,7 @@ impl EtcdApi {
         pb::maintenance_server::MaintenanceServer<MaintenanceService>,
         pb::cluster_server::ClusterServer<ClusterService>,
     ) {
-        let max = self.inner.limits.request_bytes_max + GRPC_OVERHEAD_BYTES;
+        let max = self.inner.limits.transport_bytes_max();
         (
             pb::kv_server::KvServer::new(KvService { api: self.clone() })
                 .max_decoding_message_size(max),
@@ -202,6 +200,7 @@ impl EtcdApi {
                 leader_address,
             }) => not_leader(leader, leader_address, forwarded),
             Err(CommandRefused::Overloaded { .. }) => Err(Status::unavailable(TOO_MANY_REQUESTS)),
+            Err(CommandRefused::TooLarge { .. }) => Err(kv::KvError::RequestTooLarge.to_status()),
         }
     }
 
@@ -271,7 +270,7 @@ impl EtcdApi {
     }
 
     fn kv_client(&self, addr: SocketAddr) -> Result<KvClient<Channel>, Status> {
-        let max = self.inner.limits.request_bytes_max + GRPC_OVERHEAD_BYTES;
+        let max = self.inner.limits.transport_bytes_max();
         Ok(KvClient::new(self.channel(addr)?)
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(max))

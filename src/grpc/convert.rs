@@ -24,9 +24,11 @@ use crate::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 
 /// The most entries one AppendEntries may carry (the config's `max_entries_per_query` bound).
 pub const ENTRIES_PER_MESSAGE_MAX: usize = crate::config::MAX_ENTRIES_PER_QUERY_MAX as usize;
-/// The largest payload of one entry. Matches the storage format's per-entry bound (16 MiB): an
-/// entry the log could not store is refused before it reaches the core.
-pub const ENTRY_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The largest payload of one entry by default: the storage format's per-entry bound (16 MiB). The
+/// node lowers [`Limits::entry_payload_bytes_max`] to what its segments hold
+/// (`ClusterConfig::entry_payload_max_bytes`), so an entry the log could not store is refused
+/// before it reaches the core.
+pub const ENTRY_PAYLOAD_BYTES_MAX: usize = crate::storage::format::ENTRY_PAYLOAD_MAX;
 /// The most payload bytes one AppendEntries may carry in total.
 pub const MESSAGE_PAYLOAD_BYTES_MAX: u64 = 64 * 1024 * 1024;
 

@@ -95,6 +95,12 @@ pub enum CommandRefused {
     },
     #[error("{pending} proposals are waiting to commit (the limit); retry later")]
     Overloaded { pending: usize },
+    /// The command is larger than one log entry may be (`ClusterConfig::entry_payload_max_bytes`).
+    #[error("a {payload_bytes}-byte command is above the limit of {max_bytes} bytes per entry")]
+    TooLarge {
+        payload_bytes: usize,
+        max_bytes: u64,
+    },
 }
 
 /// Permission to read the state machine: it has applied at least `applied_index`, and for a
@@ -128,6 +134,12 @@ pub enum ReadRefused {
 pub enum ProposeRefused {
     #[error("{pending} proposals are waiting to commit (the limit); retry later")]
     Overloaded { pending: usize },
+    /// The payload is larger than one log entry may be.
+    #[error("payload of {payload_bytes} bytes is above the limit of {max_bytes}")]
+    TooLarge {
+        payload_bytes: usize,
+        max_bytes: u64,
+    },
 }
 
 /// What the services need to know about the node they front.
@@ -565,6 +577,9 @@ impl OperatorService {
             }
             Err(refused @ ProposeRefused::Overloaded { .. }) => {
                 Err(Status::resource_exhausted(refused.to_string()))
+            }
+            Err(refused @ ProposeRefused::TooLarge { .. }) => {
+                Err(Status::invalid_argument(refused.to_string()))
             }
         }
     }

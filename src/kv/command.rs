@@ -50,6 +50,9 @@ pub enum Applied {
     Compact(CompactionResponse),
 }
 
+/// Bytes a command adds to the encoded request it carries (the kind byte).
+pub const COMMAND_FRAMING_BYTES: usize = 1;
+
 /// The log entry payload for a put, delete range, txn (or a range read through the log).
 pub fn encode_command(op: &RequestOp) -> Vec<u8> {
     encode_with_kind(COMMAND_OP, op)
@@ -61,7 +64,7 @@ pub fn encode_compact(request: &CompactionRequest) -> Vec<u8> {
 }
 
 fn encode_with_kind(kind: u8, message: &impl Message) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(1 + message.encoded_len());
+    let mut bytes = Vec::with_capacity(COMMAND_FRAMING_BYTES + message.encoded_len());
     bytes.push(kind);
     message.encode_raw(&mut bytes);
     bytes

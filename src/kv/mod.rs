@@ -38,7 +38,7 @@ mod model_tests;
 
 pub use self::command::{
     decode_apply_result, decode_command, decode_response, encode_command, encode_compact,
-    encode_response, Applied, Command,
+    encode_response, Applied, Command, COMMAND_FRAMING_BYTES,
 };
 pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT};
 pub use self::validate::validate;
@@ -59,6 +59,33 @@ pub struct KvLimits {
     /// each of the three lists, as etcd does, and nested Txns share the budget left by their
     /// parent.
     pub txn_ops_max: usize,
+}
+
+/// What the gRPC transport accepts beyond the request limit (etcd: max request bytes + 512 KiB);
+/// above it the transport refuses the message before any handler sees it.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+impl KvLimits {
+    /// The largest gRPC message the etcd services decode: etcd's default request limit plus its
+    /// gRPC overhead, however low `request_bytes_max` was set (small segments lower it), so that a
+    /// request between the two is answered with etcd's "request is too large" rather than the
+    /// transport's own error.
+    pub fn transport_bytes_max(&self) -> usize {
+        self.request_bytes_max.max(REQUEST_BYTES_MAX_DEFAULT) + GRPC_OVERHEAD_BYTES
+    }
+
+    /// These limits, with `request_bytes_max` lowered (if needed) so that an accepted request's
+    /// command (one kind byte and the encoded request) fits one log entry of at most
+    /// `entry_payload_max_bytes`: with small segments, a request etcd's limit allows must still be
+    /// refused before it is proposed, never by the durable write.
+    pub fn fitting_entries_of(self, entry_payload_max_bytes: usize) -> KvLimits {
+        KvLimits {
+            request_bytes_max: self
+                .request_bytes_max
+                .min(entry_payload_max_bytes.saturating_sub(COMMAND_FRAMING_BYTES)),
+            ..self
+        }
+    }
 }
 
 impl Default for KvLimits {

@@ -254,8 +254,16 @@ type ReadReply = oneshot::Sender<Result<ReadGrant, ReadRefused>>;
 
 /// Why [`EventLoop::propose_bounded`] did not propose (each service words it its own way).
 enum Refusal {
-    Overloaded { pending: usize },
-    NotLeader { leader_hint: Option<NodeId> },
+    Overloaded {
+        pending: usize,
+    },
+    NotLeader {
+        leader_hint: Option<NodeId>,
+    },
+    TooLarge {
+        payload_bytes: usize,
+        max_bytes: u64,
+    },
 }
 
 /// Who waits for a proposal: the Operator service (index and term) or a client API handler
@@ -440,6 +448,15 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 Err(Refusal::Overloaded { pending }) => {
                     let _ = reply.send(Err(ProposeRefused::Overloaded { pending }));
                 }
+                Err(Refusal::TooLarge {
+                    payload_bytes,
+                    max_bytes,
+                }) => {
+                    let _ = reply.send(Err(ProposeRefused::TooLarge {
+                        payload_bytes,
+                        max_bytes,
+                    }));
+                }
                 Err(Refusal::NotLeader { leader_hint }) => {
                     let leader_address = leader_hint
                         .and_then(|l| self.config.addresses.get(&l))
@@ -457,6 +474,15 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 }
                 Err(Refusal::Overloaded { pending }) => {
                     let _ = reply.send(Err(CommandRefused::Overloaded { pending }));
+                }
+                Err(Refusal::TooLarge {
+                    payload_bytes,
+                    max_bytes,
+                }) => {
+                    let _ = reply.send(Err(CommandRefused::TooLarge {
+                        payload_bytes,
+                        max_bytes,
+                    }));
                 }
                 Err(Refusal::NotLeader { leader_hint }) => {
                     let _ = reply.send(Err(self.not_leader(leader_hint)));
@@ -479,9 +505,16 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         if pending >= self.config.proposals_pending_max {
             return Err(Refusal::Overloaded { pending });
         }
-        self.core
-            .propose(payload)
-            .map_err(|ProposeError::NotLeader { leader_hint }| Refusal::NotLeader { leader_hint })
+        self.core.propose(payload).map_err(|e| match e {
+            ProposeError::NotLeader { leader_hint } => Refusal::NotLeader { leader_hint },
+            ProposeError::TooLarge {
+                payload_bytes,
+                max_bytes,
+            } => Refusal::TooLarge {
+                payload_bytes,
+                max_bytes,
+            },
+        })
     }
 
     fn not_leader(&self, leader_hint: Option<NodeId>) -> CommandRefused {
@@ -510,15 +543,10 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 self.reads_registered.insert(ctx, reply);
             }
             Err(ReadIndexError::NotLeader { leader_hint }) => {
-                let refused = match self.not_leader(leader_hint) {
-                    CommandRefused::NotLeader {
-                        leader,
-                        leader_address,
-                    } => ReadRefused::NotLeader {
-                        leader,
-                        leader_address,
-                    },
-                    CommandRefused::Overloaded { pending } => ReadRefused::Overloaded { pending },
+                let refused = ReadRefused::NotLeader {
+                    leader: leader_hint,
+                    leader_address: leader_hint
+                        .and_then(|l| self.config.addresses.get(&l).copied()),
                 };
                 let _ = reply.send(Err(refused));
             }

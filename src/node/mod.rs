@@ -130,6 +130,7 @@ pub fn core_config(config: &ClusterConfig, id: NodeId, rng_seed: u64) -> raft::C
         max_entries_per_msg: s.max_entries_per_query,
         max_bytes_per_msg: MESSAGE_PAYLOAD_BYTES_MAX,
         max_inflight_msgs: INFLIGHT_APPENDS_MAX,
+        max_entry_payload_bytes: config.entry_payload_max_bytes() as u64,
         pre_vote: true,
         check_quorum: true,
         ..raft::Config::new(id, voters, rng_seed)
@@ -280,8 +281,12 @@ where
         .filter(|(peer, _)| **peer != id)
         .map(|(peer, addr)| (*peer, *addr))
         .collect();
+    // Every size limit on input derives from what one log entry may hold (issue 11: a request
+    // that passed every check and then failed the durable write stopped the whole cluster).
+    let entry_payload_max = config.entry_payload_max_bytes();
     let limits = Limits {
         entries_per_message_max: config.cluster_settings.max_entries_per_query as usize,
+        entry_payload_bytes_max: entry_payload_max,
         ..Limits::default()
     };
     let local_addr = listener.local_addr().map_err(GrpcError::Serve)?;
@@ -294,7 +299,7 @@ where
             Members::from_config(config),
             inbound_tx.clone(),
             store,
-            KvLimits::default(),
+            KvLimits::default().fitting_entries_of(entry_payload_max),
         );
         let (kv, maintenance, cluster) = api.services();
         extra

@@ -62,6 +62,11 @@ pub struct Config {
     pub max_bytes_per_msg: u64,
     /// The most AppendEntries with entries outstanding to one follower (pipelining bound).
     pub max_inflight_msgs: usize,
+    /// The largest payload one entry may carry: what the durable log can store. Larger proposals
+    /// are refused ([`ProposeError::TooLarge`]) and an AppendEntries carrying a larger entry is
+    /// dropped as malformed, so no input can make the driver's durable write fail. The node sets
+    /// it from the segment size (`storage::format::entry_payload_max_bytes`).
+    pub max_entry_payload_bytes: u64,
     /// Thesis §9.6.
     pub pre_vote: bool,
     /// A leader that has not heard from a majority within an election timeout steps down, and a
@@ -88,6 +93,7 @@ impl Config {
             max_entries_per_msg: 1000,
             max_bytes_per_msg: 1 << 20,
             max_inflight_msgs: 8,
+            max_entry_payload_bytes: 16 << 20,
             pre_vote: true,
             check_quorum: true,
             rng_seed,
@@ -130,6 +136,9 @@ impl Config {
         if self.max_inflight_msgs == 0 {
             return bad("max_inflight_msgs must be >= 1".to_string());
         }
+        if self.max_entry_payload_bytes == 0 {
+            return bad("max_entry_payload_bytes must be >= 1".to_string());
+        }
         Ok(())
     }
 }
@@ -138,9 +147,6 @@ impl Config {
 pub enum ConfigError {
     #[error("invalid core config: {0}")]
     Invalid(String),
-    /// The durable hard state and log handed to [`RaftNode::new`] contradict each other.
-    #[error("inconsistent durable state: {0}")]
-    InconsistentState(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +180,13 @@ pub enum ProposeError {
     /// This node is not the leader; `leader_hint` is the leader it last heard from, if any.
     #[error("not the leader (leader hint: {leader_hint:?})")]
     NotLeader { leader_hint: Option<NodeId> },
+    /// The payload is larger than [`Config::max_entry_payload_bytes`]: the log could not store
+    /// it. Nothing was appended.
+    #[error("a {payload_bytes}-byte payload is above the limit of {max_bytes} bytes per entry")]
+    TooLarge {
+        payload_bytes: usize,
+        max_bytes: u64,
+    },
 }
 
 /// What the driver must do next, in the order described in [`crate::raft`].
@@ -214,7 +227,11 @@ impl Ready {
 /// Checks what the receiver of an AppendEntries relies on: the leader is the sender, the entries
 /// continue `prev_log_index` without a gap, and their terms never decrease, never precede
 /// `prev_log_term` and never exceed the message's term.
-fn check_append_shape(from: NodeId, ae: &AppendEntries) -> Result<(), String> {
+fn check_append_shape(
+    from: NodeId,
+    ae: &AppendEntries,
+    max_entry_payload_bytes: u64,
+) -> Result<(), String> {
     if ae.leader_id != from {
         return Err(format!("leader_id {} but sent by {from}", ae.leader_id));
     }
@@ -226,6 +243,13 @@ fn check_append_shape(from: NodeId, ae: &AppendEntries) -> Result<(), String> {
     }
     let mut prev = (ae.prev_log_index, ae.prev_log_term);
     for e in &ae.entries {
+        if e.payload.len() as u64 > max_entry_payload_bytes {
+            return Err(format!(
+                "entry {} has a {}-byte payload, above this log's limit of {max_entry_payload_bytes}",
+                e.index,
+                e.payload.len()
+            ));
+        }
         if e.index != prev.0.next() || e.term < prev.1 || e.term > ae.term {
             return Err(format!(
                 "entry {} (term {}) after {} (term {}) in a term-{} append",
@@ -306,18 +330,21 @@ impl<S: Storage> RaftNode<S> {
     /// disk kept). Starts as a follower that knows no leader.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] for a bad config; [`ConfigError::InconsistentState`] if the hard
-    /// state's commit index lies beyond the log.
+    /// [`ConfigError::Invalid`] for a bad config.
+    ///
+    /// A persisted commit index beyond the durable log is a hint, not an error: it is clamped to
+    /// the log's last index. The commit index is volatile state in Raft (Figure 2) and is
+    /// re-learned from the leader; the node persists it only as a hint, and it can reach the disk
+    /// before the entries it covers (the state file and the segment are synced in parallel, and
+    /// a crash can come between the two syncs). Refusing to start there would leave a node that
+    /// nothing repairs.
     pub fn new(config: Config, hard_state: HardState, storage: S) -> Result<Self, ConfigError> {
         config.validate()?;
         let log = RaftLog::new(storage);
-        if hard_state.commit > log.last_index() {
-            return Err(ConfigError::InconsistentState(format!(
-                "hard state commit {} beyond the log's last index {}",
-                hard_state.commit,
-                log.last_index()
-            )));
-        }
+        let hard_state = HardState {
+            commit: hard_state.commit.min(log.last_index()),
+            ..hard_state
+        };
         let mut term = hard_state.term;
         let mut vote = hard_state.vote;
         let last_term = log.last_term();
@@ -391,7 +418,7 @@ impl<S: Storage> RaftNode<S> {
             return;
         }
         if let Message::AppendEntries(ae) = &msg {
-            if let Err(why) = check_append_shape(from, ae) {
+            if let Err(why) = check_append_shape(from, ae, self.config.max_entry_payload_bytes) {
                 // Input from the network is not trusted to be well-formed: a malformed append
                 // must not trip the log's assertions.
                 tracing::warn!(from = %from, "dropping a malformed AppendEntries: {why}");
@@ -451,11 +478,18 @@ impl<S: Storage> RaftNode<S> {
     /// is committed once a majority (this node counted only after `on_persisted`) holds it.
     ///
     /// # Errors
-    /// [`ProposeError::NotLeader`] with the leader this node last heard from, if any.
+    /// [`ProposeError::NotLeader`] with the leader this node last heard from, if any;
+    /// [`ProposeError::TooLarge`] for a payload above [`Config::max_entry_payload_bytes`].
     pub fn propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError> {
         if self.role != Role::Leader {
             return Err(ProposeError::NotLeader {
                 leader_hint: self.leader,
+            });
+        }
+        if payload.len() as u64 > self.config.max_entry_payload_bytes {
+            return Err(ProposeError::TooLarge {
+                payload_bytes: payload.len(),
+                max_bytes: self.config.max_entry_payload_bytes,
             });
         }
         let index = self.log.last_index().next();
@@ -1718,23 +1752,23 @@ mod tests {
         s
     }
 
+    /// Issue 11, finding 2: the state file's fdatasync can complete before the segment's, so a
+    /// crash can leave a persisted commit index beyond the durable log. That is a hint to clamp,
+    /// not a reason to refuse to start (nothing would repair it).
     #[test]
-    fn restart_rejects_a_commit_index_beyond_the_log() {
+    fn restart_clamps_a_commit_index_beyond_the_log() {
         let hs = HardState {
             term: Term(2),
             vote: None,
             commit: LogIndex(3),
         };
-        match RaftNode::new(cfg(), hs, log_of(&[1, 2])) {
-            Err(ConfigError::InconsistentState(msg)) => {
-                assert!(
-                    msg.contains("commit 3") && msg.contains("last index 2"),
-                    "{msg}"
-                )
-            }
-            Ok(_) => panic!("accepted commit 3 over a 2-entry log"),
-            Err(e) => panic!("wrong error {e}"),
-        }
+        let mut node = RaftNode::new(cfg(), hs, log_of(&[1, 2])).expect("a commit hint is clamped");
+        node.check_invariants();
+        assert_eq!(node.commit_index(), LogIndex(2));
+        // The clamped prefix is committed and handed out again for the state machine.
+        let r = node.ready();
+        let applied: Vec<u64> = r.committed_entries.iter().map(|e| e.index.0).collect();
+        assert_eq!(applied, [1, 2]);
     }
 
     #[test]

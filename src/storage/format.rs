@@ -104,8 +104,42 @@ pub const ENTRY_PAYLOAD_MAX: usize = 16 << 20;
 
 /// The smallest segment this format allows: a header plus one frame with a 4 KiB payload.
 pub const SEGMENT_SIZE_MIN_BYTES: u64 = 64 << 10;
+/// The largest segment: offsets inside a segment are `u32`, and a segment's size is a multiple of
+/// [`FRAME_ALIGN`], so the largest multiple of 8 that fits a `u32` (4 GiB - 8 bytes).
+pub const SEGMENT_SIZE_MAX_BYTES: u64 = u32::MAX as u64 & !(FRAME_ALIGN as u64 - 1);
 /// Default segment size (the seed's 64 MiB).
 pub const SEGMENT_SIZE_DEFAULT_BYTES: u64 = 64 << 20;
+
+/// Checks a segment size against this format: a multiple of 8 in
+/// `[SEGMENT_SIZE_MIN_BYTES, SEGMENT_SIZE_MAX_BYTES]`. The config check and the log's own open
+/// both call it, so a size the config accepts is one the log opens.
+///
+/// # Errors
+/// A sentence naming the size and the rule it breaks.
+pub fn check_segment_size(bytes: u64) -> Result<(), String> {
+    if !(SEGMENT_SIZE_MIN_BYTES..=SEGMENT_SIZE_MAX_BYTES).contains(&bytes) {
+        return Err(format!(
+            "{bytes} bytes is outside [{SEGMENT_SIZE_MIN_BYTES}, {SEGMENT_SIZE_MAX_BYTES}]"
+        ));
+    }
+    if !bytes.is_multiple_of(FRAME_ALIGN as u64) {
+        return Err(format!("{bytes} bytes is not a multiple of {FRAME_ALIGN}"));
+    }
+    Ok(())
+}
+
+/// The largest payload one entry may carry in a log of `segment_size_bytes` segments: what fits
+/// an empty segment (its frame, padding included, after the header), at most
+/// [`ENTRY_PAYLOAD_MAX`]. Every size limit on client input derives from this one function: the
+/// consensus core refuses larger proposals, the etcd API and the Operator service refuse larger
+/// requests before they are proposed, and the transport refuses larger entries from peers. So no
+/// client request can reach a durable write that must fail.
+pub fn entry_payload_max_bytes(segment_size_bytes: u64) -> usize {
+    let room = segment_size_bytes.saturating_sub(SEGMENT_HEADER_SIZE as u64);
+    // frame_padded_len(p) <= room  <=>  40 + p, rounded up to 8, <= room.
+    let by_segment = (room & !(FRAME_ALIGN as u64 - 1)).saturating_sub(FRAME_HEADER_SIZE as u64);
+    by_segment.min(ENTRY_PAYLOAD_MAX as u64) as usize
+}
 
 /// The persistent Raft state's file name inside a node directory (see `state.rs`).
 pub const STATE_FILE_NAME: &str = "raft_state.meta";

@@ -35,8 +35,8 @@ use std::time::Instant;
 
 use crate::storage::file::{Prepare, Vfs, WriteAt};
 use crate::storage::format::{
-    frame_padded_len, parse_segment_file_name, segment_file_name, FrameFields, SegmentHeader,
-    ENTRY_PAYLOAD_MAX, SEGMENT_HEADER_SIZE, SEGMENT_SIZE_DEFAULT_BYTES, SEGMENT_SIZE_MIN_BYTES,
+    check_segment_size, entry_payload_max_bytes, frame_padded_len, parse_segment_file_name,
+    segment_file_name, FrameFields, SegmentHeader, SEGMENT_SIZE_DEFAULT_BYTES,
 };
 use crate::storage::segment::{scan_segment, LogFileSegment, ProblemKind, SegmentError};
 use crate::storage::uring::UringVfs;
@@ -221,13 +221,8 @@ impl LogConfig {
     /// # Errors
     /// [`LogError::Config`] naming the first limit that is out of range.
     pub fn validate(&self) -> Result<(), LogError> {
-        let s = self.segment_size_bytes;
-        if s < SEGMENT_SIZE_MIN_BYTES || s > u32::MAX as u64 || !s.is_multiple_of(8) {
-            return Err(LogError::Config(format!(
-                "segment_size_bytes {s} must be a multiple of 8 in [{SEGMENT_SIZE_MIN_BYTES}, {}]",
-                u32::MAX
-            )));
-        }
+        check_segment_size(self.segment_size_bytes)
+            .map_err(|e| LogError::Config(format!("segment_size_bytes: {e}")))?;
         if self.batch_bytes_max == 0 || self.batch_entries_max == 0 || self.queue_requests_max == 0
         {
             return Err(LogError::Config(
@@ -239,10 +234,7 @@ impl LogConfig {
 
     /// The largest payload one entry may carry in a log with this config.
     pub fn entry_payload_max_bytes(&self) -> usize {
-        let room = self.segment_size_bytes as usize - SEGMENT_HEADER_SIZE;
-        // frame_padded_len(p) <= room  <=>  40 + p rounded up to 8 <= room.
-        let by_segment = (room & !7) - crate::storage::format::FRAME_HEADER_SIZE;
-        by_segment.min(ENTRY_PAYLOAD_MAX)
+        entry_payload_max_bytes(self.segment_size_bytes)
     }
 }
 

@@ -433,8 +433,18 @@ fn read_into_cache(f: &File, len_bytes: u64, cancel: &AtomicBool) -> io::Result<
 
 impl Vfs for UringVfs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        // Every directory this call creates is a new entry in its parent, durable only once the
+        // parent is fsynced: fsync the parent of each, from the deepest up to the first ancestor
+        // that already existed (whose entry was durable before).
+        let missing: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .collect();
         std::fs::create_dir_all(dir)?;
-        sync_dir(parent_of(dir))
+        for created in &missing {
+            sync_dir(parent_of(created))?;
+        }
+        Ok(())
     }
 
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {

@@ -1165,7 +1165,7 @@ impl Cluster {
                 });
                 self.pending.insert((i, index.0), id);
             }
-            Err(ProposeError::NotLeader { .. }) => {
+            Err(ProposeError::NotLeader { .. } | ProposeError::TooLarge { .. }) => {
                 self.outcomes.push(Outcome::Rejected);
                 self.stats.rejected += 1;
             }

@@ -138,6 +138,18 @@ impl Cluster {
         self.children.insert(id, child);
     }
 
+    /// The nodes that were started and have exited since, with their status (a node the harness
+    /// killed or terminated is not listed: it was removed then).
+    pub fn exited(&mut self) -> Vec<(u32, ExitStatus)> {
+        let mut gone: Vec<(u32, ExitStatus)> = self
+            .children
+            .iter_mut()
+            .filter_map(|(id, child)| child.try_wait().ok().flatten().map(|s| (*id, s)))
+            .collect();
+        gone.sort_unstable_by_key(|(id, _)| *id);
+        gone
+    }
+
     /// SIGKILL: the process gets no chance to clean up (the page cache keeps its writes).
     pub fn kill(&mut self, id: u32) {
         if let Some(mut child) = self.children.remove(&id) {
