@@ -14,6 +14,7 @@
 //!   `Snapshot` trait (whole state as bytes and back).
 //! - [`kv`]: the key-value state machine with etcd v3 semantics (`KvStore`), request validation
 //!   with etcd's limits and errors, the command and response bytes in the log.
+//! - [`timeline`]: the opt-in latency timeline (`RAFT_TIMELINE=<dir>`), marked by every layer.
 //! - [`node`]: one process on the tokio-uring runtime: startup (bind, data directory lock,
 //!   tracing), the event loop that drives the core, persists its output and answers RPCs.
 
@@ -26,4 +27,5 @@ pub mod raft;
 pub mod state_machine;
 pub mod storage;
 pub mod testing;
+pub mod timeline;
 pub mod types;

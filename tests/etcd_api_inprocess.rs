@@ -28,8 +28,9 @@ use rust_raft_log::etcd::pb::etcdserverpb::{
     CompactionRequest, Compare, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
 };
 use rust_raft_log::grpc;
-use rust_raft_log::node::{self, mem::MemDurable};
+use rust_raft_log::node;
 use rust_raft_log::raft::{HardState, MemStorage, RaftNode};
+use rust_raft_log::storage::engine::MemDurable;
 use rust_raft_log::types::NodeId;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use rust_raft_log::config::ClusterConfig;
 use rust_raft_log::grpc::{self, proto as pb, ProposeOutcome};
-use rust_raft_log::node::{self, mem::MemDurable};
+use rust_raft_log::node;
 use rust_raft_log::raft::{HardState, MemStorage, RaftNode, Role};
+use rust_raft_log::storage::engine::MemDurable;
 use rust_raft_log::types::{LogIndex, NodeId};
 use tokio::sync::oneshot;
 

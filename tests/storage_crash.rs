@@ -3,14 +3,18 @@
 //! ```text
 //!   parent (this test)                          child (this binary again, CRASH_CHILD_DIR set)
 //!   ------------------                          ------------------------------------------------
-//!   spawn child ------------------------------> open the log (recovery), 4 threads append through
-//!                                               the LogWriter (one sometimes truncates a suffix,
-//!                                               printing "trunc <from> <new term>" first); after
-//!                                               each durable ack prints
-//!   read "ack <index> <term> <crc> <len>" <---- "ack ..." (a line = a promise: it is on disk)
-//!   after a random delay: SIGKILL ------------> (dies anywhere: mid-write, mid-sync, mid-rotation)
-//!   reopen the log, check every acked entry
-//!   is present with its term and checksum; repeat
+//!   spawn child ------------------------------> open the log and state file (recovery), 4 tasks on
+//!                                               one tokio-uring thread append through the append
+//!                                               engine, the node's write path (one sometimes
+//!                                               truncates a suffix with a new term in the state
+//!                                               file, printing "trunc <from> <new term>" first,
+//!                                               "term <t>" once durable); after each durable ack
+//!   read "ack <index> <term> <crc> <len>" <---- prints "ack ..." (a line = a promise: on disk)
+//!   after a random delay: SIGKILL ------------> (dies anywhere: mid-write, mid-sync, mid-rotation,
+//!                                               mid state-file write)
+//!   reopen the log and state file, check every
+//!   acked entry is present with its term and
+//!   checksum, and the acked term; repeat
 //! ```
 //! SIGKILL keeps the page cache, so this tests process crashes (the power-loss test covers the
 //! rest). `CRASH_ROUNDS` (default 50) and `CRASH_SEED` control the run; the seed is printed.
@@ -21,11 +25,10 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rust_raft_log::storage::{LogConfig, LogError, LogWriter, RaftLog};
+use rust_raft_log::storage::state::RaftState;
+use rust_raft_log::storage::{LogConfig, RaftLog};
 use rust_raft_log::types::{EntryType, LogIndex, Term};
 use storage_common::*;
 
@@ -44,53 +47,97 @@ fn config(dir: &Path) -> LogConfig {
 /// The child's body: append until killed. Runs only when the parent set `CRASH_CHILD_DIR`.
 #[test]
 fn crash_child_process() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use rust_raft_log::raft::HardState;
+    use rust_raft_log::storage::engine::{Durable, Engine, WriteBatch};
+    use rust_raft_log::storage::state::RaftState;
+    use rust_raft_log::types::LogEntry;
+
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
     let base_term: u64 = std::env::var("CRASH_CHILD_TERM").unwrap().parse().unwrap();
     let seed: u64 = std::env::var("CRASH_CHILD_SEED").unwrap().parse().unwrap();
     let log = RaftLog::open(config(Path::new(&dir))).unwrap();
-    let w = LogWriter::spawn(log).unwrap();
-    let term = Arc::new(AtomicU64::new(base_term));
-    let threads: Vec<_> = (0..4u64)
-        .map(|t| {
-            let (w, term) = (w.clone(), Arc::clone(&term));
-            std::thread::spawn(move || {
-                let mut rng = Rng(seed ^ (t + 1).wrapping_mul(0x9E37_79B9));
-                loop {
-                    if t == 0 && rng.chance(40) {
-                        // A conflicting suffix is cut (Raft §5.3); later entries get a new term.
-                        let last = w.read().last_index().0;
-                        if last >= 2 {
+    let state = RaftState::open(Path::new(&dir)).unwrap();
+    tokio_uring::start(async move {
+        let next = Rc::new(Cell::new(log.last_index().next().0));
+        let (engine, _view, task) = Engine::new(log, state);
+        tokio::task::spawn_local(task.run());
+        let engine = Rc::new(std::cell::RefCell::new(engine));
+        let term = Rc::new(Cell::new(base_term));
+        let tasks: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (engine, term, next) = (Rc::clone(&engine), Rc::clone(&term), Rc::clone(&next));
+                tokio::task::spawn_local(async move {
+                    let mut rng = Rng(seed ^ (t + 1).wrapping_mul(0x9E37_79B9));
+                    loop {
+                        let last = next.get() - 1;
+                        if t == 0 && rng.chance(40) && last >= 2 {
+                            // A conflicting suffix is cut (Raft §5.3) by a leader of a new term,
+                            // which the same batch writes to the state file; later entries get
+                            // the new term.
                             let from = last - rng.below(20.min(last - 1));
-                            let new_term = term.load(Ordering::SeqCst) + 1;
-                            // Printed before the truncation starts: if the kill lands inside it,
-                            // the parent knows entries >= from may be gone.
+                            let new_term = term.get() + 1;
+                            // Printed before the truncation is submitted: if the kill lands inside
+                            // it, the parent knows entries >= from may be gone.
                             println!("{MARK}trunc {from} {new_term}");
-                            w.truncate_suffix(LogIndex(from)).wait().unwrap();
-                            term.store(new_term, Ordering::SeqCst);
+                            next.set(from);
+                            term.set(new_term);
+                            let e = entry_with(from, new_term, &mut rng);
+                            let batch = Rc::new(WriteBatch {
+                                truncate_from: Some(LogIndex(from)),
+                                entries: vec![e.0],
+                                hard_state: Some(HardState {
+                                    term: Term(new_term),
+                                    vote: None,
+                                    commit: LogIndex(0),
+                                }),
+                                must_sync: true,
+                            });
+                            next.set(from + 1);
+                            let durable = engine.borrow_mut().persist(batch);
+                            durable.await.unwrap();
+                            println!("{MARK}term {new_term}");
+                            println!("{MARK}ack {from} {new_term} {} {}", e.1, e.2);
+                            continue;
                         }
-                        continue;
+                        let index = next.get();
+                        next.set(index + 1);
+                        let t_now = term.get();
+                        let (e, crc, len) = entry_with(index, t_now, &mut rng);
+                        let batch = Rc::new(WriteBatch {
+                            truncate_from: None,
+                            entries: vec![e],
+                            hard_state: None,
+                            must_sync: true,
+                        });
+                        let durable = engine.borrow_mut().persist(batch);
+                        durable.await.unwrap();
+                        println!("{MARK}ack {index} {t_now} {crc} {len}");
                     }
-                    let len = rng.below(3000) as usize;
-                    let payload: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-                    let crc = crc32c::crc32c(&payload);
-                    let t_now = term.load(Ordering::SeqCst);
-                    match w
-                        .append_new(Term(t_now), vec![(EntryType::Normal, payload)])
-                        .wait()
-                    {
-                        Ok(index) => println!("{MARK}ack {} {t_now} {crc} {len}", index.0),
-                        // Raced with a truncation that raised the term: not acknowledged.
-                        Err(LogError::TermRegression { .. }) => {}
-                        Err(e) => panic!("child append: {e}"),
-                    }
-                }
+                })
             })
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+
+    /// An entry with a random payload, and the payload's checksum and length.
+    fn entry_with(index: u64, term: u64, rng: &mut Rng) -> (LogEntry, u32, usize) {
+        let len = rng.below(3000) as usize;
+        let payload: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+        let crc = crc32c::crc32c(&payload);
+        let e = LogEntry {
+            term: Term(term),
+            index: LogIndex(index),
+            entry_type: EntryType::Normal,
+            payload,
+        };
+        (e, crc, len)
     }
 }
 
@@ -98,6 +145,8 @@ fn crash_child_process() {
 enum Line {
     Ack(u64, u64, u32, usize),
     Trunc(u64, u64),
+    /// The state file durably holds this term.
+    Term(u64),
 }
 
 #[test]
@@ -118,6 +167,7 @@ fn crash_sigkill_keeps_every_acknowledged_entry() {
     let mut acked: BTreeMap<u64, (u64, u32, usize)> = BTreeMap::new();
     // (from, new term) of every truncation the children started.
     let mut truncations: Vec<(u64, u64)> = Vec::new();
+    let mut acked_term = 0u64;
     let started = Instant::now();
     for round in 0..rounds {
         let ctx = format!("round {round} (reproduce with CRASH_SEED={seed})");
@@ -153,6 +203,7 @@ fn crash_sigkill_keeps_every_acknowledged_entry() {
                         lines.push(Line::Ack(num(1), num(2), num(3) as u32, num(4) as usize))
                     }
                     Some(&"trunc") if f.len() == 3 => lines.push(Line::Trunc(num(1), num(2))),
+                    Some(&"term") if f.len() == 2 => lines.push(Line::Term(num(1))),
                     _ => {}
                 }
             }
@@ -187,8 +238,16 @@ fn crash_sigkill_keeps_every_acknowledged_entry() {
                         acked.insert(index, (t, crc, len));
                     }
                 }
+                Line::Term(t) => acked_term = acked_term.max(t),
             }
         }
+        let state = RaftState::open(&dir).unwrap_or_else(|e| panic!("{ctx}: state file: {e}"));
+        assert!(
+            state.state().current_term.0 >= acked_term,
+            "{ctx}: the state file holds term {}, below the acknowledged {acked_term}",
+            state.state().current_term
+        );
+        drop(state);
 
         let log = RaftLog::open(config(&dir)).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
         log.check_invariants();

@@ -1,4 +1,4 @@
-//! Behaviour of `RaftLog` and `LogWriter` on the real disk (io_uring + mmap) and on the simulated
+//! Behaviour of `RaftLog` on the real disk (io_uring + mmap) and on the simulated
 //! disk: appends and reads across rotations and reopens, truncation, compaction, limits, and the
 //! poisoning that follows a failed sync.
 
@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use rust_raft_log::raft::Storage;
 use rust_raft_log::storage::file::SimFs;
-use rust_raft_log::storage::{LogConfig, LogError, LogWriter, RaftLog};
-use rust_raft_log::types::{EntryType, LogIndex, NodeId, Term};
+use rust_raft_log::storage::{LogConfig, LogError, RaftLog};
+use rust_raft_log::types::{LogIndex, NodeId, Term};
 use storage_common::*;
 
 fn real_config(dir: &std::path::Path) -> LogConfig {
@@ -183,145 +183,6 @@ fn an_injected_sync_failure_poisons_the_log() {
         log.entry(LogIndex(1)).unwrap().to_owned_entry(),
         entry(1, 1, 10)
     );
-
-    // Through the writer: every waiter of the failed batch and every later one gets the error.
-    // After a power loss the unsynced entry is gone (without one it may or may not be there:
-    // it was never acknowledged, either is allowed).
-    drop(log);
-    fs.power_loss(0, None);
-    let log = open_sim(&fs, 64 << 10);
-    assert_eq!(log.last_index(), LogIndex(1));
-    let w = LogWriter::spawn(log).unwrap();
-    w.append(vec![entry(2, 1, 5)]).wait().unwrap();
-    fs.fail_next_syncs(1);
-    assert!(matches!(
-        w.append(vec![entry(3, 1, 5)]).wait(),
-        Err(LogError::Io { .. })
-    ));
-    assert!(matches!(
-        w.append(vec![entry(3, 1, 5)]).wait(),
-        Err(LogError::Poisoned { .. })
-    ));
-}
-
-#[test]
-fn log_writer_group_commits_concurrent_appenders() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = RaftLog::open(real_config(dir.path())).unwrap();
-    let w = LogWriter::spawn(log).unwrap();
-    let threads: Vec<_> = (0..16u64)
-        .map(|t| {
-            let w = w.clone();
-            std::thread::spawn(move || {
-                let mut mine = Vec::new();
-                for k in 0..50u64 {
-                    let payload = format!("appender {t} entry {k}").into_bytes();
-                    let last = w
-                        .append_new(Term(1), vec![(EntryType::Normal, payload.clone())])
-                        .wait()
-                        .unwrap();
-                    mine.push((last, payload));
-                }
-                mine
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for t in threads {
-        all.extend(t.join().unwrap());
-    }
-    let log = w.read();
-    assert_eq!(log.last_index(), LogIndex(800));
-    for (index, payload) in &all {
-        assert_eq!(log.entry(*index).unwrap().payload, &payload[..]);
-    }
-    drop(log);
-    // Truncation and compaction go through the same queue, in order.
-    assert_eq!(
-        w.truncate_suffix(LogIndex(701)).wait().unwrap(),
-        LogIndex(700)
-    );
-    assert_eq!(
-        w.compact_prefix(LogIndex(100)).wait().unwrap(),
-        LogIndex(700)
-    );
-    assert_eq!(w.read().first_index(), LogIndex(101));
-}
-
-#[test]
-fn readers_read_published_entries_while_the_writer_appends() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = RaftLog::open(real_config(dir.path())).unwrap();
-    let w = LogWriter::spawn(log).unwrap();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (w, stop) = (w.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            let mut reads = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let log = w.read();
-                let last = log.last_index().0;
-                for i in (1..=last).rev().take(20) {
-                    let e = log.entry(LogIndex(i)).unwrap();
-                    assert_eq!(
-                        e.payload,
-                        &payload_for(i, 1, (i % 300) as usize)[..],
-                        "entry {i}"
-                    );
-                    reads += 1;
-                }
-            }
-            reads
-        })
-    };
-    for i in 1..=400u64 {
-        w.append(vec![entry(i, 1, (i % 300) as usize)])
-            .wait()
-            .unwrap();
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let reads = reader.join().unwrap();
-    assert!(reads > 0);
-    assert_eq!(w.read().last_index(), LogIndex(400));
-}
-
-/// A minimal executor: the awaitable API must work without any runtime.
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
-
-#[test]
-fn async_appends_complete_through_the_background_leader() {
-    let fs = SimFs::new();
-    let w = LogWriter::spawn(open_sim(&fs, 64 << 10)).unwrap();
-    let pending: Vec<_> = (0..100u64)
-        .map(|k| w.append_new_async(Term(1), vec![(EntryType::Normal, k.to_le_bytes().to_vec())]))
-        .collect();
-    let mut lasts = Vec::new();
-    for p in pending {
-        lasts.push(block_on(p).unwrap());
-    }
-    // Queue order is index order.
-    assert_eq!(lasts, (1..=100).map(LogIndex).collect::<Vec<_>>());
-    let log = w.read();
-    assert_eq!(
-        log.entry(LogIndex(42)).unwrap().payload,
-        &41u64.to_le_bytes()
-    );
 }
 
 #[test]
@@ -393,67 +254,4 @@ fn reset_installs_a_snapshot_point_durably() {
     assert_eq!(log.first_index(), LogIndex(1001));
     assert_eq!(Storage::term(&log, LogIndex(1000)), Some(Term(5)));
     assert_log_holds(&log, &new);
-    drop(log);
-    // Through the writer, ordered with appends.
-    let w = LogWriter::spawn(RaftLog::open(real_config(dir.path())).unwrap()).unwrap();
-    assert_eq!(w.reset(LogIndex(5), Term(6)).wait().unwrap(), LogIndex(5));
-    assert_eq!(w.append(vec![entry(6, 6, 10)]).wait().unwrap(), LogIndex(6));
-}
-
-/// Closed-loop appenders (each issues its next append when the previous one is durable) must
-/// share fdatasyncs: the leader gathers the previous batch's appenders as they come back instead
-/// of writing a batch for the first one to arrive (without gathering, batches alternate small
-/// and large and every append pays about two syncs: ~75 syncs here). The appenders are futures
-/// on one thread, as the node drives the log: the polling thread re-issues all of them at once,
-/// which keeps the test independent of how fast the OS wakes 16 threads on a loaded machine.
-#[test]
-fn group_commit_gathers_returning_async_appenders_into_one_sync() {
-    use std::future::Future;
-    use std::task::{Context, Poll};
-    const APPENDERS: usize = 16;
-    const ROUNDS: u64 = 40;
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let fs = SimFs::new();
-    let w = LogWriter::spawn(open_sim(&fs, 4 << 20)).unwrap();
-    fs.set_sync_delay(std::time::Duration::from_millis(2));
-    let syncs_before = fs.syncs_total();
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let issue =
-        |k: u64| w.append_new_async(Term(1), vec![(EntryType::Normal, k.to_le_bytes().to_vec())]);
-    let mut slots: Vec<Option<(u64, rust_raft_log::storage::Pending)>> =
-        (0..APPENDERS).map(|_| Some((1, issue(0)))).collect();
-    let mut active = APPENDERS;
-    while active > 0 {
-        let mut progressed = false;
-        for slot in slots.iter_mut() {
-            let Some((done, pending)) = slot else {
-                continue;
-            };
-            if let Poll::Ready(r) = std::pin::Pin::new(pending).poll(&mut cx) {
-                r.unwrap();
-                progressed = true;
-                *slot = if *done < ROUNDS {
-                    Some((*done + 1, issue(*done)))
-                } else {
-                    active -= 1;
-                    None
-                };
-            }
-        }
-        if !progressed {
-            std::thread::park_timeout(std::time::Duration::from_millis(5));
-        }
-    }
-    let syncs = fs.syncs_total() - syncs_before;
-    assert_eq!(w.read().last_index(), LogIndex(APPENDERS as u64 * ROUNDS));
-    assert!(
-        syncs <= ROUNDS * 3 / 2,
-        "{syncs} syncs for {ROUNDS} rounds of {APPENDERS} closed-loop async appenders"
-    );
 }

@@ -4,8 +4,9 @@
 //!   round:  reopen (recovery) -> check -> a few acknowledged ops (append / truncate / compact /
 //!           reset)
 //!           -> one op whose k-th fdatasync fails (EIO; the log poisons itself) -> drop the log
-//!           -> power loss: keep the synced bytes + a random prefix of the unsynced writes,
-//!              tearing the next write at a random byte
+//!           -> power loss (`SimFs::power_loss`): keep the synced bytes, any subset of the
+//!              unsynced writes' sectors (some torn), any subset of the directory changes no
+//!              directory fsync covered
 //! ```
 //! One reopen in eight is itself interrupted: a sync of recovery fails and the power goes again.
 //! After every reopen: every acknowledged entry is present and intact, and every entry present is
@@ -127,10 +128,7 @@ fn power_loss_keeps_every_acknowledged_entry_and_nothing_torn() {
                     matches!(e, rust_raft_log::storage::LogError::Io { .. }),
                     "{ctx}: recovery failed with {e}"
                 );
-                let pending = fs.pending_writes() as u64;
-                let keep = rng.below(pending + 1) as usize;
-                let torn = rng.chance(2).then(|| rng.below(4096) as usize);
-                fs.power_loss(keep, torn);
+                fs.power_loss(rng.next_u64());
                 recoveries_interrupted += 1;
             }
         }
@@ -233,10 +231,7 @@ fn power_loss_keeps_every_acknowledged_entry_and_nothing_torn() {
         }
         fs.fail_next_syncs(0);
         drop(log);
-        let pending = fs.pending_writes() as u64;
-        let keep = rng.below(pending + 1) as usize;
-        let torn = rng.chance(2).then(|| rng.below(4096) as usize);
-        fs.power_loss(keep, torn);
+        fs.power_loss(rng.next_u64());
     }
     let log = open_sim(&fs, SEGMENT_BYTES);
     check_and_adopt(&log, &mut model, &in_flight, "final reopen");

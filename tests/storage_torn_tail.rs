@@ -225,7 +225,7 @@ fn an_interrupted_truncation_is_finished_by_recovery() {
     fs.fail_sync_after(1, 1);
     assert!(log.truncate_suffix(LogIndex(30)).is_err());
     drop(log);
-    fs.power_loss(0, Some(1000));
+    fs.power_loss_prefix(0, Some(1000));
     let log = RaftLog::open_with(small_config(sim_dir()), std::sync::Arc::new(fs.clone())).unwrap();
     assert!(log.recovery_report().finished_truncation.is_some());
     assert_eq!(log.last_index(), LogIndex(29));

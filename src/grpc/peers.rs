@@ -293,7 +293,7 @@ impl Peers {
         };
         peer.queued.fetch_add(1, Ordering::Relaxed);
         if let Some(i) = last_entry {
-            crate::node::timeline::mark("ae_queued", i);
+            crate::timeline::mark("ae_queued", i);
         }
         peer.wake.notify_one();
         Ok(outcome)
@@ -409,12 +409,12 @@ async fn worker(
         let inbound = inbound.clone();
         let config = config.clone();
         if let Some(i) = last_entry {
-            crate::node::timeline::mark("ae_rpc_start", i);
+            crate::timeline::mark("ae_rpc_start", i);
         }
         tokio::spawn(async move {
             let result = call(client, envelope).await;
             if let Some(i) = last_entry {
-                crate::node::timeline::mark("ae_rpc_done", i);
+                crate::timeline::mark("ae_rpc_done", i);
             }
             match result {
                 Ok(response) => deliver(local_id, &peer, response, &inbound).await,
@@ -511,7 +511,7 @@ async fn run_session(
     let sent = Arc::clone(&unanswered);
     let outbound = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
         if let Some(i) = item.last_entry {
-            crate::node::timeline::mark("ae_rpc_start", i);
+            crate::timeline::mark("ae_rpc_start", i);
         }
         lock(&sent).push_back((item.slot, item.last_entry));
         item.request
@@ -544,7 +544,7 @@ async fn run_session(
                 // Frees this request's slot.
                 let answered = lock(&unanswered).pop_front();
                 if let Some((_, Some(i))) = &answered {
-                    crate::node::timeline::mark("ae_rpc_done", *i);
+                    crate::timeline::mark("ae_rpc_done", *i);
                 }
                 drop(answered);
                 if m.declined {

@@ -287,7 +287,7 @@ impl RaftService {
         self.check_route(&envelope)?;
         if let crate::raft::message::Message::AppendEntries(m) = &envelope.msg {
             if let Some(last) = m.entries.last() {
-                crate::node::timeline::mark("f_rpc_in", last.index.0);
+                crate::timeline::mark("f_rpc_in", last.index.0);
             }
         }
         Ok(envelope)
@@ -544,7 +544,7 @@ enum ProposeItem {
 impl OperatorService {
     /// Checks a proposal and hands it to the node; the receiver resolves to its outcome.
     async fn start_proposal(&self, payload: Vec<u8>) -> Result<ProposeAnswer, Status> {
-        crate::node::timeline::mark("propose_rpc_in", 0);
+        crate::timeline::mark("propose_rpc_in", 0);
         let max = self.config.limits.entry_payload_bytes_max;
         if payload.len() > max {
             return Err(Status::invalid_argument(format!(
@@ -571,7 +571,7 @@ impl OperatorService {
         match outcome {
             Ok(outcome) => {
                 if let ProposeOutcome::Committed { index, .. } = &outcome {
-                    crate::node::timeline::mark("propose_rpc_out", index.0);
+                    crate::timeline::mark("propose_rpc_out", index.0);
                 }
                 Ok(convert::encode_propose_outcome(outcome))
             }

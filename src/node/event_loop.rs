@@ -35,7 +35,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -44,51 +43,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::grpc::server::{Applied, CommandRefused, ReadGrant, ReadRefused};
 use crate::grpc::{Inbound, NodeStatus, Peers, ProposeOutcome, ProposeRefused};
 use crate::raft::message::{Envelope, Message};
-use crate::raft::{
-    HardState, ProposeError, RaftNode, ReadIndexError, ReadState, Ready, Role, Storage,
-};
+use crate::raft::{ProposeError, RaftNode, ReadIndexError, ReadState, Ready, Role, Storage};
 pub use crate::state_machine::StateMachine;
+pub use crate::storage::engine::{Durable, PersistFuture, WriteBatch};
 use crate::types::{LogEntry, LogIndex, NodeId, Term};
-
-/// One Ready's writes.
-#[derive(Debug, Default)]
-pub struct WriteBatch {
-    /// Remove every entry with index >= this before appending.
-    pub truncate_from: Option<LogIndex>,
-    pub entries: Vec<LogEntry>,
-    pub hard_state: Option<HardState>,
-    /// Whether the batch must be fdatasync'ed before it counts as durable.
-    pub must_sync: bool,
-}
-
-impl WriteBatch {
-    pub fn is_empty(&self) -> bool {
-        self.truncate_from.is_none() && self.entries.is_empty() && self.hard_state.is_none()
-    }
-}
-
-/// A durable write in progress.
-pub type PersistFuture<E> = Pin<Box<dyn Future<Output = Result<(), E>>>>;
-
-/// The node's durable log and state, as the event loop drives them. The storage engine's
-/// `RaftLog` (segments) and `RaftState` (`raft_state.meta`) sit behind an implementation of this
-/// trait; the core reads the log through `Self::Log`.
-pub trait Durable {
-    /// The core's read view of the log.
-    type Log: Storage;
-    type Error: std::error::Error + Send + Sync + 'static;
-
-    /// Starts writing `batch`: truncate, append, save the hard state, then one fdatasync covering
-    /// all of it if `batch.must_sync`. The future resolves once the batch is durable.
-    ///
-    /// Contract: batches become durable in the order they were submitted, and the future must
-    /// not block the thread (the runtime is single-threaded: a blocking fdatasync would hold back
-    /// the messages that should travel in parallel with it). An error is fatal for the node.
-    fn persist(&mut self, batch: Rc<WriteBatch>) -> PersistFuture<Self::Error>;
-
-    /// Makes a durable batch visible in the core's log view (`RaftNode::storage_mut`).
-    fn publish(&mut self, log: &mut Self::Log, batch: &WriteBatch);
-}
 
 /// The core as the loop drives it. [`RaftNode`] is the implementation; the trait exists so the
 /// loop's ordering rules can be tested against a scripted core.
@@ -417,7 +375,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             Inbound::Request { envelope, reply } => {
                 if let Message::AppendEntries(m) = &envelope.msg {
                     if let Some(last) = m.entries.last() {
-                        crate::node::timeline::mark("f_step", last.index.0);
+                        crate::timeline::mark("f_step", last.index.0);
                     }
                 }
                 if let Some(kind) = RequestKind::of_request(&envelope.msg) {
@@ -427,7 +385,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             }
             Inbound::Response(envelope) => {
                 if let Message::AppendEntriesResponse(m) = &envelope.msg {
-                    crate::node::timeline::mark("ack_in", m.last_log_index.0);
+                    crate::timeline::mark("ack_in", m.last_log_index.0);
                 }
                 if let Message::RequestVoteResponse(m) = &envelope.msg {
                     tracing::debug!(
@@ -735,7 +693,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             // The requester may have given up (deadline); nothing to do then.
             Some(slot) => {
                 if let Message::AppendEntriesResponse(m) = &envelope.msg {
-                    crate::node::timeline::mark("f_ack_out", m.last_log_index.0);
+                    crate::timeline::mark("f_ack_out", m.last_log_index.0);
                 }
                 let _ = slot.send(envelope);
             }
@@ -846,6 +804,7 @@ async fn next_durable<E>(in_flight: &mut VecDeque<InFlight<E>>) -> Result<(), E>
 mod tests {
     use super::*;
     use crate::raft::message::{AppendEntriesResponse, RequestVoteResponse};
+    use crate::raft::HardState;
 
     fn vote_response(from: u32, to: u32) -> Envelope {
         Envelope {

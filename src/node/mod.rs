@@ -1,17 +1,20 @@
 //! The node: everything one `rust-raft-log` process runs, on one tokio-uring runtime.
 //!
-//! Startup, in this order (each step's failure stops the process with an `Error: ...` line):
+//! [`run`] is the whole startup, top to bottom (each step's failure stops the process with an
+//! `Error: ...` line):
 //! 1. 🚀 📋 the seed's startup lines (through `tracing`, see [`logging`]);
 //! 2. bind the gRPC port (before touching the data, so a node started twice reports the seed's
 //!    `Failed to bind to 127.0.0.1:18001 - address already in use`);
-//! 3. open the durable log, which takes `<log_directory>/node_<id>/LOCK` (the storage engine's
-//!    `flock`, the only lock on the directory): a second process on the same data directory fails
-//!    here with [`NodeError::DataDirInUse`], before it reads or writes anything else;
-//! 4. open the state file, build the core → ✅ ([`disk`]);
-//! 5. inside `tokio_uring::start`: serve gRPC → 🌐 (the Raft and Operator services and the etcd
-//!    v3 API, [`crate::etcd::server`]), start the peer clients, run the event loop
-//!    ([`event_loop`]) → 🔄, until SIGINT/SIGTERM, then stop accepting, finish the in-flight write
-//!    batch and close the files.
+//! 3. open the storage ([`open_storage`]): the log first, which takes
+//!    `<log_directory>/node_<id>/LOCK` (the storage engine's `flock`, the only lock on the
+//!    directory), so a second process on the same data directory fails here with
+//!    [`NodeError::DataDirInUse`] before it reads or writes anything else; then the state file;
+//!    then the append engine over both ([`crate::storage::engine`]);
+//! 4. build the core → ✅;
+//! 5. inside `tokio_uring::start`: run the engine's task, serve gRPC → 🌐 (the Raft and Operator
+//!    services and the etcd v3 API, [`crate::etcd::server`]), start the peer clients, run the
+//!    event loop ([`event_loop`]) → 🔄, until SIGINT/SIGTERM, then stop accepting, finish the
+//!    in-flight write batches and close the files.
 //!
 //! The state machine is the key-value store ([`crate::kv::KvStore`], etcd semantics), rebuilt by
 //! applying the committed log from index 1 at every start (there are no snapshots yet). The event
@@ -23,11 +26,8 @@
 //! lock, held by the `RaftLog` for as long as it is open; the kernel drops it when the process
 //! dies, even by `kill -9`, so there is never a stale lock to clean up).
 
-pub mod disk;
 pub mod event_loop;
 pub mod logging;
-pub mod mem;
-pub mod timeline;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -44,11 +44,13 @@ use crate::etcd::server::{EtcdApi, SharedStore};
 use crate::grpc::{self, GrpcError, Limits, PeerConfig, Peers, ServerConfig};
 use crate::kv::{KvLimits, KvStore};
 use crate::raft::{self, HardState, RaftNode};
+use crate::storage::engine::{Engine, EngineTask, LogView};
+use crate::storage::state::RaftState;
+use crate::storage::{LogConfig, LogError, RaftLog};
 use crate::types::{LogIndex, NodeId};
 
-pub use self::event_loop::{
-    Consensus, Durable, EventLoop, LoopConfig, LoopError, LoopStats, StateMachine, WriteBatch,
-};
+pub use self::event_loop::{Consensus, EventLoop, LoopConfig, LoopError, LoopStats, StateMachine};
+pub use crate::storage::engine::{Durable, WriteBatch};
 
 /// One tick of the core is one millisecond of wall-clock time in the node.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -96,12 +98,14 @@ pub enum NodeError {
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Runs node `node_id` of `config` until SIGINT/SIGTERM. `config_path` is only for the log.
+/// Runs node `node_id` of `config` until SIGINT/SIGTERM: the steps of the module docs, in order.
+/// `config_path` is only for the log.
 ///
 /// # Errors
 /// The first startup step that fails (see the module docs), or a fatal runtime error.
 pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(), NodeError> {
     let me = config.node(node_id)?;
+    let id = NodeId(node_id);
     let directory = config.node_directory(node_id);
     tracing::info!(
         "🚀 Starting Raft node {} with config: {}",
@@ -115,7 +119,53 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
     tracing::info!("   Log directory: {}", directory.display());
 
     let listener = grpc::bind(me.address())?;
-    disk::open_and_serve(config, NodeId(node_id), listener, &directory)
+    let (engine, log, task, hard_state) = open_storage(config, &directory)?;
+    let core = RaftNode::new(core_config(config, id, election_seed(id)), hard_state, log)?;
+    tracing::info!("✅ Raft node created successfully");
+    // tokio-uring panics when io_uring cannot be set up (old kernel, seccomp, memlock limits):
+    // probe first so that case is an error naming the cause, not a panic.
+    io_uring::IoUring::new(8).map_err(NodeError::Runtime)?;
+    let mut builder = tokio_uring::builder();
+    builder.entries(256);
+    let config = config.clone();
+    builder.start(async move {
+        tokio::task::spawn_local(task.run());
+        run_node(&config, id, listener, core, engine, shutdown_signal()).await?;
+        tracing::info!("node {id} stopped");
+        Ok(())
+    })
+}
+
+/// Step 3 of the module docs: opens the node directory's log (taking its lock) and state file,
+/// and builds the append engine over them. Returns the engine, the core's view of the log, the
+/// engine's task (to run inside the runtime) and the durable hard state.
+///
+/// # Errors
+/// [`NodeError::DataDirInUse`] if another process holds the directory; storage errors while
+/// opening (corruption names the file and offset).
+pub fn open_storage(
+    config: &ClusterConfig,
+    directory: &Path,
+) -> Result<(Engine, LogView, EngineTask, HardState), NodeError> {
+    let storage = |e: Box<dyn std::error::Error + Send + Sync>| NodeError::Storage(e);
+    let log_config = LogConfig {
+        segment_size_bytes: config.cluster_settings.log_segment_size,
+        ..LogConfig::new(directory)
+    };
+    let log = RaftLog::open(log_config).map_err(|e| match e {
+        LogError::Locked { dir } => NodeError::DataDirInUse { directory: dir },
+        e => storage(Box::new(e)),
+    })?;
+    let state = RaftState::open(directory).map_err(|e| storage(Box::new(e)))?;
+    let hard_state = state.state().hard_state();
+    tracing::info!(
+        first = %log.first_index(),
+        last = %log.last_index(),
+        term = %hard_state.term,
+        "log opened"
+    );
+    let (engine, view, task) = Engine::new(log, state);
+    Ok((engine, view, task, hard_state))
 }
 
 /// The core's configuration derived from the cluster config (times in ticks of [`TICK`]).
@@ -149,37 +199,6 @@ pub fn election_seed(id: NodeId) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
-}
-
-/// Step 5 of the module docs, for any durable store: runs the runtime until a shutdown signal.
-///
-/// # Errors
-/// `Runtime` if tokio-uring cannot start, `Transport` if serving fails, `Loop` for a fatal error
-/// of the event loop (a failed durable write).
-pub fn serve<D: Durable + 'static>(
-    config: &ClusterConfig,
-    id: NodeId,
-    listener: std::net::TcpListener,
-    hard_state: HardState,
-    log: D::Log,
-    durable: D,
-) -> Result<(), NodeError>
-where
-    D::Log: 'static,
-{
-    let core = RaftNode::new(core_config(config, id, election_seed(id)), hard_state, log)?;
-    tracing::info!("✅ Raft node created successfully");
-    // tokio-uring panics when io_uring cannot be set up (old kernel, seccomp, memlock limits):
-    // probe first so that case is an error naming the cause, not a panic.
-    io_uring::IoUring::new(8).map_err(NodeError::Runtime)?;
-    let mut builder = tokio_uring::builder();
-    builder.entries(256);
-    let config = config.clone();
-    builder.start(async move {
-        run_node(&config, id, listener, core, durable, shutdown_signal()).await?;
-        tracing::info!("node {id} stopped");
-        Ok(())
-    })
 }
 
 /// A state machine shared between the event loop and request handlers on the same thread.

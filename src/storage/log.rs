@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::storage::file::{Prepare, Vfs, WriteAt};
+use crate::storage::file::{LogFile, Prepare, Vfs, WriteAt};
 use crate::storage::format::{
     check_segment_size, entry_payload_max_bytes, frame_padded_len, parse_segment_file_name,
     segment_file_name, FrameFields, SegmentHeader, SEGMENT_SIZE_DEFAULT_BYTES,
@@ -151,8 +151,6 @@ pub enum LogError {
     },
     #[error("invalid log config: {0}")]
     Config(String),
-    #[error("the log writer thread has stopped")]
-    WriterStopped,
     #[error("{} is locked by another process (or another RaftLog in this one)", dir.display())]
     Locked { dir: PathBuf },
 }
@@ -163,6 +161,25 @@ fn io_err(op: &'static str, path: &Path, e: io::Error) -> LogError {
         path: path.to_path_buf(),
         source: Arc::new(e),
     }
+}
+
+/// The directory of `path` (where its entry lives).
+fn dir_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
+/// Removes `path` and fsyncs its directory: the removal is durable when this returns.
+fn remove_durably(vfs: &dyn Vfs, path: &Path, op: &'static str) -> Result<(), LogError> {
+    vfs.remove(path).map_err(|e| io_err(op, path, e))?;
+    vfs.sync_dir(dir_of(path))
+        .map_err(|e| io_err("fsync directory", dir_of(path), e))
+}
+
+/// Renames `from` to `to` and fsyncs the directory: durable when this returns.
+fn rename_durably(vfs: &dyn Vfs, from: &Path, to: &Path, op: &'static str) -> Result<(), LogError> {
+    vfs.rename(from, to).map_err(|e| io_err(op, to, e))?;
+    vfs.sync_dir(dir_of(to))
+        .map_err(|e| io_err("fsync directory", dir_of(to), e))
 }
 
 fn seg_err(op: &'static str, path: &Path, e: SegmentError) -> LogError {
@@ -188,12 +205,6 @@ pub struct LogConfig {
     pub dir: PathBuf,
     /// Size of every segment file (default 64 MiB), a multiple of 8, at most 4 GiB.
     pub segment_size_bytes: u64,
-    /// Group commit: most payload bytes one batch (one fdatasync) carries.
-    pub batch_bytes_max: u64,
-    /// Group commit: most entries one batch carries.
-    pub batch_entries_max: usize,
-    /// Group commit: most requests waiting in the writer's queue (senders block beyond it).
-    pub queue_requests_max: usize,
     /// Most compacted segment files kept for recycling (0: compaction deletes them). A recycled
     /// file spares the next rotation a zero-fill (or the extent conversions of a fallocated file)
     /// at the price of this many segments of disk space.
@@ -206,9 +217,6 @@ impl LogConfig {
         LogConfig {
             dir: dir.into(),
             segment_size_bytes: SEGMENT_SIZE_DEFAULT_BYTES,
-            batch_bytes_max: 8 << 20,
-            batch_entries_max: 4096,
-            queue_requests_max: 4096,
             recycle_segments_max: 2,
         }
     }
@@ -223,12 +231,6 @@ impl LogConfig {
     pub fn validate(&self) -> Result<(), LogError> {
         check_segment_size(self.segment_size_bytes)
             .map_err(|e| LogError::Config(format!("segment_size_bytes: {e}")))?;
-        if self.batch_bytes_max == 0 || self.batch_entries_max == 0 || self.queue_requests_max == 0
-        {
-            return Err(LogError::Config(
-                "batch_bytes_max, batch_entries_max and queue_requests_max must be > 0".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -290,9 +292,20 @@ pub struct StagedAppend {
 
 impl StagedAppend {
     /// The encoded frames, for a caller that performs the durable write itself instead of
-    /// [`RaftLog::write_staged`] (see [`RaftLog::staged_write_target`]).
+    /// [`RaftLog::write_staged`] (see [`RaftLog::staged_target`]).
     pub fn frames(&self) -> &[u8] {
         &self.frames
+    }
+
+    /// Takes the encoded frames out (to hand them to an owned-buffer write); give them back with
+    /// [`StagedAppend::put_frames`] before publishing.
+    pub fn take_frames(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.frames)
+    }
+
+    /// Puts back the frames taken by [`StagedAppend::take_frames`] (the write returns its buffer).
+    pub fn put_frames(&mut self, frames: Vec<u8>) {
+        self.frames = frames;
     }
 }
 
@@ -394,8 +407,7 @@ impl RaftLog {
                 if len == config.segment_size_bytes {
                     pool.push((seq, p));
                 } else {
-                    vfs.remove(&p)
-                        .map_err(|e| io_err("remove pool file", &p, e))?;
+                    remove_durably(&*vfs, &p, "remove pool file")?;
                 }
             } else if name == PREPARED_SEGMENT_NAME {
                 // A prepared file is complete (it is renamed to this name only after its zeros
@@ -410,14 +422,12 @@ impl RaftLog {
                 if len == config.segment_size_bytes {
                     prepared_ready = true;
                 } else {
-                    vfs.remove(&p)
-                        .map_err(|e| io_err("remove leftover", &p, e))?;
+                    remove_durably(&*vfs, &p, "remove leftover")?;
                 }
             } else if name.ends_with(".zeroing") {
                 // A preparation that a crash interrupted.
                 let p = dir.join(&name);
-                vfs.remove(&p)
-                    .map_err(|e| io_err("remove leftover", &p, e))?;
+                remove_durably(&*vfs, &p, "remove leftover")?;
             }
         }
         bases.sort();
@@ -425,8 +435,7 @@ impl RaftLog {
         let pool_seq = pool.last().map_or(0, |(seq, _)| seq + 1);
         while pool.len() > config.recycle_segments_max {
             let (_, p) = pool.remove(0);
-            vfs.remove(&p)
-                .map_err(|e| io_err("remove pool file", &p, e))?;
+            remove_durably(&*vfs, &p, "remove pool file")?;
         }
         let pool = pool.into_iter().map(|(_, p)| p).collect();
 
@@ -767,9 +776,7 @@ impl RaftLog {
     fn install_prepared(&mut self, prep: &Path, header: SegmentHeader) -> Result<(), LogError> {
         let base = header.base_index;
         let path = self.config.dir.join(segment_file_name(base));
-        self.vfs
-            .rename(prep, &path)
-            .map_err(|e| io_err("rename prepared segment", &path, e))?;
+        rename_durably(&*self.vfs, prep, &path, "rename prepared segment")?;
         let file = self
             .vfs
             .open(&path)
@@ -916,18 +923,27 @@ impl RaftLog {
     }
 
     /// Where [`RaftLog::write_staged`] would write the append staged last: the open segment's
-    /// path and its append position. For a caller that does step 2 itself (the node's event loop
-    /// submits the write and its fdatasync on its own io_uring, without a thread hand-off): it
-    /// must write exactly [`StagedAppend::frames`] at that offset and complete an fdatasync of
-    /// the file after the write, before it passes `Ok(())` to [`RaftLog::publish_staged`]; and
-    /// it must not change the log between staging and publishing.
-    pub fn staged_write_target(&self) -> (&Path, u64) {
+    /// file and its append position. For the append engine ([`crate::storage::engine`]), which
+    /// starts the write and its fdatasync without blocking ([`LogFile::start_durable_write`]):
+    /// it must write exactly [`StagedAppend::frames`] at that offset and see the fdatasync
+    /// complete before it passes `Ok(())` to [`RaftLog::publish_staged`]; and it must not change
+    /// the log between staging and publishing.
+    pub fn staged_target(&self) -> (Arc<dyn LogFile>, u64) {
         let seg = self
             .segments
             .values()
             .next_back()
             .expect("the log has at least one segment");
-        (seg.path(), seg.append_position())
+        (seg.file(), seg.append_position())
+    }
+
+    /// Drops the write side (descriptor, io_uring) of the open segment; the next write reopens
+    /// it. The append engine calls it when it stops, so that no registration with its runtime's
+    /// reactor outlives the runtime.
+    pub fn release_io(&self) {
+        if let Some(seg) = self.segments.values().next_back() {
+            seg.file().release_io();
+        }
     }
 
     /// Step 3 of an append (needs `&mut`, short): makes the entries visible if the write
@@ -1017,9 +1033,7 @@ impl RaftLog {
             let seg = self.segments.remove(&base).expect("key just seen");
             let path = seg.path().to_path_buf();
             drop(seg);
-            self.vfs
-                .remove(&path)
-                .map_err(|e| io_err("remove segment", &path, e))?;
+            remove_durably(&*self.vfs, &path, "remove segment")?;
             // The segment before is now the open one; its remaining space is zero (it was
             // sealed right after its last append).
             self.last_index = base.prev();
@@ -1071,15 +1085,11 @@ impl RaftLog {
                     // Renaming it out of the log is as atomic (and as durable, with the
                     // directory fsync) as deleting it; its frames keep their old salt.
                     let to = self.config.dir.join(recycle_file_name(self.pool_seq));
-                    self.vfs
-                        .rename(&path, &to)
-                        .map_err(|e| io_err("move compacted segment to the pool", &path, e))?;
+                    rename_durably(&*self.vfs, &path, &to, "move compacted segment to the pool")?;
                     self.pool_seq += 1;
                     self.pool.push_back(to);
                 } else {
-                    self.vfs
-                        .remove(&path)
-                        .map_err(|e| io_err("remove compacted segment", &path, e))?;
+                    remove_durably(&*self.vfs, &path, "remove compacted segment")?;
                 }
             }
             Ok(())
@@ -1108,9 +1118,7 @@ impl RaftLog {
             while let Some((_, seg)) = self.segments.pop_first() {
                 let path = seg.path().to_path_buf();
                 drop(seg);
-                self.vfs
-                    .remove(&path)
-                    .map_err(|e| io_err("remove segment", &path, e))?;
+                remove_durably(&*self.vfs, &path, "remove segment")?;
             }
             self.install_prepared(&prep, header)
         })();
@@ -1320,13 +1328,11 @@ impl crate::raft::Storage for RaftLog {
 }
 
 /// Checks that `entries` continue a log whose next index is `next` and whose last term is `term`:
-/// consecutive indexes, terms that never decrease, payloads within `payload_max`. Shared by
-/// [`RaftLog::check_append`] and the group-commit writer, which checks each request on its own so
-/// one bad request does not fail the others batched with it.
+/// consecutive indexes, terms that never decrease, payloads within `payload_max`.
 ///
 /// # Errors
 /// [`LogError::NotContiguous`], [`LogError::TermRegression`], [`LogError::EntryTooLarge`].
-pub(crate) fn check_continues(
+fn check_continues(
     entries: &[LogEntry],
     mut next: LogIndex,
     mut term: Term,

@@ -2,22 +2,25 @@
 //! the authoritative description of the bytes and of what each operation does for crash safety.
 //!
 //! Layers, top to bottom:
-//! - [`writer`]: `LogWriter`, group commit over one `RaftLog` (one fdatasync per batch).
+//! - [`engine`]: the durable append engine (`Engine` + `EngineTask`): group commit of a driver's
+//!   write batches over one `RaftLog` and one `RaftState`, the one write path of the node, the
+//!   benches, the crash tests and the simulator; `Durable`, the trait a Ready driver writes
+//!   through (also implemented by the in-memory `MemDurable`).
 //! - [`log`]: `RaftLog`, the segments in a `BTreeMap` by base index: open and recovery, append,
 //!   mmap reads, `truncate_suffix`, `compact_prefix`, rotation, poisoning.
 //! - [`segment`]: `LogFileSegment` (one file) and `scan_segment`, the pure torn-vs-corrupt scan
 //!   that recovery and `segdump` share.
 //! - [`state`]: `RaftState` in `raft_state.meta`.
 //! - [`format`](mod@format): the byte layouts (header, frame, naming), no I/O.
-//! - [`file`](mod@file): the seam below all of it (`Vfs`, `LogFile`) and `SimFs`, the simulated disk for
-//!   power-loss tests; [`uring`]: the production implementation (io_uring writes linked to
-//!   fdatasync, mmap reads).
+//! - [`file`](mod@file): the seam below all of it (`Vfs`, `LogFile`); [`simfs`]: `SimFs`, the
+//!   simulated disk of the power-loss tests and the simulator; [`uring`]: the production
+//!   implementation (io_uring writes linked to fdatasync, mmap reads).
+pub mod engine;
 pub mod file;
 pub mod format;
 pub mod log;
 pub mod segment;
+pub mod simfs;
 pub mod state;
 pub mod uring;
-pub mod writer;
 pub use log::{EntryRef, LogConfig, LogError, RaftLog};
-pub use writer::{LogWriter, Pending};

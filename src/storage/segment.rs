@@ -17,7 +17,7 @@
 //!   synced.
 
 use std::ops::Range;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::storage::file::{LogFile, WriteAt};
 use crate::storage::format::{
@@ -333,7 +333,7 @@ pub type EntryView<'a> = FrameView<'a>;
 
 /// One segment file: see the module docs for what it owns and its invariants.
 pub struct LogFileSegment {
-    file: Box<dyn LogFile>,
+    file: Arc<dyn LogFile>,
     /// The header as last written durably.
     header: SegmentHeader,
     seed: FrameSeed,
@@ -348,7 +348,7 @@ pub struct LogFileSegment {
 impl LogFileSegment {
     /// A segment whose header is trusted (a sealed segment, or one just created): no scan. Its
     /// entry offsets are found on the first read.
-    pub fn from_trusted_header(file: Box<dyn LogFile>, header: SegmentHeader) -> LogFileSegment {
+    pub fn from_trusted_header(file: Arc<dyn LogFile>, header: SegmentHeader) -> LogFileSegment {
         LogFileSegment {
             seed: header.frame_seed(),
             last_index: header.last_index(),
@@ -362,7 +362,7 @@ impl LogFileSegment {
     /// The open segment after recovery: its valid frames are exactly what the scan found, and
     /// the caller has zeroed (durably) everything after them.
     pub fn from_scan(
-        file: Box<dyn LogFile>,
+        file: Arc<dyn LogFile>,
         header: SegmentHeader,
         scan: ScanOutcome,
     ) -> LogFileSegment {
@@ -380,6 +380,11 @@ impl LogFileSegment {
 
     pub fn path(&self) -> &std::path::Path {
         self.file.path()
+    }
+
+    /// The segment's file (for a caller that writes staged frames itself).
+    pub fn file(&self) -> Arc<dyn LogFile> {
+        Arc::clone(&self.file)
     }
 
     pub fn header(&self) -> &SegmentHeader {

@@ -27,6 +27,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::raft::{HardState, Role};
 use crate::storage::file::{LogFile, Vfs, WriteAt};
@@ -375,7 +376,7 @@ impl StateFileView {
 /// The persistent Raft state of one node, backed by `<node dir>/raft_state.meta`.
 pub struct RaftState {
     path: PathBuf,
-    file: Box<dyn LogFile>,
+    file: Arc<dyn LogFile>,
     current: StateRecord,
     /// Reused for every write: one slot's bytes.
     slot_buf: Vec<u8>,
@@ -458,7 +459,9 @@ impl RaftState {
             .map_err(io_err(&tmp, "write + fdatasync"))?;
         }
         vfs.rename(&tmp, path)
-            .map_err(io_err(path, "rename into place"))
+            .map_err(io_err(path, "rename into place"))?;
+        vfs.sync_dir(node_dir)
+            .map_err(io_err(node_dir, "fsync directory"))
     }
 
     fn slot_offset(sequence: u64) -> u64 {
@@ -491,6 +494,33 @@ impl RaftState {
     /// If `new` lowers the term, changes a vote already cast in the same term, or votes for node
     /// 0: each is a bug in the caller that would break Raft's safety (§5.1, §5.2).
     pub fn save(&mut self, new: PersistentState) -> Result<(), StateError> {
+        let (record, offset) = self.prepare_save(new)?;
+        let result = self.file.write_durable(&[WriteAt {
+            offset,
+            bytes: &self.slot_buf,
+        }]);
+        self.finish_save(record, result)
+    }
+
+    /// [`RaftState::save`] without blocking the thread: the slot write and its fdatasync go
+    /// through [`LogFile::start_durable_write`] (production: the io_uring waited on by the
+    /// runtime's reactor), and the state is current once the returned future resolved `Ok`. The
+    /// append engine runs it beside the log's write.
+    ///
+    /// # Errors
+    /// As [`RaftState::save`]. # Panics: as [`RaftState::save`].
+    pub async fn save_async(&mut self, new: PersistentState) -> Result<(), StateError> {
+        let (record, offset) = self.prepare_save(new)?;
+        let slot = std::mem::take(&mut self.slot_buf);
+        let (result, slot) = Arc::clone(&self.file)
+            .start_durable_write(offset, slot)
+            .await;
+        self.slot_buf = slot;
+        self.finish_save(record, result)
+    }
+
+    /// The checks of a save and the encoded slot (in `slot_buf`): the record and its offset.
+    fn prepare_save(&mut self, new: PersistentState) -> Result<(StateRecord, u64), StateError> {
         let old = self.current.state;
         assert!(
             new.current_term >= old.current_term,
@@ -517,13 +547,18 @@ impl RaftState {
             state: new,
             sequence: self.current.sequence + 1,
         };
+        self.slot_buf.resize(STATE_SLOT_SIZE, 0);
         encode_slot(&record, &mut self.slot_buf);
         // The target slot is the one not holding `self.current` (sequence parity differs), so a
         // torn write can only damage the slot whose contents are already superseded.
-        let result = self.file.write_durable(&[WriteAt {
-            offset: Self::slot_offset(record.sequence),
-            bytes: &self.slot_buf,
-        }]);
+        Ok((record, Self::slot_offset(record.sequence)))
+    }
+
+    fn finish_save(
+        &mut self,
+        record: StateRecord,
+        result: io::Result<()>,
+    ) -> Result<(), StateError> {
         if let Err(source) = result {
             // fsyncgate: the page cache may already have dropped the write; never retry.
             self.poisoned = true;
@@ -537,12 +572,26 @@ impl RaftState {
         Ok(())
     }
 
+    /// Drops the file's write side (see [`LogFile::release_io`]).
+    pub fn release_io(&self) {
+        self.file.release_io();
+    }
+
     /// Convenience: saves the core's hard state, keeping the other fields.
     ///
     /// # Errors
     /// As [`RaftState::save`].
     pub fn save_hard_state(&mut self, hard: HardState) -> Result<(), StateError> {
         self.save(self.current.state.with_hard_state(hard))
+    }
+
+    /// [`RaftState::save_hard_state`] through [`RaftState::save_async`].
+    ///
+    /// # Errors
+    /// As [`RaftState::save`].
+    pub async fn save_hard_state_async(&mut self, hard: HardState) -> Result<(), StateError> {
+        self.save_async(self.current.state.with_hard_state(hard))
+            .await
     }
 }
 

@@ -1,18 +1,27 @@
-//! The production file: durable write batches through io_uring, reads through a shared mmap.
+//! The production file: durable writes through io_uring, reads through a shared mmap.
 //!
-//! [`UringFile::write_durable`] puts a batch's writes and one `IORING_OP_FSYNC` with
-//! `IORING_FSYNC_DATASYNC` into ONE submission, each write carrying `IOSQE_IO_LINK`, and returns
-//! after every completion arrived. The link is what orders them: without it the kernel may start the
-//! fdatasync before the writes completed, and the sync would not cover them. With it, a failed or
-//! short write breaks the chain and the kernel completes the linked fsync with `-ECANCELED` instead
-//! of running it, so a batch is never reported durable when one of its writes did not happen.
+//! This module holds the ONE place where a durable write is submitted: [`push_linked`] puts a
+//! batch's writes and one `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC` into one submission,
+//! each write carrying `IOSQE_IO_LINK`, and [`check_linked`] judges the completions. The link is
+//! what orders them: without it the kernel may start the fdatasync before the writes completed,
+//! and the sync would not cover them. With it, a failed or short write breaks the chain and the
+//! kernel completes the linked fsync with `-ECANCELED` instead of running it, so a write is never
+//! reported durable when it did not happen. Two ways wait for the same submission:
+//! - [`LogFile::write_durable`] blocks the calling thread (`io_uring_enter` with a wait): the rare
+//!   writes of the log (headers, seals, truncations, recovery) and tools;
+//! - [`LogFile::start_durable_write`] returns a future: the ring's fd is registered with the
+//!   current tokio runtime's reactor (`AsyncFd`), so the thread that submitted the write (the
+//!   node's event loop, the append engine in [`crate::storage::engine`]) goes on and is woken by
+//!   the completion. Outside a runtime it falls back to the blocking wait.
 //!
 //! Any failure is returned to the caller, who must treat it as fatal (no retry: after a failed
 //! fdatasync the kernel may already have dropped the dirty pages — the 2018 "fsyncgate").
 //!
-//! Invariants: the mapping covers exactly the file's length, which never changes through this handle
-//! (touching a page wholly past EOF raises SIGBUS); the ring is created lazily, so sealed segments
-//! that are only read cost no ring.
+//! Invariants: the mapping covers exactly the file's length, which never changes through this
+//! handle (touching a page wholly past EOF raises SIGBUS); the ring is created lazily, so sealed
+//! segments that are only read cost no ring; a buffer handed to the kernel is never freed or
+//! reused before both completions of its submission were reaped (a future dropped mid-write
+//! waits for them in its `Drop`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -20,12 +29,14 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use io_uring::{opcode, squeue, types, IoUring};
 use memmap2::{Mmap, MmapOptions};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
-use crate::storage::file::{LogFile, Prepare, Vfs, WriteAt};
+use crate::storage::file::{DurableWrite, LogFile, Prepare, Vfs, WriteAt};
 
 /// Submission queue size of a file's ring; a batch with more writes is split into several linked
 /// submissions, only the last of which carries the fdatasync.
@@ -34,30 +45,66 @@ const RING_ENTRIES: u32 = 16;
 /// Largest single write submitted (an SQE's length is a u32).
 const WRITE_BYTES_MAX: usize = 1 << 30;
 
-/// A segment file opened for io_uring writes and mmap reads.
+/// A segment (or state) file opened for io_uring writes and mmap reads.
 ///
 /// Only the mapping is kept for reading; the descriptor and the ring that writes need are opened
 /// on the first write and dropped by [`LogFile::release_io`] (the log calls it when it seals a
-/// segment), so a log of many sealed segments holds no descriptor per segment.
+/// segment, the append engine when it stops), so a log of many sealed segments holds no
+/// descriptor per segment.
 pub struct UringFile {
     path: PathBuf,
     len_bytes: u64,
     map: Option<Mmap>,
-    /// The write side, created on the first write; the mutex also serialises writers.
+    /// The write side, created on the first write; the mutex also serialises writers. An async
+    /// write takes it out for its duration and puts it back when done.
     io: Mutex<Option<WriteSide>>,
+}
+
+/// A ring, either waited on by blocking in `io_uring_enter`, or registered with the reactor of
+/// the tokio runtime that made the first async write (it can still be waited on by blocking).
+enum Ring {
+    Plain(IoUring),
+    Reactor(AsyncFd<IoUring>),
+}
+
+impl Ring {
+    fn get_mut(&mut self) -> &mut IoUring {
+        match self {
+            Ring::Plain(r) => r,
+            Ring::Reactor(r) => r.get_mut(),
+        }
+    }
 }
 
 struct WriteSide {
     file: File,
-    ring: IoUring,
+    ring: Ring,
 }
 
 impl WriteSide {
     fn open(path: &Path) -> io::Result<WriteSide> {
         Ok(WriteSide {
             file: OpenOptions::new().read(true).write(true).open(path)?,
-            ring: IoUring::new(RING_ENTRIES)?,
+            ring: Ring::Plain(IoUring::new(RING_ENTRIES)?),
         })
+    }
+
+    /// Registers the ring with the current runtime's reactor (once).
+    fn register(&mut self) -> io::Result<()> {
+        if let Ring::Reactor(_) = self.ring {
+            return Ok(());
+        }
+        let Ring::Plain(ring) =
+            std::mem::replace(&mut self.ring, Ring::Plain(IoUring::new(RING_ENTRIES)?))
+        else {
+            unreachable!("checked above");
+        };
+        // SAFETY: the IoUring owns its fd and keeps it open until it is dropped, which happens
+        // only when the AsyncFd (which deregisters first) is dropped.
+        let registered = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        self.ring = Ring::Reactor(registered);
+        Ok(())
     }
 }
 
@@ -82,6 +129,154 @@ impl UringFile {
             io: Mutex::new(None),
         })
     }
+
+    fn check_bounds(&self, offset: u64, len: usize) {
+        let end = offset + len as u64;
+        assert!(
+            end <= self.len_bytes,
+            "write [{offset}, {end}) past the end ({}) of {}: files never grow here",
+            self.len_bytes,
+            self.path.display()
+        );
+    }
+
+    /// The write side, opened if needed, taken out of its slot (put it back with `put_back`).
+    fn take_side(&self) -> io::Result<WriteSide> {
+        let taken = self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match taken {
+            Some(side) => Ok(side),
+            None => WriteSide::open(&self.path),
+        }
+    }
+
+    fn put_back(&self, side: WriteSide) {
+        *self.io.lock().unwrap_or_else(|e| e.into_inner()) = Some(side);
+    }
+
+    /// The async write of [`LogFile::start_durable_write`].
+    async fn write_async(
+        self: Arc<Self>,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> (io::Result<()>, Vec<u8>) {
+        self.check_bounds(offset, bytes.len());
+        let mut side = match self.take_side() {
+            Ok(side) => side,
+            Err(e) => return (Err(error_at(&self.path, "open for writing", 0, e)), bytes),
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            // No reactor to wait in: wait by blocking (tools, tests without a runtime).
+            let writes = [WriteAt {
+                offset,
+                bytes: &bytes,
+            }];
+            let r = submit_linked(
+                side.ring.get_mut(),
+                &self.path,
+                side.file.as_raw_fd(),
+                &writes,
+                true,
+            );
+            if r.is_ok() {
+                self.put_back(side);
+            }
+            return (r, bytes);
+        }
+        if let Err(e) = side.register() {
+            return (
+                Err(error_at(&self.path, "register the io_uring", 0, e)),
+                bytes,
+            );
+        }
+        let mut flight = InFlight {
+            side: Some(side),
+            buffer: bytes,
+            in_flight: 0,
+        };
+        let result = flight.run(&self.path, offset).await;
+        let (side, buffer) = flight.finish();
+        if result.is_ok() {
+            if let Some(side) = side {
+                self.put_back(side);
+            }
+        }
+        // After an error the side is dropped: a ring that saw an error may hold unsubmitted SQEs
+        // (the caller is poisoned anyway; this only keeps the handle sane).
+        (result, buffer)
+    }
+}
+
+/// One async durable write in the kernel's hands: owns the buffer and the ring until both
+/// completions were reaped. Dropped early (the waiting task was cancelled), it waits for them by
+/// blocking, so the kernel never writes from freed memory.
+struct InFlight {
+    side: Option<WriteSide>,
+    buffer: Vec<u8>,
+    in_flight: usize,
+}
+
+impl InFlight {
+    async fn run(&mut self, path: &Path, offset: u64) -> io::Result<()> {
+        let side = self.side.as_mut().expect("the side is held until finish");
+        let fd = side.file.as_raw_fd();
+        let Ring::Reactor(ring) = &mut side.ring else {
+            unreachable!("registered before the write");
+        };
+        let writes = [WriteAt {
+            offset,
+            bytes: &self.buffer,
+        }];
+        // ASYNC: hand the write to the kernel's io-wq at once instead of copying it into the page
+        // cache inside `io_uring_enter` on this thread (the linked fdatasync goes to io-wq
+        // anyway), so the submitting thread is free sooner for the rest of its work (the node's
+        // event loop: the RPCs of the same Ready).
+        let expects = push_linked(ring.get_mut(), fd, &writes, true, true)?;
+        let want = expects.len();
+        self.in_flight = want;
+        if let Err(e) = ring.get_ref().submit() {
+            if !ring.get_mut().submission().is_empty() {
+                // The kernel took nothing; forget the SQEs (no buffer is referenced).
+                ring.get_mut().submission().sync();
+                self.in_flight = 0;
+            }
+            return Err(error_at(path, "io_uring_enter", 0, e));
+        }
+        let mut results: Vec<Option<i32>> = vec![None; want];
+        while self.in_flight > 0 {
+            let mut ready = ring
+                .readable_mut()
+                .await
+                .map_err(|e| error_at(path, "poll the io_uring", 0, e))?;
+            let reaped = reap(ready.get_inner_mut(), &mut results);
+            self.in_flight -= reaped;
+            if reaped == 0 {
+                ready.clear_ready();
+            }
+        }
+        check_linked(path, &expects, &results)
+    }
+
+    fn finish(mut self) -> (Option<WriteSide>, Vec<u8>) {
+        (self.side.take(), std::mem::take(&mut self.buffer))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let Some(side) = self.side.as_mut() else {
+            return;
+        };
+        let ring = side.ring.get_mut();
+        while self.in_flight > 0 {
+            match ring.submit_and_wait(self.in_flight) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+            let reaped = ring.completion().count();
+            self.in_flight = self.in_flight.saturating_sub(reaped);
+        }
+    }
 }
 
 /// One SQE of a submission and what its completion must say.
@@ -99,96 +294,94 @@ fn error_at(path: &Path, what: &str, offset: u64, err: io::Error) -> io::Error {
     )
 }
 
-/// Pushes `chunk` (and the fsync if `with_sync`) as one linked submission, waits for every
-/// completion and checks them. On return no SQE of this submission is still in flight, so the
-/// borrowed buffers may be released.
-fn submit_linked(
+/// Pushes `writes` (and the fdatasync if `with_sync`) as one linked chain: every write links to
+/// the next SQE, the last one to the fsync. `punt` sets `IOSQE_ASYNC` on the writes. The user
+/// data of SQE `i` is `i`. Returns what each completion must say.
+///
+/// # Safety contract (kept by both callers)
+/// The buffers stay alive and unmoved until every completion of this chain was reaped.
+fn push_linked(
     ring: &mut IoUring,
-    path: &Path,
     fd: i32,
-    chunk: &[WriteAt<'_>],
+    writes: &[WriteAt<'_>],
     with_sync: bool,
-) -> io::Result<()> {
-    let mut expects = Vec::with_capacity(chunk.len() + 1);
-    {
-        let mut sq = ring.submission();
-        for (i, w) in chunk.iter().enumerate() {
-            assert!(
-                w.bytes.len() <= WRITE_BYTES_MAX,
-                "write of {} bytes exceeds WRITE_BYTES_MAX {WRITE_BYTES_MAX}",
-                w.bytes.len()
-            );
-            let last = i + 1 == chunk.len();
-            let mut sqe = opcode::Write::new(types::Fd(fd), w.bytes.as_ptr(), w.bytes.len() as u32)
-                .offset(w.offset)
-                .build()
-                .user_data(expects.len() as u64);
-            // Every write links to the next SQE; the last one links to the fsync (if any).
-            if !last || with_sync {
-                sqe = sqe.flags(squeue::Flags::IO_LINK);
-            }
-            // SAFETY: the buffer stays borrowed until this function returns, and it returns only
-            // after the completion of every SQE pushed here (see the wait loop below).
-            unsafe { sq.push(&sqe) }
-                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-            expects.push(Expect {
-                write_len: Some(w.bytes.len()),
-                offset: w.offset,
-            });
+    punt: bool,
+) -> io::Result<Vec<Expect>> {
+    let mut expects = Vec::with_capacity(writes.len() + 1);
+    let mut sq = ring.submission();
+    for (i, w) in writes.iter().enumerate() {
+        assert!(
+            w.bytes.len() <= WRITE_BYTES_MAX,
+            "write of {} bytes exceeds WRITE_BYTES_MAX {WRITE_BYTES_MAX}",
+            w.bytes.len()
+        );
+        let last = i + 1 == writes.len();
+        let mut flags = squeue::Flags::empty();
+        if !last || with_sync {
+            flags |= squeue::Flags::IO_LINK;
         }
-        if with_sync {
-            let sqe = opcode::Fsync::new(types::Fd(fd))
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .user_data(expects.len() as u64);
-            // SAFETY: fsync references no user memory.
-            unsafe { sq.push(&sqe) }
-                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
-            expects.push(Expect {
-                write_len: None,
-                offset: 0,
-            });
+        if punt {
+            flags |= squeue::Flags::ASYNC;
         }
+        let sqe = opcode::Write::new(types::Fd(fd), w.bytes.as_ptr(), w.bytes.len() as u32)
+            .offset(w.offset)
+            .build()
+            .flags(flags)
+            .user_data(expects.len() as u64);
+        // SAFETY: the caller keeps the buffer alive and unmoved until this SQE's completion was
+        // reaped (see the function's contract).
+        unsafe { sq.push(&sqe) }.map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        expects.push(Expect {
+            write_len: Some(w.bytes.len()),
+            offset: w.offset,
+        });
     }
-
-    let want = expects.len();
-    let mut results: Vec<Option<i32>> = vec![None; want];
-    let mut done = 0;
-    while done < want {
-        match ring.submit_and_wait(want - done) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                if !ring.submission().is_empty() {
-                    // The kernel took nothing: no buffer is referenced, so the error can be
-                    // returned. The caller drops this ring, and with it the unsubmitted SQEs.
-                    return Err(error_at(path, "io_uring_enter", 0, e));
-                }
-                // The SQEs are in the kernel's hands and reference our buffers: we must see their
-                // completions before returning, whatever the wait says.
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        }
-        for cqe in ring.completion() {
-            let i = cqe.user_data() as usize;
-            assert!(i < want, "unexpected io_uring completion {i} (want {want})");
-            if results[i].is_none() {
-                done += 1;
-            }
-            results[i] = Some(cqe.result());
-        }
+    if with_sync {
+        let sqe = opcode::Fsync::new(types::Fd(fd))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(expects.len() as u64);
+        // SAFETY: fsync references no user memory.
+        unsafe { sq.push(&sqe) }.map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        expects.push(Expect {
+            write_len: None,
+            offset: 0,
+        });
     }
+    Ok(expects)
+}
 
-    // Report the first failure in submission order: a failed write is the cause, the fsync's
-    // -ECANCELED after it is only the consequence of the link (said in the message).
+/// Reaps the ring's completions into `results` (by user data); returns how many were new.
+fn reap(ring: &mut IoUring, results: &mut [Option<i32>]) -> usize {
+    let mut new = 0;
+    for cqe in ring.completion() {
+        let i = cqe.user_data() as usize;
+        assert!(
+            i < results.len(),
+            "unexpected io_uring completion {i} (want {})",
+            results.len()
+        );
+        if results[i].is_none() {
+            new += 1;
+        }
+        results[i] = Some(cqe.result());
+    }
+    new
+}
+
+/// Judges the completions of one chain: the first failure in submission order is the error (a
+/// failed write is the cause; the fsync's `-ECANCELED` after it is only the link's consequence,
+/// said in the message).
+fn check_linked(path: &Path, expects: &[Expect], results: &[Option<i32>]) -> io::Result<()> {
+    let with_sync = expects.last().is_some_and(|e| e.write_len.is_none());
     let sync_cancelled = with_sync && results.last() == Some(&Some(-libc::ECANCELED));
     let what = if sync_cancelled {
         "write (the linked fdatasync was cancelled)"
     } else {
         "write"
     };
-    for (e, r) in expects.iter().zip(&results) {
-        let r = r.expect("every completion was collected");
+    for (e, r) in expects.iter().zip(results) {
+        let r = r.unwrap_or(-libc::EIO);
         match e.write_len {
             Some(len) => {
                 if r < 0 {
@@ -226,6 +419,40 @@ fn submit_linked(
     Ok(())
 }
 
+/// Pushes `chunk` (and the fsync if `with_sync`) as one linked submission, waits for every
+/// completion by blocking, and checks them. On return no SQE of this submission is still in
+/// flight, so the borrowed buffers may be released.
+fn submit_linked(
+    ring: &mut IoUring,
+    path: &Path,
+    fd: i32,
+    chunk: &[WriteAt<'_>],
+    with_sync: bool,
+) -> io::Result<()> {
+    let expects = push_linked(ring, fd, chunk, with_sync, false)?;
+    let want = expects.len();
+    let mut results: Vec<Option<i32>> = vec![None; want];
+    let mut done = 0;
+    while done < want {
+        match ring.submit_and_wait(want - done) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                if !ring.submission().is_empty() {
+                    // The kernel took nothing: no buffer is referenced, so the error can be
+                    // returned. The caller drops this ring, and with it the unsubmitted SQEs.
+                    return Err(error_at(path, "io_uring_enter", 0, e));
+                }
+                // The SQEs are in the kernel's hands and reference our buffers: we must see their
+                // completions before returning, whatever the wait says.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        done += reap(ring, &mut results);
+    }
+    check_linked(path, &expects, &results)
+}
+
 impl LogFile for UringFile {
     fn path(&self) -> &Path {
         &self.path
@@ -248,22 +475,11 @@ impl LogFile for UringFile {
 
     fn write_durable(&self, writes: &[WriteAt<'_>]) -> io::Result<()> {
         for w in writes {
-            let end = w.offset + w.bytes.len() as u64;
-            assert!(
-                end <= self.len_bytes,
-                "write [{}, {end}) past the end ({}) of {}",
-                w.offset,
-                self.len_bytes,
-                self.path.display()
-            );
+            self.check_bounds(w.offset, w.bytes.len());
         }
-        let mut guard = self.io.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(WriteSide::open(&self.path)?);
-        }
-        let side = guard.as_mut().expect("write side was just opened");
+        let mut side = self.take_side()?;
         let fd = side.file.as_raw_fd();
-        let ring = &mut side.ring;
+        let ring = side.ring.get_mut();
         let per_submission = (RING_ENTRIES - 1) as usize;
         let result = if writes.is_empty() {
             submit_linked(ring, &self.path, fd, &[], true)
@@ -278,12 +494,16 @@ impl LogFile for UringFile {
                 Ok(())
             })()
         };
-        if result.is_err() {
-            // A ring that saw an error may hold unsubmitted SQEs: start afresh next time (the log
+        if result.is_ok() {
+            // A ring that saw an error may hold unsubmitted SQEs: it is dropped instead (the log
             // is poisoned anyway, this only keeps the handle sane).
-            *guard = None;
+            self.put_back(side);
         }
         result
+    }
+
+    fn start_durable_write(self: Arc<Self>, offset: u64, bytes: Vec<u8>) -> DurableWrite {
+        Box::pin(self.write_async(offset, bytes))
     }
 }
 
@@ -460,8 +680,8 @@ impl Vfs for UringVfs {
         Ok(names)
     }
 
-    fn open(&self, path: &Path) -> io::Result<Box<dyn LogFile>> {
-        Ok(Box::new(UringFile::open(path)?))
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        Ok(Arc::new(UringFile::open(path)?))
     }
 
     fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<()> {
@@ -524,17 +744,15 @@ impl Vfs for UringVfs {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        std::fs::rename(from, to)?;
-        sync_dir(parent_of(to))?;
-        if parent_of(from) != parent_of(to) {
-            sync_dir(parent_of(from))?;
-        }
-        Ok(())
+        std::fs::rename(from, to)
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)?;
-        sync_dir(parent_of(path))
+        std::fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        sync_dir(dir)
     }
 }
 
@@ -575,7 +793,7 @@ mod tests {
         // A read-only descriptor makes the write fail with EBADF inside the chain.
         *f.io.lock().unwrap() = Some(WriteSide {
             file: File::open(&p).unwrap(),
-            ring: IoUring::new(RING_ENTRIES).unwrap(),
+            ring: Ring::Plain(IoUring::new(RING_ENTRIES).unwrap()),
         });
         let err = f
             .write_durable(&[WriteAt {
