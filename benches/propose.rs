@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use process_cluster::{propose, Cluster, OperatorClient, Settings, StreamProposer};
-use rust_raft_log::grpc::ProposeOutcome;
+use rust_raft_log::driver::ProposeOutcome;
 
 /// mimalloc, as in the node binary: the proposers run on the same 2 cores as the nodes, so the
 /// harness's own CPU time is taken from the system under test.

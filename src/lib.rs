@@ -6,6 +6,8 @@
 //! - [`storage`]: the on-disk segmented log (`RaftLog`), the persistent Raft state (`RaftState`),
 //!   the file seam below them (io_uring in production, a simulated disk in tests).
 //! - [`raft`]: the pure consensus core (`RaftNode`): no I/O, clocks or global randomness.
+//! - [`driver`]: the Ready driver (mailbox, reply slots, proposals, read grants, durability
+//!   ordering) that the node's event loop and the simulator both run.
 //! - [`testing`]: the deterministic cluster simulator and safety checkers (tests and benches only).
 //! - [`etcd`]: the etcd v3 wire types (`proto/etcd/`, packages `mvccpb` and `etcdserverpb`).
 //! - [`grpc`]: the wire protocol (`proto/raft.proto`), core <-> proto conversion, the tonic server
@@ -19,6 +21,7 @@
 //!   tracing), the event loop that drives the core, persists its output and answers RPCs.
 
 pub mod config;
+pub mod driver;
 pub mod etcd;
 pub mod grpc;
 pub mod kv;

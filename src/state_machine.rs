@@ -12,8 +12,9 @@
 //!   no I/O whose outcome can differ between replicas.
 //! - `apply` must not panic on any payload: a payload that does not decode is answered with an
 //!   error response (deterministically), because every replica applies it and none may stop.
-//! - The response bytes go to the client whose proposal the entry was, on the node where it was
-//!   proposed; other replicas discard them.
+//! - The response (a value of the machine's own type, handed over on the node's thread: never
+//!   encoded) goes to the client whose proposal the entry was, on the node where it was
+//!   proposed; other replicas discard it.
 //!
 //!
 //! [`Snapshot`] is the second half: the whole state as bytes and back, for compacting the log
@@ -24,8 +25,11 @@ use crate::types::LogEntry;
 
 /// A deterministic state machine driven by the committed log. See the [module docs](self).
 pub trait StateMachine {
+    /// What the proposer of an entry is told once it is applied.
+    type Response: Send + 'static;
+
     /// Applies one committed entry and returns the response for its proposer.
-    fn apply(&mut self, entry: &LogEntry) -> Vec<u8>;
+    fn apply(&mut self, entry: &LogEntry) -> Self::Response;
 }
 
 /// Errors of restoring a snapshot.
@@ -54,7 +58,7 @@ pub trait Snapshot {
 
 /// The identity state machine: entries are only counted as applied, responses are empty.
 impl StateMachine for () {
-    fn apply(&mut self, _entry: &LogEntry) -> Vec<u8> {
-        Vec::new()
-    }
+    type Response = ();
+
+    fn apply(&mut self, _entry: &LogEntry) {}
 }

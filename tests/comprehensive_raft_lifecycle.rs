@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use process_cluster::{propose, Cluster, OperatorClient, Settings};
-use rust_raft_log::grpc::ProposeOutcome;
+use rust_raft_log::driver::ProposeOutcome;
 use rust_raft_log::raft::{Role, Storage};
 use rust_raft_log::storage::{LogConfig, RaftLog};
 use rust_raft_log::types::{EntryType, LogEntry, LogIndex, Term};

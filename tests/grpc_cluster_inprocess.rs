@@ -15,7 +15,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rust_raft_log::config::ClusterConfig;
-use rust_raft_log::grpc::{self, proto as pb, ProposeOutcome};
+use rust_raft_log::driver::{NodeStatus, ProposeOutcome};
+use rust_raft_log::grpc::{self, proto as pb};
 use rust_raft_log::node;
 use rust_raft_log::raft::{HardState, MemStorage, RaftNode, Role};
 use rust_raft_log::storage::engine::MemDurable;
@@ -59,7 +60,7 @@ fn start_node(config: &ClusterConfig, id: u32, listener: std::net::TcpListener) 
     Running { addr, stop, task }
 }
 
-async fn status(addr: SocketAddr) -> Option<grpc::NodeStatus> {
+async fn status(addr: SocketAddr) -> Option<NodeStatus> {
     let mut client = pb::operator_client::OperatorClient::connect(format!("http://{addr}"))
         .await
         .ok()?;

@@ -12,7 +12,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rust_raft_log::grpc::{self, proto as pb, Inbound, PeerConfig, Peers, ServerConfig};
+use rust_raft_log::driver;
+
+/// The mailbox of these tests' nodes (no state machine responses).
+type Inbound = driver::Inbound<()>;
+use rust_raft_log::grpc::{self, proto as pb, PeerConfig, Peers, ServerConfig};
 use rust_raft_log::raft::message::{
     AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
 };
@@ -132,16 +136,16 @@ fn responder(
                 Inbound::Propose { payload, reply } => {
                     // A payload of 99 bytes plays an overloaded node.
                     let _ = reply.send(if payload.len() == 99 {
-                        Err(grpc::ProposeRefused::Overloaded { pending: 7 })
+                        Err(driver::ProposeRefused::Overloaded { pending: 7 })
                     } else {
-                        Ok(grpc::ProposeOutcome::Committed {
+                        Ok(driver::ProposeOutcome::Committed {
                             index: LogIndex(payload.len() as u64),
                             term: Term(1),
                         })
                     });
                 }
                 Inbound::Status { reply } => {
-                    let _ = reply.send(grpc::NodeStatus {
+                    let _ = reply.send(driver::NodeStatus {
                         node_id: NodeId(id),
                         role: rust_raft_log::raft::Role::Follower,
                         term: Term(1),
@@ -329,7 +333,7 @@ fn exchange_votes_and_appends(stream: bool) {
             .into_inner();
         assert_eq!(
             grpc::convert::decode_propose_outcome(answer),
-            Ok(grpc::ProposeOutcome::Committed {
+            Ok(driver::ProposeOutcome::Committed {
                 index: LogIndex(33),
                 term: Term(1)
             })
@@ -980,7 +984,7 @@ fn a_follower_closes_a_silent_leaders_stream_after_its_keepalive_pings_go_unansw
 /// stream still open shuts down (the stream ends when shutdown begins).
 #[test]
 fn a_propose_stream_answers_in_order_and_ends_on_shutdown() {
-    use rust_raft_log::grpc::{ProposeOutcome, ProposeRefused};
+    use rust_raft_log::driver::{ProposeOutcome, ProposeRefused};
     within_test_timeout(async {
         let mut one = Endpoint::start(1);
         let mut inbound = one.inbound_rx.take().expect("rx");

@@ -5,8 +5,9 @@
 //! loop through [`Inbound`] items:
 //! - **Writes** (Put, DeleteRange, Txn, Compact): [`validate`] with etcd's limits and texts (a
 //!   refused request is never proposed), then `Inbound::Command` with the encoded command; the
-//!   answer comes once the entry is applied, carrying the store's response bytes
-//!   ([`decode_response`]). Every Txn goes through the log, read-only ones included.
+//!   answer comes once the entry is applied, carrying the store's response (a
+//!   [`KvResponse`] value, handed over on the node's thread). Every Txn goes through the log,
+//!   read-only ones included.
 //! - **Reads** (Range): `Inbound::Read`. Linearizable by default: the loop grants the read once
 //!   this node, as leader, has confirmed its leadership after the read arrived (ReadIndex, thesis
 //!   §6.4) and applied up to the read index; then the handler reads the shared [`KvStore`].
@@ -35,16 +36,13 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::driver::{Applied, CommandRefused, NodeStatus, ReadGrant, ReadRefused};
 use crate::etcd::members::Members;
 use crate::etcd::pb::etcdserverpb::{
     self as pb, cluster_client::ClusterClient, kv_client::KvClient,
     maintenance_client::MaintenanceClient, request_op, response_op, RequestOp, ResponseHeader,
 };
-use crate::grpc::server::{Applied, CommandRefused, ReadGrant, ReadRefused};
-use crate::grpc::{Inbound, NodeStatus};
-use crate::kv::{
-    self, decode_response, encode_command, encode_compact, validate, KvLimits, KvStore,
-};
+use crate::kv::{self, encode_command, encode_compact, validate, KvLimits, KvResponse, KvStore};
 use crate::raft::Role;
 use crate::types::{NodeId, Term};
 
@@ -62,6 +60,9 @@ const TIMED_OUT: &str = "etcdserver: request timed out";
 const OUTCOME_UNKNOWN: &str =
     "etcdserver: request timed out, possibly due to previous leader failure";
 const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+
+/// The mailbox of a node whose state machine is the key-value store.
+type Inbound = crate::driver::Inbound<KvResponse>;
 
 /// The key-value store shared by the event loop (which applies to it) and the handlers (which
 /// read it after a grant). One thread runs both, so the lock is never contended; it exists
@@ -192,7 +193,7 @@ impl EtcdApi {
             .await?;
         match outcome {
             Ok(Applied { term, response, .. }) => {
-                let applied = decode_response(&response).map_err(|e| e.to_status())?;
+                let applied = response.map_err(|e| e.to_status())?;
                 Ok(Route::Here((applied, term)))
             }
             Err(CommandRefused::NotLeader {
@@ -335,7 +336,9 @@ impl KvService {
                 Some(r) => Ok(Route::Here((r, term))),
                 None => Err(wrong_response("request")),
             },
-            Route::Here((kv::Applied::Compact(_), _)) => Err(wrong_response("request")),
+            Route::Here((kv::Applied::Compact(_) | kv::Applied::Nothing, _)) => {
+                Err(wrong_response("request"))
+            }
             Route::Leader(addr) => Ok(Route::Leader(addr)),
         }
     }
@@ -647,20 +650,11 @@ pub fn unimplemented_message(path: &str) -> String {
     )
 }
 
-/// Axum middleware for the node's router: passes served paths on, answers the rest with
-/// UNIMPLEMENTED naming the method. (tonic's own answer for an unknown method of a known service,
-/// or an unknown service, carries no message.)
-pub async fn only_served_methods(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if is_served(request.uri().path()) {
-        return next.run(request).await;
-    }
-    let path = request.uri().path();
-    tracing::debug!(%path, "unimplemented gRPC method");
-    Status::unimplemented(unimplemented_message(path)).into_http::<axum::body::Body>()
-}
+/// The server's path filter for a node that serves the etcd API.
+pub const PATH_FILTER: crate::grpc::PathFilter = crate::grpc::PathFilter {
+    served: is_served,
+    unimplemented: unimplemented_message,
+};
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,7 @@
 //! the limits), `decode_envelope(encode_envelope(e)) == Ok(e)`; the property tests below check it,
 //! through the real prost encoding.
 
+use crate::driver::{NodeStatus, ProposeOutcome};
 use crate::grpc::proto as pb;
 use crate::raft::message::{
     AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
@@ -351,18 +352,6 @@ pub fn decode_entry(e: pb::LogEntry) -> Result<LogEntry, ConvertError> {
     })
 }
 
-/// The answer to a Propose RPC, on the Rust side.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProposeOutcome {
-    /// The entry is committed and applied on the answering node.
-    Committed { index: LogIndex, term: Term },
-    /// Ask `leader` (at `leader_address`, from the cluster config) instead, if known.
-    NotLeader {
-        leader: Option<NodeId>,
-        leader_address: Option<String>,
-    },
-}
-
 pub fn encode_propose_outcome(outcome: ProposeOutcome) -> pb::ProposeResponse {
     use pb::propose_response::Outcome;
     let outcome = match outcome {
@@ -416,21 +405,6 @@ pub fn decode_propose_outcome(m: pb::ProposeResponse) -> Result<ProposeOutcome, 
             field: "outcome",
         }),
     }
-}
-
-/// The answer to a Status RPC, on the Rust side.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeStatus {
-    pub node_id: NodeId,
-    pub role: Role,
-    pub term: Term,
-    pub leader: Option<NodeId>,
-    pub commit_index: LogIndex,
-    pub applied_index: LogIndex,
-    pub first_log_index: LogIndex,
-    pub last_log_index: LogIndex,
-    /// `(follower, match_index)`; empty unless the node is the leader.
-    pub peers: Vec<(NodeId, LogIndex)>,
 }
 
 pub fn encode_role(role: Role) -> pb::Role {

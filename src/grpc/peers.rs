@@ -2,7 +2,7 @@
 //! exponential backoff after failures.
 //!
 //! This module owns outbound delivery of the core's requests (RequestVote, AppendEntries) and the
-//! return path of their responses, which it hands to the event loop as [`Inbound::Response`].
+//! return path of their responses, which it hands to the event loop as `Inbound::Response`.
 //!
 //! Invariants, and why they hold:
 //! - [`Peers::send`] never blocks and never awaits: it pushes onto the peer's queue and returns. So
@@ -41,9 +41,10 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use crate::driver::Inbound;
 use crate::grpc::convert::{self, Limits};
 use crate::grpc::proto as pb;
-use crate::grpc::server::{Inbound, ServerConfig};
+use crate::grpc::server::ServerConfig;
 use crate::grpc::GrpcError;
 use crate::raft::message::{Envelope, Message};
 use crate::types::NodeId;
@@ -183,11 +184,11 @@ impl Peers {
     ///
     /// # Errors
     /// [`GrpcError::PeerAddress`] if a peer's address does not form a valid URI.
-    pub fn start(
+    pub fn start<R: Send + 'static>(
         local_id: NodeId,
         peers: &[(NodeId, SocketAddr)],
         config: PeerConfig,
-        inbound: mpsc::Sender<Inbound>,
+        inbound: mpsc::Sender<Inbound<R>>,
     ) -> Result<Peers, GrpcError> {
         assert!(
             config.queue_capacity > 0 && config.inflight_rpcs_max > 0,
@@ -333,12 +334,12 @@ impl Drop for Peers {
 /// The per-peer worker: waits for a free RPC slot, honours the backoff, pops the oldest message and
 /// starts its RPC, or sends it on the peer's AppendEntries stream (opened on first use, and again
 /// after it broke).
-async fn worker(
+async fn worker<R: Send + 'static>(
     local_id: NodeId,
     peer: Arc<PeerShared>,
     client: pb::raft_client::RaftClient<Channel>,
     config: PeerConfig,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Inbound<R>>,
 ) {
     let slots = Arc::new(Semaphore::new(config.inflight_rpcs_max));
     let mut session: Option<mpsc::Sender<StreamRequest>> = None;
@@ -430,11 +431,11 @@ async fn worker(
 }
 
 /// Hands a peer's response to the event loop (after checking its route) and resets the backoff.
-async fn deliver(
+async fn deliver<R>(
     local_id: NodeId,
     peer: &PeerShared,
     response: Envelope,
-    inbound: &mpsc::Sender<Inbound>,
+    inbound: &mpsc::Sender<Inbound<R>>,
 ) {
     {
         let mut backoff = lock(&peer.backoff);
@@ -482,12 +483,12 @@ struct StreamRequest {
 type Unanswered = Arc<Mutex<VecDeque<(OwnedSemaphorePermit, Option<u64>)>>>;
 
 /// Opens an `AppendEntriesStream` to the peer on a task of its own and returns the way in.
-fn open_session(
+fn open_session<R: Send + 'static>(
     local_id: NodeId,
     peer: Arc<PeerShared>,
     client: pb::raft_client::RaftClient<Channel>,
     config: PeerConfig,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Inbound<R>>,
 ) -> mpsc::Sender<StreamRequest> {
     let (tx, rx) = mpsc::channel(config.inflight_rpcs_max);
     tokio::spawn(run_session(local_id, peer, client, config, inbound, rx));
@@ -497,12 +498,12 @@ fn open_session(
 /// Runs one AppendEntries stream until it breaks or the node stops: feeds it the requests from
 /// `rx` and hands the answers to the event loop. A broken stream counts as a failed RPC (backoff
 /// before the next one); the requests it still held are lost, which Raft tolerates.
-async fn run_session(
+async fn run_session<R: Send + 'static>(
     local_id: NodeId,
     peer: Arc<PeerShared>,
     mut client: pb::raft_client::RaftClient<Channel>,
     config: PeerConfig,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Inbound<R>>,
     rx: mpsc::Receiver<StreamRequest>,
 ) {
     use tokio_stream::StreamExt;
@@ -636,7 +637,7 @@ mod tests {
         runtime.block_on(async {
             // Nothing answers on this socket; the queue is all that matters here.
             let black_hole = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let (inbound, _rx) = mpsc::channel(1);
+            let (inbound, _rx) = mpsc::channel::<Inbound<()>>(1);
             let peers = Peers::start(
                 NodeId(1),
                 &[(NodeId(2), black_hole.local_addr().expect("addr"))],

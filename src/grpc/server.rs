@@ -31,116 +31,13 @@ use std::net::SocketAddr;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::etcd::authority::AuthorityRepair;
-use crate::grpc::convert::{self, Limits, NodeStatus, ProposeOutcome};
+use crate::driver::{Inbound, ProposeOutcome, ProposeRefused};
+use crate::grpc::authority::AuthorityRepair;
+use crate::grpc::convert::{self, Limits};
 use crate::grpc::proto as pb;
 use crate::grpc::GrpcError;
 use crate::raft::message::Envelope;
-use crate::types::{LogIndex, NodeId, Term};
-
-/// What the server hands to the node's event loop.
-#[derive(Debug)]
-pub enum Inbound {
-    /// A peer's request (RequestVote or AppendEntries). Answer with the core's response envelope
-    /// (addressed back to `envelope.from`) through `reply`, or drop `reply` to decline.
-    Request {
-        envelope: Envelope,
-        reply: oneshot::Sender<Envelope>,
-    },
-    /// A response to one of this node's own requests, as it came back on the RPC's reply
-    /// (delivered by [`crate::grpc::peers::Peers`], not by the server).
-    Response(Envelope),
-    /// An operator's proposal. Answer once the entry is committed and applied, or with
-    /// `NotLeader` or a refusal at once; dropping `reply` tells the client the outcome is unknown.
-    Propose {
-        payload: Vec<u8>,
-        reply: oneshot::Sender<Result<ProposeOutcome, ProposeRefused>>,
-    },
-    /// An operator's status query.
-    Status { reply: oneshot::Sender<NodeStatus> },
-    /// A client API command (an encoded state machine command, e.g. an etcd Put). Answered once
-    /// applied, with the state machine's response bytes, or refused at once; dropping `reply`
-    /// means the outcome is unknown.
-    Command {
-        payload: Vec<u8>,
-        reply: oneshot::Sender<Result<Applied, CommandRefused>>,
-    },
-    /// A client API read. `linearizable`: answered once this node, as leader, confirmed its
-    /// leadership after the read arrived (ReadIndex, thesis §6.4) and applied up to the read
-    /// index; otherwise answered at once (serializable: possibly stale). After the grant the
-    /// caller reads the shared state machine itself.
-    Read {
-        linearizable: bool,
-        reply: oneshot::Sender<Result<ReadGrant, ReadRefused>>,
-    },
-}
-
-/// A command applied by the state machine, as its proposer sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Applied {
-    pub index: LogIndex,
-    /// The term the entry was proposed and committed in.
-    pub term: Term,
-    /// What the state machine answered (`StateMachine::apply`).
-    pub response: Vec<u8>,
-}
-
-/// Why a command was not proposed (nothing was appended: the client may retry or redirect).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CommandRefused {
-    #[error("not the leader (leader: {leader:?} at {leader_address:?})")]
-    NotLeader {
-        leader: Option<NodeId>,
-        leader_address: Option<SocketAddr>,
-    },
-    #[error("{pending} proposals are waiting to commit (the limit); retry later")]
-    Overloaded { pending: usize },
-    /// The command is larger than one log entry may be (`ClusterConfig::entry_payload_max_bytes`).
-    #[error("a {payload_bytes}-byte command is above the limit of {max_bytes} bytes per entry")]
-    TooLarge {
-        payload_bytes: usize,
-        max_bytes: u64,
-    },
-}
-
-/// Permission to read the state machine: it has applied at least `applied_index`, and for a
-/// linearizable read that covers every write acknowledged before the read arrived.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ReadGrant {
-    pub applied_index: LogIndex,
-    /// The node's current term (for response headers).
-    pub term: Term,
-    pub leader: Option<NodeId>,
-}
-
-/// Why a read was not granted (retryable).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ReadRefused {
-    #[error("not the leader (leader: {leader:?} at {leader_address:?})")]
-    NotLeader {
-        leader: Option<NodeId>,
-        leader_address: Option<SocketAddr>,
-    },
-    /// The leader stepped down before a majority confirmed its leadership for this read.
-    #[error("leadership was lost before the read was confirmed")]
-    LeadershipLost,
-    #[error("{pending} reads are waiting (the limit); retry later")]
-    Overloaded { pending: usize },
-}
-
-/// Why the node refused a proposal without proposing it (the client may retry: nothing was
-/// appended).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ProposeRefused {
-    #[error("{pending} proposals are waiting to commit (the limit); retry later")]
-    Overloaded { pending: usize },
-    /// The payload is larger than one log entry may be.
-    #[error("payload of {payload_bytes} bytes is above the limit of {max_bytes}")]
-    TooLarge {
-        payload_bytes: usize,
-        max_bytes: u64,
-    },
-}
+use crate::types::NodeId;
 
 /// What the services need to know about the node they front.
 #[derive(Clone, Debug)]
@@ -180,10 +77,10 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, GrpcError> {
 ///
 /// # Errors
 /// [`GrpcError::Serve`] if the listener cannot be registered or the server fails.
-pub async fn serve(
+pub async fn serve<R: Send + 'static>(
     listener: std::net::TcpListener,
     config: ServerConfig,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Inbound<R>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GrpcError> {
     serve_with(
@@ -191,22 +88,60 @@ pub async fn serve(
         config,
         inbound,
         tonic::service::RoutesBuilder::default(),
+        PathFilter::RAFT_ONLY,
         shutdown,
     )
     .await
 }
 
+/// Which gRPC paths the server serves; every other path is answered UNIMPLEMENTED with the
+/// message `unimplemented` makes (tonic's own answer for an unknown method carries none).
+#[derive(Clone, Copy, Debug)]
+pub struct PathFilter {
+    pub served: fn(&str) -> bool,
+    pub unimplemented: fn(&str) -> String,
+}
+
+impl PathFilter {
+    /// Only this node's own services (`raftlog.v1`).
+    pub const RAFT_ONLY: PathFilter = PathFilter {
+        served: |path| path.starts_with("/raftlog.v1."),
+        unimplemented: |path| {
+            format!(
+                "rust-raft-log does not implement {}",
+                path.trim_start_matches('/')
+            )
+        },
+    };
+}
+
+/// Axum middleware of the node's router: passes served paths on, answers the rest with
+/// UNIMPLEMENTED naming the method.
+async fn only_served_methods(
+    filter: PathFilter,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    if (filter.served)(path) {
+        return next.run(request).await;
+    }
+    tracing::debug!(%path, "unimplemented gRPC method");
+    Status::unimplemented((filter.unimplemented)(path)).into_http::<axum::body::Body>()
+}
+
 /// [`serve`] plus the services in `extra` (the etcd API) on the same listener. Every connection
-/// goes through [`AuthorityRepair`] (etcdctl's URL-valued `:authority`), and every path that no
-/// service serves is answered UNIMPLEMENTED with a message naming it.
+/// goes through [`AuthorityRepair`] (etcdctl's URL-valued `:authority`), and every path `filter`
+/// does not serve is answered UNIMPLEMENTED with a message naming it.
 ///
 /// # Errors
 /// [`GrpcError::Serve`] if the listener cannot be registered or the server fails.
-pub async fn serve_with(
+pub async fn serve_with<R: Send + 'static>(
     listener: std::net::TcpListener,
     config: ServerConfig,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Inbound<R>>,
     mut extra: tonic::service::RoutesBuilder,
+    filter: PathFilter,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GrpcError> {
     use tokio_stream::StreamExt;
@@ -242,9 +177,9 @@ pub async fn serve_with(
     let router = extra
         .routes()
         .into_axum_router()
-        .layer(axum::middleware::from_fn(
-            crate::etcd::server::only_served_methods,
-        ));
+        .layer(axum::middleware::from_fn(move |request, next| {
+            only_served_methods(filter, request, next)
+        }));
     tracing::debug!(%local_addr, "gRPC server accepting");
     tonic::transport::Server::builder()
         // A leader's AppendEntries stream outlives any single request: if its host goes away
@@ -258,16 +193,26 @@ pub async fn serve_with(
         .map_err(|e| GrpcError::Serve(std::io::Error::other(e)))
 }
 
-/// The peer-facing service.
-#[derive(Clone, Debug)]
-pub struct RaftService {
+/// The peer-facing service. `R`: the state machine's response type (the mailbox's).
+#[derive(Debug)]
+pub struct RaftService<R> {
     config: ServerConfig,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Inbound<R>>,
     /// Becomes `true` when the server begins to shut down: AppendEntries streams end.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
-impl RaftService {
+impl<R> Clone for RaftService<R> {
+    fn clone(&self) -> Self {
+        RaftService {
+            config: self.config.clone(),
+            inbound: self.inbound.clone(),
+            stopping: self.stopping.clone(),
+        }
+    }
+}
+
+impl<R: Send + 'static> RaftService<R> {
     /// Refuses a message meant for another node: a peer with a stale view of who listens here
     /// must not have the core process a message meant for another server.
     fn check_route(&self, envelope: &Envelope) -> Result<(), Status> {
@@ -307,9 +252,9 @@ impl RaftService {
 
 /// Hands the item `make` builds around a fresh oneshot to the event loop and waits for the answer.
 /// `dropped` is the status when the loop drops the oneshot instead of answering.
-async fn ask<T>(
-    inbound: &mpsc::Sender<Inbound>,
-    make: impl FnOnce(oneshot::Sender<T>) -> Inbound,
+async fn ask<T, R>(
+    inbound: &mpsc::Sender<Inbound<R>>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Inbound<R>,
     dropped: impl FnOnce() -> Status,
 ) -> Result<T, Status> {
     let (reply, answer) = oneshot::channel();
@@ -404,7 +349,7 @@ enum StreamItem {
     Fail(Status),
 }
 
-impl RaftService {
+impl<R: Send + 'static> RaftService<R> {
     /// Reads the requests of one AppendEntries stream, hands each to the node, and queues the
     /// pending answers in order for [`RaftService::stream_answers`]. When the stream ends (the
     /// leader closed its side, or this server is shutting down and the leader will open a new
@@ -457,7 +402,7 @@ impl RaftService {
 }
 
 #[tonic::async_trait]
-impl pb::raft_server::Raft for RaftService {
+impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
     type AppendEntriesStreamStream = std::pin::Pin<
         Box<
             dyn tokio_stream::Stream<Item = Result<pb::AppendEntriesResponse, Status>>
@@ -515,10 +460,10 @@ impl pb::raft_server::Raft for RaftService {
 }
 
 /// The operator-facing service.
-#[derive(Clone, Debug)]
-pub struct OperatorService {
+#[derive(Debug)]
+pub struct OperatorService<R> {
     config: ServerConfig,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: mpsc::Sender<Inbound<R>>,
     /// Becomes `true` when the server begins to shut down: ProposeStreams end.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -541,7 +486,17 @@ enum ProposeItem {
     Fail(Status),
 }
 
-impl OperatorService {
+impl<R> Clone for OperatorService<R> {
+    fn clone(&self) -> Self {
+        OperatorService {
+            config: self.config.clone(),
+            inbound: self.inbound.clone(),
+            stopping: self.stopping.clone(),
+        }
+    }
+}
+
+impl<R: Send + 'static> OperatorService<R> {
     /// Checks a proposal and hands it to the node; the receiver resolves to its outcome.
     async fn start_proposal(&self, payload: Vec<u8>) -> Result<ProposeAnswer, Status> {
         crate::timeline::mark("propose_rpc_in", 0);
@@ -630,7 +585,7 @@ impl OperatorService {
 }
 
 #[tonic::async_trait]
-impl pb::operator_server::Operator for OperatorService {
+impl<R: Send + 'static> pb::operator_server::Operator for OperatorService<R> {
     async fn propose(
         &self,
         request: Request<pb::ProposeRequest>,

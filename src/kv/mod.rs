@@ -37,8 +37,8 @@ mod cost_tests;
 mod model_tests;
 
 pub use self::command::{
-    decode_apply_result, decode_command, decode_response, encode_command, encode_compact,
-    encode_response, Applied, Command, COMMAND_FRAMING_BYTES,
+    decode_command, encode_command, encode_compact, Applied, Command, KvResponse,
+    COMMAND_FRAMING_BYTES,
 };
 pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT};
 pub use self::validate::validate;

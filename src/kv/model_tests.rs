@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use super::{encode_command, encode_response, Applied, KvError, KvStore};
+use super::{encode_command, Applied, KvError, KvStore};
 use crate::etcd::pb::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     request_op::Request,
@@ -313,8 +313,8 @@ proptest! {
                     (store.apply(&op).map(Applied::Op), encode_command(&op))
                 }
             };
-            let replica_bytes = StateMachine::apply(&mut replica, &entry(i as u64 + 1, payload));
-            prop_assert_eq!(&replica_bytes, &encode_response(&result), "step {} {:?}", i, step);
+            let replica_result = StateMachine::apply(&mut replica, &entry(i as u64 + 1, payload));
+            prop_assert_eq!(&replica_result, &result, "step {} {:?}", i, step);
             let expected = model.step(step);
             if !matches!(step, Step::Compact(_)) {
                 prop_assert_eq!(

@@ -1,235 +1,30 @@
-//! The event loop: the one task that owns the consensus core, drives it, and drains its output.
+//! The event loop: the one task that owns the node's [`Driver`] and feeds it.
 //!
-//! Inputs, in one `select!`: the tick timer (one tick = 1 ms, the core's unit), [`Inbound`]
-//! items from the gRPC server and the peer clients (requests, responses, proposals, status
-//! queries), completions of durable writes, and shutdown. After every input the loop drains every
-//! `Ready` the core has, following the contract in [`crate::raft`]:
+//! Inputs, in one `select!`: completions of durable writes ([`Driver::poll_durable`]), the tick
+//! timer (one tick = 1 ms, the core's unit), [`Inbound`] items from the gRPC server and the peer
+//! clients (up to `inbound_batch_max` per iteration, so one Ready and one fdatasync cover many
+//! requests), and shutdown. After every input the driver drains every `Ready`
+//! ([`crate::driver`] has the rules: what leaves at once, what waits for durability, how replies,
+//! proposals and reads are matched). The driver's requests go to the peer clients ([`Peers`]).
 //!
-//! 1. `messages` go out at once: requests to [`Peers`], responses to the RPC they answer. The
-//!    leader's AppendEntries therefore leave before its own write starts (thesis §10.2.1).
-//! 2. `truncate_from` / `entries` / `hard_state` become one [`WriteBatch`], submitted to the
-//!    [`Durable`] store (one fdatasync per batch when `must_sync`). Batches complete in submission
-//!    order; several may be in flight.
-//! 3. When a batch is durable: the core's log view is updated ([`Durable::publish`]), the
-//!    `persisted_messages` (votes, acknowledgements) go out, and `on_persisted` tells the core.
-//!    A Ready with nothing to write still waits for the batches before it, so acknowledgements
-//!    never overtake an earlier write.
-//! 4. `committed_entries` are applied in order to the [`StateMachine`]; a proposal is answered
-//!    once its entry is applied, with the state machine's response bytes, if the applied entry at
-//!    its index has the term it was proposed in (otherwise another leader overwrote it and the
-//!    client hears "outcome unknown").
-//! 5. `read_states` (ReadIndex, thesis §6.4): a confirmed read is answered once the state machine
-//!    has applied up to its read index; `dropped_reads` are answered at once with a retryable
-//!    refusal. The loop only grants the read: the caller then reads the state machine itself
-//!    (shared with it, see [`crate::node`]), at a state at least as new as the read index.
-//!
-//! Responses ride on the reply of the request's RPC. A request's reply handle waits in
-//! [`ReplySlots`] keyed by (peer, kind); the core answers synchronously within `step`, so the
-//! Readys drained right after a batch of requests contain every answer the core will give. A
-//! response claims the oldest handle of its (peer, kind); handles left over are dropped, which the
-//! requester sees as "declined" (the core ignored a stale request).
-//!
-//! A failed write is fatal (fsyncgate: never retry a failed fdatasync): the loop returns the error
-//! and the node stops.
+//! A failed durable write is fatal (fsyncgate: never retry a failed fdatasync): the loop returns
+//! the error and the node stops.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::grpc::server::{Applied, CommandRefused, ReadGrant, ReadRefused};
-use crate::grpc::{Inbound, NodeStatus, Peers, ProposeOutcome, ProposeRefused};
+pub use crate::driver::{Consensus, DriverStats as LoopStats, Inbound, ReplySlots, RequestKind};
+use crate::driver::{Driver, DriverConfig, DriverError, Outbox};
+use crate::grpc::Peers;
 use crate::raft::message::{Envelope, Message};
-use crate::raft::{ProposeError, RaftNode, ReadIndexError, ReadState, Ready, Role, Storage};
+use crate::raft::{Ready, Role};
 pub use crate::state_machine::StateMachine;
 pub use crate::storage::engine::{Durable, PersistFuture, WriteBatch};
-use crate::types::{LogEntry, LogIndex, NodeId, Term};
-
-/// The core as the loop drives it. [`RaftNode`] is the implementation; the trait exists so the
-/// loop's ordering rules can be tested against a scripted core.
-pub trait Consensus {
-    type Log: Storage;
-    fn tick(&mut self);
-    fn step(&mut self, envelope: Envelope);
-    fn propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError>;
-    /// Registers a linearizable read `ctx` (ReadIndex); it comes back in `Ready::read_states` or
-    /// `Ready::dropped_reads`.
-    fn read_index(&mut self, ctx: u64) -> Result<(), ReadIndexError>;
-    fn has_ready(&self) -> bool;
-    fn ready(&mut self) -> Ready;
-    fn on_persisted(&mut self, token: Option<(LogIndex, Term)>);
-    fn id(&self) -> NodeId;
-    fn role(&self) -> Role;
-    fn term(&self) -> Term;
-    fn leader(&self) -> Option<NodeId>;
-    fn commit_index(&self) -> LogIndex;
-    fn storage(&self) -> &Self::Log;
-    fn storage_mut(&mut self) -> &mut Self::Log;
-    /// The last index of the whole log (durable or not). Defaults to the durable log's.
-    fn last_index(&self) -> LogIndex {
-        self.storage().last_index()
-    }
-    /// The leader's view of each follower's `match_index`; empty elsewhere. Defaults to empty
-    /// (for scripted cores).
-    fn peer_match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
-        Vec::new()
-    }
-}
-
-impl<S: Storage> Consensus for RaftNode<S> {
-    type Log = S;
-    fn tick(&mut self) {
-        RaftNode::tick(self)
-    }
-    fn step(&mut self, envelope: Envelope) {
-        RaftNode::step(self, envelope)
-    }
-    fn propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError> {
-        RaftNode::propose(self, payload)
-    }
-    fn read_index(&mut self, ctx: u64) -> Result<(), ReadIndexError> {
-        RaftNode::read_index(self, ctx)
-    }
-    fn has_ready(&self) -> bool {
-        RaftNode::has_ready(self)
-    }
-    fn ready(&mut self) -> Ready {
-        RaftNode::ready(self)
-    }
-    fn on_persisted(&mut self, token: Option<(LogIndex, Term)>) {
-        RaftNode::on_persisted(self, token)
-    }
-    fn id(&self) -> NodeId {
-        RaftNode::id(self)
-    }
-    fn role(&self) -> Role {
-        RaftNode::role(self)
-    }
-    fn term(&self) -> Term {
-        RaftNode::term(self)
-    }
-    fn leader(&self) -> Option<NodeId> {
-        RaftNode::leader(self)
-    }
-    fn commit_index(&self) -> LogIndex {
-        RaftNode::commit_index(self)
-    }
-    fn storage(&self) -> &S {
-        RaftNode::storage(self)
-    }
-    fn storage_mut(&mut self) -> &mut S {
-        RaftNode::storage_mut(self)
-    }
-    fn last_index(&self) -> LogIndex {
-        RaftNode::last_index(self)
-    }
-    fn peer_match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
-        RaftNode::peer_match_indexes(self)
-    }
-}
-
-/// The kind of request a reply handle answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RequestKind {
-    Vote,
-    Append,
-}
-
-impl RequestKind {
-    /// The kind of a request message, `None` for responses.
-    pub fn of_request(msg: &Message) -> Option<RequestKind> {
-        match msg {
-            Message::RequestVote(_) => Some(RequestKind::Vote),
-            Message::AppendEntries(_) => Some(RequestKind::Append),
-            Message::RequestVoteResponse(_) | Message::AppendEntriesResponse(_) => None,
-        }
-    }
-
-    /// The kind of request a response message answers, `None` for requests.
-    pub fn answered_by(msg: &Message) -> Option<RequestKind> {
-        match msg {
-            Message::RequestVoteResponse(_) => Some(RequestKind::Vote),
-            Message::AppendEntriesResponse(_) => Some(RequestKind::Append),
-            Message::RequestVote(_) | Message::AppendEntries(_) => None,
-        }
-    }
-}
-
-/// Reply handles of inbound requests, waiting for the core's responses.
-#[derive(Debug, Default)]
-pub struct ReplySlots {
-    pending: HashMap<(NodeId, RequestKind), VecDeque<oneshot::Sender<Envelope>>>,
-}
-
-impl ReplySlots {
-    pub fn register(&mut self, from: NodeId, kind: RequestKind, reply: oneshot::Sender<Envelope>) {
-        self.pending
-            .entry((from, kind))
-            .or_default()
-            .push_back(reply);
-    }
-
-    /// The oldest handle waiting for `response` (matched by recipient and kind).
-    pub fn claim(&mut self, response: &Envelope) -> Option<oneshot::Sender<Envelope>> {
-        let kind = RequestKind::answered_by(&response.msg)?;
-        self.pending.get_mut(&(response.to, kind))?.pop_front()
-    }
-
-    /// Drops every waiting handle (their requesters see "declined"); returns how many.
-    pub fn decline_all(&mut self) -> usize {
-        let n = self.pending.values().map(VecDeque::len).sum();
-        self.pending.clear();
-        n
-    }
-
-    pub fn len(&self) -> usize {
-        self.pending.values().map(VecDeque::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// A Ready whose writes are in flight, with what must wait for them.
-struct InFlight<E> {
-    batch: Rc<WriteBatch>,
-    /// `None` for a Ready with nothing to write (it only waits for the batches before it).
-    write: Option<PersistFuture<E>>,
-    /// Responses bound to their reply handles at Ready time, sent once durable.
-    persisted: Vec<(Envelope, Option<oneshot::Sender<Envelope>>)>,
-    /// Requests that must wait for durability too (rare: a vote request after a term change).
-    persisted_requests: Vec<Envelope>,
-    token: Option<(LogIndex, Term)>,
-}
-
-type ProposeReply = oneshot::Sender<Result<ProposeOutcome, ProposeRefused>>;
-type CommandReply = oneshot::Sender<Result<Applied, CommandRefused>>;
-type ReadReply = oneshot::Sender<Result<ReadGrant, ReadRefused>>;
-
-/// Why [`EventLoop::propose_bounded`] did not propose (each service words it its own way).
-enum Refusal {
-    Overloaded {
-        pending: usize,
-    },
-    NotLeader {
-        leader_hint: Option<NodeId>,
-    },
-    TooLarge {
-        payload_bytes: usize,
-        max_bytes: u64,
-    },
-}
-
-/// Who waits for a proposal: the Operator service (index and term) or a client API handler
-/// (the state machine's response too).
-enum Proposer {
-    Operator(ProposeReply),
-    Command(CommandReply),
-}
+use crate::types::{LogIndex, NodeId};
 
 /// Static facts the loop needs.
 #[derive(Clone, Debug)]
@@ -250,499 +45,33 @@ pub struct LoopConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
     /// A durable write failed; the node must stop (its disk state is unknown).
-    #[error("durable write failed, stopping the node: {0}")]
-    Durable(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Durable(#[from] DriverError),
     /// Every sender of the inbound channel is gone (the server stopped unexpectedly).
     #[error("the inbound channel closed while the node was running")]
     InboundClosed,
 }
 
-/// Counters the loop keeps (logged at shutdown, useful in tests).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LoopStats {
-    pub ticks: u64,
-    pub readies: u64,
-    pub batches_written: u64,
-    pub requests_declined: u64,
-    pub responses_without_request: u64,
-    pub send_refused: u64,
-}
-
-/// The loop's state besides the core.
-pub struct EventLoop<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
-    core: C,
-    durable: D,
-    state_machine: M,
+/// The node's outbox: requests go to the peer clients; every Ready's outbound traffic is logged
+/// at debug level (the seed's 📤 and 💓 lines).
+struct PeerOutbox {
     peers: Peers,
-    config: LoopConfig,
-    slots: ReplySlots,
-    in_flight: VecDeque<InFlight<D::Error>>,
-    /// index -> (term proposed in, who waits).
-    proposals: BTreeMap<LogIndex, (Term, Proposer)>,
-    /// Reads registered with the core (ReadIndex), by ctx, not yet confirmed or dropped.
-    reads_registered: HashMap<u64, ReadReply>,
-    /// Confirmed reads waiting for the state machine to reach their read index.
-    reads_confirmed: BTreeMap<LogIndex, Vec<ReadReply>>,
-    reads_confirmed_len: usize,
-    next_read_ctx: u64,
-    applied_index: LogIndex,
-    last_role: Role,
-    stats: LoopStats,
 }
 
-impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M> {
-    /// `applied_index` is what the state machine already reflects (0 for the identity machine).
-    pub fn new(
-        core: C,
-        durable: D,
-        state_machine: M,
-        peers: Peers,
-        config: LoopConfig,
-        applied_index: LogIndex,
-    ) -> Self {
-        EventLoop {
-            core,
-            durable,
-            state_machine,
-            peers,
-            config,
-            slots: ReplySlots::default(),
-            in_flight: VecDeque::new(),
-            proposals: BTreeMap::new(),
-            reads_registered: HashMap::new(),
-            reads_confirmed: BTreeMap::new(),
-            reads_confirmed_len: 0,
-            next_read_ctx: 0,
-            applied_index,
-            last_role: Role::Follower,
-            stats: LoopStats::default(),
-        }
-    }
-
-    /// Runs until `shutdown` completes (then finishes the in-flight writes) or a fatal error.
-    pub async fn run(
-        mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<LoopStats, LoopError> {
-        let mut ticker = tokio::time::interval(self.config.tick);
-        // A stalled loop catches up on the ticks it missed: logical time must track real time,
-        // or election timeouts would silently stretch under load.
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown => break,
-                result = next_durable(&mut self.in_flight) => {
-                    result.map_err(|e| LoopError::Durable(Box::new(e)))?;
-                    self.complete_durable_prefix();
-                }
-                _ = ticker.tick() => {
-                    self.stats.ticks += 1;
-                    self.core.tick();
-                }
-                item = inbound.recv() => {
-                    let Some(item) = item else { return Err(LoopError::InboundClosed) };
-                    self.handle(item);
-                    // Batch whatever else is already waiting, so one Ready (and one fdatasync)
-                    // covers many requests.
-                    for _ in 1..self.config.inbound_batch_max {
-                        match inbound.try_recv() {
-                            Ok(item) => self.handle(item),
-                            Err(_) => break,
-                        }
-                    }
-                }
-            }
-            self.drain_ready();
-        }
-        // Graceful stop: finish the writes already started so what was acknowledged stays
-        // acknowledged, then let everything else go.
-        while !self.in_flight.is_empty() {
-            next_durable(&mut self.in_flight)
-                .await
-                .map_err(|e| LoopError::Durable(Box::new(e)))?;
-            self.complete_durable_prefix();
-        }
-        self.peers.shutdown();
-        tracing::info!(stats = ?self.stats, "event loop stopped");
-        Ok(self.stats)
-    }
-
-    fn handle(&mut self, item: Inbound) {
-        match item {
-            Inbound::Request { envelope, reply } => {
-                if let Message::AppendEntries(m) = &envelope.msg {
-                    if let Some(last) = m.entries.last() {
-                        crate::timeline::mark("f_step", last.index.0);
-                    }
-                }
-                if let Some(kind) = RequestKind::of_request(&envelope.msg) {
-                    self.slots.register(envelope.from, kind, reply);
-                }
-                self.core.step(envelope);
-            }
-            Inbound::Response(envelope) => {
-                if let Message::AppendEntriesResponse(m) = &envelope.msg {
-                    crate::timeline::mark("ack_in", m.last_log_index.0);
-                }
-                if let Message::RequestVoteResponse(m) = &envelope.msg {
-                    tracing::debug!(
-                        "📥 Vote response from node {}: granted={} term={}{}",
-                        envelope.from,
-                        m.vote_granted,
-                        m.term,
-                        if m.pre_vote { " (pre-vote)" } else { "" }
-                    );
-                }
-                self.core.step(envelope);
-            }
-            Inbound::Propose { payload, reply } => match self.propose_bounded(payload) {
-                Ok((index, term)) => {
-                    self.proposals
-                        .insert(index, (term, Proposer::Operator(reply)));
-                }
-                Err(Refusal::Overloaded { pending }) => {
-                    let _ = reply.send(Err(ProposeRefused::Overloaded { pending }));
-                }
-                Err(Refusal::TooLarge {
-                    payload_bytes,
-                    max_bytes,
-                }) => {
-                    let _ = reply.send(Err(ProposeRefused::TooLarge {
-                        payload_bytes,
-                        max_bytes,
-                    }));
-                }
-                Err(Refusal::NotLeader { leader_hint }) => {
-                    let leader_address = leader_hint
-                        .and_then(|l| self.config.addresses.get(&l))
-                        .map(ToString::to_string);
-                    let _ = reply.send(Ok(ProposeOutcome::NotLeader {
-                        leader: leader_hint,
-                        leader_address,
-                    }));
-                }
-            },
-            Inbound::Command { payload, reply } => match self.propose_bounded(payload) {
-                Ok((index, term)) => {
-                    self.proposals
-                        .insert(index, (term, Proposer::Command(reply)));
-                }
-                Err(Refusal::Overloaded { pending }) => {
-                    let _ = reply.send(Err(CommandRefused::Overloaded { pending }));
-                }
-                Err(Refusal::TooLarge {
-                    payload_bytes,
-                    max_bytes,
-                }) => {
-                    let _ = reply.send(Err(CommandRefused::TooLarge {
-                        payload_bytes,
-                        max_bytes,
-                    }));
-                }
-                Err(Refusal::NotLeader { leader_hint }) => {
-                    let _ = reply.send(Err(self.not_leader(leader_hint)));
-                }
-            },
-            Inbound::Read {
-                linearizable,
-                reply,
-            } => self.register_read(linearizable, reply),
-            Inbound::Status { reply } => {
-                let _ = reply.send(self.status());
-            }
-        }
-    }
-
-    /// Proposes `payload` unless [`LoopConfig::proposals_pending_max`] proposals already wait
-    /// for their commit or this node does not lead.
-    fn propose_bounded(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), Refusal> {
-        let pending = self.proposals.len();
-        if pending >= self.config.proposals_pending_max {
-            return Err(Refusal::Overloaded { pending });
-        }
-        self.core.propose(payload).map_err(|e| match e {
-            ProposeError::NotLeader { leader_hint } => Refusal::NotLeader { leader_hint },
-            ProposeError::TooLarge {
-                payload_bytes,
-                max_bytes,
-            } => Refusal::TooLarge {
-                payload_bytes,
-                max_bytes,
-            },
-        })
-    }
-
-    fn not_leader(&self, leader_hint: Option<NodeId>) -> CommandRefused {
-        CommandRefused::NotLeader {
-            leader: leader_hint,
-            leader_address: leader_hint.and_then(|l| self.config.addresses.get(&l).copied()),
-        }
-    }
-
-    /// A serializable read is granted at once at the current applied index; a linearizable one
-    /// is registered with the core (ReadIndex) and granted in [`Self::on_read_state`].
-    fn register_read(&mut self, linearizable: bool, reply: ReadReply) {
-        if !linearizable {
-            let _ = reply.send(Ok(self.read_grant()));
-            return;
-        }
-        let pending = self.reads_registered.len() + self.reads_confirmed_len;
-        if pending >= self.config.reads_pending_max {
-            let _ = reply.send(Err(ReadRefused::Overloaded { pending }));
-            return;
-        }
-        self.next_read_ctx += 1;
-        let ctx = self.next_read_ctx;
-        match self.core.read_index(ctx) {
-            Ok(()) => {
-                self.reads_registered.insert(ctx, reply);
-            }
-            Err(ReadIndexError::NotLeader { leader_hint }) => {
-                let refused = ReadRefused::NotLeader {
-                    leader: leader_hint,
-                    leader_address: leader_hint
-                        .and_then(|l| self.config.addresses.get(&l).copied()),
-                };
-                let _ = reply.send(Err(refused));
-            }
-        }
-    }
-
-    fn read_grant(&self) -> ReadGrant {
-        ReadGrant {
-            applied_index: self.applied_index,
-            term: self.core.term(),
-            leader: self.core.leader(),
-        }
-    }
-
-    /// Thesis §6.4 step 4: the read may be served once the state machine has applied up to the
-    /// read index.
-    fn on_read_state(&mut self, read: ReadState) {
-        let Some(reply) = self.reads_registered.remove(&read.ctx) else {
-            // Not ours (cannot happen: every ctx comes from register_read) or answered already.
-            tracing::warn!(ctx = read.ctx, "a confirmed read nobody waits for");
-            return;
-        };
-        if read.index <= self.applied_index {
-            let _ = reply.send(Ok(self.read_grant()));
-        } else {
-            self.reads_confirmed
-                .entry(read.index)
-                .or_default()
-                .push(reply);
-            self.reads_confirmed_len += 1;
-        }
-    }
-
-    fn on_read_dropped(&mut self, ctx: u64) {
-        if let Some(reply) = self.reads_registered.remove(&ctx) {
-            let _ = reply.send(Err(ReadRefused::LeadershipLost));
-        }
-    }
-
-    /// Grants every confirmed read whose index the state machine has reached.
-    fn grant_applied_reads(&mut self) {
-        while let Some(first) = self.reads_confirmed.first_entry() {
-            if *first.key() > self.applied_index {
-                break;
-            }
-            let replies = first.remove();
-            self.reads_confirmed_len -= replies.len();
-            let grant = self.read_grant();
-            for reply in replies {
-                let _ = reply.send(Ok(grant));
-            }
-        }
-    }
-
-    fn status(&self) -> NodeStatus {
-        let log = self.core.storage();
-        NodeStatus {
-            node_id: self.core.id(),
-            role: self.core.role(),
-            term: self.core.term(),
-            leader: self.core.leader(),
-            commit_index: self.core.commit_index(),
-            applied_index: self.applied_index,
-            first_log_index: log.first_index(),
-            last_log_index: self.core.last_index(),
-            peers: self.core.peer_match_indexes(),
-        }
-    }
-
-    /// Step 1-4 of the module docs for every Ready the core has.
-    fn drain_ready(&mut self) {
-        while self.core.has_ready() {
-            let ready = self.core.ready();
-            self.stats.readies += 1;
-            self.take_ready(ready);
-        }
-        // Every request handled above has been answered or ignored by now.
-        let declined = self.slots.decline_all();
-        self.stats.requests_declined += declined as u64;
-        self.log_role_change();
-    }
-
-    fn take_ready(&mut self, ready: Ready) {
-        let token = ready.persist_token();
-        let Ready {
-            messages,
-            truncate_from,
-            entries,
-            hard_state,
-            must_sync,
-            persisted_messages,
-            committed_entries,
-            read_states,
-            dropped_reads,
-        } = ready;
-        self.log_outbound(&messages);
-        for envelope in messages {
-            self.route(envelope, None);
-        }
-        let mut persisted = Vec::new();
-        let mut persisted_requests = Vec::new();
-        for envelope in persisted_messages {
-            if RequestKind::answered_by(&envelope.msg).is_some() {
-                // Bind the answer to its handle now, while the request's slot is still waiting.
-                let slot = self.slots.claim(&envelope);
-                persisted.push((envelope, slot));
-            } else {
-                persisted_requests.push(envelope);
-            }
-        }
-        let batch = Rc::new(WriteBatch {
-            truncate_from,
-            entries,
-            hard_state,
-            must_sync,
-        });
-        let write = if batch.is_empty() {
-            None
-        } else {
-            self.stats.batches_written += 1;
-            Some(self.durable.persist(Rc::clone(&batch)))
-        };
-        self.in_flight.push_back(InFlight {
-            batch,
-            write,
-            persisted,
-            persisted_requests,
-            token,
-        });
-        // Entries handed out as committed are durable locally (core contract), so they can be
-        // applied now, before this Ready's own write completes.
-        for entry in committed_entries {
-            self.apply(entry);
-        }
-        // After applying: a read confirmed at an index this Ready's entries reached is granted
-        // at once.
-        for read in read_states {
-            self.on_read_state(read);
-        }
-        for ctx in dropped_reads {
-            self.on_read_dropped(ctx);
-        }
-        self.grant_applied_reads();
-        // Readys with nothing to write complete as soon as everything before them has.
-        self.complete_durable_prefix();
-    }
-
-    /// Completes, oldest first, every in-flight Ready whose write is done (or that had none) and
-    /// that has no unfinished write before it.
-    fn complete_durable_prefix(&mut self) {
-        while self.in_flight.front().is_some_and(|f| f.write.is_none()) {
-            if let Some(done) = self.in_flight.pop_front() {
-                self.complete(done);
-            }
-        }
-    }
-
-    /// A Ready is durable: publish it, send what waited for it, tell the core.
-    fn complete(&mut self, done: InFlight<D::Error>) {
-        if !done.batch.is_empty() {
-            self.durable.publish(self.core.storage_mut(), &done.batch);
-        }
-        for (envelope, slot) in done.persisted {
-            self.deliver_response(envelope, slot);
-        }
-        for envelope in done.persisted_requests {
-            self.route(envelope, None);
-        }
-        self.core.on_persisted(done.token);
-    }
-
-    fn route(&mut self, envelope: Envelope, slot: Option<oneshot::Sender<Envelope>>) {
-        if RequestKind::of_request(&envelope.msg).is_some() {
-            if let Err(e) = self.peers.send(envelope) {
-                self.stats.send_refused += 1;
+impl Outbox for PeerOutbox {
+    fn send_request(&mut self, envelope: Envelope) -> bool {
+        match self.peers.send(envelope) {
+            Ok(_) => true,
+            Err(e) => {
                 tracing::warn!(error = %e, "core produced a message the transport refused");
-            }
-            return;
-        }
-        let slot = slot.or_else(|| self.slots.claim(&envelope));
-        self.deliver_response(envelope, slot);
-    }
-
-    fn deliver_response(&mut self, envelope: Envelope, slot: Option<oneshot::Sender<Envelope>>) {
-        match slot {
-            // The requester may have given up (deadline); nothing to do then.
-            Some(slot) => {
-                if let Message::AppendEntriesResponse(m) = &envelope.msg {
-                    crate::timeline::mark("f_ack_out", m.last_log_index.0);
-                }
-                let _ = slot.send(envelope);
-            }
-            None => {
-                self.stats.responses_without_request += 1;
-                tracing::debug!(to = %envelope.to, "dropping a response no request is waiting for");
+                false
             }
         }
     }
 
-    fn apply(&mut self, entry: LogEntry) {
-        assert_eq!(
-            entry.index,
-            self.applied_index.next(),
-            "committed entries must be applied in order: applied {} got {}",
-            self.applied_index,
-            entry.index
-        );
-        let response = self.state_machine.apply(&entry);
-        self.applied_index = entry.index;
-        // Proposals at or below the applied index are decided now.
-        let mut response = Some(response);
-        while let Some(first) = self.proposals.first_entry() {
-            if *first.key() > entry.index {
-                break;
-            }
-            let (index, (term, proposer)) = first.remove_entry();
-            if index == entry.index && term == entry.term {
-                match proposer {
-                    Proposer::Operator(reply) => {
-                        let _ = reply.send(Ok(ProposeOutcome::Committed { index, term }));
-                    }
-                    Proposer::Command(reply) => {
-                        let _ = reply.send(Ok(Applied {
-                            index,
-                            term,
-                            response: response.take().unwrap_or_default(),
-                        }));
-                    }
-                }
-            }
-            // Otherwise another leader's entry took that index: dropping the reply tells the
-            // client the outcome is unknown (it was not committed under this proposal).
-        }
-    }
-
-    fn log_outbound(&self, messages: &[Envelope]) {
+    fn observe_ready(&mut self, ready: &Ready) {
         let mut heartbeats = 0usize;
-        for envelope in messages {
+        for envelope in &ready.messages {
             match &envelope.msg {
                 Message::RequestVote(m) => tracing::debug!(
                     "📤 Requesting {} from node {} for term {}",
@@ -758,53 +87,134 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             tracing::debug!("💓 Sending heartbeats to {heartbeats} followers...");
         }
     }
+}
 
-    fn log_role_change(&mut self) {
-        let role = self.core.role();
-        if role == self.last_role {
-            return;
-        }
-        match role {
-            Role::Leader => {
-                tracing::info!(term = %self.core.term(), "👑 Won election! Becoming leader...")
-            }
-            Role::Candidate => tracing::info!(
-                "🗳️ Election timeout: campaigning for term {}",
-                self.core.term()
-            ),
-            Role::PreCandidate => tracing::debug!("pre-vote campaign started"),
-            Role::Follower => match self.core.leader() {
-                Some(leader) => {
-                    tracing::info!("following leader {leader} in term {}", self.core.term())
-                }
-                None => tracing::info!("follower in term {}", self.core.term()),
+/// The driver, its outbox and what the loop needs besides.
+pub struct EventLoop<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
+    driver: Driver<C, D, M>,
+    outbox: PeerOutbox,
+    tick: Duration,
+    inbound_batch_max: usize,
+    last_role: Role,
+}
+
+impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M> {
+    /// `applied_index` is what the state machine already reflects (0 for one rebuilt from the
+    /// log).
+    pub fn new(
+        core: C,
+        durable: D,
+        state_machine: M,
+        peers: Peers,
+        config: LoopConfig,
+        applied_index: LogIndex,
+    ) -> Self {
+        let driver = Driver::new(
+            core,
+            durable,
+            state_machine,
+            DriverConfig {
+                addresses: config.addresses,
+                proposals_pending_max: config.proposals_pending_max,
+                reads_pending_max: config.reads_pending_max,
             },
+            applied_index,
+        );
+        EventLoop {
+            driver,
+            outbox: PeerOutbox { peers },
+            tick: config.tick,
+            inbound_batch_max: config.inbound_batch_max,
+            last_role: Role::Follower,
         }
-        self.last_role = role;
+    }
+
+    /// Runs until `shutdown` completes (then finishes the in-flight writes) or a fatal error.
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound<M::Response>>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<LoopStats, LoopError> {
+        let mut ticker = tokio::time::interval(self.tick);
+        // A stalled loop catches up on the ticks it missed: logical time must track real time,
+        // or election timeouts would silently stretch under load.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        tokio::pin!(shutdown);
+        let EventLoop {
+            driver,
+            outbox,
+            inbound_batch_max,
+            last_role,
+            ..
+        } = &mut self;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                result = std::future::poll_fn(|cx| driver.poll_durable(cx, outbox)) => result?,
+                _ = ticker.tick() => driver.tick(),
+                item = inbound.recv() => {
+                    let Some(item) = item else { return Err(LoopError::InboundClosed) };
+                    driver.handle(item);
+                    // Batch whatever else is already waiting, so one Ready (and one fdatasync)
+                    // covers many requests.
+                    for _ in 1..*inbound_batch_max {
+                        match inbound.try_recv() {
+                            Ok(item) => driver.handle(item),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            driver.drain_ready(outbox);
+            log_role_change(driver.core(), last_role);
+        }
+        // Graceful stop: finish the writes already started so what was acknowledged stays
+        // acknowledged, then let everything else go.
+        while driver.has_in_flight() {
+            std::future::poll_fn(|cx| driver.poll_durable(cx, outbox)).await?;
+        }
+        driver.abandon();
+        outbox.peers.shutdown();
+        let stats = driver.stats();
+        tracing::info!(stats = ?stats, "event loop stopped");
+        Ok(stats)
     }
 }
 
-/// Waits for the oldest in-flight write; pending forever when there is none, so `select!` simply
-/// never picks this branch then.
-async fn next_durable<E>(in_flight: &mut VecDeque<InFlight<E>>) -> Result<(), E> {
-    match in_flight.front_mut().and_then(|f| f.write.as_mut()) {
-        Some(write) => {
-            let result = write.as_mut().await;
-            if let Some(front) = in_flight.front_mut() {
-                // Completed: make sure it is not polled again.
-                front.write = None;
-            }
-            result
-        }
-        None => std::future::pending().await,
+fn log_role_change(core: &impl Consensus, last_role: &mut Role) {
+    let role = core.role();
+    if role == *last_role {
+        return;
     }
+    match role {
+        Role::Leader => {
+            tracing::info!(term = %core.term(), "👑 Won election! Becoming leader...")
+        }
+        Role::Candidate => {
+            tracing::info!("🗳️ Election timeout: campaigning for term {}", core.term())
+        }
+        Role::PreCandidate => tracing::debug!("pre-vote campaign started"),
+        Role::Follower => match core.leader() {
+            Some(leader) => tracing::info!("following leader {leader} in term {}", core.term()),
+            None => tracing::info!("follower in term {}", core.term()),
+        },
+    }
+    *last_role = role;
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+
+    use tokio::sync::oneshot;
+
     use super::*;
+    use crate::driver::{Applied, ProposeOutcome, ProposeRefused, ReadRefused};
     use crate::raft::message::{AppendEntriesResponse, RequestVoteResponse};
-    use crate::raft::HardState;
+    use crate::raft::{HardState, ProposeError, ReadIndexError, ReadState};
+    use crate::types::{LogEntry, Term};
 
     fn vote_response(from: u32, to: u32) -> Envelope {
         Envelope {
@@ -1303,6 +713,8 @@ mod tests {
     }
 
     impl StateMachine for Recorder {
+        type Response = Vec<u8>;
+
         fn apply(&mut self, entry: &LogEntry) -> Vec<u8> {
             self.applied.borrow_mut().push(entry.index.0);
             let mut response = entry.payload.clone();

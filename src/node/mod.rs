@@ -39,10 +39,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::ClusterConfig;
+use crate::driver::Inbound;
 use crate::etcd::members::Members;
 use crate::etcd::server::{EtcdApi, SharedStore};
 use crate::grpc::{self, GrpcError, Limits, PeerConfig, Peers, ServerConfig};
-use crate::kv::{KvLimits, KvStore};
+use crate::kv::{KvLimits, KvResponse, KvStore};
 use crate::raft::{self, HardState, RaftNode};
 use crate::storage::engine::{Engine, EngineTask, LogView};
 use crate::storage::state::RaftState;
@@ -203,7 +204,9 @@ pub fn election_seed(id: NodeId) -> u64 {
 
 /// A state machine shared between the event loop and request handlers on the same thread.
 impl<M: StateMachine> StateMachine for Arc<Mutex<M>> {
-    fn apply(&mut self, entry: &crate::types::LogEntry) -> Vec<u8> {
+    type Response = M::Response;
+
+    fn apply(&mut self, entry: &crate::types::LogEntry) -> M::Response {
         // Poisoning means a panic inside apply, which already stopped the loop.
         self.lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -232,15 +235,21 @@ where
     D: Durable<Log = C::Log> + 'static,
 {
     let store: SharedStore = Arc::new(Mutex::new(KvStore::new()));
+    let members = Members::from_config(config);
+    let limits = KvLimits::default().fitting_entries_of(config.entry_payload_max_bytes());
+    let etcd_store = Arc::clone(&store);
+    let etcd_api = move |inbound: mpsc::Sender<Inbound<KvResponse>>| {
+        let api = EtcdApi::new(id, members, inbound, etcd_store, limits);
+        let (kv, maintenance, cluster) = api.services();
+        let mut routes = tonic::service::RoutesBuilder::default();
+        routes
+            .add_service(kv)
+            .add_service(maintenance)
+            .add_service(cluster);
+        (routes, crate::etcd::server::PATH_FILTER)
+    };
     run_node_inner(
-        config,
-        id,
-        listener,
-        core,
-        durable,
-        Arc::clone(&store),
-        Some(store),
-        shutdown,
+        config, id, listener, core, durable, store, etcd_api, shutdown,
     )
     .await
 }
@@ -264,6 +273,12 @@ where
     D: Durable<Log = C::Log> + 'static,
     M: StateMachine + 'static,
 {
+    let no_client_api = |_| {
+        (
+            tonic::service::RoutesBuilder::default(),
+            grpc::PathFilter::RAFT_ONLY,
+        )
+    };
     run_node_inner(
         config,
         id,
@@ -271,7 +286,7 @@ where
         core,
         durable,
         state_machine,
-        None,
+        no_client_api,
         shutdown,
     )
     .await
@@ -285,7 +300,9 @@ async fn run_node_inner<C, D, M>(
     core: C,
     durable: D,
     state_machine: M,
-    etcd_store: Option<SharedStore>,
+    client_api: impl FnOnce(
+        mpsc::Sender<Inbound<M::Response>>,
+    ) -> (tonic::service::RoutesBuilder, grpc::PathFilter),
     shutdown: impl Future<Output = ()>,
 ) -> Result<LoopStats, NodeError>
 where
@@ -311,21 +328,7 @@ where
     let local_addr = listener.local_addr().map_err(GrpcError::Serve)?;
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
     let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut extra = tonic::service::RoutesBuilder::default();
-    if let Some(store) = etcd_store {
-        let api = EtcdApi::new(
-            id,
-            Members::from_config(config),
-            inbound_tx.clone(),
-            store,
-            KvLimits::default().fitting_entries_of(entry_payload_max),
-        );
-        let (kv, maintenance, cluster) = api.services();
-        extra
-            .add_service(kv)
-            .add_service(maintenance)
-            .add_service(cluster);
-    }
+    let (extra, filter) = client_api(inbound_tx.clone());
     tracing::info!("🌐 Starting gRPC server on {local_addr}");
     let server = tokio::task::spawn_local(grpc::serve_with(
         listener,
@@ -335,6 +338,7 @@ where
         },
         inbound_tx.clone(),
         extra,
+        filter,
         async move {
             let _ = stop_server_rx.await;
         },

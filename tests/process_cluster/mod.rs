@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use rust_raft_log::grpc::{convert, proto as pb, NodeStatus, ProposeOutcome};
+use rust_raft_log::driver::{NodeStatus, ProposeOutcome};
+use rust_raft_log::grpc::{convert, proto as pb};
 use rust_raft_log::raft::Role;
 use rust_raft_log::types::{NodeId, Term};
 use tonic::transport::{Channel, Endpoint};

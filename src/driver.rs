@@ -1,0 +1,941 @@
+//! The Ready driver: everything between the consensus core and the world that does not depend on
+//! how the world is reached. The node's event loop ([`crate::node::event_loop`]) and the
+//! deterministic simulator ([`crate::testing::cluster`]) both run it, so every simulated seed
+//! exercises the node's own reply matching, proposal tracking, read grants and durability
+//! ordering.
+//!
+//! # What it owns
+//! - the **mailbox** the transport and the client APIs write into ([`Inbound`]) and the answer
+//!   types they get back (a mailbox type belongs to its reader: the gRPC and etcd servers import
+//!   them from here);
+//! - the core ([`Consensus`]), the durable store ([`Durable`]: the append engine, or
+//!   [`crate::storage::engine::MemDurable`]) and the state machine;
+//! - **reply slots**: a peer's request waits with its reply handle, keyed by (peer, request kind);
+//!   the core answers synchronously inside `step`, so the Readys drained after a batch of inputs
+//!   contain every answer it will give; a response claims the oldest slot of its (recipient, kind)
+//!   at Ready time, and leaves only when its Ready is durable if it is a persisted message; slots
+//!   left unclaimed are dropped (the requester sees "declined");
+//! - **proposals** by index, answered once their entry is applied with the term they were
+//!   proposed in (otherwise another leader's entry took the index: the reply is dropped, "outcome
+//!   unknown");
+//! - **linearizable reads** (ReadIndex, thesis §6.4): registered with the core, granted once
+//!   confirmed and applied up to their read index, refused at once if dropped.
+//!
+//! # Draining a Ready (the contract of [`crate::raft`])
+//! 1. `messages` go out at once through the [`Outbox`] (requests) or their reply slot
+//!    (responses): a leader's AppendEntries leave before its own write starts (thesis §10.2.1).
+//! 2. `truncate_from` / `entries` / `hard_state` become one [`WriteBatch`] for the durable store.
+//!    Batches complete in submission order; several may be in flight.
+//! 3. When a batch is durable ([`Driver::poll_durable`]): `persisted_messages` (votes,
+//!    acknowledgements) go out, and `on_persisted` tells the core. A Ready with nothing to write
+//!    still waits for the batches before it, so an acknowledgement never overtakes a write.
+//! 4. `committed_entries` (durable locally by the core's contract) are applied in order.
+//! 5. `read_states` are granted once applied up to their index; `dropped_reads` are refused.
+//!
+//! A failed durable write is fatal ([`DriverError::Durable`]): the host must stop (fsyncgate).
+//!
+//! The driver performs no I/O of its own and needs no runtime: the node polls
+//! [`Driver::poll_durable`] from its `select!`, the simulator with a no-op waker.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use tokio::sync::oneshot;
+
+use crate::raft::message::{Envelope, Message};
+use crate::raft::{ProposeError, RaftNode, ReadIndexError, Ready, Role, Storage};
+use crate::state_machine::StateMachine;
+use crate::storage::engine::{Durable, PersistFuture, WriteBatch};
+use crate::types::{LogEntry, LogIndex, NodeId, Term};
+
+// ---------------------------------------------------------------------------------------------
+// The mailbox
+// ---------------------------------------------------------------------------------------------
+
+/// What the transport and the client APIs hand to the driver. `R` is the state machine's
+/// response type ([`StateMachine::Response`]).
+#[derive(Debug)]
+pub enum Inbound<R> {
+    /// A peer's request (RequestVote or AppendEntries). Answered with the core's response
+    /// envelope (addressed back to `envelope.from`) through `reply`, or `reply` is dropped to
+    /// decline.
+    Request {
+        envelope: Envelope,
+        reply: oneshot::Sender<Envelope>,
+    },
+    /// A response to one of this node's own requests, as it came back on the RPC's reply.
+    Response(Envelope),
+    /// An operator's proposal. Answered once the entry is committed and applied, or with
+    /// `NotLeader` or a refusal at once; dropping `reply` tells the client the outcome is unknown.
+    Propose {
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<ProposeOutcome, ProposeRefused>>,
+    },
+    /// An operator's status query.
+    Status { reply: oneshot::Sender<NodeStatus> },
+    /// A client API command (an encoded state machine command, e.g. an etcd Put). Answered once
+    /// applied, with the state machine's response, or refused at once; dropping `reply` means the
+    /// outcome is unknown.
+    Command {
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Applied<R>, CommandRefused>>,
+    },
+    /// A client API read. `linearizable`: answered once this node, as leader, confirmed its
+    /// leadership after the read arrived (ReadIndex, thesis §6.4) and applied up to the read
+    /// index; otherwise answered at once (serializable: possibly stale). After the grant the
+    /// caller reads the shared state machine itself.
+    Read {
+        linearizable: bool,
+        reply: oneshot::Sender<Result<ReadGrant, ReadRefused>>,
+    },
+}
+
+/// A command applied by the state machine, as its proposer sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied<R> {
+    pub index: LogIndex,
+    /// The term the entry was proposed and committed in.
+    pub term: Term,
+    /// What the state machine answered (`StateMachine::apply`).
+    pub response: R,
+}
+
+/// Why a command was not proposed (nothing was appended: the client may retry or redirect).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandRefused {
+    #[error("not the leader (leader: {leader:?} at {leader_address:?})")]
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_address: Option<SocketAddr>,
+    },
+    #[error("{pending} proposals are waiting to commit (the limit); retry later")]
+    Overloaded { pending: usize },
+    /// The command is larger than one log entry may be (`ClusterConfig::entry_payload_max_bytes`).
+    #[error("a {payload_bytes}-byte command is above the limit of {max_bytes} bytes per entry")]
+    TooLarge {
+        payload_bytes: usize,
+        max_bytes: u64,
+    },
+}
+
+/// Permission to read the state machine: it has applied at least `applied_index`, and for a
+/// linearizable read that covers every write acknowledged before the read arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadGrant {
+    pub applied_index: LogIndex,
+    /// The index the read was confirmed at (a linearizable read's read index; the applied index
+    /// for a serializable one).
+    pub read_index: LogIndex,
+    /// The node's current term (for response headers).
+    pub term: Term,
+    pub leader: Option<NodeId>,
+}
+
+/// Why a read was not granted (retryable).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadRefused {
+    #[error("not the leader (leader: {leader:?} at {leader_address:?})")]
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_address: Option<SocketAddr>,
+    },
+    /// The leader stepped down before a majority confirmed its leadership for this read.
+    #[error("leadership was lost before the read was confirmed")]
+    LeadershipLost,
+    #[error("{pending} reads are waiting (the limit); retry later")]
+    Overloaded { pending: usize },
+}
+
+/// The answer to an operator's proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposeOutcome {
+    /// The entry is committed and applied on the answering node.
+    Committed { index: LogIndex, term: Term },
+    /// Ask `leader` (at `leader_address`, from the cluster config) instead, if known.
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_address: Option<String>,
+    },
+}
+
+/// Why the node refused a proposal without proposing it (the client may retry: nothing was
+/// appended).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeRefused {
+    #[error("{pending} proposals are waiting to commit (the limit); retry later")]
+    Overloaded { pending: usize },
+    /// The payload is larger than one log entry may be.
+    #[error("payload of {payload_bytes} bytes is above the limit of {max_bytes}")]
+    TooLarge {
+        payload_bytes: usize,
+        max_bytes: u64,
+    },
+}
+
+/// A node's view of itself (the Operator's Status, etcd's endpoint status).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub node_id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    pub first_log_index: LogIndex,
+    pub last_log_index: LogIndex,
+    /// `(follower, match_index)`; empty unless the node is the leader.
+    pub peers: Vec<(NodeId, LogIndex)>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The core and the outbox
+// ---------------------------------------------------------------------------------------------
+
+/// The core as the driver drives it. [`RaftNode`] is the implementation; the trait exists so the
+/// driver's ordering rules can be tested against a scripted core.
+pub trait Consensus {
+    type Log: Storage;
+    fn tick(&mut self);
+    fn step(&mut self, envelope: Envelope);
+    fn propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError>;
+    /// Registers a linearizable read `ctx` (ReadIndex); it comes back in `Ready::read_states` or
+    /// `Ready::dropped_reads`.
+    fn read_index(&mut self, ctx: u64) -> Result<(), ReadIndexError>;
+    fn has_ready(&self) -> bool;
+    fn ready(&mut self) -> Ready;
+    fn on_persisted(&mut self, token: Option<(LogIndex, Term)>);
+    fn id(&self) -> NodeId;
+    fn role(&self) -> Role;
+    fn term(&self) -> Term;
+    fn leader(&self) -> Option<NodeId>;
+    fn commit_index(&self) -> LogIndex;
+    fn storage(&self) -> &Self::Log;
+    fn storage_mut(&mut self) -> &mut Self::Log;
+    /// The last index of the whole log (durable or not). Defaults to the durable log's.
+    fn last_index(&self) -> LogIndex {
+        self.storage().last_index()
+    }
+    /// The leader's view of each follower's `match_index`; empty elsewhere. Defaults to empty
+    /// (for scripted cores).
+    fn peer_match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
+        Vec::new()
+    }
+}
+
+impl<S: Storage> Consensus for RaftNode<S> {
+    type Log = S;
+    fn tick(&mut self) {
+        RaftNode::tick(self)
+    }
+    fn step(&mut self, envelope: Envelope) {
+        RaftNode::step(self, envelope)
+    }
+    fn propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError> {
+        RaftNode::propose(self, payload)
+    }
+    fn read_index(&mut self, ctx: u64) -> Result<(), ReadIndexError> {
+        RaftNode::read_index(self, ctx)
+    }
+    fn has_ready(&self) -> bool {
+        RaftNode::has_ready(self)
+    }
+    fn ready(&mut self) -> Ready {
+        RaftNode::ready(self)
+    }
+    fn on_persisted(&mut self, token: Option<(LogIndex, Term)>) {
+        RaftNode::on_persisted(self, token)
+    }
+    fn id(&self) -> NodeId {
+        RaftNode::id(self)
+    }
+    fn role(&self) -> Role {
+        RaftNode::role(self)
+    }
+    fn term(&self) -> Term {
+        RaftNode::term(self)
+    }
+    fn leader(&self) -> Option<NodeId> {
+        RaftNode::leader(self)
+    }
+    fn commit_index(&self) -> LogIndex {
+        RaftNode::commit_index(self)
+    }
+    fn storage(&self) -> &S {
+        RaftNode::storage(self)
+    }
+    fn storage_mut(&mut self) -> &mut S {
+        RaftNode::storage_mut(self)
+    }
+    fn last_index(&self) -> LogIndex {
+        RaftNode::last_index(self)
+    }
+    fn peer_match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
+        RaftNode::peer_match_indexes(self)
+    }
+}
+
+/// Where the driver's requests to peers go (the node: its peer clients; the simulator: its
+/// network), and what a host may watch (the simulator checks safety properties there).
+pub trait Outbox {
+    /// Sends a request (RequestVote, AppendEntries) to `envelope.to`. Returns false if the
+    /// transport refused it (counted, not fatal: Raft retransmits).
+    fn send_request(&mut self, envelope: Envelope) -> bool;
+
+    /// Every `Ready`, as the core handed it out, before the driver acts on it.
+    fn observe_ready(&mut self, _ready: &Ready) {}
+
+    /// A response leaves for its requester (after the write it waited for, if any), whether or
+    /// not a reply slot still waits for it.
+    fn observe_response(&mut self, _envelope: &Envelope) {}
+
+    /// A write batch is durable (before its persisted messages leave).
+    fn observe_durable(&mut self, _batch: &WriteBatch) {}
+
+    /// A committed entry is about to be applied.
+    fn observe_apply(&mut self, _entry: &LogEntry) {}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reply slots
+// ---------------------------------------------------------------------------------------------
+
+/// The kind of request a reply handle answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Vote,
+    Append,
+}
+
+impl RequestKind {
+    /// The kind of a request message, `None` for responses.
+    pub fn of_request(msg: &Message) -> Option<RequestKind> {
+        match msg {
+            Message::RequestVote(_) => Some(RequestKind::Vote),
+            Message::AppendEntries(_) => Some(RequestKind::Append),
+            Message::RequestVoteResponse(_) | Message::AppendEntriesResponse(_) => None,
+        }
+    }
+
+    /// The kind of request a response message answers, `None` for requests.
+    pub fn answered_by(msg: &Message) -> Option<RequestKind> {
+        match msg {
+            Message::RequestVoteResponse(_) => Some(RequestKind::Vote),
+            Message::AppendEntriesResponse(_) => Some(RequestKind::Append),
+            Message::RequestVote(_) | Message::AppendEntries(_) => None,
+        }
+    }
+}
+
+/// Reply handles of inbound requests, waiting for the core's responses.
+#[derive(Debug, Default)]
+pub struct ReplySlots {
+    pending: HashMap<(NodeId, RequestKind), VecDeque<oneshot::Sender<Envelope>>>,
+}
+
+impl ReplySlots {
+    pub fn register(&mut self, from: NodeId, kind: RequestKind, reply: oneshot::Sender<Envelope>) {
+        self.pending
+            .entry((from, kind))
+            .or_default()
+            .push_back(reply);
+    }
+
+    /// The oldest handle waiting for `response` (matched by recipient and kind).
+    pub fn claim(&mut self, response: &Envelope) -> Option<oneshot::Sender<Envelope>> {
+        let kind = RequestKind::answered_by(&response.msg)?;
+        self.pending.get_mut(&(response.to, kind))?.pop_front()
+    }
+
+    /// Drops every waiting handle (their requesters see "declined"); returns how many.
+    pub fn decline_all(&mut self) -> usize {
+        let n = self.pending.values().map(VecDeque::len).sum();
+        self.pending.clear();
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.values().map(VecDeque::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver
+// ---------------------------------------------------------------------------------------------
+
+/// Static facts and limits the driver needs.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// Addresses of every member, for NotLeader answers.
+    pub addresses: HashMap<NodeId, SocketAddr>,
+    /// The most proposals waiting for their commit; beyond it proposals are refused (not
+    /// appended), so clients that outpace the cluster cannot grow the leader's memory unbounded.
+    pub proposals_pending_max: usize,
+    /// The most linearizable reads registered and not yet answered; beyond it reads are refused.
+    pub reads_pending_max: usize,
+}
+
+/// Counters the driver keeps (logged at shutdown, useful in tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    pub ticks: u64,
+    pub readies: u64,
+    pub batches_written: u64,
+    pub requests_declined: u64,
+    pub responses_without_request: u64,
+    pub send_refused: u64,
+}
+
+/// A durable write failed: the host must stop (its disk state is unknown).
+#[derive(Debug, thiserror::Error)]
+#[error("durable write failed, stopping the node: {0}")]
+pub struct DriverError(pub Box<dyn std::error::Error + Send + Sync>);
+
+/// A Ready whose writes are in flight, with what must wait for them.
+struct InFlight<E> {
+    batch: Rc<WriteBatch>,
+    /// `None` for a Ready with nothing to write (it only waits for the batches before it).
+    write: Option<PersistFuture<E>>,
+    /// Responses bound to their reply handles at Ready time, sent once durable.
+    persisted: Vec<(Envelope, Option<oneshot::Sender<Envelope>>)>,
+    /// Requests that must wait for durability too (rare: a vote request after a term change).
+    persisted_requests: Vec<Envelope>,
+    token: Option<(LogIndex, Term)>,
+}
+
+type ProposeReply = oneshot::Sender<Result<ProposeOutcome, ProposeRefused>>;
+type CommandReply<R> = oneshot::Sender<Result<Applied<R>, CommandRefused>>;
+type ReadReply = oneshot::Sender<Result<ReadGrant, ReadRefused>>;
+
+/// Who waits for a proposal: the Operator service (index and term) or a client API handler
+/// (the state machine's response too).
+enum Proposer<R> {
+    Operator(ProposeReply),
+    Command(CommandReply<R>),
+}
+
+/// Why [`Driver::propose_bounded`] did not propose (each service words it its own way).
+enum Refusal {
+    Overloaded {
+        pending: usize,
+    },
+    NotLeader {
+        leader_hint: Option<NodeId>,
+    },
+    TooLarge {
+        payload_bytes: usize,
+        max_bytes: u64,
+    },
+}
+
+/// See the module docs.
+pub struct Driver<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
+    core: C,
+    durable: D,
+    state_machine: M,
+    config: DriverConfig,
+    slots: ReplySlots,
+    in_flight: VecDeque<InFlight<D::Error>>,
+    /// index -> (term proposed in, who waits).
+    proposals: BTreeMap<LogIndex, (Term, Proposer<M::Response>)>,
+    /// Reads registered with the core (ReadIndex), by ctx, not yet confirmed or dropped.
+    reads_registered: HashMap<u64, ReadReply>,
+    /// Confirmed reads waiting for the state machine to reach their read index.
+    reads_confirmed: BTreeMap<LogIndex, Vec<ReadReply>>,
+    reads_confirmed_len: usize,
+    next_read_ctx: u64,
+    applied_index: LogIndex,
+    stats: DriverStats,
+}
+
+impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
+    /// `applied_index` is what the state machine already reflects (0 for a machine rebuilt from
+    /// the log).
+    pub fn new(
+        core: C,
+        durable: D,
+        state_machine: M,
+        config: DriverConfig,
+        applied_index: LogIndex,
+    ) -> Self {
+        Driver {
+            core,
+            durable,
+            state_machine,
+            config,
+            slots: ReplySlots::default(),
+            in_flight: VecDeque::new(),
+            proposals: BTreeMap::new(),
+            reads_registered: HashMap::new(),
+            reads_confirmed: BTreeMap::new(),
+            reads_confirmed_len: 0,
+            next_read_ctx: 0,
+            applied_index,
+            stats: DriverStats::default(),
+        }
+    }
+
+    pub fn core(&self) -> &C {
+        &self.core
+    }
+
+    pub fn durable(&self) -> &D {
+        &self.durable
+    }
+
+    pub fn state_machine(&self) -> &M {
+        &self.state_machine
+    }
+
+    pub fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied_index
+    }
+
+    /// Linearizable reads registered with the core and neither confirmed nor dropped yet.
+    pub fn reads_registered(&self) -> usize {
+        self.reads_registered.len()
+    }
+
+    /// Whether a Ready is waiting for its write (or for the writes before it).
+    pub fn has_in_flight(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// Advances the core's logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.stats.ticks += 1;
+        self.core.tick();
+    }
+
+    /// Hands one mailbox item to the core (or answers it at once). Call [`Driver::drain_ready`]
+    /// after a batch of them.
+    pub fn handle(&mut self, item: Inbound<M::Response>) {
+        match item {
+            Inbound::Request { envelope, reply } => {
+                if let Message::AppendEntries(m) = &envelope.msg {
+                    if let Some(last) = m.entries.last() {
+                        crate::timeline::mark("f_step", last.index.0);
+                    }
+                }
+                if let Some(kind) = RequestKind::of_request(&envelope.msg) {
+                    self.slots.register(envelope.from, kind, reply);
+                }
+                self.core.step(envelope);
+            }
+            Inbound::Response(envelope) => {
+                if let Message::AppendEntriesResponse(m) = &envelope.msg {
+                    crate::timeline::mark("ack_in", m.last_log_index.0);
+                }
+                if let Message::RequestVoteResponse(m) = &envelope.msg {
+                    tracing::debug!(
+                        "📥 Vote response from node {}: granted={} term={}{}",
+                        envelope.from,
+                        m.vote_granted,
+                        m.term,
+                        if m.pre_vote { " (pre-vote)" } else { "" }
+                    );
+                }
+                self.core.step(envelope);
+            }
+            Inbound::Propose { payload, reply } => match self.propose_bounded(payload) {
+                Ok((index, term)) => {
+                    self.proposals
+                        .insert(index, (term, Proposer::Operator(reply)));
+                }
+                Err(Refusal::Overloaded { pending }) => {
+                    let _ = reply.send(Err(ProposeRefused::Overloaded { pending }));
+                }
+                Err(Refusal::TooLarge {
+                    payload_bytes,
+                    max_bytes,
+                }) => {
+                    let _ = reply.send(Err(ProposeRefused::TooLarge {
+                        payload_bytes,
+                        max_bytes,
+                    }));
+                }
+                Err(Refusal::NotLeader { leader_hint }) => {
+                    let leader_address = leader_hint
+                        .and_then(|l| self.config.addresses.get(&l))
+                        .map(ToString::to_string);
+                    let _ = reply.send(Ok(ProposeOutcome::NotLeader {
+                        leader: leader_hint,
+                        leader_address,
+                    }));
+                }
+            },
+            Inbound::Command { payload, reply } => match self.propose_bounded(payload) {
+                Ok((index, term)) => {
+                    self.proposals
+                        .insert(index, (term, Proposer::Command(reply)));
+                }
+                Err(Refusal::Overloaded { pending }) => {
+                    let _ = reply.send(Err(CommandRefused::Overloaded { pending }));
+                }
+                Err(Refusal::TooLarge {
+                    payload_bytes,
+                    max_bytes,
+                }) => {
+                    let _ = reply.send(Err(CommandRefused::TooLarge {
+                        payload_bytes,
+                        max_bytes,
+                    }));
+                }
+                Err(Refusal::NotLeader { leader_hint }) => {
+                    let _ = reply.send(Err(CommandRefused::NotLeader {
+                        leader: leader_hint,
+                        leader_address: self.address_of(leader_hint),
+                    }));
+                }
+            },
+            Inbound::Read {
+                linearizable,
+                reply,
+            } => self.register_read(linearizable, reply),
+            Inbound::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn address_of(&self, node: Option<NodeId>) -> Option<SocketAddr> {
+        node.and_then(|l| self.config.addresses.get(&l).copied())
+    }
+
+    /// Proposes `payload` unless [`DriverConfig::proposals_pending_max`] proposals already wait
+    /// for their commit or this node does not lead.
+    fn propose_bounded(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), Refusal> {
+        let pending = self.proposals.len();
+        if pending >= self.config.proposals_pending_max {
+            return Err(Refusal::Overloaded { pending });
+        }
+        self.core.propose(payload).map_err(|e| match e {
+            ProposeError::NotLeader { leader_hint } => Refusal::NotLeader { leader_hint },
+            ProposeError::TooLarge {
+                payload_bytes,
+                max_bytes,
+            } => Refusal::TooLarge {
+                payload_bytes,
+                max_bytes,
+            },
+        })
+    }
+
+    /// A serializable read is granted at once at the current applied index; a linearizable one
+    /// is registered with the core (ReadIndex) and granted once confirmed and applied.
+    fn register_read(&mut self, linearizable: bool, reply: ReadReply) {
+        if !linearizable {
+            let _ = reply.send(Ok(self.read_grant(self.applied_index)));
+            return;
+        }
+        let pending = self.reads_registered.len() + self.reads_confirmed_len;
+        if pending >= self.config.reads_pending_max {
+            let _ = reply.send(Err(ReadRefused::Overloaded { pending }));
+            return;
+        }
+        self.next_read_ctx += 1;
+        let ctx = self.next_read_ctx;
+        match self.core.read_index(ctx) {
+            Ok(()) => {
+                self.reads_registered.insert(ctx, reply);
+            }
+            Err(ReadIndexError::NotLeader { leader_hint }) => {
+                let _ = reply.send(Err(ReadRefused::NotLeader {
+                    leader: leader_hint,
+                    leader_address: self.address_of(leader_hint),
+                }));
+            }
+        }
+    }
+
+    fn read_grant(&self, read_index: LogIndex) -> ReadGrant {
+        ReadGrant {
+            applied_index: self.applied_index,
+            read_index,
+            term: self.core.term(),
+            leader: self.core.leader(),
+        }
+    }
+
+    /// Thesis §6.4 step 4: the read may be served once the state machine has applied up to the
+    /// read index.
+    fn on_read_state(&mut self, ctx: u64, index: LogIndex) {
+        let Some(reply) = self.reads_registered.remove(&ctx) else {
+            // Not ours (cannot happen: every ctx comes from register_read) or answered already.
+            tracing::warn!(ctx, "a confirmed read nobody waits for");
+            return;
+        };
+        if index <= self.applied_index {
+            let _ = reply.send(Ok(self.read_grant(index)));
+        } else {
+            self.reads_confirmed.entry(index).or_default().push(reply);
+            self.reads_confirmed_len += 1;
+        }
+    }
+
+    fn on_read_dropped(&mut self, ctx: u64) {
+        if let Some(reply) = self.reads_registered.remove(&ctx) {
+            let _ = reply.send(Err(ReadRefused::LeadershipLost));
+        }
+    }
+
+    /// Grants every confirmed read whose index the state machine has reached.
+    fn grant_applied_reads(&mut self) {
+        while let Some(first) = self.reads_confirmed.first_entry() {
+            if *first.key() > self.applied_index {
+                break;
+            }
+            let (index, replies) = first.remove_entry();
+            self.reads_confirmed_len -= replies.len();
+            let grant = self.read_grant(index);
+            for reply in replies {
+                let _ = reply.send(Ok(grant));
+            }
+        }
+    }
+
+    /// This node's view of itself.
+    pub fn status(&self) -> NodeStatus {
+        let log = self.core.storage();
+        NodeStatus {
+            node_id: self.core.id(),
+            role: self.core.role(),
+            term: self.core.term(),
+            leader: self.core.leader(),
+            commit_index: self.core.commit_index(),
+            applied_index: self.applied_index,
+            first_log_index: log.first_index(),
+            last_log_index: self.core.last_index(),
+            peers: self.core.peer_match_indexes(),
+        }
+    }
+
+    /// Steps 1-5 of the module docs for every Ready the core has; then every request not
+    /// answered is declined.
+    pub fn drain_ready(&mut self, out: &mut impl Outbox) {
+        while self.core.has_ready() {
+            let ready = self.core.ready();
+            self.stats.readies += 1;
+            out.observe_ready(&ready);
+            self.take_ready(ready, out);
+        }
+        // Every request handled above has been answered or ignored by now.
+        let declined = self.slots.decline_all();
+        self.stats.requests_declined += declined as u64;
+    }
+
+    fn take_ready(&mut self, ready: Ready, out: &mut impl Outbox) {
+        let token = ready.persist_token();
+        let Ready {
+            messages,
+            truncate_from,
+            entries,
+            hard_state,
+            must_sync,
+            persisted_messages,
+            committed_entries,
+            read_states,
+            dropped_reads,
+        } = ready;
+        for envelope in messages {
+            self.route(envelope, None, out);
+        }
+        let mut persisted = Vec::new();
+        let mut persisted_requests = Vec::new();
+        for envelope in persisted_messages {
+            if RequestKind::answered_by(&envelope.msg).is_some() {
+                // Bind the answer to its handle now, while the request's slot is still waiting.
+                let slot = self.slots.claim(&envelope);
+                persisted.push((envelope, slot));
+            } else {
+                persisted_requests.push(envelope);
+            }
+        }
+        let batch = Rc::new(WriteBatch {
+            truncate_from,
+            entries,
+            hard_state,
+            must_sync,
+        });
+        let write = if batch.is_empty() {
+            None
+        } else {
+            self.stats.batches_written += 1;
+            Some(self.durable.persist(Rc::clone(&batch)))
+        };
+        self.in_flight.push_back(InFlight {
+            batch,
+            write,
+            persisted,
+            persisted_requests,
+            token,
+        });
+        // Entries handed out as committed are durable locally (core contract), so they can be
+        // applied now, before this Ready's own write completes.
+        for entry in committed_entries {
+            out.observe_apply(&entry);
+            self.apply(entry);
+        }
+        // After applying: a read confirmed at an index this Ready's entries reached is granted
+        // at once.
+        for read in read_states {
+            self.on_read_state(read.ctx, read.index);
+        }
+        for ctx in dropped_reads {
+            self.on_read_dropped(ctx);
+        }
+        self.grant_applied_reads();
+        // Readys with nothing to write complete as soon as everything before them has.
+        self.complete_durable_prefix(out);
+    }
+
+    /// Polls the oldest in-flight write; once it is durable, completes it and every Ready after
+    /// it that has no write of its own (step 3 of the module docs). `Pending` while there is
+    /// nothing to wait for. Call [`Driver::drain_ready`] after a `Ready`.
+    ///
+    /// # Errors
+    /// A failed durable write: fatal (the host must stop).
+    pub fn poll_durable(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut impl Outbox,
+    ) -> Poll<Result<(), DriverError>> {
+        let Some(write) = self.in_flight.front_mut().and_then(|f| f.write.as_mut()) else {
+            return Poll::Pending;
+        };
+        match write.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                if let Some(front) = self.in_flight.front_mut() {
+                    // Completed: never polled again.
+                    front.write = None;
+                }
+                if let Err(e) = result {
+                    return Poll::Ready(Err(DriverError(Box::new(e))));
+                }
+                self.complete_durable_prefix(out);
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    /// Completes, oldest first, every in-flight Ready whose write is done (or that had none) and
+    /// that has no unfinished write before it.
+    fn complete_durable_prefix(&mut self, out: &mut impl Outbox) {
+        while self.in_flight.front().is_some_and(|f| f.write.is_none()) {
+            if let Some(done) = self.in_flight.pop_front() {
+                self.complete(done, out);
+            }
+        }
+    }
+
+    /// A Ready is durable: publish it, send what waited for it, tell the core.
+    fn complete(&mut self, done: InFlight<D::Error>, out: &mut impl Outbox) {
+        if !done.batch.is_empty() {
+            out.observe_durable(&done.batch);
+            self.durable.publish(self.core.storage_mut(), &done.batch);
+        }
+        for (envelope, slot) in done.persisted {
+            self.deliver_response(envelope, slot, out);
+        }
+        for envelope in done.persisted_requests {
+            self.route(envelope, None, out);
+        }
+        self.core.on_persisted(done.token);
+    }
+
+    fn route(
+        &mut self,
+        envelope: Envelope,
+        slot: Option<oneshot::Sender<Envelope>>,
+        out: &mut impl Outbox,
+    ) {
+        if RequestKind::of_request(&envelope.msg).is_some() {
+            if !out.send_request(envelope) {
+                self.stats.send_refused += 1;
+            }
+            return;
+        }
+        let slot = slot.or_else(|| self.slots.claim(&envelope));
+        self.deliver_response(envelope, slot, out);
+    }
+
+    fn deliver_response(
+        &mut self,
+        envelope: Envelope,
+        slot: Option<oneshot::Sender<Envelope>>,
+        out: &mut impl Outbox,
+    ) {
+        out.observe_response(&envelope);
+        match slot {
+            // The requester may have given up (deadline); nothing to do then.
+            Some(slot) => {
+                if let Message::AppendEntriesResponse(m) = &envelope.msg {
+                    crate::timeline::mark("f_ack_out", m.last_log_index.0);
+                }
+                let _ = slot.send(envelope);
+            }
+            None => {
+                self.stats.responses_without_request += 1;
+                tracing::debug!(to = %envelope.to, "dropping a response no request is waiting for");
+            }
+        }
+    }
+
+    fn apply(&mut self, entry: LogEntry) {
+        assert_eq!(
+            entry.index,
+            self.applied_index.next(),
+            "committed entries must be applied in order: applied {} got {}",
+            self.applied_index,
+            entry.index
+        );
+        let response = self.state_machine.apply(&entry);
+        self.applied_index = entry.index;
+        // Proposals at or below the applied index are decided now.
+        let mut response = Some(response);
+        while let Some(first) = self.proposals.first_entry() {
+            if *first.key() > entry.index {
+                break;
+            }
+            let (index, (term, proposer)) = first.remove_entry();
+            if index == entry.index && term == entry.term {
+                match proposer {
+                    Proposer::Operator(reply) => {
+                        let _ = reply.send(Ok(ProposeOutcome::Committed { index, term }));
+                    }
+                    Proposer::Command(reply) => {
+                        if let Some(response) = response.take() {
+                            let _ = reply.send(Ok(Applied {
+                                index,
+                                term,
+                                response,
+                            }));
+                        }
+                    }
+                }
+            }
+            // Otherwise another leader's entry took that index: dropping the reply tells the
+            // client the outcome is unknown (it was not committed under this proposal).
+        }
+    }
+
+    /// Fails everything still waiting (the host is stopping): reply slots and reads are
+    /// dropped, proposals' outcomes become unknown.
+    pub fn abandon(&mut self) {
+        self.slots.decline_all();
+        self.proposals.clear();
+        self.reads_registered.clear();
+        self.reads_confirmed.clear();
+        self.reads_confirmed_len = 0;
+    }
+}
