@@ -209,6 +209,10 @@ pub struct LogConfig {
     /// file spares the next rotation a zero-fill (or the extent conversions of a fallocated file)
     /// at the price of this many segments of disk space.
     pub recycle_segments_max: usize,
+    /// Prepare the next segment file on a background thread (production). Off, the file is
+    /// prepared at the rotation that needs it, on the caller's thread: the deterministic
+    /// simulator turns it off, since a thread's timing would make its runs unrepeatable.
+    pub prepare_in_background: bool,
 }
 
 impl LogConfig {
@@ -218,6 +222,7 @@ impl LogConfig {
             dir: dir.into(),
             segment_size_bytes: SEGMENT_SIZE_DEFAULT_BYTES,
             recycle_segments_max: 2,
+            prepare_in_background: true,
         }
     }
 
@@ -629,6 +634,10 @@ impl RaftLog {
     /// unwritten extents, so its page-cache pages are allocated here rather than inside the
     /// appends).
     fn start_preparing(&mut self) {
+        if !self.config.prepare_in_background {
+            // Prepared at the rotation that needs it (`take_prepared`).
+            return;
+        }
         if self.preparing.is_some() || self.prepared_ready || !self.pool.is_empty() {
             // The next rotation has its file: the prepared one, or a recycled one.
             return;

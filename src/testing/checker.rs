@@ -51,6 +51,9 @@ pub enum Property {
     Liveness,
     /// A confirmed read missed a write acknowledged before it was issued.
     ReadLinearizability,
+    /// After a crash and power loss, the storage engine's recovery lost (or changed) an entry or a
+    /// hard state the engine had reported durable.
+    Durability,
 }
 
 impl Property {
@@ -70,6 +73,7 @@ impl Property {
             Property::MirrorFidelity => "Simulator mirror matches the node's log",
             Property::Liveness => "Liveness after faults stop",
             Property::ReadLinearizability => "Linearizable reads (ReadIndex)",
+            Property::Durability => "What was reported durable survives a power loss",
         }
     }
 
@@ -89,6 +93,7 @@ impl Property {
             Property::MirrorFidelity => "simulator self-check",
             Property::Liveness => "Raft §5.2, §9.3 (issue 3 liveness target)",
             Property::ReadLinearizability => "thesis §6.4 (ReadIndex)",
+            Property::Durability => "Raft Figure 2 (persistent state), docs/FORMAT.md",
         }
     }
 }

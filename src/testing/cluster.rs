@@ -1,59 +1,87 @@
-//! The deterministic cluster: N cores, their simulated disks, the network between them, simulated
-//! time, client proposals, crashes and restarts — and the safety checkers after every event.
+//! The deterministic cluster: N nodes, each running the node's own Ready driver
+//! ([`crate::driver`]) over the node's own append engine ([`crate::storage::engine`]) on its own
+//! simulated disk ([`SimFs`]), the network between them, simulated time, client proposals and
+//! reads, crashes with power loss, and the safety checkers after every event.
+//!
+//! # What runs here is what runs in the node
+//! A node is a [`Driver`] over a `RaftNode<LogView>` and an [`Engine`] whose `RaftLog` and
+//! `RaftState` live on the node's `SimFs`; the engine's task is polled beside the driver as the
+//! node's `LocalSet` polls it. Peer requests enter through the driver's mailbox
+//! (`Inbound::Request` with a oneshot reply handle) and the response goes back on the network only
+//! if it comes out of that handle: the node's reply matching, durability waits and "declined"
+//! requests are exercised as they are. Proposals and reads enter as `Inbound::Propose` and
+//! `Inbound::Read` and their outcomes are what the driver answers.
 //!
 //! # Time and events
 //! Time is a `u64` count of simulated microseconds. Every node ticks with its own period (clock
 //! speeds differ by node); deliveries, disk completions and the scenario's timers sit in one
 //! priority queue ordered by (time, sequence number), so ties break in insertion order and a run
 //! is a pure function of its seed. [`Cluster::step`] processes exactly one event: a node's tick,
-//! a message delivery, a disk write completing, or a scenario timer.
+//! a message delivery, a durable write of a node's disk completing, or a scenario timer.
 //!
-//! # Driving a core (the contract of `src/raft/mod.rs`)
-//! After every input the cluster drains every `Ready`: it sends `messages` at once, queues the
-//! writes on the node's [`SimDisk`], applies `committed_entries`, then serves each of
-//! `read_states` once the node's state machine reached its index. When a write completes it is
-//! applied to the node's durable `MemStorage` (through `storage_mut`) and durable hard state,
-//! then its `persisted_messages` leave and `on_persisted` is called.
+//! # The disk
+//! Each durable write the engine starts (a segment append, a state-file update) lands in the
+//! `SimFs` page cache at once; its fdatasync completes after a latency drawn from the plan's
+//! [`DiskConfig`]. Writes in flight together complete in any order their latencies give, so the
+//! state file's write and the log's of one group land in either order, as on a real disk.
 //!
 //! # What a crash loses
-//! Everything but the durable log and hard state: the core, the in-memory state machine, every
-//! in-flight write except a prefix of the oldest (see [`SimDisk::crash`]). Messages already sent
-//! still arrive; messages to a node that is down are lost. The node restarts with
-//! `RaftNode::new(config, durable hard state, durable log)` and a fresh RNG seed.
+//! The node's process (driver, core, engine, in-memory state machine) and whatever a power loss of
+//! its `SimFs` takes: any subset of the sectors no fdatasync covered, torn sectors, directory
+//! changes no directory fsync covered. Messages already sent still arrive; messages to a node that
+//! is down are lost. The node restarts by opening its log and state file through the storage
+//! engine's own recovery, and must find everything the engine had reported durable (the
+//! Durability property), then builds a new core with a fresh RNG seed.
 //!
 //! # Checks
 //! After each event, the node it touched is checked: `check_invariants()`, then the
 //! [`SafetyChecker`] properties over the simulator's mirror of its log; every outgoing
 //! acknowledgement and vote is checked against the sender's durable state; every applied entry
-//! against every other node's; every confirmed and every served read against the writes
-//! acknowledged before it was issued (Read linearizability, thesis §6.4). Nodes an event did not touch did not change, so checking only the
-//! touched node after each event is the same as checking every node after every event. A panic
-//! inside the core is caught and reported like a violation. Any failure panics with the property,
-//! its paper section, the details, the seed, the last events and the replay command.
+//! against every other node's; every granted read against the writes acknowledged before it was
+//! issued (Read linearizability, thesis §6.4). Nodes an event did not touch did not change, so
+//! checking only the touched node after each event is the same as checking every node after
+//! every event. A panic inside the node's code is caught and reported like a violation. Any
+//! failure panics with the property, its paper section, the details, the seed, the last events
+//! and the replay command.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
-use crate::raft::{
-    Config, Envelope, HardState, MemStorage, Message, ProposeError, RaftNode, ReadIndexError,
-    ReadState, Ready, Role,
+use tokio::sync::oneshot;
+
+use crate::driver::{
+    Driver, DriverConfig, Inbound, Outbox, ProposeOutcome, ProposeRefused, ReadGrant, ReadRefused,
 };
+use crate::raft::{Config, Envelope, HardState, Message, RaftNode, Ready, Role};
+use crate::storage::engine::{Engine, LogView, WriteBatch};
+use crate::storage::file::{PowerLossReport, SimFs};
+use crate::storage::state::RaftState;
+use crate::storage::{LogConfig, RaftLog};
 use crate::testing::checker::{
     entry_hash, AckedProposal, LogMirror, Property, ReadFloor, SafetyChecker, Violation,
 };
-use crate::testing::disk::{DiskConfig, SimDisk, TornWrite};
+use crate::testing::disk::DiskConfig;
 use crate::testing::network::{NetConfig, SimNetwork};
 use crate::testing::rng::SimRng;
-use crate::types::{LogEntry, LogIndex, NodeId, Term};
+use crate::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
+
+/// Segment size of every simulated node's log: small, so that runs rotate segments often.
+pub const SIM_SEGMENT_BYTES: u64 = 64 << 10;
 
 /// How to build a cluster. Every node gets `core` with its own `id` and RNG seed.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub seed: u64,
     pub nodes: usize,
-    /// A template: `id`, `voters` and `rng_seed` are filled in per node.
+    /// A template: `id`, `voters`, `rng_seed` and `max_entry_payload_bytes` are filled in per
+    /// node.
     pub core: Config,
     pub net: NetConfig,
     pub disk: DiskConfig,
@@ -98,7 +126,7 @@ pub enum Stepped {
 pub enum Outcome {
     /// Accepted by a leader at (index, term); no answer yet.
     Pending { node: usize, index: u64, term: Term },
-    /// The node it was sent to was not the leader.
+    /// The node it was sent to was not the leader (or refused it).
     Rejected,
     /// The leader applied it: committed.
     Committed,
@@ -112,24 +140,18 @@ pub enum Outcome {
 /// acknowledged write with the highest index when it was issued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadOutcome {
-    /// Accepted by a leader; neither confirmed nor dropped yet.
+    /// Accepted by a leader; not answered yet.
     Pending {
         node: usize,
         floor: Option<ReadFloor>,
     },
-    /// Confirmed at `index`; served once the node has applied up to it.
-    Confirmed {
-        node: usize,
-        index: u64,
-        floor: Option<ReadFloor>,
-    },
-    /// Served (and checked) from the node's state machine.
+    /// Granted (and checked) at read index `index`.
     Served { index: u64 },
     /// The node was not the leader (or was down).
     Rejected,
     /// The node stepped down before confirming it (the client would retry).
     Dropped,
-    /// The node crashed before serving it.
+    /// The node crashed before answering.
     Unknown,
 }
 
@@ -139,6 +161,7 @@ pub struct ClusterStats {
     pub ticks: u64,
     pub crashes: u64,
     pub restarts: u64,
+    /// Crashes whose power loss lost or tore unsynced data or undid a directory change.
     pub torn_writes: u64,
     pub proposals: u64,
     pub committed: u64,
@@ -151,6 +174,8 @@ pub struct ClusterStats {
     pub reads_rejected: u64,
     pub reads_dropped: u64,
     pub reads_unknown: u64,
+    /// Durable writes (engine fdatasyncs) the simulated disks completed.
+    pub disk_writes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -163,7 +188,7 @@ enum EventKind {
     DiskDone {
         node: usize,
         incarnation: u64,
-        id: u64,
+        op: u64,
     },
     Timer(u64),
 }
@@ -212,7 +237,7 @@ enum TraceRec {
     },
     Crash {
         node: usize,
-        torn: Option<(Option<LogIndex>, usize, bool)>,
+        loss: PowerLossReport,
     },
     Restart {
         node: usize,
@@ -253,9 +278,16 @@ impl std::fmt::Display for TraceRec {
                     "n{node} write durable: {entries} entries, hard state {hard_state:?}"
                 )
             }
-            TraceRec::Crash { node, torn } => write!(
+            TraceRec::Crash { node, loss } => write!(
                 f,
-                "n{node} CRASH; torn prefix kept (truncate_from, entries, hard state): {torn:?}"
+                "n{node} CRASH + power loss: {} unsynced writes ({} sectors kept, {} dropped, {} \
+                 torn), {} directory changes kept, {} undone",
+                loss.pending_writes,
+                loss.sectors_kept,
+                loss.sectors_dropped,
+                loss.sectors_torn,
+                loss.dir_changes_kept,
+                loss.dir_changes_undone
             ),
             TraceRec::Restart {
                 node,
@@ -279,15 +311,115 @@ impl std::fmt::Display for TraceRec {
 
 const TRACE_LEN: usize = 60;
 
+/// The core of a simulated node: the node's core over the engine's view of a log on `SimFs`.
+pub type SimCore = RaftNode<LogView>;
+type SimDriver = Driver<SimCore, Engine, ()>;
+
+/// What the driver did, recorded by its [`Outbox`] and processed by the cluster right after (in
+/// order), so the driver never needs the cluster's state.
+enum Effect {
+    Ready {
+        truncate_from: Option<LogIndex>,
+        entries: Vec<LogEntry>,
+        appends: usize,
+    },
+    Request(Envelope),
+    Response(Envelope),
+    Durable {
+        truncate_from: Option<LogIndex>,
+        entries: Vec<LogEntry>,
+        hard_state: Option<HardState>,
+    },
+    Apply(LogEntry),
+}
+
+#[derive(Default)]
+struct Effects(Vec<Effect>);
+
+impl Outbox for Effects {
+    fn send_request(&mut self, envelope: Envelope) -> bool {
+        self.0.push(Effect::Request(envelope));
+        true
+    }
+    fn observe_ready(&mut self, ready: &Ready) {
+        self.0.push(Effect::Ready {
+            truncate_from: ready.truncate_from,
+            entries: ready.entries.clone(),
+            appends: ready
+                .messages
+                .iter()
+                .filter(|m| matches!(m.msg, Message::AppendEntries(_)))
+                .count(),
+        });
+    }
+    fn observe_response(&mut self, envelope: &Envelope) {
+        self.0.push(Effect::Response(envelope.clone()));
+    }
+    fn observe_durable(&mut self, batch: &WriteBatch) {
+        self.0.push(Effect::Durable {
+            truncate_from: batch.truncate_from,
+            entries: batch.entries.clone(),
+            hard_state: batch.hard_state,
+        });
+    }
+    fn observe_apply(&mut self, entry: &LogEntry) {
+        self.0.push(Effect::Apply(entry.clone()));
+    }
+}
+
+type ProposeAnswer = oneshot::Receiver<Result<ProposeOutcome, ProposeRefused>>;
+type ReadAnswer = oneshot::Receiver<Result<ReadGrant, ReadRefused>>;
+
+/// A node that is up: its driver, its engine's task, and the answers its clients and peers wait
+/// for.
+struct Running {
+    driver: SimDriver,
+    /// The engine's task (`None` once it ended).
+    task: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    /// Reply handles of the peer requests delivered to this node.
+    replies: Vec<oneshot::Receiver<Envelope>>,
+    /// (proposal id, its payload, the answer).
+    proposals: Vec<(u64, Vec<u8>, ProposeAnswer)>,
+    /// (read id, the answer).
+    reads: Vec<(u64, ReadAnswer)>,
+}
+
+impl Running {
+    /// Polls the engine's task and the driver's durable writes until neither makes progress (the
+    /// node's `LocalSet` would do the same between events).
+    fn settle(&mut self, fx: &mut Effects) -> Result<(), String> {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.driver.drain_ready(fx);
+        loop {
+            if let Some(task) = self.task.as_mut() {
+                if task.as_mut().poll(&mut cx).is_ready() {
+                    self.task = None;
+                }
+            }
+            match self.driver.poll_durable(&mut cx, fx) {
+                Poll::Ready(Ok(())) => self.driver.drain_ready(fx),
+                Poll::Ready(Err(e)) => return Err(e.to_string()),
+                Poll::Pending => return Ok(()),
+            }
+        }
+    }
+}
+
 struct Slot {
-    core: Option<RaftNode<MemStorage>>,
-    /// The durable log while the node is down (the core owns it while up).
-    down_log: Option<MemStorage>,
+    running: Option<Running>,
+    /// The node's disk: its log and state file.
+    fs: SimFs,
+    /// The hard state (term and vote) the engine last reported durable.
     durable_hs: HardState,
+    /// The log as the engine reported it durable.
     durable: LogMirror,
+    /// The truncation points of the Readys handed to the engine and not yet reported durable,
+    /// in Ready order: the engine truncates before it completes the batch (a follower replacing a
+    /// conflicting, uncommitted suffix, Raft §5.3), so durable entries from there on may be gone
+    /// after a crash, as they would have been after the batch.
+    truncations_in_flight: VecDeque<LogIndex>,
     /// The node's whole log (durable + in flight), as the Readys described it.
     mirror: LogMirror,
-    disk: SimDisk,
     incarnation: u64,
     tick_us: u64,
     next_tick_us: u64,
@@ -297,10 +429,11 @@ struct Slot {
     last_role: Option<(Role, Term)>,
     /// When this node last sent AppendEntries to every peer in one Ready (a heartbeat round).
     last_broadcast_us: Option<u64>,
-    /// Reads this incarnation accepted and has neither confirmed nor dropped.
-    reads_pending: usize,
-    /// Reads confirmed here and waiting for the state machine to reach their index.
-    reads_waiting: Vec<u64>,
+}
+
+/// The directory of node `i`'s log and state file on its `SimFs`.
+fn node_dir(i: usize) -> PathBuf {
+    PathBuf::from(format!("/raft/node_{}", i + 1))
 }
 
 /// The simulated cluster. See the module docs.
@@ -314,9 +447,7 @@ pub struct Cluster {
     rng: SimRng,
     pub checker: SafetyChecker,
     outcomes: Vec<Outcome>,
-    /// (node, index) -> proposal id, for proposals a leader accepted and has not answered.
-    pending: BTreeMap<(usize, u64), u64>,
-    /// Every client read, indexed by its id (the `ctx` handed to the core).
+    /// Every client read, indexed by its id.
     reads: Vec<ReadOutcome>,
     pub stats: ClusterStats,
     trace: VecDeque<(u64, u64, TraceRec)>,
@@ -330,6 +461,11 @@ pub struct Cluster {
     /// Lets an experiment give followers logs of different lengths while they still hear from
     /// the leader.
     entries_blocked: Vec<bool>,
+    /// The disk trap: this node crashes the moment one of its durable writes completes while
+    /// another is still in flight (a group's state-file write landed and its log write did not,
+    /// or the other way round: the window of issue 11's finding 2).
+    disk_trap: Option<usize>,
+    disk_trap_fired: Option<usize>,
 }
 
 impl Cluster {
@@ -345,13 +481,15 @@ impl Cluster {
         for i in 0..n {
             let tick_us = config.tick_us[i];
             assert!(tick_us > 0, "node {i} has a zero tick period");
+            let fs = SimFs::new();
+            fs.set_deferred_io(true);
             slots.push(Slot {
-                core: None,
-                down_log: Some(MemStorage::default()),
+                running: None,
+                fs,
                 durable_hs: HardState::default(),
                 durable: LogMirror::default(),
+                truncations_in_flight: VecDeque::new(),
                 mirror: LogMirror::default(),
-                disk: SimDisk::new(config.disk.clone()),
                 incarnation: 0,
                 tick_us,
                 next_tick_us: 0,
@@ -359,8 +497,6 @@ impl Cluster {
                 next_apply: None,
                 last_role: None,
                 last_broadcast_us: None,
-                reads_pending: 0,
-                reads_waiting: Vec::new(),
             });
         }
         let net = SimNetwork::new(n, config.net.clone());
@@ -374,7 +510,6 @@ impl Cluster {
             rng,
             checker: SafetyChecker::new(n),
             outcomes: Vec::new(),
-            pending: BTreeMap::new(),
             reads: Vec::new(),
             stats: ClusterStats::default(),
             trace: VecDeque::with_capacity(TRACE_LEN),
@@ -382,6 +517,8 @@ impl Cluster {
             trace_ticks: true,
             trace_len: TRACE_LEN,
             entries_blocked: vec![false; n],
+            disk_trap: None,
+            disk_trap_fired: None,
         };
         for i in 0..n {
             c.restart(i);
@@ -403,11 +540,11 @@ impl Cluster {
     }
 
     pub fn is_up(&self, i: usize) -> bool {
-        self.slots[i].core.is_some()
+        self.slots[i].running.is_some()
     }
 
-    pub fn core(&self, i: usize) -> Option<&RaftNode<MemStorage>> {
-        self.slots[i].core.as_ref()
+    pub fn core(&self, i: usize) -> Option<&SimCore> {
+        self.slots[i].running.as_ref().map(|r| r.driver.core())
     }
 
     pub fn mirror(&self, i: usize) -> &LogMirror {
@@ -473,11 +610,9 @@ impl Cluster {
 
     /// The nodes that are up and believe they are leader, with their terms.
     pub fn leaders(&self) -> Vec<(usize, Term)> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let c = s.core.as_ref()?;
+        (0..self.slots.len())
+            .filter_map(|i| {
+                let c = self.core(i)?;
                 (c.role() == Role::Leader).then(|| (i, c.term()))
             })
             .collect()
@@ -488,14 +623,10 @@ impl Cluster {
         let majority = self.slots.len() / 2 + 1;
         for (i, term) in self.leaders() {
             let id = node_id(i);
-            let knowers = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(j, s)| {
-                    s.core
-                        .as_ref()
-                        .is_some_and(|c| c.term() == term && (*j == i || c.leader() == Some(id)))
+            let knowers = (0..self.slots.len())
+                .filter(|&j| {
+                    self.core(j)
+                        .is_some_and(|c| c.term() == term && (j == i || c.leader() == Some(id)))
                 })
                 .count();
             if knowers >= majority {
@@ -519,7 +650,7 @@ impl Cluster {
             self.now_us as f64 / 1000.0
         );
         for (i, s) in self.slots.iter().enumerate() {
-            match &s.core {
+            match self.core(i) {
                 Some(c) => {
                     let _ = writeln!(
                         msg,
@@ -561,19 +692,27 @@ impl Cluster {
         }
     }
 
-    /// Runs `f` on the core of node `i`, turning a panic inside the core into a reported failure.
-    fn with_core<R>(
-        &mut self,
-        i: usize,
-        what: &str,
-        f: impl FnOnce(&mut RaftNode<MemStorage>) -> R,
-    ) -> R {
-        let core = self.slots[i]
-            .core
-            .as_mut()
-            .unwrap_or_else(|| panic!("with_core({i}, {what}) on a node that is down"));
-        match catch_unwind(AssertUnwindSafe(|| f(core))) {
-            Ok(r) => r,
+    /// Runs `f` on node `i`'s driver, settles the node (its engine's task and durable writes),
+    /// processes what the driver did, delivers the answers that came out, schedules the disk
+    /// writes that started, and checks the node. A panic inside the node's code is reported as a
+    /// violation.
+    fn drive(&mut self, i: usize, what: &str, f: impl FnOnce(&mut SimDriver)) {
+        let mut running = self.slots[i]
+            .running
+            .take()
+            .unwrap_or_else(|| panic!("drive({i}, {what}) on a node that is down"));
+        let mut fx = Effects::default();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            f(&mut running.driver);
+            running.settle(&mut fx)
+        }));
+        self.slots[i].running = Some(running);
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.fail(Violation::new(
+                Property::NodeInvariants,
+                format!("node {i}: a durable write failed in {what}: {e}"),
+            )),
             Err(payload) => {
                 let text = payload
                     .downcast_ref::<String>()
@@ -586,6 +725,275 @@ impl Cluster {
                 ))
             }
         }
+        for effect in fx.0 {
+            self.process(i, effect);
+        }
+        self.collect_answers(i);
+        let incarnation = self.slots[i].incarnation;
+        for op in self.slots[i].fs.take_started_io() {
+            let at = self.now_us + self.config.disk.latency_us(&mut self.rng);
+            self.push(
+                at,
+                EventKind::DiskDone {
+                    node: i,
+                    incarnation,
+                    op,
+                },
+            );
+        }
+        self.check_node(i);
+    }
+
+    /// Processes one effect of node `i`'s driver (see [`Effect`]).
+    fn process(&mut self, i: usize, effect: Effect) {
+        match effect {
+            Effect::Ready {
+                truncate_from,
+                entries,
+                appends,
+            } => self.on_ready(i, truncate_from, &entries, appends),
+            Effect::Request(env) => self.send(i, env),
+            Effect::Response(env) => self.check_response(i, &env),
+            Effect::Durable {
+                truncate_from,
+                entries,
+                hard_state,
+            } => {
+                if self.tracing {
+                    self.note(TraceRec::Disk {
+                        node: i,
+                        entries: entries.len(),
+                        hard_state,
+                    });
+                }
+                let s = &mut self.slots[i];
+                if let Some(from) = truncate_from {
+                    s.durable.truncate_from(from);
+                    if let Some(at) = s.truncations_in_flight.iter().position(|t| *t == from) {
+                        s.truncations_in_flight.remove(at);
+                    }
+                }
+                for e in &entries {
+                    if let Err(exp) = s.durable.append(e) {
+                        let msg = format!(
+                            "node {i}: the engine reported entry {} durable, expected {exp}",
+                            e.index
+                        );
+                        self.fail(Violation::new(Property::ReadyContract, msg));
+                    }
+                }
+                if let Some(hs) = hard_state {
+                    s.durable_hs = hs;
+                }
+            }
+            Effect::Apply(e) => self.on_apply(i, e),
+        }
+    }
+
+    /// A Ready of node `i`: its entries go into the mirror and through the Log Matching check.
+    fn on_ready(
+        &mut self,
+        i: usize,
+        truncate_from: Option<LogIndex>,
+        entries: &[LogEntry],
+        appends: usize,
+    ) {
+        if let Some(from) = truncate_from {
+            if entries.first().is_some_and(|e| e.index != from) {
+                self.fail(Violation::new(
+                    Property::ReadyContract,
+                    format!(
+                        "node {i}: Ready truncates from {from} but its entries start at {}",
+                        entries[0].index
+                    ),
+                ));
+            }
+            self.slots[i].mirror.truncate_from(from);
+            self.slots[i].truncations_in_flight.push_back(from);
+        }
+        for e in entries {
+            let appended = self.slots[i].mirror.append(e);
+            match appended {
+                Ok(prefix) => {
+                    let r = self.checker.on_append(i, e, prefix);
+                    self.check(r);
+                }
+                Err(expected) => self.fail(Violation::new(
+                    Property::ReadyContract,
+                    format!(
+                        "node {i}: Ready entry at index {} (term {}) does not continue its log \
+                         (expected index {expected}; truncate_from {truncate_from:?})",
+                        e.index, e.term
+                    ),
+                )),
+            }
+        }
+        let peers = self.slots.len() - 1;
+        if peers > 0 && appends >= peers {
+            self.slots[i].last_broadcast_us = Some(self.now_us);
+        }
+    }
+
+    /// The answers the driver of node `i` gave since the last look: peer responses go on the
+    /// network, proposal and read outcomes are recorded and checked.
+    fn collect_answers(&mut self, i: usize) {
+        let Some(running) = self.slots[i].running.as_mut() else {
+            return;
+        };
+        let mut responses = Vec::new();
+        running.replies.retain_mut(|rx| match rx.try_recv() {
+            Ok(env) => {
+                responses.push(env);
+                false
+            }
+            // Declined (the core ignored the request): the requester hears nothing.
+            Err(oneshot::error::TryRecvError::Closed) => false,
+            Err(oneshot::error::TryRecvError::Empty) => true,
+        });
+        let mut proposals = Vec::new();
+        running
+            .proposals
+            .retain_mut(|(id, payload, rx)| match rx.try_recv() {
+                Ok(answer) => {
+                    proposals.push((*id, std::mem::take(payload), Some(answer)));
+                    false
+                }
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    proposals.push((*id, Vec::new(), None));
+                    false
+                }
+                Err(oneshot::error::TryRecvError::Empty) => true,
+            });
+        let mut reads = Vec::new();
+        running.reads.retain_mut(|(id, rx)| match rx.try_recv() {
+            Ok(answer) => {
+                reads.push((*id, Some(answer)));
+                false
+            }
+            Err(oneshot::error::TryRecvError::Closed) => {
+                reads.push((*id, None));
+                false
+            }
+            Err(oneshot::error::TryRecvError::Empty) => true,
+        });
+        for env in responses {
+            self.send(i, env);
+        }
+        for (id, payload, answer) in proposals {
+            self.on_proposal_answer(i, id, &payload, answer);
+        }
+        for (id, answer) in reads {
+            self.on_read_answer(i, id, answer);
+        }
+    }
+
+    fn on_proposal_answer(
+        &mut self,
+        i: usize,
+        id: u64,
+        payload: &[u8],
+        answer: Option<Result<ProposeOutcome, ProposeRefused>>,
+    ) {
+        match answer {
+            Some(Ok(ProposeOutcome::Committed { index, term })) => {
+                let idx = index.0;
+                let expected = entry_hash(&LogEntry {
+                    term,
+                    index,
+                    entry_type: EntryType::Normal,
+                    payload: payload.to_vec(),
+                });
+                let mirror = &self.slots[i].mirror;
+                if mirror.entry_hash_at(idx) != Some(expected) {
+                    self.fail(Violation::new(
+                        Property::ReadyContract,
+                        format!(
+                            "node {i} told proposal #{id} it committed at index {idx} term {term}, \
+                             but its log holds another entry there"
+                        ),
+                    ));
+                }
+                self.outcomes[id as usize] = Outcome::Committed;
+                self.stats.committed += 1;
+                let ack_term = self.core(i).map(|c| c.term()).unwrap_or(term);
+                let ack = AckedProposal {
+                    id,
+                    index: idx,
+                    entry_hash: expected,
+                    ack_term,
+                    prefix: self.slots[i].mirror.prefix_at(idx),
+                };
+                let leaders: Vec<(usize, Term)> = self.leaders();
+                let slots = &self.slots;
+                let r = self.checker.on_ack(
+                    ack,
+                    leaders.into_iter().map(|(j, t)| (j, t, &slots[j].mirror)),
+                );
+                self.check(r);
+            }
+            Some(Ok(ProposeOutcome::NotLeader { .. })) | Some(Err(_)) => {
+                self.outcomes[id as usize] = Outcome::Rejected;
+                self.stats.rejected += 1;
+            }
+            // The driver dropped the reply: another leader's entry took the index.
+            None => {
+                self.outcomes[id as usize] = Outcome::Lost;
+                self.stats.lost += 1;
+            }
+        }
+    }
+
+    fn on_read_answer(
+        &mut self,
+        i: usize,
+        id: u64,
+        answer: Option<Result<ReadGrant, ReadRefused>>,
+    ) {
+        let floor = match self.reads[id as usize] {
+            ReadOutcome::Pending { node, floor } if node == i => floor,
+            other => self.fail(Violation::new(
+                Property::ReadyContract,
+                format!("node {i} answered read #{id}, which is {other:?}"),
+            )),
+        };
+        match answer {
+            Some(Ok(grant)) => {
+                let index = grant.read_index.0;
+                if self.tracing {
+                    self.note(TraceRec::Read {
+                        node: i,
+                        what: format!(
+                            "#{id} granted at read index {index}, applied {}",
+                            grant.applied_index
+                        ),
+                    });
+                }
+                self.check(SafetyChecker::check_read_confirmed(i, id, index, floor));
+                let r = SafetyChecker::check_read_served(
+                    i,
+                    id,
+                    index,
+                    grant.applied_index.0,
+                    &self.slots[i].mirror,
+                    floor,
+                );
+                self.check(r);
+                self.reads[id as usize] = ReadOutcome::Served { index };
+                self.stats.reads_served += 1;
+            }
+            Some(Err(ReadRefused::LeadershipLost)) => {
+                self.reads[id as usize] = ReadOutcome::Dropped;
+                self.stats.reads_dropped += 1;
+            }
+            Some(Err(_)) => {
+                self.reads[id as usize] = ReadOutcome::Rejected;
+                self.stats.reads_rejected += 1;
+            }
+            None => self.fail(Violation::new(
+                Property::ReadyContract,
+                format!("node {i} dropped read #{id} without an answer while running"),
+            )),
+        }
     }
 
     /// Processes the next event. Returns what it was.
@@ -593,7 +1001,10 @@ impl Cluster {
         // The earliest tick among running nodes, ties to the lowest index.
         let mut tick: Option<(u64, usize)> = None;
         for (i, s) in self.slots.iter().enumerate() {
-            if s.core.is_some() && !s.ticks_paused && tick.is_none_or(|(t, _)| s.next_tick_us < t) {
+            if s.running.is_some()
+                && !s.ticks_paused
+                && tick.is_none_or(|(t, _)| s.next_tick_us < t)
+            {
                 tick = Some((s.next_tick_us, i));
             }
         }
@@ -613,15 +1024,14 @@ impl Cluster {
             if self.trace_ticks {
                 self.note(TraceRec::Tick(i));
             }
-            self.with_core(i, "tick", |c| c.tick());
-            self.after_input(i);
+            self.drive(i, "tick", |d| d.tick());
             return Stepped::Tick(i);
         }
         let Reverse(ev) = self.queue.pop().expect("event chosen");
         self.now_us = ev.at_us;
         match ev.kind {
             EventKind::Deliver { from, to, env } => {
-                if !self.net.deliverable(from, to) || self.slots[to].core.is_none() {
+                if !self.net.deliverable(from, to) || self.slots[to].running.is_none() {
                     self.note(TraceRec::Lost { from, to });
                     return Stepped::Lost { from, to };
                 }
@@ -633,10 +1043,23 @@ impl Cluster {
                     });
                 }
                 let must_adopt = must_adopt_term(&env.msg);
-                self.with_core(to, "step", |c| c.step(env));
-                self.after_input(to);
+                let is_request = crate::driver::RequestKind::of_request(&env.msg).is_some();
+                if is_request {
+                    let (reply, answer) = oneshot::channel();
+                    if let Some(r) = self.slots[to].running.as_mut() {
+                        r.replies.push(answer);
+                    }
+                    self.drive(to, "step", |d| {
+                        d.handle(Inbound::Request {
+                            envelope: env,
+                            reply,
+                        })
+                    });
+                } else {
+                    self.drive(to, "step", |d| d.handle(Inbound::Response(env)));
+                }
                 if let Some(t) = must_adopt {
-                    let term = self.slots[to].core.as_ref().map_or(t, |c| c.term());
+                    let term = self.core(to).map_or(t, |c| c.term());
                     if term < t {
                         self.fail(Violation::new(
                             Property::TermAdoption,
@@ -652,229 +1075,66 @@ impl Cluster {
             EventKind::DiskDone {
                 node,
                 incarnation,
-                id,
+                op,
             } => {
-                if self.slots[node].incarnation != incarnation || self.slots[node].core.is_none() {
+                if self.slots[node].incarnation != incarnation || self.slots[node].running.is_none()
+                {
                     return Stepped::DiskDone(node);
                 }
-                self.complete_write(node, id);
+                if self.slots[node].fs.complete_io(op) {
+                    self.stats.disk_writes += 1;
+                }
+                if self.disk_trap == Some(node) && !self.slots[node].fs.io_in_flight().is_empty() {
+                    // Crash before the node even sees this completion: one write of its group is
+                    // durable, another is not.
+                    self.disk_trap = None;
+                    self.disk_trap_fired = Some(node);
+                    self.trace_note(format!(
+                        "disk trap: n{node} crashes between two completions"
+                    ));
+                    self.crash(node);
+                    return Stepped::DiskDone(node);
+                }
+                self.drive(node, "disk completion", |_| {});
                 Stepped::DiskDone(node)
             }
             EventKind::Timer(tag) => Stepped::Timer(tag),
         }
     }
 
-    /// Drains every Ready of node `i`, then checks it.
-    fn after_input(&mut self, i: usize) {
-        loop {
-            let has = self.with_core(i, "has_ready", |c| c.has_ready());
-            if !has {
-                break;
-            }
-            let rd = self.with_core(i, "ready", |c| c.ready());
-            self.process_ready(i, rd);
-        }
-        self.check_node(i);
-    }
-
-    fn process_ready(&mut self, i: usize, rd: Ready) {
-        let Ready {
-            messages,
-            truncate_from,
-            entries,
-            hard_state,
-            must_sync,
-            persisted_messages,
-            committed_entries,
-            read_states,
-            dropped_reads,
-        } = rd;
-        let token = entries.last().map(|e| (e.index, e.term));
-        if let Some(from) = truncate_from {
-            if entries.first().is_some_and(|e| e.index != from) {
-                self.fail(Violation::new(
-                    Property::ReadyContract,
-                    format!(
-                        "node {i}: Ready truncates from {from} but its entries start at {}",
-                        entries[0].index
-                    ),
-                ));
-            }
-            self.slots[i].mirror.truncate_from(from);
-        }
-        for e in &entries {
-            let appended = self.slots[i].mirror.append(e);
-            match appended {
-                Ok(prefix) => {
-                    let r = self.checker.on_append(i, e, prefix);
-                    self.check(r);
-                }
-                Err(expected) => self.fail(Violation::new(
-                    Property::ReadyContract,
-                    format!(
-                        "node {i}: Ready entry at index {} (term {}) does not continue its log \
-                         (expected index {expected}; truncate_from {truncate_from:?})",
-                        e.index, e.term
-                    ),
-                )),
-            }
-        }
-        let peers = self.slots.len() - 1;
-        let appends = messages
-            .iter()
-            .filter(|m| matches!(m.msg, Message::AppendEntries(_)))
-            .count();
-        if peers > 0 && appends >= peers {
-            self.slots[i].last_broadcast_us = Some(self.now_us);
-        }
-        for env in messages {
-            self.send(i, env);
-        }
-        let (id, at) = {
-            let s = &mut self.slots[i];
-            s.disk.submit(
-                self.now_us,
-                &mut self.rng,
-                truncate_from,
-                entries,
-                hard_state,
-                must_sync,
-                persisted_messages,
-                token,
-            )
-        };
-        let incarnation = self.slots[i].incarnation;
-        self.push(
-            at,
-            EventKind::DiskDone {
-                node: i,
-                incarnation,
-                id,
-            },
-        );
-        for e in committed_entries {
-            self.apply(i, e);
-        }
-        // After this Ready's entries are applied: a confirmed read may be served at once.
-        for rs in read_states {
-            self.on_read_confirmed(i, rs);
-        }
-        for ctx in dropped_reads {
-            self.on_read_dropped(i, ctx);
-        }
-    }
-
-    /// Node `i` confirmed a read: check its index against the writes acknowledged before it was
-    /// issued, then serve it now or once the state machine reaches the index.
-    fn on_read_confirmed(&mut self, i: usize, rs: ReadState) {
-        let id = rs.ctx;
-        let index = rs.index.0;
-        let floor = match self.reads.get(id as usize) {
-            Some(&ReadOutcome::Pending { node, floor }) if node == i => floor,
-            other => self.fail(Violation::new(
-                Property::ReadyContract,
-                format!("node {i} confirmed read #{id} at index {index}, which is {other:?}"),
-            )),
-        };
-        if self.tracing {
-            self.note(TraceRec::Read {
-                node: i,
-                what: format!("#{id} confirmed at index {index}"),
-            });
-        }
-        self.check(SafetyChecker::check_read_confirmed(i, id, index, floor));
-        self.reads[id as usize] = ReadOutcome::Confirmed {
-            node: i,
-            index,
-            floor,
-        };
-        self.slots[i].reads_pending -= 1;
-        if self.applied_upto(i) >= index {
-            self.serve_read(i, id);
-        } else {
-            self.slots[i].reads_waiting.push(id);
-        }
-    }
-
-    fn on_read_dropped(&mut self, i: usize, id: u64) {
-        match self.reads.get(id as usize) {
-            Some(&ReadOutcome::Pending { node, .. }) if node == i => {}
-            other => self.fail(Violation::new(
-                Property::ReadyContract,
-                format!("node {i} dropped read #{id}, which is {other:?}"),
-            )),
-        }
-        if self.tracing {
-            self.note(TraceRec::Read {
-                node: i,
-                what: format!("#{id} dropped"),
-            });
-        }
-        self.reads[id as usize] = ReadOutcome::Dropped;
-        self.slots[i].reads_pending -= 1;
-        self.stats.reads_dropped += 1;
-    }
-
-    /// The last index node `i`'s state machine applied (this incarnation).
-    fn applied_upto(&self, i: usize) -> u64 {
-        self.slots[i].next_apply.map_or(0, |n| n - 1)
-    }
-
-    /// Serves a confirmed read from node `i`'s state machine, which must have applied up to its
-    /// index and hold the write it must observe.
-    fn serve_read(&mut self, i: usize, id: u64) {
-        let ReadOutcome::Confirmed { index, floor, .. } = self.reads[id as usize] else {
-            unreachable!("only confirmed reads are served");
-        };
-        let applied = self.applied_upto(i);
-        let r =
-            SafetyChecker::check_read_served(i, id, index, applied, &self.slots[i].mirror, floor);
-        self.check(r);
-        self.reads[id as usize] = ReadOutcome::Served { index };
-        self.stats.reads_served += 1;
-    }
-
     /// A client sends a linearizable read to node `i`. Returns the read's id.
     pub fn read(&mut self, i: usize) -> u64 {
         let id = self.reads.len() as u64;
         self.stats.reads += 1;
-        if self.slots[i].core.is_none() {
+        if self.slots[i].running.is_none() {
             self.reads.push(ReadOutcome::Rejected);
             self.stats.reads_rejected += 1;
             return id;
         }
         let floor = self.checker.read_floor();
-        let r = self.with_core(i, "read_index", |c| c.read_index(id));
+        self.reads.push(ReadOutcome::Pending { node: i, floor });
         if self.tracing {
             self.note(TraceRec::Read {
                 node: i,
-                what: format!("#{id} issued: {r:?}"),
+                what: format!("#{id} issued"),
             });
         }
-        match r {
-            Ok(()) => {
-                self.reads.push(ReadOutcome::Pending { node: i, floor });
-                self.slots[i].reads_pending += 1;
-            }
-            Err(ReadIndexError::NotLeader { .. }) => {
-                self.reads.push(ReadOutcome::Rejected);
-                self.stats.reads_rejected += 1;
-            }
+        let (reply, answer) = oneshot::channel();
+        if let Some(r) = self.slots[i].running.as_mut() {
+            r.reads.push((id, answer));
         }
-        self.after_input(i);
+        self.drive(i, "read", |d| {
+            d.handle(Inbound::Read {
+                linearizable: true,
+                reply,
+            })
+        });
         id
     }
 
-    /// Sends one message from node `i`, checking acknowledgements and votes against what is
-    /// durable on `i` at this moment.
-    fn send(&mut self, i: usize, env: Envelope) {
+    /// Checks a response leaving node `i` against what is durable on `i` at this moment.
+    fn check_response(&mut self, i: usize, env: &Envelope) {
         let s = &self.slots[i];
-        assert_eq!(
-            node_index(env.from),
-            i,
-            "node {i} sent a message as {}",
-            env.from
-        );
         match &env.msg {
             Message::AppendEntriesResponse(r)
                 if r.success && r.last_log_index.0 > s.durable.last_index() =>
@@ -906,6 +1166,16 @@ impl Cluster {
             }
             _ => {}
         }
+    }
+
+    /// Sends one message from node `i` over the network.
+    fn send(&mut self, i: usize, env: Envelope) {
+        assert_eq!(
+            node_index(env.from),
+            i,
+            "node {i} sent a message as {}",
+            env.from
+        );
         let to = node_index(env.to);
         assert!(
             to < self.slots.len(),
@@ -931,43 +1201,7 @@ impl Cluster {
         }
     }
 
-    fn complete_write(&mut self, i: usize, id: u64) {
-        let w = self.slots[i].disk.complete(id);
-        if self.tracing {
-            self.note(TraceRec::Disk {
-                node: i,
-                entries: w.entries.len(),
-                hard_state: w.hard_state,
-            });
-        }
-        {
-            let s = &mut self.slots[i];
-            let core = s.core.as_mut().expect("write completes on a running node");
-            if let Some(from) = w.truncate_from {
-                core.storage_mut().truncate_suffix(from);
-                s.durable.truncate_from(from);
-            }
-            core.storage_mut().append(&w.entries);
-            for e in &w.entries {
-                s.durable.append(e).unwrap_or_else(|exp| {
-                    panic!(
-                        "durable mirror of node {i}: expected {exp}, got {}",
-                        e.index
-                    )
-                });
-            }
-            if let Some(hs) = w.hard_state {
-                s.durable_hs = hs;
-            }
-        }
-        for env in w.persisted_messages {
-            self.send(i, env);
-        }
-        self.with_core(i, "on_persisted", |c| c.on_persisted(w.token));
-        self.after_input(i);
-    }
-
-    fn apply(&mut self, i: usize, e: LogEntry) {
+    fn on_apply(&mut self, i: usize, e: LogEntry) {
         let idx = e.index.0;
         let expected = self.slots[i].next_apply.replace(idx + 1);
         if let Some(next) = expected {
@@ -993,60 +1227,16 @@ impl Cluster {
         self.stats.applied_entries += 1;
         let r = self.checker.on_apply(i, &e);
         self.check(r);
-        if !self.slots[i].reads_waiting.is_empty() {
-            let ready: Vec<u64> = self.slots[i]
-                .reads_waiting
-                .iter()
-                .copied()
-                .filter(|&id| {
-                    matches!(self.reads[id as usize], ReadOutcome::Confirmed { index, .. } if index <= idx)
-                })
-                .collect();
-            if !ready.is_empty() {
-                self.slots[i].reads_waiting.retain(|id| !ready.contains(id));
-                for id in ready {
-                    self.serve_read(i, id);
-                }
-            }
-        }
-        if let Some(id) = self.pending.remove(&(i, idx)) {
-            let Outcome::Pending { term, .. } = self.outcomes[id as usize] else {
-                unreachable!("pending map holds only pending proposals");
-            };
-            if e.term == term && e.payload.get(..8) == Some(&id.to_le_bytes()[..]) {
-                self.outcomes[id as usize] = Outcome::Committed;
-                self.stats.committed += 1;
-                let ack_term = self.slots[i]
-                    .core
-                    .as_ref()
-                    .map(|c| c.term())
-                    .unwrap_or(term);
-                let ack = AckedProposal {
-                    id,
-                    index: idx,
-                    entry_hash: entry_hash(&e),
-                    ack_term,
-                    prefix: self.slots[i].mirror.prefix_at(idx),
-                };
-                let slots = &self.slots;
-                let leaders = slots.iter().enumerate().filter_map(|(j, s)| {
-                    let c = s.core.as_ref()?;
-                    (c.role() == Role::Leader).then(|| (j, c.term(), &s.mirror))
-                });
-                let r = self.checker.on_ack(ack, leaders);
-                self.check(r);
-            } else {
-                self.outcomes[id as usize] = Outcome::Lost;
-                self.stats.lost += 1;
-            }
-        }
     }
 
     fn check_node(&mut self, i: usize) {
-        let s = &self.slots[i];
-        let Some(core) = s.core.as_ref() else { return };
-        let (role, term, commit) = (core.role(), core.term(), core.commit_index().0);
-        if s.last_role != Some((role, term)) {
+        let Some((role, term, commit)) = self
+            .core(i)
+            .map(|c| (c.role(), c.term(), c.commit_index().0))
+        else {
+            return;
+        };
+        if self.slots[i].last_role != Some((role, term)) {
             self.slots[i].last_role = Some((role, term));
             self.note(TraceRec::Role {
                 node: i,
@@ -1054,14 +1244,32 @@ impl Cluster {
                 term,
             });
         }
-        self.with_core(i, "check_invariants", |c| c.check_invariants());
-        if role != Role::Leader && self.slots[i].reads_pending > 0 {
+        let checked = catch_unwind(AssertUnwindSafe(|| {
+            if let Some(core) = self.core(i) {
+                core.check_invariants();
+            }
+        }));
+        if let Err(payload) = checked {
+            let text = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "non-string panic".to_string());
+            self.fail(Violation::new(
+                Property::NodeInvariants,
+                format!("node {i}: {text}"),
+            ));
+        }
+        let registered = self.slots[i]
+            .running
+            .as_ref()
+            .map_or(0, |r| r.driver.reads_registered());
+        if role != Role::Leader && registered > 0 {
             self.fail(Violation::new(
                 Property::ReadyContract,
                 format!(
-                    "node {i} is {role:?} in term {term} with {} reads neither confirmed nor \
-                     dropped",
-                    self.slots[i].reads_pending
+                    "node {i} is {role:?} in term {term} with {registered} reads neither \
+                     confirmed nor dropped"
                 ),
             ));
         }
@@ -1078,7 +1286,7 @@ impl Cluster {
     /// saw (cheap: last entry only).
     fn check_views(&self, i: usize) -> Result<(), Violation> {
         let s = &self.slots[i];
-        let Some(core) = s.core.as_ref() else {
+        let Some(core) = self.core(i) else {
             return Ok(());
         };
         let last = core.last_index().0;
@@ -1123,7 +1331,7 @@ impl Cluster {
     /// run once at the end of a scenario).
     pub fn check_full_fidelity(&self) {
         for (i, s) in self.slots.iter().enumerate() {
-            let Some(core) = s.core.as_ref() else {
+            let Some(core) = self.core(i) else {
                 continue;
             };
             for idx in 1..=s.mirror.last_index() {
@@ -1144,129 +1352,171 @@ impl Cluster {
         self.stats.proposals += 1;
         let mut payload = id.to_le_bytes().to_vec();
         payload.extend_from_slice(extra);
-        if self.slots[i].core.is_none() {
+        let Some(before) = self.core(i).map(|c| c.last_index()) else {
             self.outcomes.push(Outcome::Rejected);
             self.stats.rejected += 1;
             return id;
+        };
+        // A placeholder until the driver answers (a refusal comes at once) or the proposal is
+        // seen appended.
+        self.outcomes.push(Outcome::Unknown);
+        let (reply, answer) = oneshot::channel();
+        if let Some(r) = self.slots[i].running.as_mut() {
+            r.proposals.push((id, payload.clone(), answer));
         }
-        let r = self.with_core(i, "propose", |c| c.propose(payload));
+        let mut appended: Option<(LogIndex, Term)> = None;
+        self.drive(i, "propose", |d| {
+            d.handle(Inbound::Propose { payload, reply });
+            // A leader appends the proposal at once: it is the new last entry.
+            let core = d.core();
+            if core.last_index() > before {
+                appended = Some((core.last_index(), core.term()));
+            }
+        });
+        if self.outcomes[id as usize] == Outcome::Unknown {
+            match appended {
+                Some((index, term)) => {
+                    self.outcomes[id as usize] = Outcome::Pending {
+                        node: i,
+                        index: index.0,
+                        term,
+                    }
+                }
+                None => self.stats.unknown += 1,
+            }
+        }
         if self.tracing {
             self.note(TraceRec::Propose {
                 node: i,
-                result: format!("#{id} {r:?}"),
+                result: format!("#{id} {:?}", self.outcomes[id as usize]),
             });
         }
-        match r {
-            Ok((index, term)) => {
-                self.outcomes.push(Outcome::Pending {
-                    node: i,
-                    index: index.0,
-                    term,
-                });
-                self.pending.insert((i, index.0), id);
-            }
-            Err(ProposeError::NotLeader { .. } | ProposeError::TooLarge { .. }) => {
-                self.outcomes.push(Outcome::Rejected);
-                self.stats.rejected += 1;
-            }
-        }
-        self.after_input(i);
         id
     }
 
-    /// Crashes node `i` at this instant (no-op if it is down).
+    /// Crashes node `i` at this instant (no-op if it is down): its process is gone and its disk
+    /// loses power.
     pub fn crash(&mut self, i: usize) {
-        let Some(core) = self.slots[i].core.take() else {
+        let Some(running) = self.slots[i].running.take() else {
             return;
         };
         self.stats.crashes += 1;
-        let mut log = core.storage().clone();
-        drop(core);
-        let torn = {
-            let s = &mut self.slots[i];
-            let torn = s.disk.crash(&mut self.rng);
-            if let Some(TornWrite {
-                truncate_from,
-                entries,
-                hard_state,
-            }) = &torn
-            {
-                if let Some(from) = truncate_from {
-                    log.truncate_suffix(*from);
-                    s.durable.truncate_from(*from);
-                }
-                log.append(entries);
-                for e in entries {
-                    s.durable.append(e).unwrap_or_else(|exp| {
-                        panic!("torn write of node {i}: expected {exp}, got {}", e.index)
-                    });
-                }
-                if let Some(hs) = hard_state {
-                    s.durable_hs = *hs;
-                }
-            }
-            s.incarnation += 1;
-            s.down_log = Some(log);
-            s.mirror = s.durable.clone();
-            s.last_role = None;
-            torn.map(|t| (t.truncate_from, t.entries.len(), t.hard_state.is_some()))
-        };
-        if torn.is_some() {
-            self.stats.torn_writes += 1;
-        }
-        self.note(TraceRec::Crash { node: i, torn });
-        self.checker.on_crash(i);
-        // The client's reads on this node get no answer either.
-        self.slots[i].reads_pending = 0;
-        self.slots[i].reads_waiting.clear();
-        for r in self.reads.iter_mut() {
-            let open_here = match *r {
-                ReadOutcome::Pending { node, .. } | ReadOutcome::Confirmed { node, .. } => {
-                    node == i
-                }
-                _ => false,
-            };
-            if open_here {
-                *r = ReadOutcome::Unknown;
-                self.stats.reads_unknown += 1;
-            }
-        }
-        // The client's connection to this node is gone: its pending proposals get no answer.
-        let lost: Vec<(usize, u64)> = self
-            .pending
-            .range((i, 0)..=(i, u64::MAX))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in lost {
-            if let Some(id) = self.pending.remove(&k) {
-                self.outcomes[id as usize] = Outcome::Unknown;
+        // The clients of this node get no answer.
+        for (id, _, _) in &running.proposals {
+            if matches!(self.outcomes[*id as usize], Outcome::Pending { .. }) {
+                self.outcomes[*id as usize] = Outcome::Unknown;
                 self.stats.unknown += 1;
             }
         }
+        for (id, _) in &running.reads {
+            self.reads[*id as usize] = ReadOutcome::Unknown;
+            self.stats.reads_unknown += 1;
+        }
+        drop(running);
+        let s = &mut self.slots[i];
+        let seed = self.rng.next_u64();
+        let loss = s.fs.power_loss(seed);
+        if loss.sectors_dropped + loss.sectors_torn + loss.dir_changes_undone > 0 {
+            self.stats.torn_writes += 1;
+        }
+        s.incarnation += 1;
+        s.last_role = None;
+        self.note(TraceRec::Crash { node: i, loss });
+        self.checker.on_crash(i);
     }
 
-    /// Restarts node `i` from its durable state (no-op if it is up).
+    fn log_config(&self, i: usize) -> LogConfig {
+        LogConfig {
+            segment_size_bytes: SIM_SEGMENT_BYTES,
+            prepare_in_background: false,
+            ..LogConfig::new(node_dir(i))
+        }
+    }
+
+    /// Restarts node `i` from its disk (no-op if it is up): the storage engine's recovery opens
+    /// the log and the state file, which must hold everything the engine reported durable.
     pub fn restart(&mut self, i: usize) {
-        let Some(log) = self.slots[i].down_log.take() else {
+        if self.slots[i].running.is_some() {
             return;
+        }
+        let fs = self.slots[i].fs.clone();
+        let dir = node_dir(i);
+        let log = match RaftLog::open_with(self.log_config(i), Arc::new(fs.clone())) {
+            Ok(log) => log,
+            Err(e) => self.fail(Violation::new(
+                Property::Durability,
+                format!("node {i} cannot recover its log after the power loss: {e}"),
+            )),
         };
+        let state = match RaftState::open_with(&fs, &dir) {
+            Ok(state) => state,
+            Err(e) => self.fail(Violation::new(
+                Property::Durability,
+                format!("node {i} cannot recover its state file after the power loss: {e}"),
+            )),
+        };
+        let hs = state.state().hard_state();
+        let recovered = log
+            .entries(log.first_index()..log.last_index().next(), u64::MAX)
+            .unwrap_or_else(|e| {
+                self.fail(Violation::new(
+                    Property::Durability,
+                    format!("node {i}: a recovered entry is unreadable: {e}"),
+                ))
+            })
+            .iter()
+            .map(|e| e.to_owned_entry())
+            .collect::<Vec<_>>();
+        self.check_recovered(i, &recovered, hs);
+        // The mirrors start from what the disk holds.
+        let mut mirror = LogMirror::default();
+        for e in &recovered {
+            let prefix = mirror.append(e).unwrap_or_else(|exp| {
+                panic!("recovered log of node {i}: expected {exp}, got {}", e.index)
+            });
+            let r = self.checker.on_append(i, e, prefix);
+            self.check(r);
+        }
+        let max_payload = log.config().entry_payload_max_bytes() as u64;
+        let last = log.last_index().0;
+        let (engine, view, task) = Engine::new(log, state);
         let mut config = self.config.core.clone();
         config.id = node_id(i);
         config.voters = (0..self.slots.len()).map(node_id).collect();
         config.rng_seed = self.rng.fork();
-        let hs = self.slots[i].durable_hs;
-        let last = log.entries.len() as u64 + log.snapshot_index.0;
-        let core = match RaftNode::new(config, hs, log) {
+        config.max_entry_payload_bytes = max_payload;
+        let core = match RaftNode::new(config, hs, view) {
             Ok(c) => c,
             // Either the plan built a bad config (a simulator bug) or the core refused the state
-            // the simulated disk kept (a core or driver bug); both stop the run with the seed.
+            // the disk kept (a core or storage bug); both stop the run with the seed.
             Err(e) => self.fail(Violation::new(
                 Property::NodeInvariants,
                 format!("node {i} cannot restart from {hs:?} and a log of {last} entries: {e}"),
             )),
         };
+        let driver = Driver::new(
+            core,
+            engine,
+            (),
+            DriverConfig {
+                addresses: HashMap::new(),
+                proposals_pending_max: usize::MAX,
+                reads_pending_max: usize::MAX,
+            },
+            LogIndex::ZERO,
+        );
         let s = &mut self.slots[i];
-        s.core = Some(core);
+        s.running = Some(Running {
+            driver,
+            task: Some(Box::pin(task.run())),
+            replies: Vec::new(),
+            proposals: Vec::new(),
+            reads: Vec::new(),
+        });
+        s.durable = mirror.clone();
+        s.truncations_in_flight.clear();
+        s.mirror = mirror;
+        s.durable_hs = hs;
         // After a restart the core re-delivers the committed prefix from index 1 (the state
         // machine is rebuilt from scratch).
         s.next_apply = Some(1);
@@ -1279,7 +1529,64 @@ impl Cluster {
             hard_state: hs,
             last_index: last,
         });
-        self.after_input(i);
+        self.drive(i, "restart", |_| {});
+    }
+
+    /// Durability: what node `i`'s engine reported durable before the crash is what recovery
+    /// found (the log's prefix, exactly, and the term and vote).
+    fn check_recovered(&self, i: usize, recovered: &[LogEntry], hs: HardState) {
+        let s = &self.slots[i];
+        // Durable entries at or after a truncation the engine had started may be gone.
+        let durable_last = s
+            .truncations_in_flight
+            .iter()
+            .map(|t| t.0 - 1)
+            .fold(s.durable.last_index(), u64::min);
+        if (recovered.len() as u64) < durable_last {
+            self.fail(Violation::new(
+                Property::Durability,
+                format!(
+                    "node {i} recovered {} entries, but the engine had reported {durable_last} \
+                     durable",
+                    recovered.len()
+                ),
+            ));
+        }
+        for e in recovered.iter().take(durable_last as usize) {
+            if s.durable.entry_hash_at(e.index.0) != Some(entry_hash(e)) {
+                self.fail(Violation::new(
+                    Property::Durability,
+                    format!(
+                        "node {i} recovered a different entry at index {} (term {}) than the \
+                         one reported durable",
+                        e.index, e.term
+                    ),
+                ));
+            }
+        }
+        let was = s.durable_hs;
+        if hs.term < was.term || (hs.term == was.term && was.vote.is_some() && hs.vote != was.vote)
+        {
+            self.fail(Violation::new(
+                Property::Durability,
+                format!(
+                    "node {i} recovered term {} vote {:?}, but term {} vote {:?} was reported \
+                     durable",
+                    hs.term, hs.vote, was.term, was.vote
+                ),
+            ));
+        }
+    }
+
+    /// Arms the disk trap on node `i` (see the field's docs); [`Cluster::take_fired_disk_trap`]
+    /// says when it fired.
+    pub fn arm_disk_trap(&mut self, i: usize) {
+        self.disk_trap = Some(i);
+    }
+
+    /// The node the disk trap crashed since the last call, if any (the caller restarts it).
+    pub fn take_fired_disk_trap(&mut self) -> Option<usize> {
+        self.disk_trap_fired.take()
     }
 
     /// Writes a free-form line into the trace.

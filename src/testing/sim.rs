@@ -9,7 +9,8 @@
 //! link (a pair of nodes whose link goes down and up every few milliseconds), and heal-all. Throughout,
 //! messages are lost, duplicated and reordered at the seed's rates, disk writes take time, and each
 //! node's clock runs at its own speed. Crashes land at arbitrary instants, including between a
-//! write's submission and its completion (the torn-prefix model of [`crate::testing::disk`]).
+//! write's submission and its completion: the node's disk then loses power
+//! ([`crate::storage::simfs`]: any subset of unsynced sectors, unsynced directory changes).
 //!
 //! # Liveness
 //! When the event budget is spent the faults stop: every link heals, loss/duplication/extra
@@ -205,6 +206,14 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
     let trap_delay_us_max = 3 * plan.cluster.net.latency_us_max + plan.cluster.disk.sync_us_max;
     while c.stats.events < plan.events {
         let stepped = c.step();
+        if let Some(i) = c.take_fired_disk_trap() {
+            let back = if rng.chance(0.5) {
+                rng.range(0, 5_000)
+            } else {
+                rng.range(0, 2 * et)
+            };
+            c.schedule_timer(c.now_us() + back, T_RESTART | i as u64);
+        }
         if let Some(armed) = leader_trap {
             if c.checker.max_term_with_leader() > armed {
                 if let Some(&(i, term)) = c.leaders().iter().max_by_key(|(_, t)| *t) {
@@ -310,9 +319,14 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
                         c.trace_note(format!("fault: flapping link n{a}<->n{b} every {period}us"));
                         c.schedule_timer(now + period, T_FLAP | flap_gen);
                     }
-                    75..=94 => {
+                    75..=89 => {
                         leader_trap = Some(c.checker.max_term_with_leader());
                         c.trace_note("fault: leader trap armed");
+                    }
+                    90..=94 => {
+                        let i = rng.index(n);
+                        c.arm_disk_trap(i);
+                        c.trace_note(format!("fault: disk trap armed on n{i}"));
                     }
                     _ => {
                         c.trace_note("fault: heal all");
@@ -439,7 +453,7 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
         let need_new = match read_id.map(|r| c.read_outcome(r)) {
             None => true,
             Some(ReadOutcome::Served { .. }) => break c.now_us(),
-            Some(ReadOutcome::Pending { .. } | ReadOutcome::Confirmed { .. }) => false,
+            Some(ReadOutcome::Pending { .. }) => false,
             Some(ReadOutcome::Rejected | ReadOutcome::Dropped | ReadOutcome::Unknown) => true,
         };
         if need_new {
