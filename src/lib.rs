@@ -9,13 +9,15 @@
 //! - [`driver`]: the Ready driver (mailbox, reply slots, proposals, read grants, durability
 //!   ordering) that the node's event loop and the simulator both run.
 //! - [`testing`]: the deterministic cluster simulator and safety checkers (tests and benches only).
-//! - [`etcd`]: the etcd v3 wire types (`proto/etcd/`, packages `mvccpb` and `etcdserverpb`).
+//! - [`etcdpb`]: the etcd v3 wire types generated from `proto/etcd/` (packages `mvccpb` and
+//!   `etcdserverpb`): data only, used by the key-value store and the etcd API alike.
+//! - [`etcd`]: the etcd v3 API the node serves (handlers, forwarding, member ids).
 //! - [`grpc`]: the wire protocol (`proto/raft.proto`), core <-> proto conversion, the tonic server
 //!   and the peer clients. No protocol logic.
 //! - [`state_machine`]: the `StateMachine` trait the node applies committed entries to, and the
 //!   `Snapshot` trait (whole state as bytes and back).
 //! - [`kv`]: the key-value state machine with etcd v3 semantics (`KvStore`), request validation
-//!   with etcd's limits and errors, the command and response bytes in the log.
+//!   with etcd's limits and errors, the command bytes in the log (responses are typed values).
 //! - [`timeline`]: the opt-in latency timeline (`RAFT_TIMELINE=<dir>`), marked by every layer.
 //! - [`node`]: one process on the tokio-uring runtime: startup (bind, data directory lock,
 //!   tracing), the event loop that drives the core, persists its output and answers RPCs.
@@ -23,6 +25,7 @@
 pub mod config;
 pub mod driver;
 pub mod etcd;
+pub mod etcdpb;
 pub mod grpc;
 pub mod kv;
 pub mod node;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use rust_raft_log::config::ClusterConfig;
 use rust_raft_log::etcd::members::member_id;
-use rust_raft_log::etcd::pb::etcdserverpb::{
+use rust_raft_log::etcdpb::etcdserverpb::{
     compare, kv_client::KvClient, maintenance_client::MaintenanceClient, request_op,
     CompactionRequest, Compare, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
 };

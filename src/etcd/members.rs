@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 
 use crate::config::ClusterConfig;
-use crate::etcd::pb::etcdserverpb::Member;
+use crate::etcdpb::etcdserverpb::Member;
 use crate::types::NodeId;
 
 /// One member as the etcd API shows it.

@@ -1,6 +1,7 @@
 //! The etcd v3 API of the subset rust-raft-log serves.
 //!
-//! - [`pb`]: the generated wire types and tonic services/clients (the wire contract).
+//! The wire types (messages, tonic services and clients) are [`crate::etcdpb`], a data module
+//! below both this layer and the key-value store, which implements etcd's semantics on them.
 //! - [`server`]: the `KV`, `Maintenance.Status` and `Cluster.MemberList` handlers on the node's
 //!   gRPC server (validation, proposals, ReadIndex reads, forwarding to the leader), and the list
 //!   of served paths the server's filter uses to answer every other method UNIMPLEMENTED by name.
@@ -9,5 +10,4 @@
 //! The key-value semantics live in [`crate::kv`]; docs/ETCD_COMPAT.md lists every difference.
 
 pub mod members;
-pub mod pb;
 pub mod server;

@@ -38,7 +38,7 @@ use tonic::{Request, Response, Status};
 
 use crate::driver::{Applied, CommandRefused, NodeStatus, ReadGrant, ReadRefused};
 use crate::etcd::members::Members;
-use crate::etcd::pb::etcdserverpb::{
+use crate::etcdpb::etcdserverpb::{
     self as pb, cluster_client::ClusterClient, kv_client::KvClient,
     maintenance_client::MaintenanceClient, request_op, response_op, RequestOp, ResponseHeader,
 };

@@ -20,7 +20,7 @@
 use prost::Message;
 
 use super::{KvError, KvStore};
-use crate::etcd::pb::etcdserverpb::{CompactionRequest, CompactionResponse, RequestOp, ResponseOp};
+use crate::etcdpb::etcdserverpb::{CompactionRequest, CompactionResponse, RequestOp, ResponseOp};
 use crate::state_machine::StateMachine;
 use crate::types::{EntryType, LogEntry};
 
@@ -119,7 +119,7 @@ impl StateMachine for KvStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etcd::pb::etcdserverpb::{request_op::Request, response_op::Response, PutRequest};
+    use crate::etcdpb::etcdserverpb::{request_op::Request, response_op::Response, PutRequest};
     use crate::types::{LogIndex, Term};
 
     fn put_op(key: &[u8], value: &[u8]) -> RequestOp {

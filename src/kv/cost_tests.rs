@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::{encode_command, KvStore};
-use crate::etcd::pb::etcdserverpb::{request_op::Request, PutRequest, RangeRequest, RequestOp};
+use crate::etcdpb::etcdserverpb::{request_op::Request, PutRequest, RangeRequest, RequestOp};
 use crate::state_machine::StateMachine;
 use crate::types::{EntryType, LogEntry, LogIndex, Term};
 

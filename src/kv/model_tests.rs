@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::{encode_command, Applied, KvError, KvStore};
-use crate::etcd::pb::etcdserverpb::{
+use crate::etcdpb::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     request_op::Request,
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
@@ -299,7 +299,7 @@ proptest! {
         for (i, step) in steps.iter().enumerate() {
             let (result, payload) = match step {
                 Step::Compact(revision) => {
-                    let request = crate::etcd::pb::etcdserverpb::CompactionRequest {
+                    let request = crate::etcdpb::etcdserverpb::CompactionRequest {
                         revision: *revision,
                         physical: false,
                     };

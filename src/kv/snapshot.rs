@@ -254,7 +254,7 @@ fn decode(bytes: &[u8]) -> Result<KvStore, SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etcd::pb::etcdserverpb::{
+    use crate::etcdpb::etcdserverpb::{
         request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     };
 

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
 use super::KvError;
-use crate::etcd::pb::etcdserverpb::{
+use crate::etcdpb::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
     range_request::{SortOrder, SortTarget},
     request_op::Request,
@@ -34,7 +34,7 @@ use crate::etcd::pb::etcdserverpb::{
     CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
-use crate::etcd::pb::mvccpb::KeyValue;
+use crate::etcdpb::mvccpb::KeyValue;
 
 /// How many revisions of history the store keeps by default: reads at `revision - 100_000` or
 /// later are served, older ones answer "compacted". 100,000 superseded versions of 8-byte keys
@@ -811,7 +811,7 @@ const _: () = {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etcd::pb::etcdserverpb::compare::{CompareResult as R, CompareTarget as T};
+    use crate::etcdpb::etcdserverpb::compare::{CompareResult as R, CompareTarget as T};
 
     fn put_op(key: &str, value: &str) -> RequestOp {
         RequestOp {

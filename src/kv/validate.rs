@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use prost::Message;
 
 use super::{KvError, KvLimits};
-use crate::etcd::pb::etcdserverpb::{
+use crate::etcdpb::etcdserverpb::{
     request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
 
@@ -161,7 +161,7 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<Deleted>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etcd::pb::etcdserverpb::Compare;
+    use crate::etcdpb::etcdserverpb::Compare;
 
     fn put(key: &str) -> RequestOp {
         RequestOp {

@@ -1,7 +1,7 @@
 //! kvbench: a load generator for the etcd v3 KV API, used to measure rust-raft-log and etcd with
 //! the same client (`benches/compare_etcd.sh`).
 //!
-//! It speaks gRPC through the crate's generated etcd client (`rust_raft_log::etcd::pb`), on a
+//! It speaks gRPC through the crate's generated etcd client (`rust_raft_log::etcdpb`), on a
 //! tokio multi-thread runtime: it is an ordinary client and needs none of the node's runtime.
 //!
 //! # Module map

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rust_raft_log::etcd::pb::etcdserverpb::{
+use rust_raft_log::etcdpb::etcdserverpb::{
     kv_client::KvClient, maintenance_client::MaintenanceClient, PutRequest, RangeRequest,
     StatusRequest,
 };
