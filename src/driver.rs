@@ -32,7 +32,7 @@
 //! 4. `committed_entries` (durable locally by the core's contract) are applied in order.
 //! 5. `read_states` are granted once applied up to their index; `dropped_reads` are refused.
 //!
-//! A failed durable write is fatal ([`DriverError::Durable`]): the host must stop (fsyncgate).
+//! A failed durable write is fatal ([`DriverError`]): the host must stop (fsyncgate).
 //!
 //! The driver performs no I/O of its own and needs no runtime: the node polls
 //! [`Driver::poll_durable`] from its `select!`, the simulator with a no-op waker.

@@ -8,7 +8,7 @@
 //!   every replica, NoOp entries included (a NoOp carries no command; implementations should
 //!   change nothing for it).
 //! - `apply` must be deterministic: the same entries in the same order give the same state and the
-//!   same response bytes on every replica. No clock, no randomness, no iteration over hash maps,
+//!   same responses on every replica. No clock, no randomness, no iteration over hash maps,
 //!   no I/O whose outcome can differ between replicas.
 //! - `apply` must not panic on any payload: a payload that does not decode is answered with an
 //!   error response (deterministically), because every replica applies it and none may stop.

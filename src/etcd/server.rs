@@ -2,7 +2,7 @@
 //! `Maintenance.Status` and `Cluster.MemberList`, on the node's own gRPC server.
 //!
 //! Handlers hold no consensus state; like the Raft and Operator handlers they talk to the event
-//! loop through [`Inbound`] items:
+//! loop through `Inbound` items (the driver's mailbox):
 //! - **Writes** (Put, DeleteRange, Txn, Compact): [`validate`] with etcd's limits and texts (a
 //!   refused request is never proposed), then `Inbound::Command` with the encoded command; the
 //!   answer comes once the entry is applied, carrying the store's response (a

@@ -1,14 +1,15 @@
 //! The key-value state machine: etcd v3 semantics over the replicated log.
 //!
 //! This module owns the store ([`KvStore`]), the checks a request passes before it is proposed
-//! ([`validate`]), the bytes a write takes in a log entry ([`encode_command`]) and the bytes of
-//! its result handed back to the proposer ([`decode_response`]), the store's snapshot format
+//! ([`validate`]), the bytes a write takes in a log entry ([`encode_command`]), the typed result
+//! handed back to the proposer ([`KvResponse`], the store's `StateMachine::Response`), the store's
+//! snapshot format
 //! (`snapshot.rs`, via [`crate::state_machine::Snapshot`]), and the error type of the layer
 //! ([`KvError`], with etcd's gRPC codes and texts).
 //!
 //! Everything here is pure and deterministic: no I/O, no clock, no randomness, no hash-map
 //! iteration order. Every replica that applies the same committed commands in the same order ends
-//! in the same state and produces the same response bytes, including for commands that do not
+//! in the same state and produces the same responses, including for commands that do not
 //! decode (they give an error response, never a panic).
 //!
 //! # Semantics (as etcd's clients see them)

@@ -3,7 +3,7 @@
 //! every revision (for historical reads). Random puts, deletes, ranges, txns and compactions go to
 //! the store, to the model, and (as log entry bytes) to a second store; after every step the
 //! store must match the model at the newest and at a random older revision, its invariants must
-//! hold, the second store must be equal with identical response bytes (determinism), and a store
+//! hold, the second store must be equal with identical responses (determinism), and a store
 //! restored from a snapshot must read the same.
 //!
 //! proptest shrinks a failure to a minimal sequence of operations, prints it, and saves the seed

@@ -1,8 +1,8 @@
 //! The production file: durable writes through io_uring, reads through a shared mmap.
 //!
-//! This module holds the ONE place where a durable write is submitted: [`push_linked`] puts a
+//! This module holds the ONE place where a durable write is submitted: `push_linked` puts a
 //! batch's writes and one `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC` into one submission,
-//! each write carrying `IOSQE_IO_LINK`, and [`check_linked`] judges the completions. The link is
+//! each write carrying `IOSQE_IO_LINK`, and `check_linked` judges the completions. The link is
 //! what orders them: without it the kernel may start the fdatasync before the writes completed,
 //! and the sync would not cover them. With it, a failed or short write breaks the chain and the
 //! kernel completes the linked fsync with `-ECANCELED` instead of running it, so a write is never
