@@ -265,6 +265,27 @@ impl ClusterConfig {
             .join(format!("node_{id}"))
     }
 
+    /// The cluster's id: a hash (FNV-1a, 64 bits) of the sorted member list (`<id>=<address>`
+    /// lines). Stable for a given member list; the etcd API reports it, and every node's state
+    /// file records it (docs/FORMAT.md, "Identity"), so a data directory of another cluster is
+    /// refused.
+    pub fn cluster_id(&self) -> u64 {
+        let mut members: Vec<(u32, SocketAddr)> = self
+            .nodes
+            .iter()
+            .map(|n| (n.node_id, n.address()))
+            .collect();
+        members.sort();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for (id, address) in members {
+            for b in format!("{id}={address}\n").bytes() {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        hash
+    }
+
     /// The largest payload one log entry may carry with this config's segment size
     /// (`storage::format::entry_payload_max_bytes`): the node derives every request size limit
     /// from it, so no client request can reach a durable write that must fail.

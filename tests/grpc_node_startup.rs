@@ -148,8 +148,10 @@ fn a_second_process_on_the_same_data_directory_fails_clearly() {
 /// and starts.
 #[test]
 fn a_persisted_commit_beyond_the_log_is_clamped_and_the_node_starts() {
+    use rust_raft_log::config::ClusterConfig;
     use rust_raft_log::raft::HardState;
-    use rust_raft_log::storage::state::RaftState;
+    use rust_raft_log::storage::state::{Identity, RaftState};
+    use rust_raft_log::storage::uring::UringVfs;
     use rust_raft_log::storage::{LogConfig, RaftLog};
     use rust_raft_log::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 
@@ -173,7 +175,13 @@ fn a_persisted_commit_beyond_the_log_is_clamped_and_the_node_starts() {
             })
             .collect();
         log.append(&entries).expect("append");
-        let mut state = RaftState::open(&node_dir).expect("open state");
+        let config = ClusterConfig::load(&dir.path().join("c.yaml")).expect("config");
+        let identity = Identity {
+            cluster_id: config.cluster_id(),
+            node_id: 1,
+        };
+        let mut state =
+            RaftState::open_checked(&UringVfs, &node_dir, identity, None).expect("open state");
         state
             .save_hard_state(HardState {
                 term: Term(1),
@@ -213,4 +221,94 @@ fn a_persisted_commit_beyond_the_log_is_clamped_and_the_node_starts() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(output().contains("last=3"), "{}", output());
+}
+
+/// Issue 11, finding 5, with the real binary: node 2 started on node 1's data directory (a copy,
+/// as an operator's mistake would make it) refuses to start and names the directory and the way
+/// out; node 1 whose `raft_state.meta` is gone but whose log has entries refuses too, instead of
+/// starting in term 0 with no vote.
+#[test]
+fn a_data_directory_of_another_node_or_without_its_state_file_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port_1, port_2) = (free_port(), free_port());
+    write_config(dir.path(), port_1, port_2);
+    // Node 1 runs once (it writes its identity and, alone, no entry: a 2-node config has no
+    // majority), then stops.
+    let out = std::fs::File::create(dir.path().join("first.out")).expect("output file");
+    let mut first = Running(
+        Command::new(env!("CARGO_BIN_EXE_rust-raft-log"))
+            .args(["--node-id", "1", "--config", "c.yaml"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn node 1"),
+    );
+    let output = || std::fs::read_to_string(dir.path().join("first.out")).unwrap_or_default();
+    let started = Instant::now();
+    while !output().contains("🔄") {
+        assert!(
+            first.0.try_wait().expect("try_wait").is_none(),
+            "{}",
+            output()
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "{}", output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(first);
+    let logs = dir.path().join("raft_logs");
+    copy_dir(&logs.join("node_1"), &logs.join("node_2"));
+    std::fs::remove_file(logs.join("node_2/LOCK")).expect("lock file");
+    let second = Command::new(env!("CARGO_BIN_EXE_rust-raft-log"))
+        .args(["--node-id", "2", "--config", "c.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run node 2");
+    assert!(!second.status.success(), "{second:?}");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("data directory ./raft_logs/node_2 belongs to node 1 of cluster")
+            && stderr.contains("but this is node 2 of cluster")
+            && stderr.contains("move it away first"),
+        "{stderr}"
+    );
+
+    // A log with entries and no state file.
+    use rust_raft_log::storage::{LogConfig, RaftLog};
+    use rust_raft_log::types::{EntryType, LogEntry, LogIndex, Term};
+    {
+        let mut log = RaftLog::open(LogConfig::new(logs.join("node_1"))).expect("open log");
+        let next = log.last_index().next();
+        log.append(&[LogEntry {
+            term: Term(1),
+            index: next,
+            entry_type: EntryType::Normal,
+            payload: vec![1],
+        }])
+        .expect("append");
+        assert!(log.last_index() >= LogIndex(1));
+    }
+    std::fs::remove_file(logs.join("node_1/raft_state.meta")).expect("remove the state file");
+    let third = run(dir.path());
+    assert!(!third.status.success(), "{third:?}");
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(
+        stderr.contains("data directory ./raft_logs/node_1 has log entries")
+            && stderr.contains("but no raft_state.meta")
+            && stderr.contains("Restore raft_state.meta from a backup"),
+        "{stderr}"
+    );
+    assert!(
+        !logs.join("node_1/raft_state.meta").exists(),
+        "the refused start created no state file"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), to.join(e.file_name())).expect("copy file");
+    }
 }

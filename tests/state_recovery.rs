@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 
 use rust_raft_log::storage::file::{SimFs, Vfs};
 use rust_raft_log::storage::state::{
-    PersistentState, RaftState, ServerState, StateError, STATE_FILE_SIZE, STATE_RECORD_SIZE,
-    STATE_SLOT_SIZE,
+    Identity, PersistentState, RaftState, ServerState, StateError, STATE_FILE_SIZE,
+    STATE_RECORD_SIZE, STATE_SLOT_SIZE,
 };
 use rust_raft_log::types::{LogIndex, NodeId, Term};
 
@@ -33,6 +33,7 @@ fn st(term: u64, vote: Option<u32>, commit: u64) -> PersistentState {
         commit_index: LogIndex(commit),
         last_applied: LogIndex(commit / 2),
         server_state: ServerState::Follower,
+        identity: Identity::default(),
     }
 }
 
@@ -152,20 +153,20 @@ fn unknown_version_is_a_clear_error_even_when_the_other_slot_is_valid() {
     state.save(st(1, None, 0)).unwrap(); // seq 2 in slot 0; slot 1 holds seq 1
     drop(state);
     // A newer writer's record in slot 1: ignoring it in favour of slot 0 could roll state back.
-    fs.edit_file(&state_path(), |b| b[STATE_SLOT_SIZE + 4] = 2);
+    fs.edit_file(&state_path(), |b| b[STATE_SLOT_SIZE + 4] = 3);
     let err = RaftState::open_with(&fs, &node_dir()).unwrap_err();
     assert!(
         matches!(
             err,
             StateError::UnsupportedVersion {
                 slot: 1,
-                found: 2,
+                found: 3,
                 ..
             }
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("version 2"), "{err}");
+    assert!(err.to_string().contains("version 3"), "{err}");
 }
 
 #[test]
@@ -215,6 +216,7 @@ fn real_file_through_io_uring_round_trips() {
         commit_index: LogIndex(1234),
         last_applied: LogIndex(1200),
         server_state: ServerState::Leader,
+        identity: Identity::default(),
     };
     state.save(st(11, Some(2), 1000)).unwrap();
     state.save(want).unwrap();
@@ -291,4 +293,71 @@ fn random_power_losses_never_lose_an_acknowledged_state() {
         fs.power_loss(next(u64::MAX));
         unacked = Some(interrupted);
     }
+}
+
+/// Issue 11, finding 5: a data directory has an identity. `open_checked` creates the state file
+/// with this node's identity, refuses another node's or another cluster's directory (naming it
+/// and the way out), refuses a log whose state file is missing (the node would forget its votes),
+/// and adopts an identity once for a file that has none (format version 1), durably.
+#[test]
+fn a_data_directory_has_an_identity() {
+    let me = Identity {
+        cluster_id: 0xc1,
+        node_id: 1,
+    };
+    let fs = SimFs::new();
+    let state = RaftState::open_checked(&fs, &node_dir(), me, None).expect("created");
+    assert_eq!(state.state().identity, me);
+    drop(state);
+    // Another node of the same cluster, another cluster.
+    for other in [
+        Identity {
+            cluster_id: 0xc1,
+            node_id: 2,
+        },
+        Identity {
+            cluster_id: 0xc2,
+            node_id: 1,
+        },
+    ] {
+        let err = RaftState::open_checked(&fs, &node_dir(), other, None).unwrap_err();
+        assert!(matches!(err, StateError::WrongIdentity { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("/logs/node_1") && text.contains("belongs to node 1 of cluster"),
+            "{text}"
+        );
+        assert!(text.contains("move it away"), "{text}");
+    }
+    // A log with entries but no state file.
+    let fresh = SimFs::new();
+    let err = RaftState::open_checked(&fresh, &node_dir(), me, Some((LogIndex(1), LogIndex(40))))
+        .unwrap_err();
+    assert!(matches!(err, StateError::MissingWithLog { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("has log entries (1..=40) but no raft_state.meta"),
+        "{err}"
+    );
+    assert!(
+        fresh.read_file(&state_path()).is_none(),
+        "nothing was created"
+    );
+    // A file without identity (as version 1 wrote it) is adopted, and the adoption is durable.
+    let old = SimFs::new();
+    let mut state = RaftState::open_with(&old, &node_dir()).unwrap();
+    state.save(st(4, Some(2), 9)).unwrap();
+    drop(state);
+    let state = RaftState::open_checked(&old, &node_dir(), me, Some((LogIndex(1), LogIndex(9))))
+        .expect("adopted");
+    assert_eq!(state.state().identity, me);
+    assert_eq!(state.state().current_term, Term(4));
+    drop(state);
+    old.power_loss(7);
+    let state = RaftState::open_with(&old, &node_dir()).unwrap();
+    assert_eq!(
+        state.state().identity,
+        me,
+        "the adoption survives a power loss"
+    );
 }

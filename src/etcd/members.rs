@@ -62,12 +62,8 @@ impl Members {
             })
             .collect();
         members.sort_by_key(|m| m.node_id);
-        let lines: Vec<String> = members
-            .iter()
-            .map(|m| format!("{}={}\n", m.node_id, m.address))
-            .collect();
         Members {
-            cluster_id: fnv1a_64(lines.concat().as_bytes()),
+            cluster_id: config.cluster_id(),
             members,
         }
     }
@@ -89,15 +85,6 @@ pub fn member_id(node: NodeId) -> u64 {
     } else {
         z
     }
-}
-
-fn fnv1a_64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
 
 #[cfg(test)]

@@ -46,7 +46,8 @@ use crate::grpc::{self, GrpcError, Limits, PeerConfig, Peers, ServerConfig};
 use crate::kv::{KvLimits, KvResponse, KvStore};
 use crate::raft::{self, HardState, RaftNode};
 use crate::storage::engine::{Engine, EngineTask, LogView};
-use crate::storage::state::RaftState;
+use crate::storage::state::{Identity, RaftState};
+use crate::storage::uring::UringVfs;
 use crate::storage::{LogConfig, LogError, RaftLog};
 use crate::types::{LogIndex, NodeId};
 
@@ -120,7 +121,7 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
     tracing::info!("   Log directory: {}", directory.display());
 
     let listener = grpc::bind(me.address())?;
-    let (engine, log, task, hard_state) = open_storage(config, &directory)?;
+    let (engine, log, task, hard_state) = open_storage(config, id, &directory)?;
     let core = RaftNode::new(core_config(config, id, election_seed(id)), hard_state, log)?;
     tracing::info!("✅ Raft node created successfully");
     // tokio-uring panics when io_uring cannot be set up (old kernel, seccomp, memlock limits):
@@ -137,15 +138,18 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
     })
 }
 
-/// Step 3 of the module docs: opens the node directory's log (taking its lock) and state file,
-/// and builds the append engine over them. Returns the engine, the core's view of the log, the
+/// Step 3 of the module docs: opens the node directory's log (taking its lock) and state file
+/// (checking that the directory is this node's of this cluster, and that a log comes with its
+/// state file: `RaftState::open_checked`), and builds the append engine over them. Returns the engine, the core's view of the log, the
 /// engine's task (to run inside the runtime) and the durable hard state.
 ///
 /// # Errors
 /// [`NodeError::DataDirInUse`] if another process holds the directory; storage errors while
-/// opening (corruption names the file and offset).
+/// opening (corruption names the file and offset; another node's or cluster's directory, or a log
+/// without its state file, names the directory and the way out).
 pub fn open_storage(
     config: &ClusterConfig,
+    id: NodeId,
     directory: &Path,
 ) -> Result<(Engine, LogView, EngineTask, HardState), NodeError> {
     let storage = |e: Box<dyn std::error::Error + Send + Sync>| NodeError::Storage(e);
@@ -157,7 +161,16 @@ pub fn open_storage(
         LogError::Locked { dir } => NodeError::DataDirInUse { directory: dir },
         e => storage(Box::new(e)),
     })?;
-    let state = RaftState::open(directory).map_err(|e| storage(Box::new(e)))?;
+    // A log with entries (or with history before its first index) must come with its own state
+    // file, and both must be this node's of this cluster.
+    let log_range = (log.last_index() >= log.first_index() || log.first_index() > LogIndex(1))
+        .then(|| (log.first_index(), log.last_index()));
+    let identity = Identity {
+        cluster_id: config.cluster_id(),
+        node_id: id.0,
+    };
+    let state = RaftState::open_checked(&UringVfs, directory, identity, log_range)
+        .map_err(|e| storage(Box::new(e)))?;
     let hard_state = state.state().hard_state();
     tracing::info!(
         first = %log.first_index(),

@@ -6,12 +6,15 @@
 //! ```text
 //! file (8192 bytes) = slot 0 (4096 bytes) ‖ slot 1 (4096 bytes); a slot = 64-byte record ‖ zeros
 //!
-//!  0      4        8              16          20             28             36     37         40         48         60    64
-//!  +------+--------+--------------+-----------+--------------+--------------+------+----------+----------+----------+-----+
-//!  |magic |version | current_term | voted_for | commit_index | last_applied |state | reserved | sequence | reserved | crc |
-//!  | u32  | u32    | u64          | u32 (0=∅) | u64          | u64          | u8   | 3 zero   | u64      | 12 zero  | u32 |
-//!  +------+--------+--------------+-----------+--------------+--------------+------+----------+----------+----------+-----+
+//!  0      4        8              16          20             28             36     37         40         48           56        60    64
+//!  +------+--------+--------------+-----------+--------------+--------------+------+----------+----------+------------+---------+-----+
+//!  |magic |version | current_term | voted_for | commit_index | last_applied |state | reserved | sequence | cluster_id | node_id | crc |
+//!  | u32  | u32    | u64          | u32 (0=∅) | u64          | u64          | u8   | 3 zero   | u64      | u64        | u32     | u32 |
+//!  +------+--------+--------------+-----------+--------------+--------------+------+----------+----------+------------+---------+-----+
 //! ```
+//! Version 1 (before the identity) had 12 zero bytes where version 2 has `cluster_id` and
+//! `node_id`; it is read as a record without identity, which the node adopts (see
+//! [`RaftState::open_checked`]).
 //!
 //! # Invariants
 //! - An update writes only the slot that does *not* hold the current state (slot
@@ -36,8 +39,10 @@ use crate::types::{LogIndex, NodeId, Term};
 
 /// "RSTA" (Raft STAte) read as a big-endian word; stored little-endian (bytes `41 54 53 52`).
 pub const STATE_MAGIC: u32 = 0x5253_5441;
-/// The state file version this code writes and reads.
-pub const STATE_VERSION: u32 = 1;
+/// The state file version this code writes (and the newest it reads).
+pub const STATE_VERSION: u32 = 2;
+/// The oldest version this code reads: version 1 records carry no identity.
+pub const STATE_VERSION_OLDEST: u32 = 1;
 /// Bytes of one record (the checksummed part of a slot).
 pub const STATE_RECORD_SIZE: usize = 64;
 /// Bytes of one slot: one page, so a slot write never shares a page (or a sector) with the other.
@@ -54,7 +59,8 @@ const LAST_APPLIED_OFFSET: usize = 28;
 const SERVER_STATE_OFFSET: usize = 36;
 const RESERVED1_OFFSET: usize = 37;
 const SEQUENCE_OFFSET: usize = 40;
-const RESERVED2_OFFSET: usize = 48;
+const CLUSTER_ID_OFFSET: usize = 48;
+const NODE_ID_OFFSET: usize = 56;
 const CRC_OFFSET: usize = 60;
 
 const _: () = {
@@ -67,7 +73,9 @@ const _: () = {
     assert!(SERVER_STATE_OFFSET == LAST_APPLIED_OFFSET + 8);
     assert!(RESERVED1_OFFSET == SERVER_STATE_OFFSET + 1);
     assert!(SEQUENCE_OFFSET == RESERVED1_OFFSET + 3);
-    assert!(RESERVED2_OFFSET == SEQUENCE_OFFSET + 8);
+    assert!(CLUSTER_ID_OFFSET == SEQUENCE_OFFSET + 8);
+    assert!(NODE_ID_OFFSET == CLUSTER_ID_OFFSET + 8);
+    assert!(CRC_OFFSET == NODE_ID_OFFSET + 4);
     assert!(CRC_OFFSET == STATE_RECORD_SIZE - 4);
     assert!(STATE_RECORD_SIZE <= STATE_SLOT_SIZE);
     assert!(STATE_FILE_SIZE == 8192);
@@ -118,7 +126,32 @@ impl From<ServerState> for Role {
     }
 }
 
-/// The state the file records (Raft Figure 2's persistent state plus the seed's extras).
+/// Whose state a state file is: the cluster's id and this node's id. Zero in both means
+/// "unknown" (a version 1 file, or one created by a tool without an identity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct Identity {
+    pub cluster_id: u64,
+    pub node_id: u32,
+}
+
+impl Identity {
+    pub fn is_known(&self) -> bool {
+        *self != Identity::default()
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "node {} of cluster {:016x}",
+            self.node_id, self.cluster_id
+        )
+    }
+}
+
+/// The state the file records (Raft Figure 2's persistent state plus the seed's extras and the
+/// directory's identity).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PersistentState {
     pub current_term: Term,
@@ -127,6 +160,8 @@ pub struct PersistentState {
     pub commit_index: LogIndex,
     pub last_applied: LogIndex,
     pub server_state: ServerState,
+    /// Whose state this is (written since version 2).
+    pub identity: Identity,
 }
 
 impl PersistentState {
@@ -162,7 +197,7 @@ pub struct StateRecord {
 pub enum SlotError {
     #[error("bad magic {found:#010x} (expected {STATE_MAGIC:#010x})")]
     BadMagic { found: u32 },
-    #[error("unsupported version {found} (this build reads version {STATE_VERSION})")]
+    #[error("unsupported version {found} (this build reads versions {STATE_VERSION_OLDEST} to {STATE_VERSION})")]
     BadVersion { found: u32 },
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadChecksum { stored: u32, computed: u32 },
@@ -190,7 +225,7 @@ pub enum StateError {
         slot0: u32,
         slot1: u32,
     },
-    #[error("{path}: slot {slot} has state file version {found}; this build reads version {STATE_VERSION}")]
+    #[error("{path}: slot {slot} has state file version {found}; this build reads versions {STATE_VERSION_OLDEST} to {STATE_VERSION} (written by a newer rust-raft-log?)")]
     UnsupportedVersion {
         path: PathBuf,
         slot: usize,
@@ -206,6 +241,32 @@ pub enum StateError {
     },
     #[error("{path}: an earlier write or fdatasync failed; the state is no longer written (restart the node)")]
     Poisoned { path: PathBuf },
+    /// The directory belongs to another node or cluster.
+    #[error(
+        "data directory {} belongs to {found}, but this is {expected}: a node must never use \
+         another node's log and votes. Point log_directory at this node's own directory; to reuse \
+         this one for {expected} anyway, move it away first, and the node starts empty \
+         (docs/FORMAT.md, \"Identity\")",
+        .dir.display()
+    )]
+    WrongIdentity {
+        dir: PathBuf,
+        found: Identity,
+        expected: Identity,
+    },
+    /// The log has entries but the state file is missing: starting would forget term and vote.
+    #[error(
+        "data directory {} has log entries ({first}..={last}) but no raft_state.meta: starting \
+         would forget the term and the votes this node cast. Restore raft_state.meta from a \
+         backup, or move the directory away to start this node empty (docs/FORMAT.md, \
+         \"Identity\")",
+        .dir.display()
+    )]
+    MissingWithLog {
+        dir: PathBuf,
+        first: LogIndex,
+        last: LogIndex,
+    },
 }
 
 fn get_u32(b: &[u8], at: usize) -> u32 {
@@ -249,6 +310,9 @@ pub fn encode_slot(record: &StateRecord, slot: &mut [u8]) {
         .copy_from_slice(&s.last_applied.0.to_le_bytes());
     slot[SERVER_STATE_OFFSET] = s.server_state as u8;
     slot[SEQUENCE_OFFSET..SEQUENCE_OFFSET + 8].copy_from_slice(&record.sequence.to_le_bytes());
+    slot[CLUSTER_ID_OFFSET..CLUSTER_ID_OFFSET + 8]
+        .copy_from_slice(&s.identity.cluster_id.to_le_bytes());
+    slot[NODE_ID_OFFSET..NODE_ID_OFFSET + 4].copy_from_slice(&s.identity.node_id.to_le_bytes());
     let crc = crc32c::crc32c(&slot[..CRC_OFFSET]);
     slot[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
 }
@@ -269,7 +333,7 @@ pub fn decode_slot(slot: &[u8]) -> Result<StateRecord, SlotError> {
         return Err(SlotError::BadMagic { found: magic });
     }
     let version = get_u32(slot, VERSION_OFFSET);
-    if version != STATE_VERSION {
+    if !(STATE_VERSION_OLDEST..=STATE_VERSION).contains(&version) {
         return Err(SlotError::BadVersion { found: version });
     }
     let stored = get_u32(slot, CRC_OFFSET);
@@ -277,9 +341,15 @@ pub fn decode_slot(slot: &[u8]) -> Result<StateRecord, SlotError> {
     if stored != computed {
         return Err(SlotError::BadChecksum { stored, computed });
     }
+    // Version 1 reserved (zero) the bytes version 2 uses for the identity.
+    let reserved_v1 = if version == 1 {
+        &slot[CLUSTER_ID_OFFSET..CRC_OFFSET]
+    } else {
+        &[][..]
+    };
     let reserved = slot[RESERVED1_OFFSET..SEQUENCE_OFFSET]
         .iter()
-        .chain(&slot[RESERVED2_OFFSET..CRC_OFFSET]);
+        .chain(reserved_v1);
     if reserved.into_iter().any(|&b| b != 0) {
         return Err(SlotError::NonZeroReserved);
     }
@@ -293,6 +363,10 @@ pub fn decode_slot(slot: &[u8]) -> Result<StateRecord, SlotError> {
             commit_index: LogIndex(get_u64(slot, COMMIT_INDEX_OFFSET)),
             last_applied: LogIndex(get_u64(slot, LAST_APPLIED_OFFSET)),
             server_state,
+            identity: Identity {
+                cluster_id: get_u64(slot, CLUSTER_ID_OFFSET),
+                node_id: get_u32(slot, NODE_ID_OFFSET),
+            },
         },
         sequence: get_u64(slot, SEQUENCE_OFFSET),
     })
@@ -440,6 +514,61 @@ impl RaftState {
         })
     }
 
+    /// Opens the state file of a node directory whose log is already open, checking that the
+    /// directory is this node's (`expected`):
+    /// - no state file: created with `expected`, unless the log holds entries (`log_range` is
+    ///   `Some((first, last))`): then [`StateError::MissingWithLog`];
+    /// - a file without identity (version 1, or created without one): the identity is adopted,
+    ///   written durably at once (as version 2), and a warning is logged;
+    /// - another identity: [`StateError::WrongIdentity`].
+    ///
+    /// # Errors
+    /// As [`RaftState::open_with`], and the two above.
+    pub fn open_checked(
+        vfs: &dyn Vfs,
+        node_dir: &Path,
+        expected: Identity,
+        log_range: Option<(LogIndex, LogIndex)>,
+    ) -> Result<RaftState, StateError> {
+        vfs.create_dir_all(node_dir)
+            .map_err(io_err(node_dir, "create directory"))?;
+        let names = vfs
+            .list_dir(node_dir)
+            .map_err(io_err(node_dir, "list directory"))?;
+        let exists = names.iter().any(|n| n == STATE_FILE_NAME);
+        if !exists {
+            if let Some((first, last)) = log_range {
+                return Err(StateError::MissingWithLog {
+                    dir: node_dir.to_path_buf(),
+                    first,
+                    last,
+                });
+            }
+        }
+        let mut state = RaftState::open_with(vfs, node_dir)?;
+        let found = state.state().identity;
+        if !found.is_known() {
+            if exists {
+                tracing::warn!(
+                    path = %state.path().display(),
+                    "the state file has no identity (written before format version 2): adopting {expected}"
+                );
+            }
+            let adopted = PersistentState {
+                identity: expected,
+                ..*state.state()
+            };
+            state.save(adopted)?;
+        } else if found != expected {
+            return Err(StateError::WrongIdentity {
+                dir: node_dir.to_path_buf(),
+                found,
+                expected,
+            });
+        }
+        Ok(state)
+    }
+
     fn create(vfs: &dyn Vfs, node_dir: &Path, path: &Path) -> Result<(), StateError> {
         let tmp = node_dir.join(format!("{STATE_FILE_NAME}.tmp"));
         vfs.create_zeroed(&tmp, STATE_FILE_SIZE as u64)
@@ -538,6 +667,12 @@ impl RaftState {
                 );
             }
         }
+        assert!(
+            !old.identity.is_known() || new.identity == old.identity,
+            "the state file's identity changed from {} to {}",
+            old.identity,
+            new.identity
+        );
         if self.poisoned {
             return Err(StateError::Poisoned {
                 path: self.path.clone(),
@@ -606,6 +741,10 @@ mod tests {
             commit_index: LogIndex(0x0102_0304_0506_0708),
             last_applied: LogIndex(41),
             server_state: ServerState::Candidate,
+            identity: Identity {
+                cluster_id: 0x1122_3344_5566_7788,
+                node_id: 5,
+            },
         }
     }
 
@@ -618,15 +757,40 @@ mod tests {
         let mut slot = vec![0xee; STATE_SLOT_SIZE];
         encode_slot(&rec, &mut slot);
         assert_eq!(&slot[0..4], &[0x41, 0x54, 0x53, 0x52]);
-        assert_eq!(&slot[4..8], &1u32.to_le_bytes());
+        assert_eq!(&slot[4..8], &2u32.to_le_bytes());
         assert_eq!(&slot[8..16], &7u64.to_le_bytes());
         assert_eq!(&slot[16..20], &3u32.to_le_bytes());
         assert_eq!(&slot[20..28], &0x0102_0304_0506_0708u64.to_le_bytes());
         assert_eq!(&slot[28..36], &41u64.to_le_bytes());
         assert_eq!(slot[36], 1);
         assert_eq!(&slot[40..48], &9u64.to_le_bytes());
+        assert_eq!(&slot[48..56], &0x1122_3344_5566_7788u64.to_le_bytes());
+        assert_eq!(&slot[56..60], &5u32.to_le_bytes());
         assert!(slot[64..].iter().all(|&b| b == 0));
         assert_eq!(decode_slot(&slot), Ok(rec));
+    }
+
+    /// A version 1 record (identity bytes reserved as zero) is still read, as a record without
+    /// identity; non-zero bytes there in version 1 are damage.
+    #[test]
+    fn a_version_1_slot_reads_without_identity() {
+        let rec = StateRecord {
+            state: PersistentState {
+                identity: Identity::default(),
+                ..sample()
+            },
+            sequence: 3,
+        };
+        let mut slot = vec![0; STATE_SLOT_SIZE];
+        encode_slot(&rec, &mut slot);
+        slot[4..8].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&slot[..CRC_OFFSET]);
+        slot[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_slot(&slot), Ok(rec));
+        slot[50] = 1;
+        let crc = crc32c::crc32c(&slot[..CRC_OFFSET]);
+        slot[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_slot(&slot), Err(SlotError::NonZeroReserved));
     }
 
     #[test]
@@ -662,13 +826,13 @@ mod tests {
         encode_slot(&new, &mut bytes[STATE_SLOT_SIZE..]);
         let view = StateFileView::decode(path, &bytes).unwrap();
         assert_eq!(view.current(path).unwrap(), (1, new));
-        bytes[STATE_SLOT_SIZE + 4] = 2; // slot 1 claims version 2
+        bytes[STATE_SLOT_SIZE + 4] = 3; // slot 1 claims version 3
         let view = StateFileView::decode(path, &bytes).unwrap();
         assert!(matches!(
             view.current(path),
             Err(StateError::UnsupportedVersion {
                 slot: 1,
-                found: 2,
+                found: 3,
                 ..
             })
         ));

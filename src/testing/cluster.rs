@@ -62,7 +62,7 @@ use crate::driver::{
 use crate::raft::{Config, Envelope, HardState, Message, RaftNode, Ready, Role};
 use crate::storage::engine::{Engine, LogView, WriteBatch};
 use crate::storage::file::{PowerLossReport, SimFs};
-use crate::storage::state::RaftState;
+use crate::storage::state::{Identity, RaftState};
 use crate::storage::{LogConfig, RaftLog};
 use crate::testing::checker::{
     entry_hash, AckedProposal, LogMirror, Property, ReadFloor, SafetyChecker, Violation,
@@ -1448,7 +1448,13 @@ impl Cluster {
                 format!("node {i} cannot recover its log after the power loss: {e}"),
             )),
         };
-        let state = match RaftState::open_with(&fs, &dir) {
+        let log_range =
+            (log.last_index() >= log.first_index()).then(|| (log.first_index(), log.last_index()));
+        let identity = Identity {
+            cluster_id: 1,
+            node_id: node_id(i).0,
+        };
+        let state = match RaftState::open_checked(&fs, &dir, identity, log_range) {
             Ok(state) => state,
             Err(e) => self.fail(Violation::new(
                 Property::Durability,

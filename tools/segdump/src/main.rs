@@ -517,6 +517,11 @@ fn record_fields(r: &StateRecord) -> Vec<(&'static str, J)> {
         ("commit_index", J::N(s.commit_index.0)),
         ("last_applied", J::N(s.last_applied.0)),
         ("server_state", J::S(format!("{:?}", s.server_state))),
+        (
+            "cluster_id",
+            J::S(format!("{:016x}", s.identity.cluster_id)),
+        ),
+        ("node_id", J::N(s.identity.node_id.into())),
     ]
 }
 
@@ -556,14 +561,19 @@ fn state(file: &Path, json: bool) -> Result<u8, CliError> {
                 Ok(rec) => {
                     let s = &rec.state;
                     println!(
-                        "slot {slot}: valid{}: sequence {} current_term {} voted_for {} commit_index {} last_applied {} server_state {:?}",
+                        "slot {slot}: valid{}: sequence {} current_term {} voted_for {} commit_index {} last_applied {} server_state {:?} identity {}",
                         if is_current { " (current)" } else { "" },
                         rec.sequence,
                         s.current_term,
                         s.voted_for.map_or("none".to_string(), |n| n.to_string()),
                         s.commit_index,
                         s.last_applied,
-                        s.server_state
+                        s.server_state,
+                        if s.identity.is_known() {
+                            s.identity.to_string()
+                        } else {
+                            "none".to_string()
+                        }
                     );
                 }
                 Err(e) => println!("slot {slot}: invalid: {e}"),

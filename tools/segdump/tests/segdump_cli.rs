@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rust_raft_log::storage::format::{decode_frame, SegmentHeader, SEGMENT_HEADER_SIZE};
-use rust_raft_log::storage::state::{PersistentState, RaftState, ServerState};
+use rust_raft_log::storage::state::{Identity, PersistentState, RaftState, ServerState};
 use rust_raft_log::storage::{LogConfig, LogError, RaftLog};
 use rust_raft_log::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 
@@ -408,6 +408,10 @@ fn state_file_is_decoded() {
         commit_index: LogIndex(77),
         last_applied: LogIndex(70),
         server_state: ServerState::Leader,
+        identity: Identity {
+            cluster_id: 0xabc,
+            node_id: 2,
+        },
     })
     .unwrap();
     drop(st);
@@ -416,16 +420,17 @@ fn state_file_is_decoded() {
     let (code, out) = run(&["state", f]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("slot 0: valid (current): sequence 2 current_term 8 voted_for 3 commit_index 77 last_applied 70 server_state Leader"),
+        out.contains("slot 0: valid (current): sequence 2 current_term 8 voted_for 3 commit_index 77 last_applied 70 server_state Leader identity node 2 of cluster 0000000000000abc"),
         "{out}"
     );
     assert!(
-        out.contains("slot 1: valid: sequence 1 current_term 0 voted_for none"),
+        out.contains("slot 1: valid: sequence 1 current_term 0 voted_for none commit_index 0 last_applied 0 server_state Follower identity none"),
         "{out}"
     );
     let (code, out) = run(&["state", "--json", f]);
     assert_eq!(code, 0);
     assert!(out.contains("\"current_term\":8"), "{out}");
+    assert!(out.contains("\"node_id\":2"), "{out}");
 
     edit(&file, |b| {
         b[0] = 0;
