@@ -17,6 +17,10 @@
 //!
 //! Targets (issue 4): a single proposer's commit p50 under 3x the baseline's p50 (leader and
 //! followers write in parallel), 128 proposers at least 20x the single proposer's throughput.
+//! The baseline the verdict divides by is the *overwriting* one: the node appends into segments
+//! that were zero-filled (or recycled) beforehand, which is an overwrite of written blocks, not an
+//! append to a growing file (FACTS.md: ~92 vs ~161 µs p50 here). The appending ratio is printed
+//! beside it.
 //!
 //! Environment: `BENCH_QUICK=1` (short runs, 5 failovers), `BENCH_ONLY=throughput|failover`,
 //! `BENCH_PROPOSERS=1,16` (which proposer counts to run), `BENCH_CLUSTER_SIZE=1` (a one-node
@@ -141,7 +145,8 @@ fn parallel_baseline(dir: &Path, cycles: usize, writers: usize) -> Histogram<u64
 }
 
 /// Single proposer and raw syncs, paired: alternating blocks of `PAIRED_BLOCK` raw cycles (4 KiB
-/// appended, then fdatasync; a file of this process, next to the cluster's) and `PAIRED_BLOCK`
+/// written over a zero-filled, synced 16 MiB file, then fdatasync: the overwrite the node's
+/// preallocated segments make; a file of this process, next to the cluster's) and `PAIRED_BLOCK`
 /// proposals to `client`, for `seconds`. Both see the same disturbance from whatever else runs on the
 /// machine, so their ratio holds up where separate measurements a minute apart do not.
 async fn paired(
@@ -156,6 +161,9 @@ async fn paired(
         .truncate(true)
         .write(true)
         .open(&path)?;
+    const FILE_BYTES: u64 = 16 << 20;
+    file.write_all_at(&vec![0u8; FILE_BYTES as usize], 0)?;
+    file.sync_all()?;
     let block = vec![0xa5u8; 4096];
     let payload = vec![0x5au8; PAYLOAD_BYTES];
     let (mut raw, mut commit) = (histogram(), histogram());
@@ -164,6 +172,9 @@ async fn paired(
     while started.elapsed().as_secs_f64() < seconds {
         // Blocking I/O on the bench's runtime thread: nothing else of the bench runs meanwhile.
         for _ in 0..PAIRED_BLOCK {
+            if offset + 4096 > FILE_BYTES {
+                offset = 0;
+            }
             let t = Instant::now();
             file.write_all_at(&block, offset)?;
             file.sync_data()?;
@@ -296,7 +307,7 @@ async fn throughput(dir: &Path, plan: &Plan, out: &mut String) -> Option<u64> {
         Ok((raw, commit)) => {
             let ratio = commit.value_at_quantile(0.5) as f64 / raw.value_at_quantile(0.5) as f64;
             let line = format!(
-                "paired (blocks of 50 raw 4 KiB append + fdatasync, then 50 proposals, {:.0} s): \
+                "paired (blocks of 50 raw 4 KiB overwrite + fdatasync, then 50 proposals, {:.0} s): \
                  commit p50 {} µs (p90 {}, {} proposals), raw p50 {} µs (p90 {}): {ratio:.2}x \
                  (target < 3x: {})\n",
                 plan.seconds,
@@ -611,9 +622,12 @@ fn main() {
             let dir = tempfile::tempdir_in(base).expect("tempdir");
             let single_p50 = throughput(dir.path(), &plan, &mut out).await;
             if let Some(p50) = single_p50 {
-                let ratio = p50 as f64 / append.value_at_quantile(0.5) as f64;
+                let ratio = p50 as f64 / overwrite.value_at_quantile(0.5) as f64;
+                let appending = p50 as f64 / append.value_at_quantile(0.5) as f64;
                 let verdict = format!(
-                    "single proposer commit p50 {p50} µs = {ratio:.2}x the baseline p50 (target < 3x: {})\n",
+                    "single proposer commit p50 {p50} µs = {ratio:.2}x the overwriting baseline p50 \
+                     (the write the node's preallocated segments make; target < 3x: {}); \
+                     {appending:.2}x the appending one\n",
                     if ratio < 3.0 { "PASS" } else { "MISS" }
                 );
                 print!("{verdict}");
