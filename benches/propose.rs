@@ -25,7 +25,7 @@
 //! Environment: `BENCH_QUICK=1` (short runs, 5 failovers), `BENCH_ONLY=throughput|failover`,
 //! `BENCH_PROPOSERS=1,16` (which proposer counts to run), `BENCH_CLUSTER_SIZE=1` (a one-node
 //! cluster: the commit path without replication), `RAFT_TIMELINE=<dir>` (passed to the nodes:
-//! each writes its latency timeline there, see `src/node/timeline.rs` and `tools/timeline.py`).
+//! each writes its latency timeline there, see `src/timeline.rs` and `tools/timeline.py`).
 //! The proposers run on one thread of this process, on the same 2 cores as the three nodes.
 
 #[path = "../tests/process_cluster/mod.rs"]

@@ -6,7 +6,7 @@ Usage: RAFT_TIMELINE=/tmp/tl BENCH_QUICK=1 BENCH_ONLY=throughput BENCH_PROPOSERS
        python3 tools/timeline.py /tmp/tl
 
 Each node writes `timeline-<pid>.tsv` (ns of CLOCK_MONOTONIC, event, log index; see
-src/node/timeline.rs). The leader is the file with `propose_rpc_in` events (send the proposals to the
+src/timeline.rs). The leader is the file with `propose_rpc_in` events (send the proposals to the
 leader). For every index the leader submitted for writing and answered, the script takes the first occurrence of each event for that index in each file
 and prints the median (and p90) time of each step since the leader's `propose_rpc_in` that
 preceded it. Only meaningful with one proposer (events of one proposal do not interleave with
