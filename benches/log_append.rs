@@ -359,6 +359,7 @@ fn wait_for_preparation(dir: &Path) {
 /// One entry's batch, as the node's event loop hands a Ready's entries to the engine.
 fn one_entry_batch(index: u64, payload: &[u8]) -> Rc<WriteBatch> {
     Rc::new(WriteBatch {
+        reset: None,
         truncate_from: None,
         entries: vec![LogEntry {
             term: Term(1),

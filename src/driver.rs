@@ -45,7 +45,7 @@ use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
 use crate::raft::message::{Envelope, Message};
-use crate::raft::{ProposeError, RaftNode, ReadIndexError, Ready, Role, Storage};
+use crate::raft::{ProposeError, RaftNode, ReadIndexError, Ready, Role, SnapshotId, Storage};
 use crate::state_machine::StateMachine;
 use crate::storage::engine::{Durable, PersistFuture, WriteBatch};
 use crate::types::{LogEntry, LogIndex, NodeId, Term};
@@ -313,7 +313,8 @@ impl RequestKind {
     pub fn of_request(msg: &Message) -> Option<RequestKind> {
         match msg {
             Message::RequestVote(_) => Some(RequestKind::Vote),
-            Message::AppendEntries(_) => Some(RequestKind::Append),
+            // Answered by an AppendEntriesResponse, in order with the leader's appends.
+            Message::AppendEntries(_) | Message::InstallSnapshot(_) => Some(RequestKind::Append),
             Message::RequestVoteResponse(_) | Message::AppendEntriesResponse(_) => None,
         }
     }
@@ -323,7 +324,9 @@ impl RequestKind {
         match msg {
             Message::RequestVoteResponse(_) => Some(RequestKind::Vote),
             Message::AppendEntriesResponse(_) => Some(RequestKind::Append),
-            Message::RequestVote(_) | Message::AppendEntries(_) => None,
+            Message::RequestVote(_) | Message::AppendEntries(_) | Message::InstallSnapshot(_) => {
+                None
+            }
         }
     }
 }
@@ -396,6 +399,10 @@ pub struct DriverStats {
 #[error("durable write failed, stopping the node: {0}")]
 pub struct DriverError(pub Box<dyn std::error::Error + Send + Sync>);
 
+/// Replaces a state machine by a snapshot that is durable on this node's disk (the host knows
+/// where its snapshots live; the driver only knows when). An error stops the node.
+pub type SnapshotInstaller<M> = Box<dyn FnMut(SnapshotId, &mut M) -> Result<(), String>>;
+
 /// A Ready whose writes are in flight, with what must wait for them.
 struct InFlight<E> {
     batch: Rc<WriteBatch>,
@@ -451,6 +458,10 @@ pub struct Driver<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
     next_read_ctx: u64,
     applied_index: LogIndex,
     stats: DriverStats,
+    installer: Option<SnapshotInstaller<M>>,
+    /// A failure outside the durable writes (a snapshot that could not be installed), reported
+    /// by the next `poll_durable`.
+    failed: Option<String>,
 }
 
 impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
@@ -477,7 +488,15 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             next_read_ctx: 0,
             applied_index,
             stats: DriverStats::default(),
+            installer: None,
+            failed: None,
         }
+    }
+
+    /// How this host installs a leader's snapshot into its state machine. Without one, a core
+    /// that decides to install a snapshot stops the node with an error saying so.
+    pub fn set_snapshot_installer(&mut self, installer: SnapshotInstaller<M>) {
+        self.installer = Some(installer);
     }
 
     pub fn core(&self) -> &C {
@@ -737,6 +756,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
         let token = ready.persist_token();
         let Ready {
             messages,
+            install_snapshot,
             truncate_from,
             entries,
             hard_state,
@@ -760,7 +780,11 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                 persisted_requests.push(envelope);
             }
         }
+        if let Some(snap) = install_snapshot {
+            self.install(snap);
+        }
         let batch = Rc::new(WriteBatch {
+            reset: install_snapshot,
             truncate_from,
             entries,
             hard_state,
@@ -809,6 +833,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
         cx: &mut Context<'_>,
         out: &mut impl Outbox,
     ) -> Poll<Result<(), DriverError>> {
+        if let Some(why) = self.failed.take() {
+            return Poll::Ready(Err(DriverError(why.into())));
+        }
         let Some(write) = self.in_flight.front_mut().and_then(|f| f.write.as_mut()) else {
             return Poll::Pending;
         };
@@ -889,6 +916,33 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                 tracing::debug!(to = %envelope.to, "dropping a response no request is waiting for");
             }
         }
+    }
+
+    /// The core installs a leader's snapshot: the state machine becomes the snapshot's state
+    /// (the log reset travels in this Ready's write batch, after every earlier write). Proposals
+    /// at or below its index were decided by the leader's log, not this node's: their outcome is
+    /// unknown here.
+    fn install(&mut self, snap: SnapshotId) {
+        let result = match self.installer.as_mut() {
+            Some(install) => install(snap, &mut self.state_machine),
+            None => Err("this node cannot install snapshots (no installer)".to_string()),
+        };
+        if let Err(why) = result {
+            self.failed = Some(format!(
+                "installing the snapshot at index {} term {} failed: {why}",
+                snap.index, snap.term
+            ));
+            return;
+        }
+        self.applied_index = snap.index;
+        while let Some(first) = self.proposals.first_entry() {
+            if *first.key() > snap.index {
+                break;
+            }
+            // Dropping the reply tells the client the outcome is unknown.
+            drop(first.remove_entry());
+        }
+        self.grant_applied_reads();
     }
 
     fn apply(&mut self, entry: LogEntry) {

@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rust_raft_log::raft::{
-    AppendEntries, AppendEntriesResponse, Config, Envelope, HardState, MemStorage, Message,
-    ProposeError, RaftNode, Ready, RequestVote, Role,
+    AppendEntries, AppendEntriesResponse, Config, ConfigError, Envelope, HardState,
+    InstallSnapshot, MemStorage, Message, ProposeError, RaftNode, Ready, RequestVote, Role,
+    SnapshotId, Storage,
 };
 use rust_raft_log::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 
@@ -71,6 +72,8 @@ struct Net {
     applied: BTreeMap<u32, Vec<LogEntry>>,
     /// Every message handed to the network (delivered or not), in order.
     sent: Vec<Envelope>,
+    /// Every snapshot a node's core told its driver to install, in order.
+    installs: Vec<(u32, SnapshotId)>,
 }
 
 impl Net {
@@ -92,7 +95,44 @@ impl Net {
             held: BTreeMap::new(),
             applied: BTreeMap::new(),
             sent: Vec::new(),
+            installs: Vec::new(),
         }
+    }
+
+    /// The state machine of a snapshot ending at `snap`: the entries up to its index, as a node
+    /// that applied that far applied them.
+    fn snapshot_state(&self, snap: SnapshotId) -> Vec<LogEntry> {
+        let source = self
+            .applied
+            .values()
+            .find(|a| {
+                a.iter()
+                    .any(|e| e.index == snap.index && e.term == snap.term)
+            })
+            .expect("some node applied the snapshot's last entry");
+        source
+            .iter()
+            .take_while(|e| e.index <= snap.index)
+            .cloned()
+            .collect()
+    }
+
+    /// What a driver does when it took a snapshot at its applied index: tell the core, then
+    /// compact its log up to `keep` entries before it.
+    fn snapshot_and_compact(&mut self, id: u32, keep: u64) -> SnapshotId {
+        let node = self.node_mut(id);
+        let index = node.applied_index();
+        let snap = SnapshotId {
+            index,
+            term: node.log_term(index).expect("applied entry in the log"),
+        };
+        node.snapshot_created(snap);
+        let upto = LogIndex(index.0.saturating_sub(keep));
+        if upto >= node.storage().first_index() {
+            node.storage_mut().compact_prefix(upto);
+        }
+        node.check_invariants();
+        snap
     }
 
     fn node(&self, id: u32) -> &RaftNode<MemStorage> {
@@ -134,6 +174,13 @@ impl Net {
             for m in std::mem::take(&mut ready.messages) {
                 self.post(m);
             }
+            if let Some(snap) = ready.install_snapshot {
+                // The state machine becomes the snapshot's: the entries up to its index as the
+                // leader that sent it applied them (the snapshot's content, in this model).
+                let state = self.snapshot_state(snap);
+                self.applied.insert(id, state);
+                self.installs.push((id, snap));
+            }
             self.applied
                 .entry(id)
                 .or_default()
@@ -150,6 +197,13 @@ impl Net {
     fn persist(&mut self, id: u32, mut ready: Ready) {
         let node = self.node_mut(id);
         let s = node.storage_mut();
+        if let Some(snap) = ready.install_snapshot {
+            *s = MemStorage {
+                snapshot_index: snap.index,
+                snapshot_term: snap.term,
+                entries: Vec::new(),
+            };
+        }
         if let Some(t) = ready.truncate_from {
             s.truncate_suffix(t);
         }
@@ -1054,4 +1108,258 @@ fn a_new_leader_counts_its_voters_as_active_for_the_first_check_quorum_round() {
     net.deliver_all();
     net.run(3 * ELECTION_MIN);
     assert_eq!(net.node(1).role(), Role::Leader);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots (Raft §7)
+// ---------------------------------------------------------------------------------------------
+
+fn install_snapshots_to(net: &Net, to: u32) -> Vec<InstallSnapshot> {
+    net.sent
+        .iter()
+        .filter(|e| e.to == NodeId(to))
+        .filter_map(|e| match &e.msg {
+            Message::InstallSnapshot(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The terms of `id`'s log from `from` to its last index.
+fn terms_from(net: &Net, id: u32, from: u64) -> Vec<(u64, u64)> {
+    let n = net.node(id);
+    (from..=n.last_index().0)
+        .map(|i| (i, n.log_term(LogIndex(i)).expect("in range").0))
+        .collect()
+}
+
+/// Node 1 leads; node 3 is cut off while `n` entries commit; nodes 1 and 2 snapshot at their
+/// applied index and compact everything but `keep` entries before it.
+fn cluster_with_a_follower_behind_the_compaction(n: u8, keep: u64) -> (Net, SnapshotId) {
+    let mut net = Net::new(3);
+    net.campaign(1);
+    net.isolate(3);
+    for i in 0..n {
+        net.node_mut(1).propose(vec![i; 10]).expect("leader");
+        net.run(1);
+    }
+    net.run(HEARTBEAT);
+    let snap = net.snapshot_and_compact(1, keep);
+    net.snapshot_and_compact(2, keep);
+    (net, snap)
+}
+
+#[test]
+fn a_follower_behind_the_compacted_log_catches_up_through_install_snapshot() {
+    let (mut net, snap) = cluster_with_a_follower_behind_the_compaction(20, 0);
+    assert!(net.node(3).last_index().next() < net.node(1).storage().first_index());
+    net.heal();
+    net.run(4 * HEARTBEAT);
+    let sent = install_snapshots_to(&net, 3);
+    assert_eq!(
+        sent.len(),
+        1,
+        "one InstallSnapshot, no retransmission: {sent:?}"
+    );
+    assert_eq!(sent[0].snapshot, snap);
+    assert_eq!(net.installs, vec![(3, snap)]);
+    // Node 3's log now starts after the snapshot, and it holds and applied what node 1 did.
+    assert_eq!(net.node(3).storage().first_index(), snap.index.next());
+    assert_eq!(net.node(3).log_term(snap.index), Some(snap.term));
+    let (index, _) = net.node_mut(1).propose(b"after".to_vec()).expect("leader");
+    net.process(1);
+    net.run(2 * HEARTBEAT);
+    assert_eq!(net.node(3).commit_index(), index);
+    assert_eq!(
+        terms_from(&net, 3, snap.index.0 + 1),
+        terms_from(&net, 1, snap.index.0 + 1)
+    );
+    assert_eq!(net.applied[&3], net.applied[&1], "applied states differ");
+}
+
+#[test]
+fn catch_up_entries_kept_after_the_snapshot_spare_a_follower_the_snapshot() {
+    // Node 3 misses 20 entries; the leader keeps 30 before its snapshot point.
+    let (mut net, _) = cluster_with_a_follower_behind_the_compaction(20, 30);
+    net.heal();
+    net.run(4 * HEARTBEAT);
+    assert!(install_snapshots_to(&net, 3).is_empty());
+    assert_eq!(net.node(3).last_index(), net.node(1).last_index());
+    assert_eq!(net.applied[&3], net.applied[&1]);
+}
+
+#[test]
+fn a_failed_snapshot_transfer_is_sent_again_once_the_follower_answers() {
+    let (mut net, snap) = cluster_with_a_follower_behind_the_compaction(20, 0);
+    net.heal();
+    // Everything is delivered but the snapshot, whose transfer is lost.
+    for _ in 0..12 * HEARTBEAT {
+        for id in 1..=3 {
+            net.tick(id, 1);
+        }
+        while let Some(env) = net.queue.pop_front() {
+            if !matches!(env.msg, Message::InstallSnapshot(_)) {
+                net.step(env);
+            }
+        }
+    }
+    // A lost transfer is not retried on a timer (a long transfer would be restarted forever),
+    // only when the transport says it failed; heartbeats keep node 3 a follower meanwhile.
+    assert_eq!(
+        install_snapshots_to(&net, 3).len(),
+        1,
+        "retransmitted without a report"
+    );
+    assert_eq!(net.node(3).role(), Role::Follower);
+    assert_eq!(net.node(1).role(), Role::Leader);
+    net.node_mut(1).report_snapshot_failed(NodeId(3));
+    net.heal();
+    net.run(4 * HEARTBEAT);
+    assert_eq!(install_snapshots_to(&net, 3).len(), 2);
+    assert_eq!(net.installs, vec![(3, snap)]);
+    assert_eq!(net.applied[&3], net.applied[&1]);
+}
+
+/// A follower whose log is `terms`, committed up to `commit`, that receives an InstallSnapshot
+/// of `snap` from leader 1 in term 3; returns it and the Ready it produced.
+fn follower_receiving(
+    terms: &[u64],
+    commit: u64,
+    snap: SnapshotId,
+) -> (RaftNode<MemStorage>, Ready) {
+    let h = HardState {
+        term: Term(3),
+        vote: None,
+        commit: LogIndex(commit),
+    };
+    let mut node = RaftNode::new(config(2, 3), h, storage(terms)).expect("valid");
+    node.step(Envelope {
+        from: NodeId(1),
+        to: NodeId(2),
+        msg: Message::InstallSnapshot(InstallSnapshot {
+            term: Term(3),
+            leader_id: NodeId(1),
+            snapshot: snap,
+            read_seq: 0,
+        }),
+    });
+    node.check_invariants();
+    let ready = node.ready();
+    node.check_invariants();
+    (node, ready)
+}
+
+fn acknowledged(ready: &Ready) -> Option<LogIndex> {
+    ready.persisted_messages.iter().find_map(|e| match &e.msg {
+        Message::AppendEntriesResponse(r) if r.success => Some(r.last_log_index),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_snapshot_whose_last_entry_the_follower_holds_keeps_the_log_after_it() {
+    let snap = SnapshotId {
+        index: LogIndex(4),
+        term: Term(2),
+    };
+    let (node, ready) = follower_receiving(&[1, 1, 2, 2, 2, 3], 2, snap);
+    assert_eq!(ready.install_snapshot, None);
+    assert_eq!(
+        node.last_index(),
+        LogIndex(6),
+        "the log after the snapshot was dropped"
+    );
+    assert_eq!(node.commit_index(), LogIndex(4));
+    assert_eq!(acknowledged(&ready), Some(LogIndex(4)));
+    // The entries up to the snapshot are applied from the log, as usual.
+    let applied: Vec<u64> = ready.committed_entries.iter().map(|e| e.index.0).collect();
+    assert_eq!(applied, vec![1, 2, 3, 4]);
+}
+
+#[test]
+fn a_snapshot_at_or_below_the_commit_index_changes_nothing() {
+    let snap = SnapshotId {
+        index: LogIndex(3),
+        term: Term(2),
+    };
+    let (node, ready) = follower_receiving(&[1, 1, 2, 2, 2], 5, snap);
+    assert_eq!(ready.install_snapshot, None);
+    assert_eq!(node.last_index(), LogIndex(5));
+    assert_eq!(node.commit_index(), LogIndex(5));
+    assert_eq!(acknowledged(&ready), Some(LogIndex(3)));
+}
+
+#[test]
+fn a_snapshot_the_log_contradicts_replaces_the_whole_log() {
+    // The follower's uncommitted entries 3..=5 are of term 2; the snapshot's entry 4 is term 3.
+    let snap = SnapshotId {
+        index: LogIndex(4),
+        term: Term(3),
+    };
+    let (mut node, ready) = follower_receiving(&[1, 1, 2, 2, 2], 2, snap);
+    assert_eq!(ready.install_snapshot, Some(snap));
+    assert!(ready.must_sync);
+    assert!(
+        ready.committed_entries.is_empty(),
+        "entries below a snapshot applied"
+    );
+    assert_eq!(node.last_index(), LogIndex(4));
+    assert_eq!(node.log_term(LogIndex(4)), Some(Term(3)));
+    assert_eq!(node.log_term(LogIndex(5)), None);
+    assert_eq!(node.applied_index(), LogIndex(4));
+    assert_eq!(node.commit_index(), LogIndex(4));
+    assert_eq!(node.snapshot(), Some(snap));
+    assert_eq!(acknowledged(&ready), Some(LogIndex(4)));
+    // The driver resets its log; the node goes on from there.
+    *node.storage_mut() = MemStorage {
+        snapshot_index: snap.index,
+        snapshot_term: snap.term,
+        entries: Vec::new(),
+    };
+    node.on_persisted(ready.persist_token());
+    node.check_invariants();
+    assert_eq!(node.persisted_index(), LogIndex(4));
+}
+
+#[test]
+fn restart_from_a_snapshot_applies_only_the_entries_after_it() {
+    let mut s = storage(&[1, 1, 1, 2, 2, 2, 2, 2]);
+    s.compact_prefix(LogIndex(3));
+    let snap = SnapshotId {
+        index: LogIndex(5),
+        term: Term(2),
+    };
+    let h = HardState {
+        term: Term(2),
+        vote: None,
+        commit: LogIndex(4),
+    };
+    let mut node = RaftNode::restart(config(1, 3), h, s, Some(snap)).expect("fits");
+    assert_eq!(node.applied_index(), LogIndex(5));
+    assert_eq!(
+        node.commit_index(),
+        LogIndex(5),
+        "a snapshot's index is committed"
+    );
+    assert_eq!(node.snapshot(), Some(snap));
+    node.check_invariants();
+    assert!(node.ready().committed_entries.is_empty());
+}
+
+#[test]
+fn restart_refuses_a_snapshot_that_the_log_does_not_hold() {
+    let h = hs(2);
+    for (terms, snap) in [
+        (&[1u64, 1, 2][..], (5, 2)), // beyond the log
+        (&[1, 1, 2][..], (3, 1)),    // another term there
+    ] {
+        let snap = SnapshotId {
+            index: LogIndex(snap.0),
+            term: Term(snap.1),
+        };
+        let err = RaftNode::restart(config(1, 3), h, storage(terms), Some(snap))
+            .err()
+            .expect("refused");
+        assert!(matches!(err, ConfigError::SnapshotMismatch { .. }), "{err}");
+    }
 }

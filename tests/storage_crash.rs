@@ -88,6 +88,7 @@ fn crash_child_process() {
                             term.set(new_term);
                             let e = entry_with(from, new_term, &mut rng);
                             let batch = Rc::new(WriteBatch {
+                                reset: None,
                                 truncate_from: Some(LogIndex(from)),
                                 entries: vec![e.0],
                                 hard_state: Some(HardState {
@@ -109,6 +110,7 @@ fn crash_child_process() {
                         let t_now = term.get();
                         let (e, crc, len) = entry_with(index, t_now, &mut rng);
                         let batch = Rc::new(WriteBatch {
+                            reset: None,
                             truncate_from: None,
                             entries: vec![e],
                             hard_state: None,

@@ -33,6 +33,7 @@ fn batch(
     hs: Option<HardState>,
 ) -> Rc<WriteBatch> {
     Rc::new(WriteBatch {
+        reset: None,
         truncate_from: truncate_from.map(LogIndex),
         entries,
         hard_state: hs,

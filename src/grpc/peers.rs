@@ -110,6 +110,9 @@ pub enum SendError {
     /// Responses travel on the reply of the request's RPC, never on their own.
     #[error("a {0} is answered on the request's RPC and cannot be sent on its own")]
     NotARequest(&'static str),
+    /// The gRPC transport does not carry this message yet.
+    #[error("the gRPC transport does not carry {0} messages")]
+    NotCarried(&'static str),
 }
 
 /// What [`Peers::send`] did.
@@ -267,6 +270,7 @@ impl Peers {
             Message::AppendEntriesResponse(_) => {
                 return Err(SendError::NotARequest("AppendEntriesResponse"))
             }
+            Message::InstallSnapshot(_) => return Err(SendError::NotCarried("InstallSnapshot")),
         }
         debug_assert_eq!(
             envelope.from, self.local_id,

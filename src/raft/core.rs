@@ -37,7 +37,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::raft::log::RaftLog;
 use crate::raft::message::{
-    AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, Envelope, InstallSnapshot, Message, RequestVote,
+    RequestVoteResponse, SnapshotId,
 };
 use crate::raft::progress::{Progress, ProgressState};
 use crate::raft::rng::Rng;
@@ -147,6 +148,19 @@ impl Config {
 pub enum ConfigError {
     #[error("invalid core config: {0}")]
     Invalid(String),
+    /// The snapshot a restart starts from does not fit the log beside it: the driver must hand
+    /// over a log that holds the snapshot's last entry (or was reset to it).
+    #[error(
+        "snapshot at index {index} term {term} does not fit the log {first}..={last} \
+         (term there: {log_term:?})"
+    )]
+    SnapshotMismatch {
+        index: LogIndex,
+        term: Term,
+        first: LogIndex,
+        last: LogIndex,
+        log_term: Option<Term>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -194,6 +208,11 @@ pub enum ProposeError {
 pub struct Ready {
     /// Send these now.
     pub messages: Vec<Envelope>,
+    /// Before anything else in this Ready: the snapshot received from the leader (already
+    /// durable on this node's disk) replaces the state machine, and the log is reset to an empty
+    /// one continuing after the snapshot's index (durably, after every earlier write). Entries
+    /// below it will never be applied; `committed_entries` continue after it.
+    pub install_snapshot: Option<SnapshotId>,
     /// Before appending `entries`, remove every entry with index >= this (conflict resolution).
     /// When set it equals the index of the first of `entries`, which is then never empty.
     pub truncate_from: Option<LogIndex>,
@@ -322,6 +341,9 @@ pub struct RaftNode<S: Storage> {
     /// Confirmed and dropped reads not yet handed out in a `Ready`.
     read_states: Vec<ReadState>,
     dropped_reads: Vec<u64>,
+    /// The newest snapshot durable on this node's disk (taken here or installed from a leader):
+    /// what an InstallSnapshot to a follower behind the log's first index carries.
+    snapshot: Option<SnapshotId>,
     memo: Cell<InvariantMemo>,
 }
 
@@ -339,10 +361,41 @@ impl<S: Storage> RaftNode<S> {
     /// a crash can come between the two syncs). Refusing to start there would leave a node that
     /// nothing repairs.
     pub fn new(config: Config, hard_state: HardState, storage: S) -> Result<Self, ConfigError> {
+        Self::restart(config, hard_state, storage, None)
+    }
+
+    /// As [`RaftNode::new`], for a node whose state machine was restored from `snapshot` (its
+    /// newest durable snapshot): the node has applied up to the snapshot's index, which is
+    /// committed, and offers that snapshot to followers its log no longer reaches. Without a
+    /// snapshot the state machine is empty and the node applies from the log's first index.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for a bad config; [`ConfigError::SnapshotMismatch`] when the log
+    /// does not hold the snapshot's last entry (`storage.term(index)` must be its term, so the
+    /// log starts at or below `index + 1` and reaches `index`).
+    pub fn restart(
+        config: Config,
+        hard_state: HardState,
+        storage: S,
+        snapshot: Option<SnapshotId>,
+    ) -> Result<Self, ConfigError> {
         config.validate()?;
         let log = RaftLog::new(storage);
+        if let Some(s) = snapshot {
+            let log_term = log.term(s.index);
+            if log_term != Some(s.term) || s.index < log.first_index().prev() {
+                return Err(ConfigError::SnapshotMismatch {
+                    index: s.index,
+                    term: s.term,
+                    first: log.first_index(),
+                    last: log.last_index(),
+                    log_term,
+                });
+            }
+        }
+        let floor = snapshot.map_or(LogIndex::ZERO, |s| s.index);
         let hard_state = HardState {
-            commit: hard_state.commit.min(log.last_index()),
+            commit: hard_state.commit.min(log.last_index()).max(floor),
             ..hard_state
         };
         let mut term = hard_state.term;
@@ -356,7 +409,7 @@ impl<S: Storage> RaftNode<S> {
             term = last_term;
             vote = None;
         }
-        let applied = log.first_index().prev();
+        let applied = snapshot.map_or(log.first_index().prev(), |s| s.index);
         let mut node = RaftNode {
             rng: Rng::new(config.rng_seed),
             config,
@@ -386,6 +439,7 @@ impl<S: Storage> RaftNode<S> {
             read_seq: 0,
             read_states: Vec::new(),
             dropped_reads: Vec::new(),
+            snapshot,
             memo: Cell::new(InvariantMemo::default()),
         };
         node.reset_election_timer();
@@ -438,7 +492,9 @@ impl<S: Storage> RaftNode<S> {
                 // granted, it carries the proposed term) the pre-candidate's.
                 Message::RequestVote(rv) if rv.pre_vote => {}
                 Message::RequestVoteResponse(r) if r.pre_vote && r.vote_granted => {}
-                Message::AppendEntries(_) => self.become_follower(msg_term, Some(from)),
+                Message::AppendEntries(_) | Message::InstallSnapshot(_) => {
+                    self.become_follower(msg_term, Some(from))
+                }
                 // Raft §5.1: any higher term, in a request or a response, makes us a follower.
                 _ => self.become_follower(msg_term, None),
             }
@@ -450,6 +506,10 @@ impl<S: Storage> RaftNode<S> {
                     // node moved on (PreVote and CheckQuorum keep that node from campaigning).
                     let last = self.log.last_index();
                     self.reply_append(from, false, last, None, None, ae.read_seq);
+                }
+                Message::InstallSnapshot(m) => {
+                    let last = self.log.last_index();
+                    self.reply_append(from, false, last, None, None, m.read_seq);
                 }
                 Message::RequestVote(rv) if rv.pre_vote => {
                     self.send_now(
@@ -471,6 +531,7 @@ impl<S: Storage> RaftNode<S> {
             Message::RequestVoteResponse(r) => self.handle_vote_response(from, r),
             Message::AppendEntries(ae) => self.handle_append_entries(from, ae),
             Message::AppendEntriesResponse(r) => self.handle_append_response(from, r),
+            Message::InstallSnapshot(m) => self.handle_install_snapshot(from, m),
         }
     }
 
@@ -563,11 +624,12 @@ impl<S: Storage> RaftNode<S> {
         if self.role == Role::Leader && self.log.has_unsent() {
             self.send_appends_to_all();
         }
-        let (truncate_from, entries) = self.log.take_unsent();
+        let (install_snapshot, truncate_from, entries) = self.log.take_unsent();
         let hs = self.hard_state();
         let prev = self.last_ready_hard_state;
         let hard_state = (hs != prev).then_some(hs);
         let must_sync = !entries.is_empty()
+            || install_snapshot.is_some()
             || truncate_from.is_some()
             || hs.term != prev.term
             || hs.vote != prev.vote;
@@ -593,6 +655,7 @@ impl<S: Storage> RaftNode<S> {
 
         let ready = Ready {
             messages: std::mem::take(&mut self.msgs),
+            install_snapshot,
             truncate_from,
             entries,
             hard_state,
@@ -652,6 +715,55 @@ impl<S: Storage> RaftNode<S> {
             }
             Role::Follower | Role::PreCandidate => {}
         }
+    }
+
+    /// A snapshot is durable on this node's disk: the state after applying every entry up to
+    /// `snap.index` (at most the applied index). A leader sends its newest to followers that need
+    /// entries the log no longer holds; the driver may compact the log up to `snap.index` once it
+    /// has reported it here.
+    ///
+    /// # Panics
+    /// If `snap.index` is above the applied index or the log holds another term there: the
+    /// driver snapshotted something this core never applied.
+    pub fn snapshot_created(&mut self, snap: SnapshotId) {
+        assert!(
+            snap.index <= self.applied,
+            "node {}: snapshot at {} beyond the applied index {}",
+            self.config.id,
+            snap.index,
+            self.applied
+        );
+        if let Some(t) = self.log.term(snap.index) {
+            assert_eq!(
+                t, snap.term,
+                "node {}: snapshot at {} with term {} where the log has term {t}",
+                self.config.id, snap.index, snap.term
+            );
+        }
+        if self.snapshot.is_none_or(|s| s.index < snap.index) {
+            self.snapshot = Some(snap);
+        }
+    }
+
+    /// The transport could not deliver the snapshot it was sending `to` (the peer is down or the
+    /// stream broke beyond resuming). The leader re-probes the follower at its next heartbeat
+    /// and sends a snapshot again once the follower answers.
+    pub fn report_snapshot_failed(&mut self, to: NodeId) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if let Some(pr) = self.progress.get_mut(&to) {
+            if matches!(pr.state, ProgressState::Snapshot(_)) {
+                let next = pr.match_index.next();
+                pr.become_probe(next);
+                pr.probe_sent = true;
+            }
+        }
+    }
+
+    /// The newest snapshot durable on this node, as last reported to the core.
+    pub fn snapshot(&self) -> Option<SnapshotId> {
+        self.snapshot
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1023,10 +1135,11 @@ impl<S: Storage> RaftNode<S> {
     // Replication: follower side
     // ---------------------------------------------------------------------------------------
 
-    fn handle_append_entries(&mut self, from: NodeId, ae: AppendEntries) {
+    /// A leader of our term spoke (AppendEntries or InstallSnapshot): follow it.
+    fn hear_from_leader(&mut self, from: NodeId, what: &str) {
         match self.role {
             Role::Leader => panic!(
-                "Election Safety broken: node {} leads term {} and received AppendEntries of the \
+                "Election Safety broken: node {} leads term {} and received {what} of the \
                  same term from {from}",
                 self.config.id, self.term
             ),
@@ -1040,7 +1153,10 @@ impl<S: Storage> RaftNode<S> {
                 self.reset_election_timer();
             }
         }
+    }
 
+    fn handle_append_entries(&mut self, from: NodeId, ae: AppendEntries) {
+        self.hear_from_leader(from, "AppendEntries");
         let prev = ae.prev_log_index;
         let last = self.log.last_index();
         if prev > last {
@@ -1105,6 +1221,29 @@ impl<S: Storage> RaftNode<S> {
         self.reply_append(from, true, last_new, None, None, ae.read_seq);
     }
 
+    /// Raft §7 on the follower. The driver calls `step` with this message only once the snapshot
+    /// is durable on this node's disk. A snapshot at or below the commit index, or whose last
+    /// entry our log holds, changes nothing but the commit index (the log after it is kept);
+    /// any other replaces the state machine and the whole log. Either way the answer is an
+    /// acknowledgement of the snapshot's index, sent once durable.
+    fn handle_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
+        self.hear_from_leader(from, "InstallSnapshot");
+        let snap = m.snapshot;
+        if snap.index > self.commit {
+            if self.log.term(snap.index) == Some(snap.term) {
+                // Log Matching: our log equals the leader's up to the snapshot's index, which is
+                // committed (a leader snapshots only what it applied).
+                self.commit = snap.index;
+            } else {
+                self.log.install_snapshot(snap);
+                self.commit = snap.index;
+                self.applied = snap.index;
+                self.snapshot = Some(snap);
+            }
+        }
+        self.reply_append(from, true, snap.index, None, None, m.read_seq);
+    }
+
     /// Every append answer waits for this node's durable state: an acknowledgement claims the
     /// entries are on disk, and a rejection carries a term that may be new.
     fn reply_append(
@@ -1165,12 +1304,24 @@ impl<S: Storage> RaftNode<S> {
             match pr.state {
                 ProgressState::Probe => pr.become_replicate(),
                 ProgressState::Replicate => {}
+                ProgressState::Snapshot(index) if pr.match_index >= index => pr.become_replicate(),
+                ProgressState::Snapshot(_) => {
+                    // A heartbeat's answer: the snapshot is still on its way.
+                    if grew && self.maybe_commit() {
+                        self.on_commit_advanced();
+                    }
+                    return;
+                }
             }
             if grew && self.maybe_commit() {
                 self.on_commit_advanced();
             }
             self.send_appends(from);
             self.maybe_send_commit(from);
+            return;
+        }
+        if matches!(pr.state, ProgressState::Snapshot(_)) {
+            // An older append's refusal: the snapshot decides where the follower resumes.
             return;
         }
         // A rejection. Move next_index back by a whole term at a time (§5.3, fast backtracking):
@@ -1242,6 +1393,11 @@ impl<S: Storage> RaftNode<S> {
             if pr.state == ProgressState::Replicate && next > last {
                 return;
             }
+            if next < self.log.first_index() {
+                // The follower needs entries this log compacted (Raft §7).
+                self.send_snapshot(to);
+                return;
+            }
             let entries = if next <= last {
                 self.log.entries(
                     next,
@@ -1262,15 +1418,21 @@ impl<S: Storage> RaftNode<S> {
     }
 
     fn send_append(&mut self, to: NodeId, prev: LogIndex, entries: Vec<LogEntry>) {
-        let prev_log_term = self.log.term(prev).unwrap_or_else(|| {
-            panic!(
-                "leader {}: no term for prev index {prev} (log {}..={}); snapshots are not \
-                 supported",
+        let (prev, prev_log_term) = match self.log.term(prev) {
+            Some(t) => (prev, t),
+            // A heartbeat or probe anchored below our compacted prefix: anchor it at index 0,
+            // which every log holds (and which every follower accepts, 0 being at or below its
+            // commit index). Its answer proves the follower is reachable; entries (or a
+            // snapshot) follow it.
+            None if entries.is_empty() => (LogIndex::ZERO, Term::ZERO),
+            None => panic!(
+                "leader {}: no term for prev index {prev} (log {}..={}) of an append with \
+                 entries: send_appends must have sent a snapshot",
                 self.config.id,
                 self.log.first_index(),
                 self.log.last_index()
-            )
-        });
+            ),
+        };
         let covered = LogIndex(prev.0 + entries.len() as u64);
         if let Some(pr) = self.progress.get_mut(&to) {
             pr.commit_sent = pr.commit_sent.max(self.commit.min(covered));
@@ -1287,6 +1449,37 @@ impl<S: Storage> RaftNode<S> {
                 read_seq: self.read_seq,
             }),
         );
+    }
+
+    /// Sends `to` our newest snapshot and waits for its acknowledgement (or for the transport to
+    /// report the transfer failed, [`RaftNode::report_snapshot_failed`]). Without a snapshot
+    /// that covers the compacted prefix (the driver compacts only below its snapshots, so this
+    /// is a driver bug) the follower is re-probed at each heartbeat and a warning says why.
+    fn send_snapshot(&mut self, to: NodeId) {
+        let first = self.log.first_index();
+        let now = self.now_tick;
+        let Some(pr) = self.progress.get_mut(&to) else {
+            return;
+        };
+        match self.snapshot {
+            Some(snap) if snap.index.next() >= first => {
+                pr.become_snapshot(snap.index);
+                let msg = Message::InstallSnapshot(InstallSnapshot {
+                    term: self.term,
+                    leader_id: self.config.id,
+                    snapshot: snap,
+                    read_seq: self.read_seq,
+                });
+                self.send_now(to, msg);
+            }
+            newest => {
+                tracing::warn!(
+                    to = %to, first = %first, snapshot = ?newest,
+                    "a follower needs compacted entries and no snapshot covers them"
+                );
+                pr.sent(None, now);
+            }
+        }
     }
 
     /// Every heartbeat interval: an empty append to each follower in Replicate (anchored at its
@@ -1312,6 +1505,11 @@ impl<S: Storage> RaftNode<S> {
                     } else {
                         self.send_appends(to);
                     }
+                }
+                ProgressState::Snapshot(_) => {
+                    // Keeps the follower from campaigning while the snapshot travels.
+                    let anchor = pr.match_index;
+                    self.send_append(to, anchor, Vec::new());
                 }
                 ProgressState::Replicate => {
                     let stalled = pr
@@ -1374,6 +1572,8 @@ impl<S: Storage> RaftNode<S> {
                     ProgressState::Replicate => pr.match_index,
                     // An empty probe; its answer, accepted or refused, confirms the round.
                     ProgressState::Probe => pr.next_index.prev(),
+                    // Waiting for a snapshot: any answer confirms the round.
+                    ProgressState::Snapshot(_) => pr.match_index,
                 };
                 self.send_append(to, anchor, Vec::new());
             }
@@ -1525,6 +1725,12 @@ impl<S: Storage> RaftNode<S> {
             "node {id}: applied {} > commit {}",
             self.applied,
             self.commit
+        );
+        assert!(
+            self.log.first_index() <= self.applied.next(),
+            "node {id}: log compacted to {} beyond the applied index {}",
+            self.log.first_index(),
+            self.applied
         );
         assert!(
             self.applied <= persisted,

@@ -13,9 +13,13 @@
 //!   to the driver yet;
 //! - every in-flight write's `durable_upto` is below `unsent_from` and no later than any truncation
 //!   made after that write was handed out (so reaching it never exposes a truncated entry).
+//! - after [`RaftLog::install_snapshot`] at `(i, t)`: `first_index() > i`, `term(i) == t`, and no
+//!   entry at or below `i` is read from storage (which may still hold the replaced log until the
+//!   driver resets it).
 
 use std::collections::VecDeque;
 
+use crate::raft::message::SnapshotId;
 use crate::raft::storage::Storage;
 use crate::types::{LogEntry, LogIndex, Term};
 
@@ -37,6 +41,11 @@ pub(crate) struct RaftLog<S: Storage> {
     /// A truncation made since the last `Ready`; the next `Ready` must carry `truncate_from`.
     truncate_pending: bool,
     in_flight: VecDeque<InFlightWrite>,
+    /// The last snapshot installed from a leader: nothing at or below its index is read from
+    /// storage any more (it answers its term itself).
+    installed: Option<SnapshotId>,
+    /// An installed snapshot the next `Ready` must tell the driver to reset its log to.
+    reset_pending: Option<SnapshotId>,
 }
 
 impl<S: Storage> RaftLog<S> {
@@ -50,6 +59,8 @@ impl<S: Storage> RaftLog<S> {
             unsent_from: offset,
             truncate_pending: false,
             in_flight: VecDeque::new(),
+            installed: None,
+            reset_pending: None,
         }
     }
 
@@ -62,7 +73,10 @@ impl<S: Storage> RaftLog<S> {
     }
 
     pub(crate) fn first_index(&self) -> LogIndex {
-        self.storage.first_index()
+        match self.installed {
+            Some(s) => self.storage.first_index().max(s.index.next()),
+            None => self.storage.first_index(),
+        }
     }
 
     pub(crate) fn last_index(&self) -> LogIndex {
@@ -85,6 +99,14 @@ impl<S: Storage> RaftLog<S> {
                 .unstable
                 .get((index.0 - self.offset.0) as usize)
                 .map(|e| e.term);
+        }
+        if let Some(s) = self.installed {
+            if index == s.index {
+                return Some(s.term);
+            }
+            if index < s.index {
+                return None;
+            }
         }
         self.storage.term(index)
     }
@@ -200,13 +222,36 @@ impl<S: Storage> RaftLog<S> {
         self.truncate_pending = true;
     }
 
-    pub(crate) fn has_unsent(&self) -> bool {
-        self.unsent_from <= self.last_index() || self.truncate_pending
+    /// Replaces the whole view by an empty log that continues after the snapshot `s` (Raft §7:
+    /// the follower's log does not hold the snapshot's last entry). Writes still in flight can no
+    /// longer expose anything; the next `Ready` tells the driver to reset its log.
+    pub(crate) fn install_snapshot(&mut self, s: SnapshotId) {
+        assert_ne!(
+            self.term(s.index),
+            Some(s.term),
+            "RaftLog::install_snapshot({s:?}) over a log that holds its last entry"
+        );
+        self.unstable.clear();
+        self.offset = s.index.next();
+        self.unsent_from = self.offset;
+        self.truncate_pending = false;
+        for w in &mut self.in_flight {
+            w.durable_upto = w.durable_upto.min(s.index);
+        }
+        self.installed = Some(s);
+        self.reset_pending = Some(s);
     }
 
-    /// Hands the entries not yet given to the driver (and the truncation before them, if any) to a
-    /// `Ready`, and remembers the write until `on_persisted` reports it.
-    pub(crate) fn take_unsent(&mut self) -> (Option<LogIndex>, Vec<LogEntry>) {
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.unsent_from <= self.last_index()
+            || self.truncate_pending
+            || self.reset_pending.is_some()
+    }
+
+    /// Hands the entries not yet given to the driver (and the snapshot reset and the truncation
+    /// before them, if any) to a `Ready`, and remembers the write until `on_persisted` reports it.
+    pub(crate) fn take_unsent(&mut self) -> (Option<SnapshotId>, Option<LogIndex>, Vec<LogEntry>) {
+        let reset = self.reset_pending.take();
         let from = self.unsent_from;
         let entries: Vec<LogEntry> = self.unstable[(from.0 - self.offset.0) as usize..].to_vec();
         // Truncating at the first index this Ready writes removes every stale entry storage may
@@ -229,7 +274,7 @@ impl<S: Storage> RaftLog<S> {
             });
             self.unsent_from = last.index.next();
         }
-        (truncate, entries)
+        (reset, truncate, entries)
     }
 
     /// The driver reports that the oldest in-flight `Ready` with entries is durable.
@@ -265,8 +310,12 @@ impl<S: Storage> RaftLog<S> {
 
     /// Panics, naming the values, if an invariant of the view is broken.
     pub(crate) fn check_invariants(&self) {
+        // Until the driver resets its log to an installed snapshot, storage may be shorter.
+        let reset_in_progress = self
+            .installed
+            .is_some_and(|s| s.index == self.offset.prev());
         assert!(
-            self.storage.last_index() >= self.offset.prev(),
+            reset_in_progress || self.storage.last_index() >= self.offset.prev(),
             "RaftLog: durable prefix ends at {} but storage last index is {}",
             self.offset.prev(),
             self.storage.last_index()
@@ -348,12 +397,12 @@ mod tests {
     fn truncation_of_a_durable_suffix_while_writes_are_in_flight() {
         let mut log = RaftLog::new(MemStorage::default());
         log.append(&[e(1, 1), e(2, 1), e(3, 1)]);
-        let (t1, w1) = log.take_unsent();
+        let (_, t1, w1) = log.take_unsent();
         assert_eq!(t1, None);
         // A conflict replaces 2.. before the first write is reported durable.
         log.truncate_from(LogIndex(2));
         log.append(&[e(2, 2)]);
-        let (t2, w2) = log.take_unsent();
+        let (_, t2, w2) = log.take_unsent();
         assert_eq!(t2, Some(LogIndex(2)));
         assert_eq!(w2, vec![e(2, 2)]);
         write(&mut log, t1, &w1);
@@ -380,7 +429,7 @@ mod tests {
         assert_eq!(log.persisted_index(), LogIndex(1));
         assert_eq!(log.term(LogIndex(2)), Some(Term(3)));
         assert_eq!(log.term(LogIndex(3)), None);
-        let (t, w) = log.take_unsent();
+        let (_, t, w) = log.take_unsent();
         assert_eq!(t, Some(LogIndex(2)));
         write(&mut log, t, &w);
         log.on_persisted((LogIndex(2), Term(3)));

@@ -16,6 +16,9 @@ pub enum Message {
     RequestVoteResponse(RequestVoteResponse),
     AppendEntries(AppendEntries),
     AppendEntriesResponse(AppendEntriesResponse),
+    /// Answered with an [`AppendEntriesResponse`] once the snapshot is installed (or found
+    /// unneeded): success with `last_log_index` = the snapshot's index.
+    InstallSnapshot(InstallSnapshot),
 }
 
 impl Message {
@@ -26,6 +29,7 @@ impl Message {
             Message::RequestVoteResponse(m) => m.term,
             Message::AppendEntries(m) => m.term,
             Message::AppendEntriesResponse(m) => m.term,
+            Message::InstallSnapshot(m) => m.term,
         }
     }
 }
@@ -76,5 +80,26 @@ pub struct AppendEntriesResponse {
     pub conflict_index: Option<LogIndex>,
     /// The `read_seq` of the AppendEntries this answers, echoed unchanged, so an answer can only
     /// confirm the reads of rounds that began before that request was sent.
+    pub read_seq: u64,
+}
+
+/// The last log entry a snapshot includes: the state machine's state after applying every entry
+/// up to `index`, whose term is `term`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnapshotId {
+    pub index: LogIndex,
+    pub term: Term,
+}
+
+/// Raft §7 InstallSnapshot, as the core sees it: which snapshot. The snapshot's bytes travel
+/// beside the message (the transport streams the file in checksummed chunks); the receiving
+/// driver hands this message to its core only once the whole snapshot is durable on its disk,
+/// so the core decides on a snapshot that it can install at once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallSnapshot {
+    pub term: Term,
+    pub leader_id: NodeId,
+    pub snapshot: SnapshotId,
+    /// Echoed in the answer, as for AppendEntries (thesis §6.4).
     pub read_seq: u64,
 }

@@ -9,8 +9,10 @@
 //! 1. Feed inputs: `tick()` every tick, `step(msg)` for every inbound message, `propose(data)`.
 //! 2. When `has_ready()`, take `ready()`. Send `ready.messages` now (the leader's AppendEntries go
 //!    out in parallel with its own write, thesis §10.2.1).
-//! 3. Persist in this order: truncate the log from `ready.truncate_from`, append `ready.entries`,
-//!    write `ready.hard_state`; fdatasync if `ready.must_sync`.
+//! 3. Persist in this order: if `ready.install_snapshot` is set, restore the state machine from
+//!    that snapshot (durable on this node's disk) and reset the log to an empty one after its
+//!    index; truncate the log from `ready.truncate_from`, append `ready.entries`, write
+//!    `ready.hard_state`; fdatasync if `ready.must_sync`.
 //! 4. Only then send `ready.persisted_messages` (votes and append acknowledgements) and call
 //!    `on_persisted(ready.persist_token())` so the core may count its own log toward commit.
 //! 5. Apply `ready.committed_entries` to the state machine, in order.
@@ -53,7 +55,8 @@ pub use self::core::{
     Config, ConfigError, ProposeError, RaftNode, ReadIndexError, ReadState, Ready, Role,
 };
 pub use self::message::{
-    AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, Envelope, InstallSnapshot, Message, RequestVote,
+    RequestVoteResponse, SnapshotId,
 };
 pub use self::rng::Rng;
 pub use self::storage::{HardState, MemStorage, Storage};

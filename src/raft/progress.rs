@@ -8,6 +8,11 @@
 //! - **Replicate**: the follower accepted an append, so the leader streams entries optimistically,
 //!   advancing `next_index` as soon as it sends, with at most `max_inflight_msgs` appends
 //!   unacknowledged.
+//! - **Snapshot**: the follower needs entries the leader compacted, so the leader sent it an
+//!   InstallSnapshot and sends no appends until the follower acknowledges the snapshot's index or
+//!   the transport reports that the transfer failed. There is no timer on a transfer: a long one
+//!   is never abandoned and restarted for taking long (the transport reports progress or
+//!   failure), so a big snapshot cannot be retransmitted forever.
 //!
 //! Invariants: `match_index < next_index`; in Probe, no append is recorded in flight; in
 //! Replicate, the in-flight appends' last indexes increase, are all `> match_index` and
@@ -21,6 +26,8 @@ use crate::types::LogIndex;
 pub(crate) enum ProgressState {
     Probe,
     Replicate,
+    /// An InstallSnapshot with this last included index is on its way.
+    Snapshot(LogIndex),
 }
 
 /// One AppendEntries with entries that the follower has not acknowledged yet.
@@ -102,18 +109,26 @@ impl Progress {
         grew
     }
 
+    /// Waits for the follower to install the snapshot that ends at `index`.
+    pub(crate) fn become_snapshot(&mut self, index: LogIndex) {
+        self.state = ProgressState::Snapshot(index);
+        self.probe_sent = false;
+        self.inflight.clear();
+    }
+
     /// Whether the leader may send another append with entries now.
     pub(crate) fn can_send(&self, max_inflight: usize) -> bool {
         match self.state {
             ProgressState::Probe => !self.probe_sent,
             ProgressState::Replicate => self.inflight.len() < max_inflight,
+            ProgressState::Snapshot(_) => false,
         }
     }
 
     /// Records that an append ending at `last_index` was sent.
     pub(crate) fn sent(&mut self, last_index: Option<LogIndex>, now_tick: u64) {
         match self.state {
-            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Probe | ProgressState::Snapshot(_) => self.probe_sent = true,
             ProgressState::Replicate => {
                 if let Some(last) = last_index {
                     self.inflight.push_back(Inflight {

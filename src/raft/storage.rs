@@ -44,6 +44,25 @@ impl MemStorage {
         self.entries.truncate(keep);
     }
 
+    /// Drops every entry up to and including `upto` (covered by a snapshot), remembering the term
+    /// of `upto`.
+    ///
+    /// # Panics
+    /// If `upto` is not in `first_index() - 1..=last_index()`.
+    pub fn compact_prefix(&mut self, upto: LogIndex) {
+        let term = self.term(upto).unwrap_or_else(|| {
+            panic!(
+                "MemStorage::compact_prefix({upto}) outside {}..={}",
+                self.first_index().prev(),
+                self.last_index()
+            )
+        });
+        let n = (upto.0 - self.snapshot_index.0) as usize;
+        self.entries.drain(..n);
+        self.snapshot_index = upto;
+        self.snapshot_term = term;
+    }
+
     /// Appends entries that must continue the log exactly.
     pub fn append(&mut self, entries: &[LogEntry]) {
         for e in entries {

@@ -52,7 +52,7 @@ use std::rc::Rc;
 
 use tokio::sync::{oneshot, Notify};
 
-use crate::raft::{HardState, MemStorage, Storage};
+use crate::raft::{HardState, MemStorage, SnapshotId, Storage};
 use crate::storage::log::{LogError, RaftLog};
 use crate::storage::state::{RaftState, StateError};
 use crate::timeline;
@@ -66,6 +66,9 @@ pub const GROUP_PAYLOAD_BYTES_MAX: u64 = 8 << 20;
 /// One `Ready`'s writes.
 #[derive(Debug, Default)]
 pub struct WriteBatch {
+    /// Before anything else: replace the whole log by an empty one continuing after this
+    /// snapshot (a follower installing a leader's snapshot, Raft §7).
+    pub reset: Option<SnapshotId>,
     /// Remove every entry with index >= this before appending.
     pub truncate_from: Option<LogIndex>,
     pub entries: Vec<LogEntry>,
@@ -76,7 +79,10 @@ pub struct WriteBatch {
 
 impl WriteBatch {
     pub fn is_empty(&self) -> bool {
-        self.truncate_from.is_none() && self.entries.is_empty() && self.hard_state.is_none()
+        self.reset.is_none()
+            && self.truncate_from.is_none()
+            && self.entries.is_empty()
+            && self.hard_state.is_none()
     }
 
     /// Payload bytes of the entries.
@@ -236,7 +242,11 @@ impl Durable for Engine {
         let changes_vote = batch
             .hard_state
             .is_some_and(|hs| hs.term != self.submitted.term || hs.vote != self.submitted.vote);
-        if batch.truncate_from.is_none() && batch.entries.is_empty() && !changes_vote {
+        if batch.reset.is_none()
+            && batch.truncate_from.is_none()
+            && batch.entries.is_empty()
+            && !changes_vote
+        {
             // A commit-index-only change (every heartbeat and commit notice): not written (see
             // the module docs). The driver still completes it after the earlier batches.
             return Box::pin(std::future::ready(Ok(())));
@@ -321,7 +331,7 @@ impl EngineTask {
     }
 
     /// The batches of the next group: the oldest queued batch and the ones after it that do not
-    /// truncate (a truncation must come first in its group), within the group bounds.
+    /// truncate or reset (either must come first in its group), within the group bounds.
     fn take_group(&self) -> Vec<Job> {
         let mut jobs = self.queue.jobs.borrow_mut();
         let mut group: Vec<Job> = Vec::new();
@@ -330,6 +340,7 @@ impl EngineTask {
             let next_bytes = next.batch.payload_bytes();
             let fits = group.is_empty()
                 || (next.batch.truncate_from.is_none()
+                    && next.batch.reset.is_none()
                     && group.len() < GROUP_BATCHES_MAX
                     && bytes + next_bytes <= GROUP_PAYLOAD_BYTES_MAX);
             if !fits {
@@ -343,6 +354,10 @@ impl EngineTask {
 
     /// Steps 1-3 of the module docs for one group; returns when all of it is durable.
     async fn write_group(&mut self, group: &[Job]) -> Result<(), EngineError> {
+        if let Some(s) = group[0].batch.reset {
+            // Rarer still (a follower installing a snapshot): synchronous.
+            self.log.borrow_mut().reset(s.index, s.term)?;
+        }
         if let Some(from) = group[0].batch.truncate_from {
             // Rare (a follower whose suffix conflicts with the leader's): synchronous.
             self.log.borrow_mut().truncate_suffix(from)?;
@@ -425,6 +440,13 @@ impl Durable for MemDurable {
     }
 
     fn publish(&mut self, log: &mut MemStorage, batch: &WriteBatch) {
+        if let Some(s) = batch.reset {
+            *log = MemStorage {
+                snapshot_index: s.index,
+                snapshot_term: s.term,
+                entries: Vec::new(),
+            };
+        }
         if let Some(from) = batch.truncate_from {
             log.truncate_suffix(from);
         }

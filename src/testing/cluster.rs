@@ -1632,6 +1632,10 @@ fn brief(m: &Message) -> String {
             r.term,
             r.vote_granted
         ),
+        Message::InstallSnapshot(m) => format!(
+            "InstallSnapshot t{} {}@t{}",
+            m.term, m.snapshot.index, m.snapshot.term
+        ),
         Message::AppendEntries(a) => format!(
             "Append t{} prev {}@t{} n={} commit {}",
             a.term,
