@@ -86,6 +86,21 @@ impl Drop for Running {
     }
 }
 
+/// Starts node 1 of `dir`'s `c.yaml` in `dir`, its stdout (the startup lines) going to `out`.
+fn start_node_1(dir: &Path, out: &str, stderr: Stdio) -> Running {
+    let out = std::fs::File::create(dir.join(out)).expect("output file");
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_rust-raft-log"))
+            .args(["--node-id", "1", "--config", "c.yaml"])
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out))
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn node 1"),
+    )
+}
+
 #[test]
 fn a_second_process_on_the_same_data_directory_fails_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -93,17 +108,7 @@ fn a_second_process_on_the_same_data_directory_fails_clearly() {
     write_config(dir.path(), port_1, port_2);
     // The second process gets another port (so the bind check passes) but the same directory.
     write_config_as(dir.path(), "other_port.yaml", free_port(), port_2);
-    let out = std::fs::File::create(dir.path().join("first.out")).expect("output file");
-    let mut first = Running(
-        Command::new(env!("CARGO_BIN_EXE_rust-raft-log"))
-            .args(["--node-id", "1", "--config", "c.yaml"])
-            .current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the first node"),
-    );
+    let mut first = start_node_1(dir.path(), "first.out", Stdio::null());
     // The first node holds the lock once it reports its log open ("✅").
     let started = Instant::now();
     let first_output = || std::fs::read_to_string(dir.path().join("first.out")).unwrap_or_default();
@@ -190,17 +195,7 @@ fn a_persisted_commit_beyond_the_log_is_clamped_and_the_node_starts() {
             })
             .expect("save");
     }
-    let out = std::fs::File::create(dir.path().join("node.out")).expect("output file");
-    let mut node = Running(
-        Command::new(env!("CARGO_BIN_EXE_rust-raft-log"))
-            .args(["--node-id", "1", "--config", "c.yaml"])
-            .current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the node"),
-    );
+    let mut node = start_node_1(dir.path(), "node.out", Stdio::piped());
     let output = || std::fs::read_to_string(dir.path().join("node.out")).unwrap_or_default();
     let started = Instant::now();
     // A one-node cluster elects itself and commits its NoOp at index 4.
@@ -234,17 +229,7 @@ fn a_data_directory_of_another_node_or_without_its_state_file_is_refused() {
     write_config(dir.path(), port_1, port_2);
     // Node 1 runs once (it writes its identity and, alone, no entry: a 2-node config has no
     // majority), then stops.
-    let out = std::fs::File::create(dir.path().join("first.out")).expect("output file");
-    let mut first = Running(
-        Command::new(env!("CARGO_BIN_EXE_rust-raft-log"))
-            .args(["--node-id", "1", "--config", "c.yaml"])
-            .current_dir(dir.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn node 1"),
-    );
+    let mut first = start_node_1(dir.path(), "first.out", Stdio::null());
     let output = || std::fs::read_to_string(dir.path().join("first.out")).unwrap_or_default();
     let started = Instant::now();
     while !output().contains("🔄") {

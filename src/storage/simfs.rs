@@ -32,11 +32,10 @@ use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::storage::file::{DurableWrite, LogFile, Prepare, Vfs, WriteAt};
+use crate::storage::file::{DurableWrite, LogFile, Vfs, WriteAt};
 
 /// The sector size whose writes the disk performs atomically (docs/FORMAT.md, "Assumptions").
 pub const ATOMIC_SECTOR_BYTES: u64 = 512;
@@ -528,17 +527,6 @@ impl Vfs for SimFs {
         let dir = parent.to_path_buf();
         sync_dir_locked(&mut st, &dir);
         Ok(())
-    }
-
-    fn prepare_file(
-        &self,
-        path: &Path,
-        len_bytes: u64,
-        how: Prepare,
-        cancel: &AtomicBool,
-    ) -> io::Result<bool> {
-        let _ = (how, cancel);
-        self.create_zeroed(path, len_bytes).map(|()| true)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

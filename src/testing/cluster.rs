@@ -714,11 +714,7 @@ impl Cluster {
                 format!("node {i}: a durable write failed in {what}: {e}"),
             )),
             Err(payload) => {
-                let text = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "non-string panic".to_string());
+                let text = panic_text(payload.as_ref());
                 self.fail(Violation::new(
                     Property::NodeInvariants,
                     format!("node {i} panicked in {what}: {text}"),
@@ -1250,11 +1246,7 @@ impl Cluster {
             }
         }));
         if let Err(payload) = checked {
-            let text = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "non-string panic".to_string());
+            let text = panic_text(payload.as_ref());
             self.fail(Violation::new(
                 Property::NodeInvariants,
                 format!("node {i}: {text}"),
@@ -1614,6 +1606,15 @@ fn must_adopt_term(m: &Message) -> Option<Term> {
         Message::RequestVoteResponse(r) if r.pre_vote && r.vote_granted => None,
         other => Some(other.term()),
     }
+}
+
+/// The message of a caught panic.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "non-string panic".to_string())
 }
 
 /// A one-line summary of a message for the trace.
