@@ -90,6 +90,9 @@ pub enum Inbound<R> {
         linearizable: bool,
         reply: oneshot::Sender<Result<ReadGrant, ReadRefused>>,
     },
+    /// The transport gave up delivering a snapshot to `to` (see
+    /// [`RaftNode::report_snapshot_failed`]).
+    SnapshotFailed { to: NodeId },
 }
 
 /// A command applied by the state machine, as its proposer sees it.
@@ -222,6 +225,10 @@ pub trait Consensus {
     fn peer_match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
         Vec::new()
     }
+    /// A snapshot is durable on this node (see [`RaftNode::snapshot_created`]).
+    fn snapshot_created(&mut self, _snap: SnapshotId) {}
+    /// See [`RaftNode::report_snapshot_failed`].
+    fn report_snapshot_failed(&mut self, _to: NodeId) {}
 }
 
 impl<S: Storage> Consensus for RaftNode<S> {
@@ -273,6 +280,12 @@ impl<S: Storage> Consensus for RaftNode<S> {
     }
     fn peer_match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
         RaftNode::peer_match_indexes(self)
+    }
+    fn snapshot_created(&mut self, snap: SnapshotId) {
+        RaftNode::snapshot_created(self, snap)
+    }
+    fn report_snapshot_failed(&mut self, to: NodeId) {
+        RaftNode::report_snapshot_failed(self, to)
     }
 }
 
@@ -623,6 +636,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             Inbound::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            Inbound::SnapshotFailed { to } => self.core.report_snapshot_failed(to),
         }
     }
 

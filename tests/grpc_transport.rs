@@ -10,6 +10,7 @@
 //! end of each test.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rust_raft_log::driver;
@@ -18,7 +19,8 @@ use rust_raft_log::driver;
 type Inbound = driver::Inbound<()>;
 use rust_raft_log::grpc::{self, proto as pb, PeerConfig, Peers, ServerConfig};
 use rust_raft_log::raft::message::{
-    AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
+    AppendEntries, AppendEntriesResponse, Envelope, InstallSnapshot, Message, RequestVote,
+    RequestVoteResponse, SnapshotId,
 };
 use rust_raft_log::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 use tokio::sync::{mpsc, oneshot};
@@ -50,6 +52,14 @@ impl Endpoint {
     }
 
     fn start_at(id: u32, addr: SocketAddr) -> Endpoint {
+        Self::start_with(id, addr, None)
+    }
+
+    fn start_with(
+        id: u32,
+        addr: SocketAddr,
+        snapshots: Option<Arc<dyn grpc::SnapshotFiles>>,
+    ) -> Endpoint {
         let listener = grpc::bind(addr).expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (inbound_tx, inbound_rx) = mpsc::channel(64);
@@ -57,6 +67,7 @@ impl Endpoint {
         let config = ServerConfig {
             local_id: NodeId(id),
             limits: grpc::Limits::default(),
+            snapshots,
         };
         let server = tokio_uring::spawn(grpc::serve(
             listener,
@@ -122,6 +133,16 @@ fn responder(
                                 read_seq: 0,
                             })
                         }
+                        Message::InstallSnapshot(m) => {
+                            Message::AppendEntriesResponse(AppendEntriesResponse {
+                                term: m.term,
+                                success: true,
+                                last_log_index: m.snapshot.index,
+                                conflict_term: None,
+                                conflict_index: None,
+                                read_seq: m.read_seq,
+                            })
+                        }
                         other => panic!("node {id} got a response as a request: {other:?}"),
                     };
                     let _ = reply.send(Envelope {
@@ -132,6 +153,9 @@ fn responder(
                 }
                 Inbound::Response(e) => {
                     let _ = responses.send(e);
+                }
+                Inbound::SnapshotFailed { to } => {
+                    panic!("node {id}: the snapshot transfer to {to} failed")
                 }
                 Inbound::Propose { payload, reply } => {
                     // A payload of 99 bytes plays an overloaded node.
@@ -793,6 +817,13 @@ impl pb::raft_server::Raft for UnaryOnlyFollower {
         }))
     }
 
+    async fn install_snapshot(
+        &self,
+        _request: tonic::Request<tonic::Streaming<pb::InstallSnapshotChunk>>,
+    ) -> Result<tonic::Response<pb::InstallSnapshotResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no snapshots here"))
+    }
+
     async fn append_entries_stream(
         &self,
         _request: tonic::Request<tonic::Streaming<pb::AppendEntriesRequest>>,
@@ -1082,5 +1113,144 @@ fn a_propose_stream_answers_in_order_and_ends_on_shutdown() {
         );
         drop(requests);
         core.await.expect("core task");
+    });
+}
+
+/// Snapshot files in memory: the leader's one file, and what a follower received. The follower
+/// asks the leader to resume once, after `break_at` bytes (what a broken stream leads to).
+#[derive(Default)]
+struct MemSnapshots {
+    file: Vec<u8>,
+    received: Mutex<Vec<u8>>,
+    break_at: Option<u64>,
+    broke: Mutex<bool>,
+    /// Every offset the follower was offered, in order.
+    offers: Mutex<Vec<u64>>,
+    finished: Mutex<Vec<Vec<u8>>>,
+}
+
+impl grpc::SnapshotFiles for MemSnapshots {
+    fn read(&self, _snap: SnapshotId, offset: u64, max: usize) -> Result<Vec<u8>, String> {
+        let start = (offset as usize).min(self.file.len());
+        let end = (start + max).min(self.file.len());
+        Ok(self.file[start..end].to_vec())
+    }
+
+    fn accept(
+        &self,
+        _from: NodeId,
+        _snap: SnapshotId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), grpc::AcceptError> {
+        self.offers.lock().expect("lock").push(offset);
+        let mut received = self.received.lock().expect("lock");
+        let have = received.len() as u64;
+        if offset != have {
+            return Err(grpc::AcceptError::ResumeAt(have));
+        }
+        let mut broke = self.broke.lock().expect("lock");
+        if let Some(at) = self.break_at {
+            if !*broke && have >= at {
+                *broke = true;
+                // Stands for a stream that broke here: the next stream starts from 0 again.
+                return Err(grpc::AcceptError::ResumeAt(have));
+            }
+        }
+        received.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finish(&self, _from: NodeId, _snap: SnapshotId) -> Result<(), String> {
+        let received = std::mem::take(&mut *self.received.lock().expect("lock"));
+        self.finished.lock().expect("lock").push(received);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_snapshot_streams_in_chunks_and_a_broken_transfer_resumes_where_it_stopped() {
+    within_test_timeout(async {
+        // 1.3 MB: several chunks; the follower breaks the transfer once, after 600 KB.
+        let file: Vec<u8> = (0..1_300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let leader_files = Arc::new(MemSnapshots {
+            file: file.clone(),
+            ..MemSnapshots::default()
+        });
+        let follower_files = Arc::new(MemSnapshots {
+            break_at: Some(600_000),
+            ..MemSnapshots::default()
+        });
+        let follower_dyn: Arc<dyn grpc::SnapshotFiles> = follower_files.clone();
+        let mut two =
+            Endpoint::start_with(2, "127.0.0.1:0".parse().expect("addr"), Some(follower_dyn));
+        let mut one = Endpoint::start(1);
+        let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+        let (resp2_tx, _resp2) = mpsc::unbounded_channel();
+        let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+        let r2 = responder(2, two.inbound_rx.take().expect("rx"), resp2_tx);
+        let leader_dyn: Arc<dyn grpc::SnapshotFiles> = leader_files.clone();
+        let peers = Peers::start(
+            NodeId(1),
+            &[(NodeId(2), two.addr)],
+            PeerConfig {
+                snapshots: Some(leader_dyn),
+                ..PeerConfig::default()
+            },
+            one.inbound_tx.clone(),
+        )
+        .expect("peers");
+        let snap = SnapshotId {
+            index: LogIndex(1234),
+            term: Term(3),
+        };
+        peers
+            .send(Envelope {
+                from: NodeId(1),
+                to: NodeId(2),
+                msg: Message::InstallSnapshot(InstallSnapshot {
+                    term: Term(4),
+                    leader_id: NodeId(1),
+                    snapshot: snap,
+                    read_seq: 9,
+                }),
+            })
+            .expect("queued");
+        let got = next_response(&mut resp1).await;
+        match got.msg {
+            Message::AppendEntriesResponse(m) => {
+                assert!(m.success);
+                assert_eq!(m.last_log_index, snap.index);
+                assert_eq!(m.read_seq, 9);
+            }
+            other => panic!("expected the follower's answer, got {other:?}"),
+        }
+        let finished = follower_files.finished.lock().expect("lock").clone();
+        assert_eq!(finished.len(), 1, "finished once");
+        assert!(
+            finished[0] == file,
+            "the follower's file differs from the leader's"
+        );
+        // After the break the leader resumed where the follower stopped: no byte was offered
+        // twice but the one chunk the break refused, and none from 0 again.
+        let offers = follower_files.offers.lock().expect("lock").clone();
+        let chunk = grpc::snapshot::CHUNK_BYTES as u64;
+        assert!(
+            offers.windows(2).all(|w| w[1] >= w[0]),
+            "offers went back: {offers:?}"
+        );
+        let total: u64 = offers.len() as u64;
+        assert!(
+            total <= (file.len() as u64).div_ceil(chunk) + 2,
+            "{total} chunks offered for a {}-byte file: {offers:?}",
+            file.len()
+        );
+        peers.shutdown();
+        one.stop().await;
+        two.stop().await;
+        r1.abort();
+        r2.abort();
     });
 }

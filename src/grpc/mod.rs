@@ -22,10 +22,12 @@ pub mod authority;
 pub mod convert;
 pub mod peers;
 pub mod server;
+pub mod snapshot;
 
 pub use self::convert::{ConvertError, Limits};
 pub use self::peers::{PeerConfig, PeerStats, Peers, Queued, SendError};
 pub use self::server::{bind, serve, serve_with, PathFilter, ServerConfig};
+pub use self::snapshot::{AcceptError, SnapshotFiles};
 
 /// The code generated from `proto/raft.proto` (package `raftlog.v1`).
 #[allow(clippy::all, missing_docs)]

@@ -66,6 +66,8 @@ pub struct PeerConfig {
     /// Send AppendEntries on one long-lived `AppendEntriesStream` per peer instead of one unary
     /// RPC each (a peer that answers UNIMPLEMENTED gets unary RPCs from then on).
     pub stream_append_entries: bool,
+    /// The snapshot files InstallSnapshot streams; `None`: InstallSnapshot is not sent.
+    pub snapshots: Option<Arc<dyn crate::grpc::snapshot::SnapshotFiles>>,
 }
 
 impl Default for PeerConfig {
@@ -81,6 +83,7 @@ impl Default for PeerConfig {
             rpc_timeout: Duration::from_secs(2),
             limits: Limits::default(),
             stream_append_entries: true,
+            snapshots: None,
         }
     }
 }
@@ -178,6 +181,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Peers {
     local_id: NodeId,
     peers: HashMap<NodeId, Arc<PeerShared>>,
+    /// Whether InstallSnapshot is carried (the config has snapshot files).
+    snapshots_carried: bool,
 }
 
 impl Peers {
@@ -197,6 +202,7 @@ impl Peers {
             config.queue_capacity > 0 && config.inflight_rpcs_max > 0,
             "PeerConfig bounds must be positive: {config:?}"
         );
+        let snapshots_carried = config.snapshots.is_some();
         let mut map = HashMap::new();
         for &(id, addr) in peers {
             assert_ne!(id, local_id, "node {local_id} listed as its own peer");
@@ -237,6 +243,7 @@ impl Peers {
             let max_bytes = ServerConfig {
                 local_id,
                 limits: config.limits,
+                snapshots: None,
             }
             .max_decoding_message_bytes();
             let client = pb::raft_client::RaftClient::new(channel)
@@ -254,6 +261,7 @@ impl Peers {
         Ok(Peers {
             local_id,
             peers: map,
+            snapshots_carried,
         })
     }
 
@@ -270,6 +278,7 @@ impl Peers {
             Message::AppendEntriesResponse(_) => {
                 return Err(SendError::NotARequest("AppendEntriesResponse"))
             }
+            Message::InstallSnapshot(_) if self.snapshots_carried => {}
             Message::InstallSnapshot(_) => return Err(SendError::NotCarried("InstallSnapshot")),
         }
         debug_assert_eq!(
@@ -413,6 +422,25 @@ async fn worker<R: Send + 'static>(
         let client = client.clone();
         let inbound = inbound.clone();
         let config = config.clone();
+        if let (Message::InstallSnapshot(_), Some(files)) = (&envelope.msg, &config.snapshots) {
+            // A transfer of its own: it may take long, and the appends and heartbeats behind it
+            // in the queue must not wait for it.
+            let files = Arc::clone(files);
+            let to = envelope.to;
+            tokio::spawn(async move {
+                let timeout = config.rpc_timeout;
+                match crate::grpc::snapshot::send_snapshot(client, envelope, files, timeout).await {
+                    Ok(answer) => deliver(local_id, &peer, answer, &inbound).await,
+                    Err(status) => {
+                        tracing::warn!(to = %to, "snapshot transfer failed: {status}");
+                        record_failure(&peer, &config, &status);
+                        let _ = inbound.send(Inbound::SnapshotFailed { to }).await;
+                    }
+                }
+                drop(slot);
+            });
+            continue;
+        }
         if let Some(i) = last_entry {
             crate::timeline::mark("ae_rpc_start", i);
         }

@@ -44,6 +44,8 @@ use crate::types::NodeId;
 pub struct ServerConfig {
     pub local_id: NodeId,
     pub limits: Limits,
+    /// Where received snapshots go; `None`: InstallSnapshot is answered UNIMPLEMENTED.
+    pub snapshots: Option<std::sync::Arc<dyn crate::grpc::snapshot::SnapshotFiles>>,
 }
 
 impl ServerConfig {
@@ -443,6 +445,45 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
         match convert::encode_envelope(answer) {
             convert::WireMessage::RequestVoteResponse(m) => Ok(Response::new(m)),
             other => Err(wrong_kind("RequestVote", &other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<tonic::Streaming<pb::InstallSnapshotChunk>>,
+    ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let Some(files) = self.config.snapshots.clone() else {
+            return Err(Status::unimplemented(
+                "this node does not take snapshots over InstallSnapshot",
+            ));
+        };
+        let local = self.config.local_id;
+        let route = |from: NodeId| {
+            Some(pb::Route {
+                from: local.0,
+                to: from.0,
+            })
+        };
+        let envelope =
+            match crate::grpc::snapshot::receive(local, files, request.into_inner()).await? {
+                crate::grpc::snapshot::Received::ResumeAt(at) => {
+                    return Ok(Response::new(pb::InstallSnapshotResponse {
+                        route: None,
+                        outcome: Some(pb::install_snapshot_response::Outcome::ResumeOffset(at)),
+                    }))
+                }
+                crate::grpc::snapshot::Received::Complete(envelope) => envelope,
+            };
+        let from = envelope.from;
+        let answer = self.exchange(envelope).await?;
+        match convert::encode_envelope(answer) {
+            convert::WireMessage::AppendEntriesResponse(m) => {
+                Ok(Response::new(pb::InstallSnapshotResponse {
+                    route: route(from),
+                    outcome: Some(pb::install_snapshot_response::Outcome::Answer(m)),
+                }))
+            }
+            other => Err(wrong_kind("InstallSnapshot", &other)),
         }
     }
 

@@ -348,6 +348,7 @@ where
         ServerConfig {
             local_id: id,
             limits,
+            snapshots: None,
         },
         inbound_tx.clone(),
         extra,
