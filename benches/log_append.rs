@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rust_raft_log::storage::engine::{Durable, Engine, WriteBatch};
-use rust_raft_log::storage::file::{LogFile, Vfs};
+use rust_raft_log::storage::file::{AppendFile, LogFile, ReadFile, Vfs};
 use rust_raft_log::storage::format::{
     decode_frame, parse_segment_file_name, SegmentHeader, SEGMENT_HEADER_SIZE,
 };
@@ -235,6 +235,12 @@ impl Vfs for FallocVfs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         UringVfs.sync_dir(dir)
+    }
+    fn create_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        UringVfs.create_append(path)
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
+        UringVfs.open_read(path)
     }
 }
 

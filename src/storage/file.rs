@@ -18,6 +18,20 @@
 //!   until the caller fsyncs the directory with [`Vfs::sync_dir`] (and the simulated disk does
 //!   undo them, so a missing directory sync in the log's code is caught by its tests).
 //! - [`LogFile::bytes`] shows every completed write immediately (a MAP_SHARED mapping does).
+//!
+//! Files of unknown size (snapshot files, written once front to back while a state machine
+//! streams them) do not fit the fixed-size, mapped [`LogFile`]: they are written through an
+//! [`AppendFile`] and read through a [`ReadFile`] (plain `pread`, no mapping, so a file of any
+//! length, zero included, and a read-only file can be read, and a failing read is an error, not
+//! a SIGBUS). The same durability rules hold for them:
+//! - [`AppendFile::append`] only reaches the page cache; [`AppendFile::sync_data`] (fdatasync)
+//!   makes every earlier append and the file's length durable. A power loss before it may keep
+//!   any part of the unsynced appends (any subset of their sectors, some torn, the length
+//!   anywhere between the synced and the written length, missing sectors read as zeros).
+//! - [`Vfs::create_append`] creates a new directory entry that is durable only after
+//!   [`Vfs::sync_dir`], like a rename or a remove.
+//! - A failed [`AppendFile::sync_data`] leaves the file's durable state unknown: the caller
+//!   abandons the file instead of retrying (fsyncgate).
 
 use std::future::Future;
 use std::io;
@@ -92,6 +106,49 @@ pub trait LogFile: Send + Sync {
     fn release_io(&self) {}
 }
 
+/// A file written once, front to back, whose final size is not known when it is created (a
+/// snapshot file). One writer; the handle is moved to whatever thread writes it.
+pub trait AppendFile: Send {
+    /// Where the file lives (for error messages).
+    fn path(&self) -> &Path;
+
+    /// Appends `bytes` at the end of the file (all of them, or an error). They are visible to
+    /// readers at once but durable only after a later [`AppendFile::sync_data`].
+    ///
+    /// # Errors
+    /// Any failed or short write. The file's contents past the last successful append are then
+    /// unknown: the caller abandons the file.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+
+    /// fdatasync: every earlier append, and the file's length, are durable when this returns
+    /// `Ok`. It does not make the file's directory entry durable ([`Vfs::sync_dir`] does).
+    ///
+    /// # Errors
+    /// A failed sync: the durable state of the unsynced appends is unknown and stays so; the
+    /// caller must not retry and report success (fsyncgate), it abandons the file.
+    fn sync_data(&mut self) -> io::Result<()>;
+
+    /// Bytes appended so far (the file's length as this writer sees it).
+    fn len_bytes(&self) -> u64;
+}
+
+/// A file opened for reading only, read at any offset into the caller's buffer (no mapping).
+pub trait ReadFile: Send + Sync {
+    /// Where the file lives (for error messages).
+    fn path(&self) -> &Path;
+
+    /// The file's length when it was opened.
+    fn len_bytes(&self) -> u64;
+
+    /// Fills `buf` with the bytes at `offset..offset + buf.len()`.
+    ///
+    /// # Errors
+    /// A failed read, or `UnexpectedEof` if the file ends before `buf` is full (callers check
+    /// lengths against [`ReadFile::len_bytes`] first, so this means the file shrank or the read
+    /// failed).
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
 /// How [`Vfs::prepare_file`] makes a segment file's bytes read as zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prepare {
@@ -142,6 +199,16 @@ pub trait Vfs: Send + Sync {
     /// Makes every earlier change of `dir`'s entries durable (production: `fsync` of the
     /// directory).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Creates the new, empty file `path` for appending (see [`AppendFile`]). Its directory
+    /// entry is durable only after [`Vfs::sync_dir`] of its directory; its contents only after
+    /// [`AppendFile::sync_data`].
+    ///
+    /// # Errors
+    /// `AlreadyExists` if `path` exists (the caller removes a stale file first: two writers of
+    /// one file are a bug, and this refuses the second); any I/O error.
+    fn create_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
+    /// Opens an existing file of any length for reading only (see [`ReadFile`]).
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>>;
 }
 
 pub use crate::storage::simfs::{PowerLossReport, SimFs, ATOMIC_SECTOR_BYTES};

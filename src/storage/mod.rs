@@ -11,8 +11,11 @@
 //! - [`segment`]: `LogFileSegment` (one file) and `scan_segment`, the pure torn-vs-corrupt scan
 //!   that recovery and `segdump` share.
 //! - [`state`]: `RaftState` in `raft_state.meta`.
+//! - [`snapshot`]: snapshot files (`snapshot_<index>.snap`): the writer, the checking reader,
+//!   the receiver of a transfer, and the directory helpers recovery uses.
 //! - [`format`](mod@format): the byte layouts (header, frame, naming), no I/O.
-//! - [`file`](mod@file): the seam below all of it (`Vfs`, `LogFile`); [`simfs`]: `SimFs`, the
+//! - [`file`](mod@file): the seam below all of it (`Vfs`, `LogFile`, and `AppendFile` /
+//!   `ReadFile` for files of unknown size); [`simfs`]: `SimFs`, the
 //!   simulated disk of the power-loss tests and the simulator; [`uring`]: the production
 //!   implementation (io_uring writes linked to fdatasync, mmap reads).
 pub mod engine;
@@ -21,6 +24,7 @@ pub mod format;
 pub mod log;
 pub mod segment;
 pub mod simfs;
+pub mod snapshot;
 pub mod state;
 pub mod uring;
 pub use log::{EntryRef, LogConfig, LogError, RaftLog};

@@ -6,8 +6,13 @@
 //!   (readers see it, as through a shared mmap); it becomes durable only when an fdatasync of
 //!   that file covers it: one issued after the write (writes issued later stay volatile, even
 //!   if they landed before the sync completed).
-//! - **Directory entries.** `rename` and `remove` change the directory at once, but the change
-//!   survives a power loss only after [`Vfs::sync_dir`] of that directory. `create_zeroed`,
+//! - **Files of unknown size** ([`Vfs::create_append`], snapshot files): an append lands in the
+//!   page cache at once and is durable, with the file's new length, only once an
+//!   [`AppendFile::sync_data`] issued after it completed. A power loss leaves such a file with a
+//!   length anywhere between its synced and its written length, the unsynced appends' sectors
+//!   kept, dropped (reading as zeros) or torn as below.
+//! - **Directory entries.** `rename`, `remove` and `create_append` change the directory at once,
+//!   but the change survives a power loss only after [`Vfs::sync_dir`] of that directory. `create_zeroed`,
 //!   `prepare_file` and `create_dir_all` are compound operations that the production code makes
 //!   durable itself (file fsync, then directory fsync), and so does this model.
 //! - **Power loss** ([`SimFs::power_loss`]): every write no fdatasync covered keeps **any subset
@@ -24,6 +29,13 @@
 //!   log's complete in either order, as they can on a real disk.
 //! - **Failures**: a sync can be made to fail (EIO, the writes stay volatile), bits can be
 //!   flipped at rest.
+//! - **The moment of the power cut** ([`SimFs::power_off_after`]): after a given number of
+//!   operations that change the disk (a write or append, a file sync, a creation, a rename, a
+//!   remove, a directory sync; [`SimFs::ops_total`] counts them), every later one fails with EIO
+//!   and changes nothing, as if the machine had stopped there; [`SimFs::power_loss`] then decides
+//!   what of the unsynced state survived. This reaches the points between the steps of one
+//!   compound operation (after the rename, before the directory sync) that failing a sync
+//!   cannot.
 //!
 //! Cloning a `SimFs` gives another handle to the same disk.
 
@@ -35,7 +47,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::storage::file::{DurableWrite, LogFile, Vfs, WriteAt};
+use crate::storage::file::{AppendFile, DurableWrite, LogFile, ReadFile, Vfs, WriteAt};
 
 /// The sector size whose writes the disk performs atomically (docs/FORMAT.md, "Assumptions").
 pub const ATOMIC_SECTOR_BYTES: u64 = 512;
@@ -66,13 +78,14 @@ struct Inode {
 enum DirChange {
     Rename { from: PathBuf, to: PathBuf },
     Remove { path: PathBuf },
+    Create { path: PathBuf, inode: u64 },
 }
 
 impl DirChange {
     fn dir(&self) -> &Path {
         let p = match self {
             DirChange::Rename { to, .. } => to,
-            DirChange::Remove { path } => path,
+            DirChange::Remove { path } | DirChange::Create { path, .. } => path,
         };
         p.parent().unwrap_or(Path::new(""))
     }
@@ -86,6 +99,9 @@ impl DirChange {
             }
             DirChange::Remove { path } => {
                 names.remove(path);
+            }
+            DirChange::Create { path, inode } => {
+                names.insert(path.clone(), *inode);
             }
         }
     }
@@ -123,9 +139,28 @@ struct SimState {
     syncs_before_failure: u32,
     fail_syncs: u32,
     syncs_total: u64,
+    /// Operations that change the disk, attempted so far ([`SimFs::ops_total`]).
+    ops_total: u64,
+    /// `Some(n)`: n more such operations succeed, then the power is off until the next power
+    /// loss ([`SimFs::power_off_after`]).
+    power_budget: Option<u64>,
 }
 
 impl SimState {
+    /// Counts one operation that changes the disk; `Err(EIO)` (and the caller changes nothing)
+    /// once the power is off.
+    fn spend(&mut self) -> io::Result<()> {
+        self.ops_total += 1;
+        match self.power_budget {
+            Some(0) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Some(n) => {
+                self.power_budget = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Issues `bytes` at `offset` of `inode` into the page cache; returns its sequence number.
     fn issue(&mut self, inode: u64, offset: u64, bytes: &[u8]) -> u64 {
         let seq = self.next_seq;
@@ -150,6 +185,9 @@ impl SimState {
     }
 
     fn sync_upto(&mut self, inode: u64, upto_seq: u64) -> Result<(), i32> {
+        if self.spend().is_err() {
+            return Err(libc::EIO);
+        }
         if self.fail_syncs > 0 && self.syncs_before_failure > 0 {
             self.syncs_before_failure -= 1;
         } else if self.fail_syncs > 0 {
@@ -162,7 +200,13 @@ impl SimState {
         self.pending.retain(|w| {
             if w.inode == inode && w.seq <= upto_seq {
                 let at = w.offset as usize;
-                f.durable[at..at + w.bytes.len()].copy_from_slice(&w.bytes);
+                let end = at + w.bytes.len();
+                // An append file's length becomes durable with its data (fdatasync flushes the
+                // size); a fixed-size file never grows here.
+                if f.durable.len() < end {
+                    f.durable.resize(end, 0);
+                }
+                f.durable[at..end].copy_from_slice(&w.bytes);
                 false
             } else {
                 true
@@ -195,6 +239,7 @@ impl SimState {
         self.pending.clear();
         self.ops.clear();
         self.started.clear();
+        self.power_budget = None;
         (kept, changes.len() - kept)
     }
 
@@ -218,6 +263,8 @@ pub struct PowerLossReport {
     /// Unsynced directory changes kept / undone.
     pub dir_changes_kept: usize,
     pub dir_changes_undone: usize,
+    /// Files grown by unsynced appends whose surviving length was drawn (random model only).
+    pub lengths_drawn: usize,
 }
 
 /// An in-memory disk for tests; see the module docs. Cloning gives another handle to the same
@@ -263,6 +310,20 @@ impl SimFs {
         let mut st = self.lock();
         st.syncs_before_failure = ok_syncs;
         st.fail_syncs = count;
+    }
+
+    /// Cuts the power after `ops` more operations that change the disk (see the module docs):
+    /// every later one fails with EIO and changes nothing, until [`SimFs::power_loss`] (or
+    /// [`SimFs::power_loss_prefix`]) restarts the machine.
+    pub fn power_off_after(&self, ops: u64) {
+        self.lock().power_budget = Some(ops);
+    }
+
+    /// Operations that change the disk attempted so far (writes and appends, file syncs,
+    /// creations, renames, removes, directory syncs), those refused after a power cut
+    /// included: run a scenario once to count them, then cut the power at any of them.
+    pub fn ops_total(&self) -> u64 {
+        self.lock().ops_total
     }
 
     /// How many syncs completed successfully so far.
@@ -340,10 +401,28 @@ impl SimFs {
             pending_writes: pending.len(),
             ..PowerLossReport::default()
         };
+        // A file grown by unsynced appends keeps a length anywhere between its synced and its
+        // written length, at any byte (harsher than a file system, which moves the length at
+        // page or write boundaries); what no kept sector covers reads as zeros. The two ends
+        // are drawn often, since they are where a reader's edge cases lie.
+        for f in st.inodes.values_mut() {
+            if f.current.len() > f.durable.len() {
+                let grown = (f.current.len() - f.durable.len()) as u64;
+                let extra = match rng.below(4) {
+                    0 => 0,
+                    1 => grown,
+                    _ => rng.below(grown + 1),
+                };
+                let len = f.durable.len() + extra as usize;
+                f.durable.resize(len, 0);
+                report.lengths_drawn += 1;
+            }
+        }
         for w in &pending {
             let Some(f) = st.inodes.get_mut(&w.inode) else {
                 continue;
             };
+            let durable_len = f.durable.len() as u64;
             let end = w.offset + w.bytes.len() as u64;
             let atomic = within_one_sector(w.offset, w.bytes.len());
             let mut sector_start = w.offset;
@@ -359,6 +438,8 @@ impl SimFs {
                     _ if atomic => piece.len() * rng.below(2) as usize,
                     _ => rng.below(piece.len() as u64 + 1) as usize,
                 };
+                // Past the surviving length of a grown file nothing is kept, whatever was drawn.
+                let keep = keep.min(durable_len.saturating_sub(sector_start) as usize);
                 if keep == piece.len() {
                     report.sectors_kept += 1;
                 } else if keep == 0 {
@@ -366,8 +447,11 @@ impl SimFs {
                 } else {
                     report.sectors_torn += 1;
                 }
-                let at = sector_start as usize;
-                f.durable[at..at + keep].copy_from_slice(&w.bytes[piece.start..piece.start + keep]);
+                if keep > 0 {
+                    let at = sector_start as usize;
+                    f.durable[at..at + keep]
+                        .copy_from_slice(&w.bytes[piece.start..piece.start + keep]);
+                }
                 sector_start = piece_end;
             }
         }
@@ -406,6 +490,10 @@ impl SimFs {
             };
             if let Some(f) = st.inodes.get_mut(&w.inode) {
                 let at = w.offset as usize;
+                // An append file keeps the length its kept bytes reach.
+                if f.durable.len() < at + n {
+                    f.durable.resize(at + n, 0);
+                }
                 f.durable[at..at + n].copy_from_slice(&w.bytes[..n]);
             }
         }
@@ -473,6 +561,7 @@ fn not_found(path: &Path) -> io::Error {
 impl Vfs for SimFs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.spend()?;
         for a in dir.ancestors() {
             st.dirs.insert(a.to_path_buf());
         }
@@ -506,6 +595,7 @@ impl Vfs for SimFs {
 
     fn create_zeroed(&self, path: &Path, len_bytes: u64) -> io::Result<()> {
         let mut st = self.lock();
+        st.spend()?;
         let parent = path.parent().unwrap_or(Path::new(""));
         if !st.dirs.contains(parent) {
             return Err(not_found(parent));
@@ -531,6 +621,7 @@ impl Vfs for SimFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.spend()?;
         let inode = st.inode_of(from)?;
         st.names.remove(from);
         st.names.insert(to.to_path_buf(), inode);
@@ -543,6 +634,7 @@ impl Vfs for SimFs {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.spend()?;
         st.inode_of(path)?;
         st.names.remove(path);
         st.dir_changes.push(DirChange::Remove {
@@ -553,11 +645,137 @@ impl Vfs for SimFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.lock();
+        st.spend()?;
         if !st.dirs.contains(dir) {
             return Err(not_found(dir));
         }
         sync_dir_locked(&mut st, dir);
         Ok(())
+    }
+
+    fn create_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        let mut st = self.lock();
+        st.spend()?;
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if !st.dirs.contains(parent) {
+            return Err(not_found(parent));
+        }
+        if st.names.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{}: file exists", path.display()),
+            ));
+        }
+        let inode = st.next_inode;
+        st.next_inode += 1;
+        st.inodes.insert(inode, Inode::default());
+        st.names.insert(path.to_path_buf(), inode);
+        st.dir_changes.push(DirChange::Create {
+            path: path.to_path_buf(),
+            inode,
+        });
+        Ok(Box::new(SimAppendFile {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            inode,
+            len_bytes: 0,
+        }))
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
+        let st = self.lock();
+        let inode = st.inode_of(path)?;
+        let f = st.inodes.get(&inode).ok_or_else(|| not_found(path))?;
+        Ok(Box::new(SimReadFile {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            inode,
+            len_bytes: f.current.len() as u64,
+        }))
+    }
+}
+
+/// A file of a [`SimFs`] being appended to ([`Vfs::create_append`]); the file's only writer.
+struct SimAppendFile {
+    fs: SimFs,
+    path: PathBuf,
+    inode: u64,
+    len_bytes: u64,
+}
+
+impl AppendFile for SimAppendFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut st = self.fs.lock();
+        st.spend()?;
+        let end = self.len_bytes as usize + bytes.len();
+        if let Some(f) = st.inodes.get_mut(&self.inode) {
+            // The page cache grows with the write; `issue` fills the new bytes.
+            f.current.resize(end, 0);
+        }
+        st.issue(self.inode, self.len_bytes, bytes);
+        self.len_bytes = end as u64;
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.fs
+            .lock()
+            .sync(self.inode)
+            .map_err(io::Error::from_raw_os_error)
+    }
+
+    fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+}
+
+/// A file of a [`SimFs`] opened for reading ([`Vfs::open_read`]): reads see the page cache as
+/// it is at the time of the read, like `pread`.
+struct SimReadFile {
+    fs: SimFs,
+    path: PathBuf,
+    inode: u64,
+    len_bytes: u64,
+}
+
+impl ReadFile for SimReadFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let st = self.fs.lock();
+        let current: &[u8] = st
+            .inodes
+            .get(&self.inode)
+            .map_or(&[], |f| f.current.as_slice());
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start
+            .checked_add(buf.len())
+            .and_then(|end| current.get(start..end))
+        {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "read of {} bytes at offset {offset} of {}: the file ends at {}",
+                    buf.len(),
+                    self.path.display(),
+                    current.len()
+                ),
+            )),
+        }
     }
 }
 
@@ -686,6 +904,7 @@ impl LogFile for SimFile {
         self.check_bounds(writes);
         let _one_writer = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let mut st = self.fs.lock();
+        st.spend()?;
         for w in writes {
             self.show(w);
             st.issue(self.inode, w.offset, w.bytes);
@@ -701,6 +920,9 @@ impl LogFile for SimFile {
         };
         self.check_bounds(&[w]);
         let mut st = self.fs.lock();
+        if let Err(e) = st.spend() {
+            return Box::pin(std::future::ready((Err(e), bytes)));
+        }
         self.show(&w);
         let seq = st.issue(self.inode, offset, &bytes);
         if !st.deferred {
@@ -888,6 +1110,84 @@ mod tests {
             );
         }
         assert!(undone_seen && kept_seen);
+    }
+
+    /// An append file: appends are visible at once; a power loss keeps what `sync_data`
+    /// covered, and of the rest a length anywhere between the synced and the written one, with
+    /// any subset of the unsynced sectors (missing ones read as zeros). The file's name survives
+    /// only once its directory was synced.
+    #[test]
+    fn appended_bytes_survive_as_far_as_the_last_sync_and_maybe_more() {
+        let dir = Path::new("/d");
+        let (mut lengths, mut holes, mut gone) = (BTreeSet::new(), 0, 0);
+        for seed in 0..300 {
+            let fs = SimFs::new();
+            fs.create_dir_all(dir).unwrap();
+            let p = dir.join("a");
+            let mut f = fs.create_append(&p).unwrap();
+            assert_eq!(
+                fs.create_append(&p).err().map(|e| e.kind()),
+                Some(io::ErrorKind::AlreadyExists)
+            );
+            f.append(&[1; 1000]).unwrap();
+            f.sync_data().unwrap();
+            if seed % 2 == 0 {
+                fs.sync_dir(dir).unwrap();
+            }
+            f.append(&[2; 2000]).unwrap();
+            assert_eq!(f.len_bytes(), 3000);
+            let r = fs.open_read(&p).unwrap();
+            let mut buf = [0u8; 8];
+            r.read_exact_at(2992, &mut buf).unwrap();
+            assert_eq!(buf, [2; 8]);
+            assert!(r.read_exact_at(2993, &mut buf).is_err());
+            drop((f, r));
+            fs.power_loss(seed);
+            let Some(b) = fs.read_file(&p) else {
+                assert!(seed % 2 == 1, "seed {seed}: a synced entry was lost");
+                gone += 1;
+                continue;
+            };
+            assert!(
+                b.len() >= 1000 && b.len() <= 3000,
+                "seed {seed}: {}",
+                b.len()
+            );
+            assert!(
+                b[..1000].iter().all(|&x| x == 1),
+                "seed {seed}: synced bytes lost"
+            );
+            assert!(b[1000..].iter().all(|&x| x == 2 || x == 0), "seed {seed}");
+            if b[1000..].windows(2).any(|w| w[0] == 0 && w[1] == 2) {
+                holes += 1;
+            }
+            lengths.insert(b.len());
+        }
+        assert!(lengths.contains(&1000) && lengths.contains(&3000) && lengths.len() > 10);
+        assert!(holes > 0, "an unsynced sector dropped before a kept one");
+        assert!(gone > 0, "an unsynced creation undone");
+    }
+
+    /// After `power_off_after(n)`, the (n+1)-th operation and every later one fail and change
+    /// nothing; the power loss restarts the machine.
+    #[test]
+    fn the_power_goes_off_after_the_given_operations() {
+        let fs = SimFs::new();
+        let dir = Path::new("/d");
+        fs.create_dir_all(dir).unwrap();
+        let start = fs.ops_total();
+        fs.power_off_after(2);
+        let mut f = fs.create_append(&dir.join("a")).unwrap();
+        f.append(b"xy").unwrap();
+        assert!(f.sync_data().is_err());
+        assert!(fs.rename(&dir.join("a"), &dir.join("b")).is_err());
+        assert!(f.append(b"z").is_err());
+        assert_eq!(fs.ops_total() - start, 5);
+        assert_eq!(fs.paths(), vec![dir.join("a")]);
+        assert_eq!(fs.read_file(&dir.join("a")).unwrap(), b"xy");
+        drop(f);
+        fs.power_loss(0);
+        fs.create_append(&dir.join("c")).unwrap();
     }
 
     /// Deferred mode: an async write is visible at once but durable only once completed, and an

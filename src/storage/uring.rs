@@ -17,6 +17,10 @@
 //! Any failure is returned to the caller, who must treat it as fatal (no retry: after a failed
 //! fdatasync the kernel may already have dropped the dirty pages — the 2018 "fsyncgate").
 //!
+//! Snapshot files, whose size is not known up front and which are written and read once off the
+//! node's event loop, do not go through io_uring or a mapping: [`StdAppendFile`] writes them
+//! with plain `write(2)` and `fdatasync(2)`, [`StdReadFile`] reads them with `pread(2)`.
+//!
 //! Invariants: the mapping covers exactly the file's length, which never changes through this
 //! handle (touching a page wholly past EOF raises SIGBUS); the ring is created lazily, so sealed
 //! segments that are only read cost no ring; a buffer handed to the kernel is never freed or
@@ -36,7 +40,7 @@ use memmap2::{Mmap, MmapOptions};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::storage::file::{DurableWrite, LogFile, Prepare, Vfs, WriteAt};
+use crate::storage::file::{AppendFile, DurableWrite, LogFile, Prepare, ReadFile, Vfs, WriteAt};
 
 /// Submission queue size of a file's ring; a batch with more writes is split into several linked
 /// submissions, only the last of which carries the fdatasync.
@@ -508,7 +512,7 @@ impl LogFile for UringFile {
 }
 
 /// The production [`Vfs`]: std for directory operations (each followed by a directory fsync),
-/// [`UringFile`] for segment files.
+/// [`UringFile`] for segment files, [`StdAppendFile`] / [`StdReadFile`] for snapshot files.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UringVfs;
 
@@ -754,6 +758,86 @@ impl Vfs for UringVfs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         sync_dir(dir)
     }
+
+    fn create_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(Box::new(StdAppendFile {
+            file,
+            path: path.to_path_buf(),
+            len_bytes: 0,
+        }))
+    }
+
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
+        let file = File::open(path)?;
+        let len_bytes = file.metadata()?.len();
+        Ok(Box::new(StdReadFile {
+            file,
+            path: path.to_path_buf(),
+            len_bytes,
+        }))
+    }
+}
+
+/// A file written front to back with `write(2)`, made durable with `fdatasync(2)`
+/// ([`Vfs::create_append`]).
+pub struct StdAppendFile {
+    file: File,
+    path: PathBuf,
+    len_bytes: u64,
+}
+
+impl AppendFile for StdAppendFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        // Positioned writes at our own count: the file was created empty by this handle and
+        // has no other writer, so the count is the end of the file.
+        self.file
+            .write_all_at(bytes, self.len_bytes)
+            .map_err(|e| error_at(&self.path, "append", self.len_bytes, e))?;
+        self.len_bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| error_at(&self.path, "fdatasync", self.len_bytes, e))
+    }
+
+    fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+}
+
+/// A file read with `pread(2)` ([`Vfs::open_read`]): any length, read-only, no mapping.
+pub struct StdReadFile {
+    file: File,
+    path: PathBuf,
+    len_bytes: u64,
+}
+
+impl ReadFile for StdReadFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+
+    fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| error_at(&self.path, "read", offset, e))
+    }
 }
 
 #[cfg(test)]
@@ -806,6 +890,37 @@ mod tests {
             msg.contains("write (the linked fdatasync was cancelled) at offset 0"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn append_files_grow_and_read_files_read_any_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        let mut f = UringVfs.create_append(&p).unwrap();
+        assert_eq!(
+            UringVfs.create_append(&p).err().map(|e| e.kind()),
+            Some(io::ErrorKind::AlreadyExists)
+        );
+        f.append(b"hello ").unwrap();
+        f.append(b"world").unwrap();
+        f.sync_data().unwrap();
+        assert_eq!(f.len_bytes(), 11);
+        drop(f);
+        assert_eq!(std::fs::read(&p).unwrap(), b"hello world");
+        // Read-only files and empty files read as well.
+        let mut perms = std::fs::metadata(&p).unwrap().permissions();
+        perms.set_readonly(true);
+        std::fs::set_permissions(&p, perms).unwrap();
+        let r = UringVfs.open_read(&p).unwrap();
+        assert_eq!(r.len_bytes(), 11);
+        let mut buf = [0u8; 5];
+        r.read_exact_at(6, &mut buf).unwrap();
+        assert_eq!(&buf, b"world");
+        let e = r.read_exact_at(7, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let empty = dir.path().join("e");
+        drop(UringVfs.create_append(&empty).unwrap());
+        assert_eq!(UringVfs.open_read(&empty).unwrap().len_bytes(), 0);
     }
 
     #[test]

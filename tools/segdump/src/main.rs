@@ -1,7 +1,8 @@
-//! `segdump`: inspect, verify and repair rust-raft-log segments and state files.
+//! `segdump`: inspect, verify and repair rust-raft-log segments and state files; inspect and
+//! verify snapshot files.
 //!
 //! Read-only unless `repair` is run. Every decode goes through the library's own format code
-//! (`rust_raft_log::storage::format`, `state`) and the library's recovery scan
+//! (`rust_raft_log::storage::format`, `state`, `snapshot`) and the library's recovery scan
 //! (`rust_raft_log::storage::segment::scan_segment`), so segdump and `RaftLog::open` agree.
 //!
 //! Exit codes: 0 clean / done, 1 problems found (verify, state, repair that found problems it
@@ -9,6 +10,7 @@
 
 mod model;
 mod repair;
+mod snapshot;
 mod walk;
 
 use std::io::Write;
@@ -27,7 +29,7 @@ use crate::walk::{preview, walk, Item};
 #[command(
     name = "segdump",
     version,
-    about = "Inspect, verify and repair rust-raft-log segments and state files"
+    about = "Inspect, verify and repair rust-raft-log segments and state files; inspect snapshot files"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -78,6 +80,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect or verify a snapshot file (snapshot_<index>.snap).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Print the header (index, term, cluster, payload kind, members), the chunk count and the
+    /// payload size. Exit 1 if the file is damaged.
+    Show {
+        /// A snapshot file.
+        file: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every byte: header, every chunk's checksum, end marker, trailer, nothing after it.
+    /// Exit 0 clean, 1 problem found, 2 usage or I/O error.
+    Verify {
+        /// A snapshot file.
+        file: PathBuf,
+    },
 }
 
 const EXIT_PROBLEMS: u8 = 1;
@@ -100,6 +126,10 @@ fn main() -> ExitCode {
             no_backup,
         } => repair_cmd(&dir, dry_run, !no_backup),
         Command::State { file, json } => state(&file, json),
+        Command::Snapshot { command } => match command {
+            SnapshotCommand::Show { file, json } => snapshot::show(&file, json),
+            SnapshotCommand::Verify { file } => snapshot::verify_cmd(&file),
+        },
     };
     match result {
         Ok(code) => ExitCode::from(code),

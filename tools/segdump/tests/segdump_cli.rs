@@ -12,6 +12,9 @@
 //!   corrupt middle flip a payload byte of an earlier batch in the last segment, or of an
 //!                  entry in a sealed segment: verify → exit 1 "corrupt" with file and offset;
 //!                  repair → later segments removed (backed up), verify → 0, prefix intact
+//!   snapshot       a snapshot file written by the library's SnapshotWriter: show / --json /
+//!                  verify → exit 0; a flipped payload byte or a cut trailer → exit 1 with
+//!                  PROBLEM naming the offset; a missing file or a directory → exit 2
 //! ```
 
 use std::collections::BTreeMap;
@@ -542,4 +545,87 @@ fn a_recycled_last_segment_verifies_clean_and_its_torn_tail_is_repaired() {
     );
     let log = RaftLog::open(config(&dir)).expect("open after repair");
     assert_eq!(log.last_index(), LogIndex(last - 1));
+}
+
+#[test]
+fn snapshot_files_are_shown_and_verified() {
+    use rust_raft_log::storage::file::Vfs;
+    use rust_raft_log::storage::snapshot::{SnapshotMeta, SnapshotWriter, PAYLOAD_KIND_KV};
+    use rust_raft_log::storage::uring::UringVfs;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let vfs: Arc<dyn Vfs> = Arc::new(UringVfs);
+    let meta = SnapshotMeta {
+        index: LogIndex(1000),
+        term: Term(3),
+        cluster_id: 0xabc,
+        payload_kind: PAYLOAD_KIND_KV,
+        voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+        learners: vec![NodeId(4)],
+    };
+    let mut w = SnapshotWriter::create(Arc::clone(&vfs), tmp.path(), &meta).unwrap();
+    w.write_all(&vec![7u8; 300_000]).unwrap();
+    let path = w.finish().unwrap();
+    let f = path.to_str().unwrap();
+
+    let (code, out) = run(&["snapshot", "show", f]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("last_index 1000 last_term 3 cluster_id 0000000000000abc payload_kind 1 (key-value) voters 1,2,3 learners 4"),
+        "{out}"
+    );
+    assert!(out.contains("payload: 300000 bytes in 2 chunk(s)"), "{out}");
+    let (code, out) = run(&["snapshot", "show", "--json", f]);
+    assert_eq!(code, 0, "{out}");
+    for field in [
+        "\"kind\":\"snapshot\"",
+        "\"status\":\"valid\"",
+        "\"last_index\":1000",
+        "\"voters\":\"1,2,3\"",
+        "\"chunk_count\":2",
+        "\"payload_bytes\":300000",
+    ] {
+        assert!(out.contains(field), "{field} in {out}");
+    }
+    let (code, out) = run(&["snapshot", "verify", f]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("verify: clean"), "{out}");
+
+    // A payload byte of the second chunk (it starts after the 72-byte header and chunk 1).
+    let second = 72 + 8 + 262_144 + 8 + 10;
+    edit(&path, |b| b[second] ^= 1);
+    let (code, out) = run(&["snapshot", "verify", f]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "damaged snapshot at byte {}: chunk 2",
+            72 + 8 + 262_144
+        )),
+        "{out}"
+    );
+    let (code, out) = run(&["snapshot", "show", f]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("last_index 1000") && out.contains("PROBLEM"),
+        "{out}"
+    );
+    let (code, out) = run(&["snapshot", "show", "--json", f]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("\"status\":\"damaged\""), "{out}");
+    edit(&path, |b| {
+        b[second] ^= 1;
+        b.truncate(b.len() - 5);
+    });
+    let (code, out) = run(&["snapshot", "verify", f]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("inside the trailer"), "{out}");
+
+    let missing = tmp.path().join("snapshot_00000000000000000001.snap");
+    let (code, out) = run(&["snapshot", "verify", missing.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    let (code, out) = run(&["snapshot", "show", tmp.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("not a file"), "{out}");
 }
