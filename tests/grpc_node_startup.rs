@@ -13,6 +13,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod process_cluster;
+use process_cluster::free_ports;
+
 fn run(dir: &Path) -> Output {
     run_with(dir, "c.yaml")
 }
@@ -44,21 +47,12 @@ fn write_config_as(dir: &Path, name: &str, port_1: u16, port_2: u16) {
     std::fs::write(dir.join(name), text).expect("write config");
 }
 
-/// A port that was free a moment ago (the OS hands out ephemeral ports round-robin, so reuse
-/// within the test's lifetime is unlikely).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("ephemeral port")
-        .port()
-}
-
 #[test]
 fn a_port_in_use_fails_with_the_seed_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    write_config(dir.path(), port, free_port());
+    write_config(dir.path(), port, free_ports(1)[0]);
     let out = run(dir.path());
     assert!(!out.status.success(), "{out:?}");
     assert_eq!(
@@ -104,10 +98,12 @@ fn start_node_1(dir: &Path, out: &str, stderr: Stdio) -> Running {
 #[test]
 fn a_second_process_on_the_same_data_directory_fails_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (port_1, port_2) = (free_port(), free_port());
+    let [port_1, port_2, other_port] = free_ports(3)[..] else {
+        unreachable!("free_ports(3) returns three ports")
+    };
     write_config(dir.path(), port_1, port_2);
     // The second process gets another port (so the bind check passes) but the same directory.
-    write_config_as(dir.path(), "other_port.yaml", free_port(), port_2);
+    write_config_as(dir.path(), "other_port.yaml", other_port, port_2);
     let mut first = start_node_1(dir.path(), "first.out", Stdio::null());
     // The first node holds the lock once it reports its log open ("✅").
     let started = Instant::now();
@@ -161,7 +157,7 @@ fn a_persisted_commit_beyond_the_log_is_clamped_and_the_node_starts() {
     use rust_raft_log::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let port = free_ports(1)[0];
     std::fs::write(
         dir.path().join("c.yaml"),
         format!("nodes:\n  - node_id: 1\n    ip_address: \"127.0.0.1\"\n    port: {port}\n"),
@@ -225,7 +221,9 @@ fn a_persisted_commit_beyond_the_log_is_clamped_and_the_node_starts() {
 #[test]
 fn a_data_directory_of_another_node_or_without_its_state_file_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (port_1, port_2) = (free_port(), free_port());
+    let [port_1, port_2] = free_ports(2)[..] else {
+        unreachable!("free_ports(2) returns two ports")
+    };
     write_config(dir.path(), port_1, port_2);
     // Node 1 runs once (it writes its identity and, alone, no entry: a 2-node config has no
     // majority), then stops.

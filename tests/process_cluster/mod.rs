@@ -31,6 +31,8 @@ pub struct Settings {
     pub segment_bytes: u64,
     /// `RUST_LOG` of the nodes.
     pub rust_log: String,
+    /// More `cluster_settings` lines, each `"  field: value\n"`.
+    pub extra: String,
 }
 
 impl Default for Settings {
@@ -41,6 +43,7 @@ impl Default for Settings {
             heartbeat_ms: 50,
             segment_bytes: 1 << 20,
             rust_log: "info".into(),
+            extra: String::new(),
         }
     }
 }
@@ -55,13 +58,18 @@ pub struct Cluster {
     leaders_by_term: HashMap<Term, NodeId>,
 }
 
-/// A port that was free a moment ago (the kernel hands ephemeral ports out in turn, so reuse
-/// within a test's lifetime is unlikely).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("ephemeral port")
-        .port()
+/// `n` different ports that were free a moment ago. Every listener stays open until all `n` are
+/// chosen, so the kernel cannot hand the same port out twice within one call (it did: two nodes of
+/// one cluster were once given one port). Reuse by another process later is still possible but
+/// unlikely: ephemeral ports are handed out in turn.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("ephemeral port").port())
+        .collect()
 }
 
 impl Cluster {
@@ -69,8 +77,8 @@ impl Cluster {
     pub fn start(dir: &Path, size: u32, settings: Settings) -> Cluster {
         let mut addrs = BTreeMap::new();
         let mut yaml = String::from("nodes:\n");
-        for id in 1..=size {
-            let port = free_port();
+        let ports = free_ports(size as usize);
+        for (id, port) in (1..=size).zip(ports) {
             addrs.insert(id, SocketAddr::from(([127, 0, 0, 1], port)));
             yaml +=
                 &format!("  - node_id: {id}\n    ip_address: \"127.0.0.1\"\n    port: {port}\n");
@@ -83,6 +91,7 @@ impl Cluster {
             settings.election_max_ms,
             settings.heartbeat_ms
         );
+        yaml += &settings.extra;
         std::fs::write(dir.join("cluster.yaml"), yaml).expect("write config");
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
