@@ -15,7 +15,8 @@
 //! - [`grpc`]: the wire protocol (`proto/raft.proto`), core <-> proto conversion, the tonic server
 //!   and the peer clients. No protocol logic.
 //! - [`state_machine`]: the `StateMachine` trait the node applies committed entries to, and the
-//!   `Snapshot` trait (whole state as bytes and back).
+//!   `Snapshot` trait (a view of the whole state taken in O(1), written out as a stream on another
+//!   thread, and read back from a stream).
 //! - [`kv`]: the key-value state machine with etcd v3 semantics (`KvStore`), request validation
 //!   with etcd's limits and errors, the command bytes in the log (responses are typed values).
 //! - [`timeline`]: the opt-in latency timeline (`RAFT_TIMELINE=<dir>`), marked by every layer.

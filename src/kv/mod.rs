@@ -3,9 +3,10 @@
 //! This module owns the store ([`KvStore`]), the checks a request passes before it is proposed
 //! ([`validate`]), the bytes a write takes in a log entry ([`encode_command`]), the typed result
 //! handed back to the proposer ([`KvResponse`], the store's `StateMachine::Response`), the store's
-//! snapshot format
-//! (`snapshot.rs`, via [`crate::state_machine::Snapshot`]), and the error type of the layer
-//! ([`KvError`], with etcd's gRPC codes and texts).
+//! snapshots ([`KvSnapshotView`], [`KvStore::restore_from`], via
+//! [`crate::state_machine::Snapshot`]; byte layout in `docs/FORMAT.md`), its hash for etcd's
+//! `HashKV` ([`KvStore::hash_kv`]), and the error type of the layer ([`KvError`], with etcd's gRPC
+//! codes and texts).
 //!
 //! Everything here is pure and deterministic: no I/O, no clock, no randomness, no hash-map
 //! iteration order. Every replica that applies the same committed commands in the same order ends
@@ -36,11 +37,14 @@ mod validate;
 mod cost_tests;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod snapshot_tests;
 
 pub use self::command::{
     decode_command, encode_command, encode_compact, Applied, Command, KvResponse,
     COMMAND_FRAMING_BYTES,
 };
+pub use self::snapshot::{KvHash, KvSnapshotView, SNAPSHOT_BUFFER_BYTES, SNAPSHOT_FIELD_BYTES_MAX};
 pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT};
 pub use self::validate::validate;
 

@@ -4,7 +4,7 @@
 //! the store, to the model, and (as log entry bytes) to a second store; after every step the
 //! store must match the model at the newest and at a random older revision, its invariants must
 //! hold, the second store must be equal with identical responses (determinism), and a store
-//! restored from a snapshot must read the same.
+//! restored from a snapshot must read the same and give the same HashKV hash.
 //!
 //! proptest shrinks a failure to a minimal sequence of operations, prints it, and saves the seed
 //! under `proptest-regressions/` so the failure reproduces on the next run.
@@ -338,12 +338,16 @@ proptest! {
             };
             prop_assert_eq!(read(&store, revision), expected, "read at {} after step {}", revision, i);
             // A store restored from a snapshot is indistinguishable from the original.
-            let snapshot = store.snapshot();
-            let mut restored = KvStore::new();
-            prop_assert!(restored.restore(&snapshot).is_ok(), "restore after step {}", i);
+            let mut snapshot = Vec::new();
+            prop_assert!(store.snapshot_view().write_to(&mut snapshot).is_ok());
+            let restored = KvStore::restore_from(&mut snapshot.as_slice());
+            prop_assert!(restored.is_ok(), "restore after step {}: {:?}", i, restored.err());
+            let restored = restored.expect("checked");
             restored.check_invariants();
             prop_assert_eq!(restored.snapshot(), snapshot);
             prop_assert_eq!(read(&restored, revision), read(&store, revision));
+            prop_assert_eq!(restored.hash_kv(0), store.hash_kv(0));
+            prop_assert_eq!(replica.hash_kv(revision), store.hash_kv(revision));
             prop_assert!(
                 store.revision() - store.compact_revision() <= HISTORY_REVISIONS
                     || store.compact_revision() < 0,

@@ -1,89 +1,361 @@
-//! The snapshot of a [`KvStore`]: its whole state as bytes, and back.
+//! Snapshots of a [`KvStore`]: a view of the state in O(1), its bytes written as a stream on any
+//! thread, the stream read back into a new store, and the store's hash for `etcdctl endpoint
+//! hashkv`.
 //!
-//! ```text
-//! offset  size  field
-//!      0     8  magic "RRLKVSN1"
-//!      8     4  format version (u32 LE) = 1
-//!     12     8  revision (i64 LE)
-//!     20     8  compact_revision (i64 LE)
-//!     28     8  history_revisions (i64 LE)
-//!     36     8  key count (u64 LE)
-//!     44     …  per key, in increasing key order:
-//!                 key length (u32 LE), key bytes, version count (u32 LE), then per version:
-//!                 mod_revision (i64 LE), live flag (u8: 0 tombstone, 1 live), and if live:
-//!                 create_revision (i64 LE), version (i64 LE), value length (u32 LE), value bytes
-//!   end-4     4  CRC-32C (Castagnoli) of every byte before it (u32 LE)
-//! ```
+//! The byte layout of the payload and the definition of the hash are in `docs/FORMAT.md`,
+//! section "Key-value snapshot payload"; the constants below are tied to it by assertions.
 //!
-//! Restoring checks the checksum, every length against the bytes that remain (nothing is
-//! allocated from an unchecked length) and the store's invariants (keys strictly increasing,
-//! revisions in range, histories strictly increasing); bad bytes give a [`SnapshotError`] naming the
-//! offset, and the store is left as it was. The change queue and `size_bytes` are derived data,
-//! rebuilt on restore.
+//! # How a snapshot avoids stalling the node
+//! [`KvStore::snapshot_view`] clones the store's persistent map (one reference count: see
+//! `store.rs`) and its three scalars. The [`KvSnapshotView`] is `Send + 'static` and immutable:
+//! the writes the store applies afterwards copy the map nodes and histories they change instead of
+//! changing the shared ones, so the view keeps describing the moment it was taken. Writing the
+//! bytes ([`KvSnapshotView::write_to`]) and hashing them run on whatever thread holds the view.
+//!
+//! Measured with `examples/kv_snapshot_cost.rs` (8-byte keys, 256-byte values, mimalloc, a 2-core
+//! machine shared with other work): `snapshot_view` takes 30 ns (p50; max under 0.5 µs) at 10,000
+//! and at 1,000,000 keys; `write_to` runs at about 4 GB/s into a sink and 1.7 GB/s into a file
+//! (page cache), 0.18 s for the 301 MB of 1M keys; `restore_from` at 700 to 780 MB/s (170 MB/s for
+//! the first store a process builds, which takes fresh pages from the kernel). While another
+//! thread wrote a 330 MB view, puts into the 1M-key store cost p50 4.4 µs against 3.6 µs without
+//! it, p99 7.9 against 5.7 µs (the copies on write, and the two threads sharing the machine).
+//!
+//! # Invariants
+//! - A view's bytes are exactly those of a store that stopped at the moment the view was taken
+//!   (tests compare them byte for byte).
+//! - Restoring never allocates from an unchecked length: a key or value longer than
+//!   [`SNAPSHOT_FIELD_BYTES_MAX`] is refused before anything is allocated for it, and a shorter
+//!   one is gathered in pieces of at most [`SNAPSHOT_BUFFER_BYTES`] as the bytes arrive; counts
+//!   (keys, versions) are never used to reserve memory.
+//! - Restoring builds the new store aside and hands it out only after the checksum matched and
+//!   every invariant of the store held; the change queue and `size_bytes` are derived, rebuilt.
+//! - The hash depends only on the kept versions at or below the hashed revision, not on how the
+//!   store got them (applied from the log, or restored).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
 
-use super::store::{version_size_bytes, Live, Version, REVISION_INITIAL};
-use super::KvStore;
-use crate::state_machine::{Snapshot, SnapshotError};
+use super::store::{version_size_bytes, History, Key, KeyMap, Live, Version, REVISION_INITIAL};
+use super::{KvError, KvStore};
+use crate::state_machine::{Snapshot, SnapshotError, SnapshotSource};
 
-const MAGIC: &[u8; 8] = b"RRLKVSN1";
-const FORMAT_VERSION: u32 = 1;
-const CHECKSUM_BYTES: usize = 4;
+/// The payload's first bytes.
+pub(super) const MAGIC: &[u8; 8] = b"RRLKVSN1";
+/// The layout this code writes and reads.
+pub(super) const FORMAT_VERSION: u32 = 1;
+/// Bytes before the first key record: magic, version, revision, compact_revision,
+/// history_revisions, key count.
+pub(super) const HEADER_BYTES: usize = 44;
+const _: () = assert!(HEADER_BYTES == MAGIC.len() + 4 + 8 + 8 + 8 + 8);
+/// The trailing CRC-32C.
+pub(super) const CHECKSUM_BYTES: usize = 4;
 
-impl Snapshot for KvStore {
-    fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + usize::try_from(self.size_bytes).unwrap_or(0));
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&self.revision.to_le_bytes());
-        out.extend_from_slice(&self.compact_revision.to_le_bytes());
-        out.extend_from_slice(&self.history_revisions.to_le_bytes());
-        out.extend_from_slice(&(self.keys.len() as u64).to_le_bytes());
-        for (key, history) in &self.keys {
-            put_bytes(&mut out, key);
-            put_len(&mut out, history.len());
-            for version in history {
-                out.extend_from_slice(&version.mod_revision.to_le_bytes());
-                match &version.live {
-                    None => out.push(0),
-                    Some(live) => {
-                        out.push(1);
-                        out.extend_from_slice(&live.create_revision.to_le_bytes());
-                        out.extend_from_slice(&live.version.to_le_bytes());
-                        put_bytes(&mut out, &live.value);
-                    }
-                }
-            }
+/// The longest key or value a snapshot holds: every key and value reached the store inside one
+/// committed log entry, and no entry carries more than this (16 MiB). The writer refuses a longer
+/// one (a store fed directly through `KvStore::apply`), so that it never writes a payload the
+/// reader would refuse.
+pub const SNAPSHOT_FIELD_BYTES_MAX: usize = crate::storage::format::ENTRY_PAYLOAD_MAX;
+// docs/FORMAT.md states the limit as 16 MiB; the lengths are u32.
+const _: () = assert!(SNAPSHOT_FIELD_BYTES_MAX == 16 << 20);
+const _: () = assert!(SNAPSHOT_FIELD_BYTES_MAX <= u32::MAX as usize);
+
+/// The writer's and the reader's buffer: the unit of the writer's `write` calls and of the CRC
+/// computation, and the largest piece a long key or value is read in.
+pub const SNAPSHOT_BUFFER_BYTES: usize = 64 * 1024;
+// docs/FORMAT.md: "in pieces of 64 KiB".
+const _: () = assert!(SNAPSHOT_BUFFER_BYTES == 64 << 10);
+
+/// The store's state at one moment, to write out or hash on any thread. Cheap to clone.
+///
+/// Taken with [`KvStore::snapshot_view`]; later writes to the store do not change it.
+#[derive(Clone)]
+pub struct KvSnapshotView {
+    revision: i64,
+    compact_revision: i64,
+    history_revisions: i64,
+    keys: KeyMap,
+}
+
+// The node hands a view to another thread and keeps applying: it must own what it reads.
+const _: fn() = || {
+    fn send_sync_static<T: Send + Sync + 'static>() {}
+    send_sync_static::<KvSnapshotView>();
+};
+
+impl fmt::Debug for KvSnapshotView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvSnapshotView")
+            .field("revision", &self.revision)
+            .field("compact_revision", &self.compact_revision)
+            .field("history_revisions", &self.history_revisions)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+/// The result of [`KvStore::hash_kv`]: etcd's `HashKVResponse` fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvHash {
+    /// CRC-32C of the kept versions at or below `revision` (`docs/FORMAT.md`, "HashKV").
+    pub hash: u32,
+    /// The revision hashed up to: the one asked for, or the current one for 0.
+    pub revision: i64,
+    /// The store's compaction point when hashed (-1 before any compaction).
+    pub compact_revision: i64,
+}
+
+impl KvStore {
+    /// A consistent view of the store as it is now, in O(1) whatever its size (a clone of the
+    /// persistent map's root and three integers). Writes applied afterwards are not in it; while
+    /// it is alive, each later write copies the few map nodes on its path that the view still
+    /// shares (see the cost figures in `examples/kv_snapshot_cost.rs`).
+    pub fn snapshot_view(&self) -> KvSnapshotView {
+        KvSnapshotView {
+            revision: self.revision,
+            compact_revision: self.compact_revision,
+            history_revisions: self.history_revisions,
+            keys: self.keys.clone(),
         }
-        let checksum = crc32c::crc32c(&out);
-        out.extend_from_slice(&checksum.to_le_bytes());
-        out
     }
 
-    fn restore(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
-        *self = decode(bytes)?;
+    /// Reads a payload written by [`KvSnapshotView::write_to`] into a new store. `r` must yield
+    /// the payload and nothing after it (it is read to its end); it is read through a buffer of
+    /// [`SNAPSHOT_BUFFER_BYTES`], so an unbuffered file is fine.
+    ///
+    /// # Errors
+    /// `Corrupt` naming the payload offset for a checksum mismatch, a length beyond
+    /// [`SNAPSHOT_FIELD_BYTES_MAX`], bytes missing or left over, or a broken invariant of the
+    /// store; `Io` when `r` fails. Nothing is returned until the whole payload has been read and
+    /// checked.
+    pub fn restore_from(r: &mut dyn Read) -> Result<KvStore, SnapshotError> {
+        decode(&mut PayloadReader::new(r))
+    }
+
+    /// etcd's `HashKV`: the hash of the kept versions at or below `revision` (0: the current
+    /// revision). O(size of the store): a server should take a view ([`KvStore::snapshot_view`])
+    /// and call [`KvSnapshotView::hash_kv`] on another thread.
+    ///
+    /// # Errors
+    /// `Compacted` for a revision below the compaction point, `FutureRevision` above the current
+    /// one (etcd's checks and order; hashing at the compaction point itself is allowed, as reads
+    /// there are).
+    pub fn hash_kv(&self, revision: i64) -> Result<KvHash, KvError> {
+        self.snapshot_view().hash_kv(revision)
+    }
+}
+
+impl KvSnapshotView {
+    /// The store revision the view was taken at.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// Writes the snapshot payload (`docs/FORMAT.md`, "Key-value snapshot payload") to `w` in
+    /// pieces of [`SNAPSHOT_BUFFER_BYTES`] and flushes it; returns the number of bytes written.
+    ///
+    /// # Errors
+    /// The errors of `w`; `InvalidData` for a key or value longer than
+    /// [`SNAPSHOT_FIELD_BYTES_MAX`] or a history of more than `u32::MAX` versions, which no store
+    /// fed from the log holds.
+    pub fn write_to(&self, w: &mut dyn Write) -> io::Result<u64> {
+        let mut out = PayloadWriter::new(w);
+        out.put(MAGIC)?;
+        out.put(&FORMAT_VERSION.to_le_bytes())?;
+        out.put(&self.revision.to_le_bytes())?;
+        out.put(&self.compact_revision.to_le_bytes())?;
+        out.put(&self.history_revisions.to_le_bytes())?;
+        out.put(&(self.keys.len() as u64).to_le_bytes())?;
+        for (key, history) in &self.keys {
+            put_key_record(&mut out, key, history)?;
+        }
+        out.finish()
+    }
+
+    /// [`KvStore::hash_kv`] of the state the view holds.
+    ///
+    /// # Errors
+    /// As [`KvStore::hash_kv`].
+    pub fn hash_kv(&self, revision: i64) -> Result<KvHash, KvError> {
+        if revision > 0 && revision < self.compact_revision {
+            return Err(KvError::Compacted);
+        }
+        if revision > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        let revision = if revision <= 0 {
+            self.revision
+        } else {
+            revision
+        };
+        // The records go through the payload writer into a sink: the hash is the writer's CRC.
+        let mut sink = io::sink();
+        let mut out = PayloadWriter::new(&mut sink);
+        for (key, history) in &self.keys {
+            let at_or_below = history.partition_point(|version| version.mod_revision <= revision);
+            if at_or_below > 0 {
+                put_key_record(&mut out, key, &history[..at_or_below])
+                    .unwrap_or_else(|error| panic!("hashing key {key:?}: {error}"));
+            }
+        }
+        let hash = out
+            .checksum()
+            .unwrap_or_else(|error| panic!("hashing into a sink: {error}"));
+        Ok(KvHash {
+            hash,
+            revision,
+            compact_revision: self.compact_revision,
+        })
+    }
+}
+
+impl SnapshotSource for KvSnapshotView {
+    fn write_to(&self, w: &mut dyn Write) -> io::Result<u64> {
+        KvSnapshotView::write_to(self, w)
+    }
+}
+
+impl Snapshot for KvStore {
+    fn snapshot_view(&self) -> Box<dyn SnapshotSource> {
+        Box::new(KvStore::snapshot_view(self))
+    }
+
+    fn restore_from(&mut self, r: &mut dyn Read) -> Result<(), SnapshotError> {
+        *self = KvStore::restore_from(r)?;
         Ok(())
     }
 }
 
-fn put_len(out: &mut Vec<u8>, len: usize) {
-    let len = u32::try_from(len)
-        .unwrap_or_else(|_| panic!("snapshot field of {len} bytes/items exceeds u32"));
-    out.extend_from_slice(&len.to_le_bytes());
+/// One key's record: key length, key, version count, then each version.
+fn put_key_record(out: &mut PayloadWriter<'_>, key: &[u8], versions: &[Version]) -> io::Result<()> {
+    out.put_field(key, "key")?;
+    let count = u32::try_from(versions.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("key {key:?} has {} versions, beyond u32", versions.len()),
+        )
+    })?;
+    out.put(&count.to_le_bytes())?;
+    for version in versions {
+        out.put(&version.mod_revision.to_le_bytes())?;
+        match &version.live {
+            None => out.put(&[0])?,
+            Some(live) => {
+                out.put(&[1])?;
+                out.put(&live.create_revision.to_le_bytes())?;
+                out.put(&live.version.to_le_bytes())?;
+                out.put_field(&live.value, "value")?;
+            }
+        }
+    }
+    Ok(())
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    put_len(out, bytes.len());
-    out.extend_from_slice(bytes);
+/// Writes through a buffer of [`SNAPSHOT_BUFFER_BYTES`], keeping the CRC-32C of everything written.
+struct PayloadWriter<'a> {
+    out: &'a mut dyn Write,
+    buffer: Vec<u8>,
+    /// CRC-32C of the bytes already handed to `out`.
+    crc: u32,
+    written_bytes: u64,
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    offset: usize,
+impl<'a> PayloadWriter<'a> {
+    fn new(out: &'a mut dyn Write) -> Self {
+        PayloadWriter {
+            out,
+            buffer: Vec::with_capacity(SNAPSHOT_BUFFER_BYTES),
+            crc: 0,
+            written_bytes: 0,
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.buffer.len() + bytes.len() > SNAPSHOT_BUFFER_BYTES {
+            self.drain()?;
+            if bytes.len() >= SNAPSHOT_BUFFER_BYTES {
+                // A long value goes out as it is rather than through the buffer.
+                self.crc = crc32c::crc32c_append(self.crc, bytes);
+                self.out.write_all(bytes)?;
+                self.written_bytes += bytes.len() as u64;
+                return Ok(());
+            }
+        }
+        self.buffer.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// A length-prefixed key or value.
+    fn put_field(&mut self, bytes: &[u8], what: &str) -> io::Result<()> {
+        if bytes.len() > SNAPSHOT_FIELD_BYTES_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a {what} of {} bytes is beyond the snapshot's {SNAPSHOT_FIELD_BYTES_MAX}",
+                    bytes.len()
+                ),
+            ));
+        }
+        self.put(&(bytes.len() as u32).to_le_bytes())?;
+        self.put(bytes)
+    }
+
+    fn drain(&mut self) -> io::Result<()> {
+        if !self.buffer.is_empty() {
+            self.crc = crc32c::crc32c_append(self.crc, &self.buffer);
+            self.out.write_all(&self.buffer)?;
+            self.written_bytes += self.buffer.len() as u64;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+
+    /// The CRC-32C of everything put so far.
+    fn checksum(&mut self) -> io::Result<u32> {
+        self.drain()?;
+        Ok(self.crc)
+    }
+
+    /// Appends the checksum and flushes; returns the payload's length.
+    fn finish(mut self) -> io::Result<u64> {
+        let crc = self.checksum()?;
+        self.out.write_all(&crc.to_le_bytes())?;
+        self.out.flush()?;
+        Ok(self.written_bytes + CHECKSUM_BYTES as u64)
+    }
 }
 
-impl<'a> Reader<'a> {
+/// Reads a payload through a buffer of [`SNAPSHOT_BUFFER_BYTES`], keeping the CRC-32C of what it
+/// consumed and the offset, for errors.
+struct PayloadReader<'a> {
+    input: &'a mut dyn Read,
+    buffer: Box<[u8]>,
+    /// `buffer[start..end]` is read from `input` and not consumed yet.
+    start: usize,
+    end: usize,
+    /// `buffer[..checked]` is in `crc` already.
+    checked: usize,
+    crc: u32,
+    /// Bytes consumed since the start of the payload.
+    offset: u64,
+    /// Where a key or value longer than what the buffer holds is assembled.
+    scratch: Vec<u8>,
+}
+
+impl<'a> PayloadReader<'a> {
+    fn new(input: &'a mut dyn Read) -> Self {
+        PayloadReader {
+            input,
+            buffer: vec![0; SNAPSHOT_BUFFER_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            checked: 0,
+            crc: 0,
+            offset: 0,
+            scratch: Vec::new(),
+        }
+    }
+
     fn corrupt(&self, what: impl Into<String>) -> SnapshotError {
         SnapshotError::Corrupt {
             offset: self.offset,
@@ -91,26 +363,63 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn take(&mut self, len: usize, what: &str) -> Result<&'a [u8], SnapshotError> {
-        if self.bytes.len() - self.offset < len {
-            return Err(self.corrupt(format!(
-                "{what}: {len} bytes needed, {} left",
-                self.bytes.len() - self.offset
-            )));
+    /// Reads the next bytes from `input` into the buffer, whose bytes are all consumed; `what`
+    /// and `missing` name what the payload ends in the middle of.
+    fn refill(&mut self, what: &str, missing: usize) -> Result<(), SnapshotError> {
+        debug_assert_eq!(self.start, self.end, "refill with unconsumed bytes");
+        self.crc = crc32c::crc32c_append(self.crc, &self.buffer[self.checked..self.end]);
+        (self.start, self.end, self.checked) = (0, 0, 0);
+        loop {
+            match self.input.read(&mut self.buffer) {
+                Ok(0) => {
+                    return Err(self.corrupt(format!(
+                        "{what}: {missing} more bytes needed, the payload ends"
+                    )))
+                }
+                Ok(read) => {
+                    self.end = read;
+                    return Ok(());
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(SnapshotError::Io {
+                        offset: self.offset,
+                        source,
+                    })
+                }
+            }
         }
-        let taken = &self.bytes[self.offset..self.offset + len];
-        self.offset += len;
-        Ok(taken)
+    }
+
+    /// Consumes up to `len` buffered bytes (refilling an empty buffer first).
+    fn take(&mut self, len: usize, what: &str) -> Result<&[u8], SnapshotError> {
+        if self.start == self.end {
+            self.refill(what, len)?;
+        }
+        let taken = len.min(self.end - self.start);
+        let from = self.start;
+        self.start += taken;
+        self.offset += taken as u64;
+        Ok(&self.buffer[from..from + taken])
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], SnapshotError> {
         let mut array = [0u8; N];
-        array.copy_from_slice(self.take(N, what)?);
+        let mut filled = 0;
+        while filled < N {
+            let piece = self.take(N - filled, what)?;
+            array[filled..filled + piece.len()].copy_from_slice(piece);
+            filled += piece.len();
+        }
         Ok(array)
     }
 
     fn i64(&mut self, what: &str) -> Result<i64, SnapshotError> {
         self.array(what).map(i64::from_le_bytes)
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, SnapshotError> {
+        self.array(what).map(u64::from_le_bytes)
     }
 
     fn u32(&mut self, what: &str) -> Result<u32, SnapshotError> {
@@ -121,41 +430,67 @@ impl<'a> Reader<'a> {
         self.array::<1>(what).map(|[byte]| byte)
     }
 
-    fn bytes(&mut self, what: &str) -> Result<&'a [u8], SnapshotError> {
+    /// A length-prefixed key or value. The length is checked against [`SNAPSHOT_FIELD_BYTES_MAX`]
+    /// before anything is allocated, and the bytes are gathered piece by piece as they arrive.
+    fn field(&mut self, what: &str) -> Result<Arc<[u8]>, SnapshotError> {
         let len = self.u32(what)? as usize;
-        self.take(len, what)
+        if len > SNAPSHOT_FIELD_BYTES_MAX {
+            return Err(self.corrupt(format!(
+                "{what} length {len} is beyond the snapshot's {SNAPSHOT_FIELD_BYTES_MAX}"
+            )));
+        }
+        if self.end - self.start >= len {
+            return Ok(Arc::from(self.take(len, what)?));
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        while scratch.len() < len {
+            let piece = self.take(len - scratch.len(), what)?;
+            scratch.extend_from_slice(piece);
+        }
+        let field = Arc::from(scratch.as_slice());
+        self.scratch = scratch;
+        Ok(field)
     }
 
-    fn remaining(&self) -> usize {
-        self.bytes.len() - self.offset
+    /// The CRC-32C of every byte consumed so far.
+    fn checksum(&mut self) -> u32 {
+        self.crc = crc32c::crc32c_append(self.crc, &self.buffer[self.checked..self.start]);
+        self.checked = self.start;
+        self.crc
+    }
+
+    /// Checks that the input ends here.
+    fn expect_end(&mut self) -> Result<(), SnapshotError> {
+        let mut extra = self.end - self.start;
+        if extra == 0 {
+            loop {
+                match self.input.read(&mut self.buffer) {
+                    Ok(read) => {
+                        extra = read;
+                        break;
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        return Err(SnapshotError::Io {
+                            offset: self.offset,
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+        if extra == 0 {
+            Ok(())
+        } else {
+            Err(self.corrupt("bytes after the checksum"))
+        }
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<KvStore, SnapshotError> {
-    if bytes.len() < MAGIC.len() + 4 + CHECKSUM_BYTES {
-        return Err(SnapshotError::Corrupt {
-            offset: 0,
-            what: format!("{} bytes is too short for a snapshot", bytes.len()),
-        });
-    }
-    let (body, checksum) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
-    let mut stored = [0u8; CHECKSUM_BYTES];
-    stored.copy_from_slice(checksum);
-    let computed = crc32c::crc32c(body);
-    if u32::from_le_bytes(stored) != computed {
-        return Err(SnapshotError::Corrupt {
-            offset: body.len(),
-            what: format!(
-                "checksum {:#010x} does not match the content's {computed:#010x}",
-                u32::from_le_bytes(stored)
-            ),
-        });
-    }
-    let mut reader = Reader {
-        bytes: body,
-        offset: 0,
-    };
-    if reader.take(MAGIC.len(), "magic")? != MAGIC {
+fn decode(reader: &mut PayloadReader<'_>) -> Result<KvStore, SnapshotError> {
+    let magic: [u8; 8] = reader.array("magic")?;
+    if &magic != MAGIC {
         return Err(SnapshotError::Corrupt {
             offset: 0,
             what: "not a key-value store snapshot (bad magic)".to_owned(),
@@ -176,189 +511,157 @@ fn decode(bytes: &[u8]) -> Result<KvStore, SnapshotError> {
     if history_revisions < 0 {
         return Err(reader.corrupt(format!("history_revisions {history_revisions}")));
     }
-    let key_count = u64::from_le_bytes(reader.array("key count")?);
-    let mut keys: BTreeMap<Vec<u8>, Vec<Version>> = BTreeMap::new();
+    let key_count = reader.u64("key count")?;
+    let mut keys = KeyMap::new();
     let mut size_bytes = 0i64;
-    let mut previous_key: Option<&[u8]> = None;
+    let mut previous_key: Option<Key> = None;
     for _ in 0..key_count {
-        let key = reader.bytes("key")?;
-        if key.is_empty() || previous_key.is_some_and(|previous| previous >= key) {
+        let key = reader.field("key")?;
+        if key.is_empty()
+            || previous_key
+                .as_ref()
+                .is_some_and(|previous| *previous >= key)
+        {
             return Err(reader.corrupt("keys must be non-empty and strictly increasing"));
         }
+        let history = decode_history(reader, &key, revision, compact_revision)?;
+        size_bytes += history
+            .iter()
+            .map(|version| version_size_bytes(&key, version))
+            .sum::<i64>();
+        keys.insert(Arc::clone(&key), history);
         previous_key = Some(key);
-        let count = reader.u32("version count")?;
-        if count == 0 {
-            return Err(reader.corrupt("a key without versions"));
-        }
-        let mut history: Vec<Version> = Vec::new();
-        for _ in 0..count {
-            let mod_revision = reader.i64("mod_revision")?;
-            let live = match reader.u8("live flag")? {
-                0 => None,
-                1 => {
-                    let create_revision = reader.i64("create_revision")?;
-                    let version = reader.i64("version")?;
-                    let value = reader.bytes("value")?.to_vec();
-                    if version < 1 || create_revision < 1 || create_revision > mod_revision {
-                        return Err(reader.corrupt(format!(
-                            "version {version} created at {create_revision}, modified at {mod_revision}"
-                        )));
-                    }
-                    Some(Live {
-                        create_revision,
-                        version,
-                        value,
-                    })
-                }
-                flag => return Err(reader.corrupt(format!("live flag {flag}"))),
-            };
-            let increasing = history
-                .last()
-                .is_none_or(|last| last.mod_revision < mod_revision);
-            if mod_revision < 1 || mod_revision > revision || !increasing {
-                return Err(reader.corrupt(format!(
-                    "mod_revision {mod_revision} out of order or above revision {revision}"
-                )));
-            }
-            let version = Version { mod_revision, live };
-            size_bytes += version_size_bytes(key, &version);
-            history.push(version);
-        }
-        keys.insert(key.to_vec(), history);
     }
-    if reader.remaining() != 0 {
-        return Err(reader.corrupt(format!("{} bytes after the last key", reader.remaining())));
+    let computed = reader.checksum();
+    let stored = reader.u32("checksum")?;
+    if stored != computed {
+        return Err(SnapshotError::Corrupt {
+            offset: reader.offset - CHECKSUM_BYTES as u64,
+            what: format!("checksum {stored:#010x} does not match the content's {computed:#010x}"),
+        });
     }
-    // The compaction queue: every version above the compaction point, in revision order (order
-    // within one revision does not matter to compaction).
-    let mut changes: Vec<(i64, Vec<u8>)> = keys
-        .iter()
-        .flat_map(|(key, history)| {
-            history
-                .iter()
-                .filter(|version| version.mod_revision > compact_revision)
-                .map(move |version| (version.mod_revision, key.clone()))
-        })
-        .collect();
-    changes.sort();
+    reader.expect_end()?;
+    let changes = change_queue(&keys, compact_revision);
     Ok(KvStore {
         revision,
         compact_revision,
         history_revisions,
         keys,
-        changes: VecDeque::from(changes),
+        changes,
         size_bytes,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::etcdpb::etcdserverpb::{
-        request_op::Request, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    };
-
-    fn sample() -> KvStore {
-        let mut store = KvStore::with_history_revisions(4);
-        for (i, key) in ["a", "b", "c", "a", "b", "d", "a"].iter().enumerate() {
-            let op = RequestOp {
-                request: Some(Request::RequestPut(PutRequest {
-                    key: key.as_bytes().to_vec(),
-                    value: vec![i as u8; i],
-                    ..PutRequest::default()
-                })),
-            };
-            store.apply(&op).expect("put");
-        }
-        let delete = RequestOp {
-            request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
-                key: b"c".to_vec(),
-                range_end: Vec::new(),
-                prev_kv: false,
-            })),
+/// One key's versions, checked against the store's invariants (`store.rs`).
+fn decode_history(
+    reader: &mut PayloadReader<'_>,
+    key: &[u8],
+    revision: i64,
+    compact_revision: i64,
+) -> Result<Vec<Version>, SnapshotError> {
+    let count = reader.u32("version count")?;
+    if count == 0 {
+        return Err(reader.corrupt(format!("key {key:?} without versions")));
+    }
+    let mut history: Vec<Version> = Vec::new();
+    for _ in 0..count {
+        let mod_revision = reader.i64("mod_revision")?;
+        let live = match reader.u8("live flag")? {
+            0 => None,
+            1 => {
+                let create_revision = reader.i64("create_revision")?;
+                let version = reader.i64("version")?;
+                let value = reader.field("value")?;
+                if version < 1 || create_revision < 1 || create_revision > mod_revision {
+                    return Err(reader.corrupt(format!(
+                        "version {version} created at {create_revision}, modified at {mod_revision}"
+                    )));
+                }
+                Some(Live {
+                    create_revision,
+                    version,
+                    value,
+                })
+            }
+            flag => return Err(reader.corrupt(format!("live flag {flag}"))),
         };
-        store.apply(&delete).expect("delete");
-        store
+        let increasing = history
+            .last()
+            .is_none_or(|last| last.mod_revision < mod_revision);
+        if mod_revision < 1 || mod_revision > revision || !increasing {
+            return Err(reader.corrupt(format!(
+                "mod_revision {mod_revision} out of order or above revision {revision}"
+            )));
+        }
+        let version = Version { mod_revision, live };
+        if let Some(broken) = incarnation_error(history.last(), &version, compact_revision) {
+            return Err(reader.corrupt(format!("key {key:?}: {broken}")));
+        }
+        history.push(version);
+    }
+    Ok(history)
+}
+
+/// What is wrong with `next` following `previous` in one history, if anything: a compacted
+/// tombstone kept at the start, or versions that do not continue an incarnation (the same
+/// `create_revision` with increasing versions) nor start a new one (created at its own revision).
+fn incarnation_error(
+    previous: Option<&Version>,
+    next: &Version,
+    compact_revision: i64,
+) -> Option<String> {
+    match (previous.map(|version| &version.live), &next.live) {
+        (None, None) if next.mod_revision <= compact_revision => Some(format!(
+            "starts with a tombstone at {} at or below the compaction point {compact_revision}",
+            next.mod_revision
+        )),
+        (Some(Some(before)), Some(after)) if before.create_revision == after.create_revision => {
+            (before.version >= after.version).then(|| {
+                format!(
+                    "version {} follows version {} of one incarnation",
+                    after.version, before.version
+                )
+            })
+        }
+        (Some(_), Some(after)) => (after.create_revision != next.mod_revision).then(|| {
+            format!(
+                "a new incarnation at {} created at {}",
+                next.mod_revision, after.create_revision
+            )
+        }),
+        _ => None,
+    }
+}
+
+/// The compaction queue of a restored store: every version above the compaction point, in
+/// revision order (order within one revision does not matter to compaction; key order is used).
+fn change_queue(keys: &KeyMap, compact_revision: i64) -> std::collections::VecDeque<(i64, Key)> {
+    let mut changes: Vec<(i64, Key)> = keys
+        .iter()
+        .flat_map(|(key, history): (&Key, &History)| {
+            history
+                .iter()
+                .filter(|version| version.mod_revision > compact_revision)
+                .map(move |version| (version.mod_revision, Arc::clone(key)))
+        })
+        .collect();
+    changes.sort_unstable();
+    changes.into()
+}
+
+#[cfg(test)]
+impl KvSnapshotView {
+    /// Whether the view shares the store's whole map (no write since the view was taken).
+    pub(super) fn shares_map_with(&self, store: &KvStore) -> bool {
+        self.keys.ptr_eq(&store.keys)
     }
 
-    #[test]
-    fn a_restored_store_reads_and_writes_like_the_original() {
-        let original = sample();
-        let bytes = original.snapshot();
-        let mut restored = KvStore::new();
-        restored.restore(&bytes).expect("restore");
-        restored.check_invariants();
-        assert_eq!(restored.snapshot(), bytes);
-        assert_eq!(restored.revision(), original.revision());
-        assert_eq!(restored.size_bytes(), original.size_bytes());
-        for revision in original.compact_revision()..=original.revision() {
-            let request = RangeRequest {
-                key: vec![0],
-                range_end: vec![0],
-                revision,
-                ..RangeRequest::default()
-            };
-            assert_eq!(
-                restored.range(&request),
-                original.range(&request),
-                "at {revision}"
-            );
-        }
-        // Both go on identically, automatic compaction included.
-        let mut original = original;
-        for i in 0..6u8 {
-            let op = RequestOp {
-                request: Some(Request::RequestPut(PutRequest {
-                    key: vec![b'a' + i % 3],
-                    value: vec![i],
-                    ..PutRequest::default()
-                })),
-            };
-            assert_eq!(restored.apply(&op), original.apply(&op));
-            restored.check_invariants();
-        }
-        assert_eq!(restored.snapshot(), original.snapshot());
-    }
-
-    #[test]
-    fn every_damaged_byte_is_refused_and_leaves_the_store_alone() {
-        let bytes = sample().snapshot();
-        let mut store = sample();
-        let before = store.clone();
-        for offset in 0..bytes.len() {
-            let mut damaged = bytes.clone();
-            damaged[offset] ^= 0x40;
-            let error = store
-                .restore(&damaged)
-                .expect_err("a flipped bit must be detected");
-            assert!(matches!(error, SnapshotError::Corrupt { .. }), "{error}");
-            assert_eq!(
-                store, before,
-                "a failed restore changed the store (offset {offset})"
-            );
-        }
-        for len in 0..bytes.len() {
-            assert!(
-                store.restore(&bytes[..len]).is_err(),
-                "truncated to {len} bytes"
-            );
-        }
-    }
-
-    #[test]
-    fn lengths_are_checked_before_allocating() {
-        // A well-checksummed snapshot claiming a 4 GiB key: refused by length, not by allocation.
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        for field in [1i64, -1, 0] {
-            bytes.extend_from_slice(&field.to_le_bytes());
-        }
-        bytes.extend_from_slice(&u64::MAX.to_le_bytes());
-        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
-        let checksum = crc32c::crc32c(&bytes);
-        bytes.extend_from_slice(&checksum.to_le_bytes());
-        let error = KvStore::new().restore(&bytes).expect_err("bogus length");
-        assert!(error.to_string().contains("key"), "{error}");
+    /// Whether the view and the store hold the same allocation for the newest value of `key`.
+    pub(super) fn shares_value_with(&self, store: &KvStore, key: &[u8]) -> bool {
+        let newest = |keys: &KeyMap| {
+            let version = keys.get(key)?.last()?;
+            version.live.as_ref().map(|live| Arc::as_ptr(&live.value))
+        };
+        matches!((newest(&self.keys), newest(&store.keys)), (Some(a), Some(b)) if std::ptr::addr_eq(a, b))
     }
 }

@@ -5,6 +5,24 @@
 //! at that revision). A queue of `(revision, key)` in write order says which keys a compaction has
 //! to visit, so compaction costs what it removes, not the size of the store.
 //!
+//! The map is persistent (`imbl::OrdMap`, a B+ tree of up to 16 entries per node, nodes shared
+//! behind `Arc`s); keys and values are `Arc<[u8]>`. Cloning the map is one reference count, and a
+//! write copies only the nodes on its path that a clone still shares: the leaf (its keys' `Arc`s
+//! and its histories' vectors, whose values stay shared) and the branches above it. That is what
+//! makes [`KvStore::snapshot_view`] O(1): the view keeps the map of that moment while the store
+//! goes on (see `snapshot.rs`). With no view alive nothing is shared and a write copies nothing.
+//!
+//! Measured with `cost_tests` (100,000 keys, thread CPU time, on a 2-core machine shared with
+//! other builds) against the previous `BTreeMap<Vec<u8>, Vec<Version>>`: three sets of 9 to 15
+//! interleaved runs put the median ratio of a put's cost at 0.98, 1.00 and 1.11, of a single-key
+//! range at 0.92 to 1.03 (the same-code baseline row itself moved by up to 1.2 between the two
+//! binaries). Keeping each history behind its own `Arc` (a copied leaf then bumps 16 counts
+//! instead of cloning 16 vectors) measured 1.02 to 1.14 on puts and 1.06 to 1.14 on ranges, and
+//! helped only while a view is alive: a put that is the first in its leaf since the view cost
+//! about 5.8 µs with inline histories and 3.9 µs with `Arc`ed ones (1.5 µs with no view), while
+//! over one view held for 200,000 puts the two were alike (about 2.1 to 2.5 µs). Views are
+//! occasional and puts are not, so histories are inline.
+//!
 //! Invariants (checked by `check_invariants` in tests):
 //! - `revision >= 1`; `-1 <= compact_revision <= revision` (-1: never compacted).
 //! - Every history is non-empty, strictly increasing in `mod_revision`, every `mod_revision <=
@@ -22,8 +40,11 @@
 //! it; rolling back also covers the cases no check foresees).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::ops::Bound;
+use std::sync::Arc;
+
+use imbl::OrdMap;
 
 use super::KvError;
 use crate::etcdpb::etcdserverpb::{
@@ -48,6 +69,16 @@ pub(super) const REVISION_INITIAL: i64 = 1;
 /// slot), so that `size_bytes` grows with history even for empty values.
 const VERSION_OVERHEAD_BYTES: i64 = 32;
 
+/// A key as the store holds it: shared by the map, the change queue and snapshot views.
+pub(super) type Key = Arc<[u8]>;
+
+/// A key's versions in increasing `mod_revision`, inline in the map's leaf: copying a shared leaf
+/// clones its vectors (the values inside stay shared). See the module docs for why not an `Arc`.
+pub(super) type History = Vec<Version>;
+
+/// Every key with its history, in key order.
+pub(super) type KeyMap = OrdMap<Key, History>;
+
 /// One version of one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Version {
@@ -60,7 +91,8 @@ pub(super) struct Version {
 pub(super) struct Live {
     pub(super) create_revision: i64,
     pub(super) version: i64,
-    pub(super) value: Vec<u8>,
+    /// Shared: a copied leaf (copy on write) and an `ignore_value` put copy only the pointer.
+    pub(super) value: Arc<[u8]>,
 }
 
 /// The key-value state machine. See the [module docs](super) for the semantics.
@@ -71,10 +103,10 @@ pub struct KvStore {
     pub(super) compact_revision: i64,
     /// Automatic compaction keeps this many revisions; 0 keeps everything.
     pub(super) history_revisions: i64,
-    pub(super) keys: BTreeMap<Vec<u8>, Vec<Version>>,
+    pub(super) keys: KeyMap,
     /// One entry per stored version above `compact_revision`, in write order: the keys a
     /// compaction up to a revision must visit.
-    pub(super) changes: VecDeque<(i64, Vec<u8>)>,
+    pub(super) changes: VecDeque<(i64, Key)>,
     pub(super) size_bytes: i64,
 }
 
@@ -112,7 +144,7 @@ impl KvStore {
             revision: REVISION_INITIAL,
             compact_revision: -1,
             history_revisions,
-            keys: BTreeMap::new(),
+            keys: KeyMap::new(),
             changes: VecDeque::new(),
             size_bytes: 0,
         }
@@ -218,7 +250,7 @@ impl KvStore {
         &'a self,
         key: &'a [u8],
         range_end: &'a [u8],
-    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a Vec<Version>)> + 'a {
+    ) -> impl Iterator<Item = (&'a Key, &'a History)> + 'a {
         // A single key is one search; `range(key..=key)` would search twice (both bounds).
         let single = if range_end.is_empty() {
             self.keys.get_key_value(key)
@@ -233,7 +265,7 @@ impl KvStore {
         single.into_iter().chain(
             bounds
                 .into_iter()
-                .flat_map(move |bounds| self.keys.range::<[u8], _>(bounds)),
+                .flat_map(move |bounds| self.keys.range::<_, [u8]>(bounds)),
         )
     }
 
@@ -363,7 +395,7 @@ impl KvStore {
             };
             let history = self
                 .keys
-                .get_mut(&key)
+                .get_mut(&*key)
                 .unwrap_or_else(|| panic!("rollback: no history for {key:?}"));
             let popped = history.pop();
             assert!(
@@ -371,7 +403,7 @@ impl KvStore {
                 "rollback of revision {revision} popped {popped:?} of {key:?}"
             );
             if history.is_empty() {
-                self.keys.remove(&key);
+                self.keys.remove(&*key);
             }
         }
         self.size_bytes = txn.size_bytes;
@@ -415,56 +447,26 @@ impl KvStore {
         if put.lease != 0 {
             return Err(KvError::LeaseNotFound);
         }
-        // One map search for the whole put: the store is in the path of every write.
+        // One map search for a put to an existing key: the store is in the path of every write.
         let KvStore {
             keys,
             changes,
             size_bytes,
             ..
         } = self;
-        let history = keys.entry(put.key.clone()).or_default();
-        let prev = history.last().and_then(|version| {
-            version
-                .live
-                .as_ref()
-                .map(|live| (version.mod_revision, live))
-        });
-        let Some((prev_mod_revision, prev_live)) = prev else {
-            if put.ignore_value || put.ignore_lease {
-                if history.is_empty() {
-                    keys.remove(&put.key);
-                }
-                return Err(KvError::KeyNotFound);
-            }
-            let live = Live {
-                create_revision: txn.rev,
-                version: 1,
-                value: put.value.clone(),
-            };
-            push_version(history, changes, size_bytes, txn, &put.key, Some(live));
+        if let Some((key, history)) = keys.get_key_value_mut(put.key.as_slice()) {
+            let (live, prev_kv) = next_live(put, txn.rev, last_live(history))?;
+            push_version(history, changes, size_bytes, txn, key, Some(live));
             return Ok(PutResponse {
                 header: header(txn.rev),
-                prev_kv: None,
+                prev_kv,
             });
-        };
-        let prev_kv = put.prev_kv.then(|| KeyValue {
-            key: put.key.clone(),
-            create_revision: prev_live.create_revision,
-            mod_revision: prev_mod_revision,
-            version: prev_live.version,
-            value: prev_live.value.clone(),
-            lease: 0,
-        });
-        let live = Live {
-            create_revision: prev_live.create_revision,
-            version: prev_live.version + 1,
-            value: if put.ignore_value {
-                prev_live.value.clone()
-            } else {
-                put.value.clone()
-            },
-        };
-        push_version(history, changes, size_bytes, txn, &put.key, Some(live));
+        }
+        let (live, prev_kv) = next_live(put, txn.rev, None)?;
+        let key = Key::from(put.key.as_slice());
+        let mut history = Vec::with_capacity(1);
+        push_version(&mut history, changes, size_bytes, txn, &key, Some(live));
+        keys.insert(key, history);
         Ok(PutResponse {
             header: header(txn.rev),
             prev_kv,
@@ -484,7 +486,7 @@ impl KvStore {
             .filter_map(|(key, history)| visible(key, history, None))
             .collect();
         for kv in &deleted {
-            self.write(txn, &kv.key, None);
+            self.tombstone(txn, &kv.key);
         }
         Ok(DeleteRangeResponse {
             header: header(if txn.changed { txn.rev } else { self.revision }),
@@ -522,16 +524,20 @@ impl KvStore {
         })
     }
 
-    /// Records a new version of `key` at the transaction's revision (see [`push_version`]).
-    fn write(&mut self, txn: &mut WriteTxn, key: &[u8], live: Option<Live>) {
-        let history = self.keys.entry(key.to_vec()).or_default();
+    /// Records the deletion of `key`, which exists, at the transaction's revision (see
+    /// [`push_version`]).
+    fn tombstone(&mut self, txn: &mut WriteTxn, key: &[u8]) {
+        let (key, history) = self
+            .keys
+            .get_key_value_mut(key)
+            .unwrap_or_else(|| panic!("tombstone of {key:?}: the key has no history"));
         push_version(
             history,
             &mut self.changes,
             &mut self.size_bytes,
             txn,
             key,
-            live,
+            None,
         );
     }
 
@@ -571,6 +577,9 @@ impl KvStore {
         } else {
             at_or_below - 1
         };
+        if drop == 0 {
+            return;
+        }
         let freed: i64 = history[..drop]
             .iter()
             .map(|version| version_size_bytes(key, version))
@@ -624,7 +633,7 @@ impl KvStore {
                 !(first.live.is_none() && first.mod_revision <= self.compact_revision),
                 "{key:?} keeps a compacted tombstone: {history:?}"
             );
-            for version in history {
+            for version in history.iter() {
                 assert!(
                     version.mod_revision <= self.revision,
                     "{key:?}: {history:?}"
@@ -640,7 +649,7 @@ impl KvStore {
         let above_compaction = self
             .keys
             .values()
-            .flatten()
+            .flat_map(|history| history.iter())
             .filter(|version| version.mod_revision > self.compact_revision)
             .count();
         assert_eq!(
@@ -663,10 +672,10 @@ impl KvStore {
 /// version per key and revision, one queue entry per version).
 fn push_version(
     history: &mut Vec<Version>,
-    changes: &mut VecDeque<(i64, Vec<u8>)>,
+    changes: &mut VecDeque<(i64, Key)>,
     size_bytes: &mut i64,
     txn: &mut WriteTxn,
-    key: &[u8],
+    key: &Key,
     live: Option<Live>,
 ) {
     let version = Version {
@@ -681,7 +690,7 @@ fn push_version(
         }
         _ => {
             history.push(version);
-            changes.push_back((txn.rev, key.to_vec()));
+            changes.push_back((txn.rev, Arc::clone(key)));
         }
     }
     *size_bytes += added;
@@ -715,9 +724,59 @@ fn visible(key: &[u8], history: &[Version], at: Option<i64>) -> Option<KeyValue>
         create_revision: live.create_revision,
         mod_revision: version.mod_revision,
         version: live.version,
-        value: live.value.clone(),
+        value: live.value.to_vec(),
         lease: 0,
     })
+}
+
+/// The newest version of a history if it is live: `(mod_revision, record)`.
+fn last_live(history: &[Version]) -> Option<(i64, &Live)> {
+    let version = history.last()?;
+    version
+        .live
+        .as_ref()
+        .map(|live| (version.mod_revision, live))
+}
+
+/// The record a put writes at revision `rev` over `prev` (the key's live record, if any), and the
+/// previous record if the put asked for it.
+///
+/// # Errors
+/// `KeyNotFound` for `ignore_value`/`ignore_lease` on a key that is not live.
+fn next_live(
+    put: &PutRequest,
+    rev: i64,
+    prev: Option<(i64, &Live)>,
+) -> Result<(Live, Option<KeyValue>), KvError> {
+    let Some((prev_mod_revision, prev_live)) = prev else {
+        if put.ignore_value || put.ignore_lease {
+            return Err(KvError::KeyNotFound);
+        }
+        let live = Live {
+            create_revision: rev,
+            version: 1,
+            value: Arc::from(put.value.as_slice()),
+        };
+        return Ok((live, None));
+    };
+    let prev_kv = put.prev_kv.then(|| KeyValue {
+        key: put.key.clone(),
+        create_revision: prev_live.create_revision,
+        mod_revision: prev_mod_revision,
+        version: prev_live.version,
+        value: prev_live.value.to_vec(),
+        lease: 0,
+    });
+    let live = Live {
+        create_revision: prev_live.create_revision,
+        version: prev_live.version + 1,
+        value: if put.ignore_value {
+            Arc::clone(&prev_live.value)
+        } else {
+            Arc::from(put.value.as_slice())
+        },
+    };
+    Ok((live, prev_kv))
 }
 
 /// A key range as `BTreeMap::range` takes it.
