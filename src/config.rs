@@ -5,6 +5,7 @@
 //! [`ClusterConfig::from_yaml`]:
 //! - node ids are unique and addresses (`ip_address:port`) are unique, ports are not 0;
 //! - `0 < heartbeat_interval < election_timeout_range.min <= election_timeout_range.max`;
+//! - `snapshot_catchup_entries <= SNAPSHOT_CATCHUP_ENTRIES_MAX`;
 //! - `log_segment_size` is one the storage engine opens (`storage::format::check_segment_size`:
 //!   a multiple of 8 in [64 KiB, 4 GiB - 8 bytes]), checked by the same function the log uses;
 //! - every field name was known: a typo is an error, never a silent fall-back to a default.
@@ -20,6 +21,8 @@
 //!   max_entries_per_query: 1000
 //!   election_timeout_range: { min: 150, max: 500 }  # milliseconds
 //!   heartbeat_interval: 50       # milliseconds
+//!   snapshot_entries: 10000      # a snapshot every this many applied entries; 0: never
+//!   snapshot_catchup_entries: 5000  # entries kept before the newest snapshot
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -88,6 +91,14 @@ pub struct ElectionTimeoutRange {
     pub max: u64,
 }
 
+/// Default of `snapshot_entries` (see README.md, "Snapshots and log compaction", for why).
+pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 10_000;
+/// Default of `snapshot_catchup_entries` (etcd's `SnapshotCatchUpEntries`).
+pub const SNAPSHOT_CATCHUP_ENTRIES_DEFAULT: u64 = 5_000;
+
+/// Most entries `snapshot_catchup_entries` may keep (a bound on the log a snapshot leaves).
+pub const SNAPSHOT_CATCHUP_ENTRIES_MAX: u64 = 10_000_000;
+
 /// `cluster_settings:` with the seed's defaults.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -99,6 +110,11 @@ pub struct ClusterSettings {
     pub election_timeout_range: ElectionTimeoutRange,
     /// Milliseconds.
     pub heartbeat_interval: u64,
+    /// A snapshot every this many applied entries; 0 turns snapshots (and log compaction) off.
+    pub snapshot_entries: u64,
+    /// Entries the log keeps before its newest snapshot, so that a follower a little behind
+    /// catches up from the log instead of receiving a snapshot.
+    pub snapshot_catchup_entries: u64,
 }
 
 impl Default for ClusterSettings {
@@ -109,6 +125,8 @@ impl Default for ClusterSettings {
             max_entries_per_query: 1000,
             election_timeout_range: ElectionTimeoutRange { min: 150, max: 500 },
             heartbeat_interval: 50,
+            snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
+            snapshot_catchup_entries: SNAPSHOT_CATCHUP_ENTRIES_DEFAULT,
         }
     }
 }
@@ -242,6 +260,12 @@ impl ClusterConfig {
             return invalid(format!(
                 "cluster_settings.heartbeat_interval: {} ms must be below election_timeout_range.min ({} ms)",
                 s.heartbeat_interval, range.min
+            ));
+        }
+        if s.snapshot_catchup_entries > SNAPSHOT_CATCHUP_ENTRIES_MAX {
+            return invalid(format!(
+                "cluster_settings.snapshot_catchup_entries: {} is above the limit of {}",
+                s.snapshot_catchup_entries, SNAPSHOT_CATCHUP_ENTRIES_MAX
             ));
         }
         Ok(())

@@ -227,6 +227,15 @@ pub trait Consensus {
     }
     /// A snapshot is durable on this node (see [`RaftNode::snapshot_created`]).
     fn snapshot_created(&mut self, _snap: SnapshotId) {}
+    /// The newest snapshot the core knows of (taken or installed).
+    fn snapshot(&self) -> Option<SnapshotId> {
+        None
+    }
+    /// The term of the entry at `index` in the core's view (durable or not); defaults to the
+    /// durable log's.
+    fn log_term(&self, index: LogIndex) -> Option<Term> {
+        self.storage().term(index)
+    }
     /// See [`RaftNode::report_snapshot_failed`].
     fn report_snapshot_failed(&mut self, _to: NodeId) {}
 }
@@ -283,6 +292,12 @@ impl<S: Storage> Consensus for RaftNode<S> {
     }
     fn snapshot_created(&mut self, snap: SnapshotId) {
         RaftNode::snapshot_created(self, snap)
+    }
+    fn snapshot(&self) -> Option<SnapshotId> {
+        RaftNode::snapshot(self)
+    }
+    fn log_term(&self, index: LogIndex) -> Option<Term> {
+        RaftNode::log_term(self, index)
     }
     fn report_snapshot_failed(&mut self, to: NodeId) {
         RaftNode::report_snapshot_failed(self, to)
@@ -538,6 +553,34 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
     }
 
     /// Whether a Ready is waiting for its write (or for the writes before it).
+    /// The applied index and its term: where a snapshot taken now ends.
+    pub fn applied(&self) -> Option<SnapshotId> {
+        let index = self.applied_index;
+        let term = self.core.log_term(index)?;
+        (index > LogIndex::ZERO).then_some(SnapshotId { index, term })
+    }
+
+    /// A snapshot of the state machine at `snap` is durable: the core may send it to followers,
+    /// and the log drops what lies more than `keep_entries` before it (entries a slow follower
+    /// may still fetch without a snapshot).
+    ///
+    /// # Errors
+    /// The compaction's I/O error: the node must stop.
+    pub fn snapshot_taken(
+        &mut self,
+        snap: SnapshotId,
+        keep_entries: u64,
+    ) -> Result<(), DriverError> {
+        self.core.snapshot_created(snap);
+        let upto = LogIndex(snap.index.0.saturating_sub(keep_entries));
+        if upto >= self.core.storage().first_index() {
+            self.durable
+                .compact(self.core.storage_mut(), upto)
+                .map_err(|e| DriverError(Box::new(e)))?;
+        }
+        Ok(())
+    }
+
     pub fn has_in_flight(&self) -> bool {
         !self.in_flight.is_empty()
     }

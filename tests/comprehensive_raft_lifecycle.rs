@@ -235,6 +235,9 @@ fn ten_thousand_proposals_survive_kills_restarts_and_a_full_restart() {
             election_min_ms: 150,
             election_max_ms: 300,
             segment_bytes: SEGMENT_BYTES,
+            // This test reads every log from index 1 and checks each acknowledged proposal in
+            // it, so the log must not be compacted; tests/snapshot_cluster.rs covers compaction.
+            extra: "  snapshot_entries: 0\n".to_string(),
             ..Settings::default()
         };
         let mut cluster = Cluster::start(dir.path(), 3, settings);

@@ -51,6 +51,7 @@ fn start_node(config: &ClusterConfig, id: u32, listener: std::net::TcpListener) 
             listener,
             core,
             MemDurable::default(),
+            node::Recovered::in_memory(),
             async move {
                 let _ = stopped.await;
             },

@@ -7,6 +7,11 @@
 //! ([`crate::driver`] has the rules: what leaves at once, what waits for durability, how replies,
 //! proposals and reads are matched). The driver's requests go to the peer clients ([`Peers`]).
 //!
+//! Snapshots ([`EventLoop::with_snapshots`]): once a Ready was drained and enough entries were
+//! applied, the loop takes a consistent view of the state machine (cheap, on this thread) and a
+//! [`Snapshotter`] thread writes it; when it is durable the core learns of it and the log is
+//! compacted behind it (keeping the catch-up entries). The loop never waits for a snapshot.
+//!
 //! A failed durable write is fatal (fsyncgate: never retry a failed fdatasync): the loop returns
 //! the error and the node stops.
 
@@ -20,11 +25,22 @@ use tokio::sync::mpsc;
 pub use crate::driver::{Consensus, DriverStats as LoopStats, Inbound, ReplySlots, RequestKind};
 use crate::driver::{Driver, DriverConfig, DriverError, Outbox};
 use crate::grpc::Peers;
+use crate::node::snapshots::Snapshotter;
 use crate::raft::message::{Envelope, Message};
-use crate::raft::{Ready, Role};
+use crate::raft::{Ready, Role, Storage};
+use crate::state_machine::SnapshotSource;
 pub use crate::state_machine::StateMachine;
 pub use crate::storage::engine::{Durable, PersistFuture, WriteBatch};
 use crate::types::{LogIndex, NodeId};
+
+/// Takes a consistent view of the state machine for a snapshot (cheap: called on the loop).
+pub type SnapshotView<M> = Box<dyn Fn(&M) -> Box<dyn SnapshotSource>>;
+
+/// How the loop snapshots its state machine.
+struct Snapshots<M> {
+    snapshotter: Snapshotter,
+    view: SnapshotView<M>,
+}
 
 /// Static facts the loop needs.
 #[derive(Clone, Debug)]
@@ -96,6 +112,7 @@ pub struct EventLoop<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
     tick: Duration,
     inbound_batch_max: usize,
     last_role: Role,
+    snapshots: Option<Snapshots<M>>,
 }
 
 impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M> {
@@ -126,7 +143,21 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             tick: config.tick,
             inbound_batch_max: config.inbound_batch_max,
             last_role: Role::Follower,
+            snapshots: None,
         }
+    }
+
+    /// Takes snapshots with `snapshotter` of the views `view` takes, and installs a leader's
+    /// snapshots with `installer`.
+    pub fn with_snapshots(
+        mut self,
+        snapshotter: Snapshotter,
+        view: SnapshotView<M>,
+        installer: crate::driver::SnapshotInstaller<M>,
+    ) -> Self {
+        self.driver.set_snapshot_installer(installer);
+        self.snapshots = Some(Snapshots { snapshotter, view });
+        self
     }
 
     /// Runs until `shutdown` completes (then finishes the in-flight writes) or a fatal error.
@@ -145,6 +176,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             outbox,
             inbound_batch_max,
             last_role,
+            snapshots,
             ..
         } = &mut self;
         loop {
@@ -153,6 +185,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 _ = &mut shutdown => break,
                 result = std::future::poll_fn(|cx| driver.poll_durable(cx, outbox)) => result?,
                 _ = ticker.tick() => driver.tick(),
+                taken = wait_snapshot(snapshots) => on_snapshot(driver, snapshots, taken)?,
                 item = inbound.recv() => {
                     let Some(item) = item else { return Err(LoopError::InboundClosed) };
                     driver.handle(item);
@@ -168,6 +201,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             }
             driver.drain_ready(outbox);
             log_role_change(driver.core(), last_role);
+            maybe_start_snapshot(driver, snapshots);
         }
         // Graceful stop: finish the writes already started so what was acknowledged stays
         // acknowledged, then let everything else go.
@@ -180,6 +214,63 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         tracing::info!(stats = ?stats, "event loop stopped");
         Ok(stats)
     }
+}
+
+/// Completes when the snapshot being written is done; never without snapshots.
+async fn wait_snapshot<M>(
+    snapshots: &mut Option<Snapshots<M>>,
+) -> Result<crate::node::snapshots::Taken, String> {
+    match snapshots {
+        Some(s) => s.snapshotter.finished().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn maybe_start_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
+    driver: &Driver<C, D, M>,
+    snapshots: &mut Option<Snapshots<M>>,
+) {
+    let Some(s) = snapshots else { return };
+    if !s
+        .snapshotter
+        .due(driver.applied_index(), driver.core().snapshot())
+    {
+        return;
+    }
+    let Some(at) = driver.applied() else { return };
+    let started = std::time::Instant::now();
+    let source = (s.view)(driver.state_machine());
+    tracing::debug!(index = %at.index, view_us = started.elapsed().as_micros() as u64, "snapshot started");
+    s.snapshotter.start(at, source);
+}
+
+fn on_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
+    driver: &mut Driver<C, D, M>,
+    snapshots: &mut Option<Snapshots<M>>,
+    taken: Result<crate::node::snapshots::Taken, String>,
+) -> Result<(), DriverError> {
+    let Some(s) = snapshots else { return Ok(()) };
+    match taken {
+        Ok(t) => {
+            let keep = s.snapshotter.policy().catchup_entries;
+            let first_before = driver.core().storage().first_index();
+            driver.snapshot_taken(t.snap, keep)?;
+            tracing::info!(
+                "📸 Snapshot at index {} (term {}): {} payload bytes in {} ms; log now starts at {} (was {})",
+                t.snap.index,
+                t.snap.term,
+                t.payload_bytes,
+                t.elapsed.as_millis(),
+                driver.core().storage().first_index(),
+                first_before
+            );
+        }
+        Err(why) => {
+            tracing::error!("snapshot failed, the log is not compacted: {why}");
+            s.snapshotter.postpone(driver.applied_index());
+        }
+    }
+    Ok(())
 }
 
 fn log_role_change(core: &impl Consensus, last_role: &mut Role) {
@@ -414,6 +505,10 @@ mod tests {
                 log.truncate_suffix(from);
             }
             log.append(&batch.entries);
+        }
+        fn compact(&mut self, log: &mut MemStorage, upto: LogIndex) -> Result<(), GateDropped> {
+            log.compact_prefix(upto);
+            Ok(())
         }
     }
 

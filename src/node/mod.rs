@@ -28,6 +28,7 @@
 
 pub mod event_loop;
 pub mod logging;
+pub mod snapshots;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,20 +39,27 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use self::snapshots::{NodeSnapshots, SnapshotPolicy, Snapshotter};
 use crate::config::ClusterConfig;
 use crate::driver::Inbound;
 use crate::etcd::members::Members;
 use crate::etcd::server::{EtcdApi, SharedStore};
 use crate::grpc::{self, GrpcError, Limits, PeerConfig, Peers, ServerConfig};
 use crate::kv::{KvLimits, KvResponse, KvStore};
+use crate::raft::SnapshotId;
 use crate::raft::{self, HardState, RaftNode};
+use crate::state_machine::Snapshot;
 use crate::storage::engine::{Engine, EngineTask, LogView};
+use crate::storage::file::Vfs;
+use crate::storage::snapshot::{newest_valid, remove_temp_files, SnapshotReader, PAYLOAD_KIND_KV};
 use crate::storage::state::{Identity, RaftState};
 use crate::storage::uring::UringVfs;
 use crate::storage::{LogConfig, LogError, RaftLog};
 use crate::types::{LogIndex, NodeId};
 
-pub use self::event_loop::{Consensus, EventLoop, LoopConfig, LoopError, LoopStats, StateMachine};
+pub use self::event_loop::{
+    Consensus, EventLoop, LoopConfig, LoopError, LoopStats, SnapshotView, StateMachine,
+};
 pub use crate::storage::engine::{Durable, WriteBatch};
 
 /// One tick of the core is one millisecond of wall-clock time in the node.
@@ -70,6 +78,9 @@ pub const PROPOSALS_PENDING_MAX: usize = 65_536;
 /// Linearizable reads waiting for their ReadIndex confirmation or their apply before new ones are
 /// refused (retryable).
 pub const READS_PENDING_MAX: usize = 65_536;
+/// Snapshot files kept in a node directory: the newest, and one before it (a follower may still
+/// be receiving it when the next one is taken).
+pub const SNAPSHOTS_KEPT: usize = 2;
 /// How long a graceful stop waits for the gRPC server after the event loop stopped. By then every
 /// in-flight RPC has its answer (or its reply handle was dropped: an error status), so the server
 /// only has to flush them; what can remain are idle client connections, on which hyper's HTTP/2
@@ -98,6 +109,12 @@ pub enum NodeError {
     /// Opening the durable log or state failed (corruption names the file and offset).
     #[error("storage: {0}")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// No valid snapshot covers what the log no longer holds, or a snapshot cannot be restored.
+    #[error("snapshot in {}: {message}", directory.display())]
+    Snapshot {
+        directory: std::path::PathBuf,
+        message: String,
+    },
 }
 
 /// Runs node `node_id` of `config` until SIGINT/SIGTERM: the steps of the module docs, in order.
@@ -121,9 +138,28 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
     tracing::info!("   Log directory: {}", directory.display());
 
     let listener = grpc::bind(me.address())?;
-    let (engine, log, task, hard_state) = open_storage(config, id, &directory)?;
-    let core = RaftNode::new(core_config(config, id, election_seed(id)), hard_state, log)?;
+    let vfs: Arc<dyn Vfs> = Arc::new(UringVfs);
+    let opened = open_storage(config, id, &directory)?;
+    let store = restore_store(&*vfs, opened.snapshot.as_ref())?;
+    let snapshot = opened.snapshot.as_ref().map(|c| c.id);
+    let core = RaftNode::restart(
+        core_config(config, id, election_seed(id)),
+        opened.hard_state,
+        opened.view,
+        snapshot,
+    )?;
     tracing::info!("✅ Raft node created successfully");
+    let recovered = Recovered {
+        store,
+        applied: snapshot.map_or(LogIndex::ZERO, |s| s.index),
+        snapshots: Some(SnapshotSetup {
+            vfs,
+            dir: directory.clone(),
+            policy: snapshot_policy(config),
+            cluster_id: config.cluster_id(),
+        }),
+    };
+    let (engine, task) = (opened.engine, opened.task);
     // tokio-uring panics when io_uring cannot be set up (old kernel, seccomp, memlock limits):
     // probe first so that case is an error naming the cause, not a panic.
     io_uring::IoUring::new(8).map_err(NodeError::Runtime)?;
@@ -132,32 +168,66 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
     let config = config.clone();
     builder.start(async move {
         tokio::task::spawn_local(task.run());
-        run_node(&config, id, listener, core, engine, shutdown_signal()).await?;
+        run_node(
+            &config,
+            id,
+            listener,
+            core,
+            engine,
+            recovered,
+            shutdown_signal(),
+        )
+        .await?;
         tracing::info!("node {id} stopped");
         Ok(())
     })
 }
 
+/// What [`open_storage`] opened and recovered.
+pub struct OpenedStorage {
+    pub engine: Engine,
+    /// The core's view of the log.
+    pub view: LogView,
+    /// The engine's task, to run inside the runtime.
+    pub task: EngineTask,
+    pub hard_state: HardState,
+    /// The snapshot the node restarts from (the newest valid one), if any.
+    pub snapshot: Option<ChosenSnapshot>,
+}
+
+/// A snapshot file recovery chose.
+#[derive(Clone, Debug)]
+pub struct ChosenSnapshot {
+    pub id: SnapshotId,
+    pub path: std::path::PathBuf,
+}
+
 /// Step 3 of the module docs: opens the node directory's log (taking its lock) and state file
 /// (checking that the directory is this node's of this cluster, and that a log comes with its
-/// state file: `RaftState::open_checked`), and builds the append engine over them. Returns the engine, the core's view of the log, the
-/// engine's task (to run inside the runtime) and the durable hard state.
+/// state file: `RaftState::open_checked`), chooses the snapshot to restart from, and builds the
+/// append engine over the log and the state file.
+///
+/// The snapshot is the newest valid `snapshot_<index>.snap` (damaged newer ones are reported):
+/// the log must continue it (hold its last entry, or start right after it); a log that does not
+/// hold its last entry with its term was replaced by it (a crash during an install from the
+/// leader, after the snapshot's rename) and is reset to it here, finishing the install.
 ///
 /// # Errors
 /// [`NodeError::DataDirInUse`] if another process holds the directory; storage errors while
 /// opening (corruption names the file and offset; another node's or cluster's directory, or a log
-/// without its state file, names the directory and the way out).
+/// without its state file, names the directory and the way out); [`NodeError::Snapshot`] when the
+/// state before the log's first index is in no valid snapshot (starting would lose it).
 pub fn open_storage(
     config: &ClusterConfig,
     id: NodeId,
     directory: &Path,
-) -> Result<(Engine, LogView, EngineTask, HardState), NodeError> {
+) -> Result<OpenedStorage, NodeError> {
     let storage = |e: Box<dyn std::error::Error + Send + Sync>| NodeError::Storage(e);
     let log_config = LogConfig {
         segment_size_bytes: config.cluster_settings.log_segment_size,
         ..LogConfig::new(directory)
     };
-    let log = RaftLog::open(log_config).map_err(|e| match e {
+    let mut log = RaftLog::open(log_config).map_err(|e| match e {
         LogError::Locked { dir } => NodeError::DataDirInUse { directory: dir },
         e => storage(Box::new(e)),
     })?;
@@ -172,14 +242,139 @@ pub fn open_storage(
     let state = RaftState::open_checked(&UringVfs, directory, identity, log_range)
         .map_err(|e| storage(Box::new(e)))?;
     let hard_state = state.state().hard_state();
+    let snapshot = choose_snapshot(directory, &log)?;
+    if let Some(c) = &snapshot {
+        let holds = log.term(c.id.index).ok() == Some(c.id.term);
+        if !holds {
+            tracing::warn!(
+                "the log does not hold the last entry of snapshot {} (log {}..={}): resetting the \
+                 log to it (finishing an install from the leader)",
+                c.path.display(),
+                log.first_index(),
+                log.last_index()
+            );
+            log.reset(c.id.index, c.id.term)
+                .map_err(|e| storage(Box::new(e)))?;
+        }
+    }
     tracing::info!(
         first = %log.first_index(),
         last = %log.last_index(),
         term = %hard_state.term,
+        snapshot = ?snapshot.as_ref().map(|c| c.id.index),
         "log opened"
     );
     let (engine, view, task) = Engine::new(log, state);
-    Ok((engine, view, task, hard_state))
+    Ok(OpenedStorage {
+        engine,
+        view,
+        task,
+        hard_state,
+        snapshot,
+    })
+}
+
+/// The newest valid snapshot of `directory`, checked against the log (see [`open_storage`]).
+fn choose_snapshot(directory: &Path, log: &RaftLog) -> Result<Option<ChosenSnapshot>, NodeError> {
+    let refuse = |message: String| NodeError::Snapshot {
+        directory: directory.to_path_buf(),
+        message,
+    };
+    let removed = remove_temp_files(&UringVfs, directory).map_err(|e| refuse(e.to_string()))?;
+    for path in removed {
+        tracing::info!("removed {} (an unfinished snapshot)", path.display());
+    }
+    let newest = newest_valid(&UringVfs, directory).map_err(|e| refuse(e.to_string()))?;
+    for d in &newest.damaged {
+        tracing::error!("snapshot {} is damaged: {}", d.path.display(), d.error);
+    }
+    let first = log.first_index();
+    let chosen = newest.chosen.map(|v| ChosenSnapshot {
+        id: SnapshotId {
+            index: v.summary.meta.index,
+            term: v.summary.meta.term,
+        },
+        path: v.path,
+    });
+    let covered = chosen.as_ref().map_or(LogIndex::ZERO, |c| c.id.index);
+    if first > covered.next() {
+        let why = match (&chosen, newest.damaged.first()) {
+            (_, Some(d)) => format!(
+                "the newest snapshot {} is damaged ({})",
+                d.path.display(),
+                d.error
+            ),
+            (Some(c), None) => format!("the newest snapshot ends at index {}", c.id.index),
+            (None, None) => "there is no snapshot".to_string(),
+        };
+        return Err(refuse(format!(
+            "the log starts at index {first} and {why}: the state before index {first} is \
+             in no valid snapshot, so starting would lose acknowledged writes. Restore this \
+             member from a healthy one (README.md, \"Snapshots and log compaction\")"
+        )));
+    }
+    Ok(chosen)
+}
+
+/// The key-value store to start with: restored from `snapshot`, or empty.
+///
+/// # Errors
+/// [`NodeError::Snapshot`] if the snapshot cannot be read or restored (it was verified just
+/// before, so this is a disk failure or a payload the store refuses).
+pub fn restore_store(
+    vfs: &dyn Vfs,
+    snapshot: Option<&ChosenSnapshot>,
+) -> Result<KvStore, NodeError> {
+    let mut store = KvStore::new();
+    if let Some(c) = snapshot {
+        let started = std::time::Instant::now();
+        restore_from_file(vfs, &c.path, c.id, &mut store).map_err(|message| {
+            NodeError::Snapshot {
+                directory: c.path.clone(),
+                message,
+            }
+        })?;
+        tracing::info!(
+            "📸 Restored the snapshot at index {} (term {}) in {} ms",
+            c.id.index,
+            c.id.term,
+            started.elapsed().as_millis()
+        );
+    }
+    Ok(store)
+}
+
+/// Replaces `machine` by the snapshot file at `path`, which must be the snapshot `id`.
+fn restore_from_file<M: Snapshot>(
+    vfs: &dyn Vfs,
+    path: &Path,
+    id: SnapshotId,
+    machine: &mut M,
+) -> Result<(), String> {
+    let mut reader = SnapshotReader::open(vfs, path).map_err(|e| e.to_string())?;
+    let meta = reader.meta();
+    if meta.index != id.index || meta.term != id.term {
+        return Err(format!(
+            "{} holds the snapshot at index {} term {}, not index {} term {}",
+            path.display(),
+            meta.index,
+            meta.term,
+            id.index,
+            id.term
+        ));
+    }
+    machine
+        .restore_from(&mut reader)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// How the node snapshots, from the cluster config.
+pub fn snapshot_policy(config: &ClusterConfig) -> SnapshotPolicy {
+    SnapshotPolicy {
+        every_entries: config.cluster_settings.snapshot_entries,
+        catchup_entries: config.cluster_settings.snapshot_catchup_entries,
+        keep: SNAPSHOTS_KEPT,
+    }
 }
 
 /// The core's configuration derived from the cluster config (times in ticks of [`TICK`]).
@@ -235,19 +430,21 @@ impl<M: StateMachine> StateMachine for Arc<Mutex<M>> {
 ///
 /// # Errors
 /// `Transport` if the listener or a peer address is unusable, `Loop` for a fatal loop error.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_node<C, D>(
     config: &ClusterConfig,
     id: NodeId,
     listener: std::net::TcpListener,
     core: C,
     durable: D,
+    recovered: Recovered,
     shutdown: impl Future<Output = ()>,
 ) -> Result<LoopStats, NodeError>
 where
     C: Consensus + 'static,
     D: Durable<Log = C::Log> + 'static,
 {
-    let store: SharedStore = Arc::new(Mutex::new(KvStore::new()));
+    let store: SharedStore = Arc::new(Mutex::new(recovered.store));
     let members = Members::from_config(config);
     let limits = KvLimits::default().fitting_entries_of(config.entry_payload_max_bytes());
     let etcd_store = Arc::clone(&store);
@@ -261,10 +458,70 @@ where
             .add_service(cluster);
         (routes, crate::etcd::server::PATH_FILTER)
     };
+    let snapshots = recovered.snapshots.map(|setup| {
+        let view: SnapshotView<SharedStore> = Box::new(|store: &SharedStore| {
+            let store = store.lock().unwrap_or_else(PoisonError::into_inner);
+            Snapshot::snapshot_view(&*store)
+        });
+        (setup, view)
+    });
     run_node_inner(
-        config, id, listener, core, durable, store, etcd_api, shutdown,
+        config,
+        id,
+        listener,
+        core,
+        durable,
+        store,
+        recovered.applied,
+        snapshots,
+        etcd_api,
+        shutdown,
     )
     .await
+}
+
+/// What a node starts from: the store (restored from a snapshot, or empty), the index it
+/// reflects, and where its snapshots live.
+pub struct Recovered {
+    pub store: KvStore,
+    pub applied: LogIndex,
+    /// `None`: the node takes no snapshots and cannot install one (in-memory test nodes).
+    pub snapshots: Option<SnapshotSetup>,
+}
+
+impl Recovered {
+    /// An empty store, nothing applied, no snapshots (nodes without a data directory).
+    pub fn in_memory() -> Recovered {
+        Recovered {
+            store: KvStore::new(),
+            applied: LogIndex::ZERO,
+            snapshots: None,
+        }
+    }
+}
+
+/// Where a node keeps its snapshots and when it takes them.
+pub struct SnapshotSetup {
+    pub vfs: Arc<dyn Vfs>,
+    /// The node directory.
+    pub dir: std::path::PathBuf,
+    pub policy: SnapshotPolicy,
+    pub cluster_id: u64,
+}
+
+impl<M: Snapshot> Snapshot for Arc<Mutex<M>> {
+    fn snapshot_view(&self) -> Box<dyn crate::state_machine::SnapshotSource> {
+        let machine = self.lock().unwrap_or_else(PoisonError::into_inner);
+        M::snapshot_view(&machine)
+    }
+
+    fn restore_from(
+        &mut self,
+        r: &mut dyn std::io::Read,
+    ) -> Result<(), crate::state_machine::SnapshotError> {
+        let mut machine = self.lock().unwrap_or_else(PoisonError::into_inner);
+        M::restore_from(&mut machine, r)
+    }
 }
 
 /// [`run_node`] with an embedder's own state machine and without the etcd API (the Raft and
@@ -284,7 +541,7 @@ pub async fn run_node_with<C, D, M>(
 where
     C: Consensus + 'static,
     D: Durable<Log = C::Log> + 'static,
-    M: StateMachine + 'static,
+    M: StateMachine + Snapshot + 'static,
 {
     let no_client_api = |_| {
         (
@@ -299,6 +556,8 @@ where
         core,
         durable,
         state_machine,
+        LogIndex::ZERO,
+        None,
         no_client_api,
         shutdown,
     )
@@ -313,6 +572,8 @@ async fn run_node_inner<C, D, M>(
     core: C,
     durable: D,
     state_machine: M,
+    applied: LogIndex,
+    snapshots: Option<(SnapshotSetup, SnapshotView<M>)>,
     client_api: impl FnOnce(
         mpsc::Sender<Inbound<M::Response>>,
     ) -> (tonic::service::RoutesBuilder, grpc::PathFilter),
@@ -321,8 +582,14 @@ async fn run_node_inner<C, D, M>(
 where
     C: Consensus + 'static,
     D: Durable<Log = C::Log> + 'static,
-    M: StateMachine + 'static,
+    M: StateMachine + Snapshot + 'static,
 {
+    let files = snapshots.as_ref().map(|(setup, _)| {
+        Arc::new(NodeSnapshots::new(
+            Arc::clone(&setup.vfs),
+            setup.dir.clone(),
+        ))
+    });
     let addresses: HashMap<NodeId, SocketAddr> =
         config.nodes.iter().map(|n| (n.id(), n.address())).collect();
     let peer_list: Vec<(NodeId, SocketAddr)> = addresses
@@ -348,7 +615,9 @@ where
         ServerConfig {
             local_id: id,
             limits,
-            snapshots: None,
+            snapshots: files
+                .clone()
+                .map(|f| f as Arc<dyn crate::grpc::SnapshotFiles>),
         },
         inbound_tx.clone(),
         extra,
@@ -359,6 +628,7 @@ where
     ));
     let peer_config = PeerConfig {
         limits,
+        snapshots: files.map(|f| f as Arc<dyn crate::grpc::SnapshotFiles>),
         ..PeerConfig::default()
     };
     let peers = Peers::start(id, &peer_list, peer_config, inbound_tx)?;
@@ -375,8 +645,37 @@ where
             proposals_pending_max: PROPOSALS_PENDING_MAX,
             reads_pending_max: READS_PENDING_MAX,
         },
-        LogIndex::ZERO,
+        applied,
     );
+    let event_loop = match snapshots {
+        None => event_loop,
+        Some((setup, view)) => {
+            let voters = config.nodes.iter().map(|n| n.id()).collect();
+            let snapshotter = Snapshotter::new(
+                Arc::clone(&setup.vfs),
+                setup.dir.clone(),
+                setup.cluster_id,
+                PAYLOAD_KIND_KV,
+                voters,
+                setup.policy,
+                applied,
+            );
+            let (vfs, dir) = (setup.vfs, setup.dir);
+            let installer: crate::driver::SnapshotInstaller<M> = Box::new(move |snap, machine| {
+                let started = std::time::Instant::now();
+                let path = dir.join(crate::storage::snapshot::snapshot_file_name(snap.index));
+                restore_from_file(&*vfs, &path, snap, machine)?;
+                tracing::info!(
+                    "📸 Installed the leader's snapshot at index {} (term {}) in {} ms",
+                    snap.index,
+                    snap.term,
+                    started.elapsed().as_millis()
+                );
+                Ok(())
+            });
+            event_loop.with_snapshots(snapshotter, view, installer)
+        }
+    };
     let loop_result = event_loop.run(inbound_rx, shutdown).await;
     // Stop accepting, let in-flight RPCs finish (the loop dropped their answers: they end at once
     // with an error status); do not let a misbehaving client hold the process open forever.

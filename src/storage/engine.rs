@@ -112,6 +112,13 @@ pub trait Durable {
     /// Makes a durable batch visible in the core's log view (`RaftNode::storage_mut`), if the
     /// store did not already (the engine publishes before it completes a batch).
     fn publish(&mut self, log: &mut Self::Log, batch: &WriteBatch);
+
+    /// Drops the log's entries up to and including `upto`, which a durable snapshot covers
+    /// (docs/FORMAT.md, `compact_prefix`). Durable when it returns.
+    ///
+    /// # Errors
+    /// I/O errors, fatal for the node as for `persist`.
+    fn compact(&mut self, log: &mut Self::Log, upto: LogIndex) -> Result<(), Self::Error>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +244,10 @@ impl Engine {
 impl Durable for Engine {
     type Log = LogView;
     type Error = EngineError;
+
+    fn compact(&mut self, _log: &mut LogView, upto: LogIndex) -> Result<(), EngineError> {
+        Ok(self.compact_prefix(upto)?)
+    }
 
     fn persist(&mut self, batch: Rc<WriteBatch>) -> PersistFuture<EngineError> {
         let changes_vote = batch
@@ -437,6 +448,11 @@ impl Durable for MemDurable {
         }
         self.batches += 1;
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn compact(&mut self, log: &mut MemStorage, upto: LogIndex) -> Result<(), Self::Error> {
+        log.compact_prefix(upto);
+        Ok(())
     }
 
     fn publish(&mut self, log: &mut MemStorage, batch: &WriteBatch) {

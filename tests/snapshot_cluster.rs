@@ -1,0 +1,185 @@
+//! Snapshots with real processes (issue 12): a 3-node cluster that snapshots every 500 applied
+//! entries and keeps 100 catch-up entries compacts its logs; a follower that was down while the
+//! leader compacted catches up through InstallSnapshot (gRPC) and then holds exactly what the
+//! others hold; a restarted node starts from its newest snapshot plus the log after it.
+
+mod process_cluster;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use process_cluster::{Cluster, Settings};
+use rust_raft_log::etcdpb::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+use tonic::transport::Channel;
+
+const PUTS: usize = 3000;
+const KEYS: usize = 64;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy()
+}
+
+/// `PUTS` puts of about 1 KiB over `KEYS` keys through node `addr`, 8 at a time: about 3 MiB of
+/// log, three 1 MiB segments, so compaction has whole segments to free.
+async fn put_load(addr: SocketAddr, first: usize) {
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let mut client = KvClient::new(channel(addr));
+        tasks.push(tokio::spawn(async move {
+            for i in (first + worker..first + PUTS).step_by(8) {
+                let request = PutRequest {
+                    key: format!("key-{:02}", i % KEYS).into_bytes(),
+                    value: format!("value-{i}-{}", "x".repeat(1024)).into_bytes(),
+                    ..PutRequest::default()
+                };
+                client.put(request).await.expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("put task");
+    }
+}
+
+/// Every key with its value and revisions, and the store's revision, as node `addr` serves them
+/// from its own state (a serializable read).
+async fn state_of(addr: SocketAddr) -> (i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>) {
+    let mut client = KvClient::new(channel(addr));
+    let answer = client
+        .range(RangeRequest {
+            key: b"\0".to_vec(),
+            range_end: b"\0".to_vec(),
+            serializable: true,
+            ..RangeRequest::default()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    let revision = answer.header.expect("header").revision;
+    let kvs = answer
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                kv.key,
+                kv.value,
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
+        })
+        .collect();
+    (revision, kvs)
+}
+
+fn segment_bases(dir: &Path) -> Vec<u64> {
+    let mut bases: Vec<u64> = std::fs::read_dir(dir)
+        .expect("node dir")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("segment_")?
+                .strip_suffix(".log")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+fn wait_for_output(cluster: &Cluster, id: u32, needle: &str) {
+    let started = Instant::now();
+    while !cluster.output(id).contains(needle) {
+        assert!(
+            started.elapsed() < WAIT,
+            "node {id} never logged {needle:?}:\n{}",
+            cluster.output(id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_follower_behind_the_compaction_catches_up_through_install_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings {
+        segment_bytes: 1 << 20,
+        extra: "  snapshot_entries: 500\n  snapshot_catchup_entries: 100\n".to_string(),
+        ..Settings::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut cluster = Cluster::start(dir.path(), 3, settings);
+    let leader = rt.block_on(cluster.wait_for_leader(WAIT)).node_id.0;
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    cluster.kill(follower);
+    let leader_addr = cluster.addrs[&leader];
+    rt.block_on(put_load(leader_addr, 0));
+
+    // The leader snapshotted and compacted: its log no longer starts at index 1.
+    wait_for_output(&cluster, leader, "📸 Snapshot at index");
+    let bases = segment_bases(&cluster.node_dir(leader));
+    assert!(
+        bases.first().is_some_and(|b| *b > 1),
+        "the leader's log was not compacted: segments {bases:?}"
+    );
+    let follower_bases = segment_bases(&cluster.node_dir(follower));
+    let follower_last_segment = follower_bases.last().copied().unwrap_or(1);
+
+    // The follower comes back: its next entry was compacted away, so it gets the snapshot.
+    cluster.spawn(follower);
+    wait_for_output(&cluster, follower, "Installed the leader's snapshot");
+    let started = Instant::now();
+    let expected = rt.block_on(state_of(leader_addr));
+    loop {
+        let got = rt.block_on(state_of(cluster.addrs[&follower]));
+        if got == expected {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the follower never reached the leader's state (revision {} against {})",
+            got.0,
+            expected.0
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(expected.1.len(), KEYS);
+    let bases = segment_bases(&cluster.node_dir(follower));
+    assert!(
+        bases.first().is_some_and(|b| *b > follower_last_segment),
+        "the follower's old log is still there: {bases:?} (it had up to {follower_last_segment})"
+    );
+
+    // A restart starts from the newest snapshot and the log after it, and serves the same state.
+    assert!(
+        cluster.terminate(leader, WAIT).is_some(),
+        "the leader stopped"
+    );
+    cluster.spawn(leader);
+    wait_for_output(&cluster, leader, "📸 Restored the snapshot at index");
+    let started = Instant::now();
+    loop {
+        let got = rt.block_on(state_of(leader_addr));
+        if got == expected {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the restarted node serves another state (revision {} against {})",
+            got.0,
+            expected.0
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
