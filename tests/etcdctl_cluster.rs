@@ -174,7 +174,7 @@ fn a_request_larger_than_a_log_entry_is_refused_and_the_cluster_keeps_serving() 
 }
 
 #[test]
-fn etcdctl_endpoint_status_member_list_and_unimplemented_methods() {
+fn etcdctl_endpoint_status_member_list_hashkv_and_unimplemented_methods() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime();
     let (mut cluster, leader, follower) = cluster(dir.path(), &rt);
@@ -233,6 +233,41 @@ fn etcdctl_endpoint_status_member_list_and_unimplemented_methods() {
         .collect();
     expected.sort_unstable();
     assert_eq!(lines, expected);
+
+    // HashKV: every member hashes the same applied state to the same value. A follower may not
+    // have applied the last put yet (etcd's "future revision"), so ask again until it has.
+    for i in 0..20 {
+        ok(
+            &plain[0],
+            &["put", &format!("hash-{}", i % 4), &format!("v{i}")],
+        );
+    }
+    let started = std::time::Instant::now();
+    let hashes = loop {
+        let out = etcdctl(&plain.join(","), &["endpoint", "hashkv"], None);
+        let hashes: Vec<String> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split(", ").nth(1).map(str::to_string))
+            .collect();
+        if out.success && hashes.len() == 3 && hashes.iter().all(|h| *h == hashes[0]) {
+            break hashes;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the members never agreed on one hash: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(hashes[0].parse::<u32>().is_ok(), "{hashes:?}");
+    let future = etcdctl(&plain[0], &["endpoint", "hashkv", "--rev=1000000"], None);
+    assert!(
+        !future.success
+            && future
+                .stderr
+                .contains("etcdserver: mvcc: required revision is a future revision"),
+        "{future:?}"
+    );
 
     // Not served: UNIMPLEMENTED with the method's name.
     let lease = etcdctl(&plain[0], &["lease", "grant", "10"], None);

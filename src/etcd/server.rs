@@ -533,7 +533,7 @@ impl pb::kv_server::Kv for KvService {
     }
 }
 
-/// etcd's `Maintenance` service: `Status` only.
+/// etcd's `Maintenance` service: `Status` and `HashKV`.
 #[derive(Clone)]
 pub struct MaintenanceService {
     api: EtcdApi,
@@ -573,6 +573,35 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             db_size_in_use: size,
             is_learner: false,
             ..pb::StatusResponse::default()
+        }))
+    }
+
+    /// The hash of this member's applied key-value state up to a revision (0: the current one),
+    /// as `docs/FORMAT.md` "HashKV" defines it: members that applied the same history answer the
+    /// same hash, so `etcdctl endpoint hashkv --cluster` shows a diverged member. Served from this
+    /// member's state without a leader round trip, as etcd does. The view is taken under the
+    /// store's lock (constant time); the hashing runs on the blocking pool, so applies go on.
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let revision = request.into_inner().revision;
+        let status = self.api.node_status().await?;
+        let view = lock(&self.api.inner.store).snapshot_view();
+        let hashed = tokio::task::spawn_blocking(move || {
+            let current = view.revision();
+            view.hash_kv(revision).map(|hash| (hash, current))
+        })
+        .await
+        .map_err(|error| {
+            Status::internal(format!("hashing the key-value state failed: {error}"))
+        })?;
+        let (hash, current) = hashed.map_err(|error| error.to_status())?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.api.header(current, status.term)),
+            hash: hash.hash,
+            compact_revision: hash.compact_revision,
+            hash_revision: hash.revision,
         }))
     }
 }
@@ -633,6 +662,7 @@ pub const SERVED_ETCD_METHODS: &[&str] = &[
     "/etcdserverpb.KV/Txn",
     "/etcdserverpb.KV/Compact",
     "/etcdserverpb.Maintenance/Status",
+    "/etcdserverpb.Maintenance/HashKV",
     "/etcdserverpb.Cluster/MemberList",
 ];
 
@@ -646,7 +676,7 @@ pub fn unimplemented_message(path: &str) -> String {
     let method = path.trim_start_matches('/');
     format!(
         "rust-raft-log does not implement {method} (served: KV Range/Put/DeleteRange/Txn/Compact, \
-         Maintenance.Status, Cluster.MemberList; see docs/ETCD_COMPAT.md)"
+         Maintenance.Status/HashKV, Cluster.MemberList; see docs/ETCD_COMPAT.md)"
     )
 }
 
