@@ -1,7 +1,8 @@
 //! Snapshots with real processes (issue 12): a 3-node cluster that snapshots every 500 applied
 //! entries and keeps 100 catch-up entries compacts its logs; a follower that was down while the
 //! leader compacted catches up through InstallSnapshot (gRPC) and then holds exactly what the
-//! others hold; a restarted node starts from its newest snapshot plus the log after it.
+//! others hold; a restarted node starts from its newest snapshot plus the log after it, and refuses
+//! to start when every snapshot is damaged and the log no longer reaches back to index 1.
 
 mod process_cluster;
 
@@ -182,4 +183,47 @@ fn a_follower_behind_the_compaction_catches_up_through_install_snapshot() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // Every snapshot damaged while the log no longer reaches back to index 1: starting would
+    // serve less than was acknowledged, so the node refuses, naming the way out.
+    assert!(
+        cluster.terminate(leader, WAIT).is_some(),
+        "the leader stopped"
+    );
+    let node_dir = cluster.node_dir(leader);
+    assert!(
+        segment_bases(&node_dir).first().is_some_and(|b| *b > 1),
+        "the log still starts at 1"
+    );
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(&node_dir).expect("node dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "snap") {
+            let mut bytes = std::fs::read(&path).expect("read snapshot");
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+            std::fs::write(&path, bytes).expect("write snapshot");
+            damaged += 1;
+        }
+    }
+    assert!(damaged >= 1, "no snapshot file to damage");
+    cluster.spawn(leader);
+    let started = Instant::now();
+    let status = loop {
+        if let Some((_, status)) = cluster.exited().into_iter().find(|(id, _)| *id == leader) {
+            break status;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "a node with every snapshot damaged kept running:\n{}",
+            cluster.output(leader)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = cluster.output(leader);
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains("is damaged") && output.contains("starting would lose acknowledged writes"),
+        "{output}"
+    );
 }
