@@ -1127,6 +1127,8 @@ struct MemSnapshots {
     /// Every offset the follower was offered, in order.
     offers: Mutex<Vec<u64>>,
     finished: Mutex<Vec<Vec<u8>>>,
+    /// How long the follower takes to store each chunk (a slow disk).
+    accept_delay: Option<Duration>,
 }
 
 impl grpc::SnapshotFiles for MemSnapshots {
@@ -1144,6 +1146,9 @@ impl grpc::SnapshotFiles for MemSnapshots {
         data: &[u8],
     ) -> Result<(), grpc::AcceptError> {
         self.offers.lock().expect("lock").push(offset);
+        if let Some(delay) = self.accept_delay {
+            std::thread::sleep(delay);
+        }
         let mut received = self.received.lock().expect("lock");
         let have = received.len() as u64;
         if offset != have {
@@ -1247,6 +1252,94 @@ fn a_snapshot_streams_in_chunks_and_a_broken_transfer_resumes_where_it_stopped()
             "{total} chunks offered for a {}-byte file: {offers:?}",
             file.len()
         );
+        peers.shutdown();
+        one.stop().await;
+        two.stop().await;
+        r1.abort();
+        r2.abort();
+    });
+}
+
+/// hashicorp/raft#212 and etcd#3292: a transfer that takes longer than a timeout must not be
+/// abandoned and restarted forever. Here the follower stores each 256 KiB chunk in 150 ms, so
+/// the whole 1.3 MB takes about 0.9 s against an RPC timeout of 300 ms: it completes in one
+/// stream, every chunk offered once, and the follower's answer comes back.
+#[test]
+fn a_transfer_longer_than_the_rpc_timeout_completes_without_starting_over() {
+    within_test_timeout(async {
+        let file: Vec<u8> = (0..1_300_000u32)
+            .map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8)
+            .collect();
+        let leader_files = Arc::new(MemSnapshots {
+            file: file.clone(),
+            ..MemSnapshots::default()
+        });
+        let follower_files = Arc::new(MemSnapshots {
+            accept_delay: Some(Duration::from_millis(150)),
+            ..MemSnapshots::default()
+        });
+        let follower_dyn: Arc<dyn grpc::SnapshotFiles> = follower_files.clone();
+        let mut two =
+            Endpoint::start_with(2, "127.0.0.1:0".parse().expect("addr"), Some(follower_dyn));
+        let mut one = Endpoint::start(1);
+        let (resp1_tx, mut resp1) = mpsc::unbounded_channel();
+        let (resp2_tx, _resp2) = mpsc::unbounded_channel();
+        let r1 = responder(1, one.inbound_rx.take().expect("rx"), resp1_tx);
+        let r2 = responder(2, two.inbound_rx.take().expect("rx"), resp2_tx);
+        let leader_dyn: Arc<dyn grpc::SnapshotFiles> = leader_files.clone();
+        let rpc_timeout = Duration::from_millis(300);
+        let peers = Peers::start(
+            NodeId(1),
+            &[(NodeId(2), two.addr)],
+            PeerConfig {
+                snapshots: Some(leader_dyn),
+                rpc_timeout,
+                ..PeerConfig::default()
+            },
+            one.inbound_tx.clone(),
+        )
+        .expect("peers");
+        let snap = SnapshotId {
+            index: LogIndex(77),
+            term: Term(2),
+        };
+        let started = std::time::Instant::now();
+        peers
+            .send(Envelope {
+                from: NodeId(1),
+                to: NodeId(2),
+                msg: Message::InstallSnapshot(InstallSnapshot {
+                    term: Term(2),
+                    leader_id: NodeId(1),
+                    snapshot: snap,
+                    read_seq: 1,
+                }),
+            })
+            .expect("queued");
+        let got = next_response(&mut resp1).await;
+        let took = started.elapsed();
+        match got.msg {
+            Message::AppendEntriesResponse(m) => {
+                assert!(m.success);
+                assert_eq!(m.last_log_index, snap.index);
+            }
+            other => panic!("expected the follower's answer, got {other:?}"),
+        }
+        assert!(
+            took > 2 * rpc_timeout,
+            "the transfer took {took:?}: not longer than the timeout, the test proves nothing"
+        );
+        let finished = follower_files.finished.lock().expect("lock").clone();
+        assert_eq!(finished.len(), 1, "finished once");
+        assert!(finished[0] == file, "the follower's file differs");
+        let offers = follower_files.offers.lock().expect("lock").clone();
+        // Every chunk offered once, then the empty last one at the end of the file.
+        let chunk = grpc::snapshot::CHUNK_BYTES as u64;
+        let expected: Vec<u64> = (0..(file.len() as u64).div_ceil(chunk))
+            .map(|k| k * chunk)
+            .chain([file.len() as u64])
+            .collect();
+        assert_eq!(offers, expected, "a chunk was offered again");
         peers.shutdown();
         one.stop().await;
         two.stop().await;

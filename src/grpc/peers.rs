@@ -206,21 +206,24 @@ impl Peers {
         let mut map = HashMap::new();
         for &(id, addr) in peers {
             assert_ne!(id, local_id, "node {local_id} listed as its own peer");
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            let base = Endpoint::from_shared(format!("http://{addr}"))
                 .map_err(|e| GrpcError::PeerAddress {
                     peer: id,
                     addr,
                     message: e.to_string(),
                 })?
                 .connect_timeout(config.connect_timeout)
-                .timeout(config.rpc_timeout)
                 .tcp_nodelay(true)
                 // Notice a dead connection (peer host gone, not just the process) without waiting
                 // for the kernel's TCP timeouts.
                 .http2_keep_alive_interval(Duration::from_secs(1))
                 .keep_alive_timeout(Duration::from_secs(2))
                 .keep_alive_while_idle(true);
-            let channel = endpoint.connect_lazy();
+            let channel = base.clone().timeout(config.rpc_timeout).connect_lazy();
+            // Snapshot transfers get a connection of their own, without the per-call deadline (a
+            // transfer may take longer than any RPC timeout; grpc::snapshot bounds each chunk),
+            // which also keeps their bytes from delaying the appends. Connected on first use.
+            let snapshot_channel = base.connect_lazy();
             let shared = Arc::new(PeerShared {
                 id,
                 addr,
@@ -249,10 +252,14 @@ impl Peers {
             let client = pb::raft_client::RaftClient::new(channel)
                 .max_decoding_message_size(max_bytes)
                 .max_encoding_message_size(max_bytes);
+            let snapshot_client = pb::raft_client::RaftClient::new(snapshot_channel)
+                .max_decoding_message_size(max_bytes)
+                .max_encoding_message_size(max_bytes);
             tokio::spawn(worker(
                 local_id,
                 Arc::clone(&shared),
                 client,
+                snapshot_client,
                 config.clone(),
                 inbound.clone(),
             ));
@@ -351,6 +358,7 @@ async fn worker<R: Send + 'static>(
     local_id: NodeId,
     peer: Arc<PeerShared>,
     client: pb::raft_client::RaftClient<Channel>,
+    snapshot_client: pb::raft_client::RaftClient<Channel>,
     config: PeerConfig,
     inbound: mpsc::Sender<Inbound<R>>,
 ) {
@@ -427,6 +435,7 @@ async fn worker<R: Send + 'static>(
             // in the queue must not wait for it.
             let files = Arc::clone(files);
             let to = envelope.to;
+            let client = snapshot_client.clone();
             tokio::spawn(async move {
                 let timeout = config.rpc_timeout;
                 match crate::grpc::snapshot::send_snapshot(client, envelope, files, timeout).await {

@@ -16,7 +16,13 @@
 //!   progress end the transfer as failed (the core then re-probes the follower).
 //! - **No timer on the whole transfer**: a big snapshot on a slow link is never abandoned for
 //!   taking long. Only a chunk that the follower does not take within the RPC timeout ends a stream
-//!   (hashicorp/raft#212 and etcd#3292 are what a whole-transfer timeout does).
+//!   (hashicorp/raft#212 and etcd#3292 are what a whole-transfer timeout does). The transfer
+//!   therefore needs a channel without a per-call deadline (`Peers` keeps one per peer for
+//!   snapshots); the answer to the last chunk is awaited at most [`LAST_CHUNK_ANSWER_WAIT`].
+//! - **Progress is what the follower confirmed**, not what the leader sent: chunks sent into a
+//!   stream that broke may never have arrived, so the next stream starts where the leader stopped
+//!   sending, the follower answers `resume_offset` with what it holds (the last, empty chunk too),
+//!   and only a confirmed offset beyond the best one so far counts as progress.
 //! - **The size is not needed up front**: the last chunk says so (`done`).
 
 use std::sync::Arc;
@@ -34,6 +40,10 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Streams in a row that end without moving the transfer forward before it counts as failed.
 pub const TRANSFER_ATTEMPTS_MAX: u32 = 5;
+
+/// How long the leader waits for the follower's answer once the last chunk was sent: the follower
+/// syncs and renames the whole file, then its core installs it (restoring the state machine).
+pub const LAST_CHUNK_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why a follower did not take a chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +64,9 @@ pub trait SnapshotFiles: Send + Sync + 'static {
     /// The file is gone (pruned by a newer snapshot) or unreadable.
     fn read(&self, snap: SnapshotId, offset: u64, max: usize) -> Result<Vec<u8>, String>;
 
-    /// Follower: `data` at `offset` of the transfer of `snap` from leader `from`.
+    /// Follower: `data` at `offset` of the transfer of `snap` from leader `from`. The last chunk
+    /// comes with empty `data`: it must still be refused with `ResumeAt` if `offset` is not what
+    /// the follower holds.
     ///
     /// # Errors
     /// See [`AcceptError`].
@@ -126,8 +138,9 @@ pub async fn send_snapshot(
         return Err(Status::internal("send_snapshot of another message"));
     };
     let mut offset = 0u64;
-    // The furthest the transfer got; a stream that does not move it counts against the transfer.
-    let mut furthest = 0u64;
+    // The furthest offset the follower confirmed holding; a stream that does not move it counts
+    // against the transfer.
+    let mut confirmed = 0u64;
     let mut streams_without_progress = 0u32;
     loop {
         let outcome = one_stream(
@@ -139,17 +152,22 @@ pub async fn send_snapshot(
             chunk_timeout,
         )
         .await;
-        let failure = match outcome {
+        let (failure, progress) = match outcome {
             Ok(Streamed::Answered(answer)) => return Ok(answer),
             Ok(Streamed::ResumeAt(at)) => {
                 tracing::info!(to = %envelope.to, at, "resuming a snapshot transfer");
                 offset = at;
-                Status::aborted("the follower asked to resume elsewhere")
+                let progress = at > confirmed;
+                confirmed = confirmed.max(at);
+                (
+                    Status::aborted("the follower asked to resume elsewhere"),
+                    progress,
+                )
             }
-            Err(status) => status,
+            // What this stream delivered is unknown until the follower says where to resume.
+            Err(status) => (status, false),
         };
-        if offset > furthest {
-            furthest = offset;
+        if progress {
             streams_without_progress = 0;
         } else {
             streams_without_progress += 1;
@@ -207,11 +225,24 @@ async fn one_stream(
             }
         }
     };
-    let (answer, fed) = tokio::join!(call, feed);
-    let response = match (answer, fed) {
-        (Ok(r), _) => r.into_inner(),
-        (Err(status), _) => return Err(status),
+    // The call has no deadline (a transfer may take long): the feed bounds each chunk, and the
+    // answer after the last one is awaited for LAST_CHUNK_ANSWER_WAIT.
+    tokio::pin!(call);
+    let answer = tokio::select! {
+        answer = &mut call => answer,
+        fed = feed => {
+            fed?;
+            match tokio::time::timeout(LAST_CHUNK_ANSWER_WAIT, call).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(
+                        "the follower did not answer the snapshot's last chunk in time",
+                    ))
+                }
+            }
+        }
     };
+    let response = answer?.into_inner();
     match response.outcome {
         Some(pb::install_snapshot_response::Outcome::Answer(a)) => {
             let answer = crate::grpc::convert::decode_append_entries_response(a)
@@ -302,14 +333,15 @@ pub(crate) async fn receive(
             )));
         }
         let done = c.done;
-        if !c.data.is_empty() {
-            let files = Arc::clone(&files);
-            let accepted = blocking(move || files.accept(from, snap, c.offset, &c.data)).await?;
-            match accepted {
-                Ok(()) => {}
-                Err(AcceptError::ResumeAt(at)) => return Ok(Received::ResumeAt(at)),
-                Err(AcceptError::Refused(why)) => return Err(Status::data_loss(why)),
-            }
+        // The last chunk is empty but still names an offset: one that is not what the follower
+        // holds means chunks were lost with a broken stream, so it is checked like the others.
+        let files_for_chunk = Arc::clone(&files);
+        let accepted =
+            blocking(move || files_for_chunk.accept(from, snap, c.offset, &c.data)).await?;
+        match accepted {
+            Ok(()) => {}
+            Err(AcceptError::ResumeAt(at)) => return Ok(Received::ResumeAt(at)),
+            Err(AcceptError::Refused(why)) => return Err(Status::data_loss(why)),
         }
         if done {
             let files = Arc::clone(&files);
