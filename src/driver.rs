@@ -93,6 +93,27 @@ pub enum Inbound<R> {
     /// The transport gave up delivering a snapshot to `to` (see
     /// [`RaftNode::report_snapshot_failed`]).
     SnapshotFailed { to: NodeId },
+    /// A client's request for a fresh snapshot file (etcd's `Maintenance.Snapshot`). The node's
+    /// event loop answers it, whatever its snapshot policy, with the path of a finished snapshot
+    /// file that covers at least everything applied when the request arrived; the driver alone
+    /// keeps no snapshot files and answers [`SnapshotRefused::NoSnapshots`].
+    Snapshot {
+        reply: oneshot::Sender<Result<std::path::PathBuf, SnapshotRefused>>,
+    },
+}
+
+/// Why a requested snapshot ([`Inbound::Snapshot`]) was not taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotRefused {
+    /// The node keeps no snapshot files (an in-memory node, or a simulated one).
+    #[error("this node keeps no snapshot files (it runs without a data directory)")]
+    NoSnapshots,
+    /// Nothing is applied yet: a snapshot covers at least entry 1.
+    #[error("nothing is applied yet (no leader has committed an entry); retry later")]
+    NothingApplied,
+    /// Writing the snapshot failed (the reason names the file).
+    #[error("the snapshot could not be written: {0}")]
+    Failed(String),
 }
 
 /// A command applied by the state machine, as its proposer sees it.
@@ -680,6 +701,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                 let _ = reply.send(self.status());
             }
             Inbound::SnapshotFailed { to } => self.core.report_snapshot_failed(to),
+            Inbound::Snapshot { reply } => {
+                let _ = reply.send(Err(SnapshotRefused::NoSnapshots));
+            }
         }
     }
 

@@ -9,12 +9,13 @@
 //! ```
 //! Checks: response headers (one cluster id, the contacted member's id, revisions, terms);
 //! forwarding of writes, linearizable reads and compactions from a follower; serializable reads;
-//! Txn; and a smoke test of ReadIndex reads racing a writer on every node (real-time order and
-//! monotonic revisions). Limitation, measured: on loopback the leader's commit notice reaches a
-//! follower before the client's next read does, so even a follower serving reads locally (no
-//! ReadIndex) passes the smoke test; what it guards is the grant and forwarding plumbing under
-//! concurrency. The ReadIndex protocol itself is tested in the core (`src/raft`), the loop's
-//! grant-after-apply in `src/node/event_loop.rs`.
+//! Txn; Maintenance.Snapshot refused by nodes without snapshot files; and a smoke test of
+//! ReadIndex reads racing a writer on every node (real-time order and monotonic revisions).
+//! Limitation, measured: on loopback the leader's commit notice reaches a follower before the
+//! client's next read does, so even a follower serving reads locally (no ReadIndex) passes the
+//! smoke test; what it guards is the grant and forwarding plumbing under concurrency. The
+//! ReadIndex protocol itself is tested in the core (`src/raft`), the loop's grant-after-apply in
+//! `src/node/event_loop.rs`.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -25,7 +26,8 @@ use rust_raft_log::config::ClusterConfig;
 use rust_raft_log::etcd::members::member_id;
 use rust_raft_log::etcdpb::etcdserverpb::{
     compare, kv_client::KvClient, maintenance_client::MaintenanceClient, request_op,
-    CompactionRequest, Compare, PutRequest, RangeRequest, RequestOp, StatusRequest, TxnRequest,
+    CompactionRequest, Compare, PutRequest, RangeRequest, RequestOp, SnapshotRequest,
+    StatusRequest, TxnRequest,
 };
 use rust_raft_log::grpc;
 use rust_raft_log::node;
@@ -182,6 +184,23 @@ fn etcd_api_headers_forwarding_and_linearizable_reads_across_three_nodes() {
         assert_eq!(header.member_id, member_id(NodeId(followers[0].id)));
         assert_eq!(header.revision, 2);
         assert!(header.raft_term >= 1);
+
+        // These nodes keep no snapshot files: Maintenance.Snapshot is refused, clearly, at once.
+        let refused = MaintenanceClient::new(channel(leader.addr))
+            .snapshot(SnapshotRequest {})
+            .await
+            .expect_err("an in-memory node has no snapshot to send");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .message()
+                .contains("this node keeps no snapshot files"),
+            "{refused:?}"
+        );
 
         // A linearizable read on the other follower sees it at once (forwarded to the leader,
         // which confirms its leadership before reading).

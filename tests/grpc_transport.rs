@@ -182,7 +182,7 @@ fn responder(
                     });
                 }
                 // The etcd API's items: this server serves no etcd services.
-                Inbound::Command { .. } | Inbound::Read { .. } => {
+                Inbound::Command { .. } | Inbound::Read { .. } | Inbound::Snapshot { .. } => {
                     panic!("node {id} got an etcd item on a server without the etcd API")
                 }
             }

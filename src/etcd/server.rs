@@ -1,5 +1,6 @@
 //! The etcd v3 services a node serves: `KV` (Range, Put, DeleteRange, Txn, Compact),
-//! `Maintenance.Status` and `Cluster.MemberList`, on the node's own gRPC server.
+//! `Maintenance` (Status, HashKV, Snapshot) and `Cluster.MemberList`, on the node's own gRPC
+//! server.
 //!
 //! Handlers hold no consensus state; like the Raft and Operator handlers they talk to the event
 //! loop through `Inbound` items (the driver's mailbox):
@@ -29,6 +30,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -36,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::driver::{Applied, CommandRefused, NodeStatus, ReadGrant, ReadRefused};
+use crate::driver::{Applied, CommandRefused, NodeStatus, ReadGrant, ReadRefused, SnapshotRefused};
 use crate::etcd::members::Members;
 use crate::etcdpb::etcdserverpb::{
     self as pb, cluster_client::ClusterClient, kv_client::KvClient,
@@ -44,6 +47,8 @@ use crate::etcdpb::etcdserverpb::{
 };
 use crate::kv::{self, encode_command, encode_compact, validate, KvLimits, KvResponse, KvStore};
 use crate::raft::Role;
+use crate::storage::sha256::Sha256;
+use crate::storage::snapshot::{saved_padding_bytes, saved_suffix_bytes};
 use crate::types::{NodeId, Term};
 
 /// Metadata key marking a request a follower forwarded to the leader (never forwarded twice).
@@ -53,6 +58,13 @@ pub const FORWARDED_HEADER: &str = "x-raftlog-forwarded";
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 /// The etcd API version this node speaks, reported by `Maintenance.Status`.
 pub const ETCD_VERSION: &str = "3.4.0";
+/// How long `Maintenance.Snapshot` waits for the snapshot file (the one being written, then a
+/// fresh one): writing a large store takes longer than a request.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
+/// File bytes per `SnapshotResponse` (well under gRPC's usual 4 MiB message limit).
+pub const SNAPSHOT_BLOB_BYTES: usize = 1 << 20;
+/// `SnapshotResponse`s read ahead of the client.
+const SNAPSHOT_BLOBS_QUEUED: usize = 2;
 
 const NO_LEADER: &str = "etcdserver: no leader";
 const LEADER_CHANGED: &str = "etcdserver: leader changed";
@@ -166,6 +178,16 @@ impl EtcdApi {
         make: impl FnOnce(oneshot::Sender<T>) -> Inbound,
         dropped: &'static str,
     ) -> Result<T, Status> {
+        self.ask_within(make, dropped, REQUEST_TIMEOUT).await
+    }
+
+    /// [`EtcdApi::ask`] with another bound than [`REQUEST_TIMEOUT`].
+    async fn ask_within<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Inbound,
+        dropped: &'static str,
+        bound: Duration,
+    ) -> Result<T, Status> {
         let (reply, answer) = oneshot::channel();
         let exchange = async {
             // A full inbound queue makes this wait (back-pressure), inside the same bound.
@@ -176,10 +198,30 @@ impl EtcdApi {
                 .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
             answer.await.map_err(|_| Status::unavailable(dropped))
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+        match tokio::time::timeout(bound, exchange).await {
             Ok(result) => result,
             Err(_) => Err(Status::unavailable(TIMED_OUT)),
         }
+    }
+
+    /// Asks the event loop for a fresh snapshot file (see [`MaintenanceService::snapshot`]).
+    async fn fresh_snapshot(&self) -> Result<PathBuf, Status> {
+        let outcome = self
+            .ask_within(
+                |reply| Inbound::Snapshot { reply },
+                "etcdserver: server stopped",
+                SNAPSHOT_TIMEOUT,
+            )
+            .await?;
+        outcome.map_err(|refused| match refused {
+            SnapshotRefused::NoSnapshots => Status::failed_precondition(format!(
+                "rust-raft-log: Maintenance.Snapshot is not available: {refused}"
+            )),
+            SnapshotRefused::NothingApplied => {
+                Status::unavailable(format!("rust-raft-log: no snapshot yet: {refused}"))
+            }
+            SnapshotRefused::Failed(_) => Status::internal(format!("rust-raft-log: {refused}")),
+        })
     }
 
     /// Proposes `payload` (an encoded, validated command) and waits for its application.
@@ -533,14 +575,140 @@ impl pb::kv_server::Kv for KvService {
     }
 }
 
-/// etcd's `Maintenance` service: `Status` and `HashKV`.
+/// etcd's `Maintenance` service: `Status`, `HashKV` and `Snapshot`.
 #[derive(Clone)]
 pub struct MaintenanceService {
     api: EtcdApi,
 }
 
+/// The stream of a `Maintenance.Snapshot` answer.
+pub type SnapshotStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+/// Sends a saved snapshot (docs/FORMAT.md, "Saved snapshot"): the first `len` bytes of `file`
+/// (opened at `path`: the snapshot file, verbatim), then zero padding and the SHA-256 of
+/// everything before it, as `SnapshotResponse`s of up to [`SNAPSHOT_BLOB_BYTES`]. Each blob is
+/// read (and hashed) on the blocking pool, so at most [`SNAPSHOT_BLOBS_QUEUED`] + 1 blobs are in
+/// memory. Stops quietly when the client goes away; a read failure (or a file shorter than `len`)
+/// ends the stream with an error status, so the client never takes a cut file for a whole one.
+async fn stream_file(
+    mut file: std::fs::File,
+    path: PathBuf,
+    len: u64,
+    header: ResponseHeader,
+    out: mpsc::Sender<Result<pb::SnapshotResponse, Status>>,
+) {
+    use std::io::Read;
+    let total = len + saved_suffix_bytes(len);
+    let mut digest = Sha256::new();
+    let mut sent = 0u64;
+    while sent < len {
+        let want = (len - sent).min(SNAPSHOT_BLOB_BYTES as u64) as usize;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut blob = vec![0; want];
+            let r = file.read_exact(&mut blob);
+            if r.is_ok() {
+                digest.update(&blob);
+            }
+            (file, digest, r.map(|()| blob))
+        })
+        .await;
+        let blob = match read {
+            Ok((f, d, Ok(blob))) => {
+                (file, digest) = (f, d);
+                blob
+            }
+            Ok((_, _, Err(e))) => {
+                let message = format!(
+                    "rust-raft-log: reading snapshot {} at offset {sent}: {e}",
+                    path.display()
+                );
+                tracing::error!("{message}");
+                let _ = out.send(Err(Status::internal(message))).await;
+                return;
+            }
+            Err(e) => {
+                let _ = out
+                    .send(Err(Status::internal(format!(
+                        "rust-raft-log: the snapshot read task failed: {e}"
+                    ))))
+                    .await;
+                return;
+            }
+        };
+        sent += blob.len() as u64;
+        let response = pb::SnapshotResponse {
+            header: Some(header),
+            remaining_bytes: total - sent,
+            blob,
+        };
+        if out.send(Ok(response)).await.is_err() {
+            tracing::debug!("snapshot client went away after {sent} of {total} bytes");
+            return;
+        }
+    }
+    let mut suffix = vec![0u8; saved_padding_bytes(len) as usize];
+    digest.update(&suffix);
+    suffix.extend_from_slice(&digest.finish());
+    let last = pb::SnapshotResponse {
+        header: Some(header),
+        remaining_bytes: 0,
+        blob: suffix,
+    };
+    if out.send(Ok(last)).await.is_ok() {
+        tracing::info!(
+            "📸 Sent snapshot {} to a client ({total} bytes: the file's {len}, padding and SHA-256)",
+            path.display()
+        );
+    }
+}
+
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for MaintenanceService {
+    type SnapshotStream = SnapshotStream;
+
+    /// A fresh snapshot of this member, as `etcdctl snapshot save` fetches it: the event loop
+    /// takes one now (whatever `snapshot_entries` says; after the one being written, if any),
+    /// covering at least everything this member applied when the request arrived, and the file
+    /// (docs/FORMAT.md, "Snapshot file", verbatim: not a bbolt database, see
+    /// docs/ETCD_COMPAT.md) is streamed in [`SNAPSHOT_BLOB_BYTES`] blobs read on the blocking
+    /// pool, followed, as etcd does, by a SHA-256 of the stream (after zero padding to a multiple
+    /// of 512 bytes, which `etcdctl snapshot save` 3.4.23 and later insists on: "Saved
+    /// snapshot"). Served from this member's state without a leader round trip, as etcd does. The file
+    /// is opened before the stream starts, so pruning it meanwhile (two newer snapshots finished)
+    /// does not cut the transfer. The header's revision is the store's when the stream starts.
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let path = self.api.fresh_snapshot().await?;
+        let status = self.api.node_status().await?;
+        let revision = lock(&self.api.inner.store).revision();
+        let header = self.api.header(revision, status.term);
+        let opening = path.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&opening)?;
+            let len = file.metadata()?.len();
+            Ok::<_, std::io::Error>((file, len))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("rust-raft-log: opening the snapshot: {e}")))?;
+        let (file, len) = opened.map_err(|e| {
+            Status::internal(format!(
+                "rust-raft-log: opening snapshot {}: {e}",
+                path.display()
+            ))
+        })?;
+        tracing::info!(
+            "📸 Sending snapshot {} ({len} bytes) to a client",
+            path.display()
+        );
+        let (tx, rx) = mpsc::channel(SNAPSHOT_BLOBS_QUEUED);
+        tokio::spawn(stream_file(file, path, len, header, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
     async fn status(
         &self,
         _request: Request<pb::StatusRequest>,
@@ -663,6 +831,7 @@ pub const SERVED_ETCD_METHODS: &[&str] = &[
     "/etcdserverpb.KV/Compact",
     "/etcdserverpb.Maintenance/Status",
     "/etcdserverpb.Maintenance/HashKV",
+    "/etcdserverpb.Maintenance/Snapshot",
     "/etcdserverpb.Cluster/MemberList",
 ];
 
@@ -676,7 +845,7 @@ pub fn unimplemented_message(path: &str) -> String {
     let method = path.trim_start_matches('/');
     format!(
         "rust-raft-log does not implement {method} (served: KV Range/Put/DeleteRange/Txn/Compact, \
-         Maintenance.Status/HashKV, Cluster.MemberList; see docs/ETCD_COMPAT.md)"
+         Maintenance.Status/HashKV/Snapshot, Cluster.MemberList; see docs/ETCD_COMPAT.md)"
     )
 }
 

@@ -11,6 +11,10 @@
 //! applied, the loop takes a consistent view of the state machine (cheap, on this thread) and a
 //! [`Snapshotter`] thread writes it; when it is durable the core learns of it and the log is
 //! compacted behind it (keeping the catch-up entries). The loop never waits for a snapshot.
+//! A client may also ask for one ([`Inbound::Snapshot`], etcd's `Maintenance.Snapshot`): the
+//! loop then takes one whatever the policy says, as soon as none is being written, and answers
+//! with the path of the first finished snapshot that covers everything applied when the request
+//! arrived (at once if the newest snapshot already does).
 //!
 //! A failed durable write is fatal (fsyncgate: never retry a failed fdatasync): the loop returns
 //! the error and the node stops.
@@ -18,10 +22,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
+use crate::driver::SnapshotRefused;
 pub use crate::driver::{Consensus, DriverStats as LoopStats, Inbound, ReplySlots, RequestKind};
 use crate::driver::{Driver, DriverConfig, DriverError, Outbox};
 use crate::grpc::Peers;
@@ -40,6 +46,14 @@ pub type SnapshotView<M> = Box<dyn Fn(&M) -> Box<dyn SnapshotSource>>;
 struct Snapshots<M> {
     snapshotter: Snapshotter,
     view: SnapshotView<M>,
+    /// Clients waiting for a snapshot ([`Inbound::Snapshot`]), oldest first.
+    waiters: Vec<SnapshotWaiter>,
+}
+
+/// A client waiting for a snapshot that covers `needed` (what was applied when it asked).
+struct SnapshotWaiter {
+    needed: LogIndex,
+    reply: oneshot::Sender<Result<PathBuf, SnapshotRefused>>,
 }
 
 /// Static facts the loop needs.
@@ -156,7 +170,11 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         installer: crate::driver::SnapshotInstaller<M>,
     ) -> Self {
         self.driver.set_snapshot_installer(installer);
-        self.snapshots = Some(Snapshots { snapshotter, view });
+        self.snapshots = Some(Snapshots {
+            snapshotter,
+            view,
+            waiters: Vec::new(),
+        });
         self
     }
 
@@ -188,12 +206,12 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 taken = wait_snapshot(snapshots) => on_snapshot(driver, snapshots, taken)?,
                 item = inbound.recv() => {
                     let Some(item) = item else { return Err(LoopError::InboundClosed) };
-                    driver.handle(item);
+                    handle(driver, snapshots, item);
                     // Batch whatever else is already waiting, so one Ready (and one fdatasync)
                     // covers many requests.
                     for _ in 1..*inbound_batch_max {
                         match inbound.try_recv() {
-                            Ok(item) => driver.handle(item),
+                            Ok(item) => handle(driver, snapshots, item),
                             Err(_) => break,
                         }
                     }
@@ -226,15 +244,60 @@ async fn wait_snapshot<M>(
     }
 }
 
+/// Hands `item` to the driver, except a snapshot request, which the loop answers itself (the
+/// driver keeps no snapshot files).
+fn handle<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
+    driver: &mut Driver<C, D, M>,
+    snapshots: &mut Option<Snapshots<M>>,
+    item: Inbound<M::Response>,
+) {
+    match item {
+        Inbound::Snapshot { reply } => request_snapshot(driver, snapshots, reply),
+        item => driver.handle(item),
+    }
+}
+
+/// A client asked for a fresh snapshot: answered at once with the newest snapshot if it covers
+/// everything applied now, otherwise queued for [`maybe_start_snapshot`] (which takes one as soon
+/// as none is being written) and answered by [`on_snapshot`].
+fn request_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
+    driver: &Driver<C, D, M>,
+    snapshots: &mut Option<Snapshots<M>>,
+    reply: oneshot::Sender<Result<PathBuf, SnapshotRefused>>,
+) {
+    let Some(s) = snapshots else {
+        let _ = reply.send(Err(SnapshotRefused::NoSnapshots));
+        return;
+    };
+    let Some(at) = driver.applied() else {
+        let _ = reply.send(Err(SnapshotRefused::NothingApplied));
+        return;
+    };
+    // The newest snapshot file of this directory: the last one written here, or a leader's that
+    // was installed since (its file has the same name scheme).
+    let installed = driver.core().snapshot().map_or(LogIndex::ZERO, |i| i.index);
+    let newest = s.snapshotter.newest().max(installed);
+    if newest == at.index && !s.snapshotter.is_running() {
+        let _ = reply.send(Ok(s.snapshotter.path_of(newest)));
+        return;
+    }
+    s.waiters.push(SnapshotWaiter {
+        needed: at.index,
+        reply,
+    });
+}
+
 fn maybe_start_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
     driver: &Driver<C, D, M>,
     snapshots: &mut Option<Snapshots<M>>,
 ) {
     let Some(s) = snapshots else { return };
-    if !s
+    let due = s
         .snapshotter
-        .due(driver.applied_index(), driver.core().snapshot())
-    {
+        .due(driver.applied_index(), driver.core().snapshot());
+    // A client's request does not wait for the policy, only for the snapshot being written.
+    let requested = !s.waiters.is_empty() && !s.snapshotter.is_running();
+    if !due && !requested {
         return;
     }
     let Some(at) = driver.applied() else { return };
@@ -264,10 +327,24 @@ fn on_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
                 driver.core().storage().first_index(),
                 first_before
             );
+            // Those who asked before this snapshot's index was applied get it; those who asked
+            // later wait for the next one (started by `maybe_start_snapshot`).
+            let path = s.snapshotter.path_of(t.snap.index);
+            let (served, waiting) = std::mem::take(&mut s.waiters)
+                .into_iter()
+                .partition(|w| w.needed <= t.snap.index);
+            s.waiters = waiting;
+            for w in served {
+                let _ = w.reply.send(Ok(path.clone()));
+            }
         }
         Err(why) => {
             tracing::error!("snapshot failed, the log is not compacted: {why}");
             s.snapshotter.postpone(driver.applied_index());
+            // Retrying at once would likely fail the same way: every waiting client hears why.
+            for w in s.waiters.drain(..) {
+                let _ = w.reply.send(Err(SnapshotRefused::Failed(why.clone())));
+            }
         }
     }
     Ok(())

@@ -28,6 +28,7 @@
 
 pub mod event_loop;
 pub mod logging;
+pub mod restore;
 pub mod snapshots;
 
 use std::collections::HashMap;

@@ -170,6 +170,16 @@ impl Snapshotter {
         self.running.is_some()
     }
 
+    /// The index of the newest snapshot this snapshotter wrote (or the node restored at start).
+    pub fn newest(&self) -> crate::types::LogIndex {
+        self.newest
+    }
+
+    /// Where the snapshot at `index` lives once finished.
+    pub fn path_of(&self, index: crate::types::LogIndex) -> PathBuf {
+        self.dir.join(snapshot_file_name(index))
+    }
+
     /// Starts writing `source` (the state machine at `snap`) on a thread of its own.
     pub fn start(
         &mut self,

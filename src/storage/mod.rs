@@ -12,7 +12,8 @@
 //!   that recovery and `segdump` share.
 //! - [`state`]: `RaftState` in `raft_state.meta`.
 //! - [`snapshot`]: snapshot files (`snapshot_<index>.snap`): the writer, the checking reader,
-//!   the receiver of a transfer, and the directory helpers recovery uses.
+//!   the receiver of a transfer, and the directory helpers recovery uses; [`sha256`]: the
+//!   digest after a snapshot saved through etcd's `Maintenance.Snapshot`.
 //! - [`format`](mod@format): the byte layouts (header, frame, naming), no I/O.
 //! - [`file`](mod@file): the seam below all of it (`Vfs`, `LogFile`, and `AppendFile` /
 //!   `ReadFile` for files of unknown size); [`simfs`]: `SimFs`, the
@@ -23,6 +24,7 @@ pub mod file;
 pub mod format;
 pub mod log;
 pub mod segment;
+pub mod sha256;
 pub mod simfs;
 pub mod snapshot;
 pub mod state;

@@ -69,6 +69,22 @@ pub const SNAPSHOT_HEADER_MIN_BYTES: usize = 56;
 pub const SNAPSHOT_HEADER_MAX_BYTES: usize = SNAPSHOT_HEADER_MIN_BYTES + 4 * SNAPSHOT_MEMBERS_MAX;
 /// The most bytes one [`read_file_range`] returns (a larger request gets this many).
 pub const RANGE_BYTES_MAX: usize = 4 << 20;
+/// A saved snapshot (docs/FORMAT.md, "Saved snapshot") is a snapshot file, zero bytes up to a
+/// multiple of this, and a SHA-256 of everything before it: etcd's `snapshot save` (3.4.23 and
+/// later) refuses a stream whose length is not 32 more than a multiple of 512.
+pub const SAVED_ALIGN_BYTES: u64 = 512;
+/// Bytes of the SHA-256 that ends a saved snapshot.
+pub const SAVED_DIGEST_BYTES: usize = crate::storage::sha256::DIGEST_BYTES;
+
+/// Zero bytes a saved snapshot puts after a snapshot file of `file_len` bytes.
+pub fn saved_padding_bytes(file_len: u64) -> u64 {
+    (SAVED_ALIGN_BYTES - file_len % SAVED_ALIGN_BYTES) % SAVED_ALIGN_BYTES
+}
+
+/// Bytes a saved snapshot adds after a snapshot file of `file_len` bytes (padding and digest).
+pub fn saved_suffix_bytes(file_len: u64) -> u64 {
+    saved_padding_bytes(file_len) + SAVED_DIGEST_BYTES as u64
+}
 
 const MAGIC_OFFSET: usize = 0;
 const VERSION_OFFSET: usize = 8;
@@ -233,6 +249,12 @@ pub enum Damage {
     ChunkCount { stored: u32, counted: u32 },
     #[error("{bytes} byte(s) follow the trailer")]
     TrailingBytes { bytes: u64 },
+    #[error("the padding of a saved snapshot holds a non-zero byte at {at}")]
+    SavedPadding { at: u64 },
+    #[error(
+        "the SHA-256 of a saved snapshot does not match: stored {stored}, computed {computed}"
+    )]
+    SavedDigest { stored: String, computed: String },
     #[error("the file ends at byte {len}, inside the {unit}, which needs bytes up to {needed}")]
     Truncated { len: u64, unit: String, needed: u64 },
     #[error("the file name says index {name_index}, the header says {header_index}")]
@@ -1032,6 +1054,10 @@ pub struct SnapshotReader {
     served: usize,
     failed: Option<SnapshotFileError>,
     done: bool,
+    /// The SHA-256 of the bytes read so far, while the file may be a saved snapshot: not under a
+    /// canonical name (a node's own files never carry the suffix) and of a length a saved
+    /// snapshot has.
+    digest: Option<crate::storage::sha256::Sha256>,
 }
 
 impl SnapshotReader {
@@ -1061,13 +1087,17 @@ impl SnapshotReader {
             served: 0,
             failed: None,
             done: false,
+            digest: None,
         };
-        while r.next_unit()? != Unit::Header {}
-        r.meta = r.decoder.meta.clone().expect("set by the header unit");
         let name_index = path
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(parse_snapshot_file_name);
+        if name_index.is_none() && file_len % SAVED_ALIGN_BYTES == SAVED_DIGEST_BYTES as u64 {
+            r.digest = Some(crate::storage::sha256::Sha256::new());
+        }
+        while r.next_unit()? != Unit::Header {}
+        r.meta = r.decoder.meta.clone().expect("set by the header unit");
         if let Some(name_index) = name_index {
             if name_index != r.meta.index {
                 return Err(SnapshotFileError::Damaged {
@@ -1122,6 +1152,9 @@ impl SnapshotReader {
         self.file
             .read_exact_at(at, &mut self.buf)
             .map_err(io_err(&self.path, "read"))?;
+        if let Some(digest) = &mut self.digest {
+            digest.update(&self.buf);
+        }
         let unit = self.decoder.take(&self.buf).map_err(|(offset, damage)| {
             SnapshotFileError::Damaged {
                 path: self.path.clone(),
@@ -1130,6 +1163,12 @@ impl SnapshotReader {
             }
         })?;
         if unit == Unit::Trailer && self.decoder.offset != self.file_len {
+            if let Some(digest) = self.digest.take() {
+                if self.file_len - self.decoder.offset == saved_suffix_bytes(self.decoder.offset) {
+                    self.check_saved_suffix(digest)?;
+                    return Ok(unit);
+                }
+            }
             return Err(SnapshotFileError::Damaged {
                 path: self.path.clone(),
                 offset: self.decoder.offset,
@@ -1139,6 +1178,42 @@ impl SnapshotReader {
             });
         }
         Ok(unit)
+    }
+
+    /// Checks what follows the trailer of a saved snapshot: zero padding, then the SHA-256 of
+    /// every byte before the digest (`digest` has seen the snapshot file's bytes).
+    fn check_saved_suffix(
+        &mut self,
+        mut digest: crate::storage::sha256::Sha256,
+    ) -> Result<(), SnapshotFileError> {
+        let at = self.decoder.offset;
+        let padding = saved_padding_bytes(at) as usize;
+        let mut suffix = vec![0u8; padding + SAVED_DIGEST_BYTES];
+        self.file
+            .read_exact_at(at, &mut suffix)
+            .map_err(io_err(&self.path, "read"))?;
+        let damaged = |offset, damage| SnapshotFileError::Damaged {
+            path: self.path.clone(),
+            offset,
+            damage,
+        };
+        if let Some(i) = suffix[..padding].iter().position(|b| *b != 0) {
+            let at = at + i as u64;
+            return Err(damaged(at, Damage::SavedPadding { at }));
+        }
+        digest.update(&suffix[..padding]);
+        let computed = digest.finish();
+        let stored = &suffix[padding..];
+        if computed[..] != *stored {
+            return Err(damaged(
+                at + padding as u64,
+                Damage::SavedDigest {
+                    stored: crate::storage::sha256::hex(stored),
+                    computed: crate::storage::sha256::hex(&computed),
+                },
+            ));
+        }
+        Ok(())
     }
 
     /// Moves to the next verified chunk; false at the (verified) end.
@@ -1914,5 +1989,94 @@ mod tests {
             assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         }
         assert!(r.summary().is_none());
+    }
+
+    /// docs/FORMAT.md, "Saved snapshot": a snapshot file, zero padding to a multiple of 512 bytes
+    /// and a SHA-256, under any name but a canonical one.
+    #[test]
+    fn a_saved_snapshot_verifies_and_its_suffix_is_checked() {
+        use crate::storage::sha256::Sha256;
+        use crate::storage::uring::UringVfs;
+
+        let tmp = tempfile::tempdir().unwrap();
+        let vfs: Arc<dyn Vfs> = Arc::new(UringVfs);
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let path = write(&vfs, tmp.path(), &meta(7), &payload);
+        let file = std::fs::read(&path).unwrap();
+        let mut saved = file.clone();
+        saved.resize(
+            file.len() + saved_padding_bytes(file.len() as u64) as usize,
+            0,
+        );
+        let mut digest = Sha256::new();
+        digest.update(&saved);
+        saved.extend_from_slice(&digest.finish());
+        assert_eq!(
+            saved.len() as u64 % SAVED_ALIGN_BYTES,
+            32,
+            "what etcdctl checks"
+        );
+        assert_eq!(
+            saved.len() as u64,
+            file.len() as u64 + saved_suffix_bytes(file.len() as u64)
+        );
+
+        let at = |name: &str, bytes: &[u8]| {
+            let p = tmp.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let good = at("backup.db", &saved);
+        let summary = verify(&*vfs, &good).expect("a saved snapshot verifies");
+        assert_eq!(
+            summary.file_bytes,
+            file.len() as u64,
+            "the snapshot file's own bytes"
+        );
+        let mut read = Vec::new();
+        SnapshotReader::open(&*vfs, &good)
+            .unwrap()
+            .read_to_end(&mut read)
+            .unwrap();
+        assert_eq!(read, payload);
+
+        let damage_of = |p: &Path| match verify(&*vfs, p) {
+            Err(SnapshotFileError::Damaged { damage, offset, .. }) => (damage, offset),
+            other => panic!("expected damage, got {other:?}"),
+        };
+        let mut bad_digest = saved.clone();
+        *bad_digest.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            damage_of(&at("bad-digest.db", &bad_digest)),
+            (Damage::SavedDigest { .. }, o) if o == saved.len() as u64 - 32
+        ));
+        if saved_padding_bytes(file.len() as u64) > 0 {
+            let mut bad_padding = saved.clone();
+            bad_padding[file.len()] = 1;
+            assert!(matches!(
+                damage_of(&at("bad-padding.db", &bad_padding)),
+                (Damage::SavedPadding { at }, _) if at == file.len() as u64
+            ));
+        }
+        // A payload byte flipped: the chunk CRC finds it before the digest is looked at.
+        let mut bad_chunk = saved.clone();
+        bad_chunk[200] ^= 1;
+        assert!(matches!(
+            damage_of(&at("bad-chunk.db", &bad_chunk)),
+            (Damage::ChunkChecksum { .. }, _)
+        ));
+        // Under a node directory's name, nothing may follow the trailer.
+        let canonical = at(&snapshot_file_name(LogIndex(7)), &saved);
+        assert!(matches!(
+            damage_of(&canonical),
+            (Damage::TrailingBytes { .. }, _)
+        ));
+        // Other trailing bytes stay trailing bytes.
+        let mut extra = file.clone();
+        extra.extend_from_slice(&[0; 5]);
+        assert!(matches!(
+            damage_of(&at("extra.db", &extra)),
+            (Damage::TrailingBytes { bytes: 5 }, _)
+        ));
     }
 }

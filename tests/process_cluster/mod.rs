@@ -75,6 +75,16 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 impl Cluster {
     /// Writes `cluster.yaml` for `size` nodes into `dir` and starts every node.
     pub fn start(dir: &Path, size: u32, settings: Settings) -> Cluster {
+        let mut cluster = Cluster::configure(dir, size, settings);
+        for id in 1..=size {
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// Writes `cluster.yaml` for `size` nodes (on ports free now) into `dir` and starts none: the
+    /// caller prepares their directories first, then [`Cluster::spawn`]s them.
+    pub fn configure(dir: &Path, size: u32, settings: Settings) -> Cluster {
         let mut addrs = BTreeMap::new();
         let mut yaml = String::from("nodes:\n");
         let ports = free_ports(size as usize);
@@ -93,18 +103,14 @@ impl Cluster {
         );
         yaml += &settings.extra;
         std::fs::write(dir.join("cluster.yaml"), yaml).expect("write config");
-        let mut cluster = Cluster {
+        Cluster {
             dir: dir.to_path_buf(),
             addrs,
             settings,
             children: HashMap::new(),
             clients: HashMap::new(),
             leaders_by_term: HashMap::new(),
-        };
-        for id in 1..=size {
-            cluster.spawn(id);
         }
-        cluster
     }
 
     pub fn ids(&self) -> Vec<u32> {

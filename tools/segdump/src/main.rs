@@ -1,7 +1,8 @@
-//! `segdump`: inspect, verify and repair rust-raft-log segments and state files; inspect and
-//! verify snapshot files.
+//! `segdump`: inspect, verify and repair rust-raft-log segments and state files; inspect, verify
+//! and restore snapshot files.
 //!
-//! Read-only unless `repair` is run. Every decode goes through the library's own format code
+//! Read-only unless `repair` or `snapshot restore` is run (`snapshot restore` only creates a new
+//! node directory, never writes into one that holds anything). Every decode goes through the library's own format code
 //! (`rust_raft_log::storage::format`, `state`, `snapshot`) and the library's recovery scan
 //! (`rust_raft_log::storage::segment::scan_segment`), so segdump and `RaftLog::open` agree.
 //!
@@ -29,7 +30,7 @@ use crate::walk::{preview, walk, Item};
 #[command(
     name = "segdump",
     version,
-    about = "Inspect, verify and repair rust-raft-log segments and state files; inspect snapshot files"
+    about = "Inspect, verify and repair rust-raft-log segments and state files; inspect, verify and restore snapshot files"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -104,6 +105,22 @@ enum SnapshotCommand {
         /// A snapshot file.
         file: PathBuf,
     },
+    /// Create node N's data directory of a NEW cluster from a snapshot file (e.g. one saved with
+    /// `etcdctl snapshot save`): `<log_directory>/node_<N>` of the config (a relative
+    /// log_directory is taken from the current directory, as the node does), which must not exist
+    /// or be empty. Run it once per member, then start the members normally.
+    /// Exit 0 done, 1 the file is damaged or not a key-value snapshot, 2 refused (directory not
+    /// empty, unknown node, bad config) or I/O error.
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// The new cluster's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The member whose directory to create.
+        #[arg(long)]
+        node_id: u32,
+    },
 }
 
 const EXIT_PROBLEMS: u8 = 1;
@@ -129,6 +146,11 @@ fn main() -> ExitCode {
         Command::Snapshot { command } => match command {
             SnapshotCommand::Show { file, json } => snapshot::show(&file, json),
             SnapshotCommand::Verify { file } => snapshot::verify_cmd(&file),
+            SnapshotCommand::Restore {
+                file,
+                config,
+                node_id,
+            } => snapshot::restore_cmd(&file, &config, node_id),
         },
     };
     match result {

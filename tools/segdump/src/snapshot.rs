@@ -1,13 +1,17 @@
 //! `segdump snapshot show|verify FILE`: a snapshot file's header, chunks and payload, judged by
 //! the library's own decoder (`rust_raft_log::storage::snapshot`, the one the node's reader, its
 //! recovery and its InstallSnapshot receiver run), so segdump and the node cannot disagree about
-//! a snapshot. Read-only.
+//! a snapshot. `show` and `verify` are read-only; `restore` creates a new node directory through
+//! the library's own restore (`rust_raft_log::node::restore`), the one the tests check against a
+//! real cluster.
 
 use std::path::Path;
 
+use rust_raft_log::config::ClusterConfig;
+use rust_raft_log::node::restore::{restore_snapshot, RestoreError};
 use rust_raft_log::storage::snapshot::{
     verify, SnapshotFileError, SnapshotMeta, SnapshotReader, SnapshotSummary, PAYLOAD_KIND_KV,
-    PAYLOAD_KIND_OPAQUE,
+    PAYLOAD_KIND_OPAQUE, SAVED_DIGEST_BYTES,
 };
 use rust_raft_log::storage::uring::UringVfs;
 
@@ -112,6 +116,7 @@ pub fn show(file: &Path, json: bool) -> Result<u8, CliError> {
                     "payload: {} bytes in {} chunk(s), crc32c {:#010x}",
                     s.payload_bytes, s.chunk_count, s.payload_crc
                 );
+                print_saved_suffix(file, s.file_bytes);
             }
             return Ok(0);
         }
@@ -136,6 +141,18 @@ pub fn show(file: &Path, json: bool) -> Result<u8, CliError> {
     Ok(EXIT_PROBLEMS)
 }
 
+/// A saved snapshot (docs/FORMAT.md, "Saved snapshot") is longer than its snapshot file: say
+/// what follows it (the reader checked it).
+fn print_saved_suffix(file: &Path, snapshot_bytes: u64) {
+    let len = std::fs::metadata(file).map_or(snapshot_bytes, |m| m.len());
+    if len > snapshot_bytes {
+        println!(
+            "saved snapshot: {} padding byte(s) and a SHA-256 follow the snapshot file, checked",
+            len - snapshot_bytes - SAVED_DIGEST_BYTES as u64
+        );
+    }
+}
+
 /// `snapshot verify`: every byte checked; exit 0 clean, 1 problem found (named), 2 I/O error.
 pub fn verify_cmd(file: &Path) -> Result<u8, CliError> {
     require_file(file)?;
@@ -150,6 +167,7 @@ pub fn verify_cmd(file: &Path) -> Result<u8, CliError> {
                 s.chunk_count,
                 s.file_bytes
             );
+            print_saved_suffix(file, s.file_bytes);
             Ok(0)
         }
         Err(e) => {
@@ -158,5 +176,44 @@ pub fn verify_cmd(file: &Path) -> Result<u8, CliError> {
             println!("verify: 1 problem in {}", file.display());
             Ok(EXIT_PROBLEMS)
         }
+    }
+}
+
+/// `snapshot restore`: creates node `node_id`'s directory of the cluster `config` describes from
+/// `file`. Exit 0 done, 1 the file is damaged (or holds another payload), 2 refused or I/O error.
+pub fn restore_cmd(file: &Path, config: &Path, node_id: u32) -> Result<u8, CliError> {
+    require_file(file)?;
+    let config = ClusterConfig::load(config).map_err(|e| CliError::Usage(e.to_string()))?;
+    let directory = config.node_directory(node_id);
+    match restore_snapshot(file, &config, node_id, &directory) {
+        Ok(r) => {
+            println!(
+                "restore: created {} for node {node_id} of cluster {:016x} from {}: snapshot at \
+                 last_index {} last_term {}, {} payload bytes (taken in cluster {:016x}); start \
+                 the node to serve it",
+                r.directory.display(),
+                r.cluster_id,
+                file.display(),
+                r.index,
+                r.term,
+                r.payload_bytes,
+                r.source_cluster_id
+            );
+            Ok(0)
+        }
+        Err(e @ (RestoreError::Snapshot { .. } | RestoreError::NotKeyValue { .. })) => {
+            println!("PROBLEM {e}");
+            println!("restore: nothing written");
+            Ok(EXIT_PROBLEMS)
+        }
+        Err(
+            e @ (RestoreError::NotEmpty { .. }
+            | RestoreError::NotADirectory { .. }
+            | RestoreError::Config(_)),
+        ) => Err(CliError::Usage(format!("restore refused: {e}"))),
+        // The staging directory beside the node directory may be left; the next run removes it.
+        Err(e) => Err(CliError::Usage(format!(
+            "restore failed: {e} (the node directory was not created)"
+        ))),
     }
 }

@@ -629,3 +629,139 @@ fn snapshot_files_are_shown_and_verified() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("not a file"), "{out}");
 }
+
+/// `snapshot restore` against a key-value snapshot taken in another cluster:
+///
+/// ```text
+///   backup.db (cluster 0xabc, voters 7,8, index 500 term 4)
+///     restore --node-id 2      → exit 0, data/node_2 with the snapshot renamed to the new cluster
+///                                (its id, voters 1,2,3), a log reset after 500, the state file
+///     again                    → exit 2 "not empty", the directory unchanged
+///     a flipped payload byte   → exit 1 PROBLEM, nothing created
+///     an unknown node          → exit 2
+/// ```
+#[test]
+fn snapshot_restore_creates_a_new_members_directory_and_refuses_the_rest() {
+    use rust_raft_log::etcdpb::etcdserverpb::{request_op, PutRequest, RequestOp};
+    use rust_raft_log::kv::KvStore;
+    use rust_raft_log::storage::file::Vfs;
+    use rust_raft_log::storage::snapshot::{SnapshotMeta, SnapshotWriter, PAYLOAD_KIND_KV};
+    use rust_raft_log::storage::uring::UringVfs;
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = KvStore::new();
+    for i in 0..3 {
+        store
+            .apply(&RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: format!("key-{i}").into_bytes(),
+                    value: vec![b'v'; 1000],
+                    ..PutRequest::default()
+                })),
+            })
+            .unwrap();
+    }
+    let vfs: Arc<dyn Vfs> = Arc::new(UringVfs);
+    let meta = SnapshotMeta {
+        index: LogIndex(500),
+        term: Term(4),
+        cluster_id: 0xabc,
+        payload_kind: PAYLOAD_KIND_KV,
+        voters: vec![NodeId(7), NodeId(8)],
+        learners: Vec::new(),
+    };
+    let mut w = SnapshotWriter::create(Arc::clone(&vfs), tmp.path(), &meta).unwrap();
+    store.snapshot_view().write_to(&mut w).unwrap();
+    let written = w.finish().unwrap();
+    std::fs::rename(&written, tmp.path().join("backup.db")).unwrap();
+    std::fs::write(
+        tmp.path().join("cluster.yaml"),
+        "nodes:\n  - node_id: 1\n    ip_address: \"127.0.0.1\"\n    port: 19101\n  \
+         - node_id: 2\n    ip_address: \"127.0.0.1\"\n    port: 19102\n  \
+         - node_id: 3\n    ip_address: \"127.0.0.1\"\n    port: 19103\n\
+         cluster_settings:\n  log_directory: \"data\"\n",
+    )
+    .unwrap();
+    let run_here = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_segdump"))
+            .args(args)
+            .current_dir(tmp.path())
+            .output()
+            .expect("run segdump");
+        let mut text = stdout(&o);
+        text.push_str(&String::from_utf8_lossy(&o.stderr));
+        (o.status.code().expect("exit code"), text)
+    };
+    let restore = |file: &str, node: &str| {
+        run_here(&[
+            "snapshot",
+            "restore",
+            file,
+            "--config",
+            "cluster.yaml",
+            "--node-id",
+            node,
+        ])
+    };
+
+    let (code, out) = restore("backup.db", "2");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("restore: created data/node_2 for node 2 of cluster")
+            && out.contains("last_index 500 last_term 4")
+            && out.contains("(taken in cluster 0000000000000abc)"),
+        "{out}"
+    );
+    let node_2 = tmp.path().join("data/node_2");
+    let snap = "data/node_2/snapshot_00000000000000000500.snap";
+    let (code, out) = run_here(&["snapshot", "show", snap]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("last_index 500 last_term 4")
+            && !out.contains("cluster_id 0000000000000abc")
+            && out.contains("voters 1,2,3 learners none"),
+        "{out}"
+    );
+    let (code, out) = run_here(&["state", "data/node_2/raft_state.meta"]);
+    assert_eq!(code, 0, "{out}");
+    let log = RaftLog::open(LogConfig::new(&node_2)).expect("the restored log opens");
+    assert_eq!(
+        (log.first_index(), log.last_index(), log.last_term()),
+        (LogIndex(501), LogIndex(500), Term(4))
+    );
+    drop(log);
+    let state = RaftState::open(&node_2).expect("state");
+    assert_eq!(state.state().current_term, Term(4));
+    assert_eq!(state.state().voted_for, None);
+    assert_eq!(state.state().commit_index, LogIndex(500));
+    assert_eq!(state.state().identity.node_id, 2);
+    drop(state);
+
+    let before = snapshot(&node_2);
+    let (code, out) = restore("backup.db", "2");
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("restore refused: data directory data/node_2 is not empty"),
+        "{out}"
+    );
+    assert_eq!(snapshot(&node_2), before, "nothing changed");
+
+    let mut bytes = std::fs::read(tmp.path().join("backup.db")).unwrap();
+    let at = bytes.len() - 30;
+    bytes[at] ^= 0x10;
+    std::fs::write(tmp.path().join("damaged.db"), &bytes).unwrap();
+    let (code, out) = restore("damaged.db", "3");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("PROBLEM damaged.db is not a usable snapshot file")
+            && out.contains("restore: nothing written"),
+        "{out}"
+    );
+    assert!(!tmp.path().join("data/node_3").exists());
+
+    let (code, out) = restore("backup.db", "9");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("restore refused"), "{out}");
+    assert!(!tmp.path().join("data/node_9").exists());
+}
