@@ -45,8 +45,10 @@
 # RESTART_KEYS (10000), RESTART_REPEATS (3), PROBE_MS (5), RESTART_WAIT_MAX (300 s: a restarted
 # node that does not serve by then fails the run), LOAD_CLIENTS (100) and LOAD_CONNS (10) for the
 # preloads, OURS_RUST_LOG (the nodes' RUST_LOG, default info), PORT_BASE (default: the first free
-# block of 10 ports from 33000), KEEP_WORKDIR=1 keeps the data directories and logs (the logs and
-# kvbench outputs are kept anyway when something failed).
+# block of 10 ports from 26000: below Linux's ephemeral range, 32768-60999, where the outgoing
+# connections of nodes started a moment earlier can take a port between the check and the bind),
+# KEEP_WORKDIR=1 keeps the data directories and logs (the logs and kvbench outputs are kept anyway
+# when something failed).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -144,7 +146,7 @@ trap 'exit 130' INT TERM
 
 port_free() { ! ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
 if [[ -z ${PORT_BASE:-} ]]; then
-    for base in $(seq 33000 100 39900); do
+    for base in $(seq 26000 100 29900); do
         ok=1
         for p in $(seq "$base" $((base + 9))); do port_free "$p" || { ok=0; break; }; done
         if [[ $ok == 1 ]]; then PORT_BASE=$base; break; fi
