@@ -96,6 +96,18 @@ pub struct Args {
     /// mean and max latency), to see when a stall happened.
     #[arg(long)]
     pub timeline: bool,
+    /// Probe mode instead of a load: wait until the first endpoint serves the store at this
+    /// revision or later. Repeats one single-key Range (key number 0) every `--probe-interval-ms`,
+    /// reconnecting while the endpoint refuses connections: first serializable until an answer's
+    /// header revision reaches the target, then linearizable until one succeeds with it. Gives up
+    /// after `--duration` seconds (exit 1). Prints the wall-clock time of each milestone (Unix
+    /// µs) on a `kvbench-wait` line, so a script can measure a restart from the process spawn.
+    /// `--wait-revision 0` prints the endpoint's current revision at once.
+    #[arg(long, conflicts_with_all = ["total", "rate", "warmup", "hist_out", "timeline"])]
+    pub wait_revision: Option<i64>,
+    /// Probe mode: milliseconds between two attempts.
+    #[arg(long, default_value_t = 5)]
+    pub probe_interval_ms: u64,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +177,9 @@ pub struct Plan {
     /// `None`: tokio's default, one worker per core.
     pub threads: Option<usize>,
     pub timeline: bool,
+    /// Probe mode (`--wait-revision`): the revision to wait for; `None` is a load run.
+    pub wait_revision: Option<i64>,
+    pub probe_interval: Duration,
 }
 
 /// A bad argument, with the flag and the value.
@@ -335,6 +350,17 @@ impl Args {
                 other => other,
             },
             timeline: self.timeline,
+            wait_revision: match self.wait_revision {
+                Some(rev) if rev < 0 => {
+                    return Err(invalid("wait-revision", rev, "must be a revision >= 0"))
+                }
+                other => other,
+            },
+            probe_interval: match self.probe_interval_ms {
+                0 => return Err(invalid("probe-interval-ms", 0, "must be at least 1")),
+                ms if ms > 60_000 => return Err(invalid("probe-interval-ms", ms, "at most 60000")),
+                ms => Duration::from_millis(ms),
+            },
         })
     }
 }
@@ -364,6 +390,28 @@ mod tests {
         assert_eq!(p.consistency, Consistency::L);
         assert_eq!(p.seed, 42, "the clock seed is used when --seed is absent");
         assert!(!p.timeline);
+        assert_eq!(p.wait_revision, None);
+    }
+
+    #[test]
+    fn wait_revision_is_a_probe_plan() {
+        let p = plan(&[
+            "--wait-revision",
+            "12",
+            "--probe-interval-ms",
+            "2",
+            "--duration",
+            "30",
+        ])
+        .unwrap();
+        assert_eq!(p.wait_revision, Some(12));
+        assert_eq!(p.probe_interval, Duration::from_millis(2));
+        assert_eq!(p.stop, Stop::Duration(Duration::from_secs(30)));
+        assert!(plan(&["--wait-revision=-1"]).is_err());
+        assert!(plan(&["--wait-revision", "1", "--probe-interval-ms", "0"]).is_err());
+        let err =
+            Args::try_parse_from(["kvbench", "--wait-revision", "1", "--total", "1"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     #[test]

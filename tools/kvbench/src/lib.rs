@@ -8,6 +8,7 @@
 //! - [`args`]: flags, their validation, the [`args::Plan`] a run follows.
 //! - [`keys`]: key encoding (zero-padded hex) and the seeded key choice.
 //! - [`load`]: connections, leader discovery (Maintenance.Status), the client tasks.
+//! - [`probe`]: `--wait-revision`, the time until one endpoint serves a revision (restarts).
 //! - [`report`]: percentiles, the printed summary, the `kvbench-result` line, histogram files.
 //!
 //! A run: validate the flags → find the leader (with `--target leader`) → open `--conns`
@@ -17,6 +18,7 @@
 pub mod args;
 pub mod keys;
 pub mod load;
+pub mod probe;
 pub mod report;
 
 use std::io::Write;
@@ -76,6 +78,20 @@ fn describe(plan: &Plan, destination: &str) -> String {
         plan.seed,
         plan.warmup.as_secs_f64()
     )
+}
+
+/// Probe mode (`--wait-revision`): waits until the first endpoint serves the revision, prints
+/// the milestones; returns whether every milestone was reached.
+pub async fn wait(plan: Plan) -> bool {
+    let min_revision = plan.wait_revision.unwrap_or(0);
+    let deadline = match plan.stop {
+        Stop::Duration(d) => d,
+        // `--total` conflicts with `--wait-revision`; the default applies.
+        Stop::Total(_) => args::DEFAULT_DURATION,
+    };
+    let outcome = probe::wait_serving(&plan, min_revision, deadline).await;
+    print!("{}", probe::format_summary(&outcome));
+    outcome.complete()
 }
 
 /// Runs `plan` and prints what it measured; returns the measured phase's outcome.

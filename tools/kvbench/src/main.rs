@@ -1,6 +1,7 @@
 //! The `kvbench` binary: parse and validate the flags, run on a tokio multi-thread runtime.
 //! Exit codes: 0 the run completed (failed requests are counted in its output), 1 the run could
-//! not be made (no connection, no leader, histogram not written), 2 bad arguments.
+//! not be made (no connection, no leader, histogram not written) or, in probe mode
+//! (`--wait-revision`), the endpoint did not serve the revision in time, 2 bad arguments.
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,6 +39,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if plan.wait_revision.is_some() {
+        return if runtime.block_on(kvbench::wait(plan)) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     match runtime.block_on(kvbench::run(plan)) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

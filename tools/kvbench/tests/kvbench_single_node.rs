@@ -169,3 +169,67 @@ fn puts_then_linearizable_ranges_against_one_node() {
     assert_eq!(r["ranges_empty"], "0", "every key was written: {r:?}");
     assert!(r["ok"].parse::<u64>().expect("ok is a number") > 0, "{r:?}");
 }
+
+/// The `key=value` pairs of the `kvbench-wait` line (probe mode).
+fn wait_line(output: &Output) -> std::collections::HashMap<String, String> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("kvbench-wait "))
+        .unwrap_or_else(|| panic!("no kvbench-wait line in:\n{stdout}"));
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Probe mode (`--wait-revision`): the current revision at once, a revision already served, and
+/// one never reached (gives up with exit 1, milestones printed as `-`).
+#[test]
+fn wait_revision_probes_one_node() {
+    let (node, endpoint) = start_node();
+    let puts = kvbench(&endpoint, &["--op", "put", "--total", "20"]);
+    let r = result(&puts, &node);
+    assert_eq!(r["errors"], "0", "{r:?}");
+
+    let now = kvbench(&endpoint, &["--wait-revision", "0", "--duration", "20"]);
+    assert!(now.status.success(), "{now:?}\nnode:\n{}", node.output());
+    let w = wait_line(&now);
+    let revision: i64 = w["linearizable_revision"].parse().expect("a revision");
+    assert!(revision >= 21, "20 puts after revision 1: {w:?}");
+
+    let served = kvbench(
+        &endpoint,
+        &["--wait-revision", &revision.to_string(), "--duration", "20"],
+    );
+    assert!(served.status.success(), "{served:?}");
+    let w = wait_line(&served);
+    let started: u64 = w["started_unix_us"].parse().expect("a time");
+    let serializable: u64 = w["serializable_unix_us"].parse().expect("a time");
+    let linearizable: u64 = w["linearizable_unix_us"].parse().expect("a time");
+    assert!(
+        started <= serializable && serializable <= linearizable,
+        "{w:?}"
+    );
+    assert_eq!(w["serializable_revision"], revision.to_string(), "{w:?}");
+
+    let never = kvbench(
+        &endpoint,
+        &[
+            "--wait-revision",
+            &(revision + 1000).to_string(),
+            "--duration",
+            "0.3",
+            "--probe-interval-ms",
+            "20",
+        ],
+    );
+    assert_eq!(never.status.code(), Some(1), "{never:?}");
+    let w = wait_line(&never);
+    assert_eq!(w["serializable_unix_us"], "-", "{w:?}");
+    assert!(
+        w["ranges_behind"].parse::<u64>().expect("a count") > 0,
+        "{w:?}"
+    );
+}
