@@ -16,8 +16,9 @@
 //!    event loop ([`event_loop`]) → 🔄, until SIGINT/SIGTERM, then stop accepting, finish the
 //!    in-flight write batches and close the files.
 //!
-//! The state machine is the key-value store ([`crate::kv::KvStore`], etcd semantics), rebuilt by
-//! applying the committed log from index 1 at every start (there are no snapshots yet). The event
+//! The state machine is the key-value store ([`crate::kv::KvStore`], etcd semantics), restored
+//! at start from the newest valid snapshot, if any, then brought up to date by applying the
+//! committed log after it (README, "Snapshots and log compaction"). The event
 //! loop applies to it and the etcd read handlers read it: both hold it as a
 //! [`crate::etcd::server::SharedStore`] on the node's one thread. Embedders with their own
 //! [`StateMachine`] use [`run_node_with`] (no etcd API then).
