@@ -23,27 +23,18 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use etcdctl_common::{etcdctl, runtime, LEADER_WAIT};
-use process_cluster::{Cluster, Settings};
+use process_cluster::{channel, kv_state, Cluster, Settings};
 use rust_raft_log::config::ClusterConfig;
 use rust_raft_log::etcdpb::etcdserverpb::{
     kv_client::KvClient, maintenance_client::MaintenanceClient, DeleteRangeRequest, PutRequest,
-    RangeRequest, StatusRequest,
+    StatusRequest,
 };
 use rust_raft_log::node::restore::restore_snapshot;
 use rust_raft_log::storage::snapshot::verify;
 use rust_raft_log::storage::uring::UringVfs;
-use tonic::transport::Channel;
 
 const KEYS: usize = 40;
 const WAIT: Duration = Duration::from_secs(30);
-
-type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64);
-
-fn channel(addr: SocketAddr) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_lazy()
-}
 
 /// etcd-like timing (as the etcdctl tests), so a loaded machine does not turn a stall into an
 /// election.
@@ -53,47 +44,6 @@ fn settings() -> Settings {
         election_max_ms: 2000,
         heartbeat_ms: 100,
         ..Settings::default()
-    }
-}
-
-/// Every key with value, create and mod revision and version, and the store's revision.
-async fn everything(addr: SocketAddr, serializable: bool) -> (i64, Vec<Kv>) {
-    let answer = KvClient::new(channel(addr))
-        .range(RangeRequest {
-            key: b"\0".to_vec(),
-            range_end: b"\0".to_vec(),
-            serializable,
-            ..RangeRequest::default()
-        })
-        .await
-        .expect("range")
-        .into_inner();
-    let revision = answer.header.expect("header").revision;
-    let kvs = answer
-        .kvs
-        .into_iter()
-        .map(|kv| {
-            (
-                kv.key,
-                kv.value,
-                kv.create_revision,
-                kv.mod_revision,
-                kv.version,
-            )
-        })
-        .collect();
-    (revision, kvs)
-}
-
-fn wait_for_output(cluster: &Cluster, id: u32, needle: &str) {
-    let started = Instant::now();
-    while !cluster.output(id).contains(needle) {
-        assert!(
-            started.elapsed() < WAIT,
-            "node {id} never logged {needle:?}:\n{}",
-            cluster.output(id)
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -127,7 +77,7 @@ fn a_saved_snapshot_restores_a_new_cluster_with_every_key_and_revision() {
     let leader = rt.block_on(a.wait_for_leader(LEADER_WAIT)).node_id.0;
     let follower = a.ids().into_iter().find(|id| *id != leader).expect("one");
     rt.block_on(load(a.addrs[&leader]));
-    let (revision, expected) = rt.block_on(everything(a.addrs[&leader], false));
+    let (revision, expected) = rt.block_on(kv_state(a.addrs[&leader], false));
     assert_eq!(expected.len(), KEYS - 1, "key-07 was deleted");
     assert!(
         expected.iter().any(|kv| kv.4 == 3) && expected.iter().any(|kv| kv.4 == 1),
@@ -137,7 +87,7 @@ fn a_saved_snapshot_restores_a_new_cluster_with_every_key_and_revision() {
     // Save from a follower once it applied everything: the file must cover at least what it had
     // applied when it was asked (snapshot_entries is 10,000: only the request makes a snapshot).
     let started = Instant::now();
-    while rt.block_on(everything(a.addrs[&follower], true)).0 != revision {
+    while rt.block_on(kv_state(a.addrs[&follower], true)).0 != revision {
         assert!(started.elapsed() < WAIT, "the follower never caught up");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -168,7 +118,7 @@ fn a_saved_snapshot_restores_a_new_cluster_with_every_key_and_revision() {
         "a fresh snapshot: index {} < applied {applied}",
         summary.meta.index
     );
-    wait_for_output(&a, follower, "📸 Sent snapshot");
+    a.wait_for_output(follower, "📸 Sent snapshot", WAIT);
     drop(a);
 
     // Cluster B: new ports (so a new cluster id), new directory; nodes restored, then started.
@@ -185,19 +135,19 @@ fn a_saved_snapshot_restores_a_new_cluster_with_every_key_and_revision() {
         b.spawn(id);
     }
     for id in b.ids() {
-        wait_for_output(
-            &b,
+        b.wait_for_output(
             id,
             &format!("📸 Restored the snapshot at index {}", summary.meta.index),
+            WAIT,
         );
     }
     let new_leader = rt.block_on(b.wait_for_leader(LEADER_WAIT)).node_id.0;
     for id in b.ids() {
-        let (rev, kvs) = rt.block_on(everything(b.addrs[&id], true));
+        let (rev, kvs) = rt.block_on(kv_state(b.addrs[&id], true));
         assert_eq!(rev, revision, "node {id}: the store's revision");
         assert_eq!(kvs, expected, "node {id}: every key as cluster A had it");
     }
-    let (rev, kvs) = rt.block_on(everything(b.addrs[&new_leader], false));
+    let (rev, kvs) = rt.block_on(kv_state(b.addrs[&new_leader], false));
     assert_eq!((rev, &kvs), (revision, &expected), "a linearizable read");
 
     let put = rt

@@ -11,19 +11,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use process_cluster::{Cluster, Settings};
-use rust_raft_log::etcdpb::etcdserverpb::{kv_client::KvClient, PutRequest, RangeRequest};
+use process_cluster::{channel, kv_state, Cluster, Settings};
+use rust_raft_log::etcdpb::etcdserverpb::{kv_client::KvClient, PutRequest};
 use tonic::transport::Channel;
 
 const PUTS: usize = 3000;
 const KEYS: usize = 64;
 const WAIT: Duration = Duration::from_secs(30);
-
-fn channel(addr: SocketAddr) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_lazy()
-}
 
 /// `PUTS` puts of about 1 KiB over `KEYS` keys through node `addr`, 8 at a time: about 3 MiB of
 /// log, three 1 MiB segments, so compaction has whole segments to free.
@@ -47,37 +41,6 @@ async fn put_load(addr: SocketAddr, first: usize) {
     }
 }
 
-/// Every key with its value and revisions, and the store's revision, as node `addr` serves them
-/// from its own state (a serializable read).
-async fn state_of(addr: SocketAddr) -> (i64, Vec<(Vec<u8>, Vec<u8>, i64, i64, i64)>) {
-    let mut client = KvClient::new(channel(addr));
-    let answer = client
-        .range(RangeRequest {
-            key: b"\0".to_vec(),
-            range_end: b"\0".to_vec(),
-            serializable: true,
-            ..RangeRequest::default()
-        })
-        .await
-        .expect("range")
-        .into_inner();
-    let revision = answer.header.expect("header").revision;
-    let kvs = answer
-        .kvs
-        .into_iter()
-        .map(|kv| {
-            (
-                kv.key,
-                kv.value,
-                kv.create_revision,
-                kv.mod_revision,
-                kv.version,
-            )
-        })
-        .collect();
-    (revision, kvs)
-}
-
 fn segment_bases(dir: &Path) -> Vec<u64> {
     let mut bases: Vec<u64> = std::fs::read_dir(dir)
         .expect("node dir")
@@ -91,18 +54,6 @@ fn segment_bases(dir: &Path) -> Vec<u64> {
         .collect();
     bases.sort_unstable();
     bases
-}
-
-fn wait_for_output(cluster: &Cluster, id: u32, needle: &str) {
-    let started = Instant::now();
-    while !cluster.output(id).contains(needle) {
-        assert!(
-            started.elapsed() < WAIT,
-            "node {id} never logged {needle:?}:\n{}",
-            cluster.output(id)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -129,7 +80,7 @@ fn a_follower_behind_the_compaction_catches_up_through_install_snapshot() {
     rt.block_on(put_load(leader_addr, 0));
 
     // The leader snapshotted and compacted: its log no longer starts at index 1.
-    wait_for_output(&cluster, leader, "📸 Snapshot at index");
+    cluster.wait_for_output(leader, "📸 Snapshot at index", WAIT);
     let bases = segment_bases(&cluster.node_dir(leader));
     assert!(
         bases.first().is_some_and(|b| *b > 1),
@@ -140,11 +91,11 @@ fn a_follower_behind_the_compaction_catches_up_through_install_snapshot() {
 
     // The follower comes back: its next entry was compacted away, so it gets the snapshot.
     cluster.spawn(follower);
-    wait_for_output(&cluster, follower, "Installed the leader's snapshot");
+    cluster.wait_for_output(follower, "Installed the leader's snapshot", WAIT);
     let started = Instant::now();
-    let expected = rt.block_on(state_of(leader_addr));
+    let expected = rt.block_on(kv_state(leader_addr, true));
     loop {
-        let got = rt.block_on(state_of(cluster.addrs[&follower]));
+        let got = rt.block_on(kv_state(cluster.addrs[&follower], true));
         if got == expected {
             break;
         }
@@ -169,10 +120,10 @@ fn a_follower_behind_the_compaction_catches_up_through_install_snapshot() {
         "the leader stopped"
     );
     cluster.spawn(leader);
-    wait_for_output(&cluster, leader, "📸 Restored the snapshot at index");
+    cluster.wait_for_output(leader, "📸 Restored the snapshot at index", WAIT);
     let started = Instant::now();
     loop {
-        let got = rt.block_on(state_of(leader_addr));
+        let got = rt.block_on(kv_state(leader_addr, true));
         if got == expected {
             break;
         }
@@ -363,11 +314,11 @@ fn kill_nine_during_snapshot_writes_and_installs_loses_no_acknowledged_put() {
 
     // Every node reaches one state, with every acknowledged put in it.
     let leader = rt.block_on(cluster.wait_for_leader(WAIT)).node_id.0;
-    let expected = rt.block_on(state_of(cluster.addrs[&leader]));
+    let expected = rt.block_on(kv_state(cluster.addrs[&leader], true));
     let started = Instant::now();
     for id in &ids {
         loop {
-            let got = rt.block_on(state_of(cluster.addrs[id]));
+            let got = rt.block_on(kv_state(cluster.addrs[id], true));
             if got == expected {
                 break;
             }

@@ -402,3 +402,59 @@ impl StreamProposer {
         }
     }
 }
+
+/// One key as a node serves it: key, value, create revision, mod revision, version.
+pub type KvRecord = (Vec<u8>, Vec<u8>, i64, i64, i64);
+
+/// A lazily connected channel to a node's gRPC address (the etcd API and the node's own).
+pub fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy()
+}
+
+/// Every key of node `addr`'s store with its value, revisions and version, and the store's
+/// revision: from its own state (`serializable`) or through a linearizable read.
+pub async fn kv_state(addr: SocketAddr, serializable: bool) -> (i64, Vec<KvRecord>) {
+    use rust_raft_log::etcdpb::etcdserverpb::{kv_client::KvClient, RangeRequest};
+    let answer = KvClient::new(channel(addr))
+        .range(RangeRequest {
+            key: b"\0".to_vec(),
+            range_end: b"\0".to_vec(),
+            serializable,
+            ..RangeRequest::default()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    let revision = answer.header.expect("header").revision;
+    let kvs = answer
+        .kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                kv.key,
+                kv.value,
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
+        })
+        .collect();
+    (revision, kvs)
+}
+
+impl Cluster {
+    /// Waits up to `bound` until node `id`'s output contains `needle` (panics with the output).
+    pub fn wait_for_output(&self, id: u32, needle: &str, bound: Duration) {
+        let started = Instant::now();
+        while !self.output(id).contains(needle) {
+            assert!(
+                started.elapsed() < bound,
+                "node {id} never logged {needle:?}:\n{}",
+                self.output(id)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
