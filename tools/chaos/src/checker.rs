@@ -1,0 +1,1 @@
+//! Linearizability of a recorded [`crate::history`], per key (to be written).
