@@ -3,8 +3,20 @@
 //! history in which every failed request is indeterminate, and checks it for linearizability.
 //!
 //! # Module map
+//! - [`net`]: network namespaces, the bridge, nftables partitions.
+//! - [`cluster`]: the server processes (start, kill, pause, restart) and `Maintenance.Status`.
+//! - [`workload`]: the clients and what they record.
+//! - [`faults`]: the fault kinds, their targets, undoing them.
+//! - [`run`]: one run from start to verdict.
 //! - [`history`]: the recorded operations (the checker's input).
 //! - [`checker`]: linearizability per key.
+//! - [`report`]: the printed summary and the saved history.
 
 pub mod checker;
+pub mod cluster;
+pub mod faults;
 pub mod history;
+pub mod net;
+pub mod report;
+pub mod run;
+pub mod workload;

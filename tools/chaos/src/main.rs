@@ -1,4 +1,192 @@
-fn main() {
-    eprintln!("chaos: not yet");
-    std::process::exit(2);
+//! `chaos`: one run of the chaos runner (see the crate docs and README's "Chaos runs").
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use chaos::cluster::Flavor;
+use chaos::faults::FaultKind;
+use chaos::report;
+use chaos::run::{self, RunPlan};
+use chaos::workload::WorkloadPlan;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chaos",
+    about = "Real processes, real faults, a linearizability verdict (rust-raft-log or etcd)"
+)]
+struct Args {
+    /// Which server: rust-raft-log or etcd.
+    #[arg(long, default_value = "rust-raft-log")]
+    flavor: String,
+    /// The server binary (default: rust-raft-log next to this program, or `etcd` on PATH).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Members (3 or 5).
+    #[arg(long, default_value_t = 3)]
+    nodes: u32,
+    /// Concurrent clients (one request in flight each).
+    #[arg(long, default_value_t = 8)]
+    clients: u32,
+    /// Keys the clients share.
+    #[arg(long, default_value_t = 8)]
+    keys: u32,
+    /// Length of the faulty phase, seconds.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Seconds between fault beginnings.
+    #[arg(long, default_value_t = 10.0)]
+    interval: f64,
+    /// Seconds each fault lasts (down, paused or partitioned).
+    #[arg(long, default_value_t = 3.0)]
+    hold: f64,
+    /// Comma-separated faults, applied in turn: kill-leader, kill-random, kill-minority, kill-all,
+    /// pause-leader, partition, one-way-from-leader, isolate-leader; or `all`.
+    #[arg(long, default_value = "kill-leader")]
+    faults: String,
+    /// Seed of the workload and the fault targets (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Client-side deadline per request, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    request_timeout: f64,
+    /// Where the nodes' data, their output and the history go (default: a new directory in /tmp).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Run on 127.0.0.1 without network namespaces (no partitions).
+    #[arg(long)]
+    loopback: bool,
+    /// Extra `cluster_settings` lines for rust-raft-log (e.g. "  snapshot_entries: 2000\n").
+    #[arg(long, default_value = "")]
+    settings: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match plan(&args) {
+        Ok(plan) => execute(plan),
+        Err(message) => {
+            eprintln!("chaos: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn plan(args: &Args) -> Result<RunPlan, String> {
+    let faults: Vec<FaultKind> = if args.faults == "all" {
+        FaultKind::ALL.to_vec()
+    } else if args.faults.is_empty() || args.faults == "none" {
+        Vec::new()
+    } else {
+        args.faults
+            .split(',')
+            .map(|name| {
+                FaultKind::parse(name.trim()).ok_or_else(|| format!("unknown fault {name:?}"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if !(1..=9).contains(&args.nodes) {
+        return Err(format!("--nodes {} (1 to 9)", args.nodes));
+    }
+    if args.clients == 0 || args.keys == 0 {
+        return Err("--clients and --keys must be at least 1".into());
+    }
+    let seconds = |name: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(format!("--{name} {v}: a positive number of seconds"))
+        }
+    };
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000)
+    });
+    let flavor = match args.flavor.as_str() {
+        "rust-raft-log" => Flavor::RustRaftLog {
+            binary: match &args.binary {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()
+                    .map_err(|e| format!("cannot find this program: {e}"))?
+                    .with_file_name("rust-raft-log"),
+            },
+            extra: args.settings.replace("\\n", "\n"),
+        },
+        "etcd" => Flavor::Etcd {
+            binary: args.binary.clone().unwrap_or_else(|| PathBuf::from("etcd")),
+        },
+        other => return Err(format!("--flavor {other:?}: rust-raft-log or etcd")),
+    };
+    let namespaces = !args.loopback;
+    if namespaces && !run::namespaces_available() {
+        return Err(
+            "network namespaces need root, `ip` and `nft` (apt nftables); use --loopback \
+             without partition faults"
+                .into(),
+        );
+    }
+    Ok(RunPlan {
+        flavor,
+        nodes: args.nodes,
+        workload: WorkloadPlan {
+            clients: args.clients,
+            keys: args.keys,
+            request_timeout: seconds("request-timeout", args.request_timeout)?,
+            seed,
+        },
+        duration: Duration::from_secs(args.duration),
+        interval: seconds("interval", args.interval)?,
+        hold: seconds("hold", args.hold)?,
+        faults,
+        dir: args.dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("chaos-{seed}-{}", std::process::id()))
+        }),
+        namespaces,
+    })
+}
+
+fn execute(plan: RunPlan) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chaos: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    eprintln!(
+        "chaos: seed {} | {} x{} | {} clients, {} keys | {} s, a fault every {:?} for {:?}: {} | {}",
+        plan.workload.seed,
+        plan.flavor.name(),
+        plan.nodes,
+        plan.workload.clients,
+        plan.workload.keys,
+        plan.duration.as_secs(),
+        plan.interval,
+        plan.hold,
+        plan.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
+        plan.dir.display()
+    );
+    match runtime.block_on(run::run(plan)) {
+        Ok(report) => {
+            print!("{}", report::render(&report));
+            if let Err(e) = report::save_history(&report) {
+                eprintln!("chaos: cannot save the history: {e}");
+            }
+            if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -1,0 +1,402 @@
+//! The cluster under test: real processes (rust-raft-log nodes, or etcd members for comparison),
+//! one per network namespace of a [`Network`], started, killed, paused and restarted by the
+//! fault schedule, and asked who leads through the etcd API only (`Maintenance.Status`), so
+//! both flavours are driven by the same code.
+//!
+//! Invariants: a node is either running (a live child this module spawned) or down; `Drop` kills
+//! every child (SIGCONT first, so a paused one dies too) before the network is removed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rust_raft_log::etcdpb::etcdserverpb as pb;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::net::Network;
+
+/// The etcd API port of every node (each has its own address in namespaces).
+const CLIENT_PORT: u16 = 2379;
+/// etcd's peer port.
+const PEER_PORT: u16 = 2380;
+
+/// Which server runs.
+#[derive(Clone, Debug)]
+pub enum Flavor {
+    /// rust-raft-log nodes; `extra` is appended to `cluster_settings`.
+    RustRaftLog { binary: PathBuf, extra: String },
+    /// etcd members (Debian's `etcd-server`, or any etcd 3.4+).
+    Etcd { binary: PathBuf },
+}
+
+impl Flavor {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Flavor::RustRaftLog { .. } => "rust-raft-log",
+            Flavor::Etcd { .. } => "etcd",
+        }
+    }
+}
+
+/// Why the cluster could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot start node {id} ({binary}): {source}")]
+    Spawn {
+        id: u32,
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no leader within {0:?}")]
+    NoLeader(Duration),
+}
+
+/// A running (or down) cluster.
+pub struct Cluster {
+    // Field order matters: children are killed in Drop before `net` is dropped.
+    children: BTreeMap<u32, Child>,
+    paused: BTreeMap<u32, bool>,
+    pub net: Network,
+    pub dir: PathBuf,
+    flavor: Flavor,
+    ports: Vec<(u16, u16)>,
+    /// The member id each node reports in response headers, learned from Status.
+    member_ids: BTreeMap<u64, u32>,
+    channels: BTreeMap<u32, Channel>,
+}
+
+impl Cluster {
+    /// Writes the configuration for `net.size()` nodes into `dir` and starts every node.
+    pub fn start(dir: &Path, net: Network, flavor: Flavor) -> Result<Cluster, ClusterError> {
+        let size = net.size();
+        let ports = if net.partitions_supported() {
+            vec![(CLIENT_PORT, PEER_PORT); size]
+        } else {
+            let free = free_ports(2 * size)?;
+            free.chunks(2).map(|p| (p[0], p[1])).collect()
+        };
+        let mut cluster = Cluster {
+            children: BTreeMap::new(),
+            paused: BTreeMap::new(),
+            net,
+            dir: dir.to_path_buf(),
+            flavor,
+            ports,
+            member_ids: BTreeMap::new(),
+            channels: BTreeMap::new(),
+        };
+        if let Flavor::RustRaftLog { extra, .. } = &cluster.flavor {
+            let mut yaml = String::from("nodes:\n");
+            for id in cluster.ids() {
+                yaml += &format!(
+                    "  - node_id: {id}\n    ip_address: \"{}\"\n    port: {}\n",
+                    cluster.net.ip(id),
+                    cluster.ports[id as usize - 1].0
+                );
+            }
+            yaml += &format!(
+                "cluster_settings:\n  log_directory: \"{}\"\n",
+                dir.join("data").display()
+            );
+            yaml += extra;
+            std::fs::write(dir.join("cluster.yaml"), yaml)?;
+        }
+        for id in cluster.ids() {
+            cluster.spawn(id)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn ids(&self) -> Vec<u32> {
+        (1..=self.net.size() as u32).collect()
+    }
+
+    pub fn flavor(&self) -> &Flavor {
+        &self.flavor
+    }
+
+    /// Node `id`'s etcd API address.
+    pub fn client_addr(&self, id: u32) -> SocketAddr {
+        SocketAddr::from((self.net.ip(id), self.ports[id as usize - 1].0))
+    }
+
+    /// Where node `id` keeps its data.
+    pub fn data_dir(&self, id: u32) -> PathBuf {
+        match &self.flavor {
+            Flavor::RustRaftLog { .. } => self.dir.join("data").join(format!("node_{id}")),
+            Flavor::Etcd { .. } => self.dir.join(format!("etcd_{id}")),
+        }
+    }
+
+    pub fn is_running(&self, id: u32) -> bool {
+        self.children.contains_key(&id)
+    }
+
+    pub fn running(&self) -> Vec<u32> {
+        self.children.keys().copied().collect()
+    }
+
+    pub fn is_paused(&self, id: u32) -> bool {
+        self.paused.get(&id).copied().unwrap_or(false)
+    }
+
+    /// Starts node `id` (it must be down).
+    pub fn spawn(&mut self, id: u32) -> Result<(), ClusterError> {
+        if self.children.contains_key(&id) {
+            return Ok(());
+        }
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node_{id}.out")))?;
+        let err = out.try_clone()?;
+        let (binary, args) = self.command(id);
+        let mut command = match self.net.namespace(id) {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&binary);
+                c
+            }
+            None => Command::new(&binary),
+        };
+        command
+            .args(&args)
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = command.spawn().map_err(|source| ClusterError::Spawn {
+            id,
+            binary: binary.display().to_string(),
+            source,
+        })?;
+        self.children.insert(id, child);
+        self.paused.insert(id, false);
+        Ok(())
+    }
+
+    fn command(&self, id: u32) -> (PathBuf, Vec<String>) {
+        match &self.flavor {
+            Flavor::RustRaftLog { binary, .. } => (
+                binary.clone(),
+                vec![
+                    "--node-id".into(),
+                    id.to_string(),
+                    "--config".into(),
+                    self.dir.join("cluster.yaml").display().to_string(),
+                ],
+            ),
+            Flavor::Etcd { binary } => {
+                let peer =
+                    |i: u32| format!("http://{}:{}", self.net.ip(i), self.ports[i as usize - 1].1);
+                let client = format!("http://{}", self.client_addr(id));
+                let initial: Vec<String> = self
+                    .ids()
+                    .iter()
+                    .map(|&i| format!("n{i}={}", peer(i)))
+                    .collect();
+                (
+                    binary.clone(),
+                    vec![
+                        "--name".into(),
+                        format!("n{id}"),
+                        "--data-dir".into(),
+                        self.data_dir(id).display().to_string(),
+                        "--listen-client-urls".into(),
+                        client.clone(),
+                        "--advertise-client-urls".into(),
+                        client,
+                        "--listen-peer-urls".into(),
+                        peer(id),
+                        "--initial-advertise-peer-urls".into(),
+                        peer(id),
+                        "--initial-cluster".into(),
+                        initial.join(","),
+                        "--initial-cluster-state".into(),
+                        "new".into(),
+                        "--initial-cluster-token".into(),
+                        "chaos".into(),
+                    ],
+                )
+            }
+        }
+    }
+
+    /// Sends `signal` to node `id` if it runs.
+    fn signal(&self, id: u32, signal: libc::c_int) {
+        if let Some(child) = self.children.get(&id) {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self, id: u32) {
+        if let Some(mut child) = self.children.remove(&id) {
+            self.signal_child(&child, libc::SIGCONT);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused.remove(&id);
+        self.channels.remove(&id);
+    }
+
+    fn signal_child(&self, child: &Child, signal: libc::c_int) {
+        // SAFETY: as in `signal`.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
+        }
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, nothing answers.
+    pub fn pause(&mut self, id: u32) {
+        if self.children.contains_key(&id) {
+            self.signal(id, libc::SIGSTOP);
+            self.paused.insert(id, true);
+        }
+    }
+
+    pub fn resume(&mut self, id: u32) {
+        if self.is_paused(id) {
+            self.signal(id, libc::SIGCONT);
+            self.paused.insert(id, false);
+        }
+    }
+
+    /// Nodes that exited on their own (not killed by the runner), with their status.
+    pub fn exited(&mut self) -> Vec<(u32, std::process::ExitStatus)> {
+        let mut gone = Vec::new();
+        for (id, child) in self.children.iter_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                gone.push((*id, status));
+            }
+        }
+        for (id, _) in &gone {
+            self.children.remove(id);
+        }
+        gone
+    }
+
+    /// The last `lines` lines of node `id`'s output.
+    pub fn output_tail(&self, id: u32, lines: usize) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.join(format!("node_{id}.out"))).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn channel(&mut self, id: u32) -> Channel {
+        let addr = self.client_addr(id);
+        self.channels
+            .entry(id)
+            .or_insert_with(|| {
+                Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("an address is a valid URI")
+                    .connect_timeout(Duration::from_millis(300))
+                    .timeout(Duration::from_millis(500))
+                    .tcp_nodelay(true)
+                    .connect_lazy()
+            })
+            .clone()
+    }
+
+    /// `Maintenance.Status` of node `id` (None if it does not answer within 500 ms).
+    pub async fn status(&mut self, id: u32) -> Option<pb::StatusResponse> {
+        if !self.is_running(id) || self.is_paused(id) {
+            return None;
+        }
+        let mut client = pb::maintenance_client::MaintenanceClient::new(self.channel(id));
+        let answer = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.status(pb::StatusRequest {}),
+        )
+        .await
+        .ok()?
+        .ok()?
+        .into_inner();
+        if let Some(h) = &answer.header {
+            self.member_ids.insert(h.member_id, id);
+        }
+        Some(answer)
+    }
+
+    /// The node that leads according to a majority of the answering nodes' `Status` (the leader
+    /// field names a member; that member's own answer maps it to a node id).
+    pub async fn leader(&mut self) -> Option<u32> {
+        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+        for id in self.running() {
+            if let Some(s) = self.status(id).await {
+                if s.leader != 0 {
+                    *votes.entry(s.leader).or_default() += 1;
+                }
+            }
+        }
+        let (member, _) = votes.into_iter().max_by_key(|(_, n)| *n)?;
+        let id = *self.member_ids.get(&member)?;
+        self.is_running(id).then_some(id)
+    }
+
+    /// Waits until some running node is named leader by the others.
+    pub async fn wait_for_leader(&mut self, bound: Duration) -> Result<u32, ClusterError> {
+        let started = Instant::now();
+        while started.elapsed() < bound {
+            if let Some(id) = self.leader().await {
+                return Ok(id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(ClusterError::NoLeader(bound))
+    }
+
+    /// Every node's (revision, HashKV hash) once they all answer with the same revision, or the
+    /// last answers seen after `bound`.
+    pub async fn hashes(&mut self, bound: Duration) -> BTreeMap<u32, (i64, u32)> {
+        let started = Instant::now();
+        let mut seen = BTreeMap::new();
+        while started.elapsed() < bound {
+            seen.clear();
+            for id in self.ids() {
+                let mut client = pb::maintenance_client::MaintenanceClient::new(self.channel(id));
+                let ask = client.hash_kv(pb::HashKvRequest { revision: 0 });
+                if let Ok(Ok(answer)) = tokio::time::timeout(Duration::from_secs(2), ask).await {
+                    let answer = answer.into_inner();
+                    let revision = answer.header.map_or(0, |h| h.revision);
+                    seen.insert(id, (revision, answer.hash));
+                }
+            }
+            let revisions: std::collections::BTreeSet<i64> =
+                seen.values().map(|(r, _)| *r).collect();
+            if seen.len() == self.ids().len() && revisions.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        seen
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in self.running() {
+            self.kill(id);
+        }
+    }
+}
+
+/// `n` ports free a moment ago (all listeners held until every port is chosen).
+fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
+}

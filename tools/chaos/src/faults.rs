@@ -1,0 +1,228 @@
+//! The faults and their schedule: which fault, on which nodes, when it begins and when it is
+//! undone. Targets are drawn from the run's seed, so a seed and a fault list name one schedule
+//! (the moments the leader is looked up still depend on the run).
+//!
+//! Invariants: every fault is undone by [`Injector::recover`] (killed nodes restarted, paused
+//! ones continued, cuts healed) before the next one begins, and by [`Injector::recover_all`] at
+//! the end whatever happened; a node that exits on its own is recorded as a finding, never
+//! restarted silently.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+use crate::workload::Rng;
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// SIGKILL the leader; restart it when the fault ends.
+    KillLeader,
+    /// SIGKILL a random node.
+    KillRandom,
+    /// SIGKILL a minority (one of 3, two of 5) at once.
+    KillMinority,
+    /// SIGKILL every node, then restart them all.
+    KillAll,
+    /// SIGSTOP the leader for the fault's length (longer than an election timeout), then SIGCONT.
+    PauseLeader,
+    /// Split the nodes into a random minority and the majority, both ways.
+    Partition,
+    /// The leader's packets to every other node are dropped; theirs reach it.
+    OneWayFromLeader,
+    /// The leader is cut from its followers both ways; clients still reach it.
+    IsolateLeader,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::KillLeader,
+        FaultKind::KillRandom,
+        FaultKind::KillMinority,
+        FaultKind::KillAll,
+        FaultKind::PauseLeader,
+        FaultKind::Partition,
+        FaultKind::OneWayFromLeader,
+        FaultKind::IsolateLeader,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillLeader => "kill-leader",
+            FaultKind::KillRandom => "kill-random",
+            FaultKind::KillMinority => "kill-minority",
+            FaultKind::KillAll => "kill-all",
+            FaultKind::PauseLeader => "pause-leader",
+            FaultKind::Partition => "partition",
+            FaultKind::OneWayFromLeader => "one-way-from-leader",
+            FaultKind::IsolateLeader => "isolate-leader",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Partition | FaultKind::OneWayFromLeader | FaultKind::IsolateLeader
+        )
+    }
+}
+
+/// One fault as it happened.
+#[derive(Clone, Debug)]
+pub struct FaultRecord {
+    pub kind: FaultKind,
+    pub targets: Vec<u32>,
+    /// Run clock (ns) when it began and when it was undone.
+    pub began: u64,
+    pub ended: u64,
+}
+
+/// Applies and undoes faults on a cluster.
+pub struct Injector {
+    rng: Rng,
+    killed: BTreeSet<u32>,
+    paused: BTreeSet<u32>,
+    cut: bool,
+    /// Findings: nodes that exited on their own, network commands that failed.
+    pub findings: Vec<String>,
+}
+
+impl Injector {
+    pub fn new(seed: u64) -> Injector {
+        Injector {
+            rng: Rng::new(seed ^ 0x5eed_fa17),
+            killed: BTreeSet::new(),
+            paused: BTreeSet::new(),
+            cut: false,
+            findings: Vec::new(),
+        }
+    }
+
+    fn pick(&mut self, from: &[u32], n: usize) -> Vec<u32> {
+        let mut pool = from.to_vec();
+        let mut chosen = Vec::new();
+        while chosen.len() < n && !pool.is_empty() {
+            let i = self.rng.below(pool.len() as u64) as usize;
+            chosen.push(pool.swap_remove(i));
+        }
+        chosen.sort_unstable();
+        chosen
+    }
+
+    /// The leader, or a random running node when none is known within 5 s.
+    async fn leader_or_random(&mut self, cluster: &mut Cluster) -> u32 {
+        match cluster.wait_for_leader(Duration::from_secs(5)).await {
+            Ok(id) => id,
+            Err(_) => {
+                let running = cluster.running();
+                self.pick(&running, 1).first().copied().unwrap_or(1)
+            }
+        }
+    }
+
+    /// Begins a fault; returns its targets.
+    pub async fn apply(&mut self, kind: FaultKind, cluster: &mut Cluster) -> Vec<u32> {
+        let ids = cluster.ids();
+        let minority = (ids.len() - 1) / 2;
+        match kind {
+            FaultKind::KillLeader | FaultKind::KillRandom | FaultKind::KillMinority => {
+                let targets = match kind {
+                    FaultKind::KillLeader => vec![self.leader_or_random(cluster).await],
+                    FaultKind::KillRandom => self.pick(&ids, 1),
+                    _ => self.pick(&ids, minority),
+                };
+                for &id in &targets {
+                    cluster.kill(id);
+                    self.killed.insert(id);
+                }
+                targets
+            }
+            FaultKind::KillAll => {
+                for &id in &ids {
+                    cluster.kill(id);
+                    self.killed.insert(id);
+                }
+                ids
+            }
+            FaultKind::PauseLeader => {
+                let id = self.leader_or_random(cluster).await;
+                cluster.pause(id);
+                self.paused.insert(id);
+                vec![id]
+            }
+            FaultKind::Partition => {
+                let side = self.pick(&ids, minority.max(1));
+                for &a in &side {
+                    for &b in ids.iter().filter(|b| !side.contains(b)) {
+                        self.cut(cluster, a, b);
+                        self.cut(cluster, b, a);
+                    }
+                }
+                side
+            }
+            FaultKind::OneWayFromLeader | FaultKind::IsolateLeader => {
+                let leader = self.leader_or_random(cluster).await;
+                for &b in ids.iter().filter(|&&b| b != leader) {
+                    self.cut(cluster, leader, b);
+                    if kind == FaultKind::IsolateLeader {
+                        self.cut(cluster, b, leader);
+                    }
+                }
+                vec![leader]
+            }
+        }
+    }
+
+    fn cut(&mut self, cluster: &Cluster, from: u32, to: u32) {
+        self.cut = true;
+        if let Err(e) = cluster.net.cut(from, to) {
+            self.findings
+                .push(format!("cannot cut {from} -> {to}: {e}"));
+        }
+    }
+
+    /// Undoes the current fault: heal, continue, restart.
+    pub fn recover(&mut self, cluster: &mut Cluster) {
+        if self.cut {
+            if let Err(e) = cluster.net.heal() {
+                self.findings.push(format!("cannot heal the network: {e}"));
+            }
+            self.cut = false;
+        }
+        for id in std::mem::take(&mut self.paused) {
+            cluster.resume(id);
+        }
+        self.note_exits(cluster);
+        for id in std::mem::take(&mut self.killed) {
+            if let Err(e) = cluster.spawn(id) {
+                self.findings.push(format!("cannot restart node {id}: {e}"));
+            }
+        }
+    }
+
+    /// Undoes everything, including nodes found exited (which are restarted after being noted).
+    pub fn recover_all(&mut self, cluster: &mut Cluster) {
+        self.recover(cluster);
+        for id in cluster.ids() {
+            if !cluster.is_running(id) {
+                if let Err(e) = cluster.spawn(id) {
+                    self.findings.push(format!("cannot restart node {id}: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Records nodes that exited without being killed.
+    pub fn note_exits(&mut self, cluster: &mut Cluster) {
+        for (id, status) in cluster.exited() {
+            self.findings.push(format!(
+                "node {id} exited on its own ({status}); its last lines:\n{}",
+                cluster.output_tail(id, 15)
+            ));
+        }
+    }
+}

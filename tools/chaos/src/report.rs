@@ -1,0 +1,132 @@
+//! What a run prints: counts, failures by reason and by fault, findings, the checker's verdict,
+//! and one machine-readable `chaos-result` line; and the history saved as JSON lines.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use crate::run::RunReport;
+
+/// Failures that began while fault `i` was on or after it (until the next fault began).
+pub fn failures_per_fault(report: &RunReport) -> Vec<usize> {
+    let faults = &report.faults;
+    (0..faults.len())
+        .map(|i| {
+            let from = faults[i].began;
+            let to = faults.get(i + 1).map_or(u64::MAX, |f| f.began);
+            report
+                .failures
+                .iter()
+                .filter(|f| f.at >= from && f.at < to)
+                .count()
+        })
+        .collect()
+}
+
+/// The printed summary.
+pub fn render(report: &RunReport) -> String {
+    let mut out = String::new();
+    let plan = &report.plan;
+    let failed_writes = report.failures.iter().filter(|f| f.write).count();
+    let failed_reads = report.failures.len() - failed_writes;
+    let _ = writeln!(
+        out,
+        "operations: {} answered, {} failed or timed out ({} writes, recorded as indeterminate; \
+         {} reads), {} recorded in the history",
+        report.ok,
+        report.failures.len(),
+        failed_writes,
+        failed_reads,
+        report.operations.len()
+    );
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in &report.failures {
+        *reasons.entry(f.reason.as_str()).or_default() += 1;
+    }
+    let mut reasons: Vec<_> = reasons.into_iter().collect();
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
+    for (reason, n) in reasons.iter().take(8) {
+        let _ = writeln!(out, "  {n:>7}  {reason}");
+    }
+    let per_fault = failures_per_fault(report);
+    if !report.faults.is_empty() {
+        let _ = writeln!(out, "faults:");
+        for (f, n) in report.faults.iter().zip(&per_fault) {
+            let _ = writeln!(
+                out,
+                "  {:>6.1} s .. {:>6.1} s  {:<20} {:?}: {} failed requests",
+                f.began as f64 / 1e9,
+                f.ended as f64 / 1e9,
+                f.kind.name(),
+                f.targets,
+                n
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "HashKV after the run (node: (revision, hash)): {:?}",
+        report.hashes
+    );
+    if report.findings.is_empty() {
+        let _ = writeln!(out, "findings: none");
+    } else {
+        let _ = writeln!(out, "findings:");
+        for f in &report.findings {
+            let _ = writeln!(out, "  - {f}");
+        }
+    }
+    let _ = writeln!(out, "checker: {}", report.verdict);
+    let per = if report.faults.is_empty() {
+        0.0
+    } else {
+        report.failures.len() as f64 / report.faults.len() as f64
+    };
+    let _ = writeln!(
+        out,
+        "chaos-result flavor={} nodes={} seed={} seconds={:.0} answered={} failed={} faults={} \
+         failed_per_fault={:.1} findings={} verdict={}",
+        plan.flavor.name(),
+        plan.nodes,
+        plan.workload.seed,
+        report.elapsed.as_secs_f64(),
+        report.ok,
+        report.failures.len(),
+        report.faults.len(),
+        per,
+        report.findings.len(),
+        if report.verdict.is_linearizable() {
+            "linearizable"
+        } else {
+            "NOT-LINEARIZABLE-OR-UNKNOWN"
+        }
+    );
+    if !report.passed() {
+        let _ = writeln!(
+            out,
+            "reproduce: chaos --seed {} --flavor {} --nodes {} --clients {} --keys {} --duration {} \
+             --interval {} --hold {} --faults {}",
+            plan.workload.seed,
+            plan.flavor.name(),
+            plan.nodes,
+            plan.workload.clients,
+            plan.workload.keys,
+            plan.duration.as_secs(),
+            plan.interval.as_secs_f64(),
+            plan.hold.as_secs_f64(),
+            plan.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(",")
+        );
+    }
+    out
+}
+
+/// Writes `history.jsonl` into the run's directory.
+pub fn save_history(report: &RunReport) -> std::io::Result<()> {
+    let path = report.plan.dir.join("history.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for op in &report.operations {
+        serde_json::to_writer(&mut file, op)?;
+        file.write_all(b"\n")?;
+    }
+    file.flush()
+}
