@@ -12,7 +12,7 @@
 mod etcdctl_common;
 mod process_cluster;
 
-use etcdctl_common::{base64, cluster, etcdctl, ok, runtime};
+use etcdctl_common::{base64, cluster, etcdctl, ok, runtime, LEADER_WAIT};
 use rust_raft_log::etcd::members::member_id;
 use rust_raft_log::types::NodeId;
 
@@ -284,7 +284,8 @@ fn etcdctl_endpoint_status_member_list_hashkv_and_unimplemented_methods() {
         "{defrag:?}"
     );
 
-    // Without a majority: the survivor answers with etcd's retryable status, nothing is written.
+    // Without a majority: nothing is written. The survivor holds the request while no leader is
+    // known (up to its request timeout), so etcdctl's own 3 s deadline usually ends it first.
     cluster.kill(leader);
     let other = ids
         .iter()
@@ -301,7 +302,46 @@ fn etcdctl_endpoint_status_member_list_hashkv_and_unimplemented_methods() {
     assert!(
         out.stderr.contains("etcdserver: no leader")
             || out.stderr.contains("etcdserver: leader changed")
-            || out.stderr.contains("etcdserver: request timed out"),
-        "a retryable etcd error: {out:?}"
+            || out.stderr.contains("etcdserver: request timed out")
+            || out.stderr.contains("context deadline exceeded"),
+        "a retryable etcd error or the client's deadline: {out:?}"
     );
+}
+
+#[test]
+fn requests_sent_to_followers_while_the_leader_is_dead_wait_for_the_next_leader() {
+    // Before followers held requests during an election, each of these failed at once with
+    // "etcdserver: leader changed" (forwarded to the dead leader) or "etcdserver: no leader",
+    // which etcdctl does not retry for a put.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let (mut cluster, leader, follower) = cluster(dir.path(), &rt);
+    let on_follower = cluster.addrs[&follower].to_string();
+    assert_eq!(ok(&on_follower, &["put", "before", "1"]).trim(), "OK");
+    cluster.kill(leader);
+    // The followers still take the dead node for the leader for an election timeout (1-2 s).
+    let put = etcdctl(
+        &on_follower,
+        &["put", "during", "2", "--command-timeout=6s"],
+        None,
+    );
+    assert!(put.success && put.stdout.trim() == "OK", "{put:?}");
+    let get = etcdctl(
+        &on_follower,
+        &["get", "during", "--command-timeout=6s"],
+        None,
+    );
+    assert_eq!(get.stdout, "during\n2\n", "{get:?}");
+    let txn = etcdctl(
+        &on_follower,
+        &["txn", "-i", "--command-timeout=6s"],
+        Some("value(\"during\") = \"2\"\n\nput during 3\n\n\n"),
+    );
+    assert!(
+        txn.success && txn.stdout.contains("SUCCESS\n\nOK"),
+        "{txn:?}"
+    );
+    let new_leader = rt.block_on(cluster.wait_for_leader(LEADER_WAIT)).node_id.0;
+    assert_ne!(new_leader, leader, "{}", cluster.describe());
+    assert_eq!(ok(&on_follower, &["get", "during"]), "during\n3\n");
 }

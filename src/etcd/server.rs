@@ -17,6 +17,14 @@
 //!   tonic channel, marked with [`FORWARDED_HEADER`]; a forwarded request that reaches a node
 //!   which is not the leader either (leadership moved meanwhile) is not forwarded again but
 //!   answered with a retryable status.
+//! - **During an election** a request is held, not failed: while this node knows no leader, while
+//!   the leader it forwards to cannot be connected to (nothing was sent), and when a node it
+//!   forwarded to answers that it is not the leader (marked [`NOT_PROPOSED_HEADER`]: nothing was
+//!   proposed there), the handler waits [`RETRY_PAUSE`] and tries again, until a leader answers
+//!   or the request's [`REQUEST_TIMEOUT`] runs out (then the last refusal is the answer). Reads
+//!   are also tried again after any transport failure towards the leader; a write whose
+//!   forwarded request may have reached the leader never is (it could be applied twice), and is
+//!   answered with the failure.
 //!
 //! Errors clients retry on: etcd's clientv3 retries `Unavailable` (immutable requests always,
 //! mutable ones when nothing was sent). So every "try again" answer is `Unavailable` with etcd's
@@ -36,6 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -53,6 +62,12 @@ use crate::types::{NodeId, Term};
 
 /// Metadata key marking a request a follower forwarded to the leader (never forwarded twice).
 pub const FORWARDED_HEADER: &str = "x-raftlog-forwarded";
+/// Metadata key on a refusal of a forwarded request that says nothing was proposed or read
+/// there (the node was not the leader), so the forwarding node may try again.
+pub const NOT_PROPOSED_HEADER: &str = "x-raftlog-not-proposed";
+/// How long a request held during an election waits before it asks again whether a leader is
+/// known (a few per election: elections take 150-500 ms with the default timeouts).
+pub const RETRY_PAUSE: Duration = Duration::from_millis(15);
 /// How long a request may wait for its commit or read grant before it is answered with etcd's
 /// "request timed out" (etcd: 5 s plus two election timeouts by default).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
@@ -103,10 +118,14 @@ struct Inner {
     channels: Mutex<HashMap<SocketAddr, Channel>>,
 }
 
-/// Where a request ended up: answered here, or to be forwarded to the leader at an address.
+/// Where a request ended up: answered here, to be forwarded to the leader at an address, or
+/// refused before anything was proposed or read (no leader known, or leadership moved away from
+/// the node a request was forwarded to): trying again is safe, and `Again`'s status is the
+/// answer when the request's time runs out first.
 enum Route<T> {
     Here(T),
     Leader(SocketAddr),
+    Again(Status),
 }
 
 impl EtcdApi {
@@ -181,6 +200,17 @@ impl EtcdApi {
         self.ask_within(make, dropped, REQUEST_TIMEOUT).await
     }
 
+    /// [`EtcdApi::ask`] bounded by what is left of a request's time.
+    async fn ask_until<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Inbound,
+        dropped: &'static str,
+        deadline: Instant,
+    ) -> Result<T, Status> {
+        let bound = deadline.saturating_duration_since(Instant::now());
+        self.ask_within(make, dropped, bound).await
+    }
+
     /// [`EtcdApi::ask`] with another bound than [`REQUEST_TIMEOUT`].
     async fn ask_within<T>(
         &self,
@@ -229,9 +259,14 @@ impl EtcdApi {
         &self,
         payload: Vec<u8>,
         forwarded: bool,
+        deadline: Instant,
     ) -> Result<Route<(kv::Applied, Term)>, Status> {
         let outcome = self
-            .ask(|reply| Inbound::Command { payload, reply }, OUTCOME_UNKNOWN)
+            .ask_until(
+                |reply| Inbound::Command { payload, reply },
+                OUTCOME_UNKNOWN,
+                deadline,
+            )
             .await?;
         match outcome {
             Ok(Applied { term, response, .. }) => {
@@ -248,14 +283,20 @@ impl EtcdApi {
     }
 
     /// Waits for permission to read (see the module docs).
-    async fn read(&self, linearizable: bool, forwarded: bool) -> Result<Route<ReadGrant>, Status> {
+    async fn read(
+        &self,
+        linearizable: bool,
+        forwarded: bool,
+        deadline: Instant,
+    ) -> Result<Route<ReadGrant>, Status> {
         let outcome = self
-            .ask(
+            .ask_until(
                 |reply| Inbound::Read {
                     linearizable,
                     reply,
                 },
                 LEADER_CHANGED,
+                deadline,
             )
             .await?;
         match outcome {
@@ -264,7 +305,10 @@ impl EtcdApi {
                 leader,
                 leader_address,
             }) => not_leader(leader, leader_address, forwarded),
-            Err(ReadRefused::LeadershipLost) => Err(Status::unavailable(LEADER_CHANGED)),
+            // Nothing was read: a read may always be tried again.
+            Err(ReadRefused::LeadershipLost) => {
+                Ok(Route::Again(Status::unavailable(LEADER_CHANGED)))
+            }
             Err(ReadRefused::Overloaded { .. }) => Err(Status::unavailable(TOO_MANY_REQUESTS)),
         }
     }
@@ -289,13 +333,15 @@ impl EtcdApi {
         Ok(channel)
     }
 
-    /// Copies the client's request into a new one marked as forwarded.
-    fn forward_request<T>(&self, message: T) -> Request<T> {
+    /// Copies the client's request into a new one marked as forwarded, with what is left of
+    /// its time as the gRPC deadline (the leader stops working on it when the client has).
+    fn forward_request<T>(&self, message: T, deadline: Instant) -> Request<T> {
         let mut request = Request::new(message);
         request.metadata_mut().insert(
             FORWARDED_HEADER,
             tonic::metadata::MetadataValue::from_static("1"),
         );
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         request
     }
 
@@ -321,7 +367,7 @@ impl EtcdApi {
 }
 
 /// A refusal because this node is not the leader: forward, unless there is no leader or the
-/// request was already forwarded once.
+/// request was already forwarded once (then nothing was proposed or read: try again).
 fn not_leader<T>(
     leader: Option<NodeId>,
     leader_address: Option<SocketAddr>,
@@ -329,21 +375,72 @@ fn not_leader<T>(
 ) -> Result<Route<T>, Status> {
     match (leader, leader_address) {
         (Some(_), Some(addr)) if !forwarded => Ok(Route::Leader(addr)),
-        (Some(_), _) => Err(Status::unavailable(LEADER_CHANGED)),
-        (None, _) => Err(Status::unavailable(NO_LEADER)),
+        (Some(_), _) => Ok(Route::Again(Status::unavailable(LEADER_CHANGED))),
+        (None, _) => Ok(Route::Again(Status::unavailable(NO_LEADER))),
     }
 }
 
-/// A transport failure towards the leader is the client's "leader changed" (retryable); an
-/// answer from the leader goes back as it is.
+/// What a handler does with `Route::Again(status)`: a forwarded request goes back to the node
+/// that forwarded it, marked so that it tries again; the client's own request waits
+/// [`RETRY_PAUSE`] (`Ok`), unless its time would run out first (`Err(status)`, the answer).
+async fn again(status: Status, forwarded: bool, deadline: Instant) -> Result<(), Status> {
+    if forwarded {
+        let mut marked = Status::unavailable(status.message());
+        marked.metadata_mut().insert(
+            NOT_PROPOSED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        return Err(marked);
+    }
+    if Instant::now() + RETRY_PAUSE >= deadline {
+        return Err(status);
+    }
+    tokio::time::sleep(RETRY_PAUSE).await;
+    Ok(())
+}
+
+/// How a failed forward is answered: `Ok(refusal)` when trying again is safe (the leader refused
+/// without proposing, or the connection was never made; for an `idempotent` read, any
+/// transport failure), otherwise `Err` with the failure itself (see [`relay_status`]).
+fn forward_failed(status: Status, idempotent: bool) -> Result<Status, Status> {
+    let refused_there = status.metadata().get(NOT_PROPOSED_HEADER).is_some();
+    // Made here by tonic (the cause is its source), not an answer that came over the wire.
+    let transport = std::error::Error::source(&status).is_some();
+    if refused_there || never_sent(&status) || (idempotent && transport) {
+        tracing::debug!(%status, "forwarding to the leader failed; trying again");
+        Ok(Status::unavailable(if refused_there {
+            status.message().to_string()
+        } else {
+            LEADER_CHANGED.to_string()
+        }))
+    } else {
+        Err(relay_status(status))
+    }
+}
+
+/// Whether a forward failed while connecting (tonic's [`tonic::ConnectError`] in the status's
+/// source chain): the request never left this node.
+fn never_sent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// The leader's answer goes back as it is; a failure of the transport towards the leader (a
+/// status tonic made here, with the cause as its source, not one that came over the wire) after
+/// the request may have reached it is etcd's "possibly due to previous leader failure": the
+/// outcome is unknown, and this node is fine.
 fn relay_status(status: Status) -> Status {
-    // tonic reports a connection failure as UNAVAILABLE with its own text; the leader's own
-    // retryable answers carry etcd's texts.
-    if status.code() != tonic::Code::Unavailable || status.message().starts_with("etcdserver:") {
+    if std::error::Error::source(&status).is_none() {
         status
     } else {
         tracing::debug!(%status, "forwarding to the leader failed");
-        Status::unavailable(LEADER_CHANGED)
+        Status::unavailable(OUTCOME_UNKNOWN)
     }
 }
 
@@ -371,9 +468,14 @@ impl KvService {
         &self,
         op: &RequestOp,
         forwarded: bool,
+        deadline: Instant,
     ) -> Result<Route<(response_op::Response, Term)>, Status> {
         validate(op, &self.api.inner.limits).map_err(|e| e.to_status())?;
-        match self.api.propose(encode_command(op), forwarded).await? {
+        match self
+            .api
+            .propose(encode_command(op), forwarded, deadline)
+            .await?
+        {
             Route::Here((kv::Applied::Op(response), term)) => match response.response {
                 Some(r) => Ok(Route::Here((r, term))),
                 None => Err(wrong_response("request")),
@@ -382,34 +484,44 @@ impl KvService {
                 Err(wrong_response("request"))
             }
             Route::Leader(addr) => Ok(Route::Leader(addr)),
+            Route::Again(status) => Ok(Route::Again(status)),
         }
     }
 
     /// The one path of Put, DeleteRange and Txn: validate, propose and answer once applied here,
-    /// or forward the request unchanged to the leader and relay its answer.
+    /// or forward the request unchanged to the leader and relay its answer; held while there is
+    /// no leader (see the module docs).
     async fn write_request<W: WriteRequest>(
         &self,
         request: Request<W>,
     ) -> Result<Response<W::Response>, Status> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
         let forwarded = is_forwarded(&request);
         let op = RequestOp {
             request: Some(request.into_inner().into_op()),
         };
-        match self.write(&op, forwarded).await? {
-            Route::Here((response, term)) => {
-                let mut r = W::response(response).ok_or_else(|| wrong_response(W::NAME))?;
-                self.api.fill(W::header(&mut r), term);
-                Ok(Response::new(r))
-            }
-            Route::Leader(addr) => {
-                let message = op
-                    .request
-                    .and_then(W::from_op)
-                    .ok_or_else(|| wrong_response(W::NAME))?;
-                let client = self.api.kv_client(addr)?;
-                let answer = W::forward(client, self.api.forward_request(message)).await;
-                self.api.relay(answer, W::header)
-            }
+        loop {
+            let refused = match self.write(&op, forwarded, deadline).await? {
+                Route::Here((response, term)) => {
+                    let mut r = W::response(response).ok_or_else(|| wrong_response(W::NAME))?;
+                    self.api.fill(W::header(&mut r), term);
+                    return Ok(Response::new(r));
+                }
+                Route::Leader(addr) => {
+                    let message = op
+                        .request
+                        .clone()
+                        .and_then(W::from_op)
+                        .ok_or_else(|| wrong_response(W::NAME))?;
+                    let client = self.api.kv_client(addr)?;
+                    match W::forward(client, self.api.forward_request(message, deadline)).await {
+                        Err(status) => forward_failed(status, false)?,
+                        answer => return self.api.relay(answer, W::header),
+                    }
+                }
+                Route::Again(status) => status,
+            };
+            again(refused, forwarded, deadline).await?;
         }
     }
 }
@@ -507,22 +619,34 @@ impl pb::kv_server::Kv for KvService {
         let Some(request_op::Request::RequestRange(range)) = op.request else {
             unreachable!("built above as a range");
         };
-        match self.api.read(!range.serializable, forwarded).await? {
-            Route::Here(grant) => {
-                let mut response = lock(&self.api.inner.store)
-                    .range(&range)
-                    .map_err(|e| e.to_status())?;
-                self.api.fill(&mut response.header, grant.term);
-                Ok(Response::new(response))
-            }
-            Route::Leader(addr) => {
-                let answer = self
-                    .api
-                    .kv_client(addr)?
-                    .range(self.api.forward_request(range))
-                    .await;
-                self.api.relay(answer, |r| &mut r.header)
-            }
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let refused = match self
+                .api
+                .read(!range.serializable, forwarded, deadline)
+                .await?
+            {
+                Route::Here(grant) => {
+                    let mut response = lock(&self.api.inner.store)
+                        .range(&range)
+                        .map_err(|e| e.to_status())?;
+                    self.api.fill(&mut response.header, grant.term);
+                    return Ok(Response::new(response));
+                }
+                Route::Leader(addr) => {
+                    let answer = self
+                        .api
+                        .kv_client(addr)?
+                        .range(self.api.forward_request(range.clone(), deadline))
+                        .await;
+                    match answer {
+                        Err(status) => forward_failed(status, true)?,
+                        answer => return self.api.relay(answer, |r| &mut r.header),
+                    }
+                }
+                Route::Again(status) => status,
+            };
+            again(refused, forwarded, deadline).await?;
         }
     }
 
@@ -553,24 +677,34 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let compact = request.into_inner();
-        match self
-            .api
-            .propose(encode_compact(&compact), forwarded)
-            .await?
-        {
-            Route::Here((kv::Applied::Compact(mut r), term)) => {
-                self.api.fill(&mut r.header, term);
-                Ok(Response::new(r))
-            }
-            Route::Here(_) => Err(wrong_response("compaction")),
-            Route::Leader(addr) => {
-                let answer = self
-                    .api
-                    .kv_client(addr)?
-                    .compact(self.api.forward_request(compact))
-                    .await;
-                self.api.relay(answer, |r| &mut r.header)
-            }
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let refused = match self
+                .api
+                .propose(encode_compact(&compact), forwarded, deadline)
+                .await?
+            {
+                Route::Here((kv::Applied::Compact(mut r), term)) => {
+                    self.api.fill(&mut r.header, term);
+                    return Ok(Response::new(r));
+                }
+                Route::Here(_) => return Err(wrong_response("compaction")),
+                Route::Leader(addr) => {
+                    let answer = self
+                        .api
+                        .kv_client(addr)?
+                        .compact(self.api.forward_request(compact.clone(), deadline))
+                        .await;
+                    match answer {
+                        // Compacting twice to the same revision is refused the second time, so
+                        // only a forward that was never sent is tried again.
+                        Err(status) => forward_failed(status, false)?,
+                        answer => return self.api.relay(answer, |r| &mut r.header),
+                    }
+                }
+                Route::Again(status) => status,
+            };
+            again(refused, forwarded, deadline).await?;
         }
     }
 }
@@ -876,15 +1010,86 @@ mod tests {
             not_leader::<()>(Some(NodeId(2)), Some(addr), false),
             Ok(Route::Leader(a)) if a == addr
         ));
-        let again = not_leader::<()>(Some(NodeId(2)), Some(addr), true)
-            .err()
-            .expect("no second hop");
-        assert_eq!(again.code(), tonic::Code::Unavailable);
-        assert_eq!(again.message(), LEADER_CHANGED);
-        let none = not_leader::<()>(None, None, false)
-            .err()
-            .expect("no leader");
+        let Ok(Route::Again(second_hop)) = not_leader::<()>(Some(NodeId(2)), Some(addr), true)
+        else {
+            panic!("a forwarded request is not forwarded a second time");
+        };
+        assert_eq!(second_hop.code(), tonic::Code::Unavailable);
+        assert_eq!(second_hop.message(), LEADER_CHANGED);
+        let Ok(Route::Again(none)) = not_leader::<()>(None, None, false) else {
+            panic!("without a leader the request waits");
+        };
         assert_eq!(none.code(), tonic::Code::Unavailable);
         assert_eq!(none.message(), NO_LEADER);
+    }
+
+    #[test]
+    fn a_refused_connection_is_known_to_have_sent_nothing() {
+        // A port nobody listens on (bound, then closed): the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let status = runtime.block_on(async {
+            let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                .expect("endpoint")
+                .connect_lazy();
+            KvClient::new(channel)
+                .put(pb::PutRequest::default())
+                .await
+                .expect_err("nobody listens")
+        });
+        assert!(
+            never_sent(&status),
+            "not recognised as a connect failure: {status:?}"
+        );
+        // A write that failed this way is tried again; an etcd refusal is not.
+        assert_eq!(
+            forward_failed(status, false).expect("try again").message(),
+            LEADER_CHANGED
+        );
+        let refused = Status::unavailable(OUTCOME_UNKNOWN);
+        assert!(!never_sent(&refused));
+        assert!(forward_failed(refused, false).is_err());
+        // A transport failure after the request may have been sent: reads only.
+        let reset = || Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        assert!(forward_failed(reset(), true).is_ok());
+        assert!(forward_failed(reset(), false).is_err());
+        // An answer from the leader is not a transport failure, even for a read.
+        assert!(forward_failed(Status::unavailable(TIMED_OUT), true).is_err());
+        // The client is told the outcome is unknown, in etcd's words.
+        let broken = Status::from_error(Box::new(std::io::Error::other("stream reset")));
+        assert_eq!(relay_status(broken).message(), OUTCOME_UNKNOWN);
+        let answered = Status::unavailable(OUTCOME_UNKNOWN);
+        assert_eq!(relay_status(answered).message(), OUTCOME_UNKNOWN);
+    }
+
+    #[test]
+    fn a_forwarded_refusal_goes_back_marked_and_a_clients_request_waits_until_its_deadline() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let later = Instant::now() + Duration::from_secs(5);
+            let marked = again(Status::unavailable(NO_LEADER), true, later)
+                .await
+                .expect_err("a forwarded request is answered at once");
+            assert!(marked.metadata().get(NOT_PROPOSED_HEADER).is_some());
+            let retried = forward_failed(marked, false).expect("the forwarder tries again");
+            assert_eq!(retried.message(), NO_LEADER);
+            assert!(again(Status::unavailable(NO_LEADER), false, later)
+                .await
+                .is_ok());
+            let spent = again(Status::unavailable(NO_LEADER), false, Instant::now())
+                .await
+                .expect_err("no time left");
+            assert_eq!(spent.message(), NO_LEADER);
+            assert!(spent.metadata().get(NOT_PROPOSED_HEADER).is_none());
+        });
     }
 }
