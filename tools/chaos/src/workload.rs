@@ -201,6 +201,12 @@ pub fn reason(status: &tonic::Status) -> String {
     format!("{:?}: {short}", status.code())
 }
 
+/// Whether a failure is the server's answer (a status that came over the wire) rather than
+/// this client's transport failing (tonic then keeps the cause as the status's source).
+pub fn answered_by_server(status: &tonic::Status) -> bool {
+    std::error::Error::source(status).is_none()
+}
+
 /// Runs one client until `stop`; `endpoints[i]` is node `i + 1`.
 pub async fn run_client(
     id: u32,
@@ -276,10 +282,10 @@ pub async fn run_client(
                 }
                 None
             }
-            Ok(Err(status)) => Some(reason(&status)),
-            Err(_) => Some("client timeout".to_string()),
+            Ok(Err(status)) => Some((reason(&status), answered_by_server(&status))),
+            Err(_) => Some(("client timeout".to_string(), false)),
         };
-        if let Some(reason) = failure {
+        if let Some((reason, answered)) = failure {
             let write = call != Call::Get;
             if write {
                 log.operations.push(Operation {
@@ -298,9 +304,13 @@ pub async fn run_client(
                 reason,
                 write,
             });
-            current = (current + 1) % endpoints.len();
-            // A fresh connection next time: a broken one may linger in the channel.
-            clients[current] = KvClient::new(channel(endpoints[current], plan.request_timeout));
+            // Like etcd's client balancer: a member that answered stays in use; one that could
+            // not be reached (or did not answer in time) is left for the next.
+            if !answered {
+                current = (current + 1) % endpoints.len();
+                // A fresh connection next time: a broken one may linger in the channel.
+                clients[current] = KvClient::new(channel(endpoints[current], plan.request_timeout));
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
