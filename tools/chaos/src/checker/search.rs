@@ -1,0 +1,574 @@
+//! The search for one key: Wing & Gong's depth-first search for a linearization, with Lowe's
+//! memoization of the configurations already explored, over a register whose state is
+//! `Option<u64>` (absent, or one value).
+//!
+//! # What a configuration is
+//! A configuration is the set `L` of operations linearized so far and the register's state. From
+//! a configuration the search may linearize next:
+//! - any determinate operation not in `L` that was invoked before the earliest return among the
+//!   determinate operations not in `L` (`frontier_ns`): the real-time order forbids the others;
+//! - any indeterminate operation not in `L` invoked before `frontier_ns`: its return is at
+//!   +infinity, so it stays a candidate forever, and it need never be linearized at all.
+//!
+//! The search succeeds when every determinate operation is in `L`. It fails (a violation) when
+//! every configuration reachable from the empty one was explored without success.
+//!
+//! # Pruning, each kept exact
+//! - **Memoization (Lowe).** A configuration already explored is not explored again. The cache
+//!   stores a 128-bit fingerprint: the XOR of a random 128-bit key per operation in `L` (Zobrist
+//!   hashing, updated in O(1) per step) mixed with the canonical state. A collision can only make
+//!   the search skip a configuration it should have explored, so it can only produce a false
+//!   violation, never hide one; with random keys its probability is about `states² / 2^129`
+//!   (below 10^-22 at the state budget). [`crate::checker::check`] re-runs a key with independent
+//!   keys before it reports a violation, so a false one would need two collisions.
+//! - **Dead values.** Values are unique in a run, so a value is told apart from another only by
+//!   the operations that observe it (a read that returned it, a compare-and-set that expected it).
+//!   When no operation left outside `L` observes the current value, the state is "some dead
+//!   value": every dead value behaves the same from then on, and the cache merges them.
+//! - **Interchangeable indeterminate operations.** Indeterminate deletes; indeterminate puts of a
+//!   value nobody observes; indeterminate compare-and-sets of such a value with the same expected
+//!   value: within each of these groups the members have the same effect and differ only in when
+//!   they were invoked, and a member once invoked stays a candidate forever. Using the earliest
+//!   invoked unused member is therefore never worse than using another one, so the search only
+//!   tries that one (the used members of a group are always a prefix of it, by invocation).
+//! - **No-op indeterminate writes.** An indeterminate operation that would not change the
+//!   (canonical) state is not applied: leaving it unused keeps strictly more options open.
+//!
+//! # Bounds
+//! The search stops with [`KeyOutcome::Unknown`] after `states_max` configurations (each costs
+//! the cache about 32 bytes) or `steps_max` attempted moves.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::history::{Call, Operation, Ret};
+
+/// How much one key's search may explore.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Configurations in the memo cache (about 32 bytes each).
+    pub states_max: u64,
+    /// Moves attempted (each a model step, most of them rejected at once).
+    pub steps_max: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            states_max: 8_000_000,
+            steps_max: 400_000_000,
+        }
+    }
+}
+
+/// How one key's search ended.
+#[derive(Debug)]
+pub enum KeyOutcome {
+    Linearizable,
+    /// Every configuration was explored: no linearization exists.
+    Violation(Frontier),
+    /// The budget ran out first.
+    Unknown,
+}
+
+/// Where the search got furthest, for the report: indices into the key's operation slice.
+#[derive(Debug, Clone)]
+pub struct Frontier {
+    /// Determinate operations of the key.
+    pub determinate: usize,
+    /// Determinate operations in the longest linearizable prefix found.
+    pub linearized: usize,
+    /// The register after that prefix.
+    pub state: Option<u64>,
+    /// The last operations of that prefix (indeterminate ones included), in linearization order.
+    pub last: Vec<usize>,
+    /// The determinate operations that could have gone next, none of which fits.
+    pub stuck: Vec<usize>,
+}
+
+/// Counters of one search.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Effort {
+    pub states: u64,
+    pub steps: u64,
+}
+
+/// The fingerprints are random already: hash them by taking their low bits.
+#[derive(Default)]
+struct Identity(u64);
+
+impl Hasher for Identity {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+type Cache = HashSet<u128, BuildHasherDefault<Identity>>;
+
+/// A value, as a dense index into the key's value table.
+type Val = u32;
+
+/// What an operation does to the register, with the values replaced by their indices.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Put(Val),
+    Get(Option<Val>),
+    /// `ok: None`: indeterminate (it took effect only if the compare succeeded).
+    Cas {
+        expect: Option<Val>,
+        new: Val,
+        ok: Option<bool>,
+    },
+    Delete(Option<bool>),
+    /// A call and an answer that do not match: it can never be linearized.
+    Impossible,
+}
+
+impl Step {
+    /// The register after this operation, if it may take effect from `state` with its recorded
+    /// answer. An indeterminate operation whose effect would be nothing returns `None` too: it is
+    /// left unused instead (see the module docs).
+    fn apply(self, state: Option<Val>) -> Option<Option<Val>> {
+        match self {
+            Step::Put(v) => Some(Some(v)),
+            Step::Get(r) => (state == r).then_some(state),
+            Step::Cas {
+                expect,
+                new,
+                ok: Some(true) | None,
+            } => (state == expect).then_some(Some(new)),
+            Step::Cas {
+                expect,
+                ok: Some(false),
+                ..
+            } => (state != expect).then_some(state),
+            Step::Delete(Some(true)) => state.is_some().then_some(None),
+            Step::Delete(Some(false)) => state.is_none().then_some(None),
+            Step::Delete(None) => state.is_some().then_some(None),
+            Step::Impossible => None,
+        }
+    }
+
+    /// The value this operation tells apart from the others.
+    fn observes(self) -> Option<Val> {
+        match self {
+            Step::Get(r) => r,
+            Step::Cas { expect, .. } => expect,
+            _ => None,
+        }
+    }
+}
+
+/// Canonical state for the cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Canon {
+    Absent,
+    Dead,
+    Live(Val),
+}
+
+/// A move: linearize this operation next.
+#[derive(Clone, Copy, Debug)]
+enum Move {
+    /// A determinate operation (its position in `det`).
+    Det(u32),
+    /// The earliest unused member of an interchangeable group.
+    Group(u32),
+    /// An indeterminate operation of its own (it writes an observed value).
+    Single(u32),
+}
+
+/// What a move changed, to undo it.
+#[derive(Clone, Copy)]
+struct Undo {
+    mv: Move,
+    op: u32,
+    state: Option<Val>,
+    first_open: u32,
+}
+
+struct Frame {
+    moves: Vec<Move>,
+    next: usize,
+    entered_by: Option<Undo>,
+}
+
+/// splitmix64: the Zobrist keys.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn key128(salt: u64, i: u64) -> u128 {
+    let a = mix64(salt ^ mix64(i.wrapping_mul(2)));
+    let b = mix64(salt.rotate_left(17) ^ mix64(i.wrapping_mul(2) + 1));
+    (u128::from(a) << 64) | u128::from(b)
+}
+
+/// One key's history, ready to search.
+pub struct KeySearch<'a> {
+    ops: &'a [&'a Operation],
+    steps: Vec<Step>,
+    invoked: Vec<u64>,
+    /// Return time; `u64::MAX` for an indeterminate operation.
+    returned: Vec<u64>,
+    /// The value table: index -> value.
+    values: Vec<u64>,
+    /// Determinate operations by invocation.
+    det: Vec<u32>,
+    /// Interchangeable groups of indeterminate operations, each by invocation, and how many of
+    /// each are used (always a prefix).
+    groups: Vec<Vec<u32>>,
+    used: Vec<u32>,
+    /// Indeterminate operations that write an observed value, by invocation.
+    singles: Vec<u32>,
+    /// Per value: how many operations outside `L` observe it.
+    observers_open: Vec<u32>,
+    /// Which operations are in `L`.
+    linearized: Vec<bool>,
+    /// Position in `det` of the first determinate operation not in `L`.
+    first_open: u32,
+    det_done: usize,
+    state: Option<Val>,
+    zobrist: Vec<u128>,
+    fingerprint: u128,
+    salt: u64,
+}
+
+impl<'a> KeySearch<'a> {
+    /// Prepares the search of `ops` (all of one key, in any order); `salt` picks the Zobrist keys.
+    pub fn new(ops: &'a [&'a Operation], salt: u64) -> KeySearch<'a> {
+        let mut index: HashMap<u64, Val> = HashMap::new();
+        let mut values = Vec::new();
+        let mut val = |v: u64| -> Val {
+            *index.entry(v).or_insert_with(|| {
+                values.push(v);
+                (values.len() - 1) as Val
+            })
+        };
+        let mut steps = Vec::with_capacity(ops.len());
+        let mut invoked = Vec::with_capacity(ops.len());
+        let mut returned = Vec::with_capacity(ops.len());
+        for op in ops {
+            let step = match (op.call, op.completed.and(op.ret)) {
+                (Call::Put(v), None | Some(Ret::Put)) => Step::Put(val(v)),
+                (Call::Get, Some(Ret::Get(r))) => Step::Get(r.map(&mut val)),
+                // A failed read is not recorded; if one is, it changes nothing and need not be
+                // linearized: it is left out below.
+                (Call::Get, None) => Step::Get(None),
+                (Call::Cas { expect, new }, None) => Step::Cas {
+                    expect: expect.map(&mut val),
+                    new: val(new),
+                    ok: None,
+                },
+                (Call::Cas { expect, new }, Some(Ret::Cas(ok))) => Step::Cas {
+                    expect: expect.map(&mut val),
+                    new: val(new),
+                    ok: Some(ok),
+                },
+                (Call::Delete, None) => Step::Delete(None),
+                (Call::Delete, Some(Ret::Delete(ok))) => Step::Delete(Some(ok)),
+                _ => Step::Impossible,
+            };
+            steps.push(step);
+            invoked.push(op.invoked);
+            // A clock cannot run backwards, but a hand-made history might: clamp.
+            returned.push(match (op.completed, op.ret) {
+                (Some(c), Some(_)) => c.max(op.invoked),
+                _ => u64::MAX,
+            });
+        }
+        let n_values = values.len();
+        let mut observers_open = vec![0u32; n_values];
+        for (i, s) in steps.iter().enumerate() {
+            let failed_read = matches!(s, Step::Get(_)) && returned[i] == u64::MAX;
+            if let (Some(v), false) = (s.observes(), failed_read) {
+                observers_open[v as usize] += 1;
+            }
+        }
+        let by_invocation = |list: &mut Vec<u32>| {
+            list.sort_by_key(|&i| (invoked[i as usize], returned[i as usize], i));
+        };
+        let mut det = Vec::new();
+        let mut singles = Vec::new();
+        // Group keys: 0 = deletes, 1 = puts of unobserved values, 2 + v = compare-and-sets of an
+        // unobserved value expecting v (v + 1, with 0 for "absent").
+        let mut grouped: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (i, s) in steps.iter().enumerate() {
+            let i32 = i as u32;
+            if returned[i] != u64::MAX {
+                det.push(i32);
+                continue;
+            }
+            match *s {
+                Step::Get(_) => {} // an unrecorded failed read: nothing to linearize
+                Step::Delete(_) => grouped.entry(0).or_default().push(i32),
+                Step::Put(v) if observers_open[v as usize] == 0 => {
+                    grouped.entry(1).or_default().push(i32)
+                }
+                Step::Cas { expect, new, .. } if observers_open[new as usize] == 0 => grouped
+                    .entry(2 + expect.map_or(0, |e| u64::from(e) + 1))
+                    .or_default()
+                    .push(i32),
+                _ => singles.push(i32),
+            }
+        }
+        by_invocation(&mut det);
+        by_invocation(&mut singles);
+        let mut group_keys: Vec<u64> = grouped.keys().copied().collect();
+        group_keys.sort_unstable();
+        let groups: Vec<Vec<u32>> = group_keys
+            .iter()
+            .filter_map(|k| grouped.remove(k))
+            .map(|mut g| {
+                by_invocation(&mut g);
+                g
+            })
+            .collect();
+        let zobrist = (0..ops.len() as u64).map(|i| key128(salt, i)).collect();
+        KeySearch {
+            ops,
+            used: vec![0; groups.len()],
+            linearized: vec![false; steps.len()],
+            steps,
+            invoked,
+            returned,
+            values,
+            det,
+            groups,
+            singles,
+            observers_open,
+            first_open: 0,
+            det_done: 0,
+            state: None,
+            zobrist,
+            fingerprint: 0,
+            salt,
+        }
+    }
+
+    /// Determinate operations of the key.
+    pub fn determinate(&self) -> usize {
+        self.det.len()
+    }
+
+    fn canon(&self) -> Canon {
+        match self.state {
+            None => Canon::Absent,
+            Some(v) if self.observers_open[v as usize] == 0 => Canon::Dead,
+            Some(v) => Canon::Live(v),
+        }
+    }
+
+    fn cache_key(&self) -> u128 {
+        let c = match self.canon() {
+            Canon::Absent => 0,
+            Canon::Dead => 1,
+            Canon::Live(v) => u64::from(v) + 2,
+        };
+        self.fingerprint ^ key128(!self.salt, c)
+    }
+
+    /// The moves from the current configuration: determinate ones first (in invocation order),
+    /// then indeterminate ones.
+    fn moves(&self) -> Vec<Move> {
+        let mut moves = Vec::new();
+        // The earliest return among the open determinate operations. An operation invoked after
+        // some open operation returned cannot return earlier, so the scan stops there.
+        let mut frontier_ns = u64::MAX;
+        for (pos, &i) in self.det.iter().enumerate().skip(self.first_open as usize) {
+            let i = i as usize;
+            if self.invoked[i] >= frontier_ns {
+                break;
+            }
+            if !self.linearized[i] {
+                frontier_ns = frontier_ns.min(self.returned[i]);
+                moves.push(Move::Det(pos as u32));
+            }
+        }
+        moves.retain(|m| match *m {
+            Move::Det(pos) => self.invoked[self.det[pos as usize] as usize] < frontier_ns,
+            _ => true,
+        });
+        for &i in &self.singles {
+            if self.invoked[i as usize] >= frontier_ns {
+                break;
+            }
+            if !self.linearized[i as usize] {
+                moves.push(Move::Single(i));
+            }
+        }
+        for (g, members) in self.groups.iter().enumerate() {
+            if let Some(&i) = members.get(self.used[g] as usize) {
+                if self.invoked[i as usize] < frontier_ns {
+                    moves.push(Move::Group(g as u32));
+                }
+            }
+        }
+        moves
+    }
+
+    fn op_of(&self, mv: Move) -> u32 {
+        match mv {
+            Move::Det(pos) => self.det[pos as usize],
+            Move::Single(i) => i,
+            Move::Group(g) => self.groups[g as usize][self.used[g as usize] as usize],
+        }
+    }
+
+    /// Linearizes `mv` if its step fits the state; returns what to undo.
+    fn try_move(&mut self, mv: Move) -> Option<Undo> {
+        let op = self.op_of(mv);
+        let step = self.steps[op as usize];
+        let next = step.apply(self.state)?;
+        let undo = Undo {
+            mv,
+            op,
+            state: self.state,
+            first_open: self.first_open,
+        };
+        let indeterminate = !matches!(mv, Move::Det(_));
+        let before = self.canon();
+        self.state = next;
+        self.link(mv, op, step);
+        if indeterminate && step.observes().is_none() && self.canon() == before {
+            // It changed nothing the rest of the history can see: leave it unused.
+            self.unlink(undo);
+            return None;
+        }
+        Some(undo)
+    }
+
+    fn link(&mut self, mv: Move, op: u32, step: Step) {
+        self.linearized[op as usize] = true;
+        self.fingerprint ^= self.zobrist[op as usize];
+        if let Some(v) = step.observes() {
+            self.observers_open[v as usize] -= 1;
+        }
+        match mv {
+            Move::Det(_) => {
+                self.det_done += 1;
+                while let Some(&i) = self.det.get(self.first_open as usize) {
+                    if !self.linearized[i as usize] {
+                        break;
+                    }
+                    self.first_open += 1;
+                }
+            }
+            Move::Group(g) => self.used[g as usize] += 1,
+            Move::Single(_) => {}
+        }
+    }
+
+    fn unlink(&mut self, undo: Undo) {
+        let op = undo.op as usize;
+        self.linearized[op] = false;
+        self.fingerprint ^= self.zobrist[op];
+        if let Some(v) = self.steps[op].observes() {
+            self.observers_open[v as usize] += 1;
+        }
+        match undo.mv {
+            Move::Det(_) => self.det_done -= 1,
+            Move::Group(g) => self.used[g as usize] -= 1,
+            Move::Single(_) => {}
+        }
+        self.first_open = undo.first_open;
+        self.state = undo.state;
+    }
+
+    /// Runs the search.
+    pub fn run(&mut self, limits: Limits) -> (KeyOutcome, Effort) {
+        let mut effort = Effort::default();
+        if self.det.is_empty() {
+            return (KeyOutcome::Linearizable, effort);
+        }
+        let mut cache = Cache::default();
+        cache.insert(self.cache_key());
+        effort.states = 1;
+        let mut stack = vec![Frame {
+            moves: self.moves(),
+            next: 0,
+            entered_by: None,
+        }];
+        let mut best = self.frontier(&stack);
+        while let Some(top) = stack.last_mut() {
+            let Some(&mv) = top.moves.get(top.next) else {
+                // Every move from here was tried: back to the parent configuration.
+                if let Some(undo) = stack.pop().and_then(|f| f.entered_by) {
+                    self.unlink(undo);
+                }
+                continue;
+            };
+            top.next += 1;
+            effort.steps += 1;
+            if effort.steps > limits.steps_max || effort.states > limits.states_max {
+                return (KeyOutcome::Unknown, effort);
+            }
+            let Some(undo) = self.try_move(mv) else {
+                continue;
+            };
+            if !cache.insert(self.cache_key()) {
+                self.unlink(undo);
+                continue;
+            }
+            effort.states += 1;
+            if self.det_done == self.det.len() {
+                return (KeyOutcome::Linearizable, effort);
+            }
+            stack.push(Frame {
+                moves: self.moves(),
+                next: 0,
+                entered_by: Some(undo),
+            });
+            if self.det_done > best.linearized {
+                best = self.frontier(&stack);
+            }
+        }
+        (KeyOutcome::Violation(best), effort)
+    }
+
+    /// The report of the configuration on top of `stack`.
+    fn frontier(&self, stack: &[Frame]) -> Frontier {
+        let last = stack
+            .iter()
+            .rev()
+            .filter_map(|f| f.entered_by.map(|u| u.op as usize))
+            .take(6)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let stuck = stack
+            .last()
+            .map(|f| {
+                f.moves
+                    .iter()
+                    .filter(|m| matches!(m, Move::Det(_)))
+                    .map(|&m| self.op_of(m) as usize)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Frontier {
+            determinate: self.det.len(),
+            linearized: self.det_done,
+            state: self.state.map(|v| self.values[v as usize]),
+            last,
+            stuck,
+        }
+    }
+
+    /// The operations of the key (for the report).
+    pub fn ops(&self) -> &'a [&'a Operation] {
+        self.ops
+    }
+}
