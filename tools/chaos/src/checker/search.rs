@@ -5,9 +5,9 @@
 //! # What a configuration is
 //! A configuration is the set `L` of operations linearized so far and the register's state. From
 //! a configuration the search may linearize next:
-//! - any determinate operation not in `L` that was invoked before the earliest return among the
-//!   determinate operations not in `L` (`frontier_ns`): the real-time order forbids the others;
-//! - any indeterminate operation not in `L` invoked before `frontier_ns`: its return is at
+//! - any determinate operation not in `L` that was invoked no later than the earliest return
+//!   among the determinate operations not in `L` (`frontier_ns`): real-time order forbids others;
+//! - any indeterminate operation not in `L` invoked by `frontier_ns`: its return is at
 //!   +infinity, so it stays a candidate forever, and it need never be linearized at all.
 //!
 //! The search succeeds when every determinate operation is in `L`. It fails (a violation) when
@@ -384,11 +384,13 @@ impl<'a> KeySearch<'a> {
     fn moves(&self) -> Vec<Move> {
         let mut moves = Vec::new();
         // The earliest return among the open determinate operations. An operation invoked after
-        // some open operation returned cannot return earlier, so the scan stops there.
+        // some open operation returned cannot return earlier, so the scan stops there. Equal
+        // times count as overlapping (real-time order needs a strictly earlier return): an
+        // operation may be answered in the nanosecond it was sent.
         let mut frontier_ns = u64::MAX;
         for (pos, &i) in self.det.iter().enumerate().skip(self.first_open as usize) {
             let i = i as usize;
-            if self.invoked[i] >= frontier_ns {
+            if self.invoked[i] > frontier_ns {
                 break;
             }
             if !self.linearized[i] {
@@ -397,11 +399,11 @@ impl<'a> KeySearch<'a> {
             }
         }
         moves.retain(|m| match *m {
-            Move::Det(pos) => self.invoked[self.det[pos as usize] as usize] < frontier_ns,
+            Move::Det(pos) => self.invoked[self.det[pos as usize] as usize] <= frontier_ns,
             _ => true,
         });
         for &i in &self.singles {
-            if self.invoked[i as usize] >= frontier_ns {
+            if self.invoked[i as usize] > frontier_ns {
                 break;
             }
             if !self.linearized[i as usize] {
@@ -410,7 +412,7 @@ impl<'a> KeySearch<'a> {
         }
         for (g, members) in self.groups.iter().enumerate() {
             if let Some(&i) = members.get(self.used[g] as usize) {
-                if self.invoked[i as usize] < frontier_ns {
+                if self.invoked[i as usize] <= frontier_ns {
                     moves.push(Move::Group(g as u32));
                 }
             }
