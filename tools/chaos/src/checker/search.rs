@@ -38,7 +38,7 @@
 //! The search stops with [`KeyOutcome::Unknown`] after `states_max` configurations (each costs
 //! the cache about 32 bytes) or `steps_max` attempted moves.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::history::{Call, Operation, Ret};
@@ -111,7 +111,21 @@ impl Hasher for Identity {
     }
 }
 
-type Cache = HashSet<u128, BuildHasherDefault<Identity>>;
+/// Fingerprint of (`L` without the dominated groups, canonical state) -> the used counts of the
+/// dominated groups (deletes, unobserved puts) with which it was reached.
+type Cache = HashMap<u128, Vec<(u32, u32)>, BuildHasherDefault<Identity>>;
+
+/// Whether the configuration `key` with these dominated-group counts is new (not dominated by
+/// one already explored or being explored), recording it if so.
+fn visit(cache: &mut Cache, key: u128, counts: (u32, u32)) -> bool {
+    let seen = cache.entry(key).or_default();
+    if seen.iter().any(|&(d, p)| d <= counts.0 && p <= counts.1) {
+        return false;
+    }
+    seen.retain(|&(d, p)| !(counts.0 <= d && counts.1 <= p));
+    seen.push(counts);
+    true
+}
 
 /// A value, as a dense index into the key's value table.
 type Val = u32;
@@ -154,6 +168,29 @@ impl Step {
             Step::Delete(Some(false)) => state.is_none().then_some(None),
             Step::Delete(None) => state.is_some().then_some(None),
             Step::Impossible => None,
+        }
+    }
+
+    /// The value this operation writes if it takes effect.
+    fn writes(self) -> Option<Val> {
+        match self {
+            Step::Put(v)
+            | Step::Cas {
+                new: v,
+                ok: Some(true) | None,
+                ..
+            } => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The value an indeterminate compare-and-set needs to find (`None` for other steps).
+    fn expects_value(self) -> Option<Val> {
+        match self {
+            Step::Cas {
+                expect, ok: None, ..
+            } => expect,
+            _ => None,
         }
     }
 
@@ -230,6 +267,18 @@ pub struct KeySearch<'a> {
     /// each are used (always a prefix).
     groups: Vec<Vec<u32>>,
     used: Vec<u32>,
+    /// The groups of indeterminate deletes and of puts of unobserved values: their used counts
+    /// are compared by dominance instead of being part of the fingerprint.
+    delete_group: Option<usize>,
+    put_group: Option<usize>,
+    /// Compare-and-set groups by the value they expect.
+    cas_groups: HashMap<Option<Val>, Vec<u32>>,
+    /// Per value: how many operations that may write it are outside `L`.
+    writers_open: Vec<u32>,
+    /// The indeterminate compare-and-sets in `L` that expect a value, in the order they were
+    /// linearized: they are fingerprinted only while the value they expected may still be
+    /// current (see `cache_key`).
+    used_expecting: Vec<u32>,
     /// Indeterminate operations that write an observed value, by invocation.
     singles: Vec<u32>,
     /// Per value: how many operations outside `L` observe it.
@@ -335,10 +384,31 @@ impl<'a> KeySearch<'a> {
                 g
             })
             .collect();
+        let mut cas_groups: HashMap<Option<Val>, Vec<u32>> = HashMap::new();
+        for (g, members) in groups.iter().enumerate() {
+            if let (Some(&first), true) = (members.first(), group_keys[g] >= 2) {
+                if let Step::Cas { expect, .. } = steps[first as usize] {
+                    cas_groups.entry(expect).or_default().push(g as u32);
+                }
+            }
+        }
+        let mut writers_open = vec![0u32; n_values];
+        for s in &steps {
+            if let Some(v) = s.writes() {
+                writers_open[v as usize] += 1;
+            }
+        }
+        let delete_group = group_keys.iter().position(|&k| k == 0);
+        let put_group = group_keys.iter().position(|&k| k == 1);
         let zobrist = (0..ops.len() as u64).map(|i| key128(salt, i)).collect();
         KeySearch {
             ops,
             used: vec![0; groups.len()],
+            delete_group,
+            put_group,
+            cas_groups,
+            writers_open,
+            used_expecting: Vec::new(),
             linearized: vec![false; steps.len()],
             steps,
             invoked,
@@ -370,13 +440,42 @@ impl<'a> KeySearch<'a> {
         }
     }
 
+    /// Used counts of the dominated groups (deletes, unobserved puts).
+    fn counts(&self) -> (u32, u32) {
+        let used = |g: Option<usize>| g.map_or(0, |g| self.used[g]);
+        (used(self.delete_group), used(self.put_group))
+    }
+
+    /// Whether a move's operation is part of the incremental fingerprint: not a dominated
+    /// group's member, and not an indeterminate compare-and-set that expects a value (those are
+    /// added by `cache_key`).
+    fn fingerprinted(&self, mv: Move, op: u32) -> bool {
+        let dominated = matches!(mv, Move::Group(g)
+            if Some(g as usize) == self.delete_group || Some(g as usize) == self.put_group);
+        !dominated && self.steps[op as usize].expects_value().is_none()
+    }
+
     fn cache_key(&self) -> u128 {
         let c = match self.canon() {
             Canon::Absent => 0,
             Canon::Dead => 1,
             Canon::Live(v) => u64::from(v) + 2,
         };
-        self.fingerprint ^ key128(!self.salt, c)
+        // An indeterminate compare-and-set expecting `e` matters to the future only while `e`
+        // may be current: once every writer of `e` is in `L` and the register holds something
+        // else, `e` never comes back (values are unique), so the operation can no longer take
+        // effect, and whether it did earlier is told by the state and the rest of `L` alone.
+        // Leaving such operations out of the fingerprint keeps their used/unused choices from
+        // multiplying the configurations.
+        let mut fingerprint = self.fingerprint;
+        for &op in &self.used_expecting {
+            if let Some(e) = self.steps[op as usize].expects_value() {
+                if self.writers_open[e as usize] > 0 || self.state == Some(e) {
+                    fingerprint ^= self.zobrist[op as usize];
+                }
+            }
+        }
+        fingerprint ^ key128(!self.salt, c)
     }
 
     /// The moves from the current configuration: determinate ones first (in invocation order),
@@ -402,18 +501,27 @@ impl<'a> KeySearch<'a> {
             Move::Det(pos) => self.invoked[self.det[pos as usize] as usize] <= frontier_ns,
             _ => true,
         });
+        // Indeterminate moves are listed only if they fit the state (the state is the same for
+        // every move of a frame), and only the compare-and-set groups expecting the current state.
+        let fits = |i: u32| self.steps[i as usize].apply(self.state).is_some();
         for &i in &self.singles {
             if self.invoked[i as usize] > frontier_ns {
                 break;
             }
-            if !self.linearized[i as usize] {
+            if !self.linearized[i as usize] && fits(i) {
                 moves.push(Move::Single(i));
             }
         }
-        for (g, members) in self.groups.iter().enumerate() {
-            if let Some(&i) = members.get(self.used[g] as usize) {
-                if self.invoked[i as usize] <= frontier_ns {
-                    moves.push(Move::Group(g as u32));
+        let cas = self.cas_groups.get(&self.state).into_iter().flatten();
+        let groups = [self.delete_group, self.put_group]
+            .into_iter()
+            .flatten()
+            .map(|g| g as u32)
+            .chain(cas.copied());
+        for g in groups {
+            if let Some(&i) = self.groups[g as usize].get(self.used[g as usize] as usize) {
+                if self.invoked[i as usize] <= frontier_ns && fits(i) {
+                    moves.push(Move::Group(g));
                 }
             }
         }
@@ -453,7 +561,14 @@ impl<'a> KeySearch<'a> {
 
     fn link(&mut self, mv: Move, op: u32, step: Step) {
         self.linearized[op as usize] = true;
-        self.fingerprint ^= self.zobrist[op as usize];
+        if self.fingerprinted(mv, op) {
+            self.fingerprint ^= self.zobrist[op as usize];
+        } else if step.expects_value().is_some() {
+            self.used_expecting.push(op);
+        }
+        if let Some(v) = step.writes() {
+            self.writers_open[v as usize] -= 1;
+        }
         if let Some(v) = step.observes() {
             self.observers_open[v as usize] -= 1;
         }
@@ -475,7 +590,15 @@ impl<'a> KeySearch<'a> {
     fn unlink(&mut self, undo: Undo) {
         let op = undo.op as usize;
         self.linearized[op] = false;
-        self.fingerprint ^= self.zobrist[op];
+        if self.fingerprinted(undo.mv, undo.op) {
+            self.fingerprint ^= self.zobrist[op];
+        } else if self.steps[op].expects_value().is_some() {
+            let last = self.used_expecting.pop();
+            assert_eq!(last, Some(undo.op), "moves are undone in the reverse order");
+        }
+        if let Some(v) = self.steps[op].writes() {
+            self.writers_open[v as usize] += 1;
+        }
         if let Some(v) = self.steps[op].observes() {
             self.observers_open[v as usize] += 1;
         }
@@ -495,7 +618,7 @@ impl<'a> KeySearch<'a> {
             return (KeyOutcome::Linearizable, effort);
         }
         let mut cache = Cache::default();
-        cache.insert(self.cache_key());
+        visit(&mut cache, self.cache_key(), self.counts());
         effort.states = 1;
         let mut stack = vec![Frame {
             moves: self.moves(),
@@ -519,7 +642,7 @@ impl<'a> KeySearch<'a> {
             let Some(undo) = self.try_move(mv) else {
                 continue;
             };
-            if !cache.insert(self.cache_key()) {
+            if !visit(&mut cache, self.cache_key(), self.counts()) {
                 self.unlink(undo);
                 continue;
             }
