@@ -111,18 +111,25 @@ impl Hasher for Identity {
     }
 }
 
-/// Fingerprint of (`L` without the dominated groups, canonical state) -> the used counts of the
-/// dominated groups (deletes, unobserved puts) with which it was reached.
-type Cache = HashMap<u128, Vec<(u32, u32)>, BuildHasherDefault<Identity>>;
+/// Used counts of the dominated groups (see `KeySearch::counts`).
+type Counts = [u32; 3];
 
-/// Whether the configuration `key` with these dominated-group counts is new (not dominated by
-/// one already explored or being explored), recording it if so.
-fn visit(cache: &mut Cache, key: u128, counts: (u32, u32)) -> bool {
+/// Fingerprint of (`L` without the dominated groups, canonical state) -> the used counts of the
+/// dominated groups with which it was reached (only the minimal ones).
+type Cache = HashMap<u128, Vec<Counts>, BuildHasherDefault<Identity>>;
+
+fn le(a: &Counts, b: &Counts) -> bool {
+    a.iter().zip(b).all(|(x, y)| x <= y)
+}
+
+/// Whether the configuration `key` with these counts is new (not dominated by one already
+/// explored or being explored), recording it if so.
+fn visit(cache: &mut Cache, key: u128, counts: Counts) -> bool {
     let seen = cache.entry(key).or_default();
-    if seen.iter().any(|&(d, p)| d <= counts.0 && p <= counts.1) {
+    if seen.iter().any(|s| le(s, &counts)) {
         return false;
     }
-    seen.retain(|&(d, p)| !(counts.0 <= d && counts.1 <= p));
+    seen.retain(|s| !le(&counts, s));
     seen.push(counts);
     true
 }
@@ -267,10 +274,10 @@ pub struct KeySearch<'a> {
     /// each are used (always a prefix).
     groups: Vec<Vec<u32>>,
     used: Vec<u32>,
-    /// The groups of indeterminate deletes and of puts of unobserved values: their used counts
-    /// are compared by dominance instead of being part of the fingerprint.
-    delete_group: Option<usize>,
-    put_group: Option<usize>,
+    /// The groups of indeterminate deletes, of puts of unobserved values, and of compare-and-sets
+    /// of unobserved values that expect the key absent: their used counts are compared by
+    /// dominance instead of being part of the fingerprint.
+    dominated: [Option<usize>; 3],
     /// Compare-and-set groups by the value they expect.
     cas_groups: HashMap<Option<Val>, Vec<u32>>,
     /// Per value: how many operations that may write it are outside `L`.
@@ -279,6 +286,8 @@ pub struct KeySearch<'a> {
     /// linearized: they are fingerprinted only while the value they expected may still be
     /// current (see `cache_key`).
     used_expecting: Vec<u32>,
+    /// The relaxed model: the dominated groups never run out (see `KeySearch::relaxed`).
+    relaxed: bool,
     /// Indeterminate operations that write an observed value, by invocation.
     singles: Vec<u32>,
     /// Per value: how many operations outside `L` observe it.
@@ -398,17 +407,16 @@ impl<'a> KeySearch<'a> {
                 writers_open[v as usize] += 1;
             }
         }
-        let delete_group = group_keys.iter().position(|&k| k == 0);
-        let put_group = group_keys.iter().position(|&k| k == 1);
+        let dominated = [0, 1, 2].map(|key| group_keys.iter().position(|&k| k == key));
         let zobrist = (0..ops.len() as u64).map(|i| key128(salt, i)).collect();
         KeySearch {
             ops,
             used: vec![0; groups.len()],
-            delete_group,
-            put_group,
+            dominated,
             cas_groups,
             writers_open,
             used_expecting: Vec::new(),
+            relaxed: false,
             linearized: vec![false; steps.len()],
             steps,
             invoked,
@@ -427,6 +435,19 @@ impl<'a> KeySearch<'a> {
         }
     }
 
+    /// Switches to the relaxed model, in which a dominated group (deletes, puts of unobserved
+    /// values, compare-and-sets of unobserved values expecting absence) once invoked may be used
+    /// any number of times. It allows every linearization the exact model allows and more, so a
+    /// violation in the relaxed model is a violation; and its memo needs no dominance, so it
+    /// never explores a configuration twice. [`crate::checker::check`] uses it when the exact
+    /// search runs out of budget, which happens when a violation forces it to explore
+    /// everything: re-exploring configurations that a later one with fewer group members used
+    /// dominates is what makes the exact search slow there.
+    pub fn relaxed(mut self) -> KeySearch<'a> {
+        self.relaxed = true;
+        self
+    }
+
     /// Determinate operations of the key.
     pub fn determinate(&self) -> usize {
         self.det.len()
@@ -440,18 +461,20 @@ impl<'a> KeySearch<'a> {
         }
     }
 
-    /// Used counts of the dominated groups (deletes, unobserved puts).
-    fn counts(&self) -> (u32, u32) {
-        let used = |g: Option<usize>| g.map_or(0, |g| self.used[g]);
-        (used(self.delete_group), used(self.put_group))
+    /// Used counts of the dominated groups. Within a group, fewer used members leave more
+    /// available (every used member was invoked before now), so a configuration is dominated by
+    /// one that differs only in using no more of each group: whatever the first can do next, the
+    /// second can.
+    fn counts(&self) -> Counts {
+        self.dominated.map(|g| g.map_or(0, |g| self.used[g]))
     }
 
     /// Whether a move's operation is part of the incremental fingerprint: not a dominated
     /// group's member, and not an indeterminate compare-and-set that expects a value (those are
     /// added by `cache_key`).
     fn fingerprinted(&self, mv: Move, op: u32) -> bool {
-        let dominated = matches!(mv, Move::Group(g)
-            if Some(g as usize) == self.delete_group || Some(g as usize) == self.put_group);
+        let dominated =
+            matches!(mv, Move::Group(g) if self.dominated.contains(&Some(g as usize)));
         !dominated && self.steps[op as usize].expects_value().is_none()
     }
 
@@ -513,7 +536,7 @@ impl<'a> KeySearch<'a> {
             }
         }
         let cas = self.cas_groups.get(&self.state).into_iter().flatten();
-        let groups = [self.delete_group, self.put_group]
+        let groups = [self.dominated[0], self.dominated[1]]
             .into_iter()
             .flatten()
             .map(|g| g as u32)
@@ -582,7 +605,11 @@ impl<'a> KeySearch<'a> {
                     self.first_open += 1;
                 }
             }
-            Move::Group(g) => self.used[g as usize] += 1,
+            Move::Group(g) => {
+                if !(self.relaxed && self.dominated.contains(&Some(g as usize))) {
+                    self.used[g as usize] += 1;
+                }
+            }
             Move::Single(_) => {}
         }
     }
@@ -604,7 +631,11 @@ impl<'a> KeySearch<'a> {
         }
         match undo.mv {
             Move::Det(_) => self.det_done -= 1,
-            Move::Group(g) => self.used[g as usize] -= 1,
+            Move::Group(g) => {
+                if !(self.relaxed && self.dominated.contains(&Some(g as usize))) {
+                    self.used[g as usize] -= 1;
+                }
+            }
             Move::Single(_) => {}
         }
         self.first_open = undo.first_open;
