@@ -473,8 +473,7 @@ impl<'a> KeySearch<'a> {
     /// group's member, and not an indeterminate compare-and-set that expects a value (those are
     /// added by `cache_key`).
     fn fingerprinted(&self, mv: Move, op: u32) -> bool {
-        let dominated =
-            matches!(mv, Move::Group(g) if self.dominated.contains(&Some(g as usize)));
+        let dominated = matches!(mv, Move::Group(g) if self.dominated.contains(&Some(g as usize)));
         !dominated && self.steps[op as usize].expects_value().is_none()
     }
 
