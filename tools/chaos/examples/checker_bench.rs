@@ -26,6 +26,16 @@ fn main() {
     );
     let verdict = checker::check(&history);
     println!("linearizable history: {verdict}");
+    // For comparing other checkers on the same input: the history as a run saves it.
+    if let Some(path) = std::env::var_os("CHECKER_BENCH_SAVE") {
+        let lines: Vec<String> = history
+            .iter()
+            .filter_map(|o| serde_json::to_string(o).ok())
+            .collect();
+        if let Err(e) = std::fs::write(&path, lines.join("\n") + "\n") {
+            eprintln!("cannot save the history: {e}");
+        }
+    }
 
     // Plant a stale read: the last read of key 0 returns the first value ever written to it.
     let first = history.iter().find_map(|o| match (o.key, o.call, o.ret) {

@@ -16,13 +16,23 @@
 //! Unknown is not a pass.
 //!
 //! # Why not a crate
-//! Checked 2026-12 on this machine (2 cores): `todc-utils` 0.1.1 (`linearizability::WGLChecker`,
-//! the Wing & Gong / Lowe algorithm) takes a history of call/response entries in which every
-//! call has a response: it cannot express an operation that may or may not have taken effect,
-//! which every chaos run with faults has. stateright's tester checks its own actor models, not
-//! a recorded history. A previous measurement put such checkers at about 1 s per 5,000
-//! operations; this one checks a 100,000-operation history (8 clients, 8 keys, 5% indeterminate)
-//! in the time printed by `cargo run --release -p chaos --example checker_bench`.
+//! Measured 2026-12 on this machine (2 cores) on the same generated histories (8 clients,
+//! 8 keys, 5% of writes indeterminate): `todc-utils` 0.1.1 (`linearizability::WGLChecker`, Wing &
+//! Gong / Lowe) has no notion of an operation that may not have taken effect, but its own
+//! Jepsen loader puts the responses of such operations at the end of the history, which for a
+//! register amounts to "any time, or never" (a write linearized after everything else is seen by
+//! nobody). Fed that way (a throwaway adapter, not in the repo) it took 0.141 s for 5,000
+//! operations, 1.203 s for 20,000 and 26.564 s (534 MB) for 100,000: its memo clones a
+//! `Vec<bool>` of the whole history per step, so it grows quadratically. It answers a bool, with
+//! no window to show. This checker takes 0.15 s for the same 100,000 operations
+//! (`cargo run --release -p chaos --example checker_bench`, which also times a planted
+//! violation). stateright's tester checks its own actor models, not a recorded history.
+//!
+//! # Stages per key
+//! The exact search with an eighth of the budget (enough for any linearizable history we have
+//! generated), then the relaxed search ([`search::KeySearch::relaxed`], whose violations are
+//! violations), then the exact search with the whole budget; a violation is confirmed by a
+//! second search with independent fingerprint keys. Whatever none of them decides is unknown.
 
 pub mod search;
 pub mod synth;
@@ -316,32 +326,32 @@ impl fmt::Display for Verdict {
                 Ok(())
             }
             Outcome::Violation { window: w, others } => {
-                writeln!(f, "NOT LINEARIZABLE: {summary}")?;
-                writeln!(
+                write!(f, "NOT LINEARIZABLE: {summary}")?;
+                write!(
                     f,
-                    "  key {}: the longest linearizable prefix holds {} of its {} answered \
+                    "\n  key {}: the longest linearizable prefix holds {} of its {} answered \
                      operations; the register after it: {:?}",
                     w.key, w.linearized, w.determinate, w.state
                 )?;
-                writeln!(f, "  the prefix ends with (in linearization order):")?;
+                write!(f, "\n  the prefix ends with (in linearization order):")?;
                 for o in &w.last {
-                    writeln!(f, "    {}", Line(o))?;
+                    write!(f, "\n    {}", Line(o))?;
                 }
-                writeln!(f, "  none of these can go next:")?;
+                write!(f, "\n  none of these can go next:")?;
                 for o in &w.stuck {
-                    writeln!(f, "    {}", Line(o))?;
+                    write!(f, "\n    {}", Line(o))?;
                 }
                 if !w.related.is_empty() {
-                    writeln!(
+                    write!(
                         f,
-                        "  related (writers of the values read, overlapping ops):"
+                        "\n  related (writers of the values read, overlapping ops):"
                     )?;
                     for o in &w.related {
-                        writeln!(f, "    {}", Line(o))?;
+                        write!(f, "\n    {}", Line(o))?;
                     }
                 }
                 if !others.is_empty() {
-                    write!(f, "  other keys without a linearization: {others:?}")?;
+                    write!(f, "\n  other keys without a linearization: {others:?}")?;
                 }
                 Ok(())
             }

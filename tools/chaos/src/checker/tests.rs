@@ -475,3 +475,20 @@ fn agrees_with_brute_force_on_tiny_histories() {
     eprintln!("tiny histories: {linearizable} linearizable, {not} not");
     assert!(linearizable > 1000 && not > 300, "{linearizable} / {not}");
 }
+
+#[test]
+fn a_saved_history_reads_back_the_same() {
+    let h = synth::linearizable(&small_shape(9));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("history.jsonl");
+    let lines: Vec<String> = h
+        .iter()
+        .map(|o| serde_json::to_string(o).expect("an operation serializes"))
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write the history");
+    let back = crate::report::load_history(&path).expect("read it back");
+    assert_eq!(back, h);
+    std::fs::write(&path, "{\"client\":1}\n").expect("write a bad line");
+    let err = crate::report::load_history(&path).expect_err("a bad line is an error");
+    assert!(err.to_string().starts_with("line 1:"), "{err}");
+}
