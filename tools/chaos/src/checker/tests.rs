@@ -492,3 +492,42 @@ fn a_saved_history_reads_back_the_same() {
     let err = crate::report::load_history(&path).expect_err("a bad line is an error");
     assert!(err.to_string().starts_with("line 1:"), "{err}");
 }
+
+/// A stale read planted late in a longer history, with a budget too small for the exact search
+/// to explore everything: the relaxed search proves the violation and the window names it.
+#[test]
+fn a_late_violation_in_a_long_history_is_found_by_the_relaxed_search() {
+    let mut h = synth::linearizable(&Shape::bench(8_000, 1));
+    let first = h.iter().find_map(|o| match (o.key, o.call, o.ret) {
+        (0, Call::Put(v), Some(Ret::Put)) => Some(v),
+        _ => None,
+    });
+    let last_read = h
+        .iter()
+        .rposition(|o| o.key == 0 && o.call == Call::Get && o.ret.is_some());
+    let (Some(stale), Some(i)) = (first, last_read) else {
+        panic!("the generated history has a put and a read of key 0");
+    };
+    h[i].ret = Some(Ret::Get(Some(stale)));
+    let limits = Limits {
+        states_max: 40_000,
+        steps_max: 4_000_000,
+    };
+    let exact = search::KeySearch::new(&h.iter().filter(|o| o.key == 0).collect::<Vec<_>>(), 1)
+        .run(Limits {
+            states_max: limits.states_max / 8,
+            ..limits
+        });
+    assert!(
+        matches!(exact.0, KeyOutcome::Unknown),
+        "the exact search alone: {exact:?}"
+    );
+    let v = check_with(&h, limits);
+    match &v.outcome {
+        Outcome::Violation { window, .. } => {
+            assert_eq!(window.key, 0);
+            assert_eq!(window.stuck[0].ret, Some(Ret::Get(Some(stale))));
+        }
+        _ => panic!("expected a violation: {v}"),
+    }
+}
