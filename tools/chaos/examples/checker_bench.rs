@@ -2,7 +2,7 @@
 //! 8 clients, 8 keys, 5% of writes indeterminate, about one request in flight per key), and on
 //! the same history with one stale read planted near its end.
 //!
-//! `cargo run --release -p chaos --example checker_bench -- [OPERATIONS] [SEED]`
+//! `cargo run --release -p chaos --example checker_bench -- [OPERATIONS] [SEED] [INDET_PER_MILLE]`
 
 use std::time::Instant;
 
@@ -16,9 +16,13 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000usize);
     let seed = args.next().and_then(|a| a.parse().ok()).unwrap_or(1u64);
+    let mut shape = synth::Shape::bench(operations, seed);
+    if let Some(per_mille) = args.next().and_then(|a| a.parse().ok()) {
+        shape.indeterminate_per_mille = per_mille;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let made = Instant::now();
-    let mut history = synth::linearizable(&synth::Shape::bench(operations, seed));
+    let mut history = synth::linearizable(&shape);
     println!(
         "generated {} operations (seed {seed}) in {:.3} s; {cores} cores",
         history.len(),

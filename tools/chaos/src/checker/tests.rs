@@ -422,13 +422,20 @@ fn brute_force(history: &[Operation]) -> bool {
 
 /// Tiny generated histories, half of them with one answer changed: the checker and the
 /// brute-force oracle must agree on every one (both verdicts are counted, so neither side is
-/// vacuous).
+/// vacuous). More and longer: `ORACLE_SEEDS=60000 ORACLE_OPS=9` (seeds 0.. reproduce).
 #[test]
 fn agrees_with_brute_force_on_tiny_histories() {
     let (mut linearizable, mut not) = (0, 0);
-    for seed in 0..3000u64 {
+    for seed in 0..std::env::var("ORACLE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000u64)
+    {
         let mut h = synth::linearizable(&Shape {
-            operations: 7,
+            operations: std::env::var("ORACLE_OPS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(7),
             clients: 3,
             keys: 1,
             indeterminate_per_mille: 250,
