@@ -72,7 +72,7 @@ enum Command {
     /// 3 if the search ran out of budget, 2 if the file cannot be read.
     Check {
         file: PathBuf,
-        /// Configurations each key's search may explore (about 32 bytes each).
+        /// Configurations each key's search may explore (about 64 bytes each).
         #[arg(long, default_value_t = chaos::checker::Limits::default().states_max)]
         states_max: u64,
     },

@@ -53,7 +53,7 @@
 //!
 //! # Bounds
 //! The search stops with [`KeyOutcome::Unknown`] after `states_max` configurations (each costs
-//! the cache about 32 bytes and more when several count vectors share a fingerprint) or
+//! the cache about 64 bytes, more when several count vectors share a fingerprint) or
 //! `steps_max` attempted moves.
 
 use std::collections::HashMap;
@@ -64,7 +64,7 @@ use crate::history::{Call, Operation, Ret};
 /// How much one key's search may explore.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Configurations in the memo cache (about 32 bytes each).
+    /// Configurations in the memo cache (about 64 bytes each).
     pub states_max: u64,
     /// Moves attempted (each a model step, most of them rejected at once).
     pub steps_max: u64,
@@ -133,8 +133,9 @@ impl Hasher for Identity {
 type Counts = [u32; 3];
 
 /// Fingerprint of (`L` without the dominated groups, canonical state) -> the used counts of the
-/// dominated groups with which it was reached (only the minimal ones).
-type Cache = HashMap<u128, Vec<Counts>, BuildHasherDefault<Identity>>;
+/// dominated groups with which it was reached (only the minimal ones): the first inline, any
+/// others (rare) in the vector, so that most entries allocate nothing.
+type Cache = HashMap<u128, (Counts, Vec<Counts>), BuildHasherDefault<Identity>>;
 
 fn le(a: &Counts, b: &Counts) -> bool {
     a.iter().zip(b).all(|(x, y)| x <= y)
@@ -143,12 +144,22 @@ fn le(a: &Counts, b: &Counts) -> bool {
 /// Whether the configuration `key` with these counts is new (not dominated by one already
 /// explored or being explored), recording it if so.
 fn visit(cache: &mut Cache, key: u128, counts: Counts) -> bool {
-    let seen = cache.entry(key).or_default();
-    if seen.iter().any(|s| le(s, &counts)) {
+    let (first, more) = match cache.entry(key) {
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert((counts, Vec::new()));
+            return true;
+        }
+        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+    };
+    if le(first, &counts) || more.iter().any(|s| le(s, &counts)) {
         return false;
     }
-    seen.retain(|s| !le(&counts, s));
-    seen.push(counts);
+    more.retain(|s| !le(&counts, s));
+    if le(&counts, first) {
+        *first = counts;
+    } else {
+        more.push(counts);
+    }
     true
 }
 
@@ -300,10 +311,11 @@ pub struct KeySearch<'a> {
     cas_groups: HashMap<Option<Val>, Vec<u32>>,
     /// Per value: how many operations that may write it are outside `L`.
     writers_open: Vec<u32>,
-    /// The indeterminate compare-and-sets in `L` that expect a value, in the order they were
-    /// linearized: they are fingerprinted only while the value they expected may still be
-    /// current (see `cache_key`).
-    used_expecting: Vec<u32>,
+    /// Per value `e`: the XOR of the Zobrist keys of the indeterminate compare-and-sets in `L`
+    /// that expect `e`. They count in the fingerprint only while `e` is open (see `cache_key`),
+    /// kept up to date in `expecting_fingerprint`.
+    used_expecting: Vec<u128>,
+    expecting_fingerprint: u128,
     /// The relaxed model: the dominated groups never run out (see `KeySearch::relaxed`).
     relaxed: bool,
     /// Indeterminate operations that write an observed value, by invocation.
@@ -433,7 +445,8 @@ impl<'a> KeySearch<'a> {
             dominated,
             cas_groups,
             writers_open,
-            used_expecting: Vec::new(),
+            used_expecting: vec![0; n_values],
+            expecting_fingerprint: 0,
             relaxed: false,
             linearized: vec![false; steps.len()],
             steps,
@@ -507,15 +520,26 @@ impl<'a> KeySearch<'a> {
         // effect, and whether it did earlier is told by the state and the rest of `L` alone.
         // Leaving such operations out of the fingerprint keeps their used/unused choices from
         // multiplying the configurations.
-        let mut fingerprint = self.fingerprint;
-        for &op in &self.used_expecting {
-            if let Some(e) = self.steps[op as usize].expects_value() {
-                if self.writers_open[e as usize] > 0 || self.state == Some(e) {
-                    fingerprint ^= self.zobrist[op as usize];
-                }
+        self.fingerprint ^ self.expecting_fingerprint ^ key128(!self.salt, c)
+    }
+
+    /// Whether `e` may be current now or later: some writer of it is outside `L`, or it is.
+    fn open(&self, e: Val) -> bool {
+        self.writers_open[e as usize] > 0 || self.state == Some(e)
+    }
+
+    /// Adds or removes (XOR) the open values among `values` in `expecting_fingerprint`: called
+    /// before and after a step changes what is open, with every value the step may affect.
+    fn toggle_expecting(&mut self, values: [Option<Val>; 4]) {
+        for (i, e) in values.iter().enumerate() {
+            let Some(e) = *e else { continue };
+            if values[..i].contains(&Some(e)) {
+                continue;
+            }
+            if self.open(e) {
+                self.expecting_fingerprint ^= self.used_expecting[e as usize];
             }
         }
-        fingerprint ^ key128(!self.salt, c)
     }
 
     /// The moves from the current configuration: determinate ones first (in invocation order),
@@ -589,8 +613,11 @@ impl<'a> KeySearch<'a> {
         };
         let indeterminate = !matches!(mv, Move::Det(_));
         let before = self.canon();
+        let affected = [self.state, next, step.writes(), step.expects_value()];
+        self.toggle_expecting(affected);
         self.state = next;
         self.link(mv, op, step);
+        self.toggle_expecting(affected);
         if indeterminate && step.observes().is_none() && self.canon() == before {
             // It changed nothing the rest of the history can see: leave it unused.
             self.unlink(undo);
@@ -603,8 +630,8 @@ impl<'a> KeySearch<'a> {
         self.linearized[op as usize] = true;
         if self.fingerprinted(mv, op) {
             self.fingerprint ^= self.zobrist[op as usize];
-        } else if step.expects_value().is_some() {
-            self.used_expecting.push(op);
+        } else if let Some(e) = step.expects_value() {
+            self.used_expecting[e as usize] ^= self.zobrist[op as usize];
         }
         if let Some(v) = step.writes() {
             self.writers_open[v as usize] -= 1;
@@ -633,12 +660,14 @@ impl<'a> KeySearch<'a> {
 
     fn unlink(&mut self, undo: Undo) {
         let op = undo.op as usize;
+        let step = self.steps[op];
+        let affected = [self.state, undo.state, step.writes(), step.expects_value()];
+        self.toggle_expecting(affected);
         self.linearized[op] = false;
         if self.fingerprinted(undo.mv, undo.op) {
             self.fingerprint ^= self.zobrist[op];
-        } else if self.steps[op].expects_value().is_some() {
-            let last = self.used_expecting.pop();
-            assert_eq!(last, Some(undo.op), "moves are undone in the reverse order");
+        } else if let Some(e) = step.expects_value() {
+            self.used_expecting[e as usize] ^= self.zobrist[op];
         }
         if let Some(v) = self.steps[op].writes() {
             self.writers_open[v as usize] += 1;
@@ -657,6 +686,7 @@ impl<'a> KeySearch<'a> {
         }
         self.first_open = undo.first_open;
         self.state = undo.state;
+        self.toggle_expecting(affected);
     }
 
     /// Runs the search.
