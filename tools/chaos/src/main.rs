@@ -15,9 +15,12 @@ use chaos::workload::WorkloadPlan;
 #[derive(Parser, Debug)]
 #[command(
     name = "chaos",
-    about = "Real processes, real faults, a linearizability verdict (rust-raft-log or etcd)"
+    about = "Real processes, real faults, a linearizability verdict (rust-raft-log or etcd)",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Which server: rust-raft-log or etcd.
     #[arg(long, default_value = "rust-raft-log")]
     flavor: String,
@@ -63,8 +66,23 @@ struct Args {
     settings: String,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Check a saved history (a run's history.jsonl) again; exit 0 if linearizable, 1 if not,
+    /// 3 if the search ran out of budget, 2 if the file cannot be read.
+    Check {
+        file: PathBuf,
+        /// Configurations each key's search may explore (about 64 bytes each).
+        #[arg(long, default_value_t = chaos::checker::Limits::default().states_max)]
+        states_max: u64,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Check { file, states_max }) = &args.command {
+        return check_file(file, *states_max);
+    }
     match plan(&args) {
         Ok(plan) => execute(plan),
         Err(message) => {
@@ -146,6 +164,31 @@ fn plan(args: &Args) -> Result<RunPlan, String> {
         }),
         namespaces,
     })
+}
+
+fn check_file(file: &std::path::Path, states_max: u64) -> ExitCode {
+    let history = match report::load_history(file) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("chaos check: {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let limits = chaos::checker::Limits {
+        states_max,
+        ..chaos::checker::Limits::default()
+    };
+    let verdict = chaos::checker::check_with(&history, limits);
+    println!("checker: {verdict}");
+    if verdict.is_linearizable() {
+        ExitCode::SUCCESS
+    } else if verdict.is_violation() {
+        // The seed is in the run's directory name (chaos-SEED-PID) and its chaos-result line.
+        println!("history: {}", file.display());
+        ExitCode::from(1)
+    } else {
+        ExitCode::from(3)
+    }
 }
 
 fn execute(plan: RunPlan) -> ExitCode {

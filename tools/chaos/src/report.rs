@@ -97,8 +97,10 @@ pub fn render(report: &RunReport) -> String {
         report.findings.len(),
         if report.verdict.is_linearizable() {
             "linearizable"
+        } else if report.verdict.is_violation() {
+            "NOT-LINEARIZABLE"
         } else {
-            "NOT-LINEARIZABLE-OR-UNKNOWN"
+            "UNKNOWN"
         }
     );
     if !report.passed() {
@@ -129,4 +131,35 @@ pub fn save_history(report: &RunReport) -> std::io::Result<()> {
         file.write_all(b"\n")?;
     }
     file.flush()
+}
+
+/// Why a saved history cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("line {line}: {source}")]
+    Parse {
+        line: usize,
+        source: serde_json::Error,
+    },
+}
+
+/// Reads a history saved by [`save_history`] (one JSON operation per line; blank lines skipped).
+pub fn load_history(path: &std::path::Path) -> Result<Vec<crate::history::Operation>, LoadError> {
+    use std::io::BufRead as _;
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut operations = Vec::new();
+    for (i, line) in file.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let op = serde_json::from_str(&line).map_err(|source| LoadError::Parse {
+            line: i + 1,
+            source,
+        })?;
+        operations.push(op);
+    }
+    Ok(operations)
 }
