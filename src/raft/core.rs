@@ -1229,8 +1229,19 @@ impl<S: Storage> RaftNode<S> {
     fn handle_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
         self.hear_from_leader(from, "InstallSnapshot");
         let snap = m.snapshot;
-        if snap.index > self.commit {
-            if self.log.term(snap.index) == Some(snap.term) {
+        #[cfg(test)]
+        let (older, keeps_log) = {
+            use crate::mutation::{active, Mutation};
+            (
+                active(Mutation::InstallOlderSnapshot)
+                    && self.log.term(snap.index) != Some(snap.term),
+                active(Mutation::InstallKeepsConflictingLog) && self.log.last_index() >= snap.index,
+            )
+        };
+        #[cfg(not(test))]
+        let (older, keeps_log) = (false, false);
+        if snap.index > self.commit || older {
+            if self.log.term(snap.index) == Some(snap.term) || keeps_log {
                 // Log Matching: our log equals the leader's up to the snapshot's index, which is
                 // committed (a leader snapshots only what it applied).
                 self.commit = snap.index;

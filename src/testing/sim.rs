@@ -31,9 +31,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::node::snapshots::SnapshotPolicy;
 use crate::raft::{Config, Role};
 use crate::testing::checker::{Property, Violation};
-use crate::testing::cluster::{Cluster, ClusterConfig, Outcome, ReadOutcome, Stepped};
+use crate::testing::cluster::{Cluster, ClusterConfig, Outcome, ReadOutcome, SnapshotSim, Stepped};
 use crate::testing::disk::DiskConfig;
 use crate::testing::network::NetConfig;
 use crate::testing::rng::SimRng;
@@ -124,6 +125,21 @@ impl SimPlan {
             core.election_ticks_max = core.election_ticks_min + spread_ticks_min;
         }
         let election_ticks_max = core.election_ticks_max;
+        // Snapshots in 80 % of the seeds (drawn last, so the draws above are what they were):
+        // one every 4..64 applied entries, 0..16 entries kept behind it for followers a little
+        // behind, so followers often need InstallSnapshot.
+        let snapshots = rng.chance(0.8).then(|| SnapshotSim {
+            policy: SnapshotPolicy {
+                every_entries: rng.range(4, 64),
+                catchup_entries: rng.range(0, 16),
+                keep: crate::node::SNAPSHOTS_KEPT,
+            },
+            take_chance: [1.0, 0.3, 0.05][rng.index(3)],
+            write_cut_chance: [0.0, 0.02, 0.1][rng.index(3)],
+            install_cut_chance: [0.0, 0.05, 0.2][rng.index(3)],
+            chunk_bytes: [16, 64, 1024][rng.index(3)],
+            stream_timeout_us: 4 * net.latency_us_max + rng.range(10_000, 100_000),
+        });
         SimPlan {
             cluster: ClusterConfig {
                 seed,
@@ -133,6 +149,8 @@ impl SimPlan {
                 disk,
                 tick_us,
                 replay: replay_command(seed, events),
+                snapshots,
+                mutation: None,
             },
             events,
             fault_gap_us_max: rng.range(30_000, 600_000),
@@ -206,7 +224,7 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
     let trap_delay_us_max = 3 * plan.cluster.net.latency_us_max + plan.cluster.disk.sync_us_max;
     while c.stats.events < plan.events {
         let stepped = c.step();
-        if let Some(i) = c.take_fired_disk_trap() {
+        while let Some(i) = c.take_fired_disk_trap() {
             let back = if rng.chance(0.5) {
                 rng.range(0, 5_000)
             } else {
@@ -369,6 +387,7 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
     // The faults stop. Scenario timers still queued (flaps, restarts, proposals, traps) fire
     // during the liveness phase but are ignored there.
     c.net.heal();
+    c.power_cuts = false;
     c.net.config.drop_prob = 0.0;
     c.net.config.dup_prob = 0.0;
     c.net.config.reorder_prob = 0.0;
