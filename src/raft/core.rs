@@ -1700,8 +1700,14 @@ impl<S: Storage> RaftNode<S> {
             .flat_map(|(_, reads)| reads.iter())
             .chain(self.reads_next_round.iter());
         for r in pending {
+            // A read still pending when the leader compacted past its index: the entry (of this
+            // term when the read was registered) is behind the snapshot, its term unknown here.
+            let term_there = match self.log.term(r.index) {
+                None if r.index < self.log.first_index() => Some(self.term),
+                t => t,
+            };
             assert!(
-                r.index <= self.commit && self.log.term(r.index) == Some(self.term),
+                r.index <= self.commit && term_there == Some(self.term),
                 "node {id}: read {} at index {} (term there {:?}) while commit is {} in term {}",
                 r.ctx,
                 r.index,

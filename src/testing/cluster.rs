@@ -639,6 +639,9 @@ struct Slot {
     last_role: Option<(Role, Term)>,
     /// When this node last sent AppendEntries to every peer in one Ready (a heartbeat round).
     last_broadcast_us: Option<u64>,
+    /// The snapshot index of an install whose log reset is not durable yet: the core counts
+    /// the snapshot's index as persisted at once (the snapshot file is durable already).
+    reset_in_flight: Option<u64>,
 }
 
 /// The directory of node `i`'s log and state file on its `SimFs`.
@@ -723,6 +726,7 @@ impl Cluster {
                 next_apply: None,
                 last_role: None,
                 last_broadcast_us: None,
+                reset_in_flight: None,
             });
         }
         let net = SimNetwork::new(n, config.net.clone());
@@ -1015,6 +1019,7 @@ impl Cluster {
                     let prefix = self.committed_prefix_or_fail(i, snap);
                     let s = &mut self.slots[i];
                     s.durable = prefix;
+                    s.reset_in_flight = None;
                     let from = snap.index.next();
                     if let Some(at) = s.truncations_in_flight.iter().position(|t| *t == from) {
                         s.truncations_in_flight.remove(at);
@@ -1089,6 +1094,7 @@ impl Cluster {
         // Until the reset is durable, a crash may keep the old log or the new one: durable
         // entries after the snapshot's index may be gone, as after a truncation.
         s.truncations_in_flight.push_back(snap.index.next());
+        s.reset_in_flight = Some(snap.index.0);
     }
 
     /// The driver replaced node `i`'s state machine by the snapshot `snap`.
@@ -1699,7 +1705,12 @@ impl Cluster {
             ));
         }
         let p = core.persisted_index().0;
-        if p > s.durable.last_index() || s.durable.term_at(p) != s.mirror.term_at(p) {
+        // While an install's log reset is not durable, the core counts the snapshot's index as
+        // persisted already (the snapshot file is durable); the log before the reset may be
+        // longer or shorter. It must claim nothing beyond the snapshot that is not durable.
+        let resetting = s.reset_in_flight.is_some_and(|at| p <= at);
+        if !resetting && (p > s.durable.last_index() || s.durable.term_at(p) != s.mirror.term_at(p))
+        {
             return Err(Violation::new(
                 Property::ReadyContract,
                 format!(
@@ -1973,6 +1984,7 @@ impl Cluster {
         });
         s.durable = mirror.clone();
         s.truncations_in_flight.clear();
+        s.reset_in_flight = None;
         s.mirror = mirror;
         s.durable_hs = hs;
         // After a restart the core re-delivers the committed prefix after the snapshot (from
