@@ -807,6 +807,12 @@ impl<S: Storage> RaftNode<S> {
         self.log.last_index()
     }
 
+    /// The first index the log still holds (after its compacted prefix or an installed
+    /// snapshot, even before the driver's reset of its storage is durable).
+    pub fn first_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
+
     /// The term at `index` in the whole log; `Some(Term(0))` for index 0, `None` past the end.
     pub fn log_term(&self, index: LogIndex) -> Option<Term> {
         self.log.term(index)

@@ -745,7 +745,11 @@ impl Cluster {
             trace: VecDeque::with_capacity(TRACE_LEN),
             tracing: true,
             trace_ticks: true,
-            trace_len: TRACE_LEN,
+            // SIM_TRACE_LEN lengthens the failure report's trace when a seed needs it.
+            trace_len: std::env::var("SIM_TRACE_LEN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(TRACE_LEN),
             entries_blocked: vec![false; n],
             disk_trap: None,
             disk_trap_fired: Vec::new(),
@@ -1740,7 +1744,7 @@ impl Cluster {
             let Some(core) = self.core(i) else {
                 continue;
             };
-            for idx in crate::raft::Storage::first_index(core.storage()).0..=s.mirror.last_index() {
+            for idx in core.first_index().0..=s.mirror.last_index() {
                 let got = core.log_entry(LogIndex(idx)).map(|e| entry_hash(&e));
                 if got != s.mirror.entry_hash_at(idx) {
                     self.fail(Violation::new(
@@ -1890,7 +1894,22 @@ impl Cluster {
             .map(|e| e.to_owned_entry())
             .collect::<Vec<_>>();
         let first = log.first_index();
-        self.check_recovered(i, &recovered, first, hs);
+        // Recovery finished an install whose snapshot file was durable before the log's reset
+        // (the rename survived the power loss): the durable log after the snapshot's index is
+        // gone, legitimately if the snapshot is committed state (checked here), because an
+        // entry conflicting with a committed one is never committed itself.
+        let finished_install = chosen
+            .as_ref()
+            .map(|c| c.id)
+            .filter(|snap| self.slots[i].durable.term_at(snap.index.0) != Some(snap.term));
+        if let Some(snap) = finished_install {
+            self.committed_prefix_or_fail(i, snap);
+            self.trace_note(format!(
+                "n{i} recovery finishes the install of the snapshot at {}@t{}",
+                snap.index, snap.term
+            ));
+        }
+        self.check_recovered(i, &recovered, first, hs, finished_install.map(|s| s.index));
         // The mirrors start from what the disk holds: the committed log up to where the log
         // starts (a snapshot covers it, and holds committed entries only), then the log.
         let mut mirror = if first.0 > 1 {
@@ -2004,13 +2023,22 @@ impl Cluster {
 
     /// Durability: what node `i`'s engine reported durable before the crash is what recovery
     /// found (the log's prefix, exactly, and the term and vote).
-    fn check_recovered(&self, i: usize, recovered: &[LogEntry], first: LogIndex, hs: HardState) {
+    fn check_recovered(
+        &self,
+        i: usize,
+        recovered: &[LogEntry],
+        first: LogIndex,
+        hs: HardState,
+        reset_to: Option<LogIndex>,
+    ) {
         let s = &self.slots[i];
-        // Durable entries at or after a truncation the engine had started may be gone.
+        // Durable entries at or after a truncation the engine had started (or after a snapshot
+        // whose install recovery finished) may be gone.
         let durable_last = s
             .truncations_in_flight
             .iter()
             .map(|t| t.0 - 1)
+            .chain(reset_to.map(|r| r.0))
             .fold(s.durable.last_index(), u64::min);
         // Entries before `first` were compacted behind a snapshot that recovery checked covers
         // them (and whose state the checker compares with every other node's).

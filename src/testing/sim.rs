@@ -181,6 +181,16 @@ pub struct SimSummary {
     pub reads: u64,
     pub reads_served: u64,
     pub reads_dropped: u64,
+    /// Snapshot activity (see `ClusterStats`).
+    pub snapshots_taken: u64,
+    pub snapshot_writes_cut: u64,
+    pub transfers: u64,
+    pub chunks_sent: u64,
+    pub streams_restarted: u64,
+    pub transfers_failed: u64,
+    pub installs: u64,
+    pub installs_cut: u64,
+    pub restarts_from_snapshot: u64,
     /// Time from the faults stopping to a leader known to a majority, to the fresh commit, and
     /// to a read issued after it being served.
     pub liveness_leader_us: u64,
@@ -522,6 +532,15 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
         reads: c.stats.reads,
         reads_served: c.stats.reads_served,
         reads_dropped: c.stats.reads_dropped,
+        snapshots_taken: c.stats.snapshots_taken,
+        snapshot_writes_cut: c.stats.snapshot_writes_cut,
+        transfers: c.stats.transfers,
+        chunks_sent: c.stats.chunks_sent,
+        streams_restarted: c.stats.streams_restarted,
+        transfers_failed: c.stats.transfers_failed,
+        installs: c.stats.installs,
+        installs_cut: c.stats.installs_cut,
+        restarts_from_snapshot: c.stats.restarts_from_snapshot,
         liveness_leader_us: leader_at - t0,
         liveness_commit_us: committed_at - t0,
         liveness_read_us: served_at - t0,
@@ -542,6 +561,16 @@ pub struct SweepReport {
     pub reads: u64,
     pub reads_served: u64,
     pub reads_dropped: u64,
+    /// Snapshot activity (see `ClusterStats`).
+    pub snapshots_taken: u64,
+    pub snapshot_writes_cut: u64,
+    pub transfers: u64,
+    pub chunks_sent: u64,
+    pub streams_restarted: u64,
+    pub transfers_failed: u64,
+    pub installs: u64,
+    pub installs_cut: u64,
+    pub restarts_from_snapshot: u64,
     pub liveness_leader_us_max: u64,
     pub liveness_commit_us_max: u64,
     pub liveness_read_us_max: u64,
@@ -585,6 +614,15 @@ pub fn sweep(first: u64, count: u64, events: u64, threads: usize, keep_going: bo
                         r.reads += s.reads;
                         r.reads_served += s.reads_served;
                         r.reads_dropped += s.reads_dropped;
+                        r.snapshots_taken += s.snapshots_taken;
+                        r.snapshot_writes_cut += s.snapshot_writes_cut;
+                        r.transfers += s.transfers;
+                        r.chunks_sent += s.chunks_sent;
+                        r.streams_restarted += s.streams_restarted;
+                        r.transfers_failed += s.transfers_failed;
+                        r.installs += s.installs;
+                        r.installs_cut += s.installs_cut;
+                        r.restarts_from_snapshot += s.restarts_from_snapshot;
                         r.by_nodes[s.nodes] += 1;
                     }
                     Err(payload) => {
