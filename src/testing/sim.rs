@@ -650,3 +650,63 @@ pub fn sweep(first: u64, count: u64, events: u64, threads: usize, keep_going: bo
     });
     report.into_inner().unwrap_or_else(|e| e.into_inner())
 }
+
+/// The sweep against each deliberate bug of [`crate::mutation`] (issue 12): the first seed that
+/// catches it, with the property that fired. Unit tests only: the mutations exist only in the
+/// crate's `cfg(test)` build. Run: `cargo test --release --lib testing::sim::mutations --
+/// --nocapture`.
+#[cfg(test)]
+mod mutations {
+    use super::*;
+    use crate::mutation::Mutation;
+
+    /// Runs seeds `0..seeds_max` with `m` switched on until one fails; returns that seed and the
+    /// first line of its report (the property).
+    fn first_catch(m: Mutation, seeds_max: u64) -> Option<(u64, String)> {
+        for seed in 0..seeds_max {
+            let mut plan = SimPlan::from_seed(seed, DEFAULT_EVENTS);
+            if plan.cluster.snapshots.is_none() {
+                continue;
+            }
+            plan.cluster.mutation = Some(m);
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_plan(plan)));
+            if let Err(payload) = run {
+                let text = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let headline: Vec<&str> = text.lines().take(2).collect();
+                return Some((seed, headline.join(" | ")));
+            }
+        }
+        None
+    }
+
+    fn assert_caught(m: Mutation, seeds_max: u64) {
+        match first_catch(m, seeds_max) {
+            Some((seed, what)) => println!(
+                "mutation {m:?} caught at seed {seed} ({} seeds tried): {what}\n  reproduce: \
+                 cargo test --release --lib testing::sim::mutations -- --nocapture (seeds run \
+                 from 0 in order; this one is SimPlan::from_seed({seed}, {DEFAULT_EVENTS}))",
+                seed + 1
+            ),
+            None => panic!("mutation {m:?} was not caught in {seeds_max} seeds"),
+        }
+    }
+
+    #[test]
+    fn installing_a_snapshot_without_discarding_the_conflicting_log_is_caught() {
+        assert_caught(Mutation::InstallKeepsConflictingLog, 400);
+    }
+
+    #[test]
+    fn compacting_past_the_commit_index_is_caught() {
+        assert_caught(Mutation::CompactPastCommit, 400);
+    }
+
+    #[test]
+    fn applying_a_snapshot_older_than_the_applied_index_is_caught() {
+        assert_caught(Mutation::InstallOlderSnapshot, 400);
+    }
+}
