@@ -33,6 +33,18 @@
 //! engine's own recovery, and must find everything the engine had reported durable (the
 //! Durability property), then builds a new core with a fresh RNG seed.
 //!
+//! # Snapshots (when [`ClusterConfig::snapshots`] is set)
+//! A node's [`Snapshotter`] decides when to snapshot and writes the file through the node's own
+//! `write_snapshot` on its `SimFs`; `Driver::snapshot_taken` compacts. A leader's InstallSnapshot
+//! becomes a transfer of the file in chunks, each a network message (lost, duplicated,
+//! reordered), read and received by the node's own `NodeSnapshots`; the follower's driver gets
+//! the message once the file is whole and durable, and installs through the node's own
+//! installer. Restarts run the node's own `recover_snapshot`. Power cuts land inside snapshot
+//! writes and installs. The transport's stream logic (`grpc::snapshot::send_snapshot`, tokio)
+//! is the one part modelled rather than run: [`Transfer`] follows it step by step.
+//! Invariant: a node's mirror holds its whole logical log from index 1 (compaction does not
+//! shorten it; an install replaces it by the committed log up to the snapshot's index).
+//!
 //! # Checks
 //! After each event, the node it touched is checked: `check_invariants()`, then the
 //! [`SafetyChecker`] properties over the simulator's mirror of its log; every outgoing
