@@ -136,6 +136,8 @@ fn trial(model: Model, line: Line, pre_vote: bool, seed: u64, cap_us: u64) -> Tr
             "figure16 trial seed {seed} (min {} max {} pre_vote {pre_vote} check_quorum {})",
             line.min_ms, line.max_ms, line.check_quorum
         ),
+        snapshots: None,
+        mutation: None,
     });
     c.tracing = std::env::var("FIG16_TRACE").is_ok();
     c.trace_ticks = false;

@@ -344,6 +344,8 @@ pub trait Outbox {
 
     /// A committed entry is about to be applied.
     fn observe_apply(&mut self, _entry: &LogEntry) {}
+    /// The state machine was replaced by the snapshot `snap` (a leader's, installed).
+    fn observe_install(&mut self, _snap: SnapshotId) {}
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -594,6 +596,12 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
     ) -> Result<(), DriverError> {
         self.core.snapshot_created(snap);
         let upto = LogIndex(snap.index.0.saturating_sub(keep_entries));
+        #[cfg(test)]
+        let upto = if crate::mutation::active(crate::mutation::Mutation::CompactPastCommit) {
+            self.core.storage().last_index().max(upto)
+        } else {
+            upto
+        };
         if upto >= self.core.storage().first_index() {
             self.durable
                 .compact(self.core.storage_mut(), upto)
@@ -862,7 +870,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             }
         }
         if let Some(snap) = install_snapshot {
-            self.install(snap);
+            self.install(snap, out);
         }
         let batch = Rc::new(WriteBatch {
             reset: install_snapshot,
@@ -1003,7 +1011,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
     /// (the log reset travels in this Ready's write batch, after every earlier write). Proposals
     /// at or below its index were decided by the leader's log, not this node's: their outcome is
     /// unknown here.
-    fn install(&mut self, snap: SnapshotId) {
+    fn install(&mut self, snap: SnapshotId, out: &mut impl Outbox) {
         let result = match self.installer.as_mut() {
             Some(install) => install(snap, &mut self.state_machine),
             None => Err("this node cannot install snapshots (no installer)".to_string()),
@@ -1016,6 +1024,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             return;
         }
         self.applied_index = snap.index;
+        out.observe_install(snap);
         while let Some(first) = self.proposals.first_entry() {
             if *first.key() > snap.index {
                 break;

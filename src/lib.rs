@@ -29,6 +29,7 @@ pub mod etcd;
 pub mod etcdpb;
 pub mod grpc;
 pub mod kv;
+pub mod mutation;
 pub mod node;
 pub mod raft;
 pub mod state_machine;

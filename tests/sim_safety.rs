@@ -70,6 +70,20 @@ fn sim_safety_sweep() {
         r.liveness_commit_us_max as f64 / 1000.0,
         r.liveness_read_us_max as f64 / 1000.0,
     );
+    println!(
+        "snapshots: {} taken ({} writes cut by a power loss), {} restarts from a snapshot; \
+         InstallSnapshot: {} transfers, {} chunks sent, {} streams restarted, {} transfers given \
+         up, {} installs ({} cut by a power loss)",
+        r.snapshots_taken,
+        r.snapshot_writes_cut,
+        r.restarts_from_snapshot,
+        r.transfers,
+        r.chunks_sent,
+        r.streams_restarted,
+        r.transfers_failed,
+        r.installs,
+        r.installs_cut,
+    );
     let mut failures = r.failures.clone();
     failures.sort();
     for (seed, headline) in failures.iter().take(50) {

@@ -33,6 +33,8 @@ fn cluster(seed: u64, nodes: usize, check_quorum: bool) -> Cluster {
         },
         tick_us: vec![TICK_US; nodes],
         replay: format!("cargo test --release --test sim_scenarios (seed {seed})"),
+        snapshots: None,
+        mutation: None,
     })
 }
 
@@ -285,6 +287,8 @@ fn figure_8_previous_term_entry_is_not_committed_by_counting() {
         },
         tick_us: vec![TICK_US; N],
         replay: "cargo test --release --test sim_scenarios figure_8".to_string(),
+        snapshots: None,
+        mutation: None,
     });
     let only_clock = |c: &mut Cluster, runner: usize| {
         for i in 0..N {

@@ -244,21 +244,7 @@ pub fn open_storage(
     let state = RaftState::open_checked(&UringVfs, directory, identity, log_range)
         .map_err(|e| storage(Box::new(e)))?;
     let hard_state = state.state().hard_state();
-    let snapshot = choose_snapshot(directory, &log)?;
-    if let Some(c) = &snapshot {
-        let holds = log.term(c.id.index).ok() == Some(c.id.term);
-        if !holds {
-            tracing::warn!(
-                "the log does not hold the last entry of snapshot {} (log {}..={}): resetting the \
-                 log to it (finishing an install from the leader)",
-                c.path.display(),
-                log.first_index(),
-                log.last_index()
-            );
-            log.reset(c.id.index, c.id.term)
-                .map_err(|e| storage(Box::new(e)))?;
-        }
-    }
+    let snapshot = recover_snapshot(&UringVfs, directory, &mut log)?;
     tracing::info!(
         first = %log.first_index(),
         last = %log.last_index(),
@@ -276,17 +262,51 @@ pub fn open_storage(
     })
 }
 
+/// The snapshot half of [`open_storage`], over any [`Vfs`] (the simulator runs it on `SimFs`):
+/// removes unfinished snapshot files, chooses the newest valid snapshot (refusing when the log
+/// starts after what it covers), and resets a log that does not hold the snapshot's last entry
+/// with its term to it (a crash during an install from the leader, after the snapshot's rename).
+///
+/// # Errors
+/// [`NodeError::Snapshot`] as [`open_storage`]; [`NodeError::Storage`] if the reset fails.
+pub fn recover_snapshot(
+    vfs: &dyn Vfs,
+    directory: &Path,
+    log: &mut RaftLog,
+) -> Result<Option<ChosenSnapshot>, NodeError> {
+    let snapshot = choose_snapshot(vfs, directory, log)?;
+    if let Some(c) = &snapshot {
+        let holds = log.term(c.id.index).ok() == Some(c.id.term);
+        if !holds {
+            tracing::warn!(
+                "the log does not hold the last entry of snapshot {} (log {}..={}): resetting the \
+                 log to it (finishing an install from the leader)",
+                c.path.display(),
+                log.first_index(),
+                log.last_index()
+            );
+            log.reset(c.id.index, c.id.term)
+                .map_err(|e| NodeError::Storage(Box::new(e)))?;
+        }
+    }
+    Ok(snapshot)
+}
+
 /// The newest valid snapshot of `directory`, checked against the log (see [`open_storage`]).
-fn choose_snapshot(directory: &Path, log: &RaftLog) -> Result<Option<ChosenSnapshot>, NodeError> {
+fn choose_snapshot(
+    vfs: &dyn Vfs,
+    directory: &Path,
+    log: &RaftLog,
+) -> Result<Option<ChosenSnapshot>, NodeError> {
     let refuse = |message: String| NodeError::Snapshot {
         directory: directory.to_path_buf(),
         message,
     };
-    let removed = remove_temp_files(&UringVfs, directory).map_err(|e| refuse(e.to_string()))?;
+    let removed = remove_temp_files(vfs, directory).map_err(|e| refuse(e.to_string()))?;
     for path in removed {
         tracing::info!("removed {} (an unfinished snapshot)", path.display());
     }
-    let newest = newest_valid(&UringVfs, directory).map_err(|e| refuse(e.to_string()))?;
+    let newest = newest_valid(vfs, directory).map_err(|e| refuse(e.to_string()))?;
     for d in &newest.damaged {
         tracing::error!("snapshot {} is damaged: {}", d.path.display(), d.error);
     }
@@ -347,7 +367,10 @@ pub fn restore_store(
 }
 
 /// Replaces `machine` by the snapshot file at `path`, which must be the snapshot `id`.
-fn restore_from_file<M: Snapshot>(
+///
+/// # Errors
+/// The file cannot be read, holds another snapshot, or the machine refuses its payload.
+pub fn restore_from_file<M: Snapshot>(
     vfs: &dyn Vfs,
     path: &Path,
     id: SnapshotId,
@@ -662,19 +685,7 @@ where
                 setup.policy,
                 applied,
             );
-            let (vfs, dir) = (setup.vfs, setup.dir);
-            let installer: crate::driver::SnapshotInstaller<M> = Box::new(move |snap, machine| {
-                let started = std::time::Instant::now();
-                let path = dir.join(crate::storage::snapshot::snapshot_file_name(snap.index));
-                restore_from_file(&*vfs, &path, snap, machine)?;
-                tracing::info!(
-                    "📸 Installed the leader's snapshot at index {} (term {}) in {} ms",
-                    snap.index,
-                    snap.term,
-                    started.elapsed().as_millis()
-                );
-                Ok(())
-            });
+            let installer = snapshot_installer(setup.vfs, setup.dir);
             event_loop.with_snapshots(snapshotter, view, installer)
         }
     };
@@ -692,6 +703,27 @@ where
         ),
     }
     Ok(loop_result?)
+}
+
+/// How a node installs a leader's snapshot: the transport left it durable in `dir` under its
+/// final name; the state machine is replaced by its payload. The simulator installs through this
+/// same function over `SimFs`.
+pub fn snapshot_installer<M: Snapshot + 'static>(
+    vfs: Arc<dyn Vfs>,
+    dir: std::path::PathBuf,
+) -> crate::driver::SnapshotInstaller<M> {
+    Box::new(move |snap, machine| {
+        let started = std::time::Instant::now();
+        let path = dir.join(crate::storage::snapshot::snapshot_file_name(snap.index));
+        restore_from_file(&*vfs, &path, snap, machine)?;
+        tracing::info!(
+            "📸 Installed the leader's snapshot at index {} (term {}) in {} ms",
+            snap.index,
+            snap.term,
+            started.elapsed().as_millis()
+        );
+        Ok(())
+    })
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -94,6 +94,29 @@ impl SnapshotFiles for NodeSnapshots {
     }
 }
 
+/// Writes `source` as the snapshot `meta` describes into `dir` (temporary file, fdatasync,
+/// rename, directory fsync: `SnapshotWriter`), then prunes all but the newest `keep` snapshot
+/// files. Returns the payload's size. Blocks on file I/O: the node calls it on the snapshot
+/// thread, the simulator on its one thread over `SimFs` (the same code, at a simulated moment).
+///
+/// # Errors
+/// Why the snapshot could not be written or the old ones pruned (the file and the cause).
+pub fn write_snapshot(
+    vfs: Arc<dyn Vfs>,
+    dir: &std::path::Path,
+    meta: &crate::storage::snapshot::SnapshotMeta,
+    source: &dyn crate::state_machine::SnapshotSource,
+    keep: usize,
+) -> Result<u64, String> {
+    let mut w = crate::storage::snapshot::SnapshotWriter::create(Arc::clone(&vfs), dir, meta)
+        .map_err(|e| e.to_string())?;
+    source.write_to(&mut w).map_err(|e| e.to_string())?;
+    let payload_bytes = w.payload_bytes();
+    w.finish().map_err(|e| e.to_string())?;
+    crate::storage::snapshot::prune(&*vfs, dir, keep).map_err(|e| e.to_string())?;
+    Ok(payload_bytes)
+}
+
 /// When the node takes snapshots and what it keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotPolicy {
@@ -180,20 +203,25 @@ impl Snapshotter {
         self.dir.join(snapshot_file_name(index))
     }
 
-    /// Starts writing `source` (the state machine at `snap`) on a thread of its own.
-    pub fn start(
-        &mut self,
-        snap: SnapshotId,
-        source: Box<dyn crate::state_machine::SnapshotSource>,
-    ) {
-        let meta = crate::storage::snapshot::SnapshotMeta {
+    /// The header of this node's snapshot at `snap`.
+    fn meta(&self, snap: SnapshotId) -> crate::storage::snapshot::SnapshotMeta {
+        crate::storage::snapshot::SnapshotMeta {
             index: snap.index,
             term: snap.term,
             cluster_id: self.cluster_id,
             payload_kind: self.payload_kind,
             voters: self.voters.clone(),
             learners: Vec::new(),
-        };
+        }
+    }
+
+    /// Starts writing `source` (the state machine at `snap`) on a thread of its own.
+    pub fn start(
+        &mut self,
+        snap: SnapshotId,
+        source: Box<dyn crate::state_machine::SnapshotSource>,
+    ) {
+        let meta = self.meta(snap);
         let (vfs, dir, keep) = (
             Arc::clone(&self.vfs),
             self.dir.clone(),
@@ -204,27 +232,49 @@ impl Snapshotter {
             .name("snapshot".to_string())
             .spawn(move || {
                 let started = std::time::Instant::now();
-                let written = (|| {
-                    let mut w =
-                        crate::storage::snapshot::SnapshotWriter::create(vfs.clone(), &dir, &meta)
-                            .map_err(|e| e.to_string())?;
-                    source.write_to(&mut w).map_err(|e| e.to_string())?;
-                    let payload_bytes = w.payload_bytes();
-                    w.finish().map_err(|e| e.to_string())?;
-                    crate::storage::snapshot::prune(&*vfs, &dir, keep)
-                        .map_err(|e| e.to_string())?;
-                    Ok(Taken {
+                let written =
+                    write_snapshot(vfs, &dir, &meta, &*source, keep).map(|payload_bytes| Taken {
                         snap,
                         payload_bytes,
                         elapsed: started.elapsed(),
-                    })
-                })();
+                    });
                 let _ = done.send(written);
             });
         match spawned {
             Ok(_) => self.running = Some(result),
             Err(e) => tracing::error!(error = %e, "cannot start the snapshot thread"),
         }
+    }
+
+    /// Writes the snapshot of `source` (the state machine at `snap`) now, on the caller's
+    /// thread, and records it as [`Snapshotter::finished`] would: the simulator's way of running
+    /// the snapshot thread's work (the same [`write_snapshot`]) at one simulated moment.
+    ///
+    /// # Errors
+    /// As [`Snapshotter::finished`].
+    pub fn write_now(
+        &mut self,
+        snap: SnapshotId,
+        source: &dyn crate::state_machine::SnapshotSource,
+    ) -> Result<Taken, String> {
+        let meta = self.meta(snap);
+        let started = std::time::Instant::now();
+        let result = write_snapshot(
+            Arc::clone(&self.vfs),
+            &self.dir,
+            &meta,
+            source,
+            self.policy.keep.max(1),
+        )
+        .map(|payload_bytes| Taken {
+            snap,
+            payload_bytes,
+            elapsed: started.elapsed(),
+        });
+        if let Ok(taken) = &result {
+            self.newest = taken.snap.index;
+        }
+        result
     }
 
     /// Completes when the snapshot being written is done (never while none is).

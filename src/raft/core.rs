@@ -807,6 +807,12 @@ impl<S: Storage> RaftNode<S> {
         self.log.last_index()
     }
 
+    /// The first index the log still holds (after its compacted prefix or an installed
+    /// snapshot, even before the driver's reset of its storage is durable).
+    pub fn first_index(&self) -> LogIndex {
+        self.log.first_index()
+    }
+
     /// The term at `index` in the whole log; `Some(Term(0))` for index 0, `None` past the end.
     pub fn log_term(&self, index: LogIndex) -> Option<Term> {
         self.log.term(index)
@@ -1229,8 +1235,19 @@ impl<S: Storage> RaftNode<S> {
     fn handle_install_snapshot(&mut self, from: NodeId, m: InstallSnapshot) {
         self.hear_from_leader(from, "InstallSnapshot");
         let snap = m.snapshot;
-        if snap.index > self.commit {
-            if self.log.term(snap.index) == Some(snap.term) {
+        #[cfg(test)]
+        let (older, keeps_log) = {
+            use crate::mutation::{active, Mutation};
+            (
+                active(Mutation::InstallOlderSnapshot)
+                    && self.log.term(snap.index) != Some(snap.term),
+                active(Mutation::InstallKeepsConflictingLog) && self.log.last_index() >= snap.index,
+            )
+        };
+        #[cfg(not(test))]
+        let (older, keeps_log) = (false, false);
+        if snap.index > self.commit || older {
+            if self.log.term(snap.index) == Some(snap.term) || keeps_log {
                 // Log Matching: our log equals the leader's up to the snapshot's index, which is
                 // committed (a leader snapshots only what it applied).
                 self.commit = snap.index;
@@ -1689,8 +1706,14 @@ impl<S: Storage> RaftNode<S> {
             .flat_map(|(_, reads)| reads.iter())
             .chain(self.reads_next_round.iter());
         for r in pending {
+            // A read still pending when the leader compacted past its index: the entry (of this
+            // term when the read was registered) is behind the snapshot, its term unknown here.
+            let term_there = match self.log.term(r.index) {
+                None if r.index < self.log.first_index() => Some(self.term),
+                t => t,
+            };
             assert!(
-                r.index <= self.commit && self.log.term(r.index) == Some(self.term),
+                r.index <= self.commit && term_there == Some(self.term),
                 "node {id}: read {} at index {} (term there {:?}) while commit is {} in term {}",
                 r.ctx,
                 r.index,

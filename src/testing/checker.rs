@@ -175,6 +175,29 @@ impl LogMirror {
         self.prefix[index as usize - 1]
     }
 
+    /// The term, entry hash and prefix hash at `index` (1-based), if the mirror reaches it.
+    pub fn entry_at(&self, index: u64) -> Option<(Term, u64, u64)> {
+        let at = (index as usize).checked_sub(1)?;
+        Some((
+            *self.terms.get(at)?,
+            *self.hashes.get(at)?,
+            *self.prefix.get(at)?,
+        ))
+    }
+
+    /// A copy of the first `upto` entries (`upto` at most the last index).
+    pub fn prefix_copy(&self, upto: u64) -> LogMirror {
+        let mut copy = self.clone();
+        copy.truncate_from(LogIndex(upto + 1));
+        copy
+    }
+
+    fn push_raw(&mut self, term: Term, hash: u64, prefix: u64) {
+        self.terms.push(term);
+        self.hashes.push(hash);
+        self.prefix.push(prefix);
+    }
+
     /// Removes every entry with index >= `from`.
     pub fn truncate_from(&mut self, from: LogIndex) {
         let keep = from.0.saturating_sub(1) as usize;
@@ -274,6 +297,12 @@ pub struct SafetyChecker {
     matching: HashMap<(u64, u64), u64>,
     /// Prefix hashes of the committed log, `committed[i - 1]` for index i.
     committed: Vec<u64>,
+    /// The committed log itself (term, entry and prefix hash per index): what a node that
+    /// installs a snapshot, or restarts from one, holds up to the snapshot's index.
+    committed_log: LogMirror,
+    /// The state machine's digest after applying each index (`states[i - 1]`), as the first node
+    /// that reached it reported it, through entries or through a snapshot.
+    states: Vec<Option<u64>>,
     committed_by_term: CommitStaircase,
     /// Entry hash applied at each index (`applied[i - 1]`).
     applied: Vec<u64>,
@@ -525,9 +554,46 @@ impl SafetyChecker {
         }
         for i in known + 1..=commit {
             self.committed.push(log.prefix_at(i));
+            let (t, h, p) = log
+                .entry_at(i)
+                .expect("commit <= last index, checked above");
+            self.committed_log.push_raw(t, h, p);
         }
         self.committed_by_term.insert(term, commit);
         Ok(())
+    }
+
+    /// The committed log up to `index`, or `None` if no node reported that much committed.
+    pub fn committed_prefix(&self, index: u64) -> Option<LogMirror> {
+        (index <= self.committed_log.last_index()).then(|| self.committed_log.prefix_copy(index))
+    }
+
+    /// A node's state machine, after applying index `index` (entry by entry, or by installing or
+    /// restarting from a snapshot at `index`), has digest `digest`: every node's state at one
+    /// index must be the same (State Machine Safety, §5.4.3, for the state rather than the
+    /// entries, which a node that got there by snapshot never saw).
+    pub fn on_state(&mut self, node: usize, index: u64, digest: u64) -> Result<(), Violation> {
+        if index == 0 {
+            return Ok(());
+        }
+        let at = index as usize - 1;
+        if self.states.len() <= at {
+            self.states.resize(at + 1, None);
+        }
+        match self.states[at] {
+            None => {
+                self.states[at] = Some(digest);
+                Ok(())
+            }
+            Some(d) if d == digest => Ok(()),
+            Some(d) => Err(Violation::new(
+                Property::StateMachineSafety,
+                format!(
+                    "node {node}'s state machine after index {index} has digest {digest:#x}, \
+                     another node's had {d:#x} there"
+                ),
+            )),
+        }
     }
 
     /// A node applied `e` (State Machine Safety, §5.4.3).

@@ -33,6 +33,18 @@
 //! engine's own recovery, and must find everything the engine had reported durable (the
 //! Durability property), then builds a new core with a fresh RNG seed.
 //!
+//! # Snapshots (when [`ClusterConfig::snapshots`] is set)
+//! A node's [`Snapshotter`] decides when to snapshot and writes the file through the node's own
+//! `write_snapshot` on its `SimFs`; `Driver::snapshot_taken` compacts. A leader's InstallSnapshot
+//! becomes a transfer of the file in chunks, each a network message (lost, duplicated,
+//! reordered), read and received by the node's own `NodeSnapshots`; the follower's driver gets
+//! the message once the file is whole and durable, and installs through the node's own
+//! installer. Restarts run the node's own `recover_snapshot`. Power cuts land inside snapshot
+//! writes and installs. The transport's stream logic (`grpc::snapshot::send_snapshot`, tokio)
+//! is the one part modelled rather than run: [`Transfer`] follows it step by step.
+//! Invariant: a node's mirror holds its whole logical log from index 1 (compaction does not
+//! shorten it; an install replaces it by the committed log up to the snapshot's index).
+//!
 //! # Checks
 //! After each event, the node it touched is checked: `check_invariants()`, then the
 //! [`SafetyChecker`] properties over the simulator's mirror of its log; every outgoing
@@ -59,9 +71,14 @@ use tokio::sync::oneshot;
 use crate::driver::{
     Driver, DriverConfig, Inbound, Outbox, ProposeOutcome, ProposeRefused, ReadGrant, ReadRefused,
 };
-use crate::raft::{Config, Envelope, HardState, Message, RaftNode, Ready, Role};
+use crate::grpc::{AcceptError, SnapshotFiles};
+use crate::mutation::Mutation;
+use crate::node::snapshots::{NodeSnapshots, SnapshotPolicy, Snapshotter};
+use crate::raft::{Config, Envelope, HardState, Message, RaftNode, Ready, Role, SnapshotId};
+use crate::state_machine::{Snapshot, SnapshotError, SnapshotSource, StateMachine};
 use crate::storage::engine::{Engine, LogView, WriteBatch};
 use crate::storage::file::{PowerLossReport, SimFs};
+use crate::storage::snapshot::PAYLOAD_KIND_OPAQUE;
 use crate::storage::state::{Identity, RaftState};
 use crate::storage::{LogConfig, RaftLog};
 use crate::testing::checker::{
@@ -89,6 +106,33 @@ pub struct ClusterConfig {
     pub tick_us: Vec<u64>,
     /// Printed with every failure: how to replay this run.
     pub replay: String,
+    /// Snapshots and log compaction (`None`: nodes never snapshot; their logs only grow).
+    pub snapshots: Option<SnapshotSim>,
+    /// A deliberate bug switched on in the production code while this cluster drives a node
+    /// (only in the crate's unit-test build; see [`crate::mutation`]).
+    pub mutation: Option<Mutation>,
+}
+
+/// How simulated nodes take, send and install snapshots.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotSim {
+    /// The node's policy, as the config gives it to a real node (`snapshot_entries`,
+    /// `snapshot_catchup_entries`, files kept).
+    pub policy: SnapshotPolicy,
+    /// Once a snapshot is due, the chance that a given event of the node takes it (so snapshots
+    /// land at random points, not exactly every `every_entries`).
+    pub take_chance: f64,
+    /// The chance that the power is cut in the middle of a snapshot's write (after a random
+    /// number of disk operations of it), and of an install (the received file's sync and rename,
+    /// the core's decision, the log's reset).
+    pub write_cut_chance: f64,
+    pub install_cut_chance: f64,
+    /// Bytes of snapshot file per chunk on the simulated network (the real transport sends
+    /// `grpc::snapshot::CHUNK_BYTES`; small here so that every transfer has several chunks).
+    pub chunk_bytes: usize,
+    /// A stream whose answer has not arrived after this long is given up (the real transport
+    /// bounds each chunk by the RPC timeout).
+    pub stream_timeout_us: u64,
 }
 
 /// The node index of a `NodeId` (ids are `1..=n`).
@@ -100,6 +144,96 @@ pub fn node_index(id: NodeId) -> usize {
 /// The `NodeId` of node index `i`.
 pub fn node_id(i: usize) -> NodeId {
     NodeId(i as u32 + 1)
+}
+
+/// The state machine of a simulated node: a digest chained over every applied entry, and 16
+/// registers the entries scatter their hashes into (so a snapshot has a payload of several
+/// chunks). Two machines that applied the same entries in the same order have the same digest;
+/// the cluster reports the digest after every index to the checker ([`SafetyChecker::on_state`]).
+#[derive(Debug, Default)]
+pub struct SimMachine {
+    index: u64,
+    digest: u64,
+    regs: [u64; SIM_MACHINE_REGS],
+    /// (index, digest) after each apply or restore, drained by the cluster after each event.
+    journal: std::cell::RefCell<Vec<(u64, u64)>>,
+}
+
+const SIM_MACHINE_REGS: usize = 16;
+const SIM_MACHINE_BYTES: usize = 16 + 8 * SIM_MACHINE_REGS;
+
+impl SimMachine {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(SIM_MACHINE_BYTES);
+        b.extend_from_slice(&self.index.to_le_bytes());
+        b.extend_from_slice(&self.digest.to_le_bytes());
+        for r in &self.regs {
+            b.extend_from_slice(&r.to_le_bytes());
+        }
+        b
+    }
+
+    fn take_journal(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut *self.journal.borrow_mut())
+    }
+
+    /// The index of the last entry this machine reflects.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+}
+
+impl StateMachine for SimMachine {
+    type Response = ();
+
+    fn apply(&mut self, entry: &LogEntry) {
+        let h = entry_hash(entry);
+        self.index = entry.index.0;
+        self.digest = crate::testing::rng::mix64(self.digest ^ h);
+        let reg = (h % SIM_MACHINE_REGS as u64) as usize;
+        self.regs[reg] = crate::testing::rng::mix64(self.regs[reg] ^ h);
+        self.digest = crate::testing::rng::mix64(self.digest ^ self.regs[reg]);
+        self.journal.borrow_mut().push((self.index, self.digest));
+    }
+}
+
+struct SimMachineView(Vec<u8>);
+
+impl SnapshotSource for SimMachineView {
+    fn write_to(&self, w: &mut dyn std::io::Write) -> std::io::Result<u64> {
+        w.write_all(&self.0)?;
+        Ok(self.0.len() as u64)
+    }
+}
+
+impl Snapshot for SimMachine {
+    fn snapshot_view(&self) -> Box<dyn SnapshotSource> {
+        Box::new(SimMachineView(self.encode()))
+    }
+
+    fn restore_from(&mut self, r: &mut dyn std::io::Read) -> Result<(), SnapshotError> {
+        let mut b = Vec::new();
+        r.read_to_end(&mut b)
+            .map_err(|source| SnapshotError::Io { offset: 0, source })?;
+        if b.len() != SIM_MACHINE_BYTES {
+            return Err(SnapshotError::Corrupt {
+                offset: 0,
+                what: format!("{} bytes, expected {SIM_MACHINE_BYTES}", b.len()),
+            });
+        }
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        self.index = word(0);
+        self.digest = word(1);
+        for (k, r) in self.regs.iter_mut().enumerate() {
+            *r = word(2 + k);
+        }
+        self.journal.borrow_mut().push((self.index, self.digest));
+        Ok(())
+    }
 }
 
 /// What one event was.
@@ -176,6 +310,21 @@ pub struct ClusterStats {
     pub reads_unknown: u64,
     /// Durable writes (engine fdatasyncs) the simulated disks completed.
     pub disk_writes: u64,
+    /// Snapshots written (and the log compacted behind them), and those a power cut interrupted.
+    pub snapshots_taken: u64,
+    pub snapshot_writes_cut: u64,
+    /// InstallSnapshot transfers started, chunks sent, streams restarted, transfers given up,
+    /// snapshots received whole, and installed by the core (the state machine replaced).
+    pub transfers: u64,
+    pub chunks_sent: u64,
+    pub streams_restarted: u64,
+    pub transfers_failed: u64,
+    pub snapshots_received: u64,
+    pub installs: u64,
+    /// Installs (receive, decision, reset) a power cut interrupted.
+    pub installs_cut: u64,
+    /// Restarts that restored the state machine from a snapshot file.
+    pub restarts_from_snapshot: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -191,6 +340,64 @@ enum EventKind {
         op: u64,
     },
     Timer(u64),
+    /// One chunk of an InstallSnapshot stream, leader `from` to follower `to`.
+    Chunk {
+        from: usize,
+        to: usize,
+        chunk: SimChunk,
+    },
+    /// The follower's answer ending a stream (everything but the snapshot's acknowledgement,
+    /// which is a Raft message).
+    ChunkAnswer {
+        from: usize,
+        to: usize,
+        stream: u64,
+        answer: StreamEnd,
+    },
+    /// Leader `node` gives up waiting for stream `stream` of its transfer to `to`.
+    StreamTimeout {
+        node: usize,
+        incarnation: u64,
+        to: usize,
+        stream: u64,
+    },
+}
+
+/// A chunk as the real transport sends it (`pb::InstallSnapshotChunk`): the InstallSnapshot
+/// message's header, the offset, the bytes, and `done` on the last (empty) one.
+#[derive(Clone, Debug)]
+struct SimChunk {
+    env: Envelope,
+    snap: SnapshotId,
+    stream: u64,
+    offset: u64,
+    data: Vec<u8>,
+    done: bool,
+}
+
+/// How a stream ended on the follower's side.
+#[derive(Clone, Copy, Debug)]
+enum StreamEnd {
+    /// The follower holds this many bytes: resume there.
+    ResumeAt(u64),
+    /// The bytes or the file were refused: start again from 0.
+    Refused,
+    /// The whole snapshot is durable and went to the core (its answer follows as a message).
+    Finished,
+}
+
+/// A leader's transfer of one snapshot to one follower: the simulator's model of
+/// `grpc::snapshot::send_snapshot` (streams from an offset, resumed where the follower says,
+/// given up after `TRANSFER_ATTEMPTS_MAX` streams in a row without progress).
+#[derive(Clone, Debug)]
+struct Transfer {
+    env: Envelope,
+    snap: SnapshotId,
+    stream: u64,
+    /// Where the current stream started sending / what it sent up to.
+    offset: u64,
+    confirmed: u64,
+    streams_without_progress: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -313,12 +520,13 @@ const TRACE_LEN: usize = 60;
 
 /// The core of a simulated node: the node's core over the engine's view of a log on `SimFs`.
 pub type SimCore = RaftNode<LogView>;
-type SimDriver = Driver<SimCore, Engine, ()>;
+type SimDriver = Driver<SimCore, Engine, SimMachine>;
 
 /// What the driver did, recorded by its [`Outbox`] and processed by the cluster right after (in
 /// order), so the driver never needs the cluster's state.
 enum Effect {
     Ready {
+        install: Option<SnapshotId>,
         truncate_from: Option<LogIndex>,
         entries: Vec<LogEntry>,
         appends: usize,
@@ -326,11 +534,13 @@ enum Effect {
     Request(Envelope),
     Response(Envelope),
     Durable {
+        reset: Option<SnapshotId>,
         truncate_from: Option<LogIndex>,
         entries: Vec<LogEntry>,
         hard_state: Option<HardState>,
     },
     Apply(LogEntry),
+    Install(SnapshotId),
 }
 
 #[derive(Default)]
@@ -343,6 +553,7 @@ impl Outbox for Effects {
     }
     fn observe_ready(&mut self, ready: &Ready) {
         self.0.push(Effect::Ready {
+            install: ready.install_snapshot,
             truncate_from: ready.truncate_from,
             entries: ready.entries.clone(),
             appends: ready
@@ -357,6 +568,7 @@ impl Outbox for Effects {
     }
     fn observe_durable(&mut self, batch: &WriteBatch) {
         self.0.push(Effect::Durable {
+            reset: batch.reset,
             truncate_from: batch.truncate_from,
             entries: batch.entries.clone(),
             hard_state: batch.hard_state,
@@ -364,6 +576,9 @@ impl Outbox for Effects {
     }
     fn observe_apply(&mut self, entry: &LogEntry) {
         self.0.push(Effect::Apply(entry.clone()));
+    }
+    fn observe_install(&mut self, snap: SnapshotId) {
+        self.0.push(Effect::Install(snap));
     }
 }
 
@@ -382,6 +597,13 @@ struct Running {
     proposals: Vec<(u64, Vec<u8>, ProposeAnswer)>,
     /// (read id, the answer).
     reads: Vec<(u64, ReadAnswer)>,
+    /// The node's snapshot files as its transport sees them (the receiving transfer lives here,
+    /// so a crash loses it as it loses the real node's).
+    files: NodeSnapshots,
+    /// When to snapshot and the newest snapshot written (`None`: snapshots off).
+    snapshotter: Option<Snapshotter>,
+    /// This leader's transfers in progress, by follower.
+    transfers: HashMap<usize, Transfer>,
 }
 
 impl Running {
@@ -429,6 +651,9 @@ struct Slot {
     last_role: Option<(Role, Term)>,
     /// When this node last sent AppendEntries to every peer in one Ready (a heartbeat round).
     last_broadcast_us: Option<u64>,
+    /// The snapshot index of an install whose log reset is not durable yet: the core counts
+    /// the snapshot's index as persisted at once (the snapshot file is durable already).
+    reset_in_flight: Option<u64>,
 }
 
 /// The directory of node `i`'s log and state file on its `SimFs`.
@@ -465,7 +690,18 @@ pub struct Cluster {
     /// another is still in flight (a group's state-file write landed and its log write did not,
     /// or the other way round: the window of issue 11's finding 2).
     disk_trap: Option<usize>,
-    disk_trap_fired: Option<usize>,
+    /// Nodes crashed by the disk trap or a power cut during a snapshot write or install, for the
+    /// scenario to restart.
+    disk_trap_fired: Vec<usize>,
+    /// The node whose drive runs while its power is being cut: its durable writes may fail
+    /// (they would on a machine that stops), and it crashes right after.
+    power_cut: Option<usize>,
+    /// Whether power cuts during snapshot writes and installs are drawn (off in a liveness phase).
+    pub power_cuts: bool,
+    /// Stream ids of InstallSnapshot transfers (one counter for the whole cluster).
+    next_stream: u64,
+    /// Set while a snapshot is being taken (a drive inside it must not start another).
+    snapshotting: bool,
 }
 
 impl Cluster {
@@ -475,6 +711,11 @@ impl Cluster {
         assert!(
             n >= 1 && config.tick_us.len() == n,
             "{n} nodes need {n} tick periods"
+        );
+        #[cfg(not(test))]
+        assert!(
+            config.mutation.is_none(),
+            "mutations exist only in the crate's unit-test build (cargo test --lib)"
         );
         let rng = SimRng::new(config.seed);
         let mut slots = Vec::with_capacity(n);
@@ -497,6 +738,7 @@ impl Cluster {
                 next_apply: None,
                 last_role: None,
                 last_broadcast_us: None,
+                reset_in_flight: None,
             });
         }
         let net = SimNetwork::new(n, config.net.clone());
@@ -515,10 +757,18 @@ impl Cluster {
             trace: VecDeque::with_capacity(TRACE_LEN),
             tracing: true,
             trace_ticks: true,
-            trace_len: TRACE_LEN,
+            // SIM_TRACE_LEN lengthens the failure report's trace when a seed needs it.
+            trace_len: std::env::var("SIM_TRACE_LEN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(TRACE_LEN),
             entries_blocked: vec![false; n],
             disk_trap: None,
-            disk_trap_fired: None,
+            disk_trap_fired: Vec::new(),
+            power_cut: None,
+            power_cuts: true,
+            next_stream: 0,
+            snapshotting: false,
         };
         for i in 0..n {
             c.restart(i);
@@ -702,13 +952,20 @@ impl Cluster {
             .take()
             .unwrap_or_else(|| panic!("drive({i}, {what}) on a node that is down"));
         let mut fx = Effects::default();
+        let mutation = self.config.mutation;
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            f(&mut running.driver);
-            running.settle(&mut fx)
+            with_mutation(mutation, || {
+                f(&mut running.driver);
+                running.settle(&mut fx)
+            })
         }));
+        let states = running.driver.state_machine().take_journal();
         self.slots[i].running = Some(running);
         match outcome {
             Ok(Ok(())) => {}
+            Ok(Err(e)) if self.power_cut == Some(i) => {
+                self.trace_note(format!("n{i}: {what} failed as the power went: {e}"));
+            }
             Ok(Err(e)) => self.fail(Violation::new(
                 Property::NodeInvariants,
                 format!("node {i}: a durable write failed in {what}: {e}"),
@@ -724,6 +981,10 @@ impl Cluster {
         for effect in fx.0 {
             self.process(i, effect);
         }
+        for (index, digest) in states {
+            let r = self.checker.on_state(i, index, digest);
+            self.check(r);
+        }
         self.collect_answers(i);
         let incarnation = self.slots[i].incarnation;
         for op in self.slots[i].fs.take_started_io() {
@@ -738,23 +999,48 @@ impl Cluster {
             );
         }
         self.check_node(i);
+        if !self.snapshotting && self.power_cut.is_none() {
+            self.snapshotting = true;
+            self.maybe_snapshot(i);
+            self.snapshotting = false;
+        }
     }
 
     /// Processes one effect of node `i`'s driver (see [`Effect`]).
     fn process(&mut self, i: usize, effect: Effect) {
         match effect {
             Effect::Ready {
+                install,
                 truncate_from,
                 entries,
                 appends,
-            } => self.on_ready(i, truncate_from, &entries, appends),
+            } => {
+                if let Some(snap) = install {
+                    self.on_ready_install(i, snap);
+                }
+                self.on_ready(i, truncate_from, &entries, appends)
+            }
+            Effect::Request(env) if matches!(env.msg, Message::InstallSnapshot(_)) => {
+                self.start_transfer(i, env)
+            }
             Effect::Request(env) => self.send(i, env),
             Effect::Response(env) => self.check_response(i, &env),
             Effect::Durable {
+                reset,
                 truncate_from,
                 entries,
                 hard_state,
             } => {
+                if let Some(snap) = reset {
+                    let prefix = self.committed_prefix_or_fail(i, snap);
+                    let s = &mut self.slots[i];
+                    s.durable = prefix;
+                    s.reset_in_flight = None;
+                    let from = snap.index.next();
+                    if let Some(at) = s.truncations_in_flight.iter().position(|t| *t == from) {
+                        s.truncations_in_flight.remove(at);
+                    }
+                }
                 if self.tracing {
                     self.note(TraceRec::Disk {
                         node: i,
@@ -783,7 +1069,83 @@ impl Cluster {
                 }
             }
             Effect::Apply(e) => self.on_apply(i, e),
+            Effect::Install(snap) => self.on_install(i, snap),
         }
+    }
+
+    /// The committed log up to a snapshot's index: what a node holds there once it installed
+    /// the snapshot (a snapshot covers only applied, hence committed, entries).
+    fn committed_prefix_or_fail(&self, i: usize, snap: SnapshotId) -> LogMirror {
+        match self.checker.committed_prefix(snap.index.0) {
+            Some(m) if m.term_at(snap.index.0) == Some(snap.term) => m,
+            Some(m) => self.fail(Violation::new(
+                Property::StateMachineSafety,
+                format!(
+                    "node {i} takes a snapshot at index {} term {}, but the committed entry \
+                     there has term {:?}",
+                    snap.index,
+                    snap.term,
+                    m.term_at(snap.index.0)
+                ),
+            )),
+            None => self.fail(Violation::new(
+                Property::StateMachineSafety,
+                format!(
+                    "node {i} takes a snapshot at index {} (term {}) beyond every commit index \
+                     reported ({})",
+                    snap.index,
+                    snap.term,
+                    self.checker.committed_len()
+                ),
+            )),
+        }
+    }
+
+    /// A Ready of node `i` installs `snap`: its log becomes the committed log up to the
+    /// snapshot's index (and nothing after it, until the Ready's own entries).
+    fn on_ready_install(&mut self, i: usize, snap: SnapshotId) {
+        let prefix = self.committed_prefix_or_fail(i, snap);
+        let s = &mut self.slots[i];
+        s.mirror = prefix;
+        // Until the reset is durable, a crash may keep the old log or the new one: durable
+        // entries after the snapshot's index may be gone, as after a truncation.
+        s.truncations_in_flight.push_back(snap.index.next());
+        s.reset_in_flight = Some(snap.index.0);
+    }
+
+    /// The driver replaced node `i`'s state machine by the snapshot `snap`.
+    fn on_install(&mut self, i: usize, snap: SnapshotId) {
+        self.stats.installs += 1;
+        self.trace_note(format!(
+            "n{i} installs the snapshot at {}@t{}",
+            snap.index, snap.term
+        ));
+        let applied = self.slots[i].next_apply.map_or(0, |n| n - 1);
+        if snap.index.0 < applied {
+            self.fail(Violation::new(
+                Property::StateMachineSafety,
+                format!(
+                    "node {i} installs the snapshot at index {} (term {}) over a state machine \
+                     that already applied index {applied}: its state goes back",
+                    snap.index, snap.term
+                ),
+            ));
+        }
+        let machine_at = self.slots[i]
+            .running
+            .as_ref()
+            .map_or(snap.index.0, |r| r.driver.state_machine().index());
+        if machine_at != snap.index.0 {
+            self.fail(Violation::new(
+                Property::StateMachineSafety,
+                format!(
+                    "node {i} installed the snapshot at index {} but its state machine reflects \
+                     index {machine_at}",
+                    snap.index
+                ),
+            ));
+        }
+        self.slots[i].next_apply = Some(snap.index.0 + 1);
     }
 
     /// A Ready of node `i`: its entries go into the mirror and through the Log Matching check.
@@ -1084,7 +1446,7 @@ impl Cluster {
                     // Crash before the node even sees this completion: one write of its group is
                     // durable, another is not.
                     self.disk_trap = None;
-                    self.disk_trap_fired = Some(node);
+                    self.disk_trap_fired.push(node);
                     self.trace_note(format!(
                         "disk trap: n{node} crashes between two completions"
                     ));
@@ -1095,6 +1457,69 @@ impl Cluster {
                 Stepped::DiskDone(node)
             }
             EventKind::Timer(tag) => Stepped::Timer(tag),
+            EventKind::Chunk { from, to, chunk } => {
+                if !self.net.deliverable(from, to) || self.slots[to].running.is_none() {
+                    self.note(TraceRec::Lost { from, to });
+                    return Stepped::Lost { from, to };
+                }
+                if self.tracing {
+                    self.note(TraceRec::Deliver {
+                        from,
+                        to,
+                        msg: format!(
+                            "snapshot chunk {}@t{} stream {} offset {} len {}{}",
+                            chunk.snap.index,
+                            chunk.snap.term,
+                            chunk.stream,
+                            chunk.offset,
+                            chunk.data.len(),
+                            if chunk.done { " (last)" } else { "" }
+                        ),
+                    });
+                }
+                self.on_chunk(from, to, chunk);
+                Stepped::Delivered { from, to }
+            }
+            EventKind::ChunkAnswer {
+                from,
+                to,
+                stream,
+                answer,
+            } => {
+                if !self.net.deliverable(from, to) || self.slots[to].running.is_none() {
+                    self.note(TraceRec::Lost { from, to });
+                    return Stepped::Lost { from, to };
+                }
+                if self.tracing {
+                    self.note(TraceRec::Deliver {
+                        from,
+                        to,
+                        msg: format!("snapshot stream {stream} ends: {answer:?}"),
+                    });
+                }
+                self.on_chunk_answer(from, to, stream, answer);
+                Stepped::Delivered { from, to }
+            }
+            EventKind::StreamTimeout {
+                node,
+                incarnation,
+                to,
+                stream,
+            } => {
+                let current = self.slots[node].incarnation == incarnation
+                    && self.slots[node]
+                        .running
+                        .as_ref()
+                        .and_then(|r| r.transfers.get(&to))
+                        .is_some_and(|t| t.stream == stream);
+                if current {
+                    self.trace_note(format!(
+                        "n{node}: snapshot stream {stream} to n{to} timed out"
+                    ));
+                    self.stream_ended(node, to, None);
+                }
+                Stepped::DiskDone(node)
+            }
         }
     }
 
@@ -1296,7 +1721,12 @@ impl Cluster {
             ));
         }
         let p = core.persisted_index().0;
-        if p > s.durable.last_index() || s.durable.term_at(p) != s.mirror.term_at(p) {
+        // While an install's log reset is not durable, the core counts the snapshot's index as
+        // persisted already (the snapshot file is durable); the log before the reset may be
+        // longer or shorter. It must claim nothing beyond the snapshot that is not durable.
+        let resetting = s.reset_in_flight.is_some_and(|at| p <= at);
+        if !resetting && (p > s.durable.last_index() || s.durable.term_at(p) != s.mirror.term_at(p))
+        {
             return Err(Violation::new(
                 Property::ReadyContract,
                 format!(
@@ -1326,7 +1756,7 @@ impl Cluster {
             let Some(core) = self.core(i) else {
                 continue;
             };
-            for idx in 1..=s.mirror.last_index() {
+            for idx in core.first_index().0..=s.mirror.last_index() {
                 let got = core.log_entry(LogIndex(idx)).map(|e| entry_hash(&e));
                 if got != s.mirror.entry_hash_at(idx) {
                     self.fail(Violation::new(
@@ -1432,16 +1862,26 @@ impl Cluster {
             return;
         }
         let fs = self.slots[i].fs.clone();
+        let vfs: Arc<dyn crate::storage::file::Vfs> = Arc::new(fs.clone());
         let dir = node_dir(i);
-        let log = match RaftLog::open_with(self.log_config(i), Arc::new(fs.clone())) {
+        let mut log = match RaftLog::open_with(self.log_config(i), Arc::new(fs.clone())) {
             Ok(log) => log,
             Err(e) => self.fail(Violation::new(
                 Property::Durability,
                 format!("node {i} cannot recover its log after the power loss: {e}"),
             )),
         };
-        let log_range =
-            (log.last_index() >= log.first_index()).then(|| (log.first_index(), log.last_index()));
+        // The node's own startup: unfinished snapshot files removed, the newest valid snapshot
+        // chosen (refused if the log starts after it), an interrupted install finished.
+        let chosen = match crate::node::recover_snapshot(&fs, &dir, &mut log) {
+            Ok(chosen) => chosen,
+            Err(e) => self.fail(Violation::new(
+                Property::Durability,
+                format!("node {i} refuses to start after the power loss: {e}"),
+            )),
+        };
+        let log_range = (log.last_index() >= log.first_index() || log.first_index() > LogIndex(1))
+            .then(|| (log.first_index(), log.last_index()));
         let identity = Identity {
             cluster_id: 1,
             node_id: node_id(i).0,
@@ -1465,9 +1905,52 @@ impl Cluster {
             .iter()
             .map(|e| e.to_owned_entry())
             .collect::<Vec<_>>();
-        self.check_recovered(i, &recovered, hs);
-        // The mirrors start from what the disk holds.
-        let mut mirror = LogMirror::default();
+        let first = log.first_index();
+        // Recovery finished an install whose snapshot file was durable before the log's reset
+        // (the rename survived the power loss): the durable log after the snapshot's index is
+        // gone, legitimately if the snapshot is committed state (checked here), because an
+        // entry conflicting with a committed one is never committed itself.
+        let finished_install = chosen
+            .as_ref()
+            .map(|c| c.id)
+            .filter(|snap| self.slots[i].durable.term_at(snap.index.0) != Some(snap.term));
+        if let Some(snap) = finished_install {
+            self.committed_prefix_or_fail(i, snap);
+            self.trace_note(format!(
+                "n{i} recovery finishes the install of the snapshot at {}@t{}",
+                snap.index, snap.term
+            ));
+        }
+        self.check_recovered(i, &recovered, first, hs, finished_install.map(|s| s.index));
+        // The mirrors start from what the disk holds: the committed log up to where the log
+        // starts (a snapshot covers it, and holds committed entries only), then the log.
+        let mut mirror = if first.0 > 1 {
+            match self.checker.committed_prefix(first.0 - 1) {
+                Some(m) => m,
+                None => self.fail(Violation::new(
+                    Property::Durability,
+                    format!(
+                        "node {i}'s log starts at {first} after a snapshot, beyond every commit \
+                         index reported ({})",
+                        self.checker.committed_len()
+                    ),
+                )),
+            }
+        } else {
+            LogMirror::default()
+        };
+        let mut machine = SimMachine::default();
+        let snapshot = chosen.as_ref().map(|c| c.id);
+        if let Some(c) = &chosen {
+            if let Err(e) = crate::node::restore_from_file(&fs, &c.path, c.id, &mut machine) {
+                self.fail(Violation::new(
+                    Property::Durability,
+                    format!("node {i} cannot restore its snapshot after the power loss: {e}"),
+                ));
+            }
+            self.stats.restarts_from_snapshot += 1;
+        }
+        let applied = snapshot.map_or(LogIndex::ZERO, |s| s.index);
         for e in &recovered {
             let prefix = mirror.append(e).unwrap_or_else(|exp| {
                 panic!("recovered log of node {i}: expected {exp}, got {}", e.index)
@@ -1483,7 +1966,8 @@ impl Cluster {
         config.voters = (0..self.slots.len()).map(node_id).collect();
         config.rng_seed = self.rng.fork();
         config.max_entry_payload_bytes = max_payload;
-        let core = match RaftNode::new(config, hs, view) {
+        let voters = config.voters.clone();
+        let core = match RaftNode::restart(config, hs, view, snapshot) {
             Ok(c) => c,
             // Either the plan built a bad config (a simulator bug) or the core refused the state
             // the disk kept (a core or storage bug); both stop the run with the seed.
@@ -1492,17 +1976,32 @@ impl Cluster {
                 format!("node {i} cannot restart from {hs:?} and a log of {last} entries: {e}"),
             )),
         };
-        let driver = Driver::new(
+        let mut driver = Driver::new(
             core,
             engine,
-            (),
+            machine,
             DriverConfig {
                 addresses: HashMap::new(),
                 proposals_pending_max: usize::MAX,
                 reads_pending_max: usize::MAX,
             },
-            LogIndex::ZERO,
+            applied,
         );
+        driver.set_snapshot_installer(crate::node::snapshot_installer(
+            Arc::clone(&vfs),
+            dir.clone(),
+        ));
+        let snapshotter = self.config.snapshots.map(|sim| {
+            Snapshotter::new(
+                Arc::clone(&vfs),
+                dir.clone(),
+                1,
+                PAYLOAD_KIND_OPAQUE,
+                voters,
+                sim.policy,
+                applied,
+            )
+        });
         let s = &mut self.slots[i];
         s.running = Some(Running {
             driver,
@@ -1510,14 +2009,18 @@ impl Cluster {
             replies: Vec::new(),
             proposals: Vec::new(),
             reads: Vec::new(),
+            files: NodeSnapshots::new(vfs, dir),
+            snapshotter,
+            transfers: HashMap::new(),
         });
         s.durable = mirror.clone();
         s.truncations_in_flight.clear();
+        s.reset_in_flight = None;
         s.mirror = mirror;
         s.durable_hs = hs;
-        // After a restart the core re-delivers the committed prefix from index 1 (the state
-        // machine is rebuilt from scratch).
-        s.next_apply = Some(1);
+        // After a restart the core re-delivers the committed prefix after the snapshot (from
+        // index 1 without one: the state machine is rebuilt from scratch).
+        s.next_apply = Some(applied.0 + 1);
         let offset = self.rng.range(0, s.tick_us - 1);
         s.next_tick_us = self.now_us + offset + 1;
         s.last_broadcast_us = None;
@@ -1532,25 +2035,36 @@ impl Cluster {
 
     /// Durability: what node `i`'s engine reported durable before the crash is what recovery
     /// found (the log's prefix, exactly, and the term and vote).
-    fn check_recovered(&self, i: usize, recovered: &[LogEntry], hs: HardState) {
+    fn check_recovered(
+        &self,
+        i: usize,
+        recovered: &[LogEntry],
+        first: LogIndex,
+        hs: HardState,
+        reset_to: Option<LogIndex>,
+    ) {
         let s = &self.slots[i];
-        // Durable entries at or after a truncation the engine had started may be gone.
+        // Durable entries at or after a truncation the engine had started (or after a snapshot
+        // whose install recovery finished) may be gone.
         let durable_last = s
             .truncations_in_flight
             .iter()
             .map(|t| t.0 - 1)
+            .chain(reset_to.map(|r| r.0))
             .fold(s.durable.last_index(), u64::min);
-        if (recovered.len() as u64) < durable_last {
+        // Entries before `first` were compacted behind a snapshot that recovery checked covers
+        // them (and whose state the checker compares with every other node's).
+        let recovered_last = recovered.last().map_or(first.0 - 1, |e| e.index.0);
+        if recovered_last < durable_last {
             self.fail(Violation::new(
                 Property::Durability,
                 format!(
-                    "node {i} recovered {} entries, but the engine had reported {durable_last} \
-                     durable",
-                    recovered.len()
+                    "node {i} recovered entries up to {recovered_last}, but the engine had \
+                     reported {durable_last} durable"
                 ),
             ));
         }
-        for e in recovered.iter().take(durable_last as usize) {
+        for e in recovered.iter().take_while(|e| e.index.0 <= durable_last) {
             if s.durable.entry_hash_at(e.index.0) != Some(entry_hash(e)) {
                 self.fail(Violation::new(
                     Property::Durability,
@@ -1576,15 +2090,341 @@ impl Cluster {
         }
     }
 
+    /// Node `i` takes a snapshot if its policy says one is due (and the seed's dice agree): the
+    /// real node's [`Snapshotter`] decides and writes it through the production
+    /// `write_snapshot` on the node's `SimFs`, then the driver compacts the log behind it
+    /// (`Driver::snapshot_taken`). Sometimes the power is cut after a random number of the
+    /// write's disk operations (or during the compaction), and the node crashes there.
+    fn maybe_snapshot(&mut self, i: usize) {
+        let Some(sim) = self.config.snapshots else {
+            return;
+        };
+        let Some(running) = self.slots[i].running.as_ref() else {
+            return;
+        };
+        let Some(snapshotter) = running.snapshotter.as_ref() else {
+            return;
+        };
+        let Some(at) = running.driver.applied() else {
+            return;
+        };
+        if !snapshotter.due(at.index, running.driver.core().snapshot())
+            || !self.rng.chance(sim.take_chance)
+        {
+            return;
+        }
+        let cut = self.power_cuts && self.rng.chance(sim.write_cut_chance);
+        if cut {
+            let ops = self.rng.range(0, 12);
+            self.slots[i].fs.power_off_after(ops);
+            self.power_cut = Some(i);
+        }
+        let Some(running) = self.slots[i].running.as_mut() else {
+            return;
+        };
+        let source = running.driver.state_machine().snapshot_view();
+        let written = match running.snapshotter.as_mut() {
+            Some(snapshotter) => snapshotter.write_now(at, &*source),
+            None => return,
+        };
+        match written {
+            Ok(taken) => {
+                self.stats.snapshots_taken += 1;
+                self.trace_note(format!(
+                    "n{i} snapshot at {}@t{} ({} payload bytes); compacting, keeping {}",
+                    taken.snap.index,
+                    taken.snap.term,
+                    taken.payload_bytes,
+                    sim.policy.catchup_entries
+                ));
+                let mut compacted = Ok(());
+                self.drive(i, "snapshot taken", |d| {
+                    compacted = d.snapshot_taken(at, sim.policy.catchup_entries);
+                });
+                if let Err(e) = compacted {
+                    if !cut {
+                        self.fail(Violation::new(
+                            Property::NodeInvariants,
+                            format!(
+                                "node {i}: compacting after the snapshot at {} failed: {e}",
+                                at.index
+                            ),
+                        ));
+                    }
+                }
+            }
+            Err(e) if cut => self.trace_note(format!("n{i} snapshot write cut: {e}")),
+            Err(e) => self.fail(Violation::new(
+                Property::NodeInvariants,
+                format!("node {i}: writing the snapshot at {} failed: {e}", at.index),
+            )),
+        }
+        if cut {
+            self.stats.snapshot_writes_cut += 1;
+            self.power_cut = None;
+            self.trace_note(format!("power cut on n{i} during a snapshot write"));
+            self.crash(i);
+            self.disk_trap_fired.push(i);
+        }
+    }
+
+    /// Leader `i`'s driver sent an InstallSnapshot: its transport starts a transfer of the
+    /// snapshot file (replacing one in progress to the same follower).
+    fn start_transfer(&mut self, i: usize, env: Envelope) {
+        let Message::InstallSnapshot(m) = &env.msg else {
+            return;
+        };
+        let to = node_index(env.to);
+        let snap = m.snapshot;
+        let Some(running) = self.slots[i].running.as_mut() else {
+            return;
+        };
+        running.transfers.insert(
+            to,
+            Transfer {
+                env,
+                snap,
+                stream: 0,
+                offset: 0,
+                confirmed: 0,
+                streams_without_progress: 0,
+            },
+        );
+        self.stats.transfers += 1;
+        self.send_stream(i, to);
+    }
+
+    /// Sends one stream of leader `i`'s transfer to `to`: every chunk from the transfer's offset
+    /// to the end of the file and the empty last one, each a message of its own on the network
+    /// (so chunks are lost, duplicated and reordered like any message); then waits for the
+    /// follower's answer at most `stream_timeout_us`.
+    fn send_stream(&mut self, i: usize, to: usize) {
+        let Some(sim) = self.config.snapshots else {
+            return;
+        };
+        self.next_stream += 1;
+        let stream = self.next_stream;
+        let Some(running) = self.slots[i].running.as_mut() else {
+            return;
+        };
+        let Some(t) = running.transfers.get_mut(&to) else {
+            return;
+        };
+        t.stream = stream;
+        let mut chunks = Vec::new();
+        let mut offset = t.offset;
+        let mut unreadable = None;
+        loop {
+            match running.files.read(t.snap, offset, sim.chunk_bytes) {
+                Ok(data) => {
+                    let done = data.is_empty();
+                    let len = data.len() as u64;
+                    chunks.push(SimChunk {
+                        env: t.env.clone(),
+                        snap: t.snap,
+                        stream,
+                        offset,
+                        data,
+                        done,
+                    });
+                    offset += len;
+                    if done {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    unreadable = Some(e);
+                    break;
+                }
+            }
+        }
+        t.offset = offset;
+        if let Some(e) = unreadable {
+            // The file was pruned by a newer snapshot (or is unreadable): the transfer fails and
+            // the core sends the newest snapshot once the follower answers a probe.
+            self.trace_note(format!("n{i} cannot read its snapshot for n{to}: {e}"));
+            self.fail_transfer(i, to);
+            return;
+        }
+        for chunk in chunks {
+            self.stats.chunks_sent += 1;
+            for at in self.net.send(self.now_us, &mut self.rng) {
+                self.push(
+                    at,
+                    EventKind::Chunk {
+                        from: i,
+                        to,
+                        chunk: chunk.clone(),
+                    },
+                );
+            }
+        }
+        let incarnation = self.slots[i].incarnation;
+        self.push(
+            self.now_us + sim.stream_timeout_us,
+            EventKind::StreamTimeout {
+                node: i,
+                incarnation,
+                to,
+                stream,
+            },
+        );
+    }
+
+    /// Leader `i`'s transfer to `to` ends without success: its driver is told
+    /// (`Inbound::SnapshotFailed`, as the real transport tells it).
+    fn fail_transfer(&mut self, i: usize, to: usize) {
+        if let Some(r) = self.slots[i].running.as_mut() {
+            r.transfers.remove(&to);
+        }
+        self.stats.transfers_failed += 1;
+        self.drive(i, "snapshot failed", |d| {
+            d.handle(Inbound::SnapshotFailed { to: node_id(to) })
+        });
+    }
+
+    /// Leader `i`'s current stream to `to` ended without the snapshot (`resume_at`: where the
+    /// follower said to resume; `None`: no answer in time). As `send_snapshot`: a stream that
+    /// does not move the confirmed offset counts against the transfer.
+    fn stream_ended(&mut self, i: usize, to: usize, resume_at: Option<u64>) {
+        let Some(t) = self.slots[i]
+            .running
+            .as_mut()
+            .and_then(|r| r.transfers.get_mut(&to))
+        else {
+            return;
+        };
+        let progress = match resume_at {
+            Some(at) => {
+                t.offset = at;
+                let progress = at > t.confirmed;
+                t.confirmed = t.confirmed.max(at);
+                progress
+            }
+            None => false,
+        };
+        if progress {
+            t.streams_without_progress = 0;
+        } else {
+            t.streams_without_progress += 1;
+            if t.streams_without_progress >= crate::grpc::snapshot::TRANSFER_ATTEMPTS_MAX {
+                self.fail_transfer(i, to);
+                return;
+            }
+        }
+        self.stats.streams_restarted += 1;
+        self.send_stream(i, to);
+    }
+
+    /// A chunk reaches follower `to`: its transport hands it to the node's snapshot files
+    /// (`NodeSnapshots::accept`, the real receiver), and the last one finishes the file and
+    /// hands the InstallSnapshot message to the driver, as `grpc::snapshot::receive` does.
+    fn on_chunk(&mut self, from: usize, to: usize, chunk: SimChunk) {
+        let Some(running) = self.slots[to].running.as_ref() else {
+            return;
+        };
+        let accepted = running
+            .files
+            .accept(node_id(from), chunk.snap, chunk.offset, &chunk.data);
+        let end = match accepted {
+            Ok(()) if !chunk.done => return,
+            Ok(()) => {
+                let cut = self.power_cuts
+                    && self
+                        .config
+                        .snapshots
+                        .is_some_and(|sim| self.rng.chance(sim.install_cut_chance));
+                if cut {
+                    let ops = self.rng.range(0, 12);
+                    self.slots[to].fs.power_off_after(ops);
+                    self.power_cut = Some(to);
+                }
+                let finished = self.slots[to]
+                    .running
+                    .as_ref()
+                    .map(|r| r.files.finish(node_id(from), chunk.snap));
+                let end = match finished {
+                    Some(Ok(())) => {
+                        self.stats.snapshots_received += 1;
+                        let (reply, answer) = oneshot::channel();
+                        if let Some(r) = self.slots[to].running.as_mut() {
+                            r.replies.push(answer);
+                        }
+                        let env = chunk.env.clone();
+                        self.drive(to, "install snapshot", |d| {
+                            d.handle(Inbound::Request {
+                                envelope: env,
+                                reply,
+                            })
+                        });
+                        StreamEnd::Finished
+                    }
+                    Some(Err(e)) => {
+                        self.trace_note(format!("n{to} refuses the snapshot from n{from}: {e}"));
+                        StreamEnd::Refused
+                    }
+                    None => return,
+                };
+                if cut {
+                    self.stats.installs_cut += 1;
+                    self.power_cut = None;
+                    self.trace_note(format!("power cut on n{to} during a snapshot install"));
+                    self.crash(to);
+                    self.disk_trap_fired.push(to);
+                    return;
+                }
+                end
+            }
+            Err(AcceptError::ResumeAt(at)) => StreamEnd::ResumeAt(at),
+            Err(AcceptError::Refused(why)) => {
+                self.trace_note(format!("n{to} refuses a chunk from n{from}: {why}"));
+                StreamEnd::Refused
+            }
+        };
+        for at in self.net.send(self.now_us, &mut self.rng) {
+            self.push(
+                at,
+                EventKind::ChunkAnswer {
+                    from: to,
+                    to: from,
+                    stream: chunk.stream,
+                    answer: end,
+                },
+            );
+        }
+    }
+
+    /// A follower's answer ending a stream reaches leader `i`.
+    fn on_chunk_answer(&mut self, follower: usize, i: usize, stream: u64, answer: StreamEnd) {
+        let current = self.slots[i]
+            .running
+            .as_ref()
+            .and_then(|r| r.transfers.get(&follower))
+            .is_some_and(|t| t.stream == stream);
+        if !current {
+            return;
+        }
+        match answer {
+            StreamEnd::Finished => {
+                if let Some(r) = self.slots[i].running.as_mut() {
+                    r.transfers.remove(&follower);
+                }
+            }
+            StreamEnd::ResumeAt(at) => self.stream_ended(i, follower, Some(at)),
+            StreamEnd::Refused => self.stream_ended(i, follower, Some(0)),
+        }
+    }
+
     /// Arms the disk trap on node `i` (see the field's docs); [`Cluster::take_fired_disk_trap`]
     /// says when it fired.
     pub fn arm_disk_trap(&mut self, i: usize) {
         self.disk_trap = Some(i);
     }
 
-    /// The node the disk trap crashed since the last call, if any (the caller restarts it).
+    /// A node the disk trap or a power cut crashed since the last call, if any (the caller
+    /// restarts it; call until `None`).
     pub fn take_fired_disk_trap(&mut self) -> Option<usize> {
-        self.disk_trap_fired.take()
+        self.disk_trap_fired.pop()
     }
 
     /// Writes a free-form line into the trace.
@@ -1592,6 +2432,20 @@ impl Cluster {
         if self.tracing {
             self.note(TraceRec::Note(text.into()));
         }
+    }
+}
+
+/// Runs `f` with `mutation` switched on in the production code (unit-test build only; elsewhere
+/// `Cluster::new` refuses a mutation).
+fn with_mutation<R>(mutation: Option<Mutation>, f: impl FnOnce() -> R) -> R {
+    #[cfg(test)]
+    {
+        crate::mutation::with(mutation, f)
+    }
+    #[cfg(not(test))]
+    {
+        let _ = mutation;
+        f()
     }
 }
 

@@ -31,9 +31,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use crate::node::snapshots::SnapshotPolicy;
 use crate::raft::{Config, Role};
 use crate::testing::checker::{Property, Violation};
-use crate::testing::cluster::{Cluster, ClusterConfig, Outcome, ReadOutcome, Stepped};
+use crate::testing::cluster::{Cluster, ClusterConfig, Outcome, ReadOutcome, SnapshotSim, Stepped};
 use crate::testing::disk::DiskConfig;
 use crate::testing::network::NetConfig;
 use crate::testing::rng::SimRng;
@@ -124,6 +125,21 @@ impl SimPlan {
             core.election_ticks_max = core.election_ticks_min + spread_ticks_min;
         }
         let election_ticks_max = core.election_ticks_max;
+        // Snapshots in 80 % of the seeds (drawn last, so the draws above are what they were):
+        // one every 4..64 applied entries, 0..16 entries kept behind it for followers a little
+        // behind, so followers often need InstallSnapshot.
+        let snapshots = rng.chance(0.8).then(|| SnapshotSim {
+            policy: SnapshotPolicy {
+                every_entries: rng.range(4, 64),
+                catchup_entries: rng.range(0, 16),
+                keep: crate::node::SNAPSHOTS_KEPT,
+            },
+            take_chance: [1.0, 0.3, 0.05][rng.index(3)],
+            write_cut_chance: [0.0, 0.02, 0.1][rng.index(3)],
+            install_cut_chance: [0.0, 0.05, 0.2][rng.index(3)],
+            chunk_bytes: [16, 64, 1024][rng.index(3)],
+            stream_timeout_us: 4 * net.latency_us_max + rng.range(10_000, 100_000),
+        });
         SimPlan {
             cluster: ClusterConfig {
                 seed,
@@ -133,6 +149,8 @@ impl SimPlan {
                 disk,
                 tick_us,
                 replay: replay_command(seed, events),
+                snapshots,
+                mutation: None,
             },
             events,
             fault_gap_us_max: rng.range(30_000, 600_000),
@@ -163,6 +181,16 @@ pub struct SimSummary {
     pub reads: u64,
     pub reads_served: u64,
     pub reads_dropped: u64,
+    /// Snapshot activity (see `ClusterStats`).
+    pub snapshots_taken: u64,
+    pub snapshot_writes_cut: u64,
+    pub transfers: u64,
+    pub chunks_sent: u64,
+    pub streams_restarted: u64,
+    pub transfers_failed: u64,
+    pub installs: u64,
+    pub installs_cut: u64,
+    pub restarts_from_snapshot: u64,
     /// Time from the faults stopping to a leader known to a majority, to the fresh commit, and
     /// to a read issued after it being served.
     pub liveness_leader_us: u64,
@@ -206,7 +234,7 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
     let trap_delay_us_max = 3 * plan.cluster.net.latency_us_max + plan.cluster.disk.sync_us_max;
     while c.stats.events < plan.events {
         let stepped = c.step();
-        if let Some(i) = c.take_fired_disk_trap() {
+        while let Some(i) = c.take_fired_disk_trap() {
             let back = if rng.chance(0.5) {
                 rng.range(0, 5_000)
             } else {
@@ -369,6 +397,7 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
     // The faults stop. Scenario timers still queued (flaps, restarts, proposals, traps) fire
     // during the liveness phase but are ignored there.
     c.net.heal();
+    c.power_cuts = false;
     c.net.config.drop_prob = 0.0;
     c.net.config.dup_prob = 0.0;
     c.net.config.reorder_prob = 0.0;
@@ -503,6 +532,15 @@ pub fn run_plan(plan: SimPlan) -> SimSummary {
         reads: c.stats.reads,
         reads_served: c.stats.reads_served,
         reads_dropped: c.stats.reads_dropped,
+        snapshots_taken: c.stats.snapshots_taken,
+        snapshot_writes_cut: c.stats.snapshot_writes_cut,
+        transfers: c.stats.transfers,
+        chunks_sent: c.stats.chunks_sent,
+        streams_restarted: c.stats.streams_restarted,
+        transfers_failed: c.stats.transfers_failed,
+        installs: c.stats.installs,
+        installs_cut: c.stats.installs_cut,
+        restarts_from_snapshot: c.stats.restarts_from_snapshot,
         liveness_leader_us: leader_at - t0,
         liveness_commit_us: committed_at - t0,
         liveness_read_us: served_at - t0,
@@ -523,6 +561,16 @@ pub struct SweepReport {
     pub reads: u64,
     pub reads_served: u64,
     pub reads_dropped: u64,
+    /// Snapshot activity (see `ClusterStats`).
+    pub snapshots_taken: u64,
+    pub snapshot_writes_cut: u64,
+    pub transfers: u64,
+    pub chunks_sent: u64,
+    pub streams_restarted: u64,
+    pub transfers_failed: u64,
+    pub installs: u64,
+    pub installs_cut: u64,
+    pub restarts_from_snapshot: u64,
     pub liveness_leader_us_max: u64,
     pub liveness_commit_us_max: u64,
     pub liveness_read_us_max: u64,
@@ -566,6 +614,15 @@ pub fn sweep(first: u64, count: u64, events: u64, threads: usize, keep_going: bo
                         r.reads += s.reads;
                         r.reads_served += s.reads_served;
                         r.reads_dropped += s.reads_dropped;
+                        r.snapshots_taken += s.snapshots_taken;
+                        r.snapshot_writes_cut += s.snapshot_writes_cut;
+                        r.transfers += s.transfers;
+                        r.chunks_sent += s.chunks_sent;
+                        r.streams_restarted += s.streams_restarted;
+                        r.transfers_failed += s.transfers_failed;
+                        r.installs += s.installs;
+                        r.installs_cut += s.installs_cut;
+                        r.restarts_from_snapshot += s.restarts_from_snapshot;
                         r.by_nodes[s.nodes] += 1;
                     }
                     Err(payload) => {
@@ -592,4 +649,64 @@ pub fn sweep(first: u64, count: u64, events: u64, threads: usize, keep_going: bo
         }
     });
     report.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The sweep against each deliberate bug of [`crate::mutation`] (issue 12): the first seed that
+/// catches it, with the property that fired. Unit tests only: the mutations exist only in the
+/// crate's `cfg(test)` build. Run: `cargo test --release --lib testing::sim::mutations --
+/// --nocapture`.
+#[cfg(test)]
+mod mutations {
+    use super::*;
+    use crate::mutation::Mutation;
+
+    /// Runs seeds `0..seeds_max` with `m` switched on until one fails; returns that seed and the
+    /// first line of its report (the property).
+    fn first_catch(m: Mutation, seeds_max: u64) -> Option<(u64, String)> {
+        for seed in 0..seeds_max {
+            let mut plan = SimPlan::from_seed(seed, DEFAULT_EVENTS);
+            if plan.cluster.snapshots.is_none() {
+                continue;
+            }
+            plan.cluster.mutation = Some(m);
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_plan(plan)));
+            if let Err(payload) = run {
+                let text = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let headline: Vec<&str> = text.lines().take(2).collect();
+                return Some((seed, headline.join(" | ")));
+            }
+        }
+        None
+    }
+
+    fn assert_caught(m: Mutation, seeds_max: u64) {
+        match first_catch(m, seeds_max) {
+            Some((seed, what)) => println!(
+                "mutation {m:?} caught at seed {seed} ({} seeds tried): {what}\n  reproduce: \
+                 cargo test --release --lib testing::sim::mutations -- --nocapture (seeds run \
+                 from 0 in order; this one is SimPlan::from_seed({seed}, {DEFAULT_EVENTS}))",
+                seed + 1
+            ),
+            None => panic!("mutation {m:?} was not caught in {seeds_max} seeds"),
+        }
+    }
+
+    #[test]
+    fn installing_a_snapshot_without_discarding_the_conflicting_log_is_caught() {
+        assert_caught(Mutation::InstallKeepsConflictingLog, 400);
+    }
+
+    #[test]
+    fn compacting_past_the_commit_index_is_caught() {
+        assert_caught(Mutation::CompactPastCommit, 400);
+    }
+
+    #[test]
+    fn applying_a_snapshot_older_than_the_applied_index_is_caught() {
+        assert_caught(Mutation::InstallOlderSnapshot, 400);
+    }
 }
