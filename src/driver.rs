@@ -47,7 +47,7 @@ use tokio::sync::oneshot;
 use crate::raft::message::{Envelope, Message};
 use crate::raft::{ProposeError, RaftNode, ReadIndexError, Ready, Role, SnapshotId, Storage};
 use crate::state_machine::StateMachine;
-use crate::storage::engine::{Durable, PersistFuture, WriteBatch};
+use crate::storage::engine::{Durable, NoSpace, PersistFuture, WriteBatch};
 use crate::types::{LogEntry, LogIndex, NodeId, Term};
 
 // ---------------------------------------------------------------------------------------------
@@ -142,6 +142,13 @@ pub enum CommandRefused {
         payload_bytes: usize,
         max_bytes: u64,
     },
+    /// This node is the leader and its disk is full: its log waits for space
+    /// ([`Durable::no_space`]). Retry once space was freed.
+    #[error("no space left in {} for the next {needed_bytes}-byte log segment; writes are refused until space is freed", dir.display())]
+    NoSpace {
+        dir: std::path::PathBuf,
+        needed_bytes: u64,
+    },
 }
 
 /// Permission to read the state machine: it has applied at least `applied_index`, and for a
@@ -195,6 +202,12 @@ pub enum ProposeRefused {
     TooLarge {
         payload_bytes: usize,
         max_bytes: u64,
+    },
+    /// This node is the leader and its disk is full (see [`CommandRefused::NoSpace`]).
+    #[error("no space left in {} for the next {needed_bytes}-byte log segment; writes are refused until space is freed", dir.display())]
+    NoSpace {
+        dir: std::path::PathBuf,
+        needed_bytes: u64,
     },
 }
 
@@ -489,6 +502,7 @@ enum Refusal {
         payload_bytes: usize,
         max_bytes: u64,
     },
+    NoSpace(NoSpace),
 }
 
 /// See the module docs.
@@ -667,6 +681,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                         max_bytes,
                     }));
                 }
+                Err(Refusal::NoSpace(NoSpace { dir, needed_bytes })) => {
+                    let _ = reply.send(Err(ProposeRefused::NoSpace { dir, needed_bytes }));
+                }
                 Err(Refusal::NotLeader { leader_hint }) => {
                     let leader_address = leader_hint
                         .and_then(|l| self.config.addresses.get(&l))
@@ -693,6 +710,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                         payload_bytes,
                         max_bytes,
                     }));
+                }
+                Err(Refusal::NoSpace(NoSpace { dir, needed_bytes })) => {
+                    let _ = reply.send(Err(CommandRefused::NoSpace { dir, needed_bytes }));
                 }
                 Err(Refusal::NotLeader { leader_hint }) => {
                     let _ = reply.send(Err(CommandRefused::NotLeader {
@@ -725,6 +745,15 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
         let pending = self.proposals.len();
         if pending >= self.config.proposals_pending_max {
             return Err(Refusal::Overloaded { pending });
+        }
+        // A leader whose log waits for space would only queue the entry behind the stalled
+        // write, and the client would hear nothing until its timeout: refuse it now. Only the
+        // leader: a follower answers NotLeader below, so its clients reach a leader that may
+        // have space.
+        if self.core.role() == Role::Leader {
+            if let Some(full) = self.durable.no_space() {
+                return Err(Refusal::NoSpace(full));
+            }
         }
         self.core.propose(payload).map_err(|e| match e {
             ProposeError::NotLeader { leader_hint } => Refusal::NotLeader { leader_hint },

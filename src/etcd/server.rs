@@ -31,7 +31,9 @@
 //! text: "etcdserver: no leader", "etcdserver: leader changed", "etcdserver: request timed out"
 //! (and "..., possibly due to previous leader failure" when the outcome is unknown), and
 //! "etcdserver: too many requests" for an overloaded node (etcd sends that one as
-//! `ResourceExhausted`; see docs/ETCD_COMPAT.md).
+//! `ResourceExhausted`; see docs/ETCD_COMPAT.md). A write to a leader whose disk is full is
+//! refused with etcd's NOSPACE text, "etcdserver: mvcc: database space exceeded"
+//! (`ResourceExhausted`, not retried by clients); reads keep working.
 //!
 //! Response headers: `cluster_id` and `member_id` from [`Members`] (this node's id, also on
 //! forwarded answers), `raft_term` the node's current term, `revision` the store's.
@@ -87,6 +89,9 @@ const TIMED_OUT: &str = "etcdserver: request timed out";
 const OUTCOME_UNKNOWN: &str =
     "etcdserver: request timed out, possibly due to previous leader failure";
 const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+/// etcd's text for a write refused while the NOSPACE alarm is raised (`ErrGRPCNoSpace`, sent as
+/// `ResourceExhausted`): here, while the leader's log waits for space on a full disk.
+pub const DATABASE_SPACE_EXCEEDED: &str = "etcdserver: mvcc: database space exceeded";
 
 /// The mailbox of a node whose state machine is the key-value store.
 type Inbound = crate::driver::Inbound<KvResponse>;
@@ -279,6 +284,12 @@ impl EtcdApi {
             }) => not_leader(leader, leader_address, forwarded),
             Err(CommandRefused::Overloaded { .. }) => Err(Status::unavailable(TOO_MANY_REQUESTS)),
             Err(CommandRefused::TooLarge { .. }) => Err(kv::KvError::RequestTooLarge.to_status()),
+            // etcd's answer while its NOSPACE alarm is raised, word for word, so that clients
+            // recognise it (clientv3's `rpctypes.ErrNoSpace`; not retried); the node's log names
+            // the directory.
+            Err(CommandRefused::NoSpace { .. }) => {
+                Err(Status::resource_exhausted(DATABASE_SPACE_EXCEEDED))
+            }
         }
     }
 

@@ -571,7 +571,7 @@ impl<R: Send + 'static> OperatorService<R> {
                 }
                 Ok(convert::encode_propose_outcome(outcome))
             }
-            Err(refused @ ProposeRefused::Overloaded { .. }) => {
+            Err(refused @ (ProposeRefused::Overloaded { .. } | ProposeRefused::NoSpace { .. })) => {
                 Err(Status::resource_exhausted(refused.to_string()))
             }
             Err(refused @ ProposeRefused::TooLarge { .. }) => {

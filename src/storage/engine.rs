@@ -43,6 +43,12 @@
 //! - A failed write or sync is fatal: its batch fails, every later one fails with
 //!   [`EngineError::EarlierFailed`], the log and state file are poisoned. Nothing is retried
 //!   (fsyncgate).
+//! - A full disk is not a failure: when the log refuses an append (or a reset) with
+//!   [`LogError::NoSpace`] it has changed nothing, and the task waits and tries the same step
+//!   again, every [`NO_SPACE_RETRY_INTERVAL`] or as soon as a compaction freed a segment file.
+//!   Meanwhile the group stays in flight (nothing after it is acknowledged, so nothing
+//!   acknowledged can be lost) and [`Durable::no_space`] tells the driver, which refuses new
+//!   proposals until the write went through (docs/FORMAT.md, "A full disk").
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -62,6 +68,17 @@ use crate::types::{LogEntry, LogIndex, Term};
 pub const GROUP_BATCHES_MAX: usize = 256;
 /// Payload bytes of one group at most (a group is encoded into one buffer per segment).
 pub const GROUP_PAYLOAD_BYTES_MAX: u64 = 8 << 20;
+/// How often the task retries a step the log refused for lack of space (sooner when a
+/// compaction freed a segment file).
+pub const NO_SPACE_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The durable store waits for space ([`Durable::no_space`]): the log's directory and the bytes
+/// its next segment needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoSpace {
+    pub dir: std::path::PathBuf,
+    pub needed_bytes: u64,
+}
 
 /// One `Ready`'s writes.
 #[derive(Debug, Default)]
@@ -119,6 +136,12 @@ pub trait Durable {
     /// # Errors
     /// I/O errors, fatal for the node as for `persist`.
     fn compact(&mut self, log: &mut Self::Log, upto: LogIndex) -> Result<(), Self::Error>;
+
+    /// `Some` while a write waits for space on a full disk (the store retries it by itself);
+    /// the driver refuses new proposals meanwhile. The default never runs out.
+    fn no_space(&self) -> Option<NoSpace> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +204,51 @@ struct Queue {
     /// Groups written (one fdatasync each, two with a hard state) and the entries they carried.
     groups: Cell<u64>,
     grouped_entries: Cell<u64>,
+    /// Set while the task waits for space ([`Durable::no_space`]).
+    no_space: RefCell<Option<NoSpace>>,
+    /// Notified when a compaction may have freed a segment file: the task retries at once.
+    space_freed: Notify,
+}
+
+impl Queue {
+    /// Runs `step` until the log stops refusing it for lack of space, waiting between tries (see
+    /// the module docs); every other outcome is returned as it is.
+    async fn until_space<T>(
+        &self,
+        mut step: impl FnMut() -> Result<T, LogError>,
+    ) -> Result<T, LogError> {
+        loop {
+            match step() {
+                Err(LogError::NoSpace { dir, needed_bytes }) => {
+                    if self.no_space.borrow().is_none() {
+                        tracing::error!(
+                            dir = %dir.display(),
+                            "no space left in {} for the next log segment ({needed_bytes} bytes): \
+                             writes wait, client writes are refused until space is freed",
+                            dir.display()
+                        );
+                        *self.no_space.borrow_mut() = Some(NoSpace { dir, needed_bytes });
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(NO_SPACE_RETRY_INTERVAL) => {}
+                        _ = self.space_freed.notified() => {}
+                    }
+                }
+                other => {
+                    if other.is_ok() {
+                        if let Some(s) = self.no_space.borrow_mut().take() {
+                            tracing::info!(
+                                dir = %s.dir.display(),
+                                "space is back in {}: writes resume",
+                                s.dir.display()
+                            );
+                        }
+                    }
+                    return other;
+                }
+            }
+        }
+    }
 }
 
 /// The handle a driver holds: see the module docs.
@@ -237,7 +305,18 @@ impl Engine {
     /// # Errors
     /// As `RaftLog::compact_prefix`.
     pub fn compact_prefix(&self, upto: LogIndex) -> Result<(), LogError> {
-        self.log.borrow_mut().compact_prefix(upto)
+        self.log.borrow_mut().compact_prefix(upto)?;
+        // A segment file may have gone to the recycling pool (or been deleted): a write waiting
+        // for space tries again now.
+        if self.queue.no_space.borrow().is_some() {
+            self.queue.space_freed.notify_one();
+        }
+        Ok(())
+    }
+
+    /// `Some` while the task waits for space (see the module docs).
+    pub fn no_space(&self) -> Option<NoSpace> {
+        self.queue.no_space.borrow().clone()
     }
 }
 
@@ -285,6 +364,10 @@ impl Durable for Engine {
 
     fn publish(&mut self, _log: &mut LogView, _batch: &WriteBatch) {
         // The task published into the shared RaftLog before it completed the batch.
+    }
+
+    fn no_space(&self) -> Option<NoSpace> {
+        Engine::no_space(self)
     }
 }
 
@@ -367,7 +450,10 @@ impl EngineTask {
     async fn write_group(&mut self, group: &[Job]) -> Result<(), EngineError> {
         if let Some(s) = group[0].batch.reset {
             // Rarer still (a follower installing a snapshot): synchronous.
-            self.log.borrow_mut().reset(s.index, s.term)?;
+            let log = &self.log;
+            self.queue
+                .until_space(|| log.borrow_mut().reset(s.index, s.term))
+                .await?;
         }
         if let Some(from) = group[0].batch.truncate_from {
             // Rare (a follower whose suffix conflicts with the leader's): synchronous.
@@ -392,7 +478,7 @@ impl EngineTask {
             }
         };
         // The state file's write is submitted first (it is one small write), then the log's.
-        let (saved, appended) = tokio::join!(save, append(&self.log, entries));
+        let (saved, appended) = tokio::join!(save, append(&self.log, &self.queue, entries));
         appended?;
         saved?;
         Ok(())
@@ -400,8 +486,13 @@ impl EngineTask {
 }
 
 /// Appends `entries` durably, one staged write + fdatasync per segment they touch, and publishes
-/// each part once it is durable.
-async fn append(log: &Rc<RefCell<RaftLog>>, mut entries: &[LogEntry]) -> Result<(), LogError> {
+/// each part once it is durable. A rotation refused for lack of space is retried until it
+/// succeeds ([`Queue::until_space`]); the parts written before it stay published.
+async fn append(
+    log: &Rc<RefCell<RaftLog>>,
+    queue: &Queue,
+    mut entries: &[LogEntry],
+) -> Result<(), LogError> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -409,8 +500,10 @@ async fn append(log: &Rc<RefCell<RaftLog>>, mut entries: &[LogEntry]) -> Result<
     timeline::mark("write_start", last);
     log.borrow().check_append(entries)?;
     while !entries.is_empty() {
-        // May rotate to a new segment (rare, synchronous).
-        let mut staged = log.borrow_mut().stage_append(entries)?;
+        // May rotate to a new segment (rare, synchronous), or wait for space to do so.
+        let mut staged = queue
+            .until_space(|| log.borrow_mut().stage_append(entries))
+            .await?;
         let (file, offset) = log.borrow().staged_target();
         let path = file.path().to_path_buf();
         let (written, frames) = file.start_durable_write(offset, staged.take_frames()).await;

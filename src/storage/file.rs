@@ -181,6 +181,11 @@ pub trait Vfs: Send + Sync {
     /// zero, durable with its directory entry, as `how` says. Returns `Ok(false)`, leaving
     /// nothing at `path`, if it saw `cancel` set before finishing. The default ignores `how` and
     /// `cancel` and calls [`Vfs::create_zeroed`].
+    ///
+    /// # Errors
+    /// Any I/O error, `ENOSPC` ([`is_no_space`]) when the file system has no room for the file.
+    /// A failed preparation leaves nothing behind (no partial file under any name), so that a
+    /// full disk is not made fuller by the attempt and the next attempt starts clean.
     fn prepare_file(
         &self,
         path: &Path,
@@ -212,3 +217,12 @@ pub trait Vfs: Send + Sync {
 }
 
 pub use crate::storage::simfs::{PowerLossReport, SimFs, ATOMIC_SECTOR_BYTES};
+
+/// Whether `e` says the file system has no room for new blocks (`ENOSPC`, or `EDQUOT`: a quota
+/// refuses them the same way). Such an error from *creating* a file (a segment's preparation, a
+/// snapshot) changed nothing that was acknowledged and can be retried once space is freed; from a
+/// write into a preallocated segment it cannot happen, and any failure there stays fatal
+/// (docs/FORMAT.md, "A full disk").
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}

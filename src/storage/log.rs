@@ -23,6 +23,13 @@
 //! - An entry is visible to readers only after the fdatasync that covered it completed.
 //! - After any write or sync failure the log is poisoned: every later mutation returns
 //!   [`LogError::Poisoned`] (no retry, fsyncgate). Reads keep working on what is mapped.
+//! - A full file system is not such a failure: appends go into preallocated segments and never
+//!   need new blocks; only *creating* the next segment file does. When that fails with
+//!   `ENOSPC`, the partial file is gone (the [`Vfs`] contract), appends go on while the open
+//!   segment has room, the background preparation is retried every
+//!   [`PREPARE_RETRY_INTERVAL`], and an append that needs the next segment before one could be
+//!   had is refused with [`LogError::NoSpace`], with the log unchanged and not poisoned: the
+//!   caller retries it (docs/FORMAT.md, "A full disk").
 
 use std::collections::BTreeMap;
 use std::io;
@@ -33,7 +40,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crate::storage::file::{LogFile, Prepare, Vfs, WriteAt};
+use crate::storage::file::{is_no_space, LogFile, Prepare, Vfs, WriteAt};
 use crate::storage::format::{
     check_segment_size, entry_payload_max_bytes, frame_padded_len, parse_segment_file_name,
     segment_file_name, FrameFields, SegmentHeader, SEGMENT_SIZE_DEFAULT_BYTES,
@@ -79,6 +86,10 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, LogError> {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// After a background preparation of the next segment failed (a full disk, typically), how long
+/// the log waits before it starts another one (from the next append after that).
+pub const PREPARE_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long [`lock_dir`] retries a taken lock before it reports [`LogError::Locked`].
 const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(200);
@@ -153,6 +164,15 @@ pub enum LogError {
     Config(String),
     #[error("{} is locked by another process (or another RaftLog in this one)", dir.display())]
     Locked { dir: PathBuf },
+    /// The open segment is full and the file system of `dir` has no room for the next one
+    /// (`ENOSPC` while preparing it). Nothing was written and the log is not poisoned: the same
+    /// append succeeds once `needed_bytes` are free (or compaction put a segment file into the
+    /// recycling pool).
+    #[error(
+        "no space left on the file system of {}: the next {needed_bytes}-byte log segment cannot be created; appends wait until space is freed",
+        dir.display()
+    )]
+    NoSpace { dir: PathBuf, needed_bytes: u64 },
 }
 
 fn io_err(op: &'static str, path: &Path, e: io::Error) -> LogError {
@@ -342,6 +362,11 @@ pub struct RaftLog {
     zero_fill_secs: Option<f64>,
     /// [`PREPARED_SEGMENT_NAME`] exists, complete, with no preparation running.
     prepared_ready: bool,
+    /// Since when preparing the next segment keeps failing for lack of space (for the log lines
+    /// that open and close the episode).
+    no_space_since: Option<Instant>,
+    /// When the next background preparation may start after one failed.
+    prepare_retry_at: Option<Instant>,
     /// Compacted segment files kept for recycling, oldest first, and the next pool number.
     pool: std::collections::VecDeque<PathBuf>,
     pool_seq: u64,
@@ -461,6 +486,8 @@ impl RaftLog {
             last_segment_secs: None,
             zero_fill_secs: None,
             prepared_ready,
+            no_space_since: None,
+            prepare_retry_at: None,
             pool,
             pool_seq,
             recovery: RecoveryReport::default(),
@@ -674,45 +701,162 @@ impl RaftLog {
         }
     }
 
-    /// Takes the prepared file. Never waits for a zero-fill in progress (that would stall the
-    /// appends behind the rotation): it is cancelled and the file is fallocated instead.
-    fn take_prepared(&mut self) -> Result<PathBuf, LogError> {
-        let path = self.prepared_path();
-        let mut ready = std::mem::take(&mut self.prepared_ready);
-        if let Some(p) = self.preparing.take() {
-            let finished = p.handle.is_finished();
-            if !finished {
-                p.cancel.store(true, Ordering::Relaxed);
+    /// Collects the background preparation, if any: cancels it first if it is still running
+    /// (rotation never waits for a zero-fill), records whether it left a complete file and, for
+    /// a zero-fill, how long it took. A failed one is logged and retried after
+    /// [`PREPARE_RETRY_INTERVAL`] ([`RaftLog::poll_preparation`]).
+    fn reap_preparation(&mut self) {
+        let Some(p) = self.preparing.take() else {
+            return;
+        };
+        let finished = p.handle.is_finished();
+        if !finished {
+            p.cancel.store(true, Ordering::Relaxed);
+        }
+        let (outcome, ran_secs) = match p.handle.join() {
+            Ok((r, secs)) => (r, secs),
+            Err(_) => (Ok(false), p.started.elapsed().as_secs_f64()),
+        };
+        match outcome {
+            Ok(done) => {
+                if p.how == Prepare::Zeroed {
+                    // A finished fill measures the fill (its own run time, not the time until
+                    // this rotation); a cancelled one says it takes longer than it ran.
+                    let known = self.zero_fill_secs.unwrap_or(0.0);
+                    self.zero_fill_secs = Some(if finished && done {
+                        ran_secs
+                    } else {
+                        known.max(ran_secs)
+                    });
+                }
+                if done {
+                    self.prepared_ready = true;
+                    self.space_is_back();
+                }
             }
-            let (outcome, ran_secs) = match p.handle.join() {
-                Ok((r, secs)) => (r, secs),
-                Err(_) => (Ok(false), p.started.elapsed().as_secs_f64()),
-            };
-            ready = matches!(outcome, Ok(true));
-            if p.how == Prepare::Zeroed {
-                // A finished fill measures the fill (its own run time, not the time until this
-                // rotation); a cancelled one says it takes longer than it ran.
-                let known = self.zero_fill_secs.unwrap_or(0.0);
-                self.zero_fill_secs = Some(if finished {
-                    ran_secs
+            Err(e) => {
+                let path = self.prepared_path();
+                if is_no_space(&e) {
+                    self.out_of_space(&e);
                 } else {
-                    known.max(ran_secs)
-                });
+                    tracing::warn!(file = %path.display(), error = %e, "preparing the next segment failed; retrying");
+                }
+                self.prepare_retry_at = Some(Instant::now() + PREPARE_RETRY_INTERVAL);
             }
         }
-        if !ready {
-            // The first segment of a new log is zero-filled (once); later ones must not stall.
-            let how = if self.segments.is_empty() {
-                Prepare::Zeroed
-            } else {
-                Prepare::Allocated
-            };
-            let never = AtomicBool::new(false);
-            self.vfs
-                .prepare_file(&path, self.config.segment_size_bytes, how, &never)
-                .map_err(|e| io_err("prepare segment", &path, e))?;
+    }
+
+    /// Called on every append: collects a finished background preparation and restarts a
+    /// failed one once [`PREPARE_RETRY_INTERVAL`] has passed, so that space freed while the
+    /// open segment still has room is found before the rotation needs it. Never blocks.
+    fn poll_preparation(&mut self) {
+        if self
+            .preparing
+            .as_ref()
+            .is_some_and(|p| p.handle.is_finished())
+        {
+            self.reap_preparation();
         }
-        Ok(path)
+        if let Some(at) = self.prepare_retry_at {
+            if Instant::now() >= at && self.preparing.is_none() {
+                self.prepare_retry_at = None;
+                self.start_preparing();
+            }
+        }
+    }
+
+    /// The first failure of an episode of no space is logged; later ones are not.
+    fn out_of_space(&mut self, e: &io::Error) {
+        if self.no_space_since.is_none() {
+            self.no_space_since = Some(Instant::now());
+            tracing::warn!(
+                dir = %self.config.dir.display(),
+                error = %e,
+                "no space left for the next log segment ({} bytes) in {}: appends continue until the open segment is full, then wait for space",
+                self.config.segment_size_bytes,
+                self.config.dir.display()
+            );
+        }
+    }
+
+    fn space_is_back(&mut self) {
+        if let Some(since) = self.no_space_since.take() {
+            tracing::info!(
+                dir = %self.config.dir.display(),
+                "space for log segments is back in {} after {} ms",
+                self.config.dir.display(),
+                since.elapsed().as_millis()
+            );
+        }
+    }
+
+    /// Whether the last attempt to create the next segment file failed for lack of space and
+    /// none succeeded since.
+    pub fn is_short_of_space(&self) -> bool {
+        self.no_space_since.is_some()
+    }
+
+    /// Makes sure [`PREPARED_SEGMENT_NAME`] is ready: collects (or cancels) the background
+    /// preparation, and prepares the file now if that did not leave one. Never waits for a
+    /// zero-fill in progress (that would stall the appends behind the rotation): it is cancelled
+    /// and the file is fallocated instead.
+    ///
+    /// # Errors
+    /// [`LogError::NoSpace`] if the file system has no room for it (nothing is left behind, the
+    /// log is unchanged: callers do not poison it); any other I/O error.
+    fn ensure_prepared(&mut self) -> Result<(), LogError> {
+        self.reap_preparation();
+        if self.prepared_ready {
+            return Ok(());
+        }
+        let path = self.prepared_path();
+        // The first segment of a new log is zero-filled (once); later ones must not stall.
+        let how = if self.segments.is_empty() {
+            Prepare::Zeroed
+        } else {
+            Prepare::Allocated
+        };
+        let never = AtomicBool::new(false);
+        match self
+            .vfs
+            .prepare_file(&path, self.config.segment_size_bytes, how, &never)
+        {
+            Ok(true) => {
+                self.prepared_ready = true;
+                self.prepare_retry_at = None;
+                self.space_is_back();
+                Ok(())
+            }
+            Ok(false) => Err(io_err(
+                "prepare segment",
+                &path,
+                io::Error::other("preparation cancelled although nobody cancels it"),
+            )),
+            Err(e) if is_no_space(&e) => {
+                self.out_of_space(&e);
+                Err(LogError::NoSpace {
+                    dir: self.config.dir.clone(),
+                    needed_bytes: self.config.segment_size_bytes,
+                })
+            }
+            Err(e) => Err(io_err("prepare segment", &path, e)),
+        }
+    }
+
+    /// [`RaftLog::ensure_prepared`], poisoning the log on any error but
+    /// [`LogError::NoSpace`] (which changed nothing).
+    fn ensure_prepared_or_poison(&mut self) -> Result<(), LogError> {
+        match self.ensure_prepared() {
+            Err(e @ LogError::NoSpace { .. }) => Err(e),
+            r => self.poison(r),
+        }
+    }
+
+    /// Takes the prepared file (preparing it now if needed, see [`RaftLog::ensure_prepared`]).
+    fn take_prepared(&mut self) -> Result<PathBuf, LogError> {
+        self.ensure_prepared()?;
+        self.prepared_ready = false;
+        Ok(self.prepared_path())
     }
 
     /// Creates the segment starting at `base`: a recycled file from the pool if `recycle` and
@@ -860,7 +1004,9 @@ impl RaftLog {
     /// entries must have passed [`RaftLog::check_append`]; `entries` must not be empty.
     ///
     /// # Errors
-    /// [`LogError::Poisoned`]; I/O errors of a rotation, which poison the log.
+    /// [`LogError::Poisoned`]; [`LogError::NoSpace`] if the open segment is full and the next
+    /// one cannot be created (the log is unchanged and not poisoned: retry later); other I/O
+    /// errors of a rotation, which poison the log.
     pub fn stage_append(&mut self, entries: &[LogEntry]) -> Result<StagedAppend, LogError> {
         self.check_writable()?;
         assert!(!entries.is_empty(), "stage_append of no entries");
@@ -869,8 +1015,15 @@ impl RaftLog {
             self.last_index.next(),
             "stage_append would leave a hole"
         );
+        self.poll_preparation();
         let first_len = frame_padded_len(entries[0].payload.len()) as u64;
         if self.last_segment_mut().free_bytes() < first_len {
+            // Get the next segment's file before sealing the open one: on a full disk this is
+            // what fails, and the log must then be left exactly as it was (not poisoned, the
+            // open segment not sealed) so that the caller can retry the same append.
+            if self.pool.is_empty() {
+                self.ensure_prepared_or_poison()?;
+            }
             let r = self.rotate();
             self.poison(r)?;
         }
@@ -1119,9 +1272,13 @@ impl RaftLog {
     ///    a prepared file with a valid header: open finishes the reset.
     ///
     /// # Errors
-    /// [`LogError::Poisoned`]; I/O errors poison the log.
+    /// [`LogError::Poisoned`]; [`LogError::NoSpace`] (nothing changed, not poisoned); other I/O
+    /// errors poison the log.
     pub fn reset(&mut self, index: LogIndex, term: Term) -> Result<(), LogError> {
         self.check_writable()?;
+        // The new segment's file first: without space for it nothing is deleted and the log
+        // is not poisoned (`LogError::NoSpace`, retry later).
+        self.ensure_prepared_or_poison()?;
         let r = (|| {
             let (prep, header) = self.prepare_header(index.next(), term)?;
             while let Some((_, seg)) = self.segments.pop_first() {

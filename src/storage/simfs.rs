@@ -29,6 +29,11 @@
 //!   log's complete in either order, as they can on a real disk.
 //! - **Failures**: a sync can be made to fail (EIO, the writes stay volatile), bits can be
 //!   flipped at rest.
+//! - **A full disk** ([`SimFs::set_capacity_bytes`]): the bytes of the files that names refer
+//!   to may not exceed a capacity. Creating a file that does not fit (`create_zeroed`,
+//!   `prepare_file`) or an append that would grow a file beyond it fails with `ENOSPC` and changes
+//!   nothing; overwriting existing bytes (every [`LogFile`] write) never needs new space, as in a
+//!   preallocated file on a real disk.
 //! - **The moment of the power cut** ([`SimFs::power_off_after`]): after a given number of
 //!   operations that change the disk (a write or append, a file sync, a creation, a rename, a
 //!   remove, a directory sync; [`SimFs::ops_total`] counts them), every later one fails with EIO
@@ -144,6 +149,8 @@ struct SimState {
     /// `Some(n)`: n more such operations succeed, then the power is off until the next power
     /// loss ([`SimFs::power_off_after`]).
     power_budget: Option<u64>,
+    /// The most bytes the named files may hold ([`SimFs::set_capacity_bytes`]); `None`: no limit.
+    capacity_bytes: Option<u64>,
 }
 
 impl SimState {
@@ -246,6 +253,27 @@ impl SimState {
     fn inode_of(&self, path: &Path) -> io::Result<u64> {
         self.names.get(path).copied().ok_or_else(|| not_found(path))
     }
+
+    /// Bytes held by the files that names refer to (each inode once), as the page cache shows
+    /// them: what a full disk is measured against.
+    fn used_bytes(&self) -> u64 {
+        let live: BTreeSet<u64> = self.names.values().copied().collect();
+        live.iter()
+            .filter_map(|i| self.inodes.get(i))
+            .map(|f| f.current.len() as u64)
+            .sum()
+    }
+
+    /// `Err(ENOSPC)` if `more` bytes do not fit beside what is used, `freed` of it excepted (a
+    /// file being replaced).
+    fn reserve(&self, more: u64, freed: u64) -> io::Result<()> {
+        match self.capacity_bytes {
+            Some(cap) if self.used_bytes().saturating_sub(freed) + more > cap => {
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What a power loss kept of the unsynced state.
@@ -317,6 +345,17 @@ impl SimFs {
     /// [`SimFs::power_loss_prefix`]) restarts the machine.
     pub fn power_off_after(&self, ops: u64) {
         self.lock().power_budget = Some(ops);
+    }
+
+    /// Limits the bytes the named files may hold (`None`: no limit); see the module docs. Files
+    /// already beyond it stay as they are; only new space is refused.
+    pub fn set_capacity_bytes(&self, capacity: Option<u64>) {
+        self.lock().capacity_bytes = capacity;
+    }
+
+    /// Bytes held by the files that names refer to (what [`SimFs::set_capacity_bytes`] limits).
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes()
     }
 
     /// Operations that change the disk attempted so far (writes and appends, file syncs,
@@ -600,6 +639,13 @@ impl Vfs for SimFs {
         if !st.dirs.contains(parent) {
             return Err(not_found(parent));
         }
+        // A replaced file's space is freed by the same operation (production renames over it).
+        let replaced = st
+            .names
+            .get(path)
+            .and_then(|i| st.inodes.get(i))
+            .map_or(0, |f| f.current.len() as u64);
+        st.reserve(len_bytes, replaced)?;
         let inode = st.next_inode;
         st.next_inode += 1;
         let zeros = vec![0u8; len_bytes as usize];
@@ -711,6 +757,7 @@ impl AppendFile for SimAppendFile {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut st = self.fs.lock();
         st.spend()?;
+        st.reserve(bytes.len() as u64, 0)?;
         let end = self.len_bytes as usize + bytes.len();
         if let Some(f) = st.inodes.get_mut(&self.inode) {
             // The page cache grows with the write; `issue` fills the new bytes.

@@ -2079,4 +2079,33 @@ mod tests {
             (Damage::TrailingBytes { bytes: 5 }, _)
         ));
     }
+
+    /// A snapshot that does not fit the disk (ENOSPC halfway through its payload) fails with
+    /// that error and leaves nothing behind: its temporary file is removed and the snapshot
+    /// before it stays the newest valid one. Once space is back, the next attempt succeeds.
+    #[test]
+    fn a_snapshot_on_a_full_disk_fails_cleanly_and_keeps_the_old_one() {
+        let (fs, vfs, dir) = disk();
+        let old = write(&vfs, &dir, &meta(5), &[7u8; 1000]);
+        fs.set_capacity_bytes(Some(fs.used_bytes() + (64 << 10)));
+        let failed = (|| -> Result<(), String> {
+            let mut w = SnapshotWriter::create(Arc::clone(&vfs), &dir, &meta(9))
+                .map_err(|e| e.to_string())?;
+            w.write_all(&vec![8u8; 1 << 20])
+                .map_err(|e| e.to_string())?;
+            w.finish().map(|_| ()).map_err(|e| e.to_string())
+        })();
+        let e = failed.expect_err("1 MiB does not fit 64 KiB");
+        assert!(
+            e.contains("No space left on device"),
+            "the error says why: {e}"
+        );
+        assert_eq!(fs.paths(), vec![old.clone()], "no temporary file is left");
+        let newest = newest_valid(&*vfs, &dir).unwrap();
+        assert_eq!(newest.chosen.map(|c| c.path), Some(old));
+        fs.set_capacity_bytes(None);
+        let new = write(&vfs, &dir, &meta(9), &vec![8u8; 1 << 20]);
+        let newest = newest_valid(&*vfs, &dir).unwrap();
+        assert_eq!(newest.chosen.map(|c| c.path), Some(new));
+    }
 }
