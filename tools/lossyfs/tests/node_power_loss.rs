@@ -128,7 +128,11 @@ async fn read_all(addr: SocketAddr) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, tonic:
         })
         .await?
         .into_inner();
-    Ok(answer.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
+    Ok(answer
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect())
 }
 
 #[test]
@@ -152,7 +156,9 @@ fn a_node_killed_at_a_power_loss_restarts_and_keeps_every_acknowledged_put() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
-    println!("node_power_loss: seed {seed}, {cycles} power losses (reproduce with LOSSYFS_SEED={seed})");
+    println!(
+        "node_power_loss: seed {seed}, {cycles} power losses (reproduce with LOSSYFS_SEED={seed})"
+    );
     let mut rng = Rng(seed);
 
     let dir = tempfile::tempdir().expect("tempdir");

@@ -190,8 +190,15 @@ fn an_mmap_sees_unsynced_writes_and_after_a_power_loss_only_synced_ones() {
     };
     assert_ne!(p, libc::MAP_FAILED);
     // SAFETY: p maps len bytes; populate reads them in (the node does the same).
-    let r = unsafe { libc::madvise(p, len, 22 /* MADV_POPULATE_READ */) };
-    assert_eq!(r, 0, "MADV_POPULATE_READ: {}", std::io::Error::last_os_error());
+    let r = unsafe {
+        libc::madvise(p, len, 22 /* MADV_POPULATE_READ */)
+    };
+    assert_eq!(
+        r,
+        0,
+        "MADV_POPULATE_READ: {}",
+        std::io::Error::last_os_error()
+    );
     f.write_all_at(b"synced", 0).unwrap();
     f.sync_data().unwrap();
     f.write_all_at(b"unsynced", 4096).unwrap();
