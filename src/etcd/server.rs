@@ -704,7 +704,7 @@ impl pb::kv_server::Kv for KvService {
                     let answer = self
                         .api
                         .kv_client(addr)?
-                        .compact(self.api.forward_request(compact.clone(), deadline))
+                        .compact(self.api.forward_request(compact, deadline))
                         .await;
                     match answer {
                         // Compacting twice to the same revision is refused the second time, so
