@@ -22,8 +22,9 @@
 //! split so that a large state never stalls the node's loop: on the loop's thread the node takes
 //! a [`SnapshotSource`] (cheap: a consistent view of the state at that moment), and another
 //! thread writes its bytes while the loop keeps applying. Restoring reads the bytes as a stream.
-//! The node does not take snapshots yet (there is no InstallSnapshot); the key-value store and
-//! the identity machine implement the trait.
+//! The node takes snapshots through it (`src/node/snapshots.rs`), restores from the newest one at
+//! start and installs the ones a leader sends (InstallSnapshot); the key-value store and the
+//! identity machine implement the trait.
 
 use std::io::{self, Read, Write};
 
