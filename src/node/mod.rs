@@ -476,11 +476,14 @@ where
     let etcd_api = move |inbound: mpsc::Sender<Inbound<KvResponse>>| {
         let api = EtcdApi::new(id, members, inbound, etcd_store, limits);
         let (kv, maintenance, cluster) = api.services();
+        let (lock, election) = crate::etcd::concurrency::services(api.kv_service());
         let mut routes = tonic::service::RoutesBuilder::default();
         routes
             .add_service(kv)
             .add_service(maintenance)
-            .add_service(cluster);
+            .add_service(cluster)
+            .add_service(lock)
+            .add_service(election);
         (routes, crate::etcd::server::PATH_FILTER)
     };
     let snapshots = recovered.snapshots.map(|setup| {
