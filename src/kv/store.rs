@@ -1936,6 +1936,7 @@ mod tests {
         let (b, answers_b) = run();
         assert_eq!(answers_a, answers_b);
         assert_eq!(a, b);
+        use crate::state_machine::Snapshot;
         assert!(a.snapshot() == b.snapshot(), "equal stores, equal bytes");
     }
 }
