@@ -270,12 +270,12 @@ fn etcdctl_endpoint_status_member_list_hashkv_and_unimplemented_methods() {
     );
 
     // Not served: UNIMPLEMENTED with the method's name.
-    let lease = etcdctl(&plain[0], &["lease", "grant", "10"], None);
-    assert!(!lease.success, "{lease:?}");
+    let alarm = etcdctl(&plain[0], &["alarm", "list"], None);
+    assert!(!alarm.success, "{alarm:?}");
     assert!(
-        lease.stderr.contains("code = Unimplemented")
-            && lease.stderr.contains("etcdserverpb.Lease/LeaseGrant"),
-        "{lease:?}"
+        alarm.stderr.contains("code = Unimplemented")
+            && alarm.stderr.contains("etcdserverpb.Maintenance/Alarm"),
+        "{alarm:?}"
     );
     let defrag = etcdctl(&plain[0], &["defrag"], None);
     assert!(

@@ -7,10 +7,12 @@
 //!   of served paths the server's filter uses to answer every other method UNIMPLEMENTED by name.
 //! - [`concurrency`]: the server-side `Lock` and `Election` services, etcd's recipes run on the
 //!   node's own KV service.
+//! - [`lease`]: the `Lease` service and the leader's lease clock, which decides expiry.
 //! - [`members`]: cluster and member ids derived from the static config.
 //!
 //! The key-value semantics live in [`crate::kv`]; docs/ETCD_COMPAT.md lists every difference.
 
 pub mod concurrency;
+pub mod lease;
 pub mod members;
 pub mod server;

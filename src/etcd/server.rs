@@ -1,6 +1,7 @@
 //! The etcd v3 services a node serves: `KV` (Range, Put, DeleteRange, Txn, Compact),
 //! `Maintenance` (Status, HashKV, Snapshot) and `Cluster.MemberList`, on the node's own gRPC
-//! server.
+//! server, and the routing every etcd handler shares (`Lease` lives in [`super::lease`] and uses
+//! the same proposals, reads and forwarding).
 //!
 //! Handlers hold no consensus state; like the Raft and Operator handlers they talk to the event
 //! loop through `Inbound` items (the driver's mailbox):
@@ -101,7 +102,7 @@ type Inbound = crate::driver::Inbound<KvResponse>;
 /// because tonic handlers must be `Send`.
 pub type SharedStore = Arc<Mutex<KvStore>>;
 
-fn lock(store: &SharedStore) -> MutexGuard<'_, KvStore> {
+pub(super) fn lock(store: &SharedStore) -> MutexGuard<'_, KvStore> {
     // A panic while holding the lock is a bug that already stopped the node's loop; the data is
     // still the last consistent state (apply is all-or-nothing), so reading it is fine.
     store.lock().unwrap_or_else(PoisonError::into_inner)
@@ -127,7 +128,7 @@ struct Inner {
 /// refused before anything was proposed or read (no leader known, or leadership moved away from
 /// the node a request was forwarded to): trying again is safe, and `Again`'s status is the
 /// answer when the request's time runs out first.
-enum Route<T> {
+pub(super) enum Route<T> {
     Here(T),
     Leader(SocketAddr),
     Again(Status),
@@ -178,7 +179,7 @@ impl EtcdApi {
         KvService { api: self.clone() }
     }
 
-    fn header(&self, revision: i64, term: Term) -> ResponseHeader {
+    pub(super) fn header(&self, revision: i64, term: Term) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.inner.members.cluster_id,
             member_id: self.inner.members.id_of(Some(self.inner.local_id)),
@@ -188,13 +189,13 @@ impl EtcdApi {
     }
 
     /// Completes a store-filled header (revision) with the node's ids and term.
-    fn fill(&self, header: &mut Option<ResponseHeader>, term: Term) {
+    pub(super) fn fill(&self, header: &mut Option<ResponseHeader>, term: Term) {
         let revision = header.as_ref().map_or(0, |h| h.revision);
         *header = Some(self.header(revision, term));
     }
 
     /// The event loop's view of this node (role, term, leader, commit and applied index).
-    async fn node_status(&self) -> Result<NodeStatus, Status> {
+    pub(super) async fn node_status(&self) -> Result<NodeStatus, Status> {
         self.ask(
             |reply| Inbound::Status { reply },
             "etcdserver: server stopped",
@@ -266,7 +267,7 @@ impl EtcdApi {
     }
 
     /// Proposes `payload` (an encoded, validated command) and waits for its application.
-    async fn propose(
+    pub(super) async fn propose(
         &self,
         payload: Vec<u8>,
         forwarded: bool,
@@ -300,7 +301,7 @@ impl EtcdApi {
     }
 
     /// Waits for permission to read (see the module docs).
-    async fn read(
+    pub(super) async fn read(
         &self,
         linearizable: bool,
         forwarded: bool,
@@ -331,7 +332,7 @@ impl EtcdApi {
     }
 
     /// A (cached) channel to the node at `addr`.
-    fn channel(&self, addr: SocketAddr) -> Result<Channel, Status> {
+    pub(super) fn channel(&self, addr: SocketAddr) -> Result<Channel, Status> {
         let mut channels = self
             .inner
             .channels
@@ -352,7 +353,7 @@ impl EtcdApi {
 
     /// Copies the client's request into a new one marked as forwarded, with what is left of
     /// its time as the gRPC deadline (the leader stops working on it when the client has).
-    fn forward_request<T>(&self, message: T, deadline: Instant) -> Request<T> {
+    pub(super) fn forward_request<T>(&self, message: T, deadline: Instant) -> Request<T> {
         let mut request = Request::new(message);
         request.metadata_mut().insert(
             FORWARDED_HEADER,
@@ -363,7 +364,7 @@ impl EtcdApi {
     }
 
     /// The leader's answer, with this node's member id in the header (the client asked us).
-    fn relay<T>(
+    pub(super) fn relay<T>(
         &self,
         answer: Result<Response<T>, Status>,
         header: impl FnOnce(&mut T) -> &mut Option<ResponseHeader>,
@@ -373,6 +374,11 @@ impl EtcdApi {
             h.member_id = self.inner.members.id_of(Some(self.inner.local_id));
         }
         Ok(Response::new(message))
+    }
+
+    /// The key-value store this node applies to (read it after a grant).
+    pub(super) fn store(&self) -> &SharedStore {
+        &self.inner.store
     }
 
     fn kv_client(&self, addr: SocketAddr) -> Result<KvClient<Channel>, Status> {
@@ -385,7 +391,7 @@ impl EtcdApi {
 
 /// A refusal because this node is not the leader: forward, unless there is no leader or the
 /// request was already forwarded once (then nothing was proposed or read: try again).
-fn not_leader<T>(
+pub(super) fn not_leader<T>(
     leader: Option<NodeId>,
     leader_address: Option<SocketAddr>,
     forwarded: bool,
@@ -400,7 +406,7 @@ fn not_leader<T>(
 /// What a handler does with `Route::Again(status)`: a forwarded request goes back to the node
 /// that forwarded it, marked so that it tries again; the client's own request waits
 /// [`RETRY_PAUSE`] (`Ok`), unless its time would run out first (`Err(status)`, the answer).
-async fn again(status: Status, forwarded: bool, deadline: Instant) -> Result<(), Status> {
+pub(super) async fn again(status: Status, forwarded: bool, deadline: Instant) -> Result<(), Status> {
     if forwarded {
         let mut marked = Status::unavailable(status.message());
         marked.metadata_mut().insert(
@@ -419,7 +425,7 @@ async fn again(status: Status, forwarded: bool, deadline: Instant) -> Result<(),
 /// How a failed forward is answered: `Ok(refusal)` when trying again is safe (the leader refused
 /// without proposing, or the connection was never made; for an `idempotent` read, any
 /// transport failure), otherwise `Err` with the failure itself (see [`relay_status`]).
-fn forward_failed(status: Status, idempotent: bool) -> Result<Status, Status> {
+pub(super) fn forward_failed(status: Status, idempotent: bool) -> Result<Status, Status> {
     let refused_there = status.metadata().get(NOT_PROPOSED_HEADER).is_some();
     // Made here by tonic (the cause is its source), not an answer that came over the wire.
     let transport = std::error::Error::source(&status).is_some();
@@ -461,11 +467,11 @@ fn relay_status(status: Status) -> Status {
     }
 }
 
-fn is_forwarded<T>(request: &Request<T>) -> bool {
+pub(super) fn is_forwarded<T>(request: &Request<T>) -> bool {
     request.metadata().get(FORWARDED_HEADER).is_some()
 }
 
-fn wrong_response(expected: &str) -> Status {
+pub(super) fn wrong_response(expected: &str) -> Status {
     // The store answered an op with another kind: a bug, not a client error.
     tracing::error!("the key-value store answered a {expected} with another response kind");
     Status::internal(format!(
@@ -497,9 +503,7 @@ impl KvService {
                 Some(r) => Ok(Route::Here((r, term))),
                 None => Err(wrong_response("request")),
             },
-            Route::Here((kv::Applied::Compact(_) | kv::Applied::Nothing, _)) => {
-                Err(wrong_response("request"))
-            }
+            Route::Here(_) => Err(wrong_response("request")),
             Route::Leader(addr) => Ok(Route::Leader(addr)),
             Route::Again(status) => Ok(Route::Again(status)),
         }
@@ -991,6 +995,11 @@ pub const SERVED_ETCD_METHODS: &[&str] = &[
     "/v3electionpb.Election/Leader",
     "/v3electionpb.Election/Observe",
     "/v3electionpb.Election/Resign",
+    "/etcdserverpb.Lease/LeaseGrant",
+    "/etcdserverpb.Lease/LeaseRevoke",
+    "/etcdserverpb.Lease/LeaseKeepAlive",
+    "/etcdserverpb.Lease/LeaseTimeToLive",
+    "/etcdserverpb.Lease/LeaseLeases",
 ];
 
 /// Whether `path` (`/package.Service/Method`) is served.
@@ -1003,7 +1012,7 @@ pub fn unimplemented_message(path: &str) -> String {
     let method = path.trim_start_matches('/');
     format!(
         "rust-raft-log does not implement {method} (served: KV Range/Put/DeleteRange/Txn/Compact, \
-         Maintenance.Status/HashKV/Snapshot, Cluster.MemberList, Lock, Election; see \
+         Maintenance.Status/HashKV/Snapshot, Cluster.MemberList, Lease, Lock, Election; see \
          docs/ETCD_COMPAT.md)"
     )
 }
@@ -1024,8 +1033,9 @@ mod tests {
         assert!(is_served("/raftlog.v1.Raft/AppendEntries"));
         assert!(!is_served("/etcdserverpb.Watch/Watch"));
         assert!(!is_served("/etcdserverpb.Maintenance/Defragment"));
-        assert!(unimplemented_message("/etcdserverpb.Lease/LeaseGrant")
-            .contains("etcdserverpb.Lease/LeaseGrant"));
+        assert!(is_served("/etcdserverpb.Lease/LeaseKeepAlive"));
+        assert!(unimplemented_message("/etcdserverpb.Auth/Authenticate")
+            .contains("etcdserverpb.Auth/Authenticate"));
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! +------+--------------------------------------+
 //!   0x01   etcdserverpb.RequestOp   (put, delete range, txn, range)
 //!   0x02   etcdserverpb.CompactionRequest
+//!   0x03   etcdserverpb.LeaseGrantRequest   (ID chosen by the proposer, never 0; TTL raised to
+//!                                            the minimum by the proposer)
+//!   0x04   etcdserverpb.LeaseRevokeRequest  (a client's revoke, or the leader's on expiry)
 //! ```
 //!
 //! The result of applying an entry ([`KvResponse`]) goes to the proposer as a value, on the same
@@ -20,18 +23,25 @@
 use prost::Message;
 
 use super::{KvError, KvStore};
-use crate::etcdpb::etcdserverpb::{CompactionRequest, CompactionResponse, RequestOp, ResponseOp};
+use crate::etcdpb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, RequestOp, ResponseOp,
+};
 use crate::state_machine::StateMachine;
 use crate::types::{EntryType, LogEntry};
 
 const COMMAND_OP: u8 = 0x01;
 const COMMAND_COMPACT: u8 = 0x02;
+const COMMAND_LEASE_GRANT: u8 = 0x03;
+const COMMAND_LEASE_REVOKE: u8 = 0x04;
 
 /// A decoded command: what a Normal log entry of the key-value store carries.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     Op(RequestOp),
     Compact(CompactionRequest),
+    LeaseGrant(LeaseGrantRequest),
+    LeaseRevoke(LeaseRevokeRequest),
 }
 
 /// The result of applying a command, as the proposer receives it.
@@ -39,6 +49,8 @@ pub enum Command {
 pub enum Applied {
     Op(ResponseOp),
     Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
     /// A NoOp entry (a new leader's first entry): nothing changed, nobody waits for it.
     Nothing,
 }
@@ -57,6 +69,17 @@ pub fn encode_command(op: &RequestOp) -> Vec<u8> {
 /// The log entry payload for a compaction (etcd replicates compactions through Raft too).
 pub fn encode_compact(request: &CompactionRequest) -> Vec<u8> {
     encode_with_kind(COMMAND_COMPACT, request)
+}
+
+/// The log entry payload for a lease grant; `request.id` must be the ID the proposer chose.
+pub fn encode_lease_grant(request: &LeaseGrantRequest) -> Vec<u8> {
+    assert_ne!(request.id, 0, "the proposer chooses a lease ID before proposing");
+    encode_with_kind(COMMAND_LEASE_GRANT, request)
+}
+
+/// The log entry payload for a lease revoke.
+pub fn encode_lease_revoke(request: &LeaseRevokeRequest) -> Vec<u8> {
+    encode_with_kind(COMMAND_LEASE_REVOKE, request)
 }
 
 fn encode_with_kind(kind: u8, message: &impl Message) -> Vec<u8> {
@@ -81,6 +104,12 @@ pub fn decode_command(payload: &[u8]) -> Result<Command, KvError> {
         COMMAND_COMPACT => CompactionRequest::decode(body)
             .map(Command::Compact)
             .map_err(|error| bad(&format!("CompactionRequest does not decode: {error}"))),
+        COMMAND_LEASE_GRANT => LeaseGrantRequest::decode(body)
+            .map(Command::LeaseGrant)
+            .map_err(|error| bad(&format!("LeaseGrantRequest does not decode: {error}"))),
+        COMMAND_LEASE_REVOKE => LeaseRevokeRequest::decode(body)
+            .map(Command::LeaseRevoke)
+            .map_err(|error| bad(&format!("LeaseRevokeRequest does not decode: {error}"))),
         other => Err(bad(&format!("unknown command kind {other:#04x}"))),
     }
 }
@@ -97,6 +126,10 @@ impl KvStore {
         match command {
             Command::Op(op) => self.apply(op).map(Applied::Op),
             Command::Compact(request) => self.compact(request.revision).map(Applied::Compact),
+            Command::LeaseGrant(request) => self
+                .lease_grant(request.id, request.ttl)
+                .map(Applied::LeaseGrant),
+            Command::LeaseRevoke(request) => self.lease_revoke(request.id).map(Applied::LeaseRevoke),
         }
     }
 }
@@ -153,6 +186,44 @@ mod tests {
             decode_command(&encode_compact(&compact)),
             Ok(Command::Compact(compact))
         );
+    }
+
+    #[test]
+    fn lease_commands_round_trip_and_apply() {
+        let grant = LeaseGrantRequest { ttl: 60, id: 0x1234 };
+        assert_eq!(
+            decode_command(&encode_lease_grant(&grant)),
+            Ok(Command::LeaseGrant(grant.clone()))
+        );
+        let revoke = LeaseRevokeRequest { id: 0x1234 };
+        assert_eq!(
+            decode_command(&encode_lease_revoke(&revoke)),
+            Ok(Command::LeaseRevoke(revoke))
+        );
+        let mut store = KvStore::new();
+        let answer = StateMachine::apply(
+            &mut store,
+            &entry(EntryType::Normal, encode_lease_grant(&grant)),
+        );
+        assert!(
+            matches!(&answer, Ok(Applied::LeaseGrant(r)) if r.id == 0x1234 && r.ttl == 60),
+            "{answer:?}"
+        );
+        let again = StateMachine::apply(
+            &mut store,
+            &entry(EntryType::Normal, encode_lease_grant(&grant)),
+        );
+        assert_eq!(again, Err(KvError::LeaseExists));
+        let answer = StateMachine::apply(
+            &mut store,
+            &entry(EntryType::Normal, encode_lease_revoke(&revoke)),
+        );
+        assert!(matches!(answer, Ok(Applied::LeaseRevoke(_))), "{answer:?}");
+        let answer = StateMachine::apply(
+            &mut store,
+            &entry(EntryType::Normal, encode_lease_revoke(&revoke)),
+        );
+        assert_eq!(answer, Err(KvError::LeaseNotFound));
     }
 
     #[test]

@@ -25,8 +25,13 @@
 //!   The store compacts on an explicit Compact and, to bound memory, automatically keeps only the
 //!   last [`HISTORY_REVISIONS_DEFAULT`] revisions (like etcd's revision-mode auto-compaction).
 //!   The retention is part of the replicated semantics: every replica must use the same one.
-//! - Leases are not supported: a put naming a nonzero lease fails with etcd's "requested lease not
-//!   found", and every key's `lease` is 0.
+//! - Leases (etcd's): a lease is an ID with a granted TTL, replicated through the log
+//!   ([`KvStore::lease_grant`], [`KvStore::lease_revoke`]). A put naming a lease attaches the key
+//!   to it (a lease that does not exist: "requested lease not found"), a put without one detaches
+//!   it, `ignore_lease` keeps the key's lease, a delete detaches. Revoking a lease deletes every
+//!   key attached to it in one write, at one revision. When a lease expires is not the store's
+//!   business: the leader decides it with its clock and proposes a revoke (`crate::etcd::lease`).
+//!   Leases are part of snapshots.
 
 mod command;
 mod snapshot;
@@ -41,11 +46,12 @@ mod model_tests;
 mod snapshot_tests;
 
 pub use self::command::{
-    decode_command, encode_command, encode_compact, Applied, Command, KvResponse,
+    decode_command, encode_command, encode_compact, encode_lease_grant, encode_lease_revoke,
+    Applied, Command, KvResponse,
     COMMAND_FRAMING_BYTES,
 };
 pub use self::snapshot::{KvHash, KvSnapshotView, SNAPSHOT_BUFFER_BYTES, SNAPSHOT_FIELD_BYTES_MAX};
-pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT};
+pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT, LEASE_TTL_MAX_S};
 pub use self::validate::validate;
 
 /// etcd's default `--max-request-bytes`: 1.5 MiB.
@@ -134,9 +140,15 @@ pub enum KvError {
     /// A read or compaction at a revision above the current one.
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRevision,
-    /// A put with a nonzero lease (this store has no leases).
+    /// A put naming, or a revoke of, a lease that does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A grant of an ID that is in use.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A grant with a TTL above [`LEASE_TTL_MAX_S`] (etcd's `MaxLeaseTTL`).
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// A log entry payload that is not a command of this store (corrupt, or written by another
     /// state machine). Every replica answers it the same way and changes nothing.
     #[error("rust-raft-log: log entry is not a key-value command: {reason}")]
@@ -158,6 +170,8 @@ impl KvError {
             | KvError::RequestTooLarge => Code::InvalidArgument,
             KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
             KvError::LeaseNotFound => Code::NotFound,
+            KvError::LeaseExists => Code::FailedPrecondition,
+            KvError::LeaseTtlTooLarge => Code::OutOfRange,
             KvError::BadCommand { .. } => Code::Internal,
         };
         tonic::Status::new(code, self.to_string())
@@ -220,6 +234,16 @@ mod tests {
                 KvError::LeaseNotFound,
                 tonic::Code::NotFound,
                 "etcdserver: requested lease not found",
+            ),
+            (
+                KvError::LeaseExists,
+                tonic::Code::FailedPrecondition,
+                "etcdserver: lease already exists",
+            ),
+            (
+                KvError::LeaseTtlTooLarge,
+                tonic::Code::OutOfRange,
+                "etcdserver: too large lease TTL",
             ),
         ];
         for (error, code, message) in cases {

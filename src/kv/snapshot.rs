@@ -36,14 +36,25 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use super::store::{version_size_bytes, History, Key, KeyMap, Live, Version, REVISION_INITIAL};
+use super::store::{
+    version_size_bytes, History, Key, KeyMap, LeaseMap, LeaseState, Live, Version,
+    LEASE_TTL_MAX_S, REVISION_INITIAL,
+};
 use super::{KvError, KvStore};
 use crate::state_machine::{Snapshot, SnapshotError, SnapshotSource};
 
 /// The payload's first bytes.
 pub(super) const MAGIC: &[u8; 8] = b"RRLKVSN1";
-/// The layout this code writes and reads.
-pub(super) const FORMAT_VERSION: u32 = 1;
+/// The layout this code writes. Version 2 added leases (a live version's lease, and the lease
+/// table after the key records); version 1 payloads, written before leases existed, still load
+/// (as a store without leases).
+pub(super) const FORMAT_VERSION: u32 = 2;
+/// The oldest layout this code reads.
+pub(super) const FORMAT_VERSION_MIN: u32 = 1;
+/// Live flag of a live version without a lease (the only live flag of version 1).
+const LIVE: u8 = 1;
+/// Live flag of a live version attached to a lease: its lease ID follows its `version`.
+const LIVE_LEASED: u8 = 2;
 /// Bytes before the first key record: magic, version, revision, compact_revision,
 /// history_revisions, key count.
 pub(super) const HEADER_BYTES: usize = 44;
@@ -75,6 +86,7 @@ pub struct KvSnapshotView {
     compact_revision: i64,
     history_revisions: i64,
     keys: KeyMap,
+    leases: LeaseMap,
 }
 
 // The node hands a view to another thread and keeps applying: it must own what it reads.
@@ -90,6 +102,7 @@ impl fmt::Debug for KvSnapshotView {
             .field("compact_revision", &self.compact_revision)
             .field("history_revisions", &self.history_revisions)
             .field("keys", &self.keys.len())
+            .field("leases", &self.leases.len())
             .finish()
     }
 }
@@ -116,6 +129,7 @@ impl KvStore {
             compact_revision: self.compact_revision,
             history_revisions: self.history_revisions,
             keys: self.keys.clone(),
+            leases: self.leases.clone(),
         }
     }
 
@@ -168,6 +182,11 @@ impl KvSnapshotView {
         out.put(&(self.keys.len() as u64).to_le_bytes())?;
         for (key, history) in &self.keys {
             put_key_record(&mut out, key, history)?;
+        }
+        out.put(&(self.leases.len() as u64).to_le_bytes())?;
+        for (id, lease) in &self.leases {
+            out.put(&id.to_le_bytes())?;
+            out.put(&lease.ttl_s.to_le_bytes())?;
         }
         out.finish()
     }
@@ -241,9 +260,14 @@ fn put_key_record(out: &mut PayloadWriter<'_>, key: &[u8], versions: &[Version])
         match &version.live {
             None => out.put(&[0])?,
             Some(live) => {
-                out.put(&[1])?;
+                // A version without a lease is written as in format 1, so the HashKV of a store
+                // that never used leases is what it was.
+                out.put(&[if live.lease == 0 { LIVE } else { LIVE_LEASED }])?;
                 out.put(&live.create_revision.to_le_bytes())?;
                 out.put(&live.version.to_le_bytes())?;
+                if live.lease != 0 {
+                    out.put(&live.lease.to_le_bytes())?;
+                }
                 out.put_field(&live.value, "value")?;
             }
         }
@@ -497,8 +521,11 @@ fn decode(reader: &mut PayloadReader<'_>) -> Result<KvStore, SnapshotError> {
         });
     }
     let format = reader.u32("format version")?;
-    if format != FORMAT_VERSION {
-        return Err(reader.corrupt(format!("unknown format version {format}")));
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&format) {
+        return Err(reader.corrupt(format!(
+            "unknown format version {format} (this build reads versions \
+             {FORMAT_VERSION_MIN} to {FORMAT_VERSION}: written by a newer rust-raft-log?)"
+        )));
     }
     let revision = reader.i64("revision")?;
     let compact_revision = reader.i64("compact_revision")?;
@@ -524,7 +551,7 @@ fn decode(reader: &mut PayloadReader<'_>) -> Result<KvStore, SnapshotError> {
         {
             return Err(reader.corrupt("keys must be non-empty and strictly increasing"));
         }
-        let history = decode_history(reader, &key, revision, compact_revision)?;
+        let history = decode_history(reader, &key, revision, compact_revision, format)?;
         size_bytes += history
             .iter()
             .map(|version| version_size_bytes(&key, version))
@@ -532,6 +559,11 @@ fn decode(reader: &mut PayloadReader<'_>) -> Result<KvStore, SnapshotError> {
         keys.insert(Arc::clone(&key), history);
         previous_key = Some(key);
     }
+    let leases = if format >= 2 {
+        decode_leases(reader, &keys)?
+    } else {
+        LeaseMap::new()
+    };
     let computed = reader.checksum();
     let stored = reader.u32("checksum")?;
     if stored != computed {
@@ -549,7 +581,53 @@ fn decode(reader: &mut PayloadReader<'_>) -> Result<KvStore, SnapshotError> {
         keys,
         changes,
         size_bytes,
+        leases,
     })
+}
+
+/// The lease table (format 2): a count, then `(id, ttl)` in strictly increasing ID order. The
+/// keys attached to each lease are not stored: they are the keys whose newest version is live and
+/// names it, gathered here; such a key naming a lease missing from the table is corrupt.
+fn decode_leases(reader: &mut PayloadReader<'_>, keys: &KeyMap) -> Result<LeaseMap, SnapshotError> {
+    let count = reader.u64("lease count")?;
+    let mut leases = LeaseMap::new();
+    let mut previous: Option<i64> = None;
+    for _ in 0..count {
+        let id = reader.i64("lease id")?;
+        let ttl_s = reader.i64("lease ttl")?;
+        if id == 0 || previous.is_some_and(|previous| previous >= id) {
+            return Err(reader.corrupt(format!(
+                "lease ids must be nonzero and strictly increasing: {id} after {previous:?}"
+            )));
+        }
+        if !(1..=LEASE_TTL_MAX_S).contains(&ttl_s) {
+            return Err(reader.corrupt(format!("lease {id} with a TTL of {ttl_s} s")));
+        }
+        leases.insert(
+            id,
+            LeaseState {
+                ttl_s,
+                keys: imbl::OrdSet::new(),
+            },
+        );
+        previous = Some(id);
+    }
+    for (key, history) in keys {
+        let Some(live) = history.last().and_then(|version| version.live.as_ref()) else {
+            continue;
+        };
+        if live.lease == 0 {
+            continue;
+        }
+        let Some(lease) = leases.get_mut(&live.lease) else {
+            return Err(reader.corrupt(format!(
+                "key {key:?} is attached to lease {} which the lease table does not hold",
+                live.lease
+            )));
+        };
+        lease.keys.insert(Arc::clone(key));
+    }
+    Ok(leases)
 }
 
 /// One key's versions, checked against the store's invariants (`store.rs`).
@@ -558,6 +636,7 @@ fn decode_history(
     key: &[u8],
     revision: i64,
     compact_revision: i64,
+    format: u32,
 ) -> Result<Vec<Version>, SnapshotError> {
     let count = reader.u32("version count")?;
     if count == 0 {
@@ -568,9 +647,18 @@ fn decode_history(
         let mod_revision = reader.i64("mod_revision")?;
         let live = match reader.u8("live flag")? {
             0 => None,
-            1 => {
+            flag @ (LIVE | LIVE_LEASED) if flag == LIVE || format >= 2 => {
                 let create_revision = reader.i64("create_revision")?;
                 let version = reader.i64("version")?;
+                let lease = if flag == LIVE_LEASED {
+                    let lease = reader.i64("lease")?;
+                    if lease == 0 {
+                        return Err(reader.corrupt("a leased version with lease 0"));
+                    }
+                    lease
+                } else {
+                    0
+                };
                 let value = reader.field("value")?;
                 if version < 1 || create_revision < 1 || create_revision > mod_revision {
                     return Err(reader.corrupt(format!(
@@ -580,6 +668,7 @@ fn decode_history(
                 Some(Live {
                     create_revision,
                     version,
+                    lease,
                     value,
                 })
             }

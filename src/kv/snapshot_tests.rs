@@ -2,7 +2,7 @@
 //!
 //! The reference for the streaming code is the code it replaced: the in-memory encoder and
 //! decoder of format version 1 (one `Vec` of everything, decoded from one slice), kept here in
-//! [`in_memory`]. Random workloads check that the streamed bytes are the old encoder's, that the
+//! [`in_memory`] and extended by hand to format 2 (leases) from `docs/FORMAT.md`. Random workloads check that the streamed bytes are the old encoder's, that the
 //! streaming restore builds exactly the store the old decoder built (whatever sizes the reader
 //! hands its bytes in), and that a view taken before more writes still writes the bytes of a store
 //! that stopped at that moment.
@@ -22,13 +22,16 @@ use crate::state_machine::{Snapshot, SnapshotError, StateMachine};
 use crate::types::{EntryType, LogEntry, LogIndex, Term};
 
 /// The encoder and decoder of format version 1 as they were before snapshots were streamed,
-/// adapted only to the store's shared (`Arc`) keys, values and histories.
+/// adapted to the store's shared (`Arc`) keys, values and histories, and to format 2: a leased
+/// live version (flag 2, its lease after `version`) and the lease table after the keys.
 mod in_memory {
     use std::collections::VecDeque;
     use std::sync::Arc;
 
     use super::super::snapshot::{CHECKSUM_BYTES, FORMAT_VERSION, MAGIC};
-    use super::super::store::{version_size_bytes, KeyMap, Live, Version, REVISION_INITIAL};
+    use super::super::store::{
+        version_size_bytes, KeyMap, LeaseMap, LeaseState, Live, Version, REVISION_INITIAL,
+    };
     use super::super::KvStore;
     use crate::state_machine::SnapshotError;
 
@@ -48,13 +51,21 @@ mod in_memory {
                 match &version.live {
                     None => out.push(0),
                     Some(live) => {
-                        out.push(1);
+                        out.push(if live.lease == 0 { 1 } else { 2 });
                         out.extend_from_slice(&live.create_revision.to_le_bytes());
                         out.extend_from_slice(&live.version.to_le_bytes());
+                        if live.lease != 0 {
+                            out.extend_from_slice(&live.lease.to_le_bytes());
+                        }
                         put_bytes(&mut out, &live.value);
                     }
                 }
             }
+        }
+        out.extend_from_slice(&(store.leases.len() as u64).to_le_bytes());
+        for (id, lease) in &store.leases {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&lease.ttl_s.to_le_bytes());
         }
         let checksum = crc32c::crc32c(&out);
         out.extend_from_slice(&checksum.to_le_bytes());
@@ -159,13 +170,15 @@ mod in_memory {
                 let mod_revision = reader.i64("mod_revision")?;
                 let live = match reader.array::<1>("live flag")? {
                     [0] => None,
-                    [1] => {
+                    [flag @ (1 | 2)] => {
                         let create_revision = reader.i64("create_revision")?;
                         let version = reader.i64("version")?;
+                        let lease = if flag == 2 { reader.i64("lease")? } else { 0 };
                         let value = Arc::from(reader.bytes("value")?);
                         Some(Live {
                             create_revision,
                             version,
+                            lease,
                             value,
                         })
                     }
@@ -183,8 +196,25 @@ mod in_memory {
             }
             keys.insert(Arc::from(key), history);
         }
+        let lease_count = u64::from_le_bytes(reader.array("lease count")?);
+        let mut leases = LeaseMap::new();
+        for _ in 0..lease_count {
+            let id = reader.i64("lease id")?;
+            let ttl_s = reader.i64("lease ttl")?;
+            let keys = keys
+                .iter()
+                .filter(|(_, history)| {
+                    history
+                        .last()
+                        .and_then(|version| version.live.as_ref())
+                        .is_some_and(|live| live.lease == id)
+                })
+                .map(|(key, _)| Arc::clone(key))
+                .collect();
+            leases.insert(id, LeaseState { ttl_s, keys });
+        }
         if reader.offset != body.len() {
-            return Err(reader.corrupt("bytes after the last key"));
+            return Err(reader.corrupt("bytes after the lease table"));
         }
         let mut changes: Vec<(i64, Arc<[u8]>)> = keys
             .iter()
@@ -204,6 +234,7 @@ mod in_memory {
             keys,
             changes: VecDeque::from(changes),
             size_bytes,
+            leases,
         })
     }
 }
@@ -218,7 +249,15 @@ enum Op {
     Compact(i64),
     /// A txn that puts and then fails: rolled back whole.
     FailingTxn(usize),
+    /// Grants lease `LEASES[i]` (refused if it exists).
+    Grant(usize),
+    /// Puts a key attached to lease `LEASES[i]` (refused if it does not exist).
+    LeasedPut(usize, usize),
+    /// Revokes lease `LEASES[i]`, deleting its keys (refused if it does not exist).
+    Revoke(usize),
 }
+
+const LEASES: [i64; 3] = [7, 0x1234_5678_9abc, i64::MAX];
 
 #[derive(Clone, Debug)]
 enum Value {
@@ -270,7 +309,7 @@ fn apply(store: &mut KvStore, op: &Op) {
             let leased = RequestOp {
                 request: Some(Request::RequestPut(PutRequest {
                     key: b"leased".to_vec(),
-                    lease: 7,
+                    lease: 9, // not one of LEASES: never granted
                     ..PutRequest::default()
                 })),
             };
@@ -284,6 +323,19 @@ fn apply(store: &mut KvStore, op: &Op) {
             };
             store.apply(&op).map(drop)
         }
+        Op::Grant(lease) => store.lease_grant(LEASES[*lease], 30).map(drop),
+        Op::LeasedPut(key, lease) => {
+            let put = RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: KEYS[*key].as_bytes().to_vec(),
+                    value: b"leased".to_vec(),
+                    lease: LEASES[*lease],
+                    ..PutRequest::default()
+                })),
+            };
+            store.apply(&put).map(drop)
+        }
+        Op::Revoke(lease) => store.lease_revoke(LEASES[*lease]).map(drop),
     };
 }
 
@@ -305,7 +357,10 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (key.clone(), value).prop_map(|(k, v)| Op::Put(k, v)),
         2 => (key.clone(), key.clone()).prop_map(|(from, to)| Op::Delete(from, to)),
         1 => (0i64..6).prop_map(Op::Compact),
-        1 => key.prop_map(Op::FailingTxn),
+        1 => key.clone().prop_map(Op::FailingTxn),
+        1 => (0..LEASES.len()).prop_map(Op::Grant),
+        2 => (key, 0..LEASES.len()).prop_map(|(k, l)| Op::LeasedPut(k, l)),
+        1 => (0..LEASES.len()).prop_map(Op::Revoke),
     ]
 }
 
@@ -378,7 +433,7 @@ proptest! {
     ) {
         let store = replay(history_revisions, &ops);
         let bytes = store.snapshot();
-        prop_assert!(bytes == in_memory::encode(&store), "the stream is not format version 1");
+        prop_assert!(bytes == in_memory::encode(&store), "the stream is not format version 2");
         let expected = in_memory::decode(&bytes).expect("the old decoder reads it");
         let restored = restore(&bytes).expect("restore");
         restored.check_invariants();
@@ -676,9 +731,12 @@ fn hash_kv_is_the_crc32c_of_the_kept_versions_up_to_the_revision() {
         Ok(0),
         "nothing at 1"
     );
-    // At the current revision: the payload's key records, between header and checksum.
+    // At the current revision: the payload's key records, between the header and the lease
+    // table (here only its count, 0).
     let payload = store.snapshot();
-    assert_eq!(&payload[HEADER_BYTES..payload.len() - CHECKSUM_BYTES], at_5);
+    let lease_table = payload.len() - CHECKSUM_BYTES - 8;
+    assert_eq!(&payload[lease_table..lease_table + 8], 0u64.to_le_bytes());
+    assert_eq!(&payload[HEADER_BYTES..lease_table], at_5);
 }
 
 #[test]
@@ -762,4 +820,95 @@ fn hash_kv_differs_after_one_differing_put() {
     );
     // Up to the revision before the differing put they still agree.
     assert_eq!(one.hash_kv(before), other.hash_kv(before));
+}
+
+/// A store with two leases, keys attached to them, one revoked lease's keys gone.
+fn leased_sample() -> KvStore {
+    let mut store = KvStore::with_history_revisions(0);
+    store.lease_grant(7, 60).expect("grant");
+    store.lease_grant(9, 5).expect("grant");
+    store.lease_grant(11, 5).expect("grant");
+    for (key, lease) in [("a", 7), ("b", 9), ("c", 0), ("d", 11)] {
+        let put = RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: b"v".to_vec(),
+                lease,
+                ..PutRequest::default()
+            })),
+        };
+        store.apply(&put).expect("put");
+    }
+    store.lease_revoke(11).expect("revoke");
+    store
+}
+
+#[test]
+fn leases_and_their_keys_survive_a_round_trip() {
+    let store = leased_sample();
+    let restored = restore(&store.snapshot()).expect("restore");
+    restored.check_invariants();
+    assert_eq!(restored, store);
+    assert_eq!(restored.leases().collect::<Vec<_>>(), vec![(7, 60), (9, 5)]);
+    assert_eq!(restored.lease_keys(7), vec![b"a".to_vec()]);
+    assert_eq!(restored.lease_keys(9), vec![b"b".to_vec()]);
+    // The restored store revokes like the original: the key goes, at one new revision.
+    let mut restored = restored;
+    let revision = restored.revision();
+    restored.lease_revoke(9).expect("revoke");
+    assert_eq!(restored.revision(), revision + 1);
+    let range = restored
+        .range(&RangeRequest {
+            key: b"b".to_vec(),
+            ..RangeRequest::default()
+        })
+        .expect("range");
+    assert!(range.kvs.is_empty(), "{range:?}");
+}
+
+/// `store`'s payload as format 1 wrote it: the same bytes without the lease table, with version 1
+/// in the header. Only valid for a store without leases.
+fn as_format_1(store: &KvStore) -> Vec<u8> {
+    assert_eq!(store.leases().count(), 0);
+    let bytes = store.snapshot();
+    let mut old = bytes[..bytes.len() - CHECKSUM_BYTES - 8].to_vec();
+    old[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&1u32.to_le_bytes());
+    let checksum = crc32c::crc32c(&old);
+    old.extend_from_slice(&checksum.to_le_bytes());
+    old
+}
+
+#[test]
+fn format_1_payloads_still_load_as_stores_without_leases() {
+    let store = sample();
+    let old = as_format_1(&store);
+    let restored = restore(&old).expect("a format 1 payload loads");
+    restored.check_invariants();
+    assert_eq!(restored, store);
+    assert_eq!(restored.hash_kv(0), store.hash_kv(0));
+}
+
+#[test]
+fn an_unknown_format_version_is_refused_by_name() {
+    let mut bytes = sample().snapshot();
+    bytes[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&3u32.to_le_bytes());
+    let text = restore(&bytes).expect_err("version 3").to_string();
+    assert!(text.contains("unknown format version 3"), "{text}");
+    assert!(text.contains("1 to 2"), "{text}");
+}
+
+#[test]
+fn a_key_attached_to_a_lease_the_table_lacks_is_corrupt() {
+    let store = leased_sample();
+    let bytes = store.snapshot();
+    // Drop lease 9 from the table (the last 16 bytes before the checksum) and fix the count.
+    let body_end = bytes.len() - CHECKSUM_BYTES;
+    let table_start = body_end - 8 - 2 * 16;
+    let mut damaged = bytes[..table_start].to_vec();
+    damaged.extend_from_slice(&1u64.to_le_bytes());
+    damaged.extend_from_slice(&bytes[table_start + 8..table_start + 8 + 16]);
+    let checksum = crc32c::crc32c(&damaged);
+    damaged.extend_from_slice(&checksum.to_le_bytes());
+    let text = restore(&damaged).expect_err("key b names lease 9").to_string();
+    assert!(text.contains("lease 9"), "{text}");
 }

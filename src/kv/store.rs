@@ -52,7 +52,8 @@ use crate::etcdpb::etcdserverpb::{
     range_request::{SortOrder, SortTarget},
     request_op::Request,
     response_op::Response,
-    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::etcdpb::mvccpb::KeyValue;
@@ -91,9 +92,30 @@ pub(super) struct Version {
 pub(super) struct Live {
     pub(super) create_revision: i64,
     pub(super) version: i64,
+    /// The lease the key is attached to at this version (0: none).
+    pub(super) lease: i64,
     /// Shared: a copied leaf (copy on write) and an `ignore_value` put copy only the pointer.
     pub(super) value: Arc<[u8]>,
 }
+
+/// Every lease by ID, in ID order. Persistent like [`KeyMap`], so a snapshot view clones it in
+/// O(1).
+pub(super) type LeaseMap = OrdMap<i64, LeaseState>;
+
+/// A lease as the replicated state knows it: its granted TTL and the keys attached to it. Its
+/// deadline is not here: expiry is decided by the leader's clock, outside the log (see
+/// `crate::etcd::lease`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LeaseState {
+    /// The TTL granted, in seconds (already raised to the minimum by the proposer).
+    pub(super) ttl_s: i64,
+    /// The keys whose newest version is live and names this lease. Derived from the key map
+    /// (`check_invariants` recomputes it); kept so that a revoke costs its keys, not the store.
+    pub(super) keys: imbl::OrdSet<Key>,
+}
+
+/// etcd's `MaxLeaseTTL`: a grant above it answers "too large lease TTL".
+pub const LEASE_TTL_MAX_S: i64 = 9_000_000_000;
 
 /// The key-value state machine. See the [module docs](super) for the semantics.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +130,7 @@ pub struct KvStore {
     /// compaction up to a revision must visit.
     pub(super) changes: VecDeque<(i64, Key)>,
     pub(super) size_bytes: i64,
+    pub(super) leases: LeaseMap,
 }
 
 /// A write transaction in progress at revision `rev`.
@@ -147,6 +170,7 @@ impl KvStore {
             keys: KeyMap::new(),
             changes: VecDeque::new(),
             size_bytes: 0,
+            leases: LeaseMap::new(),
         }
     }
 
@@ -377,6 +401,7 @@ impl KvStore {
             return;
         }
         self.revision = txn.rev;
+        self.reattach_leases(txn.changes_len);
         if self.history_revisions > 0 {
             let target = self.revision - self.history_revisions;
             if target > self.compact_revision {
@@ -444,7 +469,7 @@ impl KvStore {
         if put.key.is_empty() {
             return Err(KvError::EmptyKey);
         }
-        if put.lease != 0 {
+        if put.lease != 0 && !self.leases.contains_key(&put.lease) {
             return Err(KvError::LeaseNotFound);
         }
         // One map search for a put to an existing key: the store is in the path of every write.
@@ -539,6 +564,120 @@ impl KvStore {
             key,
             None,
         );
+    }
+
+    /// Moves each key the committed transaction wrote from the lease of its previous version to
+    /// the lease of its new one. Done once at commit, from the versions the transaction pushed
+    /// (the change queue's tail since `changes_len`), so a rolled-back transaction has nothing to
+    /// undo here; and before compaction, which may drop the previous versions.
+    fn reattach_leases(&mut self, changes_len: usize) {
+        if self.leases.is_empty() {
+            return;
+        }
+        let KvStore {
+            keys,
+            changes,
+            leases,
+            ..
+        } = self;
+        for (revision, key) in changes.range(changes_len..) {
+            let Some(history) = keys.get(&**key) else {
+                continue;
+            };
+            let lease_of = |version: Option<&Version>| {
+                version
+                    .and_then(|version| version.live.as_ref())
+                    .map_or(0, |live| live.lease)
+            };
+            let new = lease_of(history.last());
+            let before = history
+                .len()
+                .checked_sub(2)
+                .and_then(|i| history.get(i))
+                .filter(|version| version.mod_revision < *revision);
+            let old = lease_of(before);
+            if old == new {
+                continue;
+            }
+            if let Some(lease) = leases.get_mut(&old) {
+                lease.keys.remove(&**key);
+            }
+            if let Some(lease) = leases.get_mut(&new) {
+                lease.keys.insert(Arc::clone(key));
+            }
+        }
+    }
+
+    /// Grants lease `id` with a TTL of `ttl_s` seconds (the proposer chose the ID and applied the
+    /// minimum TTL; a TTL below 1 is taken as 1 so that a lease always lives a moment). The
+    /// revision does not change: a lease is not a key.
+    ///
+    /// # Errors
+    /// `LeaseTtlTooLarge` above [`LEASE_TTL_MAX_S`], `LeaseExists` for an ID in use, and
+    /// `BadCommand` for ID 0 (the proposer always picks one).
+    pub fn lease_grant(&mut self, id: i64, ttl_s: i64) -> Result<LeaseGrantResponse, KvError> {
+        if id == 0 {
+            return Err(KvError::BadCommand {
+                reason: "a lease grant without an ID".to_owned(),
+            });
+        }
+        if ttl_s > LEASE_TTL_MAX_S {
+            return Err(KvError::LeaseTtlTooLarge);
+        }
+        if self.leases.contains_key(&id) {
+            return Err(KvError::LeaseExists);
+        }
+        let ttl_s = ttl_s.max(1);
+        self.leases.insert(
+            id,
+            LeaseState {
+                ttl_s,
+                keys: imbl::OrdSet::new(),
+            },
+        );
+        Ok(LeaseGrantResponse {
+            header: header(self.revision),
+            id,
+            ttl: ttl_s,
+            error: String::new(),
+        })
+    }
+
+    /// Revokes lease `id`: every key attached to it is deleted in one write transaction, at one
+    /// revision (none if no key is attached), exactly as a delete of those keys would be.
+    ///
+    /// # Errors
+    /// `LeaseNotFound`.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<LeaseRevokeResponse, KvError> {
+        let Some(lease) = self.leases.remove(&id) else {
+            return Err(KvError::LeaseNotFound);
+        };
+        let mut txn = self.begin();
+        for key in &lease.keys {
+            self.tombstone(&mut txn, key);
+        }
+        self.commit(txn);
+        Ok(LeaseRevokeResponse {
+            header: header(self.revision),
+        })
+    }
+
+    /// The granted TTL of lease `id`, in seconds, if it exists.
+    pub fn lease_ttl(&self, id: i64) -> Option<i64> {
+        self.leases.get(&id).map(|lease| lease.ttl_s)
+    }
+
+    /// The keys attached to lease `id`, in key order (empty for a missing lease).
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        self.leases
+            .get(&id)
+            .map(|lease| lease.keys.iter().map(|key| key.to_vec()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every lease as `(id, granted TTL in seconds)`, in ID order.
+    pub fn leases(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        self.leases.iter().map(|(id, lease)| (*id, lease.ttl_s))
     }
 
     fn compact_to(&mut self, revision: i64) {
@@ -646,6 +785,27 @@ impl KvStore {
             }
         }
         assert_eq!(size, self.size_bytes, "size_bytes out of step");
+        let mut attached: std::collections::BTreeMap<i64, Vec<Key>> = self
+            .leases
+            .keys()
+            .map(|id| (*id, Vec::new()))
+            .collect();
+        for (key, history) in &self.keys {
+            if let Some(live) = history.last().and_then(|version| version.live.as_ref()) {
+                if live.lease != 0 {
+                    attached
+                        .get_mut(&live.lease)
+                        .unwrap_or_else(|| {
+                            panic!("{key:?} is attached to lease {} that does not exist", live.lease)
+                        })
+                        .push(Arc::clone(key));
+                }
+            }
+        }
+        for (id, keys) in attached {
+            let indexed: Vec<Key> = self.leases[&id].keys.iter().cloned().collect();
+            assert_eq!(indexed, keys, "the key set of lease {id} is out of step");
+        }
         let above_compaction = self
             .keys
             .values()
@@ -725,7 +885,7 @@ fn visible(key: &[u8], history: &[Version], at: Option<i64>) -> Option<KeyValue>
         mod_revision: version.mod_revision,
         version: live.version,
         value: live.value.to_vec(),
-        lease: 0,
+        lease: live.lease,
     })
 }
 
@@ -755,6 +915,7 @@ fn next_live(
         let live = Live {
             create_revision: rev,
             version: 1,
+            lease: put.lease,
             value: Arc::from(put.value.as_slice()),
         };
         return Ok((live, None));
@@ -765,11 +926,17 @@ fn next_live(
         mod_revision: prev_mod_revision,
         version: prev_live.version,
         value: prev_live.value.to_vec(),
-        lease: 0,
+        lease: prev_live.lease,
     });
     let live = Live {
         create_revision: prev_live.create_revision,
         version: prev_live.version + 1,
+        // etcd: a put without `ignore_lease` sets the lease it names, 0 detaching the key.
+        lease: if put.ignore_lease {
+            prev_live.lease
+        } else {
+            put.lease
+        },
         value: if put.ignore_value {
             Arc::clone(&prev_live.value)
         } else {
@@ -1577,5 +1744,199 @@ mod tests {
     fn range_errors() {
         let store = abcd();
         assert_eq!(store.range(&request("", "")), Err(KvError::EmptyKey));
+    }
+
+    fn leased_put(key: &str, value: &str, lease: i64) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: value.as_bytes().to_vec(),
+                lease,
+                ..PutRequest::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn grant_checks_the_id_and_the_ttl_and_keeps_the_revision() {
+        let mut store = abcd();
+        let granted = store.lease_grant(5, 60).expect("grant");
+        assert_eq!((granted.id, granted.ttl), (5, 60));
+        assert_eq!(revision_of(&granted.header), 6);
+        assert_eq!(store.revision(), 6, "a grant writes no key");
+        assert_eq!(store.lease_grant(5, 10), Err(KvError::LeaseExists));
+        assert_eq!(
+            store.lease_grant(6, LEASE_TTL_MAX_S + 1),
+            Err(KvError::LeaseTtlTooLarge)
+        );
+        assert!(matches!(
+            store.lease_grant(0, 10),
+            Err(KvError::BadCommand { .. })
+        ));
+        // The TTL floor of the store is one second; the proposer applies etcd's minimum.
+        assert_eq!(store.lease_grant(7, 0).map(|r| r.ttl), Ok(1));
+        assert_eq!(store.lease_grant(8, LEASE_TTL_MAX_S).map(|r| r.ttl), Ok(LEASE_TTL_MAX_S));
+        assert_eq!(store.leases().map(|(id, _)| id).collect::<Vec<_>>(), [5, 7, 8]);
+        store.check_invariants();
+    }
+
+    #[test]
+    fn puts_attach_detach_and_keep_leases_like_etcd() {
+        let mut store = abcd();
+        store.lease_grant(1, 60).expect("grant");
+        store.lease_grant(2, 60).expect("grant");
+        apply(&mut store, &leased_put("a", "x", 1));
+        assert_eq!(get(&store, "a").map(|kv| kv.lease), Some(1));
+        assert_eq!(store.lease_keys(1), [b"a".to_vec()]);
+        // Another lease replaces the attachment.
+        apply(&mut store, &leased_put("a", "y", 2));
+        assert_eq!(store.lease_keys(1), Vec::<Vec<u8>>::new());
+        assert_eq!(store.lease_keys(2), [b"a".to_vec()]);
+        // ignore_lease keeps it, prev_kv reports it.
+        let keep = RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: b"a".to_vec(),
+                value: b"z".to_vec(),
+                ignore_lease: true,
+                prev_kv: true,
+                ..PutRequest::default()
+            })),
+        };
+        let Response::ResponsePut(kept) = apply(&mut store, &keep) else {
+            panic!("not a put response");
+        };
+        assert_eq!(kept.prev_kv.map(|kv| kv.lease), Some(2));
+        assert_eq!(get(&store, "a").map(|kv| kv.lease), Some(2));
+        // A put without a lease detaches.
+        put(&mut store, "a", "plain");
+        assert_eq!(get(&store, "a").map(|kv| kv.lease), Some(0));
+        assert!(store.lease_keys(2).is_empty());
+        // A delete detaches.
+        apply(&mut store, &leased_put("b", "x", 2));
+        apply(&mut store, &delete_op("b", "", false));
+        assert!(store.lease_keys(2).is_empty());
+        // A missing lease fails the put and changes nothing.
+        let before = store.clone();
+        assert_eq!(store.apply(&leased_put("c", "x", 3)), Err(KvError::LeaseNotFound));
+        assert_eq!(store, before);
+    }
+
+    #[test]
+    fn a_rolled_back_txn_leaves_the_lease_attachments_alone() {
+        let mut store = abcd();
+        store.lease_grant(1, 60).expect("grant");
+        apply(&mut store, &leased_put("c", "x", 1));
+        let before = store.clone();
+        let op = txn_op(
+            vec![],
+            vec![
+                leased_put("a", "x", 1),
+                delete_op("c", "", false),
+                leased_put("b", "x", 99),
+            ],
+            vec![],
+        );
+        assert_eq!(store.apply(&op), Err(KvError::LeaseNotFound));
+        assert_eq!(store, before);
+        assert_eq!(store.lease_keys(1), [b"c".to_vec()]);
+        store.check_invariants();
+    }
+
+    #[test]
+    fn txn_lease_compares_see_the_keys_lease() {
+        let mut store = abcd();
+        store.lease_grant(4, 60).expect("grant");
+        apply(&mut store, &leased_put("a", "x", 4));
+        let on_lease = |id| compare("a", R::Equal, T::Lease, TargetUnion::Lease(id));
+        assert!(store.compare(&on_lease(4)));
+        assert!(!store.compare(&on_lease(0)));
+        let response = txn(
+            &mut store,
+            &txn_op(vec![on_lease(4)], vec![put_op("hit", "1")], vec![]),
+        );
+        assert!(response.succeeded);
+    }
+
+    #[test]
+    fn revoke_deletes_every_attached_key_at_one_revision() {
+        let mut store = abcd(); // revision 6
+        store.lease_grant(1, 60).expect("grant");
+        store.lease_grant(2, 60).expect("grant");
+        let op = txn_op(
+            vec![],
+            vec![leased_put("x", "1", 1), leased_put("y", "2", 1), leased_put("z", "3", 2)],
+            vec![],
+        );
+        txn(&mut store, &op); // revision 7
+        apply(&mut store, &leased_put("a", "new", 1)); // revision 8
+        let revoked = store.lease_revoke(1).expect("revoke");
+        assert_eq!(revision_of(&revoked.header), 9);
+        assert_eq!(store.revision(), 9);
+        for key in ["a", "x", "y"] {
+            assert_eq!(get(&store, key), None, "{key} outlived its lease");
+        }
+        assert_eq!(get(&store, "z").map(|kv| kv.lease), Some(2));
+        assert_eq!(store.lease_ttl(1), None);
+        // The deletions are ordinary tombstones at the one revision: history still reads them.
+        let mut at8 = request("a", "");
+        at8.revision = 8;
+        assert_eq!(store.range(&at8).expect("range").kvs[0].value, b"new");
+        for key in ["a", "x", "y"] {
+            let history = &store.keys[key.as_bytes()];
+            let last = history.last().expect("a version");
+            assert_eq!((last.mod_revision, last.live.is_none()), (9, true), "{key}");
+        }
+        store.check_invariants();
+        assert_eq!(store.lease_revoke(1), Err(KvError::LeaseNotFound));
+        // A lease without keys is revoked without a new revision.
+        store.lease_grant(3, 60).expect("grant");
+        store.lease_revoke(3).expect("revoke");
+        assert_eq!(store.revision(), 9);
+    }
+
+    #[test]
+    fn lease_commands_are_deterministic_across_replicas() {
+        use crate::kv::{encode_lease_grant, encode_lease_revoke};
+        use crate::state_machine::StateMachine;
+        use crate::types::{EntryType, LogEntry, LogIndex, Term};
+        use crate::etcdpb::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+        let mut payloads = Vec::new();
+        for i in 0..40i64 {
+            payloads.push(match i % 5 {
+                0 => encode_lease_grant(&LeaseGrantRequest { id: i % 3 + 1, ttl: i }),
+                1 | 2 => crate::kv::encode_command(&leased_put(
+                    ["a", "b", "c"][(i % 3) as usize],
+                    "v",
+                    i % 4,
+                )),
+                3 => crate::kv::encode_command(&delete_op("a", "", false)),
+                _ => encode_lease_revoke(&LeaseRevokeRequest { id: i % 3 + 1 }),
+            });
+        }
+        let run = || {
+            let mut store = KvStore::new();
+            let answers: Vec<_> = payloads
+                .iter()
+                .enumerate()
+                .map(|(i, payload)| {
+                    let entry = LogEntry {
+                        term: Term(1),
+                        index: LogIndex(i as u64 + 1),
+                        entry_type: EntryType::Normal,
+                        payload: payload.clone(),
+                    };
+                    let answer = StateMachine::apply(&mut store, &entry);
+                    store.check_invariants();
+                    answer
+                })
+                .collect();
+            (store, answers)
+        };
+        let (a, answers_a) = run();
+        let (b, answers_b) = run();
+        assert_eq!(answers_a, answers_b);
+        assert_eq!(a, b);
+        use crate::state_machine::Snapshot;
+        assert!(a.snapshot() == b.snapshot(), "equal stores, equal bytes");
     }
 }

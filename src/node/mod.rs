@@ -45,6 +45,7 @@ use self::snapshots::{NodeSnapshots, SnapshotPolicy, Snapshotter};
 use crate::config::ClusterConfig;
 use crate::driver::Inbound;
 use crate::etcd::members::Members;
+use crate::etcd::lease::{min_lease_ttl_s, LeaseService};
 use crate::etcd::server::{EtcdApi, SharedStore};
 use crate::grpc::{self, GrpcError, Limits, PeerConfig, Peers, ServerConfig};
 use crate::kv::{KvLimits, KvResponse, KvStore};
@@ -473,17 +474,22 @@ where
     let members = Members::from_config(config);
     let limits = KvLimits::default().fitting_entries_of(config.entry_payload_max_bytes());
     let etcd_store = Arc::clone(&store);
+    let min_lease_ttl = min_lease_ttl_s(config.cluster_settings.election_timeout_range.max);
     let etcd_api = move |inbound: mpsc::Sender<Inbound<KvResponse>>| {
         let api = EtcdApi::new(id, members, inbound, etcd_store, limits);
         let (kv, maintenance, cluster) = api.services();
         let (lock, election) = crate::etcd::concurrency::services(api.kv_service());
+        let (lease, lease_clock) = LeaseService::new(api.clone(), min_lease_ttl);
+        // The leader's expiry checks; the task ends when the event loop stops.
+        tokio::task::spawn_local(crate::etcd::lease::run_expiry(api, lease_clock));
         let mut routes = tonic::service::RoutesBuilder::default();
         routes
             .add_service(kv)
             .add_service(maintenance)
             .add_service(cluster)
             .add_service(lock)
-            .add_service(election);
+            .add_service(election)
+            .add_service(lease);
         (routes, crate::etcd::server::PATH_FILTER)
     };
     let snapshots = recovered.snapshots.map(|setup| {
