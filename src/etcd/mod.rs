@@ -6,8 +6,11 @@
 //!   gRPC server (validation, proposals, ReadIndex reads, forwarding to the leader), and the list
 //!   of served paths the server's filter uses to answer every other method UNIMPLEMENTED by name.
 //! - [`members`]: cluster and member ids derived from the static config.
+//! - [`watch`]: the `Watch` service and the node's watch hub (events pushed as the store
+//!   applies, history replay, slow watchers, progress notifications).
 //!
 //! The key-value semantics live in [`crate::kv`]; docs/ETCD_COMPAT.md lists every difference.
 
 pub mod members;
 pub mod server;
+pub mod watch;

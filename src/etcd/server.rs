@@ -101,7 +101,7 @@ type Inbound = crate::driver::Inbound<KvResponse>;
 /// because tonic handlers must be `Send`.
 pub type SharedStore = Arc<Mutex<KvStore>>;
 
-fn lock(store: &SharedStore) -> MutexGuard<'_, KvStore> {
+pub(super) fn lock(store: &SharedStore) -> MutexGuard<'_, KvStore> {
     // A panic while holding the lock is a bug that already stopped the node's loop; the data is
     // still the last consistent state (apply is all-or-nothing), so reading it is fine.
     store.lock().unwrap_or_else(PoisonError::into_inner)
@@ -172,13 +172,18 @@ impl EtcdApi {
         )
     }
 
-    fn header(&self, revision: i64, term: Term) -> ResponseHeader {
+    pub(super) fn header(&self, revision: i64, term: Term) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.inner.members.cluster_id,
             member_id: self.inner.members.id_of(Some(self.inner.local_id)),
             revision,
             raft_term: term.0,
         }
+    }
+
+    /// The store the handlers read (the watch service reads its history).
+    pub(super) fn store(&self) -> &SharedStore {
+        &self.inner.store
     }
 
     /// Completes a store-filled header (revision) with the node's ids and term.
@@ -188,7 +193,7 @@ impl EtcdApi {
     }
 
     /// The event loop's view of this node (role, term, leader, commit and applied index).
-    async fn node_status(&self) -> Result<NodeStatus, Status> {
+    pub(super) async fn node_status(&self) -> Result<NodeStatus, Status> {
         self.ask(
             |reply| Inbound::Status { reply },
             "etcdserver: server stopped",
@@ -978,6 +983,7 @@ pub const SERVED_ETCD_METHODS: &[&str] = &[
     "/etcdserverpb.Maintenance/HashKV",
     "/etcdserverpb.Maintenance/Snapshot",
     "/etcdserverpb.Cluster/MemberList",
+    "/etcdserverpb.Watch/Watch",
 ];
 
 /// Whether `path` (`/package.Service/Method`) is served.
@@ -990,7 +996,7 @@ pub fn unimplemented_message(path: &str) -> String {
     let method = path.trim_start_matches('/');
     format!(
         "rust-raft-log does not implement {method} (served: KV Range/Put/DeleteRange/Txn/Compact, \
-         Maintenance.Status/HashKV/Snapshot, Cluster.MemberList; see docs/ETCD_COMPAT.md)"
+         Maintenance.Status/HashKV/Snapshot, Cluster.MemberList, Watch; see docs/ETCD_COMPAT.md)"
     )
 }
 
@@ -1008,7 +1014,8 @@ mod tests {
     fn only_the_served_methods_pass_and_the_rest_are_named() {
         assert!(is_served("/etcdserverpb.KV/Range"));
         assert!(is_served("/raftlog.v1.Raft/AppendEntries"));
-        assert!(!is_served("/etcdserverpb.Watch/Watch"));
+        assert!(is_served("/etcdserverpb.Watch/Watch"));
+        assert!(!is_served("/etcdserverpb.Lease/LeaseGrant"));
         assert!(!is_served("/etcdserverpb.Maintenance/Defragment"));
         assert!(unimplemented_message("/etcdserverpb.Lease/LeaseGrant")
             .contains("etcdserverpb.Lease/LeaseGrant"));

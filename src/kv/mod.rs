@@ -29,6 +29,7 @@
 //!   found", and every key's `lease` is 0.
 
 mod command;
+mod events;
 mod snapshot;
 mod store;
 mod validate;
@@ -44,6 +45,7 @@ pub use self::command::{
     decode_command, encode_command, encode_compact, Applied, Command, KvResponse,
     COMMAND_FRAMING_BYTES,
 };
+pub use self::events::{key_in_range, EventSink, HistoryEvents};
 pub use self::snapshot::{KvHash, KvSnapshotView, SNAPSHOT_BUFFER_BYTES, SNAPSHOT_FIELD_BYTES_MAX};
 pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT};
 pub use self::validate::validate;

@@ -36,6 +36,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
+use super::events::SinkSlot;
 use super::store::{version_size_bytes, History, Key, KeyMap, Live, Version, REVISION_INITIAL};
 use super::{KvError, KvStore};
 use crate::state_machine::{Snapshot, SnapshotError, SnapshotSource};
@@ -221,7 +222,8 @@ impl Snapshot for KvStore {
     }
 
     fn restore_from(&mut self, r: &mut dyn Read) -> Result<(), SnapshotError> {
-        *self = KvStore::restore_from(r)?;
+        let restored = KvStore::restore_from(r)?;
+        self.replace_keeping_sink(restored);
         Ok(())
     }
 }
@@ -549,6 +551,7 @@ fn decode(reader: &mut PayloadReader<'_>) -> Result<KvStore, SnapshotError> {
         keys,
         changes,
         size_bytes,
+        sink: SinkSlot::default(),
     })
 }
 

@@ -46,6 +46,7 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 
+use super::events::SinkSlot;
 use super::KvError;
 use crate::etcdpb::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
@@ -108,6 +109,8 @@ pub struct KvStore {
     /// compaction up to a revision must visit.
     pub(super) changes: VecDeque<(i64, Key)>,
     pub(super) size_bytes: i64,
+    /// Who hears each commit's events (the watch hub); not part of the state (see `events.rs`).
+    pub(super) sink: SinkSlot,
 }
 
 /// A write transaction in progress at revision `rev`.
@@ -147,6 +150,7 @@ impl KvStore {
             keys: KeyMap::new(),
             changes: VecDeque::new(),
             size_bytes: 0,
+            sink: SinkSlot::default(),
         }
     }
 
@@ -377,6 +381,8 @@ impl KvStore {
             return;
         }
         self.revision = txn.rev;
+        // Before compaction: the versions this revision replaced may be compacted right below.
+        self.publish_events(txn.rev, txn.changes_len);
         if self.history_revisions > 0 {
             let target = self.revision - self.history_revisions;
             if target > self.compact_revision {

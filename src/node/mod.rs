@@ -46,6 +46,7 @@ use crate::config::ClusterConfig;
 use crate::driver::Inbound;
 use crate::etcd::members::Members;
 use crate::etcd::server::{EtcdApi, SharedStore};
+use crate::etcd::watch::{attach_hub, WatchConfig, WatchService};
 use crate::grpc::{self, GrpcError, Limits, PeerConfig, Peers, ServerConfig};
 use crate::kv::{KvLimits, KvResponse, KvStore};
 use crate::raft::SnapshotId;
@@ -473,14 +474,25 @@ where
     let members = Members::from_config(config);
     let limits = KvLimits::default().fitting_entries_of(config.entry_payload_max_bytes());
     let etcd_store = Arc::clone(&store);
+    // Every commit of the store tells the hub (src/etcd/watch.rs); it costs an atomic load while
+    // nobody watches.
+    let hub = attach_hub(&store, members.cluster_id, members.id_of(Some(id)));
+    let watch_config = WatchConfig {
+        progress_notify_interval: Duration::from_millis(
+            config.cluster_settings.watch_progress_notify_interval,
+        ),
+        ..WatchConfig::default()
+    };
     let etcd_api = move |inbound: mpsc::Sender<Inbound<KvResponse>>| {
         let api = EtcdApi::new(id, members, inbound, etcd_store, limits);
         let (kv, maintenance, cluster) = api.services();
+        let watch = WatchService::new(api.clone(), hub, watch_config).server();
         let mut routes = tonic::service::RoutesBuilder::default();
         routes
             .add_service(kv)
             .add_service(maintenance)
-            .add_service(cluster);
+            .add_service(cluster)
+            .add_service(watch);
         (routes, crate::etcd::server::PATH_FILTER)
     };
     let snapshots = recovered.snapshots.map(|setup| {
