@@ -235,3 +235,330 @@ fn record(key: &[u8], version: &Version) -> Option<KeyValue> {
         lease: 0,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::etcdpb::etcdserverpb::{
+        request_op::Request, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest,
+    };
+
+    /// A sink that records what it hears; `wanting` says whether it asks for events.
+    #[derive(Default)]
+    struct Recorder {
+        wanting: bool,
+        heard: Mutex<Vec<(i64, Vec<Event>)>>,
+        replaced: Mutex<Vec<i64>>,
+    }
+
+    impl EventSink for Recorder {
+        fn wants_events(&self) -> bool {
+            self.wanting
+        }
+        fn committed(&self, revision: i64, events: Vec<Event>) {
+            self.heard.lock().expect("lock").push((revision, events));
+        }
+        fn replaced(&self, revision: i64) {
+            self.replaced.lock().expect("lock").push(revision);
+        }
+    }
+
+    fn put(key: &str, value: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: key.into(),
+                value: value.into(),
+                ..PutRequest::default()
+            })),
+        }
+    }
+
+    fn delete(key: &str, range_end: &str) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                key: key.into(),
+                range_end: range_end.into(),
+                prev_kv: false,
+            })),
+        }
+    }
+
+    fn txn(ops: Vec<RequestOp>) -> RequestOp {
+        RequestOp {
+            request: Some(Request::RequestTxn(TxnRequest {
+                compare: Vec::new(),
+                success: ops,
+                failure: Vec::new(),
+            })),
+        }
+    }
+
+    fn recorded_store(history_revisions: i64) -> (KvStore, Arc<Recorder>) {
+        let mut store = KvStore::with_history_revisions(history_revisions);
+        let recorder = Arc::new(Recorder {
+            wanting: true,
+            ..Recorder::default()
+        });
+        store.set_event_sink(Some(recorder.clone()));
+        (store, recorder)
+    }
+
+    fn apply(store: &mut KvStore, op: &RequestOp) {
+        store
+            .apply(op)
+            .unwrap_or_else(|e| panic!("{op:?} failed: {e}"));
+        store.check_invariants();
+    }
+
+    /// `PUT k=v@mod(create,version)` / `DELETE k@mod`, with ` prev=v@mod` when there is one.
+    fn show(event: &Event) -> String {
+        let kv = event.kv.clone().unwrap_or_default();
+        let key = String::from_utf8_lossy(&kv.key);
+        let mut text = if event.r#type == EventType::Put as i32 {
+            format!(
+                "PUT {key}={}@{}({},{})",
+                String::from_utf8_lossy(&kv.value),
+                kv.mod_revision,
+                kv.create_revision,
+                kv.version
+            )
+        } else {
+            assert_eq!(
+                (kv.create_revision, kv.version, kv.value.len()),
+                (0, 0, 0),
+                "a DELETE carries only key and mod_revision"
+            );
+            format!("DELETE {key}@{}", kv.mod_revision)
+        };
+        if let Some(prev) = &event.prev_kv {
+            text += &format!(
+                " prev={}@{}",
+                String::from_utf8_lossy(&prev.value),
+                prev.mod_revision
+            );
+        }
+        text
+    }
+
+    fn shown(events: &[Event]) -> Vec<String> {
+        events.iter().map(show).collect()
+    }
+
+    /// Every kind of write, one revision each (2..=7), as the sink hears it.
+    fn every_kind_of_write(store: &mut KvStore) {
+        apply(store, &put("a", "1")); // 2
+        apply(store, &put("a", "2")); // 3
+        apply(store, &put("c", "3")); // 4
+        apply(store, &delete("a", "")); // 5
+        apply(
+            store,
+            &txn(vec![put("z", "9"), put("b", "8"), delete("c", "")]),
+        ); // 6
+        apply(store, &put("x", "1")); // 7
+        apply(store, &delete("b", "\0")); // 8: b, x, z in key order
+        apply(store, &delete("nothing", "")); // changes nothing: no revision, no event
+    }
+
+    const EXPECTED: &[(i64, &[&str])] = &[
+        (2, &["PUT a=1@2(2,1)"]),
+        (3, &["PUT a=2@3(2,2) prev=1@2"]),
+        (4, &["PUT c=3@4(4,1)"]),
+        (5, &["DELETE a@5 prev=2@3"]),
+        // A Txn's events in write order, not key order.
+        (
+            6,
+            &["PUT z=9@6(6,1)", "PUT b=8@6(6,1)", "DELETE c@6 prev=3@4"],
+        ),
+        (7, &["PUT x=1@7(7,1)"]),
+        (
+            8,
+            &[
+                "DELETE b@8 prev=8@6",
+                "DELETE x@8 prev=1@7",
+                "DELETE z@8 prev=9@6",
+            ],
+        ),
+    ];
+
+    #[test]
+    fn every_write_kind_emits_etcds_events_at_commit_in_write_order() {
+        let (mut store, recorder) = recorded_store(0);
+        every_kind_of_write(&mut store);
+        let heard = recorder.heard.lock().expect("lock");
+        let heard: Vec<(i64, Vec<String>)> = heard
+            .iter()
+            .map(|(revision, events)| (*revision, shown(events)))
+            .collect();
+        let expected: Vec<(i64, Vec<String>)> = EXPECTED
+            .iter()
+            .map(|(revision, events)| (*revision, events.iter().map(|e| e.to_string()).collect()))
+            .collect();
+        assert_eq!(heard, expected);
+    }
+
+    #[test]
+    fn a_failed_txn_and_an_unwanted_sink_hear_nothing() {
+        let mut store = KvStore::with_history_revisions(0);
+        let recorder = Arc::new(Recorder::default());
+        store.set_event_sink(Some(recorder.clone()));
+        every_kind_of_write(&mut store);
+        assert!(recorder.heard.lock().expect("lock").is_empty());
+
+        let (mut store, recorder) = recorded_store(0);
+        apply(&mut store, &put("a", "1"));
+        // The second op fails (a lease this store does not have): the txn rolls back whole.
+        let failing = txn(vec![
+            put("b", "1"),
+            RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: "c".into(),
+                    lease: 7,
+                    ..PutRequest::default()
+                })),
+            },
+        ]);
+        assert!(store.apply(&failing).is_err());
+        let heard = recorder.heard.lock().expect("lock");
+        assert_eq!(heard.len(), 1, "only the put at 2: {heard:?}");
+    }
+
+    #[test]
+    fn history_replays_the_same_events_for_any_range_and_window() {
+        let (mut store, recorder) = recorded_store(0);
+        every_kind_of_write(&mut store);
+        let live: Vec<Event> = recorder
+            .heard
+            .lock()
+            .expect("lock")
+            .iter()
+            .flat_map(|(_, events)| events.clone())
+            .collect();
+        let revision_of = |e: &Event| e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        for (key, range_end) in [("a", ""), ("b", "\0"), ("a", "c"), ("\0", "\0"), ("q", "")] {
+            for after in 1..=8 {
+                for through in after..=8 {
+                    let replayed = store
+                        .history_events(after, through, key.as_bytes(), range_end.as_bytes(), 100)
+                        .expect("history");
+                    let expected: Vec<Event> = live
+                        .iter()
+                        .filter(|e| {
+                            let r = revision_of(e);
+                            r > after
+                                && r <= through
+                                && key_in_range(
+                                    key.as_bytes(),
+                                    range_end.as_bytes(),
+                                    &e.kv.as_ref().expect("kv").key,
+                                )
+                        })
+                        .cloned()
+                        .collect();
+                    assert_eq!(
+                        shown(&replayed.events),
+                        shown(&expected),
+                        "({after}, {through}] of [{key:?}, {range_end:?})"
+                    );
+                    assert_eq!(replayed.through, through);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_bounded_history_read_stops_only_between_revisions() {
+        let (mut store, _recorder) = recorded_store(0);
+        every_kind_of_write(&mut store);
+        // At most 2 events: revision 2 (1 event), 3 (1 event) -> 2 events, stop before 4.
+        let first = store
+            .history_events(1, 8, b"\0", b"\0", 2)
+            .expect("history");
+        assert_eq!(first.through, 3);
+        assert_eq!(first.events.len(), 2);
+        // From 5 on with a limit of 2: revision 5 (1) and all three of revision 6, never split.
+        let second = store
+            .history_events(4, 8, b"\0", b"\0", 2)
+            .expect("history");
+        assert_eq!(second.through, 6);
+        assert_eq!(
+            shown(&second.events),
+            [
+                "DELETE a@5 prev=2@3",
+                "PUT z=9@6(6,1)",
+                "PUT b=8@6(6,1)",
+                "DELETE c@6 prev=3@4"
+            ]
+        );
+        let rest = store
+            .history_events(6, 8, b"\0", b"\0", 2)
+            .expect("history");
+        assert_eq!((rest.through, rest.events.len()), (8, 4));
+    }
+
+    #[test]
+    fn history_at_or_below_the_compaction_point_is_refused() {
+        let (mut store, _recorder) = recorded_store(0);
+        every_kind_of_write(&mut store);
+        store.compact(5).expect("compact");
+        store.check_invariants();
+        assert_eq!(
+            store.history_events(4, 8, b"\0", b"\0", 100),
+            Err(KvError::Compacted)
+        );
+        let after = store
+            .history_events(5, 8, b"\0", b"\0", 100)
+            .expect("history");
+        assert_eq!(after.events.len(), 7, "{:?}", shown(&after.events));
+        assert_eq!(
+            store.history_events(5, 9, b"\0", b"\0", 100),
+            Err(KvError::FutureRevision)
+        );
+        // Automatic compaction (2 revisions kept) moves the point as writes commit.
+        let (mut store, _recorder) = recorded_store(2);
+        every_kind_of_write(&mut store);
+        assert_eq!(store.compact_revision(), 6);
+        assert_eq!(
+            store.history_events(5, 8, b"\0", b"\0", 100),
+            Err(KvError::Compacted)
+        );
+        let kept = store
+            .history_events(6, 8, b"\0", b"\0", 100)
+            .expect("history");
+        assert_eq!(
+            shown(&kept.events),
+            [
+                "PUT x=1@7(7,1)",
+                "DELETE b@8 prev=8@6",
+                "DELETE x@8 prev=1@7",
+                "DELETE z@8 prev=9@6"
+            ]
+        );
+    }
+
+    #[test]
+    fn installing_a_snapshot_keeps_the_sink_and_tells_it() {
+        use crate::state_machine::Snapshot;
+        let (mut store, recorder) = recorded_store(0);
+        every_kind_of_write(&mut store);
+        let mut source = KvStore::with_history_revisions(0);
+        for i in 0..20 {
+            source.apply(&put("k", &i.to_string())).expect("put");
+        }
+        let mut bytes = Vec::new();
+        Snapshot::snapshot_view(&source)
+            .write_to(&mut bytes)
+            .expect("write");
+        Snapshot::restore_from(&mut store, &mut bytes.as_slice()).expect("restore");
+        assert_eq!(*recorder.replaced.lock().expect("lock"), [21]);
+        apply(&mut store, &put("after", "1"));
+        let heard = recorder.heard.lock().expect("lock");
+        assert_eq!(heard.last().map(|(r, _)| *r), Some(22));
+        assert_eq!(store, {
+            let mut copy = KvStore::restore_from(&mut bytes.as_slice()).expect("restore");
+            copy.apply(&put("after", "1")).expect("put");
+            copy
+        });
+    }
+}

@@ -204,6 +204,7 @@ mod in_memory {
             keys,
             changes: VecDeque::from(changes),
             size_bytes,
+            sink: Default::default(),
         })
     }
 }
