@@ -6,6 +6,7 @@
 //! - node ids are unique and addresses (`ip_address:port`) are unique, ports are not 0;
 //! - `0 < heartbeat_interval < election_timeout_range.min <= election_timeout_range.max`;
 //! - `snapshot_catchup_entries <= SNAPSHOT_CATCHUP_ENTRIES_MAX`;
+//! - `watch_progress_notify_interval > 0`;
 //! - `log_segment_size` is one the storage engine opens (`storage::format::check_segment_size`:
 //!   a multiple of 8 in [64 KiB, 4 GiB - 8 bytes]), checked by the same function the log uses;
 //! - every field name was known: a typo is an error, never a silent fall-back to a default.
@@ -23,6 +24,7 @@
 //!   heartbeat_interval: 50       # milliseconds
 //!   snapshot_entries: 10000      # a snapshot every this many applied entries; 0: never
 //!   snapshot_catchup_entries: 5000  # entries kept before the newest snapshot
+//!   watch_progress_notify_interval: 600000  # milliseconds; etcd's default (10 minutes)
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -99,6 +101,9 @@ pub const SNAPSHOT_CATCHUP_ENTRIES_DEFAULT: u64 = 5_000;
 /// Most entries `snapshot_catchup_entries` may keep (a bound on the log a snapshot leaves).
 pub const SNAPSHOT_CATCHUP_ENTRIES_MAX: u64 = 10_000_000;
 
+/// Default of `watch_progress_notify_interval` (etcd's: 10 minutes).
+pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT: u64 = 600_000;
+
 /// `cluster_settings:` with the seed's defaults.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -115,6 +120,9 @@ pub struct ClusterSettings {
     /// Entries the log keeps before its newest snapshot, so that a follower a little behind
     /// catches up from the log instead of receiving a snapshot.
     pub snapshot_catchup_entries: u64,
+    /// Milliseconds between the progress notifications of an idle watcher that asked for them
+    /// (etcd's `--experimental-watch-progress-notify-interval`, 10 minutes by default).
+    pub watch_progress_notify_interval: u64,
 }
 
 impl Default for ClusterSettings {
@@ -127,6 +135,7 @@ impl Default for ClusterSettings {
             heartbeat_interval: 50,
             snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
             snapshot_catchup_entries: SNAPSHOT_CATCHUP_ENTRIES_DEFAULT,
+            watch_progress_notify_interval: WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT,
         }
     }
 }
@@ -261,6 +270,11 @@ impl ClusterConfig {
                 "cluster_settings.heartbeat_interval: {} ms must be below election_timeout_range.min ({} ms)",
                 s.heartbeat_interval, range.min
             ));
+        }
+        if s.watch_progress_notify_interval == 0 {
+            return invalid(
+                "cluster_settings.watch_progress_notify_interval: must be above 0".into(),
+            );
         }
         if s.snapshot_catchup_entries > SNAPSHOT_CATCHUP_ENTRIES_MAX {
             return invalid(format!(

@@ -9,6 +9,8 @@
 //!   node's own KV service.
 //! - [`lease`]: the `Lease` service and the leader's lease clock, which decides expiry.
 //! - [`members`]: cluster and member ids derived from the static config.
+//! - [`watch`]: the `Watch` service and the node's watch hub (events pushed as the store
+//!   applies, history replay, slow watchers, progress notifications).
 //!
 //! The key-value semantics live in [`crate::kv`]; docs/ETCD_COMPAT.md lists every difference.
 
@@ -16,3 +18,4 @@ pub mod concurrency;
 pub mod lease;
 pub mod members;
 pub mod server;
+pub mod watch;

@@ -188,6 +188,11 @@ impl EtcdApi {
         }
     }
 
+    /// The store the handlers read (the watch service reads its history).
+    pub(super) fn store(&self) -> &SharedStore {
+        &self.inner.store
+    }
+
     /// Completes a store-filled header (revision) with the node's ids and term.
     pub(super) fn fill(&self, header: &mut Option<ResponseHeader>, term: Term) {
         let revision = header.as_ref().map_or(0, |h| h.revision);
@@ -1000,6 +1005,7 @@ pub const SERVED_ETCD_METHODS: &[&str] = &[
     "/etcdserverpb.Lease/LeaseKeepAlive",
     "/etcdserverpb.Lease/LeaseTimeToLive",
     "/etcdserverpb.Lease/LeaseLeases",
+    "/etcdserverpb.Watch/Watch",
 ];
 
 /// Whether `path` (`/package.Service/Method`) is served.
@@ -1012,8 +1018,8 @@ pub fn unimplemented_message(path: &str) -> String {
     let method = path.trim_start_matches('/');
     format!(
         "rust-raft-log does not implement {method} (served: KV Range/Put/DeleteRange/Txn/Compact, \
-         Maintenance.Status/HashKV/Snapshot, Cluster.MemberList, Lease, Lock, Election; see \
-         docs/ETCD_COMPAT.md)"
+         Maintenance.Status/HashKV/Snapshot, Cluster.MemberList, Lease, Watch, Lock, Election; \
+         see docs/ETCD_COMPAT.md)"
     )
 }
 
@@ -1031,7 +1037,9 @@ mod tests {
     fn only_the_served_methods_pass_and_the_rest_are_named() {
         assert!(is_served("/etcdserverpb.KV/Range"));
         assert!(is_served("/raftlog.v1.Raft/AppendEntries"));
-        assert!(!is_served("/etcdserverpb.Watch/Watch"));
+        assert!(is_served("/etcdserverpb.Watch/Watch"));
+        assert!(is_served("/etcdserverpb.Lease/LeaseGrant"));
+        assert!(is_served("/v3lockpb.Lock/Lock"));
         assert!(!is_served("/etcdserverpb.Maintenance/Defragment"));
         assert!(is_served("/etcdserverpb.Lease/LeaseKeepAlive"));
         assert!(unimplemented_message("/etcdserverpb.Auth/Authenticate")

@@ -34,6 +34,7 @@
 //!   Leases are part of snapshots.
 
 mod command;
+mod events;
 mod snapshot;
 mod store;
 mod validate;
@@ -50,6 +51,7 @@ pub use self::command::{
     Applied, Command, KvResponse,
     COMMAND_FRAMING_BYTES,
 };
+pub use self::events::{key_in_range, EventSink, HistoryEvents};
 pub use self::snapshot::{KvHash, KvSnapshotView, SNAPSHOT_BUFFER_BYTES, SNAPSHOT_FIELD_BYTES_MAX};
 pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT, LEASE_TTL_MAX_S};
 pub use self::validate::validate;

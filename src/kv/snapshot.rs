@@ -36,6 +36,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
+use super::events::SinkSlot;
 use super::store::{
     version_size_bytes, History, Key, KeyMap, LeaseMap, LeaseState, Live, Version,
     LEASE_TTL_MAX_S, REVISION_INITIAL,
@@ -240,7 +241,8 @@ impl Snapshot for KvStore {
     }
 
     fn restore_from(&mut self, r: &mut dyn Read) -> Result<(), SnapshotError> {
-        *self = KvStore::restore_from(r)?;
+        let restored = KvStore::restore_from(r)?;
+        self.replace_keeping_sink(restored);
         Ok(())
     }
 }
@@ -582,6 +584,7 @@ fn decode(reader: &mut PayloadReader<'_>) -> Result<KvStore, SnapshotError> {
         changes,
         size_bytes,
         leases,
+        sink: SinkSlot::default(),
     })
 }
 

@@ -235,6 +235,7 @@ mod in_memory {
             changes: VecDeque::from(changes),
             size_bytes,
             leases,
+            sink: Default::default(),
         })
     }
 }

@@ -46,6 +46,7 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 
+use super::events::SinkSlot;
 use super::KvError;
 use crate::etcdpb::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
@@ -131,6 +132,8 @@ pub struct KvStore {
     pub(super) changes: VecDeque<(i64, Key)>,
     pub(super) size_bytes: i64,
     pub(super) leases: LeaseMap,
+    /// Who hears each commit's events (the watch hub); not part of the state (see `events.rs`).
+    pub(super) sink: SinkSlot,
 }
 
 /// A write transaction in progress at revision `rev`.
@@ -171,6 +174,7 @@ impl KvStore {
             changes: VecDeque::new(),
             size_bytes: 0,
             leases: LeaseMap::new(),
+            sink: SinkSlot::default(),
         }
     }
 
@@ -402,6 +406,8 @@ impl KvStore {
         }
         self.revision = txn.rev;
         self.reattach_leases(txn.changes_len);
+        // Before compaction: the versions this revision replaced may be compacted right below.
+        self.publish_events(txn.rev, txn.changes_len);
         if self.history_revisions > 0 {
             let target = self.revision - self.history_revisions;
             if target > self.compact_revision {

@@ -47,6 +47,7 @@ use crate::driver::Inbound;
 use crate::etcd::members::Members;
 use crate::etcd::lease::{min_lease_ttl_s, LeaseService};
 use crate::etcd::server::{EtcdApi, SharedStore};
+use crate::etcd::watch::{attach_hub, WatchConfig, WatchService};
 use crate::grpc::{self, GrpcError, Limits, PeerConfig, Peers, ServerConfig};
 use crate::kv::{KvLimits, KvResponse, KvStore};
 use crate::raft::SnapshotId;
@@ -475,9 +476,19 @@ where
     let limits = KvLimits::default().fitting_entries_of(config.entry_payload_max_bytes());
     let etcd_store = Arc::clone(&store);
     let min_lease_ttl = min_lease_ttl_s(config.cluster_settings.election_timeout_range.max);
+    // Every commit of the store tells the hub (src/etcd/watch.rs); it costs an atomic load while
+    // nobody watches.
+    let hub = attach_hub(&store, members.cluster_id, members.id_of(Some(id)));
+    let watch_config = WatchConfig {
+        progress_notify_interval: Duration::from_millis(
+            config.cluster_settings.watch_progress_notify_interval,
+        ),
+        ..WatchConfig::default()
+    };
     let etcd_api = move |inbound: mpsc::Sender<Inbound<KvResponse>>| {
         let api = EtcdApi::new(id, members, inbound, etcd_store, limits);
         let (kv, maintenance, cluster) = api.services();
+        let watch = WatchService::new(api.clone(), hub, watch_config).server();
         let (lock, election) = crate::etcd::concurrency::services(api.kv_service());
         let (lease, lease_clock) = LeaseService::new(api.clone(), min_lease_ttl);
         // The leader's expiry checks; the task ends when the event loop stops.
@@ -489,7 +500,8 @@ where
             .add_service(cluster)
             .add_service(lock)
             .add_service(election)
-            .add_service(lease);
+            .add_service(lease)
+            .add_service(watch);
         (routes, crate::etcd::server::PATH_FILTER)
     };
     let snapshots = recovered.snapshots.map(|setup| {
