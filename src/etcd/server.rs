@@ -188,11 +188,6 @@ impl EtcdApi {
         }
     }
 
-    /// The store the handlers read (the watch service reads its history).
-    pub(super) fn store(&self) -> &SharedStore {
-        &self.inner.store
-    }
-
     /// Completes a store-filled header (revision) with the node's ids and term.
     pub(super) fn fill(&self, header: &mut Option<ResponseHeader>, term: Term) {
         let revision = header.as_ref().map_or(0, |h| h.revision);
