@@ -25,9 +25,17 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=build.rs");
 
     let descriptors = protox::compile(PROTO_FILES, [PROTO_DIR])?;
+    // The etcd packages also get serde implementations in the proto3 JSON mapping (int64 as
+    // strings, bytes as base64, enums by name), with the proto's own field names, as etcd's
+    // grpc-gateway writes them (src/etcd/gateway.rs).
+    let descriptor_bytes = prost::Message::encode_to_vec(&descriptors);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_bytes)?
+        .preserve_proto_field_names()
+        .build(&[".etcdserverpb", ".mvccpb", ".v3lockpb", ".v3electionpb"])?;
     Ok(())
 }

@@ -50,18 +50,23 @@ const MISSING_LEADER_KEY: &str = "\"leader\" field must be provided";
 
 /// The Lock and Election services over `kv`, ready to be added to the node's server.
 pub fn services(kv: KvService) -> (LockServer<LockService>, ElectionServer<ElectionService>) {
-    (
-        LockServer::new(LockService { kv: kv.clone() }),
-        ElectionServer::new(ElectionService { kv }),
-    )
+    let (lock, election) = plain_services(kv);
+    (LockServer::new(lock), ElectionServer::new(election))
+}
+
+/// The services themselves (the JSON gateway calls them in-process).
+pub fn plain_services(kv: KvService) -> (LockService, ElectionService) {
+    (LockService { kv: kv.clone() }, ElectionService { kv })
 }
 
 /// etcd's `Lock` service.
+#[derive(Clone)]
 pub struct LockService {
     kv: KvService,
 }
 
 /// etcd's `Election` service.
+#[derive(Clone)]
 pub struct ElectionService {
     kv: KvService,
 }

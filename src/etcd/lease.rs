@@ -235,6 +235,26 @@ impl LeaseService {
         (pb::lease_server::LeaseServer::new(service), clock)
     }
 
+    /// The service itself and its clock (the JSON gateway calls it in-process).
+    pub fn plain(api: EtcdApi, min_ttl_s: i64) -> (LeaseService, Arc<LeaseClock>) {
+        let clock = Arc::new(LeaseClock::default());
+        let service = LeaseService {
+            api,
+            clock: Arc::clone(&clock),
+            min_ttl_s,
+        };
+        (service, clock)
+    }
+
+    /// One keep-alive, as the stream answers it (the JSON gateway's form).
+    pub async fn keep_alive_once(
+        &self,
+        request: pb::LeaseKeepAliveRequest,
+    ) -> Result<pb::LeaseKeepAliveResponse, Status> {
+        let mut upstream = None;
+        self.keep_alive_one(request.id, false, &mut upstream).await
+    }
+
     fn client(&self, addr: SocketAddr) -> Result<LeaseClient<Channel>, Status> {
         Ok(LeaseClient::new(self.api.channel(addr)?))
     }

@@ -8,6 +8,8 @@
 //! - [`concurrency`]: the server-side `Lock` and `Election` services, etcd's recipes run on the
 //!   node's own KV service.
 //! - [`lease`]: the `Lease` service and the leader's lease clock, which decides expiry.
+//! - [`gateway`]: etcd's JSON gateway (`POST /v3/...`, HTTP/1.1) on the same port, calling the
+//!   same service methods in-process.
 //! - [`members`]: cluster and member ids derived from the static config.
 //! - [`watch`]: the `Watch` service and the node's watch hub (events pushed as the store
 //!   applies, history replay, slow watchers, progress notifications).
@@ -15,6 +17,7 @@
 //! The key-value semantics live in [`crate::kv`]; docs/ETCD_COMPAT.md lists every difference.
 
 pub mod concurrency;
+pub mod gateway;
 pub mod lease;
 pub mod members;
 pub mod server;

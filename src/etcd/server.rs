@@ -173,6 +173,16 @@ impl EtcdApi {
         )
     }
 
+    /// The Maintenance service as an in-process handle (the JSON gateway).
+    pub fn maintenance_service(&self) -> MaintenanceService {
+        MaintenanceService { api: self.clone() }
+    }
+
+    /// The Cluster service as an in-process handle (the JSON gateway).
+    pub fn cluster_service(&self) -> ClusterService {
+        ClusterService { api: self.clone() }
+    }
+
     /// The KV service as an in-process handle: the Lock and Election services
     /// ([`crate::etcd::concurrency`]) run etcd's recipes on it.
     pub fn kv_service(&self) -> KvService {
@@ -1009,7 +1019,9 @@ pub const SERVED_ETCD_METHODS: &[&str] = &[
 
 /// Whether `path` (`/package.Service/Method`) is served.
 pub fn is_served(path: &str) -> bool {
-    path.starts_with("/raftlog.v1.") || SERVED_ETCD_METHODS.contains(&path)
+    path.starts_with("/raftlog.v1.")
+        || SERVED_ETCD_METHODS.contains(&path)
+        || crate::etcd::gateway::is_gateway_path(path)
 }
 
 /// The UNIMPLEMENTED message for a path the node does not serve.

@@ -90,6 +90,7 @@ pub async fn serve<R: Send + 'static>(
         config,
         inbound,
         tonic::service::RoutesBuilder::default(),
+        axum::Router::new(),
         PathFilter::RAFT_ONLY,
         shutdown,
     )
@@ -132,7 +133,8 @@ async fn only_served_methods(
     Status::unimplemented((filter.unimplemented)(path)).into_http::<axum::body::Body>()
 }
 
-/// [`serve`] plus the services in `extra` (the etcd API) on the same listener. Every connection
+/// [`serve`] plus the services in `extra` (the etcd API) and the plain HTTP routes in `http` (etcd's
+/// JSON gateway, HTTP/1.1 or 2) on the same listener. Every connection
 /// goes through [`AuthorityRepair`] (etcdctl's URL-valued `:authority`), and every path `filter`
 /// does not serve is answered UNIMPLEMENTED with a message naming it.
 ///
@@ -143,6 +145,7 @@ pub async fn serve_with<R: Send + 'static>(
     config: ServerConfig,
     inbound: mpsc::Sender<Inbound<R>>,
     mut extra: tonic::service::RoutesBuilder,
+    http: axum::Router,
     filter: PathFilter,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GrpcError> {
@@ -179,11 +182,14 @@ pub async fn serve_with<R: Send + 'static>(
     let router = extra
         .routes()
         .into_axum_router()
+        .merge(http)
         .layer(axum::middleware::from_fn(move |request, next| {
             only_served_methods(filter, request, next)
         }));
     tracing::debug!(%local_addr, "gRPC server accepting");
     tonic::transport::Server::builder()
+        // HTTP/1.1 for the JSON gateway's clients (curl, Patroni); gRPC stays HTTP/2.
+        .accept_http1(true)
         // A leader's AppendEntries stream outlives any single request: if its host goes away
         // without a FIN (a partition, a power loss), keepalive pings notice within ~3 s and the
         // stream's tasks end, instead of waiting for TCP's own timeouts (hours).

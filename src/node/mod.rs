@@ -489,8 +489,21 @@ where
         let api = EtcdApi::new(id, members, inbound, etcd_store, limits);
         let (kv, maintenance, cluster) = api.services();
         let watch = WatchService::new(api.clone(), hub, watch_config).server();
-        let (lock, election) = crate::etcd::concurrency::services(api.kv_service());
-        let (lease, lease_clock) = LeaseService::new(api.clone(), min_lease_ttl);
+        let (lock_service, election_service) =
+            crate::etcd::concurrency::plain_services(api.kv_service());
+        let (lease_service, lease_clock) = LeaseService::plain(api.clone(), min_lease_ttl);
+        let gateway = crate::etcd::gateway::router(crate::etcd::gateway::Gateway {
+            kv: api.kv_service(),
+            lease: lease_service.clone(),
+            maintenance: api.maintenance_service(),
+            cluster: api.cluster_service(),
+            lock: lock_service.clone(),
+            election: election_service.clone(),
+        });
+        let lease = crate::etcdpb::etcdserverpb::lease_server::LeaseServer::new(lease_service);
+        let lock = crate::etcdpb::v3lockpb::lock_server::LockServer::new(lock_service);
+        let election =
+            crate::etcdpb::v3electionpb::election_server::ElectionServer::new(election_service);
         // The leader's expiry checks; the task ends when the event loop stops.
         tokio::task::spawn_local(crate::etcd::lease::run_expiry(api, lease_clock));
         let mut routes = tonic::service::RoutesBuilder::default();
@@ -502,7 +515,7 @@ where
             .add_service(election)
             .add_service(lease)
             .add_service(watch);
-        (routes, crate::etcd::server::PATH_FILTER)
+        (routes, gateway, crate::etcd::server::PATH_FILTER)
     };
     let snapshots = recovered.snapshots.map(|setup| {
         let view: SnapshotView<SharedStore> = Box::new(|store: &SharedStore| {
@@ -592,6 +605,7 @@ where
     let no_client_api = |_| {
         (
             tonic::service::RoutesBuilder::default(),
+            axum::Router::new(),
             grpc::PathFilter::RAFT_ONLY,
         )
     };
@@ -622,7 +636,11 @@ async fn run_node_inner<C, D, M>(
     snapshots: Option<(SnapshotSetup, SnapshotView<M>)>,
     client_api: impl FnOnce(
         mpsc::Sender<Inbound<M::Response>>,
-    ) -> (tonic::service::RoutesBuilder, grpc::PathFilter),
+    ) -> (
+        tonic::service::RoutesBuilder,
+        axum::Router,
+        grpc::PathFilter,
+    ),
     shutdown: impl Future<Output = ()>,
 ) -> Result<LoopStats, NodeError>
 where
@@ -654,7 +672,7 @@ where
     let local_addr = listener.local_addr().map_err(GrpcError::Serve)?;
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
     let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
-    let (extra, filter) = client_api(inbound_tx.clone());
+    let (extra, http, filter) = client_api(inbound_tx.clone());
     tracing::info!("🌐 Starting gRPC server on {local_addr}");
     let server = tokio::task::spawn_local(grpc::serve_with(
         listener,
@@ -667,6 +685,7 @@ where
         },
         inbound_tx.clone(),
         extra,
+        http,
         filter,
         async move {
             let _ = stop_server_rx.await;
