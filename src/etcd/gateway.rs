@@ -11,9 +11,9 @@
 //!
 //! Served: the KV methods, Lease grant / revoke / time-to-live / leases and a keep-alive of one
 //! request (the gateway form Patroni uses: one JSON object in, one `{"result": ...}` line out),
-//! `Maintenance.Status`, `Cluster.MemberList`, `Lock`, the unary `Election` methods, and
-//! `GET /version`. Not yet: the streaming forms of Watch, Observe and Snapshot
-//! (docs/ETCD_COMPAT.md).
+//! `Maintenance.Status`, `Cluster.MemberList`, `Lock`, `Election` (Observe as a stream of
+//! `{"result": ...}` lines, grpc-gateway's form), and `GET /version`. Not yet: the streaming
+//! forms of Watch and Snapshot (docs/ETCD_COMPAT.md).
 //!
 //! Invariant: no handler here holds state or implements a method itself; every answer is the gRPC
 //! service's.
@@ -80,6 +80,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/v3/election/proclaim", post(proclaim))
         .route("/v3/election/leader", post(leader))
         .route("/v3/election/resign", post(resign))
+        .route("/v3/election/observe", post(observe))
         .with_state(gateway)
 }
 
@@ -180,6 +181,48 @@ unary_route!(campaign, election, campaign);
 unary_route!(proclaim, election, proclaim);
 unary_route!(leader, election, leader);
 unary_route!(resign, election, resign);
+
+/// A server stream as grpc-gateway sends it: one `{"result": message}` line per message, and an
+/// `{"error": {...}}` line if the stream fails.
+fn stream_response<T, S>(stream: S) -> Response
+where
+    T: Serialize,
+    S: tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static,
+{
+    use tokio_stream::StreamExt;
+    let lines = stream.map(|item| {
+        let value = match item {
+            Ok(message) => serde_json::json!({ "result": message }),
+            Err(status) => serde_json::json!({ "error": {
+                "grpc_code": status.code() as i32,
+                "http_code": http_status(status.code()).as_u16(),
+                "message": status.message(),
+                "http_status": http_status(status.code()).canonical_reason().unwrap_or(""),
+            }}),
+        };
+        let mut line = serde_json::to_vec(&value).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(line))
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+/// `Election.Observe`: the leader's proclamations as a stream of lines.
+async fn observe(State(g): State<Gateway>, body: Bytes) -> Response {
+    let request = match decode(&body) {
+        Ok(request) => request,
+        Err(status) => return error_response(&status),
+    };
+    match g.election.observe(Request::new(request)).await {
+        Ok(answer) => stream_response(answer.into_inner()),
+        Err(status) => error_response(&status),
+    }
+}
 
 /// A keep-alive of one request: grpc-gateway's form of the stream for a body holding one
 /// `LeaseKeepAliveRequest`; the answer is one `{"result": LeaseKeepAliveResponse}` line.
