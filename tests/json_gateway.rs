@@ -30,6 +30,43 @@ fn call(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Strin
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
+/// A streaming POST (`curl -N`): the child and its output lines.
+fn stream(
+    addr: &str,
+    path: &str,
+    body: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new("curl")
+        .args(["-sN", "--http1.1", "-m", "60", "-X", "POST"])
+        .arg(format!("http://{addr}{path}"))
+        .args(["-d", body])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// The next streamed line, parsed.
+fn next_json(rx: &std::sync::mpsc::Receiver<String>) -> Value {
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(15))
+        .expect("a streamed line");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
 /// A POST that must answer 200; the parsed body.
 fn post(addr: &str, path: &str, body: &str) -> Value {
     let (code, text) = call(addr, "POST", path, Some(body));
@@ -190,6 +227,16 @@ fn the_json_gateway_serves_kv_lease_lock_and_election_through_a_follower() {
         &format!(r#"{{"name": "{}"}}"#, b64("db")),
     );
     assert_eq!(leader["kv"]["value"], b64("primary-1"), "{leader}");
+    // Observe streams `{"result": ...}` lines; the first is the current leader.
+    let (mut observer, observed) = stream(
+        &addr,
+        "/v3/election/observe",
+        &format!(r#"{{"name": "{}"}}"#, b64("db")),
+    );
+    let first = next_json(&observed);
+    let _ = observer.kill();
+    let _ = observer.wait();
+    assert_eq!(first["result"]["kv"]["value"], b64("primary-1"), "{first}");
     post(
         &addr,
         "/v3/election/resign",
@@ -203,4 +250,47 @@ fn the_json_gateway_serves_kv_lease_lock_and_election_through_a_follower() {
     );
     assert_eq!(code, 404, "{text}");
     assert!(text.contains("election: no leader"), "{text}");
+
+    // Watch: a create request in the body, then `{"result": ...}` lines: created, then events.
+    let (mut watcher, watched) = stream(
+        &addr,
+        "/v3/watch",
+        &format!(
+            r#"{{"create_request": {{"key": "{}", "range_end": "{}", "prev_kv": true}}}}"#,
+            b64("w/"),
+            b64("w0")
+        ),
+    );
+    let created = next_json(&watched);
+    assert_eq!(created["result"]["created"], true, "{created}");
+    post(
+        &addr,
+        "/v3/kv/put",
+        &format!(r#"{{"key": "{}", "value": "{}"}}"#, b64("w/a"), b64("1")),
+    );
+    post(
+        &addr,
+        "/v3/kv/deleterange",
+        &format!(r#"{{"key": "{}"}}"#, b64("w/a")),
+    );
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        let line = next_json(&watched);
+        events.extend(
+            line["result"]["events"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert_eq!(events[0]["kv"]["key"], b64("w/a"), "{events:?}");
+    assert_eq!(events[0]["kv"]["value"], b64("1"));
+    assert!(
+        events[0].get("type").is_none(),
+        "PUT is the default type: {events:?}"
+    );
+    assert_eq!(events[1]["type"], "DELETE", "{events:?}");
+    assert_eq!(events[1]["prev_kv"]["value"], b64("1"), "{events:?}");
 }

@@ -12,8 +12,9 @@
 //! Served: the KV methods, Lease grant / revoke / time-to-live / leases and a keep-alive of one
 //! request (the gateway form Patroni uses: one JSON object in, one `{"result": ...}` line out),
 //! `Maintenance.Status`, `Cluster.MemberList`, `Lock`, `Election` (Observe as a stream of
-//! `{"result": ...}` lines, grpc-gateway's form), and `GET /version`. Not yet: the streaming
-//! forms of Watch and Snapshot (docs/ETCD_COMPAT.md).
+//! `{"result": ...}` lines, grpc-gateway's form), `Watch` (a body of `WatchRequest` objects read
+//! as they arrive, answered by the same stream task as gRPC's), and `GET /version`. Not yet:
+//! `Maintenance.Snapshot` (docs/ETCD_COMPAT.md).
 //!
 //! Invariant: no handler here holds state or implements a method itself; every answer is the gRPC
 //! service's.
@@ -33,6 +34,7 @@ use tonic::{Code, Request, Status};
 use crate::etcd::concurrency::{ElectionService, LockService};
 use crate::etcd::lease::LeaseService;
 use crate::etcd::server::{ClusterService, KvService, MaintenanceService, ETCD_VERSION};
+use crate::etcd::watch::WatchService;
 use crate::etcdpb::etcdserverpb::{
     cluster_server::Cluster, kv_server::Kv, lease_server::Lease, maintenance_server::Maintenance,
 };
@@ -48,6 +50,7 @@ pub struct Gateway {
     pub cluster: ClusterService,
     pub lock: LockService,
     pub election: ElectionService,
+    pub watch: WatchService,
 }
 
 /// Paths the gateway serves (the node's path filter lets them through).
@@ -81,6 +84,7 @@ pub fn router(gateway: Gateway) -> Router {
         .route("/v3/election/leader", post(leader))
         .route("/v3/election/resign", post(resign))
         .route("/v3/election/observe", post(observe))
+        .route("/v3/watch", post(watch))
         .with_state(gateway)
 }
 
@@ -222,6 +226,63 @@ async fn observe(State(g): State<Gateway>, body: Bytes) -> Response {
         Ok(answer) => stream_response(answer.into_inner()),
         Err(status) => error_response(&status),
     }
+}
+
+/// `Watch`: the request body is a sequence of JSON `WatchRequest` objects (grpc-gateway reads a
+/// client stream that way); the answer streams `{"result": WatchResponse}` lines for as long as
+/// the client stays. The body is read as it arrives, so a client may send more requests
+/// (create, cancel, progress) on a chunked body while it reads.
+async fn watch(State(g): State<Gateway>, body: axum::body::Body) -> Response {
+    let requests = Box::pin(json_objects::<crate::etcdpb::etcdserverpb::WatchRequest>(
+        body,
+    ));
+    stream_response(g.watch.open(requests))
+}
+
+/// The JSON objects of a streamed body, one by one, as they arrive (whitespace or newlines
+/// between them); a malformed object ends the stream with InvalidArgument.
+fn json_objects<T: DeserializeOwned + Send + 'static>(
+    body: axum::body::Body,
+) -> impl tokio_stream::Stream<Item = Result<T, Status>> + Send {
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<T, Status>>(8);
+    tokio::spawn(async move {
+        let mut chunks = body.into_data_stream();
+        let mut buffer: Vec<u8> = Vec::new();
+        loop {
+            // Every complete object in the buffer, then wait for more bytes.
+            let mut objects = serde_json::Deserializer::from_slice(&buffer).into_iter::<T>();
+            let mut consumed = 0;
+            loop {
+                match objects.next() {
+                    Some(Ok(object)) => {
+                        consumed = objects.byte_offset();
+                        if tx.send(Ok(object)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) if e.is_eof() => break,
+                    Some(Err(e)) => {
+                        let message = format!("the request body is not valid JSON: {e}");
+                        let _ = tx.send(Err(Status::invalid_argument(message))).await;
+                        return;
+                    }
+                    None => {
+                        consumed = buffer.len();
+                        break;
+                    }
+                }
+            }
+            buffer.drain(..consumed);
+            match chunks.next().await {
+                Some(Ok(bytes)) => buffer.extend_from_slice(&bytes),
+                // The body ended (or the client went away): the stream of requests ends; the
+                // watchers keep going until the client closes the connection.
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// A keep-alive of one request: grpc-gateway's form of the stream for a body holding one

@@ -616,28 +616,41 @@ impl pb::watch_server::Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let requests = request.into_inner();
+        Ok(Response::new(self.open(request.into_inner())))
+    }
+}
+
+impl WatchService {
+    /// Opens one watch stream fed by `requests` (gRPC's request stream, or the JSON gateway's
+    /// decoded body): the same task serves both.
+    pub fn open<S>(&self, requests: S) -> WatchOutput
+    where
+        S: tokio_stream::Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+    {
         let (tx, rx) = mpsc::channel(self.config.stream_responses_max);
         let wake = Arc::new(Notify::new());
         let stream = self.hub.open_stream(tx.clone(), Arc::clone(&wake));
         tokio::spawn(run_stream(self.clone(), stream, requests, tx, wake));
-        Ok(Response::new(WatchOutput {
+        WatchOutput {
             rx,
             pending: VecDeque::new(),
             fragment_bytes_max: self.config.fragment_bytes_max,
-        }))
+        }
     }
 }
 
 /// A stream's task: reads the client's requests, catches up its unsynced watchers, sends the
 /// periodic progress notifications; removes the stream when the client goes away.
-async fn run_stream(
+async fn run_stream<S>(
     service: WatchService,
     stream: u64,
-    mut requests: Streaming<WatchRequest>,
+    mut requests: S,
     tx: mpsc::Sender<Outgoing>,
     wake: Arc<Notify>,
-) {
+) where
+    S: tokio_stream::Stream<Item = Result<WatchRequest, Status>> + Send + Unpin + 'static,
+{
+    use tokio_stream::StreamExt;
     let hub = &service.hub;
     let store = service.api.store().clone();
     let mut tick = tokio::time::interval(service.config.progress_notify_interval);
@@ -647,7 +660,7 @@ async fn run_stream(
     loop {
         let catching_up = hub.needs_catch_up(stream);
         tokio::select! {
-            request = requests.message(), if reading => match request {
+            request = requests.next(), if reading => match request.transpose() {
                 Ok(Some(request)) => {
                     if handle(&service, stream, request, &tx).await.is_err() {
                         break;

@@ -488,7 +488,8 @@ where
     let etcd_api = move |inbound: mpsc::Sender<Inbound<KvResponse>>| {
         let api = EtcdApi::new(id, members, inbound, etcd_store, limits);
         let (kv, maintenance, cluster) = api.services();
-        let watch = WatchService::new(api.clone(), hub, watch_config).server();
+        let watch_service = WatchService::new(api.clone(), hub, watch_config);
+        let watch = watch_service.clone().server();
         let (lock_service, election_service) =
             crate::etcd::concurrency::plain_services(api.kv_service());
         let (lease_service, lease_clock) = LeaseService::plain(api.clone(), min_lease_ttl);
@@ -499,6 +500,7 @@ where
             cluster: api.cluster_service(),
             lock: lock_service.clone(),
             election: election_service.clone(),
+            watch: watch_service,
         });
         let lease = crate::etcdpb::etcdserverpb::lease_server::LeaseServer::new(lease_service);
         let lock = crate::etcdpb::v3lockpb::lock_server::LockServer::new(lock_service);
