@@ -8,8 +8,8 @@
 //! ```
 //! The client is installed with pip into a virtualenv under Cargo's `CARGO_TARGET_TMPDIR`, once;
 //! later runs reuse it. Needs `python3` with the `venv` module and pip (Debian: `python3-venv`),
-//! and PyPI; without them the test fails and says so. Locks and watches in Python are left for
-//! after the Watch service.
+//! and PyPI; without them the test fails and says so. `tests/python/etcd3_lock_watch.py` does the
+//! same for watches (a prefix callback, a history replay) and etcd3's lock.
 
 mod etcdctl_common;
 mod process_cluster;
@@ -19,15 +19,28 @@ use std::process::Command;
 
 use etcdctl_common::{cluster, runtime};
 
-const PACKAGES: &[&str] = &["etcd3==0.12.0", "protobuf==3.20.3", "grpcio"];
+/// etcd3 0.12's `Lock.acquire` passes tenacity an old-style wait function, which tenacity 7
+/// dropped (`tenacity.compat`): pinned to the last release that accepts it.
+const PACKAGES: &[&str] = &[
+    "etcd3==0.12.0",
+    "protobuf==3.20.3",
+    "grpcio",
+    "tenacity==6.3.1",
+];
+
+/// The tests of this binary run in parallel; one of them creates the virtualenv.
+static VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The virtualenv's python, with the packages installed (created on first use).
 fn python_with_etcd3() -> PathBuf {
+    let _only_one = VENV
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("etcd3-venv");
     let python = venv.join("bin").join("python");
     let ready = |python: &Path| {
         Command::new(python)
-            .args(["-c", "import etcd3"])
+            .args(["-c", "import etcd3, tenacity.compat"])
             .output()
             .is_ok_and(|out| out.status.success())
     };
@@ -96,6 +109,35 @@ fn python_etcd3_grants_refreshes_inspects_and_revokes_leases() {
         "revoke_missing NOT_FOUND etcdserver: requested lease not found",
         "chosen_id 0x1234 40",
         "duplicate PreconditionFailedError",
+        "done",
+    ];
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines, expected, "stderr:\n{stderr}");
+}
+
+#[test]
+fn python_etcd3_watches_and_locks() {
+    let python = python_with_etcd3();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let (cluster, leader, follower) = cluster(dir.path(), &rt);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/etcd3_lock_watch.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(cluster.addrs[&follower].to_string())
+        .arg(cluster.addrs[&leader].to_string())
+        .output()
+        .expect("run the python script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let expected = [
+        "watched True ['PutEvent pyw/a 1', 'DeleteEvent pyw/a ']",
+        "replayed ['old', 'new']",
+        "first_acquired True",
+        "second_while_held False",
+        "second_after_release True",
+        "second_holds True",
         "done",
     ];
     let lines: Vec<&str> = stdout.lines().collect();
