@@ -232,7 +232,7 @@ fn record(key: &[u8], version: &Version) -> Option<KeyValue> {
         mod_revision: version.mod_revision,
         version: live.version,
         value: live.value.to_vec(),
-        lease: 0,
+        lease: live.lease,
     })
 }
 
@@ -381,6 +381,33 @@ mod tests {
             ],
         ),
     ];
+
+    #[test]
+    fn events_of_leased_keys_carry_the_lease_and_a_revocation_deletes_them_at_one_revision() {
+        let (mut store, recorder) = recorded_store(0);
+        store.lease_grant(0x51, 60).expect("grant");
+        let leased = RequestOp {
+            request: Some(Request::RequestPut(PutRequest {
+                key: "l".into(),
+                value: "v".into(),
+                lease: 0x51,
+                ..PutRequest::default()
+            })),
+        };
+        apply(&mut store, &leased);
+        apply(&mut store, &put("m", "w"));
+        store.lease_revoke(0x51).expect("revoke");
+        let heard = recorder.heard.lock().expect("lock");
+        let put_event = &heard[0].1[0];
+        assert_eq!(put_event.kv.as_ref().map(|kv| kv.lease), Some(0x51));
+        let (revision, revoked) = heard.last().expect("the revocation's events");
+        assert_eq!(
+            shown(revoked),
+            ["DELETE l@4 prev=v@2"],
+            "at revision {revision}"
+        );
+        assert_eq!(revoked[0].prev_kv.as_ref().map(|kv| kv.lease), Some(0x51));
+    }
 
     #[test]
     fn every_write_kind_emits_etcds_events_at_commit_in_write_order() {
