@@ -124,8 +124,7 @@ impl Watcher {
                 let key = event.kv.as_ref().map_or(&[][..], |kv| &kv.key[..]);
                 let put = event.r#type == EventType::Put as i32;
                 key_in_range(&self.key, &self.range_end, key)
-                    && !(put && self.no_put)
-                    && !(!put && self.no_delete)
+                    && if put { !self.no_put } else { !self.no_delete }
             })
             .map(|event| {
                 let mut event = event.clone();
@@ -272,7 +271,7 @@ impl WatchHub {
         } else {
             create.watch_id
         };
-        let filters = |kind: FilterType| create.filters.iter().any(|f| *f == kind as i32);
+        let filters = |kind: FilterType| create.filters.contains(&(kind as i32));
         stream.watchers.insert(
             id,
             Watcher {
