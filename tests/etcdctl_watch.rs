@@ -343,7 +343,7 @@ fn the_watch_stream_answers_create_cancel_progress_and_filters_like_etcd() {
         let put_rev = revision(&on_leader) - 1;
         let mut seen0 = Vec::new();
         let mut seen7 = Vec::new();
-        while seen0.len() < 1 || seen7.len() < 2 {
+        while seen0.is_empty() || seen7.len() < 2 {
             let response = next(&mut stream, "events").await;
             if response.events.is_empty() {
                 continue; // a progress notification

@@ -124,8 +124,7 @@ impl Watcher {
                 let key = event.kv.as_ref().map_or(&[][..], |kv| &kv.key[..]);
                 let put = event.r#type == EventType::Put as i32;
                 key_in_range(&self.key, &self.range_end, key)
-                    && !(put && self.no_put)
-                    && !(!put && self.no_delete)
+                    && if put { !self.no_put } else { !self.no_delete }
             })
             .map(|event| {
                 let mut event = event.clone();
@@ -272,7 +271,7 @@ impl WatchHub {
         } else {
             create.watch_id
         };
-        let filters = |kind: FilterType| create.filters.iter().any(|f| *f == kind as i32);
+        let filters = |kind: FilterType| create.filters.contains(&(kind as i32));
         stream.watchers.insert(
             id,
             Watcher {
@@ -774,4 +773,162 @@ pub fn attach_hub(store: &SharedStore, cluster_id: u64, member_id: u64) -> Arc<W
     let sink: Arc<dyn EventSink> = hub.clone();
     lock(store).set_event_sink(Some(sink));
     hub
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcdpb::etcdserverpb::{request_op, PutRequest, RequestOp};
+    use crate::etcdpb::mvccpb::KeyValue;
+
+    fn put(store: &mut KvStore, key: &str, value: &str) {
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.into(),
+                value: value.into(),
+                ..PutRequest::default()
+            })),
+        };
+        store.apply(&op).expect("put");
+    }
+
+    /// (revision, key) of every event in the responses.
+    fn events_of(responses: &[WatchResponse]) -> Vec<(i64, String)> {
+        responses
+            .iter()
+            .flat_map(|r| r.events.iter())
+            .map(|e| {
+                let kv = e.kv.clone().unwrap_or_default();
+                (
+                    kv.mod_revision,
+                    String::from_utf8_lossy(&kv.key).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Drains the channel, then runs catch-up steps until the stream needs none (or the channel
+    /// is full again); returns what was drained.
+    fn drain_and_catch_up(
+        hub: &WatchHub,
+        stream: u64,
+        tx: &mpsc::Sender<Outgoing>,
+        rx: &mut mpsc::Receiver<Outgoing>,
+        store: &KvStore,
+    ) -> Vec<WatchResponse> {
+        let mut out = Vec::new();
+        loop {
+            while let Ok(outgoing) = rx.try_recv() {
+                out.push(outgoing.response);
+            }
+            if !hub.needs_catch_up(stream) {
+                return out;
+            }
+            let permit = tx.try_reserve().expect("the channel was just drained");
+            hub.catch_up(stream, permit, store, 3);
+        }
+    }
+
+    #[test]
+    fn a_slow_watcher_falls_behind_without_blocking_and_catches_up_without_gap_or_duplicate() {
+        let hub = Arc::new(WatchHub::new(1, 2));
+        let mut store = KvStore::with_history_revisions(0);
+        let sink: Arc<dyn EventSink> = hub.clone();
+        store.set_event_sink(Some(sink));
+        // Room for two responses only: the third revision finds the channel full.
+        let (tx, mut rx) = mpsc::channel(2);
+        let stream = hub.open_stream(tx.clone(), Arc::new(Notify::new()));
+        let create = WatchCreateRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            ..WatchCreateRequest::default()
+        };
+        let id = hub
+            .create(stream, &create, store.revision())
+            .expect("create");
+        assert!(drain_and_catch_up(&hub, stream, &tx, &mut rx, &store).is_empty());
+        assert!(hub.wants_events(), "the watcher is synced");
+
+        // Ten puts while nobody reads: the apply loop never waits; two fit, the rest wait in
+        // history. A key outside the range is no event.
+        for i in 0..10 {
+            put(&mut store, &format!("k{i}"), "v");
+            put(&mut store, "zzz", "outside");
+        }
+        assert!(!hub.wants_events(), "the watcher fell behind");
+        assert!(hub.needs_catch_up(stream));
+        let mut responses = drain_and_catch_up(&hub, stream, &tx, &mut rx, &store);
+        // More writes arrive while it catches up; then it is live again.
+        put(&mut store, "k10", "v");
+        responses.extend(drain_and_catch_up(&hub, stream, &tx, &mut rx, &store));
+        put(&mut store, "k11", "v");
+        responses.extend(drain_and_catch_up(&hub, stream, &tx, &mut rx, &store));
+        assert!(hub.wants_events(), "synced again");
+        let expected: Vec<(i64, String)> = (0..10)
+            .map(|i| (2 + 2 * i, format!("k{i}")))
+            .chain([(22, "k10".into()), (23, "k11".into())])
+            .collect();
+        assert_eq!(events_of(&responses), expected);
+        assert!(responses.iter().all(|r| r.watch_id == id && !r.canceled));
+
+        // Behind again, and the history it needs is compacted meanwhile: cancelled with the
+        // compaction revision, and gone.
+        for i in 0..5 {
+            put(&mut store, &format!("k{i}"), "again");
+        }
+        let seen = drain(&mut rx);
+        assert_eq!(seen.len(), 2);
+        let current = store.revision();
+        store.compact(current).expect("compact");
+        let rest = drain_and_catch_up(&hub, stream, &tx, &mut rx, &store);
+        let last = rest.last().expect("a cancel");
+        assert!(last.canceled, "{last:?}");
+        assert_eq!(last.compact_revision, current);
+        assert_eq!(last.watch_id, id);
+        assert!(!hub.needs_catch_up(stream));
+        hub.close_stream(stream);
+        assert!(!hub.wants_events());
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<WatchResponse> {
+        let mut out = Vec::new();
+        while let Ok(outgoing) = rx.try_recv() {
+            out.push(outgoing.response);
+        }
+        out
+    }
+
+    #[test]
+    fn a_large_response_is_split_into_fragments_of_whole_events() {
+        let event = |i: u8| Event {
+            r#type: EventType::Put as i32,
+            kv: Some(KeyValue {
+                key: vec![b'k', i],
+                value: vec![i; 100],
+                ..KeyValue::default()
+            }),
+            prev_kv: None,
+        };
+        let response = WatchResponse {
+            watch_id: 3,
+            events: (0..5).map(event).collect(),
+            ..WatchResponse::default()
+        };
+        let pieces = fragments(response.clone(), 250);
+        assert!(pieces.len() >= 3, "{}", pieces.len());
+        let flags: Vec<bool> = pieces.iter().map(|p| p.fragment).collect();
+        assert!(flags[..flags.len() - 1].iter().all(|f| *f) && !flags[flags.len() - 1]);
+        assert!(pieces
+            .iter()
+            .all(|p| p.encoded_len() < 250 || p.events.len() == 1));
+        let joined: Vec<Event> = pieces.iter().flat_map(|p| p.events.clone()).collect();
+        assert_eq!(joined, response.events);
+        // Under the limit, or a single event: one response, unmarked.
+        assert_eq!(fragments(response.clone(), 1 << 20).len(), 1);
+        let single = WatchResponse {
+            events: vec![event(9)],
+            ..WatchResponse::default()
+        };
+        assert_eq!(fragments(single, 10).len(), 1);
+    }
 }

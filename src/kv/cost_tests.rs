@@ -13,13 +13,28 @@
 //! whichever round it happened in. (Caches and memory bandwidth are still shared.)
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use super::{encode_command, KvStore};
+use super::{encode_command, EventSink, KvStore};
 use crate::etcdpb::etcdserverpb::{request_op::Request, PutRequest, RangeRequest, RequestOp};
+use crate::etcdpb::mvccpb::Event;
 use crate::state_machine::StateMachine;
 use crate::types::{EntryType, LogEntry, LogIndex, Term};
 
 const KEYS: u64 = 100_000;
+
+/// A sink that wants every revision's events and drops them (the cost of building them).
+struct TakesEverything;
+
+impl EventSink for TakesEverything {
+    fn wants_events(&self) -> bool {
+        true
+    }
+    fn committed(&self, _revision: i64, events: Vec<Event>) {
+        std::hint::black_box(events);
+    }
+    fn replaced(&self, _revision: i64) {}
+}
 const OPS_PER_ROUND: u64 = 200_000;
 const ROUNDS: usize = 5;
 
@@ -167,6 +182,37 @@ fn cost_of_store_operations() {
         let median = report(name, rounds);
         println!("  = {:.2}x the put without a view", median / put_median);
     }
+    // The watch hook in commit (src/kv/events.rs): with the node's hub attached and nobody
+    // watching, a commit pays one atomic load; with a sink that takes every event, it also builds
+    // the revision's events (key, value and previous value copied). Rounds without and with the
+    // idle hub alternate, so that drift on a shared machine hits both alike.
+    let hub: Arc<dyn EventSink> = Arc::new(crate::etcd::watch::WatchHub::new(1, 1));
+    let mut without = Vec::new();
+    let mut idle = Vec::new();
+    for round in 0..ROUNDS as u64 {
+        store.set_event_sink(None);
+        without.push(timed(|i| {
+            store.apply(&put(i + round * OPS_PER_ROUND)).expect("put");
+        }));
+        store.set_event_sink(Some(Arc::clone(&hub)));
+        idle.push(timed(|i| {
+            store.apply(&put(i + round * OPS_PER_ROUND)).expect("put");
+        }));
+    }
+    let without = report("KvStore::apply(put), no event sink", without);
+    let idle = report("KvStore::apply(put), watch hub, nobody watches", idle);
+    println!("  = {:.3}x the put without a sink", idle / without);
+    store.set_event_sink(Some(Arc::new(TakesEverything)));
+    let mut rounds = Vec::new();
+    for round in 0..ROUNDS as u64 {
+        rounds.push(timed(|i| {
+            store.apply(&put(i + round * OPS_PER_ROUND)).expect("put");
+        }));
+    }
+    let taking = report("KvStore::apply(put), a sink takes every event", rounds);
+    println!("  = {:.2}x the put without a sink", taking / without);
+    store.set_event_sink(None);
+
     println!(
         "store: revision {}, {} keys, size_bytes {}",
         store.revision(),
