@@ -8,8 +8,9 @@
 //! ```
 //! The client is installed with pip into a virtualenv under Cargo's `CARGO_TARGET_TMPDIR`, once;
 //! later runs reuse it. Needs `python3` with the `venv` module and pip (Debian: `python3-venv`),
-//! and PyPI; without them the test fails and says so. `tests/python/etcd3_lock_watch.py` does the
-//! same for watches (a prefix callback, a history replay) and etcd3's lock.
+//! and PyPI; without them the test fails and says so. `tests/python/etcd3_watch.py` watches
+//! (an iterator replaying history then live events, and a callback) and
+//! `tests/python/etcd3_lock.py` takes etcd3's lock from two clients.
 
 mod etcdctl_common;
 mod process_cluster;
@@ -115,13 +116,15 @@ fn python_etcd3_grants_refreshes_inspects_and_revokes_leases() {
     assert_eq!(lines, expected, "stderr:\n{stderr}");
 }
 
-#[test]
-fn python_etcd3_watches_and_locks() {
+/// Runs `tests/python/SCRIPT` with a follower's and the leader's address; its stdout lines.
+fn run_script(script: &str) -> Vec<String> {
     let python = python_with_etcd3();
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime();
     let (cluster, leader, follower) = cluster(dir.path(), &rt);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/etcd3_lock_watch.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let out = Command::new(&python)
         .arg(&script)
         .arg(cluster.addrs[&follower].to_string())
@@ -131,15 +134,34 @@ fn python_etcd3_watches_and_locks() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn python_etcd3_watches_history_and_live_events_on_a_follower() {
+    let lines = run_script("etcd3_watch.py");
     let expected = [
-        "watched True ['PutEvent pyw/a 1', 'DeleteEvent pyw/a ']",
-        "replayed ['old', 'new']",
+        "iterator PUT py/start 0 +0",
+        "iterator PUT py/a 1 +1",
+        "iterator PUT py/k v +2",
+        "iterator DELETE py/a  +3",
+        "iterator PUT py/k w +5",
+        "callback PUT py/k v +2",
+        "callback PUT py/k w +5",
+        "done",
+    ];
+    assert_eq!(lines, expected);
+}
+
+#[test]
+fn python_etcd3_locks_exclude_until_released() {
+    let lines = run_script("etcd3_lock.py");
+    let expected = [
         "first_acquired True",
         "second_while_held False",
         "second_after_release True",
         "second_holds True",
         "done",
     ];
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines, expected, "stderr:\n{stderr}");
+    assert_eq!(lines, expected);
 }

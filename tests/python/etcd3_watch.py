@@ -1,6 +1,6 @@
 """Python's etcd3 client (PyPI etcd3 0.12.0) watching a rust-raft-log cluster.
 
-Run by tests/python_etcd3_watch.rs: argv = watched member host:port, writing member host:port.
+Run by tests/python_etcd3.rs (in its virtualenv): argv = watched member host:port, writing member host:port.
 Prints one line per event seen, revisions relative to the first write, then "done".
 """
 import sys
