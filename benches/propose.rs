@@ -291,7 +291,11 @@ async fn throughput(dir: &Path, plan: &Plan, out: &mut String) -> Option<u64> {
         .unwrap_or(3);
     let line = format!(
         "transport: {}\n",
-        if tls { "TLS (BENCH_TLS=1)" } else { "plaintext" }
+        if tls {
+            "TLS (BENCH_TLS=1)"
+        } else {
+            "plaintext"
+        }
     );
     print!("{line}");
     out.push_str(&line);

@@ -573,8 +573,12 @@ mod tests {
             TlsSettings::path_for(&tls.cert_file, 2),
             PathBuf::from("certs/node2.pem")
         );
-        let text = format!("{THREE_NODES}tls:\n  client_cert_auth: true\n  client_ca_file: c.pem\n");
-        let tls = ClusterConfig::from_yaml(&text).expect("valid").tls.expect("on");
+        let text =
+            format!("{THREE_NODES}tls:\n  client_cert_auth: true\n  client_ca_file: c.pem\n");
+        let tls = ClusterConfig::from_yaml(&text)
+            .expect("valid")
+            .tls
+            .expect("on");
         assert!(tls.client_cert_auth);
         assert_eq!(tls.client_ca_file.as_deref(), Some("c.pem"));
         let m = invalid_message(&format!("{THREE_NODES}tls:\n  handshake_timeout_ms: 0\n"));

@@ -108,13 +108,17 @@ fn forged_append_entries_and_another_clusters_node_are_refused() {
             .expect_err("a request without the cluster id is refused");
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         assert!(
-            refused.message().contains("cluster id") && refused.message().contains(&format_cluster_id(cluster_id)),
+            refused.message().contains("cluster id")
+                && refused.message().contains(&format_cluster_id(cluster_id)),
             "the refusal names this cluster's id: {refused:?}"
         );
         // 2. Another cluster's id.
         let other = cluster_id ^ 0x5a5a;
         let refused = client
-            .append_entries(peer_request(forged(follower, term + 100, prev), Some(other)))
+            .append_entries(peer_request(
+                forged(follower, term + 100, prev),
+                Some(other),
+            ))
             .await
             .expect_err("another cluster's id is refused");
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -125,7 +129,10 @@ fn forged_append_entries_and_another_clusters_node_are_refused() {
         );
         // 3. The right id, a sender that is not a member.
         let mut not_member = forged(follower, term + 100, prev);
-        not_member.route = Some(pb::Route { from: 7, to: follower });
+        not_member.route = Some(pb::Route {
+            from: 7,
+            to: follower,
+        });
         not_member.leader_id = 7;
         let refused = client
             .append_entries(peer_request(not_member, Some(cluster_id)))
@@ -135,7 +142,10 @@ fn forged_append_entries_and_another_clusters_node_are_refused() {
         assert!(refused.message().contains("node 7"), "{refused:?}");
         // The same on the stream the leaders use and on RequestVote.
         let vote = pb::RequestVoteRequest {
-            route: Some(pb::Route { from: 2, to: follower }),
+            route: Some(pb::Route {
+                from: 2,
+                to: follower,
+            }),
             term: term + 100,
             candidate_id: 2,
             last_log_index: u64::MAX / 2,
@@ -189,10 +199,11 @@ fn forged_append_entries_and_another_clusters_node_are_refused() {
         if started.elapsed() > Duration::from_secs(10) {
             break false;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
     };
-    // Let it campaign a while longer: its terms climb, cluster A's must not.
-    std::thread::sleep(Duration::from_secs(2));
+    // Let it campaign a while longer: its terms climb, cluster A's must not. (Sleeping inside
+    // the runtime keeps the harness's connections answering the nodes' keepalive pings.)
+    rt.block_on(async { tokio::time::sleep(Duration::from_secs(2)).await });
     let after = rt.block_on(terms(&mut cluster));
     let _ = rogue.kill();
     let _ = rogue.wait();
@@ -201,15 +212,18 @@ fn forged_append_entries_and_another_clusters_node_are_refused() {
         "node 4 (cluster B's config) never logged why it is refused:\n{}",
         rogue_output()
     );
+    assert_eq!(after.len(), 3, "{}", cluster.describe());
     assert_eq!(
         before,
         after,
         "cluster A's terms or leader moved (node, term, leader)\n{}",
         cluster.describe()
     );
-    let refusing = [1, 2]
-        .iter()
-        .any(|&id| cluster.output(id).contains("refused a Raft RPC: cluster id mismatch"));
+    let refusing = [1, 2].iter().any(|&id| {
+        cluster
+            .output(id)
+            .contains("refused a Raft RPC: cluster id mismatch")
+    });
     assert!(
         refusing,
         "neither node 1 nor 2 logged the refusal of cluster B's node\n{}",

@@ -340,7 +340,11 @@ impl EtcdApi {
         if let Some(channel) = channels.get(&addr) {
             return Ok(channel.clone());
         }
-        let scheme = if self.inner.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.inner.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| Status::internal(format!("leader address {addr}: {e}")))?;
         let endpoint = match &self.inner.tls {

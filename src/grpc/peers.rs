@@ -215,13 +215,18 @@ impl Peers {
         let mut map = HashMap::new();
         for &(id, addr) in peers {
             assert_ne!(id, local_id, "node {local_id} listed as its own peer");
-            let scheme = if config.tls.is_some() { "https" } else { "http" };
-            let base = Endpoint::from_shared(format!("{scheme}://{addr}"))
-                .map_err(|e| GrpcError::PeerAddress {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let base = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
+                GrpcError::PeerAddress {
                     peer: id,
                     addr,
                     message: e.to_string(),
-                })?;
+                }
+            })?;
             let base = match &config.tls {
                 None => base,
                 Some(tls) => {
@@ -464,8 +469,10 @@ async fn worker<R: Send + 'static>(
             tokio::spawn(async move {
                 let timeout = config.rpc_timeout;
                 let cluster_id = config.cluster_id;
-                match crate::grpc::snapshot::send_snapshot(client, envelope, files, timeout, cluster_id)
-                    .await
+                match crate::grpc::snapshot::send_snapshot(
+                    client, envelope, files, timeout, cluster_id,
+                )
+                .await
                 {
                     Ok(answer) => deliver(local_id, &peer, answer, &inbound).await,
                     Err(status) => {
@@ -582,8 +589,12 @@ fn refusal(status: &tonic::Status) -> Option<(bool, String)> {
     let mut chain = status.message().to_string();
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {
-        chain.push_str(": ");
-        chain.push_str(&e.to_string());
+        // hyper and tonic repeat their cause in their own message: say each thing once.
+        let text = e.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
         source = e.source();
     }
     let lower = chain.to_ascii_lowercase();

@@ -138,6 +138,45 @@ async fn only_served_methods(
     Status::unimplemented((filter.unimplemented)(path)).into_http::<axum::body::Body>()
 }
 
+/// What a TLS node asks of every connection before any service sees a request.
+#[derive(Clone, Copy, Debug)]
+struct TlsPolicy {
+    /// The port is TLS: a plaintext connection (crate::grpc::tls lets a plaintext HTTP/2 client
+    /// in only to tell it so) is refused.
+    tls: bool,
+    /// `tls.client_cert_auth`: a connection without a verified client certificate is refused.
+    client_cert: bool,
+}
+
+/// Axum middleware of a TLS node: refuses, with a message saying what is missing, a request
+/// that came in plaintext (FAILED_PRECONDITION: not worth retrying) or without the client
+/// certificate `client_cert_auth` requires (UNAUTHENTICATED).
+async fn tls_required(
+    policy: TlsPolicy,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !policy.tls {
+        return next.run(request).await;
+    }
+    let conn = request.extensions().get::<crate::grpc::tls::ConnInfo>();
+    if !conn.is_some_and(|c| c.tls) {
+        return Status::failed_precondition(
+            "this node serves TLS only: connect with https:// (etcdctl: --cacert with the \
+             cluster's CA)",
+        )
+        .into_http::<axum::body::Body>();
+    }
+    if !policy.client_cert || conn.is_some_and(|c| c.client_cert) {
+        return next.run(request).await;
+    }
+    Status::unauthenticated(
+        "client certificate required: this node has tls.client_cert_auth on (etcdctl: --cert \
+         and --key, with a certificate of the configured CA)",
+    )
+    .into_http::<axum::body::Body>()
+}
+
 /// [`serve`] plus the services in `extra` (the etcd API) on the same listener. Every connection
 /// goes through [`AuthorityRepair`] (etcdctl's URL-valued `:authority`), and every path `filter`
 /// does not serve is answered UNIMPLEMENTED with a message naming it.
@@ -161,6 +200,13 @@ pub async fn serve_with<R: Send + 'static>(
     let incoming = crate::grpc::tls::incoming(listener, config.tls.clone())
         .map(|stream| stream.map(AuthorityRepair::new));
     let max_bytes = config.max_decoding_message_bytes();
+    let policy = TlsPolicy {
+        tls: config.tls.is_some(),
+        client_cert: config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.requires_client_cert()),
+    };
     // Graceful shutdown waits for every open stream to finish, and a leader's AppendEntries
     // stream never finishes by itself: the streams end (cleanly, after the answers already due)
     // when shutdown begins.
@@ -187,6 +233,9 @@ pub async fn serve_with<R: Send + 'static>(
         .into_axum_router()
         .layer(axum::middleware::from_fn(move |request, next| {
             only_served_methods(filter, request, next)
+        }))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            tls_required(policy, request, next)
         }));
     tracing::debug!(%local_addr, "gRPC server accepting");
     tonic::transport::Server::builder()

@@ -84,6 +84,7 @@ pub struct NodeTls {
     peer_anchors: Vec<TrustAnchor<'static>>,
     members: Vec<NodeId>,
     handshake_timeout: Duration,
+    client_cert_auth: bool,
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     peer_ca_pem: Vec<u8>,
@@ -183,7 +184,9 @@ impl NodeTls {
             let path = TlsSettings::path_for(client_ca, local.0);
             let pem = read("client_ca_file", &path)?;
             let certs = certificates("client_ca_file", &path, &pem)?;
-            roots.roots.extend(root_store("client_ca_file", &path, &certs)?.roots);
+            roots
+                .roots
+                .extend(root_store("client_ca_file", &path, &certs)?.roots);
         }
         let peer_anchors = peer_ca
             .iter()
@@ -197,15 +200,16 @@ impl NodeTls {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // Peers always present a certificate; clients must only when client_cert_auth is on.
-        // A certificate that is presented must chain to one of the CAs, either way.
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-        let verifier = if settings.client_cert_auth {
-            verifier
-        } else {
-            verifier.allow_unauthenticated()
-        }
+        // A certificate that is presented must chain to one of the CAs. A connection without
+        // one completes its handshake even with client_cert_auth on: the server then answers
+        // every RPC on it UNAUTHENTICATED with a message saying why ([`NodeTls::requires_client_cert`]),
+        // because a handshake failure reaches etcdctl 3.4's user only as "context deadline
+        // exceeded".
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .allow_unauthenticated()
         .build()
         .map_err(|e| TlsError::Rustls(format!("client certificate verifier: {e}")))?;
         let mut server = rustls::ServerConfig::builder_with_provider(provider())
@@ -224,10 +228,17 @@ impl NodeTls {
             peer_anchors,
             members: config.nodes.iter().map(|n| n.id()).collect(),
             handshake_timeout: Duration::from_millis(settings.handshake_timeout_ms),
+            client_cert_auth: settings.client_cert_auth,
             cert_pem,
             key_pem,
             peer_ca_pem,
         })
+    }
+
+    /// `tls.client_cert_auth`: a connection without a (verified) client certificate is answered
+    /// UNAUTHENTICATED on every RPC.
+    pub fn requires_client_cert(&self) -> bool {
+        self.client_cert_auth
     }
 
     /// The member a verified client certificate chain authenticates, if any: the chain must
@@ -272,6 +283,8 @@ pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     /// The connection is TLS.
     pub tls: bool,
+    /// The client presented a certificate, and it chains to one of the configured CAs.
+    pub client_cert: bool,
     /// The member its client certificate authenticates ([`NodeTls::identify`]).
     pub member: Option<NodeId>,
 }
@@ -289,6 +302,7 @@ impl tonic::transport::server::Connected for ServerIo {
             ServerIo::Plain(_, remote) => ConnInfo {
                 remote: Some(*remote),
                 tls: false,
+                client_cert: false,
                 member: None,
             },
             ServerIo::Tls(_, info) => info.clone(),
@@ -370,6 +384,22 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// Whether the first bytes the client sent are HTTP/2's plaintext preface (`PRI * HTTP/2.0`);
+/// `false` for anything else (a TLS record starts with 0x16) or a closed connection.
+async fn starts_with_http2_preface(stream: &TcpStream) -> bool {
+    const START: &[u8] = b"PRI * HTTP";
+    let mut buf = [0u8; START.len()];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if buf[..n] != START[..n] => return false,
+            Ok(n) if n == START.len() => return true,
+            // A prefix so far: wait for more bytes.
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+        }
+    }
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<NodeTls>>,
@@ -406,18 +436,26 @@ async fn accept_loop(
         let tx = tx.clone();
         let logged = Arc::clone(&logged);
         tokio::spawn(async move {
+            // A plaintext HTTP/2 client (its preface, not a TLS record, comes first) gets its
+            // connection served in plaintext, where every RPC is refused with a message saying
+            // the node wants TLS (server.rs, `tls_required`): at once, instead of a handshake
+            // failure the client retries until its deadline ("context deadline exceeded").
+            if let Ok(true) =
+                tokio::time::timeout(tls.handshake_timeout, starts_with_http2_preface(&stream))
+                    .await
+            {
+                let _ = tx.send(Ok(ServerIo::Plain(stream, remote))).await;
+                return;
+            }
             let failure =
                 match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        let member = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|chain| tls.identify(chain));
+                        let chain = stream.get_ref().1.peer_certificates();
                         let info = ConnInfo {
                             remote: Some(remote),
                             tls: true,
-                            member,
+                            client_cert: chain.is_some_and(|c| !c.is_empty()),
+                            member: chain.and_then(|chain| tls.identify(chain)),
                         };
                         let _ = tx.send(Ok(ServerIo::Tls(Box::new(stream), info))).await;
                         return;

@@ -40,13 +40,17 @@ impl Ca {
     pub fn leaf(&self, common_name: &str, names: &[&str]) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
         (cert.pem(), key.serialize_pem())
     }
 }
@@ -89,5 +93,8 @@ pub fn client_tls(dir: &Path) -> ClientTlsConfig {
     let read = |name: &str| std::fs::read(certs.join(name)).expect("read cert");
     ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")))
-        .identity(Identity::from_pem(read("client.pem"), read("client-key.pem")))
+        .identity(Identity::from_pem(
+            read("client.pem"),
+            read("client-key.pem"),
+        ))
 }
