@@ -219,6 +219,52 @@ fn etcdctl_with_certificates_works_and_everything_else_is_refused() {
             .await
             .expect_err("a client certificate cannot send RequestVote");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+        // A member's certificate speaks only for that member: node `impostor`'s key cannot send
+        // a vote request claiming to come from another node.
+        let impostor = (1..=3).find(|&id| id != target).expect("another node");
+        let claimed = (1..=3)
+            .find(|&id| id != target && id != impostor)
+            .expect("a third node");
+        let certs = dir.path().join("certs");
+        let read = |name: String| std::fs::read(certs.join(name)).expect("read cert");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                "ca.pem".into(),
+            )))
+            .identity(tonic::transport::Identity::from_pem(
+                read(format!("node{impostor}.pem")),
+                read(format!("node{impostor}-key.pem")),
+            ));
+        let channel = Endpoint::from_shared(https(target))
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("a member certificate connects");
+        let vote = pb::RequestVoteRequest {
+            route: Some(pb::Route {
+                from: claimed,
+                to: target,
+            }),
+            term: term + 100,
+            candidate_id: claimed,
+            last_log_index: u64::MAX / 2,
+            last_log_term: term + 100,
+            pre_vote: false,
+        };
+        let refused = pb::raft_client::RaftClient::new(channel)
+            .request_vote(peer_request(vote, Some(cluster_id)))
+            .await
+            .expect_err("a member's certificate cannot speak for another member");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .contains(&format!("certificate names node {impostor}")),
+            "{refused:?}"
+        );
     });
     rt.block_on(async { tokio::time::sleep(Duration::from_millis(500)).await });
     let after = rt.block_on(answering(&mut cluster, &[1, 2, 3]));
