@@ -11,6 +11,8 @@ const PROTO_FILES: &[&str] = &[
     "proto/raft.proto",
     "proto/etcd/mvccpb/kv.proto",
     "proto/etcd/etcdserverpb/rpc.proto",
+    "proto/etcd/v3lockpb/v3lock.proto",
+    "proto/etcd/v3electionpb/v3election.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

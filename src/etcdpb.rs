@@ -19,6 +19,18 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// etcd's `v3lockpb` package: the server-side `Lock` service.
+#[allow(clippy::all, missing_docs)]
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's `v3electionpb` package: the server-side `Election` service.
+#[allow(clippy::all, missing_docs)]
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
 #[cfg(test)]
 mod tests {
     //! The wire contract: service paths and field numbers must be etcd's, or etcdctl and etcd's

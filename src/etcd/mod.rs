@@ -5,9 +5,12 @@
 //! - [`server`]: the `KV`, `Maintenance.Status` and `Cluster.MemberList` handlers on the node's
 //!   gRPC server (validation, proposals, ReadIndex reads, forwarding to the leader), and the list
 //!   of served paths the server's filter uses to answer every other method UNIMPLEMENTED by name.
+//! - [`concurrency`]: the server-side `Lock` and `Election` services, etcd's recipes run on the
+//!   node's own KV service.
 //! - [`members`]: cluster and member ids derived from the static config.
 //!
 //! The key-value semantics live in [`crate::kv`]; docs/ETCD_COMPAT.md lists every difference.
 
+pub mod concurrency;
 pub mod members;
 pub mod server;

@@ -178,6 +178,12 @@ impl EtcdApi {
         )
     }
 
+    /// The KV service as an in-process handle: the Lock and Election services
+    /// ([`crate::etcd::concurrency`]) run etcd's recipes on it.
+    pub fn kv_service(&self) -> KvService {
+        KvService { api: self.clone() }
+    }
+
     fn header(&self, revision: i64, term: Term) -> ResponseHeader {
         ResponseHeader {
             cluster_id: self.inner.members.cluster_id,
@@ -1007,6 +1013,13 @@ pub const SERVED_ETCD_METHODS: &[&str] = &[
     "/etcdserverpb.Maintenance/HashKV",
     "/etcdserverpb.Maintenance/Snapshot",
     "/etcdserverpb.Cluster/MemberList",
+    "/v3lockpb.Lock/Lock",
+    "/v3lockpb.Lock/Unlock",
+    "/v3electionpb.Election/Campaign",
+    "/v3electionpb.Election/Proclaim",
+    "/v3electionpb.Election/Leader",
+    "/v3electionpb.Election/Observe",
+    "/v3electionpb.Election/Resign",
 ];
 
 /// Whether `path` (`/package.Service/Method`) is served.
@@ -1019,7 +1032,8 @@ pub fn unimplemented_message(path: &str) -> String {
     let method = path.trim_start_matches('/');
     format!(
         "rust-raft-log does not implement {method} (served: KV Range/Put/DeleteRange/Txn/Compact, \
-         Maintenance.Status/HashKV/Snapshot, Cluster.MemberList; see docs/ETCD_COMPAT.md)"
+         Maintenance.Status/HashKV/Snapshot, Cluster.MemberList, Lock, Election; see \
+         docs/ETCD_COMPAT.md)"
     )
 }
 

@@ -490,11 +490,14 @@ where
                          tls: Option<Arc<grpc::tls::NodeTls>>| {
         let api = EtcdApi::new(id, members, inbound, etcd_store, limits, tls);
         let (kv, maintenance, cluster) = api.services();
+        let (lock, election) = crate::etcd::concurrency::services(api.kv_service());
         let mut routes = tonic::service::RoutesBuilder::default();
         routes
             .add_service(kv)
             .add_service(maintenance)
-            .add_service(cluster);
+            .add_service(cluster)
+            .add_service(lock)
+            .add_service(election);
         (routes, crate::etcd::server::PATH_FILTER)
     };
     let snapshots = recovered.snapshots.map(|setup| {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use rust_raft_log::etcdpb::etcdserverpb as pb;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::disks::{DiskError, DiskModel, Disks};
 use crate::net::Network;
 
 /// The etcd API port of every node (each has its own address in namespaces).
@@ -53,13 +54,17 @@ pub enum ClusterError {
     Io(#[from] std::io::Error),
     #[error("no leader within {0:?}")]
     NoLeader(Duration),
+    #[error("disk: {0}")]
+    Disk(#[from] DiskError),
 }
 
 /// A running (or down) cluster.
 pub struct Cluster {
-    // Field order matters: children are killed in Drop before `net` is dropped.
+    // Field order matters: children are killed in Drop before `disks` (unmounted) and `net`
+    // are dropped.
     children: BTreeMap<u32, Child>,
     paused: BTreeMap<u32, bool>,
+    pub disks: Option<Disks>,
     pub net: Network,
     pub dir: PathBuf,
     flavor: Flavor,
@@ -70,8 +75,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Writes the configuration for `net.size()` nodes into `dir` and starts every node.
-    pub fn start(dir: &Path, net: Network, flavor: Flavor) -> Result<Cluster, ClusterError> {
+    /// Writes the configuration for `net.size()` nodes into `dir`, puts each node's data
+    /// directory on `disk` and starts every node.
+    pub fn start(
+        dir: &Path,
+        net: Network,
+        flavor: Flavor,
+        disk: DiskModel,
+    ) -> Result<Cluster, ClusterError> {
         let size = net.size();
         let ports = if net.partitions_supported() {
             vec![(CLIENT_PORT, PEER_PORT); size]
@@ -82,6 +93,7 @@ impl Cluster {
         let mut cluster = Cluster {
             children: BTreeMap::new(),
             paused: BTreeMap::new(),
+            disks: None,
             net,
             dir: dir.to_path_buf(),
             flavor,
@@ -105,6 +117,12 @@ impl Cluster {
             yaml += extra;
             std::fs::write(dir.join("cluster.yaml"), yaml)?;
         }
+        let dirs = cluster
+            .ids()
+            .into_iter()
+            .map(|id| (id, cluster.data_dir(id)))
+            .collect();
+        cluster.disks = Some(Disks::prepare(disk, dir, dirs)?);
         for id in cluster.ids() {
             cluster.spawn(id)?;
         }
@@ -252,6 +270,17 @@ impl Cluster {
         // SAFETY: as in `signal`.
         unsafe {
             libc::kill(child.id() as libc::pid_t, signal);
+        }
+    }
+
+    /// Node `id` and its disk lose power together: SIGKILL, then everything it wrote and did not
+    /// sync is dropped (`lossyfs`); the disk is back (durable state only) when this returns, the
+    /// node stays down.
+    pub fn power_loss(&mut self, id: u32) -> Result<(), ClusterError> {
+        self.kill(id);
+        match self.disks.as_mut() {
+            Some(disks) => Ok(disks.power_loss(id)?),
+            None => Err(DiskError::NotLossy(id).into()),
         }
     }
 

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::cluster::Cluster;
+use crate::disks::DiskModel;
 use crate::workload::Rng;
 
 /// A kind of fault.
@@ -32,6 +33,13 @@ pub enum FaultKind {
     OneWayFromLeader,
     /// The leader is cut from its followers both ways; clients still reach it.
     IsolateLeader,
+    /// The leader, then every node at once, in turn, loses power: the process is killed and
+    /// every byte it wrote without syncing is dropped (`lossyfs` under the data directories);
+    /// restarted over what was durable when the fault ends.
+    PowerLoss,
+    /// The leader's disk, then a random node's, in turn, fills up (a ballast file takes every
+    /// free block of its own tmpfs); the ballast is removed when the fault ends.
+    DiskFull,
 }
 
 impl FaultKind {
@@ -46,6 +54,10 @@ impl FaultKind {
         FaultKind::IsolateLeader,
     ];
 
+    /// Faults that need a file system of their own under the data directories (not in `all`:
+    /// each needs a different one, see [`crate::disks`]).
+    pub const STORAGE: [FaultKind; 2] = [FaultKind::PowerLoss, FaultKind::DiskFull];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillLeader => "kill-leader",
@@ -56,11 +68,27 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::OneWayFromLeader => "one-way-from-leader",
             FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::PowerLoss => "power-loss",
+            FaultKind::DiskFull => "disk-full",
         }
     }
 
     pub fn parse(name: &str) -> Option<FaultKind> {
-        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+        FaultKind::ALL
+            .into_iter()
+            .chain(FaultKind::STORAGE)
+            .find(|k| k.name() == name)
+    }
+
+    /// The file system this fault needs under the data directories, if not the plain one.
+    pub fn disk_model(self) -> Option<DiskModel> {
+        match self {
+            FaultKind::PowerLoss => Some(DiskModel::Lossy),
+            FaultKind::DiskFull => Some(DiskModel::Tmpfs {
+                size_bytes: TMPFS_BYTES,
+            }),
+            _ => None,
+        }
     }
 
     pub fn needs_network(self) -> bool {
@@ -69,6 +97,31 @@ impl FaultKind {
             FaultKind::Partition | FaultKind::OneWayFromLeader | FaultKind::IsolateLeader
         )
     }
+}
+
+/// Each node's tmpfs in a disk-full run: room for the log's open and prepared segments at the
+/// runner's segment size, snapshots and the state file, small enough to fill in an instant.
+pub const TMPFS_BYTES: u64 = 512 << 20;
+
+/// The disk model a list of faults needs.
+///
+/// # Errors
+/// A message when two faults need different file systems.
+pub fn disk_model_for(faults: &[FaultKind]) -> Result<DiskModel, String> {
+    let mut model = DiskModel::Plain;
+    for kind in faults {
+        if let Some(m) = kind.disk_model() {
+            if model != DiskModel::Plain && model != m {
+                return Err(
+                    "power-loss and disk-full need different file systems under the data \
+                     directories (lossyfs does not model allocation): run them separately"
+                        .into(),
+                );
+            }
+            model = m;
+        }
+    }
+    Ok(model)
 }
 
 /// One fault as it happened.
@@ -86,6 +139,10 @@ pub struct Injector {
     rng: Rng,
     killed: BTreeSet<u32>,
     paused: BTreeSet<u32>,
+    full: BTreeSet<u32>,
+    /// Storage faults so far (their targets alternate).
+    power_losses: u64,
+    disk_fills: u64,
     cut: bool,
     /// Findings: nodes that exited on their own, network commands that failed.
     pub findings: Vec<String>,
@@ -97,6 +154,9 @@ impl Injector {
             rng: Rng::new(seed ^ 0x5eed_fa17),
             killed: BTreeSet::new(),
             paused: BTreeSet::new(),
+            full: BTreeSet::new(),
+            power_losses: 0,
+            disk_fills: 0,
             cut: false,
             findings: Vec::new(),
         }
@@ -174,6 +234,45 @@ impl Injector {
                 }
                 vec![leader]
             }
+            FaultKind::PowerLoss => {
+                self.power_losses += 1;
+                let targets = if self.power_losses % 2 == 1 {
+                    vec![self.leader_or_random(cluster).await]
+                } else {
+                    ids
+                };
+                // Every target dies before any disk loses its unsynced bytes: one power cut.
+                for &id in &targets {
+                    cluster.kill(id);
+                    self.killed.insert(id);
+                }
+                for &id in &targets {
+                    if let Err(e) = cluster.power_loss(id) {
+                        self.findings
+                            .push(format!("cannot cut node {id}'s power: {e}"));
+                    }
+                }
+                targets
+            }
+            FaultKind::DiskFull => {
+                self.disk_fills += 1;
+                let id = if self.disk_fills % 2 == 1 {
+                    self.leader_or_random(cluster).await
+                } else {
+                    self.pick(&ids, 1).first().copied().unwrap_or(1)
+                };
+                if let Some(disks) = cluster.disks.as_ref() {
+                    match disks.fill(id) {
+                        Ok(_) => {
+                            self.full.insert(id);
+                        }
+                        Err(e) => self
+                            .findings
+                            .push(format!("cannot fill node {id}'s disk: {e}")),
+                    }
+                }
+                vec![id]
+            }
         }
     }
 
@@ -195,6 +294,12 @@ impl Injector {
         }
         for id in std::mem::take(&mut self.paused) {
             cluster.resume(id);
+        }
+        for id in std::mem::take(&mut self.full) {
+            if let Some(Err(e)) = cluster.disks.as_ref().map(|d| d.free(id)) {
+                self.findings
+                    .push(format!("cannot free node {id}'s disk: {e}"));
+            }
         }
         self.note_exits(cluster);
         for id in std::mem::take(&mut self.killed) {

@@ -4,6 +4,8 @@
 //!
 //! # Module map
 //! - [`net`]: network namespaces, the bridge, nftables partitions.
+//! - [`disks`]: what lies under the data directories (`lossyfs` for power losses, a tmpfs per
+//!   node for a full disk).
 //! - [`cluster`]: the server processes (start, kill, pause, restart) and `Maintenance.Status`.
 //! - [`workload`]: the clients and what they record.
 //! - [`faults`]: the fault kinds, their targets, undoing them.
@@ -14,6 +16,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod disks;
 pub mod faults;
 pub mod history;
 pub mod net;

@@ -46,7 +46,10 @@ struct Args {
     #[arg(long, default_value_t = 3.0)]
     hold: f64,
     /// Comma-separated faults, applied in turn: kill-leader, kill-random, kill-minority, kill-all,
-    /// pause-leader, partition, one-way-from-leader, isolate-leader; or `all`.
+    /// pause-leader, partition, one-way-from-leader, isolate-leader; or `all` (those eight).
+    /// Storage faults, named on their own (each puts the data directories on its own file
+    /// system): power-loss (lossyfs; needs root and /dev/fuse) or disk-full (a tmpfs per node;
+    /// needs root), combinable with the eight but not with each other.
     #[arg(long, default_value = "kill-leader")]
     faults: String,
     /// Seed of the workload and the fault targets (default: from the clock; printed).
@@ -105,6 +108,7 @@ fn plan(args: &Args) -> Result<RunPlan, String> {
             })
             .collect::<Result<_, _>>()?
     };
+    chaos::faults::disk_model_for(&faults)?;
     if !(1..=9).contains(&args.nodes) {
         return Err(format!("--nodes {} (1 to 9)", args.nodes));
     }
@@ -131,7 +135,7 @@ fn plan(args: &Args) -> Result<RunPlan, String> {
                     .map_err(|e| format!("cannot find this program: {e}"))?
                     .with_file_name("rust-raft-log"),
             },
-            extra: args.settings.replace("\\n", "\n"),
+            extra: settings(args, &faults),
         },
         "etcd" => Flavor::Etcd {
             binary: args.binary.clone().unwrap_or_else(|| PathBuf::from("etcd")),
@@ -164,6 +168,20 @@ fn plan(args: &Args) -> Result<RunPlan, String> {
         }),
         namespaces,
     })
+}
+
+/// The extra `cluster_settings` lines: `--settings`, plus, for a disk-full run that does not set
+/// it, 256 KiB log segments, so that the open segment runs out within a fault's hold and the
+/// node really refuses writes (with 64 MiB segments a full disk is only felt minutes later).
+fn settings(args: &Args, faults: &[FaultKind]) -> String {
+    let mut extra = args.settings.replace("\\n", "\n");
+    if faults.contains(&FaultKind::DiskFull) && !extra.contains("log_segment_size") {
+        if !extra.is_empty() && !extra.ends_with('\n') {
+            extra.push('\n');
+        }
+        extra.push_str("  log_segment_size: 262144\n");
+    }
+    extra
 }
 
 fn check_file(file: &std::path::Path, states_max: u64) -> ExitCode {

@@ -85,7 +85,7 @@ pub fn render(report: &RunReport) -> String {
     let _ = writeln!(
         out,
         "chaos-result flavor={} nodes={} seed={} seconds={:.0} answered={} failed={} faults={} \
-         failed_per_fault={:.1} findings={} verdict={}",
+         failed_per_fault={:.1} nospace={} findings={} verdict={}",
         plan.flavor.name(),
         plan.nodes,
         plan.workload.seed,
@@ -94,6 +94,11 @@ pub fn render(report: &RunReport) -> String {
         report.failures.len(),
         report.faults.len(),
         per,
+        report
+            .failures
+            .iter()
+            .filter(|f| f.reason.contains("database space exceeded"))
+            .count(),
         report.findings.len(),
         if report.verdict.is_linearizable() {
             "linearizable"

@@ -44,6 +44,8 @@ pub enum RunError {
     NeedsNamespaces(&'static str),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Plan(String),
 }
 
 /// What a run saw.
@@ -87,7 +89,8 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
     } else {
         Network::loopback(plan.nodes as usize)
     };
-    let mut cluster = Cluster::start(&plan.dir, net, plan.flavor.clone())?;
+    let disk = crate::faults::disk_model_for(&plan.faults).map_err(RunError::Plan)?;
+    let mut cluster = Cluster::start(&plan.dir, net, plan.flavor.clone(), disk)?;
     let mut injector = Injector::new(plan.workload.seed);
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
 
