@@ -30,13 +30,16 @@ for round in $(seq "$rounds"); do
         done < <(grep -E '^\| [0-9]+ \| Propose' <<<"$out")
     done
 done
-median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# A row with 0 committed/s is a run whose proposers failed (seen under heavy outside load):
+# left out of the median, and counted.
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | grep -v '^0$' | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+failed() { tr ' ' '\n' <<<"$1" | grep -c '^0$' || true; }
 echo
-echo "| proposers | client RPC | plaintext committed/s (median) | TLS committed/s (median) | TLS / plaintext |"
-echo "|---|---|---|---|---|"
+echo "| proposers | client RPC | plaintext committed/s (median) | TLS committed/s (median) | TLS / plaintext | failed runs (plain, TLS) |"
+echo "|---|---|---|---|---|---|"
 for row in "${rows[@]}"; do
     n=${row%%/*}; rpc=${row#*/}
     p=$(median "${rates["plain|$n $rpc"]}")
     t=$(median "${rates["tls|$n $rpc"]}")
-    echo "| $n | $rpc | $p | $t | $(awk -v t="$t" -v p="$p" 'BEGIN {printf "%.2f", t / p}') |"
+    echo "| $n | $rpc | $p | $t | $(awk -v t="$t" -v p="$p" 'BEGIN {printf "%.2f", t / p}') | $(failed "${rates["plain|$n $rpc"]}"), $(failed "${rates["tls|$n $rpc"]}") |"
 done
