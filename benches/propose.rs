@@ -30,6 +30,8 @@
 
 #[path = "../tests/process_cluster/mod.rs"]
 mod process_cluster;
+#[path = "../tests/tls_common/mod.rs"]
+mod tls_common;
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -269,16 +271,41 @@ fn clients(cluster: &mut Cluster) -> Arc<Vec<(u32, OperatorClient)>> {
 
 /// Returns the single proposer's commit p50 (µs).
 async fn throughput(dir: &Path, plan: &Plan, out: &mut String) -> Option<u64> {
+    // BENCH_TLS=1: the same cluster with `tls:` (peers mutually authenticated, clients over TLS
+    // without a certificate), certificates made here; tools/tls_ab.sh interleaves both.
+    let tls = std::env::var("BENCH_TLS").is_ok_and(|v| v == "1");
     let settings = Settings {
         segment_bytes: 64 << 20,
         rust_log: "warn".into(),
+        extra: if tls {
+            tls_common::write_certs(dir, &tls_common::Ca::new("bench CA"), None);
+            tls_common::tls_section(false)
+        } else {
+            String::new()
+        },
         ..Settings::default()
     };
     let size: u32 = std::env::var("BENCH_CLUSTER_SIZE")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let mut cluster = Cluster::start(dir, size, settings);
+    let line = format!(
+        "transport: {}\n",
+        if tls {
+            "TLS (BENCH_TLS=1)"
+        } else {
+            "plaintext"
+        }
+    );
+    print!("{line}");
+    out.push_str(&line);
+    let mut cluster = Cluster::configure(dir, size, settings);
+    if tls {
+        cluster.client_tls = Some(tls_common::client_tls(dir));
+    }
+    for id in 1..=size {
+        cluster.spawn(id);
+    }
     let leader = cluster.wait_for_leader(LEADER_WAIT).await;
     let clients = clients(&mut cluster);
     // The RPC and event-loop share of a commit: Status round trips to the leader (no disk).

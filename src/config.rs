@@ -25,6 +25,13 @@
 //!   snapshot_entries: 10000      # a snapshot every this many applied entries; 0: never
 //!   snapshot_catchup_entries: 5000  # entries kept before the newest snapshot
 //!   watch_progress_notify_interval: 600000  # milliseconds; etcd's default (10 minutes)
+//! tls:                           # optional; absent: plaintext (see TlsSettings, docs/SECURITY.md)
+//!   cert_file: "certs/node{id}.pem"
+//!   key_file: "certs/node{id}-key.pem"
+//!   peer_ca_file: "certs/ca.pem"
+//!   client_cert_auth: false
+//!   client_ca_file: null         # null: the peer CA
+//!   handshake_timeout_ms: 5000
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -147,7 +154,86 @@ pub struct ClusterConfig {
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub cluster_settings: ClusterSettings,
+    /// `tls:`; `None` (the section is absent): every connection is plaintext.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
 }
+
+// ---- tls: (issue 16) --------------------------------------------------------------------------
+
+/// The longest a TLS handshake may take (a unit mistake guard, as for the election timeout).
+pub const TLS_HANDSHAKE_TIMEOUT_MS_MAX: u64 = 60_000;
+
+/// `tls:`: TLS on the node's one gRPC port, for clients and peers alike (docs/SECURITY.md).
+///
+/// Paths may contain `{id}`, replaced by the node's id, so that one file serves every node
+/// ([`TlsSettings::path_for`]). Every field has a default (the layout docs/SECURITY.md
+/// generates), so `tls: {}` turns TLS on with `certs/`. Relative paths are relative to the
+/// node's working directory, as `log_directory` is.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// This node's certificate chain (PEM, leaf first). Served to clients and peers, and
+    /// presented as the client certificate on this node's own connections to peers, so it must
+    /// name the member (DNS SAN `raftlog-node-<id>`) and the addresses clients dial (IP SANs).
+    pub cert_file: String,
+    /// The private key of `cert_file` (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// The CA (PEM, one or more certificates) every member's certificate chains to. Peers are
+    /// authenticated against it in both directions.
+    pub peer_ca_file: String,
+    /// Clients must present a certificate chaining to `client_ca_file` (etcd's
+    /// `--client-cert-auth`); `false`: clients may connect without one.
+    pub client_cert_auth: bool,
+    /// The CA client certificates chain to; `None`: `peer_ca_file`.
+    pub client_ca_file: Option<String>,
+    /// A connection that has not finished its handshake by then is closed (a plaintext client
+    /// or a silent one must not hold a connection open).
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            cert_file: "certs/node{id}.pem".into(),
+            key_file: "certs/node{id}-key.pem".into(),
+            peer_ca_file: "certs/ca.pem".into(),
+            client_cert_auth: false,
+            client_ca_file: None,
+            handshake_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl TlsSettings {
+    /// `path` with `{id}` replaced by `node_id`.
+    pub fn path_for(path: &str, node_id: u32) -> PathBuf {
+        PathBuf::from(path.replace("{id}", &node_id.to_string()))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        for (field, value) in [
+            ("cert_file", Some(&self.cert_file)),
+            ("key_file", Some(&self.key_file)),
+            ("peer_ca_file", Some(&self.peer_ca_file)),
+            ("client_ca_file", self.client_ca_file.as_ref()),
+        ] {
+            if value.is_some_and(|v| v.is_empty()) {
+                return invalid(format!("tls.{field}: must not be empty"));
+            }
+        }
+        if !(1..=TLS_HANDSHAKE_TIMEOUT_MS_MAX).contains(&self.handshake_timeout_ms) {
+            return invalid(format!(
+                "tls.handshake_timeout_ms: {} is outside [1, {TLS_HANDSHAKE_TIMEOUT_MS_MAX}]",
+                self.handshake_timeout_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---- end of tls: ------------------------------------------------------------------------------
 
 impl ClusterConfig {
     /// Reads, parses and validates the file at `path`.
@@ -275,6 +361,9 @@ impl ClusterConfig {
             return invalid(
                 "cluster_settings.watch_progress_notify_interval: must be above 0".into(),
             );
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
         }
         if s.snapshot_catchup_entries > SNAPSHOT_CATCHUP_ENTRIES_MAX {
             return invalid(format!(
@@ -485,6 +574,35 @@ mod tests {
             m.contains("nodes[1].node_id") && m.contains("reserved"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn tls_is_off_by_default_and_every_tls_field_defaults() {
+        let config = ClusterConfig::from_yaml(THREE_NODES).expect("valid");
+        assert_eq!(config.tls, None);
+        let config = ClusterConfig::from_yaml(&format!("{THREE_NODES}tls: {{}}\n")).expect("valid");
+        let tls = config.tls.expect("tls: {} turns TLS on");
+        assert_eq!(tls, TlsSettings::default());
+        assert_eq!(
+            TlsSettings::path_for(&tls.cert_file, 2),
+            PathBuf::from("certs/node2.pem")
+        );
+        let text =
+            format!("{THREE_NODES}tls:\n  client_cert_auth: true\n  client_ca_file: c.pem\n");
+        let tls = ClusterConfig::from_yaml(&text)
+            .expect("valid")
+            .tls
+            .expect("on");
+        assert!(tls.client_cert_auth);
+        assert_eq!(tls.client_ca_file.as_deref(), Some("c.pem"));
+        let m = invalid_message(&format!("{THREE_NODES}tls:\n  handshake_timeout_ms: 0\n"));
+        assert!(m.contains("tls.handshake_timeout_ms"), "{m}");
+        let m = invalid_message(&format!("{THREE_NODES}tls:\n  key_file: \"\"\n"));
+        assert!(m.contains("tls.key_file"), "{m}");
+        assert!(matches!(
+            ClusterConfig::from_yaml(&format!("{THREE_NODES}tls:\n  cert: x\n")),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -99,3 +99,24 @@ fn shipped_cluster_config_is_valid() {
         "127.0.0.1:18003"
     );
 }
+
+#[test]
+fn missing_tls_files_are_named_at_startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let config = format!(
+        "nodes:\n  - node_id: 1\n    ip_address: \"127.0.0.1\"\n    port: {port}\ntls:\n  \
+         cert_file: \"certs/node{{id}}.pem\"\n"
+    );
+    std::fs::write(dir.path().join("c.yaml"), config).expect("write config");
+    let out = run(&["-n", "1", "-c", "c.yaml"], dir.path());
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("Error: tls.cert_file: cannot read certs/node1.pem"),
+        "the error names the field and the file (with the node id filled in): {err}"
+    );
+}

@@ -68,6 +68,8 @@ impl Endpoint {
             local_id: NodeId(id),
             limits: grpc::Limits::default(),
             snapshots,
+            gate: None,
+            tls: None,
         };
         let server = tokio_uring::spawn(grpc::serve(
             listener,

@@ -23,12 +23,15 @@ pub struct MemberInfo {
     /// `node<id>`.
     pub name: String,
     pub address: SocketAddr,
+    /// The node's port is TLS (`tls:` in the config): its URLs are `https://`.
+    pub tls: bool,
 }
 
 impl MemberInfo {
-    /// `http://ip:port`: peers and clients use the same address.
+    /// `http://ip:port` (`https://` with TLS): peers and clients use the same address.
     pub fn url(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
     }
 
     pub fn to_member(&self) -> Member {
@@ -59,6 +62,7 @@ impl Members {
                 member_id: member_id(n.id()),
                 name: format!("node{}", n.node_id),
                 address: n.address(),
+                tls: config.tls.is_some(),
             })
             .collect();
         members.sort_by_key(|m| m.node_id);

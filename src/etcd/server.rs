@@ -122,6 +122,8 @@ struct Inner {
     limits: KvLimits,
     /// Channels to leaders, by address (tonic reconnects under a channel).
     channels: Mutex<HashMap<SocketAddr, Channel>>,
+    /// Forward over TLS, as this member (its certificate), when the node's port is TLS.
+    tls: Option<Arc<crate::grpc::tls::NodeTls>>,
 }
 
 /// Where a request ended up: answered here, to be forwarded to the leader at an address, or
@@ -135,12 +137,15 @@ pub(super) enum Route<T> {
 }
 
 impl EtcdApi {
+    /// `tls`: the node's TLS material when its port is TLS (forwarded requests then go over
+    /// TLS, presenting this member's certificate).
     pub fn new(
         local_id: NodeId,
         members: Members,
         inbound: mpsc::Sender<Inbound>,
         store: SharedStore,
         limits: KvLimits,
+        tls: Option<Arc<crate::grpc::tls::NodeTls>>,
     ) -> EtcdApi {
         EtcdApi {
             inner: Arc::new(Inner {
@@ -150,6 +155,7 @@ impl EtcdApi {
                 store,
                 limits,
                 channels: Mutex::new(HashMap::new()),
+                tls,
             }),
         }
     }
@@ -351,8 +357,31 @@ impl EtcdApi {
         if let Some(channel) = channels.get(&addr) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("leader address {addr}: {e}")))?
+        let scheme = if self.inner.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| Status::internal(format!("leader address {addr}: {e}")))?;
+        let endpoint = match &self.inner.tls {
+            None => endpoint,
+            Some(tls) => {
+                // The leader is verified as the member at that address, as peers verify peers.
+                let leader = self
+                    .inner
+                    .members
+                    .members
+                    .iter()
+                    .find(|m| m.address == addr)
+                    .map(|m| m.node_id)
+                    .ok_or_else(|| Status::internal(format!("no member at {addr}")))?;
+                endpoint
+                    .tls_config(tls.client_config(leader))
+                    .map_err(|e| Status::internal(format!("TLS to the leader at {addr}: {e}")))?
+            }
+        };
+        let endpoint = endpoint
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(1))
             .timeout(REQUEST_TIMEOUT);

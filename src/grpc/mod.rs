@@ -8,6 +8,8 @@
 //!   for the answer.
 //! - [`authority`]: the accept-side repair of etcdctl's URL-valued HTTP/2 `:authority` (a
 //!   transport fix for every connection).
+//! - [`tls`]: TLS on the listener and on the peer clients; [`gate`]: who may send Raft messages
+//!   (cluster id, member certificates), checked before anything reaches the core.
 //! - [`peers`]: one persistent channel per peer, bounded drop-oldest queues, capped exponential
 //!   backoff; responses come back to the event loop as `Inbound::Response`.
 //!
@@ -20,9 +22,11 @@ use crate::types::NodeId;
 
 pub mod authority;
 pub mod convert;
+pub mod gate;
 pub mod peers;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 
 pub use self::convert::{ConvertError, Limits};
 pub use self::peers::{PeerConfig, PeerStats, Peers, Queued, SendError};
@@ -47,6 +51,8 @@ pub enum GrpcError {
     },
     #[error("gRPC server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("peer {peer} has an unusable address {addr}: {message}")]
     PeerAddress {
         peer: NodeId,

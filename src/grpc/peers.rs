@@ -68,6 +68,11 @@ pub struct PeerConfig {
     pub stream_append_entries: bool,
     /// The snapshot files InstallSnapshot streams; `None`: InstallSnapshot is not sent.
     pub snapshots: Option<Arc<dyn crate::grpc::snapshot::SnapshotFiles>>,
+    /// The cluster id every request carries ([`crate::grpc::gate`]); `None`: none (peers
+    /// without a gate).
+    pub cluster_id: Option<u64>,
+    /// Connect to peers over TLS with this node's certificate; `None`: plaintext.
+    pub tls: Option<Arc<crate::grpc::tls::NodeTls>>,
 }
 
 impl Default for PeerConfig {
@@ -84,6 +89,8 @@ impl Default for PeerConfig {
             limits: Limits::default(),
             stream_append_entries: true,
             snapshots: None,
+            cluster_id: None,
+            tls: None,
         }
     }
 }
@@ -146,6 +153,8 @@ struct PeerShared {
     delivered: AtomicU64,
     failed: AtomicU64,
     declined: AtomicU64,
+    /// When a refusal by this peer was last logged ([`record_failure`]).
+    refusal_logged: Mutex<Option<Instant>>,
 }
 
 /// Capped exponential backoff state of one peer.
@@ -206,12 +215,30 @@ impl Peers {
         let mut map = HashMap::new();
         for &(id, addr) in peers {
             assert_ne!(id, local_id, "node {local_id} listed as its own peer");
-            let base = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| GrpcError::PeerAddress {
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let base = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
+                GrpcError::PeerAddress {
                     peer: id,
                     addr,
                     message: e.to_string(),
-                })?
+                }
+            })?;
+            let base = match &config.tls {
+                None => base,
+                Some(tls) => {
+                    base.tls_config(tls.client_config(id))
+                        .map_err(|e| GrpcError::PeerAddress {
+                            peer: id,
+                            addr,
+                            message: format!("TLS client configuration: {e}"),
+                        })?
+                }
+            };
+            let base = base
                 .connect_timeout(config.connect_timeout)
                 .tcp_nodelay(true)
                 // Notice a dead connection (peer host gone, not just the process) without waiting
@@ -242,11 +269,14 @@ impl Peers {
                 delivered: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 declined: AtomicU64::new(0),
+                refusal_logged: Mutex::new(None),
             });
             let max_bytes = ServerConfig {
                 local_id,
                 limits: config.limits,
                 snapshots: None,
+                gate: None,
+                tls: None,
             }
             .max_decoding_message_bytes();
             let client = pb::raft_client::RaftClient::new(channel)
@@ -438,7 +468,12 @@ async fn worker<R: Send + 'static>(
             let client = snapshot_client.clone();
             tokio::spawn(async move {
                 let timeout = config.rpc_timeout;
-                match crate::grpc::snapshot::send_snapshot(client, envelope, files, timeout).await {
+                let cluster_id = config.cluster_id;
+                match crate::grpc::snapshot::send_snapshot(
+                    client, envelope, files, timeout, cluster_id,
+                )
+                .await
+                {
                     Ok(answer) => deliver(local_id, &peer, answer, &inbound).await,
                     Err(status) => {
                         tracing::warn!(to = %to, "snapshot transfer failed: {status}");
@@ -454,7 +489,7 @@ async fn worker<R: Send + 'static>(
             crate::timeline::mark("ae_rpc_start", i);
         }
         tokio::spawn(async move {
-            let result = call(client, envelope).await;
+            let result = call(client, envelope, config.cluster_id).await;
             if let Some(i) = last_entry {
                 crate::timeline::mark("ae_rpc_done", i);
             }
@@ -505,11 +540,68 @@ fn record_failure(peer: &PeerShared, config: &PeerConfig, status: &tonic::Status
         backoff.retry_at = Some(Instant::now() + delay);
         delay
     };
+    if let Some((refused, why)) = refusal(status) {
+        // A refusal (another cluster, not a member, a certificate the peer does not accept)
+        // will not heal by retrying: say so loudly, but once per peer and interval, since the
+        // worker retries after every backoff.
+        let now = Instant::now();
+        let due = {
+            let mut last = lock(&peer.refusal_logged);
+            let due = last.is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if due {
+            let what = if refused {
+                format!("peer {} refused this node", peer.id)
+            } else {
+                format!("no TLS connection with peer {}", peer.id)
+            };
+            tracing::warn!(
+                peer = %peer.id, addr = %peer.addr, code = ?status.code(),
+                "{what}: {why} (logged once per {}s while it lasts)",
+                REFUSAL_LOG_INTERVAL.as_secs()
+            );
+        }
+    }
     tracing::debug!(
         peer = %peer.id, addr = %peer.addr, code = ?status.code(),
         message = status.message(), retry_in_ms = delay.as_millis() as u64,
         "RPC to peer failed"
     );
+}
+
+/// How often a peer's refusal of this node is logged while it lasts.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The reason, when `status` is not a peer that is merely down: `(true, why)` when the peer's
+/// gate refused this node, `(false, why)` for a transport failure whose cause is TLS (a
+/// handshake either side refused, a certificate either side does not trust).
+fn refusal(status: &tonic::Status) -> Option<(bool, String)> {
+    if matches!(
+        status.code(),
+        Code::FailedPrecondition | Code::PermissionDenied | Code::Unauthenticated
+    ) {
+        return Some((true, status.message().to_string()));
+    }
+    let mut chain = status.message().to_string();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        // hyper and tonic repeat their cause in their own message: say each thing once.
+        let text = e.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        source = e.source();
+    }
+    let lower = chain.to_ascii_lowercase();
+    let tls = ["certificate", "handshake", "tls", "alert"]
+        .iter()
+        .any(|w| lower.contains(w));
+    tls.then_some((false, chain))
 }
 
 /// One AppendEntries on its way into the peer's stream, with the slot it holds until its answer.
@@ -558,7 +650,8 @@ async fn run_session<R: Send + 'static>(
         lock(&sent).push_back((item.slot, item.last_entry));
         item.request
     });
-    let mut responses = match client.append_entries_stream(outbound).await {
+    let request = crate::grpc::gate::peer_request(outbound, config.cluster_id);
+    let mut responses = match client.append_entries_stream(request).await {
         Ok(r) => r.into_inner(),
         Err(status) if status.code() == Code::Unimplemented => {
             tracing::info!(
@@ -626,15 +719,23 @@ async fn wait_closed(peer: &PeerShared) {
 async fn call(
     mut client: pb::raft_client::RaftClient<Channel>,
     envelope: Envelope,
+    cluster_id: Option<u64>,
 ) -> Result<Envelope, tonic::Status> {
+    use crate::grpc::gate::peer_request;
     let invalid = |e: convert::ConvertError| tonic::Status::internal(format!("bad response: {e}"));
     match convert::encode_envelope(envelope) {
         convert::WireMessage::RequestVote(m) => {
-            let response = client.request_vote(m).await?.into_inner();
+            let response = client
+                .request_vote(peer_request(m, cluster_id))
+                .await?
+                .into_inner();
             convert::decode_request_vote_response(response).map_err(invalid)
         }
         convert::WireMessage::AppendEntries(m) => {
-            let response = client.append_entries(m).await?.into_inner();
+            let response = client
+                .append_entries(peer_request(m, cluster_id))
+                .await?
+                .into_inner();
             convert::decode_append_entries_response(response).map_err(invalid)
         }
         // Peers::send lets only requests through.

@@ -34,6 +34,7 @@ use tonic::{Request, Response, Status};
 use crate::driver::{Inbound, ProposeOutcome, ProposeRefused};
 use crate::grpc::authority::AuthorityRepair;
 use crate::grpc::convert::{self, Limits};
+use crate::grpc::gate::Admitted;
 use crate::grpc::proto as pb;
 use crate::grpc::GrpcError;
 use crate::raft::message::Envelope;
@@ -46,6 +47,11 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Where received snapshots go; `None`: InstallSnapshot is answered UNIMPLEMENTED.
     pub snapshots: Option<std::sync::Arc<dyn crate::grpc::snapshot::SnapshotFiles>>,
+    /// Who may send Raft messages ([`crate::grpc::gate`]); `None`: anyone (in-process tests and
+    /// embedders that built the transport themselves).
+    pub gate: Option<std::sync::Arc<crate::grpc::gate::PeerGate>>,
+    /// TLS on the listener ([`crate::grpc::tls`]); `None`: plaintext.
+    pub tls: Option<std::sync::Arc<crate::grpc::tls::NodeTls>>,
 }
 
 impl ServerConfig {
@@ -133,6 +139,45 @@ async fn only_served_methods(
     Status::unimplemented((filter.unimplemented)(path)).into_http::<axum::body::Body>()
 }
 
+/// What a TLS node asks of every connection before any service sees a request.
+#[derive(Clone, Copy, Debug)]
+struct TlsPolicy {
+    /// The port is TLS: a plaintext connection (crate::grpc::tls lets a plaintext HTTP/2 client
+    /// in only to tell it so) is refused.
+    tls: bool,
+    /// `tls.client_cert_auth`: a connection without a verified client certificate is refused.
+    client_cert: bool,
+}
+
+/// Axum middleware of a TLS node: refuses, with a message saying what is missing, a request
+/// that came in plaintext (FAILED_PRECONDITION: not worth retrying) or without the client
+/// certificate `client_cert_auth` requires (UNAUTHENTICATED).
+async fn tls_required(
+    policy: TlsPolicy,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !policy.tls {
+        return next.run(request).await;
+    }
+    let conn = request.extensions().get::<crate::grpc::tls::ConnInfo>();
+    if !conn.is_some_and(|c| c.tls) {
+        return Status::failed_precondition(
+            "this node serves TLS only: connect with https:// (etcdctl: --cacert with the \
+             cluster's CA)",
+        )
+        .into_http::<axum::body::Body>();
+    }
+    if !policy.client_cert || conn.is_some_and(|c| c.client_cert) {
+        return next.run(request).await;
+    }
+    Status::unauthenticated(
+        "client certificate required: this node has tls.client_cert_auth on (etcdctl: --cert \
+         and --key, with a certificate of the configured CA)",
+    )
+    .into_http::<axum::body::Body>()
+}
+
 /// [`serve`] plus the services in `extra` (the etcd API) and the plain HTTP routes in `http` (etcd's
 /// JSON gateway, HTTP/1.1 or 2) on the same listener. Every connection
 /// goes through [`AuthorityRepair`] (etcdctl's URL-valued `:authority`), and every path `filter`
@@ -153,11 +198,18 @@ pub async fn serve_with<R: Send + 'static>(
 
     let local_addr = listener.local_addr().map_err(GrpcError::Serve)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(GrpcError::Serve)?;
-    // Raft messages are small and latency-bound: never let Nagle hold a heartbeat back.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
+    // The repair parses HTTP/2, so it wraps the decrypted stream: the accept side does the TLS
+    // handshake itself (crate::grpc::tls), before tonic sees the connection.
+    let incoming = crate::grpc::tls::incoming(listener, config.tls.clone())
         .map(|stream| stream.map(AuthorityRepair::new));
     let max_bytes = config.max_decoding_message_bytes();
+    let policy = TlsPolicy {
+        tls: config.tls.is_some(),
+        client_cert: config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.requires_client_cert()),
+    };
     // Graceful shutdown waits for every open stream to finish, and a leader's AppendEntries
     // stream never finishes by itself: the streams end (cleanly, after the answers already due)
     // when shutdown begins.
@@ -185,6 +237,9 @@ pub async fn serve_with<R: Send + 'static>(
         .merge(http)
         .layer(axum::middleware::from_fn(move |request, next| {
             only_served_methods(filter, request, next)
+        }))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            tls_required(policy, request, next)
         }));
     tracing::debug!(%local_addr, "gRPC server accepting");
     tonic::transport::Server::builder()
@@ -221,6 +276,22 @@ impl<R> Clone for RaftService<R> {
 }
 
 impl<R: Send + 'static> RaftService<R> {
+    /// The gate's checks at the start of an RPC (`None`: no gate configured).
+    fn admit<T>(&self, request: &Request<T>) -> Result<Option<Admitted>, Status> {
+        match &self.config.gate {
+            None => Ok(None),
+            Some(gate) => gate.admit(request).map(Some),
+        }
+    }
+
+    /// The gate's per-message check of the claimed sender.
+    fn check_sender(&self, admitted: Option<&Admitted>, from: NodeId) -> Result<(), Status> {
+        match (&self.config.gate, admitted) {
+            (Some(gate), Some(admitted)) => gate.check_sender(admitted, from),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses a message meant for another node: a peer with a stale view of who listens here
     /// must not have the core process a message meant for another server.
     fn check_route(&self, envelope: &Envelope) -> Result<(), Status> {
@@ -233,10 +304,15 @@ impl<R: Send + 'static> RaftService<R> {
         )))
     }
 
-    /// Decodes an AppendEntries (unary or streamed) and checks its route.
-    fn decode_append(&self, request: pb::AppendEntriesRequest) -> Result<Envelope, Status> {
+    /// Decodes an AppendEntries (unary or streamed) and checks its route and sender.
+    fn decode_append(
+        &self,
+        admitted: Option<&Admitted>,
+        request: pb::AppendEntriesRequest,
+    ) -> Result<Envelope, Status> {
         let envelope =
             convert::decode_append_entries(request, &self.config.limits).map_err(invalid)?;
+        self.check_sender(admitted, envelope.from)?;
         self.check_route(&envelope)?;
         if let crate::raft::message::Message::AppendEntries(m) = &envelope.msg {
             if let Some(last) = m.entries.last() {
@@ -364,6 +440,7 @@ impl<R: Send + 'static> RaftService<R> {
     /// one to wherever this node comes back), the answers still pending go out first.
     async fn stream_requests(
         self,
+        admitted: Option<Admitted>,
         requests: tonic::Streaming<pb::AppendEntriesRequest>,
         pending: mpsc::Sender<StreamItem>,
     ) {
@@ -374,7 +451,7 @@ impl<R: Send + 'static> RaftService<R> {
             pending,
             StreamItem::Fail,
             |request| async move {
-                let envelope = this.decode_append(request)?;
+                let envelope = this.decode_append(admitted.as_ref(), request)?;
                 let from = envelope.from;
                 let (reply, answer) = oneshot::channel();
                 this.inbound
@@ -423,13 +500,14 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
         &self,
         request: Request<tonic::Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::AppendEntriesStreamStream>, Status> {
+        let admitted = self.admit(&request)?;
         let (pending_tx, pending_rx) = mpsc::channel(STREAM_PENDING_MAX);
         let (out_tx, out_rx) = mpsc::channel(STREAM_PENDING_MAX);
         // Two tasks, so that reading the next request never waits for an earlier answer (the
         // follower's fdatasync): the requests of a pipelined leader reach the core at once.
         tokio::spawn(
             self.clone()
-                .stream_requests(request.into_inner(), pending_tx),
+                .stream_requests(admitted, request.into_inner(), pending_tx),
         );
         tokio::spawn(Self::stream_answers(
             self.config.local_id,
@@ -445,7 +523,9 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
         &self,
         request: Request<pb::RequestVoteRequest>,
     ) -> Result<Response<pb::RequestVoteResponse>, Status> {
+        let admitted = self.admit(&request)?;
         let envelope = convert::decode_request_vote(request.into_inner()).map_err(invalid)?;
+        self.check_sender(admitted.as_ref(), envelope.from)?;
         self.check_route(&envelope)?;
         let answer = self.exchange(envelope).await?;
         match convert::encode_envelope(answer) {
@@ -458,6 +538,7 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
         &self,
         request: Request<tonic::Streaming<pb::InstallSnapshotChunk>>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
+        let admitted = self.admit(&request)?;
         let Some(files) = self.config.snapshots.clone() else {
             return Err(Status::unimplemented(
                 "this node does not take snapshots over InstallSnapshot",
@@ -481,6 +562,7 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
                 crate::grpc::snapshot::Received::Complete(envelope) => envelope,
             };
         let from = envelope.from;
+        self.check_sender(admitted.as_ref(), from)?;
         let answer = self.exchange(envelope).await?;
         match convert::encode_envelope(answer) {
             convert::WireMessage::AppendEntriesResponse(m) => {
@@ -497,7 +579,8 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        let envelope = self.decode_append(request.into_inner())?;
+        let admitted = self.admit(&request)?;
+        let envelope = self.decode_append(admitted.as_ref(), request.into_inner())?;
         let answer = self.exchange(envelope).await?;
         match convert::encode_envelope(answer) {
             convert::WireMessage::AppendEntriesResponse(m) => Ok(Response::new(m)),

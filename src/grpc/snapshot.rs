@@ -133,6 +133,7 @@ pub async fn send_snapshot(
     envelope: Envelope,
     files: Arc<dyn SnapshotFiles>,
     chunk_timeout: std::time::Duration,
+    cluster_id: Option<u64>,
 ) -> Result<Envelope, Status> {
     let Message::InstallSnapshot(m) = envelope.msg.clone() else {
         return Err(Status::internal("send_snapshot of another message"));
@@ -150,6 +151,7 @@ pub async fn send_snapshot(
             &files,
             &mut offset,
             chunk_timeout,
+            cluster_id,
         )
         .await;
         let (failure, progress) = match outcome {
@@ -196,10 +198,14 @@ async fn one_stream(
     files: &Arc<dyn SnapshotFiles>,
     offset: &mut u64,
     chunk_timeout: std::time::Duration,
+    cluster_id: Option<u64>,
 ) -> Result<Streamed, Status> {
     // Two chunks in the channel: the next is read while the previous one travels.
     let (tx, rx) = mpsc::channel::<pb::InstallSnapshotChunk>(2);
-    let call = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let call = client.install_snapshot(crate::grpc::gate::peer_request(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        cluster_id,
+    ));
     let feed = async {
         loop {
             let (files, snap, at) = (Arc::clone(files), m.snapshot, *offset);

@@ -147,9 +147,23 @@ impl StateMachine for KvStore {
     fn apply(&mut self, entry: &LogEntry) -> KvResponse {
         match entry.entry_type {
             EntryType::NoOp => Ok(Applied::Nothing),
-            EntryType::Normal => {
-                decode_command(&entry.payload).and_then(|command| self.apply_command(&command))
-            }
+            EntryType::Normal => match decode_command(&entry.payload) {
+                Ok(command) => self.apply_command(&command),
+                Err(e) => {
+                    // Committed, so every node reaches the same verdict and changes nothing; but a
+                    // committed entry no client of this store could have written means a bug or a
+                    // writer that should not exist (issue 16: a forged AppendEntries), so say so.
+                    tracing::error!(
+                        index = entry.index.0,
+                        term = entry.term.0,
+                        payload_bytes = entry.payload.len(),
+                        "committed entry {} does not decode as a key-value command; nothing \
+                         applied: {e}",
+                        entry.index.0
+                    );
+                    Err(e)
+                }
+            },
         }
     }
 }

@@ -187,6 +187,19 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
     })
 }
 
+/// Says loudly when the node's port is reachable beyond this host without TLS: then anyone who
+/// can reach it may write keys and, knowing the config, speak Raft (docs/SECURITY.md).
+fn warn_if_exposed(local_addr: SocketAddr, tls: bool) {
+    if tls || local_addr.ip().is_loopback() {
+        return;
+    }
+    tracing::warn!(
+        "⚠️  node listens on {local_addr}, beyond loopback, WITHOUT TLS: any host that reaches this \
+         port can read and write keys, and can send Raft messages with the cluster id (computable \
+         from the config). Configure `tls:` in the cluster config (docs/SECURITY.md)."
+    );
+}
+
 /// What [`open_storage`] opened and recovered.
 pub struct OpenedStorage {
     pub engine: Engine,
@@ -485,8 +498,9 @@ where
         ),
         ..WatchConfig::default()
     };
-    let etcd_api = move |inbound: mpsc::Sender<Inbound<KvResponse>>| {
-        let api = EtcdApi::new(id, members, inbound, etcd_store, limits);
+    let etcd_api = move |inbound: mpsc::Sender<Inbound<KvResponse>>,
+                         tls: Option<Arc<grpc::tls::NodeTls>>| {
+        let api = EtcdApi::new(id, members, inbound, etcd_store, limits, tls);
         let (kv, maintenance, cluster) = api.services();
         let watch_service = WatchService::new(api.clone(), hub, watch_config);
         let watch = watch_service.clone().server();
@@ -604,7 +618,7 @@ where
     D: Durable<Log = C::Log> + 'static,
     M: StateMachine + Snapshot + 'static,
 {
-    let no_client_api = |_| {
+    let no_client_api = |_, _| {
         (
             tonic::service::RoutesBuilder::default(),
             axum::Router::new(),
@@ -638,6 +652,7 @@ async fn run_node_inner<C, D, M>(
     snapshots: Option<(SnapshotSetup, SnapshotView<M>)>,
     client_api: impl FnOnce(
         mpsc::Sender<Inbound<M::Response>>,
+        Option<Arc<grpc::tls::NodeTls>>,
     ) -> (
         tonic::service::RoutesBuilder,
         axum::Router,
@@ -672,9 +687,19 @@ where
         ..Limits::default()
     };
     let local_addr = listener.local_addr().map_err(GrpcError::Serve)?;
+    // Issue 16: TLS when `tls:` is configured (certificate files are read here, so a missing
+    // one stops the start with an error naming it), and the gate in front of the Raft service.
+    let tls = match &config.tls {
+        None => None,
+        Some(settings) => Some(Arc::new(
+            grpc::tls::NodeTls::load(settings, config, id).map_err(GrpcError::Tls)?,
+        )),
+    };
+    warn_if_exposed(local_addr, tls.is_some());
+    let gate = Arc::new(grpc::gate::PeerGate::new(config, id, tls.is_some()));
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_CAPACITY);
     let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
-    let (extra, http, filter) = client_api(inbound_tx.clone());
+    let (extra, http, filter) = client_api(inbound_tx.clone(), tls.clone());
     tracing::info!("🌐 Starting gRPC server on {local_addr}");
     let server = tokio::task::spawn_local(grpc::serve_with(
         listener,
@@ -684,6 +709,8 @@ where
             snapshots: files
                 .clone()
                 .map(|f| f as Arc<dyn crate::grpc::SnapshotFiles>),
+            gate: Some(Arc::clone(&gate)),
+            tls: tls.clone(),
         },
         inbound_tx.clone(),
         extra,
@@ -696,6 +723,8 @@ where
     let peer_config = PeerConfig {
         limits,
         snapshots: files.map(|f| f as Arc<dyn crate::grpc::SnapshotFiles>),
+        cluster_id: Some(gate.cluster_id()),
+        tls,
         ..PeerConfig::default()
     };
     let peers = Peers::start(id, &peer_list, peer_config, inbound_tx)?;

@@ -56,6 +56,9 @@ pub struct Cluster {
     clients: HashMap<u32, OperatorClient>,
     /// Every leader seen through Status, by term: two different leaders in one term panic.
     leaders_by_term: HashMap<Term, NodeId>,
+    /// Set before the first [`Cluster::client`] call for a cluster with `tls:`: the harness's
+    /// clients connect over TLS with it (tests/tls_cluster.rs).
+    pub client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// `n` different ports that were free a moment ago. Every listener stays open until all `n` are
@@ -110,6 +113,7 @@ impl Cluster {
             children: HashMap::new(),
             clients: HashMap::new(),
             leaders_by_term: HashMap::new(),
+            client_tls: None,
         }
     }
 
@@ -217,11 +221,18 @@ impl Cluster {
     /// A lazily connected client of node `id` (tonic reconnects under it).
     pub fn client(&mut self, id: u32) -> OperatorClient {
         let addr = self.addrs[&id];
+        let tls = self.client_tls.clone();
         self.clients
             .entry(id)
             .or_insert_with(|| {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))
-                    .expect("endpoint")
+                let endpoint = match tls {
+                    None => Endpoint::from_shared(format!("http://{addr}")).expect("endpoint"),
+                    Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+                        .expect("endpoint")
+                        .tls_config(tls)
+                        .expect("client TLS config"),
+                };
+                let channel = endpoint
                     .connect_timeout(Duration::from_millis(500))
                     .tcp_nodelay(true)
                     .connect_lazy();
