@@ -28,7 +28,11 @@ fn granted(stdout: &str, ttl_s: u64) -> String {
         "unexpected grant output: {stdout:?}"
     );
     assert_eq!(words[4], format!("TTL({ttl_s}s)"), "{stdout:?}");
-    assert_eq!(words[1].len(), 16, "etcdctl prints IDs as 16 hex digits: {stdout:?}");
+    assert_eq!(
+        words[1].len(),
+        16,
+        "etcdctl prints IDs as 16 hex digits: {stdout:?}"
+    );
     words[1].to_owned()
 }
 
@@ -58,7 +62,10 @@ fn etcdctl_grant_put_timetolive_list_keepalive_revoke_and_expiry() {
 
     // Grant through a follower (forwarded), attach a key, and look at it from both sides.
     let id = granted(&ok(&on_follower, &["lease", "grant", "60"]), 60);
-    assert_eq!(ok(&on_follower, &["put", "--lease", &id, "leased", "v"]).trim(), "OK");
+    assert_eq!(
+        ok(&on_follower, &["put", "--lease", &id, "leased", "v"]).trim(),
+        "OK"
+    );
     let ttl = ok(&on_follower, &["lease", "timetolive", &id, "--keys"]);
     let prefix = format!("lease {id} granted with TTL(60s), remaining(");
     assert!(ttl.starts_with(&prefix), "{ttl:?}");
@@ -68,7 +75,10 @@ fn etcdctl_grant_put_timetolive_list_keepalive_revoke_and_expiry() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no remaining TTL in {ttl:?}"));
     assert!((50..=60).contains(&remaining), "{ttl:?}");
-    assert!(ttl.trim_end().ends_with("attached keys([leased])"), "{ttl:?}");
+    assert!(
+        ttl.trim_end().ends_with("attached keys([leased])"),
+        "{ttl:?}"
+    );
     assert_eq!(
         ok(&on_leader, &["lease", "list"]),
         format!("found 1 leases\n{id}\n")
@@ -97,20 +107,35 @@ fn etcdctl_grant_put_timetolive_list_keepalive_revoke_and_expiry() {
     // etcd's errors and texts.
     let out = etcdctl(&on_follower, &["lease", "revoke", &id], None);
     assert!(!out.success, "{out:?}");
-    assert!(out.stderr.contains("etcdserver: requested lease not found"), "{out:?}");
+    assert!(
+        out.stderr.contains("etcdserver: requested lease not found"),
+        "{out:?}"
+    );
     let out = etcdctl(&on_follower, &["put", "--lease", &id, "k", "v"], None);
     assert!(!out.success, "{out:?}");
-    assert!(out.stderr.contains("etcdserver: requested lease not found"), "{out:?}");
+    assert!(
+        out.stderr.contains("etcdserver: requested lease not found"),
+        "{out:?}"
+    );
     let out = etcdctl(&on_leader, &["lease", "grant", "9000000001"], None);
     assert!(!out.success, "{out:?}");
-    assert!(out.stderr.contains("etcdserver: too large lease TTL"), "{out:?}");
+    assert!(
+        out.stderr.contains("etcdserver: too large lease TTL"),
+        "{out:?}"
+    );
 
     // A short lease: raised to the minimum TTL, then expired by the leader, which deletes its
     // keys (both of them, at one revision).
     let short = granted(&ok(&on_follower, &["lease", "grant", "1"]), MIN_TTL_S);
     let started = Instant::now();
-    assert_eq!(ok(&on_follower, &["put", "--lease", &short, "brief/a", "1"]).trim(), "OK");
-    assert_eq!(ok(&on_follower, &["put", "--lease", &short, "brief/b", "2"]).trim(), "OK");
+    assert_eq!(
+        ok(&on_follower, &["put", "--lease", &short, "brief/a", "1"]).trim(),
+        "OK"
+    );
+    assert_eq!(
+        ok(&on_follower, &["put", "--lease", &short, "brief/b", "2"]).trim(),
+        "OK"
+    );
     let revision_before = revision(&ok(&on_leader, &["get", "brief/a", "-w", "json"]));
     wait_until_gone(&on_follower, "brief/a", Duration::from_secs(15));
     let gone_after = started.elapsed();
@@ -120,7 +145,10 @@ fn etcdctl_grant_put_timetolive_list_keepalive_revoke_and_expiry() {
     );
     assert_eq!(ok(&on_follower, &["get", "--prefix", "brief/"]), "");
     assert_eq!(
-        revision(&ok(&on_leader, &["get", "brief/", "--prefix", "-w", "json"])),
+        revision(&ok(
+            &on_leader,
+            &["get", "brief/", "--prefix", "-w", "json"]
+        )),
         revision_before + 1,
         "one revision for every key of the expired lease"
     );
@@ -132,7 +160,9 @@ fn etcdctl_grant_put_timetolive_list_keepalive_revoke_and_expiry() {
 
 /// The header revision of etcdctl's JSON output.
 fn revision(json: &str) -> i64 {
-    let at = json.find("\"revision\":").unwrap_or_else(|| panic!("no revision: {json}"));
+    let at = json
+        .find("\"revision\":")
+        .unwrap_or_else(|| panic!("no revision: {json}"));
     json[at + "\"revision\":".len()..]
         .chars()
         .take_while(char::is_ascii_digit)
@@ -170,10 +200,16 @@ fn leases_survive_a_restart_of_the_whole_cluster() {
         "{ttl:?}"
     );
     assert!(ttl.trim_end().ends_with("attached keys([kept])"), "{ttl:?}");
-    assert_eq!(ok(&all, &["lease", "list"]), format!("found 1 leases\n{id}\n"));
+    assert_eq!(
+        ok(&all, &["lease", "list"]),
+        format!("found 1 leases\n{id}\n")
+    );
     assert_eq!(ok(&all, &["get", "kept"]), "kept\nv\n");
     // Still a working lease: revoking it deletes the key.
-    assert_eq!(ok(&all, &["lease", "revoke", &id]).trim(), format!("lease {id} revoked"));
+    assert_eq!(
+        ok(&all, &["lease", "revoke", &id]).trim(),
+        format!("lease {id} revoked")
+    );
     assert_eq!(ok(&all, &["get", "kept"]), "");
 }
 
@@ -197,7 +233,10 @@ fn a_kept_alive_lease_outlives_a_leader_kill_and_expires_once_abandoned() {
     let on_follower = cluster.addrs[&follower].to_string();
     let ttl_s = 6;
     let id = granted(&ok(&all, &["lease", "grant", &ttl_s.to_string()]), ttl_s);
-    assert_eq!(ok(&all, &["put", "--lease", &id, "alive", "v"]).trim(), "OK");
+    assert_eq!(
+        ok(&all, &["put", "--lease", &id, "alive", "v"]).trim(),
+        "OK"
+    );
     let keeper = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={all}"))
@@ -218,14 +257,19 @@ fn a_kept_alive_lease_outlives_a_leader_kill_and_expires_once_abandoned() {
     assert_eq!(ok(&on_follower, &["get", "alive"]), "alive\nv\n");
     let ttl = ok(&on_follower, &["lease", "timetolive", &id]);
     assert!(
-        ttl.starts_with(&format!("lease {id} granted with TTL({ttl_s}s), remaining(")),
+        ttl.starts_with(&format!(
+            "lease {id} granted with TTL({ttl_s}s), remaining("
+        )),
         "{ttl:?}"
     );
 
     // Nobody keeps it alive any more: the new leader expires it.
     drop(keeper);
     let gone_after = wait_until_gone(&on_follower, "alive", Duration::from_secs(4 * ttl_s));
-    assert!(gone_after <= Duration::from_secs(3 * ttl_s), "{gone_after:?}");
+    assert!(
+        gone_after <= Duration::from_secs(3 * ttl_s),
+        "{gone_after:?}"
+    );
     assert_eq!(
         ok(&on_follower, &["lease", "timetolive", &id]).trim(),
         format!("lease {id} already expired")

@@ -47,7 +47,13 @@ fn python_with_etcd3() -> PathBuf {
         String::from_utf8_lossy(&created.stderr)
     );
     let installed = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
         .args(PACKAGES)
         .output()
         .expect("run pip");

@@ -222,7 +222,10 @@ pub struct LeaseService {
 
 impl LeaseService {
     /// The service and the clock its expiry task ([`run_expiry`]) must share.
-    pub fn new(api: EtcdApi, min_ttl_s: i64) -> (pb::lease_server::LeaseServer<Self>, Arc<LeaseClock>) {
+    pub fn new(
+        api: EtcdApi,
+        min_ttl_s: i64,
+    ) -> (pb::lease_server::LeaseServer<Self>, Arc<LeaseClock>) {
         let clock = Arc::new(LeaseClock::default());
         let service = LeaseService {
             api,
@@ -244,12 +247,14 @@ impl LeaseService {
         deadline: Instant,
     ) -> Result<Route<(pb::LeaseGrantResponse, Term)>, Status> {
         let payload = encode_lease_grant(request);
-        Ok(match self.api.propose(payload, forwarded, deadline).await? {
-            Route::Here((kv::Applied::LeaseGrant(r), term)) => Route::Here((r, term)),
-            Route::Here(_) => return Err(wrong_response("lease grant")),
-            Route::Leader(addr) => Route::Leader(addr),
-            Route::Again(status) => Route::Again(status),
-        })
+        Ok(
+            match self.api.propose(payload, forwarded, deadline).await? {
+                Route::Here((kv::Applied::LeaseGrant(r), term)) => Route::Here((r, term)),
+                Route::Here(_) => return Err(wrong_response("lease grant")),
+                Route::Leader(addr) => Route::Leader(addr),
+                Route::Again(status) => Route::Again(status),
+            },
+        )
     }
 
     /// A grant proposed here: the requested ID, or one chosen here (another if it is taken).
@@ -320,18 +325,20 @@ impl LeaseService {
         loop {
             let refused = match self.keep_alive_here(id, forwarded, deadline).await? {
                 Route::Here(response) => return Ok(response),
-                Route::Leader(addr) => match self.keep_alive_upstream(addr, id, upstream, deadline).await {
-                    Ok(mut response) => {
-                        if let Some(h) = response.header.as_mut() {
-                            h.member_id = self.api.header(0, Term(0)).member_id;
+                Route::Leader(addr) => {
+                    match self.keep_alive_upstream(addr, id, upstream, deadline).await {
+                        Ok(mut response) => {
+                            if let Some(h) = response.header.as_mut() {
+                                h.member_id = self.api.header(0, Term(0)).member_id;
+                            }
+                            return Ok(response);
                         }
-                        return Ok(response);
+                        Err(status) => {
+                            *upstream = None;
+                            forward_failed(status, true)?
+                        }
                     }
-                    Err(status) => {
-                        *upstream = None;
-                        forward_failed(status, true)?
-                    }
-                },
+                }
                 Route::Again(status) => status,
             };
             again(refused, forwarded, deadline).await?;
@@ -352,7 +359,11 @@ impl LeaseService {
                 super::server::FORWARDED_HEADER,
                 tonic::metadata::MetadataValue::from_static("1"),
             );
-            let responses = self.client(addr)?.lease_keep_alive(request).await?.into_inner();
+            let responses = self
+                .client(addr)?
+                .lease_keep_alive(request)
+                .await?
+                .into_inner();
             *upstream = Some(Upstream {
                 addr,
                 requests,
@@ -410,7 +421,7 @@ impl pb::lease_server::Lease for LeaseService {
                 Route::Leader(addr) => {
                     let answer = self
                         .client(addr)?
-                        .lease_grant(self.api.forward_request(grant.clone(), deadline))
+                        .lease_grant(self.api.forward_request(grant, deadline))
                         .await;
                     match answer {
                         Err(status) => forward_failed(status, false)?,
@@ -531,7 +542,7 @@ impl pb::lease_server::Lease for LeaseService {
                 Route::Leader(addr) => {
                     let answer = self
                         .client(addr)?
-                        .lease_time_to_live(self.api.forward_request(asked.clone(), deadline))
+                        .lease_time_to_live(self.api.forward_request(asked, deadline))
                         .await;
                     match answer {
                         Err(status) => forward_failed(status, true)?,
@@ -584,7 +595,9 @@ mod tests {
         let clock = LeaseClock::default();
         let t0 = Instant::now();
         let leases = [(1i64, 10i64), (2, 3)];
-        assert!(clock.check(Some(Term(2)), leases.into_iter(), t0).is_empty());
+        assert!(clock
+            .check(Some(Term(2)), leases.into_iter(), t0)
+            .is_empty());
         // Lease 2 (3 s) expires 3 s after this leadership began, lease 1 does not.
         let t3 = t0 + Duration::from_secs(3);
         assert_eq!(clock.check(Some(Term(2)), leases.into_iter(), t3), vec![2]);
@@ -592,26 +605,39 @@ mod tests {
         let t30 = t0 + Duration::from_secs(30);
         assert!(clock.check(None, leases.into_iter(), t30).is_empty());
         // Leading again (a new term): every lease gets its full TTL from now.
-        assert!(clock.check(Some(Term(5)), leases.into_iter(), t30).is_empty());
+        assert!(clock
+            .check(Some(Term(5)), leases.into_iter(), t30)
+            .is_empty());
         assert_eq!(clock.remaining_s(1, 10, t30), 10);
         let almost = t30 + Duration::from_millis(2999);
-        assert!(clock.check(Some(Term(5)), leases.into_iter(), almost).is_empty());
+        assert!(clock
+            .check(Some(Term(5)), leases.into_iter(), almost)
+            .is_empty());
     }
 
     #[test]
     fn a_keep_alive_pushes_the_deadline_and_gone_leases_are_forgotten() {
         let clock = LeaseClock::default();
         let t0 = Instant::now();
-        assert!(clock.check(Some(Term(1)), [(7, 5)].into_iter(), t0).is_empty());
+        assert!(clock
+            .check(Some(Term(1)), [(7, 5)].into_iter(), t0)
+            .is_empty());
         let t4 = t0 + Duration::from_secs(4);
         clock.renew(7, 5, t4);
         let t6 = t0 + Duration::from_secs(6);
-        assert!(clock.check(Some(Term(1)), [(7, 5)].into_iter(), t6).is_empty());
+        assert!(clock
+            .check(Some(Term(1)), [(7, 5)].into_iter(), t6)
+            .is_empty());
         assert_eq!(clock.remaining_s(7, 5, t6), 3);
         let t9 = t0 + Duration::from_secs(9);
-        assert_eq!(clock.check(Some(Term(1)), [(7, 5)].into_iter(), t9), vec![7]);
+        assert_eq!(
+            clock.check(Some(Term(1)), [(7, 5)].into_iter(), t9),
+            vec![7]
+        );
         // The lease was revoked: its deadline goes with it.
-        assert!(clock.check(Some(Term(1)), std::iter::empty(), t9).is_empty());
+        assert!(clock
+            .check(Some(Term(1)), std::iter::empty(), t9)
+            .is_empty());
         assert!(clock.state().deadlines.is_empty());
     }
 

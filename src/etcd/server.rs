@@ -400,7 +400,11 @@ pub(super) fn not_leader<T>(
 /// What a handler does with `Route::Again(status)`: a forwarded request goes back to the node
 /// that forwarded it, marked so that it tries again; the client's own request waits
 /// [`RETRY_PAUSE`] (`Ok`), unless its time would run out first (`Err(status)`, the answer).
-pub(super) async fn again(status: Status, forwarded: bool, deadline: Instant) -> Result<(), Status> {
+pub(super) async fn again(
+    status: Status,
+    forwarded: bool,
+    deadline: Instant,
+) -> Result<(), Status> {
     if forwarded {
         let mut marked = Status::unavailable(status.message());
         marked.metadata_mut().insert(

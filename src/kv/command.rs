@@ -73,7 +73,10 @@ pub fn encode_compact(request: &CompactionRequest) -> Vec<u8> {
 
 /// The log entry payload for a lease grant; `request.id` must be the ID the proposer chose.
 pub fn encode_lease_grant(request: &LeaseGrantRequest) -> Vec<u8> {
-    assert_ne!(request.id, 0, "the proposer chooses a lease ID before proposing");
+    assert_ne!(
+        request.id, 0,
+        "the proposer chooses a lease ID before proposing"
+    );
     encode_with_kind(COMMAND_LEASE_GRANT, request)
 }
 
@@ -129,7 +132,9 @@ impl KvStore {
             Command::LeaseGrant(request) => self
                 .lease_grant(request.id, request.ttl)
                 .map(Applied::LeaseGrant),
-            Command::LeaseRevoke(request) => self.lease_revoke(request.id).map(Applied::LeaseRevoke),
+            Command::LeaseRevoke(request) => {
+                self.lease_revoke(request.id).map(Applied::LeaseRevoke)
+            }
         }
     }
 }
@@ -190,10 +195,13 @@ mod tests {
 
     #[test]
     fn lease_commands_round_trip_and_apply() {
-        let grant = LeaseGrantRequest { ttl: 60, id: 0x1234 };
+        let grant = LeaseGrantRequest {
+            ttl: 60,
+            id: 0x1234,
+        };
         assert_eq!(
             decode_command(&encode_lease_grant(&grant)),
-            Ok(Command::LeaseGrant(grant.clone()))
+            Ok(Command::LeaseGrant(grant))
         );
         let revoke = LeaseRevokeRequest { id: 0x1234 };
         assert_eq!(

@@ -47,8 +47,7 @@ mod snapshot_tests;
 
 pub use self::command::{
     decode_command, encode_command, encode_compact, encode_lease_grant, encode_lease_revoke,
-    Applied, Command, KvResponse,
-    COMMAND_FRAMING_BYTES,
+    Applied, Command, KvResponse, COMMAND_FRAMING_BYTES,
 };
 pub use self::snapshot::{KvHash, KvSnapshotView, SNAPSHOT_BUFFER_BYTES, SNAPSHOT_FIELD_BYTES_MAX};
 pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT, LEASE_TTL_MAX_S};

@@ -37,8 +37,8 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use super::store::{
-    version_size_bytes, History, Key, KeyMap, LeaseMap, LeaseState, Live, Version,
-    LEASE_TTL_MAX_S, REVISION_INITIAL,
+    version_size_bytes, History, Key, KeyMap, LeaseMap, LeaseState, Live, Version, LEASE_TTL_MAX_S,
+    REVISION_INITIAL,
 };
 use super::{KvError, KvStore};
 use crate::state_machine::{Snapshot, SnapshotError, SnapshotSource};

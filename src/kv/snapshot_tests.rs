@@ -909,6 +909,8 @@ fn a_key_attached_to_a_lease_the_table_lacks_is_corrupt() {
     damaged.extend_from_slice(&bytes[table_start + 8..table_start + 8 + 16]);
     let checksum = crc32c::crc32c(&damaged);
     damaged.extend_from_slice(&checksum.to_le_bytes());
-    let text = restore(&damaged).expect_err("key b names lease 9").to_string();
+    let text = restore(&damaged)
+        .expect_err("key b names lease 9")
+        .to_string();
     assert!(text.contains("lease 9"), "{text}");
 }

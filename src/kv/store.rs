@@ -53,8 +53,8 @@ use crate::etcdpb::etcdserverpb::{
     request_op::Request,
     response_op::Response,
     CompactionResponse, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantResponse,
-    LeaseRevokeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use crate::etcdpb::mvccpb::KeyValue;
 
@@ -785,18 +785,18 @@ impl KvStore {
             }
         }
         assert_eq!(size, self.size_bytes, "size_bytes out of step");
-        let mut attached: std::collections::BTreeMap<i64, Vec<Key>> = self
-            .leases
-            .keys()
-            .map(|id| (*id, Vec::new()))
-            .collect();
+        let mut attached: std::collections::BTreeMap<i64, Vec<Key>> =
+            self.leases.keys().map(|id| (*id, Vec::new())).collect();
         for (key, history) in &self.keys {
             if let Some(live) = history.last().and_then(|version| version.live.as_ref()) {
                 if live.lease != 0 {
                     attached
                         .get_mut(&live.lease)
                         .unwrap_or_else(|| {
-                            panic!("{key:?} is attached to lease {} that does not exist", live.lease)
+                            panic!(
+                                "{key:?} is attached to lease {} that does not exist",
+                                live.lease
+                            )
                         })
                         .push(Arc::clone(key));
                 }
@@ -1775,8 +1775,14 @@ mod tests {
         ));
         // The TTL floor of the store is one second; the proposer applies etcd's minimum.
         assert_eq!(store.lease_grant(7, 0).map(|r| r.ttl), Ok(1));
-        assert_eq!(store.lease_grant(8, LEASE_TTL_MAX_S).map(|r| r.ttl), Ok(LEASE_TTL_MAX_S));
-        assert_eq!(store.leases().map(|(id, _)| id).collect::<Vec<_>>(), [5, 7, 8]);
+        assert_eq!(
+            store.lease_grant(8, LEASE_TTL_MAX_S).map(|r| r.ttl),
+            Ok(LEASE_TTL_MAX_S)
+        );
+        assert_eq!(
+            store.leases().map(|(id, _)| id).collect::<Vec<_>>(),
+            [5, 7, 8]
+        );
         store.check_invariants();
     }
 
@@ -1817,7 +1823,10 @@ mod tests {
         assert!(store.lease_keys(2).is_empty());
         // A missing lease fails the put and changes nothing.
         let before = store.clone();
-        assert_eq!(store.apply(&leased_put("c", "x", 3)), Err(KvError::LeaseNotFound));
+        assert_eq!(
+            store.apply(&leased_put("c", "x", 3)),
+            Err(KvError::LeaseNotFound)
+        );
         assert_eq!(store, before);
     }
 
@@ -1864,7 +1873,11 @@ mod tests {
         store.lease_grant(2, 60).expect("grant");
         let op = txn_op(
             vec![],
-            vec![leased_put("x", "1", 1), leased_put("y", "2", 1), leased_put("z", "3", 2)],
+            vec![
+                leased_put("x", "1", 1),
+                leased_put("y", "2", 1),
+                leased_put("z", "3", 2),
+            ],
             vec![],
         );
         txn(&mut store, &op); // revision 7
@@ -1896,14 +1909,17 @@ mod tests {
 
     #[test]
     fn lease_commands_are_deterministic_across_replicas() {
+        use crate::etcdpb::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
         use crate::kv::{encode_lease_grant, encode_lease_revoke};
         use crate::state_machine::StateMachine;
         use crate::types::{EntryType, LogEntry, LogIndex, Term};
-        use crate::etcdpb::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
         let mut payloads = Vec::new();
         for i in 0..40i64 {
             payloads.push(match i % 5 {
-                0 => encode_lease_grant(&LeaseGrantRequest { id: i % 3 + 1, ttl: i }),
+                0 => encode_lease_grant(&LeaseGrantRequest {
+                    id: i % 3 + 1,
+                    ttl: i,
+                }),
                 1 | 2 => crate::kv::encode_command(&leased_put(
                     ["a", "b", "c"][(i % 3) as usize],
                     "v",
