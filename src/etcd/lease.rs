@@ -24,7 +24,10 @@
 //! Routing follows the KV handlers ([`super::server`]): grant and revoke are proposals (a
 //! follower forwards them to the leader); keep-alive and time-to-live are answered by the leader
 //! after a ReadIndex confirmation (its deadlines are the only ones), forwarded by followers;
-//! LeaseLeases is answered from this member's applied state, as etcd does.
+//! LeaseLeases is answered from this member's applied state, as etcd does. The keep-alives of one
+//! stream that arrive while it waits for a confirmation are answered together after the next one
+//! (up to [`KEEPALIVE_BATCH_MAX`]), so a stream is not limited to one keep-alive per quorum round
+//! trip; the core batches the confirmations of all streams into its heartbeat rounds.
 //!
 //! The minimum TTL is etcd's rule, `ceil(1.5 × election timeout)` in seconds (etcd:
 //! `minTTL = 3 × electionTicks / 2 × tick`), computed from `election_timeout_range.max`
@@ -56,6 +59,10 @@ pub const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Keep-alive answers queued towards one client before the handler waits for it.
 const KEEPALIVE_QUEUE: usize = 16;
+
+/// Most keep-alives of one stream answered after one ReadIndex round (and the length of the
+/// queue of a stream's requests waiting for it).
+pub const KEEPALIVE_BATCH_MAX: usize = 256;
 
 /// How many server-chosen IDs a grant tries when the one it chose is taken (63 random bits: a
 /// second try is already a curiosity).
@@ -252,7 +259,13 @@ impl LeaseService {
         request: pb::LeaseKeepAliveRequest,
     ) -> Result<pb::LeaseKeepAliveResponse, Status> {
         let mut upstream = None;
-        self.keep_alive_one(request.id, false, &mut upstream).await
+        let answers = self
+            .keep_alive_batch(&[request.id], false, &mut upstream)
+            .await?;
+        answers
+            .into_iter()
+            .next()
+            .ok_or_else(|| Status::internal("no answer to a keep-alive"))
     }
 
     fn client(&self, addr: SocketAddr) -> Result<LeaseClient<Channel>, Status> {
@@ -304,54 +317,65 @@ impl LeaseService {
         }
     }
 
-    /// Serves one keep-alive; `Here` is the answer (TTL 0 for a lease that does not exist, as
-    /// etcd answers).
+    /// Serves keep-alives after one ReadIndex confirmation; `Here` holds an answer per ID, in
+    /// order (TTL 0 for a lease that does not exist, as etcd answers).
     async fn keep_alive_here(
         &self,
-        id: i64,
+        ids: &[i64],
         forwarded: bool,
         deadline: Instant,
-    ) -> Result<Route<pb::LeaseKeepAliveResponse>, Status> {
+    ) -> Result<Route<Vec<pb::LeaseKeepAliveResponse>>, Status> {
         Ok(match self.api.read(true, forwarded, deadline).await? {
             Route::Here(grant) => {
-                let (ttl, revision) = {
-                    let store = lock(self.api.store());
-                    (store.lease_ttl(id), store.revision())
-                };
-                if let Some(ttl) = ttl {
-                    self.clock.renew(id, ttl, Instant::now());
-                }
-                Route::Here(pb::LeaseKeepAliveResponse {
-                    header: Some(self.api.header(revision, grant.term)),
-                    id,
-                    ttl: ttl.unwrap_or(0),
-                })
+                let store = lock(self.api.store());
+                let header = self.api.header(store.revision(), grant.term);
+                let now = Instant::now();
+                let answers = ids
+                    .iter()
+                    .map(|&id| {
+                        let ttl = store.lease_ttl(id);
+                        if let Some(ttl) = ttl {
+                            self.clock.renew(id, ttl, now);
+                        }
+                        pb::LeaseKeepAliveResponse {
+                            header: Some(header),
+                            id,
+                            ttl: ttl.unwrap_or(0),
+                        }
+                    })
+                    .collect();
+                Route::Here(answers)
             }
             Route::Leader(addr) => Route::Leader(addr),
             Route::Again(status) => Route::Again(status),
         })
     }
 
-    /// Answers one keep-alive request of a client's stream: here if this node leads, else over
-    /// `upstream`, a keep-alive stream of our own to the leader (opened on demand, reopened when
-    /// the leader moves or the stream breaks; a keep-alive is safe to repeat).
-    async fn keep_alive_one(
+    /// Answers keep-alive requests of a client's stream that arrived together (one ReadIndex
+    /// round for all of them): here if this node leads, else over `upstream`, a keep-alive stream
+    /// of our own to the leader (opened on demand, reopened when the leader moves or the stream
+    /// breaks; a keep-alive is safe to repeat).
+    async fn keep_alive_batch(
         &self,
-        id: i64,
+        ids: &[i64],
         forwarded: bool,
         upstream: &mut Option<Upstream>,
-    ) -> Result<pb::LeaseKeepAliveResponse, Status> {
+    ) -> Result<Vec<pb::LeaseKeepAliveResponse>, Status> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let refused = match self.keep_alive_here(id, forwarded, deadline).await? {
-                Route::Here(response) => return Ok(response),
+            let refused = match self.keep_alive_here(ids, forwarded, deadline).await? {
+                Route::Here(answers) => return Ok(answers),
                 Route::Leader(addr) => {
-                    match self.keep_alive_upstream(addr, id, upstream, deadline).await {
-                        Ok(mut response) => {
-                            if let Some(h) = response.header.as_mut() {
-                                h.member_id = self.api.header(0, Term(0)).member_id;
+                    match self
+                        .keep_alive_upstream(addr, ids, upstream, deadline)
+                        .await
+                    {
+                        Ok(mut answers) => {
+                            let member_id = self.api.header(0, Term(0)).member_id;
+                            for header in answers.iter_mut().filter_map(|a| a.header.as_mut()) {
+                                header.member_id = member_id;
                             }
-                            return Ok(response);
+                            return Ok(answers);
                         }
                         Err(status) => {
                             *upstream = None;
@@ -368,20 +392,31 @@ impl LeaseService {
     async fn keep_alive_upstream(
         &self,
         addr: SocketAddr,
-        id: i64,
+        ids: &[i64],
         upstream: &mut Option<Upstream>,
         deadline: Instant,
-    ) -> Result<pb::LeaseKeepAliveResponse, Status> {
-        if upstream.as_ref().is_none_or(|u| u.addr != addr) {
+    ) -> Result<Vec<pb::LeaseKeepAliveResponse>, Status> {
+        let changed = || Status::unavailable("etcdserver: leader changed");
+        let mut unsent = ids;
+        if upstream.as_ref().is_none_or(|up| up.addr != addr) {
+            let Some((&first, rest)) = ids.split_first() else {
+                return Ok(Vec::new());
+            };
             let (requests, receiver) = mpsc::channel(KEEPALIVE_QUEUE);
-            let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
-            request.metadata_mut().insert(
+            // The first request is queued before the call is awaited: a gRPC server may send
+            // the response headers only with its first answer.
+            requests
+                .send(pb::LeaseKeepAliveRequest { id: first })
+                .await
+                .map_err(|_| changed())?;
+            let mut call = Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
+            call.metadata_mut().insert(
                 super::server::FORWARDED_HEADER,
                 tonic::metadata::MetadataValue::from_static("1"),
             );
             let responses = self
                 .client(addr)?
-                .lease_keep_alive(request)
+                .lease_keep_alive(call)
                 .await?
                 .into_inner();
             *upstream = Some(Upstream {
@@ -389,21 +424,28 @@ impl LeaseService {
                 requests,
                 responses,
             });
+            unsent = rest;
         }
         let Some(up) = upstream.as_mut() else {
             unreachable!("opened above");
         };
-        up.requests
-            .send(pb::LeaseKeepAliveRequest { id })
-            .await
-            .map_err(|_| Status::unavailable("etcdserver: leader changed"))?;
-        let bound = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(bound, up.responses.message()).await {
-            Ok(Ok(Some(response))) => Ok(response),
-            Ok(Ok(None)) => Err(Status::unavailable("etcdserver: leader changed")),
-            Ok(Err(status)) => Err(status),
-            Err(_) => Err(Status::unavailable("etcdserver: request timed out")),
+        for &id in unsent {
+            up.requests
+                .send(pb::LeaseKeepAliveRequest { id })
+                .await
+                .map_err(|_| changed())?;
         }
+        let mut answers = Vec::with_capacity(ids.len());
+        while answers.len() < ids.len() {
+            let bound = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(bound, up.responses.message()).await {
+                Ok(Ok(Some(response))) => answers.push(response),
+                Ok(Ok(None)) => return Err(changed()),
+                Ok(Err(status)) => return Err(status),
+                Err(_) => return Err(Status::unavailable("etcdserver: request timed out")),
+            }
+        }
+        Ok(answers)
     }
 }
 
@@ -441,7 +483,7 @@ impl pb::lease_server::Lease for LeaseService {
                 Route::Leader(addr) => {
                     let answer = self
                         .client(addr)?
-                        .lease_grant(self.api.forward_request(grant.clone(), deadline))
+                        .lease_grant(self.api.forward_request(grant, deadline))
                         .await;
                     match answer {
                         Err(status) => forward_failed(status, false)?,
@@ -501,19 +543,45 @@ impl pb::lease_server::Lease for LeaseService {
         let forwarded = is_forwarded(&request);
         let mut requests = request.into_inner();
         let (answers, receiver) = mpsc::channel(KEEPALIVE_QUEUE);
+        // A reader moves the client's requests into a queue, so that the worker can take every
+        // request that arrived while it waited and answer them after one ReadIndex round.
+        let (queued, mut queue) = mpsc::channel::<i64>(KEEPALIVE_BATCH_MAX);
+        tokio::spawn(async move {
+            // Ends when the client closes its side or goes away, or the worker stopped.
+            while let Ok(Some(request)) = requests.message().await {
+                if queued.send(request.id).await.is_err() {
+                    return;
+                }
+            }
+        });
         let service = self.clone();
         tokio::spawn(async move {
             let mut upstream = None;
-            loop {
-                let id = match requests.message().await {
-                    Ok(Some(request)) => request.id,
-                    // The client closed its side, or went away.
-                    Ok(None) | Err(_) => return,
-                };
-                let answer = service.keep_alive_one(id, forwarded, &mut upstream).await;
-                let failed = answer.is_err();
-                if answers.send(answer).await.is_err() || failed {
-                    return;
+            let mut ids = Vec::with_capacity(KEEPALIVE_BATCH_MAX);
+            while let Some(id) = queue.recv().await {
+                ids.clear();
+                ids.push(id);
+                while ids.len() < KEEPALIVE_BATCH_MAX {
+                    match queue.try_recv() {
+                        Ok(id) => ids.push(id),
+                        Err(_) => break,
+                    }
+                }
+                match service
+                    .keep_alive_batch(&ids, forwarded, &mut upstream)
+                    .await
+                {
+                    Ok(batch) => {
+                        for answer in batch {
+                            if answers.send(Ok(answer)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        let _ = answers.send(Err(status)).await;
+                        return;
+                    }
                 }
             }
         });
@@ -562,7 +630,7 @@ impl pb::lease_server::Lease for LeaseService {
                 Route::Leader(addr) => {
                     let answer = self
                         .client(addr)?
-                        .lease_time_to_live(self.api.forward_request(asked.clone(), deadline))
+                        .lease_time_to_live(self.api.forward_request(asked, deadline))
                         .await;
                     match answer {
                         Err(status) => forward_failed(status, true)?,

@@ -215,7 +215,7 @@ mod tests {
         };
         assert_eq!(
             decode_command(&encode_lease_grant(&grant)),
-            Ok(Command::LeaseGrant(grant.clone()))
+            Ok(Command::LeaseGrant(grant))
         );
         let revoke = LeaseRevokeRequest { id: 0x1234 };
         assert_eq!(

@@ -33,7 +33,7 @@ print("leader_info", leader_view.grantedTTL, sorted(k.decode() for k in leader_v
 lease.revoke()
 print("after_revoke", leader.get("py/leased")[0], follower.get("py/also")[0])
 print("ttl_after_revoke", follower.get_lease_info(lease.id).TTL)
-print("missing_refresh", follower.refresh_lease(lease.id)[0].TTL)
+print("missing_refresh", list(follower.refresh_lease(lease.id))[0].TTL)
 try:
     follower.revoke_lease(lease.id)
     print("revoke_missing", "no error")
