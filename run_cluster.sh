@@ -73,7 +73,7 @@ node_pid() {
     [[ -f "$file" ]] || return 0
     pid=$(<"$file")
     [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
+    cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 0
     if [[ "$cmdline" == *rust-raft-log*"--node-id $1 --config $CONFIG"* ]]; then
         echo "$pid"
     fi

@@ -300,7 +300,12 @@ impl ClusterConfig {
         let mut used: HashMap<SocketAddr, String> = self
             .nodes
             .iter()
-            .map(|n| (n.address(), format!("the gRPC address of node {}", n.node_id)))
+            .map(|n| {
+                (
+                    n.address(),
+                    format!("the gRPC address of node {}", n.node_id),
+                )
+            })
             .collect();
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(text) = &node.metrics_address else {
@@ -542,10 +547,9 @@ mod tests {
 
     #[test]
     fn one_election_bound_alone_takes_the_other_default() {
-        let config = ClusterConfig::from_yaml(&with_settings(
-            "  election_timeout_range: {min: 200}\n",
-        ))
-        .expect("min alone is accepted");
+        let config =
+            ClusterConfig::from_yaml(&with_settings("  election_timeout_range: {min: 200}\n"))
+                .expect("min alone is accepted");
         assert_eq!(
             config.cluster_settings.election_timeout_range,
             ElectionTimeoutRange { min: 200, max: 500 }

@@ -283,7 +283,11 @@ pub fn respond(metrics: &NodeMetrics, path: &str) -> http::Response<Full<Bytes>>
             } else {
                 r#"{"health":"false","reason":"RAFT NO LEADER"}"#
             };
-            (if healthy { 200 } else { 503 }, "application/json", body.into())
+            (
+                if healthy { 200 } else { 503 },
+                "application/json",
+                body.into(),
+            )
         }
         "/livez" => (200, "text/plain; charset=utf-8", "ok\n".into()),
         "/readyz" => {
@@ -300,9 +304,7 @@ pub fn respond(metrics: &NodeMetrics, path: &str) -> http::Response<Full<Bytes>>
         "/version" => (
             200,
             "application/json",
-            format!(
-                r#"{{"etcdserver":"{ETCD_API_VERSION}","etcdcluster":"{ETCD_API_VERSION}"}}"#
-            ),
+            format!(r#"{{"etcdserver":"{ETCD_API_VERSION}","etcdcluster":"{ETCD_API_VERSION}"}}"#),
         ),
         _ => (404, "text/plain; charset=utf-8", "not found\n".into()),
     };

@@ -110,7 +110,11 @@ fn run_cluster_restarts_and_stops_every_node_it_owns() {
     // SAFETY: kill(2) on node 2's pid, which the script started.
     unsafe { libc::kill(killed as i32, libc::SIGKILL) };
     let expected = format!("restart it with: {} restart 2 {config}", script().display());
-    wait_until("no restart command", || output().contains(&expected), output);
+    wait_until(
+        "no restart command",
+        || output().contains(&expected),
+        output,
+    );
 
     let restart = command(&["restart", "2", &config])
         .output()
@@ -134,7 +138,10 @@ fn run_cluster_restarts_and_stops_every_node_it_owns() {
     assert!(second_err.contains("still running"), "{second_err}");
     let after: Vec<u64> = (1..=3).map(sizes).collect();
     for (b, a) in before.iter().zip(&after) {
-        assert!(a >= b, "a node's output was truncated: {before:?} -> {after:?}");
+        assert!(
+            a >= b,
+            "a node's output was truncated: {before:?} -> {after:?}"
+        );
     }
 
     // Ctrl-C: the script stops every node, the restarted one too.
@@ -146,7 +153,11 @@ fn run_cluster_restarts_and_stops_every_node_it_owns() {
             println!("run_cluster.sh exited with {status}");
             break;
         }
-        assert!(started.elapsed() < WAIT, "the script did not stop:\n{}", output());
+        assert!(
+            started.elapsed() < WAIT,
+            "the script did not stop:\n{}",
+            output()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     for pid in &cleanup.pids {

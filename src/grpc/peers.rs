@@ -533,9 +533,7 @@ type Unanswered = Arc<Mutex<VecDeque<(OwnedSemaphorePermit, Option<u64>, Option<
 /// This node's round-trip histogram for `peer`, when it records metrics (crate::metrics: the
 /// peer tasks run on the node's thread). Taken once per stream or RPC, then observed lock-free
 /// of the family.
-fn round_trip_histogram(
-    peer: NodeId,
-) -> Option<prometheus_client::metrics::histogram::Histogram> {
+fn round_trip_histogram(peer: NodeId) -> Option<prometheus_client::metrics::histogram::Histogram> {
     crate::metrics::current().map(|m| {
         m.peer_round_trip_seconds
             .get_or_create(&vec![("To".to_string(), peer.to_string())])

@@ -194,7 +194,10 @@ impl Drop for HandledCounter {
         let code = self.code.map_or("Canceled", grpc_code_name);
         let labels = vec![
             ("grpc_type".to_string(), grpc_type.to_string()),
-            ("grpc_service".to_string(), std::mem::take(&mut self.service)),
+            (
+                "grpc_service".to_string(),
+                std::mem::take(&mut self.service),
+            ),
             ("grpc_method".to_string(), std::mem::take(&mut self.method)),
             ("grpc_code".to_string(), code.to_string()),
         ];
