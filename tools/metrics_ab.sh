@@ -23,7 +23,7 @@ for round in $(seq "$rounds"); do
     for m in $order; do
         out=$(BENCH_METRICS=$m BENCH_QUICK=1 BENCH_ONLY=throughput BENCH_PROPOSERS=$proposers \
             BENCH_TRANSPORT=stream "$bench" --bench 2>&1)
-        line=$(grep -E "^\| $proposers \| stream \|" <<<"$out" | head -1)
+        line=$(grep -E "^\| $proposers \| ProposeStream \|" <<<"$out" | head -1 || true)
         rate=$(awk -F'|' '{gsub(/ /,"",$4); print $4}' <<<"$line")
         p50=$(awk -F'|' '{gsub(/ /,"",$5); print $5}' <<<"$line")
         name=$([[ $m == 1 ]] && echo on || echo off)
