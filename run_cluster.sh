@@ -127,10 +127,13 @@ case $COMMAND in
         exit 0
         ;;
     status)
-        mapfile -t running < <(running_nodes)
         for id in "${NODE_IDS[@]}"; do
             pid=$(node_pid "$id")
-            echo "node $id: ${pid:+running, pid $pid}${pid:-not running}"
+            if [[ -n "$pid" ]]; then
+                echo "node $id: running, pid $pid"
+            else
+                echo "node $id: not running"
+            fi
         done
         exit 0
         ;;

@@ -17,11 +17,11 @@ use rust_raft_log::grpc::proto::operator_client::OperatorClient;
 use rust_raft_log::grpc::proto::{propose_response, ProposeRequest, Role, StatusRequest};
 use tonic::transport::Channel;
 
-const USAGE: &str = "usage: raftctl status <host:port> | raftctl propose <host:port> <payload>\n\
-  status   the node's role, term, leader, commit/applied indexes, log range, and every peer's\n\
-           match index (as the leader sees it; asked of the leader when the node follows)\n\
-  propose  proposes <payload> (bytes of the argument) and waits for its commit; follows a\n\
-           NotLeader answer to the leader once\n\
+const USAGE: &str = "usage: raftctl status <host:port> | raftctl propose <host:port> <payload>
+  status   the node's role, term, leader, commit/applied indexes, log range, and every peer's
+           match index (as the leader sees it; asked of the leader when the node follows)
+  propose  proposes <payload> (bytes of the argument) and waits for its commit; follows a
+           NotLeader answer to the leader once
 exit codes: 0 success, 1 the cluster refused or failed, 2 usage or connection error";
 
 async fn connect(address: &str) -> Result<OperatorClient<Channel>, String> {
