@@ -24,7 +24,8 @@
 //!
 //! Environment: `BENCH_QUICK=1` (short runs, 5 failovers), `BENCH_ONLY=throughput|failover`,
 //! `BENCH_PROPOSERS=1,16` (which proposer counts to run), `BENCH_CLUSTER_SIZE=1` (a one-node
-//! cluster: the commit path without replication), `RAFT_TIMELINE=<dir>` (passed to the nodes:
+//! cluster: the commit path without replication), `BENCH_METRICS=1` (metrics listeners on, so
+//! every node records its metrics), `RAFT_TIMELINE=<dir>` (passed to the nodes:
 //! each writes its latency timeline there, see `src/timeline.rs` and `tools/timeline.py`).
 //! The proposers run on one thread of this process, on the same 2 cores as the three nodes.
 
@@ -283,6 +284,8 @@ async fn throughput(dir: &Path, plan: &Plan, out: &mut String) -> Option<u64> {
         } else {
             String::new()
         },
+        // BENCH_METRICS=1: every node serves and records metrics (tools/metrics_ab.sh).
+        metrics: std::env::var("BENCH_METRICS").is_ok_and(|v| v == "1"),
         ..Settings::default()
     };
     let size: u32 = std::env::var("BENCH_CLUSTER_SIZE")

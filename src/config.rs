@@ -9,6 +9,8 @@
 //! - `watch_progress_notify_interval > 0`;
 //! - `log_segment_size` is one the storage engine opens (`storage::format::check_segment_size`:
 //!   a multiple of 8 in [64 KiB, 4 GiB - 8 bytes]), checked by the same function the log uses;
+//! - a node's `metrics_address`, when given, is an `ip:port` (port not 0) used by no other
+//!   metrics or gRPC address of the file;
 //! - every field name was known: a typo is an error, never a silent fall-back to a default.
 //!
 //! ```yaml
@@ -16,11 +18,12 @@
 //!   - node_id: 1
 //!     ip_address: "127.0.0.1"
 //!     port: 18001
+//!     metrics_address: "127.0.0.1:19001"  # optional: /metrics and health; absent: off
 //! cluster_settings:              # optional, every field optional
 //!   log_directory: "./raft_logs"
 //!   log_segment_size: 67108864   # bytes
 //!   max_entries_per_query: 1000
-//!   election_timeout_range: { min: 150, max: 500 }  # milliseconds
+//!   election_timeout_range: { min: 150, max: 500 }  # milliseconds; either may be left out
 //!   heartbeat_interval: 50       # milliseconds
 //!   snapshot_entries: 10000      # a snapshot every this many applied entries; 0: never
 //!   snapshot_catchup_entries: 5000  # entries kept before the newest snapshot
@@ -74,6 +77,10 @@ pub struct NodeConfig {
     pub node_id: u32,
     pub ip_address: String,
     pub port: u16,
+    /// See "Metrics" below: `ip:port` of the node's HTTP listener for `/metrics` and the health
+    /// endpoints; absent (the default) means no listener and no recording.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
 }
 
 impl NodeConfig {
@@ -91,13 +98,20 @@ impl NodeConfig {
     }
 }
 
+/// Either bound may be left out: it takes its default (150 and 500 ms), as every other setting.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ElectionTimeoutRange {
     /// Milliseconds.
     pub min: u64,
     /// Milliseconds.
     pub max: u64,
+}
+
+impl Default for ElectionTimeoutRange {
+    fn default() -> Self {
+        ElectionTimeoutRange { min: 150, max: 500 }
+    }
 }
 
 /// Default of `snapshot_entries` (see README.md, "Snapshots and log compaction", for why).
@@ -138,7 +152,7 @@ impl Default for ClusterSettings {
             log_directory: PathBuf::from("./raft_logs"),
             log_segment_size: 64 * 1024 * 1024,
             max_entries_per_query: 1000,
-            election_timeout_range: ElectionTimeoutRange { min: 150, max: 500 },
+            election_timeout_range: ElectionTimeoutRange::default(),
             heartbeat_interval: 50,
             snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
             snapshot_catchup_entries: SNAPSHOT_CATCHUP_ENTRIES_DEFAULT,
@@ -338,8 +352,12 @@ impl ClusterConfig {
         }
         if range.min > range.max {
             return invalid(format!(
-                "cluster_settings.election_timeout_range: min ({} ms) must not exceed max ({} ms)",
-                range.min, range.max
+                "cluster_settings.election_timeout_range: min ({} ms) must not exceed max ({} ms; \
+                 a bound left out takes its default, min {} ms and max {} ms)",
+                range.min,
+                range.max,
+                ElectionTimeoutRange::default().min,
+                ElectionTimeoutRange::default().max
             ));
         }
         if range.max > ELECTION_TIMEOUT_MS_MAX {
@@ -371,8 +389,62 @@ impl ClusterConfig {
                 s.snapshot_catchup_entries, SNAPSHOT_CATCHUP_ENTRIES_MAX
             ));
         }
+        self.validate_metrics()
+    }
+
+    // ---- Metrics (issue 16): the per-node `metrics_address` -------------------------------------
+    //
+    // Like etcd's `--listen-metrics-urls`: Prometheus and health checks get their own listener,
+    // so a scraper needs no access to the client or peer port. Off unless configured; the sample
+    // config puts it on loopback. Addresses must parse and differ from every gRPC address and
+    // from each other (two nodes of one host cannot share a port).
+
+    fn validate_metrics(&self) -> Result<(), ConfigError> {
+        let mut used: HashMap<SocketAddr, String> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.address(),
+                    format!("the gRPC address of node {}", n.node_id),
+                )
+            })
+            .collect();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(text) = &node.metrics_address else {
+                continue;
+            };
+            let address: SocketAddr = text.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "nodes[{i}].metrics_address: {text:?} is not an ip:port address \
+                     (e.g. \"127.0.0.1:19001\")"
+                ))
+            })?;
+            if address.port() == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "nodes[{i}].metrics_address: port 0 is not allowed (node {})",
+                    node.node_id
+                )));
+            }
+            if let Some(other) = used.insert(
+                address,
+                format!("the metrics address of node {}", node.node_id),
+            ) {
+                return Err(ConfigError::Invalid(format!(
+                    "nodes[{i}].metrics_address: {address} is already {other}"
+                )));
+            }
+        }
         Ok(())
     }
+
+    /// Where node `id` serves `/metrics` and the health endpoints, if it does (validated).
+    pub fn metrics_address(&self, id: u32) -> Option<SocketAddr> {
+        let node = self.nodes.iter().find(|n| n.node_id == id)?;
+        node.metrics_address.as_deref()?.parse().ok()
+    }
+
+    // ---- end of the metrics block ------------------------------------------------------------
 
     /// The entry for `id`.
     ///
@@ -603,6 +675,54 @@ mod tests {
             ClusterConfig::from_yaml(&format!("{THREE_NODES}tls:\n  cert: x\n")),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn one_election_bound_alone_takes_the_other_default() {
+        let config =
+            ClusterConfig::from_yaml(&with_settings("  election_timeout_range: {min: 200}\n"))
+                .expect("min alone is accepted");
+        assert_eq!(
+            config.cluster_settings.election_timeout_range,
+            ElectionTimeoutRange { min: 200, max: 500 }
+        );
+        let config =
+            ClusterConfig::from_yaml(&with_settings("  election_timeout_range: {max: 900}\n"))
+                .expect("max alone is accepted");
+        assert_eq!(config.cluster_settings.election_timeout_range.min, 150);
+        // A bound alone that crosses the other's default is refused, and the message says so.
+        let m = invalid_message(&with_settings("  election_timeout_range: {min: 600}\n"));
+        assert!(m.contains("600") && m.contains("default"), "{m}");
+    }
+
+    #[test]
+    fn metrics_addresses_are_optional_parsed_and_distinct() {
+        let config = ClusterConfig::from_yaml(THREE_NODES).expect("valid");
+        assert_eq!(config.metrics_address(1), None);
+        let text = THREE_NODES.replace(
+            "port: 18001",
+            "port: 18001\n    metrics_address: \"127.0.0.1:19001\"",
+        );
+        let config = ClusterConfig::from_yaml(&text).expect("valid");
+        assert_eq!(
+            config.metrics_address(1).map(|a| a.to_string()),
+            Some("127.0.0.1:19001".to_string())
+        );
+        let clash = THREE_NODES.replace(
+            "port: 18001",
+            "port: 18001\n    metrics_address: \"127.0.0.1:18002\"",
+        );
+        let m = invalid_message(&clash);
+        assert!(
+            m.contains("nodes[0].metrics_address") && m.contains("node 2"),
+            "{m}"
+        );
+        let bad = THREE_NODES.replace(
+            "port: 18001",
+            "port: 18001\n    metrics_address: \"localhost\"",
+        );
+        let m = invalid_message(&bad);
+        assert!(m.contains("nodes[0].metrics_address"), "{m}");
     }
 
     #[test]

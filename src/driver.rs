@@ -456,6 +456,10 @@ pub struct DriverStats {
     pub requests_declined: u64,
     pub responses_without_request: u64,
     pub send_refused: u64,
+    /// Proposals refused (not leader, overloaded, too large, no space) or whose outcome became
+    /// unknown (another leader's entry took their index, a snapshot covered them, the node
+    /// stopped): etcd's `proposals_failed_total`.
+    pub proposals_failed: u64,
 }
 
 /// A durable write failed: the host must stop (its disk state is unknown).
@@ -582,6 +586,11 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
 
     pub fn applied_index(&self) -> LogIndex {
         self.applied_index
+    }
+
+    /// Proposals waiting for their commit (etcd's `proposals_pending`).
+    pub fn proposals_pending(&self) -> usize {
+        self.proposals.len()
     }
 
     /// Linearizable reads registered with the core and neither confirmed nor dropped yet.
@@ -740,8 +749,16 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
     }
 
     /// Proposes `payload` unless [`DriverConfig::proposals_pending_max`] proposals already wait
-    /// for their commit or this node does not lead.
+    /// for their commit or this node does not lead. A refusal counts as a failed proposal.
     fn propose_bounded(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), Refusal> {
+        let result = self.try_propose(payload);
+        if result.is_err() {
+            self.stats.proposals_failed += 1;
+        }
+        result
+    }
+
+    fn try_propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), Refusal> {
         let pending = self.proposals.len();
         if pending >= self.config.proposals_pending_max {
             return Err(Refusal::Overloaded { pending });
@@ -1060,6 +1077,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             }
             // Dropping the reply tells the client the outcome is unknown.
             drop(first.remove_entry());
+            self.stats.proposals_failed += 1;
         }
         self.grant_applied_reads();
     }
@@ -1096,9 +1114,11 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                         }
                     }
                 }
+            } else {
+                // Another leader's entry took that index: dropping the reply tells the client
+                // the outcome is unknown (it was not committed under this proposal).
+                self.stats.proposals_failed += 1;
             }
-            // Otherwise another leader's entry took that index: dropping the reply tells the
-            // client the outcome is unknown (it was not committed under this proposal).
         }
     }
 
@@ -1106,6 +1126,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
     /// dropped, proposals' outcomes become unknown.
     pub fn abandon(&mut self) {
         self.slots.decline_all();
+        self.stats.proposals_failed += self.proposals.len() as u64;
         self.proposals.clear();
         self.reads_registered.clear();
         self.reads_confirmed.clear();

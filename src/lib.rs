@@ -19,6 +19,7 @@
 //!   thread, and read back from a stream).
 //! - [`kv`]: the key-value state machine with etcd v3 semantics (`KvStore`), request validation
 //!   with etcd's limits and errors, the command bytes in the log (responses are typed values).
+//! - [`metrics`]: the node's Prometheus metrics and health endpoints on their own HTTP listener.
 //! - [`timeline`]: the opt-in latency timeline (`RAFT_TIMELINE=<dir>`), marked by every layer.
 //! - [`node`]: one process on the tokio-uring runtime: startup (bind, data directory lock,
 //!   tracing), the event loop that drives the core, persists its output and answers RPCs.
@@ -29,6 +30,7 @@ pub mod etcd;
 pub mod etcdpb;
 pub mod grpc;
 pub mod kv;
+pub mod metrics;
 pub mod mutation;
 pub mod node;
 pub mod raft;

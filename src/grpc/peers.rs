@@ -488,8 +488,13 @@ async fn worker<R: Send + 'static>(
         if let Some(i) = last_entry {
             crate::timeline::mark("ae_rpc_start", i);
         }
+        let rtt = round_trip_histogram(envelope.to);
         tokio::spawn(async move {
+            let sent_at = Instant::now();
             let result = call(client, envelope, config.cluster_id).await;
+            if let (Some(h), Ok(_)) = (&rtt, &result) {
+                h.observe(sent_at.elapsed().as_secs_f64());
+            }
             if let Some(i) = last_entry {
                 crate::timeline::mark("ae_rpc_done", i);
             }
@@ -613,7 +618,20 @@ struct StreamRequest {
 
 /// The slots (and timeline marks) of the requests sent on a stream and not answered yet, oldest
 /// first: the stream answers every request exactly once, in order.
-type Unanswered = Arc<Mutex<VecDeque<(OwnedSemaphorePermit, Option<u64>)>>>;
+/// Requests on the stream not answered yet: their slot, last entry, and when they left (only
+/// when the node records `etcd_network_peer_round_trip_time_seconds`).
+type Unanswered = Arc<Mutex<VecDeque<(OwnedSemaphorePermit, Option<u64>, Option<Instant>)>>>;
+
+/// This node's round-trip histogram for `peer`, when it records metrics (crate::metrics: the
+/// peer tasks run on the node's thread). Taken once per stream or RPC, then observed lock-free
+/// of the family.
+fn round_trip_histogram(peer: NodeId) -> Option<prometheus_client::metrics::histogram::Histogram> {
+    crate::metrics::current().map(|m| {
+        m.peer_round_trip_seconds
+            .get_or_create(&vec![("To".to_string(), peer.to_string())])
+            .clone()
+    })
+}
 
 /// Opens an `AppendEntriesStream` to the peer on a task of its own and returns the way in.
 fn open_session<R: Send + 'static>(
@@ -643,11 +661,14 @@ async fn run_session<R: Send + 'static>(
 
     let unanswered: Unanswered = Arc::new(Mutex::new(VecDeque::new()));
     let sent = Arc::clone(&unanswered);
+    let rtt = round_trip_histogram(peer.id);
+    let timed = rtt.is_some();
     let outbound = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
         if let Some(i) = item.last_entry {
             crate::timeline::mark("ae_rpc_start", i);
         }
-        lock(&sent).push_back((item.slot, item.last_entry));
+        let sent_at = timed.then(Instant::now);
+        lock(&sent).push_back((item.slot, item.last_entry, sent_at));
         item.request
     });
     let request = crate::grpc::gate::peer_request(outbound, config.cluster_id);
@@ -678,8 +699,11 @@ async fn run_session<R: Send + 'static>(
             Ok(Some(m)) => {
                 // Frees this request's slot.
                 let answered = lock(&unanswered).pop_front();
-                if let Some((_, Some(i))) = &answered {
+                if let Some((_, Some(i), _)) = &answered {
                     crate::timeline::mark("ae_rpc_done", *i);
+                }
+                if let (Some(h), Some((_, _, Some(at)))) = (&rtt, &answered) {
+                    h.observe(at.elapsed().as_secs_f64());
                 }
                 drop(answered);
                 if m.declined {

@@ -132,11 +132,145 @@ async fn only_served_methods(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let path = request.uri().path();
-    if (filter.served)(path) {
-        return next.run(request).await;
+    // grpc_server_handled_total, when the node records metrics (crate::metrics).
+    let counted = crate::metrics::current().map(|m| HandledCounter::new(&m, path));
+    let response = if (filter.served)(path) {
+        next.run(request).await
+    } else {
+        tracing::debug!(%path, "unimplemented gRPC method");
+        Status::unimplemented((filter.unimplemented)(path)).into_http::<axum::body::Body>()
+    };
+    match counted {
+        None => response,
+        Some(mut counter) => {
+            // A trailers-only answer (every error tonic makes before the body) carries its
+            // status in the headers; otherwise it comes in the trailers, at the body's end.
+            counter.code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let (parts, body) = response.into_parts();
+            axum::response::Response::from_parts(
+                parts,
+                axum::body::Body::new(CountedBody {
+                    inner: body,
+                    counter,
+                }),
+            )
+        }
     }
-    tracing::debug!(%path, "unimplemented gRPC method");
-    Status::unimplemented((filter.unimplemented)(path)).into_http::<axum::body::Body>()
+}
+
+/// One RPC's `grpc_server_handled_total` labels, counted once when its response body is done
+/// (or dropped: a client that went away counts as `Canceled`, as in go-grpc-prometheus).
+struct HandledCounter {
+    family: prometheus_client::metrics::family::Family<
+        crate::metrics::PeerLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    service: String,
+    method: String,
+    /// The numeric grpc-status once known.
+    code: Option<u8>,
+}
+
+impl HandledCounter {
+    fn new(metrics: &crate::metrics::NodeMetrics, path: &str) -> HandledCounter {
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or((path, ""));
+        HandledCounter {
+            family: metrics.grpc_server_handled.clone(),
+            service: service.to_string(),
+            method: method.to_string(),
+            code: None,
+        }
+    }
+}
+
+impl Drop for HandledCounter {
+    fn drop(&mut self) {
+        let grpc_type = match self.method.as_str() {
+            "AppendEntriesStream" | "ProposeStream" => "bidi_stream",
+            "InstallSnapshot" => "client_stream",
+            "Snapshot" => "server_stream",
+            _ => "unary",
+        };
+        let code = self.code.map_or("Canceled", grpc_code_name);
+        let labels = vec![
+            ("grpc_type".to_string(), grpc_type.to_string()),
+            (
+                "grpc_service".to_string(),
+                std::mem::take(&mut self.service),
+            ),
+            ("grpc_method".to_string(), std::mem::take(&mut self.method)),
+            ("grpc_code".to_string(), code.to_string()),
+        ];
+        self.family.get_or_create(&labels).inc();
+    }
+}
+
+/// go-grpc-prometheus's code names (Go's `codes.Code.String()`).
+fn grpc_code_name(code: u8) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "Canceled",
+        2 => "Unknown",
+        3 => "InvalidArgument",
+        4 => "DeadlineExceeded",
+        5 => "NotFound",
+        6 => "AlreadyExists",
+        7 => "PermissionDenied",
+        8 => "ResourceExhausted",
+        9 => "FailedPrecondition",
+        10 => "Aborted",
+        11 => "OutOfRange",
+        12 => "Unimplemented",
+        13 => "Internal",
+        14 => "Unavailable",
+        15 => "DataLoss",
+        16 => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+/// A response body that reads the grpc-status of the trailers as they pass.
+struct CountedBody {
+    inner: axum::body::Body,
+    counter: HandledCounter,
+}
+
+impl http_body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(code) = frame
+                .trailers_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+            {
+                self.counter.code = Some(code);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// What a TLS node asks of every connection before any service sees a request.

@@ -16,6 +16,12 @@
 //! with the path of the first finished snapshot that covers everything applied when the request
 //! arrived (at once if the newest snapshot already does).
 //!
+//! After every iteration the loop's [`Watch`] records the metrics that follow the core (leader,
+//! commit and applied indexes, pending and failed proposals, follower lag: [`crate::metrics`],
+//! when the node has them), and, while the node knows no leader, logs every
+//! [`NO_LEADER_LOG_INTERVAL`] who it has not heard from, so a node that cannot reach a majority
+//! says why instead of staying silent.
+//!
 //! A failed durable write is fatal (fsyncgate: never retry a failed fdatasync): the loop returns
 //! the error and the node stops.
 
@@ -23,6 +29,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +45,11 @@ use crate::state_machine::SnapshotSource;
 pub use crate::state_machine::StateMachine;
 pub use crate::storage::engine::{Durable, PersistFuture, WriteBatch};
 use crate::types::{LogIndex, NodeId};
+
+/// Without a leader for this long, the loop says who it waits for, and again every this long.
+pub const NO_LEADER_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Follower lag is measured on the leader at most this often (it walks the progress map).
+const LAG_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Takes a consistent view of the state machine for a snapshot (cheap: called on the loop).
 pub type SnapshotView<M> = Box<dyn Fn(&M) -> Box<dyn SnapshotSource>>;
@@ -127,6 +139,144 @@ pub struct EventLoop<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
     inbound_batch_max: usize,
     last_role: Role,
     snapshots: Option<Snapshots<M>>,
+    watch: Watch,
+}
+
+/// What the loop reports besides its work (see the module docs). Times are in ticks of the
+/// loop's clock (`DriverStats::ticks`), so watching costs no clock reads.
+struct Watch {
+    metrics: Option<Arc<crate::metrics::NodeMetrics>>,
+    addresses: HashMap<NodeId, SocketAddr>,
+    tick: Duration,
+    leader: Option<NodeId>,
+    commit: LogIndex,
+    applied: LogIndex,
+    proposals_failed: u64,
+    lag_sampled_at: u64,
+    /// The tick at which each peer was last heard from (a request or a response).
+    heard: HashMap<NodeId, u64>,
+    /// The tick since which no leader is known, and when that was last logged.
+    leaderless_since: Option<u64>,
+    leaderless_logged: u64,
+}
+
+impl Watch {
+    fn new(addresses: HashMap<NodeId, SocketAddr>, tick: Duration) -> Watch {
+        Watch {
+            metrics: crate::metrics::current(),
+            addresses,
+            tick,
+            leader: None,
+            commit: LogIndex::ZERO,
+            applied: LogIndex::ZERO,
+            proposals_failed: 0,
+            lag_sampled_at: 0,
+            heard: HashMap::new(),
+            leaderless_since: Some(0),
+            leaderless_logged: 0,
+        }
+    }
+
+    fn ticks(&self, d: Duration) -> u64 {
+        (d.as_micros() / self.tick.as_micros().max(1)) as u64
+    }
+
+    fn heard_from<R>(&mut self, item: &Inbound<R>, now: u64) {
+        if let Inbound::Request { envelope, .. } | Inbound::Response(envelope) = item {
+            self.heard.insert(envelope.from, now);
+        }
+    }
+
+    fn after_iteration<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
+        &mut self,
+        driver: &Driver<C, D, M>,
+    ) {
+        let stats = driver.stats();
+        let now = stats.ticks;
+        let core = driver.core();
+        let leader = core.leader();
+        if let Some(m) = &self.metrics {
+            if leader != self.leader && leader.is_some() {
+                m.leader_changes_seen.inc();
+            }
+            m.has_leader.set(i64::from(leader.is_some()));
+            let leading = core.role() == Role::Leader;
+            m.is_leader.set(i64::from(leading));
+            let commit = core.commit_index();
+            if commit > self.commit {
+                m.proposals_committed.inc_by(commit.0 - self.commit.0);
+                self.commit = commit;
+            }
+            let applied = driver.applied_index();
+            if applied > self.applied {
+                m.proposals_applied.inc_by(applied.0 - self.applied.0);
+                self.applied = applied;
+            }
+            m.proposals_pending.set(driver.proposals_pending() as i64);
+            if stats.proposals_failed > self.proposals_failed {
+                m.proposals_failed
+                    .inc_by(stats.proposals_failed - self.proposals_failed);
+                self.proposals_failed = stats.proposals_failed;
+            }
+            if now >= self.lag_sampled_at + self.ticks(LAG_SAMPLE_INTERVAL) {
+                self.lag_sampled_at = now;
+                if leading {
+                    let last = core.last_index();
+                    for (peer, matched) in core.peer_match_indexes() {
+                        if peer == core.id() {
+                            continue;
+                        }
+                        m.follower_lag_entries
+                            .get_or_create(&vec![("follower".to_string(), peer.to_string())])
+                            .set(last.0.saturating_sub(matched.0) as i64);
+                    }
+                } else {
+                    m.follower_lag_entries.clear();
+                }
+            }
+        }
+        self.leader = leader;
+        self.log_while_leaderless(core, now);
+    }
+
+    /// Logs, now and then while no leader is known, who this node has not heard from.
+    fn log_while_leaderless(&mut self, core: &impl Consensus, now: u64) {
+        if self.leader.is_some() {
+            self.leaderless_since = None;
+            return;
+        }
+        let since = *self.leaderless_since.get_or_insert(now);
+        let interval = self.ticks(NO_LEADER_LOG_INTERVAL);
+        if now < since + interval || now < self.leaderless_logged + interval {
+            return;
+        }
+        self.leaderless_logged = now;
+        let mut peers: Vec<(&NodeId, &SocketAddr)> = self
+            .addresses
+            .iter()
+            .filter(|(id, _)| **id != core.id())
+            .collect();
+        peers.sort();
+        let heard: Vec<String> = peers
+            .iter()
+            .map(|(id, address)| match self.heard.get(id) {
+                Some(at) => format!(
+                    "node {id} ({address}) last heard {} s ago",
+                    (now - at) * self.tick.as_millis() as u64 / 1000
+                ),
+                None => format!("node {id} ({address}) never heard from"),
+            })
+            .collect();
+        let majority = self.addresses.len() / 2 + 1;
+        tracing::warn!(
+            "⏳ no leader for {} s (term {}, {:?}): an election needs {majority} of {} votes; {}",
+            (now - since) * self.tick.as_millis() as u64 / 1000,
+            core.term(),
+            core.role(),
+            self.addresses.len(),
+            heard.join(", ")
+        );
+    }
 }
 
 impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M> {
@@ -140,6 +290,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         config: LoopConfig,
         applied_index: LogIndex,
     ) -> Self {
+        let watch = Watch::new(config.addresses.clone(), config.tick);
         let driver = Driver::new(
             core,
             durable,
@@ -158,6 +309,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             inbound_batch_max: config.inbound_batch_max,
             last_role: Role::Follower,
             snapshots: None,
+            watch,
         }
     }
 
@@ -195,6 +347,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             inbound_batch_max,
             last_role,
             snapshots,
+            watch,
             ..
         } = &mut self;
         loop {
@@ -206,12 +359,17 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 taken = wait_snapshot(snapshots) => on_snapshot(driver, snapshots, taken)?,
                 item = inbound.recv() => {
                     let Some(item) = item else { return Err(LoopError::InboundClosed) };
+                    let now = driver.stats().ticks;
+                    watch.heard_from(&item, now);
                     handle(driver, snapshots, item);
                     // Batch whatever else is already waiting, so one Ready (and one fdatasync)
                     // covers many requests.
                     for _ in 1..*inbound_batch_max {
                         match inbound.try_recv() {
-                            Ok(item) => handle(driver, snapshots, item),
+                            Ok(item) => {
+                                watch.heard_from(&item, now);
+                                handle(driver, snapshots, item)
+                            }
                             Err(_) => break,
                         }
                     }
@@ -219,6 +377,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             }
             driver.drain_ready(outbox);
             log_role_change(driver.core(), last_role);
+            watch.after_iteration(driver);
             maybe_start_snapshot(driver, snapshots);
         }
         // Graceful stop: finish the writes already started so what was acknowledged stays
@@ -318,6 +477,9 @@ fn on_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
             let keep = s.snapshotter.policy().catchup_entries;
             let first_before = driver.core().storage().first_index();
             driver.snapshot_taken(t.snap, keep)?;
+            crate::metrics::with_current(|m| {
+                m.snapshot_save_seconds.observe(t.elapsed.as_secs_f64())
+            });
             tracing::info!(
                 "📸 Snapshot at index {} (term {}): {} payload bytes in {} ms; log now starts at {} (was {})",
                 t.snap.index,

@@ -29,6 +29,7 @@
 
 pub mod event_loop;
 pub mod logging;
+pub mod notify;
 pub mod restore;
 pub mod snapshots;
 
@@ -142,6 +143,17 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
     tracing::info!("   Log directory: {}", directory.display());
 
     let listener = grpc::bind(me.address())?;
+    // The metrics listener is bound as early as the gRPC one, for the same reason: a port in use
+    // is reported before the data directory is touched.
+    let metrics = match config.metrics_address(node_id) {
+        Some(address) => {
+            let listener = grpc::bind(address)?;
+            tracing::info!("📈 Metrics and health on http://{address}/metrics");
+            let metrics = Arc::new(crate::metrics::NodeMetrics::new(&directory));
+            Some((listener, metrics))
+        }
+        None => None,
+    };
     let vfs: Arc<dyn Vfs> = Arc::new(UringVfs);
     let opened = open_storage(config, id, &directory)?;
     let store = restore_store(&*vfs, opened.snapshot.as_ref())?;
@@ -171,6 +183,15 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
     builder.entries(256);
     let config = config.clone();
     builder.start(async move {
+        // Installed before the engine and the loop start: they record on this thread.
+        crate::metrics::install(metrics.as_ref().map(|(_, m)| Arc::clone(m)));
+        if let Some((listener, metrics)) = metrics {
+            tokio::task::spawn_local(async move {
+                if let Err(e) = crate::metrics::serve(listener, metrics).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            });
+        }
         tokio::task::spawn_local(task.run());
         run_node(
             &config,
@@ -729,6 +750,8 @@ where
     };
     let peers = Peers::start(id, &peer_list, peer_config, inbound_tx)?;
     tracing::info!("🔄 Starting Raft event loop...");
+    // The gRPC server is accepting and the loop starts now: tell systemd (Type=notify).
+    notify::ready();
     let event_loop = EventLoop::new(
         core,
         durable,
@@ -787,6 +810,10 @@ pub fn snapshot_installer<M: Snapshot + 'static>(
         let started = std::time::Instant::now();
         let path = dir.join(crate::storage::snapshot::snapshot_file_name(snap.index));
         restore_from_file(&*vfs, &path, snap, machine)?;
+        crate::metrics::with_current(|m| {
+            m.snapshot_install_seconds
+                .observe(started.elapsed().as_secs_f64())
+        });
         tracing::info!(
             "📸 Installed the leader's snapshot at index {} (term {}) in {} ms",
             snap.index,
@@ -812,4 +839,5 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
     }
+    notify::stopping();
 }

@@ -394,10 +394,19 @@ impl EngineTask {
                 self.queue.wake.notified().await;
                 continue;
             }
+            let started = std::time::Instant::now();
             match self.write_group(&group).await {
                 Ok(()) => {
                     self.queue.groups.set(self.queue.groups.get() + 1);
                     let entries: usize = group.iter().map(|j| j.batch.entries.len()).sum();
+                    // Once per group, not per entry (see crate::metrics).
+                    crate::metrics::with_current(|m| {
+                        m.group_write_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        if entries > 0 {
+                            m.group_commit_entries.observe(entries as f64);
+                        }
+                    });
                     self.queue
                         .grouped_entries
                         .set(self.queue.grouped_entries.get() + entries as u64);

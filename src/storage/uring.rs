@@ -237,6 +237,10 @@ impl InFlight {
         let expects = push_linked(ring.get_mut(), fd, &writes, true, true)?;
         let want = expects.len();
         self.in_flight = want;
+        // etcd_disk_wal_fsync_duration_seconds: submission to the completion of the chain. The
+        // write and its fdatasync are one linked chain, so this is both (the write only copies
+        // into the page cache; the fdatasync is what a slow disk makes long).
+        let submitted = std::time::Instant::now();
         if let Err(e) = ring.get_ref().submit() {
             if !ring.get_mut().submission().is_empty() {
                 // The kernel took nothing; forget the SQEs (no buffer is referenced).
@@ -257,7 +261,9 @@ impl InFlight {
                 ready.clear_ready();
             }
         }
-        check_linked(path, &expects, &results)
+        check_linked(path, &expects, &results)?;
+        crate::metrics::observe_wal_fsync(submitted.elapsed());
+        Ok(())
     }
 
     fn finish(mut self) -> (Option<WriteSide>, Vec<u8>) {

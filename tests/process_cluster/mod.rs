@@ -33,6 +33,8 @@ pub struct Settings {
     pub rust_log: String,
     /// More `cluster_settings` lines, each `"  field: value\n"`.
     pub extra: String,
+    /// Give every node a `metrics_address` (`/metrics` and the health endpoints).
+    pub metrics: bool,
 }
 
 impl Default for Settings {
@@ -44,6 +46,7 @@ impl Default for Settings {
             segment_bytes: 1 << 20,
             rust_log: "info".into(),
             extra: String::new(),
+            metrics: false,
         }
     }
 }
@@ -51,6 +54,8 @@ impl Default for Settings {
 pub struct Cluster {
     pub dir: PathBuf,
     pub addrs: BTreeMap<u32, SocketAddr>,
+    /// Each node's metrics listener (empty unless `Settings::metrics`).
+    pub metrics_addrs: BTreeMap<u32, SocketAddr>,
     settings: Settings,
     children: HashMap<u32, Child>,
     clients: HashMap<u32, OperatorClient>,
@@ -89,12 +94,20 @@ impl Cluster {
     /// caller prepares their directories first, then [`Cluster::spawn`]s them.
     pub fn configure(dir: &Path, size: u32, settings: Settings) -> Cluster {
         let mut addrs = BTreeMap::new();
+        let mut metrics_addrs = BTreeMap::new();
         let mut yaml = String::from("nodes:\n");
-        let ports = free_ports(size as usize);
-        for (id, port) in (1..=size).zip(ports) {
+        // One call for every port, so that none is handed out twice.
+        let ports = free_ports(size as usize * 2);
+        for (id, pair) in (1..=size).zip(ports.chunks(2)) {
+            let port = pair[0];
             addrs.insert(id, SocketAddr::from(([127, 0, 0, 1], port)));
             yaml +=
                 &format!("  - node_id: {id}\n    ip_address: \"127.0.0.1\"\n    port: {port}\n");
+            if settings.metrics {
+                let metrics = SocketAddr::from(([127, 0, 0, 1], pair[1]));
+                metrics_addrs.insert(id, metrics);
+                yaml += &format!("    metrics_address: \"{metrics}\"\n");
+            }
         }
         yaml += &format!(
             "cluster_settings:\n  log_directory: \"raft_logs\"\n  log_segment_size: {}\n  \
@@ -109,6 +122,7 @@ impl Cluster {
         Cluster {
             dir: dir.to_path_buf(),
             addrs,
+            metrics_addrs,
             settings,
             children: HashMap::new(),
             clients: HashMap::new(),
