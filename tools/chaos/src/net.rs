@@ -101,6 +101,22 @@ pub fn namespaces_available() -> bool {
     root && has("nft") && Command::new("ip").arg("-V").output().is_ok()
 }
 
+/// A subnet index for a new network: `preferred`, or the next one (wrapping) that no interface of
+/// this machine uses yet. Two runs on one subnet would route each other's clients to the wrong
+/// nodes (seen once: a CI test's clients read another run's keys), so the addresses in use are
+/// looked up, not guessed from a process id alone.
+pub fn free_subnet(preferred: u8) -> u8 {
+    let used = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    (0..250u16)
+        .map(|step| ((u16::from(preferred) + step) % 250) as u8)
+        .find(|subnet| !used.contains(&format!(" 10.213.{subnet}.")))
+        .unwrap_or(preferred)
+}
+
 impl Network {
     /// Every node on 127.0.0.1 (no partitions).
     pub fn loopback(size: usize) -> Network {

@@ -84,7 +84,7 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
         Network::create(
             plan.nodes as usize,
             &format!("{:x}", pid & 0xffff),
-            (pid % 250) as u8,
+            net::free_subnet((pid % 250) as u8),
         )?
     } else {
         Network::loopback(plan.nodes as usize)
