@@ -53,11 +53,6 @@ pub struct Gateway {
     pub watch: WatchService,
 }
 
-/// Paths the gateway serves (the node's path filter lets them through).
-pub fn is_gateway_path(path: &str) -> bool {
-    path.starts_with("/v3/") || path == "/version"
-}
-
 /// The gateway's routes.
 pub fn router(gateway: Gateway) -> Router {
     Router::new()
@@ -362,6 +357,7 @@ mod tests {
             http_status(Code::ResourceExhausted),
             StatusCode::TOO_MANY_REQUESTS
         );
+        use crate::etcd::server::is_gateway_path;
         assert!(is_gateway_path("/v3/kv/range"));
         assert!(is_gateway_path("/version"));
         assert!(!is_gateway_path("/etcdserverpb.KV/Range"));
