@@ -64,6 +64,10 @@ struct Args {
     /// Run on 127.0.0.1 without network namespaces (no partitions).
     #[arg(long)]
     loopback: bool,
+    /// Watch streams on the workload's key prefix, checked against etcd's watch guarantees
+    /// (0: none).
+    #[arg(long, default_value_t = 3)]
+    watchers: u32,
     /// Extra `cluster_settings` lines for rust-raft-log (e.g. "  snapshot_entries: 2000\n").
     #[arg(long, default_value = "")]
     settings: String,
@@ -167,6 +171,7 @@ fn plan(args: &Args) -> Result<RunPlan, String> {
             std::env::temp_dir().join(format!("chaos-{seed}-{}", std::process::id()))
         }),
         namespaces,
+        watchers: args.watchers,
     })
 }
 
@@ -238,6 +243,9 @@ fn execute(plan: RunPlan) -> ExitCode {
             print!("{}", report::render(&report));
             if let Err(e) = report::save_history(&report) {
                 eprintln!("chaos: cannot save the history: {e}");
+            }
+            if let Err(e) = report::save_watches(&report) {
+                eprintln!("chaos: cannot save the watch records: {e}");
             }
             if report.passed() {
                 ExitCode::SUCCESS
