@@ -173,19 +173,30 @@ pub enum LoadError {
 
 /// Reads a history saved by [`save_history`] (one JSON operation per line; blank lines skipped).
 pub fn load_history(path: &std::path::Path) -> Result<Vec<crate::history::Operation>, LoadError> {
+    load_jsonl(path)
+}
+
+/// Reads watch records saved by [`save_watches`].
+pub fn load_watches(
+    path: &std::path::Path,
+) -> Result<Vec<crate::watchers::WatchRecord>, LoadError> {
+    load_jsonl(path)
+}
+
+fn load_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Vec<T>, LoadError> {
     use std::io::BufRead as _;
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut operations = Vec::new();
+    let mut items = Vec::new();
     for (i, line) in file.lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let op = serde_json::from_str(&line).map_err(|source| LoadError::Parse {
+        let item = serde_json::from_str(&line).map_err(|source| LoadError::Parse {
             line: i + 1,
             source,
         })?;
-        operations.push(op);
+        items.push(item);
     }
-    Ok(operations)
+    Ok(items)
 }
