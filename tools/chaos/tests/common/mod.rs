@@ -85,9 +85,6 @@ impl Result {
     /// The watch checks: `watchers` streams ran, delivered events, and broke none of etcd's
     /// watch guarantees (the runner prints the anomalies; its run directory keeps
     /// `watches.jsonl`).
-    // Each test binary compiles this module on its own; storage_faults.rs does not assert
-    // the watches yet (not measured under power loss and full disks).
-    #[allow(dead_code)]
     pub fn assert_watches_kept(&self, watchers: u32) {
         let seed = &self.seed;
         assert_eq!(
