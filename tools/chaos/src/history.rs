@@ -51,11 +51,33 @@ pub struct Operation {
     pub ret: Option<Ret>,
     /// The member the client sent it to (for reports only).
     pub node: u32,
+    /// The answer's header revision: for a write that changed the store (a put, a successful
+    /// compare-and-set, a delete that deleted), the revision it produced; otherwise the store's
+    /// revision the answer observed. `None` when indeterminate (and in histories saved before
+    /// the field existed). The watch checker ties events to writes by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 impl Operation {
     /// Failed or timed out: it may or may not have taken effect.
     pub fn is_indeterminate(&self) -> bool {
         self.completed.is_none()
+    }
+
+    /// The value this operation writes if it takes effect (a put or a compare-and-set).
+    pub fn written_value(&self) -> Option<u64> {
+        match self.call {
+            Call::Put(v) | Call::Cas { new: v, .. } => Some(v),
+            Call::Get | Call::Delete => None,
+        }
+    }
+
+    /// Whether the answer says the store changed (and `revision` is the revision it produced).
+    pub fn changed_the_store(&self) -> bool {
+        matches!(
+            self.ret,
+            Some(Ret::Put) | Some(Ret::Cas(true)) | Some(Ret::Delete(true))
+        )
     }
 }

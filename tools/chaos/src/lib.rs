@@ -8,10 +8,11 @@
 //!   node for a full disk).
 //! - [`cluster`]: the server processes (start, kill, pause, restart) and `Maintenance.Status`.
 //! - [`workload`]: the clients and what they record.
+//! - [`watchers`]: the watch streams and what they record.
 //! - [`faults`]: the fault kinds, their targets, undoing them.
 //! - [`run`]: one run from start to verdict.
 //! - [`history`]: the recorded operations (the checker's input).
-//! - [`checker`]: linearizability per key.
+//! - [`checker`]: linearizability per key; [`checker::watch`]: etcd's watch guarantees.
 //! - [`report`]: the printed summary and the saved history.
 
 pub mod checker;
@@ -22,4 +23,5 @@ pub mod history;
 pub mod net;
 pub mod report;
 pub mod run;
+pub mod watchers;
 pub mod workload;

@@ -64,6 +64,10 @@ struct Args {
     /// Run on 127.0.0.1 without network namespaces (no partitions).
     #[arg(long)]
     loopback: bool,
+    /// Watch streams on the workload's key prefix, checked against etcd's watch guarantees
+    /// (0: none).
+    #[arg(long, default_value_t = 3)]
+    watchers: u32,
     /// Extra `cluster_settings` lines for rust-raft-log (e.g. "  snapshot_entries: 2000\n").
     #[arg(long, default_value = "")]
     settings: String,
@@ -78,13 +82,22 @@ enum Command {
         /// Configurations each key's search may explore (about 64 bytes each).
         #[arg(long, default_value_t = chaos::checker::Limits::default().states_max)]
         states_max: u64,
+        /// The run's watches.jsonl: also check the watch guarantees against the history (the
+        /// final revision is the highest the history's answers carry); exit 1 on an anomaly.
+        #[arg(long)]
+        watches: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Check { file, states_max }) = &args.command {
-        return check_file(file, *states_max);
+    if let Some(Command::Check {
+        file,
+        states_max,
+        watches,
+    }) = &args.command
+    {
+        return check_file(file, *states_max, watches.as_deref());
     }
     match plan(&args) {
         Ok(plan) => execute(plan),
@@ -167,6 +180,7 @@ fn plan(args: &Args) -> Result<RunPlan, String> {
             std::env::temp_dir().join(format!("chaos-{seed}-{}", std::process::id()))
         }),
         namespaces,
+        watchers: args.watchers,
     })
 }
 
@@ -184,7 +198,11 @@ fn settings(args: &Args, faults: &[FaultKind]) -> String {
     extra
 }
 
-fn check_file(file: &std::path::Path, states_max: u64) -> ExitCode {
+fn check_file(
+    file: &std::path::Path,
+    states_max: u64,
+    watches: Option<&std::path::Path>,
+) -> ExitCode {
     let history = match report::load_history(file) {
         Ok(h) => h,
         Err(e) => {
@@ -198,6 +216,22 @@ fn check_file(file: &std::path::Path, states_max: u64) -> ExitCode {
     };
     let verdict = chaos::checker::check_with(&history, limits);
     println!("checker: {verdict}");
+    if let Some(path) = watches {
+        let records = match report::load_watches(path) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("chaos check: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        };
+        let final_revision = history.iter().filter_map(|o| o.revision).max().unwrap_or(0);
+        let watch = chaos::checker::watch::check(&history, &records, final_revision);
+        println!("watch checker: {watch}");
+        if !watch.passed() {
+            println!("watches: {}", path.display());
+            return ExitCode::from(1);
+        }
+    }
     if verdict.is_linearizable() {
         ExitCode::SUCCESS
     } else if verdict.is_violation() {
@@ -238,6 +272,9 @@ fn execute(plan: RunPlan) -> ExitCode {
             print!("{}", report::render(&report));
             if let Err(e) = report::save_history(&report) {
                 eprintln!("chaos: cannot save the history: {e}");
+            }
+            if let Err(e) = report::save_watches(&report) {
+                eprintln!("chaos: cannot save the watch records: {e}");
             }
             if report.passed() {
                 ExitCode::SUCCESS

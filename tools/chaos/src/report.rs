@@ -77,6 +77,9 @@ pub fn render(report: &RunReport) -> String {
         }
     }
     let _ = writeln!(out, "checker: {}", report.verdict);
+    if plan.watchers > 0 {
+        let _ = writeln!(out, "watch checker: {}", report.watch_verdict);
+    }
     let per = if report.faults.is_empty() {
         0.0
     } else {
@@ -85,7 +88,8 @@ pub fn render(report: &RunReport) -> String {
     let _ = writeln!(
         out,
         "chaos-result flavor={} nodes={} seed={} seconds={:.0} answered={} failed={} faults={} \
-         failed_per_fault={:.1} nospace={} findings={} verdict={}",
+         failed_per_fault={:.1} nospace={} findings={} verdict={} watchers={} watch_streams={} \
+         watch_events={} watch_anomalies={}",
         plan.flavor.name(),
         plan.nodes,
         plan.workload.seed,
@@ -106,13 +110,17 @@ pub fn render(report: &RunReport) -> String {
             "NOT-LINEARIZABLE"
         } else {
             "UNKNOWN"
-        }
+        },
+        report.watch_verdict.watchers,
+        report.watch_verdict.streams,
+        report.watch_verdict.events,
+        report.watch_verdict.anomalies.len()
     );
     if !report.passed() {
         let _ = writeln!(
             out,
             "reproduce: chaos --seed {} --flavor {} --nodes {} --clients {} --keys {} --duration {} \
-             --interval {} --hold {} --faults {}",
+             --interval {} --hold {} --faults {} --watchers {}",
             plan.workload.seed,
             plan.flavor.name(),
             plan.nodes,
@@ -121,7 +129,8 @@ pub fn render(report: &RunReport) -> String {
             plan.duration.as_secs(),
             plan.interval.as_secs_f64(),
             plan.hold.as_secs_f64(),
-            plan.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(",")
+            plan.faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(","),
+            plan.watchers
         );
     }
     out
@@ -133,6 +142,18 @@ pub fn save_history(report: &RunReport) -> std::io::Result<()> {
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
     for op in &report.operations {
         serde_json::to_writer(&mut file, op)?;
+        file.write_all(b"\n")?;
+    }
+    file.flush()
+}
+
+/// Writes `watches.jsonl` into the run's directory: every watcher's records (one JSON record a
+/// line, watcher by watcher, each in arrival order).
+pub fn save_watches(report: &RunReport) -> std::io::Result<()> {
+    let path = report.plan.dir.join("watches.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for record in &report.watches {
+        serde_json::to_writer(&mut file, record)?;
         file.write_all(b"\n")?;
     }
     file.flush()
@@ -152,19 +173,30 @@ pub enum LoadError {
 
 /// Reads a history saved by [`save_history`] (one JSON operation per line; blank lines skipped).
 pub fn load_history(path: &std::path::Path) -> Result<Vec<crate::history::Operation>, LoadError> {
+    load_jsonl(path)
+}
+
+/// Reads watch records saved by [`save_watches`].
+pub fn load_watches(
+    path: &std::path::Path,
+) -> Result<Vec<crate::watchers::WatchRecord>, LoadError> {
+    load_jsonl(path)
+}
+
+fn load_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<Vec<T>, LoadError> {
     use std::io::BufRead as _;
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut operations = Vec::new();
+    let mut items = Vec::new();
     for (i, line) in file.lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let op = serde_json::from_str(&line).map_err(|source| LoadError::Parse {
+        let item = serde_json::from_str(&line).map_err(|source| LoadError::Parse {
             line: i + 1,
             source,
         })?;
-        operations.push(op);
+        items.push(item);
     }
-    Ok(operations)
+    Ok(items)
 }

@@ -1,6 +1,7 @@
 //! One chaos run from start to verdict: build the network, start the cluster, wait for a leader,
-//! start the clients, inject the faults on schedule, undo everything, read every key once more,
-//! compare the members' HashKV, and check the history.
+//! start the watchers and the clients, inject the faults on schedule, undo everything, read every
+//! key once more, compare the members' HashKV, let the watchers reach the final revision, and
+//! check the history (linearizability) and the watch streams (etcd's watch guarantees).
 //!
 //! The schedule: a fault begins every `interval` (the first at `interval`), cycling through the
 //! fault list, and is undone `hold` later; no fault begins unless it can be undone before
@@ -16,7 +17,11 @@ use crate::cluster::{Cluster, ClusterError, Flavor};
 use crate::faults::{FaultKind, FaultRecord, Injector};
 use crate::history::Operation;
 use crate::net::{self, NetError, Network};
+use crate::watchers::{self, WatchControl, WatchRecord};
 use crate::workload::{self, Clock, Failure, WorkloadPlan};
+
+/// How long the watchers get, after the run, to reach its final revision.
+const WATCH_CATCH_UP_MAX: Duration = Duration::from_secs(30);
 
 /// Everything a run needs.
 #[derive(Clone, Debug)]
@@ -31,6 +36,8 @@ pub struct RunPlan {
     pub dir: PathBuf,
     /// Network namespaces (needed by partitions); loopback otherwise.
     pub namespaces: bool,
+    /// Watch streams on the workload's prefix (0: none).
+    pub watchers: u32,
 }
 
 /// Why a run could not be made (a run that finds anomalies is not an error).
@@ -59,14 +66,17 @@ pub struct RunReport {
     /// members whose HashKV differs.
     pub findings: Vec<String>,
     pub verdict: checker::Verdict,
+    /// Every watcher's records, watcher by watcher, each in arrival order.
+    pub watches: Vec<WatchRecord>,
+    pub watch_verdict: checker::watch::WatchVerdict,
     pub hashes: std::collections::BTreeMap<u32, (i64, u32)>,
     pub elapsed: Duration,
 }
 
 impl RunReport {
-    /// No finding and a linearizable history.
+    /// No finding, a linearizable history and no watch anomaly.
     pub fn passed(&self) -> bool {
-        self.findings.is_empty() && self.verdict.is_linearizable()
+        self.findings.is_empty() && self.verdict.is_linearizable() && self.watch_verdict.passed()
     }
 }
 
@@ -101,6 +111,18 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
         .ids()
         .iter()
         .map(|&id| cluster.client_addr(id))
+        .collect();
+    // The watchers start before the clients, from revision 1: every write is in their range.
+    let watch_control = WatchControl::default();
+    let watch_tasks: Vec<_> = (0..plan.watchers)
+        .map(|id| {
+            tokio::spawn(watchers::run_watcher(
+                id,
+                endpoints.clone(),
+                clock,
+                watch_control.clone(),
+            ))
+        })
         .collect();
     let clients: Vec<_> = (0..plan.workload.clients)
         .map(|id| {
@@ -168,6 +190,13 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
             "members disagree after the run (node: (revision, HashKV)): {hashes:?}"
         ));
     }
+    let final_revision = hashes
+        .values()
+        .map(|&(revision, _)| revision)
+        .chain(operations.iter().filter_map(|o| o.revision))
+        .max()
+        .unwrap_or(0);
+    let watches = collect_watches(watch_tasks, &watch_control, final_revision).await;
     injector.note_exits(&mut cluster);
     findings.append(&mut injector.findings);
     if let Ok(mut a) = anomalies.lock() {
@@ -176,6 +205,7 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
     drop(cluster);
     operations.sort_by_key(|o| o.invoked);
     let verdict = checker::check(&operations);
+    let watch_verdict = checker::watch::check(&operations, &watches, final_revision);
     Ok(RunReport {
         plan,
         operations,
@@ -184,9 +214,41 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
         faults,
         findings,
         verdict,
+        watches,
+        watch_verdict,
         hashes,
         elapsed: started.elapsed(),
     })
+}
+
+/// Tells the watchers the final revision, gives them [`WATCH_CATCH_UP_MAX`] to reach it, then
+/// stops them; returns their records, watcher by watcher.
+async fn collect_watches(
+    tasks: Vec<tokio::task::JoinHandle<Vec<WatchRecord>>>,
+    control: &WatchControl,
+    final_revision: i64,
+) -> Vec<WatchRecord> {
+    // A watcher with nothing to reach (no revision known) stops at once.
+    control
+        .done_at
+        .store(final_revision.max(1), Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + WATCH_CATCH_UP_MAX;
+    let mut records = Vec::new();
+    for mut task in tasks {
+        let joined = match tokio::time::timeout_at(deadline, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                // Late: what it has not seen by now shows as its missing tail.
+                control.give_up.store(true, Ordering::Relaxed);
+                task.await
+            }
+        };
+        // A watcher task only ends by returning its records (it has no panicking paths).
+        if let Ok(r) = joined {
+            records.extend(r);
+        }
+    }
+    records
 }
 
 async fn sleep_until(clock: Clock, at: Duration) {

@@ -61,9 +61,20 @@ pub struct ClientLog {
     pub ok: u64,
 }
 
+/// The prefix of every key the workload touches (the watchers watch it).
+pub const KEY_PREFIX: &str = "chaos/k";
+
 /// The key's bytes in the store.
 pub fn key_bytes(key: u32) -> Vec<u8> {
-    format!("chaos/k{key:02}").into_bytes()
+    format!("{KEY_PREFIX}{key:02}").into_bytes()
+}
+
+/// The key's index, from its bytes (the inverse of [`key_bytes`]); `None` for any other key.
+pub fn key_index(bytes: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let digits = text.strip_prefix(KEY_PREFIX)?;
+    let index: u32 = digits.parse().ok()?;
+    (key_bytes(index) == bytes).then_some(index)
 }
 
 /// A small seeded generator (splitmix64): the workload's choices.
@@ -109,23 +120,29 @@ fn parse_value(bytes: &[u8]) -> Result<u64, String> {
         })
 }
 
-/// Sends one call; the answer, or why it failed.
+fn revision(header: Option<&pb::ResponseHeader>) -> Option<i64> {
+    header.map(|h| h.revision).filter(|&r| r > 0)
+}
+
+/// Sends one call; the answer and its header revision (see [`Operation::revision`]), or why it
+/// failed.
 async fn send(
     client: &mut KvClient<Channel>,
     key: u32,
     call: Call,
-) -> Result<Result<Ret, String>, tonic::Status> {
+) -> Result<Result<(Ret, Option<i64>), String>, tonic::Status> {
     let k = key_bytes(key);
     Ok(match call {
         Call::Put(v) => {
-            client
+            let r = client
                 .put(pb::PutRequest {
                     key: k,
                     value: v.to_string().into_bytes(),
                     ..Default::default()
                 })
-                .await?;
-            Ok(Ret::Put)
+                .await?
+                .into_inner();
+            Ok((Ret::Put, revision(r.header.as_ref())))
         }
         Call::Get => {
             let r = client
@@ -135,9 +152,10 @@ async fn send(
                 })
                 .await?
                 .into_inner();
+            let at = revision(r.header.as_ref());
             match r.kvs.first() {
-                None => Ok(Ret::Get(None)),
-                Some(kv) => parse_value(&kv.value).map(|v| Ret::Get(Some(v))),
+                None => Ok((Ret::Get(None), at)),
+                Some(kv) => parse_value(&kv.value).map(|v| (Ret::Get(Some(v)), at)),
             }
         }
         Call::Cas { expect, new } => {
@@ -171,7 +189,7 @@ async fn send(
                 })
                 .await?
                 .into_inner();
-            Ok(Ret::Cas(r.succeeded))
+            Ok((Ret::Cas(r.succeeded), revision(r.header.as_ref())))
         }
         Call::Delete => {
             let r = client
@@ -181,7 +199,7 @@ async fn send(
                 })
                 .await?
                 .into_inner();
-            Ok(Ret::Delete(r.deleted > 0))
+            Ok((Ret::Delete(r.deleted > 0), revision(r.header.as_ref())))
         }
     })
 }
@@ -248,7 +266,7 @@ pub async fn run_client(
         .await;
         let completed = clock.now();
         let failure = match answer {
-            Ok(Ok(Ok(ret))) => {
+            Ok(Ok(Ok((ret, revision)))) => {
                 log.ok += 1;
                 match ret {
                     Ret::Get(v) => {
@@ -272,6 +290,7 @@ pub async fn run_client(
                     completed: Some(completed),
                     ret: Some(ret),
                     node,
+                    revision,
                 });
                 None
             }
@@ -296,6 +315,7 @@ pub async fn run_client(
                     completed: None,
                     ret: None,
                     node,
+                    revision: None,
                 });
             }
             log.failures.push(Failure {
@@ -330,7 +350,7 @@ pub async fn final_reads(
         for (i, addr) in endpoints.iter().enumerate() {
             let mut client = KvClient::new(channel(*addr, Duration::from_secs(5)));
             let invoked = clock.now();
-            if let Ok(Ok(ret)) = send(&mut client, key, Call::Get).await {
+            if let Ok(Ok((ret, revision))) = send(&mut client, key, Call::Get).await {
                 operations.push(Operation {
                     client: client_id,
                     key,
@@ -339,6 +359,7 @@ pub async fn final_reads(
                     completed: Some(clock.now()),
                     ret: Some(ret),
                     node: i as u32 + 1,
+                    revision,
                 });
                 break;
             }

@@ -32,6 +32,7 @@ fn power_losses_and_full_disks_lose_no_acknowledged_write() {
         &dir.path().join("power"),
     );
     power.assert_passed(6, 1_000);
+    power.assert_watches_kept(3);
 
     let full = common::run(
         &[
@@ -48,6 +49,7 @@ fn power_losses_and_full_disks_lose_no_acknowledged_write() {
         &dir.path().join("full"),
     );
     full.assert_passed(3, 1_000);
+    full.assert_watches_kept(3);
     let refused: u64 = full.field("nospace").parse().expect("a count");
     assert!(
         refused > 0,

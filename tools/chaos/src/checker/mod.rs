@@ -40,6 +40,9 @@ pub mod search;
 pub mod synth;
 #[cfg(test)]
 mod tests;
+pub mod watch;
+#[cfg(test)]
+mod watch_tests;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -115,6 +115,7 @@ pub fn linearizable(shape: &Shape) -> Vec<Operation> {
             completed,
             ret,
             node: client as u32 % 3 + 1,
+            revision: None,
         });
     }
     ops.sort_by_key(|o| o.invoked);

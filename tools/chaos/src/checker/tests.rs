@@ -16,6 +16,7 @@ fn op(client: u32, call: Call, invoked_ms: u64, completed_ms: u64, ret: Ret) -> 
         completed: Some(completed_ms * 1_000_000),
         ret: Some(ret),
         node: 1,
+        revision: None,
     }
 }
 
@@ -29,6 +30,7 @@ fn lost(client: u32, call: Call, invoked_ms: u64) -> Operation {
         completed: None,
         ret: None,
         node: 2,
+        revision: None,
     }
 }
 

@@ -81,6 +81,28 @@ impl Result {
         );
         assert!(self.success, "seed {seed}: the runner failed");
     }
+
+    /// The watch checks: `watchers` streams ran, delivered events, and broke none of etcd's
+    /// watch guarantees (the runner prints the anomalies; its run directory keeps
+    /// `watches.jsonl`).
+    pub fn assert_watches_kept(&self, watchers: u32) {
+        let seed = &self.seed;
+        assert_eq!(
+            self.field("watchers"),
+            watchers.to_string(),
+            "seed {seed}: every watcher recorded"
+        );
+        let events: u64 = self.field("watch_events").parse().expect("a count");
+        assert!(
+            events > 0,
+            "seed {seed}: the watchers received no event (reproduce: CHAOS_SEED={seed})"
+        );
+        assert_eq!(
+            self.field("watch_anomalies"),
+            "0",
+            "seed {seed}: a watch guarantee was broken (reproduce: CHAOS_SEED={seed})"
+        );
+    }
 }
 
 /// Runs `chaos ARGS --seed SEED --binary NODE --dir DIR/run` and returns its result line.
