@@ -116,7 +116,7 @@ has_leader_and_streaming_replica() {
     local l r; l=$(member_with_role Leader); r=$(member_with_role Replica)
     [[ -n $l && -n $r ]] && [[ $(psql_at "$l" "select count(*) from pg_stat_replication where state='streaming'") == 1 ]]
 }
-end() { echo "patroni failover: $PASSED passed, $FAILED failed"; [[ $FAILED == 0 ]]; exit $?; }
+end() { echo "patroni: $PASSED passed, $FAILED failed"; [[ $FAILED == 0 ]]; exit $?; }
 
 # 1. Bootstrap.
 start_patroni pg1; sleep 3; start_patroni pg2
