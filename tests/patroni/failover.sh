@@ -17,7 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-NODE_BIN=$TARGET_DIR/release/rust-raft-log
+NODE_BIN=${NODE_BIN:-$TARGET_DIR/release/rust-raft-log}   # tests/patroni_failover.rs passes its build
 PG_BIN=/usr/lib/postgresql/15/bin
 TTL=10 LOOP_WAIT=2 RETRY_TIMEOUT=4   # Patroni's rule: loop_wait + 2 * retry_timeout <= ttl
 
