@@ -159,6 +159,9 @@ fn responder(
                 Inbound::SnapshotFailed { to } => {
                     panic!("node {id}: the snapshot transfer to {to} failed")
                 }
+                Inbound::TransferLeader { .. } => {
+                    panic!("node {id}: no leadership transfer is asked in this test")
+                }
                 Inbound::Propose { payload, reply } => {
                     // A payload of 99 bytes plays an overloaded node.
                     let _ = reply.send(if payload.len() == 99 {
@@ -181,6 +184,7 @@ fn responder(
                         first_log_index: LogIndex(1),
                         last_log_index: LogIndex(0),
                         peers: vec![],
+                        lead_transferee: None,
                     });
                 }
                 // The etcd API's items: this server serves no etcd services.
