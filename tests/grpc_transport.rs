@@ -206,6 +206,7 @@ fn vote(from: u32, to: u32, term: u64) -> Envelope {
             last_log_index: LogIndex(3),
             last_log_term: Term(1),
             pre_vote: false,
+            leader_transfer: false,
         }),
     }
 }
@@ -807,6 +808,13 @@ impl pb::raft_server::Raft for UnaryOnlyFollower {
         _request: tonic::Request<pb::RequestVoteRequest>,
     ) -> Result<tonic::Response<pb::RequestVoteResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("no votes here"))
+    }
+
+    async fn timeout_now(
+        &self,
+        _request: tonic::Request<pb::TimeoutNowRequest>,
+    ) -> Result<tonic::Response<pb::TimeoutNowResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no transfers here"))
     }
 
     async fn append_entries(

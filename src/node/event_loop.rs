@@ -985,6 +985,7 @@ mod tests {
                 last_log_index: LogIndex(0),
                 last_log_term: Term(0),
                 pre_vote: false,
+                leader_transfer: false,
             };
             let append = match heartbeat(1).msg {
                 Message::AppendEntries(m) => m,

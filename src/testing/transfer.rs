@@ -53,7 +53,7 @@ pub struct TransferRun {
 
 /// The scenario's cluster for `seed` (3 or 5 nodes by seed parity).
 pub fn cluster(seed: u64, mutation: Option<crate::mutation::Mutation>) -> Cluster {
-    let nodes = if seed % 2 == 0 { 3 } else { 5 };
+    let nodes = if seed.is_multiple_of(2) { 3 } else { 5 };
     let core = Config {
         election_ticks_min: ELECTION_TICKS_MIN,
         election_ticks_max: ELECTION_TICKS_MAX,
