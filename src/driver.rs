@@ -45,7 +45,9 @@ use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
 use crate::raft::message::{Envelope, Message};
-use crate::raft::{ProposeError, RaftNode, ReadIndexError, Ready, Role, SnapshotId, Storage};
+use crate::raft::{
+    ProposeError, RaftNode, ReadIndexError, Ready, Role, SnapshotId, Storage, TransferError,
+};
 use crate::state_machine::StateMachine;
 use crate::storage::engine::{Durable, NoSpace, PersistFuture, WriteBatch};
 use crate::types::{LogEntry, LogIndex, NodeId, Term};
@@ -89,6 +91,13 @@ pub enum Inbound<R> {
     Read {
         linearizable: bool,
         reply: oneshot::Sender<Result<ReadGrant, ReadRefused>>,
+    },
+    /// An operator asks this node, as leader, to hand leadership to `target` (thesis §3.10, see
+    /// [`RaftNode::transfer_leader`]). Answered as soon as the transfer began or was refused;
+    /// whether it completed shows in the status (`leader`, `lead_transferee`).
+    TransferLeader {
+        target: NodeId,
+        reply: oneshot::Sender<Result<(), TransferError>>,
     },
     /// The transport gave up delivering a snapshot to `to` (see
     /// [`RaftNode::report_snapshot_failed`]).
@@ -149,6 +158,10 @@ pub enum CommandRefused {
         dir: std::path::PathBuf,
         needed_bytes: u64,
     },
+    /// This node leads and is handing leadership to `to` (thesis §3.10): nothing was appended.
+    /// The transfer ends within an election timeout; hold the command and retry.
+    #[error("leadership is being transferred to node {to}; retry shortly")]
+    Transferring { to: NodeId },
 }
 
 /// Permission to read the state machine: it has applied at least `applied_index`, and for a
@@ -209,6 +222,9 @@ pub enum ProposeRefused {
         dir: std::path::PathBuf,
         needed_bytes: u64,
     },
+    /// A leadership transfer is in progress (see [`CommandRefused::Transferring`]).
+    #[error("leadership is being transferred to node {to}; retry shortly")]
+    Transferring { to: NodeId },
 }
 
 /// A node's view of itself (the Operator's Status, etcd's endpoint status).
@@ -224,6 +240,8 @@ pub struct NodeStatus {
     pub last_log_index: LogIndex,
     /// `(follower, match_index)`; empty unless the node is the leader.
     pub peers: Vec<(NodeId, LogIndex)>,
+    /// The voter this leader is handing leadership to, while a transfer runs.
+    pub lead_transferee: Option<NodeId>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -272,6 +290,17 @@ pub trait Consensus {
     }
     /// See [`RaftNode::report_snapshot_failed`].
     fn report_snapshot_failed(&mut self, _to: NodeId) {}
+    /// See [`RaftNode::transfer_leader`]. Defaults to a refusal (scripted cores never lead a
+    /// transfer).
+    fn transfer_leader(&mut self, _target: NodeId) -> Result<(), TransferError> {
+        Err(TransferError::NotLeader {
+            leader_hint: self.leader(),
+        })
+    }
+    /// See [`RaftNode::lead_transferee`].
+    fn lead_transferee(&self) -> Option<NodeId> {
+        None
+    }
 }
 
 impl<S: Storage> Consensus for RaftNode<S> {
@@ -336,6 +365,12 @@ impl<S: Storage> Consensus for RaftNode<S> {
     fn report_snapshot_failed(&mut self, to: NodeId) {
         RaftNode::report_snapshot_failed(self, to)
     }
+    fn transfer_leader(&mut self, target: NodeId) -> Result<(), TransferError> {
+        RaftNode::transfer_leader(self, target)
+    }
+    fn lead_transferee(&self) -> Option<NodeId> {
+        RaftNode::lead_transferee(self)
+    }
 }
 
 /// Where the driver's requests to peers go (the node: its peer clients; the simulator: its
@@ -370,6 +405,9 @@ pub trait Outbox {
 pub enum RequestKind {
     Vote,
     Append,
+    /// One-way (thesis §3.10): no response ever claims its slot, so the requester's handle is
+    /// dropped once the Readys are drained.
+    TimeoutNow,
 }
 
 impl RequestKind {
@@ -379,6 +417,7 @@ impl RequestKind {
             Message::RequestVote(_) => Some(RequestKind::Vote),
             // Answered by an AppendEntriesResponse, in order with the leader's appends.
             Message::AppendEntries(_) | Message::InstallSnapshot(_) => Some(RequestKind::Append),
+            Message::TimeoutNow(_) => Some(RequestKind::TimeoutNow),
             Message::RequestVoteResponse(_) | Message::AppendEntriesResponse(_) => None,
         }
     }
@@ -388,9 +427,10 @@ impl RequestKind {
         match msg {
             Message::RequestVoteResponse(_) => Some(RequestKind::Vote),
             Message::AppendEntriesResponse(_) => Some(RequestKind::Append),
-            Message::RequestVote(_) | Message::AppendEntries(_) | Message::InstallSnapshot(_) => {
-                None
-            }
+            Message::RequestVote(_)
+            | Message::AppendEntries(_)
+            | Message::InstallSnapshot(_)
+            | Message::TimeoutNow(_) => None,
         }
     }
 }
@@ -507,6 +547,9 @@ enum Refusal {
         max_bytes: u64,
     },
     NoSpace(NoSpace),
+    Transferring {
+        to: NodeId,
+    },
 }
 
 /// See the module docs.
@@ -693,6 +736,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                 Err(Refusal::NoSpace(NoSpace { dir, needed_bytes })) => {
                     let _ = reply.send(Err(ProposeRefused::NoSpace { dir, needed_bytes }));
                 }
+                Err(Refusal::Transferring { to }) => {
+                    let _ = reply.send(Err(ProposeRefused::Transferring { to }));
+                }
                 Err(Refusal::NotLeader { leader_hint }) => {
                     let leader_address = leader_hint
                         .and_then(|l| self.config.addresses.get(&l))
@@ -723,6 +769,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                 Err(Refusal::NoSpace(NoSpace { dir, needed_bytes })) => {
                     let _ = reply.send(Err(CommandRefused::NoSpace { dir, needed_bytes }));
                 }
+                Err(Refusal::Transferring { to }) => {
+                    let _ = reply.send(Err(CommandRefused::Transferring { to }));
+                }
                 Err(Refusal::NotLeader { leader_hint }) => {
                     let _ = reply.send(Err(CommandRefused::NotLeader {
                         leader: leader_hint,
@@ -736,6 +785,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             } => self.register_read(linearizable, reply),
             Inbound::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            Inbound::TransferLeader { target, reply } => {
+                let _ = reply.send(self.core.transfer_leader(target));
             }
             Inbound::SnapshotFailed { to } => self.core.report_snapshot_failed(to),
             Inbound::Snapshot { reply } => {
@@ -781,6 +833,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                 payload_bytes,
                 max_bytes,
             },
+            ProposeError::Transferring { to } => Refusal::Transferring { to },
         })
     }
 
@@ -870,6 +923,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             first_log_index: log.first_index(),
             last_log_index: self.core.last_index(),
             peers: self.core.peer_match_indexes(),
+            lead_transferee: self.core.lead_transferee(),
         }
     }
 

@@ -19,6 +19,12 @@ pub enum Mutation {
     /// A follower installs a snapshot at or below its commit index (older than what it applied)
     /// instead of ignoring it (`RaftNode::handle_install_snapshot`).
     InstallOlderSnapshot,
+    /// The target of a leadership transfer answers TimeoutNow with a PreVote round instead of a
+    /// real election (`RaftNode::handle_timeout_now`).
+    TransferPreVoteFirst,
+    /// Voters within their leader lease refuse the vote requests of a transfer's election too
+    /// (`RaftNode::lease_yields_to`).
+    TransferLeaseHolds,
 }
 
 #[cfg(test)]

@@ -159,6 +159,9 @@ fn responder(
                 Inbound::SnapshotFailed { to } => {
                     panic!("node {id}: the snapshot transfer to {to} failed")
                 }
+                Inbound::TransferLeader { .. } => {
+                    panic!("node {id}: no leadership transfer is asked in this test")
+                }
                 Inbound::Propose { payload, reply } => {
                     // A payload of 99 bytes plays an overloaded node.
                     let _ = reply.send(if payload.len() == 99 {
@@ -181,6 +184,7 @@ fn responder(
                         first_log_index: LogIndex(1),
                         last_log_index: LogIndex(0),
                         peers: vec![],
+                        lead_transferee: None,
                     });
                 }
                 // The etcd API's items: this server serves no etcd services.
@@ -202,6 +206,7 @@ fn vote(from: u32, to: u32, term: u64) -> Envelope {
             last_log_index: LogIndex(3),
             last_log_term: Term(1),
             pre_vote: false,
+            leader_transfer: false,
         }),
     }
 }
@@ -803,6 +808,13 @@ impl pb::raft_server::Raft for UnaryOnlyFollower {
         _request: tonic::Request<pb::RequestVoteRequest>,
     ) -> Result<tonic::Response<pb::RequestVoteResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("no votes here"))
+    }
+
+    async fn timeout_now(
+        &self,
+        _request: tonic::Request<pb::TimeoutNowRequest>,
+    ) -> Result<tonic::Response<pb::TimeoutNowResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no transfers here"))
     }
 
     async fn append_entries(

@@ -145,6 +145,7 @@ fn forged_append_entries_and_another_clusters_node_are_refused() {
             last_log_index: u64::MAX / 2,
             last_log_term: term + 100,
             pre_vote: false,
+            leader_transfer: false,
         };
         let refused = client
             .request_vote(vote)

@@ -601,6 +601,7 @@ fn votes_and_acknowledgements_wait_for_the_durable_term_and_vote() {
             last_log_index: LogIndex(0),
             last_log_term: Term(0),
             pre_vote: false,
+            leader_transfer: false,
         }),
     });
     let ready = node.ready();
@@ -815,6 +816,7 @@ fn a_vote_goes_only_to_a_candidate_whose_log_is_at_least_as_up_to_date() {
             last_log_index: LogIndex(last_index),
             last_log_term: Term(last_term),
             pre_vote: false,
+            leader_transfer: false,
         }),
     };
     let granted = |r: &Ready| {
@@ -848,6 +850,7 @@ fn one_vote_per_term_survives_a_restart() {
             last_log_index: LogIndex(0),
             last_log_term: Term(0),
             pre_vote: false,
+            leader_transfer: false,
         }),
     };
     node.step(ask(1));
@@ -1004,6 +1007,7 @@ fn a_rejected_higher_term_vote_request_does_not_restart_the_election_timer() {
             last_log_index: LogIndex(1),
             last_log_term: Term(1),
             pre_vote: false,
+            leader_transfer: false,
         }),
     });
     assert_eq!(node.term(), Term(5));

@@ -270,6 +270,7 @@ fn vote_decisions() {
                 last_log_index: LogIndex(last_index),
                 last_log_term: Term(last_term),
                 pre_vote,
+                leader_transfer: false,
             }),
         ));
         node.check_invariants();

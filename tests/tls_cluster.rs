@@ -213,6 +213,7 @@ fn etcdctl_with_certificates_works_and_everything_else_is_refused() {
             last_log_index: u64::MAX / 2,
             last_log_term: term + 100,
             pre_vote: false,
+            leader_transfer: false,
         };
         let refused = client
             .request_vote(peer_request(vote, Some(cluster_id)))
@@ -253,6 +254,7 @@ fn etcdctl_with_certificates_works_and_everything_else_is_refused() {
             last_log_index: u64::MAX / 2,
             last_log_term: term + 100,
             pre_vote: false,
+            leader_transfer: false,
         };
         let refused = pb::raft_client::RaftClient::new(channel)
             .request_vote(peer_request(vote, Some(cluster_id)))

@@ -58,7 +58,7 @@ use crate::etcdpb::etcdserverpb::{
     maintenance_client::MaintenanceClient, request_op, response_op, RequestOp, ResponseHeader,
 };
 use crate::kv::{self, encode_command, encode_compact, validate, KvLimits, KvResponse, KvStore};
-use crate::raft::Role;
+use crate::raft::{Role, TransferError};
 use crate::storage::sha256::Sha256;
 use crate::storage::snapshot::{saved_padding_bytes, saved_suffix_bytes};
 use crate::types::{NodeId, Term};
@@ -90,6 +90,12 @@ const TIMED_OUT: &str = "etcdserver: request timed out";
 const OUTCOME_UNKNOWN: &str =
     "etcdserver: request timed out, possibly due to previous leader failure";
 const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+/// etcd's `Maintenance.MoveLeader` refusals and timeout (rpctypes `ErrGRPCNotLeader`,
+/// `ErrGRPCBadLeaderTransferee`, etcdserver `ErrTimeoutLeaderTransfer`).
+const NOT_LEADER: &str = "etcdserver: not leader";
+const BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
+const LEADER_TRANSFER_TIMED_OUT: &str =
+    "etcdserver: request timed out, leader transfer took too long";
 /// etcd's text for a write refused while the NOSPACE alarm is raised (`ErrGRPCNoSpace`, sent as
 /// `ResourceExhausted`): here, while the leader's log waits for space on a full disk.
 pub const DATABASE_SPACE_EXCEEDED: &str = "etcdserver: mvcc: database space exceeded";
@@ -210,6 +216,46 @@ impl EtcdApi {
         *header = Some(self.header(revision, term));
     }
 
+    /// Asks the event loop to hand leadership to `target` and waits until `target` leads
+    /// (etcd's `MoveLeader`: the answer comes once the move is done). Polls the status every
+    /// [`RETRY_PAUSE`] until [`REQUEST_TIMEOUT`].
+    pub(super) async fn move_leader(&self, target: NodeId) -> Result<Term, Status> {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let began = self
+            .ask(
+                |reply| Inbound::TransferLeader { target, reply },
+                "etcdserver: server stopped",
+            )
+            .await?;
+        match began {
+            Ok(()) => {}
+            // etcd answers a move to the leader itself with success at once.
+            Err(TransferError::AlreadyLeader(_)) => return Ok(self.node_status().await?.term),
+            Err(TransferError::NotLeader { .. }) => {
+                return Err(Status::failed_precondition(NOT_LEADER))
+            }
+            Err(TransferError::NotAVoter { .. }) => {
+                return Err(Status::failed_precondition(BAD_LEADER_TRANSFEREE))
+            }
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let status = self.node_status().await?;
+            if status.leader == Some(target) && status.node_id != target {
+                tracing::info!(
+                    "leadership moved to node {target} in {:.1} ms (term {})",
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    status.term
+                );
+                return Ok(status.term);
+            }
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(Status::unavailable(LEADER_TRANSFER_TIMED_OUT));
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
     /// The event loop's view of this node (role, term, leader, commit and applied index).
     pub(super) async fn node_status(&self) -> Result<NodeStatus, Status> {
         self.ask(
@@ -312,6 +358,12 @@ impl EtcdApi {
             // the directory.
             Err(CommandRefused::NoSpace { .. }) => {
                 Err(Status::resource_exhausted(DATABASE_SPACE_EXCEEDED))
+            }
+            // A leadership transfer holds writes (nothing was proposed): wait and try again,
+            // here or, once the target leads, forwarded to it. Should the transfer outlast the
+            // request, the client gets etcd's retryable "leader changed".
+            Err(CommandRefused::Transferring { .. }) => {
+                Ok(Route::Again(Status::unavailable(LEADER_CHANGED)))
             }
         }
     }
@@ -773,7 +825,7 @@ impl pb::kv_server::Kv for KvService {
     }
 }
 
-/// etcd's `Maintenance` service: `Status`, `HashKV` and `Snapshot`.
+/// etcd's `Maintenance` service: `Status`, `HashKV`, `Snapshot` and `MoveLeader`.
 #[derive(Clone)]
 pub struct MaintenanceService {
     api: EtcdApi,
@@ -942,6 +994,32 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         }))
     }
 
+    /// etcd's `MoveLeader`: served by the leader only (etcdctl sends it to the endpoint that
+    /// reports itself leader), answered once the target leads. Errors as etcd words them: a
+    /// non-leader answers "etcdserver: not leader", an id that is no member "etcdserver: bad
+    /// leader transferee"; a move that has not happened within the request timeout "etcdserver:
+    /// request timed out, leader transfer took too long". Writes are held, not failed, meanwhile.
+    async fn move_leader(
+        &self,
+        request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let target_member = request.into_inner().target_id;
+        let members = &self.api.inner.members;
+        let Some(target) = members
+            .members
+            .iter()
+            .find(|m| m.member_id == target_member)
+            .map(|m| m.node_id)
+        else {
+            return Err(Status::failed_precondition(BAD_LEADER_TRANSFEREE));
+        };
+        let term = self.api.move_leader(target).await?;
+        let revision = lock(&self.api.inner.store).revision();
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(self.api.header(revision, term)),
+        }))
+    }
+
     /// The hash of this member's applied key-value state up to a revision (0: the current one),
     /// as `docs/FORMAT.md` "HashKV" defines it: members that applied the same history answer the
     /// same hash, so `etcdctl endpoint hashkv --cluster` shows a diverged member. Served from this
@@ -1030,6 +1108,7 @@ pub const SERVED_ETCD_METHODS: &[&str] = &[
     "/etcdserverpb.Maintenance/Status",
     "/etcdserverpb.Maintenance/HashKV",
     "/etcdserverpb.Maintenance/Snapshot",
+    "/etcdserverpb.Maintenance/MoveLeader",
     "/etcdserverpb.Cluster/MemberList",
     "/v3lockpb.Lock/Lock",
     "/v3lockpb.Lock/Unlock",
@@ -1063,7 +1142,7 @@ pub fn unimplemented_message(path: &str) -> String {
     let method = path.trim_start_matches('/');
     format!(
         "rust-raft-log does not implement {method} (served: KV Range/Put/DeleteRange/Txn/Compact, \
-         Maintenance.Status/HashKV/Snapshot, Cluster.MemberList, Lease, Watch, Lock, Election; \
+         Maintenance.Status/HashKV/Snapshot/MoveLeader, Cluster.MemberList, Lease, Watch, Lock, Election; \
          see docs/ETCD_COMPAT.md)"
     )
 }

@@ -19,6 +19,7 @@ use crate::driver::{NodeStatus, ProposeOutcome};
 use crate::grpc::proto as pb;
 use crate::raft::message::{
     AppendEntries, AppendEntriesResponse, Envelope, Message, RequestVote, RequestVoteResponse,
+    TimeoutNow,
 };
 use crate::raft::Role;
 use crate::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
@@ -107,6 +108,7 @@ pub enum WireMessage {
     RequestVoteResponse(pb::RequestVoteResponse),
     AppendEntries(pb::AppendEntriesRequest),
     AppendEntriesResponse(pb::AppendEntriesResponse),
+    TimeoutNow(pb::TimeoutNowRequest),
     /// A message this transport does not carry (yet): InstallSnapshot, whose bytes need a
     /// streamed transfer. [`crate::grpc::peers::Peers::send`] refuses it before encoding.
     NotCarried(&'static str),
@@ -143,6 +145,7 @@ pub fn encode_envelope(envelope: Envelope) -> WireMessage {
             last_log_index: m.last_log_index.0,
             last_log_term: m.last_log_term.0,
             pre_vote: m.pre_vote,
+            leader_transfer: m.leader_transfer,
         }),
         Message::RequestVoteResponse(m) => {
             WireMessage::RequestVoteResponse(pb::RequestVoteResponse {
@@ -175,6 +178,11 @@ pub fn encode_envelope(envelope: Envelope) -> WireMessage {
             })
         }
         Message::InstallSnapshot(_) => WireMessage::NotCarried("InstallSnapshot"),
+        Message::TimeoutNow(m) => WireMessage::TimeoutNow(pb::TimeoutNowRequest {
+            route,
+            term: m.term.0,
+            leader_id: m.leader_id.0,
+        }),
     }
 }
 
@@ -200,6 +208,7 @@ pub fn decode_envelope(wire: WireMessage, limits: &Limits) -> Result<Envelope, C
         WireMessage::RequestVoteResponse(m) => decode_request_vote_response(m),
         WireMessage::AppendEntries(m) => decode_append_entries(m, limits),
         WireMessage::AppendEntriesResponse(m) => decode_append_entries_response(m),
+        WireMessage::TimeoutNow(m) => decode_timeout_now(m),
         WireMessage::NotCarried(what) => Err(ConvertError::MissingField {
             message: what,
             field: "wire encoding",
@@ -218,6 +227,19 @@ pub fn decode_request_vote(m: pb::RequestVoteRequest) -> Result<Envelope, Conver
             last_log_index: LogIndex(m.last_log_index),
             last_log_term: Term(m.last_log_term),
             pre_vote: m.pre_vote,
+            leader_transfer: m.leader_transfer,
+        }),
+    })
+}
+
+pub fn decode_timeout_now(m: pb::TimeoutNowRequest) -> Result<Envelope, ConvertError> {
+    let (from, to) = unroute(m.route, "TimeoutNowRequest")?;
+    Ok(Envelope {
+        from,
+        to,
+        msg: Message::TimeoutNow(TimeoutNow {
+            term: Term(m.term),
+            leader_id: NodeId(m.leader_id),
         }),
     })
 }
@@ -458,6 +480,7 @@ pub fn encode_status(s: NodeStatus) -> pb::StatusResponse {
                 match_index: m.0,
             })
             .collect(),
+        lead_transferee: s.lead_transferee.map(|t| t.0),
     }
 }
 
@@ -476,6 +499,7 @@ pub fn decode_status(m: pb::StatusResponse) -> Result<NodeStatus, ConvertError> 
             .into_iter()
             .map(|p| (NodeId(p.node_id), LogIndex(p.match_index)))
             .collect(),
+        lead_transferee: m.lead_transferee.map(NodeId),
     })
 }
 
@@ -495,6 +519,7 @@ mod tests {
             WireMessage::RequestVoteResponse(m) => WireMessage::RequestVoteResponse(again(m)),
             WireMessage::AppendEntries(m) => WireMessage::AppendEntries(again(m)),
             WireMessage::AppendEntriesResponse(m) => WireMessage::AppendEntriesResponse(again(m)),
+            WireMessage::TimeoutNow(m) => WireMessage::TimeoutNow(again(m)),
             WireMessage::NotCarried(what) => WireMessage::NotCarried(what),
         }
     }
@@ -548,6 +573,7 @@ mod tests {
             WireMessage::RequestVoteResponse(pb::RequestVoteResponse::default()),
             WireMessage::AppendEntries(pb::AppendEntriesRequest::default()),
             WireMessage::AppendEntriesResponse(pb::AppendEntriesResponse::default()),
+            WireMessage::TimeoutNow(pb::TimeoutNowRequest::default()),
         ] {
             let err = decode_envelope(wire.clone(), &limits).expect_err("no route");
             assert!(
@@ -696,6 +722,7 @@ mod tests {
                 first_log_index: LogIndex(1),
                 last_log_index: LogIndex(11),
                 peers: vec![(NodeId(2), LogIndex(10)), (NodeId(3), LogIndex(8))],
+                lead_transferee: (role == Role::Leader).then_some(NodeId(3)),
             };
             let m = pb::StatusResponse::decode(
                 encode_status(status.clone()).encode_to_vec().as_slice(),
@@ -748,16 +775,24 @@ mod tests {
             any::<u64>(),
             any::<u64>(),
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(t, c, i, lt, pv)| {
+            .prop_map(|(t, c, i, lt, pv, lx)| {
                 Message::RequestVote(RequestVote {
                     term: Term(t),
                     candidate_id: NodeId(c),
                     last_log_index: LogIndex(i),
                     last_log_term: Term(lt),
                     pre_vote: pv,
+                    leader_transfer: lx,
                 })
             });
+        let timeout_now = (any::<u64>(), any::<u32>()).prop_map(|(t, l)| {
+            Message::TimeoutNow(TimeoutNow {
+                term: Term(t),
+                leader_id: NodeId(l),
+            })
+        });
         let vote_response = (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(t, g, pv)| {
             Message::RequestVoteResponse(RequestVoteResponse {
                 term: Term(t),
@@ -805,7 +840,13 @@ mod tests {
             });
         (
             ids,
-            prop_oneof![request_vote, vote_response, append, append_response],
+            prop_oneof![
+                request_vote,
+                vote_response,
+                append,
+                append_response,
+                timeout_now
+            ],
         )
             .prop_map(|((from, to), msg)| Envelope {
                 from: NodeId(from),

@@ -308,7 +308,7 @@ impl Peers {
     /// `UnknownPeer` if `envelope.to` is not a peer; `NotARequest` for response messages.
     pub fn send(&self, envelope: Envelope) -> Result<Queued, SendError> {
         match envelope.msg {
-            Message::RequestVote(_) | Message::AppendEntries(_) => {}
+            Message::RequestVote(_) | Message::AppendEntries(_) | Message::TimeoutNow(_) => {}
             Message::RequestVoteResponse(_) => {
                 return Err(SendError::NotARequest("RequestVoteResponse"))
             }
@@ -499,7 +499,11 @@ async fn worker<R: Send + 'static>(
                 crate::timeline::mark("ae_rpc_done", i);
             }
             match result {
-                Ok(response) => deliver(local_id, &peer, response, &inbound).await,
+                Ok(Some(response)) => deliver(local_id, &peer, response, &inbound).await,
+                // A one-way message (TimeoutNow) reached the peer.
+                Ok(None) => {
+                    peer.delivered.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(status) if status.code() == Code::Aborted => {
                     // The peer is up; its core ignored the request. Not a link failure.
                     peer.declined.fetch_add(1, Ordering::Relaxed);
@@ -739,12 +743,13 @@ async fn wait_closed(peer: &PeerShared) {
     }
 }
 
-/// Sends one request on its RPC and decodes the response.
+/// Sends one request on its RPC and decodes the response (`None` for a one-way message:
+/// TimeoutNow, whose only answer is the election it starts).
 async fn call(
     mut client: pb::raft_client::RaftClient<Channel>,
     envelope: Envelope,
     cluster_id: Option<u64>,
-) -> Result<Envelope, tonic::Status> {
+) -> Result<Option<Envelope>, tonic::Status> {
     use crate::grpc::gate::peer_request;
     let invalid = |e: convert::ConvertError| tonic::Status::internal(format!("bad response: {e}"));
     match convert::encode_envelope(envelope) {
@@ -753,14 +758,22 @@ async fn call(
                 .request_vote(peer_request(m, cluster_id))
                 .await?
                 .into_inner();
-            convert::decode_request_vote_response(response).map_err(invalid)
+            convert::decode_request_vote_response(response)
+                .map(Some)
+                .map_err(invalid)
+        }
+        convert::WireMessage::TimeoutNow(m) => {
+            client.timeout_now(peer_request(m, cluster_id)).await?;
+            Ok(None)
         }
         convert::WireMessage::AppendEntries(m) => {
             let response = client
                 .append_entries(peer_request(m, cluster_id))
                 .await?
                 .into_inner();
-            convert::decode_append_entries_response(response).map_err(invalid)
+            convert::decode_append_entries_response(response)
+                .map(Some)
+                .map_err(invalid)
         }
         // Peers::send lets only requests through.
         other => unreachable!("peer worker got a response message: {other:?}"),
@@ -827,6 +840,7 @@ mod tests {
                         last_log_index: crate::types::LogIndex(0),
                         last_log_term: crate::types::Term(0),
                         pre_vote: false,
+                        leader_transfer: false,
                     }),
                 };
                 outcomes.push(peers.send(vote).expect("queued"));

@@ -668,6 +668,29 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
         }
     }
 
+    /// Thesis §3.10: hands the leader's TimeoutNow to the event loop and answers at once; the
+    /// election it starts is the real answer.
+    async fn timeout_now(
+        &self,
+        request: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        let admitted = self.admit(&request)?;
+        let envelope = convert::decode_timeout_now(request.into_inner()).map_err(invalid)?;
+        self.check_sender(admitted.as_ref(), envelope.from)?;
+        self.check_route(&envelope)?;
+        let route = Some(pb::Route {
+            from: envelope.to.0,
+            to: envelope.from.0,
+        });
+        // The core never answers a TimeoutNow: the reply handle is dropped unread.
+        let (reply, _unanswered) = oneshot::channel();
+        self.inbound
+            .send(Inbound::Request { envelope, reply })
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        Ok(Response::new(pb::TimeoutNowResponse { route }))
+    }
+
     async fn install_snapshot(
         &self,
         request: Request<tonic::Streaming<pb::InstallSnapshotChunk>>,
@@ -799,6 +822,10 @@ impl<R: Send + 'static> OperatorService<R> {
             }
             Err(refused @ ProposeRefused::TooLarge { .. }) => {
                 Err(Status::invalid_argument(refused.to_string()))
+            }
+            // Nothing was appended; the operator may retry shortly (here or at the new leader).
+            Err(refused @ ProposeRefused::Transferring { .. }) => {
+                Err(Status::unavailable(refused.to_string()))
             }
         }
     }

@@ -22,6 +22,12 @@
 //! [`NO_LEADER_LOG_INTERVAL`] who it has not heard from, so a node that cannot reach a majority
 //! says why instead of staying silent.
 //!
+//! Shutdown on a leader (SIGTERM/SIGINT, or whatever `shutdown` future the host passes) first
+//! hands leadership over (thesis §3.10, as etcd does): the loop asks its core to transfer to the
+//! voter with the highest match index and keeps serving until this node follows a new leader or
+//! [`LoopConfig::handover_max`] passes, then stops as any node does. Clients' writes meanwhile
+//! are held (`Transferring`) and then forwarded to the new leader, not failed.
+//!
 //! A failed durable write is fatal (fsyncgate: never retry a failed fdatasync): the loop returns
 //! the error and the node stops.
 
@@ -81,6 +87,9 @@ pub struct LoopConfig {
     pub proposals_pending_max: usize,
     /// The most linearizable reads registered and not yet answered; beyond it reads are refused.
     pub reads_pending_max: usize,
+    /// How long a leader that is told to stop keeps running to hand leadership over (the node
+    /// uses twice the maximum election timeout); zero stops at once.
+    pub handover_max: Duration,
 }
 
 /// Why the loop stopped other than by a clean shutdown.
@@ -137,9 +146,66 @@ pub struct EventLoop<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
     outbox: PeerOutbox,
     tick: Duration,
     inbound_batch_max: usize,
+    handover_max: Duration,
     last_role: Role,
     snapshots: Option<Snapshots<M>>,
     watch: Watch,
+}
+
+/// A leader's handover at shutdown: to whom, since when, until when.
+#[derive(Clone, Copy, Debug)]
+struct Handover {
+    target: NodeId,
+    began: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+}
+
+/// Shutdown was asked: if this node leads a cluster with other voters, asks the core to hand
+/// leadership to the one with the highest match index (the most up to date, so TimeoutNow goes
+/// out soonest) and returns the handover to wait for; `None` to stop at once.
+fn begin_handover<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
+    driver: &mut Driver<C, D, M>,
+    handover_max: Duration,
+) -> Option<Handover> {
+    let core = driver.core();
+    if core.role() != Role::Leader || handover_max.is_zero() {
+        return None;
+    }
+    let id = core.id();
+    let (target, matched) = core
+        .peer_match_indexes()
+        .into_iter()
+        .filter(|(peer, _)| *peer != id)
+        .max_by_key(|(peer, matched)| (*matched, std::cmp::Reverse(*peer)))?;
+    let (reply, mut answer) = oneshot::channel();
+    driver.handle(Inbound::TransferLeader { target, reply });
+    match answer.try_recv() {
+        Ok(Ok(())) => {
+            tracing::info!(
+                "🤝 stopping as leader: handing leadership to node {target} (match index                  {matched}) before exit, waiting up to {} ms",
+                handover_max.as_millis()
+            );
+            let began = tokio::time::Instant::now();
+            Some(Handover {
+                target,
+                began,
+                deadline: began + handover_max,
+            })
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "stopping as leader without a handover");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Completes at the handover's deadline; never without a handover.
+async fn handover_deadline(handover: Option<Handover>) {
+    match handover {
+        Some(h) => tokio::time::sleep_until(h.deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// What the loop reports besides its work (see the module docs). Times are in ticks of the
@@ -307,6 +373,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             outbox: PeerOutbox { peers },
             tick: config.tick,
             inbound_batch_max: config.inbound_batch_max,
+            handover_max: config.handover_max,
             last_role: Role::Follower,
             snapshots: None,
             watch,
@@ -345,15 +412,33 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             driver,
             outbox,
             inbound_batch_max,
+            handover_max,
             last_role,
             snapshots,
             watch,
             ..
         } = &mut self;
+        // Set once shutdown was asked on a leader: the loop runs on until the handover is done.
+        let mut handover: Option<Handover> = None;
         loop {
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
+                _ = &mut shutdown, if handover.is_none() => {
+                    handover = begin_handover(driver, *handover_max);
+                    if handover.is_none() {
+                        break;
+                    }
+                }
+                _ = handover_deadline(handover) => {
+                    if let Some(h) = handover {
+                        tracing::warn!(
+                            "🤝 leadership was not handed to node {} within {} ms; stopping                              anyway (the cluster elects a leader after an election timeout)",
+                            h.target,
+                            h.began.elapsed().as_millis()
+                        );
+                    }
+                    break;
+                }
                 result = std::future::poll_fn(|cx| driver.poll_durable(cx, outbox)) => result?,
                 _ = ticker.tick() => driver.tick(),
                 taken = wait_snapshot(snapshots) => on_snapshot(driver, snapshots, taken)?,
@@ -379,6 +464,19 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             log_role_change(driver.core(), last_role);
             watch.after_iteration(driver);
             maybe_start_snapshot(driver, snapshots);
+            if let Some(h) = handover {
+                let core = driver.core();
+                // Done once this node follows a leader of a later term (normally the target).
+                if core.role() != Role::Leader && core.leader().is_some_and(|l| l != core.id()) {
+                    tracing::info!(
+                        "🤝 handed leadership over to node {} in {:.1} ms (term {}); stopping",
+                        core.leader().map_or(0, |l| l.0),
+                        h.began.elapsed().as_secs_f64() * 1000.0,
+                        core.term()
+                    );
+                    break;
+                }
+            }
         }
         // Graceful stop: finish the writes already started so what was acknowledged stays
         // acknowledged, then let everything else go.
@@ -858,6 +956,7 @@ mod tests {
                 inbound_batch_max: 1,
                 proposals_pending_max: 2,
                 reads_pending_max: 2,
+                handover_max: Duration::ZERO,
             };
             let event_loop = EventLoop::new(core, durable, (), peers, config, LogIndex::ZERO);
 
@@ -886,6 +985,7 @@ mod tests {
                 last_log_index: LogIndex(0),
                 last_log_term: Term(0),
                 pre_vote: false,
+                leader_transfer: false,
             };
             let append = match heartbeat(1).msg {
                 Message::AppendEntries(m) => m,
@@ -1112,6 +1212,7 @@ mod tests {
                 inbound_batch_max: 1,
                 proposals_pending_max: 8,
                 reads_pending_max: 8,
+                handover_max: Duration::ZERO,
             };
             let applied = Rc::new(RefCell::new(Vec::new()));
             let machine = Recorder {

@@ -13,8 +13,10 @@
 //! 4. build the core → ✅;
 //! 5. inside `tokio_uring::start`: run the engine's task, serve gRPC → 🌐 (the Raft and Operator
 //!    services and the etcd v3 API, [`crate::etcd::server`]), start the peer clients, run the
-//!    event loop ([`event_loop`]) → 🔄, until SIGINT/SIGTERM, then stop accepting, finish the
-//!    in-flight write batches and close the files.
+//!    event loop ([`event_loop`]) → 🔄, until SIGINT/SIGTERM; a leader then first hands
+//!    leadership to its most up-to-date voter (TimeoutNow, at most two maximum election
+//!    timeouts), then every node stops accepting, finishes the in-flight write batches and
+//!    closes the files.
 //!
 //! The state machine is the key-value store ([`crate::kv::KvStore`], etcd semantics), restored
 //! at start from the newest valid snapshot, if any, then brought up to date by applying the
@@ -763,6 +765,11 @@ where
             inbound_batch_max: INBOUND_BATCH_MAX,
             proposals_pending_max: PROPOSALS_PENDING_MAX,
             reads_pending_max: READS_PENDING_MAX,
+            // Thesis §3.10 at shutdown: a handover normally takes a round trip; two maximum
+            // election timeouts leave room for a target that must catch up first.
+            handover_max: 2 * Duration::from_millis(
+                config.cluster_settings.election_timeout_range.max,
+            ),
         },
         applied,
     );

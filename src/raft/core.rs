@@ -24,6 +24,15 @@
 //! `Ready::dropped_reads`. Pending read indexes are always entries of the current term at or
 //! below the commit index.
 //!
+//! Leadership transfer (thesis §3.10): [`RaftNode::transfer_leader`] names a voter; the leader
+//! refuses proposals from then on ([`ProposeError::Transferring`]: nothing is appended, the caller
+//! may hold and retry), brings the target's log up to its own last index, and sends it
+//! `TimeoutNow`. The target campaigns at once, without PreVote, and its vote requests carry
+//! `leader_transfer`, which voters honour even within their leader lease. The transfer ends when
+//! the leader steps down (a higher term arrives, normally the target's) or is abandoned after
+//! `election_ticks_min` ticks, after which proposals are accepted again. A transfer is only ever
+//! in progress on a leader, and its target is another voter.
+//!
 //! Durability (Raft Figure 2 "Persistent state", thesis §10.2.1): every message whose truth
 //! depends on this node's durable state — a vote (granted or refused), any AppendEntries answer —
 //! goes to `Ready::persisted_messages`, which the driver sends only after that `Ready` (and every
@@ -38,7 +47,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::raft::log::RaftLog;
 use crate::raft::message::{
     AppendEntries, AppendEntriesResponse, Envelope, InstallSnapshot, Message, RequestVote,
-    RequestVoteResponse, SnapshotId,
+    RequestVoteResponse, SnapshotId, TimeoutNow,
 };
 use crate::raft::progress::{Progress, ProgressState};
 use crate::raft::rng::Rng;
@@ -201,6 +210,26 @@ pub enum ProposeError {
         payload_bytes: usize,
         max_bytes: u64,
     },
+    /// A leadership transfer to `to` is in progress (thesis §3.10): the leader takes no new
+    /// entries until it ends (within an election timeout). Nothing was appended; hold the
+    /// proposal and retry, here or at the new leader.
+    #[error("leadership is being transferred to {to}; retry shortly")]
+    Transferring { to: NodeId },
+}
+
+/// Why [`RaftNode::transfer_leader`] refused to start a transfer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TransferError {
+    /// Only the leader can hand leadership over; `leader_hint` is the leader this node last heard
+    /// from.
+    #[error("not the leader (leader hint: {leader_hint:?})")]
+    NotLeader { leader_hint: Option<NodeId> },
+    /// The target is this node, which already leads.
+    #[error("node {0} is already the leader")]
+    AlreadyLeader(NodeId),
+    /// The target is not a voting member (unknown, or not in the configuration).
+    #[error("node {target} is not a voting member (voters: {voters:?})")]
+    NotAVoter { target: NodeId, voters: Vec<NodeId> },
 }
 
 /// What the driver must do next, in the order described in [`crate::raft`].
@@ -344,6 +373,10 @@ pub struct RaftNode<S: Storage> {
     /// The newest snapshot durable on this node's disk (taken here or installed from a leader):
     /// what an InstallSnapshot to a follower behind the log's first index carries.
     snapshot: Option<SnapshotId>,
+    /// Leader only: the voter leadership is being handed to (thesis §3.10), and the ticks since
+    /// the transfer began (it is abandoned after `election_ticks_min`).
+    lead_transferee: Option<NodeId>,
+    transfer_elapsed: u64,
     memo: Cell<InvariantMemo>,
 }
 
@@ -440,6 +473,8 @@ impl<S: Storage> RaftNode<S> {
             read_states: Vec::new(),
             dropped_reads: Vec::new(),
             snapshot,
+            lead_transferee: None,
+            transfer_elapsed: 0,
             memo: Cell::new(InvariantMemo::default()),
         };
         node.reset_election_timer();
@@ -482,19 +517,20 @@ impl<S: Storage> RaftNode<S> {
         let msg_term = msg.term();
         if msg_term > self.term {
             match &msg {
-                Message::RequestVote(_) if self.in_lease() => {
+                Message::RequestVote(rv) if self.in_lease() && !self.lease_yields_to(rv) => {
                     // Thesis §4.2.3: a server that heard from a current leader within the minimum
                     // election timeout neither updates its term nor grants its vote, so a server
-                    // that was partitioned away cannot depose a healthy leader.
+                    // that was partitioned away cannot depose a healthy leader. An election the
+                    // leader itself asked for (TimeoutNow, §3.10) is the exception.
                     return;
                 }
                 // Thesis §9.6: a pre-vote changes no state, neither the voter's term nor (when
                 // granted, it carries the proposed term) the pre-candidate's.
                 Message::RequestVote(rv) if rv.pre_vote => {}
                 Message::RequestVoteResponse(r) if r.pre_vote && r.vote_granted => {}
-                Message::AppendEntries(_) | Message::InstallSnapshot(_) => {
-                    self.become_follower(msg_term, Some(from))
-                }
+                Message::AppendEntries(_)
+                | Message::InstallSnapshot(_)
+                | Message::TimeoutNow(_) => self.become_follower(msg_term, Some(from)),
                 // Raft §5.1: any higher term, in a request or a response, makes us a follower.
                 _ => self.become_follower(msg_term, None),
             }
@@ -532,6 +568,7 @@ impl<S: Storage> RaftNode<S> {
             Message::AppendEntries(ae) => self.handle_append_entries(from, ae),
             Message::AppendEntriesResponse(r) => self.handle_append_response(from, r),
             Message::InstallSnapshot(m) => self.handle_install_snapshot(from, m),
+            Message::TimeoutNow(m) => self.handle_timeout_now(from, m),
         }
     }
 
@@ -546,6 +583,11 @@ impl<S: Storage> RaftNode<S> {
             return Err(ProposeError::NotLeader {
                 leader_hint: self.leader,
             });
+        }
+        if let Some(to) = self.lead_transferee {
+            // Thesis §3.10: new entries would keep the target behind the leader's log, and the
+            // transfer could never finish.
+            return Err(ProposeError::Transferring { to });
         }
         if payload.len() as u64 > self.config.max_entry_payload_bytes {
             return Err(ProposeError::TooLarge {
@@ -595,6 +637,53 @@ impl<S: Storage> RaftNode<S> {
             self.reads_awaiting_commit.push(ctx);
         }
         Ok(())
+    }
+
+    /// Starts handing leadership to the voter `target` (thesis §3.10): from now on proposals are
+    /// refused with [`ProposeError::Transferring`]; once `target` holds every entry of this
+    /// leader's log, it gets `TimeoutNow` and campaigns at once. The transfer ends when this node
+    /// steps down, or is abandoned after `election_ticks_min` ticks (proposals are accepted
+    /// again). Asking again for the same target while it runs changes nothing; another target
+    /// replaces the first and restarts the clock.
+    ///
+    /// # Errors
+    /// [`TransferError::NotLeader`] on a non-leader; [`TransferError::AlreadyLeader`] for this
+    /// node itself; [`TransferError::NotAVoter`] for a node outside the configuration.
+    pub fn transfer_leader(&mut self, target: NodeId) -> Result<(), TransferError> {
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader {
+                leader_hint: self.leader,
+            });
+        }
+        if target == self.config.id {
+            return Err(TransferError::AlreadyLeader(target));
+        }
+        if !self.config.voters.contains(&target) {
+            return Err(TransferError::NotAVoter {
+                target,
+                voters: self.config.voters.clone(),
+            });
+        }
+        if self.lead_transferee == Some(target) {
+            return Ok(());
+        }
+        tracing::info!(
+            id = %self.config.id, term = %self.term, target = %target,
+            "leadership transfer begins"
+        );
+        self.lead_transferee = Some(target);
+        self.transfer_elapsed = 0;
+        if !self.maybe_send_timeout_now(target) {
+            // Catch the target up now rather than at the next heartbeat; its acknowledgement
+            // of the last entry sends TimeoutNow (handle_append_response).
+            self.send_appends(target);
+        }
+        Ok(())
+    }
+
+    /// The voter a leadership transfer is handing over to, while one runs on this leader.
+    pub fn lead_transferee(&self) -> Option<NodeId> {
+        self.lead_transferee
     }
 
     // ---------------------------------------------------------------------------------------
@@ -903,6 +992,12 @@ impl<S: Storage> RaftNode<S> {
         self.leader = leader;
         self.votes.clear();
         self.progress.clear();
+        if let Some(to) = self.lead_transferee.take() {
+            tracing::info!(
+                id = %self.config.id, term = %self.term, target = %to, new_leader = ?leader,
+                "leadership transfer ends: this node stepped down"
+            );
+        }
         // Figure 2 / §5.2: the timer restarts on hearing from the current leader (and on granting
         // a vote, see handle_request_vote), not on merely learning a higher term: a node with a
         // stale log and a fast clock would otherwise restart everyone's timer with each of its
@@ -919,8 +1014,18 @@ impl<S: Storage> RaftNode<S> {
         if self.config.pre_vote {
             self.become_pre_candidate();
         } else {
-            self.become_candidate();
+            self.become_candidate(false);
         }
+    }
+
+    /// Whether a vote request may pass a leader lease (§4.2.3): only one from an election the
+    /// leader asked for with TimeoutNow (§3.10).
+    fn lease_yields_to(&self, rv: &RequestVote) -> bool {
+        #[cfg(test)]
+        if crate::mutation::active(crate::mutation::Mutation::TransferLeaseHolds) {
+            return false;
+        }
+        rv.leader_transfer
     }
 
     /// Thesis §9.6: ask whether we could win before disturbing anyone with a new term. Neither
@@ -942,6 +1047,7 @@ impl<S: Storage> RaftNode<S> {
                     last_log_index,
                     last_log_term,
                     pre_vote: true,
+                    leader_transfer: false,
                 }),
             );
         }
@@ -953,8 +1059,9 @@ impl<S: Storage> RaftNode<S> {
     /// asynchronous storage writes), but the self-vote counts only once the `Ready` carrying it is
     /// durable: had we won on a vote we could still forget in a crash, we could vote again in
     /// this term and a second leader could be elected. The other voters' grants are durable
-    /// before they are sent, so counting them at once is safe.
-    fn become_candidate(&mut self) {
+    /// before they are sent, so counting them at once is safe. `leader_transfer`: the campaign
+    /// answers the leader's TimeoutNow (§3.10), and the requests say so.
+    fn become_candidate(&mut self, leader_transfer: bool) {
         self.term = next_term(self.term);
         self.vote = Some(self.config.id);
         self.role = Role::Candidate;
@@ -974,6 +1081,7 @@ impl<S: Storage> RaftNode<S> {
                     last_log_index,
                     last_log_term,
                     pre_vote: false,
+                    leader_transfer,
                 }),
             );
         }
@@ -992,6 +1100,7 @@ impl<S: Storage> RaftNode<S> {
         tracing::debug!(id = %self.config.id, term = %self.term, "becomes leader");
         self.role = Role::Leader;
         self.leader = Some(self.config.id);
+        self.lead_transferee = None;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         let next = self.log.last_index().next();
@@ -1023,6 +1132,19 @@ impl<S: Storage> RaftNode<S> {
     fn tick_leader(&mut self) {
         self.election_elapsed += 1;
         self.heartbeat_elapsed += 1;
+        if let Some(to) = self.lead_transferee {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.config.election_ticks_min {
+                // Thesis §3.10: the target did not win within an election timeout (it is down,
+                // or too far behind); resume taking proposals rather than stall clients longer.
+                tracing::warn!(
+                    id = %self.config.id, term = %self.term, target = %to,
+                    ticks = self.transfer_elapsed,
+                    "leadership transfer abandoned: the target did not take over in time"
+                );
+                self.lead_transferee = None;
+            }
+        }
         if self.election_elapsed >= self.config.election_ticks_min {
             self.election_elapsed = 0;
             // Thesis §6.2 (CheckQuorum): a leader that did not hear from a majority within an
@@ -1116,7 +1238,7 @@ impl<S: Storage> RaftNode<S> {
         let rejected = self.votes.len() - granted;
         if granted >= self.quorum() {
             match self.role {
-                Role::PreCandidate => self.become_candidate(),
+                Role::PreCandidate => self.become_candidate(false),
                 // Raft Figure 2: the term must be durable before this node acts as its leader,
                 // even when the other voters alone are a majority. A leader whose term a crash
                 // erased restarts in the previous term, can campaign for the same term again,
@@ -1159,6 +1281,32 @@ impl<S: Storage> RaftNode<S> {
                 self.reset_election_timer();
             }
         }
+    }
+
+    /// Thesis §3.10: the leader of our term handed leadership to us; campaign now, skipping
+    /// PreVote (a pre-vote would be refused by every voter in the leader's lease).
+    fn handle_timeout_now(&mut self, from: NodeId, m: TimeoutNow) {
+        if m.leader_id != from {
+            tracing::warn!(from = %from, leader_id = %m.leader_id, "dropping a misrouted TimeoutNow");
+            return;
+        }
+        if self.role == Role::Leader {
+            tracing::warn!(
+                id = %self.config.id, term = %self.term, from = %from,
+                "ignoring TimeoutNow from another node of our own term while leading"
+            );
+            return;
+        }
+        tracing::info!(
+            id = %self.config.id, term = %self.term, from = %from,
+            "TimeoutNow: campaigning at once to take over leadership"
+        );
+        #[cfg(test)]
+        if crate::mutation::active(crate::mutation::Mutation::TransferPreVoteFirst) {
+            self.campaign();
+            return;
+        }
+        self.become_candidate(true);
     }
 
     fn handle_append_entries(&mut self, from: NodeId, ae: AppendEntries) {
@@ -1333,6 +1481,10 @@ impl<S: Storage> RaftNode<S> {
             if grew && self.maybe_commit() {
                 self.on_commit_advanced();
             }
+            if self.lead_transferee == Some(from) && self.maybe_send_timeout_now(from) {
+                // The target holds our whole log (no new entries arrive during a transfer).
+                return;
+            }
             self.send_appends(from);
             self.maybe_send_commit(from);
             return;
@@ -1357,6 +1509,31 @@ impl<S: Storage> RaftNode<S> {
             pr.become_probe(hint.min(old_next));
         }
         self.send_appends(from);
+    }
+
+    /// Sends `TimeoutNow` to the transfer target if it holds this leader's whole log (durably:
+    /// `match_index` counts acknowledged entries only); returns whether it did. Sent again on
+    /// each later acknowledgement while the transfer runs, in case one was lost: a target that
+    /// already campaigns is in a later term and ignores the repeats.
+    fn maybe_send_timeout_now(&mut self, to: NodeId) -> bool {
+        let caught_up = self
+            .progress
+            .get(&to)
+            .is_some_and(|pr| pr.match_index == self.log.last_index());
+        if caught_up {
+            tracing::info!(
+                id = %self.config.id, term = %self.term, target = %to,
+                "leadership transfer: target caught up, sending TimeoutNow"
+            );
+            self.send_now(
+                to,
+                Message::TimeoutNow(TimeoutNow {
+                    term: self.term,
+                    leader_id: self.config.id,
+                }),
+            );
+        }
+        caught_up
     }
 
     /// The last index at or below `upto` whose entry has term `t`, if any.
@@ -1795,6 +1972,19 @@ impl<S: Storage> RaftNode<S> {
             }
         }
 
+        if let Some(to) = self.lead_transferee {
+            assert!(
+                self.role == Role::Leader && to != id && self.config.voters.contains(&to),
+                "node {id}: transfer to {to} in progress as {:?} (voters {:?})",
+                self.role,
+                self.config.voters
+            );
+            assert!(
+                self.transfer_elapsed < self.config.election_ticks_min,
+                "node {id}: transfer to {to} still running after {} ticks",
+                self.transfer_elapsed
+            );
+        }
         match self.role {
             Role::Leader => {
                 assert!(

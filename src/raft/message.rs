@@ -19,6 +19,10 @@ pub enum Message {
     /// Answered with an [`AppendEntriesResponse`] once the snapshot is installed (or found
     /// unneeded): success with `last_log_index` = the snapshot's index.
     InstallSnapshot(InstallSnapshot),
+    /// Thesis §3.10: the leader tells a caught-up voter to start an election at once (no
+    /// PreVote, and voters set aside their leader lease for it). Never answered: the election
+    /// that follows is the answer.
+    TimeoutNow(TimeoutNow),
 }
 
 impl Message {
@@ -30,6 +34,7 @@ impl Message {
             Message::AppendEntries(m) => m.term,
             Message::AppendEntriesResponse(m) => m.term,
             Message::InstallSnapshot(m) => m.term,
+            Message::TimeoutNow(m) => m.term,
         }
     }
 }
@@ -42,6 +47,10 @@ pub struct RequestVote {
     pub last_log_index: LogIndex,
     pub last_log_term: Term,
     pub pre_vote: bool,
+    /// The candidate campaigns because the leader of the previous term handed leadership to it
+    /// ([`TimeoutNow`], thesis §3.10): voters grant it even within their leader lease (§4.2.3),
+    /// since the leader itself asked for this election.
+    pub leader_transfer: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,4 +111,12 @@ pub struct InstallSnapshot {
     pub snapshot: SnapshotId,
     /// Echoed in the answer, as for AppendEntries (thesis §6.4).
     pub read_seq: u64,
+}
+
+/// Thesis §3.10 leadership transfer: the leader of `term` found the recipient's log caught up
+/// with its own and asks it to campaign now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeoutNow {
+    pub term: Term,
+    pub leader_id: NodeId,
 }

@@ -38,7 +38,7 @@
 //!
 //! # Modules
 //! - `core`: [`RaftNode`], roles, elections (PreVote, CheckQuorum), replication, commit, apply,
-//!   linearizable reads (ReadIndex).
+//!   linearizable reads (ReadIndex), leadership transfer (TimeoutNow, thesis §3.10).
 //! - `log`: the view over durable storage plus the entries not yet known durable.
 //! - `progress`: the leader's per-follower state (probe / pipelined replicate, in-flight bound).
 //! - [`message`]: the RPCs; [`storage`]: the `Storage` trait, `HardState`, `MemStorage`;
@@ -53,10 +53,11 @@ pub mod storage;
 
 pub use self::core::{
     Config, ConfigError, ProposeError, RaftNode, ReadIndexError, ReadState, Ready, Role,
+    TransferError,
 };
 pub use self::message::{
     AppendEntries, AppendEntriesResponse, Envelope, InstallSnapshot, Message, RequestVote,
-    RequestVoteResponse, SnapshotId,
+    RequestVoteResponse, SnapshotId, TimeoutNow,
 };
 pub use self::rng::Rng;
 pub use self::storage::{HardState, MemStorage, Storage};

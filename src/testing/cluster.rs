@@ -1816,6 +1816,37 @@ impl Cluster {
         id
     }
 
+    /// An operator asks node `i` to hand leadership to node `to` (thesis §3.10), through its
+    /// driver's mailbox as the real node does. Returns the core's answer (`NotLeader` with no
+    /// hint for a node that is down).
+    pub fn transfer_leadership(
+        &mut self,
+        i: usize,
+        to: usize,
+    ) -> Result<(), crate::raft::TransferError> {
+        if self.slots[i].running.is_none() {
+            return Err(crate::raft::TransferError::NotLeader { leader_hint: None });
+        }
+        let (reply, mut answer) = oneshot::channel();
+        self.drive(i, "transfer leadership", |d| {
+            d.handle(Inbound::TransferLeader {
+                target: node_id(to),
+                reply,
+            })
+        });
+        if self.tracing {
+            self.note(TraceRec::Propose {
+                node: i,
+                result: format!("transfer leadership to {to}"),
+            });
+        }
+        answer
+            .try_recv()
+            .unwrap_or(Err(crate::raft::TransferError::NotLeader {
+                leader_hint: None,
+            }))
+    }
+
     /// Crashes node `i` at this instant (no-op if it is down): its process is gone and its disk
     /// loses power.
     pub fn crash(&mut self, i: usize) {
@@ -2475,12 +2506,14 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 fn brief(m: &Message) -> String {
     match m {
         Message::RequestVote(r) => format!(
-            "{}Vote t{} last {}@t{}",
+            "{}Vote t{} last {}@t{}{}",
             if r.pre_vote { "Pre" } else { "Req" },
             r.term,
             r.last_log_index,
-            r.last_log_term
+            r.last_log_term,
+            if r.leader_transfer { " (transfer)" } else { "" }
         ),
+        Message::TimeoutNow(m) => format!("TimeoutNow t{} from {}", m.term, m.leader_id),
         Message::RequestVoteResponse(r) => format!(
             "{}VoteResp t{} granted={}",
             if r.pre_vote { "Pre" } else { "" },

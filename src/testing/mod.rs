@@ -6,6 +6,7 @@
 //! - [`checker`]: the Raft safety properties, tagged with their paper sections, checked
 //!   incrementally over per-index prefix hashes.
 //! - [`cluster`]: N cores on one thread in simulated time, driven by the `Ready` contract.
+//! - [`transfer`]: the leadership transfer scenario (thesis §3.10) the transfer tests sweep.
 //! - [`sim`]: the randomized fault schedule, the liveness phase and the seed sweep that
 //!   `tests/sim_*.rs` run.
 //!
@@ -17,3 +18,4 @@ pub mod disk;
 pub mod network;
 pub mod rng;
 pub mod sim;
+pub mod transfer;
