@@ -266,6 +266,22 @@ impl Cluster {
         self.channels.remove(&id);
     }
 
+    /// Asks node `id` to stop (SIGCONT, then SIGTERM): a planned restart. The node is still
+    /// counted as running until [`Cluster::reap`] sees it exit.
+    pub fn terminate(&mut self, id: u32) {
+        self.signal(id, libc::SIGCONT);
+        self.paused.remove(&id);
+        self.signal(id, libc::SIGTERM);
+    }
+
+    /// If node `id` has exited, forgets it (as [`Cluster::kill`] does) and returns its status.
+    pub fn reap(&mut self, id: u32) -> Option<std::process::ExitStatus> {
+        let status = self.children.get_mut(&id)?.try_wait().ok()??;
+        self.children.remove(&id);
+        self.channels.remove(&id);
+        Some(status)
+    }
+
     fn signal_child(&self, child: &Child, signal: libc::c_int) {
         // SAFETY: as in `signal`.
         unsafe {

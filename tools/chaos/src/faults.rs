@@ -19,6 +19,9 @@ use crate::workload::Rng;
 pub enum FaultKind {
     /// SIGKILL the leader; restart it when the fault ends.
     KillLeader,
+    /// A planned restart of the leader: SIGTERM (the node hands leadership over, then exits),
+    /// restarted when the fault ends. Its baseline is `kill-leader`.
+    RestartLeader,
     /// SIGKILL a random node.
     KillRandom,
     /// SIGKILL a minority (one of 3, two of 5) at once.
@@ -58,9 +61,14 @@ impl FaultKind {
     /// each needs a different one, see [`crate::disks`]).
     pub const STORAGE: [FaultKind; 2] = [FaultKind::PowerLoss, FaultKind::DiskFull];
 
+    /// Planned operations rather than failures (not in `all`: named on their own, usually to be
+    /// compared with the failure they replace).
+    pub const PLANNED: [FaultKind; 1] = [FaultKind::RestartLeader];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillLeader => "kill-leader",
+            FaultKind::RestartLeader => "restart-leader",
             FaultKind::KillRandom => "kill-random",
             FaultKind::KillMinority => "kill-minority",
             FaultKind::KillAll => "kill-all",
@@ -77,6 +85,7 @@ impl FaultKind {
         FaultKind::ALL
             .into_iter()
             .chain(FaultKind::STORAGE)
+            .chain(FaultKind::PLANNED)
             .find(|k| k.name() == name)
     }
 
@@ -102,6 +111,10 @@ impl FaultKind {
 /// Each node's tmpfs in a disk-full run: room for the log's open and prepared segments at the
 /// runner's segment size, snapshots and the state file, small enough to fill in an instant.
 pub const TMPFS_BYTES: u64 = 512 << 20;
+
+/// How long a planned restart waits for the node to exit after SIGTERM: the node's own bound on
+/// a handover is twice the longest election timeout, etcd's a few seconds.
+pub const TERMINATE_WAIT: Duration = Duration::from_secs(10);
 
 /// The disk model a list of faults needs.
 ///
@@ -201,6 +214,11 @@ impl Injector {
                 }
                 targets
             }
+            FaultKind::RestartLeader => {
+                let id = self.leader_or_random(cluster).await;
+                self.restart(cluster, id).await;
+                vec![id]
+            }
             FaultKind::KillAll => {
                 for &id in &ids {
                     cluster.kill(id);
@@ -273,6 +291,42 @@ impl Injector {
                 }
                 vec![id]
             }
+        }
+    }
+
+    /// SIGTERM node `id` and wait for it to exit (it is restarted by [`Injector::recover`]). A
+    /// node that has not exited after [`TERMINATE_WAIT`], or exits with a failure, is a finding
+    /// (and is then killed).
+    async fn restart(&mut self, cluster: &mut Cluster, id: u32) {
+        let asked = std::time::Instant::now();
+        cluster.terminate(id);
+        self.killed.insert(id);
+        loop {
+            if let Some(status) = cluster.reap(id) {
+                eprintln!(
+                    "chaos: node {id} exited {:.3} s after SIGTERM ({status})",
+                    asked.elapsed().as_secs_f64()
+                );
+                // etcd re-raises SIGTERM once it has shut down, so dying of it is a clean exit.
+                let by_term =
+                    std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGTERM);
+                if !status.success() && !by_term {
+                    self.findings.push(format!(
+                        "node {id} failed on SIGTERM ({status}); its last lines:\n{}",
+                        cluster.output_tail(id, 15)
+                    ));
+                }
+                return;
+            }
+            if asked.elapsed() > TERMINATE_WAIT {
+                self.findings.push(format!(
+                    "node {id} still running {} s after SIGTERM; killed",
+                    TERMINATE_WAIT.as_secs()
+                ));
+                cluster.kill(id);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

@@ -49,7 +49,9 @@ struct Args {
     /// pause-leader, partition, one-way-from-leader, isolate-leader; or `all` (those eight).
     /// Storage faults, named on their own (each puts the data directories on its own file
     /// system): power-loss (lossyfs; needs root and /dev/fuse) or disk-full (a tmpfs per node;
-    /// needs root), combinable with the eight but not with each other.
+    /// needs root), combinable with the eight but not with each other. Planned, named on its
+    /// own: restart-leader (SIGTERM, the node hands leadership over and exits; restarted when the
+    /// fault ends), to compare with kill-leader (`write_pause_*` in the result line).
     #[arg(long, default_value = "kill-leader")]
     faults: String,
     /// Seed of the workload and the fault targets (default: from the clock; printed).

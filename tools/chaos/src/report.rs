@@ -23,6 +23,52 @@ pub fn failures_per_fault(report: &RunReport) -> Vec<usize> {
         .collect()
 }
 
+/// The longest write pause around each fault, in ns: the longest time between two successive
+/// answered writes (puts, compare-and-sets, deletes; from any client, to any member) among the
+/// gaps that END in the fault's window (from its beginning until the next fault began, or the end
+/// of the run). A pause that a fault causes starts at the last write answered before it and ends
+/// with the first one after, so it counts whole, and for that fault. `run_end` (when the workload
+/// stopped) closes a pause still running then. What a client sees as "the cluster stopped accepting writes".
+pub fn write_pauses(
+    operations: &[crate::history::Operation],
+    faults: &[crate::faults::FaultRecord],
+    run_end: u64,
+) -> Vec<u64> {
+    let mut acks: Vec<u64> = operations
+        .iter()
+        .filter(|op| !matches!(op.call, crate::history::Call::Get))
+        .filter_map(|op| op.completed)
+        .collect();
+    acks.push(run_end);
+    acks.sort_unstable();
+    (0..faults.len())
+        .map(|i| {
+            let from = faults[i].began;
+            let to = faults
+                .get(i + 1)
+                .map_or(run_end.saturating_add(1), |f| f.began);
+            let first = acks.partition_point(|&t| t < from);
+            let mut prev = first.checked_sub(1).map_or(from, |k| acks[k]);
+            let mut longest = 0;
+            for &t in acks[first..].iter().take_while(|&&t| t < to) {
+                longest = longest.max(t - prev);
+                prev = t;
+            }
+            longest
+        })
+        .collect()
+}
+
+/// The median and the largest of `values` (0 when empty).
+fn median_max(values: &[u64]) -> (u64, u64) {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    (
+        v.get(v.len() / 2).copied().unwrap_or(0),
+        v.last().copied().unwrap_or(0),
+    )
+}
+
 /// The printed summary.
 pub fn render(report: &RunReport) -> String {
     let mut out = String::new();
@@ -49,20 +95,30 @@ pub fn render(report: &RunReport) -> String {
         let _ = writeln!(out, "  {n:>7}  {reason}");
     }
     let per_fault = failures_per_fault(report);
+    let pauses = write_pauses(
+        &report.operations,
+        &report.faults,
+        // The workload stops at the planned duration; what follows (recovery, HashKV) is not a
+        // pause.
+        report.plan.duration.as_nanos() as u64,
+    );
     if !report.faults.is_empty() {
         let _ = writeln!(out, "faults:");
-        for (f, n) in report.faults.iter().zip(&per_fault) {
+        for ((f, n), pause) in report.faults.iter().zip(&per_fault).zip(&pauses) {
             let _ = writeln!(
                 out,
-                "  {:>6.1} s .. {:>6.1} s  {:<20} {:?}: {} failed requests",
+                "  {:>6.1} s .. {:>6.1} s  {:<20} {:?}: {} failed requests, longest write pause \
+                 {:.1} ms",
                 f.began as f64 / 1e9,
                 f.ended as f64 / 1e9,
                 f.kind.name(),
                 f.targets,
-                n
+                n,
+                *pause as f64 / 1e6
             );
         }
     }
+    let (pause_median, pause_max) = median_max(&pauses);
     let _ = writeln!(
         out,
         "HashKV after the run (node: (revision, hash)): {:?}",
@@ -89,7 +145,7 @@ pub fn render(report: &RunReport) -> String {
         out,
         "chaos-result flavor={} nodes={} seed={} seconds={:.0} answered={} failed={} faults={} \
          failed_per_fault={:.1} nospace={} findings={} verdict={} watchers={} watch_streams={} \
-         watch_events={} watch_anomalies={}",
+         watch_events={} watch_anomalies={} write_pause_median_ms={:.1} write_pause_max_ms={:.1}",
         plan.flavor.name(),
         plan.nodes,
         plan.workload.seed,
@@ -114,7 +170,9 @@ pub fn render(report: &RunReport) -> String {
         report.watch_verdict.watchers,
         report.watch_verdict.streams,
         report.watch_verdict.events,
-        report.watch_verdict.anomalies.len()
+        report.watch_verdict.anomalies.len(),
+        pause_median as f64 / 1e6,
+        pause_max as f64 / 1e6
     );
     if !report.passed() {
         let _ = writeln!(
@@ -199,4 +257,68 @@ fn load_jsonl<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<
         items.push(item);
     }
     Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_pauses;
+    use crate::faults::{FaultKind, FaultRecord};
+    use crate::history::{Call, Operation, Ret};
+
+    fn op(call: Call, completed: Option<u64>) -> Operation {
+        Operation {
+            client: 0,
+            key: 0,
+            call,
+            invoked: 0,
+            completed,
+            ret: completed.map(|_| Ret::Put),
+            node: 1,
+            revision: None,
+        }
+    }
+
+    fn fault(began: u64) -> FaultRecord {
+        FaultRecord {
+            kind: FaultKind::KillLeader,
+            targets: vec![1],
+            began,
+            ended: began + 3,
+        }
+    }
+
+    #[test]
+    fn a_pause_counts_from_the_last_write_answered_before_the_fault() {
+        // Writes at 0, 10, 40 (the gap 10..40 straddles the fault at 20), 45; reads do not count,
+        // nor do failed writes.
+        let ops = vec![
+            op(Call::Put(1), Some(0)),
+            op(Call::Put(2), Some(10)),
+            op(Call::Get, Some(30)),
+            op(Call::Put(3), None),
+            op(Call::Delete, Some(40)),
+            op(Call::Put(4), Some(45)),
+        ];
+        assert_eq!(write_pauses(&ops, &[fault(20)], 50), vec![30]);
+    }
+
+    #[test]
+    fn each_fault_gets_the_longest_gap_in_its_own_window() {
+        let ops: Vec<_> = [0, 5, 10, 60, 65, 70, 71, 200]
+            .into_iter()
+            .map(|t| op(Call::Put(t), Some(t)))
+            .collect();
+        // Fault 1 (from 8 until 100): 10..60 = 50 is the longest (71..200 ends after its window);
+        // fault 2 (from 100 to the end at 300): 71..200 = 129, then 200..300 to the end.
+        assert_eq!(
+            write_pauses(&ops, &[fault(8), fault(100)], 300),
+            vec![50, 129]
+        );
+    }
+
+    #[test]
+    fn no_write_after_a_fault_is_a_pause_to_the_end_of_its_window() {
+        let ops = vec![op(Call::Put(1), Some(5))];
+        assert_eq!(write_pauses(&ops, &[fault(10)], 100), vec![95]);
+    }
 }
