@@ -182,7 +182,8 @@ fn begin_handover<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
     match answer.try_recv() {
         Ok(Ok(())) => {
             tracing::info!(
-                "🤝 stopping as leader: handing leadership to node {target} (match index                  {matched}) before exit, waiting up to {} ms",
+                "🤝 stopping as leader: handing leadership to node {target} (match index \
+                 {matched}) before exit, waiting up to {} ms",
                 handover_max.as_millis()
             );
             let began = tokio::time::Instant::now();
@@ -432,7 +433,8 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 _ = handover_deadline(handover) => {
                     if let Some(h) = handover {
                         tracing::warn!(
-                            "🤝 leadership was not handed to node {} within {} ms; stopping                              anyway (the cluster elects a leader after an election timeout)",
+                            "🤝 leadership was not handed to node {} within {} ms; stopping \
+                             anyway (the cluster elects a leader after an election timeout)",
                             h.target,
                             h.began.elapsed().as_millis()
                         );
