@@ -92,7 +92,10 @@ pub const SNAPSHOTS_KEPT: usize = 2;
 /// in-flight RPC has its answer (or its reply handle was dropped: an error status), so the server
 /// only has to flush them; what can remain are idle client connections, on which hyper's HTTP/2
 /// graceful shutdown may wait indefinitely for the client to hang up (hyperium/hyper#4170).
-pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_millis(500);
+/// Short, because a client still connected keeps sending here and gets "server stopped" until
+/// its connection closes: with 500 ms, a planned restart of a leader whose clients all used it
+/// paused every write for 0.5 s (`tools/chaos/restart_vs_kill.sh`, BENCHMARKS.md).
+pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

@@ -10,7 +10,8 @@
 # again 3 s later. A fault's write pause is the longest time between two successive answered
 # writes (any client, any member) that ends in its window (tools/chaos/src/report.rs,
 # `write_pauses`); the table gives their median, 90th percentile and largest over the run's
-# faults. Needs root, ip, nft, etcd (FLAVORS="rust-raft-log" to skip it) and a release build:
+# faults. FLAVORS and KINDS narrow the runs. Needs root, ip, nft, etcd (unless FLAVORS leaves it
+# out) and a release build:
 #   cargo build --release -p rust-raft-log -p chaos --bins
 # Run directories stay under $CHAOS_DIR (default /tmp/chaos-restart).
 set -euo pipefail
@@ -21,6 +22,7 @@ SEED=${2:-20261206}
 BIN=${CARGO_TARGET_DIR:-./target}/release
 OUT=${CHAOS_DIR:-/tmp/chaos-restart}
 FLAVORS=${FLAVORS:-"rust-raft-log etcd"}
+KINDS=${KINDS:-"restart-leader kill-leader"}
 # Faults begin at 10, 20, ... s and the last must end (3 s) before the run does.
 DURATION=$((FAULTS * 10 + 5))
 
@@ -36,7 +38,7 @@ echo "| flavor | fault | faults | write pause median | p90 | max | failed per fa
 echo "|---|---|---:|---:|---:|---:|---:|---:|---|"
 status=0
 for flavor in $FLAVORS; do
-    for kind in restart-leader kill-leader; do
+    for kind in $KINDS; do
         dir="$OUT/$flavor-$kind"
         rm -rf "$dir"
         log="$OUT/$flavor-$kind.out"
