@@ -834,6 +834,12 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                 max_bytes,
             },
             ProposeError::Transferring { to } => Refusal::Transferring { to },
+            // Only `propose_conf_change` refuses for configuration reasons.
+            other @ (ProposeError::ConfChangeInFlight { .. }
+            | ProposeError::ConfChangeBeforeTermCommit
+            | ProposeError::BadConfChange(_)) => {
+                unreachable!("propose() refused a normal entry for a configuration reason: {other}")
+            }
         })
     }
 
