@@ -480,3 +480,44 @@ fn a_configuration_applied_on_commit_is_caught() {
         "ConfigOnCommit not caught"
     );
 }
+
+#[test]
+fn a_restart_derives_the_configuration_from_the_snapshot_and_the_log_after_it() {
+    let cc = |index: u64, c: ConfChange| LogEntry {
+        term: Term(1),
+        index: LogIndex(index),
+        entry_type: EntryType::ConfChange,
+        payload: c.encode(),
+    };
+    let mut log = MemStorage::default();
+    log.append(&[
+        cc(1, ConfChange::AddLearner(NodeId(4))),
+        cc(2, ConfChange::PromoteLearner(NodeId(4))),
+        cc(3, ConfChange::RemoveNode(NodeId(2))),
+    ]);
+    // Without a snapshot: the config file's voters, then every entry.
+    let n = RaftNode::new(
+        config(1, &[1, 2, 3], &[]),
+        HardState::default(),
+        log.clone(),
+    )
+    .expect("valid");
+    assert_eq!(n.membership(), &members(&[1, 3, 4], &[]));
+    assert_eq!(n.membership_at(LogIndex(1)), &members(&[1, 2, 3], &[4]));
+    // From a snapshot at 2 (which recorded voters 1-4): only entry 3 applies over it; entries 1
+    // and 2 are already in the snapshot's configuration and must not apply twice.
+    log.compact_prefix(LogIndex(1));
+    let snap = crate::raft::SnapshotId {
+        index: LogIndex(2),
+        term: Term(1),
+    };
+    let n = RaftNode::restart(
+        config(1, &[1, 2, 3, 4], &[]),
+        HardState::default(),
+        log,
+        Some(snap),
+    )
+    .expect("valid");
+    assert_eq!(n.membership(), &members(&[1, 3, 4], &[]));
+    assert_eq!(n.membership_at(LogIndex(2)), &members(&[1, 2, 3, 4], &[]));
+}

@@ -433,7 +433,9 @@ impl<S: Storage> RaftNode<S> {
 
     /// As [`RaftNode::new`], for a node whose state machine was restored from `snapshot` (its
     /// newest durable snapshot): the node has applied up to the snapshot's index, which is
-    /// committed, and offers that snapshot to followers its log no longer reaches. Without a
+    /// committed, and offers that snapshot to followers its log no longer reaches. With a
+    /// snapshot, `config.voters`/`learners` must be the configuration the snapshot recorded (at
+    /// its index): configuration entries after it are applied over it. Without a
     /// snapshot the state machine is empty and the node applies from the log's first index.
     ///
     /// # Errors
@@ -518,9 +520,10 @@ impl<S: Storage> RaftNode<S> {
             node.config.learners.iter().copied(),
         );
         // The configuration is derived from the log: the configuration entries it holds, over
-        // the initial one.
+        // the initial one. With a snapshot, the initial configuration is the snapshot's (the
+        // caller passes it in `config`), so only entries after the snapshot's index are applied.
         let (first, last) = (node.log.first_index(), node.log.last_index());
-        let mut i = first;
+        let mut i = snapshot.map_or(first, |s| s.index.next().max(first));
         while i <= last && i > LogIndex::ZERO {
             if let Some(e) = node.log.entry(i) {
                 node.note_conf_entry(&e);
@@ -741,6 +744,16 @@ impl<S: Storage> RaftNode<S> {
         }
         self.conf_entries
             .last()
+            .map_or(&self.membership_base, |(_, m)| m)
+    }
+
+    /// The configuration in effect just after `index` was appended: what a snapshot taken at
+    /// `index` records.
+    pub fn membership_at(&self, index: LogIndex) -> &Membership {
+        self.conf_entries
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
             .map_or(&self.membership_base, |(_, m)| m)
     }
 
