@@ -290,6 +290,11 @@ pub trait Consensus {
     }
     /// See [`RaftNode::report_snapshot_failed`].
     fn report_snapshot_failed(&mut self, _to: NodeId) {}
+    /// The configuration in effect at `index` (what a snapshot there records); `None` when the
+    /// implementation does not track membership (then the config file's members are recorded).
+    fn membership_at(&self, _index: LogIndex) -> Option<crate::raft::Membership> {
+        None
+    }
     /// See [`RaftNode::transfer_leader`]. Defaults to a refusal (scripted cores never lead a
     /// transfer).
     fn transfer_leader(&mut self, _target: NodeId) -> Result<(), TransferError> {
@@ -305,6 +310,9 @@ pub trait Consensus {
 
 impl<S: Storage> Consensus for RaftNode<S> {
     type Log = S;
+    fn membership_at(&self, index: LogIndex) -> Option<crate::raft::Membership> {
+        Some(RaftNode::membership_at(self, index).clone())
+    }
     fn tick(&mut self) {
         RaftNode::tick(self)
     }
@@ -834,6 +842,12 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                 max_bytes,
             },
             ProposeError::Transferring { to } => Refusal::Transferring { to },
+            // Only `propose_conf_change` refuses for configuration reasons.
+            other @ (ProposeError::ConfChangeInFlight { .. }
+            | ProposeError::ConfChangeBeforeTermCommit
+            | ProposeError::BadConfChange(_)) => {
+                unreachable!("propose() refused a normal entry for a configuration reason: {other}")
+            }
         })
     }
 

@@ -25,6 +25,17 @@ pub enum Mutation {
     /// Voters within their leader lease refuse the vote requests of a transfer's election too
     /// (`RaftNode::lease_yields_to`).
     TransferLeaseHolds,
+    /// A configuration takes effect when its entry commits instead of when it is appended
+    /// (`RaftNode::membership`).
+    ConfigOnCommit,
+    /// The leader accepts a configuration change while an earlier one is uncommitted, or before
+    /// it committed an entry of its term (`RaftNode::propose_conf_change`).
+    TwoChangesInFlight,
+    /// Learners are asked for votes and their grants count (`RaftNode::voter_peers`,
+    /// `RaftNode::tally_votes`).
+    LearnerVotes,
+    /// Learners' match indexes count toward the commit quorum (`RaftNode::maybe_commit`).
+    LearnerCountsForCommit,
 }
 
 #[cfg(test)]

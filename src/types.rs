@@ -61,6 +61,9 @@ pub enum EntryType {
     Normal = 0,
     /// The empty entry every new leader appends to commit entries of earlier terms (Raft §5.4.2).
     NoOp = 1,
+    /// A membership change (`raft::membership::ConfChange`, 9-byte payload): it takes effect on
+    /// every server when appended, not when committed (thesis ch. 4).
+    ConfChange = 2,
 }
 
 impl EntryType {
@@ -69,6 +72,7 @@ impl EntryType {
         match value {
             0 => Some(EntryType::Normal),
             1 => Some(EntryType::NoOp),
+            2 => Some(EntryType::ConfChange),
             _ => None,
         }
     }

@@ -354,6 +354,7 @@ pub fn encode_entry(e: LogEntry) -> pb::LogEntry {
     let entry_type = match e.entry_type {
         EntryType::Normal => pb::EntryType::Normal,
         EntryType::NoOp => pb::EntryType::NoOp,
+        EntryType::ConfChange => pb::EntryType::ConfChange,
     };
     pb::LogEntry {
         term: e.term.0,
@@ -367,6 +368,7 @@ pub fn decode_entry(e: pb::LogEntry) -> Result<LogEntry, ConvertError> {
     let entry_type = match pb::EntryType::try_from(e.entry_type) {
         Ok(pb::EntryType::Normal) => EntryType::Normal,
         Ok(pb::EntryType::NoOp) => EntryType::NoOp,
+        Ok(pb::EntryType::ConfChange) => EntryType::ConfChange,
         Err(_) => {
             return Err(ConvertError::UnknownEnumValue {
                 message: "LogEntry",

@@ -142,11 +142,13 @@ impl KvStore {
 impl StateMachine for KvStore {
     type Response = KvResponse;
 
-    /// NoOp entries change nothing ([`Applied::Nothing`]); a Normal entry is decoded as a command
+    /// NoOp and ConfChange entries change nothing ([`Applied::Nothing`]); a Normal entry is decoded as a command
     /// and applied, and its result (or a deterministic `BadCommand` error) is the response.
     fn apply(&mut self, entry: &LogEntry) -> KvResponse {
         match entry.entry_type {
-            EntryType::NoOp => Ok(Applied::Nothing),
+            // A membership change is the Raft core's business (it took effect when appended);
+            // the key-value state does not change.
+            EntryType::NoOp | EntryType::ConfChange => Ok(Applied::Nothing),
             EntryType::Normal => match decode_command(&entry.payload) {
                 Ok(command) => self.apply_command(&command),
                 Err(e) => {

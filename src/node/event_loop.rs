@@ -563,7 +563,8 @@ fn maybe_start_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>
     let started = std::time::Instant::now();
     let source = (s.view)(driver.state_machine());
     tracing::debug!(index = %at.index, view_us = started.elapsed().as_micros() as u64, "snapshot started");
-    s.snapshotter.start(at, source);
+    let membership = driver.core().membership_at(at.index);
+    s.snapshotter.start(at, source, membership);
 }
 
 fn on_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(

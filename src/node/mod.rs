@@ -163,12 +163,27 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
     let opened = open_storage(config, id, &directory)?;
     let store = restore_store(&*vfs, opened.snapshot.as_ref())?;
     let snapshot = opened.snapshot.as_ref().map(|c| c.id);
-    let core = RaftNode::restart(
-        core_config(config, id, election_seed(id)),
-        opened.hard_state,
-        opened.view,
-        snapshot,
-    )?;
+    let mut core_cfg = core_config(config, id, election_seed(id));
+    if let Some(chosen) = &opened.snapshot {
+        // The snapshot's configuration, not the config file's, is the truth at its index
+        // (configuration entries after it apply over it).
+        let file_voters: std::collections::BTreeSet<NodeId> =
+            core_cfg.voters.iter().copied().collect();
+        let snap_voters: std::collections::BTreeSet<NodeId> =
+            chosen.voters.iter().copied().collect();
+        if file_voters != snap_voters || !chosen.learners.is_empty() {
+            tracing::warn!(
+                "the config file lists voters {:?}, but snapshot {} recorded voters {:?} and                  learners {:?}: using the snapshot's",
+                file_voters,
+                chosen.id.index,
+                snap_voters,
+                chosen.learners
+            );
+        }
+        core_cfg.voters = chosen.voters.clone();
+        core_cfg.learners = chosen.learners.clone();
+    }
+    let core = RaftNode::restart(core_cfg, opened.hard_state, opened.view, snapshot)?;
     tracing::info!("✅ Raft node created successfully");
     let recovered = Recovered {
         store,
@@ -243,6 +258,9 @@ pub struct OpenedStorage {
 pub struct ChosenSnapshot {
     pub id: SnapshotId,
     pub path: std::path::PathBuf,
+    /// The configuration the snapshot recorded at its index.
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
 }
 
 /// Step 3 of the module docs: opens the node directory's log (taking its lock) and state file
@@ -357,6 +375,8 @@ fn choose_snapshot(
             index: v.summary.meta.index,
             term: v.summary.meta.term,
         },
+        voters: v.summary.meta.voters.clone(),
+        learners: v.summary.meta.learners.clone(),
         path: v.path,
     });
     let covered = chosen.as_ref().map_or(LogIndex::ZERO, |c| c.id.index);

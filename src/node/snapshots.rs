@@ -203,15 +203,27 @@ impl Snapshotter {
         self.dir.join(snapshot_file_name(index))
     }
 
-    /// The header of this node's snapshot at `snap`.
-    fn meta(&self, snap: SnapshotId) -> crate::storage::snapshot::SnapshotMeta {
+    /// The header of this node's snapshot at `snap`: the configuration in effect at its index
+    /// (`membership`, from the core), or the config file's voters when it is not known.
+    fn meta(
+        &self,
+        snap: SnapshotId,
+        membership: Option<crate::raft::Membership>,
+    ) -> crate::storage::snapshot::SnapshotMeta {
+        let (voters, learners) = match membership {
+            Some(m) => (
+                m.voters.into_iter().collect(),
+                m.learners.into_iter().collect(),
+            ),
+            None => (self.voters.clone(), Vec::new()),
+        };
         crate::storage::snapshot::SnapshotMeta {
             index: snap.index,
             term: snap.term,
             cluster_id: self.cluster_id,
             payload_kind: self.payload_kind,
-            voters: self.voters.clone(),
-            learners: Vec::new(),
+            voters,
+            learners,
         }
     }
 
@@ -220,8 +232,9 @@ impl Snapshotter {
         &mut self,
         snap: SnapshotId,
         source: Box<dyn crate::state_machine::SnapshotSource>,
+        membership: Option<crate::raft::Membership>,
     ) {
-        let meta = self.meta(snap);
+        let meta = self.meta(snap, membership);
         let (vfs, dir, keep) = (
             Arc::clone(&self.vfs),
             self.dir.clone(),
@@ -256,8 +269,9 @@ impl Snapshotter {
         &mut self,
         snap: SnapshotId,
         source: &dyn crate::state_machine::SnapshotSource,
+        membership: Option<crate::raft::Membership>,
     ) -> Result<Taken, String> {
-        let meta = self.meta(snap);
+        let meta = self.meta(snap, membership);
         let started = std::time::Instant::now();
         let result = write_snapshot(
             Arc::clone(&self.vfs),

@@ -44,8 +44,11 @@
 //! - [`message`]: the RPCs; [`storage`]: the `Storage` trait, `HardState`, `MemStorage`;
 //!   [`rng`]: the deterministic PRNG the core and the simulator share.
 
+#[cfg(test)]
+mod conf_tests;
 pub mod core;
 mod log;
+pub mod membership;
 pub mod message;
 mod progress;
 pub mod rng;
@@ -55,6 +58,7 @@ pub use self::core::{
     Config, ConfigError, ProposeError, RaftNode, ReadIndexError, ReadState, Ready, Role,
     TransferError,
 };
+pub use self::membership::{ConfChange, Membership};
 pub use self::message::{
     AppendEntries, AppendEntriesResponse, Envelope, InstallSnapshot, Message, RequestVote,
     RequestVoteResponse, SnapshotId, TimeoutNow,

@@ -2154,8 +2154,9 @@ impl Cluster {
             return;
         };
         let source = running.driver.state_machine().snapshot_view();
+        let membership = Some(running.driver.core().membership_at(at.index).clone());
         let written = match running.snapshotter.as_mut() {
-            Some(snapshotter) => snapshotter.write_now(at, &*source),
+            Some(snapshotter) => snapshotter.write_now(at, &*source, membership),
             None => return,
         };
         match written {
