@@ -21,7 +21,8 @@
 # `<!-- compare_watch.sh: end -->` (appended at the end the first time).
 #
 # Environment: ROUNDS (3), WATCHERS (1000), STREAMS (10), PUT_RATE (1000), MEASURE_SECONDS (10),
-# WATCH_ON (all), VALUE_SIZE (32), PORT_BASE (default: the first free block of 10 ports from
+# WATCH_ON (all), VALUE_SIZE (32), OURS_ETCD_TIMING=1 (rust-raft-log with etcd's heartbeat 100 ms and
+# election timeout 1000 ms instead of its 50 ms / 150-500 ms: benches/lib/clusters.sh), PORT_BASE (default: the first free block of 10 ports from
 # 32000), KEEP_WORKDIR=1.
 set -euo pipefail
 
@@ -87,9 +88,11 @@ for round in $(seq "$ROUNDS"); do
 done
 END_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 
+TIMING="rust-raft-log with its default timing (heartbeat 50 ms, election timeout 150-500 ms)"
+[[ ${OURS_ETCD_TIMING:-0} == 1 ]] && TIMING="rust-raft-log with etcd's timing (heartbeat 100 ms, election timeout 1000-2000 ms)"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f×", a / b; else print "n/a" }'; }
 TABLE=$(
-    echo "$WATCHERS watchers on one prefix over $STREAMS Watch streams (streams on: $WATCH_ON members, round-robin), puts of $VALUE_SIZE-byte values at $PUT_RATE/s (open loop, to the leader) for $MEASURE_SECONDS s; median of $ROUNDS rounds, each on a fresh 3-member cluster, order alternating. Commit $COMMIT; $MACHINE; load average $START_LOAD at start, $END_LOAD at the end."
+    echo "$WATCHERS watchers on one prefix over $STREAMS Watch streams (streams on: $WATCH_ON members, round-robin), puts of $VALUE_SIZE-byte values at $PUT_RATE/s (open loop, to the leader) for $MEASURE_SECONDS s; $TIMING; median of $ROUNDS rounds, each on a fresh 3-member cluster, order alternating. Commit $COMMIT; $MACHINE; load average $START_LOAD at start, $END_LOAD at the end."
     echo
     echo "| system | delivery p50 / p99 / max (ms) | server CPU per delivered event (µs) | events delivered (median) | put p99 (ms) | missing events, stream failures, put errors |"
     echo "|---|---|---|---|---|---|"

@@ -12,7 +12,8 @@
 # - installs an EXIT trap that stops everything started and removes WORK (kept if KEEP_WORKDIR=1
 #   or on failure).
 # etcd runs with its default flags but names, ports, data directories and cluster flags, as in
-# benches/compare_etcd.sh; rust-raft-log with a generated config, RUST_LOG=info.
+# benches/compare_etcd.sh; rust-raft-log with a generated config, RUST_LOG=info (OURS_ETCD_TIMING=1:
+# with etcd's heartbeat and election timeout instead of the node's defaults).
 
 PIDS=()
 ENDPOINTS=""
@@ -86,6 +87,13 @@ start_ours() {
         done
         echo "cluster_settings:"
         echo "  log_directory: \"$WORK/raft\""
+        # OURS_ETCD_TIMING=1: etcd's default timing (heartbeat 100 ms, election 1000 ms; ours
+        # picks each timeout in [min, max]) instead of the node's defaults (50 ms, 150-500 ms),
+        # to tell an overloaded machine's spurious elections apart from the work itself.
+        if [[ ${OURS_ETCD_TIMING:-0} == 1 ]]; then
+            echo "  election_timeout_range: { min: 1000, max: 2000 }"
+            echo "  heartbeat_interval: 100"
+        fi
     } >"$config"
     ENDPOINTS=""
     for i in 1 2 3; do
