@@ -8,6 +8,7 @@
 //! - [`args`]: flags, their validation, the [`args::Plan`] a run follows.
 //! - [`keys`]: key encoding (zero-padded hex) and the seeded key choice.
 //! - [`load`]: connections, leader discovery (Maintenance.Status), the client tasks.
+//! - [`paced`]: paced (open-loop) puts, server CPU from /proc: shared by leasebench and watchbench.
 //! - [`probe`]: `--wait-revision`, the time until one endpoint serves a revision (restarts).
 //! - [`report`]: percentiles, the printed summary, the `kvbench-result` line, histogram files.
 //!
@@ -18,6 +19,7 @@
 pub mod args;
 pub mod keys;
 pub mod load;
+pub mod paced;
 pub mod probe;
 pub mod report;
 

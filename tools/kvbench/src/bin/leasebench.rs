@@ -9,22 +9,22 @@
 //!    client library's period), evenly spread over `--streams` LeaseKeepAlive streams; after a
 //!    warm-up of one period, `--seconds` are measured.
 //!
-//! CPU per keep-alive = (CPU of phase 3 - CPU of phase 1) / keep-alives answered in phase 3, so
-//! the puts' own cost is taken out. An answer with TTL 0 means a lease was lost: counted in
+//! 4. The same puts alone again, once the keep-alive streams are closed.
+//!
+//! CPU per keep-alive = (CPU/s of phase 3 - mean CPU/s of phases 1 and 4) / keep-alives answered
+//! per second in phase 3, so the puts' own cost is taken out (and a drift over the run cancels). An answer with TTL 0 means a lease was lost: counted in
 //! `lost`, which must stay 0. Prints a human summary and one `leasebench-result key=value ...`
 //! line for scripts (`benches/compare_leases.sh`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hdrhistogram::Histogram;
 use kvbench::load::{connect, find_leader};
-use kvbench::report::{latency_histogram, Percentiles};
+use kvbench::paced::{cpu_us, endpoint_url, main_with, parse_pids, puts, PutLoad};
 use rust_raft_log::etcdpb::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, LeaseGrantRequest, LeaseKeepAliveRequest,
-    PutRequest,
 };
 use tonic::transport::Channel;
 
@@ -50,99 +50,6 @@ struct Args {
     /// Length of each measured phase.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-}
-
-fn endpoint_url(endpoint: &str) -> String {
-    if endpoint.starts_with("http://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    }
-}
-
-/// user+system CPU of `pids` in µs.
-fn cpu_us(pids: &[u32]) -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .unwrap_or(100)
-        .max(1);
-    let mut ticks = 0u64;
-    for pid in pids {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces): utime and stime are the 12th
-        // and 13th from there.
-        let after = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        for i in [11, 12] {
-            ticks += fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    ticks * 1_000_000 / hz
-}
-
-struct PutLoad {
-    hist: Mutex<Histogram<u64>>,
-    errors: AtomicU64,
-    seq: AtomicU64,
-}
-
-/// Puts at `rate` per second for `length`, latency measured from each put's due time.
-async fn puts(kv: KvClient<Channel>, rate: u64, length: Duration, load: Arc<PutLoad>) {
-    let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-    let start = tokio::time::Instant::now();
-    let mut tasks = Vec::new();
-    let mut due = start;
-    while due < start + length {
-        tokio::time::sleep_until(due).await;
-        let mut kv = kv.clone();
-        let load = Arc::clone(&load);
-        let due_at = due;
-        tasks.push(tokio::spawn(async move {
-            let n = load.seq.fetch_add(1, Ordering::Relaxed);
-            let put = PutRequest {
-                key: format!("lb/{:08}", n % 1000).into_bytes(),
-                value: vec![b'v'; 256],
-                ..PutRequest::default()
-            };
-            match kv.put(put).await {
-                Ok(_) => {
-                    let us = due_at.elapsed().as_micros() as u64;
-                    if let Ok(mut hist) = load.hist.lock() {
-                        let _ = hist.record(us.max(1));
-                    }
-                }
-                Err(_) => {
-                    load.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-        due += period;
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
-}
-
-fn put_load() -> Arc<PutLoad> {
-    Arc::new(PutLoad {
-        hist: Mutex::new(latency_histogram()),
-        errors: AtomicU64::new(0),
-        seq: AtomicU64::new(0),
-    })
-}
-
-fn percentiles(load: &PutLoad) -> (Percentiles, u64) {
-    let hist = load
-        .hist
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| latency_histogram());
-    (Percentiles::of(&hist), hist.len())
 }
 
 struct KeepAliveCounts {
@@ -224,14 +131,14 @@ async fn keep_alive_stream(
     let _ = reader.await;
 }
 
+/// The puts of both phases: 1,000 keys under `lb/`, 256-byte values.
+fn new_put_load() -> Arc<PutLoad> {
+    PutLoad::new("lb/", 1000, 256, None)
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let endpoints: Vec<String> = args.endpoints.split(',').map(endpoint_url).collect();
-    let pids: Vec<u32> = args
-        .pids
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse().map_err(|e| format!("bad pid {p}: {e}")))
-        .collect::<Result<_, _>>()?;
+    let pids = parse_pids(&args.pids)?;
     let timeout = Duration::from_secs(5);
     let leader = find_leader(&endpoints, Duration::from_secs(30), timeout)
         .await
@@ -251,12 +158,12 @@ async fn run(args: Args) -> Result<(), String> {
         kv.clone(),
         args.put_rate,
         Duration::from_secs(3),
-        put_load(),
+        new_put_load(),
     )
     .await;
 
     // 1. Baseline: puts alone.
-    let baseline = put_load();
+    let baseline = new_put_load();
     let cpu_before = cpu_us(&pids);
     let wall = Instant::now();
     puts(kv.clone(), args.put_rate, length, Arc::clone(&baseline)).await;
@@ -311,7 +218,7 @@ async fn run(args: Args) -> Result<(), String> {
         )));
     }
     tokio::time::sleep(period).await; // warm-up: one full round of keep-alives
-    let loaded = put_load();
+    let loaded = new_put_load();
     counts.measuring.store(true, Ordering::Relaxed);
     let cpu_before = cpu_us(&pids);
     let wall = Instant::now();
@@ -325,10 +232,23 @@ async fn run(args: Args) -> Result<(), String> {
         keeper.abort();
     }
 
-    let (base, base_n) = percentiles(&baseline);
-    let (load, load_n) = percentiles(&loaded);
+    // 4. Puts alone again: the baseline CPU is the mean of the windows before and after, so a
+    //    drift of the servers' own cost (or of the machine's other load) over the run does not
+    //    land on the keep-alives. One window alone gave negative costs on a shared machine.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = new_put_load();
+    let cpu_before = cpu_us(&pids);
+    let wall = Instant::now();
+    puts(kv.clone(), args.put_rate, length, Arc::clone(&after)).await;
+    let after_cpu_us = cpu_us(&pids) - cpu_before;
+    let after_secs = wall.elapsed().as_secs_f64();
+
+    let (base, base_n) = baseline.percentiles();
+    let (load, load_n) = loaded.percentiles();
     // CPU per second in each phase, so the two windows' slightly different lengths cancel.
-    let base_rate = baseline_cpu_us as f64 / baseline_secs;
+    let before_rate = baseline_cpu_us as f64 / baseline_secs;
+    let after_rate = after_cpu_us as f64 / after_secs;
+    let base_rate = (before_rate + after_rate) / 2.0;
     let load_rate = loaded_cpu_us as f64 / loaded_secs;
     let keepalives_per_sec = answered as f64 / loaded_secs;
     let cpu_per_keepalive = if keepalives_per_sec > 0.0 {
@@ -337,8 +257,9 @@ async fn run(args: Args) -> Result<(), String> {
         0.0
     };
     println!(
-        "baseline: {base_n} puts, p50 {} µs, p99 {} µs, max {} µs, servers {:.0} µs CPU/s",
-        base.p50_us, base.p99_us, base.max_us, base_rate
+        "baseline: {base_n} puts, p50 {} µs, p99 {} µs, max {} µs, servers {before_rate:.0} µs \
+         CPU/s before the keep-alives, {after_rate:.0} after (mean {base_rate:.0})",
+        base.p50_us, base.p99_us, base.max_us
     );
     println!(
         "with keep-alives: {answered} keep-alives ({keepalives_per_sec:.0}/s), {load_n} puts, \
@@ -347,12 +268,14 @@ async fn run(args: Args) -> Result<(), String> {
     );
     let lost = counts.lost.load(Ordering::Relaxed);
     let failed = counts.failed.load(Ordering::Relaxed);
-    let put_errors =
-        baseline.errors.load(Ordering::Relaxed) + loaded.errors.load(Ordering::Relaxed);
+    let put_errors = baseline.errors.load(Ordering::Relaxed)
+        + loaded.errors.load(Ordering::Relaxed)
+        + after.errors.load(Ordering::Relaxed);
     println!(
         "leasebench-result leases={} keepalives={answered} keepalives_per_sec={keepalives_per_sec:.1} \
          cpu_us_per_keepalive={cpu_per_keepalive:.2} base_put_p50_us={} base_put_p99_us={} \
          put_p50_us={} put_p99_us={} put_max_us={} base_cpu_us_per_sec={base_rate:.0} \
+         base_cpu_us_per_sec_before={before_rate:.0} base_cpu_us_per_sec_after={after_rate:.0} \
          cpu_us_per_sec={load_rate:.0} lost={lost} stream_failures={failed} put_errors={put_errors}",
         ids.len(),
         base.p50_us,
@@ -365,22 +288,5 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("Error: cannot start the tokio runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    main_with(run(Args::parse()))
 }
