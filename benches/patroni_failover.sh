@@ -34,11 +34,13 @@ stop_all() { # setpriv execs: each pid in PIDS is the process itself
 }
 trap 'stop_all; echo "work directory: $WORK"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
+# shellcheck source=tests/patroni/lib.sh
+source "$REPO/tests/patroni/lib.sh"
 
 declare -A PG_PORT API_PORT PATRONI_PID
 run_system() { # system -> prints one "ms" per kill on fd 3
     local sys=$1 dir="$WORK/$1" hosts="" i
+    PATRONI_DIR=$dir
     mkdir -p "$dir/pg"; chown postgres:postgres "$dir/pg"; chmod 700 "$dir/pg"
     local c1 c2 c3; c1=$(free_port); c2=$(free_port); c3=$(free_port)
     hosts="127.0.0.1:$c1,127.0.0.1:$c2,127.0.0.1:$c3"
@@ -65,42 +67,16 @@ run_system() { # system -> prints one "ms" per kill on fd 3
     local m
     for m in pg1 pg2; do
         PG_PORT[$m]=$(free_port); API_PORT[$m]=$(free_port)
-        cat > "$dir/$m.yml" <<YAML
-scope: bench
-name: $m
-restapi: {listen: "127.0.0.1:${API_PORT[$m]}", connect_address: "127.0.0.1:${API_PORT[$m]}"}
-etcd3: {hosts: "$hosts"}
-bootstrap:
-  dcs:
-    ttl: $TTL
-    loop_wait: $LOOP_WAIT
-    retry_timeout: $RETRY_TIMEOUT
-    maximum_lag_on_failover: 1048576
-    postgresql: {use_pg_rewind: true, parameters: {wal_level: replica, hot_standby: "on", max_wal_senders: 5, max_replication_slots: 5}}
-  initdb: [{encoding: UTF8}, {auth: trust}]
-  pg_hba: ["local all all trust", "host replication replicator 127.0.0.1/32 trust", "host all all 127.0.0.1/32 trust"]
-postgresql:
-  listen: "127.0.0.1:${PG_PORT[$m]}"
-  connect_address: "127.0.0.1:${PG_PORT[$m]}"
-  data_dir: $dir/pg/data_$m
-  bin_dir: $PG_BIN
-  pgpass: $dir/pg/pgpass_$m
-  authentication: {replication: {username: replicator, password: rep}, superuser: {username: postgres, password: pg}}
-  parameters: {unix_socket_directories: $dir/pg}
-YAML
+        patroni_config bench "$m" "$hosts"
     done
-    start_patroni() { setpriv --reuid=postgres --regid=postgres --init-groups /usr/bin/patroni "$dir/$1.yml" >>"$dir/$1.log" 2>&1 & PATRONI_PID[$1]=$!; PIDS+=($!); }
-    list() { as_pg /usr/bin/patronictl -c "$dir/pg1.yml" list 2>/dev/null; }
-    role_of() { list | awk -F'|' -v r="$1" '{gsub(/ /,"",$2); gsub(/ /,"",$4); gsub(/ /,"",$5)} $4==r && $5=="running" {print $2}'; }
-    psql_at() { as_pg /usr/bin/psql -h 127.0.0.1 -p "${PG_PORT[$1]}" -U postgres -Atc "$2" 2>&1; }
-    healthy() { local l; l=$(role_of Leader); [[ -n $l && -n $(role_of Replica) ]] && [[ $(psql_at "$l" "select count(*) from pg_stat_replication where state='streaming'") == 1 ]]; }
+    healthy() { local l; l=$(member_with_role Leader); [[ -n $l && -n $(member_with_role Replica) ]] && [[ $(psql_at "$l" "select count(*) from pg_stat_replication where state='streaming'") == 1 ]]; }
     wait_healthy() { local t; for t in $(seq 600); do healthy && return 0; sleep 0.2; done; return 1; }
     start_patroni pg1; sleep 3; start_patroni pg2
     wait_healthy || { echo "$sys: never healthy" >&2; return 1; }
-    psql_at "$(role_of Leader)" "create table if not exists t(x int)" >/dev/null
+    psql_at "$(member_with_role Leader)" "create table if not exists t(x int)" >/dev/null
     local k primary replica pm t0 ms
     for k in $(seq "$KILLS"); do
-        primary=$(role_of Leader); [[ $primary == pg1 ]] && replica=pg2 || replica=pg1
+        primary=$(member_with_role Leader); [[ $primary == pg1 ]] && replica=pg2 || replica=pg1
         pm=$(head -1 "$dir/pg/data_$primary/postmaster.pid")
         t0=$(date +%s%N)
         kill -KILL "${PATRONI_PID[$primary]}" "$pm"

@@ -31,6 +31,9 @@ skip() {
 
 WORK=$(mktemp -d /tmp/patroni-test.XXXXXX)
 chmod 755 "$WORK"
+PATRONI_DIR=$WORK
+# shellcheck source=tests/patroni/lib.sh
+source tests/patroni/lib.sh  # the working directory is the repository (cd above)
 PIDS=()
 cleanup() {
     local rc=$?
@@ -67,40 +70,7 @@ for n in 1 2 3; do start_node $n; done
 
 mkdir -p "$WORK/pg"; chown postgres:postgres "$WORK/pg"; chmod 700 "$WORK/pg"
 declare -A PG_PORT=([pg1]=$PG1 [pg2]=$PG2) API_PORT=([pg1]=$API1 [pg2]=$API2) PATRONI_PID
-for m in pg1 pg2; do
-    cat > "$WORK/$m.yml" <<YAML
-scope: itest
-name: $m
-restapi: {listen: "127.0.0.1:${API_PORT[$m]}", connect_address: "127.0.0.1:${API_PORT[$m]}"}
-etcd3: {hosts: "127.0.0.1:$R1,127.0.0.1:$R2,127.0.0.1:$R3"}
-bootstrap:
-  dcs:
-    ttl: $TTL
-    loop_wait: $LOOP_WAIT
-    retry_timeout: $RETRY_TIMEOUT
-    maximum_lag_on_failover: 1048576
-    postgresql: {use_pg_rewind: true, parameters: {wal_level: replica, hot_standby: "on", max_wal_senders: 5, max_replication_slots: 5}}
-  initdb: [{encoding: UTF8}, {auth: trust}]
-  pg_hba: ["local all all trust", "host replication replicator 127.0.0.1/32 trust", "host all all 127.0.0.1/32 trust"]
-postgresql:
-  listen: "127.0.0.1:${PG_PORT[$m]}"
-  connect_address: "127.0.0.1:${PG_PORT[$m]}"
-  data_dir: $WORK/pg/data_$m
-  bin_dir: $PG_BIN
-  pgpass: $WORK/pg/pgpass_$m
-  authentication: {replication: {username: replicator, password: rep}, superuser: {username: postgres, password: pg}}
-  parameters: {unix_socket_directories: $WORK/pg}
-YAML
-done
-# setpriv execs Patroni itself, so $! is Patroni's pid (runuser would stay as its parent).
-start_patroni() {
-    setpriv --reuid=postgres --regid=postgres --init-groups /usr/bin/patroni "$WORK/$1.yml" >>"$WORK/$1.log" 2>&1 &
-    PATRONI_PID[$1]=$!; PIDS+=($!)
-}
-ctl_list() { setpriv --reuid=postgres --regid=postgres --init-groups /usr/bin/patronictl -c "$WORK/pg1.yml" list 2>/dev/null; }
-psql_at() { setpriv --reuid=postgres --regid=postgres --init-groups /usr/bin/psql -h 127.0.0.1 -p "${PG_PORT[$1]}" -U postgres -Atc "$2" 2>&1; }
-# The member printed with role $1 in `patronictl list` (and state running).
-member_with_role() { ctl_list | awk -F'|' -v r="$1" '{gsub(/ /,"",$2); gsub(/ /,"",$4); gsub(/ /,"",$5)} $4==r && $5=="running" {print $2}'; }
+for m in pg1 pg2; do patroni_config itest "$m" "127.0.0.1:$R1,127.0.0.1:$R2,127.0.0.1:$R3"; done
 timeline_of() { ctl_list | awk -F'|' -v m="$1" '{gsub(/ /,"",$2); gsub(/ /,"",$6)} $2==m {print $6}'; }
 other() { [[ $1 == pg1 ]] && echo pg2 || echo pg1; }
 
@@ -161,7 +131,7 @@ check "DCS failover: the primary still takes writes" $? ""
 start_node "$LEADER_NODE"
 
 # 4. Switchover on request.
-OUT=$(setpriv --reuid=postgres --regid=postgres --init-groups /usr/bin/patronictl -c "$WORK/pg1.yml" switchover --leader "$PRIMARY" --candidate "$REPLICA" --force 2>&1)
+OUT=$(as_pg /usr/bin/patronictl -c "$WORK/pg1.yml" switchover --leader "$PRIMARY" --candidate "$REPLICA" --force 2>&1)
 echo "$OUT" | tail -n 3
 new_leader_is_replica() { [[ $(member_with_role Leader) == "$REPLICA" ]] && [[ $(psql_at "$REPLICA" "insert into t values (4) returning x") == "4"* ]]; }
 wait_for 60 new_leader_is_replica; rc=$?
