@@ -798,6 +798,7 @@ impl Vfs for UringVfs {
             file,
             path: path.to_path_buf(),
             len_bytes: 0,
+            written_back_to: 0,
         }))
     }
 
@@ -814,11 +815,22 @@ impl Vfs for UringVfs {
 
 /// A file written front to back with `write(2)`, made durable with `fdatasync(2)`
 /// ([`Vfs::create_append`]).
+///
+/// Every [`APPEND_WRITEBACK_BYTES`] appended, it asks the kernel to start writing the new range
+/// out (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait for the disk and promises
+/// nothing about durability): a snapshot of tens of MiB then reaches the disk in small bursts
+/// while it is written, instead of all at once in the final fdatasync, where it would queue
+/// ahead of the log's own small fdatasyncs for tens of milliseconds.
 pub struct StdAppendFile {
     file: File,
     path: PathBuf,
     len_bytes: u64,
+    /// Everything below this offset was handed to the kernel's writeback.
+    written_back_to: u64,
 }
+
+/// How much [`StdAppendFile`] appends between two writeback starts.
+pub const APPEND_WRITEBACK_BYTES: u64 = 4 << 20;
 
 impl AppendFile for StdAppendFile {
     fn path(&self) -> &Path {
@@ -832,6 +844,35 @@ impl AppendFile for StdAppendFile {
             .write_all_at(bytes, self.len_bytes)
             .map_err(|e| error_at(&self.path, "append", self.len_bytes, e))?;
         self.len_bytes += bytes.len() as u64;
+        let pending = self.len_bytes - self.written_back_to;
+        if pending >= APPEND_WRITEBACK_BYTES {
+            let (Ok(offset), Ok(len)) = (
+                libc::off64_t::try_from(self.written_back_to),
+                libc::off64_t::try_from(pending),
+            ) else {
+                return Ok(());
+            };
+            // SAFETY: a plain syscall on a descriptor this handle owns; no memory is passed.
+            let rc = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    offset,
+                    len,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            if rc != 0 {
+                // A failure to start writeback (EIO) leaves these pages' fate unknown, as a
+                // failed fdatasync would: the caller abandons the file.
+                return Err(error_at(
+                    &self.path,
+                    "sync_file_range",
+                    self.written_back_to,
+                    io::Error::last_os_error(),
+                ));
+            }
+            self.written_back_to = self.len_bytes;
+        }
         Ok(())
     }
 
@@ -872,6 +913,41 @@ impl ReadFile for StdReadFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_append_file_starts_writeback_every_step_and_reads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("snap");
+        let mut f = StdAppendFile {
+            file: OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&p)
+                .unwrap(),
+            path: p.clone(),
+            len_bytes: 0,
+            written_back_to: 0,
+        };
+        let chunk = 1 << 20;
+        let mut expected = Vec::new();
+        for i in 0..9u8 {
+            let bytes = vec![i; chunk];
+            f.append(&bytes).unwrap();
+            expected.extend_from_slice(&bytes);
+            // Handed to writeback at each whole step, never ahead of what was appended.
+            let step = APPEND_WRITEBACK_BYTES;
+            assert_eq!(
+                f.written_back_to,
+                f.len_bytes / step * step,
+                "after {} appends",
+                i + 1
+            );
+        }
+        f.sync_data().unwrap();
+        assert_eq!(f.len_bytes(), 9 * chunk as u64);
+        assert!(std::fs::read(&p).unwrap() == expected);
+    }
 
     #[test]
     fn linked_writes_and_datasync_land_and_are_visible_through_the_map() {
