@@ -611,7 +611,8 @@ impl KvService {
         &self,
         request: Request<W>,
     ) -> Result<Response<W::Response>, Status> {
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let started = Instant::now();
+        let deadline = started + REQUEST_TIMEOUT;
         let forwarded = is_forwarded(&request);
         let op = RequestOp {
             request: Some(request.into_inner().into_op()),
@@ -621,6 +622,9 @@ impl KvService {
                 Route::Here((response, term)) => {
                     let mut r = W::response(response).ok_or_else(|| wrong_response(W::NAME))?;
                     self.api.fill(W::header(&mut r), term);
+                    // The latency timeline (off unless RAFT_TIMELINE is set) keeps each answered
+                    // write's latency, so a slow one can be matched to what overlapped it.
+                    crate::timeline::mark("kv_write_us", started.elapsed().as_micros() as u64);
                     return Ok(Response::new(r));
                 }
                 Route::Leader(addr) => {

@@ -56,6 +56,9 @@ use crate::types::{LogIndex, NodeId};
 pub const NO_LEADER_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Follower lag is measured on the leader at most this often (it walks the progress map).
 const LAG_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+/// With the latency timeline on ([`crate::timeline`]), a tick served this late or a Ready drain
+/// this long is marked (`tick_late_us`, `drain_slow_us`), to attribute stalls.
+const LOOP_SLOW_US: u64 = 2_000;
 
 /// Takes a consistent view of the state machine for a snapshot (cheap: called on the loop).
 pub type SnapshotView<M> = Box<dyn Fn(&M) -> Box<dyn SnapshotSource>>;
@@ -412,6 +415,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         let EventLoop {
             driver,
             outbox,
+            tick,
             inbound_batch_max,
             handover_max,
             last_role,
@@ -421,6 +425,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         } = &mut self;
         // Set once shutdown was asked on a leader: the loop runs on until the handover is done.
         let mut handover: Option<Handover> = None;
+        let timeline_on = crate::timeline::enabled();
         loop {
             tokio::select! {
                 biased;
@@ -442,7 +447,32 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                     break;
                 }
                 result = std::future::poll_fn(|cx| driver.poll_durable(cx, outbox)) => result?,
-                _ = ticker.tick() => driver.tick(),
+                due = ticker.tick() => {
+                    let late = due.elapsed();
+                    if timeline_on && late.as_micros() as u64 >= LOOP_SLOW_US {
+                        // How late the tick is served: a busy or descheduled loop (attribution
+                        // of stalls, issue 18).
+                        crate::timeline::mark("tick_late_us", late.as_micros() as u64);
+                    }
+                    if late >= *tick * 2 {
+                        // A catch-up tick: the loop did not run for a while (busy, or not
+                        // scheduled). What arrived meanwhile happened during that time, before
+                        // this tick is counted: a leader's heartbeats waiting in the queue must
+                        // reset the election timer before the missed ticks could fire it, or
+                        // this node would campaign only because it was busy.
+                        let now = driver.stats().ticks;
+                        for _ in 0..*inbound_batch_max {
+                            match inbound.try_recv() {
+                                Ok(item) => {
+                                    watch.heard_from(&item, now);
+                                    handle(driver, snapshots, item)
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    driver.tick()
+                }
                 taken = wait_snapshot(snapshots) => on_snapshot(driver, snapshots, taken)?,
                 item = inbound.recv() => {
                     let Some(item) = item else { return Err(LoopError::InboundClosed) };
@@ -462,7 +492,14 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                     }
                 }
             }
+            let turn_started = timeline_on.then(std::time::Instant::now);
             driver.drain_ready(outbox);
+            if let Some(t) = turn_started {
+                let busy_us = t.elapsed().as_micros() as u64;
+                if busy_us >= LOOP_SLOW_US {
+                    crate::timeline::mark("drain_slow_us", busy_us);
+                }
+            }
             log_role_change(driver.core(), last_role);
             watch.after_iteration(driver);
             maybe_start_snapshot(driver, snapshots);
@@ -618,6 +655,15 @@ fn log_role_change(core: &impl Consensus, last_role: &mut Role) {
     if role == *last_role {
         return;
     }
+    crate::timeline::mark(
+        match role {
+            Role::Leader => "role_leader",
+            Role::Candidate => "role_candidate",
+            Role::PreCandidate => "role_precandidate",
+            Role::Follower => "role_follower",
+        },
+        core.term().0,
+    );
     match role {
         Role::Leader => {
             tracing::info!(term = %core.term(), "👑 Won election! Becoming leader...")
@@ -751,6 +797,8 @@ mod tests {
         next_proposal: VecDeque<(LogIndex, Term)>,
         /// Whether `read_index` accepts reads (as a leader) or refuses them (not the leader).
         accepts_reads: bool,
+        /// Whether ticks are recorded as events ("tick").
+        record_ticks: bool,
     }
 
     impl Scripted {
@@ -764,7 +812,11 @@ mod tests {
 
     impl Consensus for Scripted {
         type Log = MemStorage;
-        fn tick(&mut self) {}
+        fn tick(&mut self) {
+            if self.record_ticks {
+                self.events.borrow_mut().push("tick".into());
+            }
+        }
         fn step(&mut self, envelope: Envelope) {
             self.input(format!("step from {}", envelope.from));
         }
@@ -935,6 +987,7 @@ mod tests {
                 events: Rc::clone(&events),
                 next_proposal: VecDeque::from(vec![(LogIndex(2), Term(1)), (LogIndex(3), Term(1))]),
                 accepts_reads: false,
+                record_ticks: false,
             };
             let durable = Gated {
                 gates: Rc::clone(&gates),
@@ -1201,6 +1254,7 @@ mod tests {
                 events: Rc::clone(&events),
                 next_proposal: VecDeque::from(vec![(LogIndex(1), Term(1))]),
                 accepts_reads: true,
+                record_ticks: false,
             };
             let durable = Gated {
                 gates: Rc::new(RefCell::new(VecDeque::new())),
@@ -1312,6 +1366,74 @@ mod tests {
             );
             stop.send(()).expect("loop alive");
             handle.await.expect("loop task").expect("clean stop");
+        });
+    }
+
+    /// A follower whose loop was stalled (here: its thread blocked for 10 ticks) finds, when it
+    /// runs again, both the missed ticks and the leader's heartbeat that arrived meanwhile. The
+    /// heartbeat must reach the core before the catch-up ticks, or those ticks alone could fire
+    /// its election timer (issue 18: an election because the node was busy).
+    #[test]
+    fn after_a_stall_waiting_messages_reach_the_core_before_the_missed_ticks() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async {
+            let events = Rc::new(RefCell::new(Vec::new()));
+            let core = Scripted {
+                script: VecDeque::new(),
+                pending: VecDeque::new(),
+                log: MemStorage::default(),
+                events: Rc::clone(&events),
+                next_proposal: VecDeque::new(),
+                accepts_reads: false,
+                record_ticks: true,
+            };
+            let durable = Gated {
+                gates: Rc::new(RefCell::new(VecDeque::new())),
+                events: Rc::clone(&events),
+            };
+            let (inbound_tx, inbound_rx) = mpsc::channel(16);
+            let peers = Peers::start(NodeId(1), &[], PeerConfig::default(), inbound_tx.clone())
+                .expect("peers");
+            let tick = Duration::from_millis(10);
+            let config = LoopConfig {
+                tick,
+                addresses: HashMap::new(),
+                inbound_batch_max: 8,
+                proposals_pending_max: 8,
+                reads_pending_max: 8,
+                handover_max: Duration::ZERO,
+            };
+            let event_loop = EventLoop::new(core, durable, (), peers, config, LogIndex::ZERO);
+            let (stop, stopped) = oneshot::channel::<()>();
+            let handle = tokio::task::spawn_local(event_loop.run(inbound_rx, async move {
+                let _ = stopped.await;
+            }));
+            // Let a few ticks pass normally.
+            tokio::time::sleep(tick * 3).await;
+            // The heartbeat arrives while the loop's thread is busy for 10 ticks.
+            let (reply, _answer) = oneshot::channel();
+            inbound_tx
+                .try_send(Inbound::Request {
+                    envelope: heartbeat(1),
+                    reply,
+                })
+                .expect("room in the queue");
+            events.borrow_mut().push("stall".into());
+            std::thread::sleep(tick * 10);
+            tokio::time::sleep(tick).await;
+            let events = events.borrow().clone();
+            let stall = events.iter().position(|e| e == "stall").expect("marked");
+            let after: Vec<&str> = events[stall + 1..].iter().map(String::as_str).collect();
+            assert!(
+                after.len() >= 2 && after[0] == "step from 1" && after[1] == "tick",
+                "the heartbeat must be stepped before the missed ticks: {after:?}"
+            );
+            let _ = stop.send(());
+            handle.await.expect("loop task").expect("loop result");
         });
     }
 }

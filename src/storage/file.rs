@@ -155,6 +155,12 @@ pub enum Prepare {
     /// Write the zeros: appends then overwrite written blocks, whose fdatasync is ~1.7x cheaper
     /// (FACTS.md), at the price of writing the whole file once.
     Zeroed,
+    /// As `Zeroed`, but paced (production: at most
+    /// [`crate::storage::uring::ZERO_FILL_PACED_BYTES_PER_SEC`], written out in small windows),
+    /// so that the fill never has the disk to itself for long: for the background preparation
+    /// of the next segment while the log appends (issue 18: a flat-out 64 MiB fill slowed the
+    /// appends' write + fdatasync 2-9x at the median for its 60-170 ms).
+    ZeroedPaced,
     /// Only reserve the blocks (`fallocate`): fast to create, but every append's fdatasync also
     /// converts unwritten extents. For when zero-filling cannot keep up with the appends.
     Allocated,

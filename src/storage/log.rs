@@ -654,7 +654,8 @@ impl RaftLog {
     }
 
     /// Starts preparing the next segment file on a background thread, so rotation finds it
-    /// ready. Zero-filled (appends then overwrite written blocks) unless the last segment filled
+    /// ready. Zero-filled at a pace ([`Prepare::ZeroedPaced`]: appends then overwrite written
+    /// blocks, and the fill never has the disk to itself for long) unless the last segment filled
     /// up in less than 1.5 zero-fills' time (a zero-fill's own run time, measured by the last
     /// one): then zero-filling would not finish before the rotation that needs it, so the file
     /// is only fallocated (and faulted into the page cache once, which costs no disk I/O for
@@ -669,15 +670,17 @@ impl RaftLog {
             // The next rotation has its file: the prepared one, or a recycled one.
             return;
         }
-        // Until a zero-fill was measured, assume 1 GiB/s (~340 MB/s were measured here, so the
-        // first guess errs towards zero-filling).
-        let fill_guess = self.config.segment_size_bytes as f64 / (1u64 << 30) as f64;
+        // Until a zero-fill was measured, assume it runs at its pace (the disk may be slower,
+        // so the first guess errs towards zero-filling).
+        let fill_guess = self.config.segment_size_bytes as f64
+            / crate::storage::uring::ZERO_FILL_PACED_BYTES_PER_SEC as f64;
         let how = match (
             self.last_segment_secs,
             self.zero_fill_secs.or(Some(fill_guess)),
         ) {
             (Some(lifetime), Some(fill)) if lifetime < 1.5 * fill => Prepare::AllocatedCached,
-            _ => Prepare::Zeroed,
+            // Paced: the appends keep most of the disk while the next segment is written.
+            _ => Prepare::ZeroedPaced,
         };
         let vfs = Arc::clone(&self.vfs);
         let path = self.prepared_path();
@@ -688,7 +691,9 @@ impl RaftLog {
             .name("segment-prepare".into())
             .spawn(move || {
                 let t = Instant::now();
+                crate::timeline::mark("prepare_start", how as u64);
                 let r = vfs.prepare_file(&path, len, how, &thread_cancel);
+                crate::timeline::mark("prepare_done", how as u64);
                 (r, t.elapsed().as_secs_f64())
             });
         if let Ok(handle) = spawned {
@@ -719,7 +724,7 @@ impl RaftLog {
         };
         match outcome {
             Ok(done) => {
-                if p.how == Prepare::Zeroed {
+                if matches!(p.how, Prepare::Zeroed | Prepare::ZeroedPaced) {
                     // A finished fill measures the fill (its own run time, not the time until
                     // this rotation); a cancelled one says it takes longer than it ran.
                     let known = self.zero_fill_secs.unwrap_or(0.0);
@@ -817,6 +822,7 @@ impl RaftLog {
             Prepare::Allocated
         };
         let never = AtomicBool::new(false);
+        crate::timeline::mark("prepare_inline", how as u64);
         match self
             .vfs
             .prepare_file(&path, self.config.segment_size_bytes, how, &never)
@@ -1140,6 +1146,7 @@ impl RaftLog {
 
     /// Seals the open segment and opens the next (prepared) one.
     fn rotate(&mut self) -> Result<(), LogError> {
+        crate::timeline::mark("rotate_start", self.last_index.0);
         let now = Instant::now();
         if let Some((t, bytes)) = self.rate_mark.replace((now, self.appended_bytes)) {
             let appended = self.appended_bytes - bytes;
@@ -1154,6 +1161,7 @@ impl RaftLog {
         seg.seal().map_err(|e| seg_err("seal segment", &path, e))?;
         self.create_segment(self.last_index.next(), self.last_term, true)?;
         self.start_preparing();
+        crate::timeline::mark("rotate_done", self.last_index.0);
         Ok(())
     }
 

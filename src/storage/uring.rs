@@ -543,6 +543,18 @@ const ZERO_WRITE_BYTES: usize = 64 << 10;
 /// The zero-fill waits for its writeback every this many bytes (the most it leaves dirty).
 const ZERO_WINDOW_BYTES: u64 = 8 << 20;
 
+/// The most bytes per second a paced zero-fill ([`Prepare::ZeroedPaced`], the background
+/// preparation of the next segment) writes: a 64 MiB segment in about 1 s, a few times less
+/// than this disk's buffered write rate (340-560 MB/s, FACTS.md), so that appends keep most of
+/// the disk. The log falls back to `fallocate` when segments fill faster than 1.5 fills take
+/// (`RaftLog::start_preparing`), so pacing never leaves a rotation without its file.
+pub const ZERO_FILL_PACED_BYTES_PER_SEC: u64 = 64 << 20;
+
+/// A paced zero-fill waits for its writeback every this many bytes (instead of
+/// [`ZERO_WINDOW_BYTES`]), so that at most this much of it is queued at the disk ahead of an
+/// append's write and fdatasync.
+const ZERO_WINDOW_PACED_BYTES: u64 = 1 << 20;
+
 /// Writes `len_bytes` zeros into the new, empty file `f`; `Ok(false)` if cancelled.
 ///
 /// How: buffered writes of [`ZERO_WRITE_BYTES`], sent to the disk [`ZERO_CHUNK_BYTES`] at a
@@ -563,8 +575,17 @@ const ZERO_WINDOW_BYTES: u64 = 8 << 20;
 ///   ms. At most [`ZERO_WINDOW_BYTES`] are dirty or under writeback at a time.
 /// - Cached as a whole: an append that writes part of an uncached page makes the kernel read
 ///   that block from disk first, inside the append's latency.
-fn zero_fill(f: &File, len_bytes: u64, cancel: &AtomicBool) -> io::Result<bool> {
+///
+/// Paced (`paced`): every chunk is waited for ([`ZERO_WINDOW_PACED_BYTES`]), and the thread
+/// sleeps as long as it is ahead of [`ZERO_FILL_PACED_BYTES_PER_SEC`].
+fn zero_fill(f: &File, len_bytes: u64, paced: bool, cancel: &AtomicBool) -> io::Result<bool> {
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
+    let window_bytes = if paced {
+        ZERO_WINDOW_PACED_BYTES
+    } else {
+        ZERO_WINDOW_BYTES
+    };
+    let started = std::time::Instant::now();
     let mut at = 0u64;
     // Start of the chunks whose writeback was started but not waited for.
     let mut unsettled = 0u64;
@@ -579,7 +600,7 @@ fn zero_fill(f: &File, len_bytes: u64, cancel: &AtomicBool) -> io::Result<bool> 
         at += n;
         // Start writing this chunk out at once; wait for the whole window every
         // ZERO_WINDOW_BYTES, so at most that much is dirty or under writeback.
-        let settle = at - unsettled >= ZERO_WINDOW_BYTES || at == len_bytes;
+        let settle = at - unsettled >= window_bytes || at == len_bytes;
         let (from, len, flags) = if settle {
             (
                 unsettled,
@@ -612,6 +633,14 @@ fn zero_fill(f: &File, len_bytes: u64, cancel: &AtomicBool) -> io::Result<bool> 
         }
         if settle {
             unsettled = at;
+        }
+        if paced {
+            let due = std::time::Duration::from_secs_f64(
+                at as f64 / ZERO_FILL_PACED_BYTES_PER_SEC as f64,
+            );
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
         }
     }
     Ok(true)
@@ -676,10 +705,10 @@ fn fill_prepared(
         .truncate(true)
         .open(tmp)?;
     match how {
-        Prepare::Zeroed => {
+        Prepare::Zeroed | Prepare::ZeroedPaced => {
             // Really write the zeros (not fallocate, not set_len): appends then overwrite
             // blocks that are allocated and written, whose fdatasync is ~1.7x cheaper.
-            if !zero_fill(&f, len_bytes, cancel)? {
+            if !zero_fill(&f, len_bytes, how == Prepare::ZeroedPaced, cancel)? {
                 return Ok(false);
             }
         }
@@ -1034,6 +1063,7 @@ mod tests {
         let never = AtomicBool::new(false);
         for how in [
             Prepare::Zeroed,
+            Prepare::ZeroedPaced,
             Prepare::Allocated,
             Prepare::AllocatedCached,
         ] {
@@ -1048,7 +1078,29 @@ mod tests {
         assert!(!UringVfs
             .prepare_file(&p, 3 << 20, Prepare::Zeroed, &cancel)
             .unwrap());
-        assert_eq!(UringVfs.list_dir(dir.path()).unwrap().len(), 3);
+        assert_eq!(UringVfs.list_dir(dir.path()).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_paced_zero_fill_keeps_to_its_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let never = AtomicBool::new(false);
+        let len = 8u64 << 20;
+        let p = dir.path().join("paced");
+        let t = std::time::Instant::now();
+        assert!(UringVfs
+            .prepare_file(&p, len, Prepare::ZeroedPaced, &never)
+            .unwrap());
+        let floor = len as f64 / ZERO_FILL_PACED_BYTES_PER_SEC as f64;
+        let took = t.elapsed().as_secs_f64();
+        // The last chunk is written at its due time, so the fill takes at least the time of all
+        // chunks but one.
+        let chunks = len / ZERO_CHUNK_BYTES as u64;
+        assert!(
+            took >= floor * (chunks - 1) as f64 / chunks as f64,
+            "a paced fill of {len} bytes took {took:.3} s, less than its rate allows ({floor:.3} s)"
+        );
+        assert!(std::fs::read(&p).unwrap().iter().all(|&b| b == 0));
     }
 }
 

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# tools/stall_ab.sh: issue 18's stall repro, old binary against new, interleaved.
+#
+#   tools/stall_ab.sh BIN_A BIN_B
+#
+# For each of ROUNDS rounds, and for each binary in turn (the order alternating from round to
+# round), starts a fresh 3-node cluster of that binary on 127.0.0.1 (ports from PORT_BASE) with
+# a small segment (SEGMENT_BYTES, default 4 MiB, so that segments rotate every few seconds under
+# load), runs RUNS back-to-back closed-loop put runs of RUN_SECONDS against the leader with
+# kvbench (CLIENTS clients, 8-byte keys, 256-byte values, one connection per 10 clients), and
+# prints per run: throughput, p99, p99.9, max, errors, and how many segment files the three
+# nodes created during the run (rotations; the first run counts each node's first segment). The
+# node logs are searched for elections after the first.
+# RAFT_TIMELINE_DIR, when set, makes the nodes record their latency timeline there
+# (src/timeline.rs), one subdirectory per binary and round.
+#
+# At the end, one summary line per binary: the median over all its runs of each figure and the
+# largest max, and the ratio B/A; plus the load average at start and end. Everything started is
+# stopped on exit.
+#
+# Environment: ROUNDS (3), RUNS (3), RUN_SECONDS (10), CLIENTS (16), SEGMENT_BYTES (4194304),
+# SNAPSHOT_ENTRIES (unset: the default), PORT_BASE (32100), KVBENCH (target/release/kvbench).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+BIN_A=${1:?usage: tools/stall_ab.sh BIN_A BIN_B}
+BIN_B=${2:?usage: tools/stall_ab.sh BIN_A BIN_B}
+ROUNDS=${ROUNDS:-3}
+RUNS=${RUNS:-3}
+RUN_SECONDS=${RUN_SECONDS:-10}
+CLIENTS=${CLIENTS:-16}
+SEGMENT_BYTES=${SEGMENT_BYTES:-4194304}
+PORT_BASE=${PORT_BASE:-32100}
+TARGET_DIR=${CARGO_TARGET_DIR:-$(pwd)/target}
+KVBENCH=${KVBENCH:-$TARGET_DIR/release/kvbench}
+CONNS=$(((CLIENTS + 9) / 10))
+
+mkdir -p "$TARGET_DIR/tmp"
+WORK=$(mktemp -d "$TARGET_DIR/tmp/stall-ab.XXXXXX")
+PIDS=()
+stop_cluster() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ $alive -eq 0 ]] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+trap 'stop_cluster; echo "work directory: $WORK" >&2' EXIT
+
+RESULTS=$WORK/results.txt
+: >"$RESULTS"
+echo "machine: $(nproc) cores, Linux $(uname -r); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "A=$BIN_A B=$BIN_B rounds=$ROUNDS runs=$RUNS x ${RUN_SECONDS}s clients=$CLIENTS segment=$SEGMENT_BYTES"
+
+one_round() {
+    local label=$1 bin=$2 round=$3 dir=$WORK/$1-$3 i
+    mkdir -p "$dir"
+    {
+        echo "nodes:"
+        for i in 1 2 3; do
+            printf '  - node_id: %d\n    ip_address: "127.0.0.1"\n    port: %d\n' "$i" $((PORT_BASE + i))
+        done
+        echo "cluster_settings:"
+        echo "  log_directory: \"$dir/raft\""
+        echo "  log_segment_size: $SEGMENT_BYTES"
+        [[ -n ${SNAPSHOT_ENTRIES:-} ]] && echo "  snapshot_entries: $SNAPSHOT_ENTRIES"
+    } >"$dir/cluster.yaml"
+    for i in 1 2 3; do
+        if [[ -n ${RAFT_TIMELINE_DIR:-} ]]; then
+            RAFT_TIMELINE=$RAFT_TIMELINE_DIR/$label-$round RUST_LOG=info \
+                "$bin" --node-id "$i" --config "$dir/cluster.yaml" >"$dir/n$i.log" 2>&1 &
+        else
+            RUST_LOG=info "$bin" --node-id "$i" --config "$dir/cluster.yaml" >"$dir/n$i.log" 2>&1 &
+        fi
+        PIDS+=($!)
+    done
+    local eps="127.0.0.1:$((PORT_BASE + 1)),127.0.0.1:$((PORT_BASE + 2)),127.0.0.1:$((PORT_BASE + 3))"
+    local run out line rotations load
+    for run in $(seq "$RUNS"); do
+        out=$dir/run$run.out
+        find "$dir/raft" -name 'segment_*.log' 2>/dev/null | sort >"$dir/segs.before" || true
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        "$KVBENCH" --endpoints "$eps" --target leader --leader-wait 30 --op put --clients "$CLIENTS" \
+            --conns "$CONNS" --duration "$RUN_SECONDS" --warmup 0 --key-size 8 --val-size 256 \
+            --key-space 1000 --keys seq --timeline >"$out" 2>&1 || { cat "$out" >&2; exit 1; }
+        find "$dir/raft" -name 'segment_*.log' 2>/dev/null | sort >"$dir/segs.after" || true
+        # Segments created during the run (compaction removes old ones meanwhile, so the count
+        # alone would hide a rotation).
+        rotations=$(comm -13 "$dir/segs.before" "$dir/segs.after" | wc -l)
+        line=$(grep '^kvbench-result ' "$out")
+        kv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$line"; }
+        echo "$label $round $run $(kv ops_per_sec) $(kv p99_us) $(kv p999_us) $(kv max_us) $(kv errors) $rotations $load" >>"$RESULTS"
+        printf '  %s round %d run %d: %8.1f ok/s p99 %6.2f ms p99.9 %6.2f ms max %7.2f ms errors %s, segments created %d (3 nodes), load %s\n' \
+            "$label" "$round" "$run" "$(kv ops_per_sec)" "$(awk -v v="$(kv p99_us)" 'BEGIN{print v/1000}')" \
+            "$(awk -v v="$(kv p999_us)" 'BEGIN{print v/1000}')" "$(awk -v v="$(kv max_us)" 'BEGIN{print v/1000}')" \
+            "$(kv errors)" "$rotations" "$load"
+    done
+    stop_cluster
+    # An election after the first one (term > 1) means a node timed out during the runs.
+    local elections
+    elections=$(grep -hc 'became leader\|Became leader\|👑' "$dir"/n*.log 2>/dev/null | paste -sd+ | bc || echo "?")
+    echo "  $label round $round: leader elections logged: $elections (1 is the first election)"
+    echo "$label $round elections $elections" >>"$WORK/elections.txt"
+}
+
+for round in $(seq "$ROUNDS"); do
+    if ((round % 2 == 1)); then
+        one_round A "$BIN_A" "$round"
+        one_round B "$BIN_B" "$round"
+    else
+        one_round B "$BIN_B" "$round"
+        one_round A "$BIN_A" "$round"
+    fi
+done
+
+summary() {
+    awk -v L="$1" '$1 == L { n++; ops[n] = $4; p99[n] = $5; p999[n] = $6; mx[n] = $7; if ($7 > big) big = $7; err += $8; rot += $9 }
+        function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+            return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+        END { printf "%s %.1f %.3f %.3f %.3f %.3f %d %d\n", L, med(ops, n), med(p99, n) / 1000, med(p999, n) / 1000, med(mx, n) / 1000, big / 1000, err, rot }' "$RESULTS"
+}
+SA=$(summary A)
+SB=$(summary B)
+echo
+echo "median over runs: label ok/s p99_ms p99.9_ms max_ms(median) max_ms(largest) errors segments_created"
+echo "$SA"
+echo "$SB"
+read -r _ a1 a2 a3 a4 a5 _ _ <<<"$SA"
+read -r _ b1 b2 b3 b4 b5 _ _ <<<"$SB"
+awk -v a1="$a1" -v a2="$a2" -v a3="$a3" -v a4="$a4" -v a5="$a5" -v b1="$b1" -v b2="$b2" -v b3="$b3" -v b4="$b4" -v b5="$b5" \
+    'BEGIN { printf "B/A: ok/s %.2fx p99 %.2fx p99.9 %.2fx max(median) %.2fx max(largest) %.2fx\n", b1/a1, b2/a2, b3/a3, b4/a4, b5/a5 }'
+cat "$WORK/elections.txt"
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""tools/stall_attrib.py: where the stalls of a loaded cluster came from (issue 18).
+
+    tools/stall_attrib.py TIMELINE_DIR [--slow-ms 20]
+
+Reads the `timeline-<pid>.tsv` files the nodes wrote (RAFT_TIMELINE=TIMELINE_DIR, see
+src/timeline.rs; tools/stall_ab.sh sets it with RAFT_TIMELINE_DIR), one per process, and prints:
+
+- per process: its role changes, rotations (`rotate_start` -> `rotate_done`, on the append
+  path), background preparations of the next segment (`prepare_start` -> `prepare_done`, with
+  how: 0 zero-filled, 1 zero-filled at a pace, 2 fallocated, 3 fallocated and cached),
+  preparations made inline at a
+  rotation (`prepare_inline`), durable writes (`write_start` -> `write_done`: write +
+  fdatasync, p50/p99/max; and those during the preparations that followed a rotation against
+  those more than 1 s away from them), late ticks (`tick_late_us`) and long Ready drains
+  (`drain_slow_us`);
+- on the leader (the process that answered the etcd writes, `kv_write_us`: each write's latency
+  inside the server): every stall, i.e. the writes slower than --slow-ms merged where they
+  overlap in time, with what overlapped it in any process: a rotation (or one that ended up to
+  5 ms before), a segment preparation, a durable write at least half as long as the worst
+  request, a tick served late by at least a quarter of it, a long Ready drain, a role change
+  (election) in the 300 ms before or during it;
+  then a tally of the episodes by cause.
+"""
+import glob
+import os
+import sys
+from collections import defaultdict
+
+# `Prepare` as a number (src/storage/file.rs; binaries before the paced fill had no 1 and numbered
+# the fallocated kinds 1 and 2).
+HOW = {0: "zero-filled", 1: "paced zero-fill", 2: "fallocated", 3: "fallocated+cached"}
+
+
+def load(path):
+    ev = []
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) == 3:
+                ev.append((int(parts[0]), parts[1], int(parts[2])))
+    ev.sort()
+    return ev
+
+
+def intervals(ev, start, done, key_by_index=True):
+    """(t0, t1, key) pairs from matching start/done marks (by index, or in order)."""
+    out = []
+    open_ = {}
+    pending = []
+    for t, what, idx in ev:
+        if what == start:
+            if key_by_index:
+                open_[idx] = t
+            else:
+                pending.append((t, idx))
+        elif what == done:
+            if key_by_index:
+                t0 = open_.pop(idx, None)
+                if t0 is not None:
+                    out.append((t0, t, idx))
+            elif pending:
+                t0, i0 = pending.pop(0)
+                out.append((t0, t, i0))
+    return out
+
+
+def pct(xs, p):
+    if not xs:
+        return 0
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))]
+
+
+def main():
+    args = sys.argv[1:]
+    if not args:
+        print(__doc__)
+        sys.exit(2)
+    slow_ms = 20.0
+    if "--slow-ms" in args:
+        i = args.index("--slow-ms")
+        slow_ms = float(args[i + 1])
+        del args[i : i + 2]
+    files = sorted(glob.glob(os.path.join(args[0], "timeline-*.tsv")))
+    if not files:
+        print(f"no timeline-*.tsv in {args[0]}")
+        sys.exit(1)
+    procs = {}
+    for f in files:
+        pid = os.path.basename(f)[len("timeline-") : -len(".tsv")]
+        procs[pid] = load(f)
+    t_zero = min(ev[0][0] for ev in procs.values() if ev)
+    ms = lambda t: (t - t_zero) / 1e6
+
+    info = {}
+    for pid, ev in procs.items():
+        writes = intervals(ev, "write_start", "write_done")
+        rot = intervals(ev, "rotate_start", "rotate_done")
+        prep = intervals(ev, "prepare_start", "prepare_done", key_by_index=False)
+        inline = [(t, i) for t, w, i in ev if w == "prepare_inline"]
+        late = [(t, i) for t, w, i in ev if w == "tick_late_us"]
+        drain = [(t, i) for t, w, i in ev if w == "drain_slow_us"]
+        roles = [(t, w, i) for t, w, i in ev if w.startswith("role_")]
+        answers = [(t, i) for t, w, i in ev if w == "kv_write_us"]
+        info[pid] = dict(writes=writes, rot=rot, prep=prep, inline=inline, late=late,
+                         drain=drain, roles=roles, answers=answers)
+        wd = [(b - a) / 1e6 for a, b, _ in writes]
+        print(f"process {pid}: {len(answers)} writes answered; roles: "
+              + (", ".join(f"{w[5:]}@{ms(t):.0f}ms(term {i})" for t, w, i in roles) or "-"))
+        print(f"  durable writes: {len(wd)}, ms p50 {pct(wd, .5):.2f} p99 {pct(wd, .99):.2f} "
+              f"p99.9 {pct(wd, .999):.2f} max {max(wd, default=0):.2f}")
+        for a, b, idx in rot:
+            print(f"  rotation at {ms(a):.0f} ms (after index {idx}): {(b - a) / 1e6:.2f} ms on the append path")
+        for a, b, how in prep:
+            print(f"  preparation {HOW.get(how, how)} {ms(a):.0f}-{ms(b):.0f} ms ({(b - a) / 1e6:.0f} ms)")
+        # The appends during the background preparations that followed a rotation (the first
+        # one, at startup, overlaps the cluster's start) against those more than 1 s away.
+        later = prep[1:]
+        if later:
+            near = lambda t, pad: any(p0 - pad <= t <= p1 + pad for p0, p1, _ in later)
+            during = [(b - a) / 1e6 for a, b, _ in writes if near(a, 0)]
+            away = [(b - a) / 1e6 for a, b, _ in writes if not near(a, 1_000_000_000)]
+            prep_s = sum(p1 - p0 for p0, p1, _ in later) / 1e9
+            away_s = (ev[-1][0] - ev[0][0]) / 1e9 - sum(p1 - p0 + 2e9 for p0, p1, _ in later) / 1e9
+            print(f"  durable writes during the preparations after a rotation ({prep_s:.2f} s): "
+                  f"{len(during) / max(prep_s, 1e-9):.0f}/s, ms p50 {pct(during, .5):.2f} "
+                  f"p99 {pct(during, .99):.2f} max {max(during, default=0):.2f}; more than 1 s "
+                  f"away from them: {len(away) / max(away_s, 1e-9):.0f}/s, ms p50 "
+                  f"{pct(away, .5):.2f} p99 {pct(away, .99):.2f} max {max(away, default=0):.2f}")
+        for t, how in inline:
+            print(f"  preparation made INLINE at {ms(t):.0f} ms ({HOW.get(how, how)})")
+        if late:
+            print(f"  late ticks (>= 2 ms): {len(late)}, worst {max(i for _, i in late) / 1000:.1f} ms")
+        if drain:
+            print(f"  long Ready drains (>= 2 ms): {len(drain)}, worst {max(i for _, i in drain) / 1000:.1f} ms")
+
+    leader = max(info, key=lambda p: len(info[p]["answers"]))
+    ans = info[leader]["answers"]  # (answered at, latency µs)
+    lat = sorted(l for _, l in ans)
+    print(f"\nleader: process {leader}; {len(ans)} writes answered, ms p50 {pct(lat, .5) / 1000:.2f} "
+          f"p99 {pct(lat, .99) / 1000:.2f} p99.9 {pct(lat, .999) / 1000:.2f} max {max(lat, default=0) / 1000:.2f}")
+    print(f"stalls: writes slower than {slow_ms} ms, merged where they overlap, with what overlapped them:")
+    episodes = []
+    for t, l in sorted(ans, key=lambda x: x[0] - x[1] * 1000):
+        if l / 1000 < slow_ms:
+            continue
+        a, b = t - l * 1000, t
+        if episodes and a <= episodes[-1][1]:
+            e = episodes[-1]
+            episodes[-1] = (e[0], max(e[1], b), max(e[2], l), e[3] + 1)
+        else:
+            episodes.append((a, b, l, 1))
+    tally = defaultdict(int)
+    for a, b, worst, n in episodes:
+        causes = []
+        kinds = set()
+        for pid, d in info.items():
+            who = "leader" if pid == leader else f"follower {pid}"
+            for r0, r1, _ in d["rot"]:
+                if r0 < b and r1 > a - 5_000_000:
+                    causes.append(f"{who}: rotation {(r1 - r0) / 1e6:.1f} ms at {ms(r0):.0f}")
+                    kinds.add("rotation")
+            for p0, p1, how in d["prep"]:
+                if p0 < b and p1 > a:
+                    causes.append(f"{who}: {HOW.get(how, how)} preparation running")
+                    kinds.add("preparation")
+            for t, how in d["inline"]:
+                if a - 5_000_000 <= t <= b:
+                    causes.append(f"{who}: inline preparation ({HOW.get(how, how)})")
+                    kinds.add("preparation")
+            slow = [(w1 - w0) / 1e6 for w0, w1, _ in d["writes"] if w0 < b and w1 > a]
+            if slow and max(slow) >= worst / 2000:
+                causes.append(f"{who}: durable write of {max(slow):.1f} ms")
+                kinds.add("slow fdatasync")
+            lt = [i / 1000 for t, i in d["late"] if a <= t <= b + 2_000_000]
+            if lt and max(lt) >= worst / 4000:
+                causes.append(f"{who}: tick {max(lt):.1f} ms late")
+                kinds.add("loop not running (late tick)")
+            dr = [i / 1000 for t, i in d["drain"] if a <= t <= b + 2_000_000]
+            if dr:
+                causes.append(f"{who}: Ready drain of {max(dr):.1f} ms")
+                kinds.add("long Ready drain")
+            for t, w, term in d["roles"]:
+                if a - 300_000_000 <= t <= b and w != "role_follower":
+                    causes.append(f"{who}: became {w[5:]} (term {term}) at {ms(t):.0f}")
+                    kinds.add("election")
+        for k in kinds or {"nothing marked"}:
+            tally[k] += 1
+        print(f"  {ms(a):9.0f}-{ms(b):.0f} ms: {n} writes, worst {worst / 1000:.1f} ms; "
+              + ("; ".join(causes) or "nothing marked overlaps"))
+    if not episodes:
+        print("  none")
+    print("episodes by overlapping cause (one episode may count under several): "
+          + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())))
+
+
+if __name__ == "__main__":
+    main()
