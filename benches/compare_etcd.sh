@@ -241,6 +241,8 @@ measure() {
     fi
     out=$WORK/kvbench-$sys-$op-$clients-$round.out
     load=$(cut -d' ' -f1 /proc/loadavg)
+    local elections_before
+    elections_before=$(elections_of "$sys")
     for pid in "${pids[@]}"; do before+=("$(cpu_ticks "$pid")"); done
     "$KVBENCH" --endpoints "$(endpoints_of "$sys")" --target leader --leader-wait 30 \
         --op "$kv_op" "${rate_args[@]}" --consistency l --clients "$clients" \
@@ -253,6 +255,8 @@ measure() {
         exit 1
     }
     for pid in "${pids[@]}"; do after+=("$(cpu_ticks "$pid")"); done
+    local elections
+    elections=$(($(elections_of "$sys") - elections_before))
     local line
     line=$(grep '^kvbench-result ' "$out")
     local ok errors ops p50 p90 p99 p999 max ccpu empty
@@ -272,17 +276,28 @@ measure() {
     per_op() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$ok" 'BEGIN { if (n > 0) printf "%.1f", t * 1e6 / hz / n; else print "0" }'; }
     scpu=$(per_op "$ticks")
     lcpu=$(per_op "$leader_ticks")
-    echo "$sys $op $clients $round $ops $p50 $p90 $p99 $p999 $max $errors $scpu $ccpu $empty $load $lcpu" >>"$RESULTS"
-    printf '  %-13s %-5s %3d clients, round %d: %9.1f ok/s, p50 %7.3f ms, p99 %7.3f ms, errors %s, server CPU %s µs/op (leader %s), client %s, load %s\n' \
+    echo "$sys $op $clients $round $ops $p50 $p90 $p99 $p999 $max $errors $scpu $ccpu $empty $load $lcpu $elections" >>"$RESULTS"
+    printf '  %-13s %-5s %3d clients, round %d: %9.1f ok/s, p50 %7.3f ms, p99 %7.3f ms, errors %s, server CPU %s µs/op (leader %s), client %s, elections %s, load %s\n' \
         "$(name_of "$sys")" "$op" "$clients" "$round" "$ops" \
         "$(awk -v v="$p50" 'BEGIN{print v/1000}')" "$(awk -v v="$p99" 'BEGIN{print v/1000}')" \
-        "$errors" "$scpu" "$lcpu" "$ccpu" "$load"
+        "$errors" "$scpu" "$lcpu" "$ccpu" "$elections" "$load"
     if [[ $errors != 0 ]]; then
         HAD_ERRORS=1
         grep '^errors: ' "$out" | sed 's/^/      /'
     fi
     if [[ $op == range && $empty != 0 ]]; then
         echo "      warning: $empty ranges found no key (KEY_SPACE larger than the keys written?)"
+    fi
+}
+
+# Leader elections a system's cluster has held so far: the distinct terms in which a leader was
+# elected, from the server logs (ours: the "👑 Won election" line, logged once by the winner, with
+# its term; etcd: "elected leader ... at term N", logged by every member that learns of it).
+elections_of() {
+    if [[ $1 == ours ]]; then
+        cat "$WORK"/ours-n*.log 2>/dev/null | grep -a 'Won election' | grep -ao 'term=[0-9]*' | sort -u | wc -l
+    else
+        cat "$WORK"/etcd-m*.log 2>/dev/null | grep -a 'elected leader' | grep -ao 'at term [0-9]*' | sort -u | wc -l
     fi
 }
 
@@ -336,7 +351,7 @@ END_LOAD=$(load_avg)
 
 # ---- the table -----------------------------------------------------------------------------
 # Field numbers in $RESULTS: 1 sys 2 op 3 clients 4 round 5 ops 6 p50 7 p90 8 p99 9 p999 10 max
-# 11 errors 12 server CPU 13 client CPU 14 empty ranges 15 load 16 leader CPU.
+# 11 errors 12 server CPU 13 client CPU 14 empty ranges 15 load 16 leader CPU 17 elections.
 median() { # median of column $1 for system $2, op $3, clients $4
     awk -v c="$1" -v s="$2" -v o="$3" -v n="$4" '$1 == s && $2 == o && $3 == n { print $c }' "$RESULTS" |
         sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
@@ -423,6 +438,14 @@ if [[ ${#SYSTEMS[@]} == 2 ]]; then
     check "$peak clients, linearizable range throughput ours ÷ etcd" "$(rr range "$peak" ops)" ">=" 2
 fi
 
+# Issue 18: no election during any run (warm-up included).
+for sys in "${SYSTEMS[@]}"; do
+    n=$(awk -v s="$sys" '$1 == s { t += $17 } END { print t + 0 }' "$RESULTS")
+    verdict=PASS
+    [[ $n == 0 ]] || verdict=MISS
+    echo "- $(name_of "$sys"): elections during the measured runs (warm-up included): $n (target 0): **$verdict**" >>"$CHECKS"
+done
+
 CONNS_DESC="ceil(clients/10)"
 [[ -n ${CONNS:-} ]] && CONNS_DESC="min($CONNS, clients)"
 SETUP="Setup: $(name_of etcd) ($ETCD_VERSION, Debian etcd-server, default flags: heartbeat 100 ms, election 1000 ms, fdatasync on) and rust-raft-log (commit $COMMIT, release build, default cluster_settings), 3 members each, every process on 127.0.0.1 of this machine, data directories side by side under target/tmp. Load: \`kvbench\` (tools/kvbench, tonic, tokio multi-thread runtime) on the same 2 cores, every request to the leader's endpoint (found with Maintenance.Status); closed loop, except the \"put at N/s offered\" row (open loop: $FIXED_RATE_CLIENTS clients share a fixed schedule of requests, each latency measured from the request's due time, so a stall counts against every request due during it); ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values; puts write key numbers 0 to $((KEY_SPACE - 1)) in sequence (and around again), ranges read one random key of those (linearizable, etcd's default); connections = $CONNS_DESC; ${WARMUP_SECONDS} s warm-up then ${RUN_SECONDS} s measured per run; $ROUNDS rounds, systems interleaved (order alternating). Each figure is the median over the rounds (max: the largest); server CPU is user+system of the three server processes per successful request (in brackets: the leader's alone), client CPU that of kvbench (which shares the 2 cores with the servers)."
@@ -437,7 +460,7 @@ SETUP="Setup: $(name_of etcd) ($ETCD_VERSION, Debian etcd-server, default flags:
     cat "$TABLE"
     if [[ -s $CHECKS ]]; then
         echo
-        echo "Targets (issue 5), from this table:"
+        echo "Targets (issues 5 and 18), from this table:"
         echo
         cat "$CHECKS"
     fi
