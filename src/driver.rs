@@ -99,6 +99,18 @@ pub enum Inbound<R> {
         target: NodeId,
         reply: oneshot::Sender<Result<(), TransferError>>,
     },
+    /// An operator's membership change (etcd's `MemberAdd`, `MemberRemove`, `MemberPromote`,
+    /// `MemberUpdate`), handled by the leader: answered once the change (and the new member's
+    /// address record) is committed and applied here, or refused at once (nothing appended).
+    /// Dropping `reply` means the outcome is unknown.
+    Member {
+        request: MemberRequest,
+        reply: oneshot::Sender<Result<MemberChanged, MemberRefused>>,
+    },
+    /// The configuration in effect on this node (a query; answered at once).
+    Membership {
+        reply: oneshot::Sender<Option<crate::raft::Membership>>,
+    },
     /// The transport gave up delivering a snapshot to `to` (see
     /// [`RaftNode::report_snapshot_failed`]).
     SnapshotFailed { to: NodeId },
@@ -124,6 +136,83 @@ pub enum SnapshotRefused {
     #[error("the snapshot could not be written: {0}")]
     Failed(String),
 }
+
+/// A membership change an operator asks for ([`Inbound::Member`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberRequest {
+    /// Adds a member that listens at `peer_urls` (the first is where peers connect), as a
+    /// learner or as a voter. The leader chooses its node id: one above every id it knows
+    /// (members, recorded addresses, the config file), so ids are never reused.
+    Add {
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
+    Remove(NodeId),
+    /// Makes a learner a voter; refused while it lags ([`MemberRefused::LearnerNotReady`]).
+    Promote(NodeId),
+    /// Records new peer URLs for a member (no configuration change).
+    Update {
+        node: NodeId,
+        peer_urls: Vec<String>,
+    },
+}
+
+/// A membership change is committed and applied on the answering leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberChanged {
+    /// The member the change is about (the new one's id for an add).
+    pub node: NodeId,
+    /// The index of the last entry the change took (the address record of an add).
+    pub index: LogIndex,
+    pub term: Term,
+}
+
+/// Why a membership change was not proposed (nothing was appended).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MemberRefused {
+    #[error("not the leader (leader: {leader:?} at {leader_address:?})")]
+    NotLeader {
+        leader: Option<NodeId>,
+        leader_address: Option<SocketAddr>,
+    },
+    /// One change at a time (thesis §4.1): retry once entry `index` commits.
+    #[error("a membership change (entry {index}) is still in flight; retry once it commits")]
+    InFlight { index: LogIndex },
+    /// A new leader has not committed an entry of its term yet (the 2015 single-server bug).
+    #[error("the leader has not committed an entry of its term yet; retry shortly")]
+    BeforeTermCommit,
+    /// The change does not fit the configuration (adding a member twice, removing a
+    /// non-member, removing the last voter, promoting a voter).
+    #[error("invalid membership change: {0}")]
+    Invalid(String),
+    /// The member is not in the configuration.
+    #[error("node {0} is not a member")]
+    NotFound(NodeId),
+    /// etcd's rule: a learner is promoted only once its log holds 90% of the leader's.
+    #[error("learner {node} is not in sync: it holds entries up to {match_index}, the leader {last_index}")]
+    LearnerNotReady {
+        node: NodeId,
+        match_index: LogIndex,
+        last_index: LogIndex,
+    },
+    /// The state machine keeps no member address registry: members outside the config file
+    /// cannot be added or have their addresses changed.
+    #[error("this node's state machine keeps no member addresses; members can only come from the config file")]
+    NoRegistry,
+    #[error("leadership is being transferred to node {to}; retry shortly")]
+    Transferring { to: NodeId },
+    #[error("{pending} proposals are waiting to commit (the limit); retry later")]
+    Overloaded { pending: usize },
+    #[error("no space left in {} for the next {needed_bytes}-byte log segment; writes are refused until space is freed", dir.display())]
+    NoSpace {
+        dir: std::path::PathBuf,
+        needed_bytes: u64,
+    },
+}
+
+/// etcd's `readyPercent`: a learner whose match index is below this share of the leader's last
+/// index is not promoted.
+pub const LEARNER_READY_PERCENT: u64 = 90;
 
 /// A command applied by the state machine, as its proposer sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -306,10 +395,34 @@ pub trait Consensus {
     fn lead_transferee(&self) -> Option<NodeId> {
         None
     }
+    /// See [`RaftNode::propose_conf_change`]. Defaults to a refusal (scripted cores have no
+    /// membership).
+    fn propose_conf_change(
+        &mut self,
+        _change: crate::raft::ConfChange,
+    ) -> Result<(LogIndex, Term), ProposeError> {
+        Err(ProposeError::NotLeader {
+            leader_hint: self.leader(),
+        })
+    }
+    /// The configuration in effect now (that of the last configuration entry appended);
+    /// `None` when the implementation does not track membership.
+    fn membership(&self) -> Option<crate::raft::Membership> {
+        None
+    }
 }
 
 impl<S: Storage> Consensus for RaftNode<S> {
     type Log = S;
+    fn propose_conf_change(
+        &mut self,
+        change: crate::raft::ConfChange,
+    ) -> Result<(LogIndex, Term), ProposeError> {
+        RaftNode::propose_conf_change(self, change)
+    }
+    fn membership(&self) -> Option<crate::raft::Membership> {
+        Some(RaftNode::membership(self).clone())
+    }
     fn membership_at(&self, index: LogIndex) -> Option<crate::raft::Membership> {
         Some(RaftNode::membership_at(self, index).clone())
     }
@@ -540,7 +653,11 @@ type ReadReply = oneshot::Sender<Result<ReadGrant, ReadRefused>>;
 enum Proposer<R> {
     Operator(ProposeReply),
     Command(CommandReply<R>),
+    /// A membership change about `node`.
+    Member(NodeId, MemberReply),
 }
+
+type MemberReply = oneshot::Sender<Result<MemberChanged, MemberRefused>>;
 
 /// Why [`Driver::propose_bounded`] did not propose (each service words it its own way).
 enum Refusal {
@@ -582,6 +699,10 @@ pub struct Driver<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
     /// A failure outside the durable writes (a snapshot that could not be installed), reported
     /// by the next `poll_durable`.
     failed: Option<String>,
+    /// Bumped whenever the configuration or the member addresses may have changed (a
+    /// configuration entry appended or proposed, an address record applied, a snapshot
+    /// installed): the host then brings its peer connections and its gate up to date.
+    members_generation: u64,
 }
 
 impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
@@ -610,7 +731,24 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             stats: DriverStats::default(),
             installer: None,
             failed: None,
+            members_generation: 1,
         }
+    }
+
+    /// See the field: compare with the value seen last to know whether to look again.
+    pub fn members_generation(&self) -> u64 {
+        self.members_generation
+    }
+
+    /// The address of every node this driver knows one for (the config file's members and the
+    /// members added through this leader); the host adds those it learns from the registry.
+    pub fn addresses(&self) -> &HashMap<NodeId, SocketAddr> {
+        &self.config.addresses
+    }
+
+    /// Records `node`'s address (from the member address registry) for NotLeader answers.
+    pub fn set_address(&mut self, node: NodeId, address: SocketAddr) {
+        self.config.addresses.insert(node, address);
     }
 
     /// How this host installs a leader's snapshot into its state machine. Without one, a core
@@ -797,6 +935,10 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             Inbound::TransferLeader { target, reply } => {
                 let _ = reply.send(self.core.transfer_leader(target));
             }
+            Inbound::Member { request, reply } => self.member_change(request, reply),
+            Inbound::Membership { reply } => {
+                let _ = reply.send(self.core.membership());
+            }
             Inbound::SnapshotFailed { to } => self.core.report_snapshot_failed(to),
             Inbound::Snapshot { reply } => {
                 let _ = reply.send(Err(SnapshotRefused::NoSnapshots));
@@ -842,13 +984,185 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                 max_bytes,
             },
             ProposeError::Transferring { to } => Refusal::Transferring { to },
-            // Only `propose_conf_change` refuses for configuration reasons.
-            other @ (ProposeError::ConfChangeInFlight { .. }
+            // Only `propose_conf_change` refuses for configuration reasons; should a core do it
+            // for a normal entry, the proposer hears a refusal, not a crash.
+            ProposeError::ConfChangeInFlight { .. }
             | ProposeError::ConfChangeBeforeTermCommit
-            | ProposeError::BadConfChange(_)) => {
-                unreachable!("propose() refused a normal entry for a configuration reason: {other}")
-            }
+            | ProposeError::BadConfChange(_) => Refusal::Overloaded {
+                pending: self.proposals.len(),
+            },
         })
+    }
+
+    /// Proposes a membership change ([`Inbound::Member`]): the configuration entry first (so a
+    /// refusal appends nothing), then, for an add or an update, the entry that records the
+    /// member's address in the replicated state; the reply waits for the last of them.
+    fn member_change(&mut self, request: MemberRequest, reply: MemberReply) {
+        use crate::raft::ConfChange;
+        let refused = |reply: MemberReply, why: MemberRefused| {
+            let _ = reply.send(Err(why));
+        };
+        if self.core.role() != Role::Leader {
+            let leader = self.core.leader();
+            let leader_address = self.address_of(leader);
+            return refused(
+                reply,
+                MemberRefused::NotLeader {
+                    leader,
+                    leader_address,
+                },
+            );
+        }
+        let Some(membership) = self.core.membership() else {
+            return refused(
+                reply,
+                MemberRefused::Invalid("this core does not track membership".to_string()),
+            );
+        };
+        let pending = self.proposals.len();
+        if pending >= self.config.proposals_pending_max {
+            return refused(reply, MemberRefused::Overloaded { pending });
+        }
+        if let Some(full) = self.durable.no_space() {
+            return refused(
+                reply,
+                MemberRefused::NoSpace {
+                    dir: full.dir,
+                    needed_bytes: full.needed_bytes,
+                },
+            );
+        }
+        let (node, change, record) = match request {
+            MemberRequest::Add { peer_urls, learner } => {
+                let Some(first) = peer_urls.first() else {
+                    return refused(reply, MemberRefused::Invalid("no peer URL".to_string()));
+                };
+                let address = match parse_peer_url(first) {
+                    Ok(a) => a,
+                    Err(why) => return refused(reply, MemberRefused::Invalid(why)),
+                };
+                // One above every id this leader knows of: members, recorded addresses (kept
+                // for removed members too) and the config file, so no id is ever reused.
+                let highest = membership
+                    .members()
+                    .chain(self.state_machine.member_urls().into_keys())
+                    .chain(self.config.addresses.keys().copied())
+                    .map(|n| n.0)
+                    .max()
+                    .unwrap_or(0);
+                let Some(next) = highest.checked_add(1) else {
+                    return refused(reply, MemberRefused::Invalid("node ids exhausted".into()));
+                };
+                let node = NodeId(next);
+                let Some(record) = M::member_record(node, &peer_urls) else {
+                    return refused(reply, MemberRefused::NoRegistry);
+                };
+                // Known now, before the record commits: the leader reaches the new member at
+                // once (a voter added to a one-node cluster is needed for the next commit).
+                self.config.addresses.insert(node, address);
+                let change = if learner {
+                    ConfChange::AddLearner(node)
+                } else {
+                    ConfChange::AddVoter(node)
+                };
+                (node, Some(change), Some(record))
+            }
+            MemberRequest::Remove(node) => {
+                if !membership.contains(node) {
+                    return refused(reply, MemberRefused::NotFound(node));
+                }
+                (node, Some(ConfChange::RemoveNode(node)), None)
+            }
+            MemberRequest::Promote(node) => {
+                if !membership.contains(node) {
+                    return refused(reply, MemberRefused::NotFound(node));
+                }
+                if membership.is_learner(node) {
+                    let match_index = self
+                        .core
+                        .peer_match_indexes()
+                        .into_iter()
+                        .find(|(id, _)| *id == node)
+                        .map_or(LogIndex::ZERO, |(_, m)| m);
+                    let last_index = self.core.last_index();
+                    if match_index.0.saturating_mul(100)
+                        < last_index.0.saturating_mul(LEARNER_READY_PERCENT)
+                    {
+                        return refused(
+                            reply,
+                            MemberRefused::LearnerNotReady {
+                                node,
+                                match_index,
+                                last_index,
+                            },
+                        );
+                    }
+                }
+                (node, Some(ConfChange::PromoteLearner(node)), None)
+            }
+            MemberRequest::Update { node, peer_urls } => {
+                if !membership.contains(node) {
+                    return refused(reply, MemberRefused::NotFound(node));
+                }
+                let Some(first) = peer_urls.first() else {
+                    return refused(reply, MemberRefused::Invalid("no peer URL".to_string()));
+                };
+                if let Err(why) = parse_peer_url(first) {
+                    return refused(reply, MemberRefused::Invalid(why));
+                }
+                let Some(record) = M::member_record(node, &peer_urls) else {
+                    return refused(reply, MemberRefused::NoRegistry);
+                };
+                (node, None, Some(record))
+            }
+        };
+        let mut last = None;
+        if let Some(change) = change {
+            match self.core.propose_conf_change(change) {
+                Ok(at) => {
+                    self.members_generation += 1;
+                    last = Some(at);
+                }
+                Err(e) => {
+                    self.stats.proposals_failed += 1;
+                    let why = match e {
+                        ProposeError::NotLeader { leader_hint } => MemberRefused::NotLeader {
+                            leader: leader_hint,
+                            leader_address: self.address_of(leader_hint),
+                        },
+                        ProposeError::Transferring { to } => MemberRefused::Transferring { to },
+                        ProposeError::ConfChangeInFlight { index } => {
+                            MemberRefused::InFlight { index }
+                        }
+                        ProposeError::ConfChangeBeforeTermCommit => MemberRefused::BeforeTermCommit,
+                        ProposeError::BadConfChange(why) => MemberRefused::Invalid(why),
+                        ProposeError::TooLarge { .. } => MemberRefused::Invalid(format!("{e}")),
+                    };
+                    return refused(reply, why);
+                }
+            }
+        }
+        if let Some(record) = record {
+            match self.core.propose(record) {
+                Ok(at) => last = Some(at),
+                Err(e) => {
+                    // Only after a configuration entry was appended can this fail (the same
+                    // leader, in the same step, so it does not): the change stands, the address
+                    // is missing; say so rather than answer success.
+                    self.stats.proposals_failed += 1;
+                    tracing::error!(node = %node, "the address record of a membership change was not proposed: {e}");
+                    return refused(
+                        reply,
+                        MemberRefused::Invalid(format!("the address record was not proposed: {e}")),
+                    );
+                }
+            }
+        }
+        if let Some((index, term)) = last {
+            tracing::info!(node = %node, index = %index, "membership change proposed");
+            self.proposals
+                .insert(index, (term, Proposer::Member(node, reply)));
+        }
     }
 
     /// A serializable read is granted at once at the current applied index; a linearizable one
@@ -985,6 +1299,15 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
         }
         if let Some(snap) = install_snapshot {
             self.install(snap, out);
+            self.members_generation += 1;
+        }
+        if entries
+            .iter()
+            .any(|e| e.entry_type == crate::types::EntryType::ConfChange)
+            || truncate_from.is_some()
+        {
+            // A configuration entry took effect (or a truncation undid one).
+            self.members_generation += 1;
         }
         let batch = Rc::new(WriteBatch {
             reset: install_snapshot,
@@ -1158,6 +1481,11 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             self.applied_index,
             entry.index
         );
+        if entry.entry_type == crate::types::EntryType::Normal
+            && M::is_member_record(&entry.payload)
+        {
+            self.members_generation += 1;
+        }
         let response = self.state_machine.apply(&entry);
         self.applied_index = entry.index;
         // Proposals at or below the applied index are decided now.
@@ -1181,6 +1509,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                             }));
                         }
                     }
+                    Proposer::Member(node, reply) => {
+                        let _ = reply.send(Ok(MemberChanged { node, index, term }));
+                    }
                 }
             } else {
                 // Another leader's entry took that index: dropping the reply tells the client
@@ -1200,4 +1531,20 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
         self.reads_confirmed.clear();
         self.reads_confirmed_len = 0;
     }
+}
+
+/// The socket address of a peer URL (`http://ip:port` or `https://ip:port`; a bare `ip:port`
+/// too). Host names are not resolved: members are named by address, as in the config file.
+///
+/// # Errors
+/// A text naming the URL and what is wrong with it.
+pub fn parse_peer_url(url: &str) -> Result<SocketAddr, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let rest = rest.trim_end_matches('/');
+    rest.parse::<SocketAddr>().map_err(|e| {
+        format!("peer URL {url:?} is not http://IP:PORT (host names are not resolved): {e}")
+    })
 }

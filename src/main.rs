@@ -21,6 +21,13 @@ struct Args {
     /// Path to the YAML cluster configuration file.
     #[arg(short = 'c', long = "config")]
     config: PathBuf,
+    /// Join a running cluster as a member added with `etcdctl member add` (etcd's
+    /// `--initial-cluster-state existing`): listen at this peer URL (`http://IP:PORT`, the one
+    /// given to `member add`), never bootstrap, and wait for the leader to send the membership
+    /// and the state. The node id is the one `member add` chose (`etcdctl member list`: name
+    /// `node<id>`); the config file is the cluster's, unchanged.
+    #[arg(long = "join", value_name = "PEER_URL")]
+    join: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -32,8 +39,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let join = match args
+        .join
+        .as_deref()
+        .map(rust_raft_log::driver::parse_peer_url)
+    {
+        None => None,
+        Some(Ok(address)) => Some(address),
+        Some(Err(e)) => {
+            eprintln!("Error: --join: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     rust_raft_log::node::logging::init_tracing();
-    match rust_raft_log::node::run(&config, args.node_id, &args.config) {
+    match rust_raft_log::node::run_joining(&config, args.node_id, &args.config, join) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e}");

@@ -28,7 +28,9 @@
 
 use std::io::{self, Read, Write};
 
-use crate::types::LogEntry;
+use std::collections::BTreeMap;
+
+use crate::types::{LogEntry, NodeId};
 
 /// A deterministic state machine driven by the committed log. See the [module docs](self).
 pub trait StateMachine {
@@ -37,6 +39,31 @@ pub trait StateMachine {
 
     /// Applies one committed entry and returns the response for its proposer.
     fn apply(&mut self, entry: &LogEntry) -> Self::Response;
+
+    /// The payload of a Normal entry that records `peer_urls` as the addresses of member `node`
+    /// (etcd's `MemberAdd`/`MemberUpdate`), for a machine that keeps the member address registry
+    /// in its replicated state; `None` (the default) for one that does not: then only members
+    /// listed in the config file can be reached.
+    fn member_record(_node: NodeId, _peer_urls: &[String]) -> Option<Vec<u8>>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
+    /// Whether applying this Normal entry's payload may change [`StateMachine::member_urls`].
+    fn is_member_record(_payload: &[u8]) -> bool
+    where
+        Self: Sized,
+    {
+        false
+    }
+
+    /// The member address registry: node id -> peer URLs of members recorded through
+    /// [`StateMachine::member_record`] entries (and snapshots). Empty by default.
+    fn member_urls(&self) -> BTreeMap<NodeId, Vec<String>> {
+        BTreeMap::new()
+    }
 }
 
 /// Errors of restoring a snapshot.

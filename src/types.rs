@@ -61,7 +61,7 @@ pub enum EntryType {
     Normal = 0,
     /// The empty entry every new leader appends to commit entries of earlier terms (Raft §5.4.2).
     NoOp = 1,
-    /// A membership change (`raft::membership::ConfChange`, 9-byte payload): it takes effect on
+    /// A membership change (`raft::membership::ConfChange`, 5-byte payload): it takes effect on
     /// every server when appended, not when committed (thesis ch. 4).
     ConfChange = 2,
 }

@@ -162,6 +162,9 @@ fn responder(
                 Inbound::TransferLeader { .. } => {
                     panic!("node {id}: no leadership transfer is asked in this test")
                 }
+                Inbound::Member { .. } | Inbound::Membership { .. } => {
+                    panic!("node {id}: no membership change is asked in this test")
+                }
                 Inbound::Propose { payload, reply } => {
                     // A payload of 99 bytes plays an overloaded node.
                     let _ = reply.send(if payload.len() == 99 {

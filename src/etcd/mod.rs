@@ -16,6 +16,7 @@
 //!
 //! The key-value semantics live in [`crate::kv`]; docs/ETCD_COMPAT.md lists every difference.
 
+pub mod cluster;
 pub mod concurrency;
 pub mod gateway;
 pub mod lease;

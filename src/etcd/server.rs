@@ -84,15 +84,15 @@ pub const SNAPSHOT_BLOB_BYTES: usize = 1 << 20;
 /// `SnapshotResponse`s read ahead of the client.
 const SNAPSHOT_BLOBS_QUEUED: usize = 2;
 
-const NO_LEADER: &str = "etcdserver: no leader";
-const LEADER_CHANGED: &str = "etcdserver: leader changed";
+pub(super) const NO_LEADER: &str = "etcdserver: no leader";
+pub(super) const LEADER_CHANGED: &str = "etcdserver: leader changed";
 const TIMED_OUT: &str = "etcdserver: request timed out";
-const OUTCOME_UNKNOWN: &str =
+pub(super) const OUTCOME_UNKNOWN: &str =
     "etcdserver: request timed out, possibly due to previous leader failure";
-const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+pub(super) const TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 /// etcd's `Maintenance.MoveLeader` refusals and timeout (rpctypes `ErrGRPCNotLeader`,
 /// `ErrGRPCBadLeaderTransferee`, etcdserver `ErrTimeoutLeaderTransfer`).
-const NOT_LEADER: &str = "etcdserver: not leader";
+pub(super) const NOT_LEADER: &str = "etcdserver: not leader";
 const BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 const LEADER_TRANSFER_TIMED_OUT: &str =
     "etcdserver: request timed out, leader transfer took too long";
@@ -266,7 +266,7 @@ impl EtcdApi {
     }
 
     /// Sends `make(reply)` to the event loop and waits (bounded by [`REQUEST_TIMEOUT`]).
-    async fn ask<T>(
+    pub(super) async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Inbound,
         dropped: &'static str,
@@ -275,7 +275,7 @@ impl EtcdApi {
     }
 
     /// [`EtcdApi::ask`] bounded by what is left of a request's time.
-    async fn ask_until<T>(
+    pub(super) async fn ask_until<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Inbound,
         dropped: &'static str,
@@ -467,6 +467,16 @@ impl EtcdApi {
         Ok(Response::new(message))
     }
 
+    /// The store's current revision (for response headers).
+    pub(super) fn store_revision(&self) -> i64 {
+        lock(&self.inner.store).revision()
+    }
+
+    /// The config file's members (their etcd ids, names and addresses).
+    pub(super) fn config_members(&self) -> &Members {
+        &self.inner.members
+    }
+
     /// The key-value store this node applies to (read it after a grant).
     pub(super) fn store(&self) -> &SharedStore {
         &self.inner.store
@@ -553,7 +563,7 @@ fn never_sent(status: &Status) -> bool {
 /// status tonic made here, with the cause as its source, not one that came over the wire) after
 /// the request may have reached it is etcd's "possibly due to previous leader failure": the
 /// outcome is unknown, and this node is fine.
-fn relay_status(status: Status) -> Status {
+pub(super) fn relay_status(status: Status) -> Status {
     if std::error::Error::source(&status).is_none() {
         status
     } else {
@@ -1054,34 +1064,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     }
 }
 
-/// etcd's `Cluster` service: `MemberList` only (membership is the static config).
+/// etcd's `Cluster` service: see [`crate::etcd::cluster`].
 #[derive(Clone)]
 pub struct ClusterService {
-    api: EtcdApi,
-}
-
-#[tonic::async_trait]
-impl pb::cluster_server::Cluster for ClusterService {
-    async fn member_list(
-        &self,
-        _request: Request<pb::MemberListRequest>,
-    ) -> Result<Response<pb::MemberListResponse>, Status> {
-        // The member list is the config, the same on every node, so `linearizable` needs no
-        // leader round trip; the term in the header comes from the loop.
-        let status = self.api.node_status().await?;
-        let revision = lock(&self.api.inner.store).revision();
-        Ok(Response::new(pb::MemberListResponse {
-            header: Some(self.api.header(revision, status.term)),
-            members: self
-                .api
-                .inner
-                .members
-                .members
-                .iter()
-                .map(|m| m.to_member())
-                .collect(),
-        }))
-    }
+    pub(super) api: EtcdApi,
 }
 
 /// Clients for every etcd service on one channel (tests and tools).
@@ -1114,6 +1100,10 @@ pub const SERVED_ETCD_METHODS: &[&str] = &[
     "/etcdserverpb.Maintenance/Snapshot",
     "/etcdserverpb.Maintenance/MoveLeader",
     "/etcdserverpb.Cluster/MemberList",
+    "/etcdserverpb.Cluster/MemberAdd",
+    "/etcdserverpb.Cluster/MemberRemove",
+    "/etcdserverpb.Cluster/MemberUpdate",
+    "/etcdserverpb.Cluster/MemberPromote",
     "/v3lockpb.Lock/Lock",
     "/v3lockpb.Lock/Unlock",
     "/v3electionpb.Election/Campaign",

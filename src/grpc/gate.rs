@@ -7,8 +7,14 @@
 //!    in the `raftlog-cluster-id` metadata ([`CLUSTER_ID_HEADER`]; derived from the member list,
 //!    [`ClusterConfig::cluster_id`]); with TLS on, the connection's client certificate must
 //!    authenticate a member ([`crate::grpc::tls::NodeTls::identify`]);
-//! 2. on every message ([`PeerGate::check_sender`]): its `from` is a member of this config and,
-//!    with TLS on, the very member the certificate names.
+//! 2. on every message ([`PeerGate::check_sender`]): its `from` is a member of the configuration
+//!    in effect on this node (the config file's members until the loop first sets the live one
+//!    with [`PeerGate::set_members`]) and, with TLS on, the very member the certificate names.
+//!    One exception: a node that is a learner or outside its own configuration (a member being
+//!    added, still catching up: its view of the configuration lags the leader's) takes a
+//!    leader's messages (AppendEntries, InstallSnapshot, TimeoutNow) from any sender of this
+//!    cluster, because the leader may be a member added after the entries it has seen; the core
+//!    does the same (`RaftNode::step`).
 //!
 //! A refusal is `FailedPrecondition` (another cluster, no cluster id) or `PermissionDenied` (not
 //! a member, or a certificate naming another member), with a message naming both sides. The
@@ -63,18 +69,32 @@ pub struct Admitted {
 pub struct PeerGate {
     local: NodeId,
     cluster_id: u64,
-    members: Vec<NodeId>,
+    view: std::sync::RwLock<GateView>,
     /// TLS is on: every Raft RPC must come on a connection authenticated as a member.
     require_member_cert: bool,
     logged: Mutex<HashMap<(Option<std::net::IpAddr>, &'static str), Instant>>,
 }
 
+/// Who the gate lets through (module docs, step 2).
+#[derive(Debug)]
+struct GateView {
+    members: Vec<NodeId>,
+    /// This node is a learner or outside its own configuration: a leader's messages pass from
+    /// any sender of this cluster.
+    open_to_leaders: bool,
+}
+
 impl PeerGate {
     pub fn new(config: &ClusterConfig, local: NodeId, require_member_cert: bool) -> PeerGate {
+        let members: Vec<NodeId> = config.nodes.iter().map(|n| n.id()).collect();
+        let open_to_leaders = !members.contains(&local);
         PeerGate {
             local,
             cluster_id: config.cluster_id(),
-            members: config.nodes.iter().map(|n| n.id()).collect(),
+            view: std::sync::RwLock::new(GateView {
+                members,
+                open_to_leaders,
+            }),
             require_member_cert,
             logged: Mutex::new(HashMap::new()),
         }
@@ -85,8 +105,18 @@ impl PeerGate {
     }
 
     fn members_list(&self) -> String {
-        let ids: Vec<String> = self.members.iter().map(|m| m.0.to_string()).collect();
+        let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
+        let ids: Vec<String> = view.members.iter().map(|m| m.0.to_string()).collect();
         ids.join(", ")
+    }
+
+    /// The configuration in effect on this node changed: `members` (voters and learners) are
+    /// who may send Raft messages; `local_is_voter` whether this node votes in it (if not, a
+    /// leader's messages pass from any sender of this cluster: module docs).
+    pub fn set_members(&self, members: Vec<NodeId>, local_is_voter: bool) {
+        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        view.members = members;
+        view.open_to_leaders = !local_is_voter;
     }
 
     /// Logs `status` once per remote address, kind and [`REFUSAL_LOG_INTERVAL`]; returns it.
@@ -177,29 +207,38 @@ impl PeerGate {
     ///
     /// # Errors
     /// `PermissionDenied` naming the claimed sender and the members (or the certificate's member).
-    pub fn check_sender(&self, admitted: &Admitted, from: NodeId) -> Result<(), Status> {
+    pub fn check_sender(
+        &self,
+        admitted: &Admitted,
+        from: NodeId,
+        leader_message: bool,
+    ) -> Result<(), Status> {
         if let Some(member) = admitted.member {
-            if member == from {
-                return Ok(());
+            if member != from {
+                return Err(self.refuse(
+                    None,
+                    "wrong-member",
+                    Status::permission_denied(format!(
+                        "a message claiming to come from node {from} arrived on a connection \
+                         whose certificate names node {member} (cluster {})",
+                        format_cluster_id(self.cluster_id)
+                    )),
+                ));
             }
-            return Err(self.refuse(
-                None,
-                "wrong-member",
-                Status::permission_denied(format!(
-                    "a message claiming to come from node {from} arrived on a connection whose \
-                     certificate names node {member} (cluster {})",
-                    format_cluster_id(self.cluster_id)
-                )),
-            ));
         }
-        if self.members.contains(&from) && from != self.local {
+        let admitted_by_view = {
+            let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
+            view.members.contains(&from) || (leader_message && view.open_to_leaders)
+        };
+        if admitted_by_view && from != self.local {
             return Ok(());
         }
         Err(self.refuse(
             None,
             "not-a-member",
             Status::permission_denied(format!(
-                "node {from} is not a peer of node {} in cluster {} (members {})",
+                "node {from} is not a member of the configuration node {} is in (cluster {}, \
+                 members {}): a removed member, or one this node has not heard of yet",
                 self.local,
                 format_cluster_id(self.cluster_id),
                 self.members_list()

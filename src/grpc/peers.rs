@@ -180,6 +180,97 @@ impl PeerShared {
     }
 }
 
+/// Starts a peer's worker (see [`Peers::start`]).
+type Spawner = Box<dyn Fn(NodeId, SocketAddr) -> Result<Arc<PeerShared>, GrpcError>>;
+
+fn spawn_peer<R: Send + 'static>(
+    local_id: NodeId,
+    id: NodeId,
+    addr: SocketAddr,
+    config: &PeerConfig,
+    inbound: &mpsc::Sender<Inbound<R>>,
+) -> Result<Arc<PeerShared>, GrpcError> {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let base = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
+        GrpcError::PeerAddress {
+            peer: id,
+            addr,
+            message: e.to_string(),
+        }
+    })?;
+    let base = match &config.tls {
+        None => base,
+        Some(tls) => {
+            base.tls_config(tls.client_config(id))
+                .map_err(|e| GrpcError::PeerAddress {
+                    peer: id,
+                    addr,
+                    message: format!("TLS client configuration: {e}"),
+                })?
+        }
+    };
+    let base = base
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true)
+        // Notice a dead connection (peer host gone, not just the process) without waiting
+        // for the kernel's TCP timeouts.
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2))
+        .keep_alive_while_idle(true);
+    let channel = base.clone().timeout(config.rpc_timeout).connect_lazy();
+    // Snapshot transfers get a connection of their own, without the per-call deadline (a
+    // transfer may take longer than any RPC timeout; grpc::snapshot bounds each chunk),
+    // which also keeps their bytes from delaying the appends. Connected on first use.
+    let snapshot_channel = base.connect_lazy();
+    let shared = Arc::new(PeerShared {
+        id,
+        addr,
+        capacity: config.queue_capacity,
+        queue: Mutex::new(VecDeque::with_capacity(config.queue_capacity)),
+        wake: Notify::new(),
+        closed: AtomicBool::new(false),
+        closing: Notify::new(),
+        stream_unsupported: AtomicBool::new(false),
+        backoff: Mutex::new(Backoff {
+            failures: 0,
+            retry_at: None,
+        }),
+        queued: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        delivered: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        declined: AtomicU64::new(0),
+        refusal_logged: Mutex::new(None),
+    });
+    let max_bytes = ServerConfig {
+        local_id,
+        limits: config.limits,
+        snapshots: None,
+        gate: None,
+        tls: None,
+    }
+    .max_decoding_message_bytes();
+    let client = pb::raft_client::RaftClient::new(channel)
+        .max_decoding_message_size(max_bytes)
+        .max_encoding_message_size(max_bytes);
+    let snapshot_client = pb::raft_client::RaftClient::new(snapshot_channel)
+        .max_decoding_message_size(max_bytes)
+        .max_encoding_message_size(max_bytes);
+    tokio::spawn(worker(
+        local_id,
+        Arc::clone(&shared),
+        client,
+        snapshot_client,
+        config.clone(),
+        inbound.clone(),
+    ));
+    Ok(shared)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The critical sections below cannot panic halfway (push/pop and counters only), so a poisoned
     // lock still guards consistent data.
@@ -192,6 +283,8 @@ pub struct Peers {
     peers: HashMap<NodeId, Arc<PeerShared>>,
     /// Whether InstallSnapshot is carried (the config has snapshot files).
     snapshots_carried: bool,
+    /// Starts the worker of a peer added later ([`Peers::add`]).
+    spawn: Spawner,
 }
 
 impl Peers {
@@ -212,94 +305,56 @@ impl Peers {
             "PeerConfig bounds must be positive: {config:?}"
         );
         let snapshots_carried = config.snapshots.is_some();
+        let spawn: Spawner =
+            Box::new(move |id, addr| spawn_peer(local_id, id, addr, &config, &inbound));
         let mut map = HashMap::new();
         for &(id, addr) in peers {
             assert_ne!(id, local_id, "node {local_id} listed as its own peer");
-            let scheme = if config.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            let base = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
-                GrpcError::PeerAddress {
-                    peer: id,
-                    addr,
-                    message: e.to_string(),
-                }
-            })?;
-            let base = match &config.tls {
-                None => base,
-                Some(tls) => {
-                    base.tls_config(tls.client_config(id))
-                        .map_err(|e| GrpcError::PeerAddress {
-                            peer: id,
-                            addr,
-                            message: format!("TLS client configuration: {e}"),
-                        })?
-                }
-            };
-            let base = base
-                .connect_timeout(config.connect_timeout)
-                .tcp_nodelay(true)
-                // Notice a dead connection (peer host gone, not just the process) without waiting
-                // for the kernel's TCP timeouts.
-                .http2_keep_alive_interval(Duration::from_secs(1))
-                .keep_alive_timeout(Duration::from_secs(2))
-                .keep_alive_while_idle(true);
-            let channel = base.clone().timeout(config.rpc_timeout).connect_lazy();
-            // Snapshot transfers get a connection of their own, without the per-call deadline (a
-            // transfer may take longer than any RPC timeout; grpc::snapshot bounds each chunk),
-            // which also keeps their bytes from delaying the appends. Connected on first use.
-            let snapshot_channel = base.connect_lazy();
-            let shared = Arc::new(PeerShared {
-                id,
-                addr,
-                capacity: config.queue_capacity,
-                queue: Mutex::new(VecDeque::with_capacity(config.queue_capacity)),
-                wake: Notify::new(),
-                closed: AtomicBool::new(false),
-                closing: Notify::new(),
-                stream_unsupported: AtomicBool::new(false),
-                backoff: Mutex::new(Backoff {
-                    failures: 0,
-                    retry_at: None,
-                }),
-                queued: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-                delivered: AtomicU64::new(0),
-                failed: AtomicU64::new(0),
-                declined: AtomicU64::new(0),
-                refusal_logged: Mutex::new(None),
-            });
-            let max_bytes = ServerConfig {
-                local_id,
-                limits: config.limits,
-                snapshots: None,
-                gate: None,
-                tls: None,
-            }
-            .max_decoding_message_bytes();
-            let client = pb::raft_client::RaftClient::new(channel)
-                .max_decoding_message_size(max_bytes)
-                .max_encoding_message_size(max_bytes);
-            let snapshot_client = pb::raft_client::RaftClient::new(snapshot_channel)
-                .max_decoding_message_size(max_bytes)
-                .max_encoding_message_size(max_bytes);
-            tokio::spawn(worker(
-                local_id,
-                Arc::clone(&shared),
-                client,
-                snapshot_client,
-                config.clone(),
-                inbound.clone(),
-            ));
-            map.insert(id, shared);
+            map.insert(id, spawn(id, addr)?);
         }
         Ok(Peers {
             local_id,
             peers: map,
             snapshots_carried,
+            spawn,
         })
+    }
+
+    /// Connects to a member added at run time (lazily, as at start); a peer already known at
+    /// another address is replaced. Returns whether anything changed.
+    ///
+    /// # Errors
+    /// [`GrpcError::PeerAddress`] if the address does not form a valid URI.
+    pub fn add(&mut self, id: NodeId, addr: SocketAddr) -> Result<bool, GrpcError> {
+        if id == self.local_id {
+            return Ok(false);
+        }
+        if let Some(known) = self.peers.get(&id) {
+            if known.addr == addr {
+                return Ok(false);
+            }
+            known.close();
+        }
+        let shared = (self.spawn)(id, addr)?;
+        self.peers.insert(id, shared);
+        Ok(true)
+    }
+
+    /// Stops the worker of a member that left the configuration (its queued messages are
+    /// dropped). Returns whether it was a peer.
+    pub fn remove(&mut self, id: NodeId) -> bool {
+        match self.peers.remove(&id) {
+            Some(peer) => {
+                peer.close();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The address `id` is reached at, if it is a peer.
+    pub fn address(&self, id: NodeId) -> Option<SocketAddr> {
+        self.peers.get(&id).map(|p| p.addr)
     }
 
     /// Queues a request for its recipient. Never blocks.

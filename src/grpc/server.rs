@@ -419,9 +419,14 @@ impl<R: Send + 'static> RaftService<R> {
     }
 
     /// The gate's per-message check of the claimed sender.
-    fn check_sender(&self, admitted: Option<&Admitted>, from: NodeId) -> Result<(), Status> {
+    fn check_sender(
+        &self,
+        admitted: Option<&Admitted>,
+        from: NodeId,
+        leader_message: bool,
+    ) -> Result<(), Status> {
         match (&self.config.gate, admitted) {
-            (Some(gate), Some(admitted)) => gate.check_sender(admitted, from),
+            (Some(gate), Some(admitted)) => gate.check_sender(admitted, from, leader_message),
             _ => Ok(()),
         }
     }
@@ -446,7 +451,7 @@ impl<R: Send + 'static> RaftService<R> {
     ) -> Result<Envelope, Status> {
         let envelope =
             convert::decode_append_entries(request, &self.config.limits).map_err(invalid)?;
-        self.check_sender(admitted, envelope.from)?;
+        self.check_sender(admitted, envelope.from, true)?;
         self.check_route(&envelope)?;
         if let crate::raft::message::Message::AppendEntries(m) = &envelope.msg {
             if let Some(last) = m.entries.last() {
@@ -659,7 +664,7 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
     ) -> Result<Response<pb::RequestVoteResponse>, Status> {
         let admitted = self.admit(&request)?;
         let envelope = convert::decode_request_vote(request.into_inner()).map_err(invalid)?;
-        self.check_sender(admitted.as_ref(), envelope.from)?;
+        self.check_sender(admitted.as_ref(), envelope.from, false)?;
         self.check_route(&envelope)?;
         let answer = self.exchange(envelope).await?;
         match convert::encode_envelope(answer) {
@@ -676,7 +681,7 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
     ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
         let admitted = self.admit(&request)?;
         let envelope = convert::decode_timeout_now(request.into_inner()).map_err(invalid)?;
-        self.check_sender(admitted.as_ref(), envelope.from)?;
+        self.check_sender(admitted.as_ref(), envelope.from, true)?;
         self.check_route(&envelope)?;
         let route = Some(pb::Route {
             from: envelope.to.0,
@@ -719,7 +724,7 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
                 crate::grpc::snapshot::Received::Complete(envelope) => envelope,
             };
         let from = envelope.from;
-        self.check_sender(admitted.as_ref(), from)?;
+        self.check_sender(admitted.as_ref(), from, true)?;
         let answer = self.exchange(envelope).await?;
         match convert::encode_envelope(answer) {
             convert::WireMessage::AppendEntriesResponse(m) => {

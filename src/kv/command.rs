@@ -11,6 +11,8 @@
 //!   0x03   etcdserverpb.LeaseGrantRequest   (ID chosen by the proposer, never 0; TTL raised to
 //!                                            the minimum by the proposer)
 //!   0x04   etcdserverpb.LeaseRevokeRequest  (a client's revoke, or the leader's on expiry)
+//!   0x05   etcdserverpb.Member  (a member's peer URLs, `id` = the Raft node id: see
+//!                                `super::members`; outside the key space)
 //! ```
 //!
 //! The result of applying an entry ([`KvResponse`]) goes to the proposer as a value, on the same
@@ -25,7 +27,7 @@ use prost::Message;
 use super::{KvError, KvStore};
 use crate::etcdpb::etcdserverpb::{
     CompactionRequest, CompactionResponse, LeaseGrantRequest, LeaseGrantResponse,
-    LeaseRevokeRequest, LeaseRevokeResponse, RequestOp, ResponseOp,
+    LeaseRevokeRequest, LeaseRevokeResponse, Member, RequestOp, ResponseOp,
 };
 use crate::state_machine::StateMachine;
 use crate::types::{EntryType, LogEntry};
@@ -34,6 +36,7 @@ const COMMAND_OP: u8 = 0x01;
 const COMMAND_COMPACT: u8 = 0x02;
 const COMMAND_LEASE_GRANT: u8 = 0x03;
 const COMMAND_LEASE_REVOKE: u8 = 0x04;
+pub(super) const COMMAND_MEMBER: u8 = 0x05;
 
 /// A decoded command: what a Normal log entry of the key-value store carries.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +45,8 @@ pub enum Command {
     Compact(CompactionRequest),
     LeaseGrant(LeaseGrantRequest),
     LeaseRevoke(LeaseRevokeRequest),
+    /// A member's peer URLs (`super::members`).
+    Member(Member),
 }
 
 /// The result of applying a command, as the proposer receives it.
@@ -113,6 +118,9 @@ pub fn decode_command(payload: &[u8]) -> Result<Command, KvError> {
         COMMAND_LEASE_REVOKE => LeaseRevokeRequest::decode(body)
             .map(Command::LeaseRevoke)
             .map_err(|error| bad(&format!("LeaseRevokeRequest does not decode: {error}"))),
+        COMMAND_MEMBER => Member::decode(body)
+            .map(Command::Member)
+            .map_err(|error| bad(&format!("Member does not decode: {error}"))),
         other => Err(bad(&format!("unknown command kind {other:#04x}"))),
     }
 }
@@ -135,12 +143,32 @@ impl KvStore {
             Command::LeaseRevoke(request) => {
                 self.lease_revoke(request.id).map(Applied::LeaseRevoke)
             }
+            Command::Member(member) => {
+                let (node, record) = super::members::check_member(member).map_err(|e| bad(&e))?;
+                self.members.insert(node, record);
+                Ok(Applied::Nothing)
+            }
         }
     }
 }
 
 impl StateMachine for KvStore {
     type Response = KvResponse;
+
+    fn member_record(node: crate::types::NodeId, peer_urls: &[String]) -> Option<Vec<u8>> {
+        Some(super::encode_member_record(node.0, peer_urls))
+    }
+
+    fn is_member_record(payload: &[u8]) -> bool {
+        payload.first() == Some(&COMMAND_MEMBER)
+    }
+
+    fn member_urls(&self) -> std::collections::BTreeMap<crate::types::NodeId, Vec<String>> {
+        self.members
+            .iter()
+            .map(|(node, record)| (crate::types::NodeId(*node), record.peer_urls.clone()))
+            .collect()
+    }
 
     /// NoOp and ConfChange entries change nothing ([`Applied::Nothing`]); a Normal entry is decoded as a command
     /// and applied, and its result (or a deterministic `BadCommand` error) is the response.

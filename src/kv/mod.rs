@@ -35,6 +35,7 @@
 
 mod command;
 mod events;
+mod members;
 mod snapshot;
 mod store;
 mod validate;
@@ -51,6 +52,7 @@ pub use self::command::{
     Applied, Command, KvResponse, COMMAND_FRAMING_BYTES,
 };
 pub use self::events::{key_in_range, EventSink, HistoryEvents};
+pub use self::members::{encode_member_record, MemberRecord, MemberTable};
 pub use self::snapshot::{KvHash, KvSnapshotView, SNAPSHOT_BUFFER_BYTES, SNAPSHOT_FIELD_BYTES_MAX};
 pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT, LEASE_TTL_MAX_S};
 pub use self::validate::validate;

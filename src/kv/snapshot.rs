@@ -48,8 +48,9 @@ use crate::state_machine::{Snapshot, SnapshotError, SnapshotSource};
 pub(super) const MAGIC: &[u8; 8] = b"RRLKVSN1";
 /// The layout this code writes. Version 2 added leases (a live version's lease, and the lease
 /// table after the key records); version 1 payloads, written before leases existed, still load
-/// (as a store without leases).
-pub(super) const FORMAT_VERSION: u32 = 2;
+/// (as a store without leases). Version 3 added the member table (`super::members`) after the
+/// lease table; older payloads load with an empty one.
+pub(super) const FORMAT_VERSION: u32 = 3;
 /// The oldest layout this code reads.
 pub(super) const FORMAT_VERSION_MIN: u32 = 1;
 /// Live flag of a live version without a lease (the only live flag of version 1).
@@ -88,6 +89,8 @@ pub struct KvSnapshotView {
     history_revisions: i64,
     keys: KeyMap,
     leases: LeaseMap,
+    /// A handful of members: cloned whole.
+    members: super::MemberTable,
 }
 
 // The node hands a view to another thread and keeps applying: it must own what it reads.
@@ -131,6 +134,7 @@ impl KvStore {
             history_revisions: self.history_revisions,
             keys: self.keys.clone(),
             leases: self.leases.clone(),
+            members: self.members.clone(),
         }
     }
 
@@ -188,6 +192,15 @@ impl KvSnapshotView {
         for (id, lease) in &self.leases {
             out.put(&id.to_le_bytes())?;
             out.put(&lease.ttl_s.to_le_bytes())?;
+        }
+        out.put(&(self.members.len() as u32).to_le_bytes())?;
+        for (node, record) in &self.members {
+            out.put(&node.to_le_bytes())?;
+            out.put(&(record.peer_urls.len() as u32).to_le_bytes())?;
+            for url in &record.peer_urls {
+                out.put(&(url.len() as u32).to_le_bytes())?;
+                out.put(url.as_bytes())?;
+            }
         }
         out.finish()
     }
@@ -452,6 +465,17 @@ impl<'a> PayloadReader<'a> {
         self.array(what).map(u32::from_le_bytes)
     }
 
+    /// Fills `out` with the next bytes (the caller bounded its length).
+    fn read_exact_into(&mut self, out: &mut [u8], what: &str) -> Result<(), SnapshotError> {
+        let mut filled = 0;
+        while filled < out.len() {
+            let piece = self.take(out.len() - filled, what)?;
+            out[filled..filled + piece.len()].copy_from_slice(piece);
+            filled += piece.len();
+        }
+        Ok(())
+    }
+
     fn u8(&mut self, what: &str) -> Result<u8, SnapshotError> {
         self.array::<1>(what).map(|[byte]| byte)
     }
@@ -566,6 +590,11 @@ fn decode(reader: &mut PayloadReader<'_>) -> Result<KvStore, SnapshotError> {
     } else {
         LeaseMap::new()
     };
+    let members = if format >= 3 {
+        decode_members(reader)?
+    } else {
+        super::MemberTable::new()
+    };
     let computed = reader.checksum();
     let stored = reader.u32("checksum")?;
     if stored != computed {
@@ -584,8 +613,51 @@ fn decode(reader: &mut PayloadReader<'_>) -> Result<KvStore, SnapshotError> {
         changes,
         size_bytes,
         leases,
+        members,
         sink: SinkSlot::default(),
     })
+}
+
+/// The member table (format 3): a count (u32), then per member in strictly increasing node id
+/// order its id (u32, nonzero), its URL count (u32, 1..=`MEMBER_URLS_MAX`) and each URL as a
+/// length (u32, <= `MEMBER_URL_BYTES_MAX`) and UTF-8 bytes.
+fn decode_members(reader: &mut PayloadReader<'_>) -> Result<super::MemberTable, SnapshotError> {
+    use super::members::{MEMBER_URLS_MAX, MEMBER_URL_BYTES_MAX};
+    let count = reader.u32("member count")?;
+    let mut members = super::MemberTable::new();
+    let mut previous = 0u32;
+    for _ in 0..count {
+        let node = reader.u32("member node id")?;
+        if node <= previous {
+            return Err(reader.corrupt(format!(
+                "member node ids must be nonzero and strictly increasing: {node} after {previous}"
+            )));
+        }
+        previous = node;
+        let urls = reader.u32("member URL count")? as usize;
+        if urls == 0 || urls > MEMBER_URLS_MAX {
+            return Err(reader.corrupt(format!(
+                "member {node} has {urls} peer URLs (1..={MEMBER_URLS_MAX})"
+            )));
+        }
+        let mut peer_urls = Vec::with_capacity(urls);
+        for _ in 0..urls {
+            let len = reader.u32("member URL length")? as usize;
+            if len > MEMBER_URL_BYTES_MAX {
+                return Err(reader.corrupt(format!(
+                    "member {node} has a {len}-byte URL (max {MEMBER_URL_BYTES_MAX})"
+                )));
+            }
+            let mut bytes = vec![0u8; len];
+            reader.read_exact_into(&mut bytes, "member URL")?;
+            let url = String::from_utf8(bytes).map_err(|_| {
+                reader.corrupt(format!("member {node} has a URL that is not UTF-8"))
+            })?;
+            peer_urls.push(url);
+        }
+        members.insert(node, super::MemberRecord { peer_urls });
+    }
+    Ok(members)
 }
 
 /// The lease table (format 2): a count, then `(id, ttl)` in strictly increasing ID order. The

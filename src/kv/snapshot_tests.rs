@@ -67,6 +67,14 @@ mod in_memory {
             out.extend_from_slice(&id.to_le_bytes());
             out.extend_from_slice(&lease.ttl_s.to_le_bytes());
         }
+        out.extend_from_slice(&(store.members.len() as u32).to_le_bytes());
+        for (node, record) in &store.members {
+            out.extend_from_slice(&node.to_le_bytes());
+            out.extend_from_slice(&(record.peer_urls.len() as u32).to_le_bytes());
+            for url in &record.peer_urls {
+                put_bytes(&mut out, url.as_bytes());
+            }
+        }
         let checksum = crc32c::crc32c(&out);
         out.extend_from_slice(&checksum.to_le_bytes());
         out
@@ -213,6 +221,18 @@ mod in_memory {
                 .collect();
             leases.insert(id, LeaseState { ttl_s, keys });
         }
+        let member_count = reader.u32("member count")?;
+        let mut members = crate::kv::MemberTable::new();
+        for _ in 0..member_count {
+            let node = reader.u32("member id")?;
+            let urls = reader.u32("url count")?;
+            let mut peer_urls = Vec::new();
+            for _ in 0..urls {
+                let url = reader.bytes("url")?;
+                peer_urls.push(String::from_utf8_lossy(url).into_owned());
+            }
+            members.insert(node, crate::kv::MemberRecord { peer_urls });
+        }
         if reader.offset != body.len() {
             return Err(reader.corrupt("bytes after the lease table"));
         }
@@ -235,6 +255,7 @@ mod in_memory {
             changes: VecDeque::from(changes),
             size_bytes,
             leases,
+            members,
             sink: Default::default(),
         })
     }
@@ -733,9 +754,9 @@ fn hash_kv_is_the_crc32c_of_the_kept_versions_up_to_the_revision() {
         "nothing at 1"
     );
     // At the current revision: the payload's key records, between the header and the lease
-    // table (here only its count, 0).
+    // table (here only its count, 0; then the member table's count, 0).
     let payload = store.snapshot();
-    let lease_table = payload.len() - CHECKSUM_BYTES - 8;
+    let lease_table = payload.len() - CHECKSUM_BYTES - 4 - 8;
     assert_eq!(&payload[lease_table..lease_table + 8], 0u64.to_le_bytes());
     assert_eq!(&payload[HEADER_BYTES..lease_table], at_5);
 }
@@ -867,12 +888,13 @@ fn leases_and_their_keys_survive_a_round_trip() {
     assert!(range.kvs.is_empty(), "{range:?}");
 }
 
-/// `store`'s payload as format 1 wrote it: the same bytes without the lease table, with version 1
-/// in the header. Only valid for a store without leases.
+/// `store`'s payload as format 1 wrote it: the same bytes without the lease and member tables,
+/// with version 1 in the header. Only valid for a store without leases or members.
 fn as_format_1(store: &KvStore) -> Vec<u8> {
     assert_eq!(store.leases().count(), 0);
+    assert!(store.member_urls().is_empty());
     let bytes = store.snapshot();
-    let mut old = bytes[..bytes.len() - CHECKSUM_BYTES - 8].to_vec();
+    let mut old = bytes[..bytes.len() - CHECKSUM_BYTES - 4 - 8].to_vec();
     old[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&1u32.to_le_bytes());
     let checksum = crc32c::crc32c(&old);
     old.extend_from_slice(&checksum.to_le_bytes());
@@ -892,22 +914,24 @@ fn format_1_payloads_still_load_as_stores_without_leases() {
 #[test]
 fn an_unknown_format_version_is_refused_by_name() {
     let mut bytes = sample().snapshot();
-    bytes[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&3u32.to_le_bytes());
-    let text = restore(&bytes).expect_err("version 3").to_string();
-    assert!(text.contains("unknown format version 3"), "{text}");
-    assert!(text.contains("1 to 2"), "{text}");
+    bytes[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&4u32.to_le_bytes());
+    let text = restore(&bytes).expect_err("version 4").to_string();
+    assert!(text.contains("unknown format version 4"), "{text}");
+    assert!(text.contains("1 to 3"), "{text}");
 }
 
 #[test]
 fn a_key_attached_to_a_lease_the_table_lacks_is_corrupt() {
     let store = leased_sample();
     let bytes = store.snapshot();
-    // Drop lease 9 from the table (the last 16 bytes before the checksum) and fix the count.
-    let body_end = bytes.len() - CHECKSUM_BYTES;
+    // Drop lease 9 from the table (the last 16 bytes before the empty member table) and fix the
+    // count.
+    let body_end = bytes.len() - CHECKSUM_BYTES - 4;
     let table_start = body_end - 8 - 2 * 16;
     let mut damaged = bytes[..table_start].to_vec();
     damaged.extend_from_slice(&1u64.to_le_bytes());
     damaged.extend_from_slice(&bytes[table_start + 8..table_start + 8 + 16]);
+    damaged.extend_from_slice(&0u32.to_le_bytes());
     let checksum = crc32c::crc32c(&damaged);
     damaged.extend_from_slice(&checksum.to_le_bytes());
     let text = restore(&damaged)

@@ -132,6 +132,9 @@ pub struct KvStore {
     pub(super) changes: VecDeque<(i64, Key)>,
     pub(super) size_bytes: i64,
     pub(super) leases: LeaseMap,
+    /// Peer URLs of members added at run time (`super::members`): replicated, in snapshots, never
+    /// in the key space.
+    pub(super) members: super::MemberTable,
     /// Who hears each commit's events (the watch hub); not part of the state (see `events.rs`).
     pub(super) sink: SinkSlot,
 }
@@ -174,8 +177,14 @@ impl KvStore {
             changes: VecDeque::new(),
             size_bytes: 0,
             leases: LeaseMap::new(),
+            members: super::MemberTable::new(),
             sink: SinkSlot::default(),
         }
+    }
+
+    /// The member address registry (`super::members`): node id -> peer URLs.
+    pub fn member_urls(&self) -> &super::MemberTable {
+        &self.members
     }
 
     /// The current store revision (1 for an empty store; +1 per write that changed something).

@@ -153,6 +153,81 @@ pub struct EventLoop<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
     last_role: Role,
     snapshots: Option<Snapshots<M>>,
     watch: Watch,
+    members: MemberSync,
+}
+
+/// Keeps the peer connections and the gate in step with the configuration in effect
+/// (membership changes take effect when appended, thesis ch. 4): a member added gets a
+/// connection (its address from the member address registry, or the config file), a removed one
+/// loses it, and the gate lets through exactly the members.
+struct MemberSync {
+    gate: Option<Arc<crate::grpc::gate::PeerGate>>,
+    /// The driver's [`Driver::members_generation`] last synced.
+    seen: u64,
+    /// The configuration last synced, to log what changed.
+    last: Option<crate::raft::Membership>,
+}
+
+impl MemberSync {
+    fn sync<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
+        &mut self,
+        driver: &mut Driver<C, D, M>,
+        peers: &mut Peers,
+        watch: &mut Watch,
+    ) {
+        if driver.members_generation() == self.seen {
+            return;
+        }
+        self.seen = driver.members_generation();
+        let Some(membership) = driver.core().membership() else {
+            return;
+        };
+        let me = driver.core().id();
+        for (node, urls) in driver.state_machine().member_urls() {
+            let Some(url) = urls.first() else { continue };
+            match crate::driver::parse_peer_url(url) {
+                Ok(address) => driver.set_address(node, address),
+                Err(why) => tracing::warn!(node = %node, "member address not usable: {why}"),
+            }
+        }
+        let addresses = driver.addresses().clone();
+        for node in membership.members().filter(|n| *n != me) {
+            match addresses.get(&node) {
+                Some(address) => match peers.add(node, *address) {
+                    Ok(true) => tracing::info!("🔗 connecting to member {node} at {address}"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(node = %node, "cannot connect to member: {e}"),
+                },
+                None => tracing::warn!(
+                    "member {node} has no known address yet (its address record is not applied                      here yet); no connection to it"
+                ),
+            }
+        }
+        let gone: Vec<NodeId> = peers.ids().filter(|p| !membership.contains(*p)).collect();
+        for node in gone {
+            if peers.remove(node) {
+                tracing::info!("✂️  member {node} left the configuration: connection dropped");
+            }
+        }
+        if let Some(gate) = &self.gate {
+            gate.set_members(membership.members().collect(), membership.is_voter(me));
+        }
+        watch.addresses = membership
+            .members()
+            .filter_map(|n| addresses.get(&n).map(|a| (n, *a)))
+            .collect();
+        if self.last.as_ref() != Some(&membership) {
+            let was_member = self.last.as_ref().is_none_or(|m| m.contains(me));
+            if !membership.contains(me) && was_member {
+                tracing::warn!(
+                    "🚪 node {me} is no longer in the configuration ({membership}): it stops                      campaigning and serves no votes; stop it (and wipe its directory before                      reusing the machine: a new member gets a new id)"
+                );
+            } else {
+                tracing::info!("👥 configuration in effect on node {me}: {membership}");
+            }
+            self.last = Some(membership);
+        }
+    }
 }
 
 /// A leader's handover at shutdown: to whom, since when, until when.
@@ -381,7 +456,18 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             last_role: Role::Follower,
             snapshots: None,
             watch,
+            members: MemberSync {
+                gate: None,
+                seen: 0,
+                last: None,
+            },
         }
+    }
+
+    /// Keeps `gate` in step with the configuration in effect (see [`crate::grpc::gate`]).
+    pub fn with_gate(mut self, gate: Arc<crate::grpc::gate::PeerGate>) -> Self {
+        self.members.gate = Some(gate);
+        self
     }
 
     /// Takes snapshots with `snapshotter` of the views `view` takes, and installs a leader's
@@ -421,8 +507,10 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
             last_role,
             snapshots,
             watch,
+            members,
             ..
         } = &mut self;
+        members.sync(driver, &mut outbox.peers, watch);
         // Set once shutdown was asked on a leader: the loop runs on until the handover is done.
         let mut handover: Option<Handover> = None;
         let timeline_on = crate::timeline::enabled();
@@ -500,6 +588,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                     crate::timeline::mark("drain_slow_us", busy_us);
                 }
             }
+            members.sync(driver, &mut outbox.peers, watch);
             log_role_change(driver.core(), last_role);
             watch.after_iteration(driver);
             maybe_start_snapshot(driver, snapshots);

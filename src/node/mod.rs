@@ -112,6 +112,9 @@ pub enum NodeError {
     DataDirInUse { directory: std::path::PathBuf },
     #[error("invalid core configuration: {0}")]
     Core(#[from] raft::ConfigError),
+    /// `--join` given for a config file member, or missing for a node absent from the file.
+    #[error("{0}")]
+    Join(String),
     #[error("cannot start the tokio-uring runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
@@ -133,7 +136,45 @@ pub enum NodeError {
 /// # Errors
 /// The first startup step that fails (see the module docs), or a fatal runtime error.
 pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(), NodeError> {
-    let me = config.node(node_id)?;
+    run_joining(config, node_id, config_path, None)
+}
+
+/// [`run`], or with `join` (the `--join PEER_URL` flag): node `node_id` is a member added at run
+/// time (`etcdctl member add`), not one of the config file's. It listens at `join`, starts as a
+/// learner of the file's configuration (so it never campaigns, and never bootstraps a cluster of
+/// its own), and waits for the leader, whose log or snapshot brings the real configuration and
+/// the state. Its data directory is `<log_directory>/node_<id>` as for any node; restarting it
+/// takes the same flag (its address is not in the file).
+///
+/// # Errors
+/// As [`run`]; [`NodeError::Join`] when `join` is given for a node of the config file, or not
+/// given for a node absent from it.
+pub fn run_joining(
+    config: &ClusterConfig,
+    node_id: u32,
+    config_path: &Path,
+    join: Option<SocketAddr>,
+) -> Result<(), NodeError> {
+    let in_file = config.node(node_id).ok();
+    let address = match (in_file, join) {
+        (Some(me), None) => me.address(),
+        (None, Some(address)) => address,
+        (Some(me), Some(_)) => {
+            return Err(NodeError::Join(format!(
+                "node {node_id} is in the config file (at {}): it is a bootstrap member, start it \
+                 without --join",
+                me.address()
+            )))
+        }
+        (None, None) => {
+            return Err(NodeError::Join(format!(
+                "node {node_id} is not in the config file {}: to add a member to a running \
+                 cluster, `etcdctl member add <name> --peer-urls=http://IP:PORT [--learner]` \
+                 and start the node id it was given with --join http://IP:PORT",
+                config_path.display()
+            )))
+        }
+    };
     let id = NodeId(node_id);
     let directory = config.node_directory(node_id);
     tracing::info!(
@@ -142,12 +183,18 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
         config_path.display()
     );
     tracing::info!("📋 Cluster configuration:");
-    tracing::info!("   Node ID: {}", me.node_id);
-    tracing::info!("   Address: {}", me.address());
+    tracing::info!("   Node ID: {}", node_id);
+    tracing::info!("   Address: {}", address);
+    if join.is_some() {
+        tracing::info!(
+            "   Joining a running cluster (--join): waiting for its leader; this node will not \
+             bootstrap"
+        );
+    }
     tracing::info!("   Cluster size: {}", config.nodes.len());
     tracing::info!("   Log directory: {}", directory.display());
 
-    let listener = grpc::bind(me.address())?;
+    let listener = grpc::bind(address)?;
     // The metrics listener is bound as early as the gRPC one, for the same reason: a port in use
     // is reported before the data directory is touched.
     let metrics = match config.metrics_address(node_id) {
@@ -164,6 +211,13 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
     let store = restore_store(&*vfs, opened.snapshot.as_ref())?;
     let snapshot = opened.snapshot.as_ref().map(|c| c.id);
     let mut core_cfg = core_config(config, id, election_seed(id));
+    if join.is_some() {
+        // A joining node starts as a learner of the file's configuration: it never campaigns
+        // (it could otherwise elect itself in a cluster of its own making, or disturb the real
+        // one), and the leader's log or snapshot replaces this guess with the real
+        // configuration. An add it replays is then a no-op (it already "is" a learner).
+        core_cfg.learners = vec![id];
+    }
     if let Some(chosen) = &opened.snapshot {
         // The snapshot's configuration, not the config file's, is the truth at its index
         // (configuration entries after it apply over it).
@@ -173,7 +227,9 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
             chosen.voters.iter().copied().collect();
         if file_voters != snap_voters || !chosen.learners.is_empty() {
             tracing::warn!(
-                "the config file lists voters {:?}, but snapshot {} recorded voters {:?} and                  learners {:?}: using the snapshot's",
+                "the config file lists voters {:?}, but snapshot {} recorded voters {:?} and \
+                 learners {:?}: using the snapshot's (after bootstrap the persisted \
+                 configuration is the truth, not the file)",
                 file_voters,
                 chosen.id.index,
                 snap_voters,
@@ -183,7 +239,24 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
         core_cfg.voters = chosen.voters.clone();
         core_cfg.learners = chosen.learners.clone();
     }
+    let file_voters: std::collections::BTreeSet<NodeId> =
+        config.nodes.iter().map(|n| n.id()).collect();
     let core = RaftNode::restart(core_cfg, opened.hard_state, opened.view, snapshot)?;
+    let persisted = core.membership();
+    if core.membership_index().is_some() && persisted.voters != file_voters {
+        tracing::warn!(
+            "the config file lists voters {:?}, but the persisted configuration (snapshot and \
+             log) is {}: using the persisted one (the file only bootstraps a cluster)",
+            file_voters,
+            persisted
+        );
+    }
+    if !persisted.contains(id) && core.membership_index().is_some() {
+        tracing::warn!(
+            "node {id} is not in its persisted configuration ({persisted}): it was removed; it \
+             will not campaign. Wipe its directory and add it again (new id) to reuse it"
+        );
+    }
     tracing::info!("✅ Raft node created successfully");
     let recovered = Recovered {
         store,
@@ -506,6 +579,20 @@ impl<M: StateMachine> StateMachine for Arc<Mutex<M>> {
             .unwrap_or_else(PoisonError::into_inner)
             .apply(entry)
     }
+
+    fn member_record(node: NodeId, peer_urls: &[String]) -> Option<Vec<u8>> {
+        M::member_record(node, peer_urls)
+    }
+
+    fn is_member_record(payload: &[u8]) -> bool {
+        M::is_member_record(payload)
+    }
+
+    fn member_urls(&self) -> std::collections::BTreeMap<NodeId, Vec<String>> {
+        self.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .member_urls()
+    }
 }
 
 /// The node's tasks inside a running (tokio-uring) runtime: the gRPC server on `listener` (with
@@ -795,7 +882,8 @@ where
             ),
         },
         applied,
-    );
+    )
+    .with_gate(Arc::clone(&gate));
     let event_loop = match snapshots {
         None => event_loop,
         Some((setup, view)) => {

@@ -151,6 +151,25 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, id: u32) {
+        self.spawn_with(id, &[]);
+    }
+
+    /// Starts node `id`, not in the config file, with `--join http://<addr>` (a member added at
+    /// run time); it is known to the harness at `addr` from now on.
+    pub fn spawn_joining(&mut self, id: u32, addr: SocketAddr) {
+        self.addrs.insert(id, addr);
+        let url = format!("http://{addr}");
+        self.spawn_with(id, &["--join", &url]);
+    }
+
+    /// Forgets a node the harness no longer runs (a member removed from the cluster).
+    pub fn forget(&mut self, id: u32) {
+        self.kill(id);
+        self.addrs.remove(&id);
+        self.clients.remove(&id);
+    }
+
+    fn spawn_with(&mut self, id: u32, extra: &[&str]) {
         assert!(!self.children.contains_key(&id), "node {id} already runs");
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -163,6 +182,7 @@ impl Cluster {
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_rust-raft-log").into());
         let child = Command::new(bin)
             .args(["--node-id", &id.to_string(), "--config", "cluster.yaml"])
+            .args(extra)
             .current_dir(&self.dir)
             .env("RUST_LOG", &self.settings.rust_log)
             .stdout(Stdio::from(out))
