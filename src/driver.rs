@@ -617,9 +617,10 @@ pub struct DriverStats {
     pub requests_declined: u64,
     pub responses_without_request: u64,
     pub send_refused: u64,
-    /// Proposals refused (not leader, overloaded, too large, no space) or whose outcome became
-    /// unknown (another leader's entry took their index, a snapshot covered them, the node
-    /// stopped): etcd's `proposals_failed_total`.
+    /// Proposals refused for good (overloaded, too large, no space; not "not leader", which the
+    /// API layer forwards or retries) or whose outcome became unknown (another leader's entry
+    /// took their index, a snapshot covered them, the node stopped): etcd's
+    /// `proposals_failed_total`.
     pub proposals_failed: u64,
 }
 
@@ -954,7 +955,14 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
     /// for their commit or this node does not lead. A refusal counts as a failed proposal.
     fn propose_bounded(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), Refusal> {
         let result = self.try_propose(payload);
-        if result.is_err() {
+        // Only a refusal that is final for the client counts: one because this node does not
+        // lead (or is handing leadership over) is forwarded to the leader or held until one is
+        // known by the API layer, and retried, so counting it would count every retry of one
+        // write (etcd forwards such proposals and does not count them either).
+        if matches!(
+            result,
+            Err(Refusal::Overloaded { .. } | Refusal::TooLarge { .. } | Refusal::NoSpace(_))
+        ) {
             self.stats.proposals_failed += 1;
         }
         result
