@@ -194,6 +194,33 @@ fn grow_replace_and_shrink_under_load_keeps_every_acknowledged_write() {
     let rows = member_rows(&on_1);
     assert_eq!(rows.len(), 5, "{rows:?}");
     assert!(rows.iter().all(|r| !r.3), "all voters now: {rows:?}");
+    // Refusals come back as etcd's errors, through a follower too (forwarded to the leader).
+    let on_follower =
+        cluster.addrs[&[2, 3].into_iter().find(|n| *n != leader).expect("follower")].to_string();
+    let voter = etcdctl(&on_follower, &["member", "promote", &hex_id(4)], None);
+    assert!(
+        !voter.success && voter.stderr.contains("can only promote a learner member"),
+        "{voter:?}"
+    );
+    let unknown = etcdctl(&on_follower, &["member", "remove", "ffff"], None);
+    assert!(
+        !unknown.success && unknown.stderr.contains("member not found"),
+        "{unknown:?}"
+    );
+    let taken = etcdctl(
+        &on_follower,
+        &[
+            "member",
+            "add",
+            "dup",
+            &format!("--peer-urls=http://{}", cluster.addrs[&4]),
+        ],
+        None,
+    );
+    assert!(
+        !taken.success && taken.stderr.contains("Peer URLs already exists"),
+        "{taken:?}"
+    );
 
     // Replace a follower (not node 1, which the load goes through): remove, stop, wipe, add a
     // fresh member in its place.
