@@ -1556,3 +1556,185 @@ pub fn parse_peer_url(url: &str) -> Result<SocketAddr, String> {
         format!("peer URL {url:?} is not http://IP:PORT (host names are not resolved): {e}")
     })
 }
+
+#[cfg(test)]
+mod member_tests {
+    //! The membership path of the driver over a real core: one node that leads alone, a
+    //! key-value store as the state machine (it keeps the member address registry).
+    use std::task::Waker;
+
+    use super::*;
+    use crate::kv::KvStore;
+    use crate::raft::{Config, HardState, MemStorage};
+    use crate::storage::engine::MemDurable;
+
+    #[derive(Default)]
+    struct Sent(Vec<Envelope>);
+
+    impl Outbox for Sent {
+        fn send_request(&mut self, envelope: Envelope) -> bool {
+            self.0.push(envelope);
+            true
+        }
+    }
+
+    type TestDriver = Driver<RaftNode<MemStorage>, MemDurable, KvStore>;
+
+    fn settle(d: &mut TestDriver, out: &mut Sent) {
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..8 {
+            d.drain_ready(out);
+            while let Poll::Ready(result) = d.poll_durable(&mut cx, out) {
+                result.expect("in-memory writes do not fail");
+                d.drain_ready(out);
+            }
+        }
+    }
+
+    fn leader() -> (TestDriver, Sent) {
+        let core = RaftNode::new(
+            Config::new(NodeId(1), vec![NodeId(1)], 7),
+            HardState::default(),
+            MemStorage::default(),
+        )
+        .expect("core");
+        let config = DriverConfig {
+            addresses: HashMap::from([(NodeId(1), "127.0.0.1:1".parse().expect("addr"))]),
+            proposals_pending_max: 100,
+            reads_pending_max: 100,
+        };
+        let mut d = Driver::new(
+            core,
+            MemDurable::default(),
+            KvStore::new(),
+            config,
+            LogIndex::ZERO,
+        );
+        let mut out = Sent::default();
+        for _ in 0..2000 {
+            d.tick();
+            settle(&mut d, &mut out);
+            if d.core().role() == Role::Leader && d.core().commit_index() > LogIndex::ZERO {
+                return (d, out);
+            }
+        }
+        panic!("a single node never led");
+    }
+
+    fn ask(
+        d: &mut TestDriver,
+        out: &mut Sent,
+        request: MemberRequest,
+    ) -> Result<MemberChanged, MemberRefused> {
+        let (reply, mut answer) = oneshot::channel();
+        d.handle(Inbound::Member { request, reply });
+        settle(d, out);
+        answer.try_recv().expect("answered once applied or refused")
+    }
+
+    #[test]
+    fn an_added_learner_is_recorded_with_its_address_and_promotion_waits_for_it() {
+        let (mut d, mut out) = leader();
+        let generation = d.members_generation();
+        let url = "http://127.0.0.1:18004".to_string();
+        let added = ask(
+            &mut d,
+            &mut out,
+            MemberRequest::Add {
+                peer_urls: vec![url.clone()],
+                learner: true,
+            },
+        )
+        .expect("added");
+        assert_eq!(added.node, NodeId(2), "one above every id known");
+        let membership = d.core().membership().clone();
+        assert!(membership.is_learner(NodeId(2)), "{membership}");
+        assert_eq!(
+            d.state_machine().member_urls().get(&NodeId(2)),
+            Some(&vec![url])
+        );
+        assert_eq!(
+            d.addresses().get(&NodeId(2)),
+            Some(&"127.0.0.1:18004".parse().expect("addr"))
+        );
+        assert!(
+            d.members_generation() > generation,
+            "the host is told to look again"
+        );
+        assert!(
+            out.0.iter().any(|e| e.to == NodeId(2)),
+            "the leader replicates to the learner"
+        );
+        // The learner never answered: it lags, and promotion is refused.
+        assert!(matches!(
+            ask(&mut d, &mut out, MemberRequest::Promote(NodeId(2))),
+            Err(MemberRefused::LearnerNotReady {
+                node: NodeId(2),
+                ..
+            })
+        ));
+        assert!(d.core().membership().is_learner(NodeId(2)));
+        // Removing it is fine; its id is not handed out again.
+        ask(&mut d, &mut out, MemberRequest::Remove(NodeId(2))).expect("removed");
+        assert!(!d.core().membership().contains(NodeId(2)));
+        let again = ask(
+            &mut d,
+            &mut out,
+            MemberRequest::Add {
+                peer_urls: vec!["http://127.0.0.1:18005".into()],
+                learner: true,
+            },
+        )
+        .expect("added");
+        assert_eq!(again.node, NodeId(3), "ids are never reused");
+    }
+
+    #[test]
+    fn refusals_name_why_and_append_nothing() {
+        let (mut d, mut out) = leader();
+        let last = d.core().last_index();
+        assert_eq!(
+            ask(&mut d, &mut out, MemberRequest::Remove(NodeId(9))),
+            Err(MemberRefused::NotFound(NodeId(9)))
+        );
+        assert!(matches!(
+            ask(
+                &mut d,
+                &mut out,
+                MemberRequest::Add {
+                    peer_urls: vec!["http://name:1".into()],
+                    learner: true
+                }
+            ),
+            Err(MemberRefused::Invalid(_))
+        ));
+        assert!(
+            matches!(
+                ask(&mut d, &mut out, MemberRequest::Remove(NodeId(1))),
+                Err(MemberRefused::Invalid(_))
+            ),
+            "the last voter"
+        );
+        assert_eq!(d.core().last_index(), last, "nothing was appended");
+        // Two changes at once: the second waits for the first to commit.
+        let (first, mut first_answer) = oneshot::channel();
+        d.handle(Inbound::Member {
+            request: MemberRequest::Add {
+                peer_urls: vec!["http://127.0.0.1:2".into()],
+                learner: true,
+            },
+            reply: first,
+        });
+        let (second, mut second_answer) = oneshot::channel();
+        d.handle(Inbound::Member {
+            request: MemberRequest::Remove(NodeId(1)),
+            reply: second,
+        });
+        assert!(matches!(
+            second_answer.try_recv(),
+            Ok(Err(MemberRefused::InFlight { .. }))
+        ));
+        settle(&mut d, &mut out);
+        assert!(matches!(first_answer.try_recv(), Ok(Ok(_))));
+    }
+}

@@ -189,11 +189,55 @@ fn grow_replace_and_shrink_under_load_keeps_every_acknowledged_write() {
         );
         refused_while_lagging += 1;
         cluster.spawn_joining(node, addr);
+        // The new node serves the etcd API and calls itself a learner (endpoint status's 6th
+        // field, IS LEARNER).
+        let started = Instant::now();
+        loop {
+            let out = etcdctl(&addr.to_string(), &["endpoint", "status"], None);
+            if out.success {
+                let fields: Vec<&str> = out.stdout.trim().split(", ").collect();
+                assert_eq!(fields.get(5), Some(&"true"), "{out:?}");
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "node {node} never served: {out:?}\n{}",
+                cluster.describe()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         promote_when_in_sync(&on_1, node, &cluster);
     }
     let rows = member_rows(&on_1);
     assert_eq!(rows.len(), 5, "{rows:?}");
     assert!(rows.iter().all(|r| !r.3), "all voters now: {rows:?}");
+    // Refusals come back as etcd's errors, through a follower too (forwarded to the leader).
+    let on_follower =
+        cluster.addrs[&[2, 3].into_iter().find(|n| *n != leader).expect("follower")].to_string();
+    let voter = etcdctl(&on_follower, &["member", "promote", &hex_id(4)], None);
+    assert!(
+        !voter.success && voter.stderr.contains("can only promote a learner member"),
+        "{voter:?}"
+    );
+    let unknown = etcdctl(&on_follower, &["member", "remove", "ffff"], None);
+    assert!(
+        !unknown.success && unknown.stderr.contains("member not found"),
+        "{unknown:?}"
+    );
+    let taken = etcdctl(
+        &on_follower,
+        &[
+            "member",
+            "add",
+            "dup",
+            &format!("--peer-urls=http://{}", cluster.addrs[&4]),
+        ],
+        None,
+    );
+    assert!(
+        !taken.success && taken.stderr.contains("Peer URLs already exists"),
+        "{taken:?}"
+    );
 
     // Replace a follower (not node 1, which the load goes through): remove, stop, wipe, add a
     // fresh member in its place.
@@ -256,6 +300,18 @@ fn grow_replace_and_shrink_under_load_keeps_every_acknowledged_write() {
     ];
     expected.sort();
     assert_eq!(listed, expected, "{rows:?}");
+
+    // Leadership moves to the member added last (MoveLeader knows members added at run time).
+    let all = [1, survivor, fresh]
+        .iter()
+        .map(|n| cluster.addrs[n].to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let moved = ok(&all, &["move-leader", &hex_id(fresh)]);
+    assert!(moved.contains(&hex_id(fresh)), "{moved}");
+    let status = ok(&cluster.addrs[&fresh].to_string(), &["endpoint", "status"]);
+    let fields: Vec<&str> = status.trim().split(", ").collect();
+    assert_eq!(fields.get(4), Some(&"true"), "node {fresh} leads: {status}");
 
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);

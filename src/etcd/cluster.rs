@@ -42,7 +42,7 @@ pub const LEARNER_NOT_READY: &str =
 
 impl EtcdApi {
     /// The configuration in effect on this node.
-    async fn membership(&self) -> Result<Membership, Status> {
+    pub(super) async fn membership(&self) -> Result<Membership, Status> {
         self.ask(
             |reply| Inbound::Membership { reply },
             "etcdserver: server stopped",
@@ -88,7 +88,7 @@ impl EtcdApi {
     }
 
     /// The node whose etcd member id is `id`, among the members of `membership`.
-    fn node_of(membership: &Membership, id: u64) -> Option<NodeId> {
+    pub(super) fn node_of(membership: &Membership, id: u64) -> Option<NodeId> {
         membership.members().find(|n| member_id(*n) == id)
     }
 

@@ -1003,7 +1003,12 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_applied_index: status.applied_index.0,
             errors,
             db_size_in_use: size,
-            is_learner: false,
+            // A core that tracks no membership has no learners.
+            is_learner: self
+                .api
+                .membership()
+                .await
+                .is_ok_and(|m| m.is_learner(status.node_id)),
             ..pb::StatusResponse::default()
         }))
     }
@@ -1018,13 +1023,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         let target_member = request.into_inner().target_id;
-        let members = &self.api.inner.members;
-        let Some(target) = members
-            .members
-            .iter()
-            .find(|m| m.member_id == target_member)
-            .map(|m| m.node_id)
-        else {
+        // Any member of the configuration in effect (members added at run time included); the
+        // core refuses a learner.
+        let membership = self.api.membership().await?;
+        let Some(target) = EtcdApi::node_of(&membership, target_member) else {
             return Err(Status::failed_precondition(BAD_LEADER_TRANSFEREE));
         };
         let term = self.api.move_leader(target).await?;

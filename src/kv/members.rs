@@ -108,7 +108,7 @@ mod tests {
         assert_eq!(store.revision(), 1, "a record does not move the revision");
         assert_eq!(store.hash_kv(0).expect("hash"), before, "nor the HashKV");
         assert_eq!(
-            store.member_urls().get(&4).map(|r| r.peer_urls.clone()),
+            store.member_table().get(&4).map(|r| r.peer_urls.clone()),
             Some(vec!["http://127.0.0.1:18004".to_string()])
         );
         // MemberUpdate replaces the URLs.
@@ -117,9 +117,9 @@ mod tests {
         let mut bytes = Vec::new();
         store.snapshot_view().write_to(&mut bytes).expect("write");
         let restored = KvStore::restore_from(&mut bytes.as_slice()).expect("restore");
-        assert_eq!(restored.member_urls(), store.member_urls());
+        assert_eq!(restored.member_table(), store.member_table());
         assert_eq!(
-            restored.member_urls()[&4].peer_urls,
+            restored.member_table()[&4].peer_urls,
             vec!["http://127.0.0.1:18014".to_string()]
         );
     }
@@ -134,6 +134,6 @@ mod tests {
         ] {
             assert!(StateMachine::apply(&mut store, &entry(payload)).is_err());
         }
-        assert!(store.member_urls().is_empty());
+        assert!(store.member_table().is_empty());
     }
 }

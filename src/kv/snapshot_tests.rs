@@ -892,7 +892,7 @@ fn leases_and_their_keys_survive_a_round_trip() {
 /// with version 1 in the header. Only valid for a store without leases or members.
 fn as_format_1(store: &KvStore) -> Vec<u8> {
     assert_eq!(store.leases().count(), 0);
-    assert!(store.member_urls().is_empty());
+    assert!(store.member_table().is_empty());
     let bytes = store.snapshot();
     let mut old = bytes[..bytes.len() - CHECKSUM_BYTES - 4 - 8].to_vec();
     old[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&1u32.to_le_bytes());

@@ -183,7 +183,7 @@ impl KvStore {
     }
 
     /// The member address registry (`super::members`): node id -> peer URLs.
-    pub fn member_urls(&self) -> &super::MemberTable {
+    pub fn member_table(&self) -> &super::MemberTable {
         &self.members
     }
 

@@ -112,7 +112,7 @@ pub enum NodeError {
     DataDirInUse { directory: std::path::PathBuf },
     #[error("invalid core configuration: {0}")]
     Core(#[from] raft::ConfigError),
-    /// `--join` given for a config file member, or missing for a node absent from the file.
+    /// `--join` given for a config file member.
     #[error("{0}")]
     Join(String),
     #[error("cannot start the tokio-uring runtime: {0}")]
@@ -147,8 +147,8 @@ pub fn run(config: &ClusterConfig, node_id: u32, config_path: &Path) -> Result<(
 /// takes the same flag (its address is not in the file).
 ///
 /// # Errors
-/// As [`run`]; [`NodeError::Join`] when `join` is given for a node of the config file, or not
-/// given for a node absent from it.
+/// As [`run`] (a node absent from the file without `join` is the seed's `NodeNotFound`);
+/// [`NodeError::Join`] when `join` is given for a node of the config file.
 pub fn run_joining(
     config: &ClusterConfig,
     node_id: u32,
@@ -166,14 +166,9 @@ pub fn run_joining(
                 me.address()
             )))
         }
-        (None, None) => {
-            return Err(NodeError::Join(format!(
-                "node {node_id} is not in the config file {}: to add a member to a running \
-                 cluster, `etcdctl member add <name> --peer-urls=http://IP:PORT [--learner]` \
-                 and start the node id it was given with --join http://IP:PORT",
-                config_path.display()
-            )))
-        }
+        // The seed's message, verbatim (a requirement); `--help` and the README say how a node
+        // that is not in the file joins (`--join`).
+        (None, None) => return Err(crate::config::ConfigError::NodeNotFound(node_id).into()),
     };
     let id = NodeId(node_id);
     let directory = config.node_directory(node_id);
@@ -244,6 +239,7 @@ pub fn run_joining(
     let core = RaftNode::restart(core_cfg, opened.hard_state, opened.view, snapshot)?;
     let persisted = core.membership();
     if core.membership_index().is_some() && persisted.voters != file_voters {
+        let file_voters: Vec<u32> = file_voters.iter().map(|n| n.0).collect();
         tracing::warn!(
             "the config file lists voters {:?}, but the persisted configuration (snapshot and \
              log) is {}: using the persisted one (the file only bootstraps a cluster)",
