@@ -25,16 +25,34 @@ fn script() -> PathBuf {
 }
 
 fn command(args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
     let mut c = Command::new(script());
     c.args(args)
         .env("RUN_CLUSTER_BIN", env!("CARGO_BIN_EXE_rust-raft-log"))
         .env("RUST_LOG", "info");
+    // A test run started in the background by a non-interactive shell (`cargo test &`) inherits
+    // SIGINT ignored, and bash cannot trap a signal ignored at its start: the script would never
+    // see the Ctrl-C this test sends. Give it the default disposition, as a terminal would.
+    // SAFETY: signal(2) is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
     c
 }
 
-/// Whether `pid` is a live process (a zombie has an empty command line).
+/// Whether `pid` is a live process: it exists and is not a zombie. (Not its command line, which
+/// reads empty for a moment while a process just started execs, e.g. right after `restart`.)
 fn alive(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the
+        // last ')'.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 fn pid_of(logs: &Path, id: u32) -> u32 {
@@ -123,7 +141,11 @@ fn run_cluster_restarts_and_stops_every_node_it_owns() {
     let restarted = pid_of(&logs, 2);
     assert_ne!(restarted, killed);
     cleanup.pids.push(restarted);
-    assert!(alive(restarted), "the restarted node runs");
+    assert!(
+        alive(restarted),
+        "the restarted node runs; restart printed {restart:?}; its output:\n{}",
+        std::fs::read_to_string(logs.join("node_2.out")).unwrap_or_default()
+    );
 
     // A second start refuses, and leaves the running nodes' output alone.
     let sizes = |id: u32| {
@@ -155,8 +177,15 @@ fn run_cluster_restarts_and_stops_every_node_it_owns() {
         }
         assert!(
             started.elapsed() < WAIT,
-            "the script did not stop:\n{}",
-            output()
+            "the script did not stop:\n{}\nnode outputs:\n{}",
+            output(),
+            (1..=3)
+                .map(
+                    |id| std::fs::read_to_string(logs.join(format!("node_{id}.out")))
+                        .unwrap_or_default()
+                )
+                .collect::<Vec<_>>()
+                .join("\n----\n")
         );
         std::thread::sleep(Duration::from_millis(100));
     }
