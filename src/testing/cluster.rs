@@ -1533,7 +1533,19 @@ impl Cluster {
                         msg: brief(&env.msg),
                     });
                 }
-                let must_adopt = must_adopt_term(&env.msg);
+                // The core ignores votes and answers from servers outside its configuration
+                // (only a leader's messages are taken from anyone): those need not move its term.
+                let from_leader = matches!(
+                    env.msg,
+                    Message::AppendEntries(_)
+                        | Message::InstallSnapshot(_)
+                        | Message::TimeoutNow(_)
+                );
+                let heard = from_leader
+                    || self
+                        .core(to)
+                        .is_some_and(|c| c.membership().contains(node_id(from)));
+                let must_adopt = must_adopt_term(&env.msg).filter(|_| heard);
                 let is_request = crate::driver::RequestKind::of_request(&env.msg).is_some();
                 if is_request {
                     let (reply, answer) = oneshot::channel();
