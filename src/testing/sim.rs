@@ -973,25 +973,25 @@ mod mutations {
     // changes (src/raft/conf_tests.rs catches each with a scripted scenario as well).
 
     #[test]
-    #[ignore = "needs SIM_MEMBERSHIP=1; not yet run to a result (issue 15)"]
+    #[ignore = "needs SIM_MEMBERSHIP=1 (membership changes are off by default, issue 15)"]
     fn a_configuration_applied_on_commit_is_caught() {
         assert_caught_with_membership_changes(Mutation::ConfigOnCommit, 400);
     }
 
     #[test]
-    #[ignore = "needs SIM_MEMBERSHIP=1; not yet run to a result (issue 15)"]
+    #[ignore = "needs SIM_MEMBERSHIP=1 (membership changes are off by default, issue 15)"]
     fn two_configuration_changes_in_flight_are_caught() {
         assert_caught_with_membership_changes(Mutation::TwoChangesInFlight, 400);
     }
 
     #[test]
-    #[ignore = "needs SIM_MEMBERSHIP=1; not yet run to a result (issue 15)"]
+    #[ignore = "needs SIM_MEMBERSHIP=1 (membership changes are off by default, issue 15)"]
     fn learners_that_vote_are_caught() {
         assert_caught_with_membership_changes(Mutation::LearnerVotes, 400);
     }
 
     #[test]
-    #[ignore = "needs SIM_MEMBERSHIP=1; not yet run to a result (issue 15)"]
+    #[ignore = "needs SIM_MEMBERSHIP=1 (membership changes are off by default, issue 15)"]
     fn learners_counted_for_commit_are_caught() {
         assert_caught_with_membership_changes(Mutation::LearnerCountsForCommit, 400);
     }
