@@ -123,6 +123,7 @@ fn trial(model: Model, line: Line, pre_vote: bool, seed: u64, cap_us: u64) -> Tr
     let mut c = Cluster::new(ClusterConfig {
         seed,
         nodes: NODES,
+        spares: 0,
         core,
         net: NetConfig::reliable(model.net_us.0, model.net_us.1),
         disk: DiskConfig {

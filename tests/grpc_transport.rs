@@ -18,10 +18,12 @@ use rust_raft_log::driver;
 /// The mailbox of these tests' nodes (no state machine responses).
 type Inbound = driver::Inbound<()>;
 use rust_raft_log::grpc::{self, proto as pb, PeerConfig, Peers, ServerConfig};
+use rust_raft_log::raft::membership::Membership;
 use rust_raft_log::raft::message::{
     AppendEntries, AppendEntriesResponse, Envelope, InstallSnapshot, Message, RequestVote,
     RequestVoteResponse, SnapshotId,
 };
+use rust_raft_log::storage::snapshot::{encode_header, SnapshotMeta, PAYLOAD_KIND_OPAQUE};
 use rust_raft_log::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 use tokio::sync::{mpsc, oneshot};
 
@@ -136,6 +138,13 @@ fn responder(
                             })
                         }
                         Message::InstallSnapshot(m) => {
+                            // The receiver filled the configuration from the received file's
+                            // header (the snapshot tests write `snapshot_file_head`'s).
+                            assert_eq!(
+                                m.membership,
+                                Membership::new([NodeId(1), NodeId(2), NodeId(3)], [NodeId(4)]),
+                                "node {id}: the configuration of the snapshot's header"
+                            );
                             Message::AppendEntriesResponse(AppendEntriesResponse {
                                 term: m.term,
                                 success: true,
@@ -1148,11 +1157,34 @@ struct MemSnapshots {
     accept_delay: Option<Duration>,
 }
 
+/// A snapshot file of `len` bytes for `snap`: a valid header (voters 1, 2, 3 and learner 4),
+/// then bytes of `seed`'s pattern (the transport does not look past the header).
+fn snapshot_file(snap: SnapshotId, len: u32, seed: u32) -> Vec<u8> {
+    let mut file = encode_header(&SnapshotMeta {
+        index: snap.index,
+        term: snap.term,
+        cluster_id: 1,
+        payload_kind: PAYLOAD_KIND_OPAQUE,
+        voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+        learners: vec![NodeId(4)],
+    });
+    let head = file.len() as u32;
+    file.extend((head..len).map(|i| (i.wrapping_mul(seed) >> 24) as u8));
+    file
+}
+
 impl grpc::SnapshotFiles for MemSnapshots {
+    /// The leader's file; on the follower (no file of its own), the last one it finished.
     fn read(&self, _snap: SnapshotId, offset: u64, max: usize) -> Result<Vec<u8>, String> {
-        let start = (offset as usize).min(self.file.len());
-        let end = (start + max).min(self.file.len());
-        Ok(self.file[start..end].to_vec())
+        let finished = self.finished.lock().expect("lock");
+        let file = if self.file.is_empty() {
+            finished.last().map_or(&[][..], |f| &f[..])
+        } else {
+            &self.file[..]
+        };
+        let start = (offset as usize).min(file.len());
+        let end = (start + max).min(file.len());
+        Ok(file[start..end].to_vec())
     }
 
     fn accept(
@@ -1194,9 +1226,11 @@ impl grpc::SnapshotFiles for MemSnapshots {
 fn a_snapshot_streams_in_chunks_and_a_broken_transfer_resumes_where_it_stopped() {
     within_test_timeout(async {
         // 1.3 MB: several chunks; the follower breaks the transfer once, after 600 KB.
-        let file: Vec<u8> = (0..1_300_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-            .collect();
+        let snap = SnapshotId {
+            index: LogIndex(1234),
+            term: Term(3),
+        };
+        let file = snapshot_file(snap, 1_300_000, 2_654_435_761);
         let leader_files = Arc::new(MemSnapshots {
             file: file.clone(),
             ..MemSnapshots::default()
@@ -1224,10 +1258,6 @@ fn a_snapshot_streams_in_chunks_and_a_broken_transfer_resumes_where_it_stopped()
             one.inbound_tx.clone(),
         )
         .expect("peers");
-        let snap = SnapshotId {
-            index: LogIndex(1234),
-            term: Term(3),
-        };
         peers
             .send(Envelope {
                 from: NodeId(1),
@@ -1236,6 +1266,7 @@ fn a_snapshot_streams_in_chunks_and_a_broken_transfer_resumes_where_it_stopped()
                     term: Term(4),
                     leader_id: NodeId(1),
                     snapshot: snap,
+                    membership: Membership::new([NodeId(1), NodeId(2), NodeId(3)], []),
                     read_seq: 9,
                 }),
             })
@@ -1284,9 +1315,11 @@ fn a_snapshot_streams_in_chunks_and_a_broken_transfer_resumes_where_it_stopped()
 #[test]
 fn a_transfer_longer_than_the_rpc_timeout_completes_without_starting_over() {
     within_test_timeout(async {
-        let file: Vec<u8> = (0..1_300_000u32)
-            .map(|i| (i.wrapping_mul(2_246_822_519) >> 24) as u8)
-            .collect();
+        let snap = SnapshotId {
+            index: LogIndex(77),
+            term: Term(2),
+        };
+        let file = snapshot_file(snap, 1_300_000, 2_246_822_519);
         let leader_files = Arc::new(MemSnapshots {
             file: file.clone(),
             ..MemSnapshots::default()
@@ -1316,10 +1349,6 @@ fn a_transfer_longer_than_the_rpc_timeout_completes_without_starting_over() {
             one.inbound_tx.clone(),
         )
         .expect("peers");
-        let snap = SnapshotId {
-            index: LogIndex(77),
-            term: Term(2),
-        };
         let started = std::time::Instant::now();
         peers
             .send(Envelope {
@@ -1329,6 +1358,7 @@ fn a_transfer_longer_than_the_rpc_timeout_completes_without_starting_over() {
                     term: Term(2),
                     leader_id: NodeId(1),
                     snapshot: snap,
+                    membership: Membership::new([NodeId(1), NodeId(2), NodeId(3)], []),
                     read_seq: 1,
                 }),
             })

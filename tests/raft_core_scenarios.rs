@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rust_raft_log::raft::{
     AppendEntries, AppendEntriesResponse, Config, ConfigError, Envelope, HardState,
-    InstallSnapshot, MemStorage, Message, ProposeError, RaftNode, Ready, RequestVote, Role,
-    SnapshotId, Storage,
+    InstallSnapshot, MemStorage, Membership, Message, ProposeError, RaftNode, Ready, RequestVote,
+    Role, SnapshotId, Storage,
 };
 use rust_raft_log::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 
@@ -1244,6 +1244,7 @@ fn follower_receiving(
             term: Term(3),
             leader_id: NodeId(1),
             snapshot: snap,
+            membership: Membership::new([NodeId(1), NodeId(2), NodeId(3)], []),
             read_seq: 0,
         }),
     });

@@ -84,6 +84,27 @@ fn sim_safety_sweep() {
         r.installs,
         r.installs_cut,
     );
+    let m = &r.members;
+    println!(
+        "membership: {} seeds changed it: {} learners added, {} voters added, {} promoted, {} \
+         removed ({} of them the leader itself), {} re-added with a wiped disk; refused: {} in \
+         flight, {} before a commit in the leader's term, {} not fitting, {} other; {} \
+         leadership transfers asked ({} refused); {} moments without a leader",
+        r.seeds_with_members,
+        m.learners_added,
+        m.voters_added,
+        m.promoted,
+        m.removed,
+        m.leaders_removed,
+        m.readded_wiped,
+        m.refused_in_flight,
+        m.refused_term_commit,
+        m.refused_bad,
+        m.refused_other,
+        m.transfers_asked,
+        m.transfers_refused,
+        m.no_leader,
+    );
     let mut failures = r.failures.clone();
     failures.sort();
     for (seed, headline) in failures.iter().take(50) {

@@ -23,6 +23,7 @@ fn cluster(seed: u64, nodes: usize, check_quorum: bool) -> Cluster {
     Cluster::new(ClusterConfig {
         seed,
         nodes,
+        spares: 0,
         core,
         net: NetConfig::reliable(1_000, 5_000),
         disk: DiskConfig {
@@ -277,6 +278,7 @@ fn figure_8_previous_term_entry_is_not_committed_by_counting() {
     let mut c = Cluster::new(ClusterConfig {
         seed: 8,
         nodes: N,
+        spares: 0,
         core,
         net: NetConfig::reliable(1_000, 1_000),
         disk: DiskConfig {

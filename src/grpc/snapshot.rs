@@ -24,6 +24,9 @@
 //!   sending, the follower answers `resume_offset` with what it holds (the last, empty chunk too),
 //!   and only a confirmed offset beyond the best one so far counts as progress.
 //! - **The size is not needed up front**: the last chunk says so (`done`).
+//! - **The configuration comes from the file.** The message handed to the core carries the
+//!   configuration the snapshot recorded at its index, read from the durable file's checksummed
+//!   header (not from the chunks' wire header, which does not carry it).
 
 use std::sync::Arc;
 
@@ -32,7 +35,9 @@ use tonic::transport::Channel;
 use tonic::Status;
 
 use crate::grpc::proto as pb;
+use crate::raft::membership::Membership;
 use crate::raft::message::{Envelope, InstallSnapshot, Message, SnapshotId};
+use crate::storage::snapshot::{self as snapshot_file, SNAPSHOT_HEADER_MAX_BYTES};
 use crate::types::{LogIndex, NodeId, Term};
 
 /// Bytes of snapshot file per chunk.
@@ -286,6 +291,8 @@ fn decode_header(c: &pb::InstallSnapshotChunk) -> Result<Envelope, Status> {
                 index: LogIndex(c.last_index),
                 term: Term(c.last_term),
             },
+            // Filled from the received file's header once the file is whole (`receive`).
+            membership: Membership::default(),
             read_seq: c.read_seq,
         }),
     })
@@ -351,9 +358,27 @@ pub(crate) async fn receive(
         }
         if done {
             let files = Arc::clone(&files);
-            blocking(move || files.finish(from, snap))
-                .await?
-                .map_err(Status::data_loss)?;
+            let membership = blocking(move || {
+                files.finish(from, snap)?;
+                // The core adopts the configuration the snapshot recorded at its index: read it
+                // from the header of the file now durable (checksummed like the rest of it).
+                let head = files.read(snap, 0, SNAPSHOT_HEADER_MAX_BYTES)?;
+                let meta = snapshot_file::decode_header(&head)?;
+                if (meta.index, meta.term) != (snap.index, snap.term) {
+                    return Err(format!(
+                        "the received file's header names the snapshot at {}@t{}, the transfer \
+                         {}@t{}",
+                        meta.index, meta.term, snap.index, snap.term
+                    ));
+                }
+                Ok(Membership::new(meta.voters, meta.learners))
+            })
+            .await?
+            .map_err(Status::data_loss)?;
+            let mut envelope = envelope;
+            if let Message::InstallSnapshot(m) = &mut envelope.msg {
+                m.membership = membership;
+            }
             return Ok(Received::Complete(envelope));
         }
         next = match stream.message().await? {

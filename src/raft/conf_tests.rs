@@ -9,6 +9,7 @@ use crate::mutation::{self, Mutation};
 use crate::raft::membership::{ConfChange, Membership};
 use crate::raft::{
     AppendEntries, Config, Envelope, HardState, MemStorage, Message, ProposeError, RaftNode, Role,
+    SnapshotId,
 };
 use crate::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 
@@ -90,6 +91,14 @@ impl Net {
                     let mut r = n.ready();
                     let token = r.persist_token();
                     self.queue.extend(std::mem::take(&mut r.messages));
+                    if let Some(snap) = r.install_snapshot {
+                        // The driver's reset: the log becomes empty after the snapshot's index.
+                        *n.storage_mut() = MemStorage {
+                            snapshot_index: snap.index,
+                            snapshot_term: snap.term,
+                            entries: Vec::new(),
+                        };
+                    }
                     if let Some(from) = r.truncate_from {
                         n.storage_mut().truncate_suffix(from);
                     }
@@ -479,6 +488,50 @@ fn a_configuration_applied_on_commit_is_caught() {
         !mutation::with(Some(Mutation::ConfigOnCommit), config_in_effect_on_append),
         "ConfigOnCommit not caught"
     );
+}
+
+/// Issue 15: a follower cut off while the configuration changed, and caught up by a snapshot
+/// that covers the changes, must adopt the configuration the snapshot carries. Before the
+/// InstallSnapshot message carried it, node 3 kept only its configuration entries up to its
+/// commit index (none) and reported the initial voters 1, 2, 3 for good.
+#[test]
+fn a_follower_caught_up_by_a_snapshot_adopts_the_configuration_it_carries() {
+    let mut net = Net::new(&[1, 2, 3], &[], &[4]);
+    net.elect_1();
+    net.down.insert(NodeId(3));
+    net.change(ConfChange::AddLearner(NodeId(4)));
+    net.change(ConfChange::PromoteLearner(NodeId(4)));
+    net.change(ConfChange::RemoveNode(NodeId(2)));
+    net.down.insert(NodeId(2));
+    let n1 = net.node(1);
+    let commit = n1.commit_index();
+    assert_eq!(n1.membership(), &members(&[1, 3, 4], &[]));
+    assert_eq!(n1.last_index(), commit, "every change committed on 1 and 4");
+    // The leader snapshots everything and compacts its log: node 3 can only be caught up by
+    // InstallSnapshot.
+    let snap = SnapshotId {
+        index: commit,
+        term: n1.log_term(commit).expect("committed entry"),
+    };
+    let n1 = net.node_mut(1);
+    n1.snapshot_created(snap);
+    n1.storage_mut().compact_prefix(commit);
+    assert_eq!(net.node(3).membership(), &members(&[1, 2, 3], &[]));
+    net.down.remove(&NodeId(3));
+    net.tick(20);
+    let n3 = net.node(3);
+    assert_eq!(n3.snapshot(), Some(snap), "node 3 installed the snapshot");
+    assert_eq!(n3.commit_index(), commit);
+    assert_eq!(
+        n3.membership(),
+        &members(&[1, 3, 4], &[]),
+        "node 3 reports the configuration the snapshot carried"
+    );
+    // And the configuration counts: with node 2 gone, 1 and 3 are a majority of 1, 3, 4.
+    let (index, _) = net.node_mut(1).propose(b"after".to_vec()).expect("leader");
+    net.down.insert(NodeId(4));
+    net.tick(5);
+    assert!(net.node(1).commit_index() >= index, "1 and 3 commit");
 }
 
 #[test]

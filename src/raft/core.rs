@@ -89,6 +89,13 @@ pub struct Config {
     pub check_quorum: bool,
     /// Seeds the core's own RNG (election jitter). Give every node a different seed.
     pub rng_seed: u64,
+    /// This server joins an existing cluster with an empty disk, possibly under the id of a
+    /// member removed earlier (a replaced server). Until a configuration in its log (or a
+    /// snapshot's) lists it, it grants no vote: it forgot its old votes and log, and a stale
+    /// candidate whose configuration still counts that id as a voter could otherwise win with
+    /// its vote while lacking committed entries (simulator finding, issue 15). Once its log
+    /// holds the entry that added it, that log is past its removal and its vote is safe again.
+    pub join: bool,
 }
 
 impl Config {
@@ -112,6 +119,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             rng_seed,
+            join: false,
         }
     }
 
@@ -121,11 +129,13 @@ impl Config {
     /// [`ConfigError::Invalid`] naming the field and its value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: String| Err(ConfigError::Invalid(msg));
-        if !self.voters.contains(&self.id) && !self.learners.contains(&self.id) {
-            return bad(format!(
-                "id {} is not in voters {:?} nor in learners {:?}",
-                self.id, self.voters, self.learners
-            ));
+        // `id` need not be a member: a node removed from the configuration (whose newest
+        // snapshot no longer lists it) or one joining an existing cluster starts outside it. It
+        // never campaigns and follows the leader that contacts it (thesis §4.2.1); the
+        // configuration entries it receives (or a snapshot's configuration) say whether it is a
+        // member again.
+        if self.id.0 == 0 {
+            return bad("id 0 (node ids start at 1)".to_string());
         }
         if self.voters.is_empty() {
             return bad("voters is empty".to_string());
@@ -404,8 +414,9 @@ pub struct RaftNode<S: Storage> {
     /// the transfer began (it is abandoned after `election_ticks_min`).
     lead_transferee: Option<NodeId>,
     transfer_elapsed: u64,
-    /// The configuration before the first entry of `conf_entries` (the initial one, from the
-    /// config).
+    /// The configuration before the first entry of `conf_entries`: the initial one (from the
+    /// config, which after a restart from a snapshot is the snapshot's) or that of the last
+    /// snapshot installed from a leader.
     membership_base: Membership,
     /// Every configuration entry in the log, in index order, with the configuration it makes.
     /// The last one is in effect (thesis §4.1: a configuration takes effect when appended);
@@ -755,6 +766,15 @@ impl<S: Storage> RaftNode<S> {
             .rev()
             .find(|(i, _)| *i <= index)
             .map_or(&self.membership_base, |(_, m)| m)
+    }
+
+    /// Whether this node still joins (see [`Config::join`]): no configuration it knows of
+    /// lists it.
+    fn joining(&self) -> bool {
+        let id = self.config.id;
+        self.config.join
+            && !self.membership_base.contains(id)
+            && !self.conf_entries.iter().any(|(_, m)| m.contains(id))
     }
 
     /// The index of the configuration entry in effect, if the log holds one.
@@ -1468,7 +1488,9 @@ impl<S: Storage> RaftNode<S> {
         // term, or same last term and at least as long) may get our vote.
         let up_to_date =
             (rv.last_log_term, rv.last_log_index) >= (self.log.last_term(), self.log.last_index());
-        let granted = can_vote && up_to_date;
+        // A server joining with an empty disk grants no vote until its log made it a member (see
+        // `Config::join`). Refusing a vote is always safe.
+        let granted = !self.joining() && can_vote && up_to_date;
         if rv.pre_vote {
             // A granted pre-vote carries the term it was asked for, so the pre-candidate can tell
             // it from a rejection by a server of a higher term.
@@ -1691,12 +1713,18 @@ impl<S: Storage> RaftNode<S> {
                 self.commit = snap.index;
             } else {
                 self.log.install_snapshot(snap);
-                // The configuration entries up to our commit index are in the snapshot's history
-                // too; ours above it may not be. TODO(issue 15): the snapshot message does not
-                // carry the configuration at its index yet, so a change between our commit index
-                // and the snapshot's index is missed here until a later entry restates it.
-                let commit = self.commit;
-                self.conf_entries.retain(|(i, _)| *i <= commit);
+                // The log is gone, and with it every configuration entry we held: the snapshot's
+                // configuration (that at its index, which the message carries) is the one in
+                // effect now, and entries after the index apply over it as they arrive. Keeping
+                // our own entries instead would miss a change between our commit index and the
+                // snapshot's index. A node that finds itself outside this configuration is a
+                // removed (or not yet added) one: it never campaigns (`campaign`).
+                self.conf_entries.clear();
+                self.membership_base = m.membership.clone();
+                tracing::info!(
+                    id = %self.config.id, index = %snap.index, membership = %self.membership_base,
+                    "snapshot installed: its configuration is in effect"
+                );
                 self.commit = snap.index;
                 self.applied = snap.index;
                 self.snapshot = Some(snap);
@@ -1974,6 +2002,7 @@ impl<S: Storage> RaftNode<S> {
                     term: self.term,
                     leader_id: self.config.id,
                     snapshot: snap,
+                    membership: self.membership_at(snap.index).clone(),
                     read_seq: self.read_seq,
                 });
                 self.send_now(to, msg);
@@ -2333,9 +2362,12 @@ impl<S: Storage> RaftNode<S> {
                     self.leader,
                     self.vote
                 );
+                // `peers()` lists voters before learners; the progress map is ordered by id.
+                let mut peers = self.peers();
+                peers.sort();
                 assert_eq!(
                     self.progress.keys().copied().collect::<Vec<_>>(),
-                    self.peers(),
+                    peers,
                     "node {id}: leader tracks other followers than the members {:?}",
                     self.membership()
                 );
@@ -2443,10 +2475,10 @@ mod tests {
         let cases: Vec<(Config, &str)> = vec![
             (
                 Config {
-                    id: NodeId(9),
+                    id: NodeId(0),
                     ..cfg()
                 },
-                "not in voters",
+                "id 0",
             ),
             (
                 Config {
@@ -2507,6 +2539,12 @@ mod tests {
             }
         }
         assert_eq!(cfg().validate(), Ok(()));
+        // A node outside its initial configuration (joining, or removed) is valid.
+        let outside = Config {
+            id: NodeId(9),
+            ..cfg()
+        };
+        assert_eq!(outside.validate(), Ok(()));
     }
 
     fn log_of(terms: &[u64]) -> MemStorage {

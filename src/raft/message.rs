@@ -1,5 +1,6 @@
 //! The messages Raft servers exchange (the seed's RequestVote and AppendEntries RPCs).
 
+use crate::raft::membership::Membership;
 use crate::types::{LogEntry, LogIndex, NodeId, Term};
 
 /// A message with its sender and recipient.
@@ -109,6 +110,12 @@ pub struct InstallSnapshot {
     pub term: Term,
     pub leader_id: NodeId,
     pub snapshot: SnapshotId,
+    /// The configuration in effect at the snapshot's index (thesis §4.4 and §5.1: a snapshot
+    /// carries the latest configuration it covers). A follower that replaces its log by the
+    /// snapshot loses the configuration entries the snapshot covers, so it adopts this one.
+    /// The leader fills it with `membership_at(snapshot.index)`; the node's receiver fills it
+    /// from the received file's header, which recorded the same configuration.
+    pub membership: Membership,
     /// Echoed in the answer, as for AppendEntries (thesis §6.4).
     pub read_seq: u64,
 }

@@ -429,7 +429,10 @@ pub fn is_snapshot_temp_name(name: &str) -> bool {
 // Encoding
 // ---------------------------------------------------------------------------------------------
 
-fn encode_header(meta: &SnapshotMeta) -> Vec<u8> {
+/// The header bytes of a snapshot file for `meta` (the layout of docs/FORMAT.md, "Snapshot
+/// files"), checksum included. [`SnapshotWriter`] writes files with it; tests build headers
+/// with it.
+pub fn encode_header(meta: &SnapshotMeta) -> Vec<u8> {
     let len = meta.header_bytes();
     let mut h = Vec::with_capacity(len);
     h.extend_from_slice(&SNAPSHOT_MAGIC);
@@ -772,6 +775,37 @@ impl Decoder {
         self.stage = Stage::Done;
         Ok(Unit::Trailer)
     }
+}
+
+/// Decodes and checks the header at the start of a snapshot file: `bytes` are the file's first
+/// bytes, at least the header's length (any bytes after it are ignored). The receiver of a
+/// transfer reads the configuration the snapshot recorded this way once the file is durable.
+///
+/// # Errors
+/// A text naming what is wrong (too few bytes, bad magic, version, length, CRC or fields).
+pub fn decode_header(bytes: &[u8]) -> Result<SnapshotMeta, String> {
+    let mut d = Decoder::new();
+    let start = bytes.get(..HEADER_START_BYTES).ok_or_else(|| {
+        format!(
+            "{} bytes are too few for a snapshot header's start ({HEADER_START_BYTES})",
+            bytes.len()
+        )
+    })?;
+    d.take(start)
+        .map_err(|(at, damage)| format!("{damage} at offset {at}"))?;
+    let rest = bytes
+        .get(HEADER_START_BYTES..HEADER_START_BYTES + d.need())
+        .ok_or_else(|| {
+            format!(
+                "{} bytes are too few for the snapshot header of {} bytes",
+                bytes.len(),
+                HEADER_START_BYTES + d.need()
+            )
+        })?;
+    d.take(rest)
+        .map_err(|(at, damage)| format!("{damage} at offset {at}"))?;
+    d.meta
+        .ok_or_else(|| "the snapshot header decoded to nothing".to_string())
 }
 
 /// The fields of a header whose length and CRC checked out.

@@ -56,6 +56,7 @@
 //! failure panics with the property, its paper section, the details, the seed, the last events
 //! and the replay command.
 
+use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -69,16 +70,20 @@ use std::task::{Context, Poll, Waker};
 use tokio::sync::oneshot;
 
 use crate::driver::{
-    Driver, DriverConfig, Inbound, Outbox, ProposeOutcome, ProposeRefused, ReadGrant, ReadRefused,
+    Consensus, Driver, DriverConfig, Inbound, Outbox, ProposeOutcome, ProposeRefused, ReadGrant,
+    ReadRefused,
 };
 use crate::grpc::{AcceptError, SnapshotFiles};
 use crate::mutation::Mutation;
 use crate::node::snapshots::{NodeSnapshots, SnapshotPolicy, Snapshotter};
-use crate::raft::{Config, Envelope, HardState, Message, RaftNode, Ready, Role, SnapshotId};
+use crate::raft::{
+    ConfChange, Config, Envelope, HardState, Membership, Message, ProposeError, RaftNode,
+    ReadIndexError, Ready, Role, SnapshotId, TransferError,
+};
 use crate::state_machine::{Snapshot, SnapshotError, SnapshotSource, StateMachine};
 use crate::storage::engine::{Engine, LogView, WriteBatch};
 use crate::storage::file::{PowerLossReport, SimFs};
-use crate::storage::snapshot::PAYLOAD_KIND_OPAQUE;
+use crate::storage::snapshot::{decode_header, PAYLOAD_KIND_OPAQUE, SNAPSHOT_HEADER_MAX_BYTES};
 use crate::storage::state::{Identity, RaftState};
 use crate::storage::{LogConfig, RaftLog};
 use crate::testing::checker::{
@@ -96,7 +101,11 @@ pub const SIM_SEGMENT_BYTES: u64 = 64 << 10;
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub seed: u64,
+    /// The voters of the bootstrap configuration: nodes `0..nodes`.
     pub nodes: usize,
+    /// Further nodes `nodes..nodes + spares`, up from the start but outside the configuration
+    /// (joining nodes with empty disks) until a configuration change adds them.
+    pub spares: usize,
     /// A template: `id`, `voters`, `rng_seed` and `max_entry_payload_bytes` are filled in per
     /// node.
     pub core: Config,
@@ -325,6 +334,8 @@ pub struct ClusterStats {
     pub installs_cut: u64,
     /// Restarts that restored the state machine from a snapshot file.
     pub restarts_from_snapshot: u64,
+    /// Disks wiped ([`Cluster::wipe`]).
+    pub wipes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -518,8 +529,120 @@ impl std::fmt::Display for TraceRec {
 
 const TRACE_LEN: usize = 60;
 
-/// The core of a simulated node: the node's core over the engine's view of a log on `SimFs`.
-pub type SimCore = RaftNode<LogView>;
+/// The core of a simulated node: the node's core over the engine's view of a log on `SimFs`,
+/// plus the operator's channel for configuration changes (the driver has no mailbox item for
+/// them yet): [`Cluster::propose_conf_change`] leaves the change here, and the core proposes it
+/// at the driver's next `ready()`, the answer waiting here for the cluster. Everything else is
+/// the node's own core: every [`Consensus`] method forwards to it (a method left to the trait's
+/// default would make the simulator test something else than what runs).
+pub struct SimCore {
+    node: RaftNode<LogView>,
+    conf_change: Cell<Option<ConfChange>>,
+    conf_answer: RefCell<Option<Result<(LogIndex, Term), ProposeError>>>,
+}
+
+impl SimCore {
+    fn new(node: RaftNode<LogView>) -> SimCore {
+        SimCore {
+            node,
+            conf_change: Cell::new(None),
+            conf_answer: RefCell::new(None),
+        }
+    }
+}
+
+impl std::ops::Deref for SimCore {
+    type Target = RaftNode<LogView>;
+    fn deref(&self) -> &RaftNode<LogView> {
+        &self.node
+    }
+}
+
+impl Consensus for SimCore {
+    type Log = LogView;
+    fn propose_conf_change(
+        &mut self,
+        change: ConfChange,
+    ) -> Result<(LogIndex, Term), ProposeError> {
+        self.node.propose_conf_change(change)
+    }
+    fn membership(&self) -> Option<Membership> {
+        Some(self.node.membership().clone())
+    }
+    fn tick(&mut self) {
+        self.node.tick()
+    }
+    fn step(&mut self, envelope: Envelope) {
+        self.node.step(envelope)
+    }
+    fn propose(&mut self, payload: Vec<u8>) -> Result<(LogIndex, Term), ProposeError> {
+        self.node.propose(payload)
+    }
+    fn read_index(&mut self, ctx: u64) -> Result<(), ReadIndexError> {
+        self.node.read_index(ctx)
+    }
+    fn has_ready(&self) -> bool {
+        self.conf_change.get().is_some() || self.node.has_ready()
+    }
+    fn ready(&mut self) -> Ready {
+        if let Some(cc) = self.conf_change.take() {
+            let answer = self.node.propose_conf_change(cc);
+            *self.conf_answer.borrow_mut() = Some(answer);
+        }
+        self.node.ready()
+    }
+    fn on_persisted(&mut self, token: Option<(LogIndex, Term)>) {
+        self.node.on_persisted(token)
+    }
+    fn id(&self) -> NodeId {
+        self.node.id()
+    }
+    fn role(&self) -> Role {
+        self.node.role()
+    }
+    fn term(&self) -> Term {
+        self.node.term()
+    }
+    fn leader(&self) -> Option<NodeId> {
+        self.node.leader()
+    }
+    fn commit_index(&self) -> LogIndex {
+        self.node.commit_index()
+    }
+    fn storage(&self) -> &LogView {
+        self.node.storage()
+    }
+    fn storage_mut(&mut self) -> &mut LogView {
+        self.node.storage_mut()
+    }
+    fn last_index(&self) -> LogIndex {
+        self.node.last_index()
+    }
+    fn peer_match_indexes(&self) -> Vec<(NodeId, LogIndex)> {
+        self.node.peer_match_indexes()
+    }
+    fn snapshot_created(&mut self, snap: SnapshotId) {
+        self.node.snapshot_created(snap)
+    }
+    fn snapshot(&self) -> Option<SnapshotId> {
+        self.node.snapshot()
+    }
+    fn log_term(&self, index: LogIndex) -> Option<Term> {
+        self.node.log_term(index)
+    }
+    fn report_snapshot_failed(&mut self, to: NodeId) {
+        self.node.report_snapshot_failed(to)
+    }
+    fn membership_at(&self, index: LogIndex) -> Option<Membership> {
+        Some(self.node.membership_at(index).clone())
+    }
+    fn transfer_leader(&mut self, target: NodeId) -> Result<(), TransferError> {
+        self.node.transfer_leader(target)
+    }
+    fn lead_transferee(&self) -> Option<NodeId> {
+        self.node.lead_transferee()
+    }
+}
 type SimDriver = Driver<SimCore, Engine, SimMachine>;
 
 /// What the driver did, recorded by its [`Outbox`] and processed by the cluster right after (in
@@ -654,6 +777,9 @@ struct Slot {
     /// The snapshot index of an install whose log reset is not durable yet: the core counts
     /// the snapshot's index as persisted at once (the snapshot file is durable already).
     reset_in_flight: Option<u64>,
+    /// The node's disk was wiped ([`Cluster::wipe`]): it restarts as a node joining an existing
+    /// cluster, not as one of the bootstrap voters.
+    joined: bool,
 }
 
 /// The directory of node `i`'s log and state file on its `SimFs`.
@@ -707,7 +833,7 @@ pub struct Cluster {
 impl Cluster {
     /// Builds and starts `config.nodes` fresh nodes.
     pub fn new(config: ClusterConfig) -> Cluster {
-        let n = config.nodes;
+        let n = config.nodes + config.spares;
         assert!(
             n >= 1 && config.tick_us.len() == n,
             "{n} nodes need {n} tick periods"
@@ -739,6 +865,7 @@ impl Cluster {
                 last_role: None,
                 last_broadcast_us: None,
                 reset_in_flight: None,
+                joined: false,
             });
         }
         let net = SimNetwork::new(n, config.net.clone());
@@ -868,18 +995,27 @@ impl Cluster {
             .collect()
     }
 
-    /// A leader that a majority of the cluster (itself included) knows as leader of its term.
+    /// A leader that a majority of the voters of its configuration (itself included, if it is
+    /// one) knows as leader of its term.
     pub fn leader_known_to_majority(&self) -> Option<usize> {
-        let majority = self.slots.len() / 2 + 1;
         for (i, term) in self.leaders() {
             let id = node_id(i);
-            let knowers = (0..self.slots.len())
+            let Some(leader) = self.core(i) else {
+                continue;
+            };
+            let membership = leader.node.membership();
+            let knowers = membership
+                .voters
+                .iter()
+                .map(|&v| node_index(v))
                 .filter(|&j| {
-                    self.core(j)
-                        .is_some_and(|c| c.term() == term && (j == i || c.leader() == Some(id)))
+                    j < self.slots.len()
+                        && self
+                            .core(j)
+                            .is_some_and(|c| c.term() == term && (j == i || c.leader() == Some(id)))
                 })
                 .count();
-            if knowers >= majority {
+            if knowers >= membership.quorum() {
                 return Some(i);
             }
         }
@@ -1186,7 +1322,14 @@ impl Cluster {
                 )),
             }
         }
-        let peers = self.slots.len() - 1;
+        // A heartbeat round reaches every other member of the node's configuration.
+        let peers = self.core(i).map_or(0, |c| {
+            c.node
+                .membership()
+                .members()
+                .filter(|&m| m != node_id(i))
+                .count()
+        });
         if peers > 0 && appends >= peers {
             self.slots[i].last_broadcast_us = Some(self.now_us);
         }
@@ -1400,7 +1543,19 @@ impl Cluster {
                         msg: brief(&env.msg),
                     });
                 }
-                let must_adopt = must_adopt_term(&env.msg);
+                // The core ignores votes and answers from servers outside its configuration
+                // (only a leader's messages are taken from anyone): those need not move its term.
+                let from_leader = matches!(
+                    env.msg,
+                    Message::AppendEntries(_)
+                        | Message::InstallSnapshot(_)
+                        | Message::TimeoutNow(_)
+                );
+                let heard = from_leader
+                    || self
+                        .core(to)
+                        .is_some_and(|c| c.node.membership().contains(node_id(from)));
+                let must_adopt = must_adopt_term(&env.msg).filter(|_| heard);
                 let is_request = crate::driver::RequestKind::of_request(&env.msg).is_some();
                 if is_request {
                     let (reply, answer) = oneshot::channel();
@@ -1847,6 +2002,55 @@ impl Cluster {
             }))
     }
 
+    /// An operator asks node `i` to change the configuration (thesis ch. 4): the core proposes
+    /// `cc` at the driver's next `ready()` (see [`SimCore`]). Returns the core's answer
+    /// (`NotLeader` with no hint for a node that is down).
+    pub fn propose_conf_change(
+        &mut self,
+        i: usize,
+        cc: ConfChange,
+    ) -> Result<(LogIndex, Term), ProposeError> {
+        let Some(running) = self.slots[i].running.as_ref() else {
+            return Err(ProposeError::NotLeader { leader_hint: None });
+        };
+        running.driver.core().conf_change.set(Some(cc));
+        self.drive(i, "configuration change", |_| {});
+        let answer = self.slots[i]
+            .running
+            .as_ref()
+            .and_then(|r| r.driver.core().conf_answer.borrow_mut().take())
+            .unwrap_or(Err(ProposeError::NotLeader { leader_hint: None }));
+        if self.tracing {
+            let result = match &answer {
+                Ok((index, term)) => format!("{cc}: appended at {index}@t{term}"),
+                Err(e) => format!("{cc}: refused ({e})"),
+            };
+            self.note(TraceRec::Propose { node: i, result });
+        }
+        answer
+    }
+
+    /// Node `i` loses its disk: it crashes (if up) and gets an empty one. It restarts (see
+    /// [`Cluster::restart`]) as a node joining an existing cluster. The scenario wipes only a node
+    /// whose removal is committed: a voter that forgot its votes and its log could otherwise
+    /// help elect a second leader of a term it voted in.
+    pub fn wipe(&mut self, i: usize) {
+        self.crash(i);
+        let fs = SimFs::new();
+        fs.set_deferred_io(true);
+        let s = &mut self.slots[i];
+        s.fs = fs;
+        s.durable_hs = HardState::default();
+        s.durable = LogMirror::default();
+        s.truncations_in_flight.clear();
+        s.mirror = LogMirror::default();
+        s.next_apply = None;
+        s.reset_in_flight = None;
+        s.joined = true;
+        self.stats.wipes += 1;
+        self.trace_note(format!("n{i}: disk wiped; it will join as a new node"));
+    }
+
     /// Crashes node `i` at this instant (no-op if it is down): its process is gone and its disk
     /// loses power.
     pub fn crash(&mut self, i: usize) {
@@ -1994,12 +2198,31 @@ impl Cluster {
         let (engine, view, task) = Engine::new(log, state);
         let mut config = self.config.core.clone();
         config.id = node_id(i);
-        config.voters = (0..self.slots.len()).map(node_id).collect();
+        // The initial configuration, as the real node takes it: the snapshot's when it restarts
+        // from one, otherwise the bootstrap voters (the first `nodes` ids). A node whose disk was
+        // wiped joins an existing cluster: it does not count itself among the bootstrap voters
+        // (it must not campaign with an empty log; the configuration entries it receives from
+        // index 1, or a snapshot's configuration, tell it what it is now).
+        match &chosen {
+            Some(c) => {
+                config.voters = c.voters.clone();
+                config.learners = c.learners.clone();
+            }
+            None => {
+                let joined = self.slots[i].joined;
+                config.voters = (0..self.config.nodes)
+                    .filter(|&j| !(joined && j == i))
+                    .map(node_id)
+                    .collect();
+                config.learners = Vec::new();
+            }
+        }
+        config.join = self.slots[i].joined;
         config.rng_seed = self.rng.fork();
         config.max_entry_payload_bytes = max_payload;
         let voters = config.voters.clone();
         let core = match RaftNode::restart(config, hs, view, snapshot) {
-            Ok(c) => c,
+            Ok(c) => SimCore::new(c),
             // Either the plan built a bad config (a simulator bug) or the core refused the state
             // the disk kept (a core or storage bug); both stop the run with the seed.
             Err(e) => self.fail(Violation::new(
@@ -2154,7 +2377,7 @@ impl Cluster {
             return;
         };
         let source = running.driver.state_machine().snapshot_view();
-        let membership = Some(running.driver.core().membership_at(at.index).clone());
+        let membership = Some(RaftNode::membership_at(running.driver.core(), at.index).clone());
         let written = match running.snapshotter.as_mut() {
             Some(snapshotter) => snapshotter.write_now(at, &*source, membership),
             None => return,
@@ -2375,14 +2598,21 @@ impl Cluster {
                     .running
                     .as_ref()
                     .map(|r| r.files.finish(node_id(from), chunk.snap));
+                // As `grpc::snapshot::receive`: the message the core gets carries the
+                // configuration read from the durable file's header (the chunks do not carry it).
+                let finished =
+                    finished.map(|r| r.and_then(|()| self.received_membership(to, chunk.snap)));
                 let end = match finished {
-                    Some(Ok(())) => {
+                    Some(Ok(membership)) => {
                         self.stats.snapshots_received += 1;
                         let (reply, answer) = oneshot::channel();
                         if let Some(r) = self.slots[to].running.as_mut() {
                             r.replies.push(answer);
                         }
-                        let env = chunk.env.clone();
+                        let mut env = chunk.env.clone();
+                        if let Message::InstallSnapshot(m) = &mut env.msg {
+                            m.membership = membership;
+                        }
                         self.drive(to, "install snapshot", |d| {
                             d.handle(Inbound::Request {
                                 envelope: env,
@@ -2424,6 +2654,17 @@ impl Cluster {
                 },
             );
         }
+    }
+
+    /// The configuration recorded in the header of node `i`'s durable snapshot file `snap`.
+    fn received_membership(&self, i: usize, snap: SnapshotId) -> Result<Membership, String> {
+        let running = self.slots[i]
+            .running
+            .as_ref()
+            .ok_or_else(|| format!("node {i} is down"))?;
+        let head = running.files.read(snap, 0, SNAPSHOT_HEADER_MAX_BYTES)?;
+        let meta = decode_header(&head)?;
+        Ok(Membership::new(meta.voters, meta.learners))
     }
 
     /// A follower's answer ending a stream reaches leader `i`.

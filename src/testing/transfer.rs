@@ -65,6 +65,7 @@ pub fn cluster(seed: u64, mutation: Option<crate::mutation::Mutation>) -> Cluste
     Cluster::new(ClusterConfig {
         seed,
         nodes,
+        spares: 0,
         core,
         net: NetConfig::reliable(LATENCY_US_MIN, LATENCY_US_MAX),
         disk: DiskConfig {
