@@ -36,7 +36,7 @@ const COMMAND_OP: u8 = 0x01;
 const COMMAND_COMPACT: u8 = 0x02;
 const COMMAND_LEASE_GRANT: u8 = 0x03;
 const COMMAND_LEASE_REVOKE: u8 = 0x04;
-pub(super) const COMMAND_MEMBER: u8 = 0x05;
+const COMMAND_MEMBER: u8 = 0x05;
 
 /// A decoded command: what a Normal log entry of the key-value store carries.
 #[derive(Clone, Debug, PartialEq)]
@@ -88,6 +88,18 @@ pub fn encode_lease_grant(request: &LeaseGrantRequest) -> Vec<u8> {
 /// The log entry payload for a lease revoke.
 pub fn encode_lease_revoke(request: &LeaseRevokeRequest) -> Vec<u8> {
     encode_with_kind(COMMAND_LEASE_REVOKE, request)
+}
+
+/// The command payload that records `peer_urls` for `node`: kind `0x05`, then an
+/// `etcdserverpb.Member` whose `id` is the Raft node id and whose `peerURLs` are the URLs (the
+/// other fields are unused).
+pub fn encode_member_record(node: u32, peer_urls: &[String]) -> Vec<u8> {
+    let member = Member {
+        id: u64::from(node),
+        peer_ur_ls: peer_urls.to_vec(),
+        ..Member::default()
+    };
+    encode_with_kind(COMMAND_MEMBER, &member)
 }
 
 fn encode_with_kind(kind: u8, message: &impl Message) -> Vec<u8> {
@@ -156,7 +168,7 @@ impl StateMachine for KvStore {
     type Response = KvResponse;
 
     fn member_record(node: crate::types::NodeId, peer_urls: &[String]) -> Option<Vec<u8>> {
-        Some(super::encode_member_record(node.0, peer_urls))
+        Some(encode_member_record(node.0, peer_urls))
     }
 
     fn is_member_record(payload: &[u8]) -> bool {

@@ -14,8 +14,6 @@
 
 use std::collections::BTreeMap;
 
-use prost::Message;
-
 use crate::etcdpb::etcdserverpb::Member;
 
 /// The longest peer URL a record holds.
@@ -32,21 +30,6 @@ pub struct MemberRecord {
 
 /// Node id (the Raft id, not etcd's member id) -> record.
 pub type MemberTable = BTreeMap<u32, MemberRecord>;
-
-/// The command payload that records `peer_urls` for `node`: kind `0x05`, then an
-/// `etcdserverpb.Member` whose `id` is the Raft node id and whose `peerURLs` are the URLs (the
-/// other fields are unused).
-pub fn encode_member_record(node: u32, peer_urls: &[String]) -> Vec<u8> {
-    let member = Member {
-        id: u64::from(node),
-        peer_ur_ls: peer_urls.to_vec(),
-        ..Member::default()
-    };
-    let mut bytes = Vec::with_capacity(1 + member.encoded_len());
-    bytes.push(super::command::COMMAND_MEMBER);
-    member.encode_raw(&mut bytes);
-    bytes
-}
 
 /// Checks a decoded record command; returns the node id and the record.
 ///
@@ -84,7 +67,7 @@ pub fn check_member(member: &Member) -> Result<(u32, MemberRecord), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::{decode_command, Applied, Command, KvStore};
+    use crate::kv::{decode_command, encode_member_record, Applied, Command, KvStore};
     use crate::state_machine::StateMachine;
     use crate::types::{EntryType, LogEntry, LogIndex, Term};
 
