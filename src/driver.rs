@@ -410,6 +410,12 @@ pub trait Consensus {
     fn membership(&self) -> Option<crate::raft::Membership> {
         None
     }
+    /// The index of the configuration entry in effect (see [`RaftNode::membership_index`]);
+    /// `None` while the configuration is the one the node started with (its config file's, or
+    /// a joining node's guess) or when the implementation does not track membership.
+    fn membership_index(&self) -> Option<LogIndex> {
+        None
+    }
 }
 
 impl<S: Storage> Consensus for RaftNode<S> {
@@ -422,6 +428,9 @@ impl<S: Storage> Consensus for RaftNode<S> {
     }
     fn membership(&self) -> Option<crate::raft::Membership> {
         Some(RaftNode::membership(self).clone())
+    }
+    fn membership_index(&self) -> Option<LogIndex> {
+        RaftNode::membership_index(self)
     }
     fn membership_at(&self, index: LogIndex) -> Option<crate::raft::Membership> {
         Some(RaftNode::membership_at(self, index).clone())

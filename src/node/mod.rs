@@ -97,6 +97,16 @@ pub const SNAPSHOTS_KEPT: usize = 2;
 /// paused every write for 0.5 s (`tools/chaos/restart_vs_kill.sh`, BENCHMARKS.md).
 pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// How many maximum election timeouts the evidence of a node's removal must last before it stops
+/// (a new leader that truncates an uncommitted removal reaches it well within that).
+pub const REMOVAL_GRACE_ELECTIONS: u32 = 3;
+
+/// The exit status of a node that stopped because it was removed from the cluster (sysexits'
+/// EX_CONFIG: the cluster's configuration no longer lists it). Distinct from a failure (1), so a
+/// supervisor can tell it apart: the systemd unit does not restart on it
+/// (`RestartPreventExitStatus=78`).
+pub const EXIT_REMOVED: u8 = 78;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
@@ -250,7 +260,8 @@ pub fn run_joining(
     if !persisted.contains(id) && core.membership_index().is_some() {
         tracing::warn!(
             "node {id} is not in its persisted configuration ({persisted}): it was removed; it \
-             will not campaign. Wipe its directory and add it again (new id) to reuse it"
+             will not campaign, and stops unless a leader lists it again within a few election \
+             timeouts. Wipe its directory and add it again (new id) to reuse the machine"
         );
     }
     tracing::info!("✅ Raft node created successfully");
@@ -879,7 +890,14 @@ where
         },
         applied,
     )
-    .with_gate(Arc::clone(&gate));
+    .with_gate(Arc::clone(&gate))
+    // A removed node stops, as etcd's does; the evidence must last a few election timeouts
+    // (event_loop::RemovalWatch says why).
+    .with_removal_stop(
+        REMOVAL_GRACE_ELECTIONS
+            * Duration::from_millis(config.cluster_settings.election_timeout_range.max),
+        config.node(id.0).is_ok(),
+    );
     let event_loop = match snapshots {
         None => event_loop,
         Some((setup, view)) => {
