@@ -213,6 +213,26 @@ fn grow_replace_and_shrink_under_load_keeps_every_acknowledged_write() {
             "{early:?}"
         );
         refused_while_lagging += 1;
+        // One learner at a time (etcd's --max-learners, `learners_max`, default 1): a second
+        // is refused with etcd's text while this one is not promoted.
+        let second = etcdctl(
+            &on_1,
+            &[
+                "member",
+                "add",
+                "second",
+                &format!("--peer-urls=http://{}", new_address()),
+                "--learner",
+            ],
+            None,
+        );
+        assert!(
+            !second.success
+                && second
+                    .stderr
+                    .contains("etcdserver: too many learner members in cluster"),
+            "{second:?}"
+        );
         cluster.spawn_joining(node, addr);
         // The new node serves the etcd API and calls itself a learner (endpoint status's 6th
         // field, IS LEARNER).

@@ -578,6 +578,13 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         self
     }
 
+    /// The most learners a configuration may hold (`learners_max`; see
+    /// [`Driver::set_learners_max`]).
+    pub fn with_learners_max(mut self, learners_max: usize) -> Self {
+        self.driver.set_learners_max(learners_max);
+        self
+    }
+
     /// Stops the loop with [`LoopError::Removed`] once the node learns it was removed from the
     /// cluster, each piece of evidence having lasted `grace` ([`RemovalWatch`]).
     /// `bootstrap_member`: the node is one of its config file's members (else it joined, and

@@ -891,6 +891,7 @@ where
         applied,
     )
     .with_gate(Arc::clone(&gate))
+    .with_learners_max(config.cluster_settings.learners_max as usize)
     // A removed node stops, as etcd's does; the evidence must last a few election timeouts
     // (event_loop::RemovalWatch says why).
     .with_removal_stop(
