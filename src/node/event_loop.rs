@@ -322,7 +322,9 @@ impl MemberSync {
             .filter_map(|n| addresses.get(&n).map(|a| (n, *a)))
             .collect();
         if self.last.as_ref() != Some(&membership) {
-            let was_member = self.last.as_ref().is_none_or(|m| m.contains(me));
+            // At the first sync there is nothing to leave: a joining node starts outside its
+            // configuration, and a restarted removed one was told at startup.
+            let was_member = self.last.as_ref().is_some_and(|m| m.contains(me));
             if !membership.contains(me) && was_member {
                 tracing::warn!(
                     "🚪 node {me} is no longer in the configuration ({membership}): it stops \

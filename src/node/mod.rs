@@ -217,11 +217,17 @@ pub fn run_joining(
     let snapshot = opened.snapshot.as_ref().map(|c| c.id);
     let mut core_cfg = core_config(config, id, election_seed(id));
     if join.is_some() {
-        // A joining node starts as a learner of the file's configuration: it never campaigns
-        // (it could otherwise elect itself in a cluster of its own making, or disturb the real
-        // one), and the leader's log or snapshot replaces this guess with the real
-        // configuration. An add it replays is then a no-op (it already "is" a learner).
-        core_cfg.learners = vec![id];
+        // A joining node starts outside the file's configuration, so it never campaigns (it
+        // could otherwise elect itself in a cluster of its own making, or disturb the real one)
+        // and follows the leader that contacts it; the leader's log or snapshot brings the real
+        // configuration, its own addition included. `Config::join`: until a configuration
+        // there lists it, it grants no vote. This is the case of an operator who re-uses the
+        // id of a removed member on a wiped disk (the leader never reuses ids, but `--node-id`
+        // is typed by hand): a stale candidate whose configuration still lists that id as a
+        // voter could otherwise win with the vote of a node that forgot its log (a simulator
+        // finding). The simulator restarts a wiped node the same way (outside its bootstrap
+        // voters, `join` set: src/testing/cluster.rs).
+        core_cfg.join = true;
     }
     if let Some(chosen) = &opened.snapshot {
         // The snapshot's configuration, not the config file's, is the truth at its index
