@@ -206,6 +206,60 @@ struct RemovalWatch {
     checked_at: u64,
 }
 
+impl RemovalWatch {
+    /// One look at the evidence (the type's docs) at loop tick `now`: `membership` is the
+    /// configuration in effect on node `me`, `from_log` whether it comes from the log (or a
+    /// snapshot) rather than from how the node started, `reachable` the other voters it has an
+    /// address for, `refusing` the peers whose gates have refused it as not a member for
+    /// `grace`. `Some(why)` when it was removed.
+    fn observe(
+        &mut self,
+        now: u64,
+        membership: &crate::raft::Membership,
+        me: NodeId,
+        from_log: bool,
+        reachable: &[NodeId],
+        refusing: &[NodeId],
+    ) -> Option<String> {
+        let grace_ticks = self.grace.as_millis() as u64;
+        if membership.contains(me) {
+            self.absent_since = None;
+            if from_log {
+                self.member_seen = true;
+            }
+            let refusing: Vec<NodeId> = refusing
+                .iter()
+                .copied()
+                .filter(|p| reachable.contains(p))
+                .collect();
+            if membership.is_voter(me)
+                && !refusing.is_empty()
+                && refusing.len() * 2 > reachable.len()
+            {
+                let list: Vec<String> = refusing.iter().map(|p| p.0.to_string()).collect();
+                return Some(format!(
+                    "the members {} of its configuration ({membership}) have refused it as not \
+                     a member for {} ms",
+                    list.join(", "),
+                    self.grace.as_millis()
+                ));
+            }
+            return None;
+        }
+        if !self.member_seen {
+            // A joining node replaying configurations from before its addition.
+            return None;
+        }
+        let since = *self.absent_since.get_or_insert(now);
+        (now - since >= grace_ticks).then(|| {
+            format!(
+                "the configuration in effect ({membership}) has not listed it for {} ms",
+                self.grace.as_millis()
+            )
+        })
+    }
+}
+
 /// How often (in loop ticks, 1 ms) the loop looks for evidence of its removal.
 const REMOVAL_CHECK_TICKS: u64 = 100;
 
@@ -225,52 +279,25 @@ impl MemberSync {
         let core = driver.core();
         let membership = core.membership()?;
         let me = core.id();
-        let grace_ticks = watch.grace.as_millis() as u64;
-        if membership.contains(me) {
-            watch.absent_since = None;
-            if core.membership_index().is_some() {
-                watch.member_seen = true;
-            }
-            // Its peers' gates. Counted among the voters it has an address for: restarted with an old directory,
-            // a removed node knows only the config file's addresses until it applies the
-            // address records of members added since, which it never will (no leader talks to
-            // it).
-            let reachable: Vec<NodeId> = membership
-                .voters
-                .iter()
-                .copied()
-                .filter(|v| *v != me && peers.address(*v).is_some())
-                .collect();
-            let refusing: Vec<NodeId> = peers
-                .refusing_as_non_member(watch.grace, watch.grace)
-                .into_iter()
-                .filter(|p| reachable.contains(p))
-                .collect();
-            if membership.is_voter(me)
-                && !refusing.is_empty()
-                && refusing.len() * 2 > reachable.len()
-            {
-                let list: Vec<String> = refusing.iter().map(|p| p.0.to_string()).collect();
-                return Some(format!(
-                    "the members {} of its configuration ({membership}) have refused it as not \
-                     a member for {} ms",
-                    list.join(", "),
-                    watch.grace.as_millis()
-                ));
-            }
-            return None;
-        }
-        if !watch.member_seen {
-            // A joining node replaying configurations from before its addition.
-            return None;
-        }
-        let since = *watch.absent_since.get_or_insert(now);
-        (now - since >= grace_ticks).then(|| {
-            format!(
-                "the configuration in effect ({membership}) has not listed it for {} ms",
-                watch.grace.as_millis()
-            )
-        })
+        // Its peers' gates, counted among the voters it has an address for: restarted with an
+        // old directory, a removed node knows only the config file's addresses until it
+        // applies the address records of members added since, which it never will (no leader
+        // talks to it).
+        let reachable: Vec<NodeId> = membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != me && peers.address(*v).is_some())
+            .collect();
+        let refusing = peers.refusing_as_non_member(watch.grace, watch.grace);
+        watch.observe(
+            now,
+            &membership,
+            me,
+            core.membership_index().is_some(),
+            &reachable,
+            &refusing,
+        )
     }
 
     fn sync<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
@@ -918,6 +945,90 @@ fn log_role_change(core: &impl Consensus, last_role: &mut Role) {
 
 #[cfg(test)]
 mod tests {
+    mod removal {
+        //! [`super::super::RemovalWatch`]: when the evidence says the node was removed.
+        use super::super::RemovalWatch;
+        use crate::raft::Membership;
+        use crate::types::NodeId;
+        use std::time::Duration;
+
+        fn watch(bootstrap_member: bool) -> RemovalWatch {
+            RemovalWatch {
+                grace: Duration::from_millis(1000),
+                member_seen: bootstrap_member,
+                absent_since: None,
+                checked_at: 0,
+            }
+        }
+
+        fn ids(v: &[u32]) -> Vec<NodeId> {
+            v.iter().copied().map(NodeId).collect()
+        }
+
+        #[test]
+        fn a_configuration_without_the_node_stops_it_only_once_it_lasted_the_grace() {
+            let mut w = watch(true);
+            let me = NodeId(3);
+            let with = Membership::new(ids(&[1, 2, 3]), []);
+            let without = Membership::new(ids(&[1, 2]), []);
+            assert_eq!(w.observe(0, &with, me, false, &ids(&[1, 2]), &[]), None);
+            assert_eq!(w.observe(100, &without, me, true, &ids(&[]), &[]), None);
+            assert_eq!(w.observe(1099, &without, me, true, &ids(&[]), &[]), None);
+            // A new leader truncated the removal: the count starts again.
+            assert_eq!(w.observe(1100, &with, me, false, &ids(&[1, 2]), &[]), None);
+            assert_eq!(w.observe(1200, &without, me, true, &ids(&[]), &[]), None);
+            assert_eq!(w.observe(2199, &without, me, true, &ids(&[]), &[]), None);
+            let why = w.observe(2200, &without, me, true, &ids(&[]), &[]);
+            assert!(why.is_some_and(|w| w.contains("has not listed it")));
+        }
+
+        #[test]
+        fn a_joining_node_is_not_removed_by_configurations_from_before_its_addition() {
+            let mut w = watch(false);
+            let me = NodeId(4);
+            let old = Membership::new(ids(&[1, 2, 3]), []);
+            for now in [0, 5_000, 50_000] {
+                assert_eq!(w.observe(now, &old, me, true, &[], &[]), None);
+            }
+            // Its addition, then its removal: now it is a removal.
+            let added = Membership::new(ids(&[1, 2, 3]), ids(&[4]));
+            assert_eq!(
+                w.observe(60_000, &added, me, true, &ids(&[1, 2, 3]), &[]),
+                None
+            );
+            assert_eq!(w.observe(61_000, &old, me, true, &[], &[]), None);
+            assert!(w.observe(62_000, &old, me, true, &[], &[]).is_some());
+        }
+
+        #[test]
+        fn refusals_stop_a_voter_only_from_a_majority_of_the_voters_it_reaches() {
+            let me = NodeId(4);
+            let five = Membership::new(ids(&[1, 2, 3, 4, 5]), []);
+            let mut w = watch(true);
+            let reachable = ids(&[1, 2, 3, 5]);
+            assert_eq!(
+                w.observe(0, &five, me, true, &reachable, &ids(&[1, 2])),
+                None
+            );
+            // A refusing node that is not a voter it reaches does not count.
+            assert_eq!(
+                w.observe(0, &five, me, true, &reachable, &ids(&[1, 2, 9])),
+                None
+            );
+            let why = w.observe(0, &five, me, true, &reachable, &ids(&[1, 2, 3]));
+            assert!(why.is_some_and(|w| w.contains("1, 2, 3")));
+            // Restarted with an old directory: only the config file's members have addresses.
+            let why = w.observe(0, &five, me, true, &ids(&[1, 2]), &ids(&[1, 2]));
+            assert!(why.is_some());
+            // A learner never campaigns, so refusals are not about it.
+            let learner = Membership::new(ids(&[1, 2, 3]), ids(&[4]));
+            assert_eq!(
+                w.observe(0, &learner, me, true, &ids(&[1, 2, 3]), &ids(&[1, 2, 3])),
+                None
+            );
+        }
+    }
+
     use std::collections::VecDeque;
     use std::rc::Rc;
 
