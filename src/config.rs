@@ -6,6 +6,7 @@
 //! - node ids are unique and addresses (`ip_address:port`) are unique, ports are not 0;
 //! - `0 < heartbeat_interval < election_timeout_range.min <= election_timeout_range.max`;
 //! - `snapshot_catchup_entries <= SNAPSHOT_CATCHUP_ENTRIES_MAX`;
+//! - `1 <= learners_max <= LEARNERS_MAX_LIMIT`;
 //! - `watch_progress_notify_interval > 0`;
 //! - `log_segment_size` is one the storage engine opens (`storage::format::check_segment_size`:
 //!   a multiple of 8 in [64 KiB, 4 GiB - 8 bytes]), checked by the same function the log uses;
@@ -28,6 +29,7 @@
 //!   snapshot_entries: 10000      # a snapshot every this many applied entries; 0: never
 //!   snapshot_catchup_entries: 5000  # entries kept before the newest snapshot
 //!   watch_progress_notify_interval: 600000  # milliseconds; etcd's default (10 minutes)
+//!   learners_max: 1              # learners at once (etcd's --max-learners)
 //! tls:                           # optional; absent: plaintext (see TlsSettings, docs/SECURITY.md)
 //!   cert_file: "certs/node{id}.pem"
 //!   key_file: "certs/node{id}-key.pem"
@@ -125,6 +127,11 @@ pub const SNAPSHOT_CATCHUP_ENTRIES_MAX: u64 = 10_000_000;
 /// Default of `watch_progress_notify_interval` (etcd's: 10 minutes).
 pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT: u64 = 600_000;
 
+/// Default of `learners_max` (etcd's `--max-learners`): one learner at a time.
+pub const LEARNERS_MAX_DEFAULT: u32 = 1;
+/// The most `learners_max` may allow (each learner costs the leader a replication stream).
+pub const LEARNERS_MAX_LIMIT: u32 = 64;
+
 /// `cluster_settings:` with the seed's defaults.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -144,6 +151,10 @@ pub struct ClusterSettings {
     /// Milliseconds between the progress notifications of an idle watcher that asked for them
     /// (etcd's `--experimental-watch-progress-notify-interval`, 10 minutes by default).
     pub watch_progress_notify_interval: u64,
+    /// The most learners the configuration may hold: `member add --learner` beyond it is
+    /// refused with etcd's `etcdserver: too many learner members in cluster` (etcd's
+    /// `--max-learners`, default 1). Read by the leader that serves the add.
+    pub learners_max: u32,
 }
 
 impl Default for ClusterSettings {
@@ -157,6 +168,7 @@ impl Default for ClusterSettings {
             snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
             snapshot_catchup_entries: SNAPSHOT_CATCHUP_ENTRIES_DEFAULT,
             watch_progress_notify_interval: WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT,
+            learners_max: LEARNERS_MAX_DEFAULT,
         }
     }
 }
@@ -382,6 +394,13 @@ impl ClusterConfig {
         }
         if let Some(tls) = &self.tls {
             tls.validate()?;
+        }
+        if s.learners_max == 0 || s.learners_max > LEARNERS_MAX_LIMIT {
+            return invalid(format!(
+                "cluster_settings.learners_max: {} is outside 1..={LEARNERS_MAX_LIMIT} (members \
+                 are added as learners first, one at a time by default)",
+                s.learners_max
+            ));
         }
         if s.snapshot_catchup_entries > SNAPSHOT_CATCHUP_ENTRIES_MAX {
             return invalid(format!(
@@ -627,6 +646,19 @@ mod tests {
         assert_eq!(small.entry_payload_max_bytes(), 1048576 - 64 - 40);
         let m = invalid_message(&with_settings("  max_entries_per_query: 0\n"));
         assert!(m.contains("max_entries_per_query"), "{m}");
+    }
+
+    #[test]
+    fn learners_max_defaults_to_one_and_is_bounded() {
+        let config = ClusterConfig::from_yaml(THREE_NODES).expect("valid");
+        assert_eq!(config.cluster_settings.learners_max, 1);
+        let config =
+            ClusterConfig::from_yaml(&with_settings("  learners_max: 3\n")).expect("valid");
+        assert_eq!(config.cluster_settings.learners_max, 3);
+        for bad in ["0", "65"] {
+            let m = invalid_message(&with_settings(&format!("  learners_max: {bad}\n")));
+            assert!(m.contains("learners_max") && m.contains(bad), "{m}");
+        }
     }
 
     #[test]

@@ -201,6 +201,9 @@ pub enum MemberRefused {
     NoRegistry,
     #[error("leadership is being transferred to node {to}; retry shortly")]
     Transferring { to: NodeId },
+    /// etcd's `--max-learners`: adding a learner would exceed the limit.
+    #[error("the configuration already holds {learners} learners, the limit (learners_max {max})")]
+    TooManyLearners { learners: usize, max: usize },
     #[error("{pending} proposals are waiting to commit (the limit); retry later")]
     Overloaded { pending: usize },
     #[error("no space left in {} for the next {needed_bytes}-byte log segment; writes are refused until space is freed", dir.display())]
@@ -410,6 +413,12 @@ pub trait Consensus {
     fn membership(&self) -> Option<crate::raft::Membership> {
         None
     }
+    /// The index of the configuration entry in effect (see [`RaftNode::membership_index`]);
+    /// `None` while the configuration is the one the node started with (its config file's, or
+    /// a joining node's guess) or when the implementation does not track membership.
+    fn membership_index(&self) -> Option<LogIndex> {
+        None
+    }
 }
 
 impl<S: Storage> Consensus for RaftNode<S> {
@@ -422,6 +431,9 @@ impl<S: Storage> Consensus for RaftNode<S> {
     }
     fn membership(&self) -> Option<crate::raft::Membership> {
         Some(RaftNode::membership(self).clone())
+    }
+    fn membership_index(&self) -> Option<LogIndex> {
+        RaftNode::membership_index(self)
     }
     fn membership_at(&self, index: LogIndex) -> Option<crate::raft::Membership> {
         Some(RaftNode::membership_at(self, index).clone())
@@ -704,6 +716,8 @@ pub struct Driver<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
     /// configuration entry appended or proposed, an address record applied, a snapshot
     /// installed): the host then brings its peer connections and its gate up to date.
     members_generation: u64,
+    /// See [`Driver::set_learners_max`].
+    learners_max: usize,
 }
 
 impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
@@ -733,6 +747,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             installer: None,
             failed: None,
             members_generation: 1,
+            learners_max: crate::config::LEARNERS_MAX_DEFAULT as usize,
         }
     }
 
@@ -750,6 +765,12 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
     /// Records `node`'s address (from the member address registry) for NotLeader answers.
     pub fn set_address(&mut self, node: NodeId, address: SocketAddr) {
         self.config.addresses.insert(node, address);
+    }
+
+    /// The most learners a configuration may hold: an add of a learner beyond it is refused
+    /// ([`MemberRefused::TooManyLearners`]). [`crate::config::LEARNERS_MAX_DEFAULT`] unless set.
+    pub fn set_learners_max(&mut self, learners_max: usize) {
+        self.learners_max = learners_max;
     }
 
     /// How this host installs a leader's snapshot into its state machine. Without one, a core
@@ -1062,6 +1083,15 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
                     return refused(reply, MemberRefused::Invalid("node ids exhausted".into()));
                 };
                 let node = NodeId(next);
+                if learner && membership.learners.len() >= self.learners_max {
+                    return refused(
+                        reply,
+                        MemberRefused::TooManyLearners {
+                            learners: membership.learners.len(),
+                            max: self.learners_max,
+                        },
+                    );
+                }
                 let Some(record) = M::member_record(node, &peer_urls) else {
                     return refused(reply, MemberRefused::NoRegistry);
                 };

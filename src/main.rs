@@ -56,7 +56,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e}");
-            ExitCode::FAILURE
+            match e {
+                rust_raft_log::node::NodeError::Loop(
+                    rust_raft_log::node::event_loop::LoopError::Removed { .. },
+                ) => ExitCode::from(rust_raft_log::node::EXIT_REMOVED),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

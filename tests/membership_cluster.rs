@@ -8,7 +8,8 @@
 //!   replace: member remove a follower (not node 1), kill it, wipe its directory,
 //!            member add --learner a fresh node (node 6, new port) ── --join ── promote
 //!   update:  member update node 6's peer URL to the same URL (a recorded address change)
-//!   shrink:  member remove 4 and 5, stop them                                       → 3 voters
+//!   shrink:  member remove 4 and 5: each exits by itself with status 78 and says why
+//!            (restarted with its old directory, node 4 exits the same way)     → 3 voters
 //!   then:    every acknowledged put is read back; `endpoint hashkv --cluster` agrees on the
 //!            three members
 //! ```
@@ -126,6 +127,30 @@ fn promote_when_in_sync(endpoint: &str, node: u32, cluster: &Cluster) -> u32 {
     }
 }
 
+/// How long a removed node may take to stop: three maximum election timeouts of evidence
+/// (`REMOVAL_GRACE_ELECTIONS`), an election timeout to start campaigning, and slack.
+const REMOVED_EXIT_MAX: Duration = Duration::from_secs(15);
+
+/// Waits for node `node` to exit by itself; its status.
+fn wait_for_exit(cluster: &mut Cluster, node: u32, bound: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some((_, status)) = cluster.exited().into_iter().find(|(id, _)| *id == node) {
+            println!(
+                "node {node} exited {:.1} s after its removal ({status})",
+                started.elapsed().as_secs_f64()
+            );
+            return status;
+        }
+        assert!(
+            started.elapsed() < bound,
+            "removed node {node} still runs after {bound:?}:\n{}",
+            cluster.output(node)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn remove(endpoint: &str, node: u32) {
     let out = ok(endpoint, &["member", "remove", &hex_id(node)]);
     assert!(
@@ -188,6 +213,26 @@ fn grow_replace_and_shrink_under_load_keeps_every_acknowledged_write() {
             "{early:?}"
         );
         refused_while_lagging += 1;
+        // One learner at a time (etcd's --max-learners, `learners_max`, default 1): a second
+        // is refused with etcd's text while this one is not promoted.
+        let second = etcdctl(
+            &on_1,
+            &[
+                "member",
+                "add",
+                "second",
+                &format!("--peer-urls=http://{}", new_address()),
+                "--learner",
+            ],
+            None,
+        );
+        assert!(
+            !second.success
+                && second
+                    .stderr
+                    .contains("etcdserver: too many learner members in cluster"),
+            "{second:?}"
+        );
         cluster.spawn_joining(node, addr);
         // The new node serves the etcd API and calls itself a learner (endpoint status's 6th
         // field, IS LEARNER).
@@ -268,27 +313,45 @@ fn grow_replace_and_shrink_under_load_keeps_every_acknowledged_write() {
         "{updated}"
     );
 
-    // Shrink back to 3.
+    // Shrink back to 3. A removed node stops by itself (as etcd's does): it learns of its
+    // removal from its own log or, usually (the leader stops sending to it once the removal is
+    // appended), from the members' gates refusing its elections; once that has lasted three
+    // election timeouts it logs why and exits with status 78.
+    let mut removed_addrs = Vec::new();
     for node in [4, 5] {
         remove(&on_1, node);
-        // The removed node says so: it appended its removal, or (the leader stops sending to it
-        // once the removal is appended) its next election is refused by the members' gates.
-        let started = Instant::now();
-        loop {
-            let out = cluster.output(node);
-            if out.contains("is no longer in the configuration")
-                || out.contains("is not a member of the configuration")
-            {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "removed node {node} never logged its removal:\n{out}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let status = wait_for_exit(&mut cluster, node, REMOVED_EXIT_MAX);
+        assert_eq!(
+            status.code(),
+            Some(rust_raft_log::node::EXIT_REMOVED as i32),
+            "removed node {node} exits with the removed status: {status}\n{}",
+            cluster.output(node)
+        );
+        let out = cluster.output(node);
+        assert!(
+            out.contains(&format!("node {node} was removed from the cluster")),
+            "removed node {node} says why it stopped:\n{out}"
+        );
+        removed_addrs.push((node, cluster.addrs[&node]));
         cluster.forget(node);
     }
+    // Restarted with its old directory, a removed node does not rejoin: it stops again, and
+    // says so.
+    let (node, addr) = removed_addrs[0];
+    let before = cluster.output(node).len();
+    cluster.spawn_joining(node, addr);
+    let status = wait_for_exit(&mut cluster, node, REMOVED_EXIT_MAX);
+    let out = cluster.output(node)[before..].to_string();
+    assert_eq!(
+        status.code(),
+        Some(rust_raft_log::node::EXIT_REMOVED as i32),
+        "restarted removed node {node}: {status}\n{out}"
+    );
+    assert!(
+        out.contains(&format!("node {node} was removed from the cluster")),
+        "{out}"
+    );
+    cluster.forget(node);
     let rows = member_rows(&on_1);
     let mut listed: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
     listed.sort();

@@ -13,7 +13,9 @@
 //! a change refused because another one is in flight, or because a new leader has not committed
 //! an entry of its term yet, is retried until the request's time runs out. etcd's error texts:
 //! `etcdserver: member not found`, `etcdserver: Peer URLs already exists`, `etcdserver: given
-//! member URLs are invalid`, `etcdserver: can only promote a learner member`, and, while a
+//! member URLs are invalid`, `etcdserver: can only promote a learner member`, `etcdserver: too
+//! many learner members in cluster` (an add of a learner beyond `learners_max`, etcd's
+//! `--max-learners`, default 1), and, while a
 //! learner lags (its log holds less than 90% of the leader's), `etcdserver: can only promote a
 //! learner member which is in sync with leader`.
 
@@ -37,6 +39,7 @@ pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
 pub const BAD_MEMBER_URLS: &str = "etcdserver: given member URLs are invalid";
 pub const MEMBER_NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
+pub const TOO_MANY_LEARNERS: &str = "etcdserver: too many learner members in cluster";
 pub const LEARNER_NOT_READY: &str =
     "etcdserver: can only promote a learner member which is in sync with leader";
 
@@ -138,6 +141,13 @@ impl EtcdApi {
                     ))
                 }
                 Err(MemberRefused::NotFound(_)) => return Err(Status::not_found(MEMBER_NOT_FOUND)),
+                Err(MemberRefused::TooManyLearners { learners, max }) => {
+                    tracing::info!(
+                        "refused to add a learner: the configuration holds {learners} \
+                         (learners_max {max})"
+                    );
+                    return Err(Status::failed_precondition(TOO_MANY_LEARNERS));
+                }
                 Err(MemberRefused::LearnerNotReady {
                     node,
                     match_index,

@@ -399,6 +399,20 @@ impl EtcdApi {
         }
     }
 
+    /// The newest member added at run time whose recorded peer URL is `addr`.
+    fn recorded_member_at(&self, addr: SocketAddr) -> Option<crate::types::NodeId> {
+        let store = self.store().lock().unwrap_or_else(PoisonError::into_inner);
+        crate::state_machine::StateMachine::member_urls(&*store)
+            .into_iter()
+            .filter(|(_, urls)| {
+                urls.first()
+                    .and_then(|u| crate::driver::parse_peer_url(u).ok())
+                    == Some(addr)
+            })
+            .map(|(node, _)| node)
+            .max()
+    }
+
     /// A (cached) channel to the node at `addr`.
     pub(super) fn channel(&self, addr: SocketAddr) -> Result<Channel, Status> {
         let mut channels = self
@@ -419,14 +433,20 @@ impl EtcdApi {
         let endpoint = match &self.inner.tls {
             None => endpoint,
             Some(tls) => {
-                // The leader is verified as the member at that address, as peers verify peers.
+                // The leader is verified as the member at that address, as peers verify peers:
+                // a member added at run time is found in the replicated address records (the
+                // newest id at that address: ids only grow, and a replacement may take a
+                // removed member's address), a bootstrap member in the config file.
                 let leader = self
-                    .inner
-                    .members
-                    .members
-                    .iter()
-                    .find(|m| m.address == addr)
-                    .map(|m| m.node_id)
+                    .recorded_member_at(addr)
+                    .or_else(|| {
+                        self.inner
+                            .members
+                            .members
+                            .iter()
+                            .find(|m| m.address == addr)
+                            .map(|m| m.node_id)
+                    })
                     .ok_or_else(|| Status::internal(format!("no member at {addr}")))?;
                 endpoint
                     .tls_config(tls.client_config(leader))
@@ -1003,12 +1023,14 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_applied_index: status.applied_index.0,
             errors,
             db_size_in_use: size,
-            // A core that tracks no membership has no learners.
+            // A core that tracks no membership has no learners. A node outside its
+            // configuration (joining, before the leader's log reached its own addition) does
+            // not vote either: etcd's member added with `--learner` says learner from its start.
             is_learner: self
                 .api
                 .membership()
                 .await
-                .is_ok_and(|m| m.is_learner(status.node_id)),
+                .is_ok_and(|m| !m.is_voter(status.node_id)),
             ..pb::StatusResponse::default()
         }))
     }

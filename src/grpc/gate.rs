@@ -36,6 +36,11 @@ use crate::types::NodeId;
 
 /// The request metadata that carries the sender's cluster id (16 lowercase hex digits).
 pub const CLUSTER_ID_HEADER: &str = "raftlog-cluster-id";
+/// The words of the not-a-member refusal ([`PeerGate::check_sender`]) that the refused node
+/// recognises (`crate::grpc::peers`): its peers' gates saying so for long enough is how a node
+/// that never appended its own removal learns of it, and stops.
+pub const NOT_A_MEMBER: &str = "is not a member of the configuration";
+
 /// One log line per remote address and kind of refusal per this long.
 pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Remote addresses remembered for that rate limit (forgotten all at once beyond this).
@@ -237,8 +242,8 @@ impl PeerGate {
             None,
             "not-a-member",
             Status::permission_denied(format!(
-                "node {from} is not a member of the configuration node {} is in (cluster {}, \
-                 members {}): a removed member, or one this node has not heard of yet",
+                "node {from} {NOT_A_MEMBER} node {} is in (cluster {}, members {}): a removed \
+                 member, or one this node has not heard of yet",
                 self.local,
                 format_cluster_id(self.cluster_id),
                 self.members_list()

@@ -155,6 +155,10 @@ struct PeerShared {
     declined: AtomicU64,
     /// When a refusal by this peer was last logged ([`record_failure`]).
     refusal_logged: Mutex<Option<Instant>>,
+    /// Since when (first, latest) this peer's gate refuses this node as not a member of its
+    /// configuration (`crate::grpc::gate::NOT_A_MEMBER`); cleared by any answer it delivers.
+    /// What the loop reads to learn that this node was removed ([`Peers::refusing_as_non_member`]).
+    not_member: Mutex<Option<(Instant, Instant)>>,
 }
 
 /// Capped exponential backoff state of one peer.
@@ -245,6 +249,7 @@ fn spawn_peer<R: Send + 'static>(
         failed: AtomicU64::new(0),
         declined: AtomicU64::new(0),
         refusal_logged: Mutex::new(None),
+        not_member: Mutex::new(None),
     });
     let max_bytes = ServerConfig {
         local_id,
@@ -350,6 +355,25 @@ impl Peers {
             }
             None => false,
         }
+    }
+
+    /// The peers whose gates have refused this node as not a member of their configuration
+    /// without a break (no answer delivered in between) for at least `lasting`, the latest
+    /// refusal no older than `recent`: evidence that this node was removed (the loop stops it).
+    pub fn refusing_as_non_member(&self, lasting: Duration, recent: Duration) -> Vec<NodeId> {
+        let now = Instant::now();
+        let mut refusing: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| {
+                lock(&p.not_member).is_some_and(|(first, latest)| {
+                    now.duration_since(first) >= lasting && now.duration_since(latest) <= recent
+                })
+            })
+            .map(|p| p.id)
+            .collect();
+        refusing.sort_unstable();
+        refusing
     }
 
     /// The address `id` is reached at, if it is a peer.
@@ -582,6 +606,7 @@ async fn deliver<R>(
         backoff.failures = 0;
         backoff.retry_at = None;
     }
+    *lock(&peer.not_member) = None;
     peer.delivered.fetch_add(1, Ordering::Relaxed);
     if response.from != peer.id || response.to != local_id {
         tracing::warn!(
@@ -597,6 +622,14 @@ async fn deliver<R>(
 /// Counts a failed RPC (or a broken stream) and schedules the next attempt after the backoff.
 fn record_failure(peer: &PeerShared, config: &PeerConfig, status: &tonic::Status) {
     peer.failed.fetch_add(1, Ordering::Relaxed);
+    if status.code() == Code::PermissionDenied
+        && status.message().contains(crate::grpc::gate::NOT_A_MEMBER)
+    {
+        let now = Instant::now();
+        let mut since = lock(&peer.not_member);
+        let first = since.map_or(now, |(first, _)| first);
+        *since = Some((first, now));
+    }
     let delay = {
         let mut backoff = lock(&peer.backoff);
         backoff.failures = backoff.failures.saturating_add(1);

@@ -8,7 +8,8 @@
 //! the handshake accepts a client certificate chaining to the peer CA *or* to the client CA, and
 //! the Raft service then asks the connection who it is:
 //! - a member is a certificate that chains to the **peer CA** and is valid for the DNS name
-//!   [`member_name`] (`raftlog-node-<id>`) of a node in the config; it is worked out once per
+//!   [`member_name`] (`raftlog-node-<id>`) of a node in the config, or of a node added at run
+//!   time (the id is read from the certificate's names); it is worked out once per
 //!   connection, right after the handshake, with rustls's own verifier crate (webpki);
 //! - anything else (no certificate, a client certificate of the same CA without a member name)
 //!   is a client: the etcd API serves it, the Raft service refuses it (`PermissionDenied`).
@@ -47,8 +48,11 @@ use crate::types::NodeId;
 /// `id`: peers check it on the server they dial, and servers on the client certificate of a
 /// connection that sends Raft messages.
 pub fn member_name(id: NodeId) -> String {
-    format!("raftlog-node-{}", id.0)
+    format!("{MEMBER_NAME_PREFIX}{}", id.0)
 }
+
+/// [`member_name`] before the node id.
+const MEMBER_NAME_PREFIX: &str = "raftlog-node-";
 
 /// Errors loading the certificate material; each names the file and the configuration field.
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +261,18 @@ impl NodeTls {
             None,
         )
         .ok()?;
-        self.members.iter().copied().find(|&id| {
+        // Candidates: the config file's members, then any member name the certificate
+        // carries, since a member added at run time (`etcdctl member add`, `--join`) is in no
+        // config file; whether a node may send Raft messages at all is the gate's question (the
+        // configuration in effect), not this one. Each candidate is verified by webpki's own
+        // name check, never by comparing the strings.
+        let named = leaf
+            .valid_dns_names()
+            .filter_map(|name| name.strip_prefix(MEMBER_NAME_PREFIX)?.parse::<u32>().ok())
+            .filter(|&id| id != 0)
+            .map(NodeId);
+        let candidates: Vec<NodeId> = self.members.iter().copied().chain(named).collect();
+        candidates.into_iter().find(|&id| {
             ServerName::try_from(member_name(id))
                 .is_ok_and(|name| leaf.verify_is_valid_for_subject_name(&name).is_ok())
         })

@@ -104,6 +104,13 @@ pub enum LoopError {
     /// Every sender of the inbound channel is gone (the server stopped unexpectedly).
     #[error("the inbound channel closed while the node was running")]
     InboundClosed,
+    /// The node was removed from the cluster ([`EventLoop::with_removal_stop`]): it stopped.
+    #[error(
+        "node {node} was removed from the cluster: {why}. It stopped; its data directory is of \
+         no further use (wipe it; to bring the machine back, `etcdctl member add` it: it gets a \
+         new node id)"
+    )]
+    Removed { node: NodeId, why: String },
 }
 
 /// The node's outbox: requests go to the peer clients; every Ready's outbound traffic is logged
@@ -166,9 +173,133 @@ struct MemberSync {
     seen: u64,
     /// The configuration last synced, to log what changed.
     last: Option<crate::raft::Membership>,
+    /// Stops a removed node ([`EventLoop::with_removal_stop`]); `None`: never.
+    removal: Option<RemovalWatch>,
 }
 
+/// How the loop learns that its node was removed from the cluster, so it stops (as etcd stops
+/// a removed member) instead of waiting or campaigning forever. Two kinds of evidence, each of
+/// which must last `grace` (several election timeouts) so that an uncommitted change a new
+/// leader truncates, or a member that has not appended this node's addition yet, does not stop
+/// a member:
+/// - **its own log**: a configuration without it is in effect, after it was a member of one
+///   (its config file's, for a bootstrap member; one from the log, for a node that joined),
+///   and no leader has put it back (a truncated removal would have);
+/// - **its peers' gates**: a majority of the other voters of its own configuration that it has
+///   an address for refuse its messages as "not a member" ([`crate::grpc::gate::NOT_A_MEMBER`])
+///   without a break (what a campaign of a voter meets once it was removed). This is
+///   the usual case: a leader stops sending to a node once its removal is appended, so a
+///   removed node seldom receives the entry that removes it, and campaigns.
+///
+/// A node restarted with the directory of a removed member meets the same evidence: its
+/// persisted configuration does not list it (the first kind), or its campaigns are refused (the
+/// second: it has the config file's addresses, and those of members added later once it
+/// applies their records, which a removed node may never do, so the majority is counted among
+/// the voters it has an address for).
+struct RemovalWatch {
+    grace: Duration,
+    /// A configuration listing this node was in effect (see above).
+    member_seen: bool,
+    /// Loop ticks when a configuration without this node took effect (after `member_seen`).
+    absent_since: Option<u64>,
+    /// Loop ticks at the last check (checks run every [`REMOVAL_CHECK_TICKS`]).
+    checked_at: u64,
+}
+
+impl RemovalWatch {
+    /// One look at the evidence (the type's docs) at loop tick `now`: `membership` is the
+    /// configuration in effect on node `me`, `from_log` whether it comes from the log (or a
+    /// snapshot) rather than from how the node started, `reachable` the other voters it has an
+    /// address for, `refusing` the peers whose gates have refused it as not a member for
+    /// `grace`. `Some(why)` when it was removed.
+    fn observe(
+        &mut self,
+        now: u64,
+        membership: &crate::raft::Membership,
+        me: NodeId,
+        from_log: bool,
+        reachable: &[NodeId],
+        refusing: &[NodeId],
+    ) -> Option<String> {
+        let grace_ticks = self.grace.as_millis() as u64;
+        if membership.contains(me) {
+            self.absent_since = None;
+            if from_log {
+                self.member_seen = true;
+            }
+            let refusing: Vec<NodeId> = refusing
+                .iter()
+                .copied()
+                .filter(|p| reachable.contains(p))
+                .collect();
+            if membership.is_voter(me)
+                && !refusing.is_empty()
+                && refusing.len() * 2 > reachable.len()
+            {
+                let list: Vec<String> = refusing.iter().map(|p| p.0.to_string()).collect();
+                return Some(format!(
+                    "the members {} of its configuration ({membership}) have refused it as not \
+                     a member for {} ms",
+                    list.join(", "),
+                    self.grace.as_millis()
+                ));
+            }
+            return None;
+        }
+        if !self.member_seen {
+            // A joining node replaying configurations from before its addition.
+            return None;
+        }
+        let since = *self.absent_since.get_or_insert(now);
+        (now - since >= grace_ticks).then(|| {
+            format!(
+                "the configuration in effect ({membership}) has not listed it for {} ms",
+                self.grace.as_millis()
+            )
+        })
+    }
+}
+
+/// How often (in loop ticks, 1 ms) the loop looks for evidence of its removal.
+const REMOVAL_CHECK_TICKS: u64 = 100;
+
 impl MemberSync {
+    /// `Some(why)` once the evidence of [`RemovalWatch`] says this node was removed.
+    fn removed<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
+        &mut self,
+        driver: &Driver<C, D, M>,
+        peers: &Peers,
+    ) -> Option<String> {
+        let watch = self.removal.as_mut()?;
+        let now = driver.stats().ticks;
+        if now < watch.checked_at + REMOVAL_CHECK_TICKS {
+            return None;
+        }
+        watch.checked_at = now;
+        let core = driver.core();
+        let membership = core.membership()?;
+        let me = core.id();
+        // Its peers' gates, counted among the voters it has an address for: restarted with an
+        // old directory, a removed node knows only the config file's addresses until it
+        // applies the address records of members added since, which it never will (no leader
+        // talks to it).
+        let reachable: Vec<NodeId> = membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != me && peers.address(*v).is_some())
+            .collect();
+        let refusing = peers.refusing_as_non_member(watch.grace, watch.grace);
+        watch.observe(
+            now,
+            &membership,
+            me,
+            core.membership_index().is_some(),
+            &reachable,
+            &refusing,
+        )
+    }
+
     fn sync<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
         &mut self,
         driver: &mut Driver<C, D, M>,
@@ -199,7 +330,8 @@ impl MemberSync {
                     Err(e) => tracing::error!(node = %node, "cannot connect to member: {e}"),
                 },
                 None => tracing::warn!(
-                    "member {node} has no known address yet (its address record is not applied                      here yet); no connection to it"
+                    "member {node} has no known address yet (its address record is not applied \
+                     here yet); no connection to it"
                 ),
             }
         }
@@ -217,10 +349,14 @@ impl MemberSync {
             .filter_map(|n| addresses.get(&n).map(|a| (n, *a)))
             .collect();
         if self.last.as_ref() != Some(&membership) {
-            let was_member = self.last.as_ref().is_none_or(|m| m.contains(me));
+            // At the first sync there is nothing to leave: a joining node starts outside its
+            // configuration, and a restarted removed one was told at startup.
+            let was_member = self.last.as_ref().is_some_and(|m| m.contains(me));
             if !membership.contains(me) && was_member {
                 tracing::warn!(
-                    "🚪 node {me} is no longer in the configuration ({membership}): it stops                      campaigning and serves no votes; stop it (and wipe its directory before                      reusing the machine: a new member gets a new id)"
+                    "🚪 node {me} is no longer in the configuration ({membership}): it stops \
+                     campaigning and serves no votes, and exits unless a leader lists it again \
+                     within a few election timeouts (a removal that did not commit)"
                 );
             } else {
                 tracing::info!("👥 configuration in effect on node {me}: {membership}");
@@ -460,6 +596,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 gate: None,
                 seen: 0,
                 last: None,
+                removal: None,
             },
         }
     }
@@ -467,6 +604,27 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
     /// Keeps `gate` in step with the configuration in effect (see [`crate::grpc::gate`]).
     pub fn with_gate(mut self, gate: Arc<crate::grpc::gate::PeerGate>) -> Self {
         self.members.gate = Some(gate);
+        self
+    }
+
+    /// The most learners a configuration may hold (`learners_max`; see
+    /// [`Driver::set_learners_max`]).
+    pub fn with_learners_max(mut self, learners_max: usize) -> Self {
+        self.driver.set_learners_max(learners_max);
+        self
+    }
+
+    /// Stops the loop with [`LoopError::Removed`] once the node learns it was removed from the
+    /// cluster, each piece of evidence having lasted `grace` ([`RemovalWatch`]).
+    /// `bootstrap_member`: the node is one of its config file's members (else it joined, and
+    /// only a configuration from the log that lists it makes it a member).
+    pub fn with_removal_stop(mut self, grace: Duration, bootstrap_member: bool) -> Self {
+        self.members.removal = Some(RemovalWatch {
+            grace,
+            member_seen: bootstrap_member,
+            absent_since: None,
+            checked_at: 0,
+        });
         self
     }
 
@@ -513,6 +671,8 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         members.sync(driver, &mut outbox.peers, watch);
         // Set once shutdown was asked on a leader: the loop runs on until the handover is done.
         let mut handover: Option<Handover> = None;
+        // Set when the node learns it was removed: the loop stops, then returns it.
+        let mut removed: Option<String> = None;
         let timeline_on = crate::timeline::enabled();
         loop {
             tokio::select! {
@@ -589,6 +749,14 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 }
             }
             members.sync(driver, &mut outbox.peers, watch);
+            if let Some(why) = members.removed(driver, &outbox.peers) {
+                tracing::error!(
+                    "🚪 node {} was removed from the cluster ({why}): stopping",
+                    driver.core().id()
+                );
+                removed = Some(why);
+                break;
+            }
             log_role_change(driver.core(), last_role);
             watch.after_iteration(driver);
             maybe_start_snapshot(driver, snapshots);
@@ -615,6 +783,12 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         outbox.peers.shutdown();
         let stats = driver.stats();
         tracing::info!(stats = ?stats, "event loop stopped");
+        if let Some(why) = removed {
+            return Err(LoopError::Removed {
+                node: driver.core().id(),
+                why,
+            });
+        }
         Ok(stats)
     }
 }
@@ -771,6 +945,90 @@ fn log_role_change(core: &impl Consensus, last_role: &mut Role) {
 
 #[cfg(test)]
 mod tests {
+    mod removal {
+        //! [`super::super::RemovalWatch`]: when the evidence says the node was removed.
+        use super::super::RemovalWatch;
+        use crate::raft::Membership;
+        use crate::types::NodeId;
+        use std::time::Duration;
+
+        fn watch(bootstrap_member: bool) -> RemovalWatch {
+            RemovalWatch {
+                grace: Duration::from_millis(1000),
+                member_seen: bootstrap_member,
+                absent_since: None,
+                checked_at: 0,
+            }
+        }
+
+        fn ids(v: &[u32]) -> Vec<NodeId> {
+            v.iter().copied().map(NodeId).collect()
+        }
+
+        #[test]
+        fn a_configuration_without_the_node_stops_it_only_once_it_lasted_the_grace() {
+            let mut w = watch(true);
+            let me = NodeId(3);
+            let with = Membership::new(ids(&[1, 2, 3]), []);
+            let without = Membership::new(ids(&[1, 2]), []);
+            assert_eq!(w.observe(0, &with, me, false, &ids(&[1, 2]), &[]), None);
+            assert_eq!(w.observe(100, &without, me, true, &ids(&[]), &[]), None);
+            assert_eq!(w.observe(1099, &without, me, true, &ids(&[]), &[]), None);
+            // A new leader truncated the removal: the count starts again.
+            assert_eq!(w.observe(1100, &with, me, false, &ids(&[1, 2]), &[]), None);
+            assert_eq!(w.observe(1200, &without, me, true, &ids(&[]), &[]), None);
+            assert_eq!(w.observe(2199, &without, me, true, &ids(&[]), &[]), None);
+            let why = w.observe(2200, &without, me, true, &ids(&[]), &[]);
+            assert!(why.is_some_and(|w| w.contains("has not listed it")));
+        }
+
+        #[test]
+        fn a_joining_node_is_not_removed_by_configurations_from_before_its_addition() {
+            let mut w = watch(false);
+            let me = NodeId(4);
+            let old = Membership::new(ids(&[1, 2, 3]), []);
+            for now in [0, 5_000, 50_000] {
+                assert_eq!(w.observe(now, &old, me, true, &[], &[]), None);
+            }
+            // Its addition, then its removal: now it is a removal.
+            let added = Membership::new(ids(&[1, 2, 3]), ids(&[4]));
+            assert_eq!(
+                w.observe(60_000, &added, me, true, &ids(&[1, 2, 3]), &[]),
+                None
+            );
+            assert_eq!(w.observe(61_000, &old, me, true, &[], &[]), None);
+            assert!(w.observe(62_000, &old, me, true, &[], &[]).is_some());
+        }
+
+        #[test]
+        fn refusals_stop_a_voter_only_from_a_majority_of_the_voters_it_reaches() {
+            let me = NodeId(4);
+            let five = Membership::new(ids(&[1, 2, 3, 4, 5]), []);
+            let mut w = watch(true);
+            let reachable = ids(&[1, 2, 3, 5]);
+            assert_eq!(
+                w.observe(0, &five, me, true, &reachable, &ids(&[1, 2])),
+                None
+            );
+            // A refusing node that is not a voter it reaches does not count.
+            assert_eq!(
+                w.observe(0, &five, me, true, &reachable, &ids(&[1, 2, 9])),
+                None
+            );
+            let why = w.observe(0, &five, me, true, &reachable, &ids(&[1, 2, 3]));
+            assert!(why.is_some_and(|w| w.contains("1, 2, 3")));
+            // Restarted with an old directory: only the config file's members have addresses.
+            let why = w.observe(0, &five, me, true, &ids(&[1, 2]), &ids(&[1, 2]));
+            assert!(why.is_some());
+            // A learner never campaigns, so refusals are not about it.
+            let learner = Membership::new(ids(&[1, 2, 3]), ids(&[4]));
+            assert_eq!(
+                w.observe(0, &learner, me, true, &ids(&[1, 2, 3]), &ids(&[1, 2, 3])),
+                None
+            );
+        }
+    }
+
     use std::collections::VecDeque;
     use std::rc::Rc;
 

@@ -97,6 +97,16 @@ pub const SNAPSHOTS_KEPT: usize = 2;
 /// paused every write for 0.5 s (`tools/chaos/restart_vs_kill.sh`, BENCHMARKS.md).
 pub const SERVER_STOP_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// How many maximum election timeouts the evidence of a node's removal must last before it stops
+/// (a new leader that truncates an uncommitted removal reaches it well within that).
+pub const REMOVAL_GRACE_ELECTIONS: u32 = 3;
+
+/// The exit status of a node that stopped because it was removed from the cluster (sysexits'
+/// EX_CONFIG: the cluster's configuration no longer lists it). Distinct from a failure (1), so a
+/// supervisor can tell it apart: the systemd unit does not restart on it
+/// (`RestartPreventExitStatus=78`).
+pub const EXIT_REMOVED: u8 = 78;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
@@ -207,11 +217,17 @@ pub fn run_joining(
     let snapshot = opened.snapshot.as_ref().map(|c| c.id);
     let mut core_cfg = core_config(config, id, election_seed(id));
     if join.is_some() {
-        // A joining node starts as a learner of the file's configuration: it never campaigns
-        // (it could otherwise elect itself in a cluster of its own making, or disturb the real
-        // one), and the leader's log or snapshot replaces this guess with the real
-        // configuration. An add it replays is then a no-op (it already "is" a learner).
-        core_cfg.learners = vec![id];
+        // A joining node starts outside the file's configuration, so it never campaigns (it
+        // could otherwise elect itself in a cluster of its own making, or disturb the real one)
+        // and follows the leader that contacts it; the leader's log or snapshot brings the real
+        // configuration, its own addition included. `Config::join`: until a configuration
+        // there lists it, it grants no vote. This is the case of an operator who re-uses the
+        // id of a removed member on a wiped disk (the leader never reuses ids, but `--node-id`
+        // is typed by hand): a stale candidate whose configuration still lists that id as a
+        // voter could otherwise win with the vote of a node that forgot its log (a simulator
+        // finding). The simulator restarts a wiped node the same way (outside its bootstrap
+        // voters, `join` set: src/testing/cluster.rs).
+        core_cfg.join = true;
     }
     if let Some(chosen) = &opened.snapshot {
         // The snapshot's configuration, not the config file's, is the truth at its index
@@ -250,7 +266,8 @@ pub fn run_joining(
     if !persisted.contains(id) && core.membership_index().is_some() {
         tracing::warn!(
             "node {id} is not in its persisted configuration ({persisted}): it was removed; it \
-             will not campaign. Wipe its directory and add it again (new id) to reuse it"
+             will not campaign, and stops unless a leader lists it again within a few election \
+             timeouts. Wipe its directory and add it again (new id) to reuse the machine"
         );
     }
     tracing::info!("✅ Raft node created successfully");
@@ -879,7 +896,15 @@ where
         },
         applied,
     )
-    .with_gate(Arc::clone(&gate));
+    .with_gate(Arc::clone(&gate))
+    .with_learners_max(config.cluster_settings.learners_max as usize)
+    // A removed node stops, as etcd's does; the evidence must last a few election timeouts
+    // (event_loop::RemovalWatch says why).
+    .with_removal_stop(
+        REMOVAL_GRACE_ELECTIONS
+            * Duration::from_millis(config.cluster_settings.election_timeout_range.max),
+        config.node(id.0).is_ok(),
+    );
     let event_loop = match snapshots {
         None => event_loop,
         Some((setup, view)) => {

@@ -3,7 +3,15 @@
 //! fault schedule, and asked who leads through the etcd API only (`Maintenance.Status`), so
 //! both flavours are driven by the same code.
 //!
-//! Invariants: a node is either running (a live child this module spawned) or down; `Drop` kills
+//! The runner's `id`s are *slots*: slot `s` is network namespace `s`, its address and its data
+//! directory. A slot holds one node at a time; at the start slot `s` holds node `s`, and a
+//! membership fault (`replace-member`, [`crate::membership`]) puts a fresh node id into a slot
+//! whose node it removed ([`Cluster::replace_node`]): the new node listens at the slot's address
+//! (a replacement server that takes over the failed one's address, as an operator would) and
+//! is started with `--join`. Clients and watchers address slots, so they need not learn the new
+//! ids; `Maintenance.Status` answers tell the runner which member id each slot holds now.
+//!
+//! Invariants: a slot is either running (a live child this module spawned) or down; `Drop` kills
 //! every child (SIGCONT first, so a paused one dies too) before the network is removed.
 
 use std::collections::BTreeMap;
@@ -72,6 +80,8 @@ pub struct Cluster {
     /// The member id each node reports in response headers, learned from Status.
     member_ids: BTreeMap<u64, u32>,
     channels: BTreeMap<u32, Channel>,
+    /// The node id each slot holds when it is not its own number (a replacement).
+    replaced: BTreeMap<u32, u32>,
 }
 
 impl Cluster {
@@ -100,6 +110,7 @@ impl Cluster {
             ports,
             member_ids: BTreeMap::new(),
             channels: BTreeMap::new(),
+            replaced: BTreeMap::new(),
         };
         if let Flavor::RustRaftLog { extra, .. } = &cluster.flavor {
             let mut yaml = String::from("nodes:\n");
@@ -129,8 +140,28 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The slots (module docs): 1 to the cluster's size.
     pub fn ids(&self) -> Vec<u32> {
         (1..=self.net.size() as u32).collect()
+    }
+
+    /// The node id slot `slot` holds now (its own number until a replacement).
+    pub fn node_id(&self, slot: u32) -> u32 {
+        self.replaced.get(&slot).copied().unwrap_or(slot)
+    }
+
+    /// Slot `slot`'s peer URL (rust-raft-log serves Raft and the etcd API on one port).
+    pub fn peer_url(&self, slot: u32) -> String {
+        format!("http://{}", self.client_addr(slot))
+    }
+
+    /// Slot `slot` now holds node `node`, a member added at run time: it starts with `--join`
+    /// at the slot's address. The slot must be down (the caller removed and stopped the node
+    /// it held and wiped its directory).
+    pub fn replace_node(&mut self, slot: u32, node: u32) {
+        debug_assert!(!self.is_running(slot), "slot {slot} is still running");
+        self.replaced.insert(slot, node);
+        self.channels.remove(&slot);
     }
 
     pub fn flavor(&self) -> &Flavor {
@@ -142,10 +173,13 @@ impl Cluster {
         SocketAddr::from((self.net.ip(id), self.ports[id as usize - 1].0))
     }
 
-    /// Where node `id` keeps its data.
+    /// Where slot `id`'s node keeps its data.
     pub fn data_dir(&self, id: u32) -> PathBuf {
         match &self.flavor {
-            Flavor::RustRaftLog { .. } => self.dir.join("data").join(format!("node_{id}")),
+            Flavor::RustRaftLog { .. } => self
+                .dir
+                .join("data")
+                .join(format!("node_{}", self.node_id(id))),
             Flavor::Etcd { .. } => self.dir.join(format!("etcd_{id}")),
         }
     }
@@ -200,15 +234,19 @@ impl Cluster {
 
     fn command(&self, id: u32) -> (PathBuf, Vec<String>) {
         match &self.flavor {
-            Flavor::RustRaftLog { binary, .. } => (
-                binary.clone(),
-                vec![
+            Flavor::RustRaftLog { binary, .. } => {
+                let mut args = vec![
                     "--node-id".into(),
-                    id.to_string(),
+                    self.node_id(id).to_string(),
                     "--config".into(),
                     self.dir.join("cluster.yaml").display().to_string(),
-                ],
-            ),
+                ];
+                if self.replaced.contains_key(&id) {
+                    // Not in the config file: a member added at run time, at the slot's address.
+                    args.extend(["--join".into(), self.peer_url(id)]);
+                }
+                (binary.clone(), args)
+            }
             Flavor::Etcd { binary } => {
                 let peer =
                     |i: u32| format!("http://{}:{}", self.net.ip(i), self.ports[i as usize - 1].1);
@@ -337,7 +375,7 @@ impl Cluster {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    fn channel(&mut self, id: u32) -> Channel {
+    pub(crate) fn channel(&mut self, id: u32) -> Channel {
         let addr = self.client_addr(id);
         self.channels
             .entry(id)

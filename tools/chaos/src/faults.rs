@@ -43,6 +43,11 @@ pub enum FaultKind {
     /// The leader's disk, then a random node's, in turn, fills up (a ballast file takes every
     /// free block of its own tmpfs); the ballast is removed when the fault ends.
     DiskFull,
+    /// A membership change: a random node (follower or leader) is removed through the Cluster
+    /// API, killed, its directory wiped, and a fresh member (a new node id, at the same
+    /// address) is added as a learner, started with `--join` and promoted once in sync
+    /// ([`crate::membership`]); all of it when the fault begins, nothing to undo.
+    ReplaceMember,
 }
 
 impl FaultKind {
@@ -65,6 +70,10 @@ impl FaultKind {
     /// compared with the failure they replace).
     pub const PLANNED: [FaultKind; 1] = [FaultKind::RestartLeader];
 
+    /// Membership changes (not in `all`: rust-raft-log only, and each one changes which node
+    /// ids the cluster has).
+    pub const MEMBERSHIP: [FaultKind; 1] = [FaultKind::ReplaceMember];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillLeader => "kill-leader",
@@ -78,6 +87,7 @@ impl FaultKind {
             FaultKind::IsolateLeader => "isolate-leader",
             FaultKind::PowerLoss => "power-loss",
             FaultKind::DiskFull => "disk-full",
+            FaultKind::ReplaceMember => "replace-member",
         }
     }
 
@@ -86,6 +96,7 @@ impl FaultKind {
             .into_iter()
             .chain(FaultKind::STORAGE)
             .chain(FaultKind::PLANNED)
+            .chain(FaultKind::MEMBERSHIP)
             .find(|k| k.name() == name)
     }
 
@@ -290,6 +301,29 @@ impl Injector {
                     }
                 }
                 vec![id]
+            }
+            FaultKind::ReplaceMember => {
+                let running: Vec<u32> = ids
+                    .iter()
+                    .copied()
+                    .filter(|&s| cluster.is_running(s))
+                    .collect();
+                let Some(&slot) = self.pick(&running, 1).first() else {
+                    return Vec::new();
+                };
+                match crate::membership::replace(cluster, slot).await {
+                    Ok(r) => eprintln!(
+                        "chaos: slot {slot}: node {} removed{}, node {} added, promoted after {} \
+                         refusals, {:.1} s",
+                        r.removed,
+                        if r.was_leader { " (the leader)" } else { "" },
+                        r.added,
+                        r.promote_refusals,
+                        r.took.as_secs_f64()
+                    ),
+                    Err(e) => self.findings.push(e.to_string()),
+                }
+                vec![slot]
             }
         }
     }

@@ -10,6 +10,7 @@
 //! - [`workload`]: the clients and what they record.
 //! - [`watchers`]: the watch streams and what they record.
 //! - [`faults`]: the fault kinds, their targets, undoing them.
+//! - [`membership`]: the membership fault (replace a member through the Cluster API).
 //! - [`run`]: one run from start to verdict.
 //! - [`history`]: the recorded operations (the checker's input).
 //! - [`checker`]: linearizability per key; [`checker::watch`]: etcd's watch guarantees.
@@ -20,6 +21,7 @@ pub mod cluster;
 pub mod disks;
 pub mod faults;
 pub mod history;
+pub mod membership;
 pub mod net;
 pub mod report;
 pub mod run;

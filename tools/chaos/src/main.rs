@@ -52,6 +52,9 @@ struct Args {
     /// needs root), combinable with the eight but not with each other. Planned, named on its
     /// own: restart-leader (SIGTERM, the node hands leadership over and exits; restarted when the
     /// fault ends), to compare with kill-leader (`write_pause_*` in the result line).
+    /// Membership, named on its own (rust-raft-log only): replace-member (remove a random node
+    /// through the Cluster API, wipe it, add a fresh member as a learner at its address, start
+    /// it with --join, promote it once in sync).
     #[arg(long, default_value = "kill-leader")]
     faults: String,
     /// Seed of the workload and the fault targets (default: from the clock; printed).

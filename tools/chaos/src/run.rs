@@ -88,6 +88,20 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
             return Err(RunError::NeedsNamespaces(k.name()));
         }
     }
+    if plan.faults.contains(&FaultKind::ReplaceMember) {
+        if !matches!(plan.flavor, Flavor::RustRaftLog { .. }) {
+            return Err(RunError::Plan(
+                "replace-member drives rust-raft-log's --join; not etcd".into(),
+            ));
+        }
+        if plan.faults.iter().any(|k| k.disk_model().is_some()) {
+            return Err(RunError::Plan(
+                "replace-member gives a slot a new data directory, which storage faults' \
+                 per-node file systems do not follow: run them separately"
+                    .into(),
+            ));
+        }
+    }
     std::fs::create_dir_all(&plan.dir)?;
     let net = if plan.namespaces {
         let pid = std::process::id();
