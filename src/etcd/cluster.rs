@@ -34,6 +34,30 @@ use crate::etcdpb::etcdserverpb::{self as pb, cluster_client::ClusterClient, Mem
 use crate::raft::Membership;
 use crate::types::{NodeId, Term};
 
+/// The client a follower forwards changes with.
+type Client = ClusterClient<tonic::transport::Channel>;
+
+/// A change's answer, whose header a relayed answer rewrites.
+trait Headed {
+    fn header(&mut self) -> &mut Option<pb::ResponseHeader>;
+}
+
+macro_rules! headed {
+    ($($answer:ty),*) => {$(
+        impl Headed for $answer {
+            fn header(&mut self) -> &mut Option<pb::ResponseHeader> {
+                &mut self.header
+            }
+        }
+    )*};
+}
+headed!(
+    pb::MemberAddResponse,
+    pb::MemberRemoveResponse,
+    pb::MemberUpdateResponse,
+    pb::MemberPromoteResponse
+);
+
 /// etcd's texts (`rpctypes`).
 pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
@@ -169,11 +193,30 @@ impl EtcdApi {
         }
     }
 
-    fn cluster_client(
+    fn cluster_client(&self, addr: SocketAddr) -> Result<Client, Status> {
+        Ok(ClusterClient::new(self.channel(addr)?))
+    }
+
+    /// Forwards a change this node does not lead to the leader at `addr` (once: `call` sends
+    /// `message` marked as forwarded) and relays its answer, or maps a failed forward as the KV
+    /// handlers do.
+    async fn forward_change<M, T, F, Fut>(
         &self,
         addr: SocketAddr,
-    ) -> Result<ClusterClient<tonic::transport::Channel>, Status> {
-        Ok(ClusterClient::new(self.channel(addr)?))
+        message: M,
+        deadline: Instant,
+        call: F,
+    ) -> Result<Response<T>, Status>
+    where
+        T: Headed,
+        F: FnOnce(Client, Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let client = self.cluster_client(addr)?;
+        match call(client, self.forward_request(message, deadline)).await {
+            Err(status) => Err(forward_failed(status, false).unwrap_or_else(|s| s)),
+            answer => self.relay(answer, Headed::header),
+        }
     }
 }
 
@@ -233,15 +276,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                 }))
             }
             Route::Leader(addr) => {
-                let answer = self
-                    .api
-                    .cluster_client(addr)?
-                    .member_add(self.api.forward_request(add, deadline))
-                    .await;
-                match answer {
-                    Err(status) => Err(forward_failed(status, false).unwrap_or_else(|s| s)),
-                    answer => self.api.relay(answer, |r| &mut r.header),
-                }
+                let call = |mut c: Client, r| async move { c.member_add(r).await };
+                self.api.forward_change(addr, add, deadline, call).await
             }
             Route::Again(status) => Err(status),
         }
@@ -267,15 +303,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                 members: self.api.members_of(&membership),
             })),
             Route::Leader(addr) => {
-                let answer = self
-                    .api
-                    .cluster_client(addr)?
-                    .member_remove(self.api.forward_request(remove, deadline))
-                    .await;
-                match answer {
-                    Err(status) => Err(forward_failed(status, false).unwrap_or_else(|s| s)),
-                    answer => self.api.relay(answer, |r| &mut r.header),
-                }
+                let call = |mut c: Client, r| async move { c.member_remove(r).await };
+                self.api.forward_change(addr, remove, deadline, call).await
             }
             Route::Again(status) => Err(status),
         }
@@ -302,15 +331,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                 members: self.api.members_of(&membership),
             })),
             Route::Leader(addr) => {
-                let answer = self
-                    .api
-                    .cluster_client(addr)?
-                    .member_update(self.api.forward_request(update, deadline))
-                    .await;
-                match answer {
-                    Err(status) => Err(forward_failed(status, false).unwrap_or_else(|s| s)),
-                    answer => self.api.relay(answer, |r| &mut r.header),
-                }
+                let call = |mut c: Client, r| async move { c.member_update(r).await };
+                self.api.forward_change(addr, update, deadline, call).await
             }
             Route::Again(status) => Err(status),
         }
@@ -354,15 +376,8 @@ impl pb::cluster_server::Cluster for ClusterService {
                 members: self.api.members_of(&membership),
             })),
             Route::Leader(addr) => {
-                let answer = self
-                    .api
-                    .cluster_client(addr)?
-                    .member_promote(self.api.forward_request(promote, deadline))
-                    .await;
-                match answer {
-                    Err(status) => Err(forward_failed(status, false).unwrap_or_else(|s| s)),
-                    answer => self.api.relay(answer, |r| &mut r.header),
-                }
+                let call = |mut c: Client, r| async move { c.member_promote(r).await };
+                self.api.forward_change(addr, promote, deadline, call).await
             }
             Route::Again(status) => Err(status),
         }
