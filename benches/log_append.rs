@@ -13,8 +13,9 @@
 //! - `BENCH_ONLY=<entry bytes>x<appenders>` (e.g. `256x64`): run only that append measurement of
 //!   the engine for `BENCH_SECS` seconds in `BENCH_ROUNDS` (default 3) rounds alternating with the
 //!   baseline of the same batch bytes, print both and the ratio, and exit (writes no report);
-//!   `BENCH_NO_COMPACT=1` lets the log grow (no compaction behind the appends); `BENCH_BASELINE=0`
-//!   skips the baseline (for profiling).
+//!   `BENCH_NO_COMPACT=1` lets the log grow (no compaction behind the appends; otherwise the log
+//!   is first warmed up, unmeasured, until a compacted segment waits in the recycling pool);
+//!   `BENCH_BASELINE=0` skips the baseline (for profiling).
 //! - `BENCH_KEEP=1`: keep the big read/open log in `target/bench-log/` (e.g. for
 //!   `segdump verify target/bench-log`) instead of deleting it.
 //!
@@ -140,21 +141,49 @@ struct Stats {
     latency_ns: Histogram<u64>,
     /// CPU time (user + system, every thread of the process) the measurement used.
     cpu_secs: f64,
+    /// The user-space part of `cpu_secs`, and the context switches (voluntary and not) of every
+    /// thread meanwhile: where the CPU per entry goes (`getrusage`).
+    user_secs: f64,
+    switches: u64,
     /// fdatasyncs of durable batches (ours: `Engine::group_stats`; baseline: its cycles);
     /// 0 where not measured.
     syncs: u64,
 }
 
-/// CPU time (user + system) this process used so far, in seconds.
-fn cpu_time() -> f64 {
+/// CPU time this process used so far (every thread, io_uring's io-wq workers included).
+#[derive(Clone, Copy, Debug, Default)]
+struct Cpu {
+    /// User + system, in seconds.
+    total_secs: f64,
+    user_secs: f64,
+    /// Context switches, voluntary and involuntary.
+    switches: u64,
+}
+
+impl std::ops::Sub for Cpu {
+    type Output = Cpu;
+    fn sub(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            total_secs: self.total_secs - earlier.total_secs,
+            user_secs: self.user_secs - earlier.user_secs,
+            switches: self.switches.saturating_sub(earlier.switches),
+        }
+    }
+}
+
+fn cpu_time() -> Cpu {
     // SAFETY: getrusage writes into the struct we pass; a zeroed rusage is a valid value.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to a rusage; RUSAGE_SELF is a valid `who`.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
-        return 0.0;
+        return Cpu::default();
     }
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
+    Cpu {
+        total_secs: tv(u.ru_utime) + tv(u.ru_stime),
+        user_secs: tv(u.ru_utime),
+        switches: (u.ru_nvcsw + u.ru_nivcsw) as u64,
+    }
 }
 
 impl Stats {
@@ -164,6 +193,8 @@ impl Stats {
         self.bytes += other.bytes;
         self.secs += other.secs;
         self.cpu_secs += other.cpu_secs;
+        self.user_secs += other.user_secs;
+        self.switches += other.switches;
         self.syncs += other.syncs;
         self.latency_ns
             .add(&other.latency_ns)
@@ -181,6 +212,17 @@ impl Stats {
     }
     fn cpu_us_per_entry(&self) -> f64 {
         self.cpu_secs * 1e6 / self.entries.max(1) as f64
+    }
+    fn user_us_per_entry(&self) -> f64 {
+        self.user_secs * 1e6 / self.entries.max(1) as f64
+    }
+    /// Context switches per fdatasync (per group), if the syncs were counted.
+    fn switches_per_sync(&self) -> String {
+        if self.syncs == 0 {
+            String::new()
+        } else {
+            format!("{:.1}", self.switches as f64 / self.syncs as f64)
+        }
     }
     fn max_us(&self) -> f64 {
         self.latency_ns.max() as f64 / 1e3
@@ -316,12 +358,15 @@ fn run_baseline(
         off += batch_bytes as u64;
         batches += 1;
     }
+    let cpu = cpu_time() - cpu0;
     Ok(Stats {
         entries: batches * entries_per_batch as u64,
         bytes: batches * batch_bytes as u64,
         secs: start.elapsed().as_secs_f64(),
         latency_ns,
-        cpu_secs: cpu_time() - cpu0,
+        cpu_secs: cpu.total_secs,
+        user_secs: cpu.user_secs,
+        switches: cpu.switches,
         syncs: batches,
     })
 }
@@ -452,15 +497,21 @@ fn run_ours(
         let start = Instant::now();
         let cpu0 = cpu_time();
         let deadline = start + Duration::from_secs_f64(secs);
+        // One histogram for all appenders (they share the thread): 64 histograms of ~40 KiB
+        // each made every record a cache miss, CPU the harness charged to the engine.
+        let latency = Rc::new(RefCell::new(hist()));
         let appenders: Vec<_> = (0..tasks)
             .map(|_| {
-                let (next, engine, payload) =
-                    (Rc::clone(&next), Rc::clone(&engine), Rc::clone(&payload));
+                let (next, engine, payload, latency) = (
+                    Rc::clone(&next),
+                    Rc::clone(&engine),
+                    Rc::clone(&payload),
+                    Rc::clone(&latency),
+                );
                 tokio::task::spawn_local(async move {
-                    let mut latency_ns = hist();
                     let mut entries = 0u64;
-                    while Instant::now() < deadline {
-                        let t0 = Instant::now();
+                    let mut t0 = Instant::now();
+                    while t0 < deadline {
                         // Index and submission in one step of this thread: batches reach the
                         // engine in index order.
                         let index = next.get();
@@ -469,24 +520,25 @@ fn run_ours(
                             .borrow_mut()
                             .persist(one_entry_batch(index, &payload));
                         durable.await.map_err(|e| format!("append: {e}"))?;
-                        latency_ns.saturating_record(t0.elapsed().as_nanos() as u64);
+                        // One clock read ends this append and starts the next.
+                        let t1 = Instant::now();
+                        latency
+                            .borrow_mut()
+                            .saturating_record(t1.duration_since(t0).as_nanos() as u64);
                         entries += 1;
+                        t0 = t1;
                     }
-                    Ok::<_, String>((entries, latency_ns))
+                    Ok::<_, String>(entries)
                 })
             })
             .collect();
-        let mut latency_ns = hist();
         let mut entries = 0;
         for a in appenders {
-            let (n, h) = a.await.map_err(|e| format!("appender task: {e}"))??;
-            entries += n;
-            latency_ns
-                .add(&h)
-                .map_err(|e| format!("histogram merge: {e:?}"))?;
+            entries += a.await.map_err(|e| format!("appender task: {e}"))??;
         }
+        let latency_ns = latency.borrow().clone();
         let secs = start.elapsed().as_secs_f64();
-        let cpu_secs = cpu_time() - cpu0;
+        let cpu = cpu_time() - cpu0;
         stop.set(true);
         if let Some(c) = compactor {
             c.await.map_err(|e| format!("compactor task: {e}"))??;
@@ -497,10 +549,46 @@ fn run_ours(
             bytes: entries * entry_bytes as u64,
             secs,
             latency_ns,
-            cpu_secs,
+            cpu_secs: cpu.total_secs,
+            user_secs: cpu.user_secs,
+            switches: cpu.switches,
             syncs,
         })
     })
+}
+
+/// Appends to the `BENCH_ONLY` log (label "only"), unmeasured, until it is in the steady state
+/// the measurement is about: compacted behind the appends, with a compacted segment file in the
+/// recycling pool for the next rotation. Before that, every rotation of a young log starts a
+/// background preparation of the next segment (a 64 MiB fallocate and page-cache fill, ~30 ms of
+/// CPU), which a short measurement would charge to the appends (at 64 KiB x 8 on a busy disk, the
+/// first seconds are all young log). Gives up after 20 s (a slow disk): the measurement then
+/// includes the young log, as before.
+fn warm_up(root: &Path, entry_bytes: usize, tasks: usize) -> Result<(), String> {
+    let dir = root.join("only");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let pooled = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().starts_with("recycle_"))
+            })
+            .unwrap_or(false);
+        if pooled {
+            return Ok(());
+        }
+        run_ours(
+            root,
+            "only",
+            Arc::new(UringVfs),
+            entry_bytes,
+            tasks,
+            0.5,
+            true,
+        )?;
+    }
+    eprintln!("warm-up: no recycled segment after 20 s; measuring a young log");
+    Ok(())
 }
 
 /// The engine's read view (for the compactor's target).
@@ -574,6 +662,8 @@ fn run_paired_single(
         latency_ns,
         // Not separable: both halves run on the same thread, interleaved.
         cpu_secs: 0.0,
+        user_secs: 0.0,
+        switches: 0,
         syncs: 0,
     };
     Ok((
@@ -628,13 +718,16 @@ fn run_offered_rate(
             Ok((u64::from(total), h, start.elapsed().as_secs_f64()))
         },
     )?;
+    let cpu = cpu_time() - cpu0;
     let _ = std::fs::remove_dir_all(root.join(&label));
     Ok(Stats {
         entries,
         bytes: entries * entry_bytes as u64,
         secs,
         latency_ns,
-        cpu_secs: cpu_time() - cpu0,
+        cpu_secs: cpu.total_secs,
+        user_secs: cpu.user_secs,
+        switches: cpu.switches,
         syncs: 0,
     })
 }
@@ -926,6 +1019,9 @@ fn run() -> Result<(), String> {
         } else {
             None
         };
+        if compact {
+            warm_up(&root_path, size, n)?;
+        }
         let mut ours: Option<Stats> = None;
         let mut base: Option<Stats> = None;
         for _ in 0..rounds {
@@ -955,16 +1051,20 @@ fn run() -> Result<(), String> {
             return Err("no round ran".into());
         };
         println!(
-            "ours     {size} B x {n}: entries/s | MB/s | p50 | p90 | p99 | p99.9 | max (µs): {} | CPU µs/entry {:.1} | entries/fdatasync {}",
+            "ours     {size} B x {n}: entries/s | MB/s | p50 | p90 | p99 | p99.9 | max (µs): {} | CPU µs/entry {:.2} (user {:.2}) | entries/fdatasync {} | context switches/fdatasync {}",
             stats_cells(&st),
             st.cpu_us_per_entry(),
-            st.entries_per_sync()
+            st.user_us_per_entry(),
+            st.entries_per_sync(),
+            st.switches_per_sync()
         );
         if let Some(b) = base {
             println!(
-                "baseline {size} B x {n}: entries/s | MB/s | p50 | p90 | p99 | p99.9 | max (µs): {} | CPU µs/entry {:.1}",
+                "baseline {size} B x {n}: entries/s | MB/s | p50 | p90 | p99 | p99.9 | max (µs): {} | CPU µs/entry {:.2} (user {:.2}) | context switches/fdatasync {}",
                 stats_cells(&b),
-                b.cpu_us_per_entry()
+                b.cpu_us_per_entry(),
+                b.user_us_per_entry(),
+                b.switches_per_sync()
             );
             println!(
                 "ours/baseline: entries/s {:.2}x, p99 {:.2}x; load average {}",

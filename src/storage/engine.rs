@@ -12,9 +12,9 @@
 //!   thread hand-off: the only wake-up is the one the disk's completion needs.
 //!
 //! All I/O goes through the [`Vfs`](crate::storage::file::Vfs) seam: production files write
-//! with io_uring (a write linked to an fdatasync, waited on by the runtime's reactor,
-//! [`crate::storage::uring`]); the simulated disk ([`crate::storage::file::SimFs`]) runs exactly
-//! this code under power loss.
+//! with io_uring (one `RWF_DSYNC` write per segment touched: a write and the fdatasync of its
+//! range in one request, waited on by the runtime's reactor, [`crate::storage::uring`]); the
+//! simulated disk ([`crate::storage::file::SimFs`]) runs exactly this code under power loss.
 //!
 //! # How a group is written
 //! Batches queued while a group is being written form the next group (one fdatasync for all of
@@ -23,7 +23,7 @@
 //! 1. The truncation, if any, runs first and is durable when it returns (synchronous: rare).
 //! 2. The newest hard state of the group, if its term or vote changed, is written to the state
 //!    file, and the entries of every batch are appended to the log, **in parallel**: both are
-//!    in the device's hands at once, each linked to its own fdatasync. A hard state whose only
+//!    in the device's hands at once, each with its own fdatasync. A hard state whose only
 //!    change is the commit index is not written at all (the commit index is re-learned from the
 //!    leader; an older one on disk is safe).
 //! 3. The group completes when both are durable: every batch's future resolves, in order.
@@ -55,8 +55,9 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::raft::{HardState, MemStorage, SnapshotId, Storage};
 use crate::storage::log::{LogError, RaftLog};
@@ -189,7 +190,71 @@ struct Job {
     batch: Rc<WriteBatch>,
     /// The hard state to write: set only when term or vote changed.
     hard_state: Option<HardState>,
-    done: oneshot::Sender<Result<(), EngineError>>,
+    done: Done,
+}
+
+/// Where the task leaves a batch's outcome for its [`PersistFuture`]. Driver and task share one
+/// thread, so this is an `Rc` and two cells rather than a channel: completing a batch of a
+/// group of 64 costs a store and a wake, no atomics and no allocation beyond the slot itself.
+#[derive(Default)]
+struct Slot {
+    outcome: Cell<Option<Result<(), EngineError>>>,
+    /// The waker of the future's last poll that found no outcome.
+    waker: Cell<Option<Waker>>,
+    /// Set once an outcome was delivered: later deliveries (the `Done` dropped after sending)
+    /// change nothing.
+    delivered: Cell<bool>,
+}
+
+/// The task's end of a [`Slot`]: delivers the outcome once; dropped without one (the task
+/// stopped before the batch's turn), it delivers [`EngineError::TaskGone`].
+struct Done(Rc<Slot>);
+
+impl Done {
+    fn send(self, outcome: Result<(), EngineError>) {
+        self.deliver(outcome);
+    }
+
+    fn deliver(&self, outcome: Result<(), EngineError>) {
+        let slot = &self.0;
+        if slot.delivered.replace(true) {
+            return;
+        }
+        slot.outcome.set(Some(outcome));
+        if let Some(waker) = slot.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.deliver(Err(EngineError::TaskGone));
+    }
+}
+
+/// The driver's end of a [`Slot`]: resolves once the task delivered the outcome.
+struct Completion(Rc<Slot>);
+
+impl Future for Completion {
+    type Output = Result<(), EngineError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let slot = &self.0;
+        if let Some(outcome) = slot.outcome.take() {
+            return Poll::Ready(outcome);
+        }
+        assert!(
+            !slot.delivered.get(),
+            "a persist future was polled again after it completed"
+        );
+        let waker = match slot.waker.take() {
+            Some(w) if w.will_wake(cx.waker()) => w,
+            _ => cx.waker().clone(),
+        };
+        slot.waker.set(Some(waker));
+        Poll::Pending
+    }
 }
 
 /// What the handle shares with the task.
@@ -352,14 +417,14 @@ impl Durable for Engine {
             "persist_submit",
             batch.entries.last().map_or(0, |e| e.index.0),
         );
-        let (done, result) = oneshot::channel();
+        let slot = Rc::new(Slot::default());
         self.queue.jobs.borrow_mut().push_back(Job {
             batch,
             hard_state,
-            done,
+            done: Done(Rc::clone(&slot)),
         });
         self.queue.wake.notify_one();
-        Box::pin(async move { result.await.map_err(|_| EngineError::TaskGone)? })
+        Box::pin(Completion(slot))
     }
 
     fn publish(&mut self, _log: &mut LogView, _batch: &WriteBatch) {
@@ -411,18 +476,18 @@ impl EngineTask {
                         .grouped_entries
                         .set(self.queue.grouped_entries.get() + entries as u64);
                     for job in group {
-                        let _ = job.done.send(Ok(()));
+                        job.done.send(Ok(()));
                     }
                 }
                 Err(e) => {
                     self.queue.failed.set(true);
                     let mut jobs = group.into_iter();
                     if let Some(first) = jobs.next() {
-                        let _ = first.done.send(Err(e));
+                        first.done.send(Err(e));
                     }
                     let queued: Vec<Job> = self.queue.jobs.borrow_mut().drain(..).collect();
                     for job in jobs.chain(queued) {
-                        let _ = job.done.send(Err(EngineError::EarlierFailed));
+                        job.done.send(Err(EngineError::EarlierFailed));
                     }
                     break;
                 }
@@ -469,16 +534,6 @@ impl EngineTask {
             self.log.borrow_mut().truncate_suffix(from)?;
         }
         let hard_state = group.iter().rev().find_map(|j| j.hard_state);
-        let joined: Vec<LogEntry>;
-        let entries: &[LogEntry] = if group.len() == 1 {
-            &group[0].batch.entries
-        } else {
-            joined = group
-                .iter()
-                .flat_map(|j| j.batch.entries.iter().cloned())
-                .collect();
-            &joined
-        };
         let state = &mut self.state;
         let save = async {
             match hard_state {
@@ -487,31 +542,32 @@ impl EngineTask {
             }
         };
         // The state file's write is submitted first (it is one small write), then the log's.
-        let (saved, appended) = tokio::join!(save, append(&self.log, &self.queue, entries));
+        let (saved, appended) = tokio::join!(save, append(&self.log, &self.queue, group));
         appended?;
         saved?;
         Ok(())
     }
 }
 
-/// Appends `entries` durably, one staged write + fdatasync per segment they touch, and publishes
-/// each part once it is durable. A rotation refused for lack of space is retried until it
-/// succeeds ([`Queue::until_space`]); the parts written before it stay published.
-async fn append(
-    log: &Rc<RefCell<RaftLog>>,
-    queue: &Queue,
-    mut entries: &[LogEntry],
-) -> Result<(), LogError> {
-    if entries.is_empty() {
+/// Appends the entries of every batch of `group` durably, one staged write + fdatasync per
+/// segment they touch, and publishes each part once it is durable. A rotation refused for lack of
+/// space is retried until it succeeds ([`Queue::until_space`]); the parts written before it stay
+/// published. The entries are encoded straight from the batches (never copied into one `Vec`
+/// first: for 64 KiB entries that copy was a third of the engine's CPU per entry).
+async fn append(log: &Rc<RefCell<RaftLog>>, queue: &Queue, group: &[Job]) -> Result<(), LogError> {
+    let all = || group.iter().flat_map(|j| j.batch.entries.iter());
+    let Some(last) = group.iter().rev().find_map(|j| j.batch.entries.last()) else {
         return Ok(());
-    }
-    let last = entries.last().map_or(0, |e| e.index.0);
+    };
+    let last = last.index.0;
+    let total: usize = group.iter().map(|j| j.batch.entries.len()).sum();
+    let mut done = 0;
     timeline::mark("write_start", last);
-    log.borrow().check_append(entries)?;
-    while !entries.is_empty() {
+    log.borrow().check_append_iter(all())?;
+    while done < total {
         // May rotate to a new segment (rare, synchronous), or wait for space to do so.
         let mut staged = queue
-            .until_space(|| log.borrow_mut().stage_append(entries))
+            .until_space(|| log.borrow_mut().stage_append_iter(all().skip(done)))
             .await?;
         let (file, offset) = log.borrow().staged_target();
         let path = file.path().to_path_buf();
@@ -522,7 +578,7 @@ async fn append(
             path,
             source: std::sync::Arc::new(e),
         });
-        entries = &entries[staged.entries..];
+        done += staged.entries;
         log.borrow_mut().publish_staged(staged, written)?;
     }
     timeline::mark("write_done", last);

@@ -996,6 +996,18 @@ impl RaftLog {
     /// # Errors
     /// As [`RaftLog::append`], except I/O.
     pub fn check_append(&self, entries: &[LogEntry]) -> Result<(), LogError> {
+        self.check_append_iter(entries)
+    }
+
+    /// [`RaftLog::check_append`] over entries that need not sit in one slice (the append
+    /// engine's group: the entries of several batches, checked without copying them together).
+    ///
+    /// # Errors
+    /// As [`RaftLog::check_append`].
+    pub fn check_append_iter<'a>(
+        &self,
+        entries: impl IntoIterator<Item = &'a LogEntry>,
+    ) -> Result<(), LogError> {
         self.check_writable()?;
         check_continues(
             entries,
@@ -1014,15 +1026,30 @@ impl RaftLog {
     /// one cannot be created (the log is unchanged and not poisoned: retry later); other I/O
     /// errors of a rotation, which poison the log.
     pub fn stage_append(&mut self, entries: &[LogEntry]) -> Result<StagedAppend, LogError> {
+        self.stage_append_iter(entries)
+    }
+
+    /// [`RaftLog::stage_append`] over entries that need not sit in one slice (see
+    /// [`RaftLog::check_append_iter`]); `StagedAppend::entries` says how many of them it took.
+    ///
+    /// # Errors
+    /// As [`RaftLog::stage_append`].
+    pub fn stage_append_iter<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a LogEntry>,
+    ) -> Result<StagedAppend, LogError> {
         self.check_writable()?;
-        assert!(!entries.is_empty(), "stage_append of no entries");
+        let mut entries = entries.into_iter().peekable();
+        let Some(&first) = entries.peek() else {
+            panic!("stage_append of no entries");
+        };
         assert_eq!(
-            entries[0].index,
+            first.index,
             self.last_index.next(),
             "stage_append would leave a hole"
         );
         self.poll_preparation();
-        let first_len = frame_padded_len(entries[0].payload.len()) as u64;
+        let first_len = frame_padded_len(first.payload.len()) as u64;
         if self.last_segment_mut().free_bytes() < first_len {
             // Get the next segment's file before sealing the open one: on a full disk this is
             // what fails, and the log must then be left exactly as it was (not poisoned, the
@@ -1040,8 +1067,9 @@ impl RaftLog {
         let seg = self.last_segment_mut();
         let free = seg.free_bytes() as usize;
         let seed = seg.seed();
-        let batch_start = entries[0].index;
+        let batch_start = first.index;
         let mut n = 0;
+        let mut last_term = first.term;
         for e in entries {
             if frames.len() + frame_padded_len(e.payload.len()) > free {
                 break;
@@ -1058,6 +1086,7 @@ impl RaftLog {
                 },
                 &e.payload,
             );
+            last_term = e.term;
             n += 1;
         }
         assert!(
@@ -1069,7 +1098,7 @@ impl RaftLog {
             frames,
             offsets,
             first: batch_start,
-            last_term: entries[n - 1].term,
+            last_term,
             entries: n,
         })
     }
@@ -1506,8 +1535,8 @@ impl crate::raft::Storage for RaftLog {
 ///
 /// # Errors
 /// [`LogError::NotContiguous`], [`LogError::TermRegression`], [`LogError::EntryTooLarge`].
-fn check_continues(
-    entries: &[LogEntry],
+fn check_continues<'a>(
+    entries: impl IntoIterator<Item = &'a LogEntry>,
     mut next: LogIndex,
     mut term: Term,
     payload_max: usize,

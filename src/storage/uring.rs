@@ -1,18 +1,26 @@
 //! The production file: durable writes through io_uring, reads through a shared mmap.
 //!
-//! This module holds the ONE place where a durable write is submitted: `push_linked` puts a
-//! batch's writes and one `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC` into one submission,
-//! each write carrying `IOSQE_IO_LINK`, and `check_linked` judges the completions. The link is
-//! what orders them: without it the kernel may start the fdatasync before the writes completed,
-//! and the sync would not cover them. With it, a failed or short write breaks the chain and the
-//! kernel completes the linked fsync with `-ECANCELED` instead of running it, so a write is never
-//! reported durable when it did not happen. Two ways wait for the same submission:
-//! - [`LogFile::write_durable`] blocks the calling thread (`io_uring_enter` with a wait): the rare
-//!   writes of the log (headers, seals, truncations, recovery) and tools;
-//! - [`LogFile::start_durable_write`] returns a future: the ring's fd is registered with the
-//!   current tokio runtime's reactor (`AsyncFd`), so the thread that submitted the write (the
-//!   node's event loop, the append engine in [`crate::storage::engine`]) goes on and is woken by
-//!   the completion. Outside a runtime it falls back to the blocking wait.
+//! This module holds the two places where a durable write is submitted, and `check_linked`
+//! judges their completions:
+//! - [`LogFile::write_durable`] (the rare writes of the log: headers, seals, truncations,
+//!   recovery; and tools) blocks the calling thread (`io_uring_enter` with a wait) on
+//!   `push_linked`'s submission: the batch's writes and one `IORING_OP_FSYNC` with
+//!   `IORING_FSYNC_DATASYNC`, each write carrying `IOSQE_IO_LINK`. The link is what orders them:
+//!   without it the kernel may start the fdatasync before the writes completed, and the sync
+//!   would not cover them. With it, a failed or short write breaks the chain and the kernel
+//!   completes the linked fsync with `-ECANCELED` instead of running it.
+//! - [`LogFile::start_durable_write`] (every append of the append engine,
+//!   [`crate::storage::engine`]) returns a future for `push_dsync_write`'s submission: ONE write
+//!   with `RWF_DSYNC`, which the kernel completes only after the written range is as durable as
+//!   `fdatasync` makes it (the same `->fsync(datasync)` call, `generic_write_sync`). One request
+//!   instead of a two-request chain, because every request io-wq completes wakes the submitting
+//!   thread: the chain cost the append engine's thread two wake-ups per group and a hop from
+//!   io-wq to that thread and back between the write and the sync. The ring's fd is registered
+//!   with the current tokio runtime's reactor (`AsyncFd`), so the thread that submitted the write
+//!   goes on and is woken by the completion. Outside a runtime it falls back to the blocking
+//!   linked chain.
+//!
+//! Either way a write is never reported durable when it did not happen, or when its sync did not.
 //!
 //! Any failure is returned to the caller, who must treat it as fatal (no retry: after a failed
 //! fdatasync the kernel may already have dropped the dirty pages — the 2018 "fsyncgate").
@@ -210,8 +218,8 @@ impl UringFile {
     }
 }
 
-/// One async durable write in the kernel's hands: owns the buffer and the ring until both
-/// completions were reaped. Dropped early (the waiting task was cancelled), it waits for them by
+/// One async durable write in the kernel's hands: owns the buffer and the ring until its
+/// completion was reaped. Dropped early (the waiting task was cancelled), it waits for it by
 /// blocking, so the kernel never writes from freed memory.
 struct InFlight {
     side: Option<WriteSide>,
@@ -226,15 +234,15 @@ impl InFlight {
         let Ring::Reactor(ring) = &mut side.ring else {
             unreachable!("registered before the write");
         };
-        let writes = [WriteAt {
+        let write = WriteAt {
             offset,
             bytes: &self.buffer,
-        }];
-        // ASYNC: hand the write to the kernel's io-wq at once instead of copying it into the page
-        // cache inside `io_uring_enter` on this thread (the linked fdatasync goes to io-wq
-        // anyway), so the submitting thread is free sooner for the rest of its work (the node's
-        // event loop: the RPCs of the same Ready).
-        let expects = push_linked(ring.get_mut(), fd, &writes, true, true)?;
+        };
+        // One `RWF_DSYNC` write, not a write linked to an fsync (see `push_dsync_write`): each
+        // request io-wq completes wakes this thread to run the completion's task work, so a
+        // two-request chain woke it twice per group and handed the chain from io-wq to this
+        // thread and back in between; one request is one hop and one wake-up.
+        let expects = [push_dsync_write(ring.get_mut(), fd, &write)?];
         let want = expects.len();
         self.in_flight = want;
         // etcd_disk_wal_fsync_duration_seconds: submission to the completion of the chain. The
@@ -305,17 +313,16 @@ fn error_at(path: &Path, what: &str, offset: u64, err: io::Error) -> io::Error {
 }
 
 /// Pushes `writes` (and the fdatasync if `with_sync`) as one linked chain: every write links to
-/// the next SQE, the last one to the fsync. `punt` sets `IOSQE_ASYNC` on the writes. The user
-/// data of SQE `i` is `i`. Returns what each completion must say.
+/// the next SQE, the last one to the fsync. The user data of SQE `i` is `i`. Returns what each
+/// completion must say.
 ///
-/// # Safety contract (kept by both callers)
+/// # Safety contract (kept by the caller)
 /// The buffers stay alive and unmoved until every completion of this chain was reaped.
 fn push_linked(
     ring: &mut IoUring,
     fd: i32,
     writes: &[WriteAt<'_>],
     with_sync: bool,
-    punt: bool,
 ) -> io::Result<Vec<Expect>> {
     let mut expects = Vec::with_capacity(writes.len() + 1);
     let mut sq = ring.submission();
@@ -329,9 +336,6 @@ fn push_linked(
         let mut flags = squeue::Flags::empty();
         if !last || with_sync {
             flags |= squeue::Flags::IO_LINK;
-        }
-        if punt {
-            flags |= squeue::Flags::ASYNC;
         }
         let sqe = opcode::Write::new(types::Fd(fd), w.bytes.as_ptr(), w.bytes.len() as u32)
             .offset(w.offset)
@@ -359,6 +363,41 @@ fn push_linked(
         });
     }
     Ok(expects)
+}
+
+/// Pushes one write with `RWF_DSYNC` and `IOSQE_ASYNC`: the kernel (io-wq, as `ASYNC` hands it
+/// there at once instead of copying into the page cache inside `io_uring_enter` on this thread)
+/// writes the bytes and then makes that range durable as `fdatasync` would
+/// (`generic_write_sync`: the same `->fsync(datasync)` call, limited to the written range), and
+/// completes only after both. A failed or short write, or a failed sync, is the completion's
+/// result; nothing reports it durable unless both happened. The user data is 0.
+///
+/// # Safety contract (kept by the caller)
+/// The buffer stays alive and unmoved until the completion was reaped.
+fn push_dsync_write(ring: &mut IoUring, fd: i32, write: &WriteAt<'_>) -> io::Result<Expect> {
+    assert!(
+        write.bytes.len() <= WRITE_BYTES_MAX,
+        "write of {} bytes exceeds WRITE_BYTES_MAX {WRITE_BYTES_MAX}",
+        write.bytes.len()
+    );
+    let sqe = opcode::Write::new(
+        types::Fd(fd),
+        write.bytes.as_ptr(),
+        write.bytes.len() as u32,
+    )
+    .offset(write.offset)
+    .rw_flags(libc::RWF_DSYNC)
+    .build()
+    .flags(squeue::Flags::ASYNC)
+    .user_data(0);
+    // SAFETY: the caller keeps the buffer alive and unmoved until this SQE's completion was
+    // reaped (see the function's contract).
+    unsafe { ring.submission().push(&sqe) }
+        .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+    Ok(Expect {
+        write_len: Some(write.bytes.len()),
+        offset: write.offset,
+    })
 }
 
 /// Reaps the ring's completions into `results` (by user data); returns how many were new.
@@ -439,7 +478,7 @@ fn submit_linked(
     chunk: &[WriteAt<'_>],
     with_sync: bool,
 ) -> io::Result<()> {
-    let expects = push_linked(ring, fd, chunk, with_sync, false)?;
+    let expects = push_linked(ring, fd, chunk, with_sync)?;
     let want = expects.len();
     let mut results: Vec<Option<i32>> = vec![None; want];
     let mut done = 0;
@@ -1024,6 +1063,44 @@ mod tests {
             msg.contains("write (the linked fdatasync was cancelled) at offset 0"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn async_dsync_write_lands_and_returns_its_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        UringVfs.create_zeroed(&p, 8192).unwrap();
+        let f = UringVfs.open(&p).unwrap();
+        let (r, buf) = tokio_uring::start(Arc::clone(&f).start_durable_write(4096, vec![7u8; 100]));
+        r.unwrap();
+        assert_eq!(buf, vec![7u8; 100], "the buffer comes back unchanged");
+        assert_eq!(&f.bytes()[4096..4196], &[7u8; 100][..]);
+        assert_eq!(&std::fs::read(&p).unwrap()[4096..4196], &[7u8; 100][..]);
+        // The write side is registered with that runtime's reactor: released (as the append
+        // engine does when it stops), the next runtime's write opens a new one.
+        f.release_io();
+        let (r, _) = tokio_uring::start(Arc::clone(&f).start_durable_write(0, vec![9u8; 8]));
+        r.unwrap();
+        assert_eq!(&f.bytes()[..8], &[9u8; 8]);
+        f.release_io();
+    }
+
+    #[test]
+    fn a_failed_async_dsync_write_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        UringVfs.create_zeroed(&p, 4096).unwrap();
+        let f = Arc::new(UringFile::open(&p).unwrap());
+        // A read-only descriptor makes the write fail with EBADF.
+        *f.io.lock().unwrap() = Some(WriteSide {
+            file: File::open(&p).unwrap(),
+            ring: Ring::Plain(IoUring::new(RING_ENTRIES).unwrap()),
+        });
+        let (r, buf) = tokio_uring::start(Arc::clone(&f).write_async(0, b"x".to_vec()));
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("write at offset 0"), "{msg}");
+        assert_eq!(buf, b"x", "the buffer comes back after a failure too");
+        assert_eq!(std::fs::read(&p).unwrap()[0], 0, "nothing was written");
     }
 
     #[test]
