@@ -1040,14 +1040,17 @@ impl Cluster {
                 Some(c) => {
                     let _ = writeln!(
                         msg,
-                        "  node {i}: {:?} term {} leader {:?} commit {} last {} durable {} hs {:?}",
+                        "  node {i}: {:?} term {} leader {:?} commit {} last {} durable {} hs {:?} \
+                         config {}",
                         c.role(),
                         c.term(),
                         c.leader(),
                         c.commit_index(),
                         s.mirror.last_index(),
                         s.durable.last_index(),
-                        s.durable_hs
+                        s.durable_hs,
+                        c.membership()
+                            .map_or_else(|| "unknown".to_string(), |m| m.to_string())
                     );
                 }
                 None => {
@@ -1543,19 +1546,7 @@ impl Cluster {
                         msg: brief(&env.msg),
                     });
                 }
-                // The core ignores votes and answers from servers outside its configuration
-                // (only a leader's messages are taken from anyone): those need not move its term.
-                let from_leader = matches!(
-                    env.msg,
-                    Message::AppendEntries(_)
-                        | Message::InstallSnapshot(_)
-                        | Message::TimeoutNow(_)
-                );
-                let heard = from_leader
-                    || self
-                        .core(to)
-                        .is_some_and(|c| c.node.membership().contains(node_id(from)));
-                let must_adopt = must_adopt_term(&env.msg).filter(|_| heard);
+                let must_adopt = must_adopt_term(&env.msg);
                 let is_request = crate::driver::RequestKind::of_request(&env.msg).is_some();
                 if is_request {
                     let (reply, answer) = oneshot::channel();
@@ -2049,6 +2040,11 @@ impl Cluster {
         s.joined = true;
         self.stats.wipes += 1;
         self.trace_note(format!("n{i}: disk wiped; it will join as a new node"));
+    }
+
+    /// Whether node `i`'s disk was ever wiped (it runs as a joining node since, `Config::join`).
+    pub fn wiped(&self, i: usize) -> bool {
+        self.slots[i].joined
     }
 
     /// Crashes node `i` at this instant (no-op if it is down): its process is gone and its disk

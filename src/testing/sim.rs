@@ -341,7 +341,14 @@ fn operator_move(
                 c.restart(j);
                 st.readded_wiped += 1;
             }
-            if rng.below(100) < 85 || !room {
+            // A wiped node comes back as a learner only (as an operator replacing a server
+            // does): it grants no vote until its log holds the entry that added it
+            // (`Config::join`), so added directly as a voter it could leave a configuration
+            // that needs its vote without a leader for good, should the leader fail before
+            // that entry reached it (seed 852 of issue 15: voters 1 and 3, 1 just wiped).
+            // The core cannot refuse that change (the leader cannot tell an empty disk);
+            // promotion is where it checks (`propose_conf_change`).
+            if rng.below(100) < 85 || !room || c.wiped(j) {
                 Some(ConfChange::AddLearner(node_id(j)))
             } else {
                 Some(ConfChange::AddVoter(node_id(j)))
