@@ -437,7 +437,7 @@ fn a_learner_is_promoted_only_once_it_holds_the_entry_that_added_it() {
         .propose_conf_change(ConfChange::PromoteLearner(NodeId(4)))
     {
         Err(ProposeError::BadConfChange(why)) => {
-            assert!(why.contains("not in sync"), "{why}");
+            assert!(why.contains("in sync with leader"), "{why}");
             assert!(why.contains(&format!("entry {added}")), "{why}");
         }
         other => panic!("a learner that never answered is promoted: {other:?}"),

@@ -761,9 +761,12 @@ impl<S: Storage> RaftNode<S> {
         }
         let matched = self.progress.get(&id).map_or(0, |p| p.match_index.0);
         if matched < added_at {
+            // etcd's words for a lagging learner, so that a client retrying on them (as
+            // etcdctl users and tests/membership_cluster.rs do) retries on this refusal too.
             return Err(ProposeError::BadConfChange(format!(
-                "learner {id} is not in sync with the leader: it has not yet acknowledged entry \
-                 {added_at}, which added it (it holds entries up to {matched})"
+                "can only promote a learner member which is in sync with leader: learner {id} \
+                 has not yet acknowledged entry {added_at}, which added it (it holds entries up \
+                 to {matched})"
             )));
         }
         Ok(())

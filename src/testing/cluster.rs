@@ -1314,6 +1314,10 @@ impl Cluster {
                 Ok(prefix) => {
                     let r = self.checker.on_append(i, e, prefix);
                     self.check(r);
+                    if e.entry_type == EntryType::ConfChange {
+                        let r = self.check_one_change_at_a_time(i, e);
+                        self.check(r);
+                    }
                 }
                 Err(expected) => self.fail(Violation::new(
                     Property::ReadyContract,
@@ -1843,6 +1847,41 @@ impl Cluster {
         self.check(r);
         let r = self.check_views(i);
         self.check(r);
+    }
+
+    /// Thesis §4.1: a leader appends a configuration entry only once the previous one in its log
+    /// is committed, so that the majorities of two successive configurations always overlap. Seen
+    /// from outside the core: when a leader appends a configuration entry of its own term, no
+    /// other configuration entry lies in its log above the highest commit index any node
+    /// reported (which is at least the leader's own). Runs only for configuration entries (rare),
+    /// scanning the leader's uncommitted tail.
+    fn check_one_change_at_a_time(&self, i: usize, e: &LogEntry) -> Result<(), Violation> {
+        let Some(core) = self.core(i).map(|c| &c.node) else {
+            return Ok(());
+        };
+        if core.role() != Role::Leader || core.term() != e.term {
+            return Ok(());
+        }
+        let committed = self.checker.committed_len();
+        let mut j = e.index.0;
+        while j > committed + 1 {
+            j -= 1;
+            let Some(other) = core.log_entry(LogIndex(j)) else {
+                break;
+            };
+            if other.entry_type == EntryType::ConfChange {
+                return Err(Violation::new(
+                    Property::OneChangeAtATime,
+                    format!(
+                        "leader {i} of term {} appends a configuration entry at index {} while \
+                         the one at index {j} (term {}) is not committed anywhere (highest commit \
+                         index {committed})",
+                        e.term, e.index, other.term
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The node's own view of its log, durability and application must match what the driver
