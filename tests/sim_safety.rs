@@ -3,6 +3,8 @@
 //! every event, then a liveness phase (leader and a fresh commit after the faults stop).
 //!
 //! - default: seeds 0..2000 (N = 3, 5, 7 by seed % 3), 20,000 chaos events each, on all cores;
+//!   in 75 % of the seeds an operator changes the membership and moves leadership during the
+//!   chaos phase (issue 15; `SIM_MEMBERSHIP=0` turns that off);
 //! - `SIM_SEEDS=<n>`: run n seeds; `SIM_FIRST_SEED=<s>`: start at s; `SIM_EVENTS=<e>`: events per
 //!   seed; `SIM_THREADS=<t>`: worker threads; `SIM_KEEP_GOING=1`: run every seed and list all
 //!   failures instead of stopping at the first;

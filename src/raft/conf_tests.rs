@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::mutation::{self, Mutation};
 use crate::raft::membership::{ConfChange, Membership};
 use crate::raft::{
-    AppendEntries, Config, Envelope, HardState, MemStorage, Message, ProposeError, RaftNode, Role,
-    SnapshotId,
+    AppendEntries, Config, Envelope, HardState, MemStorage, Message, ProposeError, RaftNode,
+    RequestVote, RequestVoteResponse, Role, SnapshotId,
 };
 use crate::types::{EntryType, LogEntry, LogIndex, NodeId, Term};
 
@@ -362,6 +362,124 @@ fn a_removed_leader_steps_down_once_its_removal_commits() {
         net.node(l[0].0).commit_index() >= p,
         "2 and 3 commit on their own"
     );
+}
+
+/// Raft answers a vote request from any server (§5.1, thesis §4.1): a voter whose log does not
+/// hold the configuration entry that made the candidate a voter yet must still answer it. The
+/// core used to ignore such requests; in simulator seed 201 (issue 15) the one server that could
+/// win (its log held the newest configuration, listing it) needed the vote of a server whose
+/// older configuration did not list it, and the cluster stayed without a leader for good.
+#[test]
+fn a_vote_request_from_a_server_outside_the_configuration_is_answered() {
+    let mut n2 = RaftNode::new(
+        config(2, &[1, 2, 3], &[]),
+        HardState::default(),
+        MemStorage::default(),
+    )
+    .expect("valid config");
+    for pre_vote in [true, false] {
+        n2.step(Envelope {
+            from: NodeId(4),
+            to: NodeId(2),
+            msg: Message::RequestVote(RequestVote {
+                term: Term(1),
+                candidate_id: NodeId(4),
+                last_log_index: LogIndex(3),
+                last_log_term: Term(1),
+                pre_vote,
+                leader_transfer: false,
+            }),
+        });
+        let mut answers = Vec::new();
+        while n2.has_ready() {
+            let mut r = n2.ready();
+            let token = r.persist_token();
+            answers.append(&mut r.messages);
+            n2.storage_mut().append(&r.entries);
+            n2.on_persisted(token);
+            answers.append(&mut r.persisted_messages);
+        }
+        let granted = answers.iter().any(|e| {
+            e.to == NodeId(4)
+                && matches!(
+                    e.msg,
+                    Message::RequestVoteResponse(RequestVoteResponse {
+                        vote_granted: true,
+                        pre_vote: p,
+                        ..
+                    }) if p == pre_vote
+                )
+        });
+        assert!(
+            granted,
+            "node 2 grants {} to node 4, which its configuration does not list: {answers:?}",
+            if pre_vote { "a pre-vote" } else { "its vote" }
+        );
+    }
+    assert_eq!(n2.hard_state().vote, Some(NodeId(4)));
+    n2.check_invariants();
+}
+
+/// A learner is promoted only once it acknowledged the entry that added it. Before, a learner
+/// that joined with an empty disk (`Config::join`) grants no vote: promoted, it would be a voter
+/// that cannot vote, and a configuration that needs its vote (voters 1 and 3 in simulator seed
+/// 852 of issue 15, after the learner was promoted with 9 of 124 entries) elects no leader again
+/// once the leader fails.
+#[test]
+fn a_learner_is_promoted_only_once_it_holds_the_entry_that_added_it() {
+    let mut net = Net::new(&[1, 2, 3], &[], &[4]);
+    net.elect_1();
+    net.down.insert(NodeId(4));
+    let added = net.change(ConfChange::AddLearner(NodeId(4)));
+    assert!(net.node(1).commit_index() >= added, "1, 2 and 3 commit it");
+    match net
+        .node_mut(1)
+        .propose_conf_change(ConfChange::PromoteLearner(NodeId(4)))
+    {
+        Err(ProposeError::BadConfChange(why)) => {
+            assert!(why.contains("in sync with leader"), "{why}");
+            assert!(why.contains(&format!("entry {added}")), "{why}");
+        }
+        other => panic!("a learner that never answered is promoted: {other:?}"),
+    }
+    assert!(net.node(1).membership().is_learner(NodeId(4)));
+    net.down.clear();
+    net.tick(10);
+    assert!(net.node(4).last_index() >= added);
+    net.change(ConfChange::PromoteLearner(NodeId(4)));
+    assert!(net.node(1).membership().is_voter(NodeId(4)));
+}
+
+/// A leader that removed itself and was deposed before the removal committed campaigns again:
+/// its log alone holds the removal, so the other voter (whose log is shorter) cannot win without
+/// it and it must not wait for a leader that cannot come (simulator seeds 253, 703, 1188, 1899
+/// of issue 15). Elected, it commits its removal and steps down, and the other voter leads.
+#[test]
+fn a_deposed_leader_whose_removal_is_uncommitted_campaigns_until_it_commits() {
+    let mut net = Net::new(&[1, 2], &[], &[]);
+    net.elect_1();
+    net.down.insert(NodeId(2));
+    let (removal, _) = net
+        .node_mut(1)
+        .propose_conf_change(ConfChange::RemoveNode(NodeId(1)))
+        .expect("taken");
+    // CheckQuorum: with 2 silent, 1 steps down; the removal is in its log only.
+    net.tick(100);
+    assert_ne!(net.node(1).role(), Role::Leader);
+    assert!(net.node(1).commit_index() < removal);
+    assert_eq!(net.node(1).membership(), &members(&[2], &[]));
+    net.down.clear();
+    net.tick(2_000);
+    assert_eq!(
+        net.leaders(),
+        vec![NodeId(2)],
+        "2 leads once 1 committed the removal"
+    );
+    assert!(net.node(2).commit_index() > removal);
+    assert_eq!(net.node(2).membership(), &members(&[2], &[]));
+    let (p, _) = net.node_mut(2).propose(b"after".to_vec()).expect("leader");
+    net.tick(10);
+    assert!(net.node(2).commit_index() >= p, "2 commits alone");
 }
 
 // ---------------------------------------------------------------------------------------------

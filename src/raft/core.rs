@@ -563,27 +563,25 @@ impl<S: Storage> RaftNode<S> {
         }
     }
 
-    /// Handles one inbound message. Messages from unknown servers or addressed to another server
-    /// are ignored.
+    /// Handles one inbound message, from any server (a member of this node's configuration or
+    /// not). Messages addressed to another server are ignored.
     pub fn step(&mut self, envelope: Envelope) {
         let Envelope { from, to, msg } = envelope;
         if to != self.config.id || from == self.config.id {
             return;
         }
-        // A leader's messages are taken from anyone: a server being added learns it is a member
-        // only from the leader's log, and a leader whose removal is not committed still leads.
-        // Everything else (votes, answers) counts only from members of the configuration.
-        let from_leader = matches!(
-            msg,
-            Message::AppendEntries(_) | Message::InstallSnapshot(_) | Message::TimeoutNow(_)
-        );
-        if !from_leader && !self.membership().contains(from) {
-            tracing::debug!(
-                id = %self.config.id, from = %from,
-                "ignoring a message from a server outside the configuration"
-            );
-            return;
-        }
+        // Messages are taken from any server, member of our configuration or not (Raft §5.1,
+        // thesis §4.1). Configurations differ between servers while a change spreads: a
+        // server being added learns it is a member only from the leader's log, a leader whose
+        // removal is not committed still leads, and a voter whose log holds a newer
+        // configuration than ours may be the only candidate that can win: ignoring its vote
+        // requests left clusters without a leader for good (simulator seeds 201, 759, 1032 of
+        // issue 15). Answering is safe: a vote is counted only by a candidate whose own
+        // configuration lists the voter (`tally_votes`), an answer only by a leader that tracks
+        // the follower (`handle_append_response`). A removed server cannot disrupt: it stops
+        // campaigning once its log holds its removal (`campaign`), its pre-votes are refused
+        // by the majority holding the removal (their logs are more up to date), and a vote
+        // request with a higher term does not pass a live leader's lease (`in_lease`).
         if let Message::AppendEntries(ae) = &msg {
             if let Err(why) = check_append_shape(from, ae, self.config.max_entry_payload_bytes) {
                 // Input from the network is not trusted to be well-formed: a malformed append
@@ -727,6 +725,9 @@ impl<S: Storage> RaftNode<S> {
         self.membership()
             .apply(cc)
             .map_err(ProposeError::BadConfChange)?;
+        if let ConfChange::PromoteLearner(id) = cc {
+            self.check_learner_holds_its_addition(id)?;
+        }
         let index = self.log.last_index().next();
         tracing::info!(
             id = %self.config.id, term = %self.term, index = %index, change = %cc,
@@ -739,6 +740,36 @@ impl<S: Storage> RaftNode<S> {
             payload: cc.encode(),
         }]);
         Ok((index, self.term))
+    }
+
+    /// Refuses to promote learner `id` before it acknowledged the entry that added it (or, when
+    /// that entry was compacted, the snapshot that holds it). Until its log holds that entry, a
+    /// learner that joined with an empty disk grants no vote (`Config::join`); promoted earlier,
+    /// it would be a voter that cannot vote, and a configuration whose other voters cannot elect
+    /// a leader without it (two voters, say) would stay without one for good once the leader
+    /// failed (simulator seed 852 of issue 15). Operators see this refusal only for a learner
+    /// that is barely started: etcd's own rule (`LearnerNotReady` in the driver) asks more.
+    fn check_learner_holds_its_addition(&self, id: NodeId) -> Result<(), ProposeError> {
+        // The latest entry that made `id` a member; before any, the snapshot's configuration.
+        let mut added_at = self.log.first_index().0.saturating_sub(1);
+        let mut before = &self.membership_base;
+        for (i, m) in &self.conf_entries {
+            if m.contains(id) && !before.contains(id) {
+                added_at = i.0;
+            }
+            before = m;
+        }
+        let matched = self.progress.get(&id).map_or(0, |p| p.match_index.0);
+        if matched < added_at {
+            // etcd's words for a lagging learner, so that a client retrying on them (as
+            // etcdctl users and tests/membership_cluster.rs do) retries on this refusal too.
+            return Err(ProposeError::BadConfChange(format!(
+                "can only promote a learner member which is in sync with leader: learner {id} \
+                 has not yet acknowledged entry {added_at}, which added it (it holds entries up \
+                 to {matched})"
+            )));
+        }
+        Ok(())
     }
 
     /// The configuration in effect on this node: that of the last configuration entry in its log
@@ -1298,7 +1329,7 @@ impl<S: Storage> RaftNode<S> {
 
     /// The election timer fired: start a pre-vote round (thesis §9.6) or a real election.
     fn campaign(&mut self) {
-        if !self.membership().is_voter(self.config.id) {
+        if !self.may_campaign() {
             // Learners and servers outside the configuration never campaign (thesis §4.2.1,
             // §4.2.3): they could not win, and their higher terms would only disrupt. The timer
             // is not reset (as in etcd), so one that stopped hearing from a leader leaves its
@@ -1310,6 +1341,27 @@ impl<S: Storage> RaftNode<S> {
         } else {
             self.become_candidate(false);
         }
+    }
+
+    /// Whether this node may start an election: it is a voter of its configuration, or it was
+    /// one until an entry that removed it, which it does not know to be committed yet.
+    ///
+    /// The second case is a leader that removed itself and was deposed (a higher term,
+    /// CheckQuorum) before its removal committed. Its log may be the only one holding the
+    /// removal and the entries before it, so the voters of the new configuration may need it to
+    /// lead again: they refuse their votes to each other (their logs are less up to date) and
+    /// it would refuse its vote to them, leaving the cluster without a leader for good
+    /// (simulator seeds 253, 703, 1188, 1899 of issue 15). Its election is counted in its
+    /// configuration in effect, which does not list it (its own vote does not count); once
+    /// elected it commits the removal and steps down (`on_commit_advanced`), as a removed
+    /// leader does (thesis §4.2.2). A removal known to be committed ends its campaigns.
+    fn may_campaign(&self) -> bool {
+        let id = self.config.id;
+        if self.membership().is_voter(id) {
+            return true;
+        }
+        self.membership_index().is_some_and(|i| i > self.commit)
+            && self.membership_at(self.commit).is_voter(id)
     }
 
     /// Whether a vote request may pass a leader lease (§4.2.3): only one from an election the

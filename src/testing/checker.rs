@@ -54,6 +54,9 @@ pub enum Property {
     /// After a crash and power loss, the storage engine's recovery lost (or changed) an entry or a
     /// hard state the engine had reported durable.
     Durability,
+    /// A leader appended a configuration entry while an earlier one in its log was committed
+    /// nowhere (one single-server change at a time).
+    OneChangeAtATime,
 }
 
 impl Property {
@@ -74,6 +77,7 @@ impl Property {
             Property::Liveness => "Liveness after faults stop",
             Property::ReadLinearizability => "Linearizable reads (ReadIndex)",
             Property::Durability => "What was reported durable survives a power loss",
+            Property::OneChangeAtATime => "One configuration change at a time",
         }
     }
 
@@ -94,6 +98,7 @@ impl Property {
             Property::Liveness => "Raft §5.2, §9.3 (issue 3 liveness target)",
             Property::ReadLinearizability => "thesis §6.4 (ReadIndex)",
             Property::Durability => "Raft Figure 2 (persistent state), docs/FORMAT.md",
+            Property::OneChangeAtATime => "thesis §4.1 (single-server changes)",
         }
     }
 }

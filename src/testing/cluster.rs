@@ -1040,14 +1040,17 @@ impl Cluster {
                 Some(c) => {
                     let _ = writeln!(
                         msg,
-                        "  node {i}: {:?} term {} leader {:?} commit {} last {} durable {} hs {:?}",
+                        "  node {i}: {:?} term {} leader {:?} commit {} last {} durable {} hs {:?} \
+                         config {}",
                         c.role(),
                         c.term(),
                         c.leader(),
                         c.commit_index(),
                         s.mirror.last_index(),
                         s.durable.last_index(),
-                        s.durable_hs
+                        s.durable_hs,
+                        c.membership()
+                            .map_or_else(|| "unknown".to_string(), |m| m.to_string())
                     );
                 }
                 None => {
@@ -1311,6 +1314,10 @@ impl Cluster {
                 Ok(prefix) => {
                     let r = self.checker.on_append(i, e, prefix);
                     self.check(r);
+                    if e.entry_type == EntryType::ConfChange {
+                        let r = self.check_one_change_at_a_time(i, e);
+                        self.check(r);
+                    }
                 }
                 Err(expected) => self.fail(Violation::new(
                     Property::ReadyContract,
@@ -1543,19 +1550,7 @@ impl Cluster {
                         msg: brief(&env.msg),
                     });
                 }
-                // The core ignores votes and answers from servers outside its configuration
-                // (only a leader's messages are taken from anyone): those need not move its term.
-                let from_leader = matches!(
-                    env.msg,
-                    Message::AppendEntries(_)
-                        | Message::InstallSnapshot(_)
-                        | Message::TimeoutNow(_)
-                );
-                let heard = from_leader
-                    || self
-                        .core(to)
-                        .is_some_and(|c| c.node.membership().contains(node_id(from)));
-                let must_adopt = must_adopt_term(&env.msg).filter(|_| heard);
+                let must_adopt = must_adopt_term(&env.msg);
                 let is_request = crate::driver::RequestKind::of_request(&env.msg).is_some();
                 if is_request {
                     let (reply, answer) = oneshot::channel();
@@ -1854,6 +1849,41 @@ impl Cluster {
         self.check(r);
     }
 
+    /// Thesis §4.1: a leader appends a configuration entry only once the previous one in its log
+    /// is committed, so that the majorities of two successive configurations always overlap. Seen
+    /// from outside the core: when a leader appends a configuration entry of its own term, no
+    /// other configuration entry lies in its log above the highest commit index any node
+    /// reported (which is at least the leader's own). Runs only for configuration entries (rare),
+    /// scanning the leader's uncommitted tail.
+    fn check_one_change_at_a_time(&self, i: usize, e: &LogEntry) -> Result<(), Violation> {
+        let Some(core) = self.core(i).map(|c| &c.node) else {
+            return Ok(());
+        };
+        if core.role() != Role::Leader || core.term() != e.term {
+            return Ok(());
+        }
+        let committed = self.checker.committed_len();
+        let mut j = e.index.0;
+        while j > committed + 1 {
+            j -= 1;
+            let Some(other) = core.log_entry(LogIndex(j)) else {
+                break;
+            };
+            if other.entry_type == EntryType::ConfChange {
+                return Err(Violation::new(
+                    Property::OneChangeAtATime,
+                    format!(
+                        "leader {i} of term {} appends a configuration entry at index {} while \
+                         the one at index {j} (term {}) is not committed anywhere (highest commit \
+                         index {committed})",
+                        e.term, e.index, other.term
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The node's own view of its log, durability and application must match what the driver
     /// saw (cheap: last entry only).
     fn check_views(&self, i: usize) -> Result<(), Violation> {
@@ -2049,6 +2079,11 @@ impl Cluster {
         s.joined = true;
         self.stats.wipes += 1;
         self.trace_note(format!("n{i}: disk wiped; it will join as a new node"));
+    }
+
+    /// Whether node `i`'s disk was ever wiped (it runs as a joining node since, `Config::join`).
+    pub fn wiped(&self, i: usize) -> bool {
+        self.slots[i].joined
     }
 
     /// Crashes node `i` at this instant (no-op if it is down): its process is gone and its disk
