@@ -183,6 +183,14 @@ impl EtcdApi {
                     );
                     return Err(Status::failed_precondition(LEARNER_NOT_READY));
                 }
+                // The core's own promotion check (the learner has not acknowledged the entry
+                // that added it) uses etcd's words: the client gets etcd's exact text.
+                Err(MemberRefused::Invalid(why))
+                    if why.starts_with(LEARNER_NOT_READY.trim_start_matches("etcdserver: ")) =>
+                {
+                    tracing::info!("refused to promote a learner: {why}");
+                    return Err(Status::failed_precondition(LEARNER_NOT_READY));
+                }
                 Err(refused @ (MemberRefused::Invalid(_) | MemberRefused::NoRegistry)) => {
                     return Err(Status::failed_precondition(format!(
                         "rust-raft-log: {refused}"

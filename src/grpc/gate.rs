@@ -13,8 +13,16 @@
 //!    One exception: a node that is a learner or outside its own configuration (a member being
 //!    added, still catching up: its view of the configuration lags the leader's) takes a
 //!    leader's messages (AppendEntries, InstallSnapshot, TimeoutNow) from any sender of this
-//!    cluster, because the leader may be a member added after the entries it has seen; the core
-//!    does the same (`RaftNode::step`).
+//!    cluster, because the leader may be a member added after the entries it has seen.
+//!
+//! The gate is stricter than the core: `RaftNode::step` answers vote requests from any server
+//! (Raft's rule; the simulator found clusters that could elect no leader without it: a server
+//! whose log holds a newer configuration can be the only one able to win, and a voter that has
+//! not appended that configuration yet would ignore it). The gate still refuses a sender outside
+//! this node's configuration, votes included, because those refusals are how a removed node that
+//! never appended its own removal learns of it and stops (`crate::grpc::peers`). So on real
+//! processes a voter that lags on the configuration refuses a candidate it does not know yet,
+//! until it appends the entry that added it; docs/OPERATIONS.md says what an operator sees.
 //!
 //! A refusal is `FailedPrecondition` (another cluster, no cluster id) or `PermissionDenied` (not
 //! a member, or a certificate naming another member), with a message naming both sides. The
