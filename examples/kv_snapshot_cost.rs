@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rust_raft_log::etcdpb::etcdserverpb::{request_op::Request, PutRequest, RequestOp};
 use rust_raft_log::kv::KvStore;
+use rust_raft_log::testing::thread_cpu_ns;
 
 /// As in the node binary (`src/main.rs`): the store allocates per write.
 #[global_allocator]
@@ -57,18 +58,6 @@ fn build(keys: u64) -> KvStore {
         store.apply(&put(i, i as u8)).expect("put");
     }
     store
-}
-
-/// CPU time of the calling thread, in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {

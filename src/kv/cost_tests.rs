@@ -15,6 +15,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::testing::thread_cpu_ns;
+
 use super::{encode_command, EventSink, KvStore};
 use crate::etcdpb::etcdserverpb::{request_op::Request, PutRequest, RangeRequest, RequestOp};
 use crate::etcdpb::mvccpb::Event;
@@ -64,18 +66,6 @@ fn report(name: &str, mut per_op_ns: Vec<f64>) -> f64 {
         per_op_ns[per_op_ns.len() - 1]
     );
     median
-}
-
-/// CPU time of the calling thread, in nanoseconds.
-pub(super) fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to fill.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn timed(mut op: impl FnMut(u64)) -> f64 {

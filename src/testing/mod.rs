@@ -9,6 +9,8 @@
 //! - [`transfer`]: the leadership transfer scenario (thesis §3.10) the transfer tests sweep.
 //! - [`sim`]: the randomized fault schedule, the liveness phase and the seed sweep that
 //!   `tests/sim_*.rs` run.
+//! - [`thread_cpu_ns`]: the clock of the in-process cost measurements (`kv::cost_tests`, the
+//!   watch fan-out's cost test, `examples/kv_snapshot_cost.rs`).
 //!
 //! Nothing here is used by the production binary. See `docs/TESTING.md`.
 
@@ -19,3 +21,17 @@ pub mod network;
 pub mod rng;
 pub mod sim;
 pub mod transfer;
+
+/// CPU time of the calling thread, in nanoseconds (`CLOCK_THREAD_CPUTIME_ID`): what a cost
+/// measurement reads instead of wall time, so that time the thread spends descheduled on a
+/// shared machine does not land in whichever round it happened in.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
