@@ -208,7 +208,16 @@ fn puts_during_snapshot(store: &mut KvStore, keys: u64, snapshot: bool) {
 
 fn main() -> io::Result<()> {
     let large: u64 = match std::env::args().nth(1) {
-        Some(arg) => arg.parse().expect("key count"),
+        Some(arg) => match arg.parse() {
+            Ok(count) => count,
+            Err(_) => {
+                eprintln!(
+                    "usage: cargo run --release --example kv_snapshot_cost [-- <large key count>]\n\
+                     (the one argument is a number of keys; got {arg:?})"
+                );
+                std::process::exit(2);
+            }
+        },
         None => 1_000_000,
     };
     let dir = std::env::var_os("SNAPSHOT_DIR")
