@@ -183,6 +183,8 @@ pub struct Injector {
     cut: bool,
     /// The most voters a `MemberList` showed after a `grow` (0: no growth).
     pub voters_max: usize,
+    /// Membership faults (`shrink`, `replace-member`) that removed the node leading then.
+    pub leaders_removed: u32,
     /// Findings: nodes that exited on their own, network commands that failed.
     pub findings: Vec<String>,
 }
@@ -199,6 +201,7 @@ impl Injector {
             shrinks: 0,
             cut: false,
             voters_max: 0,
+            leaders_removed: 0,
             findings: Vec::new(),
         }
     }
@@ -329,7 +332,9 @@ impl Injector {
                     return Vec::new();
                 };
                 match crate::membership::replace(cluster, slot).await {
-                    Ok(r) => eprintln!(
+                    Ok(r) => {
+                        self.leaders_removed += u32::from(r.was_leader);
+                        eprintln!(
                         "chaos: slot {slot}: node {} removed{}, node {} added, promoted after {} \
                          refusals, {:.1} s",
                         r.removed,
@@ -337,7 +342,8 @@ impl Injector {
                         r.added,
                         r.promote_refusals,
                         r.took.as_secs_f64()
-                    ),
+                    )
+                    }
                     Err(e) => self.findings.push(e.to_string()),
                 }
                 vec![slot]
@@ -387,14 +393,17 @@ impl Injector {
                     }
                 };
                 match crate::membership::shrink(cluster, slot).await {
-                    Ok(r) => eprintln!(
-                        "chaos: slot {slot}: node {} removed{}, exited by itself (78) {:.1} s \
+                    Ok(r) => {
+                        self.leaders_removed += u32::from(r.was_leader);
+                        eprintln!(
+                            "chaos: slot {slot}: node {} removed{}, exited by itself (78) {:.1} s \
                          later, {:.1} s",
-                        r.removed,
-                        if r.was_leader { " (the leader)" } else { "" },
-                        r.exit_after.as_secs_f64(),
-                        r.took.as_secs_f64()
-                    ),
+                            r.removed,
+                            if r.was_leader { " (the leader)" } else { "" },
+                            r.exit_after.as_secs_f64(),
+                            r.took.as_secs_f64()
+                        )
+                    }
                     Err(e) => self.findings.push(e.to_string()),
                 }
                 vec![slot]

@@ -146,7 +146,7 @@ pub fn render(report: &RunReport) -> String {
         "chaos-result flavor={} nodes={} seed={} seconds={:.0} answered={} failed={} faults={} \
          failed_per_fault={:.1} nospace={} findings={} verdict={} watchers={} watch_streams={} \
          watch_events={} watch_anomalies={} write_pause_median_ms={:.1} write_pause_max_ms={:.1} \
-         voters_max={} final_members={}",
+         voters_max={} leaders_removed={} final_members={}",
         plan.flavor.name(),
         plan.nodes,
         plan.workload.seed,
@@ -175,6 +175,7 @@ pub fn render(report: &RunReport) -> String {
         pause_median as f64 / 1e6,
         pause_max as f64 / 1e6,
         report.voters_max,
+        report.leaders_removed,
         report.final_members.len()
     );
     if !report.passed() {

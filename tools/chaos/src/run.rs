@@ -74,6 +74,8 @@ pub struct RunReport {
     pub hashes: std::collections::BTreeMap<u32, (i64, u32)>,
     /// The most voters a `MemberList` showed after a `grow` (0: none grew).
     pub voters_max: usize,
+    /// Membership faults that removed the node leading then.
+    pub leaders_removed: u32,
     /// Members (slots) at the end.
     pub final_members: Vec<u32>,
     pub elapsed: Duration,
@@ -258,6 +260,7 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
         watch_verdict,
         hashes,
         voters_max: injector.voters_max,
+        leaders_removed: injector.leaders_removed,
         final_members,
         elapsed: started.elapsed(),
     })
