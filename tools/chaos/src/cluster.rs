@@ -638,3 +638,39 @@ fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Endpoints;
+
+    fn five_slots(members: usize) -> Endpoints {
+        let addrs = (0..5)
+            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 2379 + i)))
+            .collect();
+        Endpoints::new(addrs, members)
+    }
+
+    #[test]
+    fn clients_move_among_members_only_and_follow_changes() {
+        let e = five_slots(3);
+        assert_eq!(e.member_indexes(), vec![0, 1, 2]);
+        assert_eq!(e.next_member(2), 0, "dormant slots 4 and 5 are skipped");
+        assert_eq!(e.member_from(4), 0);
+        e.set(4, true); // slot 4 grew
+        assert_eq!(e.next_member(2), 3);
+        assert_eq!(e.members(), 4);
+        e.set(1, false); // slot 1 shrank
+        assert_eq!(e.next_member(3), 1, "slot 1 is no longer a member");
+        assert_eq!(e.member_from(0), 1);
+        assert_eq!(e.member_indexes(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn with_no_member_a_client_stays_where_it_is() {
+        let e = five_slots(1);
+        e.set(1, false);
+        assert_eq!(e.members(), 0);
+        assert_eq!(e.member_from(3), 3);
+        assert_eq!(e.next_member(3), 4);
+    }
+}
