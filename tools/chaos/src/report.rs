@@ -121,7 +121,7 @@ pub fn render(report: &RunReport) -> String {
     let (pause_median, pause_max) = median_max(&pauses);
     let _ = writeln!(
         out,
-        "HashKV after the run (node: (revision, hash)): {:?}",
+        "HashKV after the run (slot: (revision, hash)): {:?}",
         report.hashes
     );
     if report.findings.is_empty() {

@@ -229,7 +229,7 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
     let final_members = cluster.ids();
     if hashes.len() != final_members.len() || distinct.len() != 1 {
         findings.push(format!(
-            "members disagree after the run (node: (revision, HashKV)): {hashes:?}"
+            "members disagree after the run (slot: (revision, HashKV)): {hashes:?}"
         ));
     }
     let final_revision = hashes
