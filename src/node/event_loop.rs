@@ -178,8 +178,9 @@ struct MemberSync {
 }
 
 /// How the loop learns that its node was removed from the cluster, so it stops (as etcd stops
-/// a removed member) instead of waiting or campaigning forever. Two kinds of evidence, each of
-/// which must last `grace` (several election timeouts) so that an uncommitted change a new
+/// a removed member) instead of waiting or campaigning forever. A removal this node knows is
+/// committed stops it at once ([`RemovalWatch::committed_removal`]). Otherwise two kinds of
+/// evidence, each of which must last `grace` (several election timeouts) so that an uncommitted change a new
 /// leader truncates, or a member that has not appended this node's addition yet, does not stop
 /// a member:
 /// - **its own log**: a configuration without it is in effect, after it was a member of one
@@ -258,6 +259,24 @@ impl RemovalWatch {
             )
         })
     }
+
+    /// A configuration without this node, in effect since `index` (`None`: the one it started
+    /// with), that is committed (`index <= commit`) can never be truncated, so it needs no grace:
+    /// the node stops at once, as etcd stops a member that applies its own removal. Without
+    /// this, a removed leader (it steps down when its removal commits) held its clients'
+    /// requests for the whole grace, 1.5 s in the chaos runs, instead of sending them elsewhere.
+    fn committed_removal(
+        &self,
+        membership: &crate::raft::Membership,
+        me: NodeId,
+        index: Option<LogIndex>,
+        commit: LogIndex,
+    ) -> Option<String> {
+        let index = index?;
+        (self.member_seen && !membership.contains(me) && index <= commit).then(|| {
+            format!("its removal, the configuration {membership} at index {index}, is committed")
+        })
+    }
 }
 
 /// How often (in loop ticks, 1 ms) the loop looks for evidence of its removal.
@@ -289,6 +308,14 @@ impl MemberSync {
             .copied()
             .filter(|v| *v != me && peers.address(*v).is_some())
             .collect();
+        if let Some(why) = watch.committed_removal(
+            &membership,
+            me,
+            core.membership_index(),
+            core.commit_index(),
+        ) {
+            return Some(why);
+        }
         let refusing = peers.refusing_as_non_member(watch.grace, watch.grace);
         watch.observe(
             now,
@@ -949,7 +976,7 @@ mod tests {
         //! [`super::super::RemovalWatch`]: when the evidence says the node was removed.
         use super::super::RemovalWatch;
         use crate::raft::Membership;
-        use crate::types::NodeId;
+        use crate::types::{LogIndex, NodeId};
         use std::time::Duration;
 
         fn watch(bootstrap_member: bool) -> RemovalWatch {
@@ -980,6 +1007,32 @@ mod tests {
             assert_eq!(w.observe(2199, &without, me, true, &ids(&[]), &[]), None);
             let why = w.observe(2200, &without, me, true, &ids(&[]), &[]);
             assert!(why.is_some_and(|w| w.contains("has not listed it")));
+        }
+
+        #[test]
+        fn a_committed_removal_stops_the_node_without_waiting_for_the_grace() {
+            let me = NodeId(3);
+            let with = Membership::new(ids(&[1, 2, 3]), []);
+            let without = Membership::new(ids(&[1, 2]), []);
+            let w = watch(true);
+            // Appended, not committed: a new leader may still truncate it.
+            assert_eq!(
+                w.committed_removal(&without, me, Some(LogIndex(10)), LogIndex(9)),
+                None
+            );
+            let why = w.committed_removal(&without, me, Some(LogIndex(10)), LogIndex(10));
+            assert!(why.is_some_and(|w| w.contains("index 10, is committed")));
+            // A committed configuration that lists it, or none from the log: nothing to say.
+            assert_eq!(
+                w.committed_removal(&with, me, Some(LogIndex(10)), LogIndex(12)),
+                None
+            );
+            assert_eq!(w.committed_removal(&without, me, None, LogIndex(12)), None);
+            // A joining node replaying the committed configurations from before its addition.
+            assert_eq!(
+                watch(false).committed_removal(&without, me, Some(LogIndex(10)), LogIndex(12)),
+                None
+            );
         }
 
         #[test]
