@@ -829,6 +829,13 @@ impl pb::raft_server::Raft for UnaryOnlyFollower {
         Err(tonic::Status::unimplemented("no transfers here"))
     }
 
+    async fn membership_probe(
+        &self,
+        _request: tonic::Request<pb::MembershipProbeRequest>,
+    ) -> Result<tonic::Response<pb::MembershipProbeResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no probes here"))
+    }
+
     async fn append_entries(
         &self,
         request: tonic::Request<pb::AppendEntriesRequest>,

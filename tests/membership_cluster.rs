@@ -420,3 +420,93 @@ fn grow_replace_and_shrink_under_load_keeps_every_acknowledged_write() {
         acked.len()
     );
 }
+
+/// `endpoint status` of `endpoint` as (raft index, raft applied index).
+fn raft_indexes(endpoint: &str) -> Option<(u64, u64)> {
+    let out = etcdctl(endpoint, &["endpoint", "status"], None);
+    if !out.success {
+        return None;
+    }
+    // endpoint, ID, version, db size, is leader, is learner, raft term, raft index,
+    // raft applied index, errors
+    // (not trimmed: the empty errors field ends the line with ", ")
+    let fields: Vec<&str> = out.stdout.lines().next()?.split(", ").collect();
+    Some((fields.get(7)?.parse().ok()?, fields.get(8)?.parse().ok()?))
+}
+
+/// Issue 15, gap 2: a learner removed before its promotion never appends its removal (the leader
+/// stops sending to it) and never campaigns, so no refused election tells it. It asks the voters
+/// once it has heard from no leader for three election timeouts (MembershipProbe), and stops on
+/// their "no" with status 78. Before that, with no leader at all (two of three voters down), it
+/// hears nothing for as long and must not stop: the voter it still reaches answers "yes".
+#[test]
+fn a_learner_removed_before_its_promotion_stops_and_one_without_a_leader_does_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let settings = Settings {
+        election_min_ms: 300,
+        election_max_ms: 600,
+        heartbeat_ms: 50,
+        ..Settings::default()
+    };
+    // Three maximum election timeouts, as `REMOVAL_GRACE_ELECTIONS` says.
+    let grace = Duration::from_millis(3 * 600);
+    let mut cluster = Cluster::start(dir.path(), 3, settings);
+    rt.block_on(cluster.wait_for_leader(LEADER_WAIT));
+    let on_1 = cluster.addrs[&1].to_string();
+    for i in 0..20 {
+        assert_eq!(ok(&on_1, &["put", &format!("k{i}"), "v"]).trim(), "OK");
+    }
+    let addr = new_address();
+    let learner = add_learner(&on_1, "learner", addr, &cluster);
+    cluster.spawn_joining(learner, addr);
+    // It catches up: it applied everything node 1 had after the puts.
+    let (target, _) = raft_indexes(&on_1).expect("node 1's status");
+    let started = Instant::now();
+    while raft_indexes(&addr.to_string()).is_none_or(|(_, applied)| applied < target) {
+        assert!(
+            started.elapsed() < CATCH_UP_MAX,
+            "learner {learner} never caught up to {target}\n{}",
+            cluster.describe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // No leader: nodes 2 and 3 down. The learner hears from no one and probes; node 1 says it
+    // is a member, 2 and 3 do not answer: no evidence, it keeps running.
+    cluster.kill(2);
+    cluster.kill(3);
+    std::thread::sleep(grace * 3);
+    assert!(
+        cluster.exited().is_empty(),
+        "a learner without a leader (not removed) stopped:\n{}",
+        cluster.output(learner)
+    );
+    assert!(
+        !cluster
+            .output(learner)
+            .contains("was removed from the cluster"),
+        "{}",
+        cluster.output(learner)
+    );
+    cluster.spawn(2);
+    cluster.spawn(3);
+    rt.block_on(cluster.wait_for_leader(LEADER_WAIT));
+
+    // Removed before its promotion: it stops by itself, says why, with the removed status.
+    remove(&on_1, learner);
+    let status = wait_for_exit(&mut cluster, learner, REMOVED_EXIT_MAX);
+    let out = cluster.output(learner);
+    assert_eq!(
+        status.code(),
+        Some(rust_raft_log::node::EXIT_REMOVED as i32),
+        "removed learner {learner}: {status}\n{out}"
+    );
+    assert!(
+        out.contains(&format!("node {learner} was removed from the cluster")),
+        "the removed learner says why it stopped:\n{out}"
+    );
+    cluster.forget(learner);
+    let rows = member_rows(&on_1);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+}

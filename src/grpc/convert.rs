@@ -121,7 +121,8 @@ fn route(from: NodeId, to: NodeId) -> Option<pb::Route> {
     })
 }
 
-fn unroute(
+/// The (from, to) of a message's route.
+pub fn unroute(
     route: Option<pb::Route>,
     message: &'static str,
 ) -> Result<(NodeId, NodeId), ConvertError> {
@@ -153,6 +154,8 @@ pub fn encode_envelope(envelope: Envelope) -> WireMessage {
                 term: m.term.0,
                 vote_granted: m.vote_granted,
                 pre_vote: m.pre_vote,
+                // Set by the voter's Raft service, not by the core (crate::grpc::gate).
+                sender_not_member: false,
             })
         }
         Message::AppendEntries(m) => WireMessage::AppendEntries(pb::AppendEntriesRequest {

@@ -7,22 +7,44 @@
 //!    in the `raftlog-cluster-id` metadata ([`CLUSTER_ID_HEADER`]; derived from the member list,
 //!    [`ClusterConfig::cluster_id`]); with TLS on, the connection's client certificate must
 //!    authenticate a member ([`crate::grpc::tls::NodeTls::identify`]);
-//! 2. on every message ([`PeerGate::check_sender`]): its `from` is a member of the configuration
-//!    in effect on this node (the config file's members until the loop first sets the live one
-//!    with [`PeerGate::set_members`]) and, with TLS on, the very member the certificate names.
-//!    One exception: a node that is a learner or outside its own configuration (a member being
-//!    added, still catching up: its view of the configuration lags the leader's) takes a
-//!    leader's messages (AppendEntries, InstallSnapshot, TimeoutNow) from any sender of this
-//!    cluster, because the leader may be a member added after the entries it has seen.
+//! 2. on every message: its `from` is, with TLS on, the very member the certificate names, and
+//!    never this node; then by kind of message:
+//!    - a leader's message (AppendEntries, InstallSnapshot, TimeoutNow; [`PeerGate::check_sender`])
+//!      passes only from a member of the configuration in effect on this node (the config
+//!      file's members until the loop first sets the live one with [`PeerGate::set_members`]).
+//!      One exception: a node that is a learner or outside its own configuration (a member
+//!      being added, still catching up: its view of the configuration lags the leader's) takes
+//!      a leader's messages from any sender of this cluster, because the leader may be a member
+//!      added after the entries it has seen. Another: the sender outside the configuration
+//!      this node last granted its vote (RequestVote, not PreVote), for messages of that term
+//!      only ([`PeerGate::vote_granted`]): it may have won with that vote, and this voter must
+//!      take its entries to learn the configuration that lists it;
+//!    - a vote request (PreVote or RequestVote; [`PeerGate::check_vote_sender`]) passes from any
+//!      sender of this cluster, member or not, and the core answers it as Raft requires; when
+//!      the sender is not a member here, the answer says so (`sender_not_member`);
+//!    - a MembershipProbe ([`PeerGate::probe_answer`]) is answered "member or not" here, without
+//!      the core.
 //!
-//! The gate is stricter than the core: `RaftNode::step` answers vote requests from any server
-//! (Raft's rule; the simulator found clusters that could elect no leader without it: a server
-//! whose log holds a newer configuration can be the only one able to win, and a voter that has
-//! not appended that configuration yet would ignore it). The gate still refuses a sender outside
-//! this node's configuration, votes included, because those refusals are how a removed node that
-//! never appended its own removal learns of it and stops (`crate::grpc::peers`). So on real
-//! processes a voter that lags on the configuration refuses a candidate it does not know yet,
-//! until it appends the entry that added it; docs/OPERATIONS.md says what an operator sees.
+//! Why votes pass from outside the configuration: `RaftNode::step` answers vote requests from
+//! any server (Raft's rule; the simulator found clusters that could elect no leader without it:
+//! a server whose log holds a newer configuration can be the only one able to win, and a voter
+//! that has not appended that configuration yet must still answer it). The gate used to refuse
+//! them, so on real processes a voter that lagged on the configuration refused such a candidate
+//! (tests/membership_gate.rs shows it answers now). The refusal was also how a removed node that
+//! never appended its own removal learns of it; the mark on the answer keeps that signal
+//! (`crate::grpc::peers` counts it as it counted the refusal, `crate::node::event_loop` stops
+//! the node). When the core declines to answer (a higher-term vote request within its leader
+//! lease), an outsider gets the not-a-member refusal it always got, so a removed node that
+//! campaigns against a healthy cluster still learns of its removal (`crate::grpc::server`).
+//! Letting votes through does not let an outsider disrupt: a voter that heard from a leader
+//! within the minimum election timeout neither answers a higher-term vote request nor moves its
+//! term (the core's lease check), a pre-vote moves no term, and a removed node's log lacks the
+//! entry that removed it, so the voters that appended it refuse its (pre-)votes. With
+//! TLS on, the sender must still hold a certificate of the peer CA naming it, so a forged vote
+//! request is refused as before; a forged leader's message from outside the configuration is
+//! refused as before in both modes. In plaintext mode a vote request claiming an outside id,
+//! sent when no leader holds a lease there (an election is under way), can move a voter's term,
+//! as one claiming a member's id always could: plaintext guards against mistakes only (below).
 //!
 //! A refusal is `FailedPrecondition` (another cluster, no cluster id) or `PermissionDenied` (not
 //! a member, or a certificate naming another member), with a message naming both sides. The
@@ -95,6 +117,10 @@ struct GateView {
     /// This node is a learner or outside its own configuration: a leader's messages pass from
     /// any sender of this cluster.
     open_to_leaders: bool,
+    /// The sender outside the configuration this node last granted its vote (a RequestVote,
+    /// not a pre-vote), and the term: its leader's messages of that term pass
+    /// ([`PeerGate::vote_granted`]).
+    elected_outsider: Option<(NodeId, u64)>,
 }
 
 impl PeerGate {
@@ -107,6 +133,7 @@ impl PeerGate {
             view: std::sync::RwLock::new(GateView {
                 members,
                 open_to_leaders,
+                elected_outsider: None,
             }),
             require_member_cert,
             logged: Mutex::new(HashMap::new()),
@@ -132,12 +159,11 @@ impl PeerGate {
         view.open_to_leaders = !local_is_voter;
     }
 
-    /// Logs `status` once per remote address, kind and [`REFUSAL_LOG_INTERVAL`]; returns it.
-    fn refuse(&self, conn: Option<&ConnInfo>, kind: &'static str, status: Status) -> Status {
-        let remote = conn.and_then(|c| c.remote);
+    /// Whether a line about `kind` from `remote` is due (once per [`REFUSAL_LOG_INTERVAL`]).
+    fn log_due(&self, remote: Option<std::net::IpAddr>, kind: &'static str) -> bool {
         let now = Instant::now();
         let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (remote.map(|r| r.ip()), kind);
+        let key = (remote, kind);
         let due = logged
             .get(&key)
             .is_none_or(|at| now.duration_since(*at) >= REFUSAL_LOG_INTERVAL);
@@ -146,6 +172,14 @@ impl PeerGate {
                 logged.clear();
             }
             logged.insert(key, now);
+        }
+        due
+    }
+
+    /// Logs `status` once per remote address, kind and [`REFUSAL_LOG_INTERVAL`]; returns it.
+    fn refuse(&self, conn: Option<&ConnInfo>, kind: &'static str, status: Status) -> Status {
+        let remote = conn.and_then(|c| c.remote);
+        if self.log_due(remote.map(|r| r.ip()), kind) {
             let remote = remote.map_or_else(|| "?".to_string(), |r| r.to_string());
             tracing::warn!(
                 %remote,
@@ -215,17 +249,81 @@ impl PeerGate {
         }
     }
 
-    /// The per-message check (module docs, step 2): `from` is a member, and the member the
-    /// connection authenticated when TLS is on.
+    /// The per-message check (module docs, step 2) of a leader's message of `term`
+    /// (AppendEntries, InstallSnapshot, TimeoutNow): `from` is a member, or this node is a
+    /// learner or outside its configuration, or it granted `from` its vote in `term`; and it is
+    /// the member the connection authenticated when TLS is on.
     ///
     /// # Errors
     /// `PermissionDenied` naming the claimed sender and the members (or the certificate's member).
-    pub fn check_sender(
-        &self,
-        admitted: &Admitted,
-        from: NodeId,
-        leader_message: bool,
-    ) -> Result<(), Status> {
+    pub fn check_sender(&self, admitted: &Admitted, from: NodeId, term: u64) -> Result<(), Status> {
+        self.check_identity(admitted, from)?;
+        let admitted_by_view = {
+            let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
+            view.members.contains(&from)
+                || view.open_to_leaders
+                || view.elected_outsider == Some((from, term))
+        };
+        if admitted_by_view {
+            return Ok(());
+        }
+        Err(self.not_a_member(from))
+    }
+
+    /// The per-message check of a vote request (PreVote or RequestVote; module docs, step 2):
+    /// the sender is authenticated as for every message, and passes whether or not it is a
+    /// member, since the core must answer it (Raft's rule). [`Sender::Outsider`]: it is not a
+    /// member of the configuration in effect here, and the response must say so
+    /// (`sender_not_member`), which is how a removed node learns of its removal.
+    ///
+    /// # Errors
+    /// `PermissionDenied` for a certificate naming another member, or a message claiming to come
+    /// from this node.
+    pub fn check_vote_sender(&self, admitted: &Admitted, from: NodeId) -> Result<Sender, Status> {
+        self.check_identity(admitted, from)?;
+        let member = {
+            let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
+            view.members.contains(&from)
+        };
+        if member {
+            return Ok(Sender::Member);
+        }
+        if self.log_due(None, "outsider-vote") {
+            tracing::info!(
+                "answering a vote request from node {from}, which {NOT_A_MEMBER} node {} is in \
+                 (members {}): a candidate known only to a newer configuration, or a removed \
+                 member (the answer tells it so); logged once per {}s",
+                self.local,
+                self.members_list(),
+                REFUSAL_LOG_INTERVAL.as_secs()
+            );
+        }
+        Ok(Sender::Outsider)
+    }
+
+    /// This node's core granted `from`, a sender outside its configuration
+    /// ([`Sender::Outsider`]), its vote in `term` (a RequestVote, not a pre-vote): if `from`
+    /// wins, its AppendEntries of that term must reach the core, or this voter, which lags on
+    /// the configuration that lists `from`, would never receive that configuration from it and
+    /// the new leader could not commit (a leader known only to a newer configuration).
+    pub fn vote_granted(&self, from: NodeId, term: u64) {
+        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        view.elected_outsider = Some((from, term));
+    }
+
+    /// The answer to a MembershipProbe from `from`: whether it is a voter or a learner of the
+    /// configuration in effect here. The sender is authenticated as for every message.
+    ///
+    /// # Errors
+    /// As [`PeerGate::check_vote_sender`].
+    pub fn probe_answer(&self, admitted: &Admitted, from: NodeId) -> Result<bool, Status> {
+        self.check_identity(admitted, from)?;
+        let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(view.members.contains(&from))
+    }
+
+    /// With TLS on, `from` is the member the connection's certificate names; never this node.
+    fn check_identity(&self, admitted: &Admitted, from: NodeId) -> Result<(), Status> {
         if let Some(member) = admitted.member {
             if member != from {
                 return Err(self.refuse(
@@ -239,14 +337,23 @@ impl PeerGate {
                 ));
             }
         }
-        let admitted_by_view = {
-            let view = self.view.read().unwrap_or_else(PoisonError::into_inner);
-            view.members.contains(&from) || (leader_message && view.open_to_leaders)
-        };
-        if admitted_by_view && from != self.local {
-            return Ok(());
+        if from == self.local {
+            return Err(self.refuse(
+                None,
+                "from-self",
+                Status::permission_denied(format!(
+                    "a message claiming to come from node {from} reached node {from} itself \
+                     (cluster {})",
+                    format_cluster_id(self.cluster_id)
+                )),
+            ));
         }
-        Err(self.refuse(
+        Ok(())
+    }
+
+    /// The refusal of `from` as not a member ([`NOT_A_MEMBER`]), logged as the others.
+    pub fn not_a_member(&self, from: NodeId) -> Status {
+        self.refuse(
             None,
             "not-a-member",
             Status::permission_denied(format!(
@@ -256,6 +363,104 @@ impl PeerGate {
                 format_cluster_id(self.cluster_id),
                 self.members_list()
             )),
-        ))
+        )
+    }
+}
+
+/// How a vote request's sender passed the gate ([`PeerGate::check_vote_sender`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// A member of the configuration in effect on this node.
+    Member,
+    /// Not a member of it: the answer carries `sender_not_member`.
+    Outsider,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate() -> PeerGate {
+        let yaml = "nodes:\n  - node_id: 1\n    ip_address: \"127.0.0.1\"\n    port: 7001\n  - \
+                    node_id: 2\n    ip_address: \"127.0.0.1\"\n    port: 7002\n  - node_id: 3\n    \
+                    ip_address: \"127.0.0.1\"\n    port: 7003\n";
+        let config = ClusterConfig::from_yaml(yaml).expect("config");
+        PeerGate::new(&config, NodeId(1), false)
+    }
+
+    const PLAINTEXT: Admitted = Admitted { member: None };
+
+    #[test]
+    fn vote_requests_pass_from_outside_the_configuration_marked_as_such() {
+        let gate = gate();
+        assert_eq!(
+            gate.check_vote_sender(&PLAINTEXT, NodeId(2))
+                .expect("member"),
+            Sender::Member
+        );
+        // Node 4 is known only to a newer configuration (or was removed): its vote request
+        // reaches the core, and the answer says it is not a member here.
+        assert_eq!(
+            gate.check_vote_sender(&PLAINTEXT, NodeId(4))
+                .expect("outsider"),
+            Sender::Outsider
+        );
+        // A leader's message from it is still refused, with the words a removed node knows.
+        let refused = gate
+            .check_sender(&PLAINTEXT, NodeId(4), 7)
+            .expect_err("a voter takes no leader's message from outside its configuration");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains(NOT_A_MEMBER), "{refused:?}");
+        // Unless it granted node 4 its vote in that term: node 4 may have won it.
+        gate.vote_granted(NodeId(4), 7);
+        assert!(gate.check_sender(&PLAINTEXT, NodeId(4), 7).is_ok());
+        for (other, term) in [(NodeId(4), 6), (NodeId(4), 8), (NodeId(5), 7)] {
+            assert!(
+                gate.check_sender(&PLAINTEXT, other, term).is_err(),
+                "node {other} term {term}"
+            );
+        }
+        // Once this node's configuration lists node 4, it is a member.
+        gate.set_members(vec![NodeId(1), NodeId(2), NodeId(3), NodeId(4)], true);
+        assert_eq!(
+            gate.check_vote_sender(&PLAINTEXT, NodeId(4))
+                .expect("member"),
+            Sender::Member
+        );
+        // Never from this node itself.
+        assert!(gate.check_vote_sender(&PLAINTEXT, NodeId(1)).is_err());
+    }
+
+    #[test]
+    fn a_certificate_speaks_only_for_the_member_it_names_on_votes_and_probes() {
+        let gate = gate();
+        let cert_of_4 = Admitted {
+            member: Some(NodeId(4)),
+        };
+        assert_eq!(
+            gate.check_vote_sender(&cert_of_4, NodeId(4))
+                .expect("node 4 itself"),
+            Sender::Outsider
+        );
+        for claimed in [NodeId(2), NodeId(5)] {
+            let refused = gate
+                .check_vote_sender(&cert_of_4, claimed)
+                .expect_err("another node's claim");
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+            assert!(refused.message().contains("certificate names node 4"));
+            assert!(gate.probe_answer(&cert_of_4, claimed).is_err());
+        }
+    }
+
+    #[test]
+    fn a_probe_is_answered_with_the_configuration_in_effect() {
+        let gate = gate();
+        assert_eq!(gate.probe_answer(&PLAINTEXT, NodeId(3)).ok(), Some(true));
+        assert_eq!(gate.probe_answer(&PLAINTEXT, NodeId(4)).ok(), Some(false));
+        // A learner added, then removed.
+        gate.set_members(vec![NodeId(1), NodeId(2), NodeId(3), NodeId(4)], true);
+        assert_eq!(gate.probe_answer(&PLAINTEXT, NodeId(4)).ok(), Some(true));
+        gate.set_members(vec![NodeId(1), NodeId(2), NodeId(3)], true);
+        assert_eq!(gate.probe_answer(&PLAINTEXT, NodeId(4)).ok(), Some(false));
     }
 }

@@ -158,7 +158,12 @@ struct PeerShared {
     /// Since when (first, latest) this peer's gate refuses this node as not a member of its
     /// configuration (`crate::grpc::gate::NOT_A_MEMBER`); cleared by any answer it delivers.
     /// What the loop reads to learn that this node was removed ([`Peers::refusing_as_non_member`]).
+    /// Vote answers marked `sender_not_member` and "no" to a MembershipProbe count the same.
     not_member: Mutex<Option<(Instant, Instant)>>,
+    /// Asks the peer whether this node is a member ([`Peers::probe_membership`]).
+    probe_client: pb::raft_client::RaftClient<Channel>,
+    /// A MembershipProbe to this peer is in flight (at most one at a time).
+    probing: AtomicBool,
 }
 
 /// Capped exponential backoff state of one peer.
@@ -226,6 +231,17 @@ fn spawn_peer<R: Send + 'static>(
         .keep_alive_timeout(Duration::from_secs(2))
         .keep_alive_while_idle(true);
     let channel = base.clone().timeout(config.rpc_timeout).connect_lazy();
+    let max_bytes = ServerConfig {
+        local_id,
+        limits: config.limits,
+        snapshots: None,
+        gate: None,
+        tls: None,
+    }
+    .max_decoding_message_bytes();
+    let client = pb::raft_client::RaftClient::new(channel)
+        .max_decoding_message_size(max_bytes)
+        .max_encoding_message_size(max_bytes);
     // Snapshot transfers get a connection of their own, without the per-call deadline (a
     // transfer may take longer than any RPC timeout; grpc::snapshot bounds each chunk),
     // which also keeps their bytes from delaying the appends. Connected on first use.
@@ -250,18 +266,9 @@ fn spawn_peer<R: Send + 'static>(
         declined: AtomicU64::new(0),
         refusal_logged: Mutex::new(None),
         not_member: Mutex::new(None),
+        probe_client: client.clone(),
+        probing: AtomicBool::new(false),
     });
-    let max_bytes = ServerConfig {
-        local_id,
-        limits: config.limits,
-        snapshots: None,
-        gate: None,
-        tls: None,
-    }
-    .max_decoding_message_bytes();
-    let client = pb::raft_client::RaftClient::new(channel)
-        .max_decoding_message_size(max_bytes)
-        .max_encoding_message_size(max_bytes);
     let snapshot_client = pb::raft_client::RaftClient::new(snapshot_channel)
         .max_decoding_message_size(max_bytes)
         .max_encoding_message_size(max_bytes);
@@ -290,6 +297,8 @@ pub struct Peers {
     snapshots_carried: bool,
     /// Starts the worker of a peer added later ([`Peers::add`]).
     spawn: Spawner,
+    /// The cluster id requests carry ([`PeerConfig::cluster_id`]).
+    cluster_id: Option<u64>,
 }
 
 impl Peers {
@@ -310,6 +319,7 @@ impl Peers {
             "PeerConfig bounds must be positive: {config:?}"
         );
         let snapshots_carried = config.snapshots.is_some();
+        let cluster_id = config.cluster_id;
         let spawn: Spawner =
             Box::new(move |id, addr| spawn_peer(local_id, id, addr, &config, &inbound));
         let mut map = HashMap::new();
@@ -322,6 +332,7 @@ impl Peers {
             peers: map,
             snapshots_carried,
             spawn,
+            cluster_id,
         })
     }
 
@@ -374,6 +385,69 @@ impl Peers {
             .collect();
         refusing.sort_unstable();
         refusing
+    }
+
+    /// Asks each of `ids` (peers; others are skipped) whether this node is a member of the
+    /// configuration in effect there (the MembershipProbe RPC), unless a probe to it is still in
+    /// flight. Never blocks: each answer arrives on a task of its own. A "no", like a vote answer
+    /// marked `sender_not_member`, is evidence for [`Peers::refusing_as_non_member`]; a "yes"
+    /// clears that peer's evidence; a failure (the peer is down, unreachable, or predates the
+    /// RPC) says nothing. What a learner, which never campaigns, uses to learn that it was
+    /// removed (`crate::node::event_loop`).
+    pub fn probe_membership(&self, ids: &[NodeId]) {
+        let cluster_id = self.cluster_id;
+        for id in ids {
+            let Some(peer) = self.peers.get(id) else {
+                continue;
+            };
+            if peer.probing.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let peer = Arc::clone(peer);
+            let local_id = self.local_id;
+            tokio::spawn(async move {
+                let mut client = peer.probe_client.clone();
+                let request = pb::MembershipProbeRequest {
+                    route: Some(pb::Route {
+                        from: local_id.0,
+                        to: peer.id.0,
+                    }),
+                };
+                let answer = client
+                    .membership_probe(crate::grpc::gate::peer_request(request, cluster_id))
+                    .await;
+                match answer {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        let routed = r
+                            .route
+                            .is_some_and(|route| route.from == peer.id.0 && route.to == local_id.0);
+                        if !routed {
+                            tracing::warn!(
+                                peer = %peer.id, addr = %peer.addr,
+                                "dropping a membership probe answer with a foreign route \
+                                 (misconfigured cluster?)"
+                            );
+                        } else if r.member {
+                            *lock(&peer.not_member) = None;
+                        } else {
+                            note_not_member(&peer, "answered a membership probe");
+                        }
+                    }
+                    Err(status)
+                        if status.code() == Code::PermissionDenied
+                            && status.message().contains(crate::grpc::gate::NOT_A_MEMBER) =>
+                    {
+                        note_not_member(&peer, "refused a membership probe");
+                    }
+                    Err(status) => tracing::debug!(
+                        peer = %peer.id, addr = %peer.addr, code = ?status.code(),
+                        message = status.message(), "membership probe failed"
+                    ),
+                }
+                peer.probing.store(false, Ordering::Release);
+            });
+        }
     }
 
     /// The address `id` is reached at, if it is a peer.
@@ -553,7 +627,7 @@ async fn worker<R: Send + 'static>(
                 )
                 .await
                 {
-                    Ok(answer) => deliver(local_id, &peer, answer, &inbound).await,
+                    Ok(answer) => deliver(local_id, &peer, answer, false, &inbound).await,
                     Err(status) => {
                         tracing::warn!(to = %to, "snapshot transfer failed: {status}");
                         record_failure(&peer, &config, &status);
@@ -578,7 +652,12 @@ async fn worker<R: Send + 'static>(
                 crate::timeline::mark("ae_rpc_done", i);
             }
             match result {
-                Ok(Some(response)) => deliver(local_id, &peer, response, &inbound).await,
+                Ok(Some((response, not_member))) => {
+                    if not_member {
+                        note_not_member(&peer, "answered a vote request");
+                    }
+                    deliver(local_id, &peer, response, not_member, &inbound).await
+                }
                 // A one-way message (TimeoutNow) reached the peer.
                 Ok(None) => {
                     peer.delivered.fetch_add(1, Ordering::Relaxed);
@@ -595,10 +674,13 @@ async fn worker<R: Send + 'static>(
 }
 
 /// Hands a peer's response to the event loop (after checking its route) and resets the backoff.
+/// `not_member`: the peer marked it "the sender is not a member of my configuration" (then it
+/// does not clear the evidence of [`Peers::refusing_as_non_member`]; the caller added to it).
 async fn deliver<R>(
     local_id: NodeId,
     peer: &PeerShared,
     response: Envelope,
+    not_member: bool,
     inbound: &mpsc::Sender<Inbound<R>>,
 ) {
     {
@@ -606,7 +688,9 @@ async fn deliver<R>(
         backoff.failures = 0;
         backoff.retry_at = None;
     }
-    *lock(&peer.not_member) = None;
+    if !not_member {
+        *lock(&peer.not_member) = None;
+    }
     peer.delivered.fetch_add(1, Ordering::Relaxed);
     if response.from != peer.id || response.to != local_id {
         tracing::warn!(
@@ -625,10 +709,7 @@ fn record_failure(peer: &PeerShared, config: &PeerConfig, status: &tonic::Status
     if status.code() == Code::PermissionDenied
         && status.message().contains(crate::grpc::gate::NOT_A_MEMBER)
     {
-        let now = Instant::now();
-        let mut since = lock(&peer.not_member);
-        let first = since.map_or(now, |(first, _)| first);
-        *since = Some((first, now));
+        mark_not_member(peer);
     }
     let delay = {
         let mut backoff = lock(&peer.backoff);
@@ -668,6 +749,40 @@ fn record_failure(peer: &PeerShared, config: &PeerConfig, status: &tonic::Status
         message = status.message(), retry_in_ms = delay.as_millis() as u64,
         "RPC to peer failed"
     );
+}
+
+/// Adds to the evidence that `peer` does not count this node as a member (its first and latest
+/// moment, [`Peers::refusing_as_non_member`]).
+fn mark_not_member(peer: &PeerShared) {
+    let now = Instant::now();
+    let mut since = lock(&peer.not_member);
+    let first = since.map_or(now, |(first, _)| first);
+    *since = Some((first, now));
+}
+
+/// [`mark_not_member`] for an answer (not a refusal) that says so, logged once per peer and
+/// [`REFUSAL_LOG_INTERVAL`] while it lasts (`how`: what the peer did).
+fn note_not_member(peer: &PeerShared, how: &str) {
+    mark_not_member(peer);
+    let now = Instant::now();
+    let due = {
+        let mut last = lock(&peer.refusal_logged);
+        let due = last.is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL);
+        if due {
+            *last = Some(now);
+        }
+        due
+    };
+    if due {
+        tracing::warn!(
+            peer = %peer.id, addr = %peer.addr,
+            "peer {} {how} and said this node {} its configuration (logged once per {}s while \
+             it lasts)",
+            peer.id,
+            crate::grpc::gate::NOT_A_MEMBER,
+            REFUSAL_LOG_INTERVAL.as_secs()
+        );
+    }
 }
 
 /// How often a peer's refusal of this node is logged while it lasts.
@@ -803,7 +918,7 @@ async fn run_session<R: Send + 'static>(
                     continue;
                 }
                 match convert::decode_append_entries_response(m) {
-                    Ok(response) => deliver(local_id, &peer, response, &inbound).await,
+                    Ok(response) => deliver(local_id, &peer, response, false, &inbound).await,
                     Err(e) => {
                         let status = tonic::Status::internal(format!("bad response: {e}"));
                         record_failure(&peer, &config, &status);
@@ -832,12 +947,13 @@ async fn wait_closed(peer: &PeerShared) {
 }
 
 /// Sends one request on its RPC and decodes the response (`None` for a one-way message:
-/// TimeoutNow, whose only answer is the election it starts).
+/// TimeoutNow, whose only answer is the election it starts), with whether the peer marked it
+/// "the sender is not a member of my configuration" (vote answers only: `sender_not_member`).
 async fn call(
     mut client: pb::raft_client::RaftClient<Channel>,
     envelope: Envelope,
     cluster_id: Option<u64>,
-) -> Result<Option<Envelope>, tonic::Status> {
+) -> Result<Option<(Envelope, bool)>, tonic::Status> {
     use crate::grpc::gate::peer_request;
     let invalid = |e: convert::ConvertError| tonic::Status::internal(format!("bad response: {e}"));
     match convert::encode_envelope(envelope) {
@@ -846,8 +962,9 @@ async fn call(
                 .request_vote(peer_request(m, cluster_id))
                 .await?
                 .into_inner();
+            let not_member = response.sender_not_member;
             convert::decode_request_vote_response(response)
-                .map(Some)
+                .map(|e| Some((e, not_member)))
                 .map_err(invalid)
         }
         convert::WireMessage::TimeoutNow(m) => {
@@ -860,7 +977,7 @@ async fn call(
                 .await?
                 .into_inner();
             convert::decode_append_entries_response(response)
-                .map(Some)
+                .map(|e| Some((e, false)))
                 .map_err(invalid)
         }
         // Peers::send lets only requests through.

@@ -34,7 +34,7 @@ use tonic::{Request, Response, Status};
 use crate::driver::{Inbound, ProposeOutcome, ProposeRefused};
 use crate::grpc::authority::AuthorityRepair;
 use crate::grpc::convert::{self, Limits};
-use crate::grpc::gate::Admitted;
+use crate::grpc::gate::{Admitted, Sender};
 use crate::grpc::proto as pb;
 use crate::grpc::GrpcError;
 use crate::raft::message::Envelope;
@@ -419,14 +419,11 @@ impl<R: Send + 'static> RaftService<R> {
     }
 
     /// The gate's per-message check of the claimed sender.
-    fn check_sender(
-        &self,
-        admitted: Option<&Admitted>,
-        from: NodeId,
-        leader_message: bool,
-    ) -> Result<(), Status> {
+    fn check_sender(&self, admitted: Option<&Admitted>, envelope: &Envelope) -> Result<(), Status> {
         match (&self.config.gate, admitted) {
-            (Some(gate), Some(admitted)) => gate.check_sender(admitted, from, leader_message),
+            (Some(gate), Some(admitted)) => {
+                gate.check_sender(admitted, envelope.from, envelope.msg.term().0)
+            }
             _ => Ok(()),
         }
     }
@@ -451,7 +448,7 @@ impl<R: Send + 'static> RaftService<R> {
     ) -> Result<Envelope, Status> {
         let envelope =
             convert::decode_append_entries(request, &self.config.limits).map_err(invalid)?;
-        self.check_sender(admitted, envelope.from, true)?;
+        self.check_sender(admitted, &envelope)?;
         self.check_route(&envelope)?;
         if let crate::raft::message::Message::AppendEntries(m) = &envelope.msg {
             if let Some(last) = m.entries.last() {
@@ -664,13 +661,72 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
     ) -> Result<Response<pb::RequestVoteResponse>, Status> {
         let admitted = self.admit(&request)?;
         let envelope = convert::decode_request_vote(request.into_inner()).map_err(invalid)?;
-        self.check_sender(admitted.as_ref(), envelope.from, false)?;
+        // Votes pass from outside the configuration too (crate::grpc::gate, module docs): the
+        // core answers them, and the answer tells an outsider that it is one.
+        let sender = match (&self.config.gate, admitted.as_ref()) {
+            (Some(gate), Some(admitted)) => gate.check_vote_sender(admitted, envelope.from)?,
+            _ => Sender::Member,
+        };
         self.check_route(&envelope)?;
-        let answer = self.exchange(envelope).await?;
+        let candidate = envelope.from;
+        let answer = match (self.exchange(envelope).await, &self.config.gate) {
+            (Ok(answer), _) => answer,
+            // The core declined (a higher-term vote request within its leader lease): nothing
+            // moved here. An outsider is told what the gate used to tell it, so a removed node
+            // that campaigns against a healthy cluster still learns that it was removed.
+            (Err(status), Some(gate))
+                if sender == Sender::Outsider && status.code() == tonic::Code::Aborted =>
+            {
+                return Err(gate.not_a_member(candidate));
+            }
+            (Err(status), _) => return Err(status),
+        };
         match convert::encode_envelope(answer) {
-            convert::WireMessage::RequestVoteResponse(m) => Ok(Response::new(m)),
+            convert::WireMessage::RequestVoteResponse(mut m) => {
+                m.sender_not_member = sender == Sender::Outsider;
+                if let (Some(gate), true) = (&self.config.gate, m.sender_not_member) {
+                    if m.vote_granted && !m.pre_vote {
+                        // It may win this term: its AppendEntries must reach the core.
+                        gate.vote_granted(candidate, m.term);
+                    }
+                }
+                Ok(Response::new(m))
+            }
             other => Err(wrong_kind("RequestVote", &other)),
         }
+    }
+
+    /// Answers whether the sender is a member of the configuration in effect here (see
+    /// proto/raft.proto); the core is not involved.
+    async fn membership_probe(
+        &self,
+        request: Request<pb::MembershipProbeRequest>,
+    ) -> Result<Response<pb::MembershipProbeResponse>, Status> {
+        let admitted = self.admit(&request)?;
+        let (from, to) = convert::unroute(request.into_inner().route, "MembershipProbeRequest")
+            .map_err(invalid)?;
+        if to != self.config.local_id {
+            return Err(Status::failed_precondition(format!(
+                "message for node {to} reached node {}",
+                self.config.local_id
+            )));
+        }
+        let member = match (&self.config.gate, admitted.as_ref()) {
+            (Some(gate), Some(admitted)) => gate.probe_answer(admitted, from)?,
+            // Without a gate this node does not track who is a member: it says nothing.
+            _ => {
+                return Err(Status::unimplemented(
+                    "this node has no peer gate and answers no membership probes",
+                ))
+            }
+        };
+        Ok(Response::new(pb::MembershipProbeResponse {
+            route: Some(pb::Route {
+                from: to.0,
+                to: from.0,
+            }),
+            member,
+        }))
     }
 
     /// Thesis §3.10: hands the leader's TimeoutNow to the event loop and answers at once; the
@@ -681,7 +737,7 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
     ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
         let admitted = self.admit(&request)?;
         let envelope = convert::decode_timeout_now(request.into_inner()).map_err(invalid)?;
-        self.check_sender(admitted.as_ref(), envelope.from, true)?;
+        self.check_sender(admitted.as_ref(), &envelope)?;
         self.check_route(&envelope)?;
         let route = Some(pb::Route {
             from: envelope.to.0,
@@ -724,7 +780,7 @@ impl<R: Send + 'static> pb::raft_server::Raft for RaftService<R> {
                 crate::grpc::snapshot::Received::Complete(envelope) => envelope,
             };
         let from = envelope.from;
-        self.check_sender(admitted.as_ref(), from, true)?;
+        self.check_sender(admitted.as_ref(), &envelope)?;
         let answer = self.exchange(envelope).await?;
         match convert::encode_envelope(answer) {
             convert::WireMessage::AppendEntriesResponse(m) => {

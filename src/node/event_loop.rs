@@ -187,10 +187,13 @@ struct MemberSync {
 ///   (its config file's, for a bootstrap member; one from the log, for a node that joined),
 ///   and no leader has put it back (a truncated removal would have);
 /// - **its peers' gates**: a majority of the other voters of its own configuration that it has
-///   an address for refuse its messages as "not a member" ([`crate::grpc::gate::NOT_A_MEMBER`])
-///   without a break (what a campaign of a voter meets once it was removed). This is
-///   the usual case: a leader stops sending to a node once its removal is appended, so a
-///   removed node seldom receives the entry that removes it, and campaigns.
+///   an address for say it is "not a member" ([`crate::grpc::gate::NOT_A_MEMBER`]) without a
+///   break: a voter's vote requests are answered marked `sender_not_member` (or refused, by a
+///   peer of an older version) once it was removed; a learner, which never campaigns, asks
+///   with MembershipProbe once it has heard from no one for `grace`, and is answered "no".
+///   This is the usual case: a leader stops sending to a node once its removal is appended,
+///   so a removed node seldom receives the entry that removes it. A learner whose leader is
+///   down or that is cut off gets "yes" or no answer, which is no evidence.
 ///
 /// A node restarted with the directory of a removed member meets the same evidence: its
 /// persisted configuration does not list it (the first kind), or its campaigns are refused (the
@@ -211,7 +214,7 @@ impl RemovalWatch {
     /// One look at the evidence (the type's docs) at loop tick `now`: `membership` is the
     /// configuration in effect on node `me`, `from_log` whether it comes from the log (or a
     /// snapshot) rather than from how the node started, `reachable` the other voters it has an
-    /// address for, `refusing` the peers whose gates have refused it as not a member for
+    /// address for, `refusing` the peers whose gates have said it is not a member for
     /// `grace`. `Some(why)` when it was removed.
     fn observe(
         &mut self,
@@ -233,14 +236,13 @@ impl RemovalWatch {
                 .copied()
                 .filter(|p| reachable.contains(p))
                 .collect();
-            if membership.is_voter(me)
-                && !refusing.is_empty()
-                && refusing.len() * 2 > reachable.len()
-            {
+            // A voter's evidence comes from its refused campaigns, a learner's from its
+            // membership probes (`MemberSync::removed`).
+            if !refusing.is_empty() && refusing.len() * 2 > reachable.len() {
                 let list: Vec<String> = refusing.iter().map(|p| p.0.to_string()).collect();
                 return Some(format!(
-                    "the members {} of its configuration ({membership}) have refused it as not \
-                     a member for {} ms",
+                    "the members {} of its configuration ({membership}) have said it is not a \
+                     member for {} ms",
                     list.join(", "),
                     self.grace.as_millis()
                 ));
@@ -284,10 +286,12 @@ const REMOVAL_CHECK_TICKS: u64 = 100;
 
 impl MemberSync {
     /// `Some(why)` once the evidence of [`RemovalWatch`] says this node was removed.
+    /// `last_heard`: the loop tick this node last heard from any peer.
     fn removed<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
         &mut self,
         driver: &Driver<C, D, M>,
         peers: &Peers,
+        last_heard: Option<u64>,
     ) -> Option<String> {
         let watch = self.removal.as_mut()?;
         let now = driver.stats().ticks;
@@ -315,6 +319,16 @@ impl MemberSync {
             core.commit_index(),
         ) {
             return Some(why);
+        }
+        // A learner never campaigns, so no refusal tells it that it was removed before its
+        // promotion (the leader simply stops sending to it): once it has heard from no one
+        // (only a leader talks to a learner) for `grace`, it asks the voters it knows whether
+        // it is still a member, and their "no"s are the same evidence as refused campaigns.
+        // A leader that is down or a partition gets "yes" or no answer at all, which stops
+        // nothing.
+        let quiet_ticks = now.saturating_sub(last_heard.unwrap_or(0));
+        if membership.is_learner(me) && quiet_ticks >= watch.grace.as_millis() as u64 {
+            peers.probe_membership(&reachable);
         }
         let refusing = peers.refusing_as_non_member(watch.grace, watch.grace);
         watch.observe(
@@ -487,6 +501,11 @@ impl Watch {
 
     fn ticks(&self, d: Duration) -> u64 {
         (d.as_micros() / self.tick.as_micros().max(1)) as u64
+    }
+
+    /// The loop tick this node last heard from any peer.
+    fn last_heard(&self) -> Option<u64> {
+        self.heard.values().copied().max()
     }
 
     fn heard_from<R>(&mut self, item: &Inbound<R>, now: u64) {
@@ -776,7 +795,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 }
             }
             members.sync(driver, &mut outbox.peers, watch);
-            if let Some(why) = members.removed(driver, &outbox.peers) {
+            if let Some(why) = members.removed(driver, &outbox.peers, watch.last_heard()) {
                 tracing::error!(
                     "🚪 node {} was removed from the cluster ({why}): stopping",
                     driver.core().id()
@@ -1073,12 +1092,14 @@ mod tests {
             // Restarted with an old directory: only the config file's members have addresses.
             let why = w.observe(0, &five, me, true, &ids(&[1, 2]), &ids(&[1, 2]));
             assert!(why.is_some());
-            // A learner never campaigns, so refusals are not about it.
+            // A learner's evidence (its membership probes answered "no") counts the same way.
             let learner = Membership::new(ids(&[1, 2, 3]), ids(&[4]));
             assert_eq!(
-                w.observe(0, &learner, me, true, &ids(&[1, 2, 3]), &ids(&[1, 2, 3])),
+                w.observe(0, &learner, me, true, &ids(&[1, 2, 3]), &ids(&[1])),
                 None
             );
+            let why = w.observe(0, &learner, me, true, &ids(&[1, 2, 3]), &ids(&[1, 3]));
+            assert!(why.is_some_and(|w| w.contains("1, 3")));
         }
     }
 
