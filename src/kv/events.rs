@@ -24,54 +24,12 @@
 //!   compaction revision's events may be incomplete, and [`KvStore::history_events`] refuses it.
 //! - [`EventSink::wants_events`] is the only cost of a commit when nobody watches.
 
-use std::fmt;
 use std::sync::Arc;
 
+use super::sink::{EventSink, SinkSlot};
 use super::store::{History, Key, KvStore, Version};
 use super::KvError;
 use crate::etcdpb::mvccpb::{event::EventType, Event, KeyValue};
-
-/// Who hears the events of each committed revision (the node's watch hub). Methods run on the
-/// applying thread with the store locked: they must be quick and must not lock the store.
-pub trait EventSink: Send + Sync {
-    /// Whether any watcher waits for live events. Checked on every commit that changed
-    /// something, before any event is built: must be cheap (an atomic load).
-    fn wants_events(&self) -> bool;
-    /// The events of `revision`, just committed, in write order, each with its `prev_kv`.
-    fn committed(&self, revision: i64, events: Vec<Event>);
-    /// The store was replaced (a snapshot was installed) and is now at `revision`: the live
-    /// stream has a gap the sink must fill from history, or give up on.
-    fn replaced(&self, revision: i64);
-}
-
-/// The store's optional sink. Not part of the store's state: equality ignores it, a clone has
-/// none (a copy of the store is not the store the watchers watch).
-#[derive(Default)]
-pub(super) struct SinkSlot(pub(super) Option<Arc<dyn EventSink>>);
-
-impl Clone for SinkSlot {
-    fn clone(&self) -> Self {
-        SinkSlot(None)
-    }
-}
-
-impl PartialEq for SinkSlot {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for SinkSlot {}
-
-impl fmt::Debug for SinkSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "SinkSlot(set)"
-        } else {
-            "SinkSlot(none)"
-        })
-    }
-}
 
 /// Events read from history: those of revisions `(after, through]` that touch a key range.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -36,6 +36,7 @@
 mod command;
 mod events;
 mod members;
+mod sink;
 mod snapshot;
 mod store;
 mod validate;
@@ -51,8 +52,9 @@ pub use self::command::{
     decode_command, encode_command, encode_compact, encode_lease_grant, encode_lease_revoke,
     encode_member_record, Applied, Command, KvResponse, COMMAND_FRAMING_BYTES,
 };
-pub use self::events::{key_in_range, EventSink, HistoryEvents};
+pub use self::events::{key_in_range, HistoryEvents};
 pub use self::members::{MemberRecord, MemberTable};
+pub use self::sink::EventSink;
 pub use self::snapshot::{KvHash, KvSnapshotView, SNAPSHOT_BUFFER_BYTES, SNAPSHOT_FIELD_BYTES_MAX};
 pub use self::store::{KvStore, HISTORY_REVISIONS_DEFAULT, LEASE_TTL_MAX_S};
 pub use self::validate::validate;

@@ -36,7 +36,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use super::events::SinkSlot;
+use super::sink::SinkSlot;
 use super::store::{
     version_size_bytes, History, Key, KeyMap, LeaseMap, LeaseState, Live, Version, LEASE_TTL_MAX_S,
     REVISION_INITIAL,

@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use imbl::OrdMap;
 
-use super::events::SinkSlot;
+use super::sink::SinkSlot;
 use super::KvError;
 use crate::etcdpb::etcdserverpb::{
     compare::{CompareResult, CompareTarget, TargetUnion},
