@@ -85,20 +85,13 @@ cargo build --release --quiet -p kvbench -p rust-raft-log
 
 mkdir -p "$TARGET_DIR/tmp"
 WORK=$(mktemp -d "$TARGET_DIR/tmp/compare-etcd.XXXXXX")
+# shellcheck source=benches/lib/procs.sh
+source benches/lib/procs.sh
 declare -A PIDS=()
 HAD_ERRORS=0
 
 stop_all() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [[ $alive -eq 0 ]] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    [[ ${#PIDS[@]} -gt 0 ]] && stop_pids "${PIDS[@]}"
     PIDS=()
 }
 cleanup() {
@@ -121,31 +114,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Ten consecutive free ports: etcd clients +1..+3, etcd peers +4..+6, ours +7..+9.
-port_free() { ! ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
-if [[ -z ${PORT_BASE:-} ]]; then
-    for base in $(seq 31000 100 39900); do
-        ok=1
-        for p in $(seq "$base" $((base + 9))); do port_free "$p" || { ok=0; break; }; done
-        if [[ $ok == 1 ]]; then PORT_BASE=$base; break; fi
-    done
-fi
-[[ -n ${PORT_BASE:-} ]] || { echo "Error: no free port block found" >&2; exit 1; }
-
-load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
-# user+system clock ticks of the given pids, summed.
-cpu_ticks() {
-    local total=0 pid stat
-    for pid in "$@"; do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        # Fields after the command name (which may hold spaces) start at field 3; utime and stime
-        # are fields 14 and 15.
-        stat=${stat##*) }
-        read -r -a f <<<"$stat"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-CLK_TCK=$(getconf CLK_TCK)
+[[ -n ${PORT_BASE:-} ]] || PORT_BASE=$(free_port_block 31000)
 
 # ---- the clusters ----------------------------------------------------------------------------
 ETCD_ENDPOINTS=""
@@ -180,15 +149,7 @@ start_etcd() {
 
 start_ours() {
     local config=$WORK/cluster.yaml i
-    {
-        echo "nodes:"
-        for i in 1 2 3; do
-            printf '  - node_id: %d\n    ip_address: "127.0.0.1"\n    port: %d\n' \
-                "$i" $((PORT_BASE + 6 + i))
-        done
-        echo "cluster_settings:"
-        echo "  log_directory: \"$WORK/raft\""
-    } >"$config"
+    write_ours_config "$config" "$WORK/raft" $((PORT_BASE + 6))
     for i in 1 2 3; do
         # info: startup and elections only (heartbeats and votes are debug), as etcd logs by default.
         RUST_LOG=${OURS_RUST_LOG:-info} "$NODE_BIN" --node-id "$i" --config "$config" >"$WORK/ours-n$i.log" 2>&1 &

@@ -107,19 +107,8 @@ WORK=$(mktemp -d "$TARGET_DIR/tmp/snapshot-cost.XXXXXX")
 # Node processes by "cluster.node" (e.g. lat-on.2); every one is a child of this shell.
 declare -A PIDS=()
 HAD_ERRORS=0
-
-stop_pids() {
-    local pid
-    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 100); do
-        local alive=0
-        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [[ $alive -eq 0 ]] && break
-        sleep 0.1
-    done
-    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
-}
+# shellcheck source=benches/lib/procs.sh
+source benches/lib/procs.sh
 stop_all() {
     [[ ${#PIDS[@]} -gt 0 ]] && stop_pids "${PIDS[@]}"
     PIDS=()
@@ -144,17 +133,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
-if [[ -z ${PORT_BASE:-} ]]; then
-    for base in $(seq 26000 100 29900); do
-        ok=1
-        for p in $(seq "$base" $((base + 9))); do port_free "$p" || { ok=0; break; }; done
-        if [[ $ok == 1 ]]; then PORT_BASE=$base; break; fi
-    done
-fi
-[[ -n ${PORT_BASE:-} ]] || { echo "Error: no free port block found" >&2; exit 1; }
+[[ -n ${PORT_BASE:-} ]] || PORT_BASE=$(free_port_block 26000)
 
-load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
 # $EPOCHREALTIME (seconds with a fraction, the locale's decimal point) → Unix microseconds.
 now_us() { local t=${EPOCHREALTIME/[^0-9]/}; echo "$((10#$t))"; }
 # A node log line's leading RFC 3339 UTC timestamp → Unix microseconds ("-" if none).
@@ -177,17 +157,10 @@ endpoints_of() { # CONFIG
 
 # start_cluster NAME CONFIG SNAPSHOT_ENTRIES|default: NAME is the directory under $WORK.
 start_cluster() {
-    local name=$1 cfg=$2 entries=$3 dir=$WORK/$1 i
+    local name=$1 cfg=$2 entries=$3 dir=$WORK/$1 i settings=()
     mkdir -p "$dir"
-    {
-        echo "nodes:"
-        for i in 1 2 3; do
-            printf '  - node_id: %d\n    ip_address: "127.0.0.1"\n    port: %d\n' "$i" "$(port_of "$cfg" "$i")"
-        done
-        echo "cluster_settings:"
-        echo "  log_directory: \"$dir/raft\""
-        [[ $entries != default ]] && echo "  snapshot_entries: $entries"
-    } >"$dir/cluster.yaml"
+    [[ $entries != default ]] && settings=("snapshot_entries: $entries")
+    write_ours_config "$dir/cluster.yaml" "$dir/raft" $(($(port_of "$cfg" 1) - 1)) "${settings[@]}"
     for i in 1 2 3; do spawn_node "$name" "$i" "$dir/n$i.log"; done
 }
 spawn_node() { # NAME NODE LOGFILE

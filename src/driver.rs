@@ -1305,6 +1305,34 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
         // Every request handled above has been answered or ignored by now.
         let declined = self.slots.decline_all();
         self.stats.requests_declined += declined as u64;
+        self.release_proposals_if_removed();
+    }
+
+    /// Drops the replies of every waiting proposal once this node no longer leads and its
+    /// committed configuration leaves it out. Leaders replicate only to members, so such a node
+    /// will apply nothing more and its proposals would wait until it stops (three election
+    /// timeouts of evidence, `crate::node::event_loop`): a removed leader's clients paused for
+    /// 1.5 s in the chaos runs. Their outcome is unknown (the new leader may commit them), which
+    /// is what a dropped reply says; clients retry elsewhere at once.
+    fn release_proposals_if_removed(&mut self) {
+        if self.proposals.is_empty() || self.core.role() == Role::Leader {
+            return;
+        }
+        let committed = self.core.commit_index();
+        let Some(membership) = self.core.membership_at(committed) else {
+            return;
+        };
+        if membership.contains(self.core.id()) {
+            return;
+        }
+        let released = self.proposals.len();
+        self.stats.proposals_failed += released as u64;
+        self.proposals.clear();
+        tracing::info!(
+            released,
+            "this node is outside the committed configuration (index {committed}): its pending \
+             proposals' outcomes are unknown, their clients were told so"
+        );
     }
 
     fn take_ready(&mut self, ready: Ready, out: &mut impl Outbox) {
@@ -1766,5 +1794,95 @@ mod member_tests {
         ));
         settle(&mut d, &mut out);
         assert!(matches!(first_answer.try_recv(), Ok(Ok(_))));
+    }
+
+    /// Node 2 (played by the test) acknowledges the leader's AppendEntries sent to it so far, up
+    /// to `upto` at most.
+    fn ack_from_2(d: &mut TestDriver, out: &mut Sent, upto: LogIndex) {
+        let requests: Vec<Envelope> = out.0.drain(..).filter(|e| e.to == NodeId(2)).collect();
+        for envelope in requests {
+            let Message::AppendEntries(ae) = envelope.msg else {
+                continue;
+            };
+            let end = LogIndex(ae.prev_log_index.0 + ae.entries.len() as u64);
+            let response = crate::raft::message::AppendEntriesResponse {
+                term: ae.term,
+                success: true,
+                last_log_index: end.min(upto),
+                conflict_term: None,
+                conflict_index: None,
+                read_seq: ae.read_seq,
+            };
+            d.handle(Inbound::Response(Envelope {
+                from: NodeId(2),
+                to: NodeId(1),
+                msg: Message::AppendEntriesResponse(response),
+            }));
+        }
+        settle(d, out);
+    }
+
+    /// A leader that removes itself steps down once the removal commits; the proposals it took
+    /// after the removal will never be applied here (the new leader replicates only to members),
+    /// so their clients must hear "outcome unknown" then, not when the node stops.
+    #[test]
+    fn a_removed_leader_releases_its_pending_proposals_when_it_steps_down() {
+        let (mut d, mut out) = leader();
+        let (reply, mut added) = oneshot::channel();
+        d.handle(Inbound::Member {
+            request: MemberRequest::Add {
+                peer_urls: vec!["http://127.0.0.1:2".into()],
+                learner: true,
+            },
+            reply,
+        });
+        settle(&mut d, &mut out);
+        ack_from_2(&mut d, &mut out, LogIndex(u64::MAX));
+        assert!(matches!(added.try_recv(), Ok(Ok(_))), "learner 2 added");
+        let (reply, mut promoted) = oneshot::channel();
+        d.handle(Inbound::Member {
+            request: MemberRequest::Promote(NodeId(2)),
+            reply,
+        });
+        settle(&mut d, &mut out);
+        ack_from_2(&mut d, &mut out, LogIndex(u64::MAX));
+        assert!(matches!(promoted.try_recv(), Ok(Ok(_))), "2 promoted");
+        assert!(d.core().membership().is_voter(NodeId(2)));
+
+        // Node 1 removes itself, then takes one more proposal behind the removal.
+        let (reply, mut removed) = oneshot::channel();
+        d.handle(Inbound::Member {
+            request: MemberRequest::Remove(NodeId(1)),
+            reply,
+        });
+        settle(&mut d, &mut out);
+        let removal = d.core().last_index();
+        let (reply, mut behind) = oneshot::channel();
+        d.handle(Inbound::Propose {
+            payload: b"after the removal".to_vec(),
+            reply,
+        });
+        settle(&mut d, &mut out);
+        assert!(
+            d.core().last_index() > removal,
+            "appended behind the removal"
+        );
+        assert_eq!(
+            d.proposals_pending(),
+            2,
+            "the removal and the proposal behind it"
+        );
+
+        // Node 2 acknowledges the removal but not the entry behind it: the removal commits,
+        // node 1 steps down, and the proposal behind it is released.
+        ack_from_2(&mut d, &mut out, removal);
+        assert!(matches!(removed.try_recv(), Ok(Ok(_))), "removal committed");
+        assert_ne!(d.core().role(), Role::Leader, "a removed leader steps down");
+        assert_eq!(
+            behind.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed),
+            "the client of the proposal behind the removal hears at once that its outcome is unknown"
+        );
+        assert_eq!(d.proposals_pending(), 0);
     }
 }

@@ -27,8 +27,8 @@ old_la=$(newest "$old_tree" log_append)
 propose=$(newest . propose)
 declare -A bin=([old]="$old_tree/target/release/rust-raft-log" [new]="$PWD/target/release/rust-raft-log")
 declare -A la=([old]="$old_la" [new]="$new_la")
-declare -A results
-record() { results["$1"]="${results[$1]:-} $2"; }
+# shellcheck source=benches/lib/ab.sh
+source benches/lib/ab.sh
 for round in $(seq "$rounds"); do
     for build in old new; do
         for cell in 256x1 256x64 65536x8; do
@@ -36,22 +36,19 @@ for round in $(seq "$rounds"); do
             ratio=$(grep -oE 'entries/s [0-9.]+x, p99 [0-9.]+x' <<<"$out" | tr -d 'x,' | awk '{print $2, $4}' || true)
             rate=$(grep -E '^ours' <<<"$out" | grep -oE '\(µs\): +[0-9]+' | awk '{print $2}' || true)
             echo "round $round $build log_append $cell: ours/baseline entries/s, p99 = ${ratio:-?}; ours ${rate:-?} entries/s; load $(cut -d' ' -f1 /proc/loadavg)"
-            record "$build la $cell rate-ratio" "${ratio%% *}"
-            record "$build la $cell p99-ratio" "${ratio##* }"
-            record "$build la $cell entries-per-s" "$rate"
+            ab_record "$build la $cell rate-ratio" "${ratio%% *}"
+            ab_record "$build la $cell p99-ratio" "${ratio##* }"
+            ab_record "$build la $cell entries-per-s" "$rate"
         done
         out=$(RAFT_NODE_BIN=${bin[$build]} BENCH_QUICK=1 BENCH_ONLY=throughput BENCH_PROPOSERS=1,128 "$propose" --bench 2>&1)
         one=$(grep -E '^\| 1 \| Propose \|' <<<"$out" | awk -F'|' '{gsub(/ /,"",$4); gsub(/ /,"",$5); print $4, $5}' || true)
         many=$(grep -E '^\| 128 \| Propose \|' <<<"$out" | awk -F'|' '{gsub(/ /,"",$4); print $4}' || true)
         many_s=$(grep -E '^\| 128 \| ProposeStream \|' <<<"$out" | awk -F'|' '{gsub(/ /,"",$4); print $4}' || true)
         echo "round $round $build propose: 1 proposer ${one% *}/s p50 ${one#* } µs; 128 Propose ${many}/s; 128 ProposeStream ${many_s}/s; load $(cut -d' ' -f1 /proc/loadavg)"
-        record "$build propose 1 p50-us" "${one#* }"
-        record "$build propose 1 per-s" "${one% *}"
-        record "$build propose 128 per-s" "$many"
-        record "$build propose 128-stream per-s" "$many_s"
+        ab_record "$build propose 1 p50-us" "${one#* }"
+        ab_record "$build propose 1 per-s" "${one% *}"
+        ab_record "$build propose 128 per-s" "$many"
+        ab_record "$build propose 128-stream per-s" "$many_s"
     done
 done
-median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-printf '%s\n' "${!results[@]}" | sed -E 's/^(old|new) //' | sort -u | while read -r key; do
-    echo "median over $rounds rounds, $key: old $(median "${results["old $key"]}") | new $(median "${results["new $key"]}")  (old:${results["old $key"]}; new:${results["new $key"]})"
-done
+ab_summary "$rounds"

@@ -14,8 +14,8 @@ shift 3
 cells=("$@")
 [ ${#cells[@]} -gt 0 ] || cells=(256x64 65536x8 256x1)
 secs=${BENCH_SECS:-2}
-declare -A results
-record() { results["$1"]="${results[$1]:-} $2"; }
+# shellcheck source=benches/lib/ab.sh
+source "$(dirname "$0")/../benches/lib/ab.sh"
 for round in $(seq "$rounds"); do
     for cell in "${cells[@]}"; do
         for build in old new; do
@@ -26,16 +26,13 @@ for round in $(seq "$rounds"); do
             sw=$(grep -E '^ours' <<<"$out" | grep -oE 'context switches/fdatasync [0-9.]+' | awk '{print $3}' || true)
             bcpu=$(grep -E '^baseline' <<<"$out" | grep -oE 'CPU µs/entry [0-9.]+' | awk '{print $3}' || true)
             echo "round $round $build $cell: rate ${ratio% *}x p99 ${ratio#* }x; CPU µs/entry ours $cpu (user $user) baseline $bcpu; switches/fdatasync $sw; load $(cut -d' ' -f1 /proc/loadavg)"
-            record "$build $cell rate-ratio" "${ratio% *}"
-            record "$build $cell p99-ratio" "${ratio#* }"
-            record "$build $cell cpu-us" "$cpu"
-            record "$build $cell user-us" "$user"
-            record "$build $cell base-cpu-us" "$bcpu"
-            record "$build $cell switches" "$sw"
+            ab_record "$build $cell rate-ratio" "${ratio% *}"
+            ab_record "$build $cell p99-ratio" "${ratio#* }"
+            ab_record "$build $cell cpu-us" "$cpu"
+            ab_record "$build $cell user-us" "$user"
+            ab_record "$build $cell base-cpu-us" "$bcpu"
+            ab_record "$build $cell switches" "$sw"
         done
     done
 done
-median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-printf '%s\n' "${!results[@]}" | sed -E 's/^(old|new) //' | sort -u | while read -r key; do
-    echo "median of $rounds, $key: old $(median "${results["old $key"]}") | new $(median "${results["new $key"]}")  (old:${results["old $key"]}; new:${results["new $key"]})"
-done
+ab_summary "$rounds"

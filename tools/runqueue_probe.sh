@@ -22,23 +22,15 @@ CLIENTS=${CLIENTS:-16}
 SECONDS_RUN=${RUN_SECONDS:-20}
 mkdir -p "$TARGET_DIR/tmp"
 WORK=$(mktemp -d "$TARGET_DIR/tmp/runqueue-probe.XXXXXX")
+# shellcheck source=benches/lib/procs.sh
+source benches/lib/procs.sh
 PIDS=()
 cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    sleep 1
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    [[ ${#PIDS[@]} -gt 0 ]] && stop_pids "${PIDS[@]}"
     echo "work directory: $WORK" >&2
 }
 trap cleanup EXIT
-{
-    echo "nodes:"
-    for i in 1 2 3; do
-        printf '  - node_id: %d\n    ip_address: "127.0.0.1"\n    port: %d\n' "$i" $((PORT_BASE + i))
-    done
-    echo "cluster_settings:"
-    echo "  log_directory: \"$WORK/raft\""
-} >"$WORK/cluster.yaml"
+write_ours_config "$WORK/cluster.yaml" "$WORK/raft" "$PORT_BASE"
 for i in 1 2 3; do
     RUST_LOG=info "$BIN" --node-id "$i" --config "$WORK/cluster.yaml" >"$WORK/n$i.log" 2>&1 &
     PIDS+=($!)

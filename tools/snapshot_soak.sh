@@ -25,8 +25,8 @@
 #
 # Environment: TOTAL_PUTS (1000000), FIRST_PUTS (200000), KEYS (64), VAL_SIZE (256), CLIENTS (64),
 # SEGMENT_BYTES (16777216; the default config's is 64 MiB, smaller here so the run rotates and
-# recycles many segments), COMPACT_EVERY (100000; 0 never), PORT_BASE (first free block of 3 from
-# 33000), KEEP_WORKDIR=1 keeps the directory. Everything started is stopped on exit.
+# recycles many segments), COMPACT_EVERY (100000; 0 never), PORT_BASE (first free block of 10
+# ports from 33000), KEEP_WORKDIR=1 keeps the directory. Everything started is stopped on exit.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -78,29 +78,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
-if [[ -z ${PORT_BASE:-} ]]; then
-    for base in $(seq 33000 10 33990); do
-        if port_free "$base" && port_free $((base + 1)) && port_free $((base + 2)); then
-            PORT_BASE=$base
-            break
-        fi
-    done
-fi
-[[ -n ${PORT_BASE:-} ]] || { echo "Error: no free port block found" >&2; exit 1; }
+# shellcheck source=benches/lib/procs.sh
+source benches/lib/procs.sh
+[[ -n ${PORT_BASE:-} ]] || PORT_BASE=$(free_port_block 33000)
 ENDPOINTS="127.0.0.1:$PORT_BASE,127.0.0.1:$((PORT_BASE + 1)),127.0.0.1:$((PORT_BASE + 2))"
 
-{
-    echo "nodes:"
-    for id in 1 2 3; do
-        printf '  - node_id: %d\n    ip_address: "127.0.0.1"\n    port: %d\n' "$id" $((PORT_BASE + id - 1))
-    done
-    echo "cluster_settings:"
-    echo "  log_directory: \"$WORK/raft_logs\""
-    echo "  log_segment_size: $SEGMENT_BYTES"
-    echo "  snapshot_entries: $SNAPSHOT_ENTRIES"
-    echo "  snapshot_catchup_entries: $CATCHUP_ENTRIES"
-} >"$WORK/cluster.yaml"
+# Node i listens on PORT_BASE + i - 1.
+write_ours_config "$WORK/cluster.yaml" "$WORK/raft_logs" $((PORT_BASE - 1)) \
+    "log_segment_size: $SEGMENT_BYTES" "snapshot_entries: $SNAPSHOT_ENTRIES" \
+    "snapshot_catchup_entries: $CATCHUP_ENTRIES"
 
 start_node() {
     local id=$1

@@ -37,18 +37,11 @@ CONNS=$(((CLIENTS + 9) / 10))
 
 mkdir -p "$TARGET_DIR/tmp"
 WORK=$(mktemp -d "$TARGET_DIR/tmp/stall-ab.XXXXXX")
+# shellcheck source=benches/lib/procs.sh
+source benches/lib/procs.sh
 PIDS=()
 stop_cluster() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [[ $alive -eq 0 ]] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    [[ ${#PIDS[@]} -gt 0 ]] && stop_pids "${PIDS[@]}"
     PIDS=()
 }
 trap 'stop_cluster; echo "work directory: $WORK" >&2' EXIT
@@ -59,18 +52,11 @@ echo "machine: $(nproc) cores, Linux $(uname -r); load average at start: $(cut -
 echo "A=$BIN_A B=$BIN_B rounds=$ROUNDS runs=$RUNS x ${RUN_SECONDS}s clients=$CLIENTS segment=$SEGMENT_BYTES"
 
 one_round() {
-    local label=$1 bin=$2 round=$3 dir=$WORK/$1-$3 i
+    local label=$1 bin=$2 round=$3 dir=$WORK/$1-$3 i settings
     mkdir -p "$dir"
-    {
-        echo "nodes:"
-        for i in 1 2 3; do
-            printf '  - node_id: %d\n    ip_address: "127.0.0.1"\n    port: %d\n' "$i" $((PORT_BASE + i))
-        done
-        echo "cluster_settings:"
-        echo "  log_directory: \"$dir/raft\""
-        echo "  log_segment_size: $SEGMENT_BYTES"
-        [[ -n ${SNAPSHOT_ENTRIES:-} ]] && echo "  snapshot_entries: $SNAPSHOT_ENTRIES"
-    } >"$dir/cluster.yaml"
+    settings=("log_segment_size: $SEGMENT_BYTES")
+    [[ -n ${SNAPSHOT_ENTRIES:-} ]] && settings+=("snapshot_entries: $SNAPSHOT_ENTRIES")
+    write_ours_config "$dir/cluster.yaml" "$dir/raft" "$PORT_BASE" "${settings[@]}"
     for i in 1 2 3; do
         if [[ -n ${RAFT_TIMELINE_DIR:-} ]]; then
             RAFT_TIMELINE=$RAFT_TIMELINE_DIR/$label-$round RUST_LOG=info \

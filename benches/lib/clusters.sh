@@ -7,7 +7,7 @@
 # - picks PORT_BASE (unless set): the first free block of 10 ports from 32000; etcd uses
 #   PORT_BASE+1..3 (clients) and +4..6 (peers), rust-raft-log PORT_BASE+7..9;
 # - defines start_etcd / start_ours (each starts a fresh cluster, appends the pids to PIDS and sets
-#   ENDPOINTS to its comma-separated host:port list), stop_all (SIGTERM, then SIGKILL after 5 s),
+#   ENDPOINTS to its comma-separated host:port list), stop_all (benches/lib/procs.sh's stop_pids),
 #   name_of SYSTEM, and MACHINE (cores, CPU, kernel);
 # - installs an EXIT trap that stops everything started and removes WORK (kept if KEEP_WORKDIR=1
 #   or on failure).
@@ -15,19 +15,13 @@
 # benches/compare_etcd.sh; rust-raft-log with a generated config, RUST_LOG=info (OURS_ETCD_TIMING=1:
 # with etcd's heartbeat and election timeout instead of the node's defaults).
 
+# shellcheck source=benches/lib/procs.sh
+source "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
+
 PIDS=()
 ENDPOINTS=""
 stop_all() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [[ $alive -eq 0 ]] && break
-        sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    [[ ${#PIDS[@]} -gt 0 ]] && stop_pids "${PIDS[@]}"
     PIDS=()
 }
 cleanup() {
@@ -44,15 +38,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port_free() { ! ss -ltnH "sport = :$1" 2>/dev/null | grep -q .; }
-if [[ -z ${PORT_BASE:-} ]]; then
-    for base in $(seq 32000 100 39900); do
-        ok=1
-        for p in $(seq "$base" $((base + 9))); do port_free "$p" || { ok=0; break; }; done
-        if [[ $ok == 1 ]]; then PORT_BASE=$base; break; fi
-    done
-fi
-[[ -n ${PORT_BASE:-} ]] || { echo "Error: no free port block found" >&2; exit 1; }
+[[ -n ${PORT_BASE:-} ]] || PORT_BASE=$(free_port_block 32000)
 
 start_etcd() {
     local cluster="" i v unset_etcd_vars=()
@@ -78,23 +64,15 @@ start_etcd() {
     done
 }
 start_ours() {
-    local config=$WORK/cluster.yaml i
+    local config=$WORK/cluster.yaml i timing=()
     rm -rf "$WORK/raft"
-    {
-        echo "nodes:"
-        for i in 1 2 3; do
-            printf '  - node_id: %d\n    ip_address: "127.0.0.1"\n    port: %d\n' "$i" $((PORT_BASE + 6 + i))
-        done
-        echo "cluster_settings:"
-        echo "  log_directory: \"$WORK/raft\""
-        # OURS_ETCD_TIMING=1: etcd's default timing (heartbeat 100 ms, election 1000 ms; ours
-        # picks each timeout in [min, max]) instead of the node's defaults (50 ms, 150-500 ms),
-        # to tell an overloaded machine's spurious elections apart from the work itself.
-        if [[ ${OURS_ETCD_TIMING:-0} == 1 ]]; then
-            echo "  election_timeout_range: { min: 1000, max: 2000 }"
-            echo "  heartbeat_interval: 100"
-        fi
-    } >"$config"
+    # OURS_ETCD_TIMING=1: etcd's default timing (heartbeat 100 ms, election 1000 ms; ours picks
+    # each timeout in [min, max]) instead of the node's defaults (50 ms, 150-500 ms), to tell an
+    # overloaded machine's spurious elections apart from the work itself.
+    if [[ ${OURS_ETCD_TIMING:-0} == 1 ]]; then
+        timing=("election_timeout_range: { min: 1000, max: 2000 }" "heartbeat_interval: 100")
+    fi
+    write_ours_config "$config" "$WORK/raft" $((PORT_BASE + 6)) "${timing[@]}"
     ENDPOINTS=""
     for i in 1 2 3; do
         RUST_LOG=info "$NODE_BIN" --node-id "$i" --config "$config" >>"$WORK/ours-n$i.log" 2>&1 &

@@ -11,13 +11,27 @@
 //! is started with `--join`. Clients and watchers address slots, so they need not learn the new
 //! ids; `Maintenance.Status` answers tell the runner which member id each slot holds now.
 //!
-//! Invariants: a slot is either running (a live child this module spawned) or down; `Drop` kills
-//! every child (SIGCONT first, so a paused one dies too) before the network is removed.
+//! Slots may also be *dormant* (`--spare N`, for the `grow` and `shrink` faults): they have a
+//! namespace, an address and a place for data, but hold no node: the config file lists only
+//! the initial members, and a dormant slot is not started, restarted or compared. `grow`
+//! ([`crate::membership::grow`]) gives one a fresh node id ([`Cluster::grow_slot`]), started with
+//! `--join`; `shrink` removes a member and makes its slot dormant again
+//! ([`Cluster::make_dormant`]), so a later `grow` re-uses it under yet another id.
+//!
+//! The clients and the watchers address slots through [`Endpoints`], shared with the cluster:
+//! the set of member slots they send to changes as members are added and removed, the way a
+//! real etcd client learns the member list.
+//!
+//! Invariants: a slot is either running (a live child this module spawned) or down; a dormant
+//! slot is down; `Drop` kills every child (SIGCONT first, so a paused one dies too) before the
+//! network is removed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rust_raft_log::etcdpb::etcdserverpb as pb;
@@ -66,6 +80,85 @@ pub enum ClusterError {
     Disk(#[from] DiskError),
 }
 
+/// The slots' client addresses and which of them hold members now, shared by the cluster (which
+/// changes it) and the clients and watchers (which send only to members). Index `i` is slot
+/// `i + 1`.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    addrs: Arc<Vec<SocketAddr>>,
+    /// Bit `i` set: slot `i + 1` holds a member (at most 32 slots; the runner allows 9 + 9).
+    members: Arc<AtomicU32>,
+}
+
+impl Endpoints {
+    /// `addrs` with the first `members` of them members.
+    pub fn new(addrs: Vec<SocketAddr>, members: usize) -> Endpoints {
+        assert!(addrs.len() <= 32, "{} slots: at most 32", addrs.len());
+        let mask = if members >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << members) - 1
+        };
+        Endpoints {
+            addrs: Arc::new(addrs),
+            members: Arc::new(AtomicU32::new(mask)),
+        }
+    }
+
+    /// Slots, members or not.
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+
+    /// Slot `index + 1`'s address.
+    pub fn addr(&self, index: usize) -> SocketAddr {
+        self.addrs[index]
+    }
+
+    pub fn is_member(&self, index: usize) -> bool {
+        index < 32 && self.members.load(Ordering::Relaxed) & (1 << index) != 0
+    }
+
+    /// How many slots hold members.
+    pub fn members(&self) -> usize {
+        self.members.load(Ordering::Relaxed).count_ones() as usize
+    }
+
+    /// The first member slot at or after `index` (cyclically); `index` itself when none is.
+    pub fn member_from(&self, index: usize) -> usize {
+        let n = self.addrs.len();
+        (0..n)
+            .map(|k| (index + k) % n)
+            .find(|&i| self.is_member(i))
+            .unwrap_or(index % n)
+    }
+
+    /// The member slot after `index` (cyclically).
+    pub fn next_member(&self, index: usize) -> usize {
+        self.member_from(index + 1)
+    }
+
+    /// The member slots' indexes, in order.
+    pub fn member_indexes(&self) -> Vec<usize> {
+        (0..self.addrs.len())
+            .filter(|&i| self.is_member(i))
+            .collect()
+    }
+
+    fn set(&self, slot: u32, member: bool) {
+        let bit = 1u32 << (slot - 1);
+        if member {
+            self.members.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            self.members.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A running (or down) cluster.
 pub struct Cluster {
     // Field order matters: children are killed in Drop before `disks` (unmounted) and `net`
@@ -82,24 +175,38 @@ pub struct Cluster {
     channels: BTreeMap<u32, Channel>,
     /// The node id each slot holds when it is not its own number (a replacement).
     replaced: BTreeMap<u32, u32>,
+    /// Slots that hold no node (module docs).
+    dormant: BTreeSet<u32>,
+    endpoints: Endpoints,
+    /// Members at the start (`shrink` never goes below).
+    initial_members: usize,
 }
 
 impl Cluster {
-    /// Writes the configuration for `net.size()` nodes into `dir`, puts each node's data
-    /// directory on `disk` and starts every node.
+    /// Writes the configuration for the first `members` of `net.size()` slots into `dir`, puts
+    /// each member's data directory on `disk` and starts every member; the other slots are
+    /// dormant (module docs).
     pub fn start(
         dir: &Path,
         net: Network,
         flavor: Flavor,
         disk: DiskModel,
+        members: usize,
     ) -> Result<Cluster, ClusterError> {
         let size = net.size();
-        let ports = if net.partitions_supported() {
+        assert!(
+            (1..=size).contains(&members),
+            "{members} members in {size} slots"
+        );
+        let ports: Vec<(u16, u16)> = if net.partitions_supported() {
             vec![(CLIENT_PORT, PEER_PORT); size]
         } else {
             let free = free_ports(2 * size)?;
             free.chunks(2).map(|p| (p[0], p[1])).collect()
         };
+        let addrs = (0..size)
+            .map(|i| SocketAddr::from((net.ip(i as u32 + 1), ports[i].0)))
+            .collect();
         let mut cluster = Cluster {
             children: BTreeMap::new(),
             paused: BTreeMap::new(),
@@ -111,6 +218,9 @@ impl Cluster {
             member_ids: BTreeMap::new(),
             channels: BTreeMap::new(),
             replaced: BTreeMap::new(),
+            dormant: (members as u32 + 1..=size as u32).collect(),
+            endpoints: Endpoints::new(addrs, members),
+            initial_members: members,
         };
         if let Flavor::RustRaftLog { extra, .. } = &cluster.flavor {
             let mut yaml = String::from("nodes:\n");
@@ -140,9 +250,54 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// The slots (module docs): 1 to the cluster's size.
+    /// The slots that hold members (module docs): 1 to the cluster's size but the dormant ones.
     pub fn ids(&self) -> Vec<u32> {
+        self.slots()
+            .into_iter()
+            .filter(|s| !self.dormant.contains(s))
+            .collect()
+    }
+
+    /// How many members the cluster started with.
+    pub fn initial_members(&self) -> usize {
+        self.initial_members
+    }
+
+    /// Every slot, dormant or not.
+    pub fn slots(&self) -> Vec<u32> {
         (1..=self.net.size() as u32).collect()
+    }
+
+    /// The dormant slots.
+    pub fn dormant(&self) -> Vec<u32> {
+        self.dormant.iter().copied().collect()
+    }
+
+    /// The slots' addresses and member set, for the clients and watchers.
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints.clone()
+    }
+
+    /// Dormant slot `slot` now holds node `node`, a member just added: it starts with `--join`
+    /// (the caller spawns it). The clients and watchers are told once it is a voter
+    /// ([`Cluster::serve_clients`]).
+    pub fn grow_slot(&mut self, slot: u32, node: u32) {
+        debug_assert!(self.dormant.contains(&slot), "slot {slot} is not dormant");
+        self.dormant.remove(&slot);
+        self.replace_node(slot, node);
+    }
+
+    /// Whether the clients and watchers send to slot `slot`.
+    pub fn serve_clients(&self, slot: u32, serve: bool) {
+        self.endpoints.set(slot, serve);
+    }
+
+    /// Slot `slot`'s node was removed and has stopped: the slot holds no node any more.
+    pub fn make_dormant(&mut self, slot: u32) {
+        debug_assert!(!self.is_running(slot), "slot {slot} is still running");
+        self.endpoints.set(slot, false);
+        self.dormant.insert(slot);
+        self.channels.remove(&slot);
     }
 
     /// The node id slot `slot` holds now (its own number until a replacement).
@@ -482,4 +637,40 @@ fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
         .iter()
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Endpoints;
+
+    fn five_slots(members: usize) -> Endpoints {
+        let addrs = (0..5)
+            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 2379 + i)))
+            .collect();
+        Endpoints::new(addrs, members)
+    }
+
+    #[test]
+    fn clients_move_among_members_only_and_follow_changes() {
+        let e = five_slots(3);
+        assert_eq!(e.member_indexes(), vec![0, 1, 2]);
+        assert_eq!(e.next_member(2), 0, "dormant slots 4 and 5 are skipped");
+        assert_eq!(e.member_from(4), 0);
+        e.set(4, true); // slot 4 grew
+        assert_eq!(e.next_member(2), 3);
+        assert_eq!(e.members(), 4);
+        e.set(1, false); // slot 1 shrank
+        assert_eq!(e.next_member(3), 1, "slot 1 is no longer a member");
+        assert_eq!(e.member_from(0), 1);
+        assert_eq!(e.member_indexes(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn with_no_member_a_client_stays_where_it_is() {
+        let e = five_slots(1);
+        e.set(1, false);
+        assert_eq!(e.members(), 0);
+        assert_eq!(e.member_from(3), 3);
+        assert_eq!(e.next_member(3), 4);
+    }
 }

@@ -48,6 +48,15 @@ pub enum FaultKind {
     /// address) is added as a learner, started with `--join` and promoted once in sync
     /// ([`crate::membership`]); all of it when the fault begins, nothing to undo.
     ReplaceMember,
+    /// The cluster grows by one voter: a learner is added for a dormant slot (`--spare`),
+    /// started with `--join` and promoted once in sync ([`crate::membership::grow`]); nothing
+    /// to undo. Skipped (and said so) when no slot is dormant.
+    Grow,
+    /// The cluster shrinks by one voter: the leader (odd shrinks) or a random follower (even
+    /// ones) is removed through the Cluster API, must exit by itself with status 78, and its
+    /// slot becomes dormant ([`crate::membership::shrink`]). Skipped (and said so) when the
+    /// cluster has no more members than it started with.
+    Shrink,
 }
 
 impl FaultKind {
@@ -72,7 +81,8 @@ impl FaultKind {
 
     /// Membership changes (not in `all`: rust-raft-log only, and each one changes which node
     /// ids the cluster has).
-    pub const MEMBERSHIP: [FaultKind; 1] = [FaultKind::ReplaceMember];
+    pub const MEMBERSHIP: [FaultKind; 3] =
+        [FaultKind::ReplaceMember, FaultKind::Grow, FaultKind::Shrink];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -88,6 +98,8 @@ impl FaultKind {
             FaultKind::PowerLoss => "power-loss",
             FaultKind::DiskFull => "disk-full",
             FaultKind::ReplaceMember => "replace-member",
+            FaultKind::Grow => "grow",
+            FaultKind::Shrink => "shrink",
         }
     }
 
@@ -167,7 +179,12 @@ pub struct Injector {
     /// Storage faults so far (their targets alternate).
     power_losses: u64,
     disk_fills: u64,
+    shrinks: u64,
     cut: bool,
+    /// The most voters a `MemberList` showed after a `grow` (0: no growth).
+    pub voters_max: usize,
+    /// Membership faults (`shrink`, `replace-member`) that removed the node leading then.
+    pub leaders_removed: u32,
     /// Findings: nodes that exited on their own, network commands that failed.
     pub findings: Vec<String>,
 }
@@ -181,7 +198,10 @@ impl Injector {
             full: BTreeSet::new(),
             power_losses: 0,
             disk_fills: 0,
+            shrinks: 0,
             cut: false,
+            voters_max: 0,
+            leaders_removed: 0,
             findings: Vec::new(),
         }
     }
@@ -312,7 +332,9 @@ impl Injector {
                     return Vec::new();
                 };
                 match crate::membership::replace(cluster, slot).await {
-                    Ok(r) => eprintln!(
+                    Ok(r) => {
+                        self.leaders_removed += u32::from(r.was_leader);
+                        eprintln!(
                         "chaos: slot {slot}: node {} removed{}, node {} added, promoted after {} \
                          refusals, {:.1} s",
                         r.removed,
@@ -320,7 +342,68 @@ impl Injector {
                         r.added,
                         r.promote_refusals,
                         r.took.as_secs_f64()
-                    ),
+                    )
+                    }
+                    Err(e) => self.findings.push(e.to_string()),
+                }
+                vec![slot]
+            }
+            FaultKind::Grow => {
+                let Some(&slot) = cluster.dormant().first() else {
+                    eprintln!("chaos: grow: no dormant slot (more --spare), skipped");
+                    return Vec::new();
+                };
+                match crate::membership::grow(cluster, slot).await {
+                    Ok(g) => {
+                        self.voters_max = self.voters_max.max(g.voters);
+                        eprintln!(
+                            "chaos: slot {slot}: node {} added, promoted after {} refusals, {} \
+                             voters, {:.1} s",
+                            g.added,
+                            g.promote_refusals,
+                            g.voters,
+                            g.took.as_secs_f64()
+                        );
+                    }
+                    Err(e) => self.findings.push(e.to_string()),
+                }
+                vec![slot]
+            }
+            FaultKind::Shrink => {
+                if ids.len() <= cluster.initial_members() {
+                    eprintln!(
+                        "chaos: shrink: {} members, as many as at the start, skipped",
+                        ids.len()
+                    );
+                    return Vec::new();
+                }
+                self.shrinks += 1;
+                let slot = if self.shrinks % 2 == 1 {
+                    self.leader_or_random(cluster).await
+                } else {
+                    let leader = cluster.leader().await;
+                    let followers: Vec<u32> = ids
+                        .iter()
+                        .copied()
+                        .filter(|&s| Some(s) != leader && cluster.is_running(s))
+                        .collect();
+                    match self.pick(&followers, 1).first() {
+                        Some(&s) => s,
+                        None => return Vec::new(),
+                    }
+                };
+                match crate::membership::shrink(cluster, slot).await {
+                    Ok(r) => {
+                        self.leaders_removed += u32::from(r.was_leader);
+                        eprintln!(
+                            "chaos: slot {slot}: node {} removed{}, exited by itself (78) {:.1} s \
+                         later, {:.1} s",
+                            r.removed,
+                            if r.was_leader { " (the leader)" } else { "" },
+                            r.exit_after.as_secs_f64(),
+                            r.took.as_secs_f64()
+                        )
+                    }
                     Err(e) => self.findings.push(e.to_string()),
                 }
                 vec![slot]

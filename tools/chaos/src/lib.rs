@@ -10,7 +10,8 @@
 //! - [`workload`]: the clients and what they record.
 //! - [`watchers`]: the watch streams and what they record.
 //! - [`faults`]: the fault kinds, their targets, undoing them.
-//! - [`membership`]: the membership fault (replace a member through the Cluster API).
+//! - [`membership`]: the membership faults through the Cluster API (replace a member; grow
+//!   into a dormant `--spare` slot; shrink, leaving one dormant).
 //! - [`run`]: one run from start to verdict.
 //! - [`history`]: the recorded operations (the checker's input).
 //! - [`checker`]: linearizability per key; [`checker::watch`]: etcd's watch guarantees.

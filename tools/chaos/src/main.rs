@@ -30,6 +30,10 @@ struct Args {
     /// Members (3 or 5).
     #[arg(long, default_value_t = 3)]
     nodes: u32,
+    /// Dormant slots beyond --nodes: an address and a data directory each, not started and not
+    /// in the config file, for the `grow` fault to add members into (rust-raft-log only).
+    #[arg(long, default_value_t = 0)]
+    spare: u32,
     /// Concurrent clients (one request in flight each).
     #[arg(long, default_value_t = 8)]
     clients: u32,
@@ -52,9 +56,12 @@ struct Args {
     /// needs root), combinable with the eight but not with each other. Planned, named on its
     /// own: restart-leader (SIGTERM, the node hands leadership over and exits; restarted when the
     /// fault ends), to compare with kill-leader (`write_pause_*` in the result line).
-    /// Membership, named on its own (rust-raft-log only): replace-member (remove a random node
+    /// Membership, named on their own (rust-raft-log only): replace-member (remove a random node
     /// through the Cluster API, wipe it, add a fresh member as a learner at its address, start
-    /// it with --join, promote it once in sync).
+    /// it with --join, promote it once in sync); grow (the same learner-then-promote on a
+    /// dormant --spare slot: one more voter); shrink (remove the leader, or on every second
+    /// shrink a random follower, never below --nodes; it must exit by itself with status 78;
+    /// its slot becomes dormant). E.g. grow,grow,replace-member,shrink,shrink --spare 2.
     #[arg(long, default_value = "kill-leader")]
     faults: String,
     /// Seed of the workload and the fault targets (default: from the clock; printed).
@@ -130,6 +137,9 @@ fn plan(args: &Args) -> Result<RunPlan, String> {
     if !(1..=9).contains(&args.nodes) {
         return Err(format!("--nodes {} (1 to 9)", args.nodes));
     }
+    if args.spare > 9 {
+        return Err(format!("--spare {} (0 to 9)", args.spare));
+    }
     if args.clients == 0 || args.keys == 0 {
         return Err("--clients and --keys must be at least 1".into());
     }
@@ -186,6 +196,7 @@ fn plan(args: &Args) -> Result<RunPlan, String> {
         }),
         namespaces,
         watchers: args.watchers,
+        spare: args.spare,
     })
 }
 

@@ -121,7 +121,7 @@ pub fn render(report: &RunReport) -> String {
     let (pause_median, pause_max) = median_max(&pauses);
     let _ = writeln!(
         out,
-        "HashKV after the run (node: (revision, hash)): {:?}",
+        "HashKV after the run (slot: (revision, hash)): {:?}",
         report.hashes
     );
     if report.findings.is_empty() {
@@ -145,7 +145,8 @@ pub fn render(report: &RunReport) -> String {
         out,
         "chaos-result flavor={} nodes={} seed={} seconds={:.0} answered={} failed={} faults={} \
          failed_per_fault={:.1} nospace={} findings={} verdict={} watchers={} watch_streams={} \
-         watch_events={} watch_anomalies={} write_pause_median_ms={:.1} write_pause_max_ms={:.1}",
+         watch_events={} watch_anomalies={} write_pause_median_ms={:.1} write_pause_max_ms={:.1} \
+         voters_max={} leaders_removed={} final_members={}",
         plan.flavor.name(),
         plan.nodes,
         plan.workload.seed,
@@ -172,7 +173,10 @@ pub fn render(report: &RunReport) -> String {
         report.watch_verdict.events,
         report.watch_verdict.anomalies.len(),
         pause_median as f64 / 1e6,
-        pause_max as f64 / 1e6
+        pause_max as f64 / 1e6,
+        report.voters_max,
+        report.leaders_removed,
+        report.final_members.len()
     );
     if !report.passed() {
         let _ = writeln!(

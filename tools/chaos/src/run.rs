@@ -38,6 +38,8 @@ pub struct RunPlan {
     pub namespaces: bool,
     /// Watch streams on the workload's prefix (0: none).
     pub watchers: u32,
+    /// Dormant slots beyond the `nodes` members, for `grow` (see [`crate::cluster`]).
+    pub spare: u32,
 }
 
 /// Why a run could not be made (a run that finds anomalies is not an error).
@@ -70,6 +72,12 @@ pub struct RunReport {
     pub watches: Vec<WatchRecord>,
     pub watch_verdict: checker::watch::WatchVerdict,
     pub hashes: std::collections::BTreeMap<u32, (i64, u32)>,
+    /// The most voters a `MemberList` showed after a `grow` (0: none grew).
+    pub voters_max: usize,
+    /// Membership faults that removed the node leading then.
+    pub leaders_removed: u32,
+    /// Members (slots) at the end.
+    pub final_members: Vec<u32>,
     pub elapsed: Duration,
 }
 
@@ -88,44 +96,63 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
             return Err(RunError::NeedsNamespaces(k.name()));
         }
     }
-    if plan.faults.contains(&FaultKind::ReplaceMember) {
+    if let Some(k) = plan
+        .faults
+        .iter()
+        .find(|k| FaultKind::MEMBERSHIP.contains(k))
+    {
         if !matches!(plan.flavor, Flavor::RustRaftLog { .. }) {
-            return Err(RunError::Plan(
-                "replace-member drives rust-raft-log's --join; not etcd".into(),
-            ));
+            return Err(RunError::Plan(format!(
+                "{} drives rust-raft-log's --join; not etcd",
+                k.name()
+            )));
         }
         if plan.faults.iter().any(|k| k.disk_model().is_some()) {
-            return Err(RunError::Plan(
-                "replace-member gives a slot a new data directory, which storage faults' \
-                 per-node file systems do not follow: run them separately"
-                    .into(),
-            ));
+            return Err(RunError::Plan(format!(
+                "{} gives a slot a new data directory, which storage faults' per-node file \
+                 systems do not follow: run them separately",
+                k.name()
+            )));
         }
     }
+    if plan.spare > 0 && plan.faults.iter().any(|k| k.disk_model().is_some()) {
+        return Err(RunError::Plan(
+            "--spare slots get no file system of their own: not with storage faults".into(),
+        ));
+    }
+    if plan.faults.contains(&FaultKind::Grow) && plan.spare == 0 {
+        return Err(RunError::Plan(
+            "grow needs dormant slots to grow into: pass --spare N".into(),
+        ));
+    }
     std::fs::create_dir_all(&plan.dir)?;
+    let slots = (plan.nodes + plan.spare) as usize;
     let net = if plan.namespaces {
         let pid = std::process::id();
         Network::create(
-            plan.nodes as usize,
+            slots,
             &format!("{:x}", pid & 0xffff),
             net::free_subnet((pid % 250) as u8),
         )?
     } else {
-        Network::loopback(plan.nodes as usize)
+        Network::loopback(slots)
     };
     let disk = crate::faults::disk_model_for(&plan.faults).map_err(RunError::Plan)?;
-    let mut cluster = Cluster::start(&plan.dir, net, plan.flavor.clone(), disk)?;
+    let mut cluster = Cluster::start(
+        &plan.dir,
+        net,
+        plan.flavor.clone(),
+        disk,
+        plan.nodes as usize,
+    )?;
     let mut injector = Injector::new(plan.workload.seed);
     cluster.wait_for_leader(Duration::from_secs(30)).await?;
 
     let clock = Clock(Instant::now());
     let stop = Arc::new(AtomicBool::new(false));
     let anomalies = Arc::new(Mutex::new(Vec::new()));
-    let endpoints: Vec<_> = cluster
-        .ids()
-        .iter()
-        .map(|&id| cluster.client_addr(id))
-        .collect();
+    // Every slot's address, and which hold members: `grow` and `shrink` change the latter.
+    let endpoints = cluster.endpoints();
     // The watchers start before the clients, from revision 1: every write is in their range.
     let watch_control = WatchControl::default();
     let watch_tasks: Vec<_> = (0..plan.watchers)
@@ -199,9 +226,10 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
     );
     let hashes = cluster.hashes(Duration::from_secs(20)).await;
     let distinct: std::collections::BTreeSet<_> = hashes.values().collect();
-    if hashes.len() != plan.nodes as usize || distinct.len() != 1 {
+    let final_members = cluster.ids();
+    if hashes.len() != final_members.len() || distinct.len() != 1 {
         findings.push(format!(
-            "members disagree after the run (node: (revision, HashKV)): {hashes:?}"
+            "members disagree after the run (slot: (revision, HashKV)): {hashes:?}"
         ));
     }
     let final_revision = hashes
@@ -231,6 +259,9 @@ pub async fn run(plan: RunPlan) -> Result<RunReport, RunError> {
         watches,
         watch_verdict,
         hashes,
+        voters_max: injector.voters_max,
+        leaders_removed: injector.leaders_removed,
+        final_members,
         elapsed: started.elapsed(),
     })
 }

@@ -32,6 +32,7 @@ use rust_raft_log::etcdpb::mvccpb::event::EventType;
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::cluster::Endpoints;
 use crate::workload::{Clock, KEY_PREFIX};
 
 /// How often a watcher asks for a progress notification on its stream.
@@ -143,15 +144,16 @@ fn event_of(event: &rust_raft_log::etcdpb::mvccpb::Event) -> WatchEvent {
     }
 }
 
-/// One watcher's loop; `endpoints[i]` is node `i + 1`. Returns its records.
+/// One watcher's loop; `endpoints`' index `i` is slot `i + 1` (it moves among the members
+/// only, as the clients do). Returns its records.
 pub async fn run_watcher(
     id: u32,
-    endpoints: Vec<SocketAddr>,
+    endpoints: Endpoints,
     clock: Clock,
     control: WatchControl,
 ) -> Vec<WatchRecord> {
     let mut records = Vec::new();
-    let mut member = id as usize % endpoints.len();
+    let mut member = endpoints.member_from(id as usize % endpoints.len());
     // The first revision not seen yet: events and bookmarks both move it.
     let mut next_revision = 1i64;
     // Consecutive streams cancelled for compaction: once every member said so, the watcher
@@ -159,7 +161,7 @@ pub async fn run_watcher(
     let mut compacted_in_a_row = 0usize;
     let mut compact_revision = 0i64;
     while !finished(&control, next_revision) {
-        if compacted_in_a_row >= endpoints.len() {
+        if compacted_in_a_row >= endpoints.members().max(1) {
             next_revision = next_revision.max(compact_revision);
             compacted_in_a_row = 0;
         }
@@ -172,7 +174,7 @@ pub async fn run_watcher(
         });
         let ended = stream(
             id,
-            endpoints[member],
+            endpoints.addr(member),
             clock,
             &control,
             &mut next_revision,
@@ -189,7 +191,7 @@ pub async fn run_watcher(
         if matches!(ended, StreamEnd::Done) {
             break;
         }
-        member = (member + 1) % endpoints.len();
+        member = endpoints.next_member(member);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     records

@@ -3,7 +3,9 @@
 //! history.
 //!
 //! A client knows every member, as etcd's clientv3 does, and keeps sending to one until a request
-//! to it fails; then it moves to the next member. It never retries a request: a failed write is
+//! to it fails; then it moves to the next member. The member set is the runner's
+//! [`Endpoints`]: when a membership fault adds or removes one, the clients see it at their
+//! next move, as clientv3 learns a new member list. It never retries a request: a failed write is
 //! recorded as indeterminate (it may have been applied), a failed read is counted and dropped.
 //!
 //! Invariants: values are unique in a run (`client << 40 | sequence`, never 0); every request's
@@ -21,6 +23,7 @@ use rust_raft_log::etcdpb::etcdserverpb::{
 };
 use tonic::transport::{Channel, Endpoint};
 
+use crate::cluster::Endpoints;
 use crate::history::{Call, Operation, Ret};
 
 /// The run's clock: nanoseconds since the run began.
@@ -225,21 +228,20 @@ pub fn answered_by_server(status: &tonic::Status) -> bool {
     std::error::Error::source(status).is_none()
 }
 
-/// Runs one client until `stop`; `endpoints[i]` is node `i + 1`.
+/// Runs one client until `stop`; `endpoints`' index `i` is slot `i + 1`.
 pub async fn run_client(
     id: u32,
-    endpoints: Vec<SocketAddr>,
+    endpoints: Endpoints,
     plan: WorkloadPlan,
     clock: Clock,
     stop: Arc<AtomicBool>,
     anomalies: Arc<std::sync::Mutex<Vec<String>>>,
 ) -> ClientLog {
     let mut rng = Rng::new(plan.seed ^ (u64::from(id) + 1).wrapping_mul(0x2545_f491_4f6c_dd1d));
-    let mut clients: Vec<KvClient<Channel>> = endpoints
-        .iter()
-        .map(|a| KvClient::new(channel(*a, plan.request_timeout)))
+    let mut clients: Vec<KvClient<Channel>> = (0..endpoints.len())
+        .map(|i| KvClient::new(channel(endpoints.addr(i), plan.request_timeout)))
         .collect();
-    let mut current = (id as usize) % endpoints.len();
+    let mut current = endpoints.member_from(id as usize % endpoints.len());
     let mut sequence: u64 = 0;
     // The last value this client saw per key: the expected value of its next compare-and-set.
     let mut last_seen: BTreeMap<u32, Option<u64>> = BTreeMap::new();
@@ -326,10 +328,12 @@ pub async fn run_client(
             });
             // Like etcd's client balancer: a member that answered stays in use; one that could
             // not be reached (or did not answer in time) is left for the next.
-            if !answered {
-                current = (current + 1) % endpoints.len();
+            // A member that was removed is left too, whatever it answered.
+            if !answered || !endpoints.is_member(current) {
+                current = endpoints.next_member(current);
                 // A fresh connection next time: a broken one may linger in the channel.
-                clients[current] = KvClient::new(channel(endpoints[current], plan.request_timeout));
+                clients[current] =
+                    KvClient::new(channel(endpoints.addr(current), plan.request_timeout));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -340,15 +344,15 @@ pub async fn run_client(
 /// Final linearizable reads of every key, from whichever member answers (recorded as
 /// operations, so that a lost write shows as a read that misses it).
 pub async fn final_reads(
-    endpoints: &[SocketAddr],
+    endpoints: &Endpoints,
     keys: u32,
     clock: Clock,
     client_id: u32,
 ) -> Vec<Operation> {
     let mut operations = Vec::new();
     for key in 0..keys {
-        for (i, addr) in endpoints.iter().enumerate() {
-            let mut client = KvClient::new(channel(*addr, Duration::from_secs(5)));
+        for i in endpoints.member_indexes() {
+            let mut client = KvClient::new(channel(endpoints.addr(i), Duration::from_secs(5)));
             let invoked = clock.now();
             if let Ok(Ok((ret, revision))) = send(&mut client, key, Call::Get).await {
                 operations.push(Operation {
