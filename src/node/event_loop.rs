@@ -180,9 +180,9 @@ struct MemberSync {
 /// How the loop learns that its node was removed from the cluster, so it stops (as etcd stops
 /// a removed member) instead of waiting or campaigning forever. A removal this node knows is
 /// committed stops it at once ([`RemovalWatch::committed_removal`]). Otherwise two kinds of
-/// evidence, each of which must last `grace` (several election timeouts) so that an uncommitted change a new
-/// leader truncates, or a member that has not appended this node's addition yet, does not stop
-/// a member:
+/// evidence, each of which must last `grace` (several election timeouts) so that an uncommitted
+/// change a new leader truncates, or a member that has not appended this node's addition yet,
+/// does not stop a member:
 /// - **its own log**: a configuration without it is in effect, after it was a member of one
 ///   (its config file's, for a bootstrap member; one from the log, for a node that joined),
 ///   and no leader has put it back (a truncated removal would have);
