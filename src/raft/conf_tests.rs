@@ -692,3 +692,32 @@ fn a_restart_derives_the_configuration_from_the_snapshot_and_the_log_after_it() 
     assert_eq!(n.membership(), &members(&[1, 3, 4], &[]));
     assert_eq!(n.membership_at(LogIndex(2)), &members(&[1, 2, 3, 4], &[]));
 }
+
+/// A leader stops replicating to a server as soon as the entry removing it is appended, so the
+/// server never learned the removal had committed and stopped only after its peers' refusals
+/// had lasted several election timeouts (issue 15: clients sending to it waited 1.6 s in the
+/// chaos runs). Once the removal commits, the leader sends it one last append with the commit.
+#[test]
+fn a_removed_follower_is_told_that_its_removal_committed() {
+    let mut net = Net::new(&[1, 2, 3], &[], &[]);
+    net.elect_1();
+    let i = net.change(ConfChange::RemoveNode(NodeId(3)));
+    assert!(net.node(1).commit_index() >= i, "the removal committed");
+    let n3 = net.node(3);
+    assert!(
+        !n3.membership().contains(NodeId(3)),
+        "node 3 appended the configuration without it: {}",
+        n3.membership()
+    );
+    assert!(
+        n3.commit_index() >= i,
+        "node 3 knows its removal (index {i}) is committed: its commit index is {}",
+        n3.commit_index()
+    );
+    // Told once: the leader tracks it no more, and 2 and 1 go on without it.
+    net.tick(50);
+    let (p, _) = net.node_mut(1).propose(b"after".to_vec()).expect("leader");
+    net.tick(5);
+    assert!(net.node(2).commit_index() >= p);
+    assert!(net.node(3).commit_index() < p, "no more entries for node 3");
+}

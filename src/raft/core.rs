@@ -382,6 +382,11 @@ pub struct RaftNode<S: Storage> {
     votes: BTreeMap<NodeId, bool>,
     /// The leader's view of every other voter.
     progress: BTreeMap<NodeId, Progress>,
+    /// On a leader: servers a configuration entry of its term removed (their progress dropped),
+    /// with that entry's index and their match index then. Once the entry commits each gets one
+    /// last append that teaches it the commit, so it learns its removal is final and can stop
+    /// at once instead of after evidence that must outlast several election timeouts.
+    departed: Vec<(NodeId, LogIndex, LogIndex)>,
     msgs: Vec<Envelope>,
     persisted_msgs: Vec<Envelope>,
     /// The hard state the last `Ready` (or the constructor) handed to the driver.
@@ -506,6 +511,7 @@ impl<S: Storage> RaftNode<S> {
             now_tick: 0,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
+            departed: Vec::new(),
             msgs: Vec::new(),
             persisted_msgs: Vec::new(),
             last_ready_hard_state: hard_state,
@@ -1219,7 +1225,17 @@ impl<S: Storage> RaftNode<S> {
             return;
         }
         let peers = self.peers();
-        self.progress.retain(|id, _| peers.contains(id));
+        let entry = self.membership_index().unwrap_or(LogIndex::ZERO);
+        let departed = &mut self.departed;
+        self.progress.retain(|id, pr| {
+            let stays = peers.contains(id);
+            if !stays {
+                departed.push((*id, entry, pr.match_index));
+            }
+            stays
+        });
+        // A member again (the entry that removed it was truncated): nothing to tell it.
+        self.departed.retain(|(id, _, _)| !peers.contains(id));
         let next = self.log.last_index().next();
         for p in peers {
             self.progress.entry(p).or_insert_with(|| {
@@ -1305,6 +1321,7 @@ impl<S: Storage> RaftNode<S> {
         if was_leader {
             tracing::debug!(id = %self.config.id, term = %self.term, "leader steps down");
             self.drop_pending_reads();
+            self.departed.clear();
         }
         self.role = Role::Follower;
         self.leader = leader;
@@ -2121,6 +2138,7 @@ impl<S: Storage> RaftNode<S> {
     /// term's first commit their read index.
     fn on_commit_advanced(&mut self) {
         self.broadcast_commit();
+        self.tell_departed();
         if self.role == Role::Leader
             && !self.membership().is_voter(self.config.id)
             && self
@@ -2233,6 +2251,39 @@ impl<S: Storage> RaftNode<S> {
     fn broadcast_commit(&mut self) {
         for to in self.peers() {
             self.maybe_send_commit(to);
+        }
+    }
+
+    /// Sends each departed server (see [`RaftNode::departed`]) whose removal is now committed one
+    /// last append: the entries from its match index through the removal, with the commit
+    /// index. It is not tracked any more (no retry, no answer awaited): if it is lost, or the
+    /// server lags too far for one message, it learns of its removal from its peers' refusals.
+    fn tell_departed(&mut self) {
+        if self.role != Role::Leader || self.departed.is_empty() {
+            return;
+        }
+        let commit = self.commit;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.departed)
+            .into_iter()
+            .partition(|(_, entry, _)| *entry <= commit);
+        self.departed = waiting;
+        for (to, entry, matched) in ready {
+            let count = entry.0.saturating_sub(matched.0);
+            if matched.next() < self.log.first_index()
+                || count > self.config.max_entries_per_msg
+            {
+                continue;
+            }
+            let entries = self.log.entries(
+                matched.next(),
+                entry.next(),
+                self.config.max_entries_per_msg,
+                self.config.max_bytes_per_msg,
+            );
+            if entries.last().map(|e| e.index) != Some(entry) && matched < entry {
+                continue;
+            }
+            self.send_append(to, matched, entries);
         }
     }
 
