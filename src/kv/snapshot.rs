@@ -91,6 +91,8 @@ pub struct KvSnapshotView {
     leases: LeaseMap,
     /// A handful of members: cloned whole.
     members: super::MemberTable,
+    /// The store's view token (`KvStore::views`), held while the view lives.
+    _token: Arc<()>,
 }
 
 // The node hands a view to another thread and keeps applying: it must own what it reads.
@@ -135,6 +137,7 @@ impl KvStore {
             keys: self.keys.clone(),
             leases: self.leases.clone(),
             members: self.members.clone(),
+            _token: Arc::clone(&self.views),
         }
     }
 
@@ -702,6 +705,7 @@ fn decode(reader: &mut PayloadReader<'_>) -> Result<KvStore, SnapshotError> {
         leases,
         members,
         sink: SinkSlot::default(),
+        views: Arc::default(),
     })
 }
 
