@@ -205,7 +205,9 @@ fn cost_of_store_operations() {
 
     // Writing a snapshot payload (what the snapshot thread spends CPU on before its fdatasync):
     // the whole store serialized with its CRC into a sink, beside a baseline that copies the
-    // same number of bytes from one buffer into another (memory bandwidth on this machine).
+    // same number of bytes from one buffer into another freshly allocated one (mostly the page
+    // faults of the fresh pages: `cost_of_snapshot_payload` below also prints a copy into pages
+    // already written, which is memory bandwidth alone).
     let view = store.snapshot_view();
     let mut payload_bytes = 0;
     let mut serialize = Vec::new();
