@@ -282,6 +282,18 @@ fn cost_of_snapshot_payload() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    // One CRC-32C pass over as many bytes (hot in the cache or not: what a writer pays per pass).
+    let bytes = vec![7u8; payload_bytes as usize];
+    let mut crc_pass = Vec::new();
+    for _ in 0..PAYLOAD_ROUNDS {
+        let start = thread_cpu_ns();
+        std::hint::black_box(crc32c::crc32c(&bytes));
+        crc_pass.push((thread_cpu_ns() - start) as f64);
+    }
+    println!(
+        "one CRC-32C pass over {payload_bytes} bytes: median {:.1} ms CPU",
+        median(crc_pass) / 1e6
+    );
     let (serialize, fresh, touched) = (median(serialize), median(fresh), median(touched));
     println!(
         "snapshot payload: {payload_bytes} bytes, median of {PAYLOAD_ROUNDS}: {:.1} ms CPU \
