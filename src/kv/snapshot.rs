@@ -91,6 +91,8 @@ pub struct KvSnapshotView {
     leases: LeaseMap,
     /// A handful of members: cloned whole.
     members: super::MemberTable,
+    /// The store's view token (`KvStore::views`), held while the view lives.
+    _token: Arc<()>,
 }
 
 // The node hands a view to another thread and keeps applying: it must own what it reads.
@@ -135,6 +137,7 @@ impl KvStore {
             keys: self.keys.clone(),
             leases: self.leases.clone(),
             members: self.members.clone(),
+            _token: Arc::clone(&self.views),
         }
     }
 
@@ -185,7 +188,27 @@ impl KvSnapshotView {
         out.put(&self.compact_revision.to_le_bytes())?;
         out.put(&self.history_revisions.to_le_bytes())?;
         out.put(&(self.keys.len() as u64).to_le_bytes())?;
+        // The walk is bound by memory latency, not by copying: each key's bytes, its history's
+        // vector and each value are separate heap blocks, cold in the cache, and reached one
+        // after the other. Two iterators run ahead of the one that writes and ask the CPU for
+        // those blocks early, so that their misses overlap instead of queueing up
+        // (`prefetch_record`: the key and the vector `PREFETCH_KEYS_AHEAD` keys ahead, the values
+        // half as far ahead, by when their vector has arrived).
+        let mut far = self.keys.iter();
+        let mut near = self.keys.iter();
+        for (key, history) in far.by_ref().take(PREFETCH_KEYS_AHEAD) {
+            prefetch_record(key, history);
+        }
+        for (_, history) in near.by_ref().take(PREFETCH_KEYS_AHEAD / 2) {
+            prefetch_values(history);
+        }
         for (key, history) in &self.keys {
+            if let Some((key, history)) = far.next() {
+                prefetch_record(key, history);
+            }
+            if let Some((_, history)) = near.next() {
+                prefetch_values(history);
+            }
             put_key_record(&mut out, key, history)?;
         }
         out.put(&(self.leases.len() as u64).to_le_bytes())?;
@@ -260,6 +283,54 @@ impl Snapshot for KvStore {
     }
 }
 
+/// How far ahead of the key being written [`KvSnapshotView::write_to`] asks for the next keys'
+/// heap blocks. Measured with `kv::cost_tests::cost_of_snapshot_payload` (2 cores, load ~10,
+/// interleaved runs): 32 keys ahead with whole values of up to 512 bytes asked for took 0.77 to
+/// 0.94x the CPU of 16 keys ahead with a value's first two lines, which took 0.42 to 0.53x the
+/// CPU of no prefetching.
+const PREFETCH_KEYS_AHEAD: usize = 32;
+
+/// The most of one value asked for ahead: a longer value is copied sequentially, which the
+/// hardware prefetcher follows by itself.
+const VALUE_PREFETCH_BYTES_MAX: usize = 512;
+
+/// Asks the CPU to bring a cache line into its caches, without waiting for it (a hint: it never
+/// faults, whatever the address). A no-op where there is no such instruction.
+#[inline(always)]
+fn prefetch(address: *const u8) {
+    // SAFETY: `_mm_prefetch` needs SSE, which is part of the x86_64 baseline (every x86_64 CPU
+    // has it), and a prefetch only hints: it reads nothing and never faults, whatever `address`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
+/// The first cache lines of a key's bytes and of its history's vector.
+fn prefetch_record(key: &Key, history: &History) {
+    prefetch(key.as_ptr());
+    prefetch(history.as_ptr().cast());
+    // A history of a few versions spans more than one line (40 bytes a version).
+    if history.len() > 1 {
+        prefetch(history[..].as_ptr().wrapping_add(history.len() - 1).cast());
+    }
+}
+
+/// The values of a history (reads the vector: it should be in the cache by now), each up to
+/// [`VALUE_PREFETCH_BYTES_MAX`].
+fn prefetch_values(history: &History) {
+    for version in history {
+        if let Some(live) = &version.live {
+            let value = live.value.as_ptr();
+            for offset in (0..live.value.len().min(VALUE_PREFETCH_BYTES_MAX)).step_by(64) {
+                prefetch(value.wrapping_add(offset));
+            }
+        }
+    }
+}
+
 /// One key's record: key length, key, version count, then each version.
 fn put_key_record(out: &mut PayloadWriter<'_>, key: &[u8], versions: &[Version]) -> io::Result<()> {
     out.put_field(key, "key")?;
@@ -271,21 +342,48 @@ fn put_key_record(out: &mut PayloadWriter<'_>, key: &[u8], versions: &[Version])
     })?;
     out.put(&count.to_le_bytes())?;
     for version in versions {
-        out.put(&version.mod_revision.to_le_bytes())?;
+        // The fixed fields of a version are gathered on the stack and handed over in one piece
+        // (one bounds check instead of five).
+        let mut fixed = [0u8; VERSION_FIXED_BYTES_MAX];
+        fixed[..8].copy_from_slice(&version.mod_revision.to_le_bytes());
         match &version.live {
-            None => out.put(&[0])?,
+            None => out.put(&fixed[..9])?,
             Some(live) => {
                 // A version without a lease is written as in format 1, so the HashKV of a store
                 // that never used leases is what it was.
-                out.put(&[if live.lease == 0 { LIVE } else { LIVE_LEASED }])?;
-                out.put(&live.create_revision.to_le_bytes())?;
-                out.put(&live.version.to_le_bytes())?;
+                fixed[8] = if live.lease == 0 { LIVE } else { LIVE_LEASED };
+                fixed[9..17].copy_from_slice(&live.create_revision.to_le_bytes());
+                fixed[17..25].copy_from_slice(&live.version.to_le_bytes());
+                let mut end = 25;
                 if live.lease != 0 {
-                    out.put(&live.lease.to_le_bytes())?;
+                    fixed[25..33].copy_from_slice(&live.lease.to_le_bytes());
+                    end = 33;
                 }
-                out.put_field(&live.value, "value")?;
+                let value = &live.value;
+                check_field_len(value, "value")?;
+                fixed[end..end + 4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+                out.put(&fixed[..end + 4])?;
+                out.put(value)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// A live version's fields before its value bytes, at most: mod_revision, live flag,
+/// create_revision, version, lease, value length (`docs/FORMAT.md`, a key record).
+const VERSION_FIXED_BYTES_MAX: usize = 8 + 1 + 8 + 8 + 8 + 4;
+
+/// Refuses a key or value the reader would refuse.
+fn check_field_len(bytes: &[u8], what: &str) -> io::Result<()> {
+    if bytes.len() > SNAPSHOT_FIELD_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "a {what} of {} bytes is beyond the snapshot's {SNAPSHOT_FIELD_BYTES_MAX}",
+                bytes.len()
+            ),
+        ));
     }
     Ok(())
 }
@@ -326,15 +424,7 @@ impl<'a> PayloadWriter<'a> {
 
     /// A length-prefixed key or value.
     fn put_field(&mut self, bytes: &[u8], what: &str) -> io::Result<()> {
-        if bytes.len() > SNAPSHOT_FIELD_BYTES_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "a {what} of {} bytes is beyond the snapshot's {SNAPSHOT_FIELD_BYTES_MAX}",
-                    bytes.len()
-                ),
-            ));
-        }
+        check_field_len(bytes, what)?;
         self.put(&(bytes.len() as u32).to_le_bytes())?;
         self.put(bytes)
     }
@@ -615,6 +705,7 @@ fn decode(reader: &mut PayloadReader<'_>) -> Result<KvStore, SnapshotError> {
         leases,
         members,
         sink: SinkSlot::default(),
+        views: Arc::default(),
     })
 }
 

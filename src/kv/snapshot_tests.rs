@@ -257,6 +257,7 @@ mod in_memory {
             leases,
             members,
             sink: Default::default(),
+            views: Default::default(),
         })
     }
 }
@@ -504,6 +505,35 @@ proptest! {
             stopped.hash_kv(0).map(|hash| hash.hash)
         );
     }
+}
+
+#[test]
+fn a_compaction_that_drops_nothing_copies_nothing_a_view_shares() {
+    // Every key written once: compacting to the newest revision visits them all and drops none
+    // (each newest version is live). With a view alive, that must not copy the view's nodes.
+    let mut store = KvStore::with_history_revisions(0);
+    for i in 0..1_000u32 {
+        store
+            .apply(&put_op(&i.to_be_bytes(), vec![1; 16]))
+            .expect("put");
+    }
+    let view = store.snapshot_view();
+    store.compact(store.revision()).expect("compact");
+    assert!(view.shares_map_with(&store));
+    // One key written again: compacting now drops its older version, which copies its path.
+    store
+        .apply(&put_op(&7u32.to_be_bytes(), vec![2; 16]))
+        .expect("put");
+    let view = store.snapshot_view();
+    store.compact(store.revision()).expect("compact");
+    assert!(!view.shares_map_with(&store));
+    store.check_invariants();
+    let mut request = RangeRequest {
+        key: 7u32.to_be_bytes().to_vec(),
+        ..RangeRequest::default()
+    };
+    request.revision = view.revision();
+    assert_eq!(store.range(&request).expect("range").kvs[0].value, [2; 16]);
 }
 
 #[test]
