@@ -175,7 +175,14 @@ struct MemberSync {
     last: Option<crate::raft::Membership>,
     /// Stops a removed node ([`EventLoop::with_removal_stop`]); `None`: never.
     removal: Option<RemovalWatch>,
+    /// Servers that left the configuration, by the loop tick at which their connection is
+    /// dropped: kept for [`LEAVING_TICKS`] so that the core's last append to a removed follower
+    /// (telling it its removal committed, so it stops at once) can still reach it.
+    leaving: HashMap<NodeId, u64>,
 }
+
+/// How long (loop ticks, 1 ms) a connection to a server that left the configuration is kept.
+const LEAVING_TICKS: u64 = 2_000;
 
 /// How the loop learns that its node was removed from the cluster, so it stops (as etcd stops
 /// a removed member) instead of waiting or campaigning forever. A removal this node knows is
@@ -267,15 +274,20 @@ impl RemovalWatch {
     /// the node stops at once, as etcd stops a member that applies its own removal. Without
     /// this, a removed leader (it steps down when its removal commits) held its clients'
     /// requests for the whole grace, 1.5 s in the chaos runs, instead of sending them elsewhere.
+    /// `listed_before`: whether the configuration before that entry listed this node (a node
+    /// restarted on a removed member's directory has not seen itself listed in this run, but its
+    /// log shows the entry that removed it).
     fn committed_removal(
         &self,
         membership: &crate::raft::Membership,
         me: NodeId,
         index: Option<LogIndex>,
         commit: LogIndex,
+        listed_before: bool,
     ) -> Option<String> {
         let index = index?;
-        (self.member_seen && !membership.contains(me) && index <= commit).then(|| {
+        let was_member = self.member_seen || listed_before;
+        (was_member && !membership.contains(me) && index <= commit).then(|| {
             format!("its removal, the configuration {membership} at index {index}, is committed")
         })
     }
@@ -312,14 +324,18 @@ impl MemberSync {
             .copied()
             .filter(|v| *v != me && peers.address(*v).is_some())
             .collect();
-        if let Some(why) = watch.committed_removal(
-            &membership,
-            me,
-            core.membership_index(),
-            core.commit_index(),
-        ) {
+        let index = core.membership_index();
+        let listed_before = index
+            .and_then(|i| core.membership_at(i.prev()))
+            .is_some_and(|m| m.contains(me));
+        if let Some(why) =
+            watch.committed_removal(&membership, me, index, core.commit_index(), listed_before)
+        {
             return Some(why);
         }
+        // Its log shows the entry that removed it (restarted on a removed member's directory,
+        // whose commit index may not have reached that entry yet): it was a member.
+        watch.member_seen |= listed_before;
         // A learner never campaigns, so no refusal tells it that it was removed before its
         // promotion (the leader simply stops sending to it): once it has heard from no one
         // (only a leader talks to a learner) for `grace`, it asks the voters it knows whether
@@ -347,6 +363,18 @@ impl MemberSync {
         peers: &mut Peers,
         watch: &mut Watch,
     ) {
+        if !self.leaving.is_empty() {
+            let now = driver.stats().ticks;
+            self.leaving.retain(|node, until| {
+                if now < *until {
+                    return true;
+                }
+                if peers.remove(*node) {
+                    tracing::info!("✂️  member {node} left the configuration: connection dropped");
+                }
+                false
+            });
+        }
         if driver.members_generation() == self.seen {
             return;
         }
@@ -377,11 +405,12 @@ impl MemberSync {
             }
         }
         let gone: Vec<NodeId> = peers.ids().filter(|p| !membership.contains(*p)).collect();
+        let until = driver.stats().ticks + LEAVING_TICKS;
         for node in gone {
-            if peers.remove(node) {
-                tracing::info!("✂️  member {node} left the configuration: connection dropped");
-            }
+            self.leaving.entry(node).or_insert(until);
         }
+        // Back in the configuration (the entry that removed it was truncated): keep it.
+        self.leaving.retain(|node, _| !membership.contains(*node));
         if let Some(gate) = &self.gate {
             gate.set_members(membership.members().collect(), membership.is_voter(me));
         }
@@ -643,6 +672,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 seen: 0,
                 last: None,
                 removal: None,
+                leaving: HashMap::new(),
             },
         }
     }
@@ -1036,22 +1066,36 @@ mod tests {
             let w = watch(true);
             // Appended, not committed: a new leader may still truncate it.
             assert_eq!(
-                w.committed_removal(&without, me, Some(LogIndex(10)), LogIndex(9)),
+                w.committed_removal(&without, me, Some(LogIndex(10)), LogIndex(9), false),
                 None
             );
-            let why = w.committed_removal(&without, me, Some(LogIndex(10)), LogIndex(10));
+            let why = w.committed_removal(&without, me, Some(LogIndex(10)), LogIndex(10), false);
             assert!(why.is_some_and(|w| w.contains("index 10, is committed")));
             // A committed configuration that lists it, or none from the log: nothing to say.
             assert_eq!(
-                w.committed_removal(&with, me, Some(LogIndex(10)), LogIndex(12)),
+                w.committed_removal(&with, me, Some(LogIndex(10)), LogIndex(12), true),
                 None
             );
-            assert_eq!(w.committed_removal(&without, me, None, LogIndex(12)), None);
+            assert_eq!(
+                w.committed_removal(&without, me, None, LogIndex(12), false),
+                None
+            );
             // A joining node replaying the committed configurations from before its addition.
             assert_eq!(
-                watch(false).committed_removal(&without, me, Some(LogIndex(10)), LogIndex(12)),
+                watch(false).committed_removal(
+                    &without,
+                    me,
+                    Some(LogIndex(10)),
+                    LogIndex(12),
+                    false
+                ),
                 None
             );
+            // Restarted on a removed member's directory: the configuration before the removal
+            // listed it.
+            assert!(watch(false)
+                .committed_removal(&without, me, Some(LogIndex(10)), LogIndex(12), true)
+                .is_some());
         }
 
         #[test]

@@ -2269,9 +2269,7 @@ impl<S: Storage> RaftNode<S> {
         self.departed = waiting;
         for (to, entry, matched) in ready {
             let count = entry.0.saturating_sub(matched.0);
-            if matched.next() < self.log.first_index()
-                || count > self.config.max_entries_per_msg
-            {
+            if matched.next() < self.log.first_index() || count > self.config.max_entries_per_msg {
                 continue;
             }
             let entries = self.log.entries(
