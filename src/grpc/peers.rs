@@ -722,16 +722,7 @@ fn record_failure(peer: &PeerShared, config: &PeerConfig, status: &tonic::Status
         // A refusal (another cluster, not a member, a certificate the peer does not accept)
         // will not heal by retrying: say so loudly, but once per peer and interval, since the
         // worker retries after every backoff.
-        let now = Instant::now();
-        let due = {
-            let mut last = lock(&peer.refusal_logged);
-            let due = last.is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL);
-            if due {
-                *last = Some(now);
-            }
-            due
-        };
-        if due {
+        if refusal_log_due(peer) {
             let what = if refused {
                 format!("peer {} refused this node", peer.id)
             } else {
@@ -751,6 +742,18 @@ fn record_failure(peer: &PeerShared, config: &PeerConfig, status: &tonic::Status
     );
 }
 
+/// Whether a refusal by `peer` is to be logged now: the first, and then one per
+/// [`REFUSAL_LOG_INTERVAL`] (its workers retry after every backoff); records the moment if so.
+fn refusal_log_due(peer: &PeerShared) -> bool {
+    let now = Instant::now();
+    let mut last = lock(&peer.refusal_logged);
+    let due = last.is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL);
+    if due {
+        *last = Some(now);
+    }
+    due
+}
+
 /// Adds to the evidence that `peer` does not count this node as a member (its first and latest
 /// moment, [`Peers::refusing_as_non_member`]).
 fn mark_not_member(peer: &PeerShared) {
@@ -764,16 +767,7 @@ fn mark_not_member(peer: &PeerShared) {
 /// [`REFUSAL_LOG_INTERVAL`] while it lasts (`how`: what the peer did).
 fn note_not_member(peer: &PeerShared, how: &str) {
     mark_not_member(peer);
-    let now = Instant::now();
-    let due = {
-        let mut last = lock(&peer.refusal_logged);
-        let due = last.is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL);
-        if due {
-            *last = Some(now);
-        }
-        due
-    };
-    if due {
+    if refusal_log_due(peer) {
         tracing::warn!(
             peer = %peer.id, addr = %peer.addr,
             "peer {} {how} and said this node {} its configuration (logged once per {}s while \

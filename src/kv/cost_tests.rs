@@ -208,24 +208,8 @@ fn cost_of_store_operations() {
     // same number of bytes from one buffer into another freshly allocated one (mostly the page
     // faults of the fresh pages: `cost_of_snapshot_payload` below also prints a copy into pages
     // already written, which is memory bandwidth alone).
-    let view = store.snapshot_view();
-    let mut payload_bytes = 0;
-    let mut serialize = Vec::new();
-    let mut copy = Vec::new();
-    for _ in 0..ROUNDS {
-        let start = thread_cpu_ns();
-        payload_bytes = view.write_to(&mut std::io::sink()).expect("sink");
-        serialize.push((thread_cpu_ns() - start) as f64);
-        let from = vec![7u8; payload_bytes as usize];
-        let mut to = vec![0u8; payload_bytes as usize];
-        let start = thread_cpu_ns();
-        to.copy_from_slice(&from);
-        std::hint::black_box(&to);
-        copy.push((thread_cpu_ns() - start) as f64);
-    }
-    serialize.sort_by(f64::total_cmp);
-    copy.sort_by(f64::total_cmp);
-    let (serialize, copy) = (serialize[ROUNDS / 2], copy[ROUNDS / 2]);
+    let payload = payload_costs(&store, ROUNDS);
+    let (payload_bytes, serialize, copy) = (payload.bytes, payload.serialize, payload.fresh);
     println!(
         "snapshot payload of the whole store: {payload_bytes} bytes, median {:.1} ms CPU \
          ({:.0} MB/s); copying as many bytes: {:.1} ms; = {:.1}x the copy",
@@ -241,6 +225,44 @@ fn cost_of_store_operations() {
         KEYS,
         store.size_bytes()
     );
+}
+
+/// Medians over `rounds` of the thread CPU time (ns) to serialize `store`'s snapshot payload into
+/// a sink, and of copying as many bytes into fresh pages and again into those written pages.
+struct PayloadCosts {
+    bytes: u64,
+    serialize: f64,
+    fresh: f64,
+    touched: f64,
+}
+
+fn payload_costs(store: &KvStore, rounds: usize) -> PayloadCosts {
+    let view = store.snapshot_view();
+    let mut bytes = 0;
+    let (mut serialize, mut fresh, mut touched) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let start = thread_cpu_ns();
+        bytes = view.write_to(&mut std::io::sink()).expect("sink");
+        serialize.push((thread_cpu_ns() - start) as f64);
+        let from = vec![7u8; bytes as usize];
+        let mut to = vec![0u8; bytes as usize];
+        for into in [&mut fresh, &mut touched] {
+            let start = thread_cpu_ns();
+            to.copy_from_slice(&from);
+            std::hint::black_box(&to);
+            into.push((thread_cpu_ns() - start) as f64);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    PayloadCosts {
+        bytes,
+        serialize: median(serialize),
+        fresh: median(fresh),
+        touched: median(touched),
+    }
 }
 
 /// The snapshot serializer alone, on the store the test above ends with (100,000 keys and
@@ -260,24 +282,8 @@ fn cost_of_snapshot_payload() {
     for i in 0..KEYS + 2 * super::store::HISTORY_REVISIONS_DEFAULT as u64 {
         store.apply(&put(i)).expect("put");
     }
-    let view = store.snapshot_view();
-    let mut payload_bytes = 0;
-    let (mut serialize, mut fresh, mut touched) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..PAYLOAD_ROUNDS {
-        let start = thread_cpu_ns();
-        payload_bytes = view.write_to(&mut std::io::sink()).expect("sink");
-        serialize.push((thread_cpu_ns() - start) as f64);
-        let from = vec![7u8; payload_bytes as usize];
-        let mut to = vec![0u8; payload_bytes as usize];
-        let start = thread_cpu_ns();
-        to.copy_from_slice(&from);
-        std::hint::black_box(&to);
-        fresh.push((thread_cpu_ns() - start) as f64);
-        let start = thread_cpu_ns();
-        to.copy_from_slice(&from);
-        std::hint::black_box(&to);
-        touched.push((thread_cpu_ns() - start) as f64);
-    }
+    let payload = payload_costs(&store, PAYLOAD_ROUNDS);
+    let payload_bytes = payload.bytes;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -294,7 +300,7 @@ fn cost_of_snapshot_payload() {
         "one CRC-32C pass over {payload_bytes} bytes: median {:.1} ms CPU",
         median(crc_pass) / 1e6
     );
-    let (serialize, fresh, touched) = (median(serialize), median(fresh), median(touched));
+    let (serialize, fresh, touched) = (payload.serialize, payload.fresh, payload.touched);
     println!(
         "snapshot payload: {payload_bytes} bytes, median of {PAYLOAD_ROUNDS}: {:.1} ms CPU \
          ({:.0} MB/s); copy into fresh pages {:.1} ms ({:.2}x), into written pages {:.1} ms \

@@ -45,12 +45,7 @@ fn growing_to_five_replacing_and_shrinking_to_three_under_load_is_linearizable()
         "--watchers",
         "1",
     ];
-    let loopback: &[&str] = if chaos::run::namespaces_available() {
-        &[]
-    } else {
-        eprintln!("no network namespaces here (needs root, `ip`, `nft`): running on 127.0.0.1");
-        &["--loopback"]
-    };
+    let loopback = common::loopback_unless_namespaces();
     let result = common::run(&[&args[..], loopback].concat(), &seed, dir.path());
     result.assert_passed(5, 1_000);
     result.assert_watches_kept(1);

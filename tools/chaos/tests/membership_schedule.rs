@@ -37,12 +37,7 @@ fn replacing_members_under_load_leaves_a_linearizable_history_and_equal_members(
         "--watchers",
         "1",
     ];
-    let loopback: &[&str] = if chaos::run::namespaces_available() {
-        &[]
-    } else {
-        eprintln!("no network namespaces here (needs root, `ip`, `nft`): running on 127.0.0.1");
-        &["--loopback"]
-    };
+    let loopback = common::loopback_unless_namespaces();
     let result = common::run(&[&args[..], loopback].concat(), &seed, dir.path());
     result.assert_passed(4, 1_000);
     result.assert_watches_kept(1);

@@ -29,6 +29,18 @@ pub fn can_run(also: Option<&str>) -> bool {
     }
 }
 
+/// For schedules that need no partition: no extra flag where network namespaces work, else
+/// `--loopback` (nodes on 127.0.0.1), saying so.
+#[allow(dead_code)] // Only the schedules that need no partition use it.
+pub fn loopback_unless_namespaces() -> &'static [&'static str] {
+    if chaos::run::namespaces_available() {
+        &[]
+    } else {
+        eprintln!("no network namespaces here (needs root, `ip`, `nft`): running on 127.0.0.1");
+        &["--loopback"]
+    }
+}
+
 /// The seed: `CHAOS_SEED`, or one from the clock (printed in every failure message).
 pub fn seed() -> String {
     std::env::var("CHAOS_SEED").unwrap_or_else(|_| {
