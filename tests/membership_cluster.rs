@@ -460,17 +460,7 @@ fn a_learner_removed_before_its_promotion_stops_and_one_without_a_leader_does_no
     let addr = new_address();
     let learner = add_learner(&on_1, "learner", addr, &cluster);
     cluster.spawn_joining(learner, addr);
-    // It catches up: it applied everything node 1 had after the puts.
-    let (target, _) = raft_indexes(&on_1).expect("node 1's status");
-    let started = Instant::now();
-    while raft_indexes(&addr.to_string()).is_none_or(|(_, applied)| applied < target) {
-        assert!(
-            started.elapsed() < CATCH_UP_MAX,
-            "learner {learner} never caught up to {target}\n{}",
-            cluster.describe()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_caught_up(&cluster, &on_1, learner, addr);
 
     // No leader: nodes 2 and 3 down. The learner hears from no one and probes; node 1 says it
     // is a member, 2 and 3 do not answer: no evidence, it keeps running.
@@ -507,6 +497,44 @@ fn a_learner_removed_before_its_promotion_stops_and_one_without_a_leader_does_no
         "the removed learner says why it stopped:\n{out}"
     );
     cluster.forget(learner);
+
+    // A learner that was down when it was removed never gets the leader's last append telling
+    // it so. Restarted on its directory, it hears from no leader, asks the voters
+    // (MembershipProbe), and stops on their "no".
+    let addr = new_address();
+    let second = add_learner(&on_1, "second", addr, &cluster);
+    cluster.spawn_joining(second, addr);
+    wait_caught_up(&cluster, &on_1, second, addr);
+    cluster.kill(second);
+    remove(&on_1, second);
+    let before = cluster.output(second).len();
+    cluster.spawn_joining(second, addr);
+    let status = wait_for_exit(&mut cluster, second, REMOVED_EXIT_MAX);
+    let out = cluster.output(second)[before..].to_string();
+    assert_eq!(
+        status.code(),
+        Some(rust_raft_log::node::EXIT_REMOVED as i32),
+        "learner {second}, removed while down, restarted: {status}\n{out}"
+    );
+    assert!(
+        out.contains("have said it is not a member"),
+        "learner {second} learned of its removal from the voters' answers to its probes:\n{out}"
+    );
+    cluster.forget(second);
     let rows = member_rows(&on_1);
     assert_eq!(rows.len(), 3, "{rows:?}");
+}
+
+/// Waits until the learner `learner` at `addr` applied everything node 1 (`on_1`) had.
+fn wait_caught_up(cluster: &Cluster, on_1: &str, learner: u32, addr: SocketAddr) {
+    let (target, _) = raft_indexes(on_1).expect("node 1's status");
+    let started = Instant::now();
+    while raft_indexes(&addr.to_string()).is_none_or(|(_, applied)| applied < target) {
+        assert!(
+            started.elapsed() < CATCH_UP_MAX,
+            "learner {learner} never caught up to {target}\n{}",
+            cluster.describe()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
