@@ -131,6 +131,23 @@ fn promote_when_in_sync(endpoint: &str, node: u32, cluster: &Cluster) -> u32 {
 /// (`REMOVAL_GRACE_ELECTIONS`), an election timeout to start campaigning, and slack.
 const REMOVED_EXIT_MAX: Duration = Duration::from_secs(15);
 
+/// Waits for the removed node `node` to exit by itself, checks that it exits with the removed
+/// status and says why, and returns its output from byte `since` (where its latest run began).
+fn expect_removed_exit(cluster: &mut Cluster, node: u32, since: usize) -> String {
+    let status = wait_for_exit(cluster, node, REMOVED_EXIT_MAX);
+    let out = cluster.output(node)[since..].to_string();
+    assert_eq!(
+        status.code(),
+        Some(rust_raft_log::node::EXIT_REMOVED as i32),
+        "removed node {node} exits with the removed status: {status}\n{out}"
+    );
+    assert!(
+        out.contains(&format!("node {node} was removed from the cluster")),
+        "removed node {node} says why it stopped:\n{out}"
+    );
+    out
+}
+
 /// Waits for node `node` to exit by itself; its status.
 fn wait_for_exit(cluster: &mut Cluster, node: u32, bound: Duration) -> std::process::ExitStatus {
     let started = Instant::now();
@@ -313,25 +330,14 @@ fn grow_replace_and_shrink_under_load_keeps_every_acknowledged_write() {
         "{updated}"
     );
 
-    // Shrink back to 3. A removed node stops by itself (as etcd's does): it learns of its
-    // removal from its own log or, usually (the leader stops sending to it once the removal is
-    // appended), from the members' gates refusing its elections; once that has lasted three
-    // election timeouts it logs why and exits with status 78.
+    // Shrink back to 3. A removed node stops by itself (as etcd's does): the leader's last
+    // append tells it that its removal committed; failing that, its own log or the members'
+    // gates refusing its elections, for three election timeouts. It logs why and exits with
+    // status 78.
     let mut removed_addrs = Vec::new();
     for node in [4, 5] {
         remove(&on_1, node);
-        let status = wait_for_exit(&mut cluster, node, REMOVED_EXIT_MAX);
-        assert_eq!(
-            status.code(),
-            Some(rust_raft_log::node::EXIT_REMOVED as i32),
-            "removed node {node} exits with the removed status: {status}\n{}",
-            cluster.output(node)
-        );
-        let out = cluster.output(node);
-        assert!(
-            out.contains(&format!("node {node} was removed from the cluster")),
-            "removed node {node} says why it stopped:\n{out}"
-        );
+        expect_removed_exit(&mut cluster, node, 0);
         removed_addrs.push((node, cluster.addrs[&node]));
         cluster.forget(node);
     }
@@ -340,17 +346,7 @@ fn grow_replace_and_shrink_under_load_keeps_every_acknowledged_write() {
     let (node, addr) = removed_addrs[0];
     let before = cluster.output(node).len();
     cluster.spawn_joining(node, addr);
-    let status = wait_for_exit(&mut cluster, node, REMOVED_EXIT_MAX);
-    let out = cluster.output(node)[before..].to_string();
-    assert_eq!(
-        status.code(),
-        Some(rust_raft_log::node::EXIT_REMOVED as i32),
-        "restarted removed node {node}: {status}\n{out}"
-    );
-    assert!(
-        out.contains(&format!("node {node} was removed from the cluster")),
-        "{out}"
-    );
+    expect_removed_exit(&mut cluster, node, before);
     cluster.forget(node);
     let rows = member_rows(&on_1);
     let mut listed: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
@@ -485,17 +481,7 @@ fn a_learner_removed_before_its_promotion_stops_and_one_without_a_leader_does_no
 
     // Removed before its promotion: it stops by itself, says why, with the removed status.
     remove(&on_1, learner);
-    let status = wait_for_exit(&mut cluster, learner, REMOVED_EXIT_MAX);
-    let out = cluster.output(learner);
-    assert_eq!(
-        status.code(),
-        Some(rust_raft_log::node::EXIT_REMOVED as i32),
-        "removed learner {learner}: {status}\n{out}"
-    );
-    assert!(
-        out.contains(&format!("node {learner} was removed from the cluster")),
-        "the removed learner says why it stopped:\n{out}"
-    );
+    expect_removed_exit(&mut cluster, learner, 0);
     cluster.forget(learner);
 
     // A learner that was down when it was removed never gets the leader's last append telling
@@ -509,13 +495,7 @@ fn a_learner_removed_before_its_promotion_stops_and_one_without_a_leader_does_no
     remove(&on_1, second);
     let before = cluster.output(second).len();
     cluster.spawn_joining(second, addr);
-    let status = wait_for_exit(&mut cluster, second, REMOVED_EXIT_MAX);
-    let out = cluster.output(second)[before..].to_string();
-    assert_eq!(
-        status.code(),
-        Some(rust_raft_log::node::EXIT_REMOVED as i32),
-        "learner {second}, removed while down, restarted: {status}\n{out}"
-    );
+    let out = expect_removed_exit(&mut cluster, second, before);
     assert!(
         out.contains("have said it is not a member"),
         "learner {second} learned of its removal from the voters' answers to its probes:\n{out}"

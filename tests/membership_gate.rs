@@ -55,15 +55,8 @@ fn vote(to: u32, term: u64, pre_vote: bool) -> pb::RequestVoteRequest {
 fn a_voter_answers_a_candidate_outside_its_configuration_and_says_so() {
     let dir = tempfile::tempdir().expect("temp dir");
     let rt = runtime();
-    // etcd-like timing: the healthy phase asserts "no term moves", and on the busy 2-core
-    // machine shorter elections can fire by themselves.
-    let settings = Settings {
-        election_min_ms: 1000,
-        election_max_ms: 2000,
-        heartbeat_ms: 100,
-        ..Settings::default()
-    };
-    let mut cluster = Cluster::start(dir.path(), 3, settings);
+    // The test asserts that no term moves: etcd's slower elections.
+    let mut cluster = Cluster::start(dir.path(), 3, Settings::etcd_timing());
     let leader = rt.block_on(cluster.wait_for_leader(LEADER_WAIT));
     let follower = cluster
         .ids()

@@ -67,15 +67,8 @@ async fn terms(cluster: &mut Cluster) -> Vec<(u32, u64, Option<u32>)> {
 fn forged_append_entries_and_another_clusters_node_are_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let rt = runtime();
-    // etcd-like timing: the assertion is "the term does not move", and on the busy 2-core
-    // machine the harness's 150-500 ms elections can fire by themselves.
-    let settings = Settings {
-        election_min_ms: 1000,
-        election_max_ms: 2000,
-        heartbeat_ms: 100,
-        ..Settings::default()
-    };
-    let mut cluster = Cluster::start(dir.path(), 3, settings);
+    // The test asserts that no term moves: etcd's slower elections.
+    let mut cluster = Cluster::start(dir.path(), 3, Settings::etcd_timing());
     let leader = rt.block_on(cluster.wait_for_leader(LEADER_WAIT));
     // The forger claims to be node 2: send to a follower that is not node 2.
     let follower = cluster

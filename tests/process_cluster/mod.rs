@@ -37,6 +37,19 @@ pub struct Settings {
     pub metrics: bool,
 }
 
+impl Settings {
+    /// etcd's timing (heartbeat 100 ms, elections 1-2 s), for tests that assert "no term moves":
+    /// on a busy 2-core machine the default 150-500 ms elections can fire by themselves.
+    pub fn etcd_timing() -> Settings {
+        Settings {
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+            heartbeat_ms: 100,
+            ..Settings::default()
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
