@@ -48,7 +48,8 @@
 # block of 10 ports from 26000: below Linux's ephemeral range, 32768-60999, where the outgoing
 # connections of nodes started a moment earlier can take a port between the check and the bind),
 # KEEP_WORKDIR=1 keeps the data directories and logs (the logs and kvbench outputs are kept anyway
-# when something failed).
+# when something failed), NODE_BIN (and KVBENCH) to run given binaries instead of building this
+# checkout (an A/B of two builds, one run each; the table then names the binary, not the commit).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -96,11 +97,16 @@ RESTART_WAIT_MAX=${RESTART_WAIT_MAX:-300}
 LOAD_CLIENTS=${LOAD_CLIENTS:-100}
 LOAD_CONNS=${LOAD_CONNS:-10}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-KVBENCH=$TARGET_DIR/release/kvbench
-NODE_BIN=$TARGET_DIR/release/rust-raft-log
-
-echo "building (release): kvbench and rust-raft-log..."
-cargo build --release --quiet -p kvbench -p rust-raft-log
+if [[ -n ${NODE_BIN:-} ]]; then
+    # A given node binary (an A/B of two builds): used as it is, nothing is built.
+    KVBENCH=${KVBENCH:-$TARGET_DIR/release/kvbench}
+    [[ -x $NODE_BIN && -x $KVBENCH ]] || { echo "NODE_BIN=$NODE_BIN or KVBENCH=$KVBENCH is not an executable" >&2; exit 2; }
+else
+    KVBENCH=$TARGET_DIR/release/kvbench
+    NODE_BIN=$TARGET_DIR/release/rust-raft-log
+    echo "building (release): kvbench and rust-raft-log..."
+    cargo build --release --quiet -p kvbench -p rust-raft-log
+fi
 
 mkdir -p "$TARGET_DIR/tmp"
 WORK=$(mktemp -d "$TARGET_DIR/tmp/snapshot-cost.XXXXXX")
@@ -433,6 +439,7 @@ run_restart() {
 START_LOAD=$(load_avg)
 START_DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ $NODE_BIN == "$TARGET_DIR/release/rust-raft-log" ]] || COMMIT="$COMMIT checkout, node binary $NODE_BIN"
 git diff --quiet HEAD 2>/dev/null || COMMIT+=" (with uncommitted changes)"
 DISK=$(findmnt -no SOURCE,FSTYPE -T "$WORK" | tr -s ' ')
 MACHINE="$(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')), $(free -g | awk '/^Mem:/ {print $2}') GiB, Linux $(uname -r); data directories on $DISK"

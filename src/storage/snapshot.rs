@@ -944,6 +944,14 @@ impl SnapshotWriter {
         Ok(w)
     }
 
+    /// Writes the rest of the file out at a background writer's pace
+    /// ([`AppendFile::pace_writeback`]): the node's own snapshots, on their own thread.
+    pub fn pace_writeback(&mut self) {
+        if let Some(file) = self.file.as_mut() {
+            file.pace_writeback();
+        }
+    }
+
     /// Payload bytes written so far.
     pub fn payload_bytes(&self) -> u64 {
         self.payload_bytes + (self.chunk.len() - CHUNK_HEADER_BYTES) as u64

@@ -619,15 +619,16 @@ const ZERO_WINDOW_PACED_BYTES: u64 = 1 << 20;
 /// sleeps as long as it is ahead of [`ZERO_FILL_PACED_BYTES_PER_SEC`].
 fn zero_fill(f: &File, len_bytes: u64, paced: bool, cancel: &AtomicBool) -> io::Result<bool> {
     let zeros = vec![0u8; ZERO_CHUNK_BYTES];
-    let window_bytes = if paced {
-        ZERO_WINDOW_PACED_BYTES
+    let mut writeback = if paced {
+        Writeback::new(
+            ZERO_CHUNK_BYTES as u64,
+            ZERO_WINDOW_PACED_BYTES,
+            Some(ZERO_FILL_PACED_BYTES_PER_SEC),
+        )
     } else {
-        ZERO_WINDOW_BYTES
+        Writeback::new(ZERO_CHUNK_BYTES as u64, ZERO_WINDOW_BYTES, None)
     };
-    let started = std::time::Instant::now();
     let mut at = 0u64;
-    // Start of the chunks whose writeback was started but not waited for.
-    let mut unsettled = 0u64;
     while at < len_bytes {
         if cancel.load(Ordering::Relaxed) {
             return Ok(false);
@@ -637,32 +638,73 @@ fn zero_fill(f: &File, len_bytes: u64, paced: bool, cancel: &AtomicBool) -> io::
             f.write_all_at(piece, at + (i * ZERO_WRITE_BYTES) as u64)?;
         }
         at += n;
-        // Start writing this chunk out at once; wait for the whole window every
-        // ZERO_WINDOW_BYTES, so at most that much is dirty or under writeback.
-        let settle = at - unsettled >= window_bytes || at == len_bytes;
-        let (from, len, flags) = if settle {
+        writeback.wrote(f, at, at == len_bytes)?;
+    }
+    Ok(true)
+}
+
+/// Sends a file's bytes to the disk while the file is being written, so that they never pile up
+/// as tens of MiB of dirty pages for a later fdatasync to wait behind: this file's own, and,
+/// through the ext4 journal (data=ordered) and the disk's cache flush, the log's.
+///
+/// Every `chunk_bytes` written, writeback of the new bytes is started
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, no wait); every `window_bytes`, everything started
+/// so far is waited for, so at most about a window is dirty or in flight at a time. Paced
+/// (`bytes_per_sec`), the writer also sleeps while it is ahead of that rate since its start.
+/// Where `sync_file_range` is not supported, a window is settled with fdatasync instead.
+/// Writeback promises nothing about durability: the writer's own fdatasync still does that.
+struct Writeback {
+    chunk_bytes: u64,
+    window_bytes: u64,
+    bytes_per_sec: Option<u64>,
+    started: std::time::Instant,
+    /// Writeback was started for every byte below this offset.
+    sent_to: u64,
+    /// ... and waited for below this one.
+    settled_to: u64,
+}
+
+impl Writeback {
+    fn new(chunk_bytes: u64, window_bytes: u64, bytes_per_sec: Option<u64>) -> Writeback {
+        Writeback {
+            chunk_bytes,
+            window_bytes,
+            bytes_per_sec,
+            started: std::time::Instant::now(),
+            sent_to: 0,
+            settled_to: 0,
+        }
+    }
+
+    /// Every byte of `f` below `end` is written; `last`: no more will be, settle them all.
+    fn wrote(&mut self, f: &File, end: u64, last: bool) -> io::Result<()> {
+        if end - self.sent_to < self.chunk_bytes && !(last && end > self.settled_to) {
+            return Ok(());
+        }
+        let settle = last || end - self.settled_to >= self.window_bytes;
+        let (from, flags) = if settle {
             (
-                unsettled,
-                at - unsettled,
+                self.settled_to,
                 libc::SYNC_FILE_RANGE_WAIT_BEFORE
                     | libc::SYNC_FILE_RANGE_WRITE
                     | libc::SYNC_FILE_RANGE_WAIT_AFTER,
             )
         } else {
-            (at - n, n, libc::SYNC_FILE_RANGE_WRITE)
+            (self.sent_to, libc::SYNC_FILE_RANGE_WRITE)
         };
-        // SAFETY: sync_file_range on a descriptor we own; no user memory is involved.
-        let r = unsafe {
-            libc::sync_file_range(
-                f.as_raw_fd(),
-                from as libc::off64_t,
-                len as libc::off64_t,
-                flags,
-            )
+        let (Ok(offset), Ok(len)) = (
+            libc::off64_t::try_from(from),
+            libc::off64_t::try_from(end - from),
+        ) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "file offset beyond off64_t",
+            ));
         };
+        // SAFETY: sync_file_range on a descriptor the caller owns; no user memory is involved.
+        let r = unsafe { libc::sync_file_range(f.as_raw_fd(), offset, len, flags) };
         if r != 0 {
             let e = io::Error::last_os_error();
-            // Where it is not supported the window is flushed with fdatasync instead.
             if e.raw_os_error() != Some(libc::ENOSYS) && e.raw_os_error() != Some(libc::EINVAL) {
                 return Err(e);
             }
@@ -670,19 +712,18 @@ fn zero_fill(f: &File, len_bytes: u64, paced: bool, cancel: &AtomicBool) -> io::
                 f.sync_data()?;
             }
         }
+        self.sent_to = end;
         if settle {
-            unsettled = at;
+            self.settled_to = end;
         }
-        if paced {
-            let due = std::time::Duration::from_secs_f64(
-                at as f64 / ZERO_FILL_PACED_BYTES_PER_SEC as f64,
-            );
-            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+        if let Some(rate) = self.bytes_per_sec {
+            let due = std::time::Duration::from_secs_f64(end as f64 / rate as f64);
+            if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
                 std::thread::sleep(ahead);
             }
         }
+        Ok(())
     }
-    Ok(true)
 }
 
 /// `madvise(MADV_POPULATE_READ)` (Linux 5.14), spelled out because not every libc release
@@ -862,12 +903,7 @@ impl Vfs for UringVfs {
             .write(true)
             .create_new(true)
             .open(path)?;
-        Ok(Box::new(StdAppendFile {
-            file,
-            path: path.to_path_buf(),
-            len_bytes: 0,
-            written_back_to: 0,
-        }))
+        Ok(Box::new(StdAppendFile::new(file, path.to_path_buf())))
     }
 
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
@@ -886,19 +922,44 @@ impl Vfs for UringVfs {
 ///
 /// Every [`APPEND_WRITEBACK_BYTES`] appended, it asks the kernel to start writing the new range
 /// out (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait for the disk and promises
-/// nothing about durability): a snapshot of tens of MiB then reaches the disk in small bursts
-/// while it is written, instead of all at once in the final fdatasync, where it would queue
-/// ahead of the log's own small fdatasyncs for tens of milliseconds.
+/// nothing about durability), so that a snapshot of tens of MiB does not reach the disk all at
+/// once in the final fdatasync, where it would queue ahead of the log's own small fdatasyncs
+/// for tens of milliseconds. That alone still lets the kernel queue the whole file within the
+/// few tens of ms the serializer takes; a background writer ([`AppendFile::pace_writeback`]:
+/// the node's own snapshots) therefore also waits for each [`PACED_WINDOW_BYTES`] and keeps to
+/// [`SNAPSHOT_WRITE_BYTES_PER_SEC`].
 pub struct StdAppendFile {
     file: File,
     path: PathBuf,
     len_bytes: u64,
-    /// Everything below this offset was handed to the kernel's writeback.
-    written_back_to: u64,
+    writeback: Writeback,
 }
 
-/// How much [`StdAppendFile`] appends between two writeback starts.
+/// How much [`StdAppendFile`] appends between two writeback starts (unpaced).
 pub const APPEND_WRITEBACK_BYTES: u64 = 4 << 20;
+
+/// A paced [`StdAppendFile`] waits for its writeback every this many bytes: at most this much of
+/// a snapshot is queued at the disk ahead of an append's write and fdatasync (as for the paced
+/// zero-fill, [`ZERO_WINDOW_PACED_BYTES`]).
+pub const PACED_WINDOW_BYTES: u64 = 1 << 20;
+
+/// The most bytes per second a paced [`StdAppendFile`] (the node's own snapshot) writes: the
+/// background zero-fill's budget ([`ZERO_FILL_PACED_BYTES_PER_SEC`]), a few times less than this
+/// disk's buffered write rate, so that the log's appends keep most of the disk. A 58 MB snapshot
+/// then takes about 0.9 s to write; a snapshot that is still being written when the next is due
+/// postpones it (`Snapshotter::due`).
+pub const SNAPSHOT_WRITE_BYTES_PER_SEC: u64 = ZERO_FILL_PACED_BYTES_PER_SEC;
+
+impl StdAppendFile {
+    fn new(file: File, path: PathBuf) -> StdAppendFile {
+        StdAppendFile {
+            file,
+            path,
+            len_bytes: 0,
+            writeback: Writeback::new(APPEND_WRITEBACK_BYTES, u64::MAX, None),
+        }
+    }
+}
 
 impl AppendFile for StdAppendFile {
     fn path(&self) -> &Path {
@@ -912,36 +973,22 @@ impl AppendFile for StdAppendFile {
             .write_all_at(bytes, self.len_bytes)
             .map_err(|e| error_at(&self.path, "append", self.len_bytes, e))?;
         self.len_bytes += bytes.len() as u64;
-        let pending = self.len_bytes - self.written_back_to;
-        if pending >= APPEND_WRITEBACK_BYTES {
-            let (Ok(offset), Ok(len)) = (
-                libc::off64_t::try_from(self.written_back_to),
-                libc::off64_t::try_from(pending),
-            ) else {
-                return Ok(());
-            };
-            // SAFETY: a plain syscall on a descriptor this handle owns; no memory is passed.
-            let rc = unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    offset,
-                    len,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            if rc != 0 {
-                // A failure to start writeback (EIO) leaves these pages' fate unknown, as a
-                // failed fdatasync would: the caller abandons the file.
-                return Err(error_at(
-                    &self.path,
-                    "sync_file_range",
-                    self.written_back_to,
-                    io::Error::last_os_error(),
-                ));
-            }
-            self.written_back_to = self.len_bytes;
-        }
-        Ok(())
+        // A failure to start or wait for writeback (EIO) leaves these pages' fate unknown, as a
+        // failed fdatasync would: the caller abandons the file.
+        let at = self.writeback.sent_to;
+        self.writeback
+            .wrote(&self.file, self.len_bytes, false)
+            .map_err(|e| error_at(&self.path, "sync_file_range", at, e))
+    }
+
+    fn pace_writeback(&mut self) {
+        // The rate counts from now; the few bytes appended before (a snapshot's header) count
+        // as written at this moment, and are waited for with the first window.
+        self.writeback = Writeback::new(
+            PACED_WINDOW_BYTES,
+            PACED_WINDOW_BYTES,
+            Some(SNAPSHOT_WRITE_BYTES_PER_SEC),
+        );
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -986,34 +1033,78 @@ mod tests {
     fn an_append_file_starts_writeback_every_step_and_reads_back_whole() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("snap");
-        let mut f = StdAppendFile {
-            file: OpenOptions::new()
+        let mut f = StdAppendFile::new(
+            OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
                 .open(&p)
                 .unwrap(),
-            path: p.clone(),
-            len_bytes: 0,
-            written_back_to: 0,
-        };
+            p.clone(),
+        );
         let chunk = 1 << 20;
         let mut expected = Vec::new();
         for i in 0..9u8 {
             let bytes = vec![i; chunk];
             f.append(&bytes).unwrap();
             expected.extend_from_slice(&bytes);
-            // Handed to writeback at each whole step, never ahead of what was appended.
+            // Handed to writeback at each whole step, never ahead of what was appended, and
+            // never waited for (unpaced).
             let step = APPEND_WRITEBACK_BYTES;
             assert_eq!(
-                f.written_back_to,
+                f.writeback.sent_to,
                 f.len_bytes / step * step,
                 "after {} appends",
                 i + 1
             );
+            assert_eq!(f.writeback.settled_to, 0);
         }
         f.sync_data().unwrap();
         assert_eq!(f.len_bytes(), 9 * chunk as u64);
+        assert!(std::fs::read(&p).unwrap() == expected);
+    }
+
+    #[test]
+    fn a_paced_append_file_waits_for_each_window_and_keeps_to_its_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("snap");
+        let mut f = StdAppendFile::new(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&p)
+                .unwrap(),
+            p.clone(),
+        );
+        f.append(b"header").unwrap();
+        f.pace_writeback();
+        let started = std::time::Instant::now();
+        let piece = 256 << 10;
+        let mut expected = b"header".to_vec();
+        for i in 0..24u8 {
+            let bytes = vec![i; piece];
+            f.append(&bytes).unwrap();
+            expected.extend_from_slice(&bytes);
+            // Everything up to the last whole window was waited for; nothing is sent ahead.
+            let len = f.len_bytes();
+            assert!(f.writeback.settled_to <= len);
+            assert!(
+                len - f.writeback.settled_to < PACED_WINDOW_BYTES,
+                "after {} appends: {} bytes appended, settled to {}",
+                i + 1,
+                len,
+                f.writeback.settled_to
+            );
+        }
+        // 6 MiB at SNAPSHOT_WRITE_BYTES_PER_SEC: the writer slept until its last window was due.
+        let floor = (f.writeback.settled_to - 6) as f64 / SNAPSHOT_WRITE_BYTES_PER_SEC as f64;
+        let took = started.elapsed().as_secs_f64();
+        assert!(
+            took >= floor * 0.99,
+            "6 MiB took {took:.3} s, the rate allows no less than {floor:.3} s"
+        );
+        f.sync_data().unwrap();
         assert!(std::fs::read(&p).unwrap() == expected);
     }
 
