@@ -97,10 +97,10 @@ impl SnapshotFiles for NodeSnapshots {
 /// Writes `source` as the snapshot `meta` describes into `dir` (temporary file, fdatasync,
 /// rename, directory fsync: `SnapshotWriter`), then prunes all but the newest `keep` snapshot
 /// files. Returns the payload's size. Blocks on file I/O, and paces its writes
-/// (`AppendFile::pace_writeback`: about 1 MiB queued at the disk at a time, at most 64 MiB/s, so
-/// that the log's fdatasyncs do not wait behind tens of MiB of snapshot): the node calls it on
-/// the snapshot thread, the simulator on its one thread over `SimFs` (the same code, at a
-/// simulated moment; `SimFs` files ignore the pacing).
+/// (`AppendFile::pace_writeback`: each 1 MiB written out and waited for, so that the log's
+/// fdatasyncs never wait behind tens of MiB of snapshot): the node calls it on the snapshot
+/// thread, the simulator on its one thread over `SimFs` (the same code, at a simulated moment;
+/// `SimFs` files ignore the pacing).
 ///
 /// # Errors
 /// Why the snapshot could not be written or the old ones pruned (the file and the cause).

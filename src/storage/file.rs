@@ -132,11 +132,11 @@ pub trait AppendFile: Send {
     fn len_bytes(&self) -> u64;
 
     /// From now on, writes this file out in the background's manner: at most a small window
-    /// queued at the disk at a time and at most a set rate (the production file:
-    /// [`crate::storage::uring::SNAPSHOT_WRITE_BYTES_PER_SEC`]), so that it does not crowd the
-    /// log's fdatasyncs. [`AppendFile::append`] then waits for the disk and sleeps: only for a
-    /// thread of its own (the node's snapshot thread), never the event loop's. Durability is
-    /// unchanged (still [`AppendFile::sync_data`]). Files that are not on a disk ignore it.
+    /// queued at the disk at a time (the production file:
+    /// [`crate::storage::uring::PACED_WINDOW_BYTES`]), so that it does not crowd the log's
+    /// fdatasyncs. [`AppendFile::append`] then waits for the disk: only for a thread of its own
+    /// (the node's snapshot thread), never the event loop's. Durability is unchanged (still
+    /// [`AppendFile::sync_data`]). Files that are not on a disk ignore it.
     fn pace_writeback(&mut self) {}
 }
 

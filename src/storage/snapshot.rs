@@ -944,7 +944,7 @@ impl SnapshotWriter {
         Ok(w)
     }
 
-    /// Writes the rest of the file out at a background writer's pace
+    /// Writes the rest of the file out at a background writer's pace, a small window at a time
     /// ([`AppendFile::pace_writeback`]): the node's own snapshots, on their own thread.
     pub fn pace_writeback(&mut self) {
         if let Some(file) = self.file.as_mut() {

@@ -926,8 +926,8 @@ impl Vfs for UringVfs {
 /// once in the final fdatasync, where it would queue ahead of the log's own small fdatasyncs
 /// for tens of milliseconds. That alone still lets the kernel queue the whole file within the
 /// few tens of ms the serializer takes; a background writer ([`AppendFile::pace_writeback`]:
-/// the node's own snapshots) therefore also waits for each [`PACED_WINDOW_BYTES`] and keeps to
-/// [`SNAPSHOT_WRITE_BYTES_PER_SEC`].
+/// the node's own snapshots) therefore writes out each [`PACED_WINDOW_BYTES`] and waits for it
+/// before it goes on, so that no more than that is queued at the disk ahead of the log.
 pub struct StdAppendFile {
     file: File,
     path: PathBuf,
@@ -938,17 +938,13 @@ pub struct StdAppendFile {
 /// How much [`StdAppendFile`] appends between two writeback starts (unpaced).
 pub const APPEND_WRITEBACK_BYTES: u64 = 4 << 20;
 
-/// A paced [`StdAppendFile`] waits for its writeback every this many bytes: at most this much of
-/// a snapshot is queued at the disk ahead of an append's write and fdatasync (as for the paced
-/// zero-fill, [`ZERO_WINDOW_PACED_BYTES`]).
+/// A paced [`StdAppendFile`] writes out and waits for every this many bytes: at most this much
+/// of a snapshot is queued at the disk ahead of an append's write and fdatasync (as for the
+/// paced zero-fill, [`ZERO_WINDOW_PACED_BYTES`]). No rate limit on top: in
+/// `benches/snapshot_cost.sh` the window alone gave the log's put p99 as much as the window plus
+/// 64 MiB/s did, and a snapshot written at a fixed rate takes time in proportion to the store
+/// (a 300 MB store: ~5 s), during which the log grows and a restart replays more of it.
 pub const PACED_WINDOW_BYTES: u64 = 1 << 20;
-
-/// The most bytes per second a paced [`StdAppendFile`] (the node's own snapshot) writes: the
-/// background zero-fill's budget ([`ZERO_FILL_PACED_BYTES_PER_SEC`]), a few times less than this
-/// disk's buffered write rate, so that the log's appends keep most of the disk. A 58 MB snapshot
-/// then takes about 0.9 s to write; a snapshot that is still being written when the next is due
-/// postpones it (`Snapshotter::due`).
-pub const SNAPSHOT_WRITE_BYTES_PER_SEC: u64 = ZERO_FILL_PACED_BYTES_PER_SEC;
 
 impl StdAppendFile {
     fn new(file: File, path: PathBuf) -> StdAppendFile {
@@ -982,13 +978,9 @@ impl AppendFile for StdAppendFile {
     }
 
     fn pace_writeback(&mut self) {
-        // The rate counts from now; the few bytes appended before (a snapshot's header) count
-        // as written at this moment, and are waited for with the first window.
-        self.writeback = Writeback::new(
-            PACED_WINDOW_BYTES,
-            PACED_WINDOW_BYTES,
-            Some(SNAPSHOT_WRITE_BYTES_PER_SEC),
-        );
+        // The few bytes appended before (a snapshot's header) are waited for with the first
+        // window.
+        self.writeback = Writeback::new(PACED_WINDOW_BYTES, PACED_WINDOW_BYTES, None);
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
@@ -1065,7 +1057,7 @@ mod tests {
     }
 
     #[test]
-    fn a_paced_append_file_waits_for_each_window_and_keeps_to_its_rate() {
+    fn a_paced_append_file_waits_for_each_window() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("snap");
         let mut f = StdAppendFile::new(
@@ -1079,14 +1071,14 @@ mod tests {
         );
         f.append(b"header").unwrap();
         f.pace_writeback();
-        let started = std::time::Instant::now();
         let piece = 256 << 10;
         let mut expected = b"header".to_vec();
         for i in 0..24u8 {
             let bytes = vec![i; piece];
             f.append(&bytes).unwrap();
             expected.extend_from_slice(&bytes);
-            // Everything up to the last whole window was waited for; nothing is sent ahead.
+            // Everything up to the last whole window was written out and waited for, and
+            // nothing was sent beyond it.
             let len = f.len_bytes();
             assert!(f.writeback.settled_to <= len);
             assert!(
@@ -1096,14 +1088,8 @@ mod tests {
                 len,
                 f.writeback.settled_to
             );
+            assert_eq!(f.writeback.sent_to, f.writeback.settled_to);
         }
-        // 6 MiB at SNAPSHOT_WRITE_BYTES_PER_SEC: the writer slept until its last window was due.
-        let floor = (f.writeback.settled_to - 6) as f64 / SNAPSHOT_WRITE_BYTES_PER_SEC as f64;
-        let took = started.elapsed().as_secs_f64();
-        assert!(
-            took >= floor * 0.99,
-            "6 MiB took {took:.3} s, the rate allows no less than {floor:.3} s"
-        );
         f.sync_data().unwrap();
         assert!(std::fs::read(&p).unwrap() == expected);
     }
