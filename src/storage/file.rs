@@ -44,6 +44,14 @@ use std::sync::Arc;
 /// an fdatasync covering it completed (or failed), and hands the buffer back for reuse.
 pub type DurableWrite = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<u8>)>>>;
 
+/// A directory change in progress ([`Vfs::start_rename_durably`]).
+pub type DirChangeFuture = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+
+/// The directory holding `path`.
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
 /// One write of a durable batch: `bytes` go to `offset` in the file.
 #[derive(Clone, Copy, Debug)]
 pub struct WriteAt<'a> {
@@ -205,6 +213,19 @@ pub trait Vfs: Send + Sync {
     /// Renames `from` to `to` (replacing `to`); durable only after [`Vfs::sync_dir`] of the
     /// directory. Both paths lie in one directory.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Renames `from` to `to` and then fsyncs their directory (durable when the future resolves
+    /// `Ok`), without blocking the calling thread where the implementation can (production,
+    /// inside a tokio runtime: on a helper thread, the caller's task woken by the result). Both
+    /// paths lie in one directory. The default renames and syncs on the calling thread and
+    /// returns a resolved future (the simulated disk: its directory operations take no time).
+    ///
+    /// Dropping the future before it resolves leaves it unknown whether the rename happened.
+    fn start_rename_durably(&self, from: &Path, to: &Path) -> DirChangeFuture {
+        let r = self
+            .rename(from, to)
+            .and_then(|()| self.sync_dir(parent_dir(to)));
+        Box::pin(std::future::ready(r))
+    }
     /// Removes `path`; durable only after [`Vfs::sync_dir`] of its directory.
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes every earlier change of `dir`'s entries durable (production: `fsync` of the
