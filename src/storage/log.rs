@@ -371,6 +371,9 @@ impl Rotation {
         let ((sealed, _), (headed, _)) = tokio::join!(seal, header);
         sealed.map_err(|e| io_err("seal segment", self.sealed_file.path(), e))?;
         headed.map_err(|e| io_err("write segment header", &self.from, e))?;
+        // Between `rotate_start` and `rotate_done`: where the headers' syncs end and the rename's
+        // directory fsync begins.
+        crate::timeline::mark("rotate_headers_done", self.sealed.last_index().0);
         self.vfs
             .start_rename_durably(&self.from, &self.to)
             .await
