@@ -141,14 +141,22 @@ def main():
             print(f"  rotations: {len(rot)}, ms p50 {pct(rd, .5):.2f} max {max(rd):.2f}; late ticks "
                   f"(>= 2 ms) that were due during one: {len(hit)}"
                   + (f", worst {max(hit) / 1000:.1f} ms" if hit else ""))
-            # Binaries that await the rotation (issue 18) mark where the two header syncs end.
+            # Binaries that await the rotation (issue 18) mark where the two header syncs end;
+            # later ones also when the rename's directory fsync, which then runs beside the first
+            # write into the new segment (after `rotate_done`), completed.
             mid = {i: t for t, w, i in ev if w == "rotate_headers_done"}
+            dsync = {i: t for t, w, i in ev if w == "rotate_dir_synced"}
             split = [((mid[i] - a) / 1e6, (b - mid[i]) / 1e6) for a, b, i in rot if i in mid]
             if split:
                 hd = [h for h, _ in split]
                 rn = [r for _, r in split]
+                what = "rename" if dsync else "rename + directory fsync"
                 print(f"    of which seal + next header (in parallel): ms p50 {pct(hd, .5):.2f} max "
-                      f"{max(hd):.2f}; rename + directory fsync: ms p50 {pct(rn, .5):.2f} max {max(rn):.2f}")
+                      f"{max(hd):.2f}; {what}: ms p50 {pct(rn, .5):.2f} max {max(rn):.2f}")
+            ds = [(dsync[i] - b) / 1e6 for a, b, i in rot if i in dsync]
+            if ds:
+                print(f"    then the directory fsync beside the first write: ms p50 {pct(ds, .5):.2f} "
+                      f"max {max(ds):.2f} after rotate_done")
         if drain:
             print(f"  long Ready drains (>= 2 ms): {len(drain)}, worst {max(i for _, i in drain) / 1000:.1f} ms")
 

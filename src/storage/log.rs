@@ -337,6 +337,9 @@ impl StagedAppend {
     }
 }
 
+/// The directory fsync that makes a rotation's rename durable ([`Rotation::write`]).
+pub type DirSync = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LogError>>>>;
+
 /// A segment rotation between [`RaftLog::begin_rotation`] and [`RaftLog::finish_rotation`]:
 /// what must be written, and in which order, to seal the open segment and put the next one in
 /// place (docs/FORMAT.md, "Segment creation, preallocation and rotation"). It holds no borrow of
@@ -358,12 +361,19 @@ impl Rotation {
     /// The rotation's I/O, awaited without blocking the thread where the [`Vfs`] can: the seal
     /// and the next header are written together, each with its own fdatasync (both in the
     /// device's hands at once), and only once BOTH are durable is the next file renamed into
-    /// place and the directory fsynced. The order is what recovery relies on: a durable rename
-    /// without the durable seal would leave a non-last segment whose header misses entries.
+    /// place. The order is what recovery relies on: a durable rename without the durable seal
+    /// would leave a non-last segment whose header misses entries.
+    ///
+    /// Resolves once the rename happened, with the directory fsync that makes it durable still
+    /// running: the returned [`DirSync`]. The caller may write into the new segment meanwhile
+    /// (a crash that loses the rename leaves those frames in a file outside the log, see
+    /// docs/FORMAT.md) but must not report any entry in it durable before the [`DirSync`]
+    /// resolved `Ok`.
     ///
     /// # Errors
     /// Any I/O error; pass the result to [`RaftLog::finish_rotation`], which poisons the log.
-    pub async fn write(&self) -> Result<(), LogError> {
+    /// The [`DirSync`]'s error must poison it as well (it fails the write it is joined with).
+    pub async fn write(&self) -> Result<DirSync, LogError> {
         let seal =
             Arc::clone(&self.sealed_file).start_durable_write(0, self.sealed.encode().to_vec());
         let header =
@@ -371,13 +381,24 @@ impl Rotation {
         let ((sealed, _), (headed, _)) = tokio::join!(seal, header);
         sealed.map_err(|e| io_err("seal segment", self.sealed_file.path(), e))?;
         headed.map_err(|e| io_err("write segment header", &self.from, e))?;
-        // Between `rotate_start` and `rotate_done`: where the headers' syncs end and the rename's
-        // directory fsync begins.
-        crate::timeline::mark("rotate_headers_done", self.sealed.last_index().0);
-        self.vfs
-            .start_rename_durably(&self.from, &self.to)
+        // Between `rotate_start` and `rotate_done`: where the headers' syncs end and the rename
+        // begins.
+        let last = self.sealed.last_index().0;
+        crate::timeline::mark("rotate_headers_done", last);
+        let rename = self.vfs.start_rename_durably(&self.from, &self.to);
+        rename
+            .renamed
             .await
-            .map_err(|e| io_err("rename prepared segment", &self.to, e))
+            .map_err(|e| io_err("rename prepared segment", &self.to, e))?;
+        let dir = dir_of(&self.to).to_path_buf();
+        let durable = rename.durable;
+        Ok(Box::pin(async move {
+            let r = durable
+                .await
+                .map_err(|e| io_err("fsync directory", &dir, e));
+            crate::timeline::mark("rotate_dir_synced", last);
+            r
+        }))
     }
 
     /// [`Rotation::write`] on the calling thread (tools, tests, recovery): the same steps, the
@@ -491,6 +512,7 @@ impl RaftLog {
             .map_err(|e| io_err("list directory", &dir, e))?;
         let mut bases: Vec<(LogIndex, String)> = Vec::new();
         let mut prepared_ready = false;
+        let mut prepared_has_header = false;
         let mut pool: Vec<(u64, PathBuf)> = Vec::new();
         for name in names {
             if let Some(base) = parse_segment_file_name(&name) {
@@ -511,16 +533,18 @@ impl RaftLog {
                 }
             } else if name == PREPARED_SEGMENT_NAME {
                 // A prepared file is complete (it is renamed to this name only after its zeros
-                // were synced) and never held acknowledged data (a segment is renamed into place
-                // before its first append; at most a header was written): reuse it if it has the
-                // configured size.
+                // were synced) and never held acknowledged data (nothing in a segment is
+                // acknowledged before its rename into place is durable): reuse it if it has the
+                // configured size. With a segment header it went through a rotation that a
+                // crash undid, and may hold that rotation's unacknowledged frames (see below).
                 let p = dir.join(&name);
-                let len = vfs
+                let (len, has_header) = vfs
                     .open(&p)
-                    .map(|f| f.len_bytes())
+                    .map(|f| (f.len_bytes(), SegmentHeader::decode(f.bytes()).is_ok()))
                     .map_err(|e| io_err("open prepared segment", &p, e))?;
                 if len == config.segment_size_bytes {
                     prepared_ready = true;
+                    prepared_has_header = has_header;
                 } else {
                     remove_durably(&*vfs, &p, "remove leftover")?;
                 }
@@ -531,6 +555,17 @@ impl RaftLog {
             }
         }
         bases.sort();
+        if prepared_ready && prepared_has_header && !bases.is_empty() {
+            // A rotation's file whose rename into place a crash undid, maybe after the first
+            // write into it had started (the append engine writes beside the rename's directory
+            // fsync): its frames are unacknowledged, and stale frames with the indexes the log
+            // continues with would look like this life's torn tail in the file's next use.
+            // Delete it; the next segment is prepared afresh. (With no segment at all it is an
+            // interrupted reset, finished below.)
+            let p = dir.join(PREPARED_SEGMENT_NAME);
+            remove_durably(&*vfs, &p, "remove used prepared segment")?;
+            prepared_ready = false;
+        }
         pool.sort();
         let pool_seq = pool.last().map_or(0, |(seq, _)| seq + 1);
         while pool.len() > config.recycle_segments_max {
