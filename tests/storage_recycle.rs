@@ -293,3 +293,58 @@ fn the_pool_lives_on_disk_across_reopens_and_respects_its_size() {
     assert!(log.pool_paths().is_empty());
     assert_eq!(pool_files(&path), 0, "compaction deleted the segments");
 }
+
+/// Issue 18: the append engine writes the first batch into a new segment while the directory
+/// fsync of its rename is still running, so a crash can undo the rename after frames reached the
+/// file: the file is `next_segment.prep` again, holding a segment header and unacknowledged
+/// frames whose indexes are the ones the log continues with. Open must end the log with the
+/// sealed segment before it and delete that file: reused, its stale frames of the expected
+/// indexes would be taken for a torn tail of the file's next life (a recycled file's rules) or
+/// cut as one (a prepared file's), a false alarm at every such reopen.
+#[test]
+fn a_prepared_file_left_with_frames_by_a_lost_rename_is_not_reused() {
+    use rust_raft_log::storage::file::Vfs;
+    use rust_raft_log::storage::log::PREPARED_SEGMENT_NAME;
+    let fs = SimFs::new();
+    let mut log = open(&fs);
+    let mut acked = append_until_segments(&mut log, 2, 5, 1);
+    let new_seg = log.segment_paths()[1].clone();
+    let seg_base = header_of(&fs, &new_seg).base_index.0;
+    // Frames in the new segment that were never acknowledged: the rename is then lost.
+    let lost: Vec<LogEntry> = (log.last_index().0 + 1..=log.last_index().0 + 20)
+        .map(|i| entry(i, 1, ENTRY_BYTES))
+        .collect();
+    log.append(&lost).unwrap();
+    drop(log);
+    let prep = sim_dir().join(PREPARED_SEGMENT_NAME);
+    // As if the crash undid the rename (the background preparation's own file is replaced).
+    fs.rename(&new_seg, &prep).unwrap();
+    fs.sync_dir(&sim_dir()).unwrap();
+    acked.retain(|e| e.index.0 < seg_base);
+
+    let mut log = open(&fs);
+    assert_eq!(
+        log.last_index(),
+        LogIndex(seg_base - 1),
+        "the log ends with the sealed segment"
+    );
+    assert!(log.recovery_report().torn_tail.is_none());
+    assert!(
+        !fs.paths().contains(&prep),
+        "the used prepared file is deleted at open"
+    );
+    assert_log_holds(&log, &acked);
+    // New entries (term 2) from the same index go into a fresh file.
+    let fresh: Vec<LogEntry> = (seg_base..seg_base + 5)
+        .map(|i| entry(i, 2, ENTRY_BYTES))
+        .collect();
+    log.append(&fresh).unwrap();
+    assert_eq!(log.segment_paths().len(), 2);
+    acked.extend(fresh);
+    drop(log);
+
+    let log = open(&fs);
+    assert_eq!(log.recovery_report().torn_tail, None);
+    assert_eq!(log.last_index(), LogIndex(seg_base + 4));
+    assert_log_holds(&log, &acked);
+}

@@ -132,6 +132,31 @@ def main():
             print(f"  preparation made INLINE at {ms(t):.0f} ms ({HOW.get(how, how)})")
         if late:
             print(f"  late ticks (>= 2 ms): {len(late)}, worst {max(i for _, i in late) / 1000:.1f} ms")
+        if rot:
+            # A tick marked at t, late by i µs, was due at t - i: it waited through a rotation if
+            # that interval overlaps one (a rotation that blocks the thread delays the ticks due
+            # during it until it ends).
+            rd = [(b - a) / 1e6 for a, b, _ in rot]
+            hit = [i for t, i in late if any(a < t and t - i * 1000 < b for a, b, _ in rot)]
+            print(f"  rotations: {len(rot)}, ms p50 {pct(rd, .5):.2f} max {max(rd):.2f}; late ticks "
+                  f"(>= 2 ms) that were due during one: {len(hit)}"
+                  + (f", worst {max(hit) / 1000:.1f} ms" if hit else ""))
+            # Binaries that await the rotation (issue 18) mark where the two header syncs end;
+            # later ones also when the rename's directory fsync, which then runs beside the first
+            # write into the new segment (after `rotate_done`), completed.
+            mid = {i: t for t, w, i in ev if w == "rotate_headers_done"}
+            dsync = {i: t for t, w, i in ev if w == "rotate_dir_synced"}
+            split = [((mid[i] - a) / 1e6, (b - mid[i]) / 1e6) for a, b, i in rot if i in mid]
+            if split:
+                hd = [h for h, _ in split]
+                rn = [r for _, r in split]
+                what = "rename" if dsync else "rename + directory fsync"
+                print(f"    of which seal + next header (in parallel): ms p50 {pct(hd, .5):.2f} max "
+                      f"{max(hd):.2f}; {what}: ms p50 {pct(rn, .5):.2f} max {max(rn):.2f}")
+            ds = [(dsync[i] - b) / 1e6 for a, b, i in rot if i in dsync]
+            if ds:
+                print(f"    then the directory fsync beside the first write: ms p50 {pct(ds, .5):.2f} "
+                      f"max {max(ds):.2f} after rotate_done")
         if drain:
             print(f"  long Ready drains (>= 2 ms): {len(drain)}, worst {max(i for _, i in drain) / 1000:.1f} ms")
 

@@ -44,6 +44,22 @@ use std::sync::Arc;
 /// an fdatasync covering it completed (or failed), and hands the buffer back for reuse.
 pub type DurableWrite = Pin<Box<dyn Future<Output = (io::Result<()>, Vec<u8>)>>>;
 
+/// A directory change in progress ([`Vfs::start_rename_durably`]).
+pub type DirChangeFuture = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+
+/// A rename in progress ([`Vfs::start_rename_durably`]): done, then durable.
+pub struct RenameInProgress {
+    /// Resolves once the rename happened (the new name is visible, not yet durable).
+    pub renamed: DirChangeFuture,
+    /// Resolves once the directory fsync that makes it durable completed.
+    pub durable: DirChangeFuture,
+}
+
+/// The directory holding `path`.
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
 /// One write of a durable batch: `bytes` go to `offset` in the file.
 #[derive(Clone, Copy, Debug)]
 pub struct WriteAt<'a> {
@@ -213,6 +229,28 @@ pub trait Vfs: Send + Sync {
     /// Renames `from` to `to` (replacing `to`); durable only after [`Vfs::sync_dir`] of the
     /// directory. Both paths lie in one directory.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Renames `from` to `to` and then fsyncs their directory, without blocking the calling
+    /// thread where the implementation can (production, inside a tokio runtime: on a helper
+    /// thread, the caller's task woken by each result). [`RenameInProgress::renamed`] resolves
+    /// once the rename happened (not yet durable), [`RenameInProgress::durable`] once the
+    /// directory fsync after it completed: the caller may start writing into the renamed file
+    /// in between, and must not report anything in it durable before `durable`. Both paths lie
+    /// in one directory. The default renames and syncs on the calling thread and returns
+    /// resolved futures (the simulated disk: its directory operations take no time).
+    ///
+    /// Dropping the futures before they resolve leaves it unknown whether the rename happened
+    /// and whether it is durable.
+    fn start_rename_durably(&self, from: &Path, to: &Path) -> RenameInProgress {
+        let renamed = self.rename(from, to);
+        let durable = match &renamed {
+            Ok(()) => self.sync_dir(parent_dir(to)),
+            Err(e) => Err(io::Error::new(e.kind(), "the rename failed")),
+        };
+        RenameInProgress {
+            renamed: Box::pin(std::future::ready(renamed)),
+            durable: Box::pin(std::future::ready(durable)),
+        }
+    }
     /// Removes `path`; durable only after [`Vfs::sync_dir`] of its directory.
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Makes every earlier change of `dir`'s entries durable (production: `fsync` of the

@@ -9,7 +9,10 @@
 //! [`LogConfig::recycle_segments_max`]) and the `LOCK` file. Segments are kept in a `BTreeMap`
 //! keyed by base index.
 //!
-//! Rotation takes the next segment's file from the pool first (its blocks are allocated and
+//! Rotation ([`RaftLog::begin_rotation`], [`Rotation`], [`RaftLog::finish_rotation`]) writes
+//! the open segment's seal and the next file's header in parallel and renames the file into
+//! place only once both are durable; the append engine awaits that I/O off its thread, the
+//! blocking [`RaftLog::append`] runs it inline. It takes the next segment's file from the pool first (its blocks are allocated and
 //! written, so appends into it are plain overwrites, with no zero-fill doubling the disk writes),
 //! then from the prepared file. A recycled file gets a fresh salt, its new base index and the
 //! recycled flag in its header before it is renamed into place, so the stale frames of its
@@ -334,6 +337,92 @@ impl StagedAppend {
     }
 }
 
+/// The directory fsync that makes a rotation's rename durable ([`Rotation::write`]).
+pub type DirSync = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LogError>>>>;
+
+/// A segment rotation between [`RaftLog::begin_rotation`] and [`RaftLog::finish_rotation`]:
+/// what must be written, and in which order, to seal the open segment and put the next one in
+/// place (docs/FORMAT.md, "Segment creation, preallocation and rotation"). It holds no borrow of
+/// the log, so its I/O can be awaited while the log is read.
+pub struct Rotation {
+    /// The open segment's file and the header that seals it.
+    sealed_file: Arc<dyn LogFile>,
+    sealed: SegmentHeader,
+    /// The next segment's file (a pool file or the prepared file, not part of the log until the
+    /// rename) and its new header.
+    next_file: Arc<dyn LogFile>,
+    next: SegmentHeader,
+    from: PathBuf,
+    to: PathBuf,
+    vfs: Arc<dyn Vfs>,
+}
+
+impl Rotation {
+    /// The rotation's I/O, awaited without blocking the thread where the [`Vfs`] can: the seal
+    /// and the next header are written together, each with its own fdatasync (both in the
+    /// device's hands at once), and only once BOTH are durable is the next file renamed into
+    /// place. The order is what recovery relies on: a durable rename without the durable seal
+    /// would leave a non-last segment whose header misses entries.
+    ///
+    /// Resolves once the rename happened, with the directory fsync that makes it durable still
+    /// running: the returned [`DirSync`]. The caller may write into the new segment meanwhile
+    /// (a crash that loses the rename leaves those frames in a file outside the log, see
+    /// docs/FORMAT.md) but must not report any entry in it durable before the [`DirSync`]
+    /// resolved `Ok`.
+    ///
+    /// # Errors
+    /// Any I/O error; pass the result to [`RaftLog::finish_rotation`], which poisons the log.
+    /// The [`DirSync`]'s error must poison it as well (it fails the write it is joined with).
+    pub async fn write(&self) -> Result<DirSync, LogError> {
+        let seal =
+            Arc::clone(&self.sealed_file).start_durable_write(0, self.sealed.encode().to_vec());
+        let header =
+            Arc::clone(&self.next_file).start_durable_write(0, self.next.encode().to_vec());
+        let ((sealed, _), (headed, _)) = tokio::join!(seal, header);
+        sealed.map_err(|e| io_err("seal segment", self.sealed_file.path(), e))?;
+        headed.map_err(|e| io_err("write segment header", &self.from, e))?;
+        // Between `rotate_start` and `rotate_done`: where the headers' syncs end and the rename
+        // begins.
+        let last = self.sealed.last_index().0;
+        crate::timeline::mark("rotate_headers_done", last);
+        let rename = self.vfs.start_rename_durably(&self.from, &self.to);
+        rename
+            .renamed
+            .await
+            .map_err(|e| io_err("rename prepared segment", &self.to, e))?;
+        let dir = dir_of(&self.to).to_path_buf();
+        let durable = rename.durable;
+        Ok(Box::pin(async move {
+            let r = durable
+                .await
+                .map_err(|e| io_err("fsync directory", &dir, e));
+            crate::timeline::mark("rotate_dir_synced", last);
+            r
+        }))
+    }
+
+    /// [`Rotation::write`] on the calling thread (tools, tests, recovery): the same steps, the
+    /// two header writes one after the other.
+    ///
+    /// # Errors
+    /// As [`Rotation::write`].
+    pub fn write_blocking(&self) -> Result<(), LogError> {
+        self.sealed_file
+            .write_durable(&[WriteAt {
+                offset: 0,
+                bytes: &self.sealed.encode(),
+            }])
+            .map_err(|e| io_err("seal segment", self.sealed_file.path(), e))?;
+        self.next_file
+            .write_durable(&[WriteAt {
+                offset: 0,
+                bytes: &self.next.encode(),
+            }])
+            .map_err(|e| io_err("write segment header", &self.from, e))?;
+        rename_durably(&*self.vfs, &self.from, &self.to, "rename prepared segment")
+    }
+}
+
 /// The segmented log. See the module docs.
 pub struct RaftLog {
     config: LogConfig,
@@ -370,6 +459,8 @@ pub struct RaftLog {
     /// Compacted segment files kept for recycling, oldest first, and the next pool number.
     pool: std::collections::VecDeque<PathBuf>,
     pool_seq: u64,
+    /// A [`Rotation`] was begun and not finished yet.
+    rotating: bool,
     recovery: RecoveryReport,
     /// The open, `flock`ed [`LOCK_FILE_NAME`] (production only): one process per log.
     dir_lock: Option<std::fs::File>,
@@ -421,6 +512,7 @@ impl RaftLog {
             .map_err(|e| io_err("list directory", &dir, e))?;
         let mut bases: Vec<(LogIndex, String)> = Vec::new();
         let mut prepared_ready = false;
+        let mut prepared_has_header = false;
         let mut pool: Vec<(u64, PathBuf)> = Vec::new();
         for name in names {
             if let Some(base) = parse_segment_file_name(&name) {
@@ -441,16 +533,18 @@ impl RaftLog {
                 }
             } else if name == PREPARED_SEGMENT_NAME {
                 // A prepared file is complete (it is renamed to this name only after its zeros
-                // were synced) and never held acknowledged data (a segment is renamed into place
-                // before its first append; at most a header was written): reuse it if it has the
-                // configured size.
+                // were synced) and never held acknowledged data (nothing in a segment is
+                // acknowledged before its rename into place is durable): reuse it if it has the
+                // configured size. With a segment header it went through a rotation that a
+                // crash undid, and may hold that rotation's unacknowledged frames (see below).
                 let p = dir.join(&name);
-                let len = vfs
+                let (len, has_header) = vfs
                     .open(&p)
-                    .map(|f| f.len_bytes())
+                    .map(|f| (f.len_bytes(), SegmentHeader::decode(f.bytes()).is_ok()))
                     .map_err(|e| io_err("open prepared segment", &p, e))?;
                 if len == config.segment_size_bytes {
                     prepared_ready = true;
+                    prepared_has_header = has_header;
                 } else {
                     remove_durably(&*vfs, &p, "remove leftover")?;
                 }
@@ -461,6 +555,17 @@ impl RaftLog {
             }
         }
         bases.sort();
+        if prepared_ready && prepared_has_header && !bases.is_empty() {
+            // A rotation's file whose rename into place a crash undid, maybe after the first
+            // write into it had started (the append engine writes beside the rename's directory
+            // fsync): its frames are unacknowledged, and stale frames with the indexes the log
+            // continues with would look like this life's torn tail in the file's next use.
+            // Delete it; the next segment is prepared afresh. (With no segment at all it is an
+            // interrupted reset, finished below.)
+            let p = dir.join(PREPARED_SEGMENT_NAME);
+            remove_durably(&*vfs, &p, "remove used prepared segment")?;
+            prepared_ready = false;
+        }
         pool.sort();
         let pool_seq = pool.last().map_or(0, |(seq, _)| seq + 1);
         while pool.len() > config.recycle_segments_max {
@@ -490,6 +595,7 @@ impl RaftLog {
             prepare_retry_at: None,
             pool,
             pool_seq,
+            rotating: false,
             recovery: RecoveryReport::default(),
             dir_lock: None,
         };
@@ -517,7 +623,10 @@ impl RaftLog {
                     log.last_index = h.base_index.prev();
                     log.last_term = h.prev_term;
                 }
-                _ => log.create_segment(LogIndex(1), Term::ZERO, false)?,
+                _ => {
+                    let (prep, header) = log.prepare_header(LogIndex(1), Term::ZERO)?;
+                    log.install_prepared(&prep, header)?;
+                }
             }
         } else {
             let n = bases.len();
@@ -865,50 +974,35 @@ impl RaftLog {
         Ok(self.prepared_path())
     }
 
-    /// Creates the segment starting at `base`: a recycled file from the pool if `recycle` and
-    /// the pool has one, else the prepared file, gets its header (synced) and is renamed into
-    /// place (directory synced). Until the rename it is not part of the log.
-    fn create_segment(
+    /// Picks the file of the segment starting at `base`: a recycled file from the pool if
+    /// `recycle` and the pool has one, else the prepared file ([`RaftLog::take_prepared`]), and
+    /// the header it must get. Writes nothing.
+    ///
+    /// A recycled file's header gets a fresh salt, so none of the file's stale frames validates,
+    /// and the recycled flag, so recovery takes them for the end of the log rather than for
+    /// damage. Until its rename the file is not part of the log: a crash after its header was
+    /// written leaves a pool (or prepared) file with a new header, which open never reads as a
+    /// segment.
+    fn next_segment_file(
         &mut self,
         base: LogIndex,
         prev_term: Term,
         recycle: bool,
-    ) -> Result<(), LogError> {
-        let (prep, header) = if recycle && !self.pool.is_empty() {
-            self.recycle_header(base, prev_term)?
-        } else {
-            self.prepare_header(base, prev_term)?
-        };
-        self.install_prepared(&prep, header)
-    }
-
-    /// Takes the oldest pool file and writes (and syncs) the header of a recycled segment
-    /// starting at `base`: a fresh salt, so none of the file's stale frames validates, and the
-    /// recycled flag, so recovery takes them for the end of the log rather than for damage.
-    /// A crash after this leaves a pool file with a new header, still not part of the log.
-    fn recycle_header(
-        &mut self,
-        base: LogIndex,
-        prev_term: Term,
     ) -> Result<(PathBuf, SegmentHeader), LogError> {
-        let path = self
-            .pool
-            .pop_front()
-            .expect("recycle_header is called with a non-empty pool");
-        let header = SegmentHeader {
-            recycled: true,
-            ..SegmentHeader::new_empty(base, prev_term, fresh_salt(base))
-        };
-        let f = self
-            .vfs
-            .open(&path)
-            .map_err(|e| io_err("open pool file", &path, e))?;
-        f.write_durable(&[WriteAt {
-            offset: 0,
-            bytes: &header.encode(),
-        }])
-        .map_err(|e| io_err("write segment header", &path, e))?;
-        Ok((path, header))
+        if recycle {
+            if let Some(path) = self.pool.pop_front() {
+                let header = SegmentHeader {
+                    recycled: true,
+                    ..SegmentHeader::new_empty(base, prev_term, fresh_salt(base))
+                };
+                return Ok((path, header));
+            }
+        }
+        let prep = self.take_prepared()?;
+        Ok((
+            prep,
+            SegmentHeader::new_empty(base, prev_term, fresh_salt(base)),
+        ))
     }
 
     /// Takes the prepared file and writes (and syncs) the header of a segment starting at `base`.
@@ -917,8 +1011,7 @@ impl RaftLog {
         base: LogIndex,
         prev_term: Term,
     ) -> Result<(PathBuf, SegmentHeader), LogError> {
-        let prep = self.take_prepared()?;
-        let header = SegmentHeader::new_empty(base, prev_term, fresh_salt(base));
+        let (prep, header) = self.next_segment_file(base, prev_term, false)?;
         let f = self
             .vfs
             .open(&prep)
@@ -933,9 +1026,16 @@ impl RaftLog {
 
     /// Renames the prepared file (whose durable header is `header`) into place as the last segment.
     fn install_prepared(&mut self, prep: &Path, header: SegmentHeader) -> Result<(), LogError> {
+        let path = self.config.dir.join(segment_file_name(header.base_index));
+        rename_durably(&*self.vfs, prep, &path, "rename prepared segment")?;
+        self.add_installed(header)
+    }
+
+    /// Opens the segment whose file was just renamed into place (durably, with header
+    /// `header`) and makes it the last one.
+    fn add_installed(&mut self, header: SegmentHeader) -> Result<(), LogError> {
         let base = header.base_index;
         let path = self.config.dir.join(segment_file_name(base));
-        rename_durably(&*self.vfs, prep, &path, "rename prepared segment")?;
         let file = self
             .vfs
             .open(&path)
@@ -1048,17 +1148,9 @@ impl RaftLog {
             self.last_index.next(),
             "stage_append would leave a hole"
         );
-        self.poll_preparation();
-        let first_len = frame_padded_len(first.payload.len()) as u64;
-        if self.last_segment_mut().free_bytes() < first_len {
-            // Get the next segment's file before sealing the open one: on a full disk this is
-            // what fails, and the log must then be left exactly as it was (not poisoned, the
-            // open segment not sealed) so that the caller can retry the same append.
-            if self.pool.is_empty() {
-                self.ensure_prepared_or_poison()?;
-            }
-            let r = self.rotate();
-            self.poison(r)?;
+        if let Some(rotation) = self.begin_rotation(first)? {
+            let written = rotation.write_blocking();
+            self.finish_rotation(rotation, written)?;
         }
         let mut frames = std::mem::take(&mut self.frames);
         let mut offsets = std::mem::take(&mut self.frame_offsets);
@@ -1173,8 +1265,50 @@ impl RaftLog {
         self.poison(r)
     }
 
-    /// Seals the open segment and opens the next (prepared) one.
-    fn rotate(&mut self) -> Result<(), LogError> {
+    /// Step 0 of an append, for a caller that awaits a rotation's I/O itself (the append
+    /// engine): `None` if `next` (the entry to append next) fits the open segment, else the
+    /// [`Rotation`] that makes room, whose [`Rotation::write`] the caller awaits and passes to
+    /// [`RaftLog::finish_rotation`] before staging `next`. Until then the log must not be changed
+    /// (reads and [`RaftLog::compact_prefix`], which never touches the open segment, are fine).
+    /// [`RaftLog::stage_append`] calls it too and runs the rotation on the calling thread.
+    ///
+    /// # Errors
+    /// [`LogError::Poisoned`]; [`LogError::NoSpace`] if the next segment's file cannot be had
+    /// (the log is unchanged and not poisoned: retry later); other I/O errors poison the log.
+    ///
+    /// # Panics
+    /// If `next` does not continue the log.
+    pub fn begin_rotation(&mut self, next: &LogEntry) -> Result<Option<Rotation>, LogError> {
+        self.check_writable()?;
+        assert_eq!(
+            next.index,
+            self.last_index.next(),
+            "an append would leave a hole"
+        );
+        if self.rotating {
+            // The last one's I/O was abandoned midway (its future dropped): what of it is
+            // durable is unknown.
+            let r = Err(LogError::Poisoned {
+                reason: "a segment rotation was abandoned before it finished".into(),
+            });
+            return self.poison(r);
+        }
+        self.poll_preparation();
+        let first_len = frame_padded_len(next.payload.len()) as u64;
+        if self.last_segment_mut().free_bytes() >= first_len {
+            return Ok(None);
+        }
+        // Get the next segment's file before anything is written: on a full disk this is what
+        // fails, and the log must then be left exactly as it was (not poisoned, the open segment
+        // not sealed) so that the caller can retry the same append.
+        if self.pool.is_empty() {
+            self.ensure_prepared_or_poison()?;
+        }
+        let r = self.plan_rotation();
+        self.poison(r).map(Some)
+    }
+
+    fn plan_rotation(&mut self) -> Result<Rotation, LogError> {
         crate::timeline::mark("rotate_start", self.last_index.0);
         let now = Instant::now();
         if let Some((t, bytes)) = self.rate_mark.replace((now, self.appended_bytes)) {
@@ -1186,9 +1320,42 @@ impl RaftLog {
             }
         }
         let seg = self.last_segment_mut();
-        let path = seg.path().to_path_buf();
-        seg.seal().map_err(|e| seg_err("seal segment", &path, e))?;
-        self.create_segment(self.last_index.next(), self.last_term, true)?;
+        let sealed_file = seg.file();
+        let sealed = seg.sealed_header();
+        let (from, next) = self.next_segment_file(self.last_index.next(), self.last_term, true)?;
+        let next_file = self
+            .vfs
+            .open(&from)
+            .map_err(|e| io_err("open prepared segment", &from, e))?;
+        self.rotating = true;
+        Ok(Rotation {
+            sealed_file,
+            sealed,
+            next_file,
+            next,
+            to: self.config.dir.join(segment_file_name(next.base_index)),
+            from,
+            vfs: Arc::clone(&self.vfs),
+        })
+    }
+
+    /// Completes a rotation whose I/O ([`Rotation::write`]) returned `written`: on success the
+    /// open segment is sealed, the new one is the last segment, and the preparation of the one
+    /// after starts; on failure the log is poisoned.
+    ///
+    /// # Errors
+    /// `written`'s error, or opening the new segment's file.
+    pub fn finish_rotation(
+        &mut self,
+        rotation: Rotation,
+        written: Result<(), LogError>,
+    ) -> Result<(), LogError> {
+        self.rotating = false;
+        let r = written.and_then(|()| {
+            self.last_segment_mut().mark_sealed(rotation.sealed);
+            self.add_installed(rotation.next)
+        });
+        self.poison(r)?;
         self.start_preparing();
         crate::timeline::mark("rotate_done", self.last_index.0);
         Ok(())

@@ -579,15 +579,33 @@ impl LogFileSegment {
     /// Makes the header vouch for every entry present (before a later segment is created), then
     /// releases the file's write side: a sealed segment is only read from now on.
     pub fn seal(&mut self) -> Result<(), SegmentError> {
-        let header = SegmentHeader {
+        self.write_header(self.sealed_header())?;
+        self.file.release_io();
+        Ok(())
+    }
+
+    /// The header [`Self::seal`] writes: it counts every entry present, with no dirty range.
+    /// For a caller that writes it itself (the append engine's rotation, which writes it beside
+    /// the next segment's header) and then reports it with [`Self::mark_sealed`].
+    pub fn sealed_header(&self) -> SegmentHeader {
+        SegmentHeader {
             entry_count: self.entry_count(),
             append_position: self.append_position,
             dirty_end: 0,
             ..self.header
-        };
-        self.write_header(header)?;
+        }
+    }
+
+    /// Records that `header` (from [`Self::sealed_header`], nothing appended since) is durable
+    /// at offset 0, and releases the write side as [`Self::seal`] does.
+    pub fn mark_sealed(&mut self, header: SegmentHeader) {
+        assert_eq!(
+            header,
+            self.sealed_header(),
+            "the segment changed while its seal was written"
+        );
+        self.header = header;
         self.file.release_io();
-        Ok(())
     }
 
     /// Zeroes `range` durably.

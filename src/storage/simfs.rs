@@ -26,7 +26,8 @@
 //!   ([`LogFile::start_durable_write`]) lands in the page cache at once but its fdatasync
 //!   completes only when the test calls [`SimFs::complete_io`], in any order it likes. That is
 //!   how the simulator gives every node's disk a latency and lets the state file's write and the
-//!   log's complete in either order, as they can on a real disk.
+//!   log's complete in either order, as they can on a real disk. The directory fsync of
+//!   [`Vfs::start_rename_durably`] (a segment rotation's rename) is deferred the same way.
 //! - **Failures**: a sync can be made to fail (EIO, the writes stay volatile), bits can be
 //!   flipped at rest.
 //! - **A full disk** ([`SimFs::set_capacity_bytes`]): the bytes of the files that names refer
@@ -52,7 +53,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::storage::file::{AppendFile, DurableWrite, LogFile, ReadFile, Vfs, WriteAt};
+use crate::storage::file::{
+    parent_dir, AppendFile, DurableWrite, LogFile, ReadFile, RenameInProgress, Vfs, WriteAt,
+};
 
 /// The sector size whose writes the disk performs atomically (docs/FORMAT.md, "Assumptions").
 pub const ATOMIC_SECTOR_BYTES: u64 = 512;
@@ -117,6 +120,8 @@ impl DirChange {
 struct SimOp {
     inode: u64,
     seq: u64,
+    /// `Some`: not a write but the directory fsync of [`Vfs::start_rename_durably`].
+    dir: Option<PathBuf>,
     /// Set when the device completed it.
     result: Option<Result<(), i32>>,
     waker: Option<Waker>,
@@ -400,7 +405,11 @@ impl SimFs {
     /// The file (its current name) that async write `id` writes to, if the write is in flight.
     pub fn io_target(&self, id: u64) -> Option<PathBuf> {
         let st = self.lock();
-        let inode = st.ops.get(&id)?.inode;
+        let op = st.ops.get(&id)?;
+        if let Some(dir) = &op.dir {
+            return Some(dir.clone());
+        }
+        let inode = op.inode;
         st.names
             .iter()
             .find(|(_, i)| **i == inode)
@@ -412,15 +421,24 @@ impl SimFs {
     /// a power loss took it).
     pub fn complete_io(&self, id: u64) -> bool {
         let mut st = self.lock();
-        let Some((inode, seq)) = st
+        let Some((inode, seq, dir)) = st
             .ops
             .get(&id)
             .filter(|op| op.result.is_none())
-            .map(|op| (op.inode, op.seq))
+            .map(|op| (op.inode, op.seq, op.dir.clone()))
         else {
             return false;
         };
-        let result = st.sync_upto(inode, seq);
+        let result = match dir {
+            Some(dir) => match st.spend() {
+                Ok(()) => {
+                    sync_dir_locked(&mut st, &dir);
+                    Ok(())
+                }
+                Err(_) => Err(libc::EIO),
+            },
+            None => st.sync_upto(inode, seq),
+        };
         let op = st.ops.get_mut(&id).expect("looked up above");
         op.result = Some(result);
         if let Some(w) = op.waker.take() {
@@ -697,6 +715,50 @@ impl Vfs for SimFs {
         }
         sync_dir_locked(&mut st, dir);
         Ok(())
+    }
+
+    /// The rename at once; in deferred mode the directory fsync is an async operation like a
+    /// durable write ([`SimFs::complete_io`] completes it, [`SimFs::io_target`] names the
+    /// directory), so a test can complete writes started meanwhile before it, or lose power
+    /// with the rename undone and those writes durable.
+    fn start_rename_durably(&self, from: &Path, to: &Path) -> RenameInProgress {
+        let renamed = self.rename(from, to);
+        let dir = parent_dir(to).to_path_buf();
+        let mut st = self.lock();
+        if renamed.is_err() || !st.deferred {
+            drop(st);
+            let durable = match &renamed {
+                Ok(()) => self.sync_dir(&dir),
+                Err(e) => Err(io::Error::new(e.kind(), "the rename failed")),
+            };
+            return RenameInProgress {
+                renamed: Box::pin(std::future::ready(renamed)),
+                durable: Box::pin(std::future::ready(durable)),
+            };
+        }
+        let id = st.next_op;
+        st.next_op += 1;
+        st.ops.insert(
+            id,
+            SimOp {
+                inode: u64::MAX,
+                seq: 0,
+                dir: Some(dir),
+                result: None,
+                waker: None,
+            },
+        );
+        st.started.push(id);
+        drop(st);
+        let io = SimIo {
+            fs: self.clone(),
+            id,
+            buffer: None,
+        };
+        RenameInProgress {
+            renamed: Box::pin(std::future::ready(Ok(()))),
+            durable: Box::pin(async move { io.await.0 }),
+        }
     }
 
     fn create_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
@@ -985,6 +1047,7 @@ impl LogFile for SimFile {
             SimOp {
                 inode: self.inode,
                 seq,
+                dir: None,
                 result: None,
                 waker: None,
             },
