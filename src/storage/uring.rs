@@ -1073,19 +1073,22 @@ impl ReadFile for StdReadFile {
 mod tests {
     use super::*;
 
+    /// A fresh [`StdAppendFile`] named `snap` in `dir`, and its path.
+    fn new_append_file(dir: &Path) -> (StdAppendFile, PathBuf) {
+        let p = dir.join("snap");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&p)
+            .unwrap();
+        (StdAppendFile::new(file, p.clone()), p)
+    }
+
     #[test]
     fn an_append_file_starts_writeback_every_step_and_reads_back_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("snap");
-        let mut f = StdAppendFile::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&p)
-                .unwrap(),
-            p.clone(),
-        );
+        let (mut f, p) = new_append_file(dir.path());
         let chunk = 1 << 20;
         let mut expected = Vec::new();
         for i in 0..9u8 {
@@ -1111,16 +1114,7 @@ mod tests {
     #[test]
     fn a_paced_append_file_waits_for_each_window() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("snap");
-        let mut f = StdAppendFile::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&p)
-                .unwrap(),
-            p.clone(),
-        );
+        let (mut f, p) = new_append_file(dir.path());
         f.append(b"header").unwrap();
         f.pace_writeback();
         let piece = 256 << 10;
