@@ -13,11 +13,14 @@ src/timeline.rs; tools/stall_ab.sh sets it with RAFT_TIMELINE_DIR), one per proc
   rotation (`prepare_inline`), durable writes (`write_start` -> `write_done`: write +
   fdatasync, p50/p99/max; and those during the preparations that followed a rotation against
   those more than 1 s away from them), late ticks (`tick_late_us`) and long Ready drains
-  (`drain_slow_us`);
+  (`drain_slow_us`), snapshots being written on their own thread (`snapshot_start` ->
+  `snapshot_done`) and the log compactions that follow them on the loop's thread
+  (`compact_start` -> `compact_done`);
 - on the leader (the process that answered the etcd writes, `kv_write_us`: each write's latency
   inside the server): every stall, i.e. the writes slower than --slow-ms merged where they
   overlap in time, with what overlapped it in any process: a rotation (or one that ended up to
-  5 ms before), a segment preparation, a durable write at least half as long as the worst
+  5 ms before), a segment preparation, a snapshot being written, a log compaction (or one that
+  ended up to 5 ms before), a durable write at least half as long as the worst
   request, a tick served late by at least a quarter of it, a long Ready drain, a role change
   (election) in the 300 ms before or during it;
   then a tally of the episodes by cause.
@@ -102,9 +105,11 @@ def main():
         late = [(t, i) for t, w, i in ev if w == "tick_late_us"]
         drain = [(t, i) for t, w, i in ev if w == "drain_slow_us"]
         roles = [(t, w, i) for t, w, i in ev if w.startswith("role_")]
+        snap = intervals(ev, "snapshot_start", "snapshot_done")
+        compact = intervals(ev, "compact_start", "compact_done")
         answers = [(t, i) for t, w, i in ev if w == "kv_write_us"]
         info[pid] = dict(writes=writes, rot=rot, prep=prep, inline=inline, late=late,
-                         drain=drain, roles=roles, answers=answers)
+                         drain=drain, roles=roles, answers=answers, snap=snap, compact=compact)
         wd = [(b - a) / 1e6 for a, b, _ in writes]
         print(f"process {pid}: {len(answers)} writes answered; roles: "
               + (", ".join(f"{w[5:]}@{ms(t):.0f}ms(term {i})" for t, w, i in roles) or "-"))
@@ -159,6 +164,12 @@ def main():
                       f"max {max(ds):.2f} after rotate_done")
         if drain:
             print(f"  long Ready drains (>= 2 ms): {len(drain)}, worst {max(i for _, i in drain) / 1000:.1f} ms")
+        if snap:
+            sd = [(b - a) / 1e6 for a, b, _ in snap]
+            cd = [(b - a) / 1e6 for a, b, _ in compact]
+            print(f"  snapshots written: {len(sd)}, ms p50 {pct(sd, .5):.0f} max {max(sd):.0f}; "
+                  f"log compactions after them (on the loop's thread): ms p50 {pct(cd, .5):.2f} "
+                  f"max {max(cd, default=0):.2f}")
 
     leader = max(info, key=lambda p: len(info[p]["answers"]))
     ans = info[leader]["answers"]  # (answered at, latency µs)
@@ -190,6 +201,14 @@ def main():
                 if p0 < b and p1 > a:
                     causes.append(f"{who}: {HOW.get(how, how)} preparation running")
                     kinds.add("preparation")
+            for s0, s1, idx in d["snap"]:
+                if s0 < b and s1 > a:
+                    causes.append(f"{who}: snapshot at index {idx} being written")
+                    kinds.add("snapshot write")
+            for c0, c1, _ in d["compact"]:
+                if c0 < b and c1 > a - 5_000_000:
+                    causes.append(f"{who}: log compaction {(c1 - c0) / 1e6:.1f} ms at {ms(c0):.0f}")
+                    kinds.add("log compaction")
             for t, how in d["inline"]:
                 if a - 5_000_000 <= t <= b:
                     causes.append(f"{who}: inline preparation ({HOW.get(how, how)})")

@@ -940,6 +940,7 @@ fn maybe_start_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>
     let source = (s.view)(driver.state_machine());
     tracing::debug!(index = %at.index, view_us = started.elapsed().as_micros() as u64, "snapshot started");
     let membership = driver.core().membership_at(at.index);
+    crate::timeline::mark("snapshot_start", at.index.0);
     s.snapshotter.start(at, source, membership);
 }
 
@@ -953,7 +954,12 @@ fn on_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
         Ok(t) => {
             let keep = s.snapshotter.policy().catchup_entries;
             let first_before = driver.core().storage().first_index();
+            // The write ended on the snapshot thread; the log's compaction behind it runs here,
+            // on the loop's thread (issue 18's timeline attributes stalls to either).
+            crate::timeline::mark("snapshot_done", t.snap.index.0);
+            crate::timeline::mark("compact_start", t.snap.index.0);
             driver.snapshot_taken(t.snap, keep)?;
+            crate::timeline::mark("compact_done", t.snap.index.0);
             crate::metrics::with_current(|m| {
                 m.snapshot_save_seconds.observe(t.elapsed.as_secs_f64())
             });
