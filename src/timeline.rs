@@ -10,6 +10,11 @@
 //! Cost when off: one relaxed load of an initialised `OnceLock` per mark. When on: a
 //! `clock_gettime` (vDSO) and an uncontended mutex per mark; at most [`EVENTS_MAX`] events are
 //! kept (later ones are counted and dropped), so memory stays bounded.
+//!
+//! [`ThreadSched`] reads a thread's scheduler counters (`/proc/thread-self/schedstat`: time on a
+//! CPU, time runnable but waiting for one), so that a mark of lost time can say which part the
+//! thread spent running, which part waiting for a core, and which part asleep or blocked
+//! (the rest). Only the event loop uses it, and only while the timeline is on.
 
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
@@ -50,6 +55,61 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// A thread's scheduler counters at one moment, in nanoseconds since the thread started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedSample {
+    /// Time spent running on a CPU.
+    pub on_cpu_ns: u64,
+    /// Time spent runnable, waiting on a run queue for a CPU.
+    pub runq_ns: u64,
+}
+
+impl SchedSample {
+    /// What the thread did between `earlier` and `self`, in microseconds: (on a CPU, waiting for
+    /// one). Counters never go back; a pair taken out of order gives zeros.
+    pub fn since_us(&self, earlier: &SchedSample) -> (u64, u64) {
+        (
+            self.on_cpu_ns.saturating_sub(earlier.on_cpu_ns) / 1_000,
+            self.runq_ns.saturating_sub(earlier.runq_ns) / 1_000,
+        )
+    }
+}
+
+/// The scheduler counters of the thread that opened it (the file stays bound to that thread).
+#[derive(Debug)]
+pub struct ThreadSched {
+    file: std::fs::File,
+}
+
+impl ThreadSched {
+    /// Opens the calling thread's `/proc/thread-self/schedstat`; `None` when the timeline is off
+    /// or the kernel does not provide the file (no `CONFIG_SCHED_INFO`).
+    pub fn open() -> Option<ThreadSched> {
+        if !enabled() {
+            return None;
+        }
+        std::fs::File::open("/proc/thread-self/schedstat")
+            .ok()
+            .map(|file| ThreadSched { file })
+    }
+
+    /// The counters now (one `pread`); `None` if the read or its text fails.
+    pub fn sample(&self) -> Option<SchedSample> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 96];
+        let n = self.file.read_at(&mut buf, 0).ok()?;
+        parse_schedstat(buf.get(..n)?)
+    }
+}
+
+/// `schedstat`'s text: "<ns on cpu> <ns waiting on a run queue> <timeslices>".
+fn parse_schedstat(text: &[u8]) -> Option<SchedSample> {
+    let mut fields = std::str::from_utf8(text).ok()?.split_ascii_whitespace();
+    let on_cpu_ns = fields.next()?.parse().ok()?;
+    let runq_ns = fields.next()?.parse().ok()?;
+    Some(SchedSample { on_cpu_ns, runq_ns })
+}
+
 /// Records `what` happening now to the entry at `index` (0 when there is no index).
 pub fn mark(what: &'static str, index: u64) {
     let Some(r) = recorder() else { return };
@@ -79,5 +139,58 @@ pub fn flush() {
     })();
     if let Err(e) = written {
         tracing::warn!(path = %path.display(), error = %e, "cannot write the latency timeline");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_text_parses_into_cpu_and_run_queue_time() {
+        assert_eq!(
+            parse_schedstat(b"122716 1875357 2\n"),
+            Some(SchedSample {
+                on_cpu_ns: 122_716,
+                runq_ns: 1_875_357
+            })
+        );
+        assert_eq!(parse_schedstat(b""), None);
+        assert_eq!(parse_schedstat(b"12 x 3\n"), None);
+        let a = SchedSample {
+            on_cpu_ns: 5_000,
+            runq_ns: 9_000,
+        };
+        let b = SchedSample {
+            on_cpu_ns: 2_005_000,
+            runq_ns: 39_000,
+        };
+        assert_eq!(b.since_us(&a), (2_000, 30));
+        assert_eq!(a.since_us(&b), (0, 0));
+    }
+
+    #[test]
+    fn this_kernels_schedstat_counts_a_busy_threads_cpu_time() {
+        // Read directly (the timeline is off in tests): the file the event loop samples exists
+        // here and its first field grows while the thread spins.
+        let file = match std::fs::File::open("/proc/thread-self/schedstat") {
+            Ok(file) => file,
+            Err(e) => panic!("/proc/thread-self/schedstat: {e}"),
+        };
+        let sched = ThreadSched { file };
+        let before = sched.sample().expect("schedstat parses");
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < std::time::Duration::from_millis(20) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = sched.sample().expect("schedstat parses");
+        let (cpu_us, runq_us) = after.since_us(&before);
+        // 20 ms of wall time were either on a CPU or waiting for one (a loaded machine).
+        assert!(
+            cpu_us + runq_us >= 10_000,
+            "cpu {cpu_us} µs, run queue {runq_us} µs"
+        );
+        assert!(cpu_us > 0);
     }
 }

@@ -13,7 +13,9 @@ src/timeline.rs; tools/stall_ab.sh sets it with RAFT_TIMELINE_DIR), one per proc
   rotation (`prepare_inline`), durable writes (`write_start` -> `write_done`: write +
   fdatasync, p50/p99/max; and those during the preparations that followed a rotation against
   those more than 1 s away from them), late ticks (`tick_late_us`) and long Ready drains
-  (`drain_slow_us`), snapshots being written on their own thread (`snapshot_start` ->
+  (`drain_slow_us`), each with how the loop's thread spent the time where the binary marks it
+  (`*_cpu_us`, `*_runq_us`: running, waiting for a core, and the rest asleep or blocked; a
+  late tick's figures cover the time since the loop's previous turn ended), snapshots being written on their own thread (`snapshot_start` ->
   `snapshot_done`) and the log compactions that follow them on the loop's thread
   (`compact_start` -> `compact_done`);
 - on the leader (the process that answered the etcd writes, `kv_write_us`: each write's latency
@@ -68,6 +70,51 @@ def intervals(ev, start, done, key_by_index=True):
     return out
 
 
+def with_sched(ev, what):
+    """[t, µs, cpu µs or None, runq µs or None] for each `what` mark, with the `<prefix>_cpu_us`
+    and `<prefix>_runq_us` marks the loop writes right after it."""
+    prefix = what[: -len("_us")] if what == "tick_late_us" else "drain"
+    out = []
+    for t, w, i in ev:
+        if w == what:
+            out.append([t, i, None, None])
+        elif out and w == prefix + "_cpu_us":
+            out[-1][2] = i
+        elif out and w == prefix + "_runq_us":
+            out[-1][3] = i
+    return out
+
+
+def how_spent(lost_us, cpu, runq):
+    """Which part of `lost_us` the thread spent where: 'running' (the loop or another task of its
+    runtime), 'waiting for a core', 'asleep/blocked', or None for binaries without the marks."""
+    if cpu is None or runq is None:
+        return None
+    if cpu >= lost_us / 2:
+        return "running"
+    if runq >= lost_us / 2:
+        return "waiting for a core"
+    if cpu + runq >= lost_us / 2:
+        return "running and waiting"
+    return "asleep/blocked"
+
+
+def spent_text(cpu, runq):
+    return "" if cpu is None or runq is None else f" (on a CPU {cpu / 1000:.1f}, waiting for one {runq / 1000:.1f} ms)"
+
+
+def spent_tally(marks):
+    """', of which N running, ...' over marks that carry the thread's figures."""
+    kinds = defaultdict(int)
+    for _, i, cpu, runq in marks:
+        how = how_spent(i, cpu, runq)
+        if how:
+            kinds[how] += 1
+    if not kinds:
+        return ""
+    return "; the thread meanwhile: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+
+
 def pct(xs, p):
     if not xs:
         return 0
@@ -102,14 +149,17 @@ def main():
         rot = intervals(ev, "rotate_start", "rotate_done")
         prep = intervals(ev, "prepare_start", "prepare_done", key_by_index=False)
         inline = [(t, i) for t, w, i in ev if w == "prepare_inline"]
-        late = [(t, i) for t, w, i in ev if w == "tick_late_us"]
-        drain = [(t, i) for t, w, i in ev if w == "drain_slow_us"]
+        late_s = with_sched(ev, "tick_late_us")
+        drain_s = with_sched(ev, "drain_slow_us")
+        late = [(t, i) for t, i, _, _ in late_s]
+        drain = [(t, i) for t, i, _, _ in drain_s]
         roles = [(t, w, i) for t, w, i in ev if w.startswith("role_")]
         snap = intervals(ev, "snapshot_start", "snapshot_done")
         compact = intervals(ev, "compact_start", "compact_done")
         answers = [(t, i) for t, w, i in ev if w == "kv_write_us"]
         info[pid] = dict(writes=writes, rot=rot, prep=prep, inline=inline, late=late,
-                         drain=drain, roles=roles, answers=answers, snap=snap, compact=compact)
+                         drain=drain, roles=roles, answers=answers, snap=snap, compact=compact,
+                         late_s=late_s, drain_s=drain_s)
         wd = [(b - a) / 1e6 for a, b, _ in writes]
         print(f"process {pid}: {len(answers)} writes answered; roles: "
               + (", ".join(f"{w[5:]}@{ms(t):.0f}ms(term {i})" for t, w, i in roles) or "-"))
@@ -136,7 +186,8 @@ def main():
         for t, how in inline:
             print(f"  preparation made INLINE at {ms(t):.0f} ms ({HOW.get(how, how)})")
         if late:
-            print(f"  late ticks (>= 2 ms): {len(late)}, worst {max(i for _, i in late) / 1000:.1f} ms")
+            print(f"  late ticks (>= 2 ms): {len(late)}, worst {max(i for _, i in late) / 1000:.1f} ms"
+                  + spent_tally(late_s))
         if rot:
             # A tick marked at t, late by i µs, was due at t - i: it waited through a rotation if
             # that interval overlaps one (a rotation that blocks the thread delays the ticks due
@@ -163,7 +214,8 @@ def main():
                 print(f"    then the directory fsync beside the first write: ms p50 {pct(ds, .5):.2f} "
                       f"max {max(ds):.2f} after rotate_done")
         if drain:
-            print(f"  long Ready drains (>= 2 ms): {len(drain)}, worst {max(i for _, i in drain) / 1000:.1f} ms")
+            print(f"  long Ready drains (>= 2 ms): {len(drain)}, worst {max(i for _, i in drain) / 1000:.1f} ms"
+                  + spent_tally(drain_s))
         if snap:
             sd = [(b - a) / 1e6 for a, b, _ in snap]
             cd = [(b - a) / 1e6 for a, b, _ in compact]
@@ -217,14 +269,18 @@ def main():
             if slow and max(slow) >= worst / 2000:
                 causes.append(f"{who}: durable write of {max(slow):.1f} ms")
                 kinds.add("slow fdatasync")
-            lt = [i / 1000 for t, i in d["late"] if a <= t <= b + 2_000_000]
-            if lt and max(lt) >= worst / 4000:
-                causes.append(f"{who}: tick {max(lt):.1f} ms late")
-                kinds.add("loop not running (late tick)")
-            dr = [i / 1000 for t, i in d["drain"] if a <= t <= b + 2_000_000]
+            lt = [x for x in d["late_s"] if a <= x[0] <= b + 2_000_000]
+            if lt and max(x[1] for x in lt) >= worst / 4:
+                _, i, cpu, runq = max(lt, key=lambda x: x[1])
+                causes.append(f"{who}: tick {i / 1000:.1f} ms late" + spent_text(cpu, runq))
+                how = how_spent(i, cpu, runq)
+                kinds.add("loop not running (late tick)" + (f": {how}" if how else ""))
+            dr = [x for x in d["drain_s"] if a <= x[0] <= b + 2_000_000]
             if dr:
-                causes.append(f"{who}: Ready drain of {max(dr):.1f} ms")
-                kinds.add("long Ready drain")
+                _, i, cpu, runq = max(dr, key=lambda x: x[1])
+                causes.append(f"{who}: Ready drain of {i / 1000:.1f} ms" + spent_text(cpu, runq))
+                how = how_spent(i, cpu, runq)
+                kinds.add("long Ready drain" + (f": {how}" if how else ""))
             for t, w, term in d["roles"]:
                 if a - 300_000_000 <= t <= b and w != "role_follower":
                     causes.append(f"{who}: became {w[5:]} (term {term}) at {ms(t):.0f}")

@@ -57,7 +57,10 @@ pub const NO_LEADER_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Follower lag is measured on the leader at most this often (it walks the progress map).
 const LAG_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 /// With the latency timeline on ([`crate::timeline`]), a tick served this late or a Ready drain
-/// this long is marked (`tick_late_us`, `drain_slow_us`), to attribute stalls.
+/// this long is marked (`tick_late_us`, `drain_slow_us`), to attribute stalls. Each is followed
+/// by how the thread spent the time (`*_cpu_us` on a CPU, `*_runq_us` waiting for one; the rest
+/// it slept or was blocked): for a late tick, since the end of the loop's previous turn; for a
+/// drain, during it.
 const LOOP_SLOW_US: u64 = 2_000;
 
 /// Takes a consistent view of the state machine for a snapshot (cheap: called on the loop).
@@ -750,6 +753,9 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
         // Set when the node learns it was removed: the loop stops, then returns it.
         let mut removed: Option<String> = None;
         let timeline_on = crate::timeline::enabled();
+        // The loop's thread's scheduler counters at the end of its last turn (timeline only).
+        let sched = crate::timeline::ThreadSched::open();
+        let mut turn_ended = sched.as_ref().and_then(|s| s.sample());
         loop {
             tokio::select! {
                 biased;
@@ -777,6 +783,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                         // How late the tick is served: a busy or descheduled loop (attribution
                         // of stalls, issue 18).
                         crate::timeline::mark("tick_late_us", late.as_micros() as u64);
+                        mark_sched(&sched, turn_ended, "tick_late_cpu_us", "tick_late_runq_us");
                     }
                     if late >= *tick * 2 {
                         // A catch-up tick: the loop did not run for a while (busy, or not
@@ -817,12 +824,15 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> EventLoop<C, D, M>
                 }
             }
             let turn_started = timeline_on.then(std::time::Instant::now);
+            let drain_sched = sched.as_ref().and_then(|s| s.sample());
             driver.drain_ready(outbox);
             if let Some(t) = turn_started {
                 let busy_us = t.elapsed().as_micros() as u64;
                 if busy_us >= LOOP_SLOW_US {
                     crate::timeline::mark("drain_slow_us", busy_us);
+                    mark_sched(&sched, drain_sched, "drain_cpu_us", "drain_runq_us");
                 }
+                turn_ended = sched.as_ref().and_then(|s| s.sample());
             }
             members.sync(driver, &mut outbox.peers, watch);
             if let Some(why) = members.removed(driver, &outbox.peers, watch.last_heard()) {
@@ -922,6 +932,24 @@ fn request_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
     });
 }
 
+/// Marks how the loop's thread spent the time since `since` (timeline only): `cpu` the
+/// microseconds on a CPU (the loop's own work or another task of its runtime), `runq` those
+/// waiting for one (the machine's other threads had the cores).
+fn mark_sched(
+    sched: &Option<crate::timeline::ThreadSched>,
+    since: Option<crate::timeline::SchedSample>,
+    cpu: &'static str,
+    runq: &'static str,
+) {
+    let (Some(sched), Some(since)) = (sched, since) else {
+        return;
+    };
+    if let Some(now) = sched.sample() {
+        let (cpu_us, runq_us) = now.since_us(&since);
+        crate::timeline::mark(cpu, cpu_us);
+        crate::timeline::mark(runq, runq_us);
+    }
+}
 fn maybe_start_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
     driver: &Driver<C, D, M>,
     snapshots: &mut Option<Snapshots<M>>,
