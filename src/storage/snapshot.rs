@@ -729,7 +729,9 @@ impl Decoder {
         }
         self.chunk_count = chunk;
         self.payload_bytes += len as u64;
-        self.payload_crc = crc32c::crc32c_append(self.payload_crc, b);
+        // The whole payload's CRC from the chunk's (as the writer derives it): one pass over
+        // the bytes, not two.
+        self.payload_crc = crc32c::crc32c_combine(self.payload_crc, computed, b.len());
         self.stage = Stage::ChunkHead;
         Ok(Unit::Payload)
     }
