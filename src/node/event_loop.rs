@@ -950,6 +950,7 @@ fn mark_sched(
         crate::timeline::mark(runq, runq_us);
     }
 }
+
 fn maybe_start_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(
     driver: &Driver<C, D, M>,
     snapshots: &mut Option<Snapshots<M>>,
