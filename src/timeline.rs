@@ -19,7 +19,7 @@
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
 
-/// The most events kept per process (about 24 MiB).
+/// The most events kept per process (32 MiB: 32 bytes each, reserved when the recorder starts).
 pub const EVENTS_MAX: usize = 1 << 20;
 
 struct Recorder {
@@ -27,15 +27,23 @@ struct Recorder {
     events: Mutex<Vec<(u64, &'static str, u64)>>,
 }
 
+impl Recorder {
+    /// The buffer is reserved whole up front: a `Vec` that doubled while marks were being
+    /// recorded would copy up to 16 MiB inside one `mark`, a stall of tens of milliseconds on
+    /// the thread that marks (seen: a 37.6 ms Ready drain on a leader at the 262,144th event).
+    /// Reserving only maps address space; the pages are touched as the events fill them.
+    fn new(dir: std::path::PathBuf) -> Recorder {
+        Recorder {
+            dir,
+            events: Mutex::new(Vec::with_capacity(EVENTS_MAX)),
+        }
+    }
+}
+
 fn recorder() -> Option<&'static Recorder> {
     static RECORDER: OnceLock<Option<Recorder>> = OnceLock::new();
     RECORDER
-        .get_or_init(|| {
-            std::env::var_os("RAFT_TIMELINE").map(|dir| Recorder {
-                dir: dir.into(),
-                events: Mutex::new(Vec::new()),
-            })
-        })
+        .get_or_init(|| std::env::var_os("RAFT_TIMELINE").map(|dir| Recorder::new(dir.into())))
         .as_ref()
 }
 
@@ -145,6 +153,13 @@ pub fn flush() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recorder_holds_every_event_it_keeps_without_growing() {
+        let r = Recorder::new(std::path::PathBuf::from("/nonexistent"));
+        let events = r.events.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(events.capacity() >= EVENTS_MAX, "{}", events.capacity());
+    }
 
     #[test]
     fn schedstat_text_parses_into_cpu_and_run_queue_time() {
