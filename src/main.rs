@@ -52,6 +52,9 @@ fn main() -> ExitCode {
         }
     };
     rust_raft_log::node::logging::init_tracing();
+    if let Err(e) = rust_raft_log::node::disable_transparent_huge_pages() {
+        tracing::warn!("cannot turn transparent huge pages off for this process: {e}");
+    }
     match rust_raft_log::node::run_joining(&config, args.node_id, &args.config, join) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

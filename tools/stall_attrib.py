@@ -24,7 +24,11 @@ src/timeline.rs; tools/stall_ab.sh sets it with RAFT_TIMELINE_DIR), one per proc
   5 ms before), a segment preparation, a snapshot being written, a log compaction (or one that
   ended up to 5 ms before), a durable write at least half as long as the worst
   request, a tick served late by at least a quarter of it, a long Ready drain, a role change
-  (election) in the 300 ms before or during it;
+  (election) in the 300 ms before or during it, and, where tools/steal_probe.py ran beside the
+  nodes (TIMELINE_DIR/steal.tsv), time the hypervisor took this VM's CPUs away (steal) from
+  the start of the stall to 20 ms after its end (the kernel counts steal in 10 ms ticks), and
+  its pinned sleepers that woke late by at least a quarter of the stall without waiting on a run
+  queue (the CPU itself was held: no guest code ran on it);
   then a tally of the episodes by cause.
 """
 import glob
@@ -140,6 +144,8 @@ def main():
     for f in files:
         pid = os.path.basename(f)[len("timeline-") : -len(".tsv")]
         procs[pid] = load(f)
+    steal_path = os.path.join(args[0], "steal.tsv")
+    steal = load(steal_path) if os.path.exists(steal_path) else None
     t_zero = min(ev[0][0] for ev in procs.values() if ev)
     ms = lambda t: (t - t_zero) / 1e6
 
@@ -223,6 +229,21 @@ def main():
                   f"log compactions after them (on the loop's thread): ms p50 {pct(cd, .5):.2f} "
                   f"max {max(cd, default=0):.2f}")
 
+    if steal is not None:
+        t_end = max(ev[-1][0] for ev in procs.values() if ev)
+        during = [(t, w, i) for t, w, i in steal if t_zero <= t <= t_end]
+        per_cpu = defaultdict(int)
+        for _, w, i in during:
+            if w.startswith("steal_"):
+                per_cpu[w[len("steal_"):]] += i
+        print(f"steal (tools/steal_probe.py): {sum(per_cpu.values())} ms over the run"
+              + "".join(f", {c} {v} ms" for c, v in sorted(per_cpu.items())))
+        late = [(w[len("sleeper_late_"):], i) for _, w, i in during if w.startswith("sleeper_late_")]
+        if late:
+            print(f"pinned sleepers woke >= 2 ms late {len(late)} times, worst "
+                  + ", ".join(f"{c} {max(i for cc, i in late if cc == c) / 1000:.1f} ms"
+                              for c in sorted({c for c, _ in late})))
+
     leader = max(info, key=lambda p: len(info[p]["answers"]))
     ans = info[leader]["answers"]  # (answered at, latency µs)
     lat = sorted(l for _, l in ans)
@@ -285,6 +306,26 @@ def main():
                 if a - 300_000_000 <= t <= b and w != "role_follower":
                     causes.append(f"{who}: became {w[5:]} (term {term}) at {ms(t):.0f}")
                     kinds.add("election")
+        if steal is not None:
+            st = [(t, w, i) for t, w, i in steal if w.startswith("steal_") and a <= t <= b + 20_000_000]
+            if st:
+                causes.append("vCPU steal " + ", ".join(f"{w[len('steal_'):]} {i} ms at {ms(t):.0f}" for t, w, i in st))
+                kinds.add("vCPU steal (the hypervisor)")
+            # A pinned sleeper that woke late is marked when it woke: its sleep overlaps the
+            # stall if it ended after the stall began and began before the stall ended.
+            held = {}
+            for k, (t, w, i) in enumerate(steal):
+                if w.startswith("sleeper_late_") and t >= a and t - i * 1000 <= b and i >= (b - a) / 4000:
+                    runq = steal[k + 1][2] if k + 1 < len(steal) and steal[k + 1][1].startswith("sleeper_runq_") else None
+                    cpu = w[len("sleeper_late_"):]
+                    if runq is not None and runq < i / 4:
+                        held[cpu] = max(held.get(cpu, 0), i)
+            if held:
+                causes.append("pinned sleeper woke late without waiting for the CPU: "
+                              + ", ".join(f"{c} {v / 1000:.1f} ms" for c, v in sorted(held.items())))
+                ncpu = len({w[len("sleeper_late_"):] for _, w, _ in steal if w.startswith("sleeper_late_")})
+                kinds.add("every vCPU held (no guest code ran)" if len(held) >= max(ncpu, 2)
+                          else "a vCPU held (no guest code ran on it)")
         for k in kinds or {"nothing marked"}:
             tally[k] += 1
         print(f"  {ms(a):9.0f}-{ms(b):.0f} ms: {n} writes, worst {worst / 1000:.1f} ms; "

@@ -140,6 +140,34 @@ pub enum NodeError {
     },
 }
 
+/// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`), unless the
+/// environment variable `RAFT_KEEP_THP` is set. Returns whether they were turned off.
+///
+/// Why (issue 18): the allocator asks for huge pages for its arenas (`madvise`), so the first
+/// touch of each new 2 MiB of heap is one page fault that zeroes all of it, in whichever thread
+/// allocated, usually the event loop. Here (a KVM guest whose memory the host backs on first
+/// use) such a fault took 5-9 ms of the loop's thread in the middle of a Ready drain: the
+/// longest stall of a 1-client put load that was the node's own (`perf record` of a leader,
+/// BENCHMARKS.md "Tail latency"). With 4 KiB pages the same memory arrives a page at a time.
+/// The mapping's own flags are not changed; the setting is inherited by children.
+pub fn disable_transparent_huge_pages() -> std::io::Result<bool> {
+    if std::env::var_os("RAFT_KEEP_THP").is_some() {
+        return Ok(false);
+    }
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of ours.
+    let r = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
+/// Whether transparent huge pages are off for this process (`prctl(PR_GET_THP_DISABLE)`).
+pub fn transparent_huge_pages_disabled() -> bool {
+    // SAFETY: as above; PR_GET_THP_DISABLE returns the flag.
+    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1 }
+}
+
 /// Runs node `node_id` of `config` until SIGINT/SIGTERM: the steps of the module docs, in order.
 /// `config_path` is only for the log.
 ///
