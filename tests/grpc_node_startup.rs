@@ -178,7 +178,10 @@ fn thp_enabled_of_a_started_node(dir: &Path, keep_thp: bool) -> String {
         .lines()
         .find(|l| l.starts_with("THP_enabled:"))
         .unwrap_or_else(|| panic!("no THP_enabled line (Linux >= 5.0 has one): {status}"));
-    line.split_whitespace().nth(1).unwrap_or_default().to_string()
+    line.split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Issue 18: a page fault of a transparent huge page zeroed 2 MiB inside the event loop's turn
