@@ -81,19 +81,47 @@ impl Drop for Running {
     }
 }
 
-/// Starts node 1 of `dir`'s `c.yaml` in `dir`, its stdout (the startup lines) going to `out`.
+/// Starts node 1 of `dir`'s `c.yaml` in `dir`, its stdout (the startup lines) going to `out`,
+/// with `RAFT_KEEP_THP` unset.
 fn start_node_1(dir: &Path, out: &str, stderr: Stdio) -> Running {
+    start_node_1_with(dir, out, stderr, &[])
+}
+
+/// [`start_node_1`] with these environment variables set as well.
+fn start_node_1_with(dir: &Path, out: &str, stderr: Stdio, env: &[(&str, &str)]) -> Running {
     let out = std::fs::File::create(dir.join(out)).expect("output file");
     Running(
         Command::new(env!("CARGO_BIN_EXE_rust-raft-log"))
             .args(["--node-id", "1", "--config", "c.yaml"])
             .current_dir(dir)
             .env("RUST_LOG", "info")
+            .env_remove("RAFT_KEEP_THP")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(out))
             .stderr(stderr)
             .spawn()
             .expect("spawn node 1"),
     )
+}
+
+/// Waits until `node`, whose stdout goes to `dir/out`, reports its log open ("✅"; it then holds
+/// the data directory's lock); fails if it exits first or takes over 20 s.
+fn wait_for_log_open(dir: &Path, out: &str, node: &mut Running) {
+    let started = Instant::now();
+    let output = || std::fs::read_to_string(dir.join(out)).unwrap_or_default();
+    while !output().contains("✅") {
+        assert!(
+            node.0.try_wait().expect("try_wait").is_none(),
+            "the node exited: {}",
+            output()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the node did not open its log: {}",
+            output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -106,22 +134,7 @@ fn a_second_process_on_the_same_data_directory_fails_clearly() {
     // The second process gets another port (so the bind check passes) but the same directory.
     write_config_as(dir.path(), "other_port.yaml", other_port, port_2);
     let mut first = start_node_1(dir.path(), "first.out", Stdio::null());
-    // The first node holds the lock once it reports its log open ("✅").
-    let started = Instant::now();
-    let first_output = || std::fs::read_to_string(dir.path().join("first.out")).unwrap_or_default();
-    while !first_output().contains("✅") {
-        assert!(
-            first.0.try_wait().expect("try_wait").is_none(),
-            "the first node exited: {}",
-            first_output()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the first node did not open its log: {}",
-            first_output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_log_open(dir.path(), "first.out", &mut first);
 
     let second = run_with(dir.path(), "other_port.yaml");
     assert!(!second.status.success(), "{second:?}");
@@ -144,34 +157,13 @@ fn a_second_process_on_the_same_data_directory_fails_clearly() {
 
 /// The `THP_enabled` line of `/proc/<pid>/status` once node 1 of `dir` has opened its log.
 fn thp_enabled_of_a_started_node(dir: &Path, keep_thp: bool) -> String {
-    let out = std::fs::File::create(dir.join("thp.out")).expect("output file");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_rust-raft-log"));
-    command
-        .args(["--node-id", "1", "--config", "c.yaml"])
-        .current_dir(dir)
-        .env("RUST_LOG", "info")
-        .env_remove("RAFT_KEEP_THP")
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::null());
-    if keep_thp {
-        command.env("RAFT_KEEP_THP", "1");
-    }
-    let mut node = Running(command.spawn().expect("spawn node 1"));
-    let started = Instant::now();
-    let output = || std::fs::read_to_string(dir.join("thp.out")).unwrap_or_default();
-    while !output().contains("✅") {
-        assert!(
-            node.0.try_wait().expect("try_wait").is_none(),
-            "node 1 exited: {}",
-            output()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "node 1 did not open its log: {}",
-            output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let env: &[(&str, &str)] = if keep_thp {
+        &[("RAFT_KEEP_THP", "1")]
+    } else {
+        &[]
+    };
+    let mut node = start_node_1_with(dir, "thp.out", Stdio::null(), env);
+    wait_for_log_open(dir, "thp.out", &mut node);
     let status = std::fs::read_to_string(format!("/proc/{}/status", node.0.id()))
         .expect("/proc/<pid>/status of the running node");
     let line = status
