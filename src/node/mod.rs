@@ -162,12 +162,6 @@ pub fn disable_transparent_huge_pages() -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Whether transparent huge pages are off for this process (`prctl(PR_GET_THP_DISABLE)`).
-pub fn transparent_huge_pages_disabled() -> bool {
-    // SAFETY: as above; PR_GET_THP_DISABLE returns the flag.
-    unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1 }
-}
-
 /// Runs node `node_id` of `config` until SIGINT/SIGTERM: the steps of the module docs, in order.
 /// `config_path` is only for the log.
 ///
