@@ -104,24 +104,29 @@ fn start_node_1_with(dir: &Path, out: &str, stderr: Stdio, env: &[(&str, &str)])
     )
 }
 
-/// Waits until `node`, whose stdout goes to `dir/out`, reports its log open ("✅"; it then holds
-/// the data directory's lock); fails if it exits first or takes over 20 s.
-fn wait_for_log_open(dir: &Path, out: &str, node: &mut Running) {
+/// Waits until `node`, whose stdout goes to `dir/out`, has printed `marker`; fails if it exits
+/// first or takes over 20 s.
+fn wait_for_output(dir: &Path, out: &str, marker: &str, node: &mut Running) {
     let started = Instant::now();
     let output = || std::fs::read_to_string(dir.join(out)).unwrap_or_default();
-    while !output().contains("✅") {
+    while !output().contains(marker) {
         assert!(
             node.0.try_wait().expect("try_wait").is_none(),
-            "the node exited: {}",
+            "the node exited before printing {marker}: {}",
             output()
         );
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "the node did not open its log: {}",
+            "the node did not print {marker} within 20 s: {}",
             output()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until `node` reports its log open ("✅"; it then holds the data directory's lock).
+fn wait_for_log_open(dir: &Path, out: &str, node: &mut Running) {
+    wait_for_output(dir, out, "✅", node);
 }
 
 #[test]
@@ -277,17 +282,7 @@ fn a_data_directory_of_another_node_or_without_its_state_file_is_refused() {
     // Node 1 runs once (it writes its identity and, alone, no entry: a 2-node config has no
     // majority), then stops.
     let mut first = start_node_1(dir.path(), "first.out", Stdio::null());
-    let output = || std::fs::read_to_string(dir.path().join("first.out")).unwrap_or_default();
-    let started = Instant::now();
-    while !output().contains("🔄") {
-        assert!(
-            first.0.try_wait().expect("try_wait").is_none(),
-            "{}",
-            output()
-        );
-        assert!(started.elapsed() < Duration::from_secs(20), "{}", output());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_output(dir.path(), "first.out", "🔄", &mut first);
     drop(first);
     let logs = dir.path().join("raft_logs");
     copy_dir(&logs.join("node_1"), &logs.join("node_2"));
