@@ -41,7 +41,9 @@
 #
 # Environment: ROUNDS (3), RUN_SECONDS per latency measurement (10), WARMUP_SECONDS (1),
 # CLIENT_COUNTS ("16 100"), PRELOAD_KEYS (100000), VAL_SIZE (256), LAT_SNAPSHOT_ENTRIES (10000:
-# the "on" cluster's snapshot_entries in measurement 1), RESTART_PUTS ("100000 1000000"),
+# the "on" cluster's snapshot_entries in measurement 1), LAT_SNAPSHOT_LOG_PERCENT (default: the
+# node's own, 50; a number is written as the "on" cluster's snapshot_log_percent, 0 turning the
+# size rule off, as before it existed), RESTART_PUTS ("100000 1000000"),
 # RESTART_KEYS (10000), RESTART_REPEATS (3), PROBE_MS (5), RESTART_WAIT_MAX (300 s: a restarted
 # node that does not serve by then fails the run), LOAD_CLIENTS (100) and LOAD_CONNS (10) for the
 # preloads, OURS_RUST_LOG (the nodes' RUST_LOG, default info), PORT_BASE (default: the first free
@@ -89,6 +91,9 @@ PRELOAD_KEYS=${PRELOAD_KEYS:-100000}
 KEY_SIZE=8
 VAL_SIZE=${VAL_SIZE:-256}
 LAT_SNAPSHOT_ENTRIES=${LAT_SNAPSHOT_ENTRIES:-10000}
+LAT_SNAPSHOT_LOG_PERCENT=${LAT_SNAPSHOT_LOG_PERCENT:-default}
+LAT_PERCENT_SHOWN=$LAT_SNAPSHOT_LOG_PERCENT
+[[ $LAT_PERCENT_SHOWN == default ]] && LAT_PERCENT_SHOWN="50 (the default)"
 RESTART_PUTS=${RESTART_PUTS:-"100000 1000000"}
 RESTART_KEYS=${RESTART_KEYS:-10000}
 RESTART_REPEATS=${RESTART_REPEATS:-3}
@@ -161,11 +166,13 @@ endpoints_of() { # CONFIG
     echo "127.0.0.1:$(port_of "$1" 1),127.0.0.1:$(port_of "$1" 2),127.0.0.1:$(port_of "$1" 3)"
 }
 
-# start_cluster NAME CONFIG SNAPSHOT_ENTRIES|default: NAME is the directory under $WORK.
+# start_cluster NAME CONFIG SNAPSHOT_ENTRIES|default [SNAPSHOT_LOG_PERCENT|default]: NAME is the
+# directory under $WORK.
 start_cluster() {
-    local name=$1 cfg=$2 entries=$3 dir=$WORK/$1 i settings=()
+    local name=$1 cfg=$2 entries=$3 percent=${4:-default} dir=$WORK/$1 i settings=()
     mkdir -p "$dir"
     [[ $entries != default ]] && settings=("snapshot_entries: $entries")
+    [[ $percent != default ]] && settings+=("snapshot_log_percent: $percent")
     write_ours_config "$dir/cluster.yaml" "$dir/raft" $(($(port_of "$cfg" 1) - 1)) "${settings[@]}"
     for i in 1 2 3; do spawn_node "$name" "$i" "$dir/n$i.log"; done
 }
@@ -322,8 +329,8 @@ measure_latency() {
 
 run_latency() {
     echo
-    echo "== measurement 1: put latency, snapshots on (snapshot_entries $LAT_SNAPSHOT_ENTRIES) vs off =="
-    start_cluster lat-on on "$LAT_SNAPSHOT_ENTRIES"
+    echo "== measurement 1: put latency, snapshots on (snapshot_entries $LAT_SNAPSHOT_ENTRIES, snapshot_log_percent $LAT_PERCENT_SHOWN) vs off =="
+    start_cluster lat-on on "$LAT_SNAPSHOT_ENTRIES" "$LAT_SNAPSHOT_LOG_PERCENT"
     start_cluster lat-off off 0
     leader_node on >/dev/null
     leader_node off >/dev/null
@@ -456,7 +463,7 @@ ELAPSED_S=$((($(now_us) - T_BEGIN) / 1000000))
 # ---- tables ------------------------------------------------------------------------------------
 SECTION=$WORK/section.md
 {
-    echo "Command: \`benches/snapshot_cost.sh\` ($START_DATE; commit $COMMIT; ROUNDS=$ROUNDS RUN_SECONDS=$RUN_SECONDS WARMUP_SECONDS=$WARMUP_SECONDS PRELOAD_KEYS=$PRELOAD_KEYS VAL_SIZE=$VAL_SIZE LAT_SNAPSHOT_ENTRIES=$LAT_SNAPSHOT_ENTRIES RESTART_PUTS=\"$RESTART_PUTS\" RESTART_KEYS=$RESTART_KEYS RESTART_REPEATS=$RESTART_REPEATS PROBE_MS=$PROBE_MS; ${ELAPSED_S} s in all)"
+    echo "Command: \`benches/snapshot_cost.sh\` ($START_DATE; commit $COMMIT; ROUNDS=$ROUNDS RUN_SECONDS=$RUN_SECONDS WARMUP_SECONDS=$WARMUP_SECONDS PRELOAD_KEYS=$PRELOAD_KEYS VAL_SIZE=$VAL_SIZE LAT_SNAPSHOT_ENTRIES=$LAT_SNAPSHOT_ENTRIES LAT_SNAPSHOT_LOG_PERCENT=$LAT_SNAPSHOT_LOG_PERCENT RESTART_PUTS=\"$RESTART_PUTS\" RESTART_KEYS=$RESTART_KEYS RESTART_REPEATS=$RESTART_REPEATS PROBE_MS=$PROBE_MS; ${ELAPSED_S} s in all)"
     echo
     echo "Machine: $MACHINE. Load average at start: $START_LOAD; at end: $END_LOAD."
 } >"$SECTION"
@@ -464,7 +471,7 @@ SECTION=$WORK/section.md
 if [[ $ONLY != restart ]]; then
     {
         echo
-        echo "**Put latency with snapshots on (snapshot_entries $LAT_SNAPSHOT_ENTRIES) and off (0).** 3-node clusters of the release build on 127.0.0.1, default settings otherwise; each preloaded with $PRELOAD_KEYS keys of $VAL_SIZE bytes (${KEY_SIZE}-byte keys), so each snapshot carries that whole state; then closed-loop puts of random keys over them, from \`kvbench\` on the same 2 cores, to the leader, one HTTP/2 connection per 10 clients; ${WARMUP_SECONDS} s warm-up, ${RUN_SECONDS} s measured; $ROUNDS rounds, the two clusters interleaved (order alternating). Percentiles: median over the rounds; max: the largest. Snapshots: those whose \`📸 Snapshot at index\` line (logged when the snapshot is durable and the log compacted) falls inside a measured window, summed over the three nodes, per round (the leader's in brackets), with the median and largest duration the line reports."
+        echo "**Put latency with snapshots on (snapshot_entries $LAT_SNAPSHOT_ENTRIES, snapshot_log_percent $LAT_PERCENT_SHOWN) and off (snapshot_entries 0).** 3-node clusters of the release build on 127.0.0.1, default settings otherwise; each preloaded with $PRELOAD_KEYS keys of $VAL_SIZE bytes (${KEY_SIZE}-byte keys), so each snapshot carries that whole state; then closed-loop puts of random keys over them, from \`kvbench\` on the same 2 cores, to the leader, one HTTP/2 connection per 10 clients; ${WARMUP_SECONDS} s warm-up, ${RUN_SECONDS} s measured; $ROUNDS rounds, the two clusters interleaved (order alternating). Percentiles: median over the rounds; max: the largest. Snapshots: those whose \`📸 Snapshot at index\` line (logged when the snapshot is durable and the log compacted) falls inside a measured window, summed over the three nodes, per round (the leader's in brackets), with the median and largest duration the line reports."
         echo
         echo "| clients | snapshots | ok/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | snapshots in the window per round: 3 nodes (leader) | snapshot ms median / max | load 1m per round |"
         echo "|---:|---|---:|---:|---:|---:|---:|---:|---|---|---|"
@@ -486,7 +493,7 @@ if [[ $ONLY != restart ]]; then
             loads=$(awk "$cond { printf \"%s%s\", sep, \$15; sep = \" \" }" "$LAT")
             P99[$cfg]=$p99
             if [[ $cfg == on ]]; then
-                label="on ($LAT_SNAPSHOT_ENTRIES)"
+                label="on ($LAT_SNAPSHOT_ENTRIES, ${LAT_PERCENT_SHOWN%% *} %)"
                 dur="$d_med / $d_max"
             else
                 label="off"
@@ -512,7 +519,7 @@ fi
 if [[ $ONLY != latency ]]; then
     {
         echo
-        echo "**Restart of a follower.** Two 3-node clusters: snapshots on (the default settings: snapshot_entries 10000, snapshot_catchup_entries 5000) and off (snapshot_entries 0); puts of ${VAL_SIZE}-byte values to $RESTART_KEYS keys in sequence, to the leader ($LOAD_CLIENTS clients), up to each count; then, on the idle cluster, a follower is stopped (SIGTERM, waited for) and restarted, $RESTART_REPEATS times per cluster and count (clusters alternating). Times from the spawn: (a) the node's \`✅ Raft node created successfully\` line (its log timestamp); (b) the first serializable Range on that node answering the revision the leader answered before the stop; (c) the first linearizable Range on it after (b) (\`kvbench --wait-revision\`, probing every $PROBE_MS ms). Medians over the restarts; the restore time is the node's \`📸 Restored the snapshot ... in M ms\` line, the log is what its \`log opened\` line reports (entries = last − first + 1), the directory size is the restarted node's after the restart."
+        echo "**Restart of a follower.** Two 3-node clusters: snapshots on (the default settings: snapshot_entries 10000, snapshot_catchup_entries 5000, snapshot_log_percent 50) and off (snapshot_entries 0); puts of ${VAL_SIZE}-byte values to $RESTART_KEYS keys in sequence, to the leader ($LOAD_CLIENTS clients), up to each count; then, on the idle cluster, a follower is stopped (SIGTERM, waited for) and restarted, $RESTART_REPEATS times per cluster and count (clusters alternating). Times from the spawn: (a) the node's \`✅ Raft node created successfully\` line (its log timestamp); (b) the first serializable Range on that node answering the revision the leader answered before the stop; (c) the first linearizable Range on it after (b) (\`kvbench --wait-revision\`, probing every $PROBE_MS ms). Medians over the restarts; the restore time is the node's \`📸 Restored the snapshot ... in M ms\` line, the log is what its \`log opened\` line reports (entries = last − first + 1), the directory size is the restarted node's after the restart."
         echo
         echo "| puts | snapshots | (a) node created ms | (b) serializable at the revision ms | (c) linearizable ms | (b) per restart ms | restore ms | log opened (entries) | node dir MiB | revision |"
         echo "|---:|---|---:|---:|---:|---|---:|---|---:|---:|"

@@ -6,6 +6,7 @@
 //! - node ids are unique and addresses (`ip_address:port`) are unique, ports are not 0;
 //! - `0 < heartbeat_interval < election_timeout_range.min <= election_timeout_range.max`;
 //! - `snapshot_catchup_entries <= SNAPSHOT_CATCHUP_ENTRIES_MAX`;
+//! - `snapshot_log_percent <= SNAPSHOT_LOG_PERCENT_MAX`;
 //! - `1 <= learners_max <= LEARNERS_MAX_LIMIT`;
 //! - `watch_progress_notify_interval > 0`;
 //! - `log_segment_size` is one the storage engine opens (`storage::format::check_segment_size`:
@@ -28,6 +29,7 @@
 //!   heartbeat_interval: 50       # milliseconds
 //!   snapshot_entries: 10000      # a snapshot every this many applied entries; 0: never
 //!   snapshot_catchup_entries: 5000  # entries kept before the newest snapshot
+//!   snapshot_log_percent: 50     # and not before the log since the newest has grown by this % of its size
 //!   watch_progress_notify_interval: 600000  # milliseconds; etcd's default (10 minutes)
 //!   learners_max: 1              # learners at once (etcd's --max-learners)
 //! tls:                           # optional; absent: plaintext (see TlsSettings, docs/SECURITY.md)
@@ -124,6 +126,12 @@ pub const SNAPSHOT_CATCHUP_ENTRIES_DEFAULT: u64 = 5_000;
 /// Most entries `snapshot_catchup_entries` may keep (a bound on the log a snapshot leaves).
 pub const SNAPSHOT_CATCHUP_ENTRIES_MAX: u64 = 10_000_000;
 
+/// Default of `snapshot_log_percent` (`node::snapshots::SnapshotPolicy::log_percent` says why).
+pub const SNAPSHOT_LOG_PERCENT_DEFAULT: u32 = 50;
+/// The most `snapshot_log_percent` may ask: a log 100 times the store's size between snapshots
+/// is a unit mistake, not a policy (the restart replays all of it).
+pub const SNAPSHOT_LOG_PERCENT_MAX: u32 = 10_000;
+
 /// Default of `watch_progress_notify_interval` (etcd's: 10 minutes).
 pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT: u64 = 600_000;
 
@@ -148,6 +156,10 @@ pub struct ClusterSettings {
     /// Entries the log keeps before its newest snapshot, so that a follower a little behind
     /// catches up from the log instead of receiving a snapshot.
     pub snapshot_catchup_entries: u64,
+    /// And no snapshot before the payload bytes applied since the newest one reach this
+    /// percentage of its size (0: `snapshot_entries` alone decides), so that a large store is
+    /// not rewritten whole for a small amount of new log.
+    pub snapshot_log_percent: u32,
     /// Milliseconds between the progress notifications of an idle watcher that asked for them
     /// (etcd's `--experimental-watch-progress-notify-interval`, 10 minutes by default).
     pub watch_progress_notify_interval: u64,
@@ -167,6 +179,7 @@ impl Default for ClusterSettings {
             heartbeat_interval: 50,
             snapshot_entries: SNAPSHOT_ENTRIES_DEFAULT,
             snapshot_catchup_entries: SNAPSHOT_CATCHUP_ENTRIES_DEFAULT,
+            snapshot_log_percent: SNAPSHOT_LOG_PERCENT_DEFAULT,
             watch_progress_notify_interval: WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT,
             learners_max: LEARNERS_MAX_DEFAULT,
         }
@@ -406,6 +419,13 @@ impl ClusterConfig {
             return invalid(format!(
                 "cluster_settings.snapshot_catchup_entries: {} is above the limit of {}",
                 s.snapshot_catchup_entries, SNAPSHOT_CATCHUP_ENTRIES_MAX
+            ));
+        }
+        if s.snapshot_log_percent > SNAPSHOT_LOG_PERCENT_MAX {
+            return invalid(format!(
+                "cluster_settings.snapshot_log_percent: {} is above the limit of {} (the log \
+                 between two snapshots would be over 100 times the store's size)",
+                s.snapshot_log_percent, SNAPSHOT_LOG_PERCENT_MAX
             ));
         }
         self.validate_metrics()
@@ -659,6 +679,20 @@ mod tests {
             let m = invalid_message(&with_settings(&format!("  learners_max: {bad}\n")));
             assert!(m.contains("learners_max") && m.contains(bad), "{m}");
         }
+    }
+
+    #[test]
+    fn snapshot_log_percent_defaults_to_fifty_and_is_bounded() {
+        let config = ClusterConfig::from_yaml(THREE_NODES).expect("valid");
+        assert_eq!(config.cluster_settings.snapshot_log_percent, 50);
+        let config =
+            ClusterConfig::from_yaml(&with_settings("  snapshot_log_percent: 0\n")).expect("valid");
+        assert_eq!(config.cluster_settings.snapshot_log_percent, 0);
+        let m = invalid_message(&with_settings("  snapshot_log_percent: 10001\n"));
+        assert!(
+            m.contains("snapshot_log_percent") && m.contains("10001"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -707,6 +707,9 @@ pub struct Driver<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> {
     reads_confirmed_len: usize,
     next_read_ctx: u64,
     applied_index: LogIndex,
+    /// Payload bytes of the entries applied since this driver was made (the snapshot policy's
+    /// measure of the log grown since a snapshot).
+    applied_payload_bytes: u64,
     stats: DriverStats,
     installer: Option<SnapshotInstaller<M>>,
     /// A failure outside the durable writes (a snapshot that could not be installed), reported
@@ -743,6 +746,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
             reads_confirmed_len: 0,
             next_read_ctx: 0,
             applied_index,
+            applied_payload_bytes: 0,
             stats: DriverStats::default(),
             installer: None,
             failed: None,
@@ -797,6 +801,12 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
 
     pub fn applied_index(&self) -> LogIndex {
         self.applied_index
+    }
+
+    /// Payload bytes of every entry this driver applied (not those a snapshot installed):
+    /// compare two readings for the log grown in between.
+    pub fn applied_payload_bytes(&self) -> u64 {
+        self.applied_payload_bytes
     }
 
     /// Proposals waiting for their commit (etcd's `proposals_pending`).
@@ -1554,6 +1564,7 @@ impl<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine> Driver<C, D, M> {
         }
         let response = self.state_machine.apply(&entry);
         self.applied_index = entry.index;
+        self.applied_payload_bytes += entry.payload.len() as u64;
         // Proposals at or below the applied index are decided now.
         let mut response = Some(response);
         while let Some(first) = self.proposals.first_entry() {

@@ -20,8 +20,11 @@
 #   - no directory ever exceeded the bound
 #       (2 + pool + ceil(span_bytes / segment)) segments + 2 snapshots + 1 MiB
 #     where pool = 2 recycled segment files, 2 = the open segment and the prepared next one,
-#     span_bytes = (snapshot_entries + snapshot_catchup_entries) entries of ENTRY_BYTES_MAX bytes
-#     (the most the log holds between two compactions), and a snapshot is the largest file seen.
+#     span_bytes = the log between two snapshots plus snapshot_catchup_entries entries, of
+#     ENTRY_BYTES_MAX bytes each (the most the log holds between two compactions); between two
+#     snapshots lie snapshot_entries entries or, if more, those whose payloads (VAL_SIZE bytes or
+#     more each) add up to snapshot_log_percent of a snapshot; a snapshot is the largest file
+#     seen (all three are the default config's: 10000, 5000, 50).
 #
 # Environment: TOTAL_PUTS (1000000), FIRST_PUTS (200000), KEYS (64), VAL_SIZE (256), CLIENTS (64),
 # SEGMENT_BYTES (16777216; the default config's is 64 MiB, smaller here so the run rotates and
@@ -40,6 +43,7 @@ SEGMENT_BYTES=${SEGMENT_BYTES:-16777216}
 COMPACT_EVERY=${COMPACT_EVERY:-100000}
 SNAPSHOT_ENTRIES=10000
 CATCHUP_ENTRIES=5000
+SNAPSHOT_LOG_PERCENT=50
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 NODE_BIN=$TARGET_DIR/release/rust-raft-log
 KVBENCH=$TARGET_DIR/release/kvbench
@@ -206,9 +210,12 @@ done
 SNAP_MAX=$(find "$WORK/raft_logs" -name 'snapshot_*.snap' -printf '%s\n' | sort -n | tail -1)
 SNAP_MAX=${SNAP_MAX:-0}
 ENTRY_BYTES_MAX=$(( VAL_SIZE + 200 )) # value, key, request encoding and log framing
-SPAN=$(( (SNAPSHOT_ENTRIES + CATCHUP_ENTRIES) * ENTRY_BYTES_MAX ))
+BETWEEN=$(( SNAP_MAX * SNAPSHOT_LOG_PERCENT / 100 / VAL_SIZE + 1 ))
+(( BETWEEN < SNAPSHOT_ENTRIES )) && BETWEEN=$SNAPSHOT_ENTRIES
+SPAN=$(( (BETWEEN + CATCHUP_ENTRIES) * ENTRY_BYTES_MAX ))
 SPAN_SEGMENTS=$(( (SPAN + SEGMENT_BYTES - 1) / SEGMENT_BYTES ))
 BOUND=$(( (2 + 2 + SPAN_SEGMENTS) * SEGMENT_BYTES + 2 * SNAP_MAX + (1 << 20) ))
+echo "log between two snapshots: at most $BETWEEN entries; span: ($BETWEEN + $CATCHUP_ENTRIES) x $ENTRY_BYTES_MAX bytes = $SPAN bytes"
 echo "bound: (2 open/prepared + 2 pool + $SPAN_SEGMENTS span) x $SEGMENT_BYTES + 2 x $SNAP_MAX (largest snapshot) + 1 MiB = $BOUND bytes"
 for id in 1 2 3; do
     max=$(awk -v n="$id" '$1 == n && $2 > m { m = $2 } END { print m + 0 }' "$WORK/du.samples")

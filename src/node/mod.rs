@@ -568,6 +568,7 @@ pub fn snapshot_policy(config: &ClusterConfig) -> SnapshotPolicy {
         every_entries: config.cluster_settings.snapshot_entries,
         catchup_entries: config.cluster_settings.snapshot_catchup_entries,
         keep: SNAPSHOTS_KEPT,
+        log_percent: config.cluster_settings.snapshot_log_percent,
     }
 }
 

@@ -2397,7 +2397,8 @@ impl Cluster {
         let Some(at) = running.driver.applied() else {
             return;
         };
-        if !snapshotter.due(at.index, running.driver.core().snapshot())
+        let applied_bytes = running.driver.applied_payload_bytes();
+        if !snapshotter.due(at.index, running.driver.core().snapshot(), applied_bytes)
             || !self.rng.chance(sim.take_chance)
         {
             return;
@@ -2414,7 +2415,7 @@ impl Cluster {
         let source = running.driver.state_machine().snapshot_view();
         let membership = Some(RaftNode::membership_at(running.driver.core(), at.index).clone());
         let written = match running.snapshotter.as_mut() {
-            Some(snapshotter) => snapshotter.write_now(at, &*source, membership),
+            Some(snapshotter) => snapshotter.write_now(at, &*source, membership, applied_bytes),
             None => return,
         };
         match written {

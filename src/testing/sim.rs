@@ -144,6 +144,7 @@ impl SimPlan {
                 every_entries: rng.range(4, 64),
                 catchup_entries: rng.range(0, 16),
                 keep: crate::node::SNAPSHOTS_KEPT,
+                log_percent: 0,
             },
             take_chance: [1.0, 0.3, 0.05][rng.index(3)],
             write_cut_chance: [0.0, 0.02, 0.1][rng.index(3)],
@@ -166,6 +167,15 @@ impl SimPlan {
         for j in 0..spares {
             tick_us.push(tick_us[j % nodes]);
         }
+        let fault_gap_us_max = rng.range(30_000, 600_000);
+        let propose_gap_us_max = rng.range(1_000, 40_000);
+        // The snapshot size rule (drawn last again): off, the node's default, or a log ten
+        // times the (144-byte) snapshot, which often holds a snapshot back past `every_entries`.
+        let log_percent = [0, crate::config::SNAPSHOT_LOG_PERCENT_DEFAULT, 1_000][rng.index(3)];
+        let mut snapshots = snapshots;
+        if let Some(sim) = snapshots.as_mut() {
+            sim.policy.log_percent = log_percent;
+        }
         SimPlan {
             cluster: ClusterConfig {
                 seed,
@@ -180,8 +190,8 @@ impl SimPlan {
                 mutation: None,
             },
             events,
-            fault_gap_us_max: rng.range(30_000, 600_000),
-            propose_gap_us_max: rng.range(1_000, 40_000),
+            fault_gap_us_max,
+            propose_gap_us_max,
             election_timeout_us_max: election_ticks_max * slowest,
             member_gap_us_max,
         }
