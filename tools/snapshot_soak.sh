@@ -114,7 +114,7 @@ wait_leader() {
 node_of_endpoint() { echo $(( ${1##*:} - PORT_BASE + 1 )); }
 
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); commit $(git rev-parse --short HEAD); $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "settings: $TOTAL_PUTS puts over $KEYS keys, $VAL_SIZE-byte values, $CLIENTS clients; segments $SEGMENT_BYTES bytes; snapshot_entries $SNAPSHOT_ENTRIES, catch-up $CATCHUP_ENTRIES; compaction every $COMPACT_EVERY puts"
+echo "settings: $TOTAL_PUTS puts over $KEYS keys, $VAL_SIZE-byte values, $CLIENTS clients; segments $SEGMENT_BYTES bytes; snapshot_entries $SNAPSHOT_ENTRIES, catch-up $CATCHUP_ENTRIES, snapshot_log_percent $SNAPSHOT_LOG_PERCENT; compaction every $COMPACT_EVERY puts"
 for id in 1 2 3; do start_node "$id"; done
 LEADER=$(wait_leader)
 LEADER_ID=$(node_of_endpoint "$LEADER")
