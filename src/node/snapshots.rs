@@ -437,6 +437,16 @@ mod tests {
         )
     }
 
+    /// An empty node directory on a simulated disk, and a snapshotter of it with no snapshot
+    /// yet, taking one every 100 entries and `log_percent`.
+    fn fresh(log_percent: u32) -> (Arc<SimFs>, Snapshotter) {
+        let fs = Arc::new(SimFs::new());
+        fs.create_dir_all(std::path::Path::new("/n"))
+            .expect("a directory on the simulated disk");
+        let s = snapshotter(&fs, log_percent, 0);
+        (fs, s)
+    }
+
     fn at(index: u64) -> SnapshotId {
         SnapshotId {
             index: LogIndex(index),
@@ -446,9 +456,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_waits_for_the_log_to_grow_by_its_share_of_the_last_snapshots_size() {
-        let fs = Arc::new(SimFs::new());
-        fs.create_dir_all(std::path::Path::new("/n")).unwrap();
-        let mut s = snapshotter(&fs, 50, 0);
+        let (_fs, mut s) = fresh(50);
         // No snapshot yet: the entries rule alone.
         assert!(!s.due(LogIndex(99), None, 1 << 30));
         assert!(s.due(LogIndex(100), None, 0));
@@ -471,9 +479,7 @@ mod tests {
 
     #[test]
     fn without_the_size_rule_entries_alone_decide() {
-        let fs = Arc::new(SimFs::new());
-        fs.create_dir_all(std::path::Path::new("/n")).unwrap();
-        let mut s = snapshotter(&fs, 0, 0);
+        let (_fs, mut s) = fresh(0);
         s.write_now(at(100), &Bytes(10_000), None, 0).unwrap();
         assert!(!s.due(LogIndex(199), None, 0));
         assert!(s.due(LogIndex(200), None, 0));
@@ -481,9 +487,7 @@ mod tests {
 
     #[test]
     fn a_restarted_node_sizes_its_next_snapshot_by_the_file_it_restored() {
-        let fs = Arc::new(SimFs::new());
-        fs.create_dir_all(std::path::Path::new("/n")).unwrap();
-        let mut first = snapshotter(&fs, 50, 0);
+        let (fs, mut first) = fresh(50);
         first.write_now(at(100), &Bytes(10_000), None, 0).unwrap();
         // The restarted node's counter starts at 0; the file (10,000 payload bytes and its
         // header and trailer) asks for at least 5,000 bytes of new log.
@@ -494,9 +498,7 @@ mod tests {
 
     #[test]
     fn a_failed_snapshot_is_retried_after_as_much_log_as_a_success() {
-        let fs = Arc::new(SimFs::new());
-        fs.create_dir_all(std::path::Path::new("/n")).unwrap();
-        let mut s = snapshotter(&fs, 50, 0);
+        let (_fs, mut s) = fresh(50);
         s.write_now(at(100), &Bytes(10_000), None, 0).unwrap();
         s.applied_bytes_at_start = 5_000;
         s.postpone(LogIndex(200));
