@@ -956,6 +956,8 @@ fn maybe_start_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>
     snapshots: &mut Option<Snapshots<M>>,
 ) {
     let Some(s) = snapshots else { return };
+    s.snapshotter
+        .adopt_installed(driver.core().snapshot(), driver.applied_payload_bytes());
     let due = s.snapshotter.due(
         driver.applied_index(),
         driver.core().snapshot(),

@@ -239,8 +239,8 @@ impl Snapshotter {
     /// `every_entries` were applied since the newest one (`installed`: the newest the core knows,
     /// which a leader's snapshot may have moved), and the payload bytes applied since then
     /// (`applied_bytes`: `Driver::applied_payload_bytes`) reach `log_percent` of its size. The
-    /// size rule is skipped after a leader's snapshot newer than this node's own (its size is
-    /// not known here): the entries rule alone then decides.
+    /// size rule is skipped while a leader's snapshot newer than this node's own is not adopted
+    /// yet ([`Snapshotter::adopt_installed`]): the entries rule alone then decides.
     pub fn due(
         &self,
         applied: crate::types::LogIndex,
@@ -259,6 +259,24 @@ impl Snapshotter {
             && self.policy.every_entries > 0
             && applied.0 >= newest.0 + self.policy.every_entries
             && size_rule
+    }
+
+    /// A leader's snapshot newer than this node's own was installed (`installed`: the newest
+    /// the core knows; its file lies in this directory under the same name scheme): it becomes
+    /// the reference of both rules, sized by its file, with `applied_bytes` the counter now.
+    /// Waits while a snapshot is being written (its result would otherwise replace this one).
+    pub fn adopt_installed(&mut self, installed: Option<SnapshotId>, applied_bytes: u64) {
+        let Some(installed) = installed else { return };
+        if installed.index <= self.newest || self.running.is_some() {
+            return;
+        }
+        self.newest = installed.index;
+        self.newest_bytes = crate::storage::snapshot::snapshot_file_len(
+            &*self.vfs,
+            &self.dir.join(snapshot_file_name(installed.index)),
+        )
+        .unwrap_or(0);
+        self.applied_bytes_at_newest = applied_bytes;
     }
 
     pub fn is_running(&self) -> bool {
@@ -475,6 +493,23 @@ mod tests {
         s.write_now(at(400), &Bytes(2_000), None, 20_000).unwrap();
         assert!(!s.due(LogIndex(500), None, 20_999));
         assert!(s.due(LogIndex(500), None, 21_000));
+    }
+
+    #[test]
+    fn a_leaders_installed_snapshot_becomes_the_reference_sized_by_its_file() {
+        let (fs, mut s) = fresh(50);
+        s.write_now(at(100), &Bytes(1_000), None, 0).unwrap();
+        // The leader's 10,000-byte snapshot at 250, left in the directory by the transport.
+        snapshotter(&fs, 50, 0)
+            .write_now(at(250), &Bytes(10_000), None, 0)
+            .unwrap();
+        s.adopt_installed(Some(at(250)), 7_000);
+        assert!(!s.due(LogIndex(349), Some(at(250)), 1 << 30));
+        assert!(!s.due(LogIndex(350), Some(at(250)), 7_000 + 4_999));
+        assert!(s.due(LogIndex(350), Some(at(250)), 7_000 + 6_000));
+        // An older or equal one changes nothing.
+        s.adopt_installed(Some(at(200)), 0);
+        assert!(s.due(LogIndex(350), Some(at(250)), 7_000 + 6_000));
     }
 
     #[test]

@@ -2388,16 +2388,18 @@ impl Cluster {
         let Some(sim) = self.config.snapshots else {
             return;
         };
-        let Some(running) = self.slots[i].running.as_ref() else {
-            return;
-        };
-        let Some(snapshotter) = running.snapshotter.as_ref() else {
-            return;
-        };
-        let Some(at) = running.driver.applied() else {
+        let Some(running) = self.slots[i].running.as_mut() else {
             return;
         };
         let applied_bytes = running.driver.applied_payload_bytes();
+        let installed = running.driver.core().snapshot();
+        let Some(snapshotter) = running.snapshotter.as_mut() else {
+            return;
+        };
+        snapshotter.adopt_installed(installed, applied_bytes);
+        let Some(at) = running.driver.applied() else {
+            return;
+        };
         if !snapshotter.due(at.index, running.driver.core().snapshot(), applied_bytes)
             || !self.rng.chance(sim.take_chance)
         {
