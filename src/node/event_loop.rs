@@ -956,13 +956,11 @@ fn maybe_start_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>
     snapshots: &mut Option<Snapshots<M>>,
 ) {
     let Some(s) = snapshots else { return };
-    s.snapshotter
-        .adopt_installed(driver.core().snapshot(), driver.applied_payload_bytes());
-    let due = s.snapshotter.due(
-        driver.applied_index(),
-        driver.core().snapshot(),
-        driver.applied_payload_bytes(),
-    );
+    let (installed, applied_bytes) = (driver.core().snapshot(), driver.applied_payload_bytes());
+    s.snapshotter.adopt_installed(installed, applied_bytes);
+    let due = s
+        .snapshotter
+        .due(driver.applied_index(), installed, applied_bytes);
     // A client's request does not wait for the policy, only for the snapshot being written.
     let requested = !s.waiters.is_empty() && !s.snapshotter.is_running();
     if !due && !requested {
@@ -974,8 +972,7 @@ fn maybe_start_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>
     tracing::debug!(index = %at.index, view_us = started.elapsed().as_micros() as u64, "snapshot started");
     let membership = driver.core().membership_at(at.index);
     crate::timeline::mark("snapshot_start", at.index.0);
-    s.snapshotter
-        .start(at, source, membership, driver.applied_payload_bytes());
+    s.snapshotter.start(at, source, membership, applied_bytes);
 }
 
 fn on_snapshot<C: Consensus, D: Durable<Log = C::Log>, M: StateMachine>(

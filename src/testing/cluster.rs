@@ -2400,8 +2400,7 @@ impl Cluster {
         let Some(at) = running.driver.applied() else {
             return;
         };
-        if !snapshotter.due(at.index, running.driver.core().snapshot(), applied_bytes)
-            || !self.rng.chance(sim.take_chance)
+        if !snapshotter.due(at.index, installed, applied_bytes) || !self.rng.chance(sim.take_chance)
         {
             return;
         }
