@@ -14,7 +14,8 @@
 //! Delivery latency = event received at a watcher - its put acknowledged to the putter (0 when
 //! the event arrived first, which a watcher on the leader can see; counted in `early`). CPU per
 //! event = user+system of `--pids` (/proc) from the first measured put to the end of the drain,
-//! divided by the events delivered for the measured puts. `missing` = watchers × measured puts -
+//! divided by the events delivered for the measured puts; CPU per put = the same CPU divided by
+//! the measured puts (with few watchers, what the puts alone cost). `missing` = watchers × measured puts -
 //! delivered: must be 0. Prints a summary and a `watchbench-result key=value ...` line
 //! (`benches/compare_watch.sh`).
 
@@ -319,6 +320,13 @@ async fn run(args: Args) -> Result<(), String> {
     } else {
         0.0
     };
+    // The same CPU per measured put: with few watchers it is the cost of the puts themselves
+    // (consensus, durable writes, the put RPC), the baseline the fan-out adds to.
+    let cpu_per_put = if measured_puts > 0 {
+        cpu as f64 / measured_puts as f64
+    } else {
+        0.0
+    };
     let missing = expected.saturating_sub(delivered);
     let failed = shared.failed.load(Ordering::Relaxed);
     println!(
@@ -336,7 +344,8 @@ async fn run(args: Args) -> Result<(), String> {
     println!(
         "watchbench-result watchers={} streams={streams} puts={measured_puts} events={delivered} \
          missing={missing} early={early} p50_us={} p99_us={} max_us={} cpu_us={cpu} \
-         cpu_us_per_event={cpu_per_event:.3} put_p99_us={} put_errors={put_errors} stream_failures={}",
+         cpu_us_per_event={cpu_per_event:.3} cpu_us_per_put={cpu_per_put:.1} seconds={elapsed:.2} \
+         put_p99_us={} put_errors={put_errors} stream_failures={}",
         args.watchers,
         latency.p50_us,
         latency.p99_us,
