@@ -18,6 +18,8 @@ src/timeline.rs; tools/stall_ab.sh sets it with RAFT_TIMELINE_DIR), one per proc
   late tick's figures cover the time since the loop's previous turn ended), snapshots being written on their own thread (`snapshot_start` ->
   `snapshot_done`) and the log compactions that follow them on the loop's thread
   (`compact_start` -> `compact_done`);
+- the leader's writes grouped by how many processes were writing a snapshot during each (0, 1,
+  2, 3: latency percentiles of each group);
 - on the leader (the process that answered the etcd writes, `kv_write_us`: each write's latency
   inside the server): every stall, i.e. the writes slower than --slow-ms merged where they
   overlap in time, with what overlapped it in any process: a rotation (or one that ended up to
@@ -249,6 +251,17 @@ def main():
     lat = sorted(l for _, l in ans)
     print(f"\nleader: process {leader}; {len(ans)} writes answered, ms p50 {pct(lat, .5) / 1000:.2f} "
           f"p99 {pct(lat, .99) / 1000:.2f} p99.9 {pct(lat, .999) / 1000:.2f} max {max(lat, default=0) / 1000:.2f}")
+    # The leader's writes by how many processes were writing a snapshot at some moment of each
+    # write (members that snapshot at the same index share the disk, or each slow its own).
+    snaps = [(a, b, pid) for pid in info for a, b, _ in info[pid]["snap"]]
+    if snaps:
+        by_count = defaultdict(list)
+        for t, l in ans:
+            a = t - l * 1000
+            by_count[len({p for s0, s1, p in snaps if s0 < t and s1 > a})].append(l / 1000)
+        print("leader's writes by processes writing a snapshot meanwhile: " + "; ".join(
+            f"{k}: {len(v)} writes, ms p50 {pct(v, .5):.2f} p99 {pct(v, .99):.2f} "
+            f"p99.9 {pct(v, .999):.2f} max {max(v):.2f}" for k, v in sorted(by_count.items())))
     print(f"stalls: writes slower than {slow_ms} ms, merged where they overlap, with what overlapped them:")
     episodes = []
     for t, l in sorted(ans, key=lambda x: x[0] - x[1] * 1000):

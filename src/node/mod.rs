@@ -933,6 +933,7 @@ where
         Some((setup, view)) => {
             let voters = config.nodes.iter().map(|n| n.id()).collect();
             let snapshotter = Snapshotter::new(
+                id,
                 Arc::clone(&setup.vfs),
                 setup.dir.clone(),
                 setup.cluster_id,

@@ -169,6 +169,17 @@ pub struct SnapshotPolicy {
 /// of the state machine (cheap), a plain thread writes it to `snapshot_<index>.snap` (temp file,
 /// fdatasync, rename, directory fsync) and prunes older files, and the loop hears back through
 /// [`Snapshotter::finished`]. At most one snapshot is written at a time.
+///
+/// Members take their snapshots at different indexes. Every member applies the same entries, so
+/// the same rules would otherwise start a snapshot on all of them at once: every disk of the
+/// quorum busy at the same moment (on one machine, one disk written three times over), which
+/// issue 18's timelines found under every write stall of 8 ms or more. So the first snapshot
+/// after the node starts, or after it adopts a leader's, waits for this member's slot: the first
+/// index at or after the usual threshold that is `rank × every_entries / members` past a
+/// multiple of `every_entries` (`rank`: the member's place among the configured voters). From
+/// then on each member counts from its own snapshot, so the offsets last: exactly while the
+/// entries rule decides, and while the size rule decides too, because the store's size at an
+/// index is the same on every member. The wait is less than `every_entries` entries, once.
 pub struct Snapshotter {
     vfs: Arc<dyn Vfs>,
     dir: PathBuf,
@@ -186,6 +197,11 @@ pub struct Snapshotter {
     /// The counter when the snapshot being written was started.
     applied_bytes_at_start: u64,
     running: Option<tokio::sync::oneshot::Receiver<Result<Taken, String>>>,
+    /// This member's slot: `rank` of `members` (see the type's doc).
+    rank: u64,
+    members: u64,
+    /// Whether the next snapshot waits for the slot (after start and after adopting a leader's).
+    align_next: bool,
 }
 
 /// A snapshot written by [`Snapshotter`].
@@ -197,7 +213,11 @@ pub struct Taken {
 }
 
 impl Snapshotter {
+    /// The snapshotter of member `id` (its slot is its place among `voters`, sorted; a node not
+    /// among them takes `id mod members`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        id: NodeId,
         vfs: Arc<dyn Vfs>,
         dir: PathBuf,
         cluster_id: u64,
@@ -206,6 +226,14 @@ impl Snapshotter {
         policy: SnapshotPolicy,
         newest: crate::types::LogIndex,
     ) -> Snapshotter {
+        let mut sorted = voters.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let members = sorted.len().max(1) as u64;
+        let rank = sorted
+            .iter()
+            .position(|v| *v == id)
+            .map_or(u64::from(id.0) % members, |p| p as u64);
         // A node restarted from its snapshot sizes the next one by that file.
         let newest_bytes = if newest > crate::types::LogIndex::ZERO {
             crate::storage::snapshot::snapshot_file_len(
@@ -228,7 +256,25 @@ impl Snapshotter {
             applied_bytes_at_newest: 0,
             applied_bytes_at_start: 0,
             running: None,
+            rank,
+            members,
+            align_next: true,
         }
+    }
+
+    /// The index from which the entries rule lets a snapshot start, `newest` being the newest
+    /// snapshot: `every_entries` later, and on the first one after start or adoption, moved on
+    /// to this member's slot (less than `every_entries` further).
+    fn entries_threshold(&self, newest: crate::types::LogIndex) -> u64 {
+        let every = self.policy.every_entries;
+        let base = newest.0.saturating_add(every);
+        if !self.align_next || self.members <= 1 || every == 0 {
+            return base;
+        }
+        // `every × rank / members` without overflow: rank < members.
+        let phase = (u128::from(every) * u128::from(self.rank) / u128::from(self.members)) as u64;
+        let wait = (phase + every - base % every) % every;
+        base.saturating_add(wait)
     }
 
     pub fn policy(&self) -> SnapshotPolicy {
@@ -237,7 +283,7 @@ impl Snapshotter {
 
     /// Whether a snapshot at `applied` is due: none is being written, snapshots are on,
     /// `every_entries` were applied since the newest one (`installed`: the newest the core knows,
-    /// which a leader's snapshot may have moved), and the payload bytes applied since then
+    /// which a leader's snapshot may have moved; the first time, up to this member's slot), and the payload bytes applied since then
     /// (`applied_bytes`: `Driver::applied_payload_bytes`) reach `log_percent` of its size. The
     /// size rule is skipped while a leader's snapshot newer than this node's own is not adopted
     /// yet ([`Snapshotter::adopt_installed`]): the entries rule alone then decides.
@@ -257,7 +303,7 @@ impl Snapshotter {
                     .saturating_mul(u64::from(self.policy.log_percent));
         self.running.is_none()
             && self.policy.every_entries > 0
-            && applied.0 >= newest.0 + self.policy.every_entries
+            && applied.0 >= self.entries_threshold(newest)
             && size_rule
     }
 
@@ -271,6 +317,8 @@ impl Snapshotter {
             return;
         }
         self.newest = installed.index;
+        // The leader's index is the leader's slot: the next one of ours goes back to our own.
+        self.align_next = true;
         self.newest_bytes = crate::storage::snapshot::snapshot_file_len(
             &*self.vfs,
             &self.dir.join(snapshot_file_name(installed.index)),
@@ -388,6 +436,7 @@ impl Snapshotter {
 
     /// `taken` is the newest snapshot now: the reference of both rules.
     fn written(&mut self, taken: &Taken) {
+        self.align_next = false;
         self.newest = taken.snap.index;
         self.newest_bytes = taken.payload_bytes;
         self.applied_bytes_at_newest = self.applied_bytes_at_start;
@@ -440,6 +489,7 @@ mod tests {
 
     fn snapshotter(fs: &Arc<SimFs>, log_percent: u32, newest: u64) -> Snapshotter {
         Snapshotter::new(
+            NodeId(1),
             Arc::clone(fs) as Arc<dyn Vfs>,
             PathBuf::from("/n"),
             1,
@@ -539,5 +589,97 @@ mod tests {
         s.postpone(LogIndex(200));
         assert!(!s.due(LogIndex(300), None, 9_999));
         assert!(s.due(LogIndex(300), None, 10_000));
+    }
+
+    /// Member `id` of the voters 1, 2 and 3, with no snapshot yet (or restarted from `newest`),
+    /// taking one every 90 entries and by entries alone.
+    fn member(fs: &Arc<SimFs>, id: u32, newest: u64) -> Snapshotter {
+        Snapshotter::new(
+            NodeId(id),
+            Arc::clone(fs) as Arc<dyn Vfs>,
+            PathBuf::from(format!("/n{id}")),
+            1,
+            0,
+            vec![NodeId(3), NodeId(1), NodeId(2)],
+            SnapshotPolicy {
+                every_entries: 90,
+                catchup_entries: 0,
+                keep: 2,
+                log_percent: 0,
+            },
+            LogIndex(newest),
+        )
+    }
+
+    /// The first index at or after `from` at which `s` would start a snapshot.
+    fn first_due(s: &Snapshotter, from: u64) -> u64 {
+        (from..from + 1_000)
+            .find(|&i| s.due(LogIndex(i), None, 0))
+            .expect("a snapshot within 1,000 entries")
+    }
+
+    #[test]
+    fn members_take_their_snapshots_a_third_of_the_interval_apart() {
+        let fs = Arc::new(SimFs::new());
+        let mut firsts = Vec::new();
+        for id in 1..=3 {
+            fs.create_dir_all(std::path::Path::new(&format!("/n{id}")))
+                .expect("a directory on the simulated disk");
+            let mut s = member(&fs, id, 0);
+            let first = first_due(&s, 0);
+            // Each member's own slot: 0, 30 and 60 past a multiple of 90, at or after 90.
+            s.write_now(at(first), &Bytes(100), None, 0).unwrap();
+            // From then on, every 90 entries from its own snapshot: the offsets last.
+            let second = first_due(&s, first);
+            assert_eq!(second, first + 90, "member {id}");
+            firsts.push(first);
+        }
+        assert_eq!(firsts, vec![90, 120, 150]);
+    }
+
+    #[test]
+    fn a_restarted_or_installed_member_goes_back_to_its_slot_once() {
+        let fs = Arc::new(SimFs::new());
+        fs.create_dir_all(std::path::Path::new("/n2"))
+            .expect("a directory on the simulated disk");
+        // Member 2 (slot 30) restarted from a snapshot at 125: 215 is past its slot at 210,
+        // so it waits for the next one, 300.
+        let mut s = member(&fs, 2, 125);
+        assert_eq!(first_due(&s, 125), 300);
+        s.write_now(at(300), &Bytes(100), None, 0).unwrap();
+        assert_eq!(first_due(&s, 300), 390);
+        // A leader's snapshot at 400 (member 1's slot, 0): adopted, then ours at our slot again.
+        member(&fs, 2, 0)
+            .write_now(at(400), &Bytes(100), None, 0)
+            .unwrap();
+        s.adopt_installed(Some(at(400)), 0);
+        let next = (400..1_400)
+            .find(|&i| s.due(LogIndex(i), Some(at(400)), 0))
+            .expect("a snapshot within 1,000 entries");
+        assert_eq!(next, 570);
+    }
+
+    #[test]
+    fn a_single_voter_and_an_outsider_have_slots_too() {
+        let fs = Arc::new(SimFs::new());
+        let alone = Snapshotter::new(
+            NodeId(7),
+            Arc::clone(&fs) as Arc<dyn Vfs>,
+            PathBuf::from("/n"),
+            1,
+            0,
+            vec![NodeId(7)],
+            SnapshotPolicy {
+                every_entries: 90,
+                catchup_entries: 0,
+                keep: 2,
+                log_percent: 0,
+            },
+            LogIndex(0),
+        );
+        assert_eq!(first_due(&alone, 0), 90);
+        // Node 5 is not among 1, 2 and 3: slot 5 mod 3 = 2, 60 past a multiple of 90.
+        let outsider = member(&fs, 5, 0);
+        assert_eq!(first_due(&outsider, 0), 150);
     }
 }

@@ -2282,6 +2282,7 @@ impl Cluster {
         ));
         let snapshotter = self.config.snapshots.map(|sim| {
             Snapshotter::new(
+                node_id(i),
                 Arc::clone(&vfs),
                 dir.clone(),
                 1,
