@@ -487,22 +487,34 @@ mod tests {
         }
     }
 
-    fn snapshotter(fs: &Arc<SimFs>, log_percent: u32, newest: u64) -> Snapshotter {
+    /// Member `id` of `voters`, writing into `dir` on `fs`, a snapshot every `every` entries and
+    /// `log_percent`, its newest snapshot at `newest` (0: none).
+    fn of_member(
+        fs: &Arc<SimFs>,
+        (id, voters): (u32, &[u32]),
+        dir: &str,
+        (every, log_percent): (u64, u32),
+        newest: u64,
+    ) -> Snapshotter {
         Snapshotter::new(
-            NodeId(1),
+            NodeId(id),
             Arc::clone(fs) as Arc<dyn Vfs>,
-            PathBuf::from("/n"),
+            PathBuf::from(dir),
             1,
             0,
-            vec![NodeId(1)],
+            voters.iter().map(|v| NodeId(*v)).collect(),
             SnapshotPolicy {
-                every_entries: 100,
+                every_entries: every,
                 catchup_entries: 0,
                 keep: 2,
                 log_percent,
             },
             LogIndex(newest),
         )
+    }
+
+    fn snapshotter(fs: &Arc<SimFs>, log_percent: u32, newest: u64) -> Snapshotter {
+        of_member(fs, (1, &[1]), "/n", (100, log_percent), newest)
     }
 
     /// An empty node directory on a simulated disk, and a snapshotter of it with no snapshot
@@ -594,21 +606,7 @@ mod tests {
     /// Member `id` of the voters 1, 2 and 3, with no snapshot yet (or restarted from `newest`),
     /// taking one every 90 entries and by entries alone.
     fn member(fs: &Arc<SimFs>, id: u32, newest: u64) -> Snapshotter {
-        Snapshotter::new(
-            NodeId(id),
-            Arc::clone(fs) as Arc<dyn Vfs>,
-            PathBuf::from(format!("/n{id}")),
-            1,
-            0,
-            vec![NodeId(3), NodeId(1), NodeId(2)],
-            SnapshotPolicy {
-                every_entries: 90,
-                catchup_entries: 0,
-                keep: 2,
-                log_percent: 0,
-            },
-            LogIndex(newest),
-        )
+        of_member(fs, (id, &[3, 1, 2]), &format!("/n{id}"), (90, 0), newest)
     }
 
     /// The first index at or after `from` at which `s` would start a snapshot.
@@ -662,21 +660,7 @@ mod tests {
     #[test]
     fn a_single_voter_and_an_outsider_have_slots_too() {
         let fs = Arc::new(SimFs::new());
-        let alone = Snapshotter::new(
-            NodeId(7),
-            Arc::clone(&fs) as Arc<dyn Vfs>,
-            PathBuf::from("/n"),
-            1,
-            0,
-            vec![NodeId(7)],
-            SnapshotPolicy {
-                every_entries: 90,
-                catchup_entries: 0,
-                keep: 2,
-                log_percent: 0,
-            },
-            LogIndex(0),
-        );
+        let alone = of_member(&fs, (7, &[7]), "/n", (90, 0), 0);
         assert_eq!(first_due(&alone, 0), 90);
         // Node 5 is not among 1, 2 and 3: slot 5 mod 3 = 2, 60 past a multiple of 90.
         let outsider = member(&fs, 5, 0);
