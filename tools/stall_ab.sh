@@ -8,9 +8,9 @@
 # a small segment (SEGMENT_BYTES, default 4 MiB, so that segments rotate every few seconds under
 # load), runs RUNS back-to-back closed-loop put runs of RUN_SECONDS against the leader with
 # kvbench (CLIENTS clients, 8-byte keys, 256-byte values, one connection per 10 clients), and
-# prints per run: throughput, p99, p99.9, max, errors, and how many segment files the three
-# nodes created during the run (rotations; the first run counts each node's first segment). The
-# node logs are searched for elections after the first.
+# prints per run: throughput, p99, p99.9, max, errors, the three servers' CPU per put, and how
+# many segment files the three nodes created during the run (rotations; the first run counts
+# each node's first segment). The node logs are searched for elections after the first.
 # RAFT_TIMELINE_DIR, when set, makes the nodes record their latency timeline there
 # (src/timeline.rs), one subdirectory per binary and round.
 #
@@ -72,6 +72,7 @@ one_round() {
         out=$dir/run$run.out
         find "$dir/raft" -name 'segment_*.log' 2>/dev/null | sort >"$dir/segs.before" || true
         load=$(cut -d' ' -f1 /proc/loadavg)
+        ticks=$(cpu_ticks "${PIDS[@]}")
         "$KVBENCH" --endpoints "$eps" --target leader --leader-wait 30 --op put --clients "$CLIENTS" \
             --conns "$CONNS" --duration "$RUN_SECONDS" --warmup 0 --key-size 8 --val-size 256 \
             --key-space 1000 --keys seq --timeline >"$out" 2>&1 || { cat "$out" >&2; exit 1; }
@@ -79,13 +80,16 @@ one_round() {
         # Segments created during the run (compaction removes old ones meanwhile, so the count
         # alone would hide a rotation).
         rotations=$(comm -13 "$dir/segs.before" "$dir/segs.after" | wc -l)
+        ticks=$(($(cpu_ticks "${PIDS[@]}") - ticks))
         line=$(grep '^kvbench-result ' "$out")
         kv() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$line"; }
-        echo "$label $round $run $(kv ops_per_sec) $(kv p99_us) $(kv p999_us) $(kv max_us) $(kv errors) $rotations $load" >>"$RESULTS"
-        printf '  %s round %d run %d: %8.1f ok/s p99 %6.2f ms p99.9 %6.2f ms max %7.2f ms errors %s, segments created %d (3 nodes), load %s\n' \
+        # The three servers' CPU (user + system, /proc) per acknowledged put over the run.
+        cpu=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v n="$(kv ok)" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }')
+        echo "$label $round $run $(kv ops_per_sec) $(kv p99_us) $(kv p999_us) $(kv max_us) $(kv errors) $rotations $load $cpu" >>"$RESULTS"
+        printf '  %s round %d run %d: %8.1f ok/s p99 %6.2f ms p99.9 %6.2f ms max %7.2f ms errors %s, segments created %d (3 nodes), server CPU %s µs/put, load %s\n' \
             "$label" "$round" "$run" "$(kv ops_per_sec)" "$(awk -v v="$(kv p99_us)" 'BEGIN{print v/1000}')" \
             "$(awk -v v="$(kv p999_us)" 'BEGIN{print v/1000}')" "$(awk -v v="$(kv max_us)" 'BEGIN{print v/1000}')" \
-            "$(kv errors)" "$rotations" "$load"
+            "$(kv errors)" "$rotations" "$cpu" "$load"
     done
     stop_cluster
     # An election after the first one (term > 1) means a node timed out during the runs.
@@ -106,20 +110,20 @@ for round in $(seq "$ROUNDS"); do
 done
 
 summary() {
-    awk -v L="$1" '$1 == L { n++; ops[n] = $4; p99[n] = $5; p999[n] = $6; mx[n] = $7; if ($7 > big) big = $7; err += $8; rot += $9 }
+    awk -v L="$1" '$1 == L { n++; ops[n] = $4; p99[n] = $5; p999[n] = $6; mx[n] = $7; if ($7 > big) big = $7; err += $8; rot += $9; cpu[n] = $11 }
         function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
             return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-        END { printf "%s %.1f %.3f %.3f %.3f %.3f %d %d\n", L, med(ops, n), med(p99, n) / 1000, med(p999, n) / 1000, med(mx, n) / 1000, big / 1000, err, rot }' "$RESULTS"
+        END { printf "%s %.1f %.3f %.3f %.3f %.3f %d %d %.1f\n", L, med(ops, n), med(p99, n) / 1000, med(p999, n) / 1000, med(mx, n) / 1000, big / 1000, err, rot, med(cpu, n) }' "$RESULTS"
 }
 SA=$(summary A)
 SB=$(summary B)
 echo
-echo "median over runs: label ok/s p99_ms p99.9_ms max_ms(median) max_ms(largest) errors segments_created"
+echo "median over runs: label ok/s p99_ms p99.9_ms max_ms(median) max_ms(largest) errors segments_created server_cpu_us_per_put"
 echo "$SA"
 echo "$SB"
-read -r _ a1 a2 a3 a4 a5 _ _ <<<"$SA"
-read -r _ b1 b2 b3 b4 b5 _ _ <<<"$SB"
-awk -v a1="$a1" -v a2="$a2" -v a3="$a3" -v a4="$a4" -v a5="$a5" -v b1="$b1" -v b2="$b2" -v b3="$b3" -v b4="$b4" -v b5="$b5" \
-    'BEGIN { printf "B/A: ok/s %.2fx p99 %.2fx p99.9 %.2fx max(median) %.2fx max(largest) %.2fx\n", b1/a1, b2/a2, b3/a3, b4/a4, b5/a5 }'
+read -r _ a1 a2 a3 a4 a5 _ _ a6 <<<"$SA"
+read -r _ b1 b2 b3 b4 b5 _ _ b6 <<<"$SB"
+awk -v a1="$a1" -v a2="$a2" -v a3="$a3" -v a4="$a4" -v a5="$a5" -v a6="$a6" -v b1="$b1" -v b2="$b2" -v b3="$b3" -v b4="$b4" -v b5="$b5" -v b6="$b6" \
+    'BEGIN { printf "B/A: ok/s %.2fx p99 %.2fx p99.9 %.2fx max(median) %.2fx max(largest) %.2fx server CPU per put %.2fx\n", b1/a1, b2/a2, b3/a3, b4/a4, b5/a5, (a6 > 0 ? b6/a6 : 0) }'
 cat "$WORK/elections.txt"
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
