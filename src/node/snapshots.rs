@@ -226,14 +226,12 @@ impl Snapshotter {
         policy: SnapshotPolicy,
         newest: crate::types::LogIndex,
     ) -> Snapshotter {
-        let mut sorted = voters.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let members = sorted.len().max(1) as u64;
-        let rank = sorted
+        let members = voters.iter().collect::<std::collections::BTreeSet<_>>();
+        let rank = members
             .iter()
-            .position(|v| *v == id)
-            .map_or(u64::from(id.0) % members, |p| p as u64);
+            .position(|v| **v == id)
+            .map_or(u64::from(id.0) % members.len().max(1) as u64, |p| p as u64);
+        let members = members.len().max(1) as u64;
         // A node restarted from its snapshot sizes the next one by that file.
         let newest_bytes = if newest > crate::types::LogIndex::ZERO {
             crate::storage::snapshot::snapshot_file_len(
@@ -283,8 +281,9 @@ impl Snapshotter {
 
     /// Whether a snapshot at `applied` is due: none is being written, snapshots are on,
     /// `every_entries` were applied since the newest one (`installed`: the newest the core knows,
-    /// which a leader's snapshot may have moved; the first time, up to this member's slot), and the payload bytes applied since then
-    /// (`applied_bytes`: `Driver::applied_payload_bytes`) reach `log_percent` of its size. The
+    /// which a leader's snapshot may have moved; the first time, up to this member's slot), and
+    /// the payload bytes applied since then (`applied_bytes`: `Driver::applied_payload_bytes`)
+    /// reach `log_percent` of its size. The
     /// size rule is skipped while a leader's snapshot newer than this node's own is not adopted
     /// yet ([`Snapshotter::adopt_installed`]): the entries rule alone then decides.
     pub fn due(
