@@ -22,6 +22,7 @@ use crate::types::NodeId;
 
 pub mod authority;
 pub mod convert;
+mod front;
 pub mod gate;
 pub mod peers;
 pub mod server;

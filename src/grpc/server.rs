@@ -124,194 +124,6 @@ impl PathFilter {
     };
 }
 
-/// Axum middleware of the node's router: passes served paths on, answers the rest with
-/// UNIMPLEMENTED naming the method.
-async fn only_served_methods(
-    filter: PathFilter,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let path = request.uri().path();
-    // grpc_server_handled_total, when the node records metrics (crate::metrics).
-    let counted = crate::metrics::current().map(|m| HandledCounter::new(&m, path));
-    let response = if (filter.served)(path) {
-        next.run(request).await
-    } else {
-        tracing::debug!(%path, "unimplemented gRPC method");
-        Status::unimplemented((filter.unimplemented)(path)).into_http::<axum::body::Body>()
-    };
-    match counted {
-        None => response,
-        Some(mut counter) => {
-            // A trailers-only answer (every error tonic makes before the body) carries its
-            // status in the headers; otherwise it comes in the trailers, at the body's end.
-            counter.code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            let (parts, body) = response.into_parts();
-            axum::response::Response::from_parts(
-                parts,
-                axum::body::Body::new(CountedBody {
-                    inner: body,
-                    counter,
-                }),
-            )
-        }
-    }
-}
-
-/// One RPC's `grpc_server_handled_total` labels, counted once when its response body is done
-/// (or dropped: a client that went away counts as `Canceled`, as in go-grpc-prometheus).
-struct HandledCounter {
-    family: prometheus_client::metrics::family::Family<
-        crate::metrics::PeerLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-    service: String,
-    method: String,
-    /// The numeric grpc-status once known.
-    code: Option<u8>,
-}
-
-impl HandledCounter {
-    fn new(metrics: &crate::metrics::NodeMetrics, path: &str) -> HandledCounter {
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path, ""));
-        HandledCounter {
-            family: metrics.grpc_server_handled.clone(),
-            service: service.to_string(),
-            method: method.to_string(),
-            code: None,
-        }
-    }
-}
-
-impl Drop for HandledCounter {
-    fn drop(&mut self) {
-        let grpc_type = match self.method.as_str() {
-            "AppendEntriesStream" | "ProposeStream" => "bidi_stream",
-            "InstallSnapshot" => "client_stream",
-            "Snapshot" => "server_stream",
-            _ => "unary",
-        };
-        let code = self.code.map_or("Canceled", grpc_code_name);
-        let labels = vec![
-            ("grpc_type".to_string(), grpc_type.to_string()),
-            (
-                "grpc_service".to_string(),
-                std::mem::take(&mut self.service),
-            ),
-            ("grpc_method".to_string(), std::mem::take(&mut self.method)),
-            ("grpc_code".to_string(), code.to_string()),
-        ];
-        self.family.get_or_create(&labels).inc();
-    }
-}
-
-/// go-grpc-prometheus's code names (Go's `codes.Code.String()`).
-fn grpc_code_name(code: u8) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "Canceled",
-        2 => "Unknown",
-        3 => "InvalidArgument",
-        4 => "DeadlineExceeded",
-        5 => "NotFound",
-        6 => "AlreadyExists",
-        7 => "PermissionDenied",
-        8 => "ResourceExhausted",
-        9 => "FailedPrecondition",
-        10 => "Aborted",
-        11 => "OutOfRange",
-        12 => "Unimplemented",
-        13 => "Internal",
-        14 => "Unavailable",
-        15 => "DataLoss",
-        16 => "Unauthenticated",
-        _ => "Unknown",
-    }
-}
-
-/// A response body that reads the grpc-status of the trailers as they pass.
-struct CountedBody {
-    inner: axum::body::Body,
-    counter: HandledCounter,
-}
-
-impl http_body::Body for CountedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(code) = frame
-                .trailers_ref()
-                .and_then(|t| t.get("grpc-status"))
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-            {
-                self.counter.code = Some(code);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// What a TLS node asks of every connection before any service sees a request.
-#[derive(Clone, Copy, Debug)]
-struct TlsPolicy {
-    /// The port is TLS: a plaintext connection (crate::grpc::tls lets a plaintext HTTP/2 client
-    /// in only to tell it so) is refused.
-    tls: bool,
-    /// `tls.client_cert_auth`: a connection without a verified client certificate is refused.
-    client_cert: bool,
-}
-
-/// Axum middleware of a TLS node: refuses, with a message saying what is missing, a request
-/// that came in plaintext (FAILED_PRECONDITION: not worth retrying) or without the client
-/// certificate `client_cert_auth` requires (UNAUTHENTICATED).
-async fn tls_required(
-    policy: TlsPolicy,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    if !policy.tls {
-        return next.run(request).await;
-    }
-    let conn = request.extensions().get::<crate::grpc::tls::ConnInfo>();
-    if !conn.is_some_and(|c| c.tls) {
-        return Status::failed_precondition(
-            "this node serves TLS only: connect with https:// (etcdctl: --cacert with the \
-             cluster's CA)",
-        )
-        .into_http::<axum::body::Body>();
-    }
-    if !policy.client_cert || conn.is_some_and(|c| c.client_cert) {
-        return next.run(request).await;
-    }
-    Status::unauthenticated(
-        "client certificate required: this node has tls.client_cert_auth on (etcdctl: --cert \
-         and --key, with a certificate of the configured CA)",
-    )
-    .into_http::<axum::body::Body>()
-}
-
 /// [`serve`] plus the services in `extra` (the etcd API) and the plain HTTP routes in `http` (etcd's
 /// JSON gateway, HTTP/1.1 or 2) on the same listener. Every connection
 /// goes through [`AuthorityRepair`] (etcdctl's URL-valued `:authority`), and every path `filter`
@@ -337,7 +149,7 @@ pub async fn serve_with<R: Send + 'static>(
     let incoming = crate::grpc::tls::incoming(listener, config.tls.clone())
         .map(|stream| stream.map(AuthorityRepair::new));
     let max_bytes = config.max_decoding_message_bytes();
-    let policy = TlsPolicy {
+    let policy = crate::grpc::front::TlsPolicy {
         tls: config.tls.is_some(),
         client_cert: config
             .tls
@@ -369,12 +181,7 @@ pub async fn serve_with<R: Send + 'static>(
         .routes()
         .into_axum_router()
         .merge(http)
-        .layer(axum::middleware::from_fn(move |request, next| {
-            only_served_methods(filter, request, next)
-        }))
-        .layer(axum::middleware::from_fn(move |request, next| {
-            tls_required(policy, request, next)
-        }));
+        .layer(crate::grpc::front::FrontLayer { policy, filter });
     tracing::debug!(%local_addr, "gRPC server accepting");
     tonic::transport::Server::builder()
         // HTTP/1.1 for the JSON gateway's clients (curl, Patroni); gRPC stays HTTP/2.

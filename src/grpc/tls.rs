@@ -453,7 +453,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             // A plaintext HTTP/2 client (its preface, not a TLS record, comes first) gets its
             // connection served in plaintext, where every RPC is refused with a message saying
-            // the node wants TLS (server.rs, `tls_required`): at once, instead of a handshake
+            // the node wants TLS (front.rs, `TlsPolicy`): at once, instead of a handshake
             // failure the client retries until its deadline ("context deadline exceeded").
             if let Ok(true) =
                 tokio::time::timeout(tls.handshake_timeout, starts_with_http2_preface(&stream))
