@@ -5,11 +5,12 @@
 #
 # Starts a 3-member etcd (Debian's `etcd-server`: default flags except names, ports, data
 # directories and the cluster flags, so fdatasync is on) and a 3-node rust-raft-log cluster (the
-# release build, a config generated in a temporary directory), both on 127.0.0.1 only, with their
-# data directories side by side on the same disk (under target/tmp). Then it runs the same load
-# against each with `kvbench` (tools/kvbench): 8-byte keys, 256-byte values; puts, then
-# linearizable ranges over the keys the puts wrote; 1, 16 and 100 clients (connections: 1, 2, 10),
-# closed loop; plus one cell of puts at a fixed offered rate (open loop, FIXED_RATE below).
+# release build unless NODE_PROFILE says otherwise, a config generated in a temporary directory),
+# both on 127.0.0.1 only, with their data directories side by side on the same disk (under
+# target/tmp). Then it runs the same load against each with `kvbench` (tools/kvbench): 8-byte
+# keys, 256-byte values; puts, then linearizable ranges over the keys the puts wrote; 1, 16 and
+# 100 clients (connections: 1, 2, 10), closed loop; plus one cell of puts at a fixed offered rate
+# (open loop, FIXED_RATE below).
 # Every request goes to the leader's endpoint, for both systems (kvbench finds it with
 # Maintenance.Status), so neither pays a follower's forwarding hop.
 #
@@ -30,7 +31,9 @@
 # FIXED_RATE (3000 requests/s; 0 leaves the cell out) and FIXED_RATE_CLIENTS (100): one more put
 # cell at a fixed offered rate that both systems sustain, latency measured from each request's due
 # time (no coordinated omission), CONNS (fixed connection count; default one per 10 clients),
-# OURS_RUST_LOG (the nodes' RUST_LOG, default info), PORT_BASE (default: the first free block of
+# OURS_RUST_LOG (the nodes' RUST_LOG, default info), NODE_PROFILE (the cargo profile the node is
+# built and run with: release, the default, or production, the build docs/OPERATIONS.md installs;
+# kvbench is always the release build), PORT_BASE (default: the first free block of
 # 10 ports from 31000), KEEP_WORKDIR=1 keeps the data directories and logs (logs and kvbench
 # outputs are kept anyway when a request failed).
 set -euo pipefail
@@ -69,7 +72,10 @@ VAL_SIZE=256
 ETCD_BIN=${ETCD_BIN:-etcd}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 KVBENCH=$TARGET_DIR/release/kvbench
-NODE_BIN=$TARGET_DIR/release/rust-raft-log
+NODE_PROFILE=${NODE_PROFILE:-release}
+[[ $NODE_PROFILE == release || $NODE_PROFILE == production ]] ||
+    { echo "Error: NODE_PROFILE must be release or production, not $NODE_PROFILE" >&2; exit 2; }
+NODE_BIN=$TARGET_DIR/$NODE_PROFILE/rust-raft-log
 
 SYSTEMS=()
 [[ $ONLY != ours ]] && SYSTEMS+=(etcd)
@@ -80,8 +86,9 @@ if [[ " ${SYSTEMS[*]} " == *" etcd "* ]] && ! command -v "$ETCD_BIN" >/dev/null;
     exit 1
 fi
 
-echo "building (release): kvbench and rust-raft-log..."
-cargo build --release --quiet -p kvbench -p rust-raft-log
+echo "building (release): kvbench; ($NODE_PROFILE): rust-raft-log..."
+cargo build --release --quiet -p kvbench
+cargo build --profile "$NODE_PROFILE" --quiet -p rust-raft-log
 
 mkdir -p "$TARGET_DIR/tmp"
 WORK=$(mktemp -d "$TARGET_DIR/tmp/compare-etcd.XXXXXX")
@@ -409,7 +416,7 @@ done
 
 CONNS_DESC="ceil(clients/10)"
 [[ -n ${CONNS:-} ]] && CONNS_DESC="min($CONNS, clients)"
-SETUP="Setup: $(name_of etcd) ($ETCD_VERSION, Debian etcd-server, default flags: heartbeat 100 ms, election 1000 ms, fdatasync on) and rust-raft-log (commit $COMMIT, release build, default cluster_settings), 3 members each, every process on 127.0.0.1 of this machine, data directories side by side under target/tmp. Load: \`kvbench\` (tools/kvbench, tonic, tokio multi-thread runtime) on the same 2 cores, every request to the leader's endpoint (found with Maintenance.Status); closed loop, except the \"put at N/s offered\" row (open loop: $FIXED_RATE_CLIENTS clients share a fixed schedule of requests, each latency measured from the request's due time, so a stall counts against every request due during it); ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values; puts write key numbers 0 to $((KEY_SPACE - 1)) in sequence (and around again), ranges read one random key of those (linearizable, etcd's default); connections = $CONNS_DESC; ${WARMUP_SECONDS} s warm-up then ${RUN_SECONDS} s measured per run; $ROUNDS rounds, systems interleaved (order alternating). Each figure is the median over the rounds (max: the largest); server CPU is user+system of the three server processes per successful request (in brackets: the leader's alone), client CPU that of kvbench (which shares the 2 cores with the servers)."
+SETUP="Setup: $(name_of etcd) ($ETCD_VERSION, Debian etcd-server, default flags: heartbeat 100 ms, election 1000 ms, fdatasync on) and rust-raft-log (commit $COMMIT, $NODE_PROFILE build, default cluster_settings), 3 members each, every process on 127.0.0.1 of this machine, data directories side by side under target/tmp. Load: \`kvbench\` (tools/kvbench, tonic, tokio multi-thread runtime) on the same 2 cores, every request to the leader's endpoint (found with Maintenance.Status); closed loop, except the \"put at N/s offered\" row (open loop: $FIXED_RATE_CLIENTS clients share a fixed schedule of requests, each latency measured from the request's due time, so a stall counts against every request due during it); ${KEY_SIZE}-byte keys, ${VAL_SIZE}-byte values; puts write key numbers 0 to $((KEY_SPACE - 1)) in sequence (and around again), ranges read one random key of those (linearizable, etcd's default); connections = $CONNS_DESC; ${WARMUP_SECONDS} s warm-up then ${RUN_SECONDS} s measured per run; $ROUNDS rounds, systems interleaved (order alternating). Each figure is the median over the rounds (max: the largest); server CPU is user+system of the three server processes per successful request (in brackets: the leader's alone), client CPU that of kvbench (which shares the 2 cores with the servers)."
 
 {
     echo "Command: \`benches/compare_etcd.sh\` ($START_DATE; ROUNDS=$ROUNDS RUN_SECONDS=$RUN_SECONDS WARMUP_SECONDS=$WARMUP_SECONDS)"

@@ -19,7 +19,8 @@
 # stopped on exit.
 #
 # Environment: ROUNDS (3), RUNS (3), RUN_SECONDS (10), CLIENTS (16), SEGMENT_BYTES (4194304),
-# SNAPSHOT_ENTRIES (unset: the default), PORT_BASE (32100), KVBENCH (target/release/kvbench).
+# SNAPSHOT_ENTRIES (unset: the default), PORT_BASE (32100), KVBENCH (target/release/kvbench),
+# KEEP_DATA (1: keep each cluster's data directory; by default only logs and outputs are kept).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -92,6 +93,9 @@ one_round() {
             "$(kv errors)" "$rotations" "$cpu" "$load"
     done
     stop_cluster
+    # The logs and outputs stay; the nodes' data (preallocated 64 MiB segments) would fill the
+    # disk over a few A/Bs.
+    [[ ${KEEP_DATA:-0} == 1 ]] || rm -rf "$dir/raft"
     # An election after the first one (term > 1) means a node timed out during the runs.
     local elections
     elections=$(grep -hc 'became leader\|Became leader\|👑' "$dir"/n*.log 2>/dev/null | paste -sd+ | bc || echo "?")
