@@ -25,7 +25,26 @@ use std::task::{Context, Poll};
 
 use tonic::Status;
 
-use crate::grpc::server::PathFilter;
+/// Which gRPC paths the server serves; every other path is answered UNIMPLEMENTED with the
+/// message `unimplemented` makes (tonic's own answer for an unknown method carries none).
+#[derive(Clone, Copy, Debug)]
+pub struct PathFilter {
+    pub served: fn(&str) -> bool,
+    pub unimplemented: fn(&str) -> String,
+}
+
+impl PathFilter {
+    /// Only this node's own services (`raftlog.v1`).
+    pub const RAFT_ONLY: PathFilter = PathFilter {
+        served: |path| path.starts_with("/raftlog.v1."),
+        unimplemented: |path| {
+            format!(
+                "rust-raft-log does not implement {}",
+                path.trim_start_matches('/')
+            )
+        },
+    };
+}
 
 /// What a TLS node asks of every connection before any service sees a request.
 #[derive(Clone, Copy, Debug)]

@@ -6,6 +6,8 @@
 //! - [`server`]: the `Raft` and `Operator` services; handlers hand every request to the event loop
 //!   as a [`crate::driver::Inbound`] (the driver's mailbox) over a bounded channel with a oneshot
 //!   for the answer.
+//! - `front`: the checks in front of every route of the listener (TLS policy, the [`PathFilter`]
+//!   of served paths, the handled-RPC counter).
 //! - [`authority`]: the accept-side repair of etcdctl's URL-valued HTTP/2 `:authority` (a
 //!   transport fix for every connection).
 //! - [`tls`]: TLS on the listener and on the peer clients; [`gate`]: who may send Raft messages
@@ -30,8 +32,9 @@ pub mod snapshot;
 pub mod tls;
 
 pub use self::convert::{ConvertError, Limits};
+pub use self::front::PathFilter;
 pub use self::peers::{PeerConfig, PeerStats, Peers, Queued, SendError};
-pub use self::server::{bind, serve, serve_with, PathFilter, ServerConfig};
+pub use self::server::{bind, serve, serve_with, ServerConfig};
 pub use self::snapshot::{AcceptError, SnapshotFiles};
 
 /// The code generated from `proto/raft.proto` (package `raftlog.v1`).

@@ -34,6 +34,7 @@ use tonic::{Request, Response, Status};
 use crate::driver::{Inbound, ProposeOutcome, ProposeRefused};
 use crate::grpc::authority::AuthorityRepair;
 use crate::grpc::convert::{self, Limits};
+use crate::grpc::front::PathFilter;
 use crate::grpc::gate::{Admitted, Sender};
 use crate::grpc::proto as pb;
 use crate::grpc::GrpcError;
@@ -101,27 +102,6 @@ pub async fn serve<R: Send + 'static>(
         shutdown,
     )
     .await
-}
-
-/// Which gRPC paths the server serves; every other path is answered UNIMPLEMENTED with the
-/// message `unimplemented` makes (tonic's own answer for an unknown method carries none).
-#[derive(Clone, Copy, Debug)]
-pub struct PathFilter {
-    pub served: fn(&str) -> bool,
-    pub unimplemented: fn(&str) -> String,
-}
-
-impl PathFilter {
-    /// Only this node's own services (`raftlog.v1`).
-    pub const RAFT_ONLY: PathFilter = PathFilter {
-        served: |path| path.starts_with("/raftlog.v1."),
-        unimplemented: |path| {
-            format!(
-                "rust-raft-log does not implement {}",
-                path.trim_start_matches('/')
-            )
-        },
-    };
 }
 
 /// [`serve`] plus the services in `extra` (the etcd API) and the plain HTTP routes in `http` (etcd's
