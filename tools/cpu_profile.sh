@@ -19,7 +19,8 @@
 # stopped on exit; the work directory (perf data, logs; not the nodes' data) is printed and kept.
 #
 # Environment: CLIENTS (100), RUN_SECONDS (16), PERF_SECONDS (5), PERF_HZ (499), SEGMENT_BYTES
-# (67108864), PORT_BASE (32600), KVBENCH (target/release/kvbench).
+# (67108864), PORT_BASE (32600), KVBENCH (target/release/kvbench), METRICS (1: every node records
+# metrics and serves them on its metrics_address, PORT_BASE+10+i; nobody scrapes).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -50,6 +51,13 @@ trap '[[ ${#PIDS[@]} -gt 0 ]] && stop_pids "${PIDS[@]}"; rm -rf "$WORK/raft"; ec
 
 echo "machine: $(nproc) cores, Linux $(uname -r); load average at start: $(load_avg)"
 write_ours_config "$WORK/cluster.yaml" "$WORK/raft" "$PORT_BASE" "log_segment_size: $SEGMENT_BYTES"
+if [[ ${METRICS:-0} == 1 ]]; then
+    # Each node records metrics and serves /metrics on PORT_BASE+10+i (nobody scrapes it).
+    for i in 1 2 3; do
+        sed -i "s/^    port: $((PORT_BASE + i))\$/&\n    metrics_address: \"127.0.0.1:$((PORT_BASE + 10 + i))\"/" "$WORK/cluster.yaml"
+    done
+    grep -c metrics_address "$WORK/cluster.yaml" | grep -qx 3 || { echo "Error: could not add metrics_address" >&2; exit 1; }
+fi
 for i in 1 2 3; do
     RUST_LOG=info "$BIN" --node-id "$i" --config "$WORK/cluster.yaml" >"$WORK/n$i.log" 2>&1 &
     PIDS+=($!)
