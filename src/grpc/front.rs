@@ -21,6 +21,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::Status;
@@ -133,8 +134,9 @@ where
             return FrontFuture::answered(refusal, None);
         }
         let path = request.uri().path();
-        let counted = crate::metrics::current().map(|m| HandledCounter::new(&m, path));
-        if !(self.filter.served)(path) {
+        let served = (self.filter.served)(path);
+        let counted = crate::metrics::current().map(|m| HandledCounter::new(m, &request, served));
+        if !served {
             tracing::debug!(%path, "unimplemented gRPC method");
             let answer = Status::unimplemented((self.filter.unimplemented)(path))
                 .into_http::<axum::body::Body>();
@@ -227,35 +229,75 @@ fn counted(
     )
 }
 
+/// One RPC's `grpc_server_handled_total` count, made once when its response body is done (or
+/// dropped: a client that went away counts as `Canceled`, as in go-grpc-prometheus).
 struct HandledCounter {
-    family: prometheus_client::metrics::family::Family<
-        crate::metrics::PeerLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-    service: String,
-    method: String,
+    metrics: Arc<crate::metrics::NodeMetrics>,
+    /// The request's path (`/service/method`); shares the request's bytes.
+    path: http::uri::PathAndQuery,
+    /// The path is one the node serves: its counters are kept in [`HANDLED`]. Others (a client
+    /// may send any path) are looked up each time, so the cache cannot be grown from outside.
+    served: bool,
     /// The numeric grpc-status once known.
     code: Option<u8>,
 }
 
+/// The counters of `grpc_server_handled_total` already looked up on this thread: for the metrics
+/// installed here ([`crate::metrics::current`] is per thread too), per served path, one per
+/// code slot ([`code_slot`]). Labels are built and the family searched once per path and code,
+/// not once per RPC (with metrics on, that was 1.4-1.9 % of a leader's CPU at 100 clients:
+/// BENCHMARKS.md, "Where the CPU per put goes, by layer").
+#[derive(Default)]
+struct HandledCache {
+    owner: std::sync::Weak<crate::metrics::NodeMetrics>,
+    by_path: std::collections::HashMap<Box<str>, [Option<Counter>; CODE_SLOTS]>,
+}
+
+type Counter = prometheus_client::metrics::counter::Counter;
+
+/// gRPC's codes 0-16; anything else counts as `Unknown` (2), a body that never ended as
+/// `Canceled` (1), as their labels say ([`grpc_code_name`]).
+const CODE_SLOTS: usize = 17;
+
+fn code_slot(code: Option<u8>) -> usize {
+    match code {
+        None => 1,
+        Some(code) if usize::from(code) < CODE_SLOTS => usize::from(code),
+        Some(_) => 2,
+    }
+}
+
+thread_local! {
+    static HANDLED: std::cell::RefCell<HandledCache> = std::cell::RefCell::default();
+}
+
 impl HandledCounter {
-    fn new(metrics: &crate::metrics::NodeMetrics, path: &str) -> HandledCounter {
+    fn new(
+        metrics: Arc<crate::metrics::NodeMetrics>,
+        request: &axum::extract::Request,
+        served: bool,
+    ) -> HandledCounter {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        HandledCounter {
+            metrics,
+            path,
+            served,
+            code: None,
+        }
+    }
+
+    /// The family's counter for this RPC's labels (built here: the slow path).
+    fn look_up(&self) -> Counter {
+        let path = self.path.path();
         let (service, method) = path
             .trim_start_matches('/')
             .split_once('/')
             .unwrap_or((path, ""));
-        HandledCounter {
-            family: metrics.grpc_server_handled.clone(),
-            service: service.to_string(),
-            method: method.to_string(),
-            code: None,
-        }
-    }
-}
-
-impl Drop for HandledCounter {
-    fn drop(&mut self) {
-        let grpc_type = match self.method.as_str() {
+        let grpc_type = match method {
             "AppendEntriesStream" | "ProposeStream" => "bidi_stream",
             "InstallSnapshot" => "client_stream",
             "Snapshot" => "server_stream",
@@ -264,14 +306,57 @@ impl Drop for HandledCounter {
         let code = self.code.map_or("Canceled", grpc_code_name);
         let labels = vec![
             ("grpc_type".to_string(), grpc_type.to_string()),
-            (
-                "grpc_service".to_string(),
-                std::mem::take(&mut self.service),
-            ),
-            ("grpc_method".to_string(), std::mem::take(&mut self.method)),
+            ("grpc_service".to_string(), service.to_string()),
+            ("grpc_method".to_string(), method.to_string()),
             ("grpc_code".to_string(), code.to_string()),
         ];
-        self.family.get_or_create(&labels).inc();
+        self.metrics
+            .grpc_server_handled
+            .get_or_create(&labels)
+            .clone()
+    }
+}
+
+impl Drop for HandledCounter {
+    fn drop(&mut self) {
+        if !self.served {
+            self.look_up().inc();
+            return;
+        }
+        let slot = code_slot(self.code);
+        let cached = HANDLED.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if !std::ptr::eq(cache.owner.as_ptr(), Arc::as_ptr(&self.metrics)) {
+                *cache = HandledCache {
+                    owner: Arc::downgrade(&self.metrics),
+                    by_path: Default::default(),
+                };
+            }
+            match cache
+                .by_path
+                .get(self.path.path())
+                .and_then(|slots| slots[slot].as_ref())
+            {
+                Some(counter) => {
+                    counter.inc();
+                    true
+                }
+                None => false,
+            }
+        });
+        if cached {
+            return;
+        }
+        let counter = self.look_up();
+        counter.inc();
+        HANDLED.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let slots = cache
+                .by_path
+                .entry(Box::from(self.path.path()))
+                .or_insert_with(Default::default);
+            slots[slot] = Some(counter);
+        });
     }
 }
 
@@ -429,6 +514,56 @@ mod tests {
             header(&answer, "grpc-message"),
             Some("no%20/b.Service/Method%20here")
         );
+    }
+
+    /// `grpc_server_handled_total{grpc_service, grpc_method, grpc_code}` of `metrics` (unary).
+    fn handled(
+        metrics: &crate::metrics::NodeMetrics,
+        service: &str,
+        method: &str,
+        code: &str,
+    ) -> u64 {
+        let labels = vec![
+            ("grpc_type".to_string(), "unary".to_string()),
+            ("grpc_service".to_string(), service.to_string()),
+            ("grpc_method".to_string(), method.to_string()),
+            ("grpc_code".to_string(), code.to_string()),
+        ];
+        metrics.grpc_server_handled.get_or_create(&labels).get()
+    }
+
+    #[test]
+    fn every_rpc_is_counted_once_under_its_own_metrics_whether_its_counter_was_cached_or_not() {
+        let dir = std::env::temp_dir();
+        let first = Arc::new(crate::metrics::NodeMetrics::new(&dir));
+        let second = Arc::new(crate::metrics::NodeMetrics::new(&dir));
+        crate::metrics::install(Some(Arc::clone(&first)));
+        // The route's answer has no grpc-status and its body is dropped unread: Canceled.
+        for _ in 0..3 {
+            send(PLAINTEXT, "/a.Service/Method", None);
+        }
+        send(PLAINTEXT, "/a.Service/Other", None);
+        send(PLAINTEXT, "/b.Service/Method", None);
+        send(PLAINTEXT, "/b.Service/Method", None);
+        // Another node's metrics on the same thread (in-process clusters): its own counts, not
+        // the first one's cached counters.
+        crate::metrics::install(Some(Arc::clone(&second)));
+        send(PLAINTEXT, "/a.Service/Method", None);
+        crate::metrics::install(Some(Arc::clone(&first)));
+        send(PLAINTEXT, "/a.Service/Method", None);
+        crate::metrics::install(None);
+
+        assert_eq!(handled(&first, "a.Service", "Method", "Canceled"), 4);
+        assert_eq!(handled(&first, "a.Service", "Other", "Canceled"), 1);
+        assert_eq!(handled(&first, "b.Service", "Method", "Unimplemented"), 2);
+        assert_eq!(handled(&second, "a.Service", "Method", "Canceled"), 1);
+        assert_eq!(handled(&second, "b.Service", "Method", "Unimplemented"), 0);
+        // Unserved paths are never cached (a client could send any number of them).
+        HANDLED.with(|cache| {
+            let cache = cache.borrow();
+            assert!(cache.by_path.contains_key("/a.Service/Method"));
+            assert!(!cache.by_path.contains_key("/b.Service/Method"));
+        });
     }
 
     #[test]
