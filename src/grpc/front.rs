@@ -324,7 +324,8 @@ impl Drop for HandledCounter {
             return;
         }
         let slot = code_slot(self.code);
-        let cached = HANDLED.with(|cache| {
+        let path = self.path.path();
+        HANDLED.with(|cache| {
             let mut cache = cache.borrow_mut();
             if !std::ptr::eq(cache.owner.as_ptr(), Arc::as_ptr(&self.metrics)) {
                 *cache = HandledCache {
@@ -332,30 +333,18 @@ impl Drop for HandledCounter {
                     by_path: Default::default(),
                 };
             }
-            match cache
+            if let Some(counter) = cache
                 .by_path
-                .get(self.path.path())
+                .get(path)
                 .and_then(|slots| slots[slot].as_ref())
             {
-                Some(counter) => {
-                    counter.inc();
-                    true
-                }
-                None => false,
+                counter.inc();
+                return;
             }
-        });
-        if cached {
-            return;
-        }
-        let counter = self.look_up();
-        counter.inc();
-        HANDLED.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            let slots = cache
-                .by_path
-                .entry(Box::from(self.path.path()))
-                .or_insert_with(Default::default);
-            slots[slot] = Some(counter);
+            // A miss: the labels are built once, and the path's key allocated once.
+            cache.by_path.entry(Box::from(path)).or_default()[slot]
+                .get_or_insert_with(|| self.look_up())
+                .inc();
         });
     }
 }
