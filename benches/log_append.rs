@@ -15,7 +15,9 @@
 //!   baseline of the same batch bytes, print both and the ratio, and exit (writes no report);
 //!   `BENCH_NO_COMPACT=1` lets the log grow (no compaction behind the appends; otherwise the log
 //!   is first warmed up, unmeasured, until a compacted segment waits in the recycling pool);
-//!   `BENCH_BASELINE=0` skips the baseline (for profiling).
+//!   `BENCH_BASELINE=0` skips the baseline (for profiling). Beside the baseline it measures the
+//!   io_uring floor (`run_uring_floor`: the baseline's I/O submitted as the engine submits it, with
+//!   nothing done between completion and next submission; `BENCH_FLOOR=0` skips it).
 //! - `BENCH_KEEP=1`: keep the big read/open log in `target/bench-log/` (e.g. for
 //!   `segdump verify target/bench-log`) instead of deleting it.
 //!
@@ -354,6 +356,121 @@ fn run_baseline(
         let t = Instant::now();
         f.write_all_at(&buf, off)?;
         f.sync_data()?;
+        latency_ns.saturating_record(t.elapsed().as_nanos() as u64);
+        off += batch_bytes as u64;
+        batches += 1;
+    }
+    let cpu = cpu_time() - cpu0;
+    Ok(Stats {
+        entries: batches * entries_per_batch as u64,
+        bytes: batches * batch_bytes as u64,
+        secs: start.elapsed().as_secs_f64(),
+        latency_ns,
+        cpu_secs: cpu.total_secs,
+        user_secs: cpu.user_secs,
+        switches: cpu.switches,
+        syncs: batches,
+    })
+}
+
+/// How the io_uring floor waits for its completion.
+#[derive(Clone, Copy)]
+enum FloorWait {
+    /// `io_uring_enter` with `min_complete = 1`: the thread sleeps inside the kernel.
+    Enter,
+    /// `epoll_wait` on the ring's descriptor, then the completion is reaped: how the append
+    /// engine's thread waits (the ring is registered with the runtime's reactor).
+    Epoll,
+}
+
+/// The io_uring floor: the baseline's I/O (one `batch_bytes` write at the baseline's offsets and
+/// its fdatasync), submitted as the append engine submits it (one write with `RWF_DSYNC` and
+/// `IOSQE_ASYNC`, `storage::uring::push_dsync_write`) and waited for, with nothing else done
+/// between one completion and the next submission. What the engine's own user-space work
+/// (appenders, grouping, encoding, completion) adds is ours minus this; what the io_uring route
+/// itself costs against plain `pwrite` + `fdatasync` (the io-wq worker's hop and wake-ups) is
+/// this minus the baseline.
+fn run_uring_floor(
+    f: &File,
+    file_len: u64,
+    batch_bytes: usize,
+    entries_per_batch: usize,
+    secs: f64,
+    wait: FloorWait,
+) -> io::Result<Stats> {
+    use io_uring::{opcode, squeue, types, IoUring};
+    let buf: Vec<u8> = (0..batch_bytes).map(|i| (i * 29 + 3) as u8).collect();
+    let mut ring = IoUring::new(8)?;
+    let fd = f.as_raw_fd();
+    let ring_fd = ring.as_raw_fd();
+    // SAFETY: epoll_create1 takes flags only; a negative result is checked below.
+    let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: epfd was just created and is closed only here, when this owner drops.
+    let epfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(epfd) };
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 0,
+    };
+    // SAFETY: both descriptors are open; `ev` is a valid event for the duration of the call.
+    if unsafe { libc::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, ring_fd, &mut ev) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    settle();
+    let mut latency_ns = hist();
+    let mut off = 0u64;
+    let mut batches = 0u64;
+    let start = Instant::now();
+    let cpu0 = cpu_time();
+    let deadline = start + Duration::from_secs_f64(secs);
+    while Instant::now() < deadline {
+        if off + batch_bytes as u64 > file_len {
+            off = 0;
+        }
+        let t = Instant::now();
+        let sqe = opcode::Write::new(types::Fd(fd), buf.as_ptr(), batch_bytes as u32)
+            .offset(off)
+            .rw_flags(libc::RWF_DSYNC)
+            .build()
+            .flags(squeue::Flags::ASYNC)
+            .user_data(1);
+        // SAFETY: `buf` outlives the request: this loop reaps its completion before it goes on.
+        unsafe { ring.submission().push(&sqe) }
+            .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+        let result = match wait {
+            FloorWait::Enter => {
+                ring.submit_and_wait(1)?;
+                ring.completion().next().map(|c| c.result())
+            }
+            FloorWait::Epoll => {
+                ring.submit()?;
+                loop {
+                    if let Some(c) = ring.completion().next() {
+                        break Some(c.result());
+                    }
+                    let mut out = libc::epoll_event { events: 0, u64: 0 };
+                    // SAFETY: `out` has room for the one event asked for.
+                    let n = unsafe { libc::epoll_wait(epfd.as_raw_fd(), &mut out, 1, 1000) };
+                    if n < 0 {
+                        let e = io::Error::last_os_error();
+                        if e.kind() != io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        };
+        match result {
+            Some(n) if n == batch_bytes as i32 => {}
+            Some(n) if n < 0 => return Err(io::Error::from_raw_os_error(-n)),
+            other => {
+                return Err(io::Error::other(format!(
+                    "io_uring floor: write of {batch_bytes} bytes completed with {other:?}"
+                )))
+            }
+        }
         latency_ns.saturating_record(t.elapsed().as_nanos() as u64);
         off += batch_bytes as u64;
         batches += 1;
@@ -1005,6 +1122,7 @@ fn run() -> Result<(), String> {
         // BENCH_BASELINE=0 skips the baseline (for profiling ours alone).
         let compact = std::env::var("BENCH_NO_COMPACT").is_err();
         let with_baseline = std::env::var("BENCH_BASELINE").map_or(true, |v| v != "0");
+        let with_floor = std::env::var("BENCH_FLOOR").map_or(true, |v| v != "0");
         let rounds: usize = std::env::var("BENCH_ROUNDS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -1024,6 +1142,9 @@ fn run() -> Result<(), String> {
         }
         let mut ours: Option<Stats> = None;
         let mut base: Option<Stats> = None;
+        // The io_uring floors, one per way of waiting (see `run_uring_floor`).
+        let mut floors: [Option<Stats>; 2] = [None, None];
+        let waits = [(FloorWait::Enter, "enter"), (FloorWait::Epoll, "epoll")];
         for _ in 0..rounds {
             if let Some((f, _)) = &base_file {
                 let b = run_baseline(f, BASELINE_FILE_BYTES, size * n, n, per_round * 0.75)
@@ -1031,6 +1152,23 @@ fn run() -> Result<(), String> {
                 match &mut base {
                     Some(acc) => acc.merge(b)?,
                     None => base = Some(b),
+                }
+                if with_floor {
+                    for (acc, (wait, name)) in floors.iter_mut().zip(waits) {
+                        let fl = run_uring_floor(
+                            f,
+                            BASELINE_FILE_BYTES,
+                            size * n,
+                            n,
+                            per_round * 0.5,
+                            wait,
+                        )
+                        .map_err(|e| format!("io_uring floor ({name}): {e}"))?;
+                        match acc {
+                            Some(a) => a.merge(fl)?,
+                            None => *acc = Some(fl),
+                        }
+                    }
                 }
             }
             let st = run_ours(
@@ -1066,6 +1204,17 @@ fn run() -> Result<(), String> {
                 b.user_us_per_entry(),
                 b.switches_per_sync()
             );
+            for (fl, (_, name)) in floors.iter().zip(waits) {
+                let Some(fl) = fl else { continue };
+                println!(
+                    "uring floor ({name}) {size} B x {n}: entries/s | MB/s | p50 | p90 | p99 | p99.9 | max (µs): {} | CPU µs/entry {:.2} (user {:.2}) | context switches/fdatasync {} | floor/baseline: entries/s {:.2}x",
+                    stats_cells(fl),
+                    fl.cpu_us_per_entry(),
+                    fl.user_us_per_entry(),
+                    fl.switches_per_sync(),
+                    fl.entries_per_sec() / b.entries_per_sec()
+                );
+            }
             println!(
                 "ours/baseline: entries/s {:.2}x, p99 {:.2}x; load average {}",
                 st.entries_per_sec() / b.entries_per_sec(),

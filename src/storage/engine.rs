@@ -487,6 +487,7 @@ impl EngineTask {
                     for job in group {
                         job.done.send(Ok(()));
                     }
+                    timeline::mark("outcomes_sent", entries as u64);
                 }
                 Err(e) => {
                     self.queue.failed.set(true);

@@ -257,6 +257,7 @@ impl InFlight {
             }
             return Err(error_at(path, "io_uring_enter", 0, e));
         }
+        crate::timeline::mark("write_submitted", offset);
         let mut results: Vec<Option<i32>> = vec![None; want];
         while self.in_flight > 0 {
             let mut ready = ring
@@ -269,6 +270,7 @@ impl InFlight {
                 ready.clear_ready();
             }
         }
+        crate::timeline::mark("write_reaped", offset);
         check_linked(path, &expects, &results)?;
         crate::metrics::observe_wal_fsync(submitted.elapsed());
         Ok(())
