@@ -234,6 +234,41 @@ fn concurrent_appenders_share_fdatasyncs_and_readers_see_only_published_entries(
     });
 }
 
+/// The engine keeps a completed group's batches only until the next group's write was submitted
+/// (it frees them while that write is in flight, not between the two writes): after the next
+/// group completed, nothing of the earlier batches is left, so memory does not grow with the
+/// batches written.
+#[test]
+fn a_completed_groups_batches_are_released_once_the_next_group_was_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut engine, _view, task) = open_real(dir.path());
+    tokio_uring::start(async {
+        let runner = tokio::task::spawn_local(task.run());
+        let mut earlier: Vec<std::rc::Weak<WriteBatch>> = Vec::new();
+        for round in 0..20u64 {
+            let batches: Vec<_> = (0..4)
+                .map(|k| batch(vec![entry(round * 4 + k + 1, 1, 200)], None, None))
+                .collect();
+            let weak: Vec<_> = batches.iter().map(Rc::downgrade).collect();
+            // The engine holds the only strong reference from here on.
+            let durable: Vec<_> = batches.into_iter().map(|b| engine.persist(b)).collect();
+            for d in durable {
+                d.await.expect("append");
+            }
+            let alive = earlier.iter().filter(|w| w.upgrade().is_some()).count();
+            assert_eq!(
+                alive, 0,
+                "round {round}: {alive} batches of the rounds before are still held after the next group completed"
+            );
+            earlier = weak;
+        }
+        drop(engine);
+        runner.await.expect("task");
+        let alive = earlier.iter().filter(|w| w.upgrade().is_some()).count();
+        assert_eq!(alive, 0, "{alive} batches still held after the task ended");
+    });
+}
+
 /// Polls everything a test drives by hand (the engine's task and the batch futures) with a
 /// no-op waker until nothing makes progress: the simulator's way of running the engine.
 struct Manual {
