@@ -47,8 +47,6 @@
 //! - A batch completes `Ok` only after the fdatasyncs covering its entries and its hard state
 //!   completed; batches complete in submission order; entries become visible to the core's log
 //!   view only once durable (`RaftLog::publish_staged`).
-//! - A completed group's batches are dropped once the next group's write was submitted (or when
-//!   the task ends): the task holds at most one group's batches beyond their completion.
 //! - The log is changed only by the task, never while a borrow of it is held across an `.await`,
 //!   and the core reads it only between those changes (one thread, `RefCell`).
 //! - A failed write or sync is fatal: its batch fails, every later one fails with
@@ -268,47 +266,11 @@ impl Future for Completion {
     }
 }
 
-/// The handle's wake-up for the task, both on one thread: a pending flag and the waker of the
-/// task's last wait. What `tokio::sync::Notify` does with atomics and a lock for any number of
-/// waiters on any thread, for one waiter on this one: a group of 64 one-entry batches notifies
-/// 64 times, and only the first finds a waker to wake.
-#[derive(Default)]
-struct Signal {
-    pending: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl Signal {
-    /// Wakes the task's current wait, or makes its next one return at once.
-    fn notify(&self) {
-        self.pending.set(true);
-        if let Some(waker) = self.waker.take() {
-            waker.wake();
-        }
-    }
-
-    /// Resolves once a `notify` happened since the last wait resolved (a notify before the wait
-    /// is kept: no wake-up is lost).
-    fn wait(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.pending.replace(false) {
-                return Poll::Ready(());
-            }
-            let waker = match self.waker.take() {
-                Some(w) if w.will_wake(cx.waker()) => w,
-                _ => cx.waker().clone(),
-            };
-            self.waker.set(Some(waker));
-            Poll::Pending
-        })
-    }
-}
-
 /// What the handle shares with the task.
 #[derive(Default)]
 struct Queue {
     jobs: RefCell<VecDeque<Job>>,
-    wake: Signal,
+    wake: Notify,
     /// Set when a write failed: later batches fail at once.
     failed: Cell<bool>,
     /// Set when the handle is dropped: the task finishes what is queued and ends.
@@ -377,9 +339,6 @@ pub struct EngineTask {
     log: Rc<RefCell<RaftLog>>,
     state: RaftState,
     queue: Rc<Queue>,
-    /// The batches of the last group written, completed but not yet dropped: they are dropped
-    /// once the next group's write is in the kernel's hands (see [`append`]).
-    retired: Vec<Rc<WriteBatch>>,
 }
 
 impl Engine {
@@ -397,7 +356,6 @@ impl Engine {
             log: Rc::clone(&log),
             state,
             queue,
-            retired: Vec::new(),
         };
         (engine, LogView(log), task)
     }
@@ -474,7 +432,7 @@ impl Durable for Engine {
             hard_state,
             done: Done(Rc::clone(&slot)),
         });
-        self.queue.wake.notify();
+        self.queue.wake.notify_one();
         Box::pin(Completion(slot))
     }
 
@@ -492,7 +450,7 @@ impl Drop for Engine {
         // The driver is done with the store: the node is stopping. The task finishes what is
         // queued (nothing: the driver waited for its in-flight batches) and ends.
         self.queue.closed.set(true);
-        self.queue.wake.notify();
+        self.queue.wake.notify_one();
         timeline::flush();
     }
 }
@@ -506,8 +464,8 @@ impl EngineTask {
                 if self.queue.closed.get() {
                     break;
                 }
-                // A `notify` before this wait is kept: no wake-up is lost.
-                self.queue.wake.wait().await;
+                // A `notify_one` before this wait leaves a permit: no wake-up is lost.
+                self.queue.wake.notified().await;
                 continue;
             }
             let started = std::time::Instant::now();
@@ -526,9 +484,8 @@ impl EngineTask {
                     self.queue
                         .grouped_entries
                         .set(self.queue.grouped_entries.get() + entries as u64);
-                    for Job { batch, done, .. } in group {
-                        done.send(Ok(()));
-                        self.retired.push(batch);
+                    for job in group {
+                        job.done.send(Ok(()));
                     }
                     timeline::mark("outcomes_sent", entries as u64);
                 }
@@ -587,7 +544,7 @@ impl EngineTask {
             self.log.borrow_mut().truncate_suffix(from)?;
         }
         let hard_state = group.iter().rev().find_map(|j| j.hard_state);
-        let (state, retired) = (&mut self.state, &mut self.retired);
+        let state = &mut self.state;
         let save = async {
             match hard_state {
                 Some(hs) => state.save_hard_state_async(hs).await,
@@ -595,7 +552,7 @@ impl EngineTask {
             }
         };
         // The state file's write is submitted first (it is one small write), then the log's.
-        let (saved, appended) = tokio::join!(save, append(&self.log, &self.queue, group, retired));
+        let (saved, appended) = tokio::join!(save, append(&self.log, &self.queue, group));
         appended?;
         saved?;
         Ok(())
@@ -607,17 +564,7 @@ impl EngineTask {
 /// space is retried until it succeeds ([`Queue::until_space`]); the parts written before it stay
 /// published. The entries are encoded straight from the batches (never copied into one `Vec`
 /// first: for 64 KiB entries that copy was a third of the engine's CPU per entry).
-///
-/// `retired` (the previous group's batches) is dropped right after this group's first write was
-/// submitted: freeing 64 one-entry batches (their entries, payloads and `Rc`s) took about 2 µs
-/// that used to sit between one group's completion and the next group's submission, when nothing
-/// is on the disk; now the disk works meanwhile. With nothing to write it is kept.
-async fn append(
-    log: &Rc<RefCell<RaftLog>>,
-    queue: &Queue,
-    group: &[Job],
-    retired: &mut Vec<Rc<WriteBatch>>,
-) -> Result<(), LogError> {
+async fn append(log: &Rc<RefCell<RaftLog>>, queue: &Queue, group: &[Job]) -> Result<(), LogError> {
     let all = || group.iter().flat_map(|j| j.batch.entries.iter());
     let Some(last) = group.iter().rev().find_map(|j| j.batch.entries.last()) else {
         return Ok(());
@@ -648,15 +595,9 @@ async fn append(
         let (file, offset) = log.borrow().staged_target();
         let path = file.path().to_path_buf();
         let write = file.start_durable_write(offset, staged.take_frames());
-        // `join!` polls in order: the write is submitted by its first poll, then the previous
-        // group's batches are dropped while it is in flight.
-        let release = async { retired.clear() };
-        let ((written, frames), synced, ()) = match dir_sync {
-            Some(sync) => tokio::join!(write, sync, release),
-            None => {
-                let (written, ()) = tokio::join!(write, release);
-                (written, Ok(()), ())
-            }
+        let ((written, frames), synced) = match dir_sync {
+            Some(sync) => tokio::join!(write, sync),
+            None => (write.await, Ok(())),
         };
         staged.put_frames(frames);
         let written = written
