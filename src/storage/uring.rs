@@ -54,6 +54,37 @@ use crate::storage::file::{AppendFile, DurableWrite, LogFile, Prepare, ReadFile,
 /// submissions, only the last of which carries the fdatasync.
 const RING_ENTRIES: u32 = 16;
 
+/// Idle rings kept for reuse ([`spare_ring`]), at most [`SPARE_RINGS_MAX`].
+static SPARE_RINGS: Mutex<Vec<IoUring>> = Mutex::new(Vec::new());
+
+/// At most this many idle rings are kept: a rotation releases two (the sealed segment's, the
+/// next file's header writer's) and the new segment's first append takes one back.
+const SPARE_RINGS_MAX: usize = 4;
+
+/// A ring for a file's write side: an idle one a released file left ([`WriteSide::retire`]),
+/// or a new one. A ring is not bound to a file (each request names its descriptor); reusing one
+/// saves an `io_uring_setup` and a teardown (its mappings, its context) per file, which a
+/// rotation did twice on the append path.
+fn spare_ring() -> io::Result<IoUring> {
+    let spare = SPARE_RINGS.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    match spare {
+        Some(ring) => Ok(ring),
+        None => IoUring::new(RING_ENTRIES),
+    }
+}
+
+/// Keeps `ring` among `spares` if it is idle (nothing submitted, nothing left to reap: a ring
+/// with a completion nobody reaped would hand it to the next file's write as its own) and there
+/// is room; otherwise drops it.
+fn keep_spare(spares: &mut Vec<IoUring>, mut ring: IoUring) {
+    if ring.submission().is_empty()
+        && ring.completion().is_empty()
+        && spares.len() < SPARE_RINGS_MAX
+    {
+        spares.push(ring);
+    }
+}
+
 /// Largest single write submitted (an SQE's length is a u32).
 const WRITE_BYTES_MAX: usize = 1 << 30;
 
@@ -97,26 +128,53 @@ impl WriteSide {
     fn open(path: &Path) -> io::Result<WriteSide> {
         Ok(WriteSide {
             file: OpenOptions::new().read(true).write(true).open(path)?,
-            ring: Ring::Plain(IoUring::new(RING_ENTRIES)?),
+            ring: Ring::Plain(spare_ring()?),
         })
     }
 
-    /// Registers the ring with the current runtime's reactor (once).
-    fn register(&mut self) -> io::Result<()> {
-        if let Ring::Reactor(_) = self.ring {
-            return Ok(());
-        }
-        let Ring::Plain(ring) =
-            std::mem::replace(&mut self.ring, Ring::Plain(IoUring::new(RING_ENTRIES)?))
-        else {
-            unreachable!("checked above");
+    /// Gives the ring back to the spares, if it is idle (nothing submitted, nothing left to
+    /// reap); the file is closed.
+    fn retire(self) {
+        let ring = match self.ring {
+            Ring::Plain(ring) => ring,
+            // Deregisters it from the reactor it was registered with.
+            Ring::Reactor(registered) => registered.into_inner(),
         };
-        // SAFETY: the IoUring owns its fd and keeps it open until it is dropped, which happens
-        // only when the AsyncFd (which deregisters first) is dropped.
-        let registered = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
-        self.ring = Ring::Reactor(registered);
-        Ok(())
+        keep_spare(
+            &mut SPARE_RINGS.lock().unwrap_or_else(|e| e.into_inner()),
+            ring,
+        );
+    }
+
+    /// The same side with its ring registered with the current runtime's reactor (a no-op if it
+    /// already is). On failure the side comes back unregistered with the error. (It used to
+    /// swap a freshly created placeholder ring in while it registered: one `io_uring_setup` and
+    /// one teardown more per file, four per rotation in all.)
+    fn registered(self) -> Result<WriteSide, Box<(WriteSide, io::Error)>> {
+        let WriteSide { file, ring } = self;
+        match ring {
+            Ring::Reactor(_) => Ok(WriteSide { file, ring }),
+            // SAFETY: the IoUring owns its fd and keeps it open until it is dropped, which
+            // happens only when the AsyncFd (which deregisters first) is dropped.
+            Ring::Plain(ring) => {
+                match unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } {
+                    Ok(registered) => Ok(WriteSide {
+                        file,
+                        ring: Ring::Reactor(registered),
+                    }),
+                    Err(e) => {
+                        let (ring, e) = e.into_parts();
+                        Err(Box::new((
+                            WriteSide {
+                                file,
+                                ring: Ring::Plain(ring),
+                            },
+                            e,
+                        )))
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -194,12 +252,17 @@ impl UringFile {
             }
             return (r, bytes);
         }
-        if let Err(e) = side.register() {
-            return (
-                Err(error_at(&self.path, "register the io_uring", 0, e)),
-                bytes,
-            );
-        }
+        let side = match side.registered() {
+            Ok(side) => side,
+            Err(failed) => {
+                let (side, e) = *failed;
+                self.put_back(side);
+                return (
+                    Err(error_at(&self.path, "register the io_uring", 0, e)),
+                    bytes,
+                );
+            }
+        };
         let mut flight = InFlight {
             side: Some(side),
             buffer: bytes,
@@ -504,6 +567,16 @@ fn submit_linked(
     check_linked(path, &expects, &results)
 }
 
+impl Drop for UringFile {
+    /// A dropped file's ring goes to the spares like a released one.
+    fn drop(&mut self) {
+        let side = self.io.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(side) = side {
+            side.retire();
+        }
+    }
+}
+
 impl LogFile for UringFile {
     fn path(&self) -> &Path {
         &self.path
@@ -521,7 +594,10 @@ impl LogFile for UringFile {
     }
 
     fn release_io(&self) {
-        self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let side = self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(side) = side {
+            side.retire();
+        }
     }
 
     fn write_durable(&self, writes: &[WriteAt<'_>]) -> io::Result<()> {
@@ -900,10 +976,10 @@ impl Vfs for UringVfs {
     }
 
     /// Inside a tokio runtime the rename and the directory fsync (1-3 ms, tens when the disk is
-    /// busy: issue 18) run on a short-lived helper thread, so that the runtime's thread (the
-    /// node's one thread) keeps serving while they wait for the disk; it reports the rename and
-    /// then the fsync. A thread per rotation (one per segment) costs tens of µs; outside a
-    /// runtime, or if no thread can be started, both run on the calling thread.
+    /// busy: issue 18) run on the process's directory helper thread ([`dir_helper`]), so that the
+    /// runtime's thread (the node's one thread) keeps serving while they wait for the disk; it
+    /// reports the rename and then the fsync. Outside a runtime, or if the helper cannot be
+    /// started, both run on the calling thread.
     fn start_rename_durably(
         &self,
         from: &Path,
@@ -924,30 +1000,33 @@ impl Vfs for UringVfs {
         if tokio::runtime::Handle::try_current().is_err() {
             return inline(from, to);
         }
+        let Some(helper) = dir_helper() else {
+            return inline(from, to);
+        };
         let (renamed_tx, renamed_rx) = tokio::sync::oneshot::channel();
         let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
         let (f, t) = (from.to_path_buf(), to.to_path_buf());
-        let spawned = std::thread::Builder::new()
-            .name("segment-rename".into())
-            .spawn(move || {
-                // A receiver is gone only if the caller dropped its future: nobody to tell.
-                let renamed = std::fs::rename(&f, &t);
-                let ok = renamed.is_ok();
-                let _ = renamed_tx.send(renamed);
-                let durable = if ok {
-                    sync_dir(parent_dir(&t))
-                } else {
-                    Err(io::Error::other("the rename failed"))
-                };
-                let _ = durable_tx.send(durable);
-            });
-        let gone = || io::Error::other("the rename's helper thread died");
-        match spawned {
-            Ok(_) => RenameInProgress {
-                renamed: Box::pin(async move { renamed_rx.await.unwrap_or_else(|_| Err(gone())) }),
-                durable: Box::pin(async move { durable_rx.await.unwrap_or_else(|_| Err(gone())) }),
-            },
-            Err(_) => inline(from, to),
+        let job: DirJob = Box::new(move || {
+            // A receiver is gone only if the caller dropped its future: nobody to tell.
+            let renamed = std::fs::rename(&f, &t);
+            let ok = renamed.is_ok();
+            let _ = renamed_tx.send(renamed);
+            let durable = if ok {
+                sync_dir(parent_dir(&t))
+            } else {
+                Err(io::Error::other("the rename failed"))
+            };
+            let _ = durable_tx.send(durable);
+        });
+        if helper.send(job).is_err() {
+            // The helper is gone (it never panics: every outcome is sent as a value); the job
+            // came back unrun, so doing it here is doing it once.
+            return inline(from, to);
+        }
+        let gone = || io::Error::other("the directory helper thread died");
+        RenameInProgress {
+            renamed: Box::pin(async move { renamed_rx.await.unwrap_or_else(|_| Err(gone())) }),
+            durable: Box::pin(async move { durable_rx.await.unwrap_or_else(|_| Err(gone())) }),
         }
     }
 
@@ -969,6 +1048,37 @@ impl Vfs for UringVfs {
             len_bytes,
         }))
     }
+}
+
+/// A rename and directory fsync handed to the directory helper thread.
+type DirJob = Box<dyn FnOnce() + Send>;
+
+/// The process's directory helper: one long-lived thread that runs the renames and directory
+/// fsyncs of [`UringVfs::start_rename_durably`], one after the other, in the order they were
+/// handed over. Started on first use; `None` if it could not be started.
+///
+/// One thread for the process rather than one per rotation: starting a thread (and waking the
+/// runtime from it) was about 0.2 ms of a rotation's 0.7 ms on the append path (BENCHMARKS.md,
+/// "Rotation awaited off the node's thread"); handing a job to a thread that waits on a channel
+/// costs one wake-up. Jobs of several logs in one process (in-process test clusters) queue
+/// behind each other; each is a metadata change and one directory fsync.
+fn dir_helper() -> Option<&'static std::sync::mpsc::Sender<DirJob>> {
+    static HELPER: std::sync::OnceLock<Option<std::sync::mpsc::Sender<DirJob>>> =
+        std::sync::OnceLock::new();
+    HELPER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<DirJob>();
+            std::thread::Builder::new()
+                .name("segment-rename".into())
+                .spawn(move || {
+                    for job in rx {
+                        job();
+                    }
+                })
+                .ok()
+                .map(|_| tx)
+        })
+        .as_ref()
 }
 
 /// A file written front to back with `write(2)`, made durable with `fdatasync(2)`
@@ -1085,6 +1195,45 @@ mod tests {
             .open(&p)
             .unwrap();
         (StdAppendFile::new(file, p.clone()), p)
+    }
+
+    /// A released ring is kept for the next file only when it is idle and there is room: a ring
+    /// holding a completion nobody reaped would hand that completion to the next file's write.
+    #[test]
+    fn only_an_idle_ring_is_kept_for_the_next_file() {
+        let mut spares = Vec::new();
+        keep_spare(&mut spares, IoUring::new(RING_ENTRIES).unwrap());
+        assert_eq!(spares.len(), 1, "an idle ring is kept");
+
+        // A NOP that completed but was never reaped.
+        let mut busy = IoUring::new(RING_ENTRIES).unwrap();
+        let nop = opcode::Nop::new().build().user_data(7);
+        // SAFETY: a NOP references no memory.
+        unsafe { busy.submission().push(&nop) }.unwrap();
+        busy.submit_and_wait(1).unwrap();
+        assert!(!busy.completion().is_empty());
+        keep_spare(&mut spares, busy);
+        assert_eq!(
+            spares.len(),
+            1,
+            "a ring with an unreaped completion is dropped"
+        );
+
+        // One submitted but not yet handed to the kernel.
+        let mut queued = IoUring::new(RING_ENTRIES).unwrap();
+        // SAFETY: as above.
+        unsafe { queued.submission().push(&nop) }.unwrap();
+        keep_spare(&mut spares, queued);
+        assert_eq!(spares.len(), 1, "a ring with a queued request is dropped");
+
+        for _ in 0..SPARE_RINGS_MAX + 2 {
+            keep_spare(&mut spares, IoUring::new(RING_ENTRIES).unwrap());
+        }
+        assert_eq!(
+            spares.len(),
+            SPARE_RINGS_MAX,
+            "at most SPARE_RINGS_MAX are kept"
+        );
     }
 
     #[test]
