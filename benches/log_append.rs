@@ -342,6 +342,22 @@ fn run_baseline(
     secs: f64,
 ) -> io::Result<Stats> {
     let buf: Vec<u8> = (0..batch_bytes).map(|i| (i * 31 + 7) as u8).collect();
+    batch_loop(file_len, batch_bytes, entries_per_batch, secs, |off| {
+        f.write_all_at(&buf, off)?;
+        f.sync_data()
+    })
+}
+
+/// Runs `one(offset)` (one batch written and made durable at `offset`) back to back for `secs`,
+/// at consecutive offsets that wrap around at `file_len`, and measures each; a batch counts as
+/// `entries_per_batch` entries. The loop of the baseline and of the io_uring floor.
+fn batch_loop(
+    file_len: u64,
+    batch_bytes: usize,
+    entries_per_batch: usize,
+    secs: f64,
+    mut one: impl FnMut(u64) -> io::Result<()>,
+) -> io::Result<Stats> {
     settle();
     let mut latency_ns = hist();
     let mut off = 0u64;
@@ -354,8 +370,7 @@ fn run_baseline(
             off = 0;
         }
         let t = Instant::now();
-        f.write_all_at(&buf, off)?;
-        f.sync_data()?;
+        one(off)?;
         latency_ns.saturating_record(t.elapsed().as_nanos() as u64);
         off += batch_bytes as u64;
         batches += 1;
@@ -418,18 +433,7 @@ fn run_uring_floor(
     if unsafe { libc::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, ring_fd, &mut ev) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    settle();
-    let mut latency_ns = hist();
-    let mut off = 0u64;
-    let mut batches = 0u64;
-    let start = Instant::now();
-    let cpu0 = cpu_time();
-    let deadline = start + Duration::from_secs_f64(secs);
-    while Instant::now() < deadline {
-        if off + batch_bytes as u64 > file_len {
-            off = 0;
-        }
-        let t = Instant::now();
+    batch_loop(file_len, batch_bytes, entries_per_batch, secs, |off| {
         let sqe = opcode::Write::new(types::Fd(fd), buf.as_ptr(), batch_bytes as u32)
             .offset(off)
             .rw_flags(libc::RWF_DSYNC)
@@ -471,20 +475,7 @@ fn run_uring_floor(
                 )))
             }
         }
-        latency_ns.saturating_record(t.elapsed().as_nanos() as u64);
-        off += batch_bytes as u64;
-        batches += 1;
-    }
-    let cpu = cpu_time() - cpu0;
-    Ok(Stats {
-        entries: batches * entries_per_batch as u64,
-        bytes: batches * batch_bytes as u64,
-        secs: start.elapsed().as_secs_f64(),
-        latency_ns,
-        cpu_secs: cpu.total_secs,
-        user_secs: cpu.user_secs,
-        switches: cpu.switches,
-        syncs: batches,
+        Ok(())
     })
 }
 
